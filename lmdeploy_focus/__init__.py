@@ -1,0 +1,15 @@
+"""lmdeploy-focus: FOCUS token eviction for diffusion LLMs in LMDeploy's PyTorch engine.
+
+Installed with ``pip install .``, the plugin activates itself whenever lmdeploy is imported
+(see :mod:`lmdeploy_focus._bootstrap`); ``LMDEPLOY_FOCUS_DISABLE=1`` turns it off.
+"""
+from .version import __version__
+
+
+def activate() -> bool:
+    """Activate the plugin in this process (needed only when it was not installed with its .pth)."""
+    from ._bootstrap import install
+    return install()
+
+
+__all__ = ['__version__', 'activate']

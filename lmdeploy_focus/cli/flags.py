@@ -1,0 +1,55 @@
+"""The FOCUS command-line flags, added to ``lmdeploy serve api_server`` and ``lmdeploy chat``."""
+import argparse
+
+from ..config.options import DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
+
+
+
+def float_ge_1(text: str) -> float:
+    """argparse type: a clean usage error instead of a traceback for a bad alpha."""
+    try:
+        return FocusOptions(focus_alpha=float(text)).focus_alpha
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group('FOCUS (lmdeploy-focus)', 'Delayed cache and FOCUS token eviction for DLLMs')
+    group.add_argument('--dllm-enable-delayed-cache',
+                       action='store_true',
+                       default=False,
+                       help='Each denoising step processes only the block positions whose KV is not yet stable')
+    group.add_argument('--dllm-enable-focus',
+                       '--focus',
+                       dest='dllm_enable_focus',
+                       action='store_true',
+                       default=False,
+                       help='FOCUS: evict masked tokens unlikely to be decoded after layer 1 '
+                       '(implies --dllm-enable-delayed-cache)')
+    group.add_argument('--dllm-focus-alpha',
+                       type=float_ge_1,
+                       default=DEFAULT_FOCUS_ALPHA,
+                       help='FOCUS safety margin (>= 1.0) over the expected number of decodable tokens per step')
+    group.add_argument('--dllm-track',
+                       action='store_true',
+                       default=False,
+                       help='Collect per-request DLLM statistics (processed tokens, denoising steps)')
+
+
+def options_from_args(args: argparse.Namespace) -> FocusOptions:
+    """Validated options (ValueError on a bad alpha) from parsed arguments."""
+    return FocusOptions(enable_delayed_cache=args.dllm_enable_delayed_cache,
+                        enable_focus=args.dllm_enable_focus,
+                        focus_alpha=args.dllm_focus_alpha,
+                        track=args.dllm_track).resolved()
+
+
+def fold_into_hf_overrides(args: argparse.Namespace) -> None:
+    """Put non-default FOCUS options into ``args.hf_overrides`` (the channel to the engine)."""
+    options = options_from_args(args)
+    if options.is_default:
+        return
+    overrides = dict(getattr(args, 'hf_overrides', None) or {})
+    overrides[OPTIONS_KEY] = options.to_dict()
+    args.hf_overrides = overrides
+

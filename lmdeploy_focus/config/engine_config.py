@@ -1,0 +1,86 @@
+"""``lmdeploy.PytorchEngineConfig`` with the FOCUS fields of the reference fork.
+
+Installed as ``lmdeploy.messages.PytorchEngineConfig`` by :mod:`lmdeploy_focus.patch.engine_config`.
+The FOCUS fields are carried to the engine process in ``hf_overrides['dllm_focus']``: the
+``hf_overrides`` attribute is a property that merges the user's overrides with the current FOCUS
+options, so the engine always sees what the fields say, also when a caller sets them after
+construction (as ``lmdeploy chat``'s ``build_pipe`` does) or pickles / deep-copies the config.
+"""
+from dataclasses import dataclass, fields
+
+from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfig
+
+from ..log import logger
+from .compat import check_engine_settings
+from .options import DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
+
+# engine-config field name -> FocusOptions field name
+_FIELD_TO_OPTION = {
+    'dllm_enable_delayed_cache': 'enable_delayed_cache',
+    'dllm_enable_focus': 'enable_focus',
+    'dllm_focus_alpha': 'focus_alpha',
+    'dllm_track': 'track',
+}
+
+
+@dataclass
+class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
+    """PyTorch engine config with FOCUS.
+
+    Additional args:
+        dllm_enable_delayed_cache: process only the block positions whose KV is not yet stable.
+        dllm_enable_focus: evict masked tokens unlikely to be decoded after layer 1 (implies
+            dllm_enable_delayed_cache).
+        dllm_focus_alpha: safety margin (>= 1.0) over the expected number of decodable tokens per step.
+        dllm_track: collect per-request DLLM statistics.
+    """
+    dllm_enable_delayed_cache: bool = False
+    dllm_enable_focus: bool = False
+    dllm_focus_alpha: float = DEFAULT_FOCUS_ALPHA
+    dllm_track: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._adopt_carried_options()
+        if self.dllm_enable_focus and not self.dllm_enable_delayed_cache:
+            logger.info('dllm_enable_focus=True enables dllm_enable_delayed_cache.')
+            self.dllm_enable_delayed_cache = True
+        self.focus_options()
+
+    def focus_options(self) -> FocusOptions:
+        """The validated FOCUS options for the engine; raises ValueError on a bad combination."""
+        options = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
+        if options.uses_sparse_decode:
+            check_engine_settings(quant_policy=self.quant_policy,
+                                  tp=self.tp,
+                                  block_size=self.block_size,
+                                  dllm_block_length=self.dllm_block_length,
+                                  device_type=self.device_type)
+        return options
+
+    def _adopt_carried_options(self):
+        """Take options given as ``hf_overrides['dllm_focus']`` (CLI, --hf-overrides, replace())."""
+        user = self.__dict__.get('_user_hf_overrides')
+        if not user or OPTIONS_KEY not in user:
+            return
+        carried = FocusOptions.from_dict(user[OPTIONS_KEY])
+        defaults = {f.name: f.default for f in fields(self) if f.name in _FIELD_TO_OPTION}
+        for name, opt in _FIELD_TO_OPTION.items():
+            given, value = getattr(self, name), getattr(carried, opt)
+            if given == defaults[name]:
+                setattr(self, name, value)
+            elif given != value:
+                raise ValueError(f'{name}={given!r} conflicts with hf_overrides[{OPTIONS_KEY!r}][{opt!r}]={value!r}')
+        self.hf_overrides = {k: v for k, v in user.items() if k != OPTIONS_KEY} or None
+
+    @property
+    def hf_overrides(self):
+        user = self.__dict__.get('_user_hf_overrides')
+        options = self.focus_options()
+        if options.is_default:
+            return user
+        return {**(user or {}), OPTIONS_KEY: options.to_dict()}
+
+    @hf_overrides.setter
+    def hf_overrides(self, value):
+        self.__dict__['_user_hf_overrides'] = value

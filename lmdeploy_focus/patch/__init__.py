@@ -1,0 +1,109 @@
+"""Every place where lmdeploy-focus touches upstream LMDeploy 0.18.0.
+
+The plugin is built by subclassing and registering; these are the few places where something
+upstream has to be re-pointed. Each is applied when its upstream module finishes loading (see
+:mod:`lmdeploy_focus._bootstrap`), only on exactly lmdeploy 0.18.0, and each has a contract test in
+``tests/test_patch_contracts.py`` that fails loudly if upstream changes shape.
+
+1. ``lmdeploy.messages.PytorchEngineConfig`` -> :class:`lmdeploy_focus.config.engine_config.PytorchEngineConfig`
+   (:mod:`.engine_config`).
+   Why: users pass ``PytorchEngineConfig(dllm_enable_focus=..., ...)`` as with the reference fork.
+   How: the module attribute is rebound to a dataclass subclass with the four FOCUS fields, which
+   carries them to the engine process inside ``hf_overrides['dllm_focus']``; the hook runs before
+   ``lmdeploy/__init__`` re-exports the name, so ``lmdeploy.PytorchEngineConfig`` is the subclass too.
+   Removed by: upstream fields for delayed cache / FOCUS, or a config-extension registry.
+
+2. ``lmdeploy.pytorch.strategies.dllm.DLLMStrategyFactory`` -> our factory subclass
+   (:mod:`.strategy_factory`).
+   Why: the device-side delayed-cache / FOCUS decode state lives in strategy subclasses, and the
+   factory is the only way the engine and the model agent obtain strategies.
+   How: module attribute swap; ``build_strategy_factory`` imports the name at call time, so both
+   call sites (engine and model agent) get the subclass.
+   Removed by: a paradigm/strategy-factory registry upstream.
+
+3. ``AutoModelConfigBuilder._sub_classes``: our SDAR builder is placed before upstream's, our LLaDA2
+   builder is registered (:mod:`.config_builders`).
+   Why: upstream hard-codes SDAR's mask token and never reads the block length; LLaDA2 has no builder.
+   How: subclasses auto-register through ``__init_subclass__``; the SDAR one is moved in front of the
+   upstream SDAR builder so it wins the first-match lookup.
+   Removed by: upstream reading ``mask_token_id`` and a default block length (and a LLaDA2 builder).
+
+4. ``lmdeploy.pytorch.config.ModelConfig.from_pretrained`` is wrapped (:mod:`.model_config`).
+   Why: FOCUS options given for a non-DLLM model must be reported and ignored; only this point
+   sees both the resolved model paradigm and the applied ``hf_overrides``.
+   How: classmethod wrapper that post-processes the returned ``ModelConfig``.
+   Removed by: upstream validation of DLLM-only options.
+
+5. CLI: ``SubCliServe.add_parser_api_server``, ``SubCliServe.api_server`` and
+   ``CLI.add_parser_chat`` are wrapped (:mod:`.cli_serve`, :mod:`.cli_chat`).
+   Why: the stock ``lmdeploy serve api_server`` / ``lmdeploy chat`` must accept the FOCUS flags.
+   How: after upstream builds a sub-parser, the FOCUS argument group is added to it;
+   ``api_server`` folds the parsed options into ``args.hf_overrides['dllm_focus']`` before upstream
+   builds its ``PytorchEngineConfig``. ``chat`` needs no runner wrapper: upstream ``build_pipe``
+   copies every parsed option that is an attribute of ``PytorchEngineConfig``.
+   Removed by: upstream flags.
+
+Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
+so model modules run on CPU.
+"""
+import importlib
+import sys
+
+from ..log import logger
+from .targets import PATCHES, PROVIDERS, SUPPORTED_LMDEPLOY_VERSION
+
+_applied: set[str] = set()
+_pending: set[str] = set()
+_version_ok: bool | None = None
+
+
+def lmdeploy_version() -> str:
+    from lmdeploy.version import __version__
+    return __version__
+
+
+def version_supported() -> bool:
+    """Exact-version guard, evaluated once; logs one warning when the plugin stays inactive."""
+    global _version_ok
+    if _version_ok is None:
+        found = lmdeploy_version()
+        _version_ok = found == SUPPORTED_LMDEPLOY_VERSION
+        if not _version_ok:
+            logger.warning(
+                'lmdeploy-focus supports lmdeploy==%s only, found %s: FOCUS stays inactive and '
+                'stock LMDeploy is used. Install lmdeploy==%s to enable it.', SUPPORTED_LMDEPLOY_VERSION,
+                found, SUPPORTED_LMDEPLOY_VERSION)
+    return _version_ok
+
+
+def _initialising(name: str) -> bool:
+    module = sys.modules.get(name)
+    spec = getattr(module, '__spec__', None)
+    return module is not None and getattr(spec, '_initializing', False)
+
+
+def _apply(target, provider_loaded: bool = False) -> None:
+    patch_name, provider = PATCHES[target.__name__]
+    if not provider_loaded and _initialising(provider):
+        _pending.add(target.__name__)  # the provider is importing the target; finish when it is done
+        return
+    _applied.add(target.__name__)
+    importlib.import_module(f'{__name__}.{patch_name}').apply(target)
+
+
+def on_module_loaded(module) -> None:
+    """Apply the patch that belongs to ``module``, or the ones waiting for it (idempotent)."""
+    name = module.__name__
+    if name in PROVIDERS:
+        for target in sorted(_pending):
+            if PATCHES[target][1] == name:
+                _pending.discard(target)
+                _apply(sys.modules[target], provider_loaded=True)
+        return
+    if name in _applied or name not in PATCHES or not version_supported():
+        return
+    _apply(module)
+
+
+def applied_patches() -> frozenset[str]:
+    return frozenset(_applied)

@@ -1,0 +1,23 @@
+"""Patch 5a: FOCUS flags on ``lmdeploy serve api_server`` (see package docstring)."""
+import functools
+
+
+def apply(serve_module) -> None:
+    from ..cli.flags import add_focus_arguments, fold_into_hf_overrides
+
+    cls = serve_module.SubCliServe
+    upstream_add_parser = cls.add_parser_api_server
+    upstream_runner = cls.api_server
+
+    @functools.wraps(upstream_add_parser)
+    def add_parser_api_server():
+        upstream_add_parser()
+        add_focus_arguments(cls.subparsers.choices['api_server'])
+
+    @functools.wraps(upstream_runner)
+    def api_server(args):
+        fold_into_hf_overrides(args)
+        return upstream_runner(args)
+
+    cls.add_parser_api_server = staticmethod(add_parser_api_server)
+    cls.api_server = staticmethod(api_server)

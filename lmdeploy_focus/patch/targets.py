@@ -1,0 +1,19 @@
+"""Upstream modules whose loading triggers a patch (kept import-free: the start-up hook reads it)."""
+
+SUPPORTED_LMDEPLOY_VERSION = '0.18.0'
+
+# upstream module -> (module of lmdeploy_focus.patch that patches it, our module that provides the
+# replacement). A provider subclasses the upstream module's classes, so importing the provider first
+# loads the upstream module mid-way through the provider; the patch then waits for the provider.
+PATCHES = {
+    'lmdeploy.messages': ('engine_config', 'lmdeploy_focus.config.engine_config'),
+    'lmdeploy.pytorch.config': ('model_config', 'lmdeploy_focus.config.model_options'),
+    'lmdeploy.pytorch.configurations': ('config_builders', 'lmdeploy_focus.config.builders'),
+    'lmdeploy.pytorch.strategies.dllm': ('strategy_factory', 'lmdeploy_focus.strategies.dllm.factory'),
+    'lmdeploy.cli.serve': ('cli_serve', 'lmdeploy_focus.cli.flags'),
+    'lmdeploy.cli.cli': ('cli_chat', 'lmdeploy_focus.cli.flags'),
+}
+
+PROVIDERS = frozenset(provider for _, provider in PATCHES.values())
+
+WATCHED_MODULES = tuple(PATCHES) + tuple(sorted(PROVIDERS))

@@ -1,0 +1,113 @@
+"""PytorchEngineConfig with the FOCUS fields: validation and the channel to the engine."""
+import copy
+import dataclasses
+import logging
+import pickle
+
+import pytest
+
+import lmdeploy
+from lmdeploy.messages import PytorchEngineConfig
+from lmdeploy_focus.config.options import OPTIONS_KEY, FocusOptions
+
+
+def test_upstream_names_resolve_to_the_focus_config():
+    assert lmdeploy.PytorchEngineConfig is PytorchEngineConfig
+    assert PytorchEngineConfig.__module__ == 'lmdeploy_focus.config.engine_config'
+
+
+def test_defaults_are_stock_behaviour():
+    cfg = PytorchEngineConfig()
+    assert (cfg.dllm_enable_delayed_cache, cfg.dllm_enable_focus, cfg.dllm_focus_alpha, cfg.dllm_track) == \
+        (False, False, 1.5, False)
+    assert cfg.hf_overrides is None
+    assert PytorchEngineConfig(hf_overrides={'x': 1}).hf_overrides == {'x': 1}
+
+
+@pytest.mark.parametrize('alpha', [0.5, 0.999, -1.0, 0.0])
+def test_alpha_below_one_names_the_parameter(alpha):
+    with pytest.raises(ValueError, match='dllm_focus_alpha'):
+        PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=alpha)
+
+
+@pytest.mark.parametrize('alpha', [None, 'x', float('nan'), float('inf'), True])
+def test_alpha_must_be_a_finite_number(alpha):
+    with pytest.raises(ValueError, match='dllm_focus_alpha'):
+        PytorchEngineConfig(dllm_focus_alpha=alpha)
+
+
+def test_focus_enables_delayed_cache_and_logs_it(focus_logs):
+    cfg = PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=2)
+    assert cfg.dllm_enable_delayed_cache is True
+    assert cfg.dllm_focus_alpha == 2.0
+    assert any('enables dllm_enable_delayed_cache' in m for m in focus_logs.messages(logging.INFO))
+    assert cfg.hf_overrides[OPTIONS_KEY] == dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=2.0,
+                                                 track=False)
+
+
+@pytest.mark.parametrize('kwargs, fix', [
+    (dict(quant_policy=8), 'quant_policy=0'),
+    (dict(quant_policy=4), 'quant_policy=0'),
+    (dict(tp=2), 'tp=1'),
+    (dict(dllm_block_length=128), 'multiple of 128'),
+    (dict(dllm_block_length=48), 'multiple of 48'),
+    (dict(dllm_block_length=32, block_size=16, kernel_block_size=16), 'multiple of 32'),
+])
+@pytest.mark.parametrize('flag', ['dllm_enable_focus', 'dllm_enable_delayed_cache'])
+def test_unsupported_combinations_fail_at_config_time_with_the_fix(kwargs, fix, flag):
+    with pytest.raises(ValueError, match=fix):
+        PytorchEngineConfig(**{flag: True}, **kwargs)
+    # The same settings are fine for stock decoding.
+    PytorchEngineConfig(**kwargs)
+
+
+@pytest.mark.parametrize('block_length, page', [(16, 64), (32, 64), (64, 64), (32, 32), (4, 64), (128, 128)])
+def test_supported_block_and_page_combinations(block_length, page):
+    cfg = PytorchEngineConfig(dllm_enable_focus=True, dllm_block_length=block_length, block_size=page)
+    assert cfg.hf_overrides[OPTIONS_KEY]['enable_focus'] is True
+
+
+def test_fields_set_after_construction_reach_the_engine_channel():
+    # lmdeploy chat's build_pipe builds a default config and setattr()s parsed options onto it.
+    cfg = PytorchEngineConfig(hf_overrides={'rope_theta': 5.0})
+    cfg.dllm_enable_focus = True
+    cfg.dllm_focus_alpha = 3.0
+    assert cfg.hf_overrides == {'rope_theta': 5.0, OPTIONS_KEY: FocusOptions(True, True, 3.0, False).to_dict()}
+    cfg.dllm_focus_alpha = 0.5
+    with pytest.raises(ValueError, match='dllm_focus_alpha'):
+        cfg.hf_overrides
+
+
+def test_options_given_through_hf_overrides_are_adopted():
+    cfg = PytorchEngineConfig(hf_overrides={OPTIONS_KEY: {'enable_focus': True, 'focus_alpha': 2.5}, 'a': 1})
+    assert cfg.dllm_enable_focus and cfg.dllm_enable_delayed_cache and cfg.dllm_focus_alpha == 2.5
+    assert cfg.hf_overrides['a'] == 1
+
+
+def test_conflicting_and_unknown_carried_options_are_errors():
+    with pytest.raises(ValueError, match='conflicts'):
+        PytorchEngineConfig(dllm_focus_alpha=2.0, hf_overrides={OPTIONS_KEY: {'focus_alpha': 3.0}})
+    with pytest.raises(ValueError, match='unknown FOCUS option'):
+        PytorchEngineConfig(hf_overrides={OPTIONS_KEY: {'alpha': 3.0}})
+    with pytest.raises(ValueError, match='must be a dict'):
+        PytorchEngineConfig(hf_overrides={OPTIONS_KEY: 'focus'})
+
+
+def test_config_survives_pickle_deepcopy_and_replace():
+    cfg = PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=1.75, dllm_track=True,
+                              hf_overrides={'k': [1, 2]})
+    for clone in (pickle.loads(pickle.dumps(cfg)), copy.deepcopy(cfg), dataclasses.replace(cfg, session_len=99)):
+        assert type(clone) is PytorchEngineConfig
+        assert clone.hf_overrides == cfg.hf_overrides
+        assert clone.focus_options() == cfg.focus_options()
+
+
+def test_options_reach_the_engine_model_config(sdar_dir):
+    """Front end -> MiscConfig -> ModelConfig.hf_config, exactly as the engine process builds them."""
+    from lmdeploy.pytorch.config import MiscConfig, ModelConfig
+    cfg = PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=2.0, dllm_track=True,
+                              hf_overrides={'rms_norm_eps': 1e-5})
+    misc = MiscConfig.from_engine_config(cfg)
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny-b16'), hf_overrides=misc.hf_overrides)
+    assert FocusOptions.from_hf_config(model_config.hf_config) == FocusOptions(True, True, 2.0, True)
+    assert model_config.hf_config.rms_norm_eps == 1e-5

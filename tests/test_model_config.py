@@ -1,0 +1,83 @@
+"""Model facts: SDAR mask token and block length, LLaDA2 recognition, FOCUS flags on AR models."""
+import logging
+
+import pytest
+
+from conftest import qwen3_like_config, write_hf_config
+from lmdeploy.pytorch.config import DLLMConfig, MiscConfig, ModelConfig
+from lmdeploy.pytorch.strategies import build_strategy_factory
+from lmdeploy_focus.config.model_facts import block_length_from_path
+from lmdeploy_focus.config.options import OPTIONS_KEY
+from lmdeploy_focus.strategies.dllm import FocusDLLMStrategyFactory
+
+
+def test_sdar_mask_token_comes_from_the_checkpoint(sdar_dir):
+    cfg = ModelConfig.from_pretrained(sdar_dir('SDAR-a', mask_token_id=77))
+    assert cfg.model_paradigm == 'dllm' and cfg.dllm_mask_token == 77
+
+
+def test_sdar_mask_token_falls_back_to_151669(sdar_dir):
+    assert ModelConfig.from_pretrained(sdar_dir('SDAR-b')).dllm_mask_token == 151669
+
+
+@pytest.mark.parametrize('path, expected', [
+    ('/m/SDAR-8B-Chat-b32', 32),
+    ('/m/SDAR-8B-Chat-b16/', 16),
+    ('SDAR-8B-Chat-b64', 64),
+    ('/hub/models--JetLM--SDAR-8B-Chat-b32/snapshots/0123abcd', 32),
+    ('/m/SDAR-8B-Chat', None),
+    ('/m/b32', None),
+    ('/m/SDAR-b0', None),
+    (None, None),
+])
+def test_block_length_from_path(path, expected):
+    assert block_length_from_path(path) == expected
+
+
+def test_block_length_from_path_is_used_and_logged_when_not_given(sdar_dir, focus_logs):
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny-b16'))
+    assert model_config.dllm_block_length == 16
+    factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=None))
+    assert factory.dllm_block_length == 16
+    assert any('16' in m and 'path' in m for m in focus_logs.messages(logging.INFO))
+
+
+def test_explicit_block_length_wins_over_path(sdar_dir):
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny-b16'))
+    factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32, denoising_steps=None))
+    assert factory.dllm_block_length == 32 and model_config.dllm_block_length == 32
+
+
+def test_llada2_is_recognised_as_a_dllm(tmp_path):
+    path = write_hf_config(tmp_path / 'LLaDA2.0-mini',
+                           **qwen3_like_config(architectures=['LLaDA2MoeModelLM'], model_type='llada2_moe'))
+    cfg = ModelConfig.from_pretrained(path)
+    assert (cfg.model_paradigm, cfg.dllm_mask_token, cfg.dllm_block_length) == ('dllm', 156895, 32)
+
+
+def test_engine_process_builds_the_focus_factory(sdar_dir):
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-c'))
+    factory = build_strategy_factory(model_config, MiscConfig(dllm_config=DLLMConfig(block_length=32)))
+    assert type(factory) is FocusDLLMStrategyFactory
+    assert factory.focus_options.is_default
+
+
+def test_focus_flags_on_an_ar_model_warn_and_are_ignored(tmp_path, focus_logs):
+    path = write_hf_config(tmp_path / 'Qwen3-tiny',
+                           **qwen3_like_config(architectures=['Qwen3ForCausalLM'], model_type='qwen3'))
+    cfg = ModelConfig.from_pretrained(path, hf_overrides={OPTIONS_KEY: {'enable_focus': True}})
+    assert cfg.model_paradigm == 'ar'
+    assert getattr(cfg.hf_config, OPTIONS_KEY) is None
+    assert any('ignored' in m and 'Qwen3ForCausalLM' in m for m in focus_logs.messages(logging.WARNING))
+
+
+def test_delayed_cache_request_is_refused_with_a_clear_error_until_implemented(sdar_dir):
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-d'), hf_overrides={OPTIONS_KEY: {'enable_focus': True}})
+    with pytest.raises(NotImplementedError, match='not implemented'):
+        FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
+
+
+def test_track_alone_warns_that_it_has_no_effect_yet(sdar_dir, focus_logs):
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-e'), hf_overrides={OPTIONS_KEY: {'track': True}})
+    FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
+    assert any('dllm_track' in m for m in focus_logs.messages(logging.WARNING))
