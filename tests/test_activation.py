@@ -1,0 +1,106 @@
+"""Activation on import of lmdeploy, the exact-version guard and LMDEPLOY_FOCUS_DISABLE."""
+import json
+import site
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+
+STATE = '''
+import json, sys
+import lmdeploy
+import lmdeploy.pytorch.strategies.dllm as dllm
+import lmdeploy.pytorch.configurations
+import lmdeploy.pytorch.config
+from lmdeploy.messages import PytorchEngineConfig
+state = dict(config=PytorchEngineConfig.__module__, factory=dllm.DLLMStrategyFactory.__module__,
+             focus_imported='lmdeploy_focus' in sys.modules)
+try:
+    PytorchEngineConfig(dllm_enable_focus=True)
+    state['focus_kwarg'] = 'accepted'
+except TypeError:
+    state['focus_kwarg'] = 'TypeError'
+print('STATE' + json.dumps(state))
+'''
+
+
+def state_of(out):
+    lines = [line for line in out.stdout.splitlines() if line.startswith('STATE')]
+    assert lines, out.stderr[-3000:]
+    return json.loads(lines[0][5:])
+
+
+def test_pth_file_is_installed():
+    pth = [Path(p) / 'lmdeploy_focus.pth' for p in site.getsitepackages()]
+    assert any(p.exists() for p in pth), 'run `pip install .`: the suite tests the installed plugin'
+
+
+def test_importing_lmdeploy_activates_the_plugin():
+    state = state_of(run_python(STATE))
+    assert state == dict(config='lmdeploy_focus.config.engine_config',
+                         factory='lmdeploy_focus.strategies.dllm.factory',
+                         focus_imported=True,
+                         focus_kwarg='accepted')
+
+
+@pytest.mark.parametrize('value', ['1', 'true'])
+def test_disable_env_gives_stock_lmdeploy(value):
+    state = state_of(run_python(STATE, env={'LMDEPLOY_FOCUS_DISABLE': value}))
+    assert state == dict(config='lmdeploy.messages',
+                         factory='lmdeploy.pytorch.strategies.dllm',
+                         focus_imported=True,  # the .pth imports the tiny bootstrap module only
+                         focus_kwarg='TypeError')
+
+
+def test_other_lmdeploy_version_stays_inactive_with_one_warning():
+    fake_version = '''
+import sys, types
+fake = types.ModuleType('lmdeploy.version')
+fake.__version__ = '0.19.0'
+fake.version_info = (0, 19, 0)
+sys.modules['lmdeploy.version'] = fake
+'''
+    out = run_python(fake_version + STATE)
+    state = state_of(out)
+    assert state['config'] == 'lmdeploy.messages' and state['factory'] == 'lmdeploy.pytorch.strategies.dllm'
+    assert state['focus_kwarg'] == 'TypeError'
+    assert (out.stdout + out.stderr).count('supports lmdeploy==0.18.0 only, found 0.19.0') == 1
+
+
+def test_spawned_engine_process_is_activated_too(tmp_path):
+    """api_server runs the engine in a `spawn`ed child; the .pth activates the plugin there."""
+    code = '''
+import json, multiprocessing as mp
+
+def child(queue):
+    from lmdeploy.messages import PytorchEngineConfig
+    import lmdeploy.pytorch.strategies.dllm as dllm
+    queue.put([PytorchEngineConfig.__module__, dllm.DLLMStrategyFactory.__module__])
+
+if __name__ == '__main__':
+    ctx = mp.get_context('spawn')
+    queue = ctx.Queue()
+    proc = ctx.Process(target=child, args=(queue,))
+    proc.start()
+    print('STATE' + json.dumps(queue.get(timeout=120)))
+    proc.join()
+'''
+    # The parent never imports lmdeploy: only the .pth can have activated the child.
+    script = tmp_path / 'spawn_probe.py'  # spawn re-imports __main__, so it must be a file
+    script.write_text(code)
+    out = run_python(f'import runpy; runpy.run_path({str(script)!r}, run_name="__main__")')
+    assert state_of(out) == ['lmdeploy_focus.config.engine_config', 'lmdeploy_focus.strategies.dllm.factory']
+
+
+def test_import_of_a_plugin_module_first_still_patches():
+    """Importing a replacement provider before upstream must not leave its patch unapplied."""
+    out = run_python('''
+import json
+from lmdeploy_focus.strategies.dllm import FocusDLLMStrategyFactory
+from lmdeploy_focus.config.engine_config import PytorchEngineConfig
+import lmdeploy, lmdeploy.pytorch.strategies.dllm as dllm
+print('STATE' + json.dumps([dllm.DLLMStrategyFactory is FocusDLLMStrategyFactory,
+                            lmdeploy.PytorchEngineConfig is PytorchEngineConfig]))
+''')
+    assert state_of(out) == [True, True]

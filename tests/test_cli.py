@@ -1,0 +1,126 @@
+"""The stock ``lmdeploy`` command gains the FOCUS flags (run as real subprocesses)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_python
+
+LMDEPLOY = shutil.which('lmdeploy') or os.path.join(os.path.dirname(sys.executable), 'lmdeploy')
+
+FLAGS = ['--dllm-enable-delayed-cache', '--dllm-enable-focus', '--focus', '--dllm-focus-alpha', '--dllm-track']
+
+
+def lmdeploy_cli(*args, env=None):
+    full_env = {k: v for k, v in os.environ.items() if k != 'LMDEPLOY_FOCUS_DISABLE'}
+    full_env.update(env or {})
+    return subprocess.run([LMDEPLOY, *args], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+@pytest.mark.parametrize('command', [['serve', 'api_server'], ['chat']])
+def test_help_lists_the_flags_with_defaults(command):
+    out = lmdeploy_cli(*command, '--help')
+    assert out.returncode == 0, out.stderr
+    help_text = ' '.join(out.stdout.split())
+    for flag in FLAGS:
+        assert flag in help_text
+    alpha_help = help_text.rsplit('--dllm-focus-alpha DLLM_FOCUS_ALPHA', 1)[1][:200]
+    assert 'Default: 1.5' in alpha_help
+
+
+def test_disabled_plugin_gives_the_stock_cli():
+    out = lmdeploy_cli('serve', 'api_server', '--help', env={'LMDEPLOY_FOCUS_DISABLE': '1'})
+    assert out.returncode == 0
+    assert '--dllm-enable-focus' not in out.stdout and '--dllm-block-length' in out.stdout
+
+
+# Runs the real CLI entry point with the server start replaced by a probe that prints the engine
+# config it would have served with.
+SERVE_PROBE = '''
+import json, sys
+from lmdeploy.serve.openai import api_server as server  # lmdeploy.serve is also a function name
+def serve(model_path, backend=None, backend_config=None, **kwargs):
+    cfg = backend_config
+    print('PROBE' + json.dumps(dict(cls=type(cfg).__module__, backend=backend, focus=cfg.dllm_enable_focus,
+                                    delayed=cfg.dllm_enable_delayed_cache, alpha=cfg.dllm_focus_alpha,
+                                    track=cfg.dllm_track, hf_overrides=cfg.hf_overrides,
+                                    block=cfg.dllm_block_length)))
+server.serve = serve
+from lmdeploy.cli.entrypoint import run
+sys.argv = ['lmdeploy'] + sys.argv[1:]
+run()
+'''
+
+
+def serve_probe(model_dir, *flags):
+    out = run_python(SERVE_PROBE, args=['serve', 'api_server', model_dir, '--backend', 'pytorch', '--max-batch-size',
+                                        '8', *flags])
+    lines = [line for line in out.stdout.splitlines() if line.startswith('PROBE')]
+    return out, (json.loads(lines[0][5:]) if lines else None)
+
+
+def test_api_server_focus_without_alpha_uses_the_default(sdar_dir):
+    out, probe = serve_probe(sdar_dir('SDAR-tiny-b32'), '--focus', '--dllm-track', '--hf-overrides',
+                             '{"rms_norm_eps": 1e-05}')
+    assert probe is not None, out.stderr[-3000:]
+    assert probe['cls'] == 'lmdeploy_focus.config.engine_config'
+    assert (probe['focus'], probe['delayed'], probe['alpha'], probe['track']) == (True, True, 1.5, True)
+    assert probe['hf_overrides'] == {'rms_norm_eps': 1e-05, 'dllm_focus': dict(enable_delayed_cache=True,
+                                                                              enable_focus=True, focus_alpha=1.5,
+                                                                              track=True)}
+
+
+def test_api_server_explicit_flags(sdar_dir):
+    out, probe = serve_probe(sdar_dir('SDAR-tiny'), '--dllm-enable-delayed-cache', '--dllm-focus-alpha', '2.5',
+                             '--dllm-block-length', '16')
+    assert probe is not None, out.stderr[-3000:]
+    assert (probe['focus'], probe['delayed'], probe['alpha'], probe['block']) == (False, True, 2.5, 16)
+
+
+def test_api_server_without_flags_is_stock(sdar_dir):
+    out, probe = serve_probe(sdar_dir('SDAR-tiny'))
+    assert probe is not None, out.stderr[-3000:]
+    assert probe['hf_overrides'] is None and not probe['focus']
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--focus', '--dllm-focus-alpha', '0.5'], 'dllm_focus_alpha must be >= 1.0'),
+    (['--focus', '--dllm-focus-alpha', 'abc'], 'argument --dllm-focus-alpha'),
+])
+def test_bad_alpha_is_a_usage_error(sdar_dir, flags, message):
+    out, probe = serve_probe(sdar_dir('SDAR-tiny'), *flags)
+    assert probe is None and out.returncode == 2
+    assert message in out.stderr and 'Traceback' not in out.stderr
+
+
+def test_api_server_unsupported_combination_fails_before_serving(sdar_dir):
+    out, probe = serve_probe(sdar_dir('SDAR-tiny'), '--focus', '--quant-policy', '8')
+    assert probe is None and out.returncode != 0
+    assert 'quant_policy=0' in out.stderr
+
+
+CHAT_PROBE = '''
+import json, sys
+import lmdeploy.cli.chat as chat
+def pipeline(model_path, backend_config=None, **kwargs):
+    cfg = backend_config
+    print('PROBE' + json.dumps(dict(options=cfg.focus_options().to_dict(), hf_overrides=cfg.hf_overrides)))
+    raise SystemExit(0)
+chat.pipeline = pipeline
+from lmdeploy.cli.entrypoint import run
+sys.argv = ['lmdeploy'] + sys.argv[1:]
+run()
+'''
+
+
+def test_chat_flags_reach_the_engine_config(sdar_dir):
+    out = run_python(CHAT_PROBE, args=['chat', sdar_dir('SDAR-tiny'), '--backend', 'pytorch', '--focus',
+                                       '--dllm-focus-alpha', '3'])
+    lines = [line for line in out.stdout.splitlines() if line.startswith('PROBE')]
+    assert lines, out.stderr[-3000:]
+    probe = json.loads(lines[0][5:])
+    expected = dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=3.0, track=False)
+    assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}

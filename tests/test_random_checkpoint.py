@@ -1,0 +1,186 @@
+"""Random-weight checkpoints: HF on-disk format, real names/shapes, loadable by upstream LMDeploy."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from lmdeploy_focus.tools.arch_specs import get_arch_spec
+from lmdeploy_focus.tools.hf_config_files import config_json
+from lmdeploy_focus.tools.random_checkpoint import main, write_metadata_files, write_random_checkpoint
+from lmdeploy_focus.tools.safetensors_shards import index_json, plan_shards
+from lmdeploy_focus.tools.weight_layouts import parameter_count, tensor_specs
+
+TINY = 'tiny-sdar'
+
+
+@pytest.fixture(scope='module')
+def tiny_dir(tmp_path_factory) -> Path:
+    return write_random_checkpoint(TINY, tmp_path_factory.mktemp('tiny') / 'tiny-sdar-b4', seed=0, device='cpu')
+
+
+def _read_index(path: Path) -> dict:
+    return json.loads((path / 'model.safetensors.index.json').read_text())
+
+
+def _load_all(path: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for shard in sorted(path.glob('*.safetensors')):
+        with safe_open(str(shard), framework='pt') as f:
+            tensors.update({name: f.get_tensor(name) for name in f.keys()})
+    return tensors
+
+
+def test_config_fields(tiny_dir):
+    config = json.loads((tiny_dir / 'config.json').read_text())
+    assert config['architectures'] == ['SDARForCausalLM'] and config['model_type'] == 'sdar'
+    assert config['auto_map'] == {'AutoConfig': 'configuration_sdar.SDARConfig',
+                                  'AutoModelForCausalLM': 'modeling_sdar.SDARForCausalLM'}
+    assert (tiny_dir / 'configuration_sdar.py').is_file() and not list(tiny_dir.glob('modeling_*'))
+    assert config['rope_parameters'] == {'rope_type': 'default', 'rope_theta': 1e6}
+    assert config['mask_token_id'] == 151669 and config['vocab_size'] == 151936
+    assert config['torch_dtype'] == 'bfloat16' and config['tie_word_embeddings'] is False
+    assert (config['hidden_size'], config['num_hidden_layers'], config['head_dim']) == (64, 2, 16)
+    generation = json.loads((tiny_dir / 'generation_config.json').read_text())
+    assert generation['eos_token_id'] == [151645, 151643]
+
+
+def test_index_covers_exactly_the_shards(tiny_dir):
+    index = _read_index(tiny_dir)
+    files = sorted(p.name for p in tiny_dir.glob('*.safetensors'))
+    assert files == [f'model-0000{i}-of-00003.safetensors' for i in (1, 2, 3)]
+    assert sorted(set(index['weight_map'].values())) == files
+    total = 0
+    for name in files:
+        with safe_open(str(tiny_dir / name), framework='pt') as f:
+            keys = set(f.keys())
+            assert keys == {k for k, v in index['weight_map'].items() if v == name}
+            total += sum(f.get_tensor(k).nbytes for k in keys)
+    assert index['metadata']['total_size'] == total == 2 * parameter_count(get_arch_spec(TINY))
+
+
+def test_tensors_match_the_spec(tiny_dir):
+    tensors = _load_all(tiny_dir)
+    specs = tensor_specs(get_arch_spec(TINY))
+    assert {t.name: t.shape for t in specs} == {k: tuple(v.shape) for k, v in tensors.items()}
+    for spec in specs:
+        value = tensors[spec.name]
+        assert value.dtype == torch.bfloat16
+        if spec.init == 'ones':
+            assert torch.all(value == 1)
+        else:
+            assert abs(value.float().std().item() - 0.02) < 2e-3 and abs(value.float().mean().item()) < 2e-3
+
+
+class _NoOpBackend:
+    """Upstream builds kernels through the ops backend; parameter creation needs none of them."""
+
+    @classmethod
+    def build_op(cls, *args, **kwargs):
+        return object()
+
+
+def test_names_load_into_upstream_sdar_model(tiny_dir, monkeypatch):
+    from lmdeploy.pytorch.backends import selector
+    from transformers import AutoConfig
+    monkeypatch.setattr(selector, '_get_backend', lambda: _NoOpBackend)
+    from lmdeploy.pytorch.models.sdar import SDARForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(str(tiny_dir), trust_remote_code=True)
+    build_ctx = SimpleNamespace(build_ctx=SimpleNamespace(dllm_config=SimpleNamespace(block_length=4)))
+    model = SDARForCausalLM(hf_config, build_ctx, dtype=torch.bfloat16, device='cpu')
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float('nan'))
+    weights = _load_all(tiny_dir)
+    # upstream's loader raises KeyError on any name it has no parameter for
+    model.load_weights(iter(weights.items()))
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        assert not torch.isnan(param).any(), f'{name} was not loaded'
+    attn = 'model.layers.1.self_attn'
+    assert torch.equal(params[f'{attn}.qkv_proj.weight'],
+                       torch.cat([weights[f'{attn}.{p}_proj.weight'] for p in 'qkv']))
+    mlp = 'model.layers.1.mlp'
+    assert torch.equal(params[f'{mlp}.gate_up_proj.weight'],
+                       torch.cat([weights[f'{mlp}.gate_proj.weight'], weights[f'{mlp}.up_proj.weight']]))
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny_dir, tmp_path):
+    main(['--arch', TINY, str(tmp_path / 'again'), '--seed', '0', '--device', 'cpu'])
+    for shard in sorted(tiny_dir.glob('*.safetensors')):
+        assert (tmp_path / 'again' / shard.name).read_bytes() == shard.read_bytes()
+    other = write_random_checkpoint(TINY, tmp_path / 'other', seed=1, device='cpu')
+    a, b = _load_all(tiny_dir), _load_all(other)
+    assert not torch.equal(a['model.embed_tokens.weight'], b['model.embed_tokens.weight'])
+    assert torch.equal(a['model.norm.weight'], b['model.norm.weight'])
+    with pytest.raises(FileExistsError):
+        write_random_checkpoint(TINY, other, seed=2, device='cpu')
+
+
+def test_lmdeploy_model_config(tiny_dir, monkeypatch):
+    import lmdeploy.pytorch.config as lmdeploy_config
+    # upstream asks CUDA whether bf16 is supported; this CPU-only torch cannot answer
+    monkeypatch.setattr(lmdeploy_config, 'is_bf16_supported', lambda *args, **kwargs: True)
+    model_config = lmdeploy_config.ModelConfig.from_pretrained(str(tiny_dir), trust_remote_code=True)
+    assert model_config.model_paradigm == 'dllm'
+    assert model_config.dllm_mask_token == 151669
+    assert (model_config.head_dim, model_config.num_layers, model_config.num_key_value_heads) == (16, 2, 2)
+    assert model_config.dtype == torch.bfloat16
+
+
+def test_autotokenizer_loads_checkpoint(tiny_dir):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    assert tok.convert_tokens_to_ids('<|MASK|>') == 151669
+    assert max(tok.encode('hello <|MASK|> world')) < get_arch_spec(TINY).vocab_size
+
+
+def test_big_arch_parameter_counts():
+    assert parameter_count(get_arch_spec('sdar-8b')) == pytest.approx(8.19e9, rel=2e-3)
+    assert parameter_count(get_arch_spec('qwen3-8b')) == parameter_count(get_arch_spec('sdar-8b'))
+    assert parameter_count(get_arch_spec('sdar-4b')) * 2 == pytest.approx(8.82e9, rel=2e-3)
+    assert parameter_count(get_arch_spec('llada2-mini')) == pytest.approx(16.26e9, rel=2e-3)
+
+
+def test_big_arch_shard_plans():
+    spec = get_arch_spec('sdar-8b')
+    shards = plan_shards(tensor_specs(spec), torch.bfloat16, spec.max_shard_bytes)
+    assert [s.file_name for s in shards] == [f'model-0000{i}-of-00005.safetensors' for i in range(1, 6)]
+    assert all(s.nbytes <= spec.max_shard_bytes for s in shards)
+    assert min(s.nbytes for s in shards[:-1]) > 3e9
+    index = index_json(shards)
+    assert index['metadata']['total_size'] == 2 * parameter_count(spec)
+    assert len(index['weight_map']) == 2 + 36 * 11 + 1
+
+    spec = get_arch_spec('llada2-mini')
+    names = {t.name: t for t in tensor_specs(spec)}
+    assert names['model.layers.0.mlp.gate_proj.weight'].shape == (5120, 2048)
+    assert 'model.layers.0.mlp.gate.weight' not in names
+    assert names['model.layers.1.attention.query_key_value.weight'].shape == ((16 + 2 * 4) * 128, 2048)
+    assert names['model.layers.19.mlp.experts.255.down_proj.weight'].shape == (2048, 512)
+    assert names['model.layers.1.mlp.shared_experts.up_proj.weight'].shape == (512, 2048)
+    bias = names['model.layers.1.mlp.gate.expert_bias']
+    assert (bias.shape, bias.init, bias.dtype) == ((256, ), 'zeros', 'float32')
+    shards = plan_shards(list(names.values()), torch.bfloat16, spec.max_shard_bytes)
+    assert len(shards) == 9 and index_json(shards)['metadata']['total_size'] > 2 * parameter_count(spec)
+
+
+def test_other_arch_configs(tmp_path):
+    from transformers import AutoConfig
+    qwen3 = config_json(get_arch_spec('qwen3-8b'))
+    assert qwen3['architectures'] == ['Qwen3ForCausalLM'] and qwen3['model_type'] == 'qwen3'
+    assert 'auto_map' not in qwen3 and 'mask_token_id' not in qwen3 and qwen3['eos_token_id'] == 151645
+
+    write_metadata_files(get_arch_spec('llada2-mini'), tmp_path)
+    llada2 = AutoConfig.from_pretrained(str(tmp_path), trust_remote_code=True)
+    assert llada2.model_type == 'llada2_moe' and llada2.architectures == ['LLaDA2MoeModelLM']
+    assert (llada2.num_experts, llada2.num_experts_per_tok, llada2.num_shared_experts) == (256, 8, 1)
+    assert (llada2.n_group, llada2.topk_group, llada2.first_k_dense_replace) == (8, 4, 1)
+    assert (llada2.mask_token_id, llada2.eos_token_id, llada2.pad_token_id) == (156895, 156892, 156892)
+    assert llada2.score_function == 'sigmoid' and llada2.routed_scaling_factor == 2.5
+    assert llada2.partial_rotary_factor == 0.5 and llada2.rope_theta == 600000
+    assert 'not this model' in (tmp_path / 'README.md').read_text()
