@@ -81,3 +81,15 @@ def test_track_alone_warns_that_it_has_no_effect_yet(sdar_dir, focus_logs):
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-e'), hf_overrides={OPTIONS_KEY: {'track': True}})
     FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
     assert any('dllm_track' in m for m in focus_logs.messages(logging.WARNING))
+
+
+def test_sdar_config_without_remote_code_gets_rope_parameters(tmp_path):
+    """transformers 5 loads config.json without --trust-remote-code as a generic config that drops
+    rope_parameters; LMDeploy's SDAR rotary embedding reads it."""
+    from lmdeploy.pytorch.nn.rotary_embedding import get_rope_theta
+    cfg = qwen3_like_config(architectures=['SDARForCausalLM'], model_type='sdar', rope_theta=12345.0,
+                            auto_map={'AutoConfig': 'configuration_sdar.SDARConfig'})
+    del cfg['rope_parameters']
+    model_config = ModelConfig.from_pretrained(write_hf_config(tmp_path / 'SDAR-r', **cfg), trust_remote_code=False)
+    assert model_config.hf_config.rope_parameters == {'rope_type': 'default', 'rope_theta': 12345.0}
+    assert get_rope_theta(model_config.hf_config, default=1.0) == 12345.0

@@ -8,7 +8,7 @@ from lmdeploy.pytorch.configurations.default import DefaultModelConfigBuilder
 from lmdeploy.pytorch.configurations.sdar import SDARModelConfigBuilder
 
 from .model_facts import (LLADA2_DEFAULT_BLOCK_LENGTH, LLADA2_MASK_TOKEN, SDAR_MASK_TOKEN, block_length_from_path,
-                          mask_token_from_hf_config)
+                          ensure_rope_parameters, mask_token_from_hf_config)
 
 
 class FocusSDARModelConfigBuilder(SDARModelConfigBuilder):
@@ -16,6 +16,7 @@ class FocusSDARModelConfigBuilder(SDARModelConfigBuilder):
 
     @classmethod
     def build(cls, hf_config, model_path: str = None, **kwargs):
+        ensure_rope_parameters(hf_config)
         cfg = super().build(hf_config, model_path, **kwargs)
         cfg.dllm_mask_token = mask_token_from_hf_config(hf_config, SDAR_MASK_TOKEN)
         cfg.dllm_block_length = block_length_from_path(model_path)
@@ -31,6 +32,7 @@ class LLaDA2ModelConfigBuilder(AutoModelConfigBuilder):
 
     @classmethod
     def build(cls, hf_config, model_path: str = None, **kwargs):
+        ensure_rope_parameters(hf_config)
         cfg = DefaultModelConfigBuilder.build(hf_config, model_path, **kwargs)
         cfg.model_paradigm = 'dllm'
         cfg.dllm_mask_token = mask_token_from_hf_config(hf_config, LLADA2_MASK_TOKEN)

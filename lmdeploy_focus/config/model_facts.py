@@ -29,3 +29,17 @@ def block_length_from_path(model_path: str | None) -> int | None:
             logger.info(f'dllm block length {block_length} taken from the model path ({part}).')
             return block_length
     return None
+
+
+def ensure_rope_parameters(hf_config) -> None:
+    """Fill ``rope_parameters`` from ``rope_theta`` / ``rope_scaling`` when it is missing.
+
+    Without ``--trust-remote-code`` transformers 5 loads an SDAR config.json as a generic config that
+    keeps ``rope_theta`` but leaves ``rope_parameters`` unset, and LMDeploy's SDAR model reads the latter.
+    """
+    if getattr(hf_config, 'rope_parameters', None) is not None:
+        return
+    scaling = dict(getattr(hf_config, 'rope_scaling', None) or {})
+    rope_type = scaling.pop('rope_type', scaling.pop('type', 'default'))
+    hf_config.rope_parameters = {'rope_type': rope_type, 'rope_theta': getattr(hf_config, 'rope_theta', 10000.0),
+                                 **scaling}

@@ -1,0 +1,111 @@
+"""Contract tests: the upstream shapes each patch in lmdeploy_focus/patch relies on.
+
+If one of these fails after an lmdeploy upgrade, the matching patch must be revisited before the
+version guard (lmdeploy_focus/patch/targets.py) is widened.
+"""
+import dataclasses
+import inspect
+
+import lmdeploy
+from lmdeploy_focus.patch import applied_patches
+from lmdeploy_focus.patch.targets import PATCHES, SUPPORTED_LMDEPLOY_VERSION
+
+
+def test_pinned_version_and_every_patch_applied():
+    import lmdeploy.cli.cli  # noqa: F401
+    import lmdeploy.cli.serve  # noqa: F401
+    import lmdeploy.pytorch.configurations  # noqa: F401
+    import lmdeploy.pytorch.strategies.dllm  # noqa: F401
+    assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
+    assert applied_patches() == frozenset(PATCHES)
+
+
+# 1. PytorchEngineConfig ----------------------------------------------------------------------------
+
+def test_engine_config_is_a_dataclass_with_the_fields_we_validate():
+    from lmdeploy_focus.config.engine_config import _UpstreamPytorchEngineConfig as upstream
+    assert dataclasses.is_dataclass(upstream)
+    names = {f.name for f in dataclasses.fields(upstream)}
+    assert {'hf_overrides', 'quant_policy', 'tp', 'block_size', 'dllm_block_length', 'device_type'} <= names
+    assert not names & {'dllm_enable_delayed_cache', 'dllm_enable_focus', 'dllm_focus_alpha', 'dllm_track'}
+    assert callable(upstream.__post_init__)
+
+
+def test_misc_config_forwards_hf_overrides_from_the_engine_config():
+    from lmdeploy.pytorch.config import MiscConfig
+    cfg = lmdeploy.PytorchEngineConfig(dllm_enable_focus=True)
+    assert MiscConfig.from_engine_config(cfg).hf_overrides == cfg.hf_overrides
+
+
+def test_model_config_applies_dict_overrides_as_new_attributes(sdar_dir):
+    from lmdeploy.pytorch.config import ModelConfig
+    cfg = ModelConfig.from_pretrained(sdar_dir('SDAR-x'), hf_overrides={'dllm_focus': {'a': 1, 'b': [2]}})
+    assert cfg.hf_config.dllm_focus == {'a': 1, 'b': [2]}
+
+
+# 2. DLLMStrategyFactory ------------------------------------------------------------------------------
+
+def test_build_strategy_factory_imports_the_dllm_factory_at_call_time():
+    from lmdeploy.pytorch.strategies import build_strategy_factory
+    source = inspect.getsource(build_strategy_factory)
+    assert 'from .dllm import DLLMStrategyFactory' in source
+    assert "model_paradigm == 'dllm'" in source
+
+
+def test_dllm_factory_interface():
+    from lmdeploy_focus.strategies.dllm.factory import DLLMStrategyFactory as upstream
+    assert list(inspect.signature(upstream.__init__).parameters) == ['self', 'model_config', 'dllm_config']
+    assert list(inspect.signature(upstream.build_engine_strategy).parameters) == [
+        'self', 'cache_config', 'scheduler_config']
+    for name in ('build_cudagraph_strategy', 'build_sampling_strategy', 'build_model_inputs_strategy',
+                 'build_model_agent_strategy', 'build_sequence_strategy', 'build_step_inputs'):
+        assert callable(getattr(upstream, name))
+
+
+# 3. Config builders -----------------------------------------------------------------------------------
+
+def test_builder_registry_is_a_first_match_list_with_ours_first():
+    from lmdeploy.pytorch.configurations.builder import AutoModelConfigBuilder
+    from lmdeploy.pytorch.configurations.sdar import SDARModelConfigBuilder
+
+    from lmdeploy_focus.config.builders import FocusSDARModelConfigBuilder, LLaDA2ModelConfigBuilder
+    registry = AutoModelConfigBuilder._sub_classes
+    assert isinstance(registry, list)
+    assert registry.index(FocusSDARModelConfigBuilder) < registry.index(SDARModelConfigBuilder)
+    assert LLaDA2ModelConfigBuilder in registry
+    assert 'model_path' in inspect.signature(SDARModelConfigBuilder.build).parameters
+
+
+# 4. ModelConfig.from_pretrained -------------------------------------------------------------------------
+
+def test_from_pretrained_is_wrapped_and_upstream_takes_hf_overrides():
+    from lmdeploy.pytorch.config import ModelConfig
+    upstream = ModelConfig.from_pretrained.__func__.__lmdeploy_focus_upstream__
+    params = inspect.signature(upstream).parameters
+    assert {'pretrained_model_name_or_path', 'hf_overrides'} <= set(params)
+
+
+# 5. CLI -------------------------------------------------------------------------------------------------
+
+def test_cli_entry_points_have_the_wrapped_static_methods():
+    from lmdeploy.cli.cli import CLI
+    from lmdeploy.cli.serve import SubCliServe
+    for cls, names in ((SubCliServe, ('add_parser_api_server', 'api_server', 'add_parsers')),
+                       (CLI, ('add_parser_chat', 'chat', 'add_parsers'))):
+        for name in names:
+            assert isinstance(inspect.getattr_static(cls, name), staticmethod), (cls, name)
+    assert SubCliServe.api_server.__wrapped__ is not SubCliServe.api_server
+
+
+def test_upstream_api_server_forwards_hf_overrides_to_the_engine_config():
+    from lmdeploy.cli.serve import SubCliServe
+    source = inspect.getsource(SubCliServe.api_server.__wrapped__)
+    assert 'from lmdeploy.messages import PytorchEngineConfig' in source
+    assert 'hf_overrides=args.hf_overrides' in source
+
+
+def test_upstream_chat_copies_config_attributes_by_name():
+    from lmdeploy.cli import chat
+    assert chat.PytorchEngineConfig is lmdeploy.PytorchEngineConfig  # imported after activation
+    source = inspect.getsource(chat.build_pipe)
+    assert 'hasattr(PytorchEngineConfig, key)' in source and 'setattr(engine_config, key, value)' in source
