@@ -24,21 +24,26 @@ def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, ste
                                         dllm_unmasking_strategy=unmasking,
                                         dllm_denoising_steps=steps,
                                         cache_max_entry_count=0.7)
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     rng = np.random.default_rng(seed)
-    prompts = [rng.integers(1000, 150000, size=input_len).tolist() for _ in range(batch_size)]
+    # pipeline() takes text: random ids decoded to text, no chat template; the re-encoded length is reported.
+    prompts = [tokenizer.decode(rng.integers(1000, 150000, size=input_len).tolist()) for _ in range(batch_size)]
+    prompt_lens = [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
     gen = GenerationConfig(max_new_tokens=output_len, ignore_eos=True, do_sample=False)
     with pipeline(model_path, backend_config=engine_config, log_level='WARNING') as pipe:
         engine = pipe.async_engine.engine
         factory = type(engine.strategy_factory)
         block_length = engine.strategy_factory.dllm_block_length
-        pipe(prompts[:2], gen_config=GenerationConfig(max_new_tokens=32, ignore_eos=True))  # warm-up
+        pipe(prompts[:2], gen_config=GenerationConfig(max_new_tokens=32, ignore_eos=True), do_preprocess=False)
         start = time.perf_counter()
-        outputs = pipe(prompts, gen_config=gen)
+        outputs = pipe(prompts, gen_config=gen, do_preprocess=False)
         elapsed = time.perf_counter() - start
     generated = [len(o.token_ids) for o in outputs]
     return dict(batch_size=batch_size,
                 eager_mode=eager,
                 seconds=round(elapsed, 3),
+                mean_input_tokens=round(float(np.mean(prompt_lens)), 1),
                 generated_tokens=int(sum(generated)),
                 all_outputs_full_length=all(g == output_len for g in generated),
                 output_tok_per_s=round(sum(generated) / elapsed, 1),

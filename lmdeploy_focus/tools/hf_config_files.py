@@ -97,7 +97,15 @@ def config_json(s: ArchSpec, dtype: str = 'bfloat16') -> dict:
     if s.mask_token_id is not None:
         config['mask_token_id'] = s.mask_token_id
     config.update(tie_word_embeddings=s.tie_word_embeddings, torch_dtype=dtype, vocab_size=s.vocab_size)
+    config['transformers_version'] = _transformers_version()
     return dict(sorted(config.items()))
+
+
+def _transformers_version() -> str:
+    # Published checkpoints record the version that wrote them; without it transformers 5 suspects a
+    # Mistral tokenizer with a broken regex and warns on every load.
+    import transformers
+    return transformers.__version__
 
 
 def generation_config_json(s: ArchSpec) -> dict:
