@@ -1,0 +1,46 @@
+"""Run upstream's unmasker on processed positions only (spec §2.2).
+
+Under a sparse step the dense ``[B, L, V]`` logits hold fresh rows only at processed slots; the
+other rows are stale (last step's or never written). A MASKED slot that was not processed this
+step must not be unmasked from such a row. Delayed cache alone never leaves a masked slot out
+(masked positions are always uncached), but FOCUS eviction does.
+
+We hide those slots from upstream's ``UnmaskingProcessor`` (unchanged) by presenting them as
+CACHED: every strategy only ever unmasks MASKED slots, and a CACHED slot can neither make the
+block look "all UNMASKED" (which would commit it) nor take a top-k / sequential pick. After
+unmasking they are MASKED again. Their output token is the input id (the mask token), as upstream
+gives every non-masked slot, and ``step_decode`` resets masked slots to the mask token anyway.
+"""
+import torch
+
+from lmdeploy.pytorch import consts
+
+from .processing_set import ProcessingSet
+
+DLLM_MASKED = consts.DLLM_MASKED
+DLLM_CACHED = consts.DLLM_CACHED
+
+
+def masked_but_unprocessed(input_mask: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:
+    """bool [B, L]: slots that are MASKED in the step's input but got no fresh logits."""
+    return (input_mask.view(proc.processed.shape) == DLLM_MASKED) & ~proc.processed
+
+
+def unmask_processed_only(unmasking_processor, logits: torch.Tensor, input_ids: torch.Tensor,
+                          token_ids: torch.Tensor, dllm_mask: torch.Tensor,
+                          proc: ProcessingSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """``unmasking_processor(logits, input_ids, token_ids, dllm_mask)`` restricted to processed slots.
+
+    Flat upstream layouts: ``logits [B*L, V]``, ids and mask ``[B*L]``. Returns ``(next_mask,
+    next_token_ids)``, both ``[B*L]``. ``dllm_mask`` itself is left untouched (upstream's
+    processor writes into the mask it is given; here that is a private copy).
+    """
+    hidden = masked_but_unprocessed(dllm_mask, proc).flatten()
+    guarded_mask = torch.where(hidden, torch.full_like(dllm_mask, DLLM_CACHED), dllm_mask)
+    result = unmasking_processor(logits, input_ids, token_ids, guarded_mask)
+    if isinstance(result, tuple):
+        next_mask, next_token_ids = result
+    else:  # upstream returns the mask alone when no unmasking strategy is configured
+        next_mask, next_token_ids = result, token_ids
+    next_mask = torch.where(hidden, torch.full_like(next_mask, DLLM_MASKED), next_mask)
+    return next_mask, next_token_ids
