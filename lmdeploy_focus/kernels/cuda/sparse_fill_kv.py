@@ -29,7 +29,7 @@ def reject_quantised_cache(*caches: torch.Tensor) -> None:
 
 
 @triton.jit
-def _owning_sequence(rows, q_start_loc_ptr, q_seqlens_ptr, batch_size, search_steps):
+def _owning_sequence(rows, q_start_loc_ptr, q_seqlens_ptr, batch_size, SEARCH_STEPS: tl.constexpr):
     """Sequence that owns each ragged row, and whether any sequence owns it (padding rows: no).
 
     Binary search for the first sequence whose end (start + q_len) lies past the row, done on
@@ -38,7 +38,7 @@ def _owning_sequence(rows, q_start_loc_ptr, q_seqlens_ptr, batch_size, search_st
     """
     lo = tl.zeros_like(rows)
     hi = tl.zeros_like(rows) + batch_size
-    for _ in range(search_steps):
+    for _ in tl.static_range(SEARCH_STEPS):
         searching = lo < hi
         mid = (lo + hi) // 2
         end = tl.load(q_start_loc_ptr + mid, mask=searching, other=0) + tl.load(
@@ -68,16 +68,16 @@ def _copy_rows_to_pages(src_ptr, cache_ptr, rows, pages, slots, kv_head, valid, 
 @triton.jit
 def _sparse_fill_kv_kernel(
         k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, block_offsets_ptr, q_start_loc_ptr, q_seqlens_ptr, positions_ptr,
-        num_rows, batch_size, search_steps,
+        num_rows, batch_size,
         stride_kt, stride_kh, stride_kd, stride_vt, stride_vh, stride_vd,
         stride_kcp, stride_kcs, stride_kch, stride_kcd, stride_vcp, stride_vcs, stride_vch, stride_vcd,
         stride_bob, stride_pos,
         PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_ROWS: tl.constexpr, SEARCH_STEPS: tl.constexpr):
     """Program (row tile, kv head): copy BLOCK_ROWS rows of that head into their pages."""
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     kv_head = tl.program_id(1)
-    seq, owned = _owning_sequence(rows, q_start_loc_ptr, q_seqlens_ptr, batch_size, search_steps)
+    seq, owned = _owning_sequence(rows, q_start_loc_ptr, q_seqlens_ptr, batch_size, SEARCH_STEPS)
     valid = owned & (rows < num_rows)
     position = tl.load(positions_ptr + rows * stride_pos, mask=valid, other=0).to(tl.int64)
     # Page per row: rows of one sequence may land in different pages.
@@ -123,8 +123,6 @@ def sparse_fill_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor
     _sparse_fill_kv_kernel[grid](
         k, v, k_cache, v_cache, block_offsets, q_start_loc, q_seqlens, positions_in_seq,
         num_rows, batch_size,
-        batch_size.bit_length(),  # halvings to narrow candidates 0..batch_size to one; a runtime
-        # loop bound, so batch sizes do not trigger recompiles
         *k.stride(), *v.stride(), *k_cache.stride(), *v_cache.stride(),
         block_offsets.stride(0), positions_in_seq.stride(0),
         PAGE_SIZE=page_size,
@@ -133,4 +131,7 @@ def sparse_fill_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor
         BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_DV=triton.next_power_of_2(head_dim_v),
         BLOCK_ROWS=_ROWS_PER_PROGRAM,
+        # halvings that narrow candidates 0..batch_size to one; a compile-time bound (an unrolled
+        # loop, which Triton's CPU interpreter also runs) with one variant per power of two of B
+        SEARCH_STEPS=batch_size.bit_length(),
         num_warps=4)
