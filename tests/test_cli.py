@@ -70,14 +70,16 @@ def test_api_server_focus_without_alpha_uses_the_default(sdar_dir):
     assert (probe['focus'], probe['delayed'], probe['alpha'], probe['track']) == (True, True, 1.5, True)
     assert probe['hf_overrides'] == {'rms_norm_eps': 1e-05, 'dllm_focus': dict(enable_delayed_cache=True,
                                                                               enable_focus=True, focus_alpha=1.5,
-                                                                              track=True)}
+                                                                              track=True,
+                                                                              delayed_cache_commit='exact')}
 
 
 def test_api_server_explicit_flags(sdar_dir):
     out, probe = serve_probe(sdar_dir('SDAR-tiny'), '--dllm-enable-delayed-cache', '--dllm-focus-alpha', '2.5',
-                             '--dllm-block-length', '16')
+                             '--dllm-block-length', '16', '--dllm-delayed-cache-commit', 'fast')
     assert probe is not None, out.stderr[-3000:]
     assert (probe['focus'], probe['delayed'], probe['alpha'], probe['block']) == (False, True, 2.5, 16)
+    assert probe['hf_overrides']['dllm_focus']['delayed_cache_commit'] == 'fast'
 
 
 def test_api_server_without_flags_is_stock(sdar_dir):
@@ -122,5 +124,6 @@ def test_chat_flags_reach_the_engine_config(sdar_dir):
     lines = [line for line in out.stdout.splitlines() if line.startswith('PROBE')]
     assert lines, out.stderr[-3000:]
     probe = json.loads(lines[0][5:])
-    expected = dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=3.0, track=False)
+    expected = dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=3.0, track=False,
+                    delayed_cache_commit='exact')
     assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}

@@ -42,7 +42,7 @@ def test_focus_enables_delayed_cache_and_logs_it(focus_logs):
     assert cfg.dllm_focus_alpha == 2.0
     assert any('enables dllm_enable_delayed_cache' in m for m in focus_logs.messages(logging.INFO))
     assert cfg.hf_overrides[OPTIONS_KEY] == dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=2.0,
-                                                 track=False)
+                                                 track=False, delayed_cache_commit='exact')
 
 
 @pytest.mark.parametrize('kwargs, fix', [
@@ -76,6 +76,13 @@ def test_fields_set_after_construction_reach_the_engine_channel():
     cfg.dllm_focus_alpha = 0.5
     with pytest.raises(ValueError, match='dllm_focus_alpha'):
         cfg.hf_overrides
+
+
+def test_commit_mode_is_validated_and_carried():
+    cfg = PytorchEngineConfig(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast')
+    assert cfg.hf_overrides[OPTIONS_KEY]['delayed_cache_commit'] == 'fast'
+    with pytest.raises(ValueError, match='dllm_delayed_cache_commit'):
+        PytorchEngineConfig(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='lazy')
 
 
 def test_options_given_through_hf_overrides_are_adopted():

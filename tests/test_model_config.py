@@ -71,10 +71,25 @@ def test_focus_flags_on_an_ar_model_warn_and_are_ignored(tmp_path, focus_logs):
     assert any('ignored' in m and 'Qwen3ForCausalLM' in m for m in focus_logs.messages(logging.WARNING))
 
 
-def test_delayed_cache_request_is_refused_with_a_clear_error_until_implemented(sdar_dir):
+def test_focus_request_is_refused_with_a_clear_error_until_implemented(sdar_dir):
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-d'), hf_overrides={OPTIONS_KEY: {'enable_focus': True}})
     with pytest.raises(NotImplementedError, match='not implemented'):
         FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
+
+
+def test_delayed_cache_builds_the_delayed_cache_strategies(sdar_dir):
+    from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
+    from lmdeploy_focus.strategies.dllm.delayed_cache_step_inputs import DelayedCacheStepInputs
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-f'),
+                                               hf_overrides={OPTIONS_KEY: {'enable_delayed_cache': True,
+                                                                           'delayed_cache_commit': 'fast'}})
+    factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=16))
+    step_inputs = factory.build_step_inputs()
+    agent = factory.build_model_agent_strategy()
+    assert isinstance(step_inputs, DelayedCacheStepInputs) and isinstance(agent, DelayedCacheAgentStrategy)
+    runtime = factory.delayed_cache_runtime
+    assert runtime.step_inputs is step_inputs and agent.runtime is runtime
+    assert (runtime.block_length, runtime.commit_mode) == (16, 'fast')
 
 
 def test_track_alone_warns_that_it_has_no_effect_yet(sdar_dir, focus_logs):

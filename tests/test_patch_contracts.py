@@ -15,6 +15,7 @@ def test_pinned_version_and_every_patch_applied():
     import lmdeploy.cli.cli  # noqa: F401
     import lmdeploy.cli.serve  # noqa: F401
     import lmdeploy.pytorch.configurations  # noqa: F401
+    import lmdeploy.pytorch.models.module_map  # noqa: F401
     import lmdeploy.pytorch.strategies.dllm  # noqa: F401
     assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
     assert applied_patches() == frozenset(PATCHES)
@@ -109,3 +110,21 @@ def test_upstream_chat_copies_config_attributes_by_name():
     assert chat.PytorchEngineConfig is lmdeploy.PytorchEngineConfig  # imported after activation
     source = inspect.getsource(chat.build_pipe)
     assert 'hasattr(PytorchEngineConfig, key)' in source and 'setattr(engine_config, key, value)' in source
+
+
+# 6. CUSTOM_MODULE_MAP ------------------------------------------------------------------------------------
+
+def test_custom_module_map_overrides_the_builtin_sdar_class():
+    from lmdeploy.pytorch.models import module_map
+    from lmdeploy.pytorch.models.patch import _get_module_map
+    assert module_map.CUSTOM_MODULE_MAP['SDARForCausalLM'] == 'lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM'
+    assert _get_module_map()['SDARForCausalLM'] == 'lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM'
+
+
+def test_sdar_model_interfaces_the_subclass_overrides():
+    from lmdeploy.pytorch.models.sdar import SDARAttention, SDARForCausalLM
+    params = inspect.signature(SDARForCausalLM.prepare_inputs_for_generation).parameters
+    assert list(params) == ['self', 'past_key_values', 'inputs_embeds', 'context']
+    assert list(inspect.signature(SDARForCausalLM.__init__).parameters)[:3] == ['self', 'config', 'ctx_mgr']
+    # the attention module calls attn_fwd(q, k, v, k_cache, v_cache, attn_metadata, ...)
+    assert 'self.attn_fwd(' in inspect.getsource(SDARAttention.forward)

@@ -1,7 +1,7 @@
 """The FOCUS command-line flags, added to ``lmdeploy serve api_server`` and ``lmdeploy chat``."""
 import argparse
 
-from ..config.options import DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
+from ..config.options import COMMIT_MODES, DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
 
 
 
@@ -30,6 +30,11 @@ def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
                        type=float_ge_1,
                        default=DEFAULT_FOCUS_ALPHA,
                        help='FOCUS safety margin (>= 1.0) over the expected number of decodable tokens per step')
+    group.add_argument('--dllm-delayed-cache-commit',
+                       choices=COMMIT_MODES,
+                       default=DEFAULT_COMMIT_MODE,
+                       help='How a decoded block becomes history under delayed cache: exact = one full pass '
+                       'over the block (history KV never stale), fast = only its uncached positions')
     group.add_argument('--dllm-track',
                        action='store_true',
                        default=False,
@@ -41,7 +46,8 @@ def options_from_args(args: argparse.Namespace) -> FocusOptions:
     return FocusOptions(enable_delayed_cache=args.dllm_enable_delayed_cache,
                         enable_focus=args.dllm_enable_focus,
                         focus_alpha=args.dllm_focus_alpha,
-                        track=args.dllm_track).resolved()
+                        track=args.dllm_track,
+                        delayed_cache_commit=args.dllm_delayed_cache_commit).resolved()
 
 
 def fold_into_hf_overrides(args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfi
 
 from ..log import logger
 from .compat import check_engine_settings
-from .options import DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
+from .options import DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
 
 # engine-config field name -> FocusOptions field name
 _FIELD_TO_OPTION = {
@@ -20,6 +20,7 @@ _FIELD_TO_OPTION = {
     'dllm_enable_focus': 'enable_focus',
     'dllm_focus_alpha': 'focus_alpha',
     'dllm_track': 'track',
+    'dllm_delayed_cache_commit': 'delayed_cache_commit',
 }
 
 
@@ -33,11 +34,14 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
             dllm_enable_delayed_cache).
         dllm_focus_alpha: safety margin (>= 1.0) over the expected number of decodable tokens per step.
         dllm_track: collect per-request DLLM statistics.
+        dllm_delayed_cache_commit: 'exact' (recompute a finished block once before it becomes
+            history) or 'fast' (only its uncached positions, as the reference fork).
     """
     dllm_enable_delayed_cache: bool = False
     dllm_enable_focus: bool = False
     dllm_focus_alpha: float = DEFAULT_FOCUS_ALPHA
     dllm_track: bool = False
+    dllm_delayed_cache_commit: str = DEFAULT_COMMIT_MODE
 
     def __post_init__(self):
         super().__post_init__()

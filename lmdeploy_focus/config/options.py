@@ -9,6 +9,11 @@ from dataclasses import asdict, dataclass, fields, replace
 
 OPTIONS_KEY = 'dllm_focus'
 DEFAULT_FOCUS_ALPHA = 1.5
+# How a fully decoded block becomes history: 'exact' recomputes the whole block once (history KV
+# is never stale, one extra block pass per block); 'fast' processes only its still-uncached
+# positions (the reference fork). Default 'exact' until the quality evaluation says otherwise.
+COMMIT_MODES = ('exact', 'fast')
+DEFAULT_COMMIT_MODE = 'exact'
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,7 @@ class FocusOptions:
     enable_focus: bool = False
     focus_alpha: float = DEFAULT_FOCUS_ALPHA
     track: bool = False
+    delayed_cache_commit: str = DEFAULT_COMMIT_MODE
 
     def __post_init__(self):
         for name in ('enable_delayed_cache', 'enable_focus', 'track'):
@@ -30,6 +36,9 @@ class FocusOptions:
             raise ValueError(f'dllm_focus_alpha must be >= 1.0 (it scales the expected number of decodable '
                              f'tokens per step), got {alpha}')
         object.__setattr__(self, 'focus_alpha', float(alpha))
+        if self.delayed_cache_commit not in COMMIT_MODES:
+            raise ValueError(
+                f'dllm_delayed_cache_commit must be one of {COMMIT_MODES}, got {self.delayed_cache_commit!r}')
 
     @classmethod
     def from_dict(cls, data: dict) -> 'FocusOptions':

@@ -43,6 +43,13 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    copies every parsed option that is an attribute of ``PytorchEngineConfig``.
    Removed by: upstream flags.
 
+6. ``lmdeploy.pytorch.models.module_map.CUSTOM_MODULE_MAP`` gains ``SDARForCausalLM`` ->
+   :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM` (:mod:`.module_map`).
+   Why: the delayed-cache decode step forwards ragged rows and attends through our kernels.
+   How: registry mutation; upstream applies ``CUSTOM_MODULE_MAP`` after ``MODULE_MAP``. With delayed
+   cache off the subclass is upstream's model unchanged.
+   Removed by: a working ``PytorchEngineConfig.custom_module_map`` (dead in 0.18) or upstream delayed cache.
+
 Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
 so model modules run on CPU.
 """

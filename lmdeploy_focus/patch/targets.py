@@ -12,6 +12,7 @@ PATCHES = {
     'lmdeploy.pytorch.strategies.dllm': ('strategy_factory', 'lmdeploy_focus.strategies.dllm.factory'),
     'lmdeploy.cli.serve': ('cli_serve', 'lmdeploy_focus.cli.flags'),
     'lmdeploy.cli.cli': ('cli_chat', 'lmdeploy_focus.cli.flags'),
+    'lmdeploy.pytorch.models.module_map': ('module_map', 'lmdeploy_focus.models'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())

@@ -9,7 +9,8 @@ from ...log import logger
 class FocusDLLMStrategyFactory(DLLMStrategyFactory):
     """Reads the FOCUS options from ``hf_config`` and builds the matching strategies.
 
-    With every option off it builds exactly upstream's strategies.
+    With every option off it builds exactly upstream's strategies. With delayed cache on, the step
+    inputs, the agent strategy and the model share one :class:`DelayedCacheRuntime`.
     """
 
     def __init__(self, model_config, dllm_config):
@@ -18,16 +19,41 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         if given_block_length is None and model_config.dllm_block_length is not None:
             logger.info(f'dllm_block_length not given: using {self.dllm_block_length} from the model config / path.')
         self.focus_options = FocusOptions.from_hf_config(model_config.hf_config).resolved()
-        if self.focus_options.uses_sparse_decode:
+        if self.focus_options.enable_focus:
             raise NotImplementedError(
-                'dllm_enable_delayed_cache / dllm_enable_focus: the delayed-cache and FOCUS decode paths are not '
-                'implemented in this lmdeploy-focus build yet; run without these flags for stock DLLM decoding.')
+                'dllm_enable_focus: FOCUS eviction is not implemented in this lmdeploy-focus build yet; '
+                'use --dllm-enable-delayed-cache alone, or run without these flags for stock DLLM decoding.')
         if self.focus_options.track:
             logger.warning('dllm_track: per-request DLLM statistics are not collected by this lmdeploy-focus build '
                            'yet; the flag has no effect.')
+        self.delayed_cache_runtime = None
+        if self.focus_options.enable_delayed_cache:
+            from .delayed_cache_runtime import DelayedCacheRuntime
+            self.delayed_cache_runtime = DelayedCacheRuntime(block_length=self.dllm_block_length,
+                                                             commit_mode=self.focus_options.delayed_cache_commit)
+            logger.info(f'delayed cache on (commit mode {self.focus_options.delayed_cache_commit}).')
 
     def build_engine_strategy(self, cache_config, scheduler_config):
         if self.focus_options.uses_sparse_decode:
             # The block length may only be known here (model default or path suffix).
             check_block_fits_page(self.dllm_block_length, cache_config.block_size)
         return super().build_engine_strategy(cache_config, scheduler_config)
+
+    def build_model_agent_strategy(self):
+        if self.delayed_cache_runtime is None:
+            return super().build_model_agent_strategy()
+        from .delayed_cache_agent import DelayedCacheAgentStrategy
+        return DelayedCacheAgentStrategy(dllm_config=self.dllm_config,
+                                         dllm_mask_token=self.model_config.dllm_mask_token,
+                                         runtime=self.delayed_cache_runtime)
+
+    def build_step_inputs(self):
+        if self.delayed_cache_runtime is None:
+            return super().build_step_inputs()
+        from .delayed_cache_step_inputs import DelayedCacheStepInputs
+        step_inputs = DelayedCacheStepInputs(_block_size=self.dllm_block_length,
+                                             _dllm_mask_token=self.model_config.dllm_mask_token)
+        # A rebuilt step-input object (engine reset) starts with no sequences and no step in flight.
+        self.delayed_cache_runtime.step_inputs = step_inputs
+        self.delayed_cache_runtime.end_step()
+        return step_inputs

@@ -1,0 +1,10 @@
+"""Patch 6: ``CUSTOM_MODULE_MAP`` entries for the models lmdeploy-focus replaces (see package docstring)."""
+
+# architecture name -> our model class (dotted path, imported by upstream when the model is built)
+MODELS = {
+    'SDARForCausalLM': 'lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM',
+}
+
+
+def apply(module_map) -> None:
+    module_map.CUSTOM_MODULE_MAP.update(MODELS)

@@ -1,0 +1,31 @@
+"""Upstream's device-resident DLLM decode state plus the per-sequence delayed-cache state."""
+from dataclasses import dataclass, field
+
+from lmdeploy.pytorch.strategies.dllm.step_inputs import DLLMStepInputs
+
+from .delayed_cache_state import DelayedCacheState, concat, reset_rows, select, starts_new_block
+
+
+@dataclass
+class DelayedCacheStepInputs(DLLMStepInputs):
+    delayed_state: DelayedCacheState | None = field(default=None, repr=False)
+
+    def merge_prefill(self, inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
+                      extra_outputs):
+        super().merge_prefill(inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
+                              extra_outputs)
+        # New sequences start their first decode step with a warm-up over the whole block.
+        fresh = DelayedCacheState.fresh(inputs.seq_length.numel(), self._block_size, device=next_token_ids.device)
+        self.delayed_state = fresh if self.delayed_state is None else concat(self.delayed_state, fresh)
+
+    def reindex(self, delta):
+        super().reindex(delta)
+        self.delayed_state = select(self.delayed_state, delta.indices)
+
+    def step_decode(self, model_inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
+                    extra_outputs):
+        # The unmasker flags a finished block CACHED; upstream then starts a fresh block.
+        committed = starts_new_block(extra_inputs.dllm_mask, self._block_size)
+        super().step_decode(model_inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
+                            extra_outputs)
+        self.delayed_state = reset_rows(self.delayed_state, committed)

@@ -1,0 +1,96 @@
+"""The delayed-cache SDAR model path on CPU (ragged rows, sparse KV fill, ragged attention through
+the torch reference), checked against upstream's dense decode step of the same model."""
+import secrets
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmdeploy.pytorch import consts
+from lmdeploy_focus.models.sdar import DelayedCacheSDARForCausalLM
+from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState
+from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+
+L = 8
+
+
+def attach_step_inputs(runtime, uncached, input_mask, history):
+    """The pieces of DelayedCacheStepInputs the model reads at forward time."""
+    runtime.step_inputs = SimpleNamespace(
+        delayed_state=DelayedCacheState(uncached=uncached, needs_warmup=torch.zeros(uncached.size(0), dtype=torch.bool)),
+        extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
+        model_inputs=SimpleNamespace(history_lengths=torch.tensor(history)))
+
+
+@pytest.mark.parametrize('commit_mode', ['exact', 'fast'])
+def test_ragged_step_matches_the_dense_step_when_stale_kv_is_current(commit_mode):
+    sdar = build_tiny_sdar(block_length=L,
+                           hf_overrides={'dllm_focus': {'enable_delayed_cache': True,
+                                                        'delayed_cache_commit': commit_mode}})
+    model = sdar.model
+    assert isinstance(model, DelayedCacheSDARForCausalLM)
+    runtime = model.delayed_cache_runtime
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    runner = sdar.new_runner(page_size=16)
+    prompts = [torch.randint(0, 400, (n, ), generator=gen).tolist() for n in (3, 8, 13)]
+    runner.prefill(prompts)
+    B = runner.batch_size
+
+    # A block with some decoded tokens; the rest still masked.
+    blocks = runner.current_blocks()
+    decoded = torch.rand(B, L, generator=gen) < 0.4
+    blocks = torch.where(decoded, torch.randint(0, 400, (B, L), generator=gen), blocks)
+    input_mask = torch.where(blocks == sdar.model_config.dllm_mask_token, consts.DLLM_MASKED, consts.DLLM_UNMASKED)
+    input_mask[:, -1] = consts.DLLM_MASKED  # keeps the step from being a commit step
+
+    # Step A, upstream's dense path (no step inputs attached): KV of every position from these ids.
+    runtime.step_inputs = None
+    dense_logits = runner.decode_step(blocks)
+
+    # Step B, the ragged path with the same ids: the processed rows (all masked ones, which include
+    # the last position, plus random others) read KV that step A made current.
+    uncached = (input_mask == consts.DLLM_MASKED) | (torch.rand(B, L, generator=gen) < 0.3)
+    attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
+    ragged_logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+    step = runtime.step
+    assert step is not None and step.num_rows == int(uncached.sum()) == ragged_logits.size(0)
+    rows = step.proc.flat_index[:step.num_rows]
+    torch.testing.assert_close(ragged_logits, dense_logits.reshape(B * L, -1)[rows], rtol=1e-4, atol=1e-4)
+    # kv read length = history + rightmost processed + 1 = the whole block here
+    assert step.meta.kv_seqlens.tolist() == [h + L for h in runner.history_lengths]
+    runtime.end_step()
+
+
+def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
+    sdar = build_tiny_sdar(block_length=L, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
+    runtime = sdar.model.delayed_cache_runtime
+    runner = sdar.new_runner(page_size=16)
+    runner.prefill([[5, 6, 7], [9] * 10])
+    B = runner.batch_size
+    blocks = runner.current_blocks()
+    input_mask = torch.full((B, L), consts.DLLM_MASKED)
+    uncached = torch.zeros(B, L, dtype=torch.bool)
+    uncached[0, :3] = True  # rightmost 2
+    uncached[1, :6] = True  # rightmost 5
+    # Poison the cache right of each rightmost processed position: it must be neither read nor written.
+    page_size = runner.kv_cache.page_size
+    table = runner.kv_cache.allocator.page_table([0, 1])
+    for b, written in ((0, 3), (1, 6)):
+        for pos in range(runner.history_lengths[b] + written, runner.history_lengths[b] + L):
+            for k_cache, v_cache in runner.kv_cache.caches:
+                k_cache[table[b, pos // page_size], pos % page_size] = float('nan')
+                v_cache[table[b, pos // page_size], pos % page_size] = float('nan')
+    attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
+    logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+    assert logits.shape[0] == 9 and torch.isfinite(logits).all()
+    assert runtime.step.meta.kv_seqlens.tolist() == [runner.history_lengths[0] + 3, runner.history_lengths[1] + 6]
+    for b, written in ((0, 3), (1, 6)):
+        k, _ = runner.kv_cache.read(0, b, runner.history_lengths[b] + L)
+        assert torch.isfinite(k[:runner.history_lengths[b] + written]).all()
+        assert torch.isnan(k[runner.history_lengths[b] + written:]).all()
+    runtime.end_step()
+
+
+def test_stock_decoding_is_unchanged_without_delayed_cache():
+    sdar = build_tiny_sdar(block_length=L)
+    assert isinstance(sdar.model, DelayedCacheSDARForCausalLM) and sdar.model.delayed_cache_runtime is None
