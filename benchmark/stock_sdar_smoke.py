@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 
-def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, steps, seed):
+def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, steps, seed, return_tokens=False,
+            **engine_kwargs):
     import lmdeploy
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
@@ -23,7 +24,8 @@ def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, ste
                                         eager_mode=eager,
                                         dllm_unmasking_strategy=unmasking,
                                         dllm_denoising_steps=steps,
-                                        cache_max_entry_count=0.7)
+                                        cache_max_entry_count=0.7,
+                                        **engine_kwargs)
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rng = np.random.default_rng(seed)
@@ -40,7 +42,9 @@ def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, ste
         outputs = pipe(prompts, gen_config=gen, do_preprocess=False)
         elapsed = time.perf_counter() - start
     generated = [len(o.token_ids) for o in outputs]
-    return dict(batch_size=batch_size,
+    tokens = dict(token_ids=[list(o.token_ids) for o in outputs]) if return_tokens else {}
+    return dict(**tokens,
+                batch_size=batch_size,
                 eager_mode=eager,
                 seconds=round(elapsed, 3),
                 mean_input_tokens=round(float(np.mean(prompt_lens)), 1),

@@ -19,6 +19,9 @@ from .processing_set import ProcessingSet, RaggedStepMetadata, processing_mask, 
 # Debug mode: keep the delayed-cache machinery (ragged rows, sparse fill, ragged attention, scatter,
 # guarded unmasking) but process every position, which must reproduce stock decoding.
 PROCESS_ALL_ENV = 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL'
+# Experiment: run the static B*L row layout (padding rows computed and dropped) instead of syncing
+# on the processed-row count; trades the per-step host sync for compute on padding rows.
+STATIC_ROWS_ENV = 'LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS'
 
 
 @dataclass
@@ -36,6 +39,7 @@ class DelayedCacheRuntime:
     step_inputs: object = field(default=None, repr=False)  # the agent's DelayedCacheStepInputs
     step: DelayedCacheStep | None = None
     process_all: bool = field(default_factory=lambda: os.environ.get(PROCESS_ALL_ENV, '') == '1')
+    static_rows: bool = field(default_factory=lambda: os.environ.get(STATIC_ROWS_ENV, '') == '1')
 
     def decode_batch_matches(self, num_tokens: int) -> bool:
         """A real decode step of the tracked batch (not a warm-up / graph-capture dummy)."""
@@ -58,7 +62,7 @@ class DelayedCacheRuntime:
         proc = ProcessingSet.from_mask(processed)
         # The one host sync of the step: the forward runs on exactly the processed rows. It waits
         # for the previous step's unmasking, which the next forward depends on anyway.
-        num_rows = int(proc.total)
+        num_rows = proc.num_rows if self.static_rows else int(proc.total)
         meta = ragged_step_metadata(proc,
                                     step_inputs.model_inputs.history_lengths,
                                     dense_input_ids=dense_input_ids,
