@@ -1,0 +1,50 @@
+# Shared by the four run_*.sh drivers (sourced, not run). Settings follow the fork's scripts
+# (spec §6); every value can be overridden from the environment:
+#   BATCH_SIZES="32 64 128 256"  NUM_PROMPTS=5000  MAX_NEW_TOKENS=2048  BLOCK_LENGTH=32
+#   DENOISING_STEPS=<block length>  UNMASKING=low_confidence_dynamic  THRESHOLD=0.9
+#   PAPER_THRESHOLDS=1   FOCUS at 0.8 vs the rest at 0.9, as the paper ran it (mixes two effects)
+#   ONE_ENGINE=1         all batch sizes in one process / one engine sized for the largest
+#   RESULTS_DIR=./results  ARM_TAG=<suffix of the arm label>  EXTRA_ARGS="<more profile_throughput args>"
+set -euo pipefail
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SAMPLE_DATASET="$BENCH_DIR/data/sharegpt_sample.json"
+BATCH_SIZES=${BATCH_SIZES:-"32 64 128 256"}
+NUM_PROMPTS=${NUM_PROMPTS:-5000}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-2048}
+UNMASKING=${UNMASKING:-low_confidence_dynamic}
+THRESHOLD=${THRESHOLD:-0.9}
+RESULTS_DIR=${RESULTS_DIR:-./results}
+ARM_TAG=${ARM_TAG:-}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$RESULTS_DIR"
+
+# threshold of an arm: the same for all unless PAPER_THRESHOLDS=1 (then FOCUS 0.8, others 0.9)
+arm_threshold() {
+  if [[ "${PAPER_THRESHOLDS:-0}" == 1 ]]; then [[ "$1" == focus* ]] && echo 0.8 || echo 0.9
+  else echo "$THRESHOLD"; fi
+}
+
+# run_arm ARM DATASET MODEL BLOCK_LENGTH [extra profile_throughput args...]
+run_arm() {
+  local base="$1" arm="$1$ARM_TAG" dataset="$2" model="$3" block="$4"; shift 4
+  local steps=${DENOISING_STEPS:-$block}
+  local common=(--backend pytorch --eager-mode --skip-tokenize --skip-detokenize --use-uvloop
+                --num-prompts "$NUM_PROMPTS" --max-new-tokens "$MAX_NEW_TOKENS"
+                --dllm-block-length "$block" --dllm-denoising-steps "$steps"
+                --dllm-unmasking-strategy "$UNMASKING" --dllm-confidence-threshold "$(arm_threshold "$base")"
+                --dllm-track --repeat-block-detect --repeat-block-window 32
+                --arm "$arm" --output-dir "$RESULTS_DIR")
+  local tag; tag="${arm}_$(basename "${model%/}")"
+  if [[ "${ONE_ENGINE:-0}" == 1 ]]; then
+    # shellcheck disable=SC2086
+    "$PYTHON" "$BENCH_DIR/profile_throughput.py" "$dataset" "$model" --concurrency $BATCH_SIZES "${common[@]}" \
+      "$@" $EXTRA_ARGS 2>&1 | tee "$RESULTS_DIR/${tag}.log"
+  else
+    for bs in $BATCH_SIZES; do
+      # shellcheck disable=SC2086
+      "$PYTHON" "$BENCH_DIR/profile_throughput.py" "$dataset" "$model" --concurrency "$bs" "${common[@]}" \
+        "$@" $EXTRA_ARGS 2>&1 | tee "$RESULTS_DIR/${tag}_bs${bs}.log"
+    done
+  fi
+}

@@ -1,0 +1,217 @@
+"""Offline throughput of the in-process LMDeploy PyTorch engine (with the lmdeploy-focus plugin).
+
+    python benchmark/profile_throughput.py DATASET MODEL --concurrency 64 --num-prompts 5000 \
+        --max-new-tokens 2048 --backend pytorch --eager-mode --skip-tokenize --skip-detokenize \
+        --use-uvloop --dllm-block-length 32 --dllm-denoising-steps 32 --dllm-confidence-threshold 0.9 \
+        --repeat-block-detect --repeat-block-window 32
+
+DATASET: a ShareGPT-style JSON/JSONL file (or GSM8K / MATH records, --dataset-format), ``random``
+(synthetic token ids, --input-len/--output-len) or a HuggingFace dataset id. One async worker per
+concurrency slot. Writes a table to stdout, a JSON per run and a CSV row under --output-dir.
+Several --concurrency values share one engine sized for the largest (saves engine starts).
+Our own implementation; see BENCHMARKS.md.
+"""
+import argparse
+import asyncio
+import importlib.util
+import os
+import sys
+
+
+
+def _load_throughput_package():
+    """Import benchmark/throughput without leaving benchmark/ on sys.path.
+
+    Python puts a script's directory first on sys.path; benchmark/ holds a ``kernels`` folder that
+    would shadow the ``kernels`` package transformers probes for, so that entry is dropped.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
+        sys.path.pop(0)
+    pkg_dir = os.path.join(here, 'throughput')
+    spec = importlib.util.spec_from_file_location('throughput', os.path.join(pkg_dir, '__init__.py'),
+                                                  submodule_search_locations=[pkg_dir])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['throughput'] = module
+    spec.loader.exec_module(module)
+
+
+_load_throughput_package()
+from throughput import datasets, engine_runner, prompts, report  # noqa: E402
+from throughput.errors import BenchmarkInputError  # noqa: E402
+
+UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('dataset', help='JSON/JSONL file, "random", or a HuggingFace dataset id')
+    p.add_argument('model_path', help='model directory (or hub id)')
+    p.add_argument('--concurrency', type=int, nargs='+', default=[64], help='requests in flight (batch size)')
+    p.add_argument('--num-prompts', type=int, default=5000, help='prompts per concurrency level (capped by the data)')
+    p.add_argument('--prompts-per-slot', type=int, default=None,
+                   help='use concurrency * K prompts per level instead of --num-prompts')
+    p.add_argument('--max-new-tokens', type=int, default=2048)
+    p.add_argument('--backend', default='pytorch', choices=('pytorch', 'turbomind'))
+    p.add_argument('--eager-mode', action='store_true', help='no CUDA graphs (the fork measures in eager mode)')
+    p.add_argument('--skip-tokenize', action='store_true', help='tokenise before timing instead of per request')
+    p.add_argument('--skip-detokenize', action='store_true', help='do not detokenise streamed output')
+    p.add_argument('--use-uvloop', action='store_true')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--ignore-eos', action='store_true', help='generate exactly the requested number of tokens')
+    g = p.add_argument_group('data')
+    g.add_argument('--dataset-format', default='auto', choices=datasets.FORMATS)
+    g.add_argument('--hf-subset', default=None)
+    g.add_argument('--hf-split', default=None)
+    g.add_argument('--input-len', type=int, default=256, help='prompt length of the random dataset')
+    g.add_argument('--output-len', type=int, default=None, help='output length of the random dataset '
+                   '(default: --max-new-tokens)')
+    g = p.add_argument_group('engine')
+    g.add_argument('--cache-max-entry-count', type=float, default=0.8)
+    g.add_argument('--max-prefill-token-num', type=int, default=None, help='default: max concurrency * block length')
+    g.add_argument('--session-len', type=int, default=None)
+    g = p.add_argument_group('DLLM')
+    g.add_argument('--dllm-block-length', type=int, default=None)
+    g.add_argument('--dllm-denoising-steps', type=int, default=None)
+    g.add_argument('--dllm-unmasking-strategy', default=None, choices=UNMASKING)
+    g.add_argument('--dllm-confidence-threshold', type=float, default=None)
+    g.add_argument('--dllm-enable-delayed-cache', action='store_true')
+    g.add_argument('--dllm-enable-focus', action='store_true')
+    g.add_argument('--dllm-focus-alpha', type=float, default=None)
+    g.add_argument('--dllm-track', action='store_true', help='report DLLM statistics (processed tokens, steps)')
+    g = p.add_argument_group('repetition guard')
+    g.add_argument('--repeat-block-detect', action='store_true',
+                   help='stop a request whose output ends in 3 identical consecutive windows')
+    g.add_argument('--repeat-block-window', type=int, default=32)
+    g = p.add_argument_group('output')
+    g.add_argument('--arm', default=None, help='label of this configuration in results and plots')
+    g.add_argument('--output-dir', default='./results')
+    g.add_argument('--warmup-tokens', type=int, default=None, help='output tokens of the untimed warm-up requests')
+    return p.parse_args(argv)
+
+
+def default_arm(args, facts) -> str:
+    if not facts.is_dllm:
+        return 'ar'
+    if args.dllm_enable_focus:
+        return 'focus'
+    return 'delayed-cache' if args.dllm_enable_delayed_cache else 'stock'
+
+
+def prompts_per_level(args, level: int) -> int:
+    return args.prompts_per_slot * level if args.prompts_per_slot else args.num_prompts
+
+
+def load_tokenizer(model_path: str):
+    try:
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
+    except Exception as e:  # noqa: BLE001  any failure here is "this is not a usable model path"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BenchmarkInputError(f'cannot load a tokenizer from {model_path}: {first}') from None
+
+
+def build_prompts(args, tokenizer, conversations, needed: int) -> list:
+    if conversations is None:
+        vocab = getattr(tokenizer, 'vocab_size', None) or 32000
+        return prompts.random_prompts(needed, args.input_len, args.output_len or args.max_new_tokens, vocab, args.seed)
+    chosen = prompts.sample_prompts(conversations, tokenizer, needed, args.max_new_tokens, args.seed)
+    if len(chosen) < needed:
+        print(f'note: {args.dataset} gives {len(chosen)} usable prompts; runs use at most that many', flush=True)
+    return chosen
+
+
+def validate(args):
+    if args.backend != 'pytorch':
+        raise BenchmarkInputError('only --backend pytorch is supported (DLLMs run on the PyTorch engine)')
+    if any(c < 1 for c in args.concurrency) or args.num_prompts < 1:
+        raise BenchmarkInputError('--concurrency and --num-prompts must be >= 1')
+    if args.repeat_block_detect and args.repeat_block_window < 8:
+        raise BenchmarkInputError('--repeat-block-window must be >= 8')
+
+
+def event_loop_name(use_uvloop: bool) -> str:
+    if use_uvloop and importlib.util.find_spec('uvloop') is None:
+        print('note: uvloop is not installed; using the asyncio event loop', flush=True)
+        return 'asyncio'
+    return 'uvloop' if use_uvloop else 'asyncio'
+
+
+def run_async(coro, loop_name: str):
+    if loop_name == 'uvloop':
+        import uvloop
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    validate(args)
+    # the dataset is checked before the model is touched, so a bad path fails in a second
+    conversations = None
+    if args.dataset != datasets.RANDOM_DATASET:
+        conversations = datasets.load_conversations(args.dataset, args.dataset_format, args.hf_subset, args.hf_split)
+    facts = engine_runner.model_facts(args.model_path, args.dllm_block_length)
+    tokenizer = load_tokenizer(args.model_path)
+    levels = sorted(set(args.concurrency))
+    all_prompts = build_prompts(args, tokenizer, conversations, max(prompts_per_level(args, c) for c in levels))
+    arm = args.arm or default_arm(args, facts)
+    config_kwargs = engine_runner.engine_config_kwargs(args, max(levels), facts)
+    settings = {k: v for k, v in vars(args).items() if k not in ('dataset', 'model_path')}
+    settings['event_loop'] = event_loop_name(args.use_uvloop)
+    env = report.environment()
+    notes = []
+    if len(levels) > 1:
+        notes.append(f'levels {levels} share one engine sized for concurrency {max(levels)} '
+                     f'(max_batch_size {config_kwargs["max_batch_size"]}, '
+                     f'max_prefill_token_num {config_kwargs["max_prefill_token_num"]})')
+    if args.dataset == datasets.RANDOM_DATASET:
+        notes.append('random token-id prompts without chat template')
+    dllm_metrics = ({'status': 'missing', 'reason': engine_runner.DLLM_TRACK_MISSING}
+                    if facts.is_dllm and args.dllm_track else None)
+
+    def emit(level, status, metrics=None, reason=None, run_notes=()):
+        record = report.result_record(arm=arm, status=status, model=args.model_path, dataset=args.dataset,
+                                      concurrency=level, num_prompts=min(prompts_per_level(args, level),
+                                                                         len(all_prompts)),
+                                      settings=settings, engine_config=config_kwargs, metrics=metrics,
+                                      dllm_metrics=dllm_metrics if status == 'ok' else None, reason=reason,
+                                      notes='; '.join(list(notes) + list(run_notes)) or None, env=env)
+        path = report.write_json(record, args.output_dir)
+        report.append_csv(record, args.output_dir, path)
+        print(report.format_table(record), flush=True)
+        print(f'wrote {path}', flush=True)
+
+    streamer = engine_runner.RequestStreamer(tokenizer, args.skip_tokenize, args.skip_detokenize,
+                                             args.repeat_block_window if args.repeat_block_detect else None)
+    stop_ids = engine_runner.stop_token_ids(args.model_path, tokenizer)
+
+    def make_gen_config(prompt):
+        return engine_runner.generation_config(prompt.max_new_tokens, args.ignore_eos, stop_ids, args.seed)
+
+    warmup_tokens = args.warmup_tokens or facts.block_length or 16
+
+    async def run():
+        try:
+            engine = engine_runner.build_engine(args.model_path, config_kwargs)
+        except engine_runner.ArmMissing as e:
+            for level in levels:
+                emit(level, 'missing', reason=str(e))
+            return
+        try:
+            async for level, metrics, _ in engine_runner.profile_levels(
+                    engine, levels, lambda c: all_prompts[:prompts_per_level(args, c)], streamer, make_gen_config,
+                    warmup_tokens):
+                emit(level, 'ok', metrics=metrics)
+        finally:
+            engine.close()
+
+    run_async(run(), settings['event_loop'])
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except BenchmarkInputError as e:
+        raise SystemExit(f'profile_throughput: error: {e}') from None
