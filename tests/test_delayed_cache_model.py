@@ -94,3 +94,18 @@ def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
 def test_stock_decoding_is_unchanged_without_delayed_cache():
     sdar = build_tiny_sdar(block_length=L)
     assert isinstance(sdar.model, DelayedCacheSDARForCausalLM) and sdar.model.delayed_cache_runtime is None
+
+
+def test_runtime_counts_processed_rows():
+    sdar = build_tiny_sdar(block_length=L, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
+    runtime = sdar.model.delayed_cache_runtime
+    runner = sdar.new_runner(page_size=16)
+    runner.prefill([[1, 2, 3], [4, 5]])
+    blocks = runner.current_blocks()
+    uncached = torch.zeros(2, L, dtype=torch.bool)
+    uncached[0, 2:] = True
+    uncached[1, :] = True
+    attach_step_inputs(runtime, uncached, torch.full((2, L), consts.DLLM_MASKED), runner.history_lengths)
+    runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+    assert (runtime.steps, runtime.processed_rows, runtime.dense_rows) == (1, L - 2 + L, 2 * L)
+    runtime.end_step()

@@ -12,6 +12,8 @@ import torch
 
 from lmdeploy.pytorch import consts
 
+from ...log import logger
+
 from .delayed_cache_state import advance
 from .processing_set import ProcessingSet, RaggedStepMetadata, processing_mask, ragged_step_metadata
 
@@ -40,6 +42,11 @@ class DelayedCacheRuntime:
     step: DelayedCacheStep | None = None
     process_all: bool = field(default_factory=lambda: os.environ.get(PROCESS_ALL_ENV, '') == '1')
     static_rows: bool = field(default_factory=lambda: os.environ.get(STATIC_ROWS_ENV, '') == '1')
+    # Work counters (host ints, free: the row count is read on the host anyway).
+    steps: int = 0
+    processed_rows: int = 0
+    dense_rows: int = 0
+    log_every: int = 500
 
     def decode_batch_matches(self, num_tokens: int) -> bool:
         """A real decode step of the tracked batch (not a warm-up / graph-capture dummy)."""
@@ -69,7 +76,17 @@ class DelayedCacheRuntime:
                                     num_rows=num_rows)
         step_inputs.delayed_state = advance(state, input_mask)
         self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows)
+        self._count(num_rows, proc.num_rows)
         return self.step
+
+    def _count(self, rows: int, dense_rows: int) -> None:
+        self.steps += 1
+        self.processed_rows += rows
+        self.dense_rows += dense_rows
+        if self.steps % self.log_every == 0:
+            logger.info(f'delayed cache: {self.steps} decode steps, {self.processed_rows / self.steps:.1f} rows per step '
+                        f'processed of {self.dense_rows / self.steps:.1f} in the blocks '
+                        f'({self.processed_rows / max(self.dense_rows, 1):.1%}).')
 
     def end_step(self) -> None:
         self.step = None
