@@ -1,0 +1,75 @@
+"""The delayed-cache engine path (our SDAR model subclass on upstream modules, the runtime's
+processing sets and state updates, the agent strategy's scatter) replayed step by step on the
+inputs of the plain-torch reference decode loop: same processed positions, same logits.
+
+Runs on CPU through the harness (fp32) against the reference in fp64.
+"""
+import secrets
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmdeploy.pytorch import consts
+from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+from lmdeploy_focus.reference.dllm_decode import reference_generate
+from lmdeploy_focus.reference.sdar_model import SDARReference
+from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
+from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
+from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+
+L = 8
+
+
+@pytest.mark.parametrize('commit_mode', ['exact', 'fast'])
+@pytest.mark.parametrize('strategy', ['low_confidence_static', 'sequential'])
+def test_engine_path_replays_the_reference_loop(commit_mode, strategy):
+    sdar = build_tiny_sdar(block_length=L,
+                           hf_overrides={'dllm_focus': {'enable_delayed_cache': True,
+                                                        'delayed_cache_commit': commit_mode}})
+    runtime = sdar.model.delayed_cache_runtime
+    mask_id = sdar.model_config.dllm_mask_token
+    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
+                           denoising_steps=L // 2)
+    reference = SDARReference({k: v.double() for k, v in sdar.weights.items()}, sdar.hf_config)
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6)]  # not multiples of L
+    results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
+                                 delayed_cache=True, commit_mode=commit_mode, record_steps=True)
+    steps = [[s for s in r.steps if s.kind == 'decode'] for r in results]
+    num_steps = min(len(s) for s in steps)
+    assert num_steps >= 2 * (L // 2)
+
+    agent = DelayedCacheAgentStrategy(unmasking, mask_id, runtime)
+    runner = sdar.new_runner(page_size=16)
+    runner.prefill(prompts)
+    B = len(prompts)
+    state = DelayedCacheState.fresh(B, L)  # first decode step of a block is a warm-up
+    for k in range(num_steps):
+        records = [steps[b][k] for b in range(B)]
+        for b, record in enumerate(records):
+            assert record.history_length == runner.history_lengths[b], f'step {k} seq {b}: block start'
+        blocks = torch.stack([r.input_ids for r in records])
+        input_mask = torch.stack([r.input_mask for r in records])
+        step_inputs = SimpleNamespace(delayed_state=state,
+                                      extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
+                                      model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
+        runtime.step_inputs = step_inputs
+        ragged = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        step = runtime.step
+        expected_processed = torch.stack([r.processed for r in records])
+        assert torch.equal(step.proc.processed, expected_processed), f'step {k}: processing sets differ'
+
+        dense = agent.slice_outputs(ragged, None).view(B, L, -1)  # the agent's scatter back to the block
+        for b, record in enumerate(records):
+            rows = record.processed
+            torch.testing.assert_close(dense[b][rows], record.logits[rows].float(), rtol=2e-4, atol=2e-4,
+                                       msg=lambda m: f'step {k} seq {b}: {m}')
+        runtime.end_step()
+
+        # the step-inputs update (upstream's step_decode + ours): commit finished blocks
+        next_mask = torch.stack([r.next_mask for r in records])
+        committed = starts_new_block(next_mask.flatten(), L)
+        state = reset_rows(step_inputs.delayed_state, committed)
+        if committed.any():
+            runner.commit_blocks([b for b in range(B) if committed[b]])
