@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy_focus.reference.dllm_decode import reference_generate
 from lmdeploy_focus.reference.sdar_model import SDARReference
