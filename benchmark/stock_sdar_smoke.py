@@ -14,6 +14,16 @@ import time
 import numpy as np
 
 
+def random_text_prompts(model_path, batch_size, input_len, seed):
+    """pipeline() takes text: random ids decoded to text, no chat template; returns the prompts and
+    their re-encoded lengths."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    rng = np.random.default_rng(seed)
+    prompts = [tokenizer.decode(rng.integers(1000, 150000, size=input_len).tolist()) for _ in range(batch_size)]
+    return prompts, [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
+
+
 def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, steps, seed, return_tokens=False,
             **engine_kwargs):
     import lmdeploy
@@ -26,21 +36,18 @@ def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, ste
                                         dllm_denoising_steps=steps,
                                         cache_max_entry_count=0.7,
                                         **engine_kwargs)
-    from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    rng = np.random.default_rng(seed)
-    # pipeline() takes text: random ids decoded to text, no chat template; the re-encoded length is reported.
-    prompts = [tokenizer.decode(rng.integers(1000, 150000, size=input_len).tolist()) for _ in range(batch_size)]
-    prompt_lens = [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
+    prompts, prompt_lens = random_text_prompts(model_path, batch_size, input_len, seed)
     gen = GenerationConfig(max_new_tokens=output_len, ignore_eos=True, do_sample=False)
     with pipeline(model_path, backend_config=engine_config, log_level='WARNING') as pipe:
         engine = pipe.async_engine.engine
         factory = type(engine.strategy_factory)
         block_length = engine.strategy_factory.dllm_block_length
         pipe(prompts[:2], gen_config=GenerationConfig(max_new_tokens=32, ignore_eos=True), do_preprocess=False)
+        stats = _read_stats()  # drop the warm-up's counts
         start = time.perf_counter()
         outputs = pipe(prompts, gen_config=gen, do_preprocess=False)
         elapsed = time.perf_counter() - start
+        stats = _read_stats()
     generated = [len(o.token_ids) for o in outputs]
     tokens = dict(token_ids=[list(o.token_ids) for o in outputs]) if return_tokens else {}
     return dict(**tokens,
@@ -54,7 +61,18 @@ def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, ste
                 engine_config_class=f'{type(engine_config).__module__}.{type(engine_config).__name__}',
                 strategy_factory_class=f'{factory.__module__}.{factory.__name__}',
                 resolved_block_length=block_length,
-                lmdeploy_version=lmdeploy.__version__)
+                lmdeploy_version=lmdeploy.__version__,
+                dllm_stats=stats)
+
+
+def _read_stats():
+    """DLLM run statistics (dllm_track) with derived ratios, or None without tracking."""
+    try:
+        from lmdeploy_focus.stats import derived_metrics, read_run_stats
+    except ImportError:
+        return None
+    totals = read_run_stats(reset=True)
+    return None if totals is None else dict(**totals, **derived_metrics(totals))
 
 
 def main():

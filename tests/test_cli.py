@@ -71,7 +71,9 @@ def test_api_server_focus_without_alpha_uses_the_default(sdar_dir):
     assert probe['hf_overrides'] == {'rms_norm_eps': 1e-05, 'dllm_focus': dict(enable_delayed_cache=True,
                                                                               enable_focus=True, focus_alpha=1.5,
                                                                               track=True,
-                                                                              delayed_cache_commit='exact')}
+                                                                              delayed_cache_commit='exact',
+                                                                              focus_policy='importance',
+                                                                              focus_shadow=False)}
 
 
 def test_api_server_explicit_flags(sdar_dir):
@@ -80,6 +82,13 @@ def test_api_server_explicit_flags(sdar_dir):
     assert probe is not None, out.stderr[-3000:]
     assert (probe['focus'], probe['delayed'], probe['alpha'], probe['block']) == (False, True, 2.5, 16)
     assert probe['hf_overrides']['dllm_focus']['delayed_cache_commit'] == 'fast'
+
+
+def test_api_server_shadow_and_policy_flags(sdar_dir):
+    out, probe = serve_probe(sdar_dir('SDAR-tiny'), '--dllm-focus-shadow', '--dllm-focus-policy', 'leftmost')
+    assert probe is not None, out.stderr[-3000:]
+    options = probe['hf_overrides']['dllm_focus']
+    assert (options['enable_focus'], options['focus_shadow'], options['focus_policy']) == (True, True, 'leftmost')
 
 
 def test_api_server_without_flags_is_stock(sdar_dir):
@@ -125,5 +134,5 @@ def test_chat_flags_reach_the_engine_config(sdar_dir):
     assert lines, out.stderr[-3000:]
     probe = json.loads(lines[0][5:])
     expected = dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=3.0, track=False,
-                    delayed_cache_commit='exact')
+                    delayed_cache_commit='exact', focus_policy='importance', focus_shadow=False)
     assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}

@@ -53,9 +53,12 @@ def test_ragged_step_matches_the_dense_step_when_stale_kv_is_current(commit_mode
     attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
     ragged_logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
     step = runtime.step
-    assert step is not None and step.num_rows == int(uncached.sum()) == ragged_logits.size(0)
+    # get_logits runs the LM head on the processed rows and hands the sampler B*L rows
+    assert step is not None and step.num_rows == int(uncached.sum()) and ragged_logits.size(0) == B * L
     rows = step.proc.flat_index[:step.num_rows]
-    torch.testing.assert_close(ragged_logits, dense_logits.reshape(B * L, -1)[rows], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ragged_logits[rows], dense_logits.reshape(B * L, -1)[rows], rtol=1e-4, atol=1e-4)
+    # first step: the persistent buffer is zero wherever no row was processed (no LM head there)
+    assert not ragged_logits.view(B, L, -1)[~uncached].any()
     # kv read length = history + rightmost processed + 1 = the whole block here
     assert step.meta.kv_seqlens.tolist() == [h + L for h in runner.history_lengths]
     runtime.end_step()
@@ -82,7 +85,7 @@ def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
                 v_cache[table[b, pos // page_size], pos % page_size] = float('nan')
     attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
     logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
-    assert logits.shape[0] == 9 and torch.isfinite(logits).all()
+    assert runtime.step.num_rows == 9 and logits.shape[0] == B * L and torch.isfinite(logits).all()
     assert runtime.step.meta.kv_seqlens.tolist() == [runner.history_lengths[0] + 3, runner.history_lengths[1] + 6]
     for b, written in ((0, 3), (1, 6)):
         k, _ = runner.kv_cache.read(0, b, runner.history_lengths[b] + L)
@@ -107,5 +110,6 @@ def test_runtime_counts_processed_rows():
     uncached[1, :] = True
     attach_step_inputs(runtime, uncached, torch.full((2, L), consts.DLLM_MASKED), runner.history_lengths)
     runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+    runtime.end_step()  # counted when the step ends
     assert (runtime.steps, runtime.processed_rows, runtime.dense_rows) == (1, L - 2 + L, 2 * L)
     runtime.end_step()

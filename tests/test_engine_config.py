@@ -42,7 +42,8 @@ def test_focus_enables_delayed_cache_and_logs_it(focus_logs):
     assert cfg.dllm_focus_alpha == 2.0
     assert any('enables dllm_enable_delayed_cache' in m for m in focus_logs.messages(logging.INFO))
     assert cfg.hf_overrides[OPTIONS_KEY] == dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=2.0,
-                                                 track=False, delayed_cache_commit='exact')
+                                                 track=False, delayed_cache_commit='exact',
+                                                 focus_policy='importance', focus_shadow=False)
 
 
 @pytest.mark.parametrize('kwargs, fix', [
@@ -118,3 +119,19 @@ def test_options_reach_the_engine_model_config(sdar_dir):
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny-b16'), hf_overrides=misc.hf_overrides)
     assert FocusOptions.from_hf_config(model_config.hf_config) == FocusOptions(True, True, 2.0, True)
     assert model_config.hf_config.rms_norm_eps == 1e-5
+
+
+def test_focus_policy_and_shadow_options():
+    cfg = PytorchEngineConfig(dllm_focus_shadow=True, dllm_focus_policy='leftmost')
+    assert cfg.dllm_enable_focus and cfg.dllm_enable_delayed_cache
+    options = cfg.hf_overrides[OPTIONS_KEY]
+    assert (options['focus_policy'], options['focus_shadow'], options['enable_focus']) == ('leftmost', True, True)
+    with pytest.raises(ValueError, match='dllm_focus_policy'):
+        PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_policy='random')
+
+
+def test_prefix_caching_with_fast_commit_is_refused():
+    with pytest.raises(ValueError, match="dllm_delayed_cache_commit='exact'"):
+        PytorchEngineConfig(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast', enable_prefix_caching=True)
+    cfg = PytorchEngineConfig(dllm_enable_delayed_cache=True, enable_prefix_caching=True)  # exact: allowed
+    assert cfg.hf_overrides[OPTIONS_KEY]['delayed_cache_commit'] == 'exact'

@@ -71,10 +71,14 @@ def test_focus_flags_on_an_ar_model_warn_and_are_ignored(tmp_path, focus_logs):
     assert any('ignored' in m and 'Qwen3ForCausalLM' in m for m in focus_logs.messages(logging.WARNING))
 
 
-def test_focus_request_is_refused_with_a_clear_error_until_implemented(sdar_dir):
-    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-d'), hf_overrides={OPTIONS_KEY: {'enable_focus': True}})
-    with pytest.raises(NotImplementedError, match='not implemented'):
-        FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
+def test_focus_builds_the_runtime_with_its_options(sdar_dir):
+    from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-d'),
+                                               hf_overrides={OPTIONS_KEY: {'enable_focus': True, 'focus_alpha': 2.0,
+                                                                           'focus_policy': 'leftmost'}})
+    factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
+    assert factory.delayed_cache_runtime.focus == FocusConfig(alpha=2.0, policy='leftmost', shadow=False)
+    assert factory.run_stats is None
 
 
 def test_delayed_cache_builds_the_delayed_cache_strategies(sdar_dir):
@@ -92,10 +96,13 @@ def test_delayed_cache_builds_the_delayed_cache_strategies(sdar_dir):
     assert (runtime.block_length, runtime.commit_mode) == (16, 'fast')
 
 
-def test_track_alone_warns_that_it_has_no_effect_yet(sdar_dir, focus_logs):
+def test_track_alone_builds_the_tracking_agent(sdar_dir):
+    from lmdeploy_focus.strategies.dllm.tracking_agent import TrackingDLLMAgentStrategy
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-e'), hf_overrides={OPTIONS_KEY: {'track': True}})
-    FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
-    assert any('dllm_track' in m for m in focus_logs.messages(logging.WARNING))
+    factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
+    agent = factory.build_model_agent_strategy()
+    assert isinstance(agent, TrackingDLLMAgentStrategy) and agent.stats is factory.run_stats
+    assert factory.delayed_cache_runtime is None
 
 
 def test_sdar_config_without_remote_code_gets_rope_parameters(tmp_path):

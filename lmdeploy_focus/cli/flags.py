@@ -1,7 +1,8 @@
 """The FOCUS command-line flags, added to ``lmdeploy serve api_server`` and ``lmdeploy chat``."""
 import argparse
 
-from ..config.options import COMMIT_MODES, DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
+from ..config.options import (COMMIT_MODES, DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, DEFAULT_FOCUS_POLICY,
+                              FOCUS_POLICIES, OPTIONS_KEY, FocusOptions)
 
 
 
@@ -35,6 +36,16 @@ def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
                        default=DEFAULT_COMMIT_MODE,
                        help='How a decoded block becomes history under delayed cache: exact = one full pass '
                        'over the block (history KV never stale), fast = only its uncached positions')
+    group.add_argument('--dllm-focus-policy',
+                       choices=FOCUS_POLICIES,
+                       default=DEFAULT_FOCUS_POLICY,
+                       help='Which masked tokens FOCUS keeps: importance (delta between layers 0 and 1, the paper) '
+                       'or leftmost (the leftmost ones; ablations and cost measurements)')
+    group.add_argument('--dllm-focus-shadow',
+                       action='store_true',
+                       default=False,
+                       help='Compute the FOCUS selection without evicting; with --dllm-track, report how many '
+                       'decoded tokens had been selected (implies --dllm-enable-focus)')
     group.add_argument('--dllm-track',
                        action='store_true',
                        default=False,
@@ -47,7 +58,9 @@ def options_from_args(args: argparse.Namespace) -> FocusOptions:
                         enable_focus=args.dllm_enable_focus,
                         focus_alpha=args.dllm_focus_alpha,
                         track=args.dllm_track,
-                        delayed_cache_commit=args.dllm_delayed_cache_commit).resolved()
+                        delayed_cache_commit=args.dllm_delayed_cache_commit,
+                        focus_policy=args.dllm_focus_policy,
+                        focus_shadow=args.dllm_focus_shadow).resolved()
 
 
 def fold_into_hf_overrides(args: argparse.Namespace) -> None:

@@ -11,8 +11,17 @@ def check_block_fits_page(block_length: int, page_size: int) -> None:
 
 
 def check_engine_settings(*, quant_policy: int, tp: int, block_size: int, dllm_block_length: int | None,
-                          device_type: str) -> None:
+                          device_type: str, enable_prefix_caching: bool = False,
+                          delayed_cache_commit: str = 'exact') -> None:
     """Validate the engine settings that delayed cache / FOCUS depend on."""
+    if enable_prefix_caching and delayed_cache_commit == 'fast':
+        # Prompt blocks (prefill) are exact either way, but a finished block committed the 'fast' way
+        # keeps KV computed while its right neighbours were masks; the prefix cache would hand that
+        # approximate KV to later requests (multi-turn chats) as if it were a clean prefix.
+        raise ValueError("enable_prefix_caching with dllm_delayed_cache_commit='fast': committed blocks carry "
+                         "approximate KV that the prefix cache would share with other requests. Use "
+                         "dllm_delayed_cache_commit='exact' (--dllm-delayed-cache-commit exact) or disable "
+                         "prefix caching.")
     if int(quant_policy) != 0:
         raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus do not support KV-cache quantisation '
                          f'(quant_policy={int(quant_policy)}): set quant_policy=0 (drop --quant-policy).')

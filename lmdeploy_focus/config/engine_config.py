@@ -12,7 +12,7 @@ from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfi
 
 from ..log import logger
 from .compat import check_engine_settings
-from .options import DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, OPTIONS_KEY, FocusOptions
+from .options import DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, DEFAULT_FOCUS_POLICY, OPTIONS_KEY, FocusOptions
 
 # engine-config field name -> FocusOptions field name
 _FIELD_TO_OPTION = {
@@ -21,6 +21,8 @@ _FIELD_TO_OPTION = {
     'dllm_focus_alpha': 'focus_alpha',
     'dllm_track': 'track',
     'dllm_delayed_cache_commit': 'delayed_cache_commit',
+    'dllm_focus_policy': 'focus_policy',
+    'dllm_focus_shadow': 'focus_shadow',
 }
 
 
@@ -36,16 +38,25 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         dllm_track: collect per-request DLLM statistics.
         dllm_delayed_cache_commit: 'exact' (recompute a finished block once before it becomes
             history) or 'fast' (only its uncached positions, as the reference fork).
+        dllm_focus_policy: which masked tokens FOCUS keeps: 'importance' (the paper) or 'leftmost'
+            (the leftmost ones; for ablations and cost measurements on random weights).
+        dllm_focus_shadow: compute the FOCUS selection but evict nothing, and record whether the
+            tokens decoded each step had been selected (implies dllm_enable_focus).
     """
     dllm_enable_delayed_cache: bool = False
     dllm_enable_focus: bool = False
     dllm_focus_alpha: float = DEFAULT_FOCUS_ALPHA
     dllm_track: bool = False
     dllm_delayed_cache_commit: str = DEFAULT_COMMIT_MODE
+    dllm_focus_policy: str = DEFAULT_FOCUS_POLICY
+    dllm_focus_shadow: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         self._adopt_carried_options()
+        if self.dllm_focus_shadow and not self.dllm_enable_focus:
+            logger.info('dllm_focus_shadow=True enables dllm_enable_focus (selection without eviction).')
+            self.dllm_enable_focus = True
         if self.dllm_enable_focus and not self.dllm_enable_delayed_cache:
             logger.info('dllm_enable_focus=True enables dllm_enable_delayed_cache.')
             self.dllm_enable_delayed_cache = True
@@ -59,7 +70,9 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
                                   tp=self.tp,
                                   block_size=self.block_size,
                                   dllm_block_length=self.dllm_block_length,
-                                  device_type=self.device_type)
+                                  device_type=self.device_type,
+                                  enable_prefix_caching=self.enable_prefix_caching,
+                                  delayed_cache_commit=options.delayed_cache_commit)
         return options
 
     def _adopt_carried_options(self):

@@ -14,6 +14,11 @@ DEFAULT_FOCUS_ALPHA = 1.5
 # positions (the reference fork). Default 'exact' until the quality evaluation says otherwise.
 COMMIT_MODES = ('exact', 'fast')
 DEFAULT_COMMIT_MODE = 'exact'
+# Which masked tokens FOCUS keeps: 'importance' (the paper: importance delta between layers 0 and 1)
+# or 'leftmost' (the leftmost T masked tokens: a deterministic frontier policy for ablations and
+# for measuring cost on random weights, where attention carries no signal).
+FOCUS_POLICIES = ('importance', 'leftmost')
+DEFAULT_FOCUS_POLICY = 'importance'
 
 
 @dataclass(frozen=True)
@@ -24,9 +29,12 @@ class FocusOptions:
     focus_alpha: float = DEFAULT_FOCUS_ALPHA
     track: bool = False
     delayed_cache_commit: str = DEFAULT_COMMIT_MODE
+    focus_policy: str = DEFAULT_FOCUS_POLICY
+    # Compute the FOCUS selection but evict nothing; record whether decoded tokens were selected.
+    focus_shadow: bool = False
 
     def __post_init__(self):
-        for name in ('enable_delayed_cache', 'enable_focus', 'track'):
+        for name in ('enable_delayed_cache', 'enable_focus', 'track', 'focus_shadow'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'dllm_{name} must be a bool, got {getattr(self, name)!r}')
         alpha = self.focus_alpha
@@ -39,6 +47,8 @@ class FocusOptions:
         if self.delayed_cache_commit not in COMMIT_MODES:
             raise ValueError(
                 f'dllm_delayed_cache_commit must be one of {COMMIT_MODES}, got {self.delayed_cache_commit!r}')
+        if self.focus_policy not in FOCUS_POLICIES:
+            raise ValueError(f'dllm_focus_policy must be one of {FOCUS_POLICIES}, got {self.focus_policy!r}')
 
     @classmethod
     def from_dict(cls, data: dict) -> 'FocusOptions':
@@ -65,10 +75,14 @@ class FocusOptions:
         return asdict(self)
 
     def resolved(self) -> 'FocusOptions':
-        """FOCUS evicts from the delayed-cache processing set, so it implies delayed cache."""
-        if self.enable_focus and not self.enable_delayed_cache:
-            return replace(self, enable_delayed_cache=True)
-        return self
+        """Shadow mode is FOCUS without eviction; FOCUS selects from the delayed-cache processing
+        set, so it implies delayed cache."""
+        options = self
+        if options.focus_shadow and not options.enable_focus:
+            options = replace(options, enable_focus=True)
+        if options.enable_focus and not options.enable_delayed_cache:
+            options = replace(options, enable_delayed_cache=True)
+        return options
 
     @property
     def is_default(self) -> bool:

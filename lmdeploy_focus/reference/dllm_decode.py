@@ -31,12 +31,15 @@ from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig
 from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 
+from lmdeploy_focus.strategies.dllm import focus_state
 from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState, advance_after_step
-from lmdeploy_focus.strategies.dllm.processing_set import (ProcessingSet, processing_mask, ragged_step_metadata,
-                                                           scatter_processed)
+from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+from lmdeploy_focus.strategies.dllm.processing_set import (ProcessingSet, gather_processed, processing_mask,
+                                                           ragged_step_metadata, scatter_processed)
 from lmdeploy_focus.strategies.dllm.unmasking_guard import unmask_processed_only
 from lmdeploy_focus.testing.paged_kv_cache import PagedKVCache
 
+from . import focus as focus_math
 from .sdar_model import PagedStep, SDARReference
 
 MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
@@ -58,6 +61,7 @@ class StepRecord:
     next_mask: torch.Tensor  # unmasker output mask
     is_warmup: bool  # first decode step of the block (processes the whole block)
     is_commit: bool  # input block fully UNMASKED: this step commits it
+    kept: torch.Tensor | None = None  # FOCUS: bool [L], positions forwarded past the eviction layer
 
     @property
     def num_processed(self) -> int:
@@ -70,6 +74,7 @@ class GenerationResult:
     token_ids: list[int]  # generated tokens, trimmed at stop token / max_new_tokens
     num_steps: int  # decode forwards incl. commit steps (the prefill is not counted)
     processed_per_step: list[int]  # tokens forwarded in each decode step
+    kept_per_step: list[int]  # of those, tokens that went past FOCUS's eviction layer (all without FOCUS)
     all_token_ids: list[int]  # padded prompt, committed blocks and the last block (untrimmed)
     history_length: int  # committed tokens (their KV is final in the cache)
     steps: list[StepRecord] | None = None  # prefill first, then decode steps
@@ -125,10 +130,12 @@ class _Batch:
     history: torch.Tensor  # long [B]: committed tokens == current block start
     active: torch.Tensor  # bool [B]: not stopped
     cache_state: DelayedCacheState
+    focus_state: focus_state.FocusState
     committed: list[list[int]]  # committed token ids per sequence (padded prompt + finished blocks)
     stops: list[_StopRule]
     num_steps: list[int]
     processed_per_step: list[list[int]]
+    kept_per_step: list[list[int]]
     records: list[list[StepRecord]] | None
 
     @property
@@ -200,22 +207,66 @@ def _prefill(model: SDARReference, padded: list[list[int]], cache: PagedKVCache,
     return logits.view(len(padded), block_length, -1), lengths
 
 
-def _decode_forward(model: SDARReference, batch: _Batch, proc: ProcessingSet, cache: PagedKVCache):
-    """Sparse forward of the processed positions; returns ``(logits [B, L, V], kv lengths [B])``."""
+def _decode_forward(model: SDARReference, batch: _Batch, proc: ProcessingSet, cache: PagedKVCache,
+                    focus: FocusConfig | None = None):
+    """Sparse forward of the processed positions; returns ``(logits [B, L, V], kv lengths [B],
+    processing set of the rows that reached the logits, new FOCUS progress [B] or None)``."""
     L = batch.block_length
     for b in torch.nonzero(batch.active).flatten().tolist():
         cache.allocator.ensure_capacity(b, int(batch.history[b]) + L)
     # the reference knows the valid row count on the host, so it runs no padding rows
-    meta = ragged_step_metadata(proc, batch.history, batch.block_ids, num_rows=int(proc.total))
-    step = PagedStep(block_offsets=_page_table(cache, batch.block_ids.size(0)), q_start_loc=meta.q_start_loc,
-                     q_seqlens=meta.q_seqlens, kv_seqlens=meta.kv_seqlens, kv_positions=meta.position_ids)
-    row_logits = model.forward(meta.input_ids, meta.position_ids, cache.caches, step)
-    logits = scatter_processed(row_logits, proc, fill=float('nan'))
-    return logits, meta.kv_seqlens
+    num_rows = int(proc.total)
+    meta = ragged_step_metadata(proc, batch.history, batch.block_ids, num_rows=num_rows)
+    page_table = _page_table(cache, batch.block_ids.size(0))
+    step = PagedStep(block_offsets=page_table, q_start_loc=meta.q_start_loc, q_seqlens=meta.q_seqlens,
+                     kv_seqlens=meta.kv_seqlens, kv_positions=meta.position_ids)
+    if focus is None:
+        row_logits = model.forward(meta.input_ids, meta.position_ids, cache.caches, step)
+        return scatter_processed(row_logits, proc, fill=float('nan')), meta.kv_seqlens, proc, None
+
+    # FOCUS (spec §3): importance at layers 0 and 1 over the masked processed rows, eviction inside
+    # layer 1 after its K/V write; deeper layers and the LM head see the kept rows only.
+    candidate_dense = proc.processed & (batch.block_mask == MASKED)
+    candidate = gather_processed(candidate_dense, proc, num_rows)
+    block_pos = proc.block_pos[:num_rows]
+    state = batch.focus_state
+    hidden, positions = model.embed(meta.input_ids), meta.position_ids
+    importance0 = None
+    for layer in range(model.dims.num_layers):
+        q, k, v = model.qkv(layer, hidden, positions)
+        model.write_kv(layer, k, v, cache.caches, step)
+        if layer == 0 and focus.needs_importance:
+            importance0 = focus_math.masked_importance(q, k, step.q_start_loc, step.q_seqlens, candidate, model.scale)
+        if layer == focus.eviction_layer:
+            targets = focus_math.focus_targets(candidate_dense.sum(dim=1), state.avg_decoded(), focus.alpha)
+            delta = torch.zeros(num_rows, dtype=torch.float32)
+            if focus.needs_importance:
+                importance1 = focus_math.masked_importance(q, k, step.q_start_loc, step.q_seqlens, candidate,
+                                                           model.scale)
+                delta = importance1 - importance0
+            keep = focus_math.select_kept(delta, candidate, block_pos, step.q_start_loc, step.q_seqlens, targets,
+                                          state.progress, policy=focus.policy)
+            if focus.shadow:
+                keep = torch.ones(num_rows, dtype=torch.bool)
+            layout = focus_math.kept_layout(keep, step.q_start_loc, step.q_seqlens, block_pos, batch.history,
+                                            state.progress)
+            num_kept = int(layout.total)
+            src = layout.src_row[:num_kept]
+            q, hidden, positions = q[src], hidden[src], positions[src]
+            step = PagedStep(block_offsets=page_table, q_start_loc=layout.q_start_loc, q_seqlens=layout.q_seqlens,
+                             kv_seqlens=layout.kv_seqlens, kv_positions=positions)
+            kept_dense = torch.zeros(proc.num_rows, dtype=torch.bool)
+            kept_dense[proc.flat_index[:num_rows]] = keep
+            proc = ProcessingSet.from_mask(kept_dense.view_as(proc.processed))
+            progress = layout.progress
+        hidden = model.attend_and_mlp(layer, hidden, q, cache.caches, step)
+    logits = scatter_processed(model.logits(hidden), proc, fill=float('nan'))
+    return logits, step.kv_seqlens, proc, progress
 
 
 def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, proc: ProcessingSet, kv_lengths: torch.Tensor,
-                processor: UnmaskingProcessor, mask_token_id: int) -> None:
+                processor: UnmaskingProcessor, mask_token_id: int, forwarded: torch.Tensor | None = None,
+                focus_progress: torch.Tensor | None = None) -> None:
     """Sample, unmask (guarded), update delayed-cache state, then per sequence: record, stop, commit."""
     B, L, vocab = logits.shape
     candidates = logits.argmax(dim=-1)  # greedy sampling (top_k=1)
@@ -225,6 +276,13 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, proc: Processing
     warmup_rows = batch.cache_state.needs_warmup.clone()
     if kind == 'decode':  # prefill leaves the state fresh: the first decode step is a warm-up
         batch.cache_state = advance_after_step(batch.cache_state, batch.block_mask, next_mask)
+        if focus_progress is not None:  # FOCUS: progress of this step, tokens decoded, reset on commit
+            decoded = focus_state.newly_decoded(batch.block_mask, next_mask, L).sum(dim=1)
+            updated = focus_state.record_step(batch.focus_state, focus_progress, decoded)
+            batch.focus_state = focus_state.reset_rows(updated, (next_mask == CACHED).all(dim=1))
+    kept = proc.processed
+    if forwarded is not None:  # rows that entered the forward (FOCUS: before eviction)
+        proc = ProcessingSet.from_mask(forwarded)
 
     for b in torch.nonzero(batch.active).flatten().tolist():
         block_start = int(batch.history[b])
@@ -232,13 +290,14 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, proc: Processing
         if kind == 'decode':
             batch.num_steps[b] += 1
             batch.processed_per_step[b].append(int(proc.q_seqlens[b]))
+            batch.kept_per_step[b].append(int(kept[b].sum()))
         if batch.records is not None:
             batch.records[b].append(
                 StepRecord(kind=kind, history_length=block_start, input_ids=batch.block_ids[b].clone(),
                            input_mask=batch.block_mask[b].clone(), processed=proc.processed[b].clone(),
                            kv_length=int(kv_lengths[b]), logits=logits[b].clone(), next_token_ids=next_ids[b].clone(),
                            next_mask=next_mask[b].clone(), is_warmup=kind == 'decode' and bool(warmup_rows[b]),
-                           is_commit=is_commit))
+                           is_commit=is_commit, kept=kept[b].clone() if forwarded is not None else None))
         # still-masked slots carry the mask token again (upstream _update_token_ids_decode)
         batch.block_ids[b] = torch.where(next_mask[b] == MASKED, mask_token_id, next_ids[b])
         batch.block_mask[b] = next_mask[b]
@@ -266,7 +325,8 @@ def reference_generate(model: SDARReference,
                        commit_mode: str = COMMIT_FAST,
                        page_size: int = 16,
                        record_steps: bool = False,
-                       process_all: bool = False) -> list[GenerationResult]:
+                       process_all: bool = False,
+                       focus: FocusConfig | None = None) -> list[GenerationResult]:
     """Greedy block-diffusion generation for a batch of prompts (see the module docstring).
 
     Args:
@@ -283,8 +343,10 @@ def reference_generate(model: SDARReference,
         page_size: KV cache page size (pages are handed out in shuffled order).
         record_steps: keep a :class:`StepRecord` per forward and each sequence's final history KV.
         process_all: debug: delayed-cache bookkeeping, but every step forwards the whole block.
+        focus: FOCUS eviction (spec §3) on top of delayed cache (requires ``delayed_cache``).
     """
     assert commit_mode in (COMMIT_FAST, COMMIT_EXACT), commit_mode
+    assert focus is None or delayed_cache, 'FOCUS evicts from the delayed-cache processing set'
     L = block_length
     B = len(prompts)
     max_new = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -301,11 +363,13 @@ def reference_generate(model: SDARReference,
                    history=torch.tensor([len(p) - L for p in padded], dtype=torch.long),
                    active=torch.ones(B, dtype=torch.bool),
                    cache_state=DelayedCacheState.fresh(B, L),
+                   focus_state=focus_state.FocusState.fresh(B),
                    committed=[p[:-L] for p in padded],
                    stops=[_StopRule(L, len(p), m + len(p) % L, len(q), stop_ids) for p, q, m in
                           zip(prompts, padded, max_new)],
                    num_steps=[0] * B,
                    processed_per_step=[[] for _ in range(B)],
+                   kept_per_step=[[] for _ in range(B)],
                    records=[[] for _ in range(B)] if record_steps else None)
 
     logits, kv_lengths = _prefill(model, padded, cache, L)
@@ -318,8 +382,8 @@ def reference_generate(model: SDARReference,
         if not bool(batch.active.any()):
             break
         proc = ProcessingSet.from_mask(_decode_processing(batch, delayed_cache, commit_mode, process_all))
-        logits, kv_lengths = _decode_forward(model, batch, proc, cache)
-        _apply_step(batch, 'decode', logits, proc, kv_lengths, processor, mask_token_id)
+        logits, kv_lengths, kept_proc, progress = _decode_forward(model, batch, proc, cache, focus)
+        _apply_step(batch, 'decode', logits, kept_proc, kv_lengths, processor, mask_token_id, proc.processed, progress)
     if bool(batch.active.any()):
         raise RuntimeError(f'generation did not finish within {max_steps} steps')
 
@@ -335,6 +399,7 @@ def reference_generate(model: SDARReference,
             GenerationResult(token_ids=all_ids[len(prompts[b]):batch.stops[b].valid_end],
                              num_steps=batch.num_steps[b],
                              processed_per_step=batch.processed_per_step[b],
+                             kept_per_step=batch.kept_per_step[b],
                              all_token_ids=all_ids,
                              history_length=history_len,
                              steps=batch.records[b] if record_steps else None,

@@ -9,13 +9,18 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 
 from lmdeploy.pytorch import consts
 
 from ...log import logger
 
+from . import focus_state
 from .delayed_cache_state import advance
-from .processing_set import ProcessingSet, RaggedStepMetadata, processing_mask, ragged_step_metadata
+from .focus_step import FocusConfig, FocusStep
+from .processing_set import (ProcessingSet, RaggedStepMetadata, gather_processed, processing_mask,
+                             ragged_step_metadata, scatter_processed)
+from .run_stats import RunStats
 
 
 # Debug mode: keep the delayed-cache machinery (ragged rows, sparse fill, ragged attention, scatter,
@@ -31,7 +36,9 @@ class DelayedCacheStep:
     proc: ProcessingSet
     meta: RaggedStepMetadata  # sliced to the ``num_rows`` valid rows
     num_rows: int
-    hidden_scattered: bool = False
+    logits_scattered: bool = False
+    focus: FocusStep | None = None
+    processed_total: torch.Tensor | None = None  # 0-d: rows into layer 0 (before any eviction)
 
 
 @dataclass
@@ -40,11 +47,15 @@ class DelayedCacheRuntime:
     commit_mode: str = 'exact'
     step_inputs: object = field(default=None, repr=False)  # the agent's DelayedCacheStepInputs
     step: DelayedCacheStep | None = None
+    focus: FocusConfig | None = None  # FOCUS eviction on top of delayed cache
+    stats: RunStats | None = None  # dllm_track
+    _logits_buffer: torch.Tensor | None = field(default=None, repr=False)
     process_all: bool = field(default_factory=lambda: os.environ.get(PROCESS_ALL_ENV, '') == '1')
     static_rows: bool = field(default_factory=lambda: os.environ.get(STATIC_ROWS_ENV, '') == '1')
     # Work counters (host ints, free: the row count is read on the host anyway).
     steps: int = 0
     processed_rows: int = 0
+    kept_rows: int = 0
     dense_rows: int = 0
     log_every: int = 500
 
@@ -53,6 +64,7 @@ class DelayedCacheRuntime:
         state = getattr(self.step_inputs, 'delayed_state', None)
         return state is not None and state.batch_size * self.block_length == num_tokens
 
+    @record_function('delayed.begin_step')
     def begin_step(self, dense_input_ids: torch.Tensor) -> DelayedCacheStep:
         """Processing set of this step from the device state; advances the state for the next step."""
         step_inputs = self.step_inputs
@@ -75,18 +87,91 @@ class DelayedCacheRuntime:
                                     dense_input_ids=dense_input_ids,
                                     num_rows=num_rows)
         step_inputs.delayed_state = advance(state, input_mask)
-        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows)
-        self._count(num_rows, proc.num_rows)
+        focus = None
+        if self.focus is not None:
+            focus = self._focus_step(proc, input_mask, num_rows, step_inputs)
+        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows, focus=focus, processed_total=proc.total)
         return self.step
 
-    def _count(self, rows: int, dense_rows: int) -> None:
+    def _focus_step(self, proc: ProcessingSet, input_mask: torch.Tensor, num_rows: int, step_inputs) -> FocusStep:
+        """FOCUS inputs of the step: masked processed rows are the eviction candidates (spec §3.1)."""
+        candidate_dense = proc.processed & (input_mask == consts.DLLM_MASKED)
+        state = step_inputs.focus_state
+        return FocusStep(config=self.focus,
+                         candidate=gather_processed(candidate_dense, proc, num_rows),
+                         candidate_dense=candidate_dense,
+                         num_candidates=candidate_dense.sum(dim=1),
+                         avg_decoded=state.avg_decoded(),
+                         progress=state.progress,
+                         block_pos=proc.block_pos[:num_rows],
+                         history=step_inputs.model_inputs.history_lengths.long())
+
+    def after_unmasking(self, input_mask: torch.Tensor, next_mask: torch.Tensor) -> None:
+        """Device-side bookkeeping once the step's tokens are unmasked (before the block may commit)."""
+        step, L = self.step, self.block_length
+        decoded = focus_state.newly_decoded(input_mask, next_mask, L)
+        num_decoded = decoded.sum(dim=1)
+        focus = step.focus
+        if focus is not None:
+            progress = focus.progress_out if focus.progress_out is not None else focus.progress
+            inputs = self.step_inputs
+            inputs.focus_state = focus_state.record_step(inputs.focus_state, progress, num_decoded)
+        if self.stats is None:
+            return
+        values = dict(decode_steps=decoded.size(0),
+                      generated_tokens=num_decoded.sum(),
+                      processed_tokens=step.processed_total,
+                      deep_tokens=step.proc.total)
+        if focus is not None and focus.selected_dense is not None:
+            candidates = focus.candidate_dense
+            selected = focus.selected_dense & candidates
+            values.update(candidates=candidates.sum(), kept_candidates=(step.proc.processed & candidates).sum())
+            # shadow recall: only sequences where a selection was needed (more candidates than target)
+            scored = decoded & focus.evicting[:, None]
+            n_sel = selected.sum(dim=1).to(torch.float64)
+            n_cand = candidates.sum(dim=1).clamp(min=1).to(torch.float64)
+            values.update(shadow_decoded=scored.sum(),
+                          shadow_selected_decoded=(scored & selected).sum(),
+                          shadow_random_expected=(scored.sum(dim=1) * n_sel / n_cand).sum())
+        self.stats.add(**values)
+
+    def _count(self, step: DelayedCacheStep) -> None:
+        """Host-side row counters (free: both counts are host ints already), logged now and then."""
+        focus = step.focus
+        rows = focus.processed_rows if focus is not None and focus.processed_rows else step.num_rows
         self.steps += 1
         self.processed_rows += rows
-        self.dense_rows += dense_rows
+        self.kept_rows += step.num_rows
+        self.dense_rows += step.proc.num_rows
         if self.steps % self.log_every == 0:
+            kept = f', {self.kept_rows / self.steps:.1f} past FOCUS eviction' if self.focus is not None else ''
             logger.info(f'delayed cache: {self.steps} decode steps, {self.processed_rows / self.steps:.1f} rows per step '
                         f'processed of {self.dense_rows / self.steps:.1f} in the blocks '
-                        f'({self.processed_rows / max(self.dense_rows, 1):.1%}).')
+                        f'({self.processed_rows / max(self.dense_rows, 1):.1%}){kept}.')
+
+    def dense_logits(self, row_logits: torch.Tensor) -> torch.Tensor:
+        """``[B*L, V]`` logits for the sampler from the step's ``[num_rows, V]`` LM-head output.
+
+        Rows of the processed (kept) slots are written into a persistent buffer; the others keep
+        stale but finite values the unmasker never reads (guarded), so the buffer is never cleared
+        and the LM head runs on the processed rows only.
+        """
+        step = self.step
+        proc = step.proc
+        shape = (proc.num_rows, row_logits.size(-1))
+        buffer = self._logits_buffer
+        if buffer is None or buffer.shape != shape or buffer.dtype != row_logits.dtype or \
+                buffer.device != row_logits.device:
+            buffer = self._logits_buffer = row_logits.new_zeros(shape)
+        num_rows = row_logits.size(0)
+        if num_rows == step.num_rows and not self.static_rows:
+            buffer.index_copy_(0, proc.flat_index[:num_rows], row_logits)  # every row is a processed slot
+        else:
+            scatter_processed(row_logits, proc, out=buffer.view(proc.batch_size, proc.block_length, -1))
+        step.logits_scattered = True
+        return buffer
 
     def end_step(self) -> None:
+        if self.step is not None:
+            self._count(self.step)
         self.step = None

@@ -1,26 +1,32 @@
-"""Upstream's device-resident DLLM decode state plus the per-sequence delayed-cache state."""
+"""Upstream's device-resident DLLM decode state plus the per-sequence delayed-cache and FOCUS state."""
 from dataclasses import dataclass, field
 
 from lmdeploy.pytorch.strategies.dllm.step_inputs import DLLMStepInputs
 
+from . import focus_state as focus
 from .delayed_cache_state import DelayedCacheState, concat, reset_rows, select, starts_new_block
 
 
 @dataclass
 class DelayedCacheStepInputs(DLLMStepInputs):
     delayed_state: DelayedCacheState | None = field(default=None, repr=False)
+    focus_state: focus.FocusState | None = field(default=None, repr=False)
 
     def merge_prefill(self, inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                       extra_outputs):
         super().merge_prefill(inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                               extra_outputs)
         # New sequences start their first decode step with a warm-up over the whole block.
-        fresh = DelayedCacheState.fresh(inputs.seq_length.numel(), self._block_size, device=next_token_ids.device)
+        num_new, device = inputs.seq_length.numel(), next_token_ids.device
+        fresh = DelayedCacheState.fresh(num_new, self._block_size, device=device)
         self.delayed_state = fresh if self.delayed_state is None else concat(self.delayed_state, fresh)
+        fresh_focus = focus.FocusState.fresh(num_new, device=device)
+        self.focus_state = fresh_focus if self.focus_state is None else focus.concat(self.focus_state, fresh_focus)
 
     def reindex(self, delta):
         super().reindex(delta)
         self.delayed_state = select(self.delayed_state, delta.indices)
+        self.focus_state = focus.select(self.focus_state, delta.indices)
 
     def step_decode(self, model_inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                     extra_outputs):
@@ -29,3 +35,4 @@ class DelayedCacheStepInputs(DLLMStepInputs):
         super().step_decode(model_inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                             extra_outputs)
         self.delayed_state = reset_rows(self.delayed_state, committed)
+        self.focus_state = focus.reset_rows(self.focus_state, committed)

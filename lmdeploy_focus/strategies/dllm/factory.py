@@ -19,19 +19,31 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         if given_block_length is None and model_config.dllm_block_length is not None:
             logger.info(f'dllm_block_length not given: using {self.dllm_block_length} from the model config / path.')
         self.focus_options = FocusOptions.from_hf_config(model_config.hf_config).resolved()
-        if self.focus_options.enable_focus:
-            raise NotImplementedError(
-                'dllm_enable_focus: FOCUS eviction is not implemented in this lmdeploy-focus build yet; '
-                'use --dllm-enable-delayed-cache alone, or run without these flags for stock DLLM decoding.')
-        if self.focus_options.track:
-            logger.warning('dllm_track: per-request DLLM statistics are not collected by this lmdeploy-focus build '
-                           'yet; the flag has no effect.')
+        options = self.focus_options
+        self.run_stats = None
+        if options.track:
+            from .run_stats import RunStats
+            self.run_stats = RunStats()
         self.delayed_cache_runtime = None
-        if self.focus_options.enable_delayed_cache:
+        if options.enable_delayed_cache:
             from .delayed_cache_runtime import DelayedCacheRuntime
+            from .focus_step import FocusConfig
+            focus = None
+            if options.enable_focus:
+                focus = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy, shadow=options.focus_shadow)
+                num_layers = getattr(model_config, 'num_layers', None)
+                if num_layers is not None and num_layers <= focus.eviction_layer:
+                    raise ValueError(f'dllm_enable_focus needs a model with at least {focus.eviction_layer + 1} '
+                                     f'layers (importance at layers 0-1, eviction inside layer 1); this one has '
+                                     f'{num_layers}.')
             self.delayed_cache_runtime = DelayedCacheRuntime(block_length=self.dllm_block_length,
-                                                             commit_mode=self.focus_options.delayed_cache_commit)
-            logger.info(f'delayed cache on (commit mode {self.focus_options.delayed_cache_commit}).')
+                                                             commit_mode=options.delayed_cache_commit,
+                                                             focus=focus,
+                                                             stats=self.run_stats)
+            logger.info(f'delayed cache on (commit mode {options.delayed_cache_commit}).')
+            if focus is not None:
+                logger.info(f'FOCUS on: alpha {focus.alpha}, policy {focus.policy}'
+                            f'{", shadow (nothing evicted)" if focus.shadow else ""}.')
 
     def build_engine_strategy(self, cache_config, scheduler_config):
         if self.focus_options.uses_sparse_decode:
@@ -40,7 +52,16 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         return super().build_engine_strategy(cache_config, scheduler_config)
 
     def build_model_agent_strategy(self):
+        from ...testing.step_recorder import maybe_record_steps  # debug: LMDEPLOY_FOCUS_RECORD_STEPS=<dir>
+        return maybe_record_steps(self._build_agent_strategy())
+
+    def _build_agent_strategy(self):
         if self.delayed_cache_runtime is None:
+            if self.run_stats is not None:
+                from .tracking_agent import TrackingDLLMAgentStrategy
+                return TrackingDLLMAgentStrategy(dllm_config=self.dllm_config,
+                                                 dllm_mask_token=self.model_config.dllm_mask_token,
+                                                 stats=self.run_stats)
             return super().build_model_agent_strategy()
         from .delayed_cache_agent import DelayedCacheAgentStrategy
         return DelayedCacheAgentStrategy(dllm_config=self.dllm_config,

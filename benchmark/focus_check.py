@@ -1,0 +1,135 @@
+"""FOCUS on the GPU: equivalence with delayed cache at alpha >= L, throughput of every arm in one
+process, and a per-phase breakdown of a FOCUS decode step.
+
+    python benchmark/focus_check.py CKPT --out result.json [--batch-sizes 64 128 256] [--graphs]
+
+Arms (all with dllm_track, static unmasking, greedy, ignore_eos): stock; delayed cache (exact /
+fast commit); FOCUS leftmost and importance at alpha 1.5. Random weights: the arms measure cost at
+the eviction rate each policy produces, not FOCUS's decisions (see BENCHMARKS.md).
+"""
+import argparse
+import json
+import time
+
+from delayed_cache_check import first_difference
+from stock_sdar_smoke import random_text_prompts, run_arm
+
+ARMS = {
+    'stock': dict(dllm_track=True),
+    'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact', dllm_track=True),
+    'delayed_fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast', dllm_track=True),
+    'focus_leftmost': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost',
+                           dllm_track=True),
+    'focus_leftmost_fast': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost',
+                                dllm_delayed_cache_commit='fast', dllm_track=True),
+    'focus_importance': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='importance',
+                             dllm_track=True),
+}
+
+
+def run(args, arm, batch_size, output_len, eager, return_tokens, **overrides):
+    kwargs = {**ARMS[arm], **overrides}
+    try:
+        result = run_arm(args.model_path, batch_size, args.input_len, output_len, eager, 'low_confidence_static',
+                         args.denoising_steps, args.seed, return_tokens=return_tokens, **kwargs)
+    except Exception as error:  # an arm that fails is reported, not hidden
+        result = dict(batch_size=batch_size, eager_mode=eager, status='failed', error=f'{type(error).__name__}: {error}')
+    result['arm'] = arm
+    result['engine_kwargs'] = kwargs
+    print(json.dumps({k: v for k, v in result.items() if k != 'token_ids'}), flush=True)
+    return result
+
+
+def equivalence(args, block_length):
+    """alpha >= L evicts nothing: FOCUS must reproduce delayed cache alone token for token."""
+    runs = {name: run(args, arm, args.check_batch_size, args.check_output_len, True, True, **extra)
+            for name, arm, extra in [('delayed_exact', 'delayed_exact', {}),
+                                     ('focus_alpha_L', 'focus_importance', dict(dllm_focus_alpha=float(block_length))),
+                                     ('shadow', 'focus_importance', dict(dllm_focus_shadow=True))]}
+    base = runs['delayed_exact'].get('token_ids')
+    report = {}
+    for name in ('focus_alpha_L', 'shadow'):
+        tokens = runs[name].get('token_ids')
+        if base is None or tokens is None:
+            report[name] = dict(status='failed', error=runs[name].get('error') or runs['delayed_exact'].get('error'))
+            continue
+        diffs = [first_difference(a, b) for a, b in zip(base, tokens)]
+        report[name] = dict(identical_sequences=sum(d is None for d in diffs), sequences=len(diffs),
+                            first_difference_positions=[d for d in diffs if d is not None],
+                            dllm_stats=runs[name].get('dllm_stats'))
+    return report
+
+
+def phase_breakdown(args, arm, batch_size):
+    """CUDA time per labelled phase of the decode steps (torch profiler over one generation)."""
+    import torch
+    from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+    from torch.profiler import ProfilerActivity, profile
+    engine_config = PytorchEngineConfig(max_batch_size=batch_size, max_prefill_token_num=max(8192, batch_size * 32),
+                                        eager_mode=True, dllm_unmasking_strategy='low_confidence_static',
+                                        dllm_denoising_steps=args.denoising_steps, cache_max_entry_count=0.7,
+                                        **ARMS[arm])
+    prompts, _ = random_text_prompts(args.model_path, batch_size, args.input_len, args.seed)
+    gen = GenerationConfig(max_new_tokens=64, ignore_eos=True, do_sample=False)
+    with pipeline(args.model_path, backend_config=engine_config, log_level='WARNING') as pipe:
+        pipe(prompts[:2], gen_config=GenerationConfig(max_new_tokens=32, ignore_eos=True), do_preprocess=False)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            pipe(prompts, gen_config=gen, do_preprocess=False)
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+    phases = {}
+    for event in prof.key_averages():
+        if event.key.startswith(('focus.', 'delayed.')) or event.key in ('get_logits', 'sampling_logits',
+                                                                         'unmasking', 'forward'):
+            device_us = getattr(event, 'device_time_total', None) or getattr(event, 'cuda_time_total', 0)
+            phases[event.key] = dict(calls=event.count, device_ms=round(device_us / 1e3, 2),
+                                     cpu_ms=round(event.cpu_time_total / 1e3, 2))
+    return dict(arm=arm, batch_size=batch_size, output_len=64, wall_s=round(wall, 3), phases=phases)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('model_path')
+    parser.add_argument('--out', required=True)
+    parser.add_argument('--check-batch-size', type=int, default=16)
+    parser.add_argument('--check-output-len', type=int, default=96)
+    parser.add_argument('--batch-sizes', type=int, nargs='*', default=[64, 128, 256])
+    parser.add_argument('--input-len', type=int, default=256)
+    parser.add_argument('--output-len', type=int, default=256)
+    parser.add_argument('--denoising-steps', type=int, default=8)
+    parser.add_argument('--block-length', type=int, default=32)
+    parser.add_argument('--arms', nargs='+', default=['stock', 'delayed_exact', 'focus_leftmost', 'focus_importance'])
+    parser.add_argument('--graphs', action='store_true', help='also time with CUDA graphs (eager_mode=False)')
+    parser.add_argument('--profile-arms', nargs='*', default=['focus_leftmost', 'stock'])
+    parser.add_argument('--profile-batch-size', type=int, default=256)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--skip-check', action='store_true')
+    args = parser.parse_args()
+
+    import torch
+    result = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime('%Y-%m-%d'),
+                  model=args.model_path, input_len=args.input_len, output_len=args.output_len,
+                  denoising_steps=args.denoising_steps, unmasking='low_confidence_static')
+    if not args.skip_check:
+        result['equivalence_alpha_ge_L'] = equivalence(args, args.block_length)
+        print(json.dumps(result['equivalence_alpha_ge_L']), flush=True)
+    timing = []
+    for bs in args.batch_sizes:
+        for eager in ([True, False] if args.graphs else [True]):
+            for arm in args.arms:
+                timing.append(run(args, arm, bs, args.output_len, eager, False))
+    result['throughput'] = timing
+    result['phase_breakdown'] = []
+    for arm in args.profile_arms:
+        try:
+            result['phase_breakdown'].append(phase_breakdown(args, arm, args.profile_batch_size))
+        except Exception as error:
+            result['phase_breakdown'].append(dict(arm=arm, status='failed', error=f'{type(error).__name__}: {error}'))
+        print(json.dumps(result['phase_breakdown'][-1]), flush=True)
+    with open(args.out, 'w') as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,34 @@
+"""DLLM run statistics (``dllm_track``) of the engines running in this process.
+
+    from lmdeploy_focus.stats import read_run_stats, derived_metrics
+    totals = read_run_stats(reset=True)   # None if no engine with dllm_track runs in this process
+
+Works for in-process engines (``pipeline``, the throughput driver); an ``api_server`` engine logs
+its statistics instead.
+"""
+from .strategies.dllm.run_stats import KEYS, live_run_stats
+
+
+def read_run_stats(reset: bool = True) -> dict[str, float] | None:
+    """Totals since the last reset over every tracking engine in this process (one sync)."""
+    sources = live_run_stats()
+    if not sources:
+        return None
+    totals = dict.fromkeys(KEYS, 0.0)
+    for source in sources:
+        for key, value in source.read(reset=reset).items():
+            totals[key] += value
+    return totals
+
+
+def derived_metrics(totals: dict[str, float]) -> dict[str, float | None]:
+    """Ratios a report shows: generated per step, processed/generated, kept fraction, recalls."""
+    def ratio(a, b):
+        return totals[a] / totals[b] if totals.get(b) else None
+
+    return dict(generated_per_step=ratio('generated_tokens', 'decode_steps'),
+                processed_per_generated=ratio('deep_tokens', 'generated_tokens'),
+                layer0_processed_per_generated=ratio('processed_tokens', 'generated_tokens'),
+                kept_fraction=ratio('kept_candidates', 'candidates'),
+                shadow_recall=ratio('shadow_selected_decoded', 'shadow_decoded'),
+                random_recall=ratio('shadow_random_expected', 'shadow_decoded'))

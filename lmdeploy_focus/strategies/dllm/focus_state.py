@@ -1,0 +1,74 @@
+"""Per-sequence FOCUS state of the current block, on the device (spec §3.4, §3.6, §3.8).
+
+* ``progress[b]``: largest block position processed through *all* layers in an earlier step of
+  this block (-1 at block start). Gap-fill keeps every masked token between it and the rightmost
+  kept one, so positions ``0 .. progress`` always have KV in every layer.
+* ``decoded_sum[b]`` / ``decoded_steps[b]``: tokens unmasked so far in this block's decode steps
+  and the number of those steps that unmasked at least one; their ratio is the running average
+  that sets how many masked tokens a step keeps (1.0 before the first such step).
+
+Lifecycle follows :class:`~.delayed_cache_state.DelayedCacheState` (fresh on join, select on
+reindex, reset when a block is committed); every function returns new tensors, no host sync.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from lmdeploy.pytorch import consts
+
+DLLM_MASKED = consts.DLLM_MASKED
+DLLM_UNMASKED = consts.DLLM_UNMASKED
+
+
+@dataclass
+class FocusState:
+    progress: torch.Tensor  # int64 [B]
+    decoded_sum: torch.Tensor  # float32 [B]
+    decoded_steps: torch.Tensor  # float32 [B]
+
+    @classmethod
+    def fresh(cls, batch_size: int, device=None) -> 'FocusState':
+        return cls(progress=torch.full((batch_size, ), -1, dtype=torch.long, device=device),
+                   decoded_sum=torch.zeros(batch_size, dtype=torch.float32, device=device),
+                   decoded_steps=torch.zeros(batch_size, dtype=torch.float32, device=device))
+
+    @property
+    def batch_size(self) -> int:
+        return self.progress.numel()
+
+    def avg_decoded(self) -> torch.Tensor:
+        """float32 [B]: mean tokens unmasked per step of this block (steps that unmasked any); 1 if none."""
+        return torch.where(self.decoded_steps > 0, self.decoded_sum / self.decoded_steps.clamp(min=1),
+                           torch.ones_like(self.decoded_sum))
+
+
+def newly_decoded(input_mask: torch.Tensor, next_mask: torch.Tensor, block_length: int) -> torch.Tensor:
+    """bool [B, L]: MASKED → UNMASKED in this step (the tokens the step decoded)."""
+    return ((input_mask.view(-1, block_length) == DLLM_MASKED) & (next_mask.view(-1, block_length) == DLLM_UNMASKED))
+
+
+def record_step(state: FocusState, progress: torch.Tensor, num_decoded: torch.Tensor) -> FocusState:
+    """After a decode step: the forward's new progress, and this step's decoded count (int [B])."""
+    decoded = num_decoded.to(torch.float32)
+    return FocusState(progress=progress,
+                      decoded_sum=state.decoded_sum + decoded,
+                      decoded_steps=state.decoded_steps + (decoded > 0).to(torch.float32))
+
+
+def reset_rows(state: FocusState, rows: torch.Tensor) -> FocusState:
+    """Rows flagged in ``rows`` (bool [B]) start a new block."""
+    return FocusState(progress=state.progress.masked_fill(rows, -1),
+                      decoded_sum=state.decoded_sum.masked_fill(rows, 0.0),
+                      decoded_steps=state.decoded_steps.masked_fill(rows, 0.0))
+
+
+def select(state: FocusState, batch_indices: torch.Tensor) -> FocusState:
+    return FocusState(progress=state.progress.index_select(0, batch_indices),
+                      decoded_sum=state.decoded_sum.index_select(0, batch_indices),
+                      decoded_steps=state.decoded_steps.index_select(0, batch_indices))
+
+
+def concat(first: FocusState, second: FocusState) -> FocusState:
+    return FocusState(progress=torch.cat([first.progress, second.progress]),
+                      decoded_sum=torch.cat([first.decoded_sum, second.decoded_sum]),
+                      decoded_steps=torch.cat([first.decoded_steps, second.decoded_steps]))

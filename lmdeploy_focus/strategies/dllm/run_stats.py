@@ -1,0 +1,64 @@
+"""DLLM decode statistics of a run (``dllm_track``), accumulated on the device without host syncs.
+
+Counted per decode step (prefill excluded), summed over the batch:
+
+* ``decode_steps``: sequence-steps (each running sequence in each denoising step);
+* ``generated_tokens``: tokens unmasked (MASKED → UNMASKED);
+* ``processed_tokens``: rows forwarded through layers 0–1 (the whole block without delayed cache);
+* ``deep_tokens``: rows forwarded through layers ≥ 2 and the LM head (after FOCUS eviction);
+* ``candidates`` / ``kept_candidates``: masked rows of the processing sets / those FOCUS kept;
+* ``shadow_decoded``, ``shadow_selected_decoded``, ``shadow_random_expected``: over sequences whose
+  candidates outnumber their target (the only ones where a selection matters), decoded tokens,
+  decoded tokens the selection had picked, and the expected number a uniformly random subset of
+  the same size would have picked (Σ |decoded|·|selected|/|candidates|).
+
+Reading the totals (:func:`lmdeploy_focus.stats.read_run_stats`) is the only sync.
+"""
+import threading
+import weakref
+
+import torch
+
+KEYS = ('decode_steps', 'generated_tokens', 'processed_tokens', 'deep_tokens', 'candidates', 'kept_candidates',
+        'shadow_decoded', 'shadow_selected_decoded', 'shadow_random_expected')
+
+_LIVE = weakref.WeakSet()
+_LOCK = threading.Lock()
+
+
+class RunStats:
+
+    def __init__(self):
+        self._totals: torch.Tensor | None = None  # float64 [len(KEYS)] on the step's device
+        with _LOCK:
+            _LIVE.add(self)
+
+    def add(self, **values) -> None:
+        """Add per-step counts (0-d tensors or numbers) under the names of ``KEYS``."""
+        unknown = set(values) - set(KEYS)
+        if unknown:
+            raise KeyError(f'unknown run statistics {sorted(unknown)}')
+        device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), None)
+
+        def as_tensor(value):
+            # a fill kernel, not a host-to-device copy: nothing here waits for the GPU
+            if isinstance(value, torch.Tensor):
+                return value.to(torch.float64).reshape(())
+            return torch.full((), float(value), dtype=torch.float64, device=device)
+
+        row = torch.stack([as_tensor(values.get(key, 0)) for key in KEYS])
+        if self._totals is None:
+            self._totals = row
+        else:
+            self._totals = self._totals.to(row.device) + row
+
+    def read(self, reset: bool = False) -> dict[str, float]:
+        totals = [0.0] * len(KEYS) if self._totals is None else self._totals.tolist()
+        if reset:
+            self._totals = None
+        return dict(zip(KEYS, totals))
+
+
+def live_run_stats() -> list[RunStats]:
+    with _LOCK:
+        return list(_LIVE)

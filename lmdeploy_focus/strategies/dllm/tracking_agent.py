@@ -1,0 +1,24 @@
+"""Stock DLLM decoding with ``dllm_track``: upstream's agent strategy plus run statistics."""
+from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
+
+from .focus_state import newly_decoded
+from .run_stats import RunStats
+
+
+class TrackingDLLMAgentStrategy(DLLMModelAgentStrategy):
+    """Every decode step forwards whole blocks: processed = deep = B*L rows."""
+
+    def __init__(self, dllm_config, dllm_mask_token: int, stats: RunStats):
+        super().__init__(dllm_config=dllm_config, dllm_mask_token=dllm_mask_token)
+        self.block_length = dllm_config.block_length
+        self.stats = stats
+
+    def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
+        input_mask = extra_inputs.dllm_mask.clone()  # upstream's unmasker writes into the mask it gets
+        next_token_ids, extra_inputs = super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
+        if inputs.is_decoding and not getattr(inputs, 'is_dummy', False):
+            decoded = newly_decoded(input_mask, extra_inputs.dllm_mask, self.block_length)
+            rows = decoded.numel()
+            self.stats.add(decode_steps=decoded.size(0), generated_tokens=decoded.sum(), processed_tokens=rows,
+                           deep_tokens=rows)
+        return next_token_ids, extra_inputs

@@ -1,0 +1,123 @@
+"""FOCUS through the engine path (our SDAR model subclass on upstream modules, the runtime, the
+eviction inside layer 1, the agent's scatter, guarded unmasking and state updates) replayed step by
+step against the plain-torch reference decode loop with FOCUS: same kept rows, same logits at the
+kept rows, same unmasking decisions, for both selection policies, shadow mode and commit modes.
+
+CPU (fp32 engine path vs fp64 reference). The selection is recomputed on each side from its own
+importance, so a kept-set mismatch would also catch importance wired to the wrong q/k.
+"""
+import secrets
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+from lmdeploy_focus.reference.dllm_decode import reference_generate
+from lmdeploy_focus.reference.sdar_model import SDARReference
+from lmdeploy_focus.strategies.dllm import focus_state
+from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
+from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
+from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+from lmdeploy_focus.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
+
+L = 8
+
+
+def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3):
+    sdar = build_tiny_sdar(block_length=L, shape=TinySDARShape(num_layers=num_layers),
+                           hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True,
+                                                        'focus_alpha': alpha, 'focus_policy': policy,
+                                                        'focus_shadow': shadow, 'track': True,
+                                                        'delayed_cache_commit': commit_mode}})
+    runtime = sdar.model.delayed_cache_runtime
+    assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
+    mask_id = sdar.model_config.dllm_mask_token
+    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
+                           denoising_steps=L // 2, confidence_threshold=0.2)
+    reference = SDARReference({k: v.double() for k, v in sdar.weights.items()}, sdar.hf_config)
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6)]
+    results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
+                                 delayed_cache=True, commit_mode=commit_mode, record_steps=True,
+                                 focus=runtime.focus)
+    steps = [[s for s in r.steps if s.kind == 'decode'] for r in results]
+    num_steps = min(len(s) for s in steps)
+
+    agent = DelayedCacheAgentStrategy(unmasking, mask_id, runtime)
+    runner = sdar.new_runner(page_size=16)
+    runner.prefill(prompts)
+    B = len(prompts)
+    delayed, focus = DelayedCacheState.fresh(B, L), focus_state.FocusState.fresh(B)
+    evicted_steps = 0
+    for k in range(num_steps):
+        records = [steps[b][k] for b in range(B)]
+        blocks = torch.stack([r.input_ids for r in records])
+        input_mask = torch.stack([r.input_mask for r in records])
+        step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus,
+                                      extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
+                                      model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
+        runtime.step_inputs = step_inputs
+        ragged = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        step = runtime.step
+        kept = torch.stack([r.kept for r in records])
+        processed = torch.stack([r.processed for r in records])
+        assert torch.equal(step.focus.candidate_dense, processed & (input_mask == focus_state.DLLM_MASKED))
+        assert torch.equal(step.proc.processed, kept), f'step {k}: kept rows differ'
+        evicted_steps += int((processed & ~kept).any())
+        dense = agent.slice_outputs(ragged, None).view(B, L, -1)
+        for b, record in enumerate(records):
+            rows = record.kept
+            torch.testing.assert_close(dense[b][rows], record.logits[rows].float(), rtol=2e-4, atol=2e-4,
+                                       msg=lambda m: f'step {k} seq {b}: {m}')
+        # the agent's own unmasking (guarded) and bookkeeping must reproduce the reference's decisions
+        logits = dense.flatten(0, 1)
+        extra = SimpleNamespace(dllm_mask=input_mask.flatten().clone())
+        next_ids, extra = agent.post_sampling(SimpleNamespace(input_ids=blocks.flatten()), logits,
+                                              logits.argmax(-1), extra)
+        next_mask = torch.stack([r.next_mask for r in records])
+        assert torch.equal(extra.dllm_mask.view(B, L), next_mask), f'step {k}: unmasking differs'
+        assert runtime.step is None
+        committed = starts_new_block(next_mask.flatten(), L)
+        delayed = reset_rows(step_inputs.delayed_state, committed)
+        focus = focus_state.reset_rows(step_inputs.focus_state, committed)
+        if committed.any():
+            runner.commit_blocks([b for b in range(B) if committed[b]])
+    return runtime, results, evicted_steps
+
+
+@pytest.mark.parametrize('policy', ['importance', 'leftmost'])
+@pytest.mark.parametrize('commit_mode', ['exact', 'fast'])
+def test_engine_path_replays_the_reference_focus_loop(policy, commit_mode):
+    runtime, results, evicted_steps = _replay(policy, False, commit_mode, 'low_confidence_static')
+    assert evicted_steps > 0, 'the replay never evicted anything: the test would not exercise FOCUS'
+    stats = runtime.stats.read()
+    processed = sum(sum(r.processed_per_step) for r in results)
+    assert stats['deep_tokens'] < stats['processed_tokens'] <= processed
+
+
+def test_shadow_mode_keeps_every_row_and_records_the_selection():
+    runtime, results, evicted_steps = _replay('importance', True, 'exact', 'low_confidence_dynamic')
+    assert evicted_steps == 0
+    stats = runtime.stats.read()
+    assert stats['deep_tokens'] == stats['processed_tokens']
+    assert stats['shadow_selected_decoded'] <= stats['shadow_decoded']
+    assert stats['candidates'] > 0
+
+
+def test_alpha_at_block_length_matches_delayed_cache_alone():
+    """Nothing is evicted when alpha >= L: FOCUS must reproduce delayed cache token for token."""
+    sdar = build_tiny_sdar(block_length=L, shape=TinySDARShape(num_layers=3))
+    mask_id = sdar.model_config.dllm_mask_token
+    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
+                           denoising_steps=L, confidence_threshold=0.3)
+    reference = SDARReference({k: v.double() for k, v in sdar.weights.items()}, sdar.hf_config)
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (5, 9)]
+    common = dict(max_new_tokens=3 * L, delayed_cache=True, commit_mode='exact')
+    plain = reference_generate(reference, prompts, L, mask_id, unmasking, **common)
+    focus = reference_generate(reference, prompts, L, mask_id, unmasking, focus=FocusConfig(float(L), 'importance',
+                                                                                            False), **common)
+    for a, b in zip(plain, focus):
+        assert a.token_ids == b.token_ids
+        assert a.processed_per_step == b.processed_per_step == b.kept_per_step
