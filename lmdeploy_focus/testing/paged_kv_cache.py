@@ -17,7 +17,8 @@ class PageAllocator:
 
     def __init__(self, num_pages: int, page_size: int, seed: int = 0):
         self.page_size = page_size
-        order = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed))
+        # on the CPU generator's device even when a default-device context puts the cache on CUDA
+        order = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed), device='cpu')
         self._free = order.tolist()
         self._pages: dict[int, list[int]] = {}
 

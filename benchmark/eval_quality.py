@@ -1,0 +1,179 @@
+"""Quality and decoding statistics of FOCUS arms on a JSONL task file.
+
+    python benchmark/eval_quality.py TASKS.jsonl MODEL [--backend engine|reference] \
+        [--arms stock delayed_fast focus_a1.5 ...] [--thresholds 0.7 0.8 0.9] [--block-length 32] \
+        [--max-new-tokens 256] [--num-tasks N] [--concurrency 64] [--eager-mode] [--out-dir ./results]
+
+Each arm runs at each threshold (a cell): greedy decoding of every task, scored from the outputs
+(accuracy) and, where available, the engine's DLLM decode statistics (generated tokens per step,
+steps per request, processed/generated, kept fraction, shadow recall vs random recall). Backends:
+``engine`` (the in-process LMDeploy PyTorch engine, one engine per cell) and ``reference`` (the
+pure-torch reference decode loop, CPU or CUDA). Arms the engine refuses as not implemented are
+reported missing with its message. Writes a table to stdout and ``quality_*.json`` / ``.md`` under
+--out-dir. Task file format: benchmark/quality/task_file.py. Our own implementation; see BENCHMARKS.md.
+"""
+import argparse
+import importlib.util
+import os
+import sys
+
+
+def _load_benchmark_packages(*names):
+    """Import benchmark/<name> packages without leaving benchmark/ on sys.path.
+
+    benchmark/ holds a ``kernels`` folder that would shadow the ``kernels`` package transformers
+    probes for, so the script's own sys.path entry is dropped (as in profile_throughput.py).
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
+        sys.path.pop(0)
+    for name in names:
+        if name in sys.modules:
+            continue
+        pkg_dir = os.path.join(here, name)
+        spec = importlib.util.spec_from_file_location(name, os.path.join(pkg_dir, '__init__.py'),
+                                                      submodule_search_locations=[pkg_dir])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+_load_benchmark_packages('throughput', 'quality')
+from quality import arms, prompting, report  # noqa: E402
+from quality.engine_backend import EngineBackend  # noqa: E402
+from quality.reference_backend import DTYPES, ReferenceBackend, resolve_device, resolve_dtype  # noqa: E402
+from quality.task_file import load_tasks  # noqa: E402
+from throughput import engine_runner  # noqa: E402
+from throughput.errors import BenchmarkInputError  # noqa: E402
+
+BACKENDS = ('engine', 'reference')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('task_file', help='JSONL: {"prompt", "answer" | "reference", ["scorer"], ["max_new_tokens"]}')
+    p.add_argument('model_path', help='model directory (or hub id for the engine backend)')
+    p.add_argument('--backend', default='engine', choices=BACKENDS)
+    p.add_argument('--arms', nargs='+', default=list(arms.ARMS), metavar='ARM',
+                   help=f'arms to run, from: {", ".join(arms.ARMS)}')
+    p.add_argument('--thresholds', type=float, nargs='+', default=list(arms.DEFAULT_THRESHOLDS),
+                   help='dllm_confidence_threshold values; every arm runs at each')
+    p.add_argument('--unmasking-strategy', default=arms.DEFAULT_UNMASKING, choices=arms.UNMASKING)
+    p.add_argument('--denoising-steps', type=int, default=None,
+                   help='static / sequential unmasking: steps per block; None: the block length')
+    p.add_argument('--block-length', type=int, default=None, help='None: N of a -b<N> model path')
+    p.add_argument('--max-new-tokens', type=int, default=256, help='per task unless the task sets its own')
+    p.add_argument('--num-tasks', type=int, default=None, help='the first N tasks of the file; None: all')
+    p.add_argument('--seed', type=int, default=0, help='random_seed of the generation config (decoding is greedy)')
+    p.add_argument('--concurrency', type=int, default=64,
+                   help='requests in flight = max_batch_size (reference backend: prompts per batch)')
+    p.add_argument('--eager-mode', action='store_true', help='no CUDA graphs')
+    p.add_argument('--cache-max-entry-count', type=float, default=0.8)
+    p.add_argument('--session-len', type=int, default=None)
+    p.add_argument('--chat-template', action=argparse.BooleanOptionalAction, default=None,
+                   help="apply the tokenizer's chat template to each prompt; None: when it has one")
+    g = p.add_argument_group('reference backend')
+    g.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    g.add_argument('--dtype', default='auto', choices=('auto', *DTYPES),
+                   help="auto: float32 on CPU, the checkpoint's dtype on CUDA")
+    g = p.add_argument_group('output')
+    g.add_argument('--out-dir', default='./results')
+    g.add_argument('--save-token-ids', action='store_true', help='also store every output as token ids')
+    g.add_argument('--quiet', action='store_true', help='no progress bars')
+    return p.parse_args(argv)
+
+
+def validate(args):
+    try:
+        args.arms = arms.check_arms(args.arms)
+    except ValueError as e:
+        raise BenchmarkInputError(str(e)) from None
+    if any(not 0.0 < t <= 1.0 for t in args.thresholds):
+        raise BenchmarkInputError(f'--thresholds must lie in (0, 1], got {args.thresholds}')
+    for name in ('concurrency', 'max_new_tokens', 'num_tasks', 'block_length', 'denoising_steps'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise BenchmarkInputError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+
+
+def resolve_block_length(args) -> int | None:
+    if args.block_length:
+        return args.block_length
+    from lmdeploy_focus.config.model_facts import block_length_from_path
+    return block_length_from_path(args.model_path)
+
+
+def make_backend(args, settings, stop_ids):
+    if args.backend == 'engine':
+        import lmdeploy_focus
+        lmdeploy_focus.activate()  # a no-op when the .pth installed it; keeps a source checkout usable
+        return EngineBackend(args.model_path, settings, stop_ids, args.seed, progress=not args.quiet), {}
+    if settings.block_length is None:
+        raise BenchmarkInputError('the reference backend needs the block length: give --block-length '
+                                  '(or a model path ending in -b<N>)')
+    from lmdeploy_focus.reference.checkpoint import load_sdar_checkpoint
+    device = resolve_device(args.device)
+    try:
+        checkpoint = load_sdar_checkpoint(args.model_path, resolve_dtype(args.dtype, device), device)
+    except (OSError, ValueError) as e:
+        raise BenchmarkInputError(f'cannot load {args.model_path} into the reference model: {e}') from None
+    env = dict(device=str(device), dtype=str(checkpoint.model.dtype))
+    return ReferenceBackend(checkpoint, settings, stop_ids, device), env
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    validate(args)
+    # the task file is checked before the model is touched, so a bad file fails in a second
+    tasks = load_tasks(args.task_file)[:args.num_tasks]
+    tokenizer = prompting.load_tokenizer(args.model_path)
+    chat_template = prompting.use_chat_template(tokenizer, args.chat_template)
+    prompts = prompting.build_prompts(tasks, tokenizer, chat_template, args.max_new_tokens)
+    stop_ids = engine_runner.stop_token_ids(args.model_path, tokenizer)
+    settings = arms.RunSettings(block_length=resolve_block_length(args),
+                                unmasking_strategy=args.unmasking_strategy,
+                                denoising_steps=args.denoising_steps,
+                                concurrency=args.concurrency,
+                                eager_mode=args.eager_mode,
+                                cache_max_entry_count=args.cache_max_entry_count,
+                                session_len=args.session_len)
+    thresholds = list(dict.fromkeys(args.thresholds)) if settings.thresholds_matter else [None]
+    if not settings.thresholds_matter:
+        print(f'note: {args.unmasking_strategy} has no confidence threshold; --thresholds ignored', flush=True)
+    backend, backend_env = make_backend(args, settings, stop_ids)
+
+    outcomes = []
+    cells = [(t, a) for t in thresholds for a in args.arms]
+    for i, (threshold, arm) in enumerate(cells, 1):
+        print(f'[{i}/{len(cells)}] {arm}, threshold {threshold}', flush=True)
+        outcome = backend.run_cell(arm, threshold, prompts)
+        if outcome.status != 'ok':
+            print(f'  {outcome.status.upper()}: {outcome.reason}', flush=True)
+        outcomes.append(outcome)
+
+    stock = report.baselines(outcomes)
+
+    def decode(ids):
+        return prompting.decode_output(tokenizer, ids)
+
+    records = [report.cell_record(o, tasks, prompts, decode, stock.get(o.threshold), args.save_token_ids)
+               for o in outcomes]
+    run_settings = {k: v for k, v in vars(args).items() if k not in ('task_file', 'model_path')}
+    run_settings.update(block_length=settings.block_length, chat_template=chat_template, thresholds=thresholds,
+                        denoising_steps=settings.resolved_denoising_steps(), stop_token_ids=stop_ids)
+    env = {**report.environment(), **backend_env}
+    run = report.run_record(backend=backend.name, model=args.model_path, task_file=args.task_file,
+                            num_tasks=len(tasks), settings=run_settings, cells=records, env=env,
+                            command=report.command_line(None if argv is None else [__file__, *argv]))
+    print(report.format_table(run), flush=True)
+    json_path, md_path = report.write_outputs(run, args.out_dir)
+    print(f'wrote {json_path} and {md_path}', flush=True)
+    return run
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except BenchmarkInputError as e:
+        raise SystemExit(f'eval_quality: error: {e}') from None

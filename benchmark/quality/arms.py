@@ -1,0 +1,91 @@
+"""Arms (name -> FOCUS engine-config fields) and the settings every arm of a run shares.
+
+Every arm runs with ``dllm_track=True`` so that the engine collects decode statistics. The
+confidence threshold is not part of an arm: each arm runs at every ``--thresholds`` value, so
+FOCUS is never compared with a baseline at a looser threshold (the fork's 0.8 vs 0.9, spec §6).
+"""
+from dataclasses import dataclass
+
+from throughput.engine_runner import AR_SIZING_BLOCK
+
+UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
+DEFAULT_UNMASKING = 'low_confidence_dynamic'
+DEFAULT_THRESHOLDS = (0.7, 0.8, 0.9)
+KV_PAGE = 64  # the fork's KV page (block_size); a multiple of every SDAR block length
+
+
+def _focus(alpha: float, policy: str = 'importance') -> dict:
+    return dict(dllm_enable_focus=True, dllm_focus_alpha=alpha, dllm_focus_policy=policy)
+
+
+ARMS: dict[str, dict] = {
+    'stock': {},
+    'delayed_fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast'),
+    'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
+    'focus_a1.0': _focus(1.0),
+    'focus_a1.5': _focus(1.5),
+    'focus_a2': _focus(2.0),
+    'focus_a3': _focus(3.0),
+    'focus_leftmost': _focus(1.5, 'leftmost'),
+    # selection computed, nothing evicted: measures how often FOCUS would have kept the decoded tokens
+    'shadow': dict(dllm_focus_shadow=True, dllm_focus_policy='importance'),
+}
+BASELINE_ARM = 'stock'
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every (arm, threshold) cell of a run shares."""
+    block_length: int | None  # None: the engine resolves it (the reference backend needs it)
+    unmasking_strategy: str = DEFAULT_UNMASKING
+    denoising_steps: int | None = None  # None: one token per step for static / sequential
+    concurrency: int = 64  # requests in flight = max_batch_size (reference: prompts per batch)
+    eager_mode: bool = False
+    cache_max_entry_count: float = 0.8
+    session_len: int | None = None
+
+    @property
+    def thresholds_matter(self) -> bool:
+        return self.unmasking_strategy == 'low_confidence_dynamic'
+
+    def resolved_denoising_steps(self) -> int | None:
+        return self.denoising_steps or self.block_length
+
+
+def check_arms(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise ValueError(f'unknown arm(s) {unknown}; known: {", ".join(ARMS)}')
+    return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+def focus_fields(arm: str) -> dict:
+    """The arm's FOCUS fields plus ``dllm_track`` (on for every arm)."""
+    return {**ARMS[arm], 'dllm_track': True}
+
+
+def engine_config_kwargs(arm: str, threshold: float | None, settings: RunSettings) -> dict:
+    """``PytorchEngineConfig`` kwargs of one cell; sizing as profile_throughput (batch = concurrency,
+    prefill budget concurrency * L, KV page 64, prefix caching off)."""
+    c = settings.concurrency
+    kwargs = dict(max_batch_size=c,
+                  max_prefill_token_num=c * (settings.block_length or AR_SIZING_BLOCK),
+                  block_size=KV_PAGE,
+                  cache_max_entry_count=settings.cache_max_entry_count,
+                  enable_prefix_caching=False,
+                  eager_mode=settings.eager_mode,
+                  dllm_unmasking_strategy=settings.unmasking_strategy)
+    optional = dict(session_len=settings.session_len,
+                    dllm_block_length=settings.block_length,
+                    dllm_denoising_steps=settings.resolved_denoising_steps(),
+                    dllm_confidence_threshold=threshold)
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    kwargs.update(focus_fields(arm))
+    return kwargs
+
+
+def focus_options(arm: str):
+    """The arm's resolved ``FocusOptions`` (FOCUS implies delayed cache, shadow implies FOCUS)."""
+    from lmdeploy_focus.config.options import FocusOptions
+    # FocusOptions' fields are the engine-config names without the dllm_ prefix
+    return FocusOptions(**{k[len('dllm_'):]: v for k, v in focus_fields(arm).items()}).resolved()

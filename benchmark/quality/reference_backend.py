@@ -1,0 +1,131 @@
+"""Tasks through the pure-torch reference decode loop (``lmdeploy_focus.reference.dllm_decode``).
+
+The oracle of the engine, on CPU (the committed tiny model's test) or CUDA: the same prompts, the
+same greedy unmasking (upstream's ``UnmaskingProcessor``), stop tokens and length limits. Arms map
+to its options: delayed cache and the commit mode; FOCUS arms need a loop that takes ``focus=``
+and are ``missing`` otherwise. Prompts run in batches of ``--concurrency``.
+
+Decode counters come from the loop's per-request results: decode steps, rows forwarded
+(``processed_per_step``) and, when reported, rows past the eviction layer (``kept_per_step``) and
+tokens decoded per step (``decoded_per_step``). Without the latter, ``generated_tokens`` is the
+number of generated block positions, which also counts the few tokens prefill unmasked (noted in
+the JSON). Candidates and shadow counters are not reported by the loop (None).
+"""
+import contextlib
+import inspect
+import time
+
+import torch
+from throughput.engine_runner import ArmMissing
+
+from .arms import RunSettings, focus_options
+from .decode_stats import STAT_KEYS
+from .outcome import FAILED, MISSING, OK, CellOutcome, first_line
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: fp32 on CPU (fast and exact there), the checkpoint's dtype (None) on CUDA."""
+    if name == 'auto':
+        return torch.float32 if device.type == 'cpu' else None
+    return DTYPES[name]
+
+
+def reference_call_kwargs(arm: str, reference_generate) -> dict:
+    """The arm as ``reference_generate`` options; ArmMissing when the loop lacks what it needs."""
+    options = focus_options(arm)
+    kwargs = dict(delayed_cache=options.enable_delayed_cache, commit_mode=options.delayed_cache_commit)
+    if not options.enable_focus:
+        return kwargs
+    if 'focus' not in inspect.signature(reference_generate).parameters:
+        raise ArmMissing('the reference decode loop has no FOCUS eviction (reference_generate takes no focus=)')
+    try:
+        from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+    except ImportError as e:
+        raise ArmMissing(f'the reference decode loop has no FOCUS configuration ({e})') from None
+    kwargs['focus'] = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy, shadow=options.focus_shadow)
+    return kwargs
+
+
+def reference_stats(results: list, prompts: list) -> tuple[dict, str | None]:
+    """Decode counters of the loop's results (keys of ``decode_stats.STAT_KEYS``; None = not reported)."""
+    stats = dict.fromkeys(STAT_KEYS)
+    stats['decode_steps'] = sum(r.num_steps for r in results)
+    stats['processed_tokens'] = sum(sum(r.processed_per_step) for r in results)
+    stats['deep_tokens'] = sum(sum(getattr(r, 'kept_per_step', None) or r.processed_per_step) for r in results)
+    decoded = [getattr(r, 'decoded_per_step', None) for r in results]
+    if all(d is not None for d in decoded):
+        stats['generated_tokens'] = sum(sum(d) for d in decoded)
+        return stats, None
+    # every generated block position ends up unmasked; some of them already at prefill
+    stats['generated_tokens'] = sum(len(r.all_token_ids) - len(p.input_ids) for r, p in zip(results, prompts))
+    return stats, ('reference loop: generated_tokens counts every generated block position, including the tokens '
+                   'prefill unmasked in the prompt\'s last block (the loop reports no per-step decode counts)')
+
+
+class ReferenceBackend:
+    name = 'reference'
+
+    def __init__(self, checkpoint, settings: RunSettings, stop_ids: list, device: torch.device):
+        if settings.block_length is None:
+            raise ValueError('the reference backend needs the block length: give --block-length')
+        self.checkpoint = checkpoint  # lmdeploy_focus.reference.checkpoint.SDARCheckpoint
+        self.settings = settings
+        self.stop_ids = stop_ids
+        self.device = device
+
+    def _unmasking(self, threshold: float | None):
+        from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+        s = self.settings
+        extra = {} if threshold is None else dict(confidence_threshold=threshold)
+        return DLLMConfig(block_length=s.block_length,
+                          unmasking_strategy=UnmaskingStrategy.from_str(s.unmasking_strategy),
+                          denoising_steps=s.resolved_denoising_steps(),
+                          **extra)
+
+    def cell_config(self, arm: str, threshold: float | None) -> dict:
+        s = self.settings
+        return dict(block_length=s.block_length, unmasking_strategy=s.unmasking_strategy,
+                    denoising_steps=s.resolved_denoising_steps(), confidence_threshold=threshold,
+                    batch_size=s.concurrency, device=str(self.device), dtype=str(self.checkpoint.model.dtype),
+                    focus_options=focus_options(arm).to_dict())
+
+    def _generate(self, reference_generate, prompts: list, unmasking, call_kwargs: dict) -> list:
+        ckpt, s = self.checkpoint, self.settings
+        results = []
+        for start in range(0, len(prompts), s.concurrency):
+            batch = prompts[start:start + s.concurrency]
+            # the loop builds its tensors with factory defaults: make those land on our device (a
+            # per-op dispatch mode, so only where needed: it costs as much as the math on CPU)
+            on_device = torch.device(self.device) if self.device.type != 'cpu' else contextlib.nullcontext()
+            with on_device, torch.inference_mode():
+                results += reference_generate(ckpt.model, [p.input_ids for p in batch], s.block_length,
+                                              ckpt.mask_token_id, unmasking, [p.max_new_tokens for p in batch],
+                                              stop_token_ids=self.stop_ids, **call_kwargs)
+        return results
+
+    def run_cell(self, arm: str, threshold: float | None, prompts: list) -> CellOutcome:
+        outcome = CellOutcome(arm, threshold, OK, config=self.cell_config(arm, threshold))
+        try:
+            from lmdeploy_focus.reference.dllm_decode import reference_generate
+            call_kwargs = reference_call_kwargs(arm, reference_generate)
+            start = time.perf_counter()
+            results = self._generate(reference_generate, prompts, self._unmasking(threshold), call_kwargs)
+        except (ArmMissing, NotImplementedError) as e:
+            outcome.status, outcome.reason = MISSING, str(e) or type(e).__name__
+            return outcome
+        except Exception as e:  # noqa: BLE001  one broken cell must not end the evaluation
+            outcome.status, outcome.reason = FAILED, first_line(e)
+            return outcome
+        outcome.seconds = round(time.perf_counter() - start, 3)
+        outcome.token_ids = [list(r.token_ids) for r in results]
+        outcome.errors = [None] * len(results)
+        outcome.stats, outcome.stats_note = reference_stats(results, prompts)
+        return outcome
