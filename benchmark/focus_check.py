@@ -111,15 +111,21 @@ def main():
     result = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime('%Y-%m-%d'),
                   model=args.model_path, input_len=args.input_len, output_len=args.output_len,
                   denoising_steps=args.denoising_steps, unmasking='low_confidence_static')
+
+    def save():  # after every piece, so a run cut short still leaves its results
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=2)
+
     if not args.skip_check:
         result['equivalence_alpha_ge_L'] = equivalence(args, args.block_length)
         print(json.dumps(result['equivalence_alpha_ge_L']), flush=True)
-    timing = []
+        save()
+    result['throughput'] = []
     for bs in args.batch_sizes:
         for eager in ([True, False] if args.graphs else [True]):
             for arm in args.arms:
-                timing.append(run(args, arm, bs, args.output_len, eager, False))
-    result['throughput'] = timing
+                result['throughput'].append(run(args, arm, bs, args.output_len, eager, False))
+                save()
     result['phase_breakdown'] = []
     for arm in args.profile_arms:
         try:
@@ -127,8 +133,7 @@ def main():
         except Exception as error:
             result['phase_breakdown'].append(dict(arm=arm, status='failed', error=f'{type(error).__name__}: {error}'))
         print(json.dumps(result['phase_breakdown'][-1]), flush=True)
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=2)
+        save()
 
 
 if __name__ == '__main__':

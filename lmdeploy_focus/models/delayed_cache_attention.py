@@ -27,7 +27,7 @@ class DelayedCacheAttention(nn.Module):
         focus = step.focus
         if focus is not None and self.layer_idx == 0 and focus.config.needs_importance:
             focus.importance0 = focus_ops.masked_importance(query, key, meta.q_start_loc, meta.q_seqlens,
-                                                            focus.candidate, self.scale)
+                                                            focus.candidate, self.scale, max_q_len=meta.max_q_seqlen)
         block_offsets = attn_metadata.block_offsets
         # Processed tokens get their K/V written at history + p (positions left out keep theirs).
         sparse_fill_kv(key, value, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens,

@@ -24,12 +24,13 @@ def focus_keep_rows(step, q: torch.Tensor, k: torch.Tensor, scale: float) -> tor
     config = focus.config
     targets = focus_ops.focus_targets(focus.num_candidates, focus.avg_decoded, config.alpha)
     if config.needs_importance:
-        importance1 = focus_ops.masked_importance(q, k, meta.q_start_loc, meta.q_seqlens, focus.candidate, scale)
+        importance1 = focus_ops.masked_importance(q, k, meta.q_start_loc, meta.q_seqlens, focus.candidate, scale,
+                                                  max_q_len=meta.max_q_seqlen)
         delta = importance1 - focus.importance0
     else:
         delta = torch.zeros(q.size(0), dtype=torch.float32, device=q.device)
     keep = focus_ops.select_kept(delta, focus.candidate, focus.block_pos, meta.q_start_loc, meta.q_seqlens, targets,
-                                 focus.progress, policy=config.policy)
+                                 focus.progress, policy=config.policy, max_q_len=meta.max_q_seqlen)
     proc = step.proc
     focus.selected_dense = _to_dense(keep, proc, step.num_rows)
     focus.evicting = (targets > 0) & (focus.num_candidates > targets)
@@ -42,7 +43,7 @@ def compact_step(step, keep: torch.Tensor, rows: list[torch.Tensor]) -> list[tor
     """Shrink the step to the kept rows: returns ``rows`` gathered, updates ``step`` in place."""
     focus, meta = step.focus, step.meta
     layout = focus_ops.kept_layout(keep, meta.q_start_loc, meta.q_seqlens, focus.block_pos, focus.history,
-                                   focus.progress)
+                                   focus.progress, max_q_len=meta.max_q_seqlen)
     num_kept = int(layout.total)  # the host sync of the eviction (see module docstring)
     src = layout.src_row[:num_kept]
     gathered = [focus_ops.gather_rows(x, src, num_kept) for x in rows]

@@ -75,6 +75,7 @@ class GenerationResult:
     num_steps: int  # decode forwards incl. commit steps (the prefill is not counted)
     processed_per_step: list[int]  # tokens forwarded in each decode step
     kept_per_step: list[int]  # of those, tokens that went past FOCUS's eviction layer (all without FOCUS)
+    decoded_per_step: list[int]  # tokens unmasked (MASKED -> UNMASKED) in each decode step
     all_token_ids: list[int]  # padded prompt, committed blocks and the last block (untrimmed)
     history_length: int  # committed tokens (their KV is final in the cache)
     steps: list[StepRecord] | None = None  # prefill first, then decode steps
@@ -136,6 +137,7 @@ class _Batch:
     num_steps: list[int]
     processed_per_step: list[list[int]]
     kept_per_step: list[list[int]]
+    decoded_per_step: list[list[int]]
     records: list[list[StepRecord]] | None
 
     @property
@@ -291,6 +293,7 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, proc: Processing
             batch.num_steps[b] += 1
             batch.processed_per_step[b].append(int(proc.q_seqlens[b]))
             batch.kept_per_step[b].append(int(kept[b].sum()))
+            batch.decoded_per_step[b].append(int(((batch.block_mask[b] == MASKED) & (next_mask[b] == UNMASKED)).sum()))
         if batch.records is not None:
             batch.records[b].append(
                 StepRecord(kind=kind, history_length=block_start, input_ids=batch.block_ids[b].clone(),
@@ -370,6 +373,7 @@ def reference_generate(model: SDARReference,
                    num_steps=[0] * B,
                    processed_per_step=[[] for _ in range(B)],
                    kept_per_step=[[] for _ in range(B)],
+                   decoded_per_step=[[] for _ in range(B)],
                    records=[[] for _ in range(B)] if record_steps else None)
 
     logits, kv_lengths = _prefill(model, padded, cache, L)
@@ -400,6 +404,7 @@ def reference_generate(model: SDARReference,
                              num_steps=batch.num_steps[b],
                              processed_per_step=batch.processed_per_step[b],
                              kept_per_step=batch.kept_per_step[b],
+                             decoded_per_step=batch.decoded_per_step[b],
                              all_token_ids=all_ids,
                              history_length=history_len,
                              steps=batch.records[b] if record_steps else None,

@@ -7,6 +7,11 @@ import importlib
 _EXPORTS = {
     'sparse_fill_kv_cache': '.sparse_fill_kv',
     'ragged_paged_attention': '.ragged_paged_attention',
+    'cuda_focus_targets': '.focus_select',
+    'cuda_select_kept': '.focus_select',
+    'cuda_select_kept_with_targets': '.focus_select',
+    'cuda_masked_importance': '.focus_importance',
+    'cuda_kept_layout': '.focus_compact',
 }
 
 __all__ = list(_EXPORTS)
