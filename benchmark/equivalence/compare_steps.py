@@ -7,7 +7,8 @@ rules). For each sequence (matched by prompt) the k-th steps of both runs are co
 first step whose decision differs (see ``decisions``); before it, the step inputs must be
 identical and the logits (top-1 values and the probe logits, rows processed in both runs) must
 agree within ``tolerances.logits_tolerance``. The first difference is a *near-tie* when its
-deciding gap is at most ``factor`` times the noise measured on the earlier steps.
+deciding gap is at most ``factor`` times the noise measured on the earlier steps and at the diverging
+step itself (the largest disagreement over its masked rows, on identical inputs).
 
 Verdict per sequence: ``identical``; ``near_tie``; ``mismatch`` (first difference not a near-tie);
 ``logits_out_of_tolerance`` (decisions explained but the earlier logits disagree beyond tolerance);
@@ -45,9 +46,13 @@ def _max(x: torch.Tensor) -> float:
     return float(x.max()) if x.numel() else 0.0
 
 
-def step_deltas(a, b) -> dict:
-    """Differences between two runs' records of one step with identical inputs (rows processed in both)."""
+def step_deltas(a, b, exclude: list[int] | None = None) -> dict:
+    """Differences between two runs' records of one step with identical inputs (rows processed in both,
+    minus ``exclude``d block positions)."""
     rows = a.processed & b.processed
+    if exclude:
+        rows = rows.clone()
+        rows[list(exclude)] = False
     masked = rows & (a.input_mask == MASKED)
     top1_a, top1_b = a.topk_values[rows, 0], b.topk_values[rows, 0]
     return dict(probe=_max((a.probe_logits[rows] - b.probe_logits[rows]).abs()),
@@ -122,9 +127,13 @@ def classify(scan: dict, a: list, b: list, prompt_length: int, rule: UnmaskRule,
 
     sa, sb = a[k], b[k]
     # noise: this sequence's earlier steps; a sequence that differs at its first step borrows the batch's
+    # plus the disagreement measured at the diverging step itself (same inputs, every masked row):
+    # earlier steps may have run identical code in both arms (prefill), which measures no noise at all
     own = before['steps'] > 0
-    noise_logit = logit_delta if own else fallback['logit']
-    noise_conf = before['log_conf'] if own else fallback['log_conf']
+    deciding_rows = [p for c in decision_components(sa, sb, rule, probe_ids) for p in c.positions]
+    at = step_deltas(sa, sb, exclude=deciding_rows)  # the flipped rows themselves do not count as noise
+    noise_logit = max(logit_delta if own else fallback['logit'], at['probe'], at['top1'])
+    noise_conf = max(before['log_conf'] if own else fallback['log_conf'], at['log_conf'])
     components = []
     for c in decision_components(sa, sb, rule, probe_ids):
         if c.kind == 'argmax':
