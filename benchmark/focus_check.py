@@ -61,31 +61,17 @@ def equivalence(args, block_length):
 
 
 def phase_breakdown(args, arm, batch_size):
-    """CUDA time per labelled phase of the decode steps (torch profiler over one generation)."""
-    import torch
-    from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
-    from torch.profiler import ProfilerActivity, profile
-    engine_config = PytorchEngineConfig(max_batch_size=batch_size, max_prefill_token_num=max(8192, batch_size * 32),
-                                        eager_mode=True, dllm_unmasking_strategy='low_confidence_static',
-                                        dllm_denoising_steps=args.denoising_steps, cache_max_entry_count=0.7,
-                                        **ARMS[arm])
-    prompts, _ = random_text_prompts(args.model_path, batch_size, args.input_len, args.seed)
-    gen = GenerationConfig(max_new_tokens=64, ignore_eos=True, do_sample=False)
-    with pipeline(args.model_path, backend_config=engine_config, log_level='WARNING') as pipe:
-        pipe(prompts[:2], gen_config=GenerationConfig(max_new_tokens=32, ignore_eos=True), do_preprocess=False)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            start = time.perf_counter()
-            pipe(prompts, gen_config=gen, do_preprocess=False)
-            torch.cuda.synchronize()
-            wall = time.perf_counter() - start
-    phases = {}
-    for event in prof.key_averages():
-        if event.key.startswith(('focus.', 'delayed.')) or event.key in ('get_logits', 'sampling_logits',
-                                                                         'unmasking', 'forward'):
-            device_us = getattr(event, 'device_time_total', None) or getattr(event, 'cuda_time_total', 0)
-            phases[event.key] = dict(calls=event.count, device_ms=round(device_us / 1e3, 2),
-                                     cpu_ms=round(event.cpu_time_total / 1e3, 2))
-    return dict(arm=arm, batch_size=batch_size, output_len=64, wall_s=round(wall, 3), phases=phases)
+    """Mean GPU ms per phase of a decode step (LMDEPLOY_FOCUS_PHASE_TIMING: CUDA events, one extra sync
+    per step while profiling), over one generation of 64 tokens at ``batch_size``."""
+    import os
+    os.environ['LMDEPLOY_FOCUS_PHASE_TIMING'] = '1'
+    try:
+        result = run_arm(args.model_path, batch_size, args.input_len, 64, True, 'low_confidence_static',
+                         args.denoising_steps, args.seed, **ARMS[arm])
+    finally:
+        os.environ.pop('LMDEPLOY_FOCUS_PHASE_TIMING', None)
+    return dict(arm=arm, batch_size=batch_size, output_len=64, output_tok_per_s=result.get('output_tok_per_s'),
+                phase_timing=result.get('phase_timing'))
 
 
 def main():
@@ -101,7 +87,7 @@ def main():
     parser.add_argument('--block-length', type=int, default=32)
     parser.add_argument('--arms', nargs='+', default=['stock', 'delayed_exact', 'focus_leftmost', 'focus_importance'])
     parser.add_argument('--graphs', action='store_true', help='also time with CUDA graphs (eager_mode=False)')
-    parser.add_argument('--profile-arms', nargs='*', default=['focus_leftmost', 'stock'])
+    parser.add_argument('--profile-arms', nargs='*', default=['focus_importance', 'delayed_exact'])
     parser.add_argument('--profile-batch-size', type=int, default=256)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--skip-check', action='store_true')

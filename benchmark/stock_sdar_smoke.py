@@ -43,11 +43,11 @@ def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, ste
         factory = type(engine.strategy_factory)
         block_length = engine.strategy_factory.dllm_block_length
         pipe(prompts[:2], gen_config=GenerationConfig(max_new_tokens=32, ignore_eos=True), do_preprocess=False)
-        stats = _read_stats()  # drop the warm-up's counts
+        stats, phases = _read_stats(), _read_phase_timing()  # drop the warm-up's counts
         start = time.perf_counter()
         outputs = pipe(prompts, gen_config=gen, do_preprocess=False)
         elapsed = time.perf_counter() - start
-        stats = _read_stats()
+        stats, phases = _read_stats(), _read_phase_timing()
     generated = [len(o.token_ids) for o in outputs]
     tokens = dict(token_ids=[list(o.token_ids) for o in outputs]) if return_tokens else {}
     return dict(**tokens,
@@ -62,7 +62,18 @@ def run_arm(model_path, batch_size, input_len, output_len, eager, unmasking, ste
                 strategy_factory_class=f'{factory.__module__}.{factory.__name__}',
                 resolved_block_length=block_length,
                 lmdeploy_version=lmdeploy.__version__,
-                dllm_stats=stats)
+                dllm_stats=stats,
+                **({'phase_timing': phases} if phases else {}))
+
+
+def _read_phase_timing():
+    """Per-phase decode-step timing (LMDEPLOY_FOCUS_PHASE_TIMING=1), or None."""
+    try:
+        from lmdeploy_focus.stats import read_phase_timing
+    except ImportError:
+        return None
+    timing = [t for t in read_phase_timing(reset=True) if t['steps']]
+    return timing[-1] if timing else None
 
 
 def _read_stats():

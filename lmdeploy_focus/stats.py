@@ -6,6 +6,7 @@
 Works for in-process engines (``pipeline``, the throughput driver); an ``api_server`` engine logs
 its statistics instead.
 """
+from .strategies.dllm.phase_timer import live_phase_timers
 from .strategies.dllm.run_stats import KEYS, live_run_stats
 
 
@@ -32,3 +33,8 @@ def derived_metrics(totals: dict[str, float]) -> dict[str, float | None]:
                 kept_fraction=ratio('kept_candidates', 'candidates'),
                 shadow_recall=ratio('shadow_selected_decoded', 'shadow_decoded'),
                 random_recall=ratio('shadow_random_expected', 'shadow_decoded'))
+
+
+def read_phase_timing(reset: bool = True) -> list[dict]:
+    """Mean GPU ms per decode-step phase of each engine with ``LMDEPLOY_FOCUS_PHASE_TIMING=1``."""
+    return [timer.read(reset=reset) for timer in live_phase_timers()]

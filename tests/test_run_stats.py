@@ -30,3 +30,15 @@ def test_derived_metrics():
     assert d['generated_per_step'] == 3.0 and d['processed_per_generated'] == 1.5
     assert d['kept_fraction'] == 0.25 and d['shadow_recall'] == 0.95 and d['random_recall'] == 0.4
     assert derived_metrics(dict.fromkeys(KEYS, 0.0))['shadow_recall'] is None
+
+
+def test_phase_timer_is_off_by_default_and_reads_empty(monkeypatch):
+    from lmdeploy_focus.strategies.dllm.phase_timer import PHASES, PhaseTimer, phase_timing_requested
+    monkeypatch.delenv('LMDEPLOY_FOCUS_PHASE_TIMING', raising=False)
+    assert not phase_timing_requested()
+    monkeypatch.setenv('LMDEPLOY_FOCUS_PHASE_TIMING', '1')
+    assert phase_timing_requested()
+    timer = PhaseTimer()
+    timer.start(), timer.finish()  # on CPU no events are recorded, so nothing is counted
+    assert timer.read()['steps'] == (1 if torch.cuda.is_available() else 0)
+    assert set(timer.read()['mean_ms']) == set(PHASES)

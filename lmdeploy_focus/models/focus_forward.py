@@ -57,11 +57,16 @@ def _evict_in_layer(parts, layer, step, hidden, residual, cos, sin, past_key_val
     # K/V of every processed row first: evicted tokens still get fresh layer-1 K/V.
     sparse_fill_kv(k, v, k_cache, v_cache, attn_metadata.block_offsets, meta.q_start_loc, meta.q_seqlens,
                    meta.position_ids, meta.kv_seqlens)
+    runtime_mark = step.mark_phase
+    if runtime_mark:
+        runtime_mark('layers_0_1')
     with record_function('focus.select'):
         keep = focus_keep_rows(step, q, k, parts.scale)
     with record_function('focus.compact'):
         q, residual, cos, sin = compact_step(step, keep, [q, residual[0], cos, sin])
     residual = residual[None]
+    if runtime_mark:
+        runtime_mark('eviction')
     meta = step.meta
     attn = ragged_attention(q, k_cache, v_cache, attn_metadata.block_offsets, meta.q_start_loc, meta.q_seqlens,
                             meta.kv_seqlens, parts.scale, max_q_len=meta.max_q_seqlen)

@@ -77,8 +77,11 @@ class DelayedCacheSDARForCausalLM(SDARForCausalLM):
         if step is None or step.logits_scattered or hidden_states.size(-2) != step.num_rows:
             return super().get_logits(hidden_states)
         # LM head on the processed (kept) rows only; the sampler gets them at their B*L slots.
+        runtime.mark_phase('deep_layers')
         row_logits = super().get_logits(hidden_states).flatten(0, -2)
-        return runtime.dense_logits(row_logits).view(*hidden_states.shape[:-2], -1, row_logits.size(-1))
+        dense = runtime.dense_logits(row_logits).view(*hidden_states.shape[:-2], -1, row_logits.size(-1))
+        runtime.mark_phase('lm_head')
+        return dense
 
     def prepare_inputs_for_generation(self, past_key_values, inputs_embeds=None, context=None):
         inputs = super().prepare_inputs_for_generation(past_key_values, inputs_embeds=inputs_embeds, context=context)

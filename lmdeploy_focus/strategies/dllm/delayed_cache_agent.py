@@ -24,6 +24,7 @@ class DelayedCacheAgentStrategy(DLLMModelAgentStrategy):
         step = self.runtime.step
         if step is None:
             return super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
+        self.runtime.mark_phase('sampling')
         input_ids = inputs.input_ids.flatten()
         input_mask = extra_inputs.dllm_mask
         dllm_mask, next_token_ids = unmask_processed_only(self.unmasking_processor, logits, input_ids, next_token_ids,

@@ -39,6 +39,7 @@ class DelayedCacheStep:
     logits_scattered: bool = False
     focus: FocusStep | None = None
     processed_total: torch.Tensor | None = None  # 0-d: rows into layer 0 (before any eviction)
+    mark_phase: object = None  # the runtime's phase marker while profiling, else None
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DelayedCacheRuntime:
     step: DelayedCacheStep | None = None
     focus: FocusConfig | None = None  # FOCUS eviction on top of delayed cache
     stats: RunStats | None = None  # dllm_track
+    timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
     _logits_buffer: torch.Tensor | None = field(default=None, repr=False)
     process_all: bool = field(default_factory=lambda: os.environ.get(PROCESS_ALL_ENV, '') == '1')
     static_rows: bool = field(default_factory=lambda: os.environ.get(STATIC_ROWS_ENV, '') == '1')
@@ -67,6 +69,7 @@ class DelayedCacheRuntime:
     @record_function('delayed.begin_step')
     def begin_step(self, dense_input_ids: torch.Tensor) -> DelayedCacheStep:
         """Processing set of this step from the device state; advances the state for the next step."""
+        self.mark_phase(None)
         step_inputs = self.step_inputs
         state = step_inputs.delayed_state
         input_mask = step_inputs.extra_inputs.dllm_mask.view(state.batch_size, self.block_length)
@@ -90,7 +93,9 @@ class DelayedCacheRuntime:
         focus = None
         if self.focus is not None:
             focus = self._focus_step(proc, input_mask, num_rows, step_inputs)
-        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows, focus=focus, processed_total=proc.total)
+        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows, focus=focus, processed_total=proc.total,
+                                     mark_phase=self.mark_phase if self.timer is not None else None)
+        self.mark_phase('processing_set')
         return self.step
 
     def _focus_step(self, proc: ProcessingSet, input_mask: torch.Tensor, num_rows: int, step_inputs) -> FocusStep:
@@ -171,7 +176,14 @@ class DelayedCacheRuntime:
         step.logits_scattered = True
         return buffer
 
+    def mark_phase(self, boundary: str | None) -> None:
+        """Phase boundary for the profiling timer (no-op unless timing is on); None starts a step."""
+        if self.timer is not None:
+            self.timer.start() if boundary is None else self.timer.mark(boundary)
+
     def end_step(self) -> None:
         if self.step is not None:
             self._count(self.step)
+            if self.timer is not None:
+                self.timer.finish()
         self.step = None

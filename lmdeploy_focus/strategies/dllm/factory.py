@@ -40,6 +40,10 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                                                              commit_mode=options.delayed_cache_commit,
                                                              focus=focus,
                                                              stats=self.run_stats)
+            from .phase_timer import PhaseTimer, phase_timing_requested
+            if phase_timing_requested():
+                self.delayed_cache_runtime.timer = PhaseTimer()
+                logger.warning('LMDEPLOY_FOCUS_PHASE_TIMING=1: one extra host sync per decode step (profiling).')
             logger.info(f'delayed cache on (commit mode {options.delayed_cache_commit}).')
             if focus is not None:
                 logger.info(f'FOCUS on: alpha {focus.alpha}, policy {focus.policy}'
