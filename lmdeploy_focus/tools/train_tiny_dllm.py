@@ -29,8 +29,8 @@ from .tiny_dllm.train import TrainConfig, train
 BLOCK_LENGTH = 32
 
 
-def _steps(value: str) -> int | None:
-    return None if value == 'auto' else int(value)
+def _steps(value: str) -> int | str:
+    return value if value == 'auto' else int(value)
 
 
 def parse_args(argv):
@@ -39,7 +39,7 @@ def parse_args(argv):
     parser.add_argument('--out', required=True, type=Path, help='the checkpoint folder is created inside')
     parser.add_argument('--data', required=True, type=Path, help='folder with kjv_train.txt / kjv_heldout.txt')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--steps', type=_steps, default='default', help="int, 'auto', or the size's default")
+    parser.add_argument('--steps', type=_steps, help="a count, or 'auto' (fit --minutes); default: the size's")
     parser.add_argument('--minutes', type=float, default=6.5, help='wall-clock cap on training (safety net)')
     parser.add_argument('--batch-size', type=int)
     parser.add_argument('--lr', type=float)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> Path:
     defaults = SIZES[args.size]
     device = args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
     cfg = TrainConfig(shape=defaults.shape,
-                      steps=defaults.steps if args.steps == 'default' else args.steps,
+                      steps={None: defaults.steps, 'auto': None}.get(args.steps, args.steps),
                       batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
                       seed=args.seed, max_minutes=args.minutes, log_every=args.log_every, compile=args.compile)
     train_text, heldout_text = load_corpora(args.data)

@@ -4,9 +4,10 @@
 ``25m`` is a deeper and wider one (~25 M, ~50 MB). Head dims are 64, which the project's Triton
 kernels support. ``micro`` exists for CPU tests and smoke runs only.
 
-Default step counts are estimates that fill ~6.5 minutes of an H100 at batch 256 (5m: ~60 ms a
-step, 25m: ~110 ms, eager bf16, sequences of 224 tokens doubled by the block-diffusion layout);
-``--steps auto`` measures instead (see ``train.plan_steps``).
+Default step counts are unmeasured guesses at what fills ~6.5 minutes of an H100 at batch 256
+(5m: ~60 ms a step, 25m: ~110 ms; eager bf16, 224-token sequences doubled by the block-diffusion
+layout). ``--steps auto`` measures instead and records the count it chose (``train.plan_steps``);
+replace these defaults with the recorded counts once a GPU run has measured them.
 """
 from dataclasses import dataclass
 
