@@ -94,6 +94,7 @@ def test_engine_path_replays_the_reference_focus_loop(policy, commit_mode):
     stats = runtime.stats.read()
     processed = sum(sum(r.processed_per_step) for r in results)
     assert stats['deep_tokens'] < stats['processed_tokens'] <= processed
+    assert stats['shadow_decoded'] == 0  # recall is a shadow-mode measure (trivially 1 when evicting)
 
 
 def test_shadow_mode_keeps_every_row_and_records_the_selection():

@@ -129,9 +129,13 @@ class DelayedCacheRuntime:
                       deep_tokens=step.proc.total)
         if focus is not None and focus.selected_dense is not None:
             candidates = focus.candidate_dense
-            selected = focus.selected_dense & candidates
             values.update(candidates=candidates.sum(), kept_candidates=(step.proc.processed & candidates).sum())
-            # shadow recall: only sequences where a selection was needed (more candidates than target)
+        if focus is not None and focus.selected_dense is not None and focus.config.shadow:
+            # Shadow recall: with eviction on it would be 1 by construction (an evicted token cannot be
+            # decoded), so it is measured in shadow mode only, over sequences that had more
+            # candidates than their target (the only ones where the selection matters).
+            candidates = focus.candidate_dense
+            selected = focus.selected_dense & candidates
             scored = decoded & focus.evicting[:, None]
             n_sel = selected.sum(dim=1).to(torch.float64)
             n_cand = candidates.sum(dim=1).clamp(min=1).to(torch.float64)
