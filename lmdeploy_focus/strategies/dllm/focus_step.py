@@ -29,7 +29,7 @@ class FocusStep:
     num_candidates: torch.Tensor  # int64 [B]
     avg_decoded: torch.Tensor  # float32 [B]
     progress: torch.Tensor  # int64 [B]: block progress before this step
-    block_pos: torch.Tensor  # int64 [N]: block position of each row
+    block_pos: torch.Tensor  # int64 [N]: block position of each processed row (before eviction)
     history: torch.Tensor  # int64 [B]: block start (cache position of block position 0)
     importance0: torch.Tensor | None = None  # float32 [N], set by layer 0
     # set inside the eviction layer
