@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 
 from ..kernels import focus_ops
+from .importance_reduce import reduce_importance_delta
 from ..strategies.dllm.processing_set import ProcessingSet
 
 
@@ -26,7 +27,7 @@ def focus_keep_rows(step, q: torch.Tensor, k: torch.Tensor, scale: float) -> tor
     if config.needs_importance:
         importance1 = focus_ops.masked_importance(q, k, meta.q_start_loc, meta.q_seqlens, focus.candidate, scale,
                                                   max_q_len=meta.max_q_seqlen)
-        delta = importance1 - focus.importance0
+        delta = reduce_importance_delta(importance1 - focus.importance0, config.tp_size)
     else:
         delta = torch.zeros(q.size(0), dtype=torch.float32, device=q.device)
     keep = focus_ops.select_kept(delta, focus.candidate, focus.block_pos, meta.q_start_loc, meta.q_seqlens, targets,

@@ -15,6 +15,7 @@ class FocusConfig:
     policy: str  # 'importance' | 'leftmost'
     shadow: bool  # compute the selection, evict nothing
     eviction_layer: int = 1  # importance at layers 0 and 1, eviction inside layer 1 (spec §3.1)
+    tp_size: int | None = None  # attention TP ranks the importance delta is summed over (None: ask lmdeploy)
 
     @property
     def needs_importance(self) -> bool:
