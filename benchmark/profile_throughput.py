@@ -171,12 +171,13 @@ def main(argv=None):
     dllm_metrics = ({'status': 'missing', 'reason': engine_runner.DLLM_TRACK_MISSING}
                     if facts.is_dllm and args.dllm_track else None)
 
-    def emit(level, status, metrics=None, reason=None, run_notes=()):
+    def emit(level, status, metrics=None, reason=None, run_notes=(), level_dllm=None):
         record = report.result_record(arm=arm, status=status, model=args.model_path, dataset=args.dataset,
                                       concurrency=level, num_prompts=min(prompts_per_level(args, level),
                                                                          len(all_prompts)),
                                       settings=settings, engine_config=config_kwargs, metrics=metrics,
-                                      dllm_metrics=dllm_metrics if status == 'ok' else None, reason=reason,
+                                      dllm_metrics=(level_dllm or dllm_metrics) if status == 'ok' else None,
+                                      reason=reason,
                                       notes='; '.join(list(notes) + list(run_notes)) or None, env=env)
         path = report.write_json(record, args.output_dir)
         report.append_csv(record, args.output_dir, path)
@@ -203,7 +204,8 @@ def main(argv=None):
             async for level, metrics, _ in engine_runner.profile_levels(
                     engine, levels, lambda c: all_prompts[:prompts_per_level(args, c)], streamer, make_gen_config,
                     warmup_tokens):
-                emit(level, 'ok', metrics=metrics)
+                level_dllm = engine_runner.read_dllm_metrics() if facts.is_dllm and args.dllm_track else None
+                emit(level, 'ok', metrics=metrics, level_dllm=level_dllm)
         finally:
             engine.close()
 

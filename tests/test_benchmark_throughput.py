@@ -302,3 +302,20 @@ def test_plot_results_markdown_marks_missing(tmp_path):
     assert '| stock-static (SDAR-8B-Chat-b32) | 1,000.0 | 1,500.0 |' in md
     assert '| focus-importance (SDAR-8B-Chat-b32) | missing | — |' in md
     assert 'focus-leftmost: missing: none' in md and 'FOCUS not implemented yet' in md
+
+
+def test_dllm_metrics_come_from_the_engines_run_statistics():
+    import gc
+
+    import torch
+    from lmdeploy_focus.stats import read_run_stats
+    from lmdeploy_focus.strategies.dllm.run_stats import RunStats
+    gc.collect()
+    read_run_stats(reset=True)
+    stats = RunStats()
+    stats.add(decode_steps=10, generated_tokens=torch.tensor(30), processed_tokens=torch.tensor(200),
+              deep_tokens=torch.tensor(60))
+    dm = engine_runner.read_dllm_metrics()
+    assert dm['status'] == 'ok' and dm['processed_tokens'] == 60 and dm['layer0_tokens'] == 200
+    assert dm['denoising_steps'] == 10 and dm['processed_per_generated'] == 2.0 and dm['generated_per_step'] == 3.0
+    assert engine_runner.read_dllm_metrics()['generated_tokens'] == 0  # read resets

@@ -20,8 +20,8 @@ from .repeat_guard import RepeatGuard
 DLLM_MODEL_TYPES = ('sdar', 'sdar_moe', 'llada2_moe')
 # prefill budget per slot when the model has no block (AR); the fork sizes it as concurrency * L
 AR_SIZING_BLOCK = 32
-DLLM_TRACK_MISSING = ('--dllm-track statistics (processed tokens, denoising steps) are not collected by this '
-                      'lmdeploy-focus build yet, and the engine exposes no per-request step count to measure them')
+DLLM_TRACK_MISSING = ('--dllm-track statistics were not found in this process (engine without the lmdeploy-focus '
+                      'plugin, or running in another process)')
 
 
 class ArmMissing(Exception):
@@ -203,6 +203,22 @@ async def profile_levels(engine, levels: list, prompts_for, streamer, make_gen_c
         # first requests at a new batch size compile kernels: keep that out of the timed region
         warm = [type(p)(p.input_ids, warmup_tokens, p.text) for p in prompts[:level]]
         await run_requests(engine, warm, level, streamer, make_gen_config, progress=False)
+        read_dllm_metrics()  # the warm-up's statistics are not part of the level
         records, duration = await run_requests(engine, prompts, level, streamer, make_gen_config,
                                                desc=f'concurrency {level}')
         yield level, summarize(records, duration), records
+
+
+def read_dllm_metrics() -> dict | None:
+    """The engine's dllm_track run statistics since the last call (in-process engine), as the report's
+    DLLM metrics; None when this process has none (no --dllm-track, or the plugin is absent)."""
+    try:
+        from lmdeploy_focus.stats import derived_metrics, read_run_stats
+    except ImportError:
+        return None
+    totals = read_run_stats(reset=True)
+    if totals is None:
+        return None
+    return dict(status='ok', processed_tokens=totals['deep_tokens'], layer0_tokens=totals['processed_tokens'],
+                generated_tokens=totals['generated_tokens'], denoising_steps=totals['decode_steps'],
+                **derived_metrics(totals))
