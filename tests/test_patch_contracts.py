@@ -4,7 +4,10 @@ If one of these fails after an lmdeploy upgrade, the matching patch must be revi
 version guard (lmdeploy_focus/patch/targets.py) is widened.
 """
 import dataclasses
+import importlib
 import inspect
+
+import pytest
 
 import lmdeploy
 from lmdeploy_focus.patch import applied_patches
@@ -128,3 +131,22 @@ def test_sdar_model_interfaces_the_subclass_overrides():
     assert list(inspect.signature(SDARForCausalLM.__init__).parameters)[:3] == ['self', 'config', 'ctx_mgr']
     # the attention module calls attn_fwd(q, k, v, k_cache, v_cache, attn_metadata, ...)
     assert 'self.attn_fwd(' in inspect.getsource(SDARAttention.forward)
+
+
+@pytest.mark.parametrize('module, prefix', [('sdar', 'SDAR'), ('sdar_moe', 'SDARMoe')])
+def test_sdar_family_module_layout_the_focus_forward_drives(module, prefix):
+    """SDARDecoderParts calls these upstream attributes; both SDAR and SDAR-MoE must keep them."""
+    from lmdeploy.pytorch.models import module_map
+    mod = importlib.import_module(f'lmdeploy.pytorch.models.{module}')
+    assert module_map.CUSTOM_MODULE_MAP[f'{prefix}ForCausalLM'] == \
+        f'lmdeploy_focus.models.sdar.DelayedCache{prefix}ForCausalLM'
+    attention = inspect.getsource(getattr(mod, f'{prefix}Attention'))
+    for name in ('self.qkv_proj', 'split_qkv', 'self.q_norm', 'self.k_norm', 'self.apply_rotary_pos_emb',
+                 'self.o_proj', 'self.attn_fwd('):
+        assert name in attention, name
+    layer = inspect.getsource(getattr(mod, f'{prefix}DecoderLayer'))
+    for name in ('self.input_layernorm', 'self.post_attention_layernorm', 'self.mlp', 'self.self_attn'):
+        assert name in layer, name
+    model = inspect.getsource(getattr(mod, f'{prefix}Model'))
+    for name in ('self.embed_tokens', 'self.rotary_emb', 'self.norm', 'self.layers'):
+        assert name in model, name

@@ -1,4 +1,5 @@
-"""SDAR with token-level delayed cache and FOCUS (registered for ``SDARForCausalLM``).
+"""SDAR and SDAR-MoE with token-level delayed cache and FOCUS (registered for ``SDARForCausalLM`` and
+``SDARMoeForCausalLM``; both upstream models share the module layout the mixin relies on).
 
 With delayed cache off it is upstream's model unchanged. With it on, a decode step forwards only
 the processing set of each sequence (ragged rows): ids and positions are gathered from the dense
@@ -8,6 +9,7 @@ the decode forward is :func:`~.focus_forward.focus_decode_forward`, which drops 
 inside layer 1.
 """
 from lmdeploy.pytorch.models.sdar import SDARForCausalLM
+from lmdeploy.pytorch.models.sdar_moe import SDARMoeForCausalLM
 
 from .delayed_cache_attention import DelayedCacheAttention
 from .focus_forward import focus_decode_forward
@@ -50,7 +52,8 @@ class SDARDecoderParts:
         return self.model.norm(hidden, residual)[0]
 
 
-class DelayedCacheSDARForCausalLM(SDARForCausalLM):
+class DelayedCacheDLLMMixin:
+    """Delayed cache + FOCUS on top of an upstream SDAR-family ``*ForCausalLM`` (put it first in the bases)."""
 
     def __init__(self, config, ctx_mgr, dtype=None, device=None):
         super().__init__(config, ctx_mgr, dtype=dtype, device=device)
@@ -99,3 +102,11 @@ class DelayedCacheSDARForCausalLM(SDARForCausalLM):
         if self.delayed_cache_runtime is not None and self.delayed_cache_runtime.step is not None:
             return False
         return super().support_cuda_graph(*args, **kwargs)
+
+
+class DelayedCacheSDARForCausalLM(DelayedCacheDLLMMixin, SDARForCausalLM):
+    pass
+
+
+class DelayedCacheSDARMoeForCausalLM(DelayedCacheDLLMMixin, SDARMoeForCausalLM):
+    pass

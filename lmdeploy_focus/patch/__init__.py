@@ -44,7 +44,8 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    Removed by: upstream flags.
 
 6. ``lmdeploy.pytorch.models.module_map.CUSTOM_MODULE_MAP`` gains ``SDARForCausalLM`` ->
-   :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM` (:mod:`.module_map`).
+   :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM` and ``SDARMoeForCausalLM`` ->
+   ``DelayedCacheSDARMoeForCausalLM`` (:mod:`.module_map`).
    Why: the delayed-cache decode step forwards ragged rows and attends through our kernels.
    How: registry mutation; upstream applies ``CUSTOM_MODULE_MAP`` after ``MODULE_MAP``. With delayed
    cache off the subclass is upstream's model unchanged.

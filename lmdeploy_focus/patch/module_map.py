@@ -3,6 +3,7 @@
 # architecture name -> our model class (dotted path, imported by upstream when the model is built)
 MODELS = {
     'SDARForCausalLM': 'lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM',
+    'SDARMoeForCausalLM': 'lmdeploy_focus.models.sdar.DelayedCacheSDARMoeForCausalLM',
 }
 
 
