@@ -79,11 +79,10 @@ def _read_phase_timing():
 def _read_stats():
     """DLLM run statistics (dllm_track) with derived ratios, or None without tracking."""
     try:
-        from lmdeploy_focus.stats import derived_metrics, read_run_stats
+        from lmdeploy_focus.stats import read_run_report
     except ImportError:
         return None
-    totals = read_run_stats(reset=True)
-    return None if totals is None else dict(**totals, **derived_metrics(totals))
+    return read_run_report(reset=True)
 
 
 def main():

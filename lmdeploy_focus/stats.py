@@ -35,6 +35,12 @@ def derived_metrics(totals: dict[str, float]) -> dict[str, float | None]:
                 random_recall=ratio('shadow_random_expected', 'shadow_decoded'))
 
 
+def read_run_report(reset: bool = True) -> dict[str, float | None] | None:
+    """:func:`read_run_stats` totals together with their :func:`derived_metrics` ratios (None without tracking)."""
+    totals = read_run_stats(reset=reset)
+    return None if totals is None else {**totals, **derived_metrics(totals)}
+
+
 def read_phase_timing(reset: bool = True) -> list[dict]:
     """Mean GPU ms per decode-step phase of each engine with ``LMDEPLOY_FOCUS_PHASE_TIMING=1``."""
     return [timer.read(reset=reset) for timer in live_phase_timers()]

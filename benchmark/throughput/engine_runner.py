@@ -213,12 +213,11 @@ def read_dllm_metrics() -> dict | None:
     """The engine's dllm_track run statistics since the last call (in-process engine), as the report's
     DLLM metrics; None when this process has none (no --dllm-track, or the plugin is absent)."""
     try:
-        from lmdeploy_focus.stats import derived_metrics, read_run_stats
+        from lmdeploy_focus.stats import read_run_report
     except ImportError:
         return None
-    totals = read_run_stats(reset=True)
-    if totals is None:
+    run = read_run_report(reset=True)
+    if run is None:
         return None
-    return dict(status='ok', processed_tokens=totals['deep_tokens'], layer0_tokens=totals['processed_tokens'],
-                generated_tokens=totals['generated_tokens'], denoising_steps=totals['decode_steps'],
-                **derived_metrics(totals))
+    return dict(run, status='ok', processed_tokens=run['deep_tokens'], layer0_tokens=run['processed_tokens'],
+                denoising_steps=run['decode_steps'])

@@ -6,11 +6,15 @@ gives every rank the full-model delta, hence the same selection and the same kep
 row-parallel all-reduces. TP > 1 is still rejected at config time (the rest of the delayed-cache
 path is untested there); this keeps the reduction point in place.
 """
+import functools
+
 import torch
 
 
+@functools.cache
 def attention_tp_size() -> int:
-    """Attention TP world size of this process's engine (1 without a distributed context)."""
+    """Attention TP world size of this process's engine (1 without a distributed context); asked once,
+    at the first FOCUS step, when the engine's distributed context exists."""
     try:
         from lmdeploy.pytorch.distributed import get_tp_world_rank
         return int(get_tp_world_rank('attn')[0])
