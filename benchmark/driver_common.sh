@@ -5,6 +5,8 @@
 #   PAPER_THRESHOLDS=1   FOCUS at 0.8 vs the rest at 0.9, as the paper ran it (mixes two effects)
 #   ONE_ENGINE=1         all batch sizes in one process / one engine sized for the largest
 #   RESULTS_DIR=./results  ARM_TAG=<suffix of the arm label>  EXTRA_ARGS="<more profile_throughput args>"
+#   DRY_RUN=1            print each profile_throughput command (one line, shell-quoted, after
+#                        'DRY_RUN: ') instead of running it; nothing needs a GPU or a model
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SAMPLE_DATASET="$BENCH_DIR/data/sharegpt_sample.json"
@@ -36,15 +38,18 @@ run_arm() {
                 --dllm-track --repeat-block-detect --repeat-block-window 32
                 --arm "$arm" --output-dir "$RESULTS_DIR")
   local tag; tag="${arm}_$(basename "${model%/}")"
-  if [[ "${ONE_ENGINE:-0}" == 1 ]]; then
+  local cmd bs levels=("$BATCH_SIZES")
+  [[ "${ONE_ENGINE:-0}" == 1 ]] || read -r -a levels <<< "$BATCH_SIZES"
+  for bs in "${levels[@]}"; do
+    local log="$RESULTS_DIR/${tag}.log"
+    [[ "${ONE_ENGINE:-0}" == 1 ]] || log="$RESULTS_DIR/${tag}_bs${bs}.log"
+    # $bs: all levels in one word under ONE_ENGINE=1; $EXTRA_ARGS: several arguments
     # shellcheck disable=SC2086
-    "$PYTHON" "$BENCH_DIR/profile_throughput.py" "$dataset" "$model" --concurrency $BATCH_SIZES "${common[@]}" \
-      "$@" $EXTRA_ARGS 2>&1 | tee "$RESULTS_DIR/${tag}.log"
-  else
-    for bs in $BATCH_SIZES; do
-      # shellcheck disable=SC2086
-      "$PYTHON" "$BENCH_DIR/profile_throughput.py" "$dataset" "$model" --concurrency "$bs" "${common[@]}" \
-        "$@" $EXTRA_ARGS 2>&1 | tee "$RESULTS_DIR/${tag}_bs${bs}.log"
-    done
-  fi
+    cmd=("$PYTHON" "$BENCH_DIR/profile_throughput.py" "$dataset" "$model" --concurrency $bs "${common[@]}" "$@" $EXTRA_ARGS)
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+      echo "DRY_RUN: $(printf '%q ' "${cmd[@]}")"
+    else
+      "${cmd[@]}" 2>&1 | tee "$log"
+    fi
+  done
 }

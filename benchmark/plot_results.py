@@ -1,11 +1,16 @@
-"""Plot and tabulate profile_throughput JSON results.
+"""Plot and tabulate profile_throughput JSON results, merged from one or more result directories.
 
     python benchmark/plot_results.py RESULTS_DIR_OR_JSON... --out-dir DIR \
-        [--missing 'focus-leftmost=FOCUS not implemented yet']
+        [--missing 'focus-leftmost=FOCUS not implemented yet'] [--no-png]
 
 Writes DIR/throughput.png (output tok/s vs batch size per arm, and processed/generated tokens per
-arm) and DIR/results.md (the same numbers as tables). Arms recorded as missing, or named with
---missing, are shown as missing with their reason; nothing is interpolated.
+arm) and DIR/results.md (the same numbers as tables). A series is an arm label with its model (and
+dataset unless random); its source is the directory argument it was read from. When several inputs
+hold the same point (series, batch size) the newest record wins, and a series whose points come from
+more than one source says so. A missing record superseded by a newer measured one of the same series
+is dropped. Arms recorded as missing, or named with --missing, are shown as missing with their
+reason; nothing is interpolated. Speed-ups are only taken against a stock record of the same source
+(run) with the same model, dataset, batch size and settings.
 """
 import argparse
 import glob
@@ -14,18 +19,33 @@ import os
 from collections import defaultdict
 
 SCHEMA = 'lmdeploy-focus/profile_throughput/1'
+# settings two records must share for one to be a speed-up reference of the other
+COMPARABLE_SETTINGS = ('dllm_block_length', 'dllm_denoising_steps', 'dllm_unmasking_strategy',
+                       'dllm_confidence_threshold', 'max_new_tokens', 'input_len', 'output_len', 'ignore_eos',
+                       'eager_mode', 'prompts_per_slot', 'num_prompts', 'seed', 'skip_tokenize', 'skip_detokenize',
+                       'repeat_block_detect', 'repeat_block_window', 'cache_max_entry_count')
+ARM_BASES = ('stock', 'delayed-cache', 'focus-importance', 'focus-leftmost', 'focus', 'ar')
+
+
+def _source_names(paths) -> dict:
+    """path argument -> short name (its basename, or the whole path where two basenames collide)."""
+    norm = {p: os.path.normpath(p if os.path.isdir(p) else os.path.dirname(p) or '.') for p in paths}
+    base = {p: os.path.basename(os.path.abspath(n)) for p, n in norm.items()}
+    clash = {b for b in base.values() if len({n for p, n in norm.items() if base[p] == b}) > 1}
+    return {p: (norm[p] if base[p] in clash else base[p]) for p in paths}
 
 
 def load_results(paths) -> list:
-    files = []
-    for p in paths:
-        files += sorted(glob.glob(os.path.join(p, '**', '*.json'), recursive=True)) if os.path.isdir(p) else [p]
+    names = _source_names(paths)
     results = []
-    for f in files:
-        with open(f) as fh:
-            r = json.load(fh)
-        if isinstance(r, dict) and r.get('schema') == SCHEMA:
-            results.append(r)
+    for p in paths:
+        files = sorted(glob.glob(os.path.join(p, '**', '*.json'), recursive=True)) if os.path.isdir(p) else [p]
+        for f in files:
+            with open(f) as fh:
+                r = json.load(fh)
+            if isinstance(r, dict) and r.get('schema') == SCHEMA:
+                r['_source'] = names[p]
+                results.append(r)
     if not results:
         raise SystemExit(f'plot_results: error: no profile_throughput JSON files in {" ".join(paths)}')
     return results
@@ -38,12 +58,36 @@ def series_label(r) -> str:
     return f"{r['arm']} ({where})"
 
 
+def arm_base(arm: str) -> str:
+    """'focus-importance-static' -> 'focus-importance' (the arm without its ARM_TAG suffix)."""
+    for base in ARM_BASES:
+        if arm == base or arm.startswith(base + '-'):
+            return base
+    return arm
+
+
 def group(results) -> dict:
-    """label -> {concurrency: record}; a later record of the same point replaces an earlier one."""
+    """label -> {concurrency: record}; a later record of the same point replaces an earlier one, and a
+    missing point older than a measured point of the same series is dropped."""
     out = defaultdict(dict)
     for r in sorted(results, key=lambda r: r['date']):
         out[series_label(r)][r['concurrency']] = r
-    return dict(out)
+    for pts in out.values():
+        newest_ok = max((r['date'] for r in pts.values() if r['status'] == 'ok'), default=None)
+        for c in [c for c, r in pts.items() if r['status'] != 'ok' and newest_ok and r['date'] < newest_ok]:
+            del pts[c]
+    return {label: out[label] for label in sorted(out, key=lambda label: _series_order(out[label])) if out[label]}
+
+
+def _series_order(pts):
+    """Table / legend order: by dataset (random first), model, arm tag, then arm in ARM_BASES order."""
+    if not pts:
+        return (True, '', '', 0, '')
+    r = next(iter(pts.values()))
+    base = arm_base(r['arm'])
+    rank = ARM_BASES.index(base) if base in ARM_BASES else len(ARM_BASES)
+    return (r.get('dataset') != 'random', os.path.basename(str(r['model']).rstrip('/')), r['arm'][len(base):], rank,
+            r['arm'])
 
 
 def _reason(points) -> str | None:
@@ -56,7 +100,33 @@ def _dllm(r, key):
     return dm.get(key) if dm.get('status') != 'missing' else None
 
 
-def markdown(groups, extra_missing) -> str:
+def _dllm_cell(r, key) -> str:
+    v = _dllm(r, key)
+    if v is not None:
+        return f'{v:.2f}'
+    return 'missing' if (r.get('dllm_metrics') or {}).get('status') == 'missing' else 'n/a'
+
+
+def _comparable(a, b) -> bool:
+    sa, sb = a.get('settings') or {}, b.get('settings') or {}
+    return all(sa.get(k) == sb.get(k) for k in COMPARABLE_SETTINGS)
+
+
+def stock_reference(r, results):
+    """The stock record measured in the same source (run) as ``r`` with the same model, dataset, batch
+    size and settings; None when there is none (or ``r`` is itself stock or AR)."""
+    if r['status'] != 'ok' or arm_base(r['arm']) in ('stock', 'ar'):
+        return None
+    refs = [s for s in results
+            if s['status'] == 'ok' and arm_base(s['arm']) == 'stock' and s.get('_source') == r.get('_source')
+            and s['model'] == r['model'] and s.get('dataset') == r.get('dataset')
+            and s['concurrency'] == r['concurrency'] and _comparable(s, r)]
+    tag = r['arm'][len(arm_base(r['arm'])):]
+    refs = [s for s in refs if s['arm'] == 'stock' + tag] or refs  # the same ARM_TAG first
+    return max(refs, key=lambda s: s['date']) if refs else None
+
+
+def markdown(groups, extra_missing, results=None) -> str:
     levels = sorted({c for pts in groups.values() for c in pts})
     head = '| arm (model) | ' + ' | '.join(f'bs {c}' for c in levels) + ' |'
     lines = ['### Output throughput (tok/s)', '', head, '|' + ' --- |' * (len(levels) + 1)]
@@ -70,39 +140,74 @@ def markdown(groups, extra_missing) -> str:
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
         if _reason(pts):
             notes.append(f'* {label}: missing: {_reason(pts)}')
+        by_source = defaultdict(list)
+        for c, r in sorted(pts.items()):
+            by_source[r.get('_source')].append(str(c))
+        if len(by_source) > 1:
+            notes.append(f'* {label}: points from several runs: ' +
+                         '; '.join(f"bs {', '.join(cs)} from {src}" for src, cs in by_source.items()))
     for arm, reason in extra_missing.items():
         lines.append(f'| {arm} | ' + ' | '.join('missing' for _ in levels) + ' |')
         notes.append(f'* {arm}: missing: {reason}')
     lines += [''] + notes
+    speedups = []
+    for label, pts in groups.items():
+        refs = {c: stock_reference(r, results or [r for p in groups.values() for r in p.values()])
+                for c, r in pts.items()}
+        if not any(refs.values()):
+            continue
+        ref_labels = sorted({series_label(s) for s in refs.values() if s})
+        cells = ['—' if not refs.get(c) else
+                 f"{pts[c]['metrics']['output_tok_per_s'] / refs[c]['metrics']['output_tok_per_s']:.2f}×"
+                 for c in levels]
+        speedups.append(f"| {label} | {', '.join(ref_labels)} | " + ' | '.join(cells) + ' |')
+    if speedups:
+        lines += ['', '### Speed-up over stock (output tok/s ratio; same run, model, batch size and settings)', '',
+                  '| arm (model) | vs | ' + ' | '.join(f'bs {c}' for c in levels) + ' |',
+                  '|' + ' --- |' * (len(levels) + 2)] + speedups
     lines += ['', '### Per run', '',
               '| arm (model) | bs | req/s | in tok/s | out tok/s | TTFT mean / p99 (ms) | TPOT mean (ms) | '
-              'ITL mean (ms) | E2E mean / p99 (s) | processed / generated | generated / step |',
-              '|' + ' --- |' * 11]
+              'ITL mean (ms) | E2E mean / p99 (s) | processed / generated | generated / step | source |',
+              '|' + ' --- |' * 12]
     for label, pts in groups.items():
         for c, r in sorted(pts.items()):
             if r['status'] != 'ok':
                 continue
             m = r['metrics']
-            ppg, gps = _dllm(r, 'processed_per_generated'), _dllm(r, 'generated_per_step')
-            dllm_missing = 'missing' if (r.get('dllm_metrics') or {}).get('status') == 'missing' else 'n/a'
             lines.append(f"| {label} | {c} | {m['request_per_s']:.2f} | {m['input_tok_per_s']:,.1f} | "
                          f"{m['output_tok_per_s']:,.1f} | {m['ttft_ms']['mean']:,.0f} / {m['ttft_ms']['p99']:,.0f} | "
                          f"{m['tpot_ms']['mean']:.1f} | {m['itl_ms']['mean']:.1f} | "
                          f"{m['e2e_s']['mean']:.2f} / {m['e2e_s']['p99']:.2f} | "
-                         f"{ppg if ppg is not None else dllm_missing} | {gps if gps is not None else dllm_missing} |")
+                         f"{_dllm_cell(r, 'processed_per_generated')} | {_dllm_cell(r, 'generated_per_step')} | "
+                         f"{r.get('_source') or ''} |")
     return '\n'.join(lines) + '\n'
+
+
+def _style(label, pts, colours):
+    """Colour by arm, line style by model (block size), marker by the arm's tag (static / dynamic) or
+    dataset (triangle: a real dataset rather than random tokens)."""
+    r = next(iter(pts.values()))
+    base = arm_base(r['arm'])
+    colour = colours.setdefault(base, f'C{len(colours) % 10}')
+    model = os.path.basename(str(r['model']).rstrip('/'))
+    linestyle = '--' if model.endswith('-b16') else ':' if model.endswith('-b64') else '-'
+    tag = r['arm'][len(base):]
+    marker = '^' if r.get('dataset') != 'random' else 's' if 'dynamic' in tag else 'o'
+    return dict(color=colour, linestyle=linestyle, marker=marker)
 
 
 def plot(groups, extra_missing, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={'width_ratios': [2, 1]})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(16, 6.5), gridspec_kw={'width_ratios': [2, 1]})
     missing_lines = []
+    colours = {}
+    styles = {label: _style(label, pts, colours) for label, pts in groups.items()}
     for label, pts in groups.items():
         ok = sorted((c, r['metrics']['output_tok_per_s']) for c, r in pts.items() if r['status'] == 'ok')
         if ok:
-            ax.plot([c for c, _ in ok], [v for _, v in ok], marker='o', label=label)
+            ax.plot([c for c, _ in ok], [v for _, v in ok], label=label, **styles[label])
         if _reason(pts):
             missing_lines.append(f'{label}: missing')
     missing_lines += [f'{arm}: missing' for arm in extra_missing]
@@ -111,9 +216,9 @@ def plot(groups, extra_missing, path):
     ax.set_xticks(levels, [str(c) for c in levels])
     ax.set_xlabel('batch size (concurrency)')
     ax.set_ylabel('output tok/s')
-    ax.set_title('Output throughput')
+    ax.set_title('Output throughput (line style: block size; square marker: dynamic unmasking)')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='upper left')
+    ax.legend(fontsize=7, loc='upper left')
     if missing_lines:
         ax.text(0.99, 0.02, '\n'.join(missing_lines), transform=ax.transAxes, ha='right', va='bottom', fontsize=7,
                 color='gray')
@@ -124,11 +229,14 @@ def plot(groups, extra_missing, path):
     if have:
         for label in dict.fromkeys(h[0] for h in have):
             xs = sorted((c, v) for lab, c, v in have if lab == label)
-            ax2.plot([c for c, _ in xs], [v for _, v in xs], marker='o', label=label)
+            ax2.plot([c for c, _ in xs], [v for _, v in xs], label=label, **styles[label])
         ax2.set_xscale('log', base=2)
-        ax2.legend(fontsize=7)
+        ax2.set_xticks(levels, [str(c) for c in levels])
+        ax2.set_xlabel('batch size (concurrency)')
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=6)
     else:
-        ax2.text(0.5, 0.5, 'missing: DLLM statistics\n(--dllm-track) are not\ncollected yet', ha='center',
+        ax2.text(0.5, 0.5, 'missing: no DLLM statistics\n(--dllm-track) in these results', ha='center',
                  va='center', transform=ax2.transAxes, color='gray')
         ax2.set_xticks([])
         ax2.set_yticks([])
@@ -139,18 +247,19 @@ def plot(groups, extra_missing, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('paths', nargs='+', help='JSON files or directories (searched recursively)')
+    p.add_argument('paths', nargs='+', help='JSON files or directories (searched recursively), merged')
     p.add_argument('--out-dir', default='./results')
     p.add_argument('--missing', action='append', default=[], metavar='ARM=REASON',
                    help='an expected arm that has no result, with the reason')
     p.add_argument('--no-png', action='store_true', help='only the markdown table')
     args = p.parse_args(argv)
     extra = dict(m.split('=', 1) for m in args.missing)
-    groups = group(load_results(args.paths))
+    results = load_results(args.paths)
+    groups = group(results)
     os.makedirs(args.out_dir, exist_ok=True)
     md = os.path.join(args.out_dir, 'results.md')
     with open(md, 'w') as f:
-        f.write(markdown(groups, extra))
+        f.write(markdown(groups, extra, results))
     print(f'wrote {md}')
     if not args.no_png:
         png = os.path.join(args.out_dir, 'throughput.png')

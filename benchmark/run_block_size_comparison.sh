@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Block sizes 16 and 64 (SDAR-8B-Chat-b16 / -b64): stock and FOCUS arms at batch sizes 32/64/128/256.
+# Block sizes 16 and 64 (SDAR-8B-Chat-b16 / -b64) at batch sizes 32/64/128/256.
 #   bash benchmark/run_block_size_comparison.sh [dataset]
 # MODEL_PREFIX=JetLM/SDAR-8B-Chat (the -b<N> suffix is appended), BLOCK_SIZES="16 64", ALPHA=1.5.
 # Denoising steps follow the block length (DENOISING_STEPS_PER_BLOCK_DIV=4 gives L/4 steps instead).
-# ARMS="stock focus-importance" picks the arms.
+# ARMS="stock focus-importance" picks the arms, in order, from: stock, delayed-cache,
+# focus-importance, focus-leftmost. Settings: benchmark/driver_common.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/driver_common.sh"
 DATASET=${1:-$SAMPLE_DATASET}
 MODEL_PREFIX=${MODEL_PREFIX:-JetLM/SDAR-8B-Chat}
+for ARM in ${ARMS:-stock focus-importance}; do
+  case $ARM in stock|delayed-cache|focus-importance|focus-leftmost) ;;
+    *) echo "unknown arm $ARM (stock, delayed-cache, focus-importance, focus-leftmost)" >&2; exit 2 ;;
+  esac
+done
 for L in ${BLOCK_SIZES:-16 64}; do
   if [[ -n "${DENOISING_STEPS_PER_BLOCK_DIV:-}" ]]; then export DENOISING_STEPS=$((L / DENOISING_STEPS_PER_BLOCK_DIV)); fi
   for ARM in ${ARMS:-stock focus-importance}; do
     case $ARM in
       stock) run_arm stock "$DATASET" "$MODEL_PREFIX-b$L" "$L" ;;
-      focus-importance) run_arm focus-importance "$DATASET" "$MODEL_PREFIX-b$L" "$L" \
-          --dllm-enable-delayed-cache --dllm-enable-focus --dllm-focus-alpha "${ALPHA:-1.5}" ;;
-      *) echo "unknown arm $ARM (stock, focus-importance)" >&2; exit 2 ;;
+      delayed-cache) run_arm delayed-cache "$DATASET" "$MODEL_PREFIX-b$L" "$L" --dllm-enable-delayed-cache ;;
+      focus-*) run_arm "$ARM" "$DATASET" "$MODEL_PREFIX-b$L" "$L" --dllm-enable-delayed-cache --dllm-enable-focus \
+          --dllm-focus-alpha "${ALPHA:-1.5}" --dllm-focus-policy "${ARM#focus-}" ;;
     esac
   done
 done

@@ -319,3 +319,327 @@ def test_dllm_metrics_come_from_the_engines_run_statistics():
     assert dm['status'] == 'ok' and dm['processed_tokens'] == 60 and dm['layer0_tokens'] == 200
     assert dm['denoising_steps'] == 10 and dm['processed_per_generated'] == 2.0 and dm['generated_per_step'] == 3.0
     assert engine_runner.read_dllm_metrics()['generated_tokens'] == 0  # read resets
+
+
+# ---------------------------------------------------------------- profile_throughput: FOCUS policy, fast exit
+def _load_profile_throughput():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('profile_throughput_under_test', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_focus_policy_and_commit_reach_the_engine_config():
+    from lmdeploy import PytorchEngineConfig
+    pt = _load_profile_throughput()
+    facts = engine_runner.ModelFacts('sdar', True, 32)
+    args = pt.parse_args(['random', '/m', '--dllm-enable-focus', '--dllm-focus-alpha', '2',
+                          '--dllm-focus-policy', 'leftmost', '--dllm-delayed-cache-commit', 'fast'])
+    kw = engine_runner.engine_config_kwargs(args, 64, facts)
+    assert (kw['dllm_focus_policy'], kw['dllm_delayed_cache_commit']) == ('leftmost', 'fast')
+    options = PytorchEngineConfig(**kw).focus_options()  # what the engine gets
+    assert (options.focus_policy, options.delayed_cache_commit, options.focus_alpha) == ('leftmost', 'fast', 2.0)
+    assert options.enable_delayed_cache and options.enable_focus
+    assert pt.default_arm(args, facts) == 'focus-leftmost'
+    # not given: left to the engine's defaults, and the arm name says importance
+    plain = pt.parse_args(['random', '/m', '--dllm-enable-focus'])
+    kw = engine_runner.engine_config_kwargs(plain, 64, facts)
+    assert 'dllm_focus_policy' not in kw and 'dllm_delayed_cache_commit' not in kw
+    assert pt.default_arm(plain, facts) == 'focus-importance'
+    assert pt.default_arm(pt.parse_args(['random', '/m', '--dllm-enable-delayed-cache']), facts) == 'delayed-cache'
+    with pytest.raises(SystemExit):
+        pt.parse_args(['random', '/m', '--dllm-focus-policy', 'random'])
+
+
+_FAST_EXIT_HARNESS = r'''
+import asyncio, importlib.util, sys
+spec = importlib.util.spec_from_file_location('pt', sys.argv[1])
+pt = importlib.util.module_from_spec(spec); spec.loader.exec_module(pt)
+from throughput import metrics
+
+class Tok:
+    vocab_size = 1000
+    eos_token_id = 2
+
+class Engine:
+    def close(self):
+        print('ENGINE CLOSED', flush=True)
+
+async def levels(engine, lvls, prompts_for, *a):
+    for level in lvls:
+        rec = metrics.RequestRecord(input_len=8, start=0.0)
+        rec.add_chunk(1.0, 4); rec.add_chunk(2.0, 4); rec.end, rec.output_len = 2.0, 8
+        yield level, metrics.summarize([rec], 2.0), [rec]
+
+pt.load_tokenizer = lambda path: Tok()
+pt.engine_runner.build_engine = lambda path, kw: Engine()
+pt.engine_runner.profile_levels = levels
+pt.main(sys.argv[2:])
+print('AFTER MAIN', flush=True)
+'''
+
+
+@pytest.mark.parametrize('fast', [False, True])
+def test_fast_exit_skips_the_engine_shutdown_after_writing_results(tmp_path, fast):
+    harness = tmp_path / 'harness.py'
+    harness.write_text(_FAST_EXIT_HARNESS)
+    out = tmp_path / 'out'
+    argv = [sys.executable, str(harness), SCRIPT, 'random', str(tmp_path / 'model'), '--concurrency', '2', '4',
+            '--max-new-tokens', '8', '--arm', 'x', '--output-dir', str(out)] + (['--fast-exit'] if fast else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.glob('*.json')) == ['x_model_c2.json', 'x_model_c4.json']
+    assert len(list(csv.DictReader(open(out / report.CSV_NAME)))) == 2
+    assert f"wrote {out / 'x_model_c4.json'}" in proc.stdout  # flushed before leaving
+    assert ('ENGINE CLOSED' in proc.stdout) is (not fast) and ('AFTER MAIN' in proc.stdout) is (not fast)
+
+
+# ---------------------------------------------------------------- drivers (DRY_RUN=1: commands, no GPU)
+def _dry_commands(script, *args, env=None, cwd=None):
+    """profile_throughput argument lists a driver (or the suite) prints under DRY_RUN=1, parsed."""
+    import shlex
+    pt = _load_profile_throughput()
+    full_env = dict(os.environ, DRY_RUN='1', **(env or {}))
+    proc = subprocess.run(['bash', script, *args], capture_output=True, text=True, timeout=120, env=full_env,
+                          cwd=cwd or REPO)
+    parsed = []
+    for line in proc.stdout.splitlines():
+        if line.startswith('DRY_RUN: ') and 'profile_throughput.py' in line:
+            argv = shlex.split(line[len('DRY_RUN: '):])
+            start = next(i for i, a in enumerate(argv) if a.endswith('profile_throughput.py')) + 1
+            argv = argv[start:argv.index('2>&1')] if '2>&1' in argv else argv[start:]
+            parsed.append(pt.parse_args(argv))
+    return proc, parsed
+
+
+def _driver(name):
+    return os.path.join(BENCH, name)
+
+
+@pytest.mark.parametrize('how', ['env', 'argument'])
+def test_focus_driver_policy_is_selectable(tmp_path, how):
+    env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1')
+    args = ['random', '/ckpt/SDAR-8B-Chat-b32', '1.5']
+    if how == 'env':
+        env['FOCUS_POLICY'] = 'leftmost'
+    else:
+        args.append('leftmost')
+    proc, (cmd, ) = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (cmd.arm, cmd.dllm_focus_policy, cmd.dllm_focus_alpha) == ('focus-leftmost', 'leftmost', 1.5)
+    assert cmd.dllm_enable_focus and cmd.dllm_enable_delayed_cache and cmd.dllm_track
+    assert cmd.concurrency == [32, 64, 128, 256] and not list(tmp_path.glob('*.json'))  # nothing ran
+    _, (default, ) = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random',
+                                   env=env | {'FOCUS_POLICY': ''})
+    assert (default.arm, default.dllm_focus_policy) == ('focus-importance', 'importance')
+    bad, cmds = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random', 'm', '1.5', 'random', env=env)
+    assert bad.returncode == 2 and not cmds and "unknown FOCUS policy 'random'" in bad.stderr
+
+
+def test_every_driver_arm_runs_at_the_same_threshold(tmp_path):
+    env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1', ARM_TAG='-static', THRESHOLD='0.85')
+    cmds = []
+    for script in ('run_baseline_throughput_evaluation.sh', 'run_sdar_delayed_cache_benchmark.sh',
+                   'run_focus_throughput_evaluation.sh'):
+        cmds += _dry_commands(_driver(script), 'random', '/ckpt/SDAR-8B-Chat-b32', env=env)[1]
+    cmds += _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random', '/ckpt/SDAR-8B-Chat-b32',
+                          env=env | {'FOCUS_POLICY': 'leftmost'})[1]
+    assert [c.arm for c in cmds] == ['stock-static', 'delayed-cache-static', 'focus-importance-static',
+                                     'focus-leftmost-static']
+    assert {c.dllm_confidence_threshold for c in cmds} == {0.85}
+    assert [(c.dllm_enable_delayed_cache, c.dllm_enable_focus) for c in cmds] == \
+        [(False, False), (True, False), (True, True), (True, True)]
+    paper = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random', env=env | {'PAPER_THRESHOLDS': '1'})
+    assert paper[1][0].dllm_confidence_threshold == 0.8
+
+
+def test_block_driver_arms_and_steps(tmp_path):
+    env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1', BATCH_SIZES='64 256', DENOISING_STEPS_PER_BLOCK_DIV='4',
+               MODEL_PREFIX='/ckpt/SDAR-8B-Chat', ARMS='stock delayed-cache focus-importance focus-leftmost')
+    proc, cmds = _dry_commands(_driver('run_block_size_comparison.sh'), 'random', env=env)
+    assert proc.returncode == 0, proc.stderr
+    got = [(os.path.basename(c.model_path), c.arm, c.dllm_block_length, c.dllm_denoising_steps, c.dllm_focus_policy,
+            c.dllm_enable_delayed_cache) for c in cmds]
+    assert got == [(f'SDAR-8B-Chat-b{L}', arm, L, L // 4, policy, cache) for L in (16, 64)
+                   for arm, policy, cache in (('stock', None, False), ('delayed-cache', None, True),
+                                              ('focus-importance', 'importance', True),
+                                              ('focus-leftmost', 'leftmost', True))]
+    bad, cmds = _dry_commands(_driver('run_block_size_comparison.sh'), 'random', env=env | {'ARMS': 'stock focus'})
+    assert bad.returncode == 2 and not cmds and 'unknown arm focus' in bad.stderr
+
+
+def test_per_level_driver_runs_one_command_per_batch_size(tmp_path):
+    env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='0', BATCH_SIZES='32 64')
+    proc, cmds = _dry_commands(_driver('run_sdar_delayed_cache_benchmark.sh'), 'random', '/ckpt/m-b32', env=env)
+    assert [c.concurrency for c in cmds] == [[32], [64]] and {c.model_path for c in cmds} == {'/ckpt/m-b32'}
+
+
+SUITE = os.path.join(BENCH, 'gpu', 'run_benchmark_suite.sh')
+
+
+def _suite(tmp_path, phase):
+    env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'))
+    proc, cmds = _dry_commands(SUITE, phase, str(tmp_path / 'out'), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / 'out' / f'results_{phase}.tgz').exists() and (tmp_path / 'out' / f'suite_{phase}.log').exists()
+    return proc.stdout, cmds
+
+
+def test_suite_b32_phase_runs_the_four_arms_through_the_drivers(tmp_path):
+    out, cmds = _suite(tmp_path, 'b32')
+    static = [c for c in cmds if c.dllm_unmasking_strategy == 'low_confidence_static']
+    assert [(c.arm, c.dllm_focus_policy) for c in static] == [
+        ('stock-static', None), ('focus-importance-static', 'importance'), ('delayed-cache-static', None),
+        ('focus-leftmost-static', 'leftmost')]
+    for c in static:
+        assert c.concurrency == [32, 64, 128, 256] and (c.dllm_block_length, c.dllm_denoising_steps) == (32, 8)
+        assert (c.input_len, c.output_len, c.max_new_tokens, c.prompts_per_slot) == (256, 256, 256, 1)
+    dynamic = [c for c in cmds if c.dllm_unmasking_strategy == 'low_confidence_dynamic']
+    assert [c.arm for c in dynamic] == ['stock-dynamic', 'focus-importance-dynamic']
+    assert all(c.concurrency == [64, 256] and c.dllm_denoising_steps == 32 for c in dynamic)
+    assert {c.dllm_confidence_threshold for c in cmds} == {0.9}
+    assert all(c.eager_mode and c.dllm_track and c.fast_exit and c.ignore_eos for c in cmds)
+    assert {c.output_dir for c in cmds} == {str(tmp_path / 'res' / 'b32')}
+    assert 'skipped' not in out
+
+
+def test_suite_blocks_phase_order_and_budget_guard(tmp_path):
+    _, cmds = _suite(tmp_path, 'blocks')
+    got = [(os.path.basename(c.model_path), c.arm) for c in cmds]
+    assert got == [('SDAR-8B-Chat-b16', 'stock-static'), ('SDAR-8B-Chat-b16', 'focus-importance-static'),
+                   ('SDAR-8B-Chat-b64', 'stock-static'), ('SDAR-8B-Chat-b64', 'focus-importance-static'),
+                   ('SDAR-8B-Chat-b16', 'delayed-cache-static'), ('SDAR-8B-Chat-b64', 'delayed-cache-static'),
+                   ('SDAR-8B-Chat-b32', 'stock-dynamic'), ('SDAR-8B-Chat-b32', 'focus-importance-dynamic')]
+    assert all(c.concurrency == [64, 256] for c in cmds)
+    assert [c.dllm_denoising_steps for c in cmds[:6]] == [4, 4, 16, 16, 4, 16]
+    # a budget that leaves room for nothing runs nothing and says so
+    proc, cmds = _dry_commands(SUITE, 'blocks', str(tmp_path / 'out2'),
+                               env=dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), SUITE_BUDGET_S='60'))
+    assert proc.returncode == 0 and not cmds
+    assert proc.stdout.count('skipped (needs') == 7  # six block arms and the dynamic pair
+
+
+def test_suite_blocks_phase_skips_the_dynamic_pair_phase_b32_measured(tmp_path):
+    done = tmp_path / 'res' / 'b32'
+    done.mkdir(parents=True)
+    (done / 'focus-importance-dynamic_SDAR-8B-Chat-b32_c256.json').write_text('{}')
+    out, cmds = _suite(tmp_path, 'blocks')
+    assert len(cmds) == 6 and 'already measured by phase b32' in out
+
+
+def test_suite_cost_phase_is_unchanged(tmp_path):
+    _, cmds = _suite(tmp_path, 'cost')
+    assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
+        ('stock-static', 'SDAR-8B-Chat-b32'), ('stock-dynamic', 'SDAR-8B-Chat-b32'), ('ar', 'Qwen3-8B'),
+        ('stock-static', 'SDAR-8B-Chat-b16'), ('stock-static', 'SDAR-8B-Chat-b64'), ('stock', 'SDAR-8B-Chat-b32')]
+    assert not any(c.fast_exit for c in cmds)
+
+
+# ---------------------------------------------------------------- plot_results: merging result directories
+def _plot_results():
+    sys.path.insert(0, BENCH)
+    try:
+        import plot_results
+    finally:
+        sys.path.remove(BENCH)
+    return plot_results
+
+
+def _rec(arm, conc, tok, date, model='/ckpt/SDAR-8B-Chat-b32', status='ok', dllm=None, threshold=0.9, reason=None,
+         unmasking='low_confidence_static'):
+    r = _ok_record(arm=arm, conc=conc, tok=tok, dllm=dllm) if status == 'ok' else report.result_record(
+        arm=arm, status='missing', model=model, dataset='random', concurrency=conc, num_prompts=conc, settings={},
+        engine_config={}, reason=reason, env={}, command='c')
+    r['model'], r['date'] = model, date
+    r['settings'] = dict(dllm_confidence_threshold=threshold, dllm_denoising_steps=8, output_len=256,
+                         dllm_unmasking_strategy=unmasking)
+    return r
+
+
+def test_plot_merges_directories_newest_point_wins_and_names_sources(tmp_path):
+    pr = _plot_results()
+    old, new = tmp_path / 'old_suite', tmp_path / 'new_b32'
+    for r in (_rec('stock-static', 32, 1000.0, '2026-11-23T06:00:00+00:00'),
+              _rec('stock-static', 64, 1500.0, '2026-11-23T06:00:00+00:00'),
+              _rec('focus-importance-static', 32, 0, '2026-11-23T06:00:00+00:00', status='missing',
+                   reason='not implemented yet'),
+              _rec('focus-importance-static', 64, 0, '2026-11-23T06:00:00+00:00', status='missing',
+                   reason='not implemented yet'),
+              _rec('ar', 32, 700.0, '2026-11-23T06:00:00+00:00', model='/ckpt/Qwen3-8B')):
+        report.write_json(r, str(old))
+    for r in (_rec('stock-static', 32, 1100.0, '2026-11-24T06:00:00+00:00'),
+              _rec('focus-importance-static', 32, 1650.0, '2026-11-24T06:00:00+00:00')):
+        report.write_json(r, str(new))
+    pr.main([str(old), str(new), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert '| stock-static (SDAR-8B-Chat-b32) | 1,100.0 | 1,500.0 |' in md   # bs 32 from the newer run
+    assert 'stock-static (SDAR-8B-Chat-b32): points from several runs: bs 32 from new_b32; bs 64 from old_suite' in md
+    # the obsolete 'missing' points are superseded by the newer measurement
+    assert '| focus-importance-static (SDAR-8B-Chat-b32) | 1,650.0 | — |' in md and 'not implemented' not in md
+    assert '| ar (Qwen3-8B) | 700.0 | — |' in md
+    # speed-up only against the stock point of the same run: 1650 / 1100
+    assert '| focus-importance-static (SDAR-8B-Chat-b32) | stock-static (SDAR-8B-Chat-b32) | 1.50× | — |' in md
+    rows = [line for line in md.splitlines() if line.startswith('| stock-static (SDAR-8B-Chat-b32) | 32 |')]
+    assert len(rows) == 1 and rows[0].endswith('| new_b32 |')
+
+
+def test_plot_speedup_needs_same_run_and_settings(tmp_path):
+    pr = _plot_results()
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    report.write_json(_rec('stock-static', 64, 1000.0, '2026-11-23T06:00:00+00:00'), str(a))
+    report.write_json(_rec('focus-importance-static', 64, 1500.0, '2026-11-24T06:00:00+00:00'), str(b))
+    dyn = dict(unmasking='low_confidence_dynamic')
+    report.write_json(_rec('stock-dynamic', 64, 500.0, '2026-11-24T06:00:00+00:00', **dyn), str(b))
+    report.write_json(_rec('focus-importance-dynamic', 64, 900.0, '2026-11-24T06:00:00+00:00', threshold=0.8, **dyn),
+                      str(b))
+    pr.main([str(a), str(b), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert 'Speed-up over stock' not in md  # other run / other threshold: no ratio
+    report.write_json(_rec('stock-static', 64, 1200.0, '2026-11-24T06:00:00+00:00'), str(b))
+    pr.main([str(a), str(b), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert '| focus-importance-static (SDAR-8B-Chat-b32) | stock-static (SDAR-8B-Chat-b32) | 1.25× |' in md
+    assert 'focus-importance-dynamic (SDAR-8B-Chat-b32) | stock' not in md
+    # a newer FOCUS point at the stock's threshold gets its ratio
+    report.write_json(_rec('focus-importance-dynamic', 64, 1000.0, '2026-11-25T06:00:00+00:00', **dyn), str(b))
+    pr.main([str(a), str(b), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert '| focus-importance-dynamic (SDAR-8B-Chat-b32) | stock-dynamic (SDAR-8B-Chat-b32) | 2.00× |' in md
+
+
+def test_plot_fills_dllm_columns_from_the_engines_statistics(tmp_path):
+    import gc
+
+    import torch
+    from lmdeploy_focus.stats import read_run_stats
+    from lmdeploy_focus.strategies.dllm.run_stats import RunStats
+    pr = _plot_results()
+    gc.collect()
+    read_run_stats(reset=True)
+    stats = RunStats()
+    stats.add(decode_steps=10, generated_tokens=torch.tensor(40), processed_tokens=torch.tensor(300),
+              deep_tokens=torch.tensor(100))
+    dm = engine_runner.read_dllm_metrics()  # what profile_throughput stores per level
+    del stats
+    report.write_json(_rec('focus-importance-static', 32, 900.0, '2026-11-24T06:00:00+00:00', dllm=dm), str(tmp_path))
+    report.write_json(_rec('stock-static', 32, 800.0, '2026-11-24T06:00:00+00:00',
+                           dllm={'status': 'missing', 'reason': 'no plugin'}), str(tmp_path))
+    report.write_json(_rec('ar', 32, 700.0, '2026-11-24T06:00:00+00:00', model='/ckpt/Qwen3-8B'), str(tmp_path))
+    pr.main([str(tmp_path), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    row = next(line for line in md.splitlines()
+               if line.startswith('| focus-importance-static (SDAR-8B-Chat-b32) | 32 |'))
+    assert row.endswith('| 2.50 | 4.00 | ' + tmp_path.name + ' |')  # 100 / 40 processed per generated, 40 / 10
+    stock = next(line for line in md.splitlines() if line.startswith('| stock-static (SDAR-8B-Chat-b32) | 32 |'))
+    assert '| missing | missing |' in stock
+    assert '| n/a | n/a |' in next(line for line in md.splitlines() if line.startswith('| ar (Qwen3-8B) | 32 |'))
+
+
+def test_plot_source_names_disambiguate_equal_basenames(tmp_path):
+    pr = _plot_results()
+    for d in ('x/results', 'y/results'):
+        report.write_json(_rec('stock-static', 32, 1.0, '2026-11-24T06:00:00+00:00'), str(tmp_path / d))
+    names = {r['_source'] for r in pr.load_results([str(tmp_path / 'x/results'), str(tmp_path / 'y/results')])}
+    assert names == {str(tmp_path / 'x/results'), str(tmp_path / 'y/results')}
+    assert pr.arm_base('focus-importance-static') == 'focus-importance' and pr.arm_base('stock') == 'stock'

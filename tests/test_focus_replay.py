@@ -19,6 +19,7 @@ from lmdeploy_focus.strategies.dllm import focus_state
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
 from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+from lmdeploy_focus.strategies.dllm.run_stats import KEYS
 from lmdeploy_focus.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
 
 L = 8
@@ -78,6 +79,14 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3):
         next_mask = torch.stack([r.next_mask for r in records])
         assert torch.equal(extra.dllm_mask.view(B, L), next_mask), f'step {k}: unmasking differs'
         assert runtime.step is None
+        # per-request statistics: the step's counts per sequence leave with the extra outputs
+        counts = agent.make_extra_outputs(extra).dllm_stats
+        for b, record in enumerate(records):
+            row = dict(zip(KEYS, counts[b].tolist()))
+            decoded = (record.input_mask == focus_state.DLLM_MASKED) & (record.next_mask == focus_state.DLLM_UNMASKED)
+            assert (row['decode_steps'], row['generated_tokens']) == (1, int(decoded.sum())), f'step {k} seq {b}'
+            assert (row['processed_tokens'], row['deep_tokens']) == (int(record.processed.sum()),
+                                                                     int(record.kept.sum())), f'step {k} seq {b}'
         committed = starts_new_block(next_mask.flatten(), L)
         delayed = reset_rows(step_inputs.delayed_state, committed)
         focus = focus_state.reset_rows(step_inputs.focus_state, committed)

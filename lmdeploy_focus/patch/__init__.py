@@ -51,6 +51,16 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    cache off the subclass is upstream's model unchanged.
    Removed by: a working ``PytorchEngineConfig.custom_module_map`` (dead in 0.18) or upstream delayed cache.
 
+7. ``lmdeploy.pytorch.engine.engine_loop.EngineLoop._make_infer_outputs`` is wrapped
+   (:mod:`.request_metrics`).
+   Why: with ``dllm_track`` each request reports its DLLM statistics (decode steps, generated,
+   processed rows before/after FOCUS eviction, kept fraction, shadow recall) in its request metrics;
+   upstream builds ``RequestMetrics`` inside this method with no extension point.
+   How: the wrapper post-processes the returned outputs: a sequence that carries statistics (only
+   with ``dllm_track``) gets :class:`~lmdeploy_focus.strategies.dllm.request_stats.DLLMRequestMetrics`
+   (upstream's fields + ``dllm``). The counts arrive with the step's extra outputs (no extra sync).
+   Removed by: an upstream hook for strategy-defined request metrics.
+
 Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
 so model modules run on CPU.
 """

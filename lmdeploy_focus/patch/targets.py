@@ -13,6 +13,7 @@ PATCHES = {
     'lmdeploy.cli.serve': ('cli_serve', 'lmdeploy_focus.cli.flags'),
     'lmdeploy.cli.cli': ('cli_chat', 'lmdeploy_focus.cli.flags'),
     'lmdeploy.pytorch.models.module_map': ('module_map', 'lmdeploy_focus.models'),
+    'lmdeploy.pytorch.engine.engine_loop': ('request_metrics', 'lmdeploy_focus.strategies.dllm.request_stats'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())

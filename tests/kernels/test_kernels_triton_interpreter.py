@@ -1,9 +1,15 @@
-"""The sparse KV fill kernel on CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
+"""The sparse KV fill and ragged attention kernels on CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 
 CI has no GPU; this runs small ragged cases against the torch reference on CPU tensors. The
-interpreter is picked when a kernel is defined, so the check runs in a fresh process. The ragged
-attention kernel is not interpretable with Triton 3.6 (its key loop is bounded by a length loaded
-from memory, which the interpreter cannot turn into a Python range); the GPU tests cover it.
+interpreter is picked when a kernel is defined, so each check runs in a fresh process.
+
+Ragged attention runs fp32 (the path a float32 engine takes) and fp16; bf16 only on the GPU
+(Triton 3.6's interpreter computes bf16 dot products on the raw bits). The interpreter multiplies
+with NumPy whatever ``input_precision`` says, so TF32 vs true fp32 is checked by the GPU tests
+alone; here the kernel's indexing, masking and online softmax meet the fp32 tolerance. Its key
+loop is bounded by a length loaded from memory: Triton 3.6's interpreter turns that into a Python
+int with ``int()`` on a shape-(1,) array, which the NumPy here (2.x) refuses, so the check patches
+that one conversion (``.item()``) in the interpreter before running.
 Skipped when Triton is not installed.
 """
 import os
@@ -54,6 +60,53 @@ CHECK = textwrap.dedent('''
 
     print('fill ok', T)
 ''')
+
+
+ATTENTION_CHECK = textwrap.dedent('''
+    import sys
+    import torch
+    import triton.runtime.interpreter as interpreter
+
+    # int() of a loaded scalar (a shape-(1,) array in the interpreter): use .item(), which NumPy 2 allows
+    _patch_lang_tensor = interpreter._patch_lang_tensor
+
+    def _patch_with_item_index(tensor, scope):
+        _patch_lang_tensor(tensor, scope)
+        scope.set_attr(tensor, '__index__', lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = _patch_with_item_index
+
+    sys.path.insert(0, sys.argv[2])
+    import test_ragged_paged_attention as t
+    t.DEVICE = 'cpu'
+
+    gen = torch.Generator().manual_seed(int(sys.argv[1]))
+    dtype = getattr(torch, sys.argv[3])
+    seed = gen.initial_seed()
+    for head_dim, group, page_size in [(64, 1, 16), (128, 4, 16), (64, 2, 32)]:
+        b = t.random_batch(gen, batch=6, block_len=16, page_size=page_size, kv_heads=2, group=group,
+                           head_dim=head_dim, dtype=dtype, max_history_pages=2)
+        t.run_and_compare(b, 16, dtype, seed, f'D={head_dim} G={group} page={page_size}')
+    # every q_len class in one batch: empty sequences, q_len 1, q_len = block
+    b = t.random_batch(gen, batch=6, block_len=16, page_size=16, kv_heads=1, group=4, head_dim=64, dtype=dtype,
+                       max_history_pages=1, q_lens=[0, 1, 16, 0, 5, 16])
+    t.run_and_compare(b, 16, dtype, seed, 'edge q_lens')
+    if dtype == torch.float32:
+        t.check_fp32_products_are_not_tf32('cpu')
+    print('attention ok')
+''')
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_ragged_attention_matches_the_reference_under_the_interpreter(dtype):
+    seed = secrets.randbits(31)
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, '-c', ATTENTION_CHECK, str(seed), here, dtype],
+                         capture_output=True,
+                         text=True,
+                         timeout=600,
+                         env={**os.environ, 'TRITON_INTERPRET': '1'})
+    assert out.returncode == 0, f'seed {seed}: {out.stdout[-2000:]}\n{out.stderr[-3000:]}'
 
 
 @pytest.mark.parametrize('dtype', ['float16', 'bfloat16', 'float32'])

@@ -1,9 +1,15 @@
 """Ragged paged attention kernel (and sparse fill feeding it) against the torch reference.
 
 The expected output is ``lmdeploy_focus.reference.paged_attention`` (non-causal) computed in fp32
-from the same fp16/bf16 inputs. Inputs are fresh random every run; the seed is in every failure
-message. Cache slots that no sequence owns (past kv_len, spare pages, unused page-table entries)
-hold NaN, so any read outside keys ``0 .. kv_len-1`` shows up as NaN in the output.
+from the same fp16/bf16/fp32 inputs. fp32 inputs must be computed in true fp32 (no TF32): their
+tolerance is 1e-5, where TF32 products miss by ~1e-3, and the reference then runs on the CPU so
+that torch's own TF32 switches cannot blur it. Inputs are fresh random every run; the seed is in
+every failure message. Cache slots that no sequence owns (past kv_len, spare pages, unused
+page-table entries) hold NaN, so any read outside keys ``0 .. kv_len-1`` shows up as NaN in the
+output.
+
+``DEVICE`` is read at call time: the interpreter test (``test_kernels_triton_interpreter.py``)
+imports these helpers with ``DEVICE = 'cpu'``.
 """
 import math
 import secrets
@@ -21,7 +27,13 @@ from lmdeploy_focus.reference import fill_kv_cache, paged_attention  # noqa: E40
 pytestmark = pytest.mark.gpu
 
 DEVICE = 'cuda'
-TOLERANCE = {torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=3e-3, rtol=3e-3)}
+# fp32: "ieee" products and fp32 accumulation land within a few 1e-7 of the fp32 reference (outputs
+# are averages of N(0, 1) values); TF32 products would be off by ~1e-3.
+TOLERANCE = {
+    torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+    torch.float16: dict(atol=3e-3, rtol=3e-3),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+}
 
 
 @pytest.fixture
@@ -79,9 +91,20 @@ def ragged_rows(gen, q_lens, max_gap=2):
     return torch.tensor(starts, dtype=torch.int32), row + randint(gen, 0, max_gap)
 
 
-def random_batch(gen, *, batch, block_len, page_size, kv_heads, group, head_dim, dtype, max_history_pages=3):
-    """A decode step: ragged q_lens, history of 0 .. a few pages (not page multiples)."""
-    q_lens = [random_q_len(gen, block_len) for _ in range(batch)]
+def random_batch(gen,
+                 *,
+                 batch,
+                 block_len,
+                 page_size,
+                 kv_heads,
+                 group,
+                 head_dim,
+                 dtype,
+                 max_history_pages=3,
+                 q_lens=None):
+    """A decode step: ragged q_lens (random classes unless given), history of 0 .. a few pages (not
+    page multiples)."""
+    q_lens = list(q_lens) if q_lens is not None else [random_q_len(gen, block_len) for _ in range(batch)]
     kv_lens = [randint(gen, 0, max_history_pages * page_size) + q for q in q_lens]
     k_cache, v_cache, table = paged_cache(gen, kv_lens, page_size, kv_heads, head_dim, dtype)
     q_start_loc, num_rows = ragged_rows(gen, q_lens)
@@ -108,8 +131,11 @@ def check_against_reference(out, b, dtype, seed, label, sentinel, reference_inpu
     """Kernel output ``out`` for batch ``b`` vs the reference on ``reference_inputs`` (default
     ``b``); rows owned by no sequence must still hold ``sentinel``."""
     r = reference_inputs or b
-    expected = paged_attention(r.q.float(), r.k_cache.float(), r.v_cache.float(), r.block_offsets, r.q_start_loc,
-                               r.q_seqlens, r.kv_seqlens, r.scale)
+    # fp32: on the CPU, where torch's matmul is plain fp32 whatever the CUDA TF32 switches say
+    where = 'cpu' if dtype == torch.float32 else DEVICE
+    expected = paged_attention(*(t.to(where) for t in (r.q.float(), r.k_cache.float(), r.v_cache.float(),
+                                                       r.block_offsets, r.q_start_loc, r.q_seqlens, r.kv_seqlens)),
+                               r.scale).to(DEVICE)
     owned = torch.zeros(b.q.size(0), dtype=torch.bool)
     mask = owned_rows(b.q_start_loc.cpu(), b.q_seqlens.cpu())[:b.q.size(0)]
     owned[:mask.numel()] = mask
@@ -168,6 +194,72 @@ def test_matches_reference_fp16(gen, head_dim, group):
     run_and_compare(b, 32, torch.float16, gen.initial_seed(), f'D={head_dim} G={group} B={batch}')
 
 
+@pytest.mark.parametrize('page_size', [16, 64])
+@pytest.mark.parametrize('group', [1, 4, 8])
+@pytest.mark.parametrize('head_dim', [64, 128])
+@pytest.mark.parametrize('block_len', [16, 32])
+def test_matches_reference_fp32(gen, block_len, head_dim, group, page_size):
+    """fp32 in true fp32: random ragged batches (q_len 0 / 1 / partial / whole block), GQA."""
+    batch = randint(gen, 1, 64)
+    b = random_batch(gen,
+                     batch=batch,
+                     block_len=block_len,
+                     page_size=page_size,
+                     kv_heads=2,
+                     group=group,
+                     head_dim=head_dim,
+                     dtype=torch.float32)
+    label = f'L={block_len} D={head_dim} G={group} page={page_size} B={batch}'
+    run_and_compare(b, block_len, torch.float32, gen.initial_seed(), label)
+
+
+# every q_len class in one batch: empty sequences (first, middle, last), q_len 1, q_len = block
+EDGE_Q_LENS = [0, 1, 32, 0, 7, 32, 1, 0]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('head_dim', [64, 128])
+def test_edge_q_lens(gen, head_dim, dtype):
+    b = random_batch(gen,
+                     batch=len(EDGE_Q_LENS),
+                     block_len=32,
+                     page_size=16,
+                     kv_heads=2,
+                     group=4,
+                     head_dim=head_dim,
+                     dtype=dtype,
+                     q_lens=EDGE_Q_LENS)
+    run_and_compare(b, 32, dtype, gen.initial_seed(), f'edge q_lens D={head_dim}')
+
+
+def check_fp32_products_are_not_tf32(device):
+    """Two keys that differ below TF32's 10-bit mantissa (1 vs 1 + 2^-15 on even dims) but give
+    scores 0 and 1/4 (q = +-256 on even / odd dims; every product and partial sum is exact in fp32):
+    true fp32 weights value 1 by sigmoid(1/4) = 0.562; TF32 rounds both keys to 1 and gives 0.5."""
+    head_dim = 64
+    k_cache = torch.zeros(1, 16, 1, head_dim, device=device)
+    v_cache = torch.zeros(1, 16, 1, head_dim, device=device)
+    k_cache[0, 0] = 1.0
+    k_cache[0, 1] = 1.0
+    k_cache[0, 1, 0, 0::2] = 1.0 + 2.0**-15
+    v_cache[0, 1] = 1.0
+    q = torch.full((1, 1, head_dim), 256.0, device=device)
+    q[..., 1::2] = -256.0
+    one = torch.ones(1, dtype=torch.int32, device=device)
+    out = ragged_paged_attention(q, k_cache, v_cache, torch.zeros(1, 1, dtype=torch.int32, device=device), one - 1,
+                                 one, one + 1, 1.0, 16)
+    expected = torch.sigmoid(torch.tensor(0.25, dtype=torch.float64)).item()
+    torch.testing.assert_close(out.double().cpu(),
+                               torch.full((1, 1, head_dim), expected, dtype=torch.float64),
+                               atol=1e-6,
+                               rtol=0,
+                               msg=lambda m: f'{m}\n(0.5 everywhere: the products ran in TF32)')
+
+
+def test_fp32_products_are_not_tf32():
+    check_fp32_products_are_not_tf32(DEVICE)
+
+
 def test_sdar_8b_shape_with_strided_q(gen):
     """H 32 / Hkv 8 / D 128 / page 64 / L 32, q a strided view of a fused qkv tensor (as in models)."""
     b = random_batch(gen,
@@ -186,10 +278,11 @@ def test_sdar_8b_shape_with_strided_q(gen):
     run_and_compare(b, 32, torch.bfloat16, gen.initial_seed(), 'SDAR-8B strided q')
 
 
-def test_no_keys_gives_zeros(gen):
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float32])
+def test_no_keys_gives_zeros(gen, dtype):
     """kv_len 0 with queries (not expressible in the reference, which asserts q_len <= kv_len)."""
-    k_cache, v_cache, table = paged_cache(gen, [0, 0], 16, 2, 64, torch.bfloat16)
-    q = torch.randn(5, 4, 64, generator=gen).to(torch.bfloat16).to(DEVICE)
+    k_cache, v_cache, table = paged_cache(gen, [0, 0], 16, 2, 64, dtype)
+    q = torch.randn(5, 4, 64, generator=gen).to(dtype).to(DEVICE)
     out = ragged_paged_attention(q, k_cache.to(DEVICE), v_cache.to(DEVICE), table.to(DEVICE),
                                  torch.tensor([0, 2], dtype=torch.int32, device=DEVICE),
                                  torch.tensor([2, 3], dtype=torch.int32, device=DEVICE),
@@ -197,10 +290,11 @@ def test_no_keys_gives_zeros(gen):
     assert torch.equal(out, torch.zeros_like(out))
 
 
-def test_graph_replay_with_new_lengths(gen):
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float32])
+def test_graph_replay_with_new_lengths(gen, dtype):
     """One captured launch serves any q_lens <= max_q_len: the grid depends on shapes only and the
     wrapper never syncs (capture would fail on a sync). Lengths change in place between replays."""
-    dtype, block_len = torch.bfloat16, 32
+    block_len = 32
     b = random_batch(gen, batch=24, block_len=block_len, page_size=16, kv_heads=2, group=4, head_dim=128, dtype=dtype)
     out = torch.empty(b.q.size(0), b.q.size(1), 128, dtype=dtype, device=DEVICE)
     launch(b, block_len, out)  # compile outside the capture
@@ -231,6 +325,15 @@ def test_no_host_sync(gen):
         torch.cuda.set_sync_debug_mode('default')
 
 
+def test_unsupported_dtype_is_rejected():
+    """fp64 (or any other dtype) is refused with a clear error, never computed in another dtype."""
+    cache = torch.zeros(2, 16, 1, 64, dtype=torch.float64, device=DEVICE)
+    q = torch.zeros(1, 1, 64, dtype=torch.float64, device=DEVICE)
+    lens = torch.ones(1, dtype=torch.int32, device=DEVICE)
+    with pytest.raises(TypeError, match='fp16, bf16 or fp32'):
+        ragged_paged_attention(q, cache, cache, lens[:, None], lens - 1, lens, lens, 0.125, 16)
+
+
 @pytest.mark.parametrize('dtype_name', ['int8', 'float8_e4m3fn'])
 def test_quantised_cache_is_rejected(dtype_name):
     cache = torch.zeros(2, 16, 1, 64, dtype=getattr(torch, dtype_name), device=DEVICE)
@@ -240,16 +343,17 @@ def test_quantised_cache_is_rejected(dtype_name):
         ragged_paged_attention(q, cache, cache, lens[:, None], lens - 1, lens, lens, 0.125, 16)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize('page_size', [16, 64])
 @pytest.mark.parametrize('block_len', [16, 32, 64])
-def test_fill_then_attend_matches_reference(gen, block_len, page_size):
+def test_fill_then_attend_matches_reference(gen, block_len, page_size, dtype):
     """One delayed-cache layer step: scatter the processed block positions, then attend.
 
     Each sequence has a history (not a page multiple) and a block of ``L`` positions holding stale
     K/V; it processes a random subset of the block (unsorted rows), and attends up to its rightmost
     processed position (spec §2.2: ``kv_len = history + max(processed) + 1``).
     """
-    dtype, group, kv_heads, head_dim = torch.bfloat16, 4, 2, 128
+    group, kv_heads, head_dim = 4, 2, 128
     batch = randint(gen, 1, 64)
     history = [randint(gen, 0, 3 * page_size) for _ in range(batch)]
     processed = []
@@ -291,5 +395,5 @@ def test_fill_then_attend_matches_reference(gen, block_len, page_size):
                     block_len,
                     dtype,
                     seed,
-                    f'fill+attend L={block_len} page={page_size}',
+                    f'fill+attend L={block_len} page={page_size} {dtype}',
                     reference_inputs=reference_side)

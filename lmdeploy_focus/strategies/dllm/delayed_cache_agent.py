@@ -3,10 +3,11 @@ guarded unmasking (slots without fresh logits are never unmasked), then the runt
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .delayed_cache_runtime import DelayedCacheRuntime
+from .request_stats import StepStatsOutputs
 from .unmasking_guard import unmask_processed_only
 
 
-class DelayedCacheAgentStrategy(DLLMModelAgentStrategy):
+class DelayedCacheAgentStrategy(StepStatsOutputs, DLLMModelAgentStrategy):
 
     def __init__(self, dllm_config, dllm_mask_token: int, runtime: DelayedCacheRuntime):
         super().__init__(dllm_config=dllm_config, dllm_mask_token=dllm_mask_token)
@@ -30,6 +31,6 @@ class DelayedCacheAgentStrategy(DLLMModelAgentStrategy):
         dllm_mask, next_token_ids = unmask_processed_only(self.unmasking_processor, logits, input_ids, next_token_ids,
                                                           input_mask, step.proc)
         extra_inputs.dllm_mask = dllm_mask
-        self.runtime.after_unmasking(input_mask, dllm_mask)
+        self.keep_step_stats(self.runtime.after_unmasking(input_mask, dllm_mask))
         self.runtime.end_step()
         return next_token_ids, extra_inputs

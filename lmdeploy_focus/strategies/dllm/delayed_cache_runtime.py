@@ -20,7 +20,7 @@ from .delayed_cache_state import advance
 from .focus_step import FocusConfig, FocusStep
 from .processing_set import (ProcessingSet, RaggedStepMetadata, gather_processed, processing_mask,
                              ragged_step_metadata, scatter_processed)
-from .run_stats import RunStats
+from .run_stats import RunStats, per_sequence_counts
 
 
 # Debug mode: keep the delayed-cache machinery (ragged rows, sparse fill, ragged attention, scatter,
@@ -38,7 +38,7 @@ class DelayedCacheStep:
     num_rows: int
     logits_scattered: bool = False
     focus: FocusStep | None = None
-    processed_total: torch.Tensor | None = None  # 0-d: rows into layer 0 (before any eviction)
+    processed_per_seq: torch.Tensor | None = None  # int64 [B]: rows into layer 0 per sequence
     mark_phase: object = None  # the runtime's phase marker while profiling, else None
 
 
@@ -93,7 +93,8 @@ class DelayedCacheRuntime:
         focus = None
         if self.focus is not None:
             focus = self._focus_step(proc, input_mask, num_rows, step_inputs)
-        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows, focus=focus, processed_total=proc.total,
+        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows, focus=focus,
+                                     processed_per_seq=proc.q_seqlens,
                                      mark_phase=self.mark_phase if self.timer is not None else None)
         self.mark_phase('processing_set')
         return self.step
@@ -111,8 +112,11 @@ class DelayedCacheRuntime:
                          block_pos=proc.block_pos[:num_rows],
                          history=step_inputs.model_inputs.history_lengths.long())
 
-    def after_unmasking(self, input_mask: torch.Tensor, next_mask: torch.Tensor) -> None:
-        """Device-side bookkeeping once the step's tokens are unmasked (before the block may commit)."""
+    def after_unmasking(self, input_mask: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor | None:
+        """Device-side bookkeeping once the step's tokens are unmasked (before the block may commit).
+
+        With ``dllm_track``, returns the step's per-sequence counts (:func:`per_sequence_counts`).
+        """
         step, L = self.step, self.block_length
         decoded = focus_state.newly_decoded(input_mask, next_mask, L)
         num_decoded = decoded.sum(dim=1)
@@ -122,14 +126,14 @@ class DelayedCacheRuntime:
             inputs = self.step_inputs
             inputs.focus_state = focus_state.record_step(inputs.focus_state, progress, num_decoded)
         if self.stats is None:
-            return
-        values = dict(decode_steps=decoded.size(0),
-                      generated_tokens=num_decoded.sum(),
-                      processed_tokens=step.processed_total,
-                      deep_tokens=step.proc.total)
+            return None
+        columns = dict(decode_steps=1,
+                       generated_tokens=num_decoded,
+                       processed_tokens=step.processed_per_seq,
+                       deep_tokens=step.proc.q_seqlens)
         if focus is not None and focus.selected_dense is not None:
             candidates = focus.candidate_dense
-            values.update(candidates=candidates.sum(), kept_candidates=(step.proc.processed & candidates).sum())
+            columns.update(candidates=candidates.sum(dim=1), kept_candidates=(step.proc.processed & candidates).sum(dim=1))
         if focus is not None and focus.selected_dense is not None and focus.config.shadow:
             # Shadow recall: with eviction on it would be 1 by construction (an evicted token cannot be
             # decoded), so it is measured in shadow mode only, over sequences that had more
@@ -137,12 +141,14 @@ class DelayedCacheRuntime:
             candidates = focus.candidate_dense
             selected = focus.selected_dense & candidates
             scored = decoded & focus.evicting[:, None]
-            n_sel = selected.sum(dim=1).to(torch.float64)
-            n_cand = candidates.sum(dim=1).clamp(min=1).to(torch.float64)
-            values.update(shadow_decoded=scored.sum(),
-                          shadow_selected_decoded=(scored & selected).sum(),
-                          shadow_random_expected=(scored.sum(dim=1) * n_sel / n_cand).sum())
-        self.stats.add(**values)
+            n_sel = selected.sum(dim=1).to(torch.float32)
+            n_cand = candidates.sum(dim=1).clamp(min=1).to(torch.float32)
+            columns.update(shadow_decoded=scored.sum(dim=1),
+                           shadow_selected_decoded=(scored & selected).sum(dim=1),
+                           shadow_random_expected=scored.sum(dim=1) * n_sel / n_cand)
+        rows = per_sequence_counts(decoded.size(0), device=decoded.device, **columns)
+        self.stats.add_rows(rows)
+        return rows
 
     def _count(self, step: DelayedCacheStep) -> None:
         """Host-side row counters (free: both counts are host ints already), logged now and then."""

@@ -72,6 +72,13 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                                          dllm_mask_token=self.model_config.dllm_mask_token,
                                          runtime=self.delayed_cache_runtime)
 
+    def build_sequence_strategy(self):
+        if self.run_stats is None:
+            return super().build_sequence_strategy()
+        from .request_stats import TrackingDLLMSequenceStrategy
+        return TrackingDLLMSequenceStrategy(block_size=self.dllm_block_length,
+                                            dllm_mask_token=self.model_config.dllm_mask_token)
+
     def build_step_inputs(self):
         if self.delayed_cache_runtime is None:
             return super().build_step_inputs()

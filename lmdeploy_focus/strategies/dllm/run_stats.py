@@ -12,7 +12,10 @@ Counted per decode step (prefill excluded), summed over the batch:
   decoded tokens the selection had picked, and the expected number a uniformly random subset of
   the same size would have picked (Σ |decoded|·|selected|/|candidates|).
 
-Reading the totals (:func:`lmdeploy_focus.stats.read_run_stats`) is the only sync.
+Each step's counts are built per sequence first (:func:`per_sequence_counts`, ``float32 [B, K]``):
+the run totals are their column sums, and the rows also travel to the host with the step's outputs
+for the per-request statistics (:mod:`.request_stats`). Reading the totals
+(:func:`lmdeploy_focus.stats.read_run_stats`) is the only sync.
 """
 import threading
 import weakref
@@ -52,11 +55,30 @@ class RunStats:
         else:
             self._totals = self._totals.to(row.device) + row
 
+    def add_rows(self, rows: torch.Tensor) -> None:
+        """Add a step's per-sequence counts (``[B, len(KEYS)]``, see :func:`per_sequence_counts`)."""
+        row = rows.sum(dim=0, dtype=torch.float64)
+        self._totals = row if self._totals is None else self._totals.to(row.device) + row
+
     def read(self, reset: bool = False) -> dict[str, float]:
         totals = [0.0] * len(KEYS) if self._totals is None else self._totals.tolist()
         if reset:
             self._totals = None
         return dict(zip(KEYS, totals))
+
+
+def per_sequence_counts(batch_size: int, device=None, **columns) -> torch.Tensor:
+    """float32 ``[B, len(KEYS)]``: one step's counts per sequence (``[B]`` tensors or numbers).
+
+    Missing keys are zero. float32 is exact for these counts (each < 2**24).
+    """
+    unknown = set(columns) - set(KEYS)
+    if unknown:
+        raise KeyError(f'unknown run statistics {sorted(unknown)}')
+    rows = torch.zeros(batch_size, len(KEYS), dtype=torch.float32, device=device)
+    for key, value in columns.items():
+        rows[:, KEYS.index(key)] = value.to(torch.float32) if isinstance(value, torch.Tensor) else float(value)
+    return rows
 
 
 def live_run_stats() -> list[RunStats]:

@@ -2,10 +2,11 @@
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .focus_state import newly_decoded
-from .run_stats import RunStats
+from .request_stats import StepStatsOutputs
+from .run_stats import RunStats, per_sequence_counts
 
 
-class TrackingDLLMAgentStrategy(DLLMModelAgentStrategy):
+class TrackingDLLMAgentStrategy(StepStatsOutputs, DLLMModelAgentStrategy):
     """Every decode step forwards whole blocks: processed = deep = B*L rows."""
 
     def __init__(self, dllm_config, dllm_mask_token: int, stats: RunStats):
@@ -18,7 +19,9 @@ class TrackingDLLMAgentStrategy(DLLMModelAgentStrategy):
         next_token_ids, extra_inputs = super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
         if inputs.is_decoding and not getattr(inputs, 'is_dummy', False):
             decoded = newly_decoded(input_mask, extra_inputs.dllm_mask, self.block_length)
-            rows = decoded.numel()
-            self.stats.add(decode_steps=decoded.size(0), generated_tokens=decoded.sum(), processed_tokens=rows,
-                           deep_tokens=rows)
+            L = self.block_length
+            rows = per_sequence_counts(decoded.size(0), device=decoded.device, decode_steps=1,
+                                       generated_tokens=decoded.sum(dim=1), processed_tokens=L, deep_tokens=L)
+            self.stats.add_rows(rows)
+            self.keep_step_stats(rows)
         return next_token_ids, extra_inputs

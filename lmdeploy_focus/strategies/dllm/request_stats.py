@@ -1,0 +1,106 @@
+"""Per-request DLLM statistics (``dllm_track``): the run statistics' counts, per sequence.
+
+Path of a step's counts: the agent strategy gets them per sequence from the step's bookkeeping
+(``float32 [B, K]``, :func:`.run_stats.per_sequence_counts`) and puts them in the step's extra
+outputs, which upstream already copies to the host with the sampled tokens (no extra sync);
+:class:`TrackingDLLMSequenceStrategy` adds each row to its sequence; the engine loop's output
+builder (patch 7) hands the totals to the request as ``EngineOutput.req_metrics.dllm``::
+
+    async for out in engine_instance.async_stream_infer(session_id, input_ids, gen_config):
+        out.req_metrics.dllm  # {'decode_steps': ..., 'deep_tokens': ..., 'processed_per_generated': ...}
+
+Counted over the request's decode steps (its prefill step excluded), like the run totals.
+"""
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from lmdeploy.messages import RequestMetrics
+from lmdeploy.pytorch.messages import MessageStatus
+from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraOutputs
+from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
+
+from ...stats import derived_metrics
+from .run_stats import KEYS
+
+# attribute of upstream's SchedulerSequence that holds the request's running totals
+SEQUENCE_ATTR = 'dllm_request_stats'
+
+
+@dataclass
+class TrackedDLLMExtraOutputs(DLLMExtraOutputs):
+    """Upstream's DLLM step outputs plus the step's counts per sequence (None: nothing tracked)."""
+    dllm_stats: torch.Tensor | None = None
+
+
+@dataclass
+class DLLMRequestMetrics(RequestMetrics):
+    """Upstream's request metrics plus the request's DLLM statistics so far (totals and ratios)."""
+    dllm: dict | None = None
+
+
+class RequestStats:
+    """Running totals of one request, in the order of :data:`.run_stats.KEYS`."""
+
+    def __init__(self):
+        self.totals = np.zeros(len(KEYS), dtype=np.float64)
+
+    def add(self, row) -> None:
+        self.totals += np.asarray(row, dtype=np.float64)
+
+    def as_dict(self) -> dict:
+        totals = dict(zip(KEYS, self.totals.tolist()))
+        return {**totals, **derived_metrics(totals)}
+
+
+class StepStatsOutputs:
+    """Agent-strategy mixin (put it first in the bases): the step's per-sequence counts, handed to
+    :meth:`keep_step_stats` during post-sampling, leave with the step's extra outputs."""
+
+    _step_stats: torch.Tensor | None = None
+
+    def keep_step_stats(self, rows: torch.Tensor | None) -> None:
+        self._step_stats = rows
+
+    def make_extra_outputs(self, extra_inputs):
+        out = super().make_extra_outputs(extra_inputs)
+        rows, self._step_stats = self._step_stats, None
+        if rows is None:
+            return out
+        return TrackedDLLMExtraOutputs(**{f.name: getattr(out, f.name) for f in fields(out)}, dllm_stats=rows)
+
+
+class TrackingDLLMSequenceStrategy(DLLMSequenceStrategy):
+    """Upstream's DLLM sequence update, then each running sequence's share of the step's counts."""
+
+    def update_running(self, running, batched_outputs, model_inputs, delta, **kwargs) -> None:
+        was_running = [seq.status == MessageStatus.RUNNING for seq in running]
+        super().update_running(running, batched_outputs, model_inputs, delta, **kwargs)
+        rows = getattr(batched_outputs.extra_outputs, 'dllm_stats', None)
+        if rows is None:
+            return
+        rows = np.asarray(rows.numpy() if isinstance(rows, torch.Tensor) else rows)
+        if rows.shape[0] != len(running):
+            raise RuntimeError(f'dllm_track: {rows.shape[0]} rows of step statistics for {len(running)} sequences')
+        for seq, active, row in zip(running, was_running, rows):
+            if not active:
+                continue
+            stats = getattr(seq, SEQUENCE_ATTR, None)
+            if stats is None:
+                stats = RequestStats()
+                setattr(seq, SEQUENCE_ATTR, stats)
+            stats.add(row)
+
+
+def attach_request_stats(outputs: dict, running) -> dict:
+    """Give each output of a tracked sequence :class:`DLLMRequestMetrics` with its totals (in place)."""
+    for seq in running:
+        stats = getattr(seq, SEQUENCE_ATTR, None)
+        out = outputs.get(seq.session_id) if stats is not None else None
+        if out is None:
+            continue
+        base = out.req_metrics or RequestMetrics()
+        out.req_metrics = DLLMRequestMetrics(**{f.name: getattr(base, f.name) for f in fields(RequestMetrics)},
+                                             dllm=stats.as_dict())
+    return outputs

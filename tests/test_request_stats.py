@@ -1,0 +1,118 @@
+"""Per-request DLLM statistics: per-sequence step counts, their accumulation per request, and the
+request metrics the engine loop's outputs get."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from lmdeploy.messages import RequestMetrics
+from lmdeploy.pytorch.messages import MessageStatus
+from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraOutputs
+from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
+from lmdeploy_focus.strategies.dllm import request_stats
+from lmdeploy_focus.strategies.dllm.request_stats import (DLLMRequestMetrics, StepStatsOutputs,
+                                                         TrackedDLLMExtraOutputs, TrackingDLLMSequenceStrategy,
+                                                         attach_request_stats)
+from lmdeploy_focus.strategies.dllm.run_stats import KEYS, RunStats, per_sequence_counts
+
+
+def test_per_sequence_counts_columns_and_run_totals():
+    rows = per_sequence_counts(3, decode_steps=1, generated_tokens=torch.tensor([2, 0, 5]),
+                               deep_tokens=torch.tensor([4, 1, 9]), processed_tokens=32)
+    assert rows.shape == (3, len(KEYS)) and rows.dtype == torch.float32
+    col = {k: rows[:, i].tolist() for i, k in enumerate(KEYS)}
+    assert col['generated_tokens'] == [2, 0, 5] and col['deep_tokens'] == [4, 1, 9]
+    assert col['processed_tokens'] == [32] * 3 and col['candidates'] == [0] * 3
+    stats = RunStats()
+    stats.add_rows(rows)
+    stats.add_rows(rows)
+    totals = stats.read(reset=True)
+    assert totals['generated_tokens'] == 14 and totals['decode_steps'] == 6 and totals['deep_tokens'] == 28
+    with pytest.raises(KeyError, match='unknown'):
+        per_sequence_counts(1, tokens=1)
+
+
+class _Agent:
+    def make_extra_outputs(self, extra_inputs):
+        return DLLMExtraOutputs(dllm_mask=extra_inputs)
+
+
+class _TrackedAgent(StepStatsOutputs, _Agent):
+    pass
+
+
+def test_step_stats_leave_with_the_next_extra_outputs_only():
+    agent = _TrackedAgent()
+    mask = torch.zeros(4)
+    assert type(agent.make_extra_outputs(mask)) is DLLMExtraOutputs  # nothing tracked this step
+    rows = per_sequence_counts(2, decode_steps=1)
+    agent.keep_step_stats(rows)
+    out = agent.make_extra_outputs(mask)
+    assert isinstance(out, TrackedDLLMExtraOutputs) and out.dllm_stats is rows and out.dllm_mask is mask
+    assert out.to_cpu().dllm_stats.shape == (2, len(KEYS))  # upstream's host copy keeps the field
+    assert type(agent.make_extra_outputs(mask)) is DLLMExtraOutputs  # consumed
+
+
+def _seq(session_id, status=MessageStatus.RUNNING):
+    return SimpleNamespace(session_id=session_id, status=status)
+
+
+def test_sequence_strategy_adds_rows_to_the_sequences_that_ran(monkeypatch):
+    def upstream_update(self, running, batched_outputs, model_inputs, delta, **kwargs):
+        running[1].status = MessageStatus.STOPPED  # finished in this step: its row still counts
+
+    monkeypatch.setattr(DLLMSequenceStrategy, 'update_running', upstream_update)
+    strategy = TrackingDLLMSequenceStrategy(block_size=64, dllm_mask_token=7)
+    running = [_seq(1), _seq(2), _seq(3, MessageStatus.STOPPED)]
+    k = {key: i for i, key in enumerate(KEYS)}
+    for step in range(2):
+        rows = per_sequence_counts(3, decode_steps=1, generated_tokens=torch.tensor([1, 3, 9]),
+                                   deep_tokens=torch.tensor([4, 6, 9]))
+        out = SimpleNamespace(extra_outputs=TrackedDLLMExtraOutputs(dllm_mask=torch.zeros(3), dllm_stats=rows))
+        strategy.update_running(running, out, None, None)
+    first = getattr(running[0], request_stats.SEQUENCE_ATTR).totals
+    assert first[k['decode_steps']] == 2 and first[k['generated_tokens']] == 2 and first[k['deep_tokens']] == 8
+    # the second sequence stopped in step 1, so step 2 (where it no longer ran) is not counted
+    second = getattr(running[1], request_stats.SEQUENCE_ATTR).totals
+    assert second[k['decode_steps']] == 1 and second[k['generated_tokens']] == 3
+    assert not hasattr(running[2], request_stats.SEQUENCE_ATTR)  # never running
+    with pytest.raises(RuntimeError, match='rows of step statistics'):
+        strategy.update_running(running[:2], out, None, None)
+    untracked = SimpleNamespace(extra_outputs=DLLMExtraOutputs(dllm_mask=torch.zeros(3)))
+    strategy.update_running(running, untracked, None, None)  # stock outputs: nothing added
+    assert getattr(running[0], request_stats.SEQUENCE_ATTR).totals[k['decode_steps']] == 2
+
+
+def test_outputs_of_tracked_sequences_get_dllm_request_metrics():
+    tracked, plain = _seq(1), _seq(2)
+    stats = request_stats.RequestStats()
+    stats.add(per_sequence_counts(1, decode_steps=4, generated_tokens=8, deep_tokens=20, processed_tokens=64)[0])
+    setattr(tracked, request_stats.SEQUENCE_ATTR, stats)
+    metrics = RequestMetrics(token_timestamp=5.0, cached_tokens=3)
+    outputs = {1: SimpleNamespace(req_metrics=metrics), 2: SimpleNamespace(req_metrics=metrics)}
+    attach_request_stats(outputs, [tracked, plain, _seq(9)])
+    got = outputs[1].req_metrics
+    assert isinstance(got, DLLMRequestMetrics) and got.cached_tokens == 3 and got.token_timestamp == 5.0
+    assert got.dllm['generated_per_step'] == 2.0 and got.dllm['processed_per_generated'] == 2.5
+    assert got.dllm['layer0_processed_per_generated'] == 8.0 and got.dllm['decode_steps'] == 4
+    assert outputs[2].req_metrics is metrics  # untracked sequence unchanged
+    np.testing.assert_equal(stats.totals.shape, (len(KEYS), ))
+
+
+def test_engine_loop_outputs_pass_through_the_wrapper():
+    from lmdeploy.pytorch.engine.engine_loop import EngineLoop
+    seq = _seq(4)
+    stats = request_stats.RequestStats()
+    stats.add(per_sequence_counts(1, decode_steps=1, generated_tokens=2, deep_tokens=3)[0])
+    setattr(seq, request_stats.SEQUENCE_ATTR, stats)
+
+    def upstream(self, batched_outputs, running, model_inputs, delta):
+        return {r.session_id: SimpleNamespace(req_metrics=RequestMetrics()) for r in running}
+
+    from lmdeploy_focus.patch import request_metrics
+    loop = SimpleNamespace(EngineLoop=type('Loop', (), {'_make_infer_outputs': upstream}))
+    request_metrics.apply(loop)  # the same wrapper the plugin put on EngineLoop
+    out = loop.EngineLoop._make_infer_outputs(None, None, [seq], None, None)
+    assert out[4].req_metrics.dllm['processed_per_generated'] == 1.5
+    assert EngineLoop._make_infer_outputs.__lmdeploy_focus_upstream__.__name__ == '_make_infer_outputs'
