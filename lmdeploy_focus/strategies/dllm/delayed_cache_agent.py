@@ -4,10 +4,11 @@ from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .delayed_cache_runtime import DelayedCacheRuntime
 from .request_stats import StepStatsOutputs
+from .upstream_fixes import UpstreamFixesMixin
 from .unmasking_guard import unmask_processed_only
 
 
-class DelayedCacheAgentStrategy(StepStatsOutputs, DLLMModelAgentStrategy):
+class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelAgentStrategy):
 
     def __init__(self, dllm_config, dllm_mask_token: int, runtime: DelayedCacheRuntime):
         super().__init__(dllm_config=dllm_config, dllm_mask_token=dllm_mask_token)

@@ -9,8 +9,9 @@ from ...log import logger
 class FocusDLLMStrategyFactory(DLLMStrategyFactory):
     """Reads the FOCUS options from ``hf_config`` and builds the matching strategies.
 
-    With every option off it builds exactly upstream's strategies. With delayed cache on, the step
-    inputs, the agent strategy and the model share one :class:`DelayedCacheRuntime`.
+    With every option off it builds upstream's strategies, the agent strategy with two fixes of
+    upstream defects that disturb other requests (:mod:`.upstream_fixes`). With delayed cache on, the
+    step inputs, the agent strategy and the model share one :class:`DelayedCacheRuntime`.
     """
 
     def __init__(self, model_config, dllm_config):
@@ -66,7 +67,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                 return TrackingDLLMAgentStrategy(dllm_config=self.dllm_config,
                                                  dllm_mask_token=self.model_config.dllm_mask_token,
                                                  stats=self.run_stats)
-            return super().build_model_agent_strategy()
+            from .upstream_fixes import FixedDLLMModelAgentStrategy
+            return FixedDLLMModelAgentStrategy(dllm_config=self.dllm_config,
+                                               dllm_mask_token=self.model_config.dllm_mask_token)
         from .delayed_cache_agent import DelayedCacheAgentStrategy
         return DelayedCacheAgentStrategy(dllm_config=self.dllm_config,
                                          dllm_mask_token=self.model_config.dllm_mask_token,

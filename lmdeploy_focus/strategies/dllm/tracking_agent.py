@@ -3,10 +3,11 @@ from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .focus_state import newly_decoded
 from .request_stats import StepStatsOutputs
+from .upstream_fixes import UpstreamFixesMixin
 from .run_stats import RunStats, per_sequence_counts
 
 
-class TrackingDLLMAgentStrategy(StepStatsOutputs, DLLMModelAgentStrategy):
+class TrackingDLLMAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelAgentStrategy):
     """Every decode step forwards whole blocks: processed = deep = B*L rows."""
 
     def __init__(self, dllm_config, dllm_mask_token: int, stats: RunStats):

@@ -1,0 +1,83 @@
+"""Fixes of two LMDeploy 0.18 DLLM defects that disturb other requests (strategies/dllm/upstream_fixes.py):
+each test shows upstream's behaviour going wrong on the same input, then ours."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmdeploy.pytorch import consts
+from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy, DLLMStoppingCriteria
+from lmdeploy_focus.strategies.dllm.upstream_fixes import (FixedDLLMModelAgentStrategy,
+                                                          PaddingSafeDLLMStoppingCriteria)
+
+L = 4
+
+
+def _stop_step(criteria_cls, stop_rows, tokens):
+    """Two sequences in their first block; the first two slots of each block are the prompt's
+    (ignored by the stop check); every slot unmasked this step."""
+    B = len(stop_rows)
+    width = max(len(r) for r in stop_rows)
+    table = torch.full((B, width), -1, dtype=torch.long)  # upstream's padding
+    for b, row in enumerate(stop_rows):
+        table[b, :len(row)] = torch.tensor(row)
+    stop_words = table[:, None].repeat(1, L, 1).flatten(0, 1)  # per token, as DLLM sampling inputs
+    criteria = criteria_cls(num_appendable_ids=torch.full((B, ), 100), output_start_pos=torch.full((B, ), 2))
+    inputs = SimpleNamespace(history_lengths=torch.zeros(B, dtype=torch.long), seq_length=torch.full((B, ), L))
+    extra = SimpleNamespace(dllm_mask=torch.full((B * L, ), consts.DLLM_UNMASKED, dtype=torch.uint8))
+    return criteria.step(torch.tensor(tokens), stop_words, inputs=inputs, extra_inputs=extra)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_fewer_stop_words_than_the_batch_neighbour_do_not_stop_a_request(seed):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(10, 50, (2 * L, ), generator=gen).tolist()
+    stop_rows = [[5, 6, 7], [5, 6]]  # the second row gets one padding entry
+    upstream_stopped, _, _ = _stop_step(DLLMStoppingCriteria, stop_rows, tokens)
+    assert upstream_stopped.tolist() == [False, True]  # the defect: padding matches an ignored slot
+    stopped, _, criteria = _stop_step(PaddingSafeDLLMStoppingCriteria, stop_rows, tokens)
+    assert stopped.tolist() == [False, False]
+    assert isinstance(criteria, PaddingSafeDLLMStoppingCriteria)
+
+
+def test_real_stop_words_still_stop_at_their_position():
+    tokens = [11, 12, 13, 7, 21, 22, 6, 23]  # seq 0 stop word 7 at slot 3; seq 1 stop word 6 at slot 2
+    stopped, stop_pos, _ = _stop_step(PaddingSafeDLLMStoppingCriteria, [[5, 6, 7], [6]], tokens)
+    assert stopped.tolist() == [True, True] and stop_pos.tolist() == [3, 2]
+    tokens = [7, 12, 13, 14, 21, 22, 23, 24]  # stop word only in the ignored prompt slot
+    stopped, _, _ = _stop_step(PaddingSafeDLLMStoppingCriteria, [[7], [7, 8]], tokens)
+    assert stopped.tolist() == [False, False]
+
+
+def test_criteria_keep_their_class_through_clone_merge_update():
+    c = PaddingSafeDLLMStoppingCriteria(num_appendable_ids=torch.tensor([3, 4]), output_start_pos=torch.tensor([0, 1]))
+    merged = c.clone().merge(c)
+    assert isinstance(merged, PaddingSafeDLLMStoppingCriteria) and merged.num_appendable_ids.tolist() == [3, 4, 3, 4]
+    updated = merged.update(SimpleNamespace(indices=torch.tensor([3])))
+    assert isinstance(updated, PaddingSafeDLLMStoppingCriteria) and updated.output_start_pos.tolist() == [1]
+    assert isinstance(c.to_device('cpu'), PaddingSafeDLLMStoppingCriteria)
+
+
+def _agent(cls):
+    config = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_STATIC,
+                        denoising_steps=L, confidence_threshold=0.9)
+    return cls(dllm_config=config, dllm_mask_token=99)
+
+
+def test_an_inference_mode_mask_outside_inference_mode_is_unmasked():
+    """The last prefill chunk's mask as upstream's engine hands it over (made in inference mode)."""
+    with torch.inference_mode():
+        mask = torch.full((L, ), consts.DLLM_MASKED, dtype=torch.uint8)
+        mask[:2] = consts.DLLM_UNMASKED
+    logits = torch.randn(L, 100)
+    inputs = SimpleNamespace(input_ids=torch.tensor([[1, 2, 99, 99]]), seq_length=torch.tensor([L]))
+    with pytest.raises(RuntimeError, match='Inplace update to inference tensor'):
+        _agent(DLLMModelAgentStrategy).post_sampling(inputs, logits, logits.argmax(-1),
+                                                     SimpleNamespace(dllm_mask=mask))
+    extra = SimpleNamespace(dllm_mask=mask)
+    next_ids, extra = _agent(FixedDLLMModelAgentStrategy).post_sampling(inputs, logits, logits.argmax(-1), extra)
+    assert (extra.dllm_mask != consts.DLLM_MASKED).sum() == 3  # static: one more token this step
+    assert isinstance(_agent(FixedDLLMModelAgentStrategy).make_stopping_criteria(
+        [SimpleNamespace(sampling_param=SimpleNamespace(max_new_tokens=8), num_new_tokens=0, num_valid_ids=6,
+                         output_start_pos=6)]), PaddingSafeDLLMStoppingCriteria)
