@@ -81,3 +81,20 @@ def test_an_inference_mode_mask_outside_inference_mode_is_unmasked():
     assert isinstance(_agent(FixedDLLMModelAgentStrategy).make_stopping_criteria(
         [SimpleNamespace(sampling_param=SimpleNamespace(max_new_tokens=8), num_new_tokens=0, num_valid_ids=6,
                          output_start_pos=6)]), PaddingSafeDLLMStoppingCriteria)
+
+
+def test_an_inference_mode_counter_outside_inference_mode_is_stepped():
+    """The remaining-token counter as it comes out of a prefill chunk (made in inference mode)."""
+    def fresh_counter():
+        with torch.inference_mode():
+            return torch.full((2, ), 100)
+
+    tokens = list(range(20, 20 + 2 * L))
+    rows = [[5], [5]]
+    with pytest.raises(RuntimeError, match='Inplace update to inference tensor'):
+        _stop_step(lambda **kw: DLLMStoppingCriteria(**{**kw, 'num_appendable_ids': fresh_counter()}), rows, tokens)
+    counter = fresh_counter()
+    stopped, _, criteria = _stop_step(
+        lambda **kw: PaddingSafeDLLMStoppingCriteria(**{**kw, 'num_appendable_ids': counter}), rows, tokens)
+    assert stopped.tolist() == [False, False] and criteria.num_appendable_ids.tolist() == [100 - L] * 2
+    assert counter.tolist() == [100, 100]

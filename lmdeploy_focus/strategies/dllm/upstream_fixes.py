@@ -7,9 +7,9 @@ Both were found by ``benchmark/serving_edge_check.py`` on the H100, in stock dec
    their token to -1, so a request with fewer stop words than another "stops" on those positions and
    finishes with no output. :class:`PaddingSafeDLLMStoppingCriteria` checks with the padding moved to
    a value no token takes; the table other consumers read (bad-word masking) is untouched.
-2. Chunked prefill: the last chunk's DLLM mask reaches the unmasker as an inference tensor while
-   inference mode is off, and upstream's in-place update raises (the engine loop dies). The agent
-   mixin clones such a mask first.
+2. Chunked prefill: the last chunk's DLLM mask and the stopping criteria's remaining-token counter
+   reach the unmasker and the stop check as inference tensors while inference mode is off, and
+   upstream's in-place updates raise (the engine loop dies). Both are cloned first when that is so.
 
 Removed by: the matching upstream fixes (distinct stop-word padding; a mask made outside inference
 mode or updated out of place).
@@ -41,8 +41,15 @@ class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
     def step(self, token_ids, stop_words, inputs=None, extra_inputs=None):
         if stop_words is not None:
             stop_words = stop_words.masked_fill(stop_words < 0, _NO_TOKEN)
-        stopped, stop_pos, criteria = super().step(token_ids, stop_words, inputs=inputs, extra_inputs=extra_inputs)
-        return stopped, stop_pos, self.wrap(criteria)
+        criteria = self
+        if self.num_appendable_ids.is_inference() and not torch.is_inference_mode_enabled():
+            # upstream updates the counter in place; after a prefill chunk it is an inference tensor
+            criteria = type(self)(num_appendable_ids=self.num_appendable_ids.clone(),
+                                  output_start_pos=self.output_start_pos)
+        stopped, stop_pos, new = super(PaddingSafeDLLMStoppingCriteria, criteria).step(token_ids, stop_words,
+                                                                                      inputs=inputs,
+                                                                                      extra_inputs=extra_inputs)
+        return stopped, stop_pos, self.wrap(new)
 
 
 class UpstreamFixesMixin:
