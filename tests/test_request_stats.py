@@ -77,8 +77,9 @@ def test_sequence_strategy_adds_rows_to_the_sequences_that_ran(monkeypatch):
     second = getattr(running[1], request_stats.SEQUENCE_ATTR).totals
     assert second[k['decode_steps']] == 1 and second[k['generated_tokens']] == 3
     assert not hasattr(running[2], request_stats.SEQUENCE_ATTR)  # never running
-    with pytest.raises(RuntimeError, match='rows of step statistics'):
-        strategy.update_running(running[:2], out, None, None)
+    before = getattr(running[0], request_stats.SEQUENCE_ATTR).totals.copy()
+    strategy.update_running(running[:2], out, None, None)  # mismatched rows: dropped, engine goes on
+    np.testing.assert_equal(getattr(running[0], request_stats.SEQUENCE_ATTR).totals, before)
     untracked = SimpleNamespace(extra_outputs=DLLMExtraOutputs(dllm_mask=torch.zeros(3)))
     strategy.update_running(running, untracked, None, None)  # stock outputs: nothing added
     assert getattr(running[0], request_stats.SEQUENCE_ATTR).totals[k['decode_steps']] == 2
@@ -116,3 +117,28 @@ def test_engine_loop_outputs_pass_through_the_wrapper():
     out = loop.EngineLoop._make_infer_outputs(None, None, [seq], None, None)
     assert out[4].req_metrics.dllm['processed_per_generated'] == 1.5
     assert EngineLoop._make_infer_outputs.__lmdeploy_focus_upstream__.__name__ == '_make_infer_outputs'
+
+
+def test_next_request_of_a_session_starts_its_own_totals(monkeypatch):
+    """Upstream reuses a session's sequence for its next request (new ``resp``): the totals restart,
+    and until that request's first decode step its outputs carry no earlier request's totals."""
+    monkeypatch.setattr(DLLMSequenceStrategy, 'update_running', lambda self, *a, **k: None)
+    strategy = TrackingDLLMSequenceStrategy(block_size=64, dllm_mask_token=7)
+    seq = SimpleNamespace(session_id=1, status=MessageStatus.RUNNING, resp=object())
+    k = {key: i for i, key in enumerate(KEYS)}
+
+    def step(generated):
+        rows = per_sequence_counts(1, decode_steps=1, generated_tokens=generated)
+        out = SimpleNamespace(extra_outputs=TrackedDLLMExtraOutputs(dllm_mask=torch.zeros(1), dllm_stats=rows))
+        strategy.update_running([seq], out, None, None)
+
+    step(5)
+    step(3)
+    assert getattr(seq, request_stats.SEQUENCE_ATTR).totals[k['generated_tokens']] == 8
+    seq.resp = object()  # the session's next request
+    outputs = {1: SimpleNamespace(req_metrics=RequestMetrics())}
+    attach_request_stats(outputs, [seq])  # e.g. its prefill step: nothing counted for it yet
+    assert type(outputs[1].req_metrics) is RequestMetrics
+    step(2)
+    attach_request_stats(outputs, [seq])
+    assert outputs[1].req_metrics.dllm['generated_tokens'] == 2 and outputs[1].req_metrics.dllm['decode_steps'] == 1

@@ -22,6 +22,7 @@ from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraOutputs
 from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
 
 from ...stats import derived_metrics
+from ...log import logger
 from .run_stats import KEYS
 
 # attribute of upstream's SchedulerSequence that holds the request's running totals
@@ -41,10 +42,16 @@ class DLLMRequestMetrics(RequestMetrics):
 
 
 class RequestStats:
-    """Running totals of one request, in the order of :data:`.run_stats.KEYS`."""
+    """Running totals of one request, in the order of :data:`.run_stats.KEYS`.
 
-    def __init__(self):
+    ``owner``: the request's upstream ``Response`` (``seq.resp``). A session's sequence is reused by
+    its next request (interactive / multi-turn), which gets a new ``Response``; totals owned by an
+    earlier one are not that request's.
+    """
+
+    def __init__(self, owner=None):
         self.totals = np.zeros(len(KEYS), dtype=np.float64)
+        self.owner = owner
 
     def add(self, row) -> None:
         self.totals += np.asarray(row, dtype=np.float64)
@@ -59,6 +66,10 @@ class StepStatsOutputs:
     :meth:`keep_step_stats` during post-sampling, leave with the step's extra outputs."""
 
     _step_stats: torch.Tensor | None = None
+
+    def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
+        self._step_stats = None  # counts of a step whose outputs were never made must not ride later
+        return super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
 
     def keep_step_stats(self, rows: torch.Tensor | None) -> None:
         self._step_stats = rows
@@ -82,13 +93,19 @@ class TrackingDLLMSequenceStrategy(DLLMSequenceStrategy):
             return
         rows = np.asarray(rows.numpy() if isinstance(rows, torch.Tensor) else rows)
         if rows.shape[0] != len(running):
-            raise RuntimeError(f'dllm_track: {rows.shape[0]} rows of step statistics for {len(running)} sequences')
+            # never kill the engine loop over statistics: drop this step's rows, say so once
+            if not getattr(self, '_warned_mismatch', False):
+                self._warned_mismatch = True
+                logger.warning(f'dllm_track: {rows.shape[0]} rows of step statistics for {len(running)} '
+                               'sequences; dropped (per-request statistics of this run are incomplete).')
+            return
         for seq, active, row in zip(running, was_running, rows):
             if not active:
                 continue
             stats = getattr(seq, SEQUENCE_ATTR, None)
-            if stats is None:
-                stats = RequestStats()
+            owner = getattr(seq, 'resp', None)
+            if stats is None or stats.owner is not owner:  # first step of this request
+                stats = RequestStats(owner)
                 setattr(seq, SEQUENCE_ATTR, stats)
             stats.add(row)
 
@@ -97,7 +114,9 @@ def attach_request_stats(outputs: dict, running) -> dict:
     """Give each output of a tracked sequence :class:`DLLMRequestMetrics` with its totals (in place)."""
     for seq in running:
         stats = getattr(seq, SEQUENCE_ATTR, None)
-        out = outputs.get(seq.session_id) if stats is not None else None
+        if stats is None or stats.owner is not getattr(seq, 'resp', None):
+            continue  # nothing counted for this request yet (an earlier request's totals are not its)
+        out = outputs.get(seq.session_id)
         if out is None:
             continue
         base = out.req_metrics or RequestMetrics()
