@@ -13,32 +13,14 @@ reported missing with its message. Writes a table to stdout and ``quality_*.json
 --out-dir. Task file format: benchmark/quality/task_file.py. Our own implementation; see BENCHMARKS.md.
 """
 import argparse
-import importlib.util
 import os
 import sys
 
 
-def _load_benchmark_packages(*names):
-    """Import benchmark/<name> packages without leaving benchmark/ on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-    benchmark/ holds a ``kernels`` folder that would shadow the ``kernels`` package transformers
-    probes for, so the script's own sys.path entry is dropped (as in profile_throughput.py).
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
-        sys.path.pop(0)
-    for name in names:
-        if name in sys.modules:
-            continue
-        pkg_dir = os.path.join(here, name)
-        spec = importlib.util.spec_from_file_location(name, os.path.join(pkg_dir, '__init__.py'),
-                                                      submodule_search_locations=[pkg_dir])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-
-
-_load_benchmark_packages('throughput', 'quality')
+load_benchmark_packages('throughput', 'quality')
 from quality import arms, prompting, report  # noqa: E402
 from quality.engine_backend import EngineBackend  # noqa: E402
 from quality.reference_backend import DTYPES, ReferenceBackend, resolve_device, resolve_dtype  # noqa: E402

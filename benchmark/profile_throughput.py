@@ -19,24 +19,10 @@ import sys
 
 
 
-def _load_throughput_package():
-    """Import benchmark/throughput without leaving benchmark/ on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-    Python puts a script's directory first on sys.path; benchmark/ holds a ``kernels`` folder that
-    would shadow the ``kernels`` package transformers probes for, so that entry is dropped.
-    """
-    here = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == here:
-        sys.path.pop(0)
-    pkg_dir = os.path.join(here, 'throughput')
-    spec = importlib.util.spec_from_file_location('throughput', os.path.join(pkg_dir, '__init__.py'),
-                                                  submodule_search_locations=[pkg_dir])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['throughput'] = module
-    spec.loader.exec_module(module)
-
-
-_load_throughput_package()
+load_benchmark_packages('throughput')
 from throughput import datasets, engine_runner, prompts, report  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
 

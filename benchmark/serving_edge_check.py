@@ -39,7 +39,6 @@ near-ties: differences are then expected and need the equivalence check's classi
 import argparse
 import asyncio
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -52,22 +51,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TASKS = os.path.join(HERE, 'data', 'tiny_tasks_heldout.jsonl')
 
 
-def _load_benchmark_package(name):
-    """Import benchmark/<name> without leaving benchmark/ on sys.path (its ``kernels`` folder would
-    shadow the ``kernels`` package transformers probes for; as eval_quality.py)."""
-    if sys.path and os.path.abspath(sys.path[0] or os.curdir) == HERE:
-        sys.path.pop(0)
-    if name in sys.modules:
-        return
-    pkg_dir = os.path.join(HERE, name)
-    spec = importlib.util.spec_from_file_location(name, os.path.join(pkg_dir, '__init__.py'),
-                                                  submodule_search_locations=[pkg_dir])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-
-_load_benchmark_package('serving_edge')
+load_benchmark_packages('serving_edge')
 from serving_edge import logic, prompts as prompt_sets  # noqa: E402
 from serving_edge.logic import ERROR, PASS, SKIPPED  # noqa: E402
 
