@@ -4,7 +4,9 @@
         [--missing 'focus-leftmost=FOCUS not implemented yet'] [--no-png]
 
 Writes DIR/throughput.png (output tok/s vs batch size per arm, and processed/generated tokens per
-arm) and DIR/results.md (the same numbers as tables). A series is an arm label with its model (and
+arm), DIR/results.md (the same numbers as tables) and DIR/plot_inputs.json (the inputs, relative to
+DIR, and the plotted series). The PNG carries the plotted series as a text chunk, so a test can check
+that a committed PNG, table and JSON agree (``check_agreement``). A series is an arm label with its model (and
 dataset unless random); its source is the directory argument it was read from. When several inputs
 hold the same point (series, batch size) the newest record wins, and a series whose points come from
 more than one source says so. A missing record superseded by a newer measured one of the same series
@@ -16,9 +18,13 @@ import argparse
 import glob
 import json
 import os
+import struct
+import zlib
 from collections import defaultdict
 
 SCHEMA = 'lmdeploy-focus/profile_throughput/1'
+MANIFEST_SCHEMA = 'lmdeploy-focus/plot_results/1'
+PNG_SERIES_KEY = 'lmdeploy-focus series'  # PNG tEXt keyword holding the plotted series (JSON)
 # settings two records must share for one to be a speed-up reference of the other
 COMPARABLE_SETTINGS = ('dllm_block_length', 'dllm_denoising_steps', 'dllm_unmasking_strategy',
                        'dllm_confidence_threshold', 'max_new_tokens', 'input_len', 'output_len', 'ignore_eos',
@@ -183,6 +189,78 @@ def markdown(groups, extra_missing, results=None) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def plotted_series(groups, extra_missing) -> dict:
+    """What the PNG shows, as data: label -> measured points (bs, output tok/s, processed/generated)
+    or the missing reason."""
+    out = {}
+    for label, pts in groups.items():
+        ok = [{'bs': c, 'output_tok_per_s': round(r['metrics']['output_tok_per_s'], 3),
+               'processed_per_generated': _rounded(_dllm(r, 'processed_per_generated'))}
+              for c, r in sorted(pts.items()) if r['status'] == 'ok']
+        out[label] = {'points': ok, 'missing': _reason(pts)}
+    for arm, reason in extra_missing.items():
+        out[arm] = {'points': [], 'missing': reason}
+    return out
+
+
+def _rounded(v):
+    return None if v is None else round(v, 4)
+
+
+def png_text(path) -> dict:
+    """The tEXt chunks of a PNG file (keyword -> text)."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    if data[:8] != b'\x89PNG\r\n\x1a\n':
+        raise ValueError(f'{path}: not a PNG file')
+    chunks, pos = {}, 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack('>I4s', data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b'tEXt':
+            key, _, text = body.partition(b'\0')
+            chunks[key.decode('latin-1')] = text.decode('latin-1')
+        elif kind == b'zTXt':
+            key, _, rest = body.partition(b'\0')
+            chunks[key.decode('latin-1')] = zlib.decompress(rest[1:]).decode('latin-1')
+        pos += 12 + length
+    return chunks
+
+
+def regenerate(out_dir) -> tuple:
+    """(markdown, series) recomputed from the inputs named in ``out_dir/plot_inputs.json``."""
+    with open(os.path.join(out_dir, 'plot_inputs.json')) as f:
+        manifest = json.load(f)
+    if manifest.get('schema') != MANIFEST_SCHEMA:
+        raise ValueError(f'{out_dir}/plot_inputs.json: schema {manifest.get("schema")!r}, expected {MANIFEST_SCHEMA}')
+    paths = [os.path.normpath(os.path.join(out_dir, p)) for p in manifest['inputs']]
+    results = load_results(paths)
+    groups = group(results)
+    extra = manifest.get('missing') or {}
+    return markdown(groups, extra, results), plotted_series(groups, extra)
+
+
+def check_agreement(out_dir) -> list:
+    """Disagreements between ``out_dir``'s results.md, throughput.png, plot_inputs.json and the JSON
+    records they were made from (empty when they all agree)."""
+    md, series = regenerate(out_dir)
+    problems = []
+    with open(os.path.join(out_dir, 'results.md')) as f:
+        if f.read() != md:
+            problems.append('results.md differs from the table regenerated from the JSON records')
+    with open(os.path.join(out_dir, 'plot_inputs.json')) as f:
+        if json.load(f).get('series') != series:
+            problems.append('plot_inputs.json series differ from the JSON records')
+    png = os.path.join(out_dir, 'throughput.png')
+    if os.path.exists(png):
+        text = png_text(png).get(PNG_SERIES_KEY)
+        if text is None:
+            problems.append('throughput.png carries no plotted series (made by an older plot_results.py)')
+        elif json.loads(text) != series:
+            problems.append('throughput.png shows other numbers than the JSON records')
+    return problems
+
+
 def _style(label, pts, colours):
     """Colour by arm, line style by model (block size), marker by the arm's tag (static / dynamic) or
     dataset (triangle: a real dataset rather than random tokens)."""
@@ -197,6 +275,7 @@ def _style(label, pts, colours):
 
 
 def plot(groups, extra_missing, path):
+    """PNG of the groups; the plotted series ride along as a tEXt chunk (``PNG_SERIES_KEY``)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -241,7 +320,8 @@ def plot(groups, extra_missing, path):
         ax2.set_xticks([])
         ax2.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    series = json.dumps(plotted_series(groups, extra_missing), sort_keys=True)
+    fig.savefig(path, dpi=120, metadata={PNG_SERIES_KEY: series, 'Software': 'benchmark/plot_results.py'})
     plt.close(fig)
 
 
@@ -261,6 +341,13 @@ def main(argv=None):
     with open(md, 'w') as f:
         f.write(markdown(groups, extra, results))
     print(f'wrote {md}')
+    manifest = {'schema': MANIFEST_SCHEMA,
+                'inputs': [os.path.relpath(os.path.abspath(p), os.path.abspath(args.out_dir)) for p in args.paths],
+                'missing': extra,
+                'series': plotted_series(groups, extra)}
+    with open(os.path.join(args.out_dir, 'plot_inputs.json'), 'w') as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write('\n')
     if not args.no_png:
         png = os.path.join(args.out_dir, 'throughput.png')
         plot(groups, extra, png)

@@ -2,8 +2,10 @@
 metrics, reports, the async runner against a fake engine, and one-line CLI errors. No GPU."""
 import asyncio
 import csv
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -643,3 +645,39 @@ def test_plot_source_names_disambiguate_equal_basenames(tmp_path):
     names = {r['_source'] for r in pr.load_results([str(tmp_path / 'x/results'), str(tmp_path / 'y/results')])}
     assert names == {str(tmp_path / 'x/results'), str(tmp_path / 'y/results')}
     assert pr.arm_base('focus-importance-static') == 'focus-importance' and pr.arm_base('stock') == 'stock'
+
+
+# ---------------------------------------------------------------- committed results: JSON, table and PNG agree
+RESULTS = os.path.join(BENCH, 'results')
+
+
+def _plotted_result_dirs():
+    return sorted(os.path.dirname(p) for p in glob.glob(os.path.join(RESULTS, '*', 'throughput.png')))
+
+
+def test_every_committed_plot_names_its_inputs():
+    dirs = _plotted_result_dirs()
+    assert dirs, 'no committed throughput results found'
+    for d in dirs:
+        assert os.path.exists(os.path.join(d, 'plot_inputs.json')), f'{d}: table/PNG without plot_inputs.json'
+
+
+@pytest.mark.parametrize('result_dir', _plotted_result_dirs(), ids=os.path.basename)
+def test_committed_json_table_and_png_agree(result_dir):
+    assert _plot_results().check_agreement(result_dir) == []
+
+
+def test_agreement_check_catches_an_edited_record(tmp_path):
+    pr = _plot_results()
+    src = os.path.join(RESULTS, '2026-11-23_h100_suite_b32')
+    dst = tmp_path / os.path.basename(src)  # the table's source column is the directory's name
+    shutil.copytree(src, dst)
+    assert pr.check_agreement(str(dst)) == []
+    path = dst / 'stock-static_SDAR-8B-Chat-b32_c64.json'
+    record = json.loads(path.read_text())
+    record['metrics']['output_tok_per_s'] += 100.0
+    path.write_text(json.dumps(record))
+    problems = pr.check_agreement(str(dst))
+    assert any('results.md' in p for p in problems)
+    assert any('throughput.png' in p for p in problems)
+    assert any('plot_inputs.json' in p for p in problems)
