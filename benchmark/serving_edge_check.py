@@ -15,8 +15,9 @@ Decoding as the quality evaluation: greedy (``top_k=1``), ``low_confidence_dynam
   abort           streaming, two requests cancelled mid-generation; the others unchanged, then the
                   victims and two others again on the same engine
   staggered       staggered arrivals: batches mixing prefill, warm-up, mid-block and commit steps
+  mixed_sampling  every other request samples with its own parameters; the greedy ones unchanged
 
-(requests of these four carry the model's EOS ids as stop tokens, as a server does), then
+(requests of these five carry the model's EOS ids as stop tokens, as a server does), then
 
   chunked_prefill a second engine with a small max_prefill_token_num, long prompts: outputs must
                   equal the first engine's (which prefills them whole)
@@ -66,7 +67,7 @@ ARMS = {
     'focus_leftmost': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost'),
 }
 DEFAULT_ARMS = ('stock', 'delayed_exact', 'delayed_fast', 'focus')  # focus_leftmost: same machinery, other policy
-MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered')
+MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling')
 CASES = MAIN_CASES + ('chunked_prefill', 'prefix_caching')
 PREFIX_FAST_MESSAGE = 'enable_prefix_caching'  # the plugin's ValueError names the option (config/compat.py)
 
@@ -85,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument('--arms', nargs='+', default=list(DEFAULT_ARMS), choices=list(ARMS), metavar='ARM',
                    help=f'from: {", ".join(ARMS)}')
     p.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES), metavar='CASE',
-                   help=f'from: {", ".join(CASES)} (the four after baseline need it and add it)')
+                   help=f'from: {", ".join(CASES)} (the main cases after baseline need it and add it)')
     p.add_argument('--task-file', default=DEFAULT_TASKS)
     p.add_argument('--block-length', type=int, default=None, help='None: N of a -b<N> model path, else 32')
     p.add_argument('--max-new-tokens', type=int, default=96, help='N: new tokens of full-length requests')
@@ -291,6 +292,9 @@ async def run_arm(report: Report, arm: str, args, sets: dict, block_length: int,
                 await run_case(report, arm, 'abort', ec.case_abort(runner, sets['main'], traj, N, eos_ids), T)
             if 'staggered' in cases:
                 await run_case(report, arm, 'staggered', ec.case_staggered(runner, sets['main'], traj, N, eos_ids), T)
+            if 'mixed_sampling' in cases:
+                await run_case(report, arm, 'mixed_sampling',
+                               ec.case_mixed_sampling(runner, sets['main'], traj, N, eos_ids), T)
         for key, case in (('long', 'chunked_prefill'), ('prefix', 'prefix_caching')):
             if case in cases and not (case == 'prefix_caching' and fast_commit):
                 try:

@@ -382,7 +382,9 @@ class FakeEngine:
     steps per block), cut by upstream's stop rule, CANCEL on ``async_cancel``; with prefix caching,
     ``req_metrics.cached_tokens`` counts whole 64-token pages shared with an earlier prompt.
     ``fault``: 'disturb_after_cancel' (requests running when another one is cancelled change later blocks),
-    'ignore_stop_tokens' (only EOS ids stop, not a request's extra stop token), 'prefix_cache_corrupts'."""
+    'ignore_stop_tokens' (only EOS ids stop, not a request's extra stop token), 'prefix_cache_corrupts',
+    'sampling_leaks' (a greedy request batched with sampling ones changes, as upstream 0.18's interleaved
+    per-request parameters would make it). A sampling request follows its own seeded trajectory."""
 
     EOS = (256, 258)
 
@@ -395,6 +397,7 @@ class FakeEngine:
         self.active = set()
         self.disturbed = set()
         self.seen_prompts = []
+        self.sampling = set()  # sessions of running sampling requests
         self.strategy_factory = object()
 
     def start_loop(self):
@@ -438,6 +441,11 @@ class FakeInstance:
         if e.fault == 'ignore_stop_tokens':
             stops = [t for t in stops if t in FakeEngine.EOS]
         traj = FakeEngine.trajectory(input_ids, gen_config.max_new_tokens + 2 * L)
+        if gen_config.do_sample:
+            traj = FakeEngine.trajectory(list(input_ids) + [gen_config.random_seed], gen_config.max_new_tokens + 2 * L)
+            e.sampling.add(session_id)
+        elif e.fault == 'sampling_leaks' and e.sampling & e.active:
+            traj = [t + 1 for t in traj]
         cached = e.cached_tokens(input_ids)
         if e.fault == 'prefix_cache_corrupts' and cached:
             traj = [t + 1 for t in traj]
@@ -450,6 +458,7 @@ class FakeInstance:
                 yield response
         finally:
             e.active.discard(session_id)
+            e.sampling.discard(session_id)
 
     async def _blocks(self, session_id, out, metrics, block_end):
         import asyncio
@@ -495,6 +504,7 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
     assert len(stock['stop_token']['stops']) == 3
     assert stock['abort']['cancelled'] >= 1 and stock['abort']['sequences'] > 14
     assert stock['staggered']['mixing']['starts_with_others_past_first_block'] > 0
+    assert stock['mixed_sampling']['identical'] == 8 and len(stock['mixed_sampling']['sampled']) == 8
     assert max(stock['prefix_caching']['cached_tokens']['wave2']) >= 128
     assert data['arms']['delayed_fast']['cases']['prefix_caching']['refused']
     assert 'case' in data['table'] and data['gpu'] is None and data['lmdeploy'] == '0.18.0'
@@ -502,7 +512,8 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize('fault, failing', [('disturb_after_cancel', {'abort'}),
                                             ('ignore_stop_tokens', {'stop_token'}),
-                                            ('prefix_cache_corrupts', {'prefix_caching'})])
+                                            ('prefix_cache_corrupts', {'prefix_caching'}),
+                                            ('sampling_leaks', {'mixed_sampling'})])
 def test_driver_catches_a_faulty_engine(driver, monkeypatch, tmp_path, fault, failing):
     rc, data = run_driver_on_fake(driver, monkeypatch, tmp_path, fault, ['--arms', 'stock', 'delayed_fast'])
     assert rc == 1 and data['overall'] == 'FAIL'

@@ -1,4 +1,4 @@
-"""Fixes of two LMDeploy 0.18 DLLM defects that disturb other requests (strategies/dllm/upstream_fixes.py):
+"""Fixes of three LMDeploy 0.18 DLLM defects that disturb other requests (strategies/dllm/upstream_fixes.py):
 each test shows upstream's behaviour going wrong on the same input, then ours."""
 from types import SimpleNamespace
 
@@ -8,8 +8,8 @@ import torch
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy, DLLMStoppingCriteria
-from lmdeploy_focus.strategies.dllm.upstream_fixes import (FixedDLLMModelAgentStrategy,
-                                                          PaddingSafeDLLMStoppingCriteria)
+from lmdeploy_focus.strategies.dllm.upstream_fixes import (PER_REQUEST_VECTORS, BlockOrderedDLLMSamplingStrategy,
+                                                          FixedDLLMModelAgentStrategy, PaddingSafeDLLMStoppingCriteria)
 
 L = 4
 
@@ -98,3 +98,89 @@ def test_an_inference_mode_counter_outside_inference_mode_is_stepped():
         lambda **kw: PaddingSafeDLLMStoppingCriteria(**{**kw, 'num_appendable_ids': counter}), rows, tokens)
     assert stopped.tolist() == [False, False] and criteria.num_appendable_ids.tolist() == [100 - L] * 2
     assert counter.tolist() == [100, 100]
+
+
+# ---- per-request sampling parameters in a mixed batch ---------------------------------------------------
+
+
+def _sampling_seqs(num_seqs: int, gen: torch.Generator) -> list:
+    """Sequences whose every per-request sampling parameter differs (random values, fresh each run)."""
+    import numpy as np
+    from lmdeploy.messages import GenerationConfig
+    from lmdeploy.pytorch.messages import SamplingParam
+    seqs = []
+    for i in range(num_seqs):
+        u = torch.rand(6, generator=gen).tolist()
+        config = GenerationConfig(temperature=0.1 + 0.3 * i + 0.2 * u[0], top_k=1 + i * 7, top_p=0.5 + 0.4 * u[1],
+                                  min_p=0.01 + 0.1 * u[2], repetition_penalty=1.05 + 0.1 * i + 0.05 * u[3],
+                                  random_seed=int(u[4] * 1e6) + i, min_new_tokens=3 + i,
+                                  repetition_ngram_size=2 + i, repetition_ngram_threshold=3 + i)
+        seqs.append(SimpleNamespace(sampling_param=SamplingParam.from_gen_config(config), num_valid_ids=10 + 3 * i,
+                                    session=SimpleNamespace(session_id=i), seq_id=i, num_new_tokens=0,
+                                    generated_ids=np.zeros(0, dtype=np.int64), valid_ids=np.arange(10 + 3 * i)))
+    return seqs
+
+
+def _per_request(inputs, name: str, num_seqs: int, block: int):
+    return getattr(inputs, name).view(num_seqs, block)
+
+
+@pytest.mark.parametrize('num_seqs, block', [(2, 4), (3, 32), (5, 16)])
+def test_each_request_gets_its_own_sampling_parameters_on_its_block_rows(num_seqs, block):
+    from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    seqs = _sampling_seqs(num_seqs, gen)
+    upstream = DLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    ours = BlockOrderedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    checked = []
+    for name in PER_REQUEST_VECTORS:
+        vector = getattr(ours, name)
+        if vector is None:
+            continue
+        checked.append(name)
+        rows = _per_request(ours, name, num_seqs, block)
+        # every row of request b holds request b's value: the request's own, distinct from the others'
+        assert (rows == rows[:, :1]).all(), name
+        assert rows[:, 0].unique().numel() == num_seqs, name
+        # upstream's layout differs: the defect (row b*L+p gets request (b*L+p) mod B)
+        up = _per_request(upstream, name, num_seqs, block)
+        assert not (up == up[:, :1]).all(), name
+        assert torch.equal(getattr(upstream, name).view(block, num_seqs).t(), rows), name
+    assert {'temperature', 'top_k', 'top_p', 'min_p', 'repetition_penalty', 'random_seeds', 'random_offsets',
+            'num_ignore_eos', 'repetition_ngram_size', 'repetition_ngram_threshold'} <= set(checked)
+    # per request, in request order, matching the request's own parameters
+    temps = _per_request(ours, 'temperature', num_seqs, block)[:, 0]
+    assert torch.allclose(temps, torch.tensor([s.sampling_param.temperature for s in seqs]))
+    assert _per_request(ours, 'num_ignore_eos', num_seqs, block)[:, 0].tolist() == [3 + i for i in range(num_seqs)]
+    # the 2-D tables and the rest are upstream's
+    assert ours.batch_size == upstream.batch_size == num_seqs * block
+
+
+def test_upstream_step_update_reads_the_rows_request_major():
+    """The agent's per-step update (``num_ignore_eos`` per finished block) views the vector [B, L]:
+    with our layout a request that completed its block moves on by L, the other does not."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    block, seqs = 4, _sampling_seqs(2, gen)
+    ours = BlockOrderedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    agent = DLLMModelAgentStrategy(dllm_config=DLLMConfig(block_length=block), dllm_mask_token=0)
+    mask = torch.tensor([consts.DLLM_UNMASKED] * block + [consts.DLLM_MASKED] * block, dtype=torch.uint8)
+    stepped = agent.step_sampling_inputs(ours, None, SimpleNamespace(dllm_mask=mask))
+    assert stepped.num_ignore_eos.view(2, block).tolist() == [[3 - block] * block, [4] * block]
+
+
+def test_mixed_batch_temperatures_reach_their_own_rows_in_the_logits_processor():
+    """Through upstream's logits processor: every row of a request is divided by that request's temperature."""
+    import asyncio
+
+    from lmdeploy.pytorch.engine.logits_process import FusedLogitsProcessor
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    block, num_seqs, vocab = 8, 3, 50
+    seqs = _sampling_seqs(num_seqs, gen)
+    for s in seqs:  # only the temperature acts on the scores here
+        s.sampling_param.repetition_penalty, s.sampling_param.repetition_ngram_size = 1.0, 0
+        s.sampling_param.min_new_tokens = 0
+    inputs = BlockOrderedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    logits = torch.randn(num_seqs * block, vocab, generator=gen)
+    scores, _ = asyncio.run(FusedLogitsProcessor(inputs)(logits.clone()))
+    temps = torch.tensor([s.sampling_param.temperature for s in seqs]).repeat_interleave(block)
+    torch.testing.assert_close(scores, logits / temps[:, None])

@@ -30,6 +30,7 @@ class Request:
     max_new_tokens: int
     stop_ids: tuple = ()
     label: str = ''
+    sampling: dict | None = None  # GenerationConfig sampling fields (do_sample=True); None: greedy
 
 
 @dataclass
@@ -57,8 +58,11 @@ class Runner:
 
     def gen_config(self, request: Request):
         from lmdeploy.messages import GenerationConfig
-        return GenerationConfig(max_new_tokens=request.max_new_tokens, do_sample=False, top_k=1, ignore_eos=False,
-                                stop_token_ids=list(request.stop_ids) or None, random_seed=self.seed)
+        sampling = dict(do_sample=False, top_k=1, random_seed=self.seed)
+        if request.sampling is not None:
+            sampling = dict(do_sample=True, **request.sampling)
+        return GenerationConfig(max_new_tokens=request.max_new_tokens, ignore_eos=False,
+                                stop_token_ids=list(request.stop_ids) or None, **sampling)
 
     def now(self) -> float:
         return time.perf_counter() - self.clock0
@@ -280,6 +284,33 @@ async def case_staggered(runner: Runner, prompts: list, trajectories: dict, max_
     return judged(requests, outcomes, expected_for(trajectories, requests, L), L,
                   extra_checks=dict(batches_mixed=mixing['starts_with_others_past_first_block'] > 0),
                   mixing=mixing, schedule=[vars(s) for s in schedule])
+
+
+async def case_mixed_sampling(runner: Runner, prompts: list, trajectories: dict, max_new_tokens: int,
+                              stop_ids: tuple) -> dict:
+    """Every other request samples (its own temperature, top-k, top-p, min-p, repetition penalty,
+    seed and min_new_tokens); the greedy ones must equal their trajectories: a neighbour's sampling
+    parameters must not reach a request's block rows (upstream 0.18 interleaved them). The sampled
+    ones must end normally (FINISH, 1..N tokens)."""
+    L = runner.block_length
+    requests = []
+    for i, p in enumerate(prompts):
+        if i % 2:
+            sampling = dict(temperature=0.6 + 0.1 * (i % 9), top_k=8 + i, top_p=0.8 + 0.01 * (i % 10), min_p=0.02,
+                            repetition_penalty=1.1, random_seed=1000 + i, min_new_tokens=L // 2)
+            requests.append(Request(p, max_new_tokens, stop_ids, f'{p.label}:sampled', sampling))
+        else:
+            requests.append(Request(p, max_new_tokens, stop_ids, p.label))
+    outcomes = await runner.batch(requests)
+    greedy = [i for i, r in enumerate(requests) if r.sampling is None]
+    sampled = [i for i, r in enumerate(requests) if r.sampling is not None]
+    sampled_ok = all(outcomes[i].status == 'FINISH' and outcomes[i].error is None
+                     and 0 < len(outcomes[i].tokens) <= max_new_tokens for i in sampled)
+    picked = [requests[i] for i in greedy]
+    return judged(picked, [outcomes[i] for i in greedy], expected_for(trajectories, picked, L), L,
+                  extra_checks=dict(sampled_requests_ended_normally=sampled_ok),
+                  sampled=[dict(outcome_record(requests[i], outcomes[i], L), sampling=requests[i].sampling)
+                           for i in sampled])
 
 
 # ---- cases on their own engines -----------------------------------------------------------------

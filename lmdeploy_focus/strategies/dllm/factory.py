@@ -9,8 +9,8 @@ from ...log import logger
 class FocusDLLMStrategyFactory(DLLMStrategyFactory):
     """Reads the FOCUS options from ``hf_config`` and builds the matching strategies.
 
-    With every option off it builds upstream's strategies, the agent strategy with two fixes of
-    upstream defects that disturb other requests (:mod:`.upstream_fixes`). With delayed cache on, the
+    With every option off it builds upstream's strategies, the agent and sampling strategies with
+    fixes of upstream defects that disturb other requests (:mod:`.upstream_fixes`). With delayed cache on, the
     step inputs, the agent strategy and the model share one :class:`DelayedCacheRuntime`.
     """
 
@@ -74,6 +74,11 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         return DelayedCacheAgentStrategy(dllm_config=self.dllm_config,
                                          dllm_mask_token=self.model_config.dllm_mask_token,
                                          runtime=self.delayed_cache_runtime)
+
+    def build_sampling_strategy(self):
+        from .upstream_fixes import BlockOrderedDLLMSamplingStrategy
+        upstream = super().build_sampling_strategy()  # upstream picks the pad token
+        return BlockOrderedDLLMSamplingStrategy(upstream.pad_token_id, upstream.dllm_block_length)
 
     def build_sequence_strategy(self):
         if self.run_stats is None:

@@ -1,6 +1,6 @@
-"""Two LMDeploy 0.18 DLLM defects that disturb other requests of a batch, fixed by subclassing.
+"""Three LMDeploy 0.18 DLLM defects that disturb other requests of a batch, fixed by subclassing.
 
-Both were found by ``benchmark/serving_edge_check.py`` on the H100, in stock decoding too:
+The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in stock decoding too:
 
 1. Stop words of different counts in one batch. Upstream pads the batch's stop-word table with -1 and
    marks the block positions it must not check (the prompt's part of the first block) by setting
@@ -10,13 +10,21 @@ Both were found by ``benchmark/serving_edge_check.py`` on the H100, in stock dec
 2. Chunked prefill: the last chunk's DLLM mask and the stopping criteria's remaining-token counter
    reach the unmasker and the stop check as inference tensors while inference mode is off, and
    upstream's in-place updates raise (the engine loop dies). Both are cloned first when that is so.
+3. Per-request sampling parameters of mixed batches. The sampler sees one row per block position,
+   request after request (``b * L + p``), and upstream's step updates read the per-request vectors
+   that way too, but ``DLLMSamplingStrategy.make_sampling_inputs`` repeats the 1-D ones (temperature,
+   top-k/p, min-p, repetition penalty, seeds, offsets, ``min_new_tokens`` counters, n-gram settings)
+   position-major (``p * B + b``): in a batch whose requests differ, a greedy request is sampled at
+   some positions with a neighbour's temperature and top-k. :class:`BlockOrderedDLLMSamplingStrategy`
+   reorders them request-major (found by reading the code; ``tests/test_upstream_fixes.py``).
 
 Removed by: the matching upstream fixes (distinct stop-word padding; a mask made outside inference
-mode or updated out of place).
+mode or updated out of place; ``repeat_interleave`` for the 1-D sampling vectors).
 """
 import torch
 
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy, DLLMStoppingCriteria
+from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
 
 # never a token id, and distinct from the -1 upstream writes into ignored positions
 _NO_TOKEN = -2
@@ -67,3 +75,22 @@ class UpstreamFixesMixin:
 
 class FixedDLLMModelAgentStrategy(UpstreamFixesMixin, DLLMModelAgentStrategy):
     """Upstream's DLLM agent strategy with the fixes above (stock decoding through the plugin)."""
+
+
+# The per-request vectors upstream repeats over the block (its 2-D tables are already request-major).
+PER_REQUEST_VECTORS = ('temperature', 'repetition_penalty', 'top_k', 'top_p', 'min_p', 'random_seeds',
+                       'random_offsets', 'num_ignore_eos', 'repetition_ngram_size', 'repetition_ngram_threshold')
+
+
+class BlockOrderedDLLMSamplingStrategy(DLLMSamplingStrategy):
+    """Upstream's DLLM sampling inputs with each request's parameters on its own block rows."""
+
+    def make_sampling_inputs(self, seqs):
+        out = super().make_sampling_inputs(seqs)
+        batch, block = len(seqs), self.dllm_block_length
+        for name in PER_REQUEST_VECTORS:
+            vector = getattr(out, name, None)
+            if vector is not None and vector.dim() == 1:
+                # upstream's [L, B] layout -> the rows' [B, L]
+                setattr(out, name, vector.view(block, batch).t().reshape(-1))
+        return out
