@@ -21,6 +21,7 @@ def test_pinned_version_and_every_patch_applied():
     import lmdeploy.pytorch.models.module_map  # noqa: F401
     import lmdeploy.pytorch.strategies.dllm  # noqa: F401
     import lmdeploy.pytorch.engine.engine_loop  # noqa: F401
+    import lmdeploy.pytorch.engine.logits_process  # noqa: F401
     assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
     assert applied_patches() == frozenset(PATCHES)
 
@@ -177,3 +178,51 @@ def test_dllm_sequence_update_reads_extra_outputs_by_attribute():
     assert 'batched_outputs.extra_outputs.dllm_mask' in inspect.getsource(DLLMSequenceStrategy.update_running)
     assert [f.name for f in dataclasses.fields(DLLMExtraOutputs)] == ['dllm_mask']
     assert 'make_extra_outputs' in vars(DLLMModelAgentStrategy)
+
+
+# 8. n-gram repetition filter ------------------------------------------------------------------------
+
+def _ngram_case(gen, vocab=40):
+    import torch
+    """Three rows, each repeating a 2-gram: a stop word, none (upstream's -1 padding), a stop word."""
+    rows = []
+    for _ in range(3):
+        a, b = torch.randint(0, vocab, (2, ), generator=gen).tolist()
+        rows.append([a, b] * 6)
+    generated = torch.tensor(rows)
+    stop_words = torch.tensor([[int(torch.randint(0, vocab, (1, ), generator=gen)), 7], [-1, -1],
+                               [int(torch.randint(0, vocab, (1, ), generator=gen)), -1]])
+    scores = torch.randn(3, vocab, generator=gen)
+    return scores, stop_words, generated, torch.tensor([3, 3, 3])
+
+
+def test_ngram_filter_is_wrapped_and_looked_up_at_call_time():
+    from lmdeploy.pytorch.engine import logits_process
+    wrapped = logits_process._filter_repetition_ngram_
+    upstream = wrapped.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters) == ['scores', 'stop_words', 'generated_ids', 'n', 'threshold',
+                                                           'max_n', 'max_ngram_window_size']
+    source = inspect.getsource(upstream)
+    assert 'stop_words = stop_words[:, 0]' in source  # the column that holds -1 for a request without stop words
+    assert '_filter_repetition_ngram_(' in inspect.getsource(logits_process.FusedLogitsProcessor.__call__)
+
+
+def test_ngram_filter_without_a_stop_word_leaves_the_row_and_disturbs_nobody():
+    import torch
+    from lmdeploy.pytorch.engine import logits_process
+    wrapped = logits_process._filter_repetition_ngram_
+    upstream = wrapped.__lmdeploy_focus_upstream__
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    scores, stop_words, generated, threshold = _ngram_case(gen)
+    with pytest.raises((RuntimeError, IndexError)):  # upstream: the whole batch's step fails
+        upstream(scores.clone(), stop_words, generated, None, threshold, 2, 1024)
+    out = wrapped(scores.clone(), stop_words, generated, None, threshold, 2, 1024)
+    torch.testing.assert_close(out[1], scores[1])  # no stop word: left as it is
+    for row in (0, 2):  # found: only the first stop word stays, at score 0
+        stop = int(stop_words[row, 0])
+        assert out[row, stop] == 0 and torch.isinf(out[row]).sum() == out.size(1) - 1
+    # rows that all have a stop word: exactly upstream's result
+    keep = torch.tensor([0, 2])
+    expected = upstream(scores[keep].clone(), stop_words[keep], generated[keep], None, threshold[keep], 2, 1024)
+    torch.testing.assert_close(wrapped(scores[keep].clone(), stop_words[keep], generated[keep], None, threshold[keep],
+                                       2, 1024), expected)

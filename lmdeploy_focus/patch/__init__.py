@@ -64,6 +64,16 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    (upstream's fields + ``dllm``). The counts arrive with the step's extra outputs (no extra sync).
    Removed by: an upstream hook for strategy-defined request metrics.
 
+8. ``lmdeploy.pytorch.engine.logits_process._filter_repetition_ngram_`` is wrapped (:mod:`.ngram_filter`).
+   Why: with ``repetition_ngram_size`` on, upstream gathers each row's first stop word, which is the
+   -1 padding for a request without stop words (``ignore_eos``, no ``stop_token_ids``) next to one
+   with: the gather raises (a device assert on the GPU) and the whole batch's step fails, AR and
+   DLLM alike. Upstream has no per-request hook in the logits processor.
+   How: module attribute swap (``FusedLogitsProcessor`` looks the function up at call time); rows
+   without a stop word get a valid index and an unreachable threshold, so the filter leaves them as
+   they are; other rows go through upstream's function unchanged.
+   Removed by: upstream skipping rows without a stop word.
+
 Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
 so model modules run on CPU.
 """

@@ -14,6 +14,7 @@ PATCHES = {
     'lmdeploy.cli.cli': ('cli_chat', 'lmdeploy_focus.cli.flags'),
     'lmdeploy.pytorch.models.module_map': ('module_map', 'lmdeploy_focus.models'),
     'lmdeploy.pytorch.engine.engine_loop': ('request_metrics', 'lmdeploy_focus.strategies.dllm.request_stats'),
+    'lmdeploy.pytorch.engine.logits_process': ('ngram_filter', 'lmdeploy_focus.strategies.ngram_filter'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())
