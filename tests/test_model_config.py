@@ -107,10 +107,10 @@ def test_track_alone_builds_the_tracking_agent(sdar_dir):
 
 @pytest.mark.parametrize('options', [{}, {'track': True}, {'enable_delayed_cache': True}, {'enable_focus': True}])
 def test_every_arm_samples_with_request_ordered_parameters(sdar_dir, options):
-    from lmdeploy_focus.strategies.dllm.upstream_fixes import BlockOrderedDLLMSamplingStrategy
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMSamplingStrategy
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-g'), hf_overrides={OPTIONS_KEY: options})
     sampling = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=16)).build_sampling_strategy()
-    assert isinstance(sampling, BlockOrderedDLLMSamplingStrategy) and sampling.dllm_block_length == 16
+    assert isinstance(sampling, FixedDLLMSamplingStrategy) and sampling.dllm_block_length == 16
 
 
 def test_sdar_config_without_remote_code_gets_rope_parameters(tmp_path):

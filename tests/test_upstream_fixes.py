@@ -8,7 +8,7 @@ import torch
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy, DLLMStoppingCriteria
-from lmdeploy_focus.strategies.dllm.upstream_fixes import (PER_REQUEST_VECTORS, BlockOrderedDLLMSamplingStrategy,
+from lmdeploy_focus.strategies.dllm.upstream_fixes import (PER_REQUEST_VECTORS, FixedDLLMSamplingStrategy,
                                                           FixedDLLMModelAgentStrategy, PaddingSafeDLLMStoppingCriteria)
 
 L = 4
@@ -131,13 +131,19 @@ def test_each_request_gets_its_own_sampling_parameters_on_its_block_rows(num_seq
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
     seqs = _sampling_seqs(num_seqs, gen)
     upstream = DLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
-    ours = BlockOrderedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    ours = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
     checked = []
     for name in PER_REQUEST_VECTORS:
         vector = getattr(ours, name)
         if vector is None:
             continue
         checked.append(name)
+        if name == 'random_seeds':  # one stream per position (test below); position 0 is the request's seed
+            rows = _per_request(ours, name, num_seqs, block)[:, :1].expand(-1, block)
+            up = _per_request(upstream, name, num_seqs, block)
+            assert not (up == up[:, :1]).all(), name
+            assert torch.equal(getattr(upstream, name).view(block, num_seqs).t(), rows), name
+            continue
         rows = _per_request(ours, name, num_seqs, block)
         # every row of request b holds request b's value: the request's own, distinct from the others'
         assert (rows == rows[:, :1]).all(), name
@@ -156,12 +162,42 @@ def test_each_request_gets_its_own_sampling_parameters_on_its_block_rows(num_seq
     assert ours.batch_size == upstream.batch_size == num_seqs * block
 
 
+@pytest.mark.parametrize('num_seqs, block', [(1, 32), (3, 16)])
+def test_every_block_position_draws_from_its_own_random_stream(num_seqs, block):
+    """The sampler draws row r's uniform from (seed[r], offset[r]) (Philox, ``tl.rand``); upstream gave
+    all rows of a request the same pair, so the whole block drew one number per step. Ours: no pair
+    repeats within a request over a block's worth of steps (upstream adds 1 to every offset per step)."""
+    from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    seqs = _sampling_seqs(num_seqs, gen)
+    seqs[0].sampling_param.top_k = 40  # not all greedy: seeds are made
+    agent = DLLMModelAgentStrategy(dllm_config=DLLMConfig(block_length=block), dllm_mask_token=0)
+    mask = SimpleNamespace(dllm_mask=torch.full((num_seqs * block, ), consts.DLLM_MASKED, dtype=torch.uint8))
+    for strategy, distinct in ((DLLMSamplingStrategy, False), (FixedDLLMSamplingStrategy, True)):
+        inputs = strategy(0, block).make_sampling_inputs(seqs)
+        pairs = [set() for _ in range(num_seqs)]
+        for _ in range(block):
+            seeds = inputs.random_seeds.view(num_seqs, block) if distinct else \
+                inputs.random_seeds.view(block, num_seqs).t()  # upstream's own (position-major) layout
+            offsets = inputs.random_offsets.view(num_seqs, block) if distinct else \
+                inputs.random_offsets.view(block, num_seqs).t()
+            for b in range(num_seqs):
+                pairs[b].update(zip(seeds[b].tolist(), offsets[b].tolist()))
+            inputs = agent.step_sampling_inputs(inputs, None, mask)
+        sizes = [len(p) for p in pairs]
+        assert sizes == ([block * block] * num_seqs if distinct else [block] * num_seqs), strategy.__name__
+    ours = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    assert ours.random_seeds.view(num_seqs, block)[:, 0].tolist() == [
+        s.sampling_param.random_seed & 0xffffffff for s in seqs]
+    assert int(ours.random_seeds.max()) <= 0xffffffff and int(ours.random_seeds.min()) >= 0
+
+
 def test_upstream_step_update_reads_the_rows_request_major():
     """The agent's per-step update (``num_ignore_eos`` per finished block) views the vector [B, L]:
     with our layout a request that completed its block moves on by L, the other does not."""
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
     block, seqs = 4, _sampling_seqs(2, gen)
-    ours = BlockOrderedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    ours = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
     agent = DLLMModelAgentStrategy(dllm_config=DLLMConfig(block_length=block), dllm_mask_token=0)
     mask = torch.tensor([consts.DLLM_UNMASKED] * block + [consts.DLLM_MASKED] * block, dtype=torch.uint8)
     stepped = agent.step_sampling_inputs(ours, None, SimpleNamespace(dllm_mask=mask))
@@ -179,7 +215,7 @@ def test_mixed_batch_temperatures_reach_their_own_rows_in_the_logits_processor()
     for s in seqs:  # only the temperature acts on the scores here
         s.sampling_param.repetition_penalty, s.sampling_param.repetition_ngram_size = 1.0, 0
         s.sampling_param.min_new_tokens = 0
-    inputs = BlockOrderedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    inputs = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
     logits = torch.randn(num_seqs * block, vocab, generator=gen)
     scores, _ = asyncio.run(FusedLogitsProcessor(inputs)(logits.clone()))
     temps = torch.tensor([s.sampling_param.temperature for s in seqs]).repeat_interleave(block)

@@ -76,9 +76,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                                          runtime=self.delayed_cache_runtime)
 
     def build_sampling_strategy(self):
-        from .upstream_fixes import BlockOrderedDLLMSamplingStrategy
+        from .upstream_fixes import FixedDLLMSamplingStrategy
         upstream = super().build_sampling_strategy()  # upstream picks the pad token
-        return BlockOrderedDLLMSamplingStrategy(upstream.pad_token_id, upstream.dllm_block_length)
+        return FixedDLLMSamplingStrategy(upstream.pad_token_id, upstream.dllm_block_length)
 
     def build_sequence_strategy(self):
         if self.run_stats is None:

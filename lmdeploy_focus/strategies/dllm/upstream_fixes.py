@@ -15,11 +15,16 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    that way too, but ``DLLMSamplingStrategy.make_sampling_inputs`` repeats the 1-D ones (temperature,
    top-k/p, min-p, repetition penalty, seeds, offsets, ``min_new_tokens`` counters, n-gram settings)
    position-major (``p * B + b``): in a batch whose requests differ, a greedy request is sampled at
-   some positions with a neighbour's temperature and top-k. :class:`BlockOrderedDLLMSamplingStrategy`
+   some positions with a neighbour's temperature and top-k. :class:`FixedDLLMSamplingStrategy`
    reorders them request-major (found by reading the code; ``tests/test_upstream_fixes.py``).
+   It also gives each block position its own random seed: upstream's sampler draws one uniform per
+   row from (seed, offset), and all rows of a request shared both, so every position of a block drew
+   the same number at each step (inverse-CDF sampling then picks the same quantile everywhere: a step
+   samples the whole block from the head, or the whole block from the tail).
 
 Removed by: the matching upstream fixes (distinct stop-word padding; a mask made outside inference
-mode or updated out of place; ``repeat_interleave`` for the 1-D sampling vectors).
+mode or updated out of place; ``repeat_interleave`` for the 1-D sampling vectors and a per-position
+random stream).
 """
 import torch
 
@@ -82,8 +87,14 @@ PER_REQUEST_VECTORS = ('temperature', 'repetition_penalty', 'top_k', 'top_p', 'm
                        'random_offsets', 'num_ignore_eos', 'repetition_ngram_size', 'repetition_ngram_threshold')
 
 
-class BlockOrderedDLLMSamplingStrategy(DLLMSamplingStrategy):
-    """Upstream's DLLM sampling inputs with each request's parameters on its own block rows."""
+# Seed of block position p: the request's seed + p * this (mod 2^32); position 0 keeps the request's seed.
+# Distinct Philox keys per position; the step offset (+1 per step, upstream's) stays shared.
+POSITION_SEED_STRIDE = 0x9E3779B9
+
+
+class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
+    """Upstream's DLLM sampling inputs with each request's parameters on its own block rows, and one
+    random stream per block position."""
 
     def make_sampling_inputs(self, seqs):
         out = super().make_sampling_inputs(seqs)
@@ -93,4 +104,7 @@ class BlockOrderedDLLMSamplingStrategy(DLLMSamplingStrategy):
             if vector is not None and vector.dim() == 1:
                 # upstream's [L, B] layout -> the rows' [B, L]
                 setattr(out, name, vector.view(block, batch).t().reshape(-1))
+        if out.random_seeds is not None:
+            position = torch.arange(block, dtype=out.random_seeds.dtype).repeat(batch)
+            out.random_seeds = (out.random_seeds + position * POSITION_SEED_STRIDE) & 0xffffffff
         return out
