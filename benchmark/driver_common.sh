@@ -6,7 +6,8 @@
 #   ONE_ENGINE=1         all batch sizes in one process / one engine sized for the largest
 #   RESULTS_DIR=./results  ARM_TAG=<suffix of the arm label>  EXTRA_ARGS="<more profile_throughput args>"
 #   DRY_RUN=1            print each profile_throughput command (one line, shell-quoted, after
-#                        'DRY_RUN: ') instead of running it; nothing needs a GPU or a model
+#                        'DRY_RUN: ', LMDEPLOY_FOCUS_* switches as an 'env' prefix) instead of running
+#                        it; nothing needs a GPU or a model
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SAMPLE_DATASET="$BENCH_DIR/data/sharegpt_sample.json"
@@ -47,7 +48,10 @@ run_arm() {
     # shellcheck disable=SC2086
     cmd=("$PYTHON" "$BENCH_DIR/profile_throughput.py" "$dataset" "$model" --concurrency $bs "${common[@]}" "$@" $EXTRA_ARGS)
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
-      echo "DRY_RUN: $(printf '%q ' "${cmd[@]}")"
+      # the plugin's experiment switches travel in the environment: shown as an env prefix
+      local switches=() name
+      for name in $(compgen -e | grep '^LMDEPLOY_FOCUS_' | sort); do switches+=("$name=${!name}"); done
+      echo "DRY_RUN: ${switches[*]:+env $(printf '%q ' "${switches[@]}")}$(printf '%q ' "${cmd[@]}")"
     else
       "${cmd[@]}" 2>&1 | tee "$log"
     fi

@@ -506,6 +506,16 @@ def test_suite_b32_phase_runs_the_four_arms_through_the_drivers(tmp_path):
     assert 'skipped' not in out
 
 
+def test_suite_rows_phase_sets_static_rows_only_on_its_arms(tmp_path):
+    out, cmds = _suite(tmp_path, 'rows')
+    assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
+        ('stock-static', None), ('focus-importance-static-rows', 'importance'),
+        ('focus-leftmost-static-rows', 'leftmost'), ('focus-importance-static', 'importance')]
+    lines = [line for line in out.splitlines() if line.startswith('DRY_RUN: ') and 'profile_throughput.py' in line]
+    assert ['LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1' in line for line in lines] == [False, True, True, False]
+    assert all(c.concurrency == [32, 64, 128, 256] and (c.dllm_denoising_steps, c.output_len) == (8, 256) for c in cmds)
+
+
 def test_suite_blocks_phase_order_and_budget_guard(tmp_path):
     _, cmds = _suite(tmp_path, 'blocks')
     got = [(os.path.basename(c.model_path), c.arm) for c in cmds]

@@ -25,7 +25,7 @@ from lmdeploy_focus.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
 L = 8
 
 
-def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3):
+def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, static_rows=False):
     sdar = build_tiny_sdar(block_length=L, shape=TinySDARShape(num_layers=num_layers),
                            hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True,
                                                         'focus_alpha': alpha, 'focus_policy': policy,
@@ -33,6 +33,7 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3):
                                                         'delayed_cache_commit': commit_mode}})
     runtime = sdar.model.delayed_cache_runtime
     assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
+    runtime.static_rows = static_rows  # layers 0-1 over all B*L rows (padding computed, never used)
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2, confidence_threshold=0.2)
@@ -95,10 +96,15 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3):
     return runtime, results, evicted_steps
 
 
-@pytest.mark.parametrize('policy', ['importance', 'leftmost'])
-@pytest.mark.parametrize('commit_mode', ['exact', 'fast'])
-def test_engine_path_replays_the_reference_focus_loop(policy, commit_mode):
-    runtime, results, evicted_steps = _replay(policy, False, commit_mode, 'low_confidence_static')
+@pytest.mark.parametrize('policy, commit_mode, static_rows', [('importance', 'exact', False),
+                                                              ('importance', 'fast', False),
+                                                              ('leftmost', 'exact', False),
+                                                              ('leftmost', 'fast', False),
+                                                              ('importance', 'exact', True),
+                                                              ('leftmost', 'fast', True)])
+def test_engine_path_replays_the_reference_focus_loop(policy, commit_mode, static_rows):
+    runtime, results, evicted_steps = _replay(policy, False, commit_mode, 'low_confidence_static',
+                                              static_rows=static_rows)
     assert evicted_steps > 0, 'the replay never evicted anything: the test would not exercise FOCUS'
     stats = runtime.stats.read()
     processed = sum(sum(r.processed_per_step) for r in results)

@@ -8,6 +8,9 @@
 #                   importance at b16 and b64, then delayed cache at b16 and b64; then, if the budget
 #                   allows and phase b32 did not already measure it on this machine, the dynamic pair.
 #        'dynamic' = every b32 arm with dynamic unmasking (threshold 0.9, out 128, bs 64/256), then b64 delayed cache.
+#        'rows'   = the static-rows experiment (LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1: layers 0-1 run all
+#                   B*L rows, no processed-row sync; FOCUS keeps its kept-row sync), b32 static 4 tok/step,
+#                   bs 32/64/128/256: stock, FOCUS importance and leftmost with static rows, then without.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs eager, with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -25,7 +28,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in b32|blocks|dynamic|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, dynamic, cost)" >&2; exit 2 ;; esac
+case $PHASE in b32|blocks|dynamic|rows|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, dynamic, rows, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -123,6 +126,20 @@ if [[ $PHASE == dynamic ]]; then
     DENOISING_STEPS_PER_BLOCK_DIV=4 MAX_NEW_TOKENS=256 BATCH_SIZES="64 256" MODEL_PREFIX=/tmp/ckpt/SDAR-8B-Chat \
     EXTRA_ARGS="$COST --fast-exit --output-len 256" BLOCK_SIZES=64 ARMS=delayed-cache \
     bash benchmark/run_block_size_comparison.sh random
+  exit 0
+fi
+
+if [[ $PHASE == rows ]]; then
+  # one sync per FOCUS step instead of two; every arm of this phase in one run, so ratios are same-run
+  S=(env UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256 EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  R=("${S[@]}" ARM_TAG=-static-rows LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1)
+  step 110 "stock static" "${S[@]}" ARM_TAG=-static bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 100 "focus-importance static-rows" "${R[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 100 "focus-leftmost static-rows" "${R[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 100 "focus-importance static" "${S[@]}" ARM_TAG=-static FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi
 

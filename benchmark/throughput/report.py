@@ -42,6 +42,8 @@ def environment() -> dict:
         env['git_commit'] = None
     # the GPU suite sets this to the plugin wheel's name and sha256 (the device copy has no .git)
     env['plugin_build'] = os.environ.get('BENCH_PLUGIN_BUILD')
+    # the plugin's experiment / debug switches change what a run measures (e.g. static rows)
+    env['focus_env'] = {k: v for k, v in sorted(os.environ.items()) if k.startswith('LMDEPLOY_FOCUS_')}
     return env
 
 
