@@ -20,13 +20,18 @@ from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
 L = 8
 
 
-@pytest.mark.parametrize('commit_mode', ['exact', 'fast'])
-@pytest.mark.parametrize('strategy', ['low_confidence_static', 'sequential'])
-def test_engine_path_replays_the_reference_loop(commit_mode, strategy):
+@pytest.mark.parametrize('commit_mode, strategy, static_rows', [('exact', 'low_confidence_static', False),
+                                                                ('fast', 'low_confidence_static', False),
+                                                                ('exact', 'sequential', False),
+                                                                ('fast', 'sequential', False),
+                                                                ('exact', 'low_confidence_static', True),
+                                                                ('fast', 'sequential', True)])
+def test_engine_path_replays_the_reference_loop(commit_mode, strategy, static_rows):
     sdar = build_tiny_sdar(block_length=L,
                            hf_overrides={'dllm_focus': {'enable_delayed_cache': True,
                                                         'delayed_cache_commit': commit_mode}})
     runtime = sdar.model.delayed_cache_runtime
+    runtime.static_rows = static_rows  # every B*L row forwarded, padding rows computed and dropped
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2)

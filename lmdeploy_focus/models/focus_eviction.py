@@ -65,6 +65,7 @@ def compact_step(step, keep: torch.Tensor, rows: list[torch.Tensor]) -> list[tor
     focus.progress_out = layout.progress
     focus.processed_rows, focus.kept_rows = step.num_rows, num_kept
     step.num_rows = num_kept
+    step.exact_rows = True  # the kept count was read: no padding rows past this point
     return gathered
 
 

@@ -36,6 +36,7 @@ class DelayedCacheStep:
     proc: ProcessingSet
     meta: RaggedStepMetadata  # sliced to the ``num_rows`` valid rows
     num_rows: int
+    exact_rows: bool = True  # the rows are exactly the valid ones (no padding rows: count synced)
     logits_scattered: bool = False
     focus: FocusStep | None = None
     processed_per_seq: torch.Tensor | None = None  # int64 [B]: rows into layer 0 per sequence
@@ -93,7 +94,8 @@ class DelayedCacheRuntime:
         focus = None
         if self.focus is not None:
             focus = self._focus_step(proc, input_mask, num_rows, step_inputs)
-        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows, focus=focus,
+        self.step = DelayedCacheStep(proc=proc, meta=meta, num_rows=num_rows, exact_rows=not self.static_rows,
+                                     focus=focus,
                                      processed_per_seq=proc.q_seqlens,
                                      mark_phase=self.mark_phase if self.timer is not None else None)
         self.mark_phase('processing_set')
@@ -179,7 +181,7 @@ class DelayedCacheRuntime:
                 buffer.device != row_logits.device:
             buffer = self._logits_buffer = row_logits.new_zeros(shape)
         num_rows = row_logits.size(0)
-        if num_rows == step.num_rows and not self.static_rows:
+        if num_rows == step.num_rows and step.exact_rows:
             buffer.index_copy_(0, proc.flat_index[:num_rows], row_logits)  # every row is a processed slot
         else:
             scatter_processed(row_logits, proc, out=buffer.view(proc.batch_size, proc.block_length, -1))
