@@ -1,5 +1,5 @@
 """CPU tests of the serving edge-case check's logic (``benchmark/serving_edge``): expected outputs
-against upstream's own DLLM sequence + stopping criteria, the mid-block length / stop-token
+against upstream's DLLM sequence + the plugin's stopping criteria (the engine's), the mid-block length / stop-token
 choices, the comparison, the staggered schedule, the summary table, the prompt sets (with the
 committed tiny model's tokenizer) and the driver's engine configs (prefix caching + fast commit
 refused with the message the check looks for)."""
@@ -15,8 +15,10 @@ import torch
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig
 from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta, UpdateTokenMode
-from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs, DLLMModelAgentStrategy
+from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs
 from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
+
+from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMModelAgentStrategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmark')
@@ -32,14 +34,14 @@ UNMASKED, CACHED = consts.DLLM_UNMASKED, consts.DLLM_CACHED
 MASK_ID = 99
 
 
-def upstream_output(prompt: list, trajectory: list, L: int, max_new_tokens: int, stop_ids: list) -> list:
-    """The generated ids upstream's ``SchedulerSequenceDLLM`` + ``DLLMStoppingCriteria`` return when every
-    block is decoded in one step to ``trajectory``'s tokens, then committed (the engine's order)."""
+def engine_output(prompt: list, trajectory: list, L: int, max_new_tokens: int, stop_ids: list) -> list:
+    """The generated ids upstream's ``SchedulerSequenceDLLM`` + the plugin's stopping criteria return when
+    every block is decoded in one step to ``trajectory``'s tokens, then committed (the engine's order)."""
     strategy = DLLMSequenceStrategy(L, MASK_ID)
     session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
     seq = strategy.make_sequence(seq_id=0, session=session, sampling_param=SamplingParam(max_new_tokens=max_new_tokens))
     seq.update_token_ids(torch.tensor(prompt), mode=UpdateTokenMode.INPUTS)
-    criteria = DLLMModelAgentStrategy(DLLMConfig(block_length=L), MASK_ID).make_stopping_criteria([seq])
+    criteria = FixedDLLMModelAgentStrategy(DLLMConfig(block_length=L), MASK_ID).make_stopping_criteria([seq])
     stop_words = torch.tensor(stop_ids)[None].repeat(L, 1) if stop_ids else None
     full = list(prompt) + list(trajectory)
     block_start = (len(prompt) // L) * L
@@ -63,7 +65,7 @@ def upstream_output(prompt: list, trajectory: list, L: int, max_new_tokens: int,
             seq.update_token_ids(ids.clone(), dllm_mask=mask.numpy().astype(np.uint8), mode=mode)
             mode = UpdateTokenMode.DECODE
             if bool(stopped[0]):
-                assert mask_value == UNMASKED, 'upstream stopped on a commit step'
+                assert mask_value == UNMASKED, 'stopped on a commit step'
                 seq.set_stop_pos(int(stop_pos[0]))
                 return seq.generated_ids.tolist()
         block_start += L
@@ -73,9 +75,9 @@ def upstream_output(prompt: list, trajectory: list, L: int, max_new_tokens: int,
 
 
 @pytest.mark.parametrize('L', [4, 8, 32])
-def test_expected_output_matches_upstream_stop_rule(L):
+def test_expected_output_matches_the_engines_stop_rule(L):
     """Random prompts / trajectories over a tiny vocabulary, so stop tokens fall everywhere: inside the
-    prompt's last block (not checked), several per block, in the block where the length cut wins."""
+    prompt's last block (checked from the prompt's end), several per block, in the block of the length cut."""
     rng = random.Random(1234 + L)
     for trial in range(150 if L < 32 else 40):
         prompt = [rng.randrange(6) for _ in range(rng.randrange(1, 3 * L))]
@@ -83,21 +85,25 @@ def test_expected_output_matches_upstream_stop_rule(L):
         stop_ids = sorted({rng.randrange(6) for _ in range(rng.randrange(0, 3))})
         trajectory = [rng.randrange(6) for _ in range(max_new + 2 * L)]
         expected = logic.expected_output(trajectory, len(prompt), L, max_new, stop_ids)
-        assert expected == upstream_output(prompt, trajectory, L, max_new, stop_ids), (trial, prompt, max_new, stop_ids)
+        assert expected == engine_output(prompt, trajectory, L, max_new, stop_ids), (trial, prompt, max_new, stop_ids)
 
 
 def test_expected_output_rules_by_hand():
-    L, P = 8, 5  # the prompt's last block holds output positions 0..2 (unchecked)
+    L, P = 8, 5  # the prompt's last block holds output positions 0..2
     traj = [7, 1, 7, 2, 3, 4, 5, 6, 7, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]
-    # a stop token in the prompt's last block is not checked; its next occurrence (position 8) stops
-    assert logic.expected_output(traj, P, L, 20, [7]) == traj[:9]
+    # a stop token in the prompt's last block ends the output (upstream 0.18 skipped that block)
+    assert logic.expected_output(traj, P, L, 20, [7]) == traj[:1]
+    assert logic.expected_output(traj, P, L, 20, [2]) == traj[:4]
     # prompt length a multiple of L: the first output block is checked from its first position
     assert logic.expected_output(traj, 8, L, 20, [7]) == traj[:1]
     # block 1 holds output 3..10; stop token 3 at output 4 and a length cut after output 5 are both
-    # in it: the length cut wins (upstream), the stop token only counts when the cut is later
-    assert logic.expected_output(traj, P, L, 6, [3]) == traj[:6]
+    # in it: the earlier one ends the output (upstream 0.18: the length cut)
+    assert logic.expected_output(traj, P, L, 6, [3]) == traj[:5]
+    assert logic.expected_output(traj, P, L, 5, [3]) == traj[:5]
+    assert logic.expected_output(traj, P, L, 4, [3]) == traj[:4]  # cut before the stop token
     assert logic.expected_output(traj, P, L, 12, [3]) == traj[:5]  # stop in block 1, cut in block 2
-    assert upstream_output([0] * P, traj + [0] * 16, L, 6, [3]) == traj[:6]
+    assert engine_output([0] * P, traj + [0] * 16, L, 6, [3]) == traj[:5]
+    assert engine_output([0] * P, traj + [0] * 16, L, 20, [7]) == traj[:1]
 
 
 def test_expected_output_is_none_when_undecidable():
@@ -163,22 +169,24 @@ def test_choose_length_limits():
 
 def test_choose_mid_block_stop():
     L, P = 8, 5
-    # token 7 first occurs in the prompt's last block (unchecked) then at output 8 (block 1, in-block 5)
+    # token 7 occurs in the prompt's last block (output 0, in-block 5) and at output 8 (block 1, in-block 5)
     traj = [7, 1, 2, 3, 4, 5, 6, 1, 7, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2, 3, 4]
     choice = logic.choose_mid_block_stop(traj, P, L, max_new_tokens=len(traj))
     out = logic.expected_output(traj, P, L, len(traj), [choice.token])
     assert out[-1] == choice.token and len(out) == choice.length < len(traj)
     assert choice.block >= 1 and 2 <= choice.in_block <= L - 3
     assert (choice.block, choice.in_block) == logic.block_position(P, choice.length - 1, L)
-    # with 7 the only token allowed, its stop is the later occurrence
+    # with 7 the only token allowed, its first occurrence stops (the prompt's last block is checked)
     only7 = logic.choose_mid_block_stop(traj, P, L, len(traj), exclude=[1, 2, 3, 4, 5, 6])
-    assert only7 == logic.StopChoice(7, 9, 1, 5)
+    assert only7 == logic.StopChoice(7, 1, 0, 5)
     # another stop id (EOS) that comes first rules out tokens after it
     eos_first = [1, 2, 258] + traj[3:]
     c = logic.choose_mid_block_stop(eos_first, 8, L, len(eos_first), other_stop_ids=[258])
     assert c is None or c.length < 3
-    # a token that stops only in the block of the length cut is not a stop choice (the cut wins)
-    assert logic.choose_mid_block_stop([1, 1, 1, 1, 1, 9, 1, 1], 8, L, 8, exclude=[1]) is None
+    # a stop token before the length cut of the same block ends the output there
+    assert logic.choose_mid_block_stop([1, 1, 1, 1, 1, 9, 1, 1], 8, L, 8, exclude=[1]) == logic.StopChoice(9, 6, 0, 5)
+    # one at the last position of the cut is not "because of that token" (the cut ends there anyway)
+    assert logic.choose_mid_block_stop([1, 1, 1, 1, 1, 9, 1, 1], 8, L, 6, exclude=[1]) is None
 
 
 def test_choose_mid_block_stop_none_when_everything_is_at_block_edges():

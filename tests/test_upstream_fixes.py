@@ -220,3 +220,83 @@ def test_mixed_batch_temperatures_reach_their_own_rows_in_the_logits_processor()
     scores, _ = asyncio.run(FusedLogitsProcessor(inputs)(logits.clone()))
     temps = torch.tensor([s.sampling_param.temperature for s in seqs]).repeat_interleave(block)
     torch.testing.assert_close(scores, logits / temps[:, None])
+
+
+# ---- where an output ends ---------------------------------------------------------------------------------
+
+
+def _first_block_step(agent_cls, prompt_len: int, block: list, stop_word: int):
+    """A fresh request of ``prompt_len`` tokens whose first block (prompt tail + output) decodes to ``block``."""
+    import numpy as np
+    from lmdeploy.pytorch.messages import SchedulerSession, SequenceMeta
+    from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
+    from lmdeploy.messages import GenerationConfig
+    from lmdeploy.pytorch.messages import SamplingParam
+    strategy = DLLMSequenceStrategy(L, 99)
+    session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
+    param = SamplingParam.from_gen_config(GenerationConfig(max_new_tokens=64, stop_token_ids=[stop_word]))
+    seq = strategy.make_sequence(seq_id=0, session=session, sampling_param=param)
+    seq.update_token_ids(np.arange(10, 10 + prompt_len))
+    criteria = _agent(agent_cls).make_stopping_criteria([seq])
+    start = (prompt_len // L) * L
+    inputs = SimpleNamespace(history_lengths=torch.tensor([start]), seq_length=torch.tensor([L]))
+    extra = SimpleNamespace(dllm_mask=torch.full((L, ), consts.DLLM_UNMASKED, dtype=torch.uint8))
+    stopped, stop_pos, _ = criteria.step(torch.tensor(block), torch.tensor([[stop_word]] * L), inputs=inputs,
+                                         extra_inputs=extra)
+    return bool(stopped[0]), int(stop_pos[0])
+
+
+def test_a_stop_word_right_after_the_prompt_ends_the_output():
+    # prompt of 6 tokens, L 4: the block holding the prompt's end is [p4, p5, out0, out1]
+    block = [14, 15, 21, 7]  # EOS (7) as the second output token
+    assert _first_block_step(DLLMModelAgentStrategy, 6, block, 7) == (False, 0)  # upstream: not checked
+    assert _first_block_step(FixedDLLMModelAgentStrategy, 6, block, 7) == (True, 3)
+    # the prompt's own tokens in that block are still not checked
+    assert _first_block_step(FixedDLLMModelAgentStrategy, 6, [7, 15, 21, 22], 7)[0] is False
+    assert _first_block_step(FixedDLLMModelAgentStrategy, 6, [14, 7, 21, 22], 7)[0] is False
+
+
+@pytest.mark.parametrize('eos_at', [0, 1, 2])
+def test_a_stop_word_before_the_length_limit_of_its_block_ends_the_output_there(eos_at):
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    tokens = torch.randint(10, 50, (L, ), generator=gen)
+    tokens[eos_at] = 7
+    inputs = SimpleNamespace(history_lengths=torch.tensor([8]), seq_length=torch.tensor([L]))
+    extra = SimpleNamespace(dllm_mask=torch.full((L, ), consts.DLLM_UNMASKED, dtype=torch.uint8))
+    results = {}
+    for cls in (DLLMStoppingCriteria, PaddingSafeDLLMStoppingCriteria):
+        # 3 tokens left: the length limit ends the output at block position 2
+        criteria = cls(num_appendable_ids=torch.tensor([3]), output_start_pos=torch.tensor([0]))
+        stopped, stop_pos, _ = criteria.step(tokens.clone(), torch.tensor([[7]] * L), inputs=inputs,
+                                             extra_inputs=extra)
+        results[cls] = (bool(stopped[0]), int(stop_pos[0]))
+    assert results[DLLMStoppingCriteria] == (True, 2)  # upstream: the length position wins
+    assert results[PaddingSafeDLLMStoppingCriteria] == (True, eos_at)
+
+
+def test_a_requests_logits_processor_acts_on_its_own_block_rows():
+    """Request 1 bans a token through a custom logits processor: its L rows lose the token, no other row
+    does (upstream applied it to row 1, a position of request 0)."""
+    # the logits processor's own step for custom processors (its __call__ first waits on a CUDA stream)
+    from lmdeploy.pytorch.engine.logits_process import _apply_custom_logits_processors
+    from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    block, num_seqs, vocab = 4, 3, 30
+    banned = int(torch.randint(0, vocab, (1, ), generator=gen))
+
+    def ban(ids, logits):
+        logits = logits.clone()
+        logits[banned] = float('-inf')
+        return logits
+
+    seqs = _sampling_seqs(num_seqs, gen)
+    for i, s in enumerate(seqs):
+        p = s.sampling_param
+        p.repetition_penalty, p.repetition_ngram_size, p.min_new_tokens, p.temperature = 1.0, 0, 0, 1.0
+        p.logits_processors = [ban] if i == 1 else None
+    for strategy, rows in ((DLLMSamplingStrategy, {1}), (FixedDLLMSamplingStrategy, set(range(block, 2 * block)))):
+        inputs = strategy(0, block).make_sampling_inputs(seqs)
+        logits = torch.randn(num_seqs * block, vocab, generator=gen)
+        assert inputs.all_ids is not None and inputs.all_ids.size(0) == num_seqs * block
+        scores = _apply_custom_logits_processors(inputs.logits_processors, inputs.all_ids, logits.clone())
+        assert set(torch.isinf(scores[:, banned]).nonzero().flatten().tolist()) == rows, strategy.__name__

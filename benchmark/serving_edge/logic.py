@@ -3,18 +3,21 @@
 Every expected output is derived from one *trajectory* per prompt: the engine's greedy output with
 no stop token and ``max_new_tokens = N`` (case ``baseline``). In a block-diffusion engine neither
 ``max_new_tokens`` nor a stop token changes how a block is decoded: the whole block is decoded,
-then the output is cut. So the output of any request is the trajectory cut by upstream's DLLM
-stop rule (``lmdeploy.pytorch.strategies.dllm``: ``DLLMStoppingCriteria`` +
-``SchedulerSequenceDLLM.set_stop_pos``), as long as the cut falls inside the known trajectory:
+then the output is cut. So the output of any request is the trajectory cut by the plugin's DLLM
+stop rule (upstream's ``DLLMStoppingCriteria`` + ``SchedulerSequenceDLLM.set_stop_pos`` with the
+fixes in ``lmdeploy_focus/strategies/dllm/upstream_fixes.py``; the engine builds them for every arm,
+stock included), as long as the cut falls inside the known trajectory:
 
-* a block's tokens are checked once the whole block is unmasked;
+* a block's tokens are checked once the whole block is unmasked, from the prompt's end on (prompt
+  tokens in the same block are not);
 * the length budget starts at ``max_new_tokens + prompt_len % L`` and drops by ``L`` per finished
-  block; when it reaches <= 0 the output ends at position ``L - 1 + budget`` of that block, and
-  this *wins over* a stop token earlier in the same block;
-* otherwise the first stop token of the block ends the output, the stop token included (the engine
-  instance's token ids; ``AsyncEngine`` / ``pipeline`` strip it from the text later);
-* stop tokens inside the prompt's last block (the first output block when the prompt length is not
-  a multiple of ``L``) are not checked: upstream's ``output_start_pos`` is the padded prompt length.
+  block; when it reaches <= 0 the output ends at position ``L - 1 + budget`` of that block, unless
+  a stop token comes earlier in it;
+* the first stop token ends the output, the stop token included (the engine instance's token ids;
+  ``AsyncEngine`` / ``pipeline`` strip it from the text later).
+
+(Upstream 0.18 alone differs in two places: it skips the whole block that holds the prompt's end,
+and lets the length cut win over an earlier stop token of the same block.)
 
 Positions: output position ``i`` of a prompt of length ``P`` is absolute position ``P + i``; its
 block index counts from the first block that holds output (0) and its in-block index is
@@ -43,26 +46,25 @@ def is_mid_block(prompt_len: int, out_pos: int, block_length: int, margin: int =
 
 def expected_output(trajectory: list, prompt_len: int, block_length: int, max_new_tokens: int,
                     stop_ids=()) -> list | None:
-    """The output upstream's DLLM stop rule gives for ``trajectory`` (see the module doc), or None
+    """The output the plugin's DLLM stop rule gives for ``trajectory`` (see the module doc), or None
     when it depends on tokens past the end of the trajectory."""
     if max_new_tokens < 1:
         raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
     L, P = block_length, prompt_len
     stop_ids = frozenset(stop_ids or ())
     known_end = P + len(trajectory)  # absolute end of the known tokens
-    output_start = -(-P // L) * L  # padded prompt length: stop tokens before it are not checked
     budget = max_new_tokens + P % L
     block_start = (P // L) * L
     while True:
         budget -= L
-        if budget <= 0:
-            end = block_start + L + budget  # absolute end of the output (exclusive)
-            return list(trajectory[:end - P]) if end <= known_end else None
-        for pos in range(max(output_start, block_start), block_start + L):
+        end = block_start + L + min(budget, 0)  # absolute end of the output in this block (exclusive)
+        for pos in range(max(P, block_start), end):
             if pos >= known_end:
                 return None  # an unknown token could be a stop token
             if trajectory[pos - P] in stop_ids:
                 return list(trajectory[:pos + 1 - P])
+        if budget <= 0:
+            return list(trajectory[:end - P])
         block_start += L
 
 

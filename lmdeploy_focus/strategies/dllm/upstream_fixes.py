@@ -1,4 +1,5 @@
-"""Three LMDeploy 0.18 DLLM defects that disturb other requests of a batch, fixed by subclassing.
+"""LMDeploy 0.18 DLLM defects that disturb other requests of a batch or cut outputs wrongly, fixed by
+subclassing.
 
 The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in stock decoding too:
 
@@ -16,11 +17,21 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    top-k/p, min-p, repetition penalty, seeds, offsets, ``min_new_tokens`` counters, n-gram settings)
    position-major (``p * B + b``): in a batch whose requests differ, a greedy request is sampled at
    some positions with a neighbour's temperature and top-k. :class:`FixedDLLMSamplingStrategy`
-   reorders them request-major (found by reading the code; ``tests/test_upstream_fixes.py``).
+   reorders them request-major (found by reading the code; ``tests/test_upstream_fixes.py``), and
+   repeats each request's custom ``logits_processors`` over its rows (upstream left the list one
+   entry per request, so request b's processors edited row b, a position of request b // L).
    It also gives each block position its own random seed: upstream's sampler draws one uniform per
    row from (seed, offset), and all rows of a request shared both, so every position of a block drew
    the same number at each step (inverse-CDF sampling then picks the same quantile everywhere: a step
    samples the whole block from the head, or the whole block from the tail).
+
+4. Where an output ends. Upstream's ``output_start_pos`` is the *padded* prompt length, so a stop
+   word decoded in the block that holds the end of the prompt was not checked (an EOS right after a
+   prompt whose length is not a multiple of L was ignored and text after it returned); and when the
+   length limit falls in the same block as an earlier stop word, the length position won (tokens
+   after the stop word returned). The criteria here start checking at the prompt's end and end the
+   output at the earlier of the two positions. (Found by a review of upstream's code;
+   ``tests/test_upstream_fixes.py`` reproduces both.)
 
 Removed by: the matching upstream fixes (distinct stop-word padding; a mask made outside inference
 mode or updated out of place; ``repeat_interleave`` for the 1-D sampling vectors and a per-position
@@ -33,6 +44,7 @@ from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
 
 # never a token id, and distinct from the -1 upstream writes into ignored positions
 _NO_TOKEN = -2
+_NO_LIMIT = 2**62  # a remaining-token count no request reaches
 
 
 class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
@@ -59,9 +71,16 @@ class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
             # upstream updates the counter in place; after a prefill chunk it is an inference tensor
             criteria = type(self)(num_appendable_ids=self.num_appendable_ids.clone(),
                                   output_start_pos=self.output_start_pos)
-        stopped, stop_pos, new = super(PaddingSafeDLLMStoppingCriteria, criteria).step(token_ids, stop_words,
-                                                                                      inputs=inputs,
-                                                                                      extra_inputs=extra_inputs)
+        upstream_step = super(PaddingSafeDLLMStoppingCriteria, criteria).step
+        stopped, stop_pos, new = upstream_step(token_ids, stop_words, inputs=inputs, extra_inputs=extra_inputs)
+        if stop_words is not None:
+            # upstream lets the length limit's position win over an earlier stop word of the same block:
+            # the stop words' own position, from upstream's check with no length limit, ends it earlier
+            unlimited = type(self)(num_appendable_ids=torch.full_like(self.num_appendable_ids, _NO_LIMIT),
+                                   output_start_pos=self.output_start_pos)
+            word_stopped, word_pos, _ = super(PaddingSafeDLLMStoppingCriteria, unlimited).step(
+                token_ids, stop_words, inputs=inputs, extra_inputs=extra_inputs)
+            stop_pos = torch.where(word_stopped, torch.minimum(stop_pos, word_pos), stop_pos)
         return stopped, stop_pos, self.wrap(new)
 
 
@@ -69,7 +88,11 @@ class UpstreamFixesMixin:
     """Agent-strategy mixin (before upstream's ``DLLMModelAgentStrategy`` in the bases)."""
 
     def make_stopping_criteria(self, seqs):
-        return PaddingSafeDLLMStoppingCriteria.wrap(super().make_stopping_criteria(seqs))
+        criteria = super().make_stopping_criteria(seqs)
+        # output starts where this turn's prompt ends (upstream: the padded prompt length)
+        start = torch.tensor([seq.num_valid_ids - seq.num_new_tokens for seq in seqs],
+                             dtype=criteria.output_start_pos.dtype)
+        return PaddingSafeDLLMStoppingCriteria(num_appendable_ids=criteria.num_appendable_ids, output_start_pos=start)
 
     def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
         mask = extra_inputs.dllm_mask
@@ -104,6 +127,8 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             if vector is not None and vector.dim() == 1:
                 # upstream's [L, B] layout -> the rows' [B, L]
                 setattr(out, name, vector.view(block, batch).t().reshape(-1))
+        if out.logits_processors is not None and len(out.logits_processors) == batch:
+            out.logits_processors = [p for p in out.logits_processors for _ in range(block)]
         if out.random_seeds is not None:
             position = torch.arange(block, dtype=out.random_seeds.dtype).repeat(batch)
             out.random_seeds = (out.random_seeds + position * POSITION_SEED_STRIDE) & 0xffffffff
