@@ -300,3 +300,20 @@ def test_a_requests_logits_processor_acts_on_its_own_block_rows():
         assert inputs.all_ids is not None and inputs.all_ids.size(0) == num_seqs * block
         scores = _apply_custom_logits_processors(inputs.logits_processors, inputs.all_ids, logits.clone())
         assert set(torch.isinf(scores[:, banned]).nonzero().flatten().tolist()) == rows, strategy.__name__
+
+
+def test_response_format_is_dropped_instead_of_failing_the_batch(caplog):
+    from lmdeploy.pytorch.engine.guided_process import GuidedDecodingManager
+    from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    seqs = _sampling_seqs(2, gen)
+    seqs[1].sampling_param.response_format = {'type': 'json_object'}
+    lookup = SimpleNamespace(get_processor=lambda session_id, seq_id, fmt: ('matcher', session_id))
+    upstream = DLLMSamplingStrategy(0, L).make_sampling_inputs(seqs)
+    with pytest.raises(IndexError):  # upstream: per-row formats, per-request sessions
+        GuidedDecodingManager.get_processors(lookup, upstream.session_ctx, upstream.response_formats)
+    with caplog.at_level('WARNING'):
+        ours = FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs)
+    assert ours.response_formats == (None, ) * (2 * L)
+    assert GuidedDecodingManager.get_processors(lookup, ours.session_ctx, ours.response_formats) == {}
+    assert 'response_format is not supported' in caplog.text and '[1]' in caplog.text

@@ -20,6 +20,10 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    reorders them request-major (found by reading the code; ``tests/test_upstream_fixes.py``), and
    repeats each request's custom ``logits_processors`` over its rows (upstream left the list one
    entry per request, so request b's processors edited row b, a position of request b // L).
+   ``response_format`` (guided decoding) is dropped with a warning: upstream repeats the formats per
+   row but not the per-request session list the grammar matchers are looked up with (IndexError in
+   the logits processor, the engine loop's step fails for the whole batch, or another session's
+   matcher), and a grammar matcher advances token by token, which parallel unmasking does not do.
    It also gives each block position its own random seed: upstream's sampler draws one uniform per
    row from (seed, offset), and all rows of a request shared both, so every position of a block drew
    the same number at each step (inverse-CDF sampling then picks the same quantile everywhere: a step
@@ -41,6 +45,8 @@ import torch
 
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy, DLLMStoppingCriteria
 from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+
+from ...log import logger
 
 # never a token id, and distinct from the -1 upstream writes into ignored positions
 _NO_TOKEN = -2
@@ -127,6 +133,12 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             if vector is not None and vector.dim() == 1:
                 # upstream's [L, B] layout -> the rows' [B, L]
                 setattr(out, name, vector.view(block, batch).t().reshape(-1))
+        if any(f is not None for f in out.response_formats):
+            sessions = sorted({ctx['session_id'] for ctx, seq in zip(out.session_ctx, seqs)
+                               if seq.sampling_param.response_format is not None})
+            logger.warning(f'response_format is not supported with diffusion decoding (grammar matchers follow '
+                           f'one token at a time); ignored for sessions {sessions}.')
+            out.response_formats = (None, ) * len(out.response_formats)
         if out.logits_processors is not None and len(out.logits_processors) == batch:
             out.logits_processors = [p for p in out.logits_processors for _ in range(block)]
         if out.random_seeds is not None:
