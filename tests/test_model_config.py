@@ -106,11 +106,14 @@ def test_track_alone_builds_the_tracking_agent(sdar_dir):
 
 
 @pytest.mark.parametrize('options', [{}, {'track': True}, {'enable_delayed_cache': True}, {'enable_focus': True}])
-def test_every_arm_samples_with_request_ordered_parameters(sdar_dir, options):
-    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMSamplingStrategy
+def test_every_arm_gets_the_fixed_sampling_and_sequence_strategies(sdar_dir, options):
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMSamplingStrategy, FixedDLLMSequenceStrategy
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-g'), hf_overrides={OPTIONS_KEY: options})
-    sampling = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=16)).build_sampling_strategy()
+    factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=16))
+    sampling = factory.build_sampling_strategy()
     assert isinstance(sampling, FixedDLLMSamplingStrategy) and sampling.dllm_block_length == 16
+    sequence = factory.build_sequence_strategy()
+    assert isinstance(sequence, FixedDLLMSequenceStrategy) and sequence.block_size == 16
 
 
 def test_sdar_config_without_remote_code_gets_rope_parameters(tmp_path):

@@ -16,9 +16,7 @@ from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig
 from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta, UpdateTokenMode
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs
-from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
-
-from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMModelAgentStrategy
+from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMModelAgentStrategy, FixedDLLMSequenceStrategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmark')
@@ -35,9 +33,9 @@ MASK_ID = 99
 
 
 def engine_output(prompt: list, trajectory: list, L: int, max_new_tokens: int, stop_ids: list) -> list:
-    """The generated ids upstream's ``SchedulerSequenceDLLM`` + the plugin's stopping criteria return when
+    """The generated ids the plugin's DLLM sequence + stopping criteria return when
     every block is decoded in one step to ``trajectory``'s tokens, then committed (the engine's order)."""
-    strategy = DLLMSequenceStrategy(L, MASK_ID)
+    strategy = FixedDLLMSequenceStrategy(L, MASK_ID)
     session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
     seq = strategy.make_sequence(seq_id=0, session=session, sampling_param=SamplingParam(max_new_tokens=max_new_tokens))
     seq.update_token_ids(torch.tensor(prompt), mode=UpdateTokenMode.INPUTS)

@@ -317,3 +317,36 @@ def test_response_format_is_dropped_instead_of_failing_the_batch(caplog):
     assert ours.response_formats == (None, ) * (2 * L)
     assert GuidedDecodingManager.get_processors(lookup, ours.session_ctx, ours.response_formats) == {}
     assert 'response_format is not supported' in caplog.text and '[1]' in caplog.text
+
+
+# ---- a session's next turn after an abort -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('fixed', [False, True])
+def test_next_turn_after_an_abort_at_a_commit_feeds_the_new_prompt(fixed):
+    import numpy as np
+    from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta, UpdateTokenMode
+    from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMSequenceStrategy
+    U, C, M = consts.DLLM_UNMASKED, consts.DLLM_CACHED, consts.DLLM_MASKED
+    strategy = (FixedDLLMSequenceStrategy if fixed else DLLMSequenceStrategy)(L, 99)
+    session = SchedulerSession(0, SequenceMeta(block_size=64, strategy=strategy), lifecycle=None)
+    seq = strategy.make_sequence(1, session, SamplingParam(max_new_tokens=64))
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    prompt, first, second = (torch.randint(10, 90, (n, ), generator=gen).numpy() for n in (2 * L, L, 3))
+    seq.update_token_ids(prompt)
+    seq.update_token_ids(prompt[-L:], dllm_mask=np.full(L, C, np.uint8), mode=UpdateTokenMode.PREFILL)
+    seq.update_token_ids(first, dllm_mask=np.full(L, U, np.uint8), mode=UpdateTokenMode.DECODE)
+    seq.update_token_ids(first, dllm_mask=np.full(L, C, np.uint8), mode=UpdateTokenMode.DECODE)  # commit
+    half = np.array([7] + [99] * (L - 1))  # a token decoded out of order, then the abort
+    seq.update_token_ids(half, dllm_mask=np.array([U] + [M] * (L - 1), np.uint8), mode=UpdateTokenMode.DECODE)
+    seq.update_token_ids(second)  # the session's next turn
+    fed = seq.token_ids.tolist()
+    expected = second.tolist() + [99] * (L - len(second))
+    assert (fed == expected) == fixed, fed
+    if fixed:
+        assert seq.num_history_ids == 3 * L and seq.num_valid_ids == 3 * L + len(second)
+        assert seq.history_cache[:3 * L].tolist() == prompt.tolist() + first.tolist()
+        from lmdeploy.pytorch.strategies.dllm.sequence import SchedulerSequenceDLLM
+        from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedSchedulerSequenceDLLM
+        assert type(seq) is FixedSchedulerSequenceDLLM and isinstance(seq, SchedulerSequenceDLLM)

@@ -19,9 +19,11 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    factory is the only way the engine and the model agent obtain strategies.
    How: module attribute swap; ``build_strategy_factory`` imports the name at call time, so both
    call sites (engine and model agent) get the subclass.
-   With every FOCUS option off the factory still builds our agent and sampling strategies: upstream's
-   plus the fixes in :mod:`lmdeploy_focus.strategies.dllm.upstream_fixes` (stop-word padding, chunked
-   prefill, per-request sampling parameters in request-major row order).
+   With every FOCUS option off the factory still builds our agent, sampling and sequence strategies:
+   upstream's plus the fixes in :mod:`lmdeploy_focus.strategies.dllm.upstream_fixes` (stop-word
+   padding, chunked prefill, per-request sampling parameters and logits processors in request-major
+   row order, per-position random streams, response_format dropped, where outputs end, next turn
+   after an abort).
    Removed by: a paradigm/strategy-factory registry upstream.
 
 3. ``AutoModelConfigBuilder._sub_classes``: our SDAR builder is placed before upstream's, our LLaDA2

@@ -82,7 +82,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
 
     def build_sequence_strategy(self):
         if self.run_stats is None:
-            return super().build_sequence_strategy()
+            from .upstream_fixes import FixedDLLMSequenceStrategy
+            return FixedDLLMSequenceStrategy(block_size=self.dllm_block_length,
+                                             dllm_mask_token=self.model_config.dllm_mask_token)
         from .request_stats import TrackingDLLMSequenceStrategy
         return TrackingDLLMSequenceStrategy(block_size=self.dllm_block_length,
                                             dllm_mask_token=self.model_config.dllm_mask_token)

@@ -19,11 +19,11 @@ import torch
 from lmdeploy.messages import RequestMetrics
 from lmdeploy.pytorch.messages import MessageStatus
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraOutputs
-from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
 
 from ...stats import derived_metrics
 from ...log import logger
 from .run_stats import KEYS
+from .upstream_fixes import FixedDLLMSequenceStrategy
 
 # attribute of upstream's SchedulerSequence that holds the request's running totals
 SEQUENCE_ATTR = 'dllm_request_stats'
@@ -82,7 +82,7 @@ class StepStatsOutputs:
         return TrackedDLLMExtraOutputs(**{f.name: getattr(out, f.name) for f in fields(out)}, dllm_stats=rows)
 
 
-class TrackingDLLMSequenceStrategy(DLLMSequenceStrategy):
+class TrackingDLLMSequenceStrategy(FixedDLLMSequenceStrategy):
     """Upstream's DLLM sequence update, then each running sequence's share of the step's counts."""
 
     def update_running(self, running, batched_outputs, model_inputs, delta, **kwargs) -> None:

@@ -37,6 +37,12 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    output at the earlier of the two positions. (Found by a review of upstream's code;
    ``tests/test_upstream_fixes.py`` reproduces both.)
 
+5. A session's next turn after an abort. When a request is aborted while its current block holds no
+   decoded token past the history (right after a commit, or with only masks decoded out of order),
+   upstream keeps that half-decoded block in the sequence's token cache and appends the next turn's
+   prompt after it: the next prefill forwards the stale block instead of the new prompt.
+   :class:`FixedSchedulerSequenceDLLM` drops what follows the history first (found by the review).
+
 Removed by: the matching upstream fixes (distinct stop-word padding; a mask made outside inference
 mode or updated out of place; ``repeat_interleave`` for the 1-D sampling vectors and a per-position
 random stream).
@@ -45,6 +51,7 @@ import torch
 
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy, DLLMStoppingCriteria
 from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy, SchedulerSequenceDLLM
 
 from ...log import logger
 
@@ -145,3 +152,24 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             position = torch.arange(block, dtype=out.random_seeds.dtype).repeat(batch)
             out.random_seeds = (out.random_seeds + position * POSITION_SEED_STRIDE) & 0xffffffff
         return out
+
+
+class FixedSchedulerSequenceDLLM(SchedulerSequenceDLLM):
+    """Upstream's DLLM sequence; a new turn's input never lands behind a stale half-decoded block."""
+
+    def _update_token_ids_inputs(self, token_ids, dllm_mask):
+        if self.num_valid_ids == self.num_history_ids and len(self.history_cache) > self.num_history_ids:
+            # upstream trims the cache only when decoded tokens remain past the history
+            self.history_cache.resize(self.num_history_ids)
+            self.history_dllm_mask.resize(self.num_history_ids)
+        super()._update_token_ids_inputs(token_ids, dllm_mask)
+
+
+class FixedDLLMSequenceStrategy(DLLMSequenceStrategy):
+    """Upstream's DLLM sequence strategy building :class:`FixedSchedulerSequenceDLLM`."""
+
+    def make_sequence(self, *args, **kwargs):
+        seq = super().make_sequence(*args, **kwargs)
+        # same dataclass, no new fields: re-classing keeps upstream's construction (not copied here)
+        seq.__class__ = FixedSchedulerSequenceDLLM
+        return seq
