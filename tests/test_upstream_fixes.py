@@ -350,3 +350,17 @@ def test_next_turn_after_an_abort_at_a_commit_feeds_the_new_prompt(fixed):
         from lmdeploy.pytorch.strategies.dllm.sequence import SchedulerSequenceDLLM
         from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedSchedulerSequenceDLLM
         assert type(seq) is FixedSchedulerSequenceDLLM and isinstance(seq, SchedulerSequenceDLLM)
+
+
+def test_logprobs_are_not_computed_for_diffusion_decoding(caplog):
+    from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    seqs = _sampling_seqs(3, gen)
+    for s in seqs:
+        s.sampling_param.num_logprobs = -1
+    assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == -1
+    seqs[2].sampling_param.num_logprobs = 5
+    assert DLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == 5  # upstream computes them
+    with caplog.at_level('WARNING'):
+        assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == -1
+    assert 'logprobs are not supported' in caplog.text and '[2]' in caplog.text

@@ -24,6 +24,8 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    row but not the per-request session list the grammar matchers are looked up with (IndexError in
    the logits processor, the engine loop's step fails for the whole batch, or another session's
    matcher), and a grammar matcher advances token by token, which parallel unmasking does not do.
+   Logprobs are dropped the same way: upstream takes them from the step's sampled ids before the
+   unmasker puts the kept tokens back, so ids and values did not match the returned tokens.
    It also gives each block position its own random seed: upstream's sampler draws one uniform per
    row from (seed, offset), and all rows of a request shared both, so every position of a block drew
    the same number at each step (inverse-CDF sampling then picks the same quantile everywhere: a step
@@ -146,6 +148,12 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             logger.warning(f'response_format is not supported with diffusion decoding (grammar matchers follow '
                            f'one token at a time); ignored for sessions {sessions}.')
             out.response_formats = (None, ) * len(out.response_formats)
+        if out.max_num_logprobs >= 0:
+            sessions = sorted({ctx['session_id'] for ctx, seq in zip(out.session_ctx, seqs)
+                               if seq.sampling_param.num_logprobs >= 0})
+            logger.warning(f'logprobs are not supported with diffusion decoding yet (upstream reports them for '
+                           f'the sampled, not the returned tokens); none returned for sessions {sessions}.')
+            out.max_num_logprobs = -1
         if out.logits_processors is not None and len(out.logits_processors) == batch:
             out.logits_processors = [p for p in out.logits_processors for _ in range(block)]
         if out.random_seeds is not None:
