@@ -226,3 +226,26 @@ def test_ngram_filter_without_a_stop_word_leaves_the_row_and_disturbs_nobody():
     expected = upstream(scores[keep].clone(), stop_words[keep], generated[keep], None, threshold[keep], 2, 1024)
     torch.testing.assert_close(wrapped(scores[keep].clone(), stop_words[keep], generated[keep], None, threshold[keep],
                                        2, 1024), expected)
+
+
+# upstream_fixes.py (subclasses, no patch): the upstream shapes the fixes rely on -------------------------
+
+def test_sampling_fix_covers_every_per_request_vector_upstream_repeats():
+    import ast
+
+    from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import PER_REQUEST_VECTORS
+    tree = ast.parse(inspect.getsource(DLLMSamplingStrategy.make_sampling_inputs).strip().replace('\n    ', '\n'))
+    names = next(ast.literal_eval(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                 and getattr(node.targets[0], 'id', None) == 'update_attr_names')
+    tables = {'bad_words', 'bad_mask', 'stop_words', 'stop_mask', 'all_ids'}  # 2-D: repeated request-major
+    assert set(names) - tables == set(PER_REQUEST_VECTORS)
+    assert 'logits_processors' not in names  # left one entry per request (the fix repeats it per row)
+    assert 'attr[None].repeat(*repeats).flatten(0, 1)' in inspect.getsource(DLLMSamplingStrategy.make_sampling_inputs)
+
+
+def test_sequence_fix_complements_upstreams_cache_trim():
+    from lmdeploy.pytorch.strategies.dllm.sequence import SchedulerSequenceDLLM
+    source = inspect.getsource(SchedulerSequenceDLLM._update_token_ids_inputs)
+    assert 'if num_remain_valid != 0:' in source and 'self.history_cache.resize(self.num_history_ids)' in source
+    assert 'self.output_start_pos = self._num_valid_ids + len(token_ids)' in source  # the padded start we replace

@@ -24,13 +24,13 @@ import torch
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta, UpdateTokenMode
-from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs, DLLMModelAgentStrategy
-from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
+from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs
 from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 from test_cpu_harness import dense_sdar, rms_norm, rope  # the independent fp64 dense forward and its ops
 
-from lmdeploy_focus.reference.dllm_decode import COMMIT_EXACT, COMMIT_FAST, _StopRule, reference_generate
+from lmdeploy_focus.reference.dllm_decode import COMMIT_EXACT, COMMIT_FAST, StopRule, reference_generate
 from lmdeploy_focus.reference.sdar_model import PagedStep, SDARReference
+from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMModelAgentStrategy, FixedDLLMSequenceStrategy
 from lmdeploy_focus.testing.paged_kv_cache import PagedKVCache
 from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar, random_sdar_weights, tiny_sdar_hf_config
 
@@ -404,13 +404,14 @@ def test_fast_and_exact_commit(gen, record_property):
 # ---- (e) stopping like upstream ------------------------------------------------------------------
 
 
-def upstream_generated_ids(prompt, result, L, mask_token_id, max_new_tokens, stop_token_ids):
-    """Replay the recorded unmasker outputs through upstream's sequence + stopping criteria."""
-    strategy = DLLMSequenceStrategy(L, mask_token_id)
+def engine_generated_ids(prompt, result, L, mask_token_id, max_new_tokens, stop_token_ids):
+    """Replay the recorded unmasker outputs through the engine's DLLM sequence + stopping criteria
+    (upstream's with the plugin's fixes)."""
+    strategy = FixedDLLMSequenceStrategy(L, mask_token_id)
     session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
     seq = strategy.make_sequence(seq_id=0, session=session, sampling_param=SamplingParam(max_new_tokens=max_new_tokens))
     seq.update_token_ids(torch.tensor(prompt), mode=UpdateTokenMode.INPUTS)
-    criteria = DLLMModelAgentStrategy(DLLMConfig(block_length=L), mask_token_id).make_stopping_criteria([seq])
+    criteria = FixedDLLMModelAgentStrategy(DLLMConfig(block_length=L), mask_token_id).make_stopping_criteria([seq])
     stop_words = torch.tensor(stop_token_ids)[None].repeat(L, 1) if stop_token_ids else None
     for i, step in enumerate(result.steps):
         inputs = SimpleNamespace(history_lengths=torch.tensor([step.history_length]), seq_length=torch.tensor([L]))
@@ -421,13 +422,13 @@ def upstream_generated_ids(prompt, result, L, mask_token_id, max_new_tokens, sto
                              mode=mode)
         if bool(stopped[0]):
             seq.set_stop_pos(int(stop_pos[0]))
-            assert i == len(result.steps) - 1, 'reference kept going after upstream stopped'
+            assert i == len(result.steps) - 1, 'reference kept going after the engine stopped'
             return seq.generated_ids.tolist()
-    raise AssertionError('upstream did not stop where the reference did')
+    raise AssertionError('the engine did not stop where the reference did')
 
 
 @pytest.mark.parametrize('delayed_cache', [False, True])
-def test_stopping_matches_upstream(gen, delayed_cache):
+def test_stopping_matches_the_engine(gen, delayed_cache):
     tiny, L = fresh_model(), 4
     prompts = random_prompts(gen, L, tiny.mask_token_id)
     free = generate(tiny, prompts, L, delayed_cache=delayed_cache, max_new_tokens=4 * L)
@@ -435,34 +436,29 @@ def test_stopping_matches_upstream(gen, delayed_cache):
     # max_new_tokens ending mid-block: the block completes, then is cut
     limits = [int(torch.randint(1, 4 * L, (), generator=gen)) for _ in prompts]
     limited = generate(tiny, prompts, L, delayed_cache=delayed_cache, max_new_tokens=limits)
-    # a stop token the free run produced in a checked block (not the prompt's last block)
-    stop_ids = []
-    for prompt, result in zip(prompts, free):
-        first_checked = (-len(prompt)) % L
-        stop_ids.append(result.token_ids[int(torch.randint(first_checked, len(result.token_ids), (),
-                                                           generator=gen))])
-    # a larger budget than the free run's, so the length cut (which wins inside its block) never interferes
+    # a stop token the free run produced (any output position is checked, the prompt's last block too)
+    stop_ids = [result.token_ids[int(torch.randint(0, len(result.token_ids), (), generator=gen))] for result in free]
+    # a larger budget than the free run's, so the length cut never interferes
     stopped = generate(tiny, prompts, L, delayed_cache=delayed_cache, max_new_tokens=5 * L, stop_token_ids=stop_ids)
 
     for b, prompt in enumerate(prompts):
         msg = f'seq {b} {where(tiny, gen)}'
         base = free[b].token_ids
         assert limited[b].token_ids == base[:limits[b]], msg
-        first_checked = (-len(prompt)) % L  # upstream skips stop tokens inside the prompt's last block
-        hits = [i for i, t in enumerate(base) if t in stop_ids and i >= first_checked]
+        hits = [i for i, t in enumerate(base) if t in stop_ids]
         assert stopped[b].token_ids == base[:hits[0] + 1], msg
         last = stopped[b].steps[-1]
         assert (last.next_mask == UNMASKED).all(), f'{msg}: a stopped sequence runs no commit step'
         for result, limit, stop in ((free[b], 4 * L, None), (limited[b], limits[b], None),
                                     (stopped[b], 5 * L, stop_ids)):
-            expected = upstream_generated_ids(prompt, result, L, tiny.mask_token_id, limit, stop)
+            expected = engine_generated_ids(prompt, result, L, tiny.mask_token_id, limit, stop)
             assert result.token_ids == expected, msg
 
 
-def test_stop_rule_matches_upstream_on_synthetic_blocks():
-    """The loop's stop rule against upstream's sequence + criteria on many random block histories
-    over a tiny vocabulary (stop tokens everywhere: prompt-block skip, several per block, length cut
-    winning over an earlier stop token)."""
+def test_stop_rule_matches_the_engine_on_synthetic_blocks():
+    """The loop's stop rule against the engine's sequence + criteria on many random block histories
+    over a tiny vocabulary (stop tokens everywhere: in the prompt's last block, several per block,
+    before and after the length cut of their block)."""
     rng = torch.Generator().manual_seed(secrets.randbits(31))
     L, mask_id = 4, 99
 
@@ -474,7 +470,7 @@ def test_stop_rule_matches_upstream_on_synthetic_blocks():
         stop_ids = sorted(set(rand(6, (int(rand(3)), )).tolist()))
         max_new = int(rand(4 * L)) + 1
         padded = prompt + [mask_id] * ((-len(prompt)) % L)
-        rule = _StopRule(L, len(prompt), max_new + len(prompt) % L, len(padded), frozenset(stop_ids))
+        rule = StopRule(L, len(prompt), max_new + len(prompt) % L, len(prompt), frozenset(stop_ids))
         block_start, block = len(padded) - L, torch.tensor(padded[-L:])
         mask = torch.where(block == mask_id, MASKED, UNMASKED)
         tokens, steps = padded[:-L], []
@@ -498,5 +494,5 @@ def test_stop_rule_matches_upstream_on_synthetic_blocks():
                 tokens += block.tolist()
                 block_start, block, mask = block_start + L, torch.full((L, ), mask_id), torch.full((L, ), MASKED)
         generated = (tokens + block.tolist())[len(prompt):rule.valid_end]
-        expected = upstream_generated_ids(prompt, SimpleNamespace(steps=steps), L, mask_id, max_new, stop_ids)
+        expected = engine_generated_ids(prompt, SimpleNamespace(steps=steps), L, mask_id, max_new, stop_ids)
         assert generated == expected, (trial, prompt, stop_ids, max_new)

@@ -1,5 +1,5 @@
 """CPU tests of the serving edge-case check's logic (``benchmark/serving_edge``): expected outputs
-against upstream's DLLM sequence + the plugin's stopping criteria (the engine's), the mid-block length / stop-token
+against the plugin's DLLM sequence + stopping criteria (the engine's), the mid-block length / stop-token
 choices, the comparison, the staggered schedule, the summary table, the prompt sets (with the
 committed tiny model's tokenizer) and the driver's engine configs (prefix caching + fast commit
 refused with the message the check looks for)."""
@@ -385,7 +385,7 @@ def test_driver_configs(driver):
 class FakeEngine:
     """Streams like the PyTorch engine's instance API with upstream's DLLM output rules: a fixed greedy
     trajectory per prompt, output in whole blocks (one chunk per finished block, a few event-loop
-    steps per block), cut by upstream's stop rule, CANCEL on ``async_cancel``; with prefix caching,
+    steps per block), cut by the engine's stop rule, CANCEL on ``async_cancel``; with prefix caching,
     ``req_metrics.cached_tokens`` counts whole 64-token pages shared with an earlier prompt.
     ``fault``: 'disturb_after_cancel' (requests running when another one is cancelled change later blocks),
     'ignore_stop_tokens' (only EOS ids stop, not a request's extra stop token), 'prefix_cache_corrupts',

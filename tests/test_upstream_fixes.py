@@ -1,5 +1,6 @@
-"""Fixes of three LMDeploy 0.18 DLLM defects that disturb other requests (strategies/dllm/upstream_fixes.py):
-each test shows upstream's behaviour going wrong on the same input, then ours."""
+"""Fixes of LMDeploy 0.18 DLLM defects that disturb other requests or cut outputs wrongly
+(strategies/dllm/upstream_fixes.py): each test shows upstream's behaviour going wrong on the same input,
+then ours."""
 from types import SimpleNamespace
 
 import pytest
@@ -364,3 +365,11 @@ def test_logprobs_are_not_computed_for_diffusion_decoding(caplog):
     with caplog.at_level('WARNING'):
         assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == -1
     assert 'logprobs are not supported' in caplog.text and '[2]' in caplog.text
+    caplog.clear()
+    with caplog.at_level('WARNING'):  # the next step of the same request: no new warning
+        assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == -1
+    assert 'logprobs' not in caplog.text
+    seqs[2].resp = object()  # the session's next request
+    with caplog.at_level('WARNING'):
+        FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs)
+    assert 'logprobs are not supported' in caplog.text

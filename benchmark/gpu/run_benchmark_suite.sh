@@ -10,7 +10,8 @@
 #        'dynamic' = every b32 arm with dynamic unmasking (threshold 0.9, out 128, bs 64/256), then b64 delayed cache.
 #        'rows'   = the static-rows experiment (LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1: layers 0-1 run all
 #                   B*L rows, no processed-row sync; FOCUS keeps its kept-row sync), b32 static 4 tok/step,
-#                   bs 32/64/128/256: stock, FOCUS importance and leftmost with static rows, then without.
+#                   bs 32/64/128/256: stock, FOCUS importance and leftmost with static rows, then FOCUS
+#                   importance without (leftmost without is in phase b32).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs eager, with --dllm-track and the same confidence threshold (0.9). Each step starts only

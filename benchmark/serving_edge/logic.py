@@ -25,6 +25,8 @@ block index counts from the first block that holds output (0) and its in-block i
 """
 from dataclasses import dataclass
 
+from lmdeploy_focus.reference.dllm_decode import StopRule
+
 # ---- positions -----------------------------------------------------------------------------------
 
 
@@ -51,20 +53,19 @@ def expected_output(trajectory: list, prompt_len: int, block_length: int, max_ne
     if max_new_tokens < 1:
         raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
     L, P = block_length, prompt_len
-    stop_ids = frozenset(stop_ids or ())
     known_end = P + len(trajectory)  # absolute end of the known tokens
-    budget = max_new_tokens + P % L
+    rule = StopRule(L, P, max_new_tokens + P % L, P, frozenset(stop_ids or ()))
     block_start = (P // L) * L
     while True:
-        budget -= L
-        end = block_start + L + min(budget, 0)  # absolute end of the output in this block (exclusive)
-        for pos in range(max(P, block_start), end):
-            if pos >= known_end:
-                return None  # an unknown token could be a stop token
-            if trajectory[pos - P] in stop_ids:
-                return list(trajectory[:pos + 1 - P])
-        if budget <= 0:
-            return list(trajectory[:end - P])
+        # the prompt's ids are never checked and unknown ids never match: both None
+        ids = [trajectory[pos - P] if P <= pos < known_end else None for pos in range(block_start, block_start + L)]
+        stopped = rule.after_step(block_start, ids, block_unmasked=True)
+        unknown = known_end if known_end < block_start + L else None  # first unknown position of the block
+        if stopped:
+            # an unknown token before the end could have been a stop token (or the end is unknown)
+            return None if unknown is not None and unknown < rule.valid_end else list(trajectory[:rule.valid_end - P])
+        if unknown is not None:
+            return None
         block_start += L
 
 

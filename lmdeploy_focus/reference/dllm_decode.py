@@ -19,7 +19,7 @@ mid-block and commit steps at once):
   history and a fresh all-mask block starts with a warm-up step.
 * sampling is greedy (``argmax``, the engine with ``top_k=1``) and unmasking is upstream's
   ``UnmaskingProcessor``; stopping and trimming follow upstream's ``DLLMStoppingCriteria`` and
-  ``SchedulerSequenceDLLM`` (see :class:`_StopRule`).
+  ``SchedulerSequenceDLLM`` (see :class:`StopRule`).
 
 Readability over speed: the step math is vectorised over the batch with the ``B*L``-layout
 helpers of ``strategies.dllm``; steps, layers and the host bookkeeping loop in Python.
@@ -83,16 +83,16 @@ class GenerationResult:
 
 
 @dataclass
-class _StopRule:
-    """Upstream's DLLM stopping for one sequence, on host ints.
+class StopRule:
+    """The engine's DLLM stopping for one sequence, on host ints (upstream's criteria with the plugin's
+    fixes, ``strategies/dllm/upstream_fixes.py``).
 
     A block's tokens count once the whole block is UNMASKED (checked on the unmasker's output).
     ``max_new_tokens``: the budget starts at ``max_new_tokens + prompt_len % L`` (the prompt's last
     block is only partly generated); when it drops to <= 0 the block is cut after position
-    ``L - 1 + budget``. Stop tokens: the first one in the block ends generation after it, unless the
-    length limit already stopped it (then the length cut wins, as upstream). Upstream's
-    ``output_start_pos`` is the *padded* prompt length, so stop tokens generated inside the
-    prompt's last block are not checked (they still count as generated tokens).
+    ``L - 1 + budget``. Stop tokens are checked from ``output_start`` (the prompt's end) on: the first
+    one before the cut ends generation after it. Ids the caller does not know may be ``None`` (never
+    a stop token). Shared with the serving check's expected outputs (``benchmark/serving_edge``).
     """
     block_length: int
     prompt_length: int
@@ -111,14 +111,15 @@ class _StopRule:
         L = self.block_length
         self.budget -= L
         self.valid_end = block_start + L
-        if self.budget <= 0:
-            stop_pos = L - 1 + self.budget
-        else:
-            first_checked = max(0, self.output_start - block_start)
-            hits = [p for p in range(first_checked, L) if next_token_ids[p] in self.stop_token_ids]
-            if not hits:
-                return False
+        end = L + min(self.budget, 0)  # block positions before the length cut
+        first_checked = max(0, self.output_start - block_start)
+        hits = [p for p in range(first_checked, end) if next_token_ids[p] in self.stop_token_ids]
+        if hits:
             stop_pos = hits[0]
+        elif self.budget <= 0:
+            stop_pos = end - 1
+        else:
+            return False
         self.valid_end = block_start + stop_pos + 1
         return True
 
@@ -133,7 +134,7 @@ class _Batch:
     cache_state: DelayedCacheState
     focus_state: focus_state.FocusState
     committed: list[list[int]]  # committed token ids per sequence (padded prompt + finished blocks)
-    stops: list[_StopRule]
+    stops: list[StopRule]
     num_steps: list[int]
     processed_per_step: list[list[int]]
     kept_per_step: list[list[int]]
@@ -368,8 +369,7 @@ def reference_generate(model: SDARReference,
                    cache_state=DelayedCacheState.fresh(B, L),
                    focus_state=focus_state.FocusState.fresh(B),
                    committed=[p[:-L] for p in padded],
-                   stops=[_StopRule(L, len(p), m + len(p) % L, len(q), stop_ids) for p, q, m in
-                          zip(prompts, padded, max_new)],
+                   stops=[StopRule(L, len(p), m + len(p) % L, len(p), stop_ids) for p, m in zip(prompts, max_new)],
                    num_steps=[0] * B,
                    processed_per_step=[[] for _ in range(B)],
                    kept_per_step=[[] for _ in range(B)],

@@ -9,8 +9,8 @@ from ...log import logger
 class FocusDLLMStrategyFactory(DLLMStrategyFactory):
     """Reads the FOCUS options from ``hf_config`` and builds the matching strategies.
 
-    With every option off it builds upstream's strategies, the agent and sampling strategies with
-    fixes of upstream defects that disturb other requests (:mod:`.upstream_fixes`). With delayed cache on, the
+    With every option off it builds upstream's strategies, the agent, sampling and sequence strategies
+    with fixes of upstream defects (:mod:`.upstream_fixes`). With delayed cache on, the
     step inputs, the agent strategy and the model share one :class:`DelayedCacheRuntime`.
     """
 

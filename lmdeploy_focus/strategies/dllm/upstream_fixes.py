@@ -46,8 +46,10 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    :class:`FixedSchedulerSequenceDLLM` drops what follows the history first (found by the review).
 
 Removed by: the matching upstream fixes (distinct stop-word padding; a mask made outside inference
-mode or updated out of place; ``repeat_interleave`` for the 1-D sampling vectors and a per-position
-random stream).
+mode or updated out of place; ``repeat_interleave`` for the 1-D sampling vectors and the logits
+processors, a per-position random stream, guided decoding and logprobs that know about blocks;
+``output_start_pos`` at the prompt's end and the earlier of the two stop positions; the cache
+trimmed whenever a new turn starts).
 """
 import torch
 
@@ -143,23 +145,35 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
                 # upstream's [L, B] layout -> the rows' [B, L]
                 setattr(out, name, vector.view(block, batch).t().reshape(-1))
         if any(f is not None for f in out.response_formats):
-            sessions = sorted({ctx['session_id'] for ctx, seq in zip(out.session_ctx, seqs)
-                               if seq.sampling_param.response_format is not None})
-            logger.warning(f'response_format is not supported with diffusion decoding (grammar matchers follow '
-                           f'one token at a time); ignored for sessions {sessions}.')
+            _warn_once(seqs, lambda p: p.response_format is not None, 'response_format is not supported with '
+                       'diffusion decoding (grammar matchers follow one token at a time); ignored')
             out.response_formats = (None, ) * len(out.response_formats)
         if out.max_num_logprobs >= 0:
-            sessions = sorted({ctx['session_id'] for ctx, seq in zip(out.session_ctx, seqs)
-                               if seq.sampling_param.num_logprobs >= 0})
-            logger.warning(f'logprobs are not supported with diffusion decoding yet (upstream reports them for '
-                           f'the sampled, not the returned tokens); none returned for sessions {sessions}.')
+            _warn_once(seqs, lambda p: p.num_logprobs >= 0, 'logprobs are not supported with diffusion decoding '
+                       'yet (upstream reports them for the sampled, not the returned tokens); none returned')
             out.max_num_logprobs = -1
         if out.logits_processors is not None and len(out.logits_processors) == batch:
+            # each row of the request's block gets the request's processors (called once per row per step)
             out.logits_processors = [p for p in out.logits_processors for _ in range(block)]
         if out.random_seeds is not None:
             position = torch.arange(block, dtype=out.random_seeds.dtype).repeat(batch)
             out.random_seeds = (out.random_seeds + position * POSITION_SEED_STRIDE) & 0xffffffff
         return out
+
+
+def _warn_once(seqs, unsupported, message: str) -> None:
+    """One warning per request (sampling inputs are rebuilt every step), naming the sessions."""
+    marker = object()
+    new = [seq for seq in seqs
+           if unsupported(seq.sampling_param) and getattr(seq, _WARNED, marker) is not getattr(seq, 'resp', None)]
+    for seq in new:
+        # the request's response object (set by the engine): a session's next request warns again
+        setattr(seq, _WARNED, getattr(seq, 'resp', None))
+    if new:
+        logger.warning(f'{message} for sessions {sorted({seq.session.session_id for seq in new})}.')
+
+
+_WARNED = 'lmdeploy_focus_warned_request'
 
 
 class FixedSchedulerSequenceDLLM(SchedulerSequenceDLLM):
