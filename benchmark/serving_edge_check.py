@@ -39,7 +39,6 @@ near-ties: differences are then expected and need the equivalence check's classi
 """
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
@@ -55,9 +54,10 @@ DEFAULT_TASKS = os.path.join(HERE, 'data', 'tiny_tasks_heldout.jsonl')
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-load_benchmark_packages('serving_edge')
+load_benchmark_packages('serving_edge', 'throughput', 'quality')
 from serving_edge import logic, prompts as prompt_sets  # noqa: E402
 from serving_edge.logic import ERROR, PASS, SKIPPED  # noqa: E402
+from quality.engine_backend import release_device_memory  # noqa: E402  (same between engines)
 
 ARMS = {
     'stock': {},
@@ -135,16 +135,6 @@ def make_config(args, kwargs: dict):
     if args.dtype != 'auto':
         config.dtype = args.dtype  # after construction: upstream's check allows auto / float16 / bfloat16 only
     return config
-
-
-def release_device_memory():
-    gc.collect()
-    try:
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def environment() -> dict:

@@ -18,19 +18,16 @@ import secrets
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
-from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta, UpdateTokenMode
-from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs
 from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 from test_cpu_harness import dense_sdar, rms_norm, rope  # the independent fp64 dense forward and its ops
 
 from lmdeploy_focus.reference.dllm_decode import COMMIT_EXACT, COMMIT_FAST, StopRule, reference_generate
 from lmdeploy_focus.reference.sdar_model import PagedStep, SDARReference
-from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMModelAgentStrategy, FixedDLLMSequenceStrategy
+from lmdeploy_focus.testing.stop_replay import replay_stop
 from lmdeploy_focus.testing.paged_kv_cache import PagedKVCache
 from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar, random_sdar_weights, tiny_sdar_hf_config
 
@@ -405,26 +402,12 @@ def test_fast_and_exact_commit(gen, record_property):
 
 
 def engine_generated_ids(prompt, result, L, mask_token_id, max_new_tokens, stop_token_ids):
-    """Replay the recorded unmasker outputs through the engine's DLLM sequence + stopping criteria
-    (upstream's with the plugin's fixes)."""
-    strategy = FixedDLLMSequenceStrategy(L, mask_token_id)
-    session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
-    seq = strategy.make_sequence(seq_id=0, session=session, sampling_param=SamplingParam(max_new_tokens=max_new_tokens))
-    seq.update_token_ids(torch.tensor(prompt), mode=UpdateTokenMode.INPUTS)
-    criteria = FixedDLLMModelAgentStrategy(DLLMConfig(block_length=L), mask_token_id).make_stopping_criteria([seq])
-    stop_words = torch.tensor(stop_token_ids)[None].repeat(L, 1) if stop_token_ids else None
-    for i, step in enumerate(result.steps):
-        inputs = SimpleNamespace(history_lengths=torch.tensor([step.history_length]), seq_length=torch.tensor([L]))
-        stopped, stop_pos, criteria = criteria.step(step.next_token_ids.clone(), stop_words, inputs=inputs,
-                                                    extra_inputs=DLLMExtraInputs(dllm_mask=step.next_mask.clone()))
-        mode = UpdateTokenMode.PREFILL if step.kind == 'prefill' else UpdateTokenMode.DECODE
-        seq.update_token_ids(step.next_token_ids.clone(), dllm_mask=step.next_mask.numpy().astype(np.uint8),
-                             mode=mode)
-        if bool(stopped[0]):
-            seq.set_stop_pos(int(stop_pos[0]))
-            assert i == len(result.steps) - 1, 'reference kept going after the engine stopped'
-            return seq.generated_ids.tolist()
-    raise AssertionError('the engine did not stop where the reference did')
+    """The engine's output for the recorded unmasker outputs; it must stop at the reference's last step."""
+    stop = replay_stop(prompt, result.steps, L, mask_token_id, max_new_tokens, stop_token_ids)
+    assert stop is not None, 'the engine did not stop where the reference did'
+    generated, index = stop
+    assert index == len(result.steps) - 1, 'reference kept going after the engine stopped'
+    return generated
 
 
 @pytest.mark.parametrize('delayed_cache', [False, True])

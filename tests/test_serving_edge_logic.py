@@ -9,14 +9,11 @@ import random
 import sys
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from lmdeploy.pytorch import consts
-from lmdeploy.pytorch.config import DLLMConfig
-from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta, UpdateTokenMode
-from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs
-from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMModelAgentStrategy, FixedDLLMSequenceStrategy
+
+from lmdeploy_focus.testing.stop_replay import replay_stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmark')
@@ -33,40 +30,26 @@ MASK_ID = 99
 
 
 def engine_output(prompt: list, trajectory: list, L: int, max_new_tokens: int, stop_ids: list) -> list:
-    """The generated ids the plugin's DLLM sequence + stopping criteria return when
-    every block is decoded in one step to ``trajectory``'s tokens, then committed (the engine's order)."""
-    strategy = FixedDLLMSequenceStrategy(L, MASK_ID)
-    session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
-    seq = strategy.make_sequence(seq_id=0, session=session, sampling_param=SamplingParam(max_new_tokens=max_new_tokens))
-    seq.update_token_ids(torch.tensor(prompt), mode=UpdateTokenMode.INPUTS)
-    criteria = FixedDLLMModelAgentStrategy(DLLMConfig(block_length=L), MASK_ID).make_stopping_criteria([seq])
-    stop_words = torch.tensor(stop_ids)[None].repeat(L, 1) if stop_ids else None
+    """The generated ids the engine's DLLM sequence + stopping criteria return when every block is decoded
+    in one step to ``trajectory``'s tokens, then committed (the engine's order)."""
     full = list(prompt) + list(trajectory)
-    block_start = (len(prompt) // L) * L
-    mode = UpdateTokenMode.PREFILL
+    block_start, steps = (len(prompt) // L) * L, []
     if len(prompt) % L == 0:  # a whole prompt block: the prefill step commits it, output starts in a new block
-        ids, mask = torch.tensor(prompt[-L:]), torch.full((L, ), CACHED, dtype=torch.long)
-        inputs = SimpleNamespace(history_lengths=torch.tensor([len(prompt) - L]), seq_length=torch.tensor([L]))
-        stopped, _, criteria = criteria.step(ids.clone(), stop_words, inputs=inputs,
-                                             extra_inputs=DLLMExtraInputs(dllm_mask=mask.clone()))
-        assert not bool(stopped[0])
-        seq.update_token_ids(ids.clone(), dllm_mask=mask.numpy().astype(np.uint8), mode=mode)
-        mode = UpdateTokenMode.DECODE
-    while True:
-        assert block_start + L <= len(full), 'trajectory too short for the replay'
+        steps.append(SimpleNamespace(history_length=len(prompt) - L, next_token_ids=torch.tensor(prompt[-L:]),
+                                     next_mask=torch.full((L, ), CACHED, dtype=torch.long)))
+    while block_start + L <= len(full):
         ids = torch.tensor(full[block_start:block_start + L])
-        inputs = SimpleNamespace(history_lengths=torch.tensor([block_start]), seq_length=torch.tensor([L]))
         for mask_value in (UNMASKED, CACHED):  # the decode step that finishes the block, then its commit step
-            mask = torch.full((L, ), mask_value, dtype=torch.long)
-            stopped, stop_pos, criteria = criteria.step(ids.clone(), stop_words, inputs=inputs,
-                                                        extra_inputs=DLLMExtraInputs(dllm_mask=mask.clone()))
-            seq.update_token_ids(ids.clone(), dllm_mask=mask.numpy().astype(np.uint8), mode=mode)
-            mode = UpdateTokenMode.DECODE
-            if bool(stopped[0]):
-                assert mask_value == UNMASKED, 'stopped on a commit step'
-                seq.set_stop_pos(int(stop_pos[0]))
-                return seq.generated_ids.tolist()
+            steps.append(SimpleNamespace(history_length=block_start, next_token_ids=ids,
+                                         next_mask=torch.full((L, ), mask_value, dtype=torch.long)))
         block_start += L
+    for i, step in enumerate(steps):
+        step.kind = 'prefill' if i == 0 else 'decode'
+    stop = replay_stop(prompt, steps, L, MASK_ID, max_new_tokens, stop_ids)
+    assert stop is not None, 'trajectory too short for the replay'
+    generated, index = stop
+    assert (steps[index].next_mask == UNMASKED).all(), 'stopped on a commit step'
+    return generated
 
 
 # ---- expected outputs --------------------------------------------------------------------------------

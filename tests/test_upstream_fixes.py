@@ -226,19 +226,21 @@ def test_mixed_batch_temperatures_reach_their_own_rows_in_the_logits_processor()
 # ---- where an output ends ---------------------------------------------------------------------------------
 
 
-def _first_block_step(agent_cls, prompt_len: int, block: list, stop_word: int):
-    """A fresh request of ``prompt_len`` tokens whose first block (prompt tail + output) decodes to ``block``."""
+def _first_block_step(fixed: bool, prompt_len: int, block: list, stop_word: int):
+    """A fresh request of ``prompt_len`` tokens whose first block (prompt tail + output) decodes to ``block``;
+    upstream's sequence + criteria, or the plugin's."""
     import numpy as np
     from lmdeploy.pytorch.messages import SchedulerSession, SequenceMeta
     from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy
     from lmdeploy.messages import GenerationConfig
     from lmdeploy.pytorch.messages import SamplingParam
-    strategy = DLLMSequenceStrategy(L, 99)
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMSequenceStrategy
+    strategy = (FixedDLLMSequenceStrategy if fixed else DLLMSequenceStrategy)(L, 99)
     session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
     param = SamplingParam.from_gen_config(GenerationConfig(max_new_tokens=64, stop_token_ids=[stop_word]))
     seq = strategy.make_sequence(seq_id=0, session=session, sampling_param=param)
     seq.update_token_ids(np.arange(10, 10 + prompt_len))
-    criteria = _agent(agent_cls).make_stopping_criteria([seq])
+    criteria = _agent(FixedDLLMModelAgentStrategy if fixed else DLLMModelAgentStrategy).make_stopping_criteria([seq])
     start = (prompt_len // L) * L
     inputs = SimpleNamespace(history_lengths=torch.tensor([start]), seq_length=torch.tensor([L]))
     extra = SimpleNamespace(dllm_mask=torch.full((L, ), consts.DLLM_UNMASKED, dtype=torch.uint8))
@@ -250,11 +252,11 @@ def _first_block_step(agent_cls, prompt_len: int, block: list, stop_word: int):
 def test_a_stop_word_right_after_the_prompt_ends_the_output():
     # prompt of 6 tokens, L 4: the block holding the prompt's end is [p4, p5, out0, out1]
     block = [14, 15, 21, 7]  # EOS (7) as the second output token
-    assert _first_block_step(DLLMModelAgentStrategy, 6, block, 7) == (False, 0)  # upstream: not checked
-    assert _first_block_step(FixedDLLMModelAgentStrategy, 6, block, 7) == (True, 3)
+    assert _first_block_step(False, 6, block, 7) == (False, 0)  # upstream: not checked
+    assert _first_block_step(True, 6, block, 7) == (True, 3)
     # the prompt's own tokens in that block are still not checked
-    assert _first_block_step(FixedDLLMModelAgentStrategy, 6, [7, 15, 21, 22], 7)[0] is False
-    assert _first_block_step(FixedDLLMModelAgentStrategy, 6, [14, 7, 21, 22], 7)[0] is False
+    assert _first_block_step(True, 6, [7, 15, 21, 22], 7)[0] is False
+    assert _first_block_step(True, 6, [14, 7, 21, 22], 7)[0] is False
 
 
 @pytest.mark.parametrize('eos_at', [0, 1, 2])

@@ -35,8 +35,8 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    word decoded in the block that holds the end of the prompt was not checked (an EOS right after a
    prompt whose length is not a multiple of L was ignored and text after it returned); and when the
    length limit falls in the same block as an earlier stop word, the length position won (tokens
-   after the stop word returned). The criteria here start checking at the prompt's end and end the
-   output at the earlier of the two positions. (Found by a review of upstream's code;
+   after the stop word returned). :class:`FixedSchedulerSequenceDLLM` starts the output at the
+   prompt's end; the criteria here end it at the earlier of the two positions. (Found by a review of upstream's code;
    ``tests/test_upstream_fixes.py`` reproduces both.)
 
 5. A session's next turn after an abort. When a request is aborted while its current block holds no
@@ -105,11 +105,7 @@ class UpstreamFixesMixin:
     """Agent-strategy mixin (before upstream's ``DLLMModelAgentStrategy`` in the bases)."""
 
     def make_stopping_criteria(self, seqs):
-        criteria = super().make_stopping_criteria(seqs)
-        # output starts where this turn's prompt ends (upstream: the padded prompt length)
-        start = torch.tensor([seq.num_valid_ids - seq.num_new_tokens for seq in seqs],
-                             dtype=criteria.output_start_pos.dtype)
-        return PaddingSafeDLLMStoppingCriteria(num_appendable_ids=criteria.num_appendable_ids, output_start_pos=start)
+        return PaddingSafeDLLMStoppingCriteria.wrap(super().make_stopping_criteria(seqs))
 
     def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
         mask = extra_inputs.dllm_mask
@@ -177,7 +173,8 @@ _WARNED = 'lmdeploy_focus_warned_request'
 
 
 class FixedSchedulerSequenceDLLM(SchedulerSequenceDLLM):
-    """Upstream's DLLM sequence; a new turn's input never lands behind a stale half-decoded block."""
+    """Upstream's DLLM sequence; a new turn's input never lands behind a stale half-decoded block, and
+    its output starts where its prompt ends."""
 
     def _update_token_ids_inputs(self, token_ids, dllm_mask):
         if self.num_valid_ids == self.num_history_ids and len(self.history_cache) > self.num_history_ids:
@@ -185,6 +182,7 @@ class FixedSchedulerSequenceDLLM(SchedulerSequenceDLLM):
             self.history_cache.resize(self.num_history_ids)
             self.history_dllm_mask.resize(self.num_history_ids)
         super()._update_token_ids_inputs(token_ids, dllm_mask)
+        self.output_start_pos = self.num_valid_ids  # upstream: the padded prompt length
 
 
 class FixedDLLMSequenceStrategy(DLLMSequenceStrategy):
