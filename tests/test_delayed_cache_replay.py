@@ -1,4 +1,4 @@
-"""The delayed-cache engine path (our SDAR model subclass on upstream modules, the runtime's
+"""The delayed-cache engine path (our SDAR / LLaDA2 model classes on upstream modules, the runtime's
 processing sets and state updates, the agent strategy's scatter) replayed step by step on the
 inputs of the plain-torch reference decode loop: same processed positions, same logits.
 
@@ -12,30 +12,31 @@ import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy_focus.reference.dllm_decode import reference_generate
-from lmdeploy_focus.reference.sdar_model import SDARReference
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
-from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+from lmdeploy_focus.testing.families import tiny_model_and_reference
 
 L = 8
 
 
-@pytest.mark.parametrize('commit_mode, strategy, static_rows', [('exact', 'low_confidence_static', False),
-                                                                ('fast', 'low_confidence_static', False),
-                                                                ('exact', 'sequential', False),
-                                                                ('fast', 'sequential', False),
-                                                                ('exact', 'low_confidence_static', True),
-                                                                ('fast', 'sequential', True)])
-def test_engine_path_replays_the_reference_loop(commit_mode, strategy, static_rows):
-    sdar = build_tiny_sdar(block_length=L,
-                           hf_overrides={'dllm_focus': {'enable_delayed_cache': True,
-                                                        'delayed_cache_commit': commit_mode}})
+@pytest.mark.parametrize('family, commit_mode, strategy, static_rows',
+                         [('sdar', 'exact', 'low_confidence_static', False),
+                          ('sdar', 'fast', 'low_confidence_static', False),
+                          ('sdar', 'exact', 'sequential', False),
+                          ('sdar', 'fast', 'sequential', False),
+                          ('sdar', 'exact', 'low_confidence_static', True),
+                          ('sdar', 'fast', 'sequential', True),
+                          ('llada2', 'exact', 'low_confidence_static', False),
+                          ('llada2', 'fast', 'sequential', True)])
+def test_engine_path_replays_the_reference_loop(family, commit_mode, strategy, static_rows):
+    sdar, reference = tiny_model_and_reference(family, L,
+                                               hf_overrides={'dllm_focus': {'enable_delayed_cache': True,
+                                                                            'delayed_cache_commit': commit_mode}})
     runtime = sdar.model.delayed_cache_runtime
     runtime.static_rows = static_rows  # every B*L row forwarded, padding rows computed and dropped
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2)
-    reference = SDARReference({k: v.double() for k, v in sdar.weights.items()}, sdar.hf_config)
     gen = torch.Generator().manual_seed(secrets.randbits(31))
     prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6)]  # not multiples of L
     results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,

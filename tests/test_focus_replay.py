@@ -1,4 +1,4 @@
-"""FOCUS through the engine path (our SDAR model subclass on upstream modules, the runtime, the
+"""FOCUS through the engine path (our SDAR / LLaDA2 model classes on upstream modules, the runtime, the
 eviction inside layer 1, the agent's scatter, guarded unmasking and state updates) replayed step by
 step against the plain-torch reference decode loop with FOCUS: same kept rows, same logits at the
 kept rows, same unmasking decisions, for both selection policies, shadow mode and commit modes.
@@ -14,30 +14,28 @@ import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy_focus.reference.dllm_decode import reference_generate
-from lmdeploy_focus.reference.sdar_model import SDARReference
 from lmdeploy_focus.strategies.dllm import focus_state
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
 from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
 from lmdeploy_focus.strategies.dllm.run_stats import KEYS
-from lmdeploy_focus.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
+from lmdeploy_focus.testing.families import tiny_model_and_reference
 
 L = 8
 
 
-def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, static_rows=False):
-    sdar = build_tiny_sdar(block_length=L, shape=TinySDARShape(num_layers=num_layers),
-                           hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True,
-                                                        'focus_alpha': alpha, 'focus_policy': policy,
-                                                        'focus_shadow': shadow, 'track': True,
-                                                        'delayed_cache_commit': commit_mode}})
+def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, static_rows=False, family='sdar'):
+    sdar, reference = tiny_model_and_reference(
+        family, L, num_layers=num_layers,
+        hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True, 'focus_alpha': alpha,
+                                     'focus_policy': policy, 'focus_shadow': shadow, 'track': True,
+                                     'delayed_cache_commit': commit_mode}})
     runtime = sdar.model.delayed_cache_runtime
     assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
     runtime.static_rows = static_rows  # layers 0-1 over all B*L rows (padding computed, never used)
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2, confidence_threshold=0.2)
-    reference = SDARReference({k: v.double() for k, v in sdar.weights.items()}, sdar.hf_config)
     gen = torch.Generator().manual_seed(secrets.randbits(31))
     prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6)]
     results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
@@ -96,15 +94,17 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, stat
     return runtime, results, evicted_steps
 
 
-@pytest.mark.parametrize('policy, commit_mode, static_rows', [('importance', 'exact', False),
-                                                              ('importance', 'fast', False),
-                                                              ('leftmost', 'exact', False),
-                                                              ('leftmost', 'fast', False),
-                                                              ('importance', 'exact', True),
-                                                              ('leftmost', 'fast', True)])
-def test_engine_path_replays_the_reference_focus_loop(policy, commit_mode, static_rows):
+@pytest.mark.parametrize('family, policy, commit_mode, static_rows', [('sdar', 'importance', 'exact', False),
+                                                                      ('sdar', 'importance', 'fast', False),
+                                                                      ('sdar', 'leftmost', 'exact', False),
+                                                                      ('sdar', 'leftmost', 'fast', False),
+                                                                      ('sdar', 'importance', 'exact', True),
+                                                                      ('sdar', 'leftmost', 'fast', True),
+                                                                      ('llada2', 'importance', 'exact', False),
+                                                                      ('llada2', 'leftmost', 'fast', True)])
+def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mode, static_rows):
     runtime, results, evicted_steps = _replay(policy, False, commit_mode, 'low_confidence_static',
-                                              static_rows=static_rows)
+                                              static_rows=static_rows, family=family)
     assert evicted_steps > 0, 'the replay never evicted anything: the test would not exercise FOCUS'
     stats = runtime.stats.read()
     processed = sum(sum(r.processed_per_step) for r in results)
@@ -123,11 +123,10 @@ def test_shadow_mode_keeps_every_row_and_records_the_selection():
 
 def test_alpha_at_block_length_matches_delayed_cache_alone():
     """Nothing is evicted when alpha >= L: FOCUS must reproduce delayed cache token for token."""
-    sdar = build_tiny_sdar(block_length=L, shape=TinySDARShape(num_layers=3))
+    sdar, reference = tiny_model_and_reference('sdar', L, num_layers=3)
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
                            denoising_steps=L, confidence_threshold=0.3)
-    reference = SDARReference({k: v.double() for k, v in sdar.weights.items()}, sdar.hf_config)
     gen = torch.Generator().manual_seed(secrets.randbits(31))
     prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (5, 9)]
     common = dict(max_new_tokens=3 * L, delayed_cache=True, commit_mode='exact')

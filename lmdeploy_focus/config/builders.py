@@ -33,6 +33,9 @@ class LLaDA2ModelConfigBuilder(AutoModelConfigBuilder):
     @classmethod
     def build(cls, hf_config, model_path: str = None, **kwargs):
         ensure_rope_parameters(hf_config)
+        if not hasattr(hf_config, 'bos_token_id'):
+            # LLaDA2 configs have no BOS and transformers 5 no longer defaults it; upstream reads it
+            hf_config.bos_token_id = None
         cfg = DefaultModelConfigBuilder.build(hf_config, model_path, **kwargs)
         cfg.model_paradigm = 'dllm'
         cfg.dllm_mask_token = mask_token_from_hf_config(hf_config, LLADA2_MASK_TOKEN)

@@ -4,6 +4,8 @@
 MODELS = {
     'SDARForCausalLM': 'lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM',
     'SDARMoeForCausalLM': 'lmdeploy_focus.models.sdar.DelayedCacheSDARMoeForCausalLM',
+    # not in upstream 0.18 at all: our model (upstream SDAR + DeepSeek MoE modules)
+    'LLaDA2MoeModelLM': 'lmdeploy_focus.models.llada2.DelayedCacheLLaDA2MoeModelLM',
 }
 
 

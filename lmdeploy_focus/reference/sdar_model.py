@@ -87,10 +87,12 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.
 class SDARReference:
     """SDAR forward from an HF-named weights dict; computes in the dtype of the weights."""
 
+    EMBEDDING = 'model.embed_tokens.weight'
+
     def __init__(self, weights: dict[str, torch.Tensor], hf_config):
         self.dims = SDARDims.from_hf_config(hf_config)
         self.weights = weights
-        self.dtype = weights['model.embed_tokens.weight'].dtype
+        self.dtype = weights[self.EMBEDDING].dtype
         self.scale = self.dims.head_dim**-0.5
 
     def _w(self, name: str) -> torch.Tensor:
@@ -103,7 +105,7 @@ class SDARReference:
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[n]`` token ids → residual stream ``[n, hidden]``."""
-        return self._w('model.embed_tokens.weight')[input_ids.long()]
+        return self._w(self.EMBEDDING)[input_ids.long()]
 
     def qkv(self, layer: int, hidden: torch.Tensor, positions: torch.Tensor):
         """Layer input (residual stream) → ``q [n, heads, dim]``, ``k, v [n, kv_heads, dim]``.

@@ -1,18 +1,22 @@
 """A CPU ops backend for running upstream LMDeploy model modules in tests without a GPU.
 
-Upstream's ``DefaultOpsBackend`` already has pure-torch linear, norm, rotary, activation and
-embedding ops; only paged attention (and its step metadata) is CUDA/Triton-only. This backend adds
-a pure-torch paged attention built on :mod:`lmdeploy_focus.reference.paged_attention`. It is
-selected through :mod:`lmdeploy_focus.patch.cpu_backend_selector` (tests only).
+Upstream's ``DefaultOpsBackend`` already has pure-torch linear, norm, rotary, activation, embedding
+and MoE-router ops. This backend adds what only CUDA has: paged attention (and its step metadata,
+built on :mod:`lmdeploy_focus.reference.paged_attention`), the fused MoE experts, and partial
+rotary embedding (cos/sin narrower than the head, as the CUDA kernel allows). It is selected
+through :mod:`lmdeploy_focus.patch.cpu_backend_selector` (tests only).
 """
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 from lmdeploy.messages import QuantPolicy
+from lmdeploy.pytorch.backends.apply_rotary_emb import ApplyRotaryEmbBuildSpec
 from lmdeploy.pytorch.backends.attention import AttentionImpl, AttentionMetadata, PagedAttentionBuildSpec
 from lmdeploy.pytorch.backends.base import BuildSpec, ImplT
+from lmdeploy.pytorch.backends.default.apply_rotary_emb import DefaultApplyRotaryEmbImpl
 from lmdeploy.pytorch.backends.default.op_backend import DefaultOpsBackend
+from lmdeploy.pytorch.backends.moe import FusedMoEBuildSpec, FusedMoEImpl
 
 from lmdeploy_focus.reference.paged_attention import CAUSAL, NON_CAUSAL, fill_kv_cache, paged_attention
 
@@ -101,6 +105,46 @@ class CpuPagedAttentionImpl(AttentionImpl[CpuAttentionMetadata]):
                                causal_block_size=causal_block_size)
 
 
+class CpuFusedMoEImpl(FusedMoEImpl):
+    """Routed experts, one expert at a time: ``sum_k w_k * down_e(silu(gate_e(x)) * up_e(x))``.
+
+    Weight layout as upstream's ``FusedMoE``: ``gate_up [E, 2F, H]`` (gate rows first), ``down [E, H, F]``.
+    """
+
+    def __init__(self, spec: FusedMoEBuildSpec):
+        if spec.ep_size != 1 or spec.renormalize:
+            raise NotImplementedError('CPU fused MoE supports ep_size 1 without renormalisation')
+
+    def forward(self, hidden_states, topk_weights, topk_ids, gate_up_weights, down_weights, gate_up_bias=None,
+                down_bias=None, expert_list=None, act_func=None):
+        if gate_up_bias is not None or down_bias is not None or expert_list is not None or act_func is not None:
+            raise NotImplementedError('CPU fused MoE has no expert biases, expert lists or custom activations')
+        out = torch.zeros_like(hidden_states)
+        for expert in topk_ids.unique().tolist():
+            rows, slot = (topk_ids == expert).nonzero(as_tuple=True)
+            x = hidden_states[rows]
+            gate, up = (x @ gate_up_weights[expert].T).chunk(2, dim=-1)
+            y = (torch.nn.functional.silu(gate) * up) @ down_weights[expert].T
+            out.index_add_(0, rows, y * topk_weights[rows, slot, None].to(y.dtype))
+        return out
+
+
+class CpuPartialRotaryImpl(DefaultApplyRotaryEmbImpl):
+    """Upstream's CPU rotary, plus what the CUDA kernel does when cos/sin cover only the first
+    ``rope_dim`` features of a head (partial rotary): rotate those, leave the rest untouched."""
+
+    def forward(self, query, key, cos, sin, inplace: bool = True, complex_mode: bool = False):
+        rope_dim = cos.size(-1)
+        if complex_mode or query.size(-1) == rope_dim:
+            return super().forward(query, key, cos, sin, inplace=inplace, complex_mode=complex_mode)
+        q_rot, k_rot = super().forward(query[..., :rope_dim], key[..., :rope_dim], cos, sin, inplace=False)
+        if not inplace:
+            query, key = query.clone(), key.clone()
+        query[..., :rope_dim] = q_rot
+        key[..., :rope_dim] = k_rot
+        return query, key
+
+
 def dllm_block_length(model_config) -> int:
     """Block length of a DLLM model config; the DLLM strategy factory writes it into
     ``model_config`` and upstream SDAR writes it into ``hf_config`` at build time."""
@@ -124,7 +168,7 @@ def step_causal_block_size(step_context) -> int | None:
 
 
 class CpuOpsBackend(DefaultOpsBackend):
-    """``DefaultOpsBackend`` plus pure-torch paged attention."""
+    """``DefaultOpsBackend`` plus pure-torch paged attention, fused MoE and partial rotary."""
 
     @staticmethod
     def get_name() -> str:
@@ -134,6 +178,10 @@ class CpuOpsBackend(DefaultOpsBackend):
     def build_op(cls, spec: BuildSpec[ImplT], *, enable_deterministic: bool = False) -> ImplT:
         if isinstance(spec, PagedAttentionBuildSpec):
             return cast(ImplT, CpuPagedAttentionImpl(spec))
+        if isinstance(spec, FusedMoEBuildSpec):
+            return cast(ImplT, CpuFusedMoEImpl(spec))
+        if isinstance(spec, ApplyRotaryEmbBuildSpec):
+            return cast(ImplT, CpuPartialRotaryImpl())
         return super().build_op(spec, enable_deterministic=enable_deterministic)
 
     @staticmethod

@@ -1,0 +1,153 @@
+"""LLaDA2.0 on the engine path (our model class on upstream's SDAR and DeepSeek-MoE modules, CPU
+harness, fp64) against the plain-torch reference, plus the routing rule and the checkpoint names.
+
+Delayed cache and FOCUS on LLaDA2 are replayed in test_delayed_cache_replay / test_focus_replay.
+"""
+import dataclasses
+import math
+import secrets
+
+import pytest
+import torch
+from lmdeploy.pytorch import consts
+from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+
+from lmdeploy_focus.models.llada2 import DelayedCacheLLaDA2MoeModelLM, LLaDA2MoeModelLM
+from lmdeploy_focus.reference.dllm_decode import reference_generate
+from lmdeploy_focus.reference.llada2_model import LLaDA2Reference, route
+from lmdeploy_focus.testing.llada2_cpu import (TinyLLaDA2Shape, build_tiny_llada2, random_llada2_weights,
+                                               tiny_llada2_hf_config)
+from lmdeploy_focus.testing.tiny_model import build_tiny_model
+
+CACHED = consts.DLLM_CACHED
+TOL = dict(atol=1e-5, rtol=1e-5)  # fp64 vs fp64, except attention and upstream's RoPE angles in fp32
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _route(scores, bias, **kw):
+    """Route one row whose sigmoid scores are ``scores`` (identity router: hidden = logits)."""
+    logits = torch.tensor([[_logit(s) for s in scores]], dtype=torch.float64)
+    eye = torch.eye(len(scores), dtype=torch.float64)
+    args = dict(top_k=2, n_group=4, topk_group=1, scoring='sigmoid', norm_topk_prob=True, scaling=2.5)
+    args.update(kw)
+    experts, weights = route(logits, eye, torch.tensor(bias, dtype=torch.float32), **args)
+    return sorted(experts[0].tolist()), weights[0]
+
+
+def test_router_ranks_groups_by_their_two_best_scores():
+    # group 0 has the single best expert (0.9) but group 1 the best pair (0.6 + 0.6 > 0.9 + 0.1)
+    scores = [0.9, 0.1, 0.6, 0.6, 0.2, 0.2, 0.3, 0.1]
+    experts, _ = _route(scores, [0.0] * 8)
+    assert experts == [2, 3]
+    # without grouping the two best experts overall win
+    experts, _ = _route(scores, [0.0] * 8, n_group=1, topk_group=1)
+    assert experts == [0, 2] or experts == [0, 3]
+
+
+def test_router_bias_chooses_experts_but_does_not_weight_them():
+    scores = [0.5, 0.4, 0.3, 0.2, 0.2, 0.1, 0.1, 0.1]
+    bias = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]  # lifts group 3 above group 0 for selection
+    experts, weights = _route(scores, bias)
+    assert experts == [6, 7]
+    # weights: the unbiased scores (0.1, 0.1) renormalised, times routed_scaling_factor
+    torch.testing.assert_close(weights.double(), torch.tensor([1.25, 1.25], dtype=torch.float64))
+    _, raw = _route(scores, bias, norm_topk_prob=False)
+    torch.testing.assert_close(raw.double(), torch.tensor([0.25, 0.25], dtype=torch.float64), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('use_qk_norm', [True, False])
+def test_engine_matches_the_reference_prefill_and_decode(use_qk_norm):
+    """Recorded greedy steps of the reference decode loop through the engine's module: same logits."""
+    L = 4
+    tiny = build_tiny_llada2(TinyLLaDA2Shape(use_qk_norm=use_qk_norm), block_length=L)
+    assert type(tiny.model) is DelayedCacheLLaDA2MoeModelLM  # registered in CUSTOM_MODULE_MAP
+    reference = LLaDA2Reference(tiny.weights_as(torch.float64), tiny.hf_config)
+    mask_id = tiny.model_config.dllm_mask_token
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 8, 6)]
+    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
+                           denoising_steps=L, confidence_threshold=0.3)
+    results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=2 * L + 1,
+                                 record_steps=True)
+    for b, (prompt, result) in enumerate(zip(prompts, results)):
+        runner = tiny.new_runner(page_size=8)
+        prefill = runner.prefill([prompt])[0]
+        steps = result.steps
+        if len(prompt) % L:  # a prompt ending mid-block: its prefill logits are the first step's
+            torch.testing.assert_close(prefill, steps[0].logits.float(), **TOL, msg=lambda m: f'seq {b}: {m}')
+        decode = [s for s in steps if s.kind == 'decode']
+        assert len(decode) >= L
+        for i, step in enumerate(decode):
+            assert runner.history_lengths == [step.history_length]
+            logits = runner.decode_step(step.input_ids[None])[0]
+            torch.testing.assert_close(logits, step.logits.float(), **TOL, msg=lambda m: f'seq {b} step {i}: {m}')
+            if (step.next_mask == CACHED).all():
+                runner.commit_blocks()
+
+
+def test_partial_rotary_leaves_the_upper_head_features_unrotated():
+    """Position changes must not touch q/k features past ``partial_rotary_factor * head_dim``."""
+    tiny = build_tiny_llada2(block_length=4)
+    attn = tiny.model.model.layers[0].self_attn
+    rotary = tiny.model.model.rotary_emb
+    q = torch.randn(2, 4, 16, dtype=torch.float64)
+    k = torch.randn(2, 2, 16, dtype=torch.float64)
+    outs = []
+    for pos in (torch.tensor([[0, 1]]), torch.tensor([[7, 30]])):
+        cos, sin = rotary(q, pos)
+        outs.append(attn.apply_rotary_pos_emb(q.clone(), k.clone(), cos[0], sin[0]))
+    (q0, k0), (q1, k1) = outs
+    assert torch.equal(q0[..., 8:], q1[..., 8:]) and torch.equal(k0[..., 8:], k1[..., 8:])
+    assert not torch.allclose(q0[..., :8], q1[..., :8])
+
+
+def test_checkpoint_names_load_completely():
+    """Every tensor our random-checkpoint writer emits for LLaDA2 (the published names) lands in a
+    parameter, and every parameter is loaded: NaN-filled parameters must all be overwritten."""
+    from lmdeploy_focus.tools.arch_specs import MoESpec, get_arch_spec
+    from lmdeploy_focus.tools.weight_layouts import tensor_specs
+    shape = TinyLLaDA2Shape()
+    spec = dataclasses.replace(get_arch_spec('llada2-mini'), hidden_size=shape.hidden_size, num_layers=3,
+                               num_heads=shape.num_heads, num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
+                               intermediate_size=shape.intermediate_size, vocab_size=shape.vocab_size,
+                               moe=MoESpec(num_experts=shape.num_experts, num_experts_per_tok=3, num_shared_experts=1,
+                                           moe_intermediate_size=shape.moe_intermediate_size, first_k_dense_replace=1,
+                                           n_group=4, topk_group=2, routed_scaling_factor=2.5))
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    written = {t.name: torch.randn(t.shape, generator=gen) for t in tensor_specs(spec)}
+
+    def checkpoint(hf_config, generator):
+        return written
+
+    tiny = build_tiny_model(tiny_llada2_hf_config(shape), checkpoint, block_length=4, dtype='float64')
+    model = tiny.model
+    with torch.inference_mode():  # the harness built the parameters in inference mode
+        for param in model.parameters():
+            param.fill_(float('nan'))
+        model.load_weights(iter(written.items()))
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        assert not torch.isnan(param).any(), f'{name} was not loaded'
+    qkv = written['model.layers.1.attention.query_key_value.weight'].double()
+    assert torch.equal(params['model.layers.1.self_attn.qkv_proj.weight'], qkv)
+    gate_up = params['model.layers.2.mlp.experts.gate_up.weight'][5]
+    assert torch.equal(gate_up, torch.cat([written[f'model.layers.2.mlp.experts.5.{p}_proj.weight']
+                                           for p in ('gate', 'up')]).double())
+    assert torch.equal(params['model.layers.2.mlp.gate.e_score_correction_bias'],
+                       written['model.layers.2.mlp.gate.expert_bias'].float())
+
+
+def test_unknown_checkpoint_tensor_is_an_error():
+    tiny = build_tiny_llada2(block_length=4)
+    with pytest.raises(KeyError, match='model.layers.0.attention.rotary_extra'):
+        tiny.model.load_weights(iter([('model.layers.0.attention.rotary_extra.weight', torch.zeros(3))]))
+
+
+def test_unsupported_variants_are_refused():
+    config = tiny_llada2_hf_config()
+    config.use_qkv_bias = True
+    with pytest.raises(NotImplementedError, match='use_qkv_bias'):
+        build_tiny_model(config, random_llada2_weights, block_length=4, model_cls=LLaDA2MoeModelLM)
