@@ -154,6 +154,44 @@ def test_sdar_family_module_layout_the_focus_forward_drives(module, prefix):
         assert name in model, name
 
 
+def test_llada2_is_registered_and_builds_what_upstream_sdar_init_builds():
+    """LLaDA2's layer / model / LM skip upstream SDAR's ``__init__`` (it would allocate a dense MLP
+    per layer) but inherit its ``forward``: they must set the same attributes and submodules, or an
+    upstream change that adds one the forward reads would break LLaDA2 silently."""
+    from lmdeploy.pytorch.models import module_map
+    from lmdeploy.pytorch.models.sdar import SDARForCausalLM
+
+    from lmdeploy_focus.models.llada2 import LLaDA2MoeModelLM
+    from lmdeploy_focus.testing.llada2_cpu import random_llada2_weights, tiny_llada2_hf_config
+    from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+    from lmdeploy_focus.testing.tiny_model import build_tiny_model
+    assert module_map.CUSTOM_MODULE_MAP['LLaDA2MoeModelLM'] == \
+        'lmdeploy_focus.models.llada2.DelayedCacheLLaDA2MoeModelLM'
+    sdar = build_tiny_sdar(model_cls=SDARForCausalLM).model
+    llada2 = build_tiny_model(tiny_llada2_hf_config(), random_llada2_weights, model_cls=LLaDA2MoeModelLM).model
+    pairs = [(sdar, llada2), (sdar.model, llada2.model), (sdar.model.layers[0], llada2.model.layers[0]),
+             (sdar.model.layers[0], llada2.model.layers[1])]
+    for upstream, ours in pairs:
+        assert set(vars(upstream)) == set(vars(ours)), type(ours).__name__
+        assert set(upstream._modules) == set(ours._modules), type(ours).__name__
+
+
+def test_deepseek_moe_routing_is_the_llada2_rule():
+    """LLaDA2's MoE runs through upstream's DeepseekV2MoE with ``noaux_tc`` routing: the router GEMM
+    (fp32 logits), the group-limited selection on biased scores and the unbiased, renormalised,
+    scaled weights all happen in the gate (checked numerically in test_llada2_model)."""
+    from lmdeploy.pytorch.backends.default.moe_router import DefaultRouterNoauxTCImpl
+    from lmdeploy.pytorch.models.deepseek_v2 import DeepseekV2MoE, MoEGate
+    gate = inspect.getsource(MoEGate)
+    for name in ("'noaux_tc'", 'self.e_score_correction_bias', 'NoauxTCRouter', '_get_moe_router_dtype(config)'):
+        assert name in gate, name
+    router = inspect.getsource(DefaultRouterNoauxTCImpl)
+    for name in ('topk(2, dim=-1)', 'scores.gather(1, topk_idx)', 'self.routed_scaling_factor'):
+        assert name in router, name
+    moe = inspect.getsource(DeepseekV2MoE.__init__)
+    assert 'renormalize=False' in moe and 'config.n_shared_experts' in moe
+
+
 # 7. per-request DLLM statistics -------------------------------------------------------------------
 
 def test_infer_outputs_builder_is_wrapped_and_builds_request_metrics_per_session():

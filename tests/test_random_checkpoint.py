@@ -184,3 +184,15 @@ def test_other_arch_configs(tmp_path):
     assert llada2.score_function == 'sigmoid' and llada2.routed_scaling_factor == 2.5
     assert llada2.partial_rotary_factor == 0.5 and llada2.rope_theta == 600000
     assert 'not this model' in (tmp_path / 'README.md').read_text()
+
+
+def test_llada2_config_goes_through_lmdeploy(tmp_path, monkeypatch):
+    """The engine's config path on a LLaDA2.0-mini checkpoint's metadata (remote-code config, no BOS id)."""
+    import lmdeploy.pytorch.config as lmdeploy_config
+    monkeypatch.setattr(lmdeploy_config, 'is_bf16_supported', lambda *args, **kwargs: True)
+    write_metadata_files(get_arch_spec('llada2-mini'), tmp_path)
+    model_config = lmdeploy_config.ModelConfig.from_pretrained(str(tmp_path), trust_remote_code=True)
+    assert model_config.model_paradigm == 'dllm'
+    assert (model_config.dllm_mask_token, model_config.dllm_block_length) == (156895, 32)
+    assert (model_config.head_dim, model_config.num_layers, model_config.num_key_value_heads) == (128, 20, 4)
+    assert model_config.bos_token_id is None and model_config.hf_config.partial_rotary_factor == 0.5

@@ -49,12 +49,16 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    Removed by: upstream flags.
 
 6. ``lmdeploy.pytorch.models.module_map.CUSTOM_MODULE_MAP`` gains ``SDARForCausalLM`` ->
-   :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM` and ``SDARMoeForCausalLM`` ->
-   ``DelayedCacheSDARMoeForCausalLM`` (:mod:`.module_map`).
-   Why: the delayed-cache decode step forwards ragged rows and attends through our kernels.
+   :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM`, ``SDARMoeForCausalLM`` ->
+   ``DelayedCacheSDARMoeForCausalLM``, and ``LLaDA2MoeModelLM`` (which upstream lacks) ->
+   :class:`lmdeploy_focus.models.llada2.DelayedCacheLLaDA2MoeModelLM` (:mod:`.module_map`).
+   Why: the delayed-cache decode step forwards ragged rows and attends through our kernels; LLaDA2
+   needs a model class at all.
    How: registry mutation; upstream applies ``CUSTOM_MODULE_MAP`` after ``MODULE_MAP``. With delayed
-   cache off the subclass is upstream's model unchanged.
-   Removed by: a working ``PytorchEngineConfig.custom_module_map`` (dead in 0.18) or upstream delayed cache.
+   cache off the SDAR subclasses are upstream's models unchanged; LLaDA2 is built from upstream's
+   SDAR and DeepSeek-MoE modules (contract test: it sets what SDAR's ``__init__`` sets).
+   Removed by: a working ``PytorchEngineConfig.custom_module_map`` (dead in 0.18) or upstream delayed
+   cache (and an upstream LLaDA2 model).
 
 7. ``lmdeploy.pytorch.engine.engine_loop.EngineLoop._make_infer_outputs`` is wrapped
    (:mod:`.request_metrics`).
