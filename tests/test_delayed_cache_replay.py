@@ -1,4 +1,4 @@
-"""The delayed-cache engine path (our SDAR / LLaDA2 model classes on upstream modules, the runtime's
+"""The delayed-cache engine path (our SDAR / SDAR-MoE / LLaDA2 model classes on upstream modules, the runtime's
 processing sets and state updates, the agent strategy's scatter) replayed step by step on the
 inputs of the plain-torch reference decode loop: same processed positions, same logits.
 
@@ -27,7 +27,8 @@ L = 8
                           ('sdar', 'exact', 'low_confidence_static', True),
                           ('sdar', 'fast', 'sequential', True),
                           ('llada2', 'exact', 'low_confidence_static', False),
-                          ('llada2', 'fast', 'sequential', True)])
+                          ('llada2', 'fast', 'sequential', True),
+                          ('sdar_moe', 'exact', 'low_confidence_static', False)])
 def test_engine_path_replays_the_reference_loop(family, commit_mode, strategy, static_rows):
     sdar, reference = tiny_model_and_reference(family, L,
                                                hf_overrides={'dllm_focus': {'enable_delayed_cache': True,

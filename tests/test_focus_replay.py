@@ -1,4 +1,4 @@
-"""FOCUS through the engine path (our SDAR / LLaDA2 model classes on upstream modules, the runtime, the
+"""FOCUS through the engine path (our SDAR / SDAR-MoE / LLaDA2 model classes on upstream modules, the runtime, the
 eviction inside layer 1, the agent's scatter, guarded unmasking and state updates) replayed step by
 step against the plain-torch reference decode loop with FOCUS: same kept rows, same logits at the
 kept rows, same unmasking decisions, for both selection policies, shadow mode and commit modes.
@@ -101,7 +101,8 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, stat
                                                                       ('sdar', 'importance', 'exact', True),
                                                                       ('sdar', 'leftmost', 'fast', True),
                                                                       ('llada2', 'importance', 'exact', False),
-                                                                      ('llada2', 'leftmost', 'fast', True)])
+                                                                      ('llada2', 'leftmost', 'fast', True),
+                                                                      ('sdar_moe', 'importance', 'exact', False)])
 def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mode, static_rows):
     runtime, results, evicted_steps = _replay(policy, False, commit_mode, 'low_confidence_static',
                                               static_rows=static_rows, family=family)

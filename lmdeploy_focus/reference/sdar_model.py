@@ -88,6 +88,7 @@ class SDARReference:
     """SDAR forward from an HF-named weights dict; computes in the dtype of the weights."""
 
     EMBEDDING = 'model.embed_tokens.weight'
+    O_PROJ = 'self_attn.o_proj.weight'
 
     def __init__(self, weights: dict[str, torch.Tensor], hf_config):
         self.dims = SDARDims.from_hf_config(hf_config)
@@ -140,11 +141,19 @@ class SDARReference:
         k_cache, v_cache = kv_caches[layer]
         attn = paged_attention(q, k_cache, v_cache, step.block_offsets, step.q_start_loc, step.q_seqlens,
                                step.kv_seqlens, self.scale, causal_block_size=step.causal_block_size)
-        hidden = hidden + attn.reshape(hidden.size(0), -1) @ self._layer_w(layer, 'self_attn.o_proj.weight').T
+        hidden = hidden + attn.reshape(hidden.size(0), -1) @ self._layer_w(layer, self.O_PROJ).T
         h = rms_norm(hidden, self._layer_w(layer, 'post_attention_layernorm.weight'), d.rms_norm_eps)
-        gate = h @ self._layer_w(layer, 'mlp.gate_proj.weight').T
-        up = h @ self._layer_w(layer, 'mlp.up_proj.weight').T
-        return hidden + (torch.nn.functional.silu(gate) * up) @ self._layer_w(layer, 'mlp.down_proj.weight').T
+        return hidden + self.mlp(layer, h)
+
+    def swiglu(self, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        """SwiGLU MLP with the ``{prefix}.{gate,up,down}_proj.weight`` tensors."""
+        gate = x @ self.weights[f'{prefix}.gate_proj.weight'].T
+        up = x @ self.weights[f'{prefix}.up_proj.weight'].T
+        return (torch.nn.functional.silu(gate) * up) @ self.weights[f'{prefix}.down_proj.weight'].T
+
+    def mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """The layer's feed-forward on its post-attention-normed rows (dense SwiGLU for SDAR)."""
+        return self.swiglu(f'model.layers.{layer}.mlp', x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and ``lm_head``: ``[n, hidden]`` → ``[n, vocab]`` (row ``p`` predicts token ``p``)."""

@@ -112,13 +112,16 @@ class CpuFusedMoEImpl(FusedMoEImpl):
     """
 
     def __init__(self, spec: FusedMoEBuildSpec):
-        if spec.ep_size != 1 or spec.renormalize:
-            raise NotImplementedError('CPU fused MoE supports ep_size 1 without renormalisation')
+        if spec.ep_size != 1:
+            raise NotImplementedError('CPU fused MoE supports ep_size 1 only')
+        self.renormalize = spec.renormalize  # top-k weights divided by their sum (Qwen3-MoE's norm_topk_prob)
 
     def forward(self, hidden_states, topk_weights, topk_ids, gate_up_weights, down_weights, gate_up_bias=None,
                 down_bias=None, expert_list=None, act_func=None):
         if gate_up_bias is not None or down_bias is not None or expert_list is not None or act_func is not None:
             raise NotImplementedError('CPU fused MoE has no expert biases, expert lists or custom activations')
+        if self.renormalize:
+            topk_weights = topk_weights / topk_weights.sum(-1, keepdim=True)
         out = torch.zeros_like(hidden_states)
         for expert in topk_ids.unique().tolist():
             rows, slot = (topk_ids == expert).nonzero(as_tuple=True)
