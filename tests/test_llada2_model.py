@@ -109,14 +109,25 @@ def test_checkpoint_names_load_completely():
     gate_up = params['model.layers.2.mlp.experts.gate_up.weight'][5]
     assert torch.equal(gate_up, torch.cat([written[f'model.layers.2.mlp.experts.5.{p}_proj.weight']
                                            for p in ('gate', 'up')]).double())
-    assert torch.equal(params['model.layers.2.mlp.gate.e_score_correction_bias'],
-                       written['model.layers.2.mlp.gate.expert_bias'].float())
+    bias = written['model.layers.2.mlp.gate.expert_bias'].float()
+    assert torch.equal(params['model.layers.2.mlp.gate.e_score_correction_bias'], bias - bias.min())
 
 
-def test_unknown_checkpoint_tensor_is_an_error():
+def test_unknown_tensors_are_skipped_and_unfilled_parameters_refused(caplog):
+    """An extra checkpoint tensor is reported and skipped; a parameter no tensor filled (here: one
+    expert's down projection missing) stops the load with an error naming it."""
     tiny = build_tiny_llada2(block_length=4)
-    with pytest.raises(KeyError, match='model.layers.0.attention.rotary_extra'):
-        tiny.model.load_weights(iter([('model.layers.0.attention.rotary_extra.weight', torch.zeros(3))]))
+    model = tiny.model
+    weights = dict(tiny.weights)
+    weights['model.layers.0.attention.rotary_extra.weight'] = torch.zeros(3)
+    with torch.inference_mode():
+        model.load_weights(iter(weights.items()))
+        model.process_weights_after_loading()  # complete: only the warning
+        assert 'rotary_extra' in caplog.text
+        del weights['model.layers.2.mlp.experts.7.down_proj.weight']
+        model.load_weights(iter(weights.items()))
+        with pytest.raises(RuntimeError, match='model.layers.2.mlp.experts.down.weight'):
+            model.process_weights_after_loading()
 
 
 def test_unsupported_variants_are_refused():

@@ -27,7 +27,9 @@ def assert_engine_replays_reference_decoding(tiny, reference):
     # fp64 engines: attention (both sides) and upstream's RoPE angles are fp32, hence not 1e-12
     tol = dict(atol=1e-5, rtol=1e-5) if tiny.model_config.dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
     mask_id = tiny.model_config.dllm_mask_token
-    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    seed = secrets.randbits(31)
+    gen = torch.Generator().manual_seed(seed)
+    where = f'weights seed {tiny.seed}, prompts seed {seed}'  # reproduces a failure
     prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 8, 6)]
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
                            denoising_steps=L, confidence_threshold=0.3)
@@ -37,13 +39,15 @@ def assert_engine_replays_reference_decoding(tiny, reference):
         runner = tiny.new_runner(page_size=8)
         prefill = runner.prefill([prompt])[0]
         if len(prompt) % L:  # a prompt ending mid-block: its prefill logits are the first step's
-            torch.testing.assert_close(prefill, result.steps[0].logits.float(), **tol, msg=lambda m: f'seq {b}: {m}')
+            torch.testing.assert_close(prefill, result.steps[0].logits.float(), **tol,
+                                       msg=lambda m: f'{where} seq {b}: {m}')
         decode = [s for s in result.steps if s.kind == 'decode']
         assert len(decode) >= L
         for i, step in enumerate(decode):
             assert runner.history_lengths == [step.history_length]
             logits = runner.decode_step(step.input_ids[None])[0]
-            torch.testing.assert_close(logits, step.logits.float(), **tol, msg=lambda m: f'seq {b} step {i}: {m}')
+            torch.testing.assert_close(logits, step.logits.float(), **tol,
+                                       msg=lambda m: f'{where} seq {b} step {i}: {m}')
             if (step.next_mask == CACHED).all():
                 runner.commit_blocks()
 

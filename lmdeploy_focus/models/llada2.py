@@ -15,9 +15,11 @@ layer, model forward, block-causal prefill) plus upstream's DeepSeek-V3 MoE bloc
 Because the module tree matches SDAR's (``model.embed_tokens``, ``layers[i].self_attn`` ...),
 delayed cache and FOCUS attach through the same mixin and decoder-parts adapter as SDAR.
 Checkpoint names (``word_embeddings``, ``attention.query_key_value``, ``attention.dense``,
-``mlp.gate.expert_bias``, per-expert projections) are mapped in :meth:`LLaDA2MoeModelLM.load_weights`.
+``mlp.gate.expert_bias``, per-expert projections) are mapped in :meth:`LLaDA2MoeModelLM.load_weights`;
+a checkpoint tensor with no parameter is skipped with a warning, a parameter left unfilled is an error.
 """
 import re
+from collections import Counter
 from collections.abc import Iterable
 from types import SimpleNamespace
 
@@ -29,6 +31,7 @@ from lmdeploy.pytorch.nn.linear import build_rowwise_linear
 from lmdeploy.pytorch.weight_loader.model_weight_loader import load_weight
 from torch import nn
 
+from ..log import logger
 from .sdar import DelayedCacheDLLMMixin
 
 ROUTER_FP32 = ('fp32', 'float32')
@@ -116,6 +119,18 @@ class LLaDA2Model(SDARModel):
         self.rotary_emb = build_rotary_embedding_from_config(config)  # partial_rotary_factor honoured
 
 
+def selection_bias(expert_bias: torch.Tensor) -> torch.Tensor:
+    """The checkpoint's expert bias, shifted so that its smallest entry is 0.
+
+    Upstream's group-limited routing (CPU default and the CUDA ``fused_noaux_tc_routing`` kernel)
+    fills the experts of non-chosen groups with 0, where LLaDA2 / DeepSeek-V3 exclude them (-inf).
+    The two agree only while every eligible biased score ``sigmoid + bias`` is positive; a
+    non-negative bias guarantees that. A constant shift changes no group ranking (top-2 sums move
+    by the same amount), no expert ranking, and no weight (weights use the unbiased scores).
+    """
+    return expert_bias - expert_bias.min()
+
+
 # checkpoint name -> (our name, shard id of a stacked parameter or None)
 _RENAMES = [
     ('model.word_embeddings.', 'model.embed_tokens.', None),
@@ -156,38 +171,75 @@ class LLaDA2MoeModelLM(SDARForCausalLM):
             load_weight(param, part, shard_id=shard)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
-        """Load HF LLaDA2 tensors; a name with no parameter here is an error, not silently skipped."""
+        """Load HF LLaDA2 tensors (upstream calls this once per shard file).
+
+        A tensor with no parameter here is skipped and reported; a parameter that no tensor filled
+        is an error, raised once loading is over (:meth:`process_weights_after_loading`).
+        """
         params = dict(self.named_parameters())
+        pieces = self.__dict__.setdefault('_loaded_pieces', Counter())
+        skipped = self.__dict__.setdefault('_skipped_tensors', [])
         for name, weight in weights:
             if 'rotary_emb.inv_freq' in name:
                 continue
             if '.attention.query_key_value.' in name:
                 self._load_qkv(name, weight, params)
+                pieces[name.replace('.attention.query_key_value.', '.self_attn.qkv_proj.')] += 3
                 continue
             expert = _EXPERT.search(name)
             if expert is not None:
                 expert_id, proj = int(expert.group(1)), expert.group(2)
                 target = name[:expert.start()] + ('.mlp.experts.down.weight' if proj == 'down' else
                                                   '.mlp.experts.gate_up.weight')
-                load_weight(self._param(params, target, name), weight, expert_id=expert_id, shard_id=proj)
+                shard = proj
+            else:
+                target, shard = name, None
+                for old, new, shard_id in _RENAMES:
+                    if old in target:
+                        target, shard = target.replace(old, new), shard_id
+            param = params.get(target)
+            if param is None:
+                skipped.append(name)
                 continue
-            target, shard = name, None
-            for old, new, shard_id in _RENAMES:
-                if old in target:
-                    target, shard = target.replace(old, new), shard_id
-            param = self._param(params, target, name)
-            if shard is None:
+            if target.endswith('.mlp.gate.e_score_correction_bias'):
+                weight = selection_bias(weight.float())
+            if expert is not None:
+                load_weight(param, weight, expert_id=expert_id, shard_id=shard)
+            elif shard is None:
                 load_weight(param, weight)
             else:
                 load_weight(param, weight, shard_id=shard)
+            pieces[target] += 1
 
-    @staticmethod
-    def _param(params: dict, target: str, name: str) -> nn.Parameter:
-        try:
-            return params[target]
-        except KeyError:
-            raise KeyError(f'LLaDA2 checkpoint tensor {name!r} has no parameter in the model '
-                           f'(looked for {target!r})') from None
+    def _expected_pieces(self, name: str) -> int:
+        """How many checkpoint tensors fill parameter ``name``."""
+        if name.endswith('.qkv_proj.weight'):
+            return 3
+        if name.endswith('.experts.gate_up.weight'):
+            return 2 * self.config.num_experts
+        if name.endswith('.experts.down.weight'):
+            return self.config.num_experts
+        if name.endswith('.gate_up_proj.weight'):
+            return 2
+        return 1
+
+    def process_weights_after_loading(self):
+        """Report skipped tensors; refuse to run with parameters the checkpoint did not fill."""
+        pieces = self.__dict__.pop('_loaded_pieces', None)
+        skipped = self.__dict__.pop('_skipped_tensors', [])
+        if pieces is None:
+            return  # weights did not come through load_weights (e.g. a dummy-weight engine)
+        if skipped:
+            logger.warning(f'LLaDA2: {len(skipped)} checkpoint tensor(s) have no parameter in the model and were '
+                           f'skipped, e.g. {skipped[:3]}')
+        # a checkpoint without expert bias leaves the (zero-initialised) selection bias as it is
+        bias_optional = not getattr(self.config, 'moe_router_enable_expert_bias', True)
+        missing = [name for name, _ in self.named_parameters()
+                   if pieces[name] < self._expected_pieces(name)
+                   and not (bias_optional and name.endswith('.e_score_correction_bias'))]
+        if missing:
+            raise RuntimeError(f'LLaDA2 checkpoint did not fill {len(missing)} parameter(s), e.g. {missing[:3]}: '
+                               'a tensor name this model does not know, or an incomplete checkpoint')
 
 
 class DelayedCacheLLaDA2MoeModelLM(DelayedCacheDLLMMixin, LLaDA2MoeModelLM):

@@ -134,15 +134,17 @@ class CpuFusedMoEImpl(FusedMoEImpl):
 
 class CpuPartialRotaryImpl(DefaultApplyRotaryEmbImpl):
     """Upstream's CPU rotary, plus what the CUDA kernel does when cos/sin cover only the first
-    ``rope_dim`` features of a head (partial rotary): rotate those, leave the rest untouched."""
+    ``rope_dim`` features of a head (partial rotary): in place, rotate those and leave the rest."""
 
     def forward(self, query, key, cos, sin, inplace: bool = True, complex_mode: bool = False):
         rope_dim = cos.size(-1)
         if complex_mode or query.size(-1) == rope_dim:
             return super().forward(query, key, cos, sin, inplace=inplace, complex_mode=complex_mode)
-        q_rot, k_rot = super().forward(query[..., :rope_dim], key[..., :rope_dim], cos, sin, inplace=False)
         if not inplace:
-            query, key = query.clone(), key.clone()
+            # CUDA writes only the rotary features into a fresh output: the rest would be garbage there
+            raise NotImplementedError('partial rotary out of place leaves features past rope_dim unwritten on CUDA; '
+                                      'apply it in place')
+        q_rot, k_rot = super().forward(query[..., :rope_dim], key[..., :rope_dim], cos, sin, inplace=False)
         query[..., :rope_dim] = q_rot
         key[..., :rope_dim] = k_rot
         return query, key

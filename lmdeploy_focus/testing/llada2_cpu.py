@@ -1,9 +1,10 @@
 """A tiny random-weight LLaDA2 (dense layer 0, MoE after) built through upstream's construction path on CPU.
 
 Same path as the tiny SDAR (:mod:`.tiny_model`). The engine runs in float64 by default: MoE
-routing is a discrete choice, and fp32 rounding differences against the fp64 reference would
-occasionally pick a different expert (the reference, like the checkpoint's code, rounds the
-router logits to fp32 on both sides, so routing agrees exactly).
+routing is a discrete choice, and fp32 rounding differences against the fp64 reference would now
+and then pick a different expert. Both sides round the router logits to fp32 (as the checkpoint's
+code does); what remains is upstream's fp32 RoPE angles, about one fp32 ulp in a router logit,
+so a flip needs two experts within an ulp (rare, not impossible).
 """
 from dataclasses import dataclass
 
@@ -79,9 +80,10 @@ def tiny_llada2_hf_config(shape: TinyLLaDA2Shape = TinyLLaDA2Shape()) -> Pretrai
 def random_llada2_weights(hf_config: PretrainedConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random fp32 weights under LLaDA2 checkpoint names (fused query_key_value, per-expert projections).
 
-    Scales as for the tiny SDAR. Router rows ~ N(0, 4/fan_in) spread the expert scores; the expert
-    bias is drawn from [0, 0.2) so that it changes which experts win (it is added to the sigmoid
-    scores for selection only) while every biased score stays positive.
+    Scales as for the tiny SDAR. Router rows ~ N(0, 4/fan_in) spread the expert scores. The expert
+    bias (added to the sigmoid scores for selection only) is drawn from [-1.2, -0.8): it changes
+    which experts win, and most biased scores are negative, where excluding the other groups with
+    -inf (LLaDA2) and with 0 (upstream's kernels) differ unless the engine shifts the bias.
     """
     c = hf_config
     h, hd = c.hidden_size, c.head_dim
@@ -112,7 +114,7 @@ def random_llada2_weights(hf_config: PretrainedConfig, generator: torch.Generato
             weights.update(swiglu(f'{p}.mlp', c.intermediate_size))
             continue
         weights[f'{p}.mlp.gate.weight'] = linear(c.num_experts, h, gain=2.0)
-        weights[f'{p}.mlp.gate.expert_bias'] = 0.2 * torch.rand(c.num_experts, generator=generator)
+        weights[f'{p}.mlp.gate.expert_bias'] = -1.2 + 0.4 * torch.rand(c.num_experts, generator=generator)
         for e in range(c.num_experts):
             weights.update(swiglu(f'{p}.mlp.experts.{e}', c.moe_intermediate_size))
         weights.update(swiglu(f'{p}.mlp.shared_experts', c.moe_intermediate_size * c.num_shared_experts))
