@@ -94,7 +94,7 @@ class LLaDA2DecoderLayer(SDARDecoderLayer):
         nn.Module.__init__(self)  # SDARDecoderLayer.__init__ would allocate a dense MLP in every layer
         self.layer_idx = layer_idx
         self.self_attn = LLaDA2Attention(config, dtype=dtype, device=device)
-        if layer_idx < config.first_k_dense_replace:
+        if layer_idx < getattr(config, 'first_k_dense_replace', 0):
             self.mlp = SDARMLP(config, dtype=dtype, device=device)
         else:
             self.mlp = DeepseekV2MoE(deepseek_moe_view(config), layer_idx, dtype=dtype, device=device)

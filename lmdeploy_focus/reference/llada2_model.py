@@ -52,7 +52,7 @@ class LLaDA2Reference(SDARReference):
     def mlp(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         prefix = f'model.layers.{layer}.mlp'
-        if layer < cfg.first_k_dense_replace:
+        if layer < getattr(cfg, 'first_k_dense_replace', 0):
             return self.swiglu(prefix, x)
         bias = self.weights.get(f'{prefix}.gate.expert_bias')
         if bias is None:
