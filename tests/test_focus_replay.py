@@ -36,7 +36,9 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, stat
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2, confidence_threshold=0.2)
-    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    seed = secrets.randbits(31)
+    gen = torch.Generator().manual_seed(seed)
+    seeds = f'weights seed {sdar.seed}, prompts seed {seed}'  # reproduces a failure
     prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6)]
     results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
                                  delayed_cache=True, commit_mode=commit_mode, record_steps=True,
@@ -63,20 +65,20 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, stat
         kept = torch.stack([r.kept for r in records])
         processed = torch.stack([r.processed for r in records])
         assert torch.equal(step.focus.candidate_dense, processed & (input_mask == focus_state.DLLM_MASKED))
-        assert torch.equal(step.proc.processed, kept), f'step {k}: kept rows differ'
+        assert torch.equal(step.proc.processed, kept), f'{seeds} step {k}: kept rows differ'
         evicted_steps += int((processed & ~kept).any())
         dense = agent.slice_outputs(ragged, None).view(B, L, -1)
         for b, record in enumerate(records):
             rows = record.kept
             torch.testing.assert_close(dense[b][rows], record.logits[rows].float(), rtol=2e-4, atol=2e-4,
-                                       msg=lambda m: f'step {k} seq {b}: {m}')
+                                       msg=lambda m: f'{seeds} step {k} seq {b}: {m}')
         # the agent's own unmasking (guarded) and bookkeeping must reproduce the reference's decisions
         logits = dense.flatten(0, 1)
         extra = SimpleNamespace(dllm_mask=input_mask.flatten().clone())
         next_ids, extra = agent.post_sampling(SimpleNamespace(input_ids=blocks.flatten()), logits,
                                               logits.argmax(-1), extra)
         next_mask = torch.stack([r.next_mask for r in records])
-        assert torch.equal(extra.dllm_mask.view(B, L), next_mask), f'step {k}: unmasking differs'
+        assert torch.equal(extra.dllm_mask.view(B, L), next_mask), f'{seeds} step {k}: unmasking differs'
         assert runtime.step is None
         # per-request statistics: the step's counts per sequence leave with the extra outputs
         counts = agent.make_extra_outputs(extra).dllm_stats
