@@ -18,6 +18,7 @@ from lmdeploy.pytorch.backends.default.apply_rotary_emb import DefaultApplyRotar
 from lmdeploy.pytorch.backends.default.op_backend import DefaultOpsBackend
 from lmdeploy.pytorch.backends.moe import FusedMoEBuildSpec, FusedMoEImpl
 
+from lmdeploy_focus.reference.moe import mix_experts
 from lmdeploy_focus.reference.paged_attention import CAUSAL, NON_CAUSAL, fill_kv_cache, paged_attention
 
 
@@ -122,14 +123,12 @@ class CpuFusedMoEImpl(FusedMoEImpl):
             raise NotImplementedError('CPU fused MoE has no expert biases, expert lists or custom activations')
         if self.renormalize:
             topk_weights = topk_weights / topk_weights.sum(-1, keepdim=True)
-        out = torch.zeros_like(hidden_states)
-        for expert in topk_ids.unique().tolist():
-            rows, slot = (topk_ids == expert).nonzero(as_tuple=True)
-            x = hidden_states[rows]
-            gate, up = (x @ gate_up_weights[expert].T).chunk(2, dim=-1)
-            y = (torch.nn.functional.silu(gate) * up) @ down_weights[expert].T
-            out.index_add_(0, rows, y * topk_weights[rows, slot, None].to(y.dtype))
-        return out
+
+        def expert_mlp(e, x):
+            gate, up = (x @ gate_up_weights[e].T).chunk(2, dim=-1)
+            return (torch.nn.functional.silu(gate) * up) @ down_weights[e].T
+
+        return mix_experts(hidden_states, topk_ids, topk_weights, expert_mlp)
 
 
 class CpuPartialRotaryImpl(DefaultApplyRotaryEmbImpl):
