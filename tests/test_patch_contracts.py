@@ -287,3 +287,15 @@ def test_sequence_fix_complements_upstreams_cache_trim():
     source = inspect.getsource(SchedulerSequenceDLLM._update_token_ids_inputs)
     assert 'if num_remain_valid != 0:' in source and 'self.history_cache.resize(self.num_history_ids)' in source
     assert 'self.output_start_pos = self._num_valid_ids + len(token_ids)' in source  # the padded start we replace
+
+
+def test_stop_fix_calls_upstreams_stop_word_check_with_its_signature():
+    """PaddingSafeDLLMStoppingCriteria runs upstream's step for the length limit only and then
+    upstream's ``_check_stopwords_dllm`` once, with ``stopped`` all false, to get the stop word's own position."""
+    from lmdeploy.pytorch.strategies.dllm import model_agent
+    params = list(inspect.signature(model_agent._check_stopwords_dllm).parameters)
+    assert params == ['token_ids', 'stop_words', 'is_unmasked', 'stopped', 'stop_pos', 'num_appendable_ids',
+                      'output_start_pos', 'inputs']
+    step = inspect.getsource(model_agent.DLLMStoppingCriteria.step)
+    assert 'if stop_words is not None:' in step and '_check_stopwords_dllm(' in step
+    assert 'stop_pos = torch.where(stopped, stop_pos, sw_stop_pos)' in inspect.getsource(model_agent._check_stopwords_dllm)

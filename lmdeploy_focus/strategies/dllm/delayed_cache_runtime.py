@@ -135,19 +135,20 @@ class DelayedCacheRuntime:
                        deep_tokens=step.proc.q_seqlens)
         if focus is not None and focus.selected_dense is not None:
             candidates = focus.candidate_dense
-            columns.update(candidates=candidates.sum(dim=1), kept_candidates=(step.proc.processed & candidates).sum(dim=1))
-        if focus is not None and focus.selected_dense is not None and focus.config.shadow:
-            # Shadow recall: with eviction on it would be 1 by construction (an evicted token cannot be
-            # decoded), so it is measured in shadow mode only, over sequences that had more
-            # candidates than their target (the only ones where the selection matters).
-            candidates = focus.candidate_dense
-            selected = focus.selected_dense & candidates
-            scored = decoded & focus.evicting[:, None]
-            n_sel = selected.sum(dim=1).to(torch.float32)
-            n_cand = candidates.sum(dim=1).clamp(min=1).to(torch.float32)
-            columns.update(shadow_decoded=scored.sum(dim=1),
-                           shadow_selected_decoded=(scored & selected).sum(dim=1),
-                           shadow_random_expected=scored.sum(dim=1) * n_sel / n_cand)
+            columns.update(candidates=focus.num_candidates,
+                           kept_candidates=(step.proc.processed & candidates).sum(dim=1))
+            if focus.config.shadow:
+                # Shadow recall: with eviction on it would be 1 by construction (an evicted token cannot be
+                # decoded), so it is measured in shadow mode only, over sequences that had more
+                # candidates than their target (the only ones where the selection matters).
+                selected = focus.selected_dense & candidates
+                scored = decoded & focus.evicting[:, None]
+                num_scored = scored.sum(dim=1)
+                n_sel = selected.sum(dim=1).to(torch.float32)
+                n_cand = focus.num_candidates.clamp(min=1).to(torch.float32)
+                columns.update(shadow_decoded=num_scored,
+                               shadow_selected_decoded=(scored & selected).sum(dim=1),
+                               shadow_random_expected=num_scored * n_sel / n_cand)
         rows = per_sequence_counts(decoded.size(0), device=decoded.device, **columns)
         self.stats.add_rows(rows)
         return rows

@@ -53,7 +53,9 @@ trimmed whenever a new turn starts).
 """
 import torch
 
-from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy, DLLMStoppingCriteria
+from lmdeploy.pytorch import consts
+from lmdeploy.pytorch.strategies.dllm.model_agent import (DLLMModelAgentStrategy, DLLMStoppingCriteria,
+                                                          _check_stopwords_dllm)
 from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
 from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy, SchedulerSequenceDLLM
 
@@ -81,24 +83,26 @@ class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
         return self.wrap(super().update(delta))
 
     def step(self, token_ids, stop_words, inputs=None, extra_inputs=None):
-        if stop_words is not None:
-            stop_words = stop_words.masked_fill(stop_words < 0, _NO_TOKEN)
         criteria = self
         if self.num_appendable_ids.is_inference() and not torch.is_inference_mode_enabled():
             # upstream updates the counter in place; after a prefill chunk it is an inference tensor
             criteria = type(self)(num_appendable_ids=self.num_appendable_ids.clone(),
                                   output_start_pos=self.output_start_pos)
+        # upstream's length check alone; its stop-word check (below, once) would let the length
+        # position win over an earlier stop word of the same block
         upstream_step = super(PaddingSafeDLLMStoppingCriteria, criteria).step
-        stopped, stop_pos, new = upstream_step(token_ids, stop_words, inputs=inputs, extra_inputs=extra_inputs)
-        if stop_words is not None:
-            # upstream lets the length limit's position win over an earlier stop word of the same block:
-            # the stop words' own position, from upstream's check with no length limit, ends it earlier
-            unlimited = type(self)(num_appendable_ids=torch.full_like(self.num_appendable_ids, _NO_LIMIT),
-                                   output_start_pos=self.output_start_pos)
-            word_stopped, word_pos, _ = super(PaddingSafeDLLMStoppingCriteria, unlimited).step(
-                token_ids, stop_words, inputs=inputs, extra_inputs=extra_inputs)
-            stop_pos = torch.where(word_stopped, torch.minimum(stop_pos, word_pos), stop_pos)
-        return stopped, stop_pos, self.wrap(new)
+        stopped, len_pos, new = upstream_step(token_ids, None, inputs=inputs, extra_inputs=extra_inputs)
+        if stop_words is None:
+            return stopped, len_pos, self.wrap(new)
+        stop_words = stop_words.masked_fill(stop_words < 0, _NO_TOKEN)
+        batch = len_pos.size(0)
+        is_unmasked = (extra_inputs.dllm_mask.view(batch, -1) == consts.DLLM_UNMASKED).all(dim=1)
+        word_stopped, word_pos, num_appendable = _check_stopwords_dllm(
+            token_ids, stop_words, is_unmasked, torch.zeros_like(stopped), len_pos, new.num_appendable_ids,
+            output_start_pos=self.output_start_pos, inputs=inputs)
+        stop_pos = torch.where(word_stopped, torch.minimum(len_pos, word_pos), len_pos)
+        return stopped | word_stopped, stop_pos, type(self)(num_appendable_ids=num_appendable,
+                                                            output_start_pos=self.output_start_pos)
 
 
 class UpstreamFixesMixin:
@@ -140,7 +144,7 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             if vector is not None and vector.dim() == 1:
                 # upstream's [L, B] layout -> the rows' [B, L]
                 setattr(out, name, vector.view(block, batch).t().reshape(-1))
-        if any(f is not None for f in out.response_formats):
+        if any(seq.sampling_param.response_format is not None for seq in seqs):
             _warn_once(seqs, lambda p: p.response_format is not None, 'response_format is not supported with '
                        'diffusion decoding (grammar matchers follow one token at a time); ignored')
             out.response_formats = (None, ) * len(out.response_formats)
@@ -148,7 +152,7 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             _warn_once(seqs, lambda p: p.num_logprobs >= 0, 'logprobs are not supported with diffusion decoding '
                        'yet (upstream reports them for the sampled, not the returned tokens); none returned')
             out.max_num_logprobs = -1
-        if out.logits_processors is not None and len(out.logits_processors) == batch:
+        if out.logits_processors is not None and len(out.logits_processors) == batch and any(out.logits_processors):
             # each row of the request's block gets the request's processors (called once per row per step)
             out.logits_processors = [p for p in out.logits_processors for _ in range(block)]
         if out.random_seeds is not None:
