@@ -63,7 +63,6 @@ from ...log import logger
 
 # never a token id, and distinct from the -1 upstream writes into ignored positions
 _NO_TOKEN = -2
-_NO_LIMIT = 2**62  # a remaining-token count no request reaches
 
 
 class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
