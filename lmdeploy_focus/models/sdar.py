@@ -81,14 +81,17 @@ class DelayedCacheDLLMMixin:
             return super().get_logits(hidden_states)
         # LM head on the processed (kept) rows only; the sampler gets them at their B*L slots.
         runtime.mark_phase('deep_layers')
-        row_logits = super().get_logits(hidden_states).flatten(0, -2)
-        dense = runtime.dense_logits(row_logits).view(*hidden_states.shape[:-2], -1, row_logits.size(-1))
+        lm_head = super().get_logits
+        dense = runtime.dense_logits(hidden_states.flatten(0, -2), lm_head)
+        dense = dense.view(*hidden_states.shape[:-2], -1, dense.size(-1))
         runtime.mark_phase('lm_head')
         return dense
 
     def prepare_inputs_for_generation(self, past_key_values, inputs_embeds=None, context=None):
         inputs = super().prepare_inputs_for_generation(past_key_values, inputs_embeds=inputs_embeds, context=context)
         runtime = self.delayed_cache_runtime
+        if runtime is not None and not context.is_decoding:
+            runtime.release_logits_buffer()
         if (runtime is None or not context.is_decoding or inputs_embeds is not None
                 or not runtime.decode_batch_matches(context.input_ids.numel())):
             return inputs

@@ -53,6 +53,9 @@ class DelayedCacheRuntime:
     stats: RunStats | None = None  # dllm_track
     timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
     _logits_buffer: torch.Tensor | None = field(default=None, repr=False)
+    # LM-head rows per chunk: 1024 rows of a 150k vocab in bf16 is ~300 MiB, enough rows to keep
+    # the GEMM efficient.
+    logits_chunk_rows: int = 1024
     process_all: bool = field(default_factory=lambda: os.environ.get(PROCESS_ALL_ENV, '') == '1')
     static_rows: bool = field(default_factory=lambda: os.environ.get(STATIC_ROWS_ENV, '') == '1')
     # Work counters (host ints, free: the row count is read on the host anyway).
@@ -167,27 +170,50 @@ class DelayedCacheRuntime:
                         f'processed of {self.dense_rows / self.steps:.1f} in the blocks '
                         f'({self.processed_rows / max(self.dense_rows, 1):.1%}){kept}.')
 
-    def dense_logits(self, row_logits: torch.Tensor) -> torch.Tensor:
-        """``[B*L, V]`` logits for the sampler from the step's ``[num_rows, V]`` LM-head output.
+    def dense_logits(self, hidden_rows: torch.Tensor, lm_head) -> torch.Tensor:
+        """``[B*L, V]`` logits for the sampler: ``lm_head`` on the step's ``[num_rows, H]`` rows.
 
-        Rows of the processed (kept) slots are written into a persistent buffer; the others keep
-        stale but finite values the unmasker never reads (guarded), so the buffer is never cleared
-        and the LM head runs on the processed rows only.
+        The LM head runs on the processed (kept) rows only, in chunks of about
+        ``LOGITS_CHUNK_BYTES`` written straight into a persistent buffer: the step's vocab-wide
+        memory stays one ``B*L x V`` tensor, as in stock decoding, instead of that plus a ragged
+        copy plus the scatter's temporaries (which ran a 16B-MoE at bs 256 out of memory).
+        Unprocessed slots keep stale but finite values the unmasker never reads (guarded), so the
+        buffer is never cleared.
         """
         step = self.step
         proc = step.proc
-        shape = (proc.num_rows, row_logits.size(-1))
-        buffer = self._logits_buffer
-        if buffer is None or buffer.shape != shape or buffer.dtype != row_logits.dtype or \
-                buffer.device != row_logits.device:
-            buffer = self._logits_buffer = row_logits.new_zeros(shape)
-        num_rows = row_logits.size(0)
-        if num_rows == step.num_rows and step.exact_rows:
-            buffer.index_copy_(0, proc.flat_index[:num_rows], row_logits)  # every row is a processed slot
-        else:
-            scatter_processed(row_logits, proc, out=buffer.view(proc.batch_size, proc.block_length, -1))
+        num_rows = hidden_rows.size(0)
+        chunk = None
+        for start in range(0, num_rows, self.logits_chunk_rows):
+            chunk = lm_head(hidden_rows[start:start + self.logits_chunk_rows])
+            if start == 0:
+                buffer = self._dense_buffer(proc.num_rows, chunk)
+            if num_rows == step.num_rows and step.exact_rows:
+                # every row is a processed slot
+                buffer.index_copy_(0, proc.flat_index[start:start + chunk.size(0)], chunk)
+            else:
+                scatter_processed(chunk, proc, out=buffer.view(proc.batch_size, proc.block_length, -1),
+                                  row_offset=start)
+        if chunk is None:
+            raise RuntimeError('delayed-cache decode step with no processed rows')
         step.logits_scattered = True
         return buffer
+
+    def _dense_buffer(self, num_rows: int, like: torch.Tensor) -> torch.Tensor:
+        """The first ``num_rows`` rows of the persistent logits buffer; it only grows, and the old
+        one is dropped before a bigger one is made so that the two never coexist."""
+        buffer = self._logits_buffer
+        vocab = like.size(-1)
+        if buffer is None or buffer.size(0) < num_rows or buffer.size(1) != vocab or \
+                buffer.dtype != like.dtype or buffer.device != like.device:
+            self._logits_buffer = buffer = None
+            buffer = self._logits_buffer = like.new_zeros(num_rows, vocab)
+        return buffer[:num_rows]
+
+    def release_logits_buffer(self) -> None:
+        """Hand the logits buffer back to the allocator (a prefill step needs the room: upstream's
+        runtime reserve counts one set of logits, not ours kept alive next to prefill's)."""
+        self._logits_buffer = None
 
     def mark_phase(self, boundary: str | None) -> None:
         """Phase boundary for the profiling timer (no-op unless timing is on); None starts a step."""

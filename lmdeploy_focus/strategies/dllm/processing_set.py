@@ -129,26 +129,30 @@ def gather_processed(dense: torch.Tensor, proc: ProcessingSet, num_rows: int | N
 def scatter_processed(ragged: torch.Tensor,
                       proc: ProcessingSet,
                       out: torch.Tensor | None = None,
-                      fill=None) -> torch.Tensor:
+                      fill=None,
+                      row_offset: int = 0) -> torch.Tensor:
     """Write the valid rows of ``ragged [N, ...]`` to their ``(b, p)`` slots of a dense ``[B, L, ...]``.
 
     ``N`` may be ``B * L`` (static layout) or anything ``>= total``; rows ``>= total`` are padding
     and never land anywhere. With ``out`` (a persistent buffer, written in place and returned),
     unprocessed slots keep their previous (stale) content, or get ``fill`` if given. Without
     ``out`` a new tensor is made, unprocessed slots set to ``fill`` (0 if None).
+    ``row_offset``: ``ragged`` holds rows ``row_offset ..`` of the ragged layout (a chunk, so that
+    vocab-wide rows are scattered without a second full-size copy).
     """
     num_rows = ragged.size(0)
     tail = ragged.shape[1:]
-    if num_rows > proc.num_rows:
-        raise ValueError(f'{num_rows} ragged rows for a {proc.batch_size}x{proc.block_length} block')
+    if row_offset + num_rows > proc.num_rows:
+        raise ValueError(f'rows {row_offset}..{row_offset + num_rows} for a {proc.batch_size}x{proc.block_length} block')
     if out is None:
         out = ragged.new_full((proc.batch_size, proc.block_length, *tail), 0 if fill is None else fill)
     elif fill is not None:
         out.masked_fill_(~proc.processed.view(proc.batch_size, proc.block_length, *([1] * len(tail))), fill)
     out_flat = out.view(proc.num_rows, *tail)  # must alias the caller's buffer
-    index = proc.flat_index[:num_rows]
+    index = proc.flat_index[row_offset:row_offset + num_rows]
     # Padding rows write back the slot's own content: one deterministic index_copy_, no host sync.
-    valid = (torch.arange(num_rows, device=index.device) < proc.total).view(num_rows, *([1] * len(tail)))
+    rows = torch.arange(row_offset, row_offset + num_rows, device=index.device)
+    valid = (rows < proc.total).view(num_rows, *([1] * len(tail)))
     source = torch.where(valid, ragged, out_flat.index_select(0, index))
     out_flat.index_copy_(0, index, source)
     return out
