@@ -114,6 +114,16 @@ def test_every_arm_gets_the_fixed_sampling_and_sequence_strategies(sdar_dir, opt
     assert isinstance(sampling, FixedDLLMSamplingStrategy) and sampling.dllm_block_length == 16
     sequence = factory.build_sequence_strategy()
     assert isinstance(sequence, FixedDLLMSequenceStrategy) and sequence.block_size == 16
+    from dataclasses import fields
+
+    from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMStepInputs
+    step_inputs = factory.build_step_inputs()
+    assert isinstance(step_inputs, FixedDLLMStepInputs)
+    # contract: upstream builds nothing but these two fields (else our builder drops upstream state)
+    upstream = DLLMStrategyFactory.build_step_inputs(factory)
+    assert {f.name: getattr(step_inputs, f.name) for f in fields(upstream)} == \
+        {f.name: getattr(upstream, f.name) for f in fields(upstream)}
 
 
 def test_sdar_config_without_remote_code_gets_rope_parameters(tmp_path):

@@ -101,6 +101,43 @@ def test_an_inference_mode_counter_outside_inference_mode_is_stepped():
     assert counter.tolist() == [100, 100]
 
 
+def test_an_inference_mode_random_offset_outside_inference_mode_is_advanced():
+    """Chunked prefill's last chunk hands ``merge_prefill`` a sampling delta made in inference mode;
+    upstream's ``random_offsets += 1`` then raised with inference mode off (H100, stock chunked prefill)."""
+    from lmdeploy.pytorch.engine.logits_process import SamplingInputsDelta
+    from lmdeploy.pytorch.model_inputs import ModelInputs
+    from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraOutputs
+    from lmdeploy.pytorch.strategies.dllm.step_inputs import DLLMStepInputs
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMStepInputs
+    B = 2
+    offsets = torch.randint(0, 1000, (B * L, ))
+
+    def prefill_output():
+        with torch.inference_mode():
+            delta = SamplingInputsDelta(num_ignore_eos=torch.zeros(B * L, dtype=torch.long),
+                                        random_offsets=offsets.clone())
+        inputs = ModelInputs(input_ids=torch.randint(0, 50, (1, B * 6)), seq_length=torch.full((B, ), 6),
+                             history_lengths=torch.zeros(B, dtype=torch.long), block_offsets=torch.zeros(B, 4),
+                             is_decoding=False, num_ignored_history=torch.zeros(B, dtype=torch.long),
+                             max_q_seqlen=6, max_kv_seqlen=6, sum_kv_seqlen=B * 6)
+        mask = torch.full((B * L, ), consts.DLLM_MASKED, dtype=torch.uint8)
+        criteria = PaddingSafeDLLMStoppingCriteria(num_appendable_ids=torch.full((B, ), 9),
+                                                   output_start_pos=torch.full((B, ), 6))
+        return (inputs, None, criteria, delta, torch.randint(0, 50, (B * L, )), None,
+                DLLMExtraOutputs(dllm_mask=mask))
+
+    with pytest.raises(RuntimeError, match='Inplace update to inference tensor'):
+        DLLMStepInputs(_block_size=L, _dllm_mask_token=99).merge_prefill(*prefill_output())
+    step_inputs = FixedDLLMStepInputs(_block_size=L, _dllm_mask_token=99)
+    args = prefill_output()
+    step_inputs.merge_prefill(*args)
+    assert torch.equal(step_inputs.sampling_delta.random_offsets, offsets + 1)
+    assert torch.equal(args[3].random_offsets, offsets)  # the inference tensor itself is left alone
+    step_inputs.step_decode(step_inputs.model_inputs, step_inputs.extra_inputs, step_inputs.stopping_criteria,
+                            *prefill_output()[3:])
+    assert torch.equal(step_inputs.sampling_delta.random_offsets, offsets + 1)
+
+
 # ---- per-request sampling parameters in a mixed batch ---------------------------------------------------
 
 

@@ -1,14 +1,14 @@
-"""Upstream's device-resident DLLM decode state plus the per-sequence delayed-cache and FOCUS state."""
+"""Upstream's device-resident DLLM decode state (with the plugin's fixes) plus the per-sequence
+delayed-cache and FOCUS state."""
 from dataclasses import dataclass, field
-
-from lmdeploy.pytorch.strategies.dllm.step_inputs import DLLMStepInputs
 
 from . import focus_state as focus
 from .delayed_cache_state import DelayedCacheState, concat, reset_rows, select, starts_new_block
+from .upstream_fixes import FixedDLLMStepInputs
 
 
 @dataclass
-class DelayedCacheStepInputs(DLLMStepInputs):
+class DelayedCacheStepInputs(FixedDLLMStepInputs):
     delayed_state: DelayedCacheState | None = field(default=None, repr=False)
     focus_state: focus.FocusState | None = field(default=None, repr=False)
 

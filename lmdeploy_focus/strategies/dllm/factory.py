@@ -91,7 +91,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
 
     def build_step_inputs(self):
         if self.delayed_cache_runtime is None:
-            return super().build_step_inputs()
+            from .upstream_fixes import FixedDLLMStepInputs
+            return FixedDLLMStepInputs(_block_size=self.dllm_block_length,
+                                       _dllm_mask_token=self.model_config.dllm_mask_token)
         from .delayed_cache_step_inputs import DelayedCacheStepInputs
         step_inputs = DelayedCacheStepInputs(_block_size=self.dllm_block_length,
                                              _dllm_mask_token=self.model_config.dllm_mask_token)

@@ -10,7 +10,10 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    a value no token takes; the table other consumers read (bad-word masking) is untouched.
 2. Chunked prefill: the last chunk's DLLM mask and the stopping criteria's remaining-token counter
    reach the unmasker and the stop check as inference tensors while inference mode is off, and
-   upstream's in-place updates raise (the engine loop dies). Both are cloned first when that is so.
+   upstream's in-place updates raise (the engine loop dies). Both are cloned first when that is so,
+   and so is the sampling delta's ``random_offsets`` that ``DLLMStepInputs.merge_prefill`` /
+   ``step_decode`` advance in place (:class:`FixedDLLMStepInputs`; the third place the H100 check hit,
+   stock chunked prefill, 2026-11-23 run 3).
 3. Per-request sampling parameters of mixed batches. The sampler sees one row per block position,
    request after request (``b * L + p``), and upstream's step updates read the per-request vectors
    that way too, but ``DLLMSamplingStrategy.make_sampling_inputs`` repeats the 1-D ones (temperature,
@@ -51,6 +54,8 @@ processors, a per-position random stream, guided decoding and logprobs that know
 ``output_start_pos`` at the prompt's end and the earlier of the two stop positions; the cache
 trimmed whenever a new turn starts).
 """
+from dataclasses import replace
+
 import torch
 
 from lmdeploy.pytorch import consts
@@ -58,11 +63,20 @@ from lmdeploy.pytorch.strategies.dllm.model_agent import (DLLMModelAgentStrategy
                                                           _check_stopwords_dllm)
 from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
 from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy, SchedulerSequenceDLLM
+from lmdeploy.pytorch.strategies.dllm.step_inputs import DLLMStepInputs
 
 from ...log import logger
 
 # never a token id, and distinct from the -1 upstream writes into ignored positions
 _NO_TOKEN = -2
+
+
+def _writable(tensor):
+    """``tensor``, or a normal copy of it when it is an inference tensor and inference mode is off
+    (upstream updates it in place next)."""
+    if tensor is not None and tensor.is_inference() and not torch.is_inference_mode_enabled():
+        return tensor.clone()
+    return tensor
 
 
 class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
@@ -82,11 +96,9 @@ class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
         return self.wrap(super().update(delta))
 
     def step(self, token_ids, stop_words, inputs=None, extra_inputs=None):
-        criteria = self
-        if self.num_appendable_ids.is_inference() and not torch.is_inference_mode_enabled():
-            # upstream updates the counter in place; after a prefill chunk it is an inference tensor
-            criteria = type(self)(num_appendable_ids=self.num_appendable_ids.clone(),
-                                  output_start_pos=self.output_start_pos)
+        # upstream updates the counter in place; after a prefill chunk it is an inference tensor
+        criteria = type(self)(num_appendable_ids=_writable(self.num_appendable_ids),
+                              output_start_pos=self.output_start_pos)
         # upstream's length check alone; its stop-word check (below, once) would let the length
         # position win over an earlier stop word of the same block
         upstream_step = super(PaddingSafeDLLMStoppingCriteria, criteria).step
@@ -104,6 +116,23 @@ class PaddingSafeDLLMStoppingCriteria(DLLMStoppingCriteria):
                                                             output_start_pos=self.output_start_pos)
 
 
+def _writable_delta(sampling_delta):
+    return replace(sampling_delta, random_offsets=_writable(sampling_delta.random_offsets))
+
+
+class FixedDLLMStepInputs(DLLMStepInputs):
+    """Upstream's decode state, advancing a copy of ``random_offsets`` when it is an inference tensor
+    while inference mode is off (``+= 1`` raised there and the engine loop died)."""
+
+    def merge_prefill(self, inputs, extra_inputs, stopping_criteria, sampling_delta, *args, **kwargs):
+        return super().merge_prefill(inputs, extra_inputs, stopping_criteria, _writable_delta(sampling_delta),
+                                     *args, **kwargs)
+
+    def step_decode(self, model_inputs, extra_inputs, stopping_criteria, sampling_delta, *args, **kwargs):
+        return super().step_decode(model_inputs, extra_inputs, stopping_criteria, _writable_delta(sampling_delta),
+                                   *args, **kwargs)
+
+
 class UpstreamFixesMixin:
     """Agent-strategy mixin (before upstream's ``DLLMModelAgentStrategy`` in the bases)."""
 
@@ -111,9 +140,7 @@ class UpstreamFixesMixin:
         return PaddingSafeDLLMStoppingCriteria.wrap(super().make_stopping_criteria(seqs))
 
     def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
-        mask = extra_inputs.dllm_mask
-        if mask.is_inference() and not torch.is_inference_mode_enabled():
-            extra_inputs.dllm_mask = mask.clone()  # a normal tensor the unmasker may update in place
+        extra_inputs.dllm_mask = _writable(extra_inputs.dllm_mask)  # the unmasker updates it in place
         return super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
 
 
