@@ -206,6 +206,14 @@ def test_infer_outputs_builder_is_wrapped_and_builds_request_metrics_per_session
     # outputs are keyed by session id and each carries a RequestMetrics built in this method
     assert 'outputs[session_id] = out' in source and 'RequestMetrics(' in source
     assert 'req_metrics' in {f.name for f in dataclasses.fields(InferOutput)}
+    # block logprobs (rewritten before upstream runs): read from batched_outputs.logprobs, L rows per
+    # request, rows with index -1 skipped, cut at the stop position, before the sequences update
+    assert 'logprobs = batched_outputs.logprobs' in source
+    assert 'num_decode_tokens = logprobs.indices.shape[0] // batch_size' in source
+    assert 'mask = logprobs.indices[start:end][:, 0] >= 0' in source and 'stop_pos >= range_tensor' in source
+    assert source.index('__get_logprobs(logprobs') < source.index('self.seq_strategy.update_running(')
+    from lmdeploy.pytorch.engine.model_agent.agent import BatchedLogProbs
+    assert [f.name for f in dataclasses.fields(BatchedLogProbs)] == ['vals', 'indices']
     assert {'token_timestamp', 'engine_events', 'spec_info', 'cached_tokens'} <= {
         f.name for f in dataclasses.fields(RequestMetrics)}
 

@@ -114,9 +114,26 @@ def test_engine_loop_outputs_pass_through_the_wrapper():
     from lmdeploy_focus.patch import request_metrics
     loop = SimpleNamespace(EngineLoop=type('Loop', (), {'_make_infer_outputs': upstream}))
     request_metrics.apply(loop)  # the same wrapper the plugin put on EngineLoop
-    out = loop.EngineLoop._make_infer_outputs(None, None, [seq], None, None)
+    out = loop.EngineLoop._make_infer_outputs(SimpleNamespace(seq_strategy=None), None, [seq], None, None)
     assert out[4].req_metrics.dllm['processed_per_generated'] == 1.5
     assert EngineLoop._make_infer_outputs.__lmdeploy_focus_upstream__.__name__ == '_make_infer_outputs'
+
+
+def test_the_wrapper_lets_the_sequence_strategy_prepare_outputs_before_upstream_reads_them():
+    seen = []
+
+    def upstream(self, batched_outputs, running, model_inputs, delta):
+        seen.append(('upstream', batched_outputs.logprobs))
+        return {}
+
+    strategy = SimpleNamespace(prepare_step_outputs=lambda out, running, inputs, delta: (
+        seen.append(('prepare', inputs, delta)), setattr(out, 'logprobs', 'rewritten')))
+    from lmdeploy_focus.patch import request_metrics
+    loop = SimpleNamespace(EngineLoop=type('Loop', (), {'_make_infer_outputs': upstream}))
+    request_metrics.apply(loop)
+    outputs = SimpleNamespace(logprobs='upstream rows')
+    loop.EngineLoop._make_infer_outputs(SimpleNamespace(seq_strategy=strategy), outputs, [], 'inputs', delta='delta')
+    assert seen == [('prepare', 'inputs', 'delta'), ('upstream', 'rewritten')]
 
 
 def test_next_request_of_a_session_starts_its_own_totals(monkeypatch):

@@ -392,23 +392,23 @@ def test_next_turn_after_an_abort_at_a_commit_feeds_the_new_prompt(fixed):
         assert type(seq) is FixedSchedulerSequenceDLLM and isinstance(seq, SchedulerSequenceDLLM)
 
 
-def test_logprobs_are_not_computed_for_diffusion_decoding(caplog):
-    from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
+def test_logprobs_reach_the_sampler_and_unsupported_options_warn_once_per_request(caplog):
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
     seqs = _sampling_seqs(3, gen)
     for s in seqs:
         s.sampling_param.num_logprobs = -1
     assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == -1
-    seqs[2].sampling_param.num_logprobs = 5
-    assert DLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == 5  # upstream computes them
+    seqs[2].sampling_param.num_logprobs = 5  # sent per block by block_logprobs.py
+    assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == 5
+    seqs[2].sampling_param.response_format = {'type': 'json_object'}
     with caplog.at_level('WARNING'):
-        assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == -1
-    assert 'logprobs are not supported' in caplog.text and '[2]' in caplog.text
+        FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs)
+    assert 'response_format is not supported' in caplog.text and '[2]' in caplog.text
     caplog.clear()
     with caplog.at_level('WARNING'):  # the next step of the same request: no new warning
-        assert FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs).max_num_logprobs == -1
-    assert 'logprobs' not in caplog.text
+        FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs)
+    assert 'response_format' not in caplog.text
     seqs[2].resp = object()  # the session's next request
     with caplog.at_level('WARNING'):
         FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs)
-    assert 'logprobs are not supported' in caplog.text
+    assert 'response_format is not supported' in caplog.text

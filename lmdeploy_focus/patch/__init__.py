@@ -62,13 +62,19 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
 
 7. ``lmdeploy.pytorch.engine.engine_loop.EngineLoop._make_infer_outputs`` is wrapped
    (:mod:`.request_metrics`).
-   Why: with ``dllm_track`` each request reports its DLLM statistics (decode steps, generated,
+   Why: (a) with ``dllm_track`` each request reports its DLLM statistics (decode steps, generated,
    processed rows before/after FOCUS eviction, kept fraction, shadow recall) in its request metrics;
-   upstream builds ``RequestMetrics`` inside this method with no extension point.
-   How: the wrapper post-processes the returned outputs: a sequence that carries statistics (only
-   with ``dllm_track``) gets :class:`~lmdeploy_focus.strategies.dllm.request_stats.DLLMRequestMetrics`
-   (upstream's fields + ``dllm``). The counts arrive with the step's extra outputs (no extra sync).
-   Removed by: an upstream hook for strategy-defined request metrics.
+   upstream builds ``RequestMetrics`` inside this method with no extension point. (b) DLLM logprobs:
+   upstream hands each request the step's L rows of sampled-id logprobs, read inside this method
+   before the sequences update; a diffusion request must get each returned token's logprob from the
+   step that unmasked it, once, with its block.
+   How: before upstream runs, the sequence strategy's ``prepare_step_outputs`` (if it has one: ours,
+   :mod:`lmdeploy_focus.strategies.dllm.block_logprobs`) rewrites ``batched_outputs.logprobs`` on the
+   host; after it, a sequence that carries statistics (only with ``dllm_track``) gets
+   :class:`~lmdeploy_focus.strategies.dllm.request_stats.DLLMRequestMetrics` (upstream's fields +
+   ``dllm``). The counts arrive with the step's extra outputs (no extra sync).
+   Removed by: upstream hooks for strategy-defined request metrics and strategy-defined output
+   logprobs (or block-aware DLLM logprobs upstream).
 
 8. ``lmdeploy.pytorch.engine.logits_process._filter_repetition_ngram_`` is wrapped (:mod:`.ngram_filter`).
    Why: with ``repetition_ngram_size`` on, upstream gathers each row's first stop word, which is the

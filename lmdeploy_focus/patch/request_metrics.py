@@ -1,4 +1,5 @@
-"""Patch 7: wrap ``EngineLoop._make_infer_outputs`` to hand per-request DLLM statistics to the request."""
+"""Patch 7: wrap ``EngineLoop._make_infer_outputs``: DLLM block logprobs before it, per-request DLLM
+statistics after it."""
 import functools
 
 
@@ -9,8 +10,11 @@ def apply(engine_loop_module) -> None:
     upstream = loop_cls._make_infer_outputs
 
     @functools.wraps(upstream)
-    def _make_infer_outputs(self, batched_outputs, running, *args, **kwargs):
-        outputs = upstream(self, batched_outputs, running, *args, **kwargs)
+    def _make_infer_outputs(self, batched_outputs, running, model_inputs, delta):
+        prepare = getattr(self.seq_strategy, 'prepare_step_outputs', None)
+        if prepare is not None:
+            prepare(batched_outputs, running, model_inputs, delta)
+        outputs = upstream(self, batched_outputs, running, model_inputs=model_inputs, delta=delta)
         return attach_request_stats(outputs, running)
 
     _make_infer_outputs.__lmdeploy_focus_upstream__ = upstream

@@ -173,12 +173,13 @@ class DelayedCacheRuntime:
     def dense_logits(self, hidden_rows: torch.Tensor, lm_head) -> torch.Tensor:
         """``[B*L, V]`` logits for the sampler: ``lm_head`` on the step's ``[num_rows, H]`` rows.
 
-        The LM head runs on the processed (kept) rows only, in chunks of about
-        ``LOGITS_CHUNK_BYTES`` written straight into a persistent buffer: the step's vocab-wide
-        memory stays one ``B*L x V`` tensor, as in stock decoding, instead of that plus a ragged
-        copy plus the scatter's temporaries (which ran a 16B-MoE at bs 256 out of memory).
+        The LM head runs on the processed (kept) rows only, ``logits_chunk_rows`` rows at a time,
+        written straight into a persistent buffer: the step's vocab-wide memory stays one
+        ``B*L x V`` tensor plus a chunk, as in stock decoding, instead of that plus a ragged copy
+        plus the scatter's temporaries (which ran a 16B-MoE at bs 256 out of memory).
         Unprocessed slots keep stale but finite values the unmasker never reads (guarded), so the
-        buffer is never cleared.
+        buffer is never cleared; after the batch shrinks they may hold another sequence's old rows
+        (the sampler still edits them in place, harmlessly), until the slot is processed.
         """
         step = self.step
         proc = step.proc

@@ -27,8 +27,9 @@ The first two were found by ``benchmark/serving_edge_check.py`` on the H100, in 
    row but not the per-request session list the grammar matchers are looked up with (IndexError in
    the logits processor, the engine loop's step fails for the whole batch, or another session's
    matcher), and a grammar matcher advances token by token, which parallel unmasking does not do.
-   Logprobs are dropped the same way: upstream takes them from the step's sampled ids before the
-   unmasker puts the kept tokens back, so ids and values did not match the returned tokens.
+   Logprobs: upstream sends a request the logprobs of the ids sampled at all L positions of every
+   step that has output, not those of the tokens it returns; :mod:`.block_logprobs` sends each
+   token's logprob from the step that unmasked it, with its block (through patch 7).
    It also gives each block position its own random seed: upstream's sampler draws one uniform per
    row from (seed, offset), and all rows of a request shared both, so every position of a block drew
    the same number at each step (inverse-CDF sampling then picks the same quantile everywhere: a step
@@ -66,6 +67,7 @@ from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy, Sche
 from lmdeploy.pytorch.strategies.dllm.step_inputs import DLLMStepInputs
 
 from ...log import logger
+from .block_logprobs import emit_block_logprobs
 
 # never a token id, and distinct from the -1 upstream writes into ignored positions
 _NO_TOKEN = -2
@@ -174,10 +176,6 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             _warn_once(seqs, lambda p: p.response_format is not None, 'response_format is not supported with '
                        'diffusion decoding (grammar matchers follow one token at a time); ignored')
             out.response_formats = (None, ) * len(out.response_formats)
-        if out.max_num_logprobs >= 0:
-            _warn_once(seqs, lambda p: p.num_logprobs >= 0, 'logprobs are not supported with diffusion decoding '
-                       'yet (upstream reports them for the sampled, not the returned tokens); none returned')
-            out.max_num_logprobs = -1
         if out.logits_processors is not None and len(out.logits_processors) == batch and any(out.logits_processors):
             # each row of the request's block gets the request's processors (called once per row per step)
             out.logits_processors = [p for p in out.logits_processors for _ in range(block)]
@@ -217,6 +215,10 @@ class FixedSchedulerSequenceDLLM(SchedulerSequenceDLLM):
 
 class FixedDLLMSequenceStrategy(DLLMSequenceStrategy):
     """Upstream's DLLM sequence strategy building :class:`FixedSchedulerSequenceDLLM`."""
+
+    def prepare_step_outputs(self, batched_outputs, running, model_inputs, delta) -> None:
+        """Called (patch 7) before the engine loop turns a step's outputs into responses."""
+        emit_block_logprobs(batched_outputs, running, model_inputs, delta, self.block_size)
 
     def make_sequence(self, *args, **kwargs):
         seq = super().make_sequence(*args, **kwargs)
