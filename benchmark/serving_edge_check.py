@@ -67,7 +67,7 @@ ARMS = {
     'focus_leftmost': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost'),
 }
 DEFAULT_ARMS = ('stock', 'delayed_exact', 'delayed_fast', 'focus')  # focus_leftmost: same machinery, other policy
-MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling')
+MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling', 'logprobs')
 CASES = MAIN_CASES + ('chunked_prefill', 'prefix_caching')
 PREFIX_FAST_MESSAGE = 'enable_prefix_caching'  # the plugin's ValueError names the option (config/compat.py)
 
@@ -122,7 +122,7 @@ def engine_kwargs(args, arm: str, block_length: int, **overrides) -> dict:
                   block_size=args.kv_page, cache_max_entry_count=args.cache_max_entry_count,
                   enable_prefix_caching=False, eager_mode=not args.graphs, dllm_block_length=block_length,
                   dllm_unmasking_strategy=args.unmasking, dllm_denoising_steps=block_length,
-                  dllm_confidence_threshold=args.threshold, **ARMS[arm])
+                  dllm_confidence_threshold=args.threshold, logprobs_mode='raw_logprobs', **ARMS[arm])
     if args.track:
         kwargs['dllm_track'] = True
     kwargs.update(overrides)
@@ -285,6 +285,8 @@ async def run_arm(report: Report, arm: str, args, sets: dict, block_length: int,
             if 'mixed_sampling' in cases:
                 await run_case(report, arm, 'mixed_sampling',
                                ec.case_mixed_sampling(runner, sets['main'], traj, N, eos_ids), T)
+            if 'logprobs' in cases:
+                await run_case(report, arm, 'logprobs', ec.case_logprobs(runner, sets['main'], traj, N, eos_ids), T)
         for key, case in (('long', 'chunked_prefill'), ('prefix', 'prefix_caching')):
             if case in cases and not (case == 'prefix_caching' and fast_commit):
                 try:

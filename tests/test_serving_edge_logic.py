@@ -179,6 +179,17 @@ def test_choose_mid_block_stop_none_when_everything_is_at_block_edges():
 # ---- comparison --------------------------------------------------------------------------------------
 
 
+def test_check_logprobs():
+    tokens = [5, 9, 11]
+    good = [{5: -0.1, 6: -2.0}, {9: -0.3}, {11: -0.01, 2: -4.0, 3: -5.0}]
+    assert logic.check_logprobs(tokens, good, 2)['passed']
+    assert not logic.check_logprobs(tokens, good[:2], 2)['passed']  # one entry short
+    assert not logic.check_logprobs(tokens, [{5: -0.1}, {8: -0.3}, good[2]], 2)['passed']  # token missing
+    assert not logic.check_logprobs(tokens, [{5: -3.0, 6: -0.1}, *good[1:]], 2)['passed']  # not the argmax
+    assert not logic.check_logprobs(tokens, [*good[:2], {11: -0.01, 1: -1, 2: -2, 3: -3}], 2)['passed']  # too wide
+    assert not logic.check_logprobs(tokens, [*good[:2], {11: 0.5}], 2)['passed']  # not a log-probability
+
+
 def test_compare_outputs():
     L = 8
     exp = [[1, 2, 3, 4], [5, 6, 7], [8, 9]]
@@ -373,7 +384,9 @@ class FakeEngine:
     ``fault``: 'disturb_after_cancel' (requests running when another one is cancelled change later blocks),
     'ignore_stop_tokens' (only EOS ids stop, not a request's extra stop token), 'prefix_cache_corrupts',
     'sampling_leaks' (a greedy request batched with sampling ones changes, as upstream 0.18's interleaved
-    per-request parameters would make it). A sampling request follows its own seeded trajectory."""
+    per-request parameters would make it), 'logprobs_per_position' (each chunk carries L logprob entries
+    of sampled ids, as upstream 0.18 sent them). A sampling request follows its own seeded trajectory;
+    with ``logprobs`` each token gets an entry whose argmax it is."""
 
     EOS = (256, 258)
 
@@ -443,13 +456,13 @@ class FakeInstance:
         block_end = (P // L + 1) * L - P  # output end of the first block
         e.active.add(session_id)
         try:
-            async for response in self._blocks(session_id, out, metrics, block_end):
+            async for response in self._blocks(session_id, out, metrics, block_end, gen_config.logprobs):
                 yield response
         finally:
             e.active.discard(session_id)
             e.sampling.discard(session_id)
 
-    async def _blocks(self, session_id, out, metrics, block_end):
+    async def _blocks(self, session_id, out, metrics, block_end, top=None):
         import asyncio
         from lmdeploy.messages import EngineOutput, ResponseType
         e, L, sent = self.engine, self.engine.L, 0
@@ -462,11 +475,16 @@ class FakeInstance:
             chunk = out[sent:block_end]
             if e.fault == 'disturb_after_cancel' and session_id in e.disturbed:
                 chunk = [t + 1 for t in chunk]
+            logprobs = None
+            if top:
+                logprobs = [{t: -0.25, t + 1: -1.5} for t in chunk]
+                if e.fault == 'logprobs_per_position':
+                    logprobs = [{t + 7: -0.5} for t in range(L)]
             sent = min(block_end, len(out))
             if sent >= len(out):
-                yield EngineOutput(ResponseType.FINISH, chunk, req_metrics=metrics)
+                yield EngineOutput(ResponseType.FINISH, chunk, logprobs=logprobs, req_metrics=metrics)
                 return
-            yield EngineOutput(ResponseType.SUCCESS, chunk, req_metrics=metrics)
+            yield EngineOutput(ResponseType.SUCCESS, chunk, logprobs=logprobs, req_metrics=metrics)
             block_end += L
 
 
@@ -494,6 +512,7 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
     assert stock['abort']['cancelled'] >= 1 and stock['abort']['sequences'] > 14
     assert stock['staggered']['mixing']['starts_with_others_past_first_block'] > 0
     assert stock['mixed_sampling']['identical'] == 8 and len(stock['mixed_sampling']['sampled']) == 8
+    assert stock['logprobs']['identical'] == 16 and stock['logprobs']['checks']['logprobs_match_tokens']
     assert max(stock['prefix_caching']['cached_tokens']['wave2']) >= 128
     assert data['arms']['delayed_fast']['cases']['prefix_caching']['refused']
     assert 'case' in data['table'] and data['gpu'] is None and data['lmdeploy'] == '0.18.0'
@@ -502,7 +521,8 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
 @pytest.mark.parametrize('fault, failing', [('disturb_after_cancel', {'abort'}),
                                             ('ignore_stop_tokens', {'stop_token'}),
                                             ('prefix_cache_corrupts', {'prefix_caching'}),
-                                            ('sampling_leaks', {'mixed_sampling'})])
+                                            ('sampling_leaks', {'mixed_sampling'}),
+                                            ('logprobs_per_position', {'logprobs'})])
 def test_driver_catches_a_faulty_engine(driver, monkeypatch, tmp_path, fault, failing):
     rc, data = run_driver_on_fake(driver, monkeypatch, tmp_path, fault, ['--arms', 'stock', 'delayed_fast'])
     assert rc == 1 and data['overall'] == 'FAIL'

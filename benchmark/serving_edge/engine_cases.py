@@ -31,6 +31,7 @@ class Request:
     stop_ids: tuple = ()
     label: str = ''
     sampling: dict | None = None  # GenerationConfig sampling fields (do_sample=True); None: greedy
+    logprobs: int | None = None  # GenerationConfig.logprobs (top entries per token)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Outcome:
     end: float = 0.0
     cancel_sent_at_tokens: int | None = None  # tokens received when the cancel was sent
     error: str | None = None
+    logprobs: list = field(default_factory=list)  # one {token_id: logprob} per token, when asked
 
 
 class Runner:
@@ -62,7 +64,7 @@ class Runner:
         if request.sampling is not None:
             sampling = dict(do_sample=True, **request.sampling)
         return GenerationConfig(max_new_tokens=request.max_new_tokens, ignore_eos=False,
-                                stop_token_ids=list(request.stop_ids) or None, **sampling)
+                                stop_token_ids=list(request.stop_ids) or None, logprobs=request.logprobs, **sampling)
 
     def now(self) -> float:
         return time.perf_counter() - self.clock0
@@ -85,6 +87,7 @@ class Runner:
                         outcome.error = f'response {out.status.name}'
                         break
                     outcome.tokens.extend(out.token_ids)
+                    outcome.logprobs.extend(getattr(out, 'logprobs', None) or [])
                     metrics = getattr(out, 'req_metrics', None)
                     if metrics is not None:
                         cached = int(getattr(metrics, 'cached_tokens', 0) or 0)
@@ -311,6 +314,25 @@ async def case_mixed_sampling(runner: Runner, prompts: list, trajectories: dict,
                   extra_checks=dict(sampled_requests_ended_normally=sampled_ok),
                   sampled=[dict(outcome_record(requests[i], outcomes[i], L), sampling=requests[i].sampling)
                            for i in sampled])
+
+
+async def case_logprobs(runner: Runner, prompts: list, trajectories: dict, max_new_tokens: int,
+                        stop_ids: tuple) -> dict:
+    """Every other request asks for logprobs (top 3; the engine runs with ``logprobs_mode``): one entry
+    per returned token, naming it, the token the entry's argmax (greedy); and every output, with or
+    without logprobs, equals its trajectory (upstream 0.18 sent the sampled ids of all L positions of
+    every step with output instead)."""
+    L, top = runner.block_length, 3
+    requests = [Request(p, max_new_tokens, stop_ids, f'{p.label}:logprobs' if i % 2 else p.label,
+                        logprobs=top if i % 2 else None) for i, p in enumerate(prompts)]
+    outcomes = await runner.batch(requests)
+    checked = {r.label: logic.check_logprobs(o.tokens, o.logprobs, top)
+               for r, o in zip(requests, outcomes) if r.logprobs is not None}
+    others_clean = all(not o.logprobs for r, o in zip(requests, outcomes) if r.logprobs is None)
+    return judged(requests, outcomes, expected_for(trajectories, requests, L), L,
+                  extra_checks=dict(logprobs_match_tokens=all(c['passed'] for c in checked.values()),
+                                    no_logprobs_unasked=others_clean),
+                  logprobs={k: v for k, v in checked.items() if not v['passed']})
 
 
 # ---- cases on their own engines -----------------------------------------------------------------

@@ -321,3 +321,22 @@ def overall_status(results: dict) -> str:
     statuses = [r.get('status') for arm in results.values() for r in arm.values() if isinstance(r, dict)]
     statuses = [s for s in statuses if s != SKIPPED]
     return PASS if statuses and all(s == PASS for s in statuses) else FAIL
+
+
+def check_logprobs(tokens: list, logprobs: list, num_logprobs: int, tol: float = 1e-3) -> dict:
+    """A greedy request's logprobs (``[{token_id: logprob}, ...]``, one dict per returned token) against
+    its tokens: one entry per token, each naming its token, at most ``num_logprobs + 1`` ids, values
+    <= 0, and the token's value the largest of its entry (greedy picks the argmax; ``tol`` for bf16)."""
+    problems = []
+    if len(logprobs) != len(tokens):
+        problems.append(f'{len(logprobs)} logprob entries for {len(tokens)} tokens')
+    for i, (token, entry) in enumerate(zip(tokens, logprobs)):
+        if token not in entry:
+            problems.append(f'token {i} ({token}) missing from its entry')
+        elif entry[token] < max(entry.values()) - tol:
+            problems.append(f'token {i}: {entry[token]:.4f} below the entry max {max(entry.values()):.4f}')
+        if len(entry) > num_logprobs + 1 or any(v > tol for v in entry.values()):
+            problems.append(f'token {i}: malformed entry {entry}')
+        if len(problems) >= 5:
+            break
+    return dict(passed=not problems, problems=problems)
