@@ -31,7 +31,7 @@ def step(seqs, new_masks, width, is_decoding, stopped=None):
                               extra_outputs=SimpleNamespace(dllm_mask=torch.from_numpy(new_masks.reshape(-1))),
                               stopped=torch.tensor(stopped or [False] * B))
     inputs = SimpleNamespace(is_decoding=is_decoding, logits_indices=None, is_chunk=False, is_last_chunk=True)
-    emit_block_logprobs(outputs, seqs, inputs, None, L)
+    emit_block_logprobs(outputs, seqs, inputs, L)
     for seq, mask in zip(seqs, new_masks):
         seq.dllm_mask = mask.copy()  # what upstream's sequence update does next
     return vals.view(B, L, width), indices.view(B, L, width), outputs.logprobs
@@ -95,7 +95,7 @@ def test_upstream_would_send_the_sampled_ids_of_every_position():
     assert torch.equal(out.indices[1:], indices[0, 1:])
 
 
-def test_a_stop_sends_the_record_and_a_prefill_starts_a_fresh_one():
+def test_a_stop_sends_the_record_and_a_preempted_block_keeps_its_rows():
     L = 8
     seq = make_seq(L, 2, 1)
     new = seq.dllm_mask.copy()
@@ -106,16 +106,27 @@ def test_a_stop_sends_the_record_and_a_prefill_starts_a_fresh_one():
     vals2, indices2, out = step([seq], new2[None], 2, is_decoding=True, stopped=[True])
     assert torch.equal(out.indices[2:5], indices[0, 2:5]) and torch.equal(out.indices[5], indices2[0, 5])
     assert (out.indices[[0, 1, 6, 7], 0] == -1).all()
-    # an aborted half block must not leak into the next turn: prefill starts a fresh record
+    # preempted mid-block, the request is prefilled again with its half-decoded block: rows stay
     seq = make_seq(L, 0, 1)
     half = seq.dllm_mask.copy()
     half[:3] = UNMASKED
-    step([seq], half[None], 2, is_decoding=True)
-    seq.dllm_mask = make_seq(L, 4, 1).dllm_mask  # next turn's prompt ends mid-block
-    rest = seq.dllm_mask.copy()
-    rest[4:] = UNMASKED
-    _, indices, out = step([seq], rest[None], 2, is_decoding=False)
-    assert (out.indices[:4, 0] == -1).all() and torch.equal(out.indices[4:], indices[0, 4:])
+    _, first, _ = step([seq], half[None], 2, is_decoding=True)
+    _, again, out = step([seq], np.full((1, L), UNMASKED, dtype=np.uint8), 2, is_decoding=False)
+    assert torch.equal(out.indices[:3], first[0, :3]) and torch.equal(out.indices[3:], again[0, 3:])
+
+
+def test_a_new_turn_starts_without_the_aborted_blocks_rows():
+    from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta
+    from lmdeploy_focus.strategies.dllm.block_logprobs import RECORD_ATTR
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMSequenceStrategy
+    L = 4
+    strategy = FixedDLLMSequenceStrategy(L, 99)
+    session = SchedulerSession(0, SequenceMeta(block_size=64, strategy=strategy), lifecycle=None)
+    seq = strategy.make_sequence(1, session, SamplingParam(max_new_tokens=8, num_logprobs=1))
+    seq.update_token_ids(np.arange(10, 16))
+    setattr(seq, RECORD_ATTR, ('rows of a block', 'that was aborted'))
+    seq.update_token_ids(np.arange(20, 23))  # the session's next turn
+    assert getattr(seq, RECORD_ATTR) is None
 
 
 def test_a_wider_later_step_keeps_the_earlier_rows():
@@ -134,5 +145,91 @@ def test_an_unknown_layout_sends_no_logprobs_instead_of_failing_the_loop():
     outputs = SimpleNamespace(logprobs=BatchedLogProbs(vals=torch.zeros(3, 2), indices=torch.zeros(3, 2)),
                               extra_outputs=SimpleNamespace(dllm_mask=torch.zeros(4, dtype=torch.uint8)),
                               stopped=torch.tensor([False]))
-    emit_block_logprobs(outputs, [seq], None, SimpleNamespace(is_decoding=True), 4)
+    emit_block_logprobs(outputs, [seq], None, 4)
     assert outputs.logprobs is None
+
+
+# ---- through upstream's output path: real sequences, the plugin's stop criteria, upstream's
+# ---- _make_infer_outputs (with patch 7), preemption mid-block ---------------------------------------
+
+
+def _serve_one_request(rng, evict_at=None):
+    """Decode one request block by block with random unmasking orders and sampled ids, feeding every step
+    through upstream's ``EngineLoop._make_infer_outputs``; returns the tokens and logprob entries the
+    request was sent."""
+    from lmdeploy.pytorch.config import DLLMConfig
+    from lmdeploy.pytorch.engine import engine_loop
+    from lmdeploy.pytorch.engine.model_agent.agent import BatchedOutputs
+    from lmdeploy.pytorch.messages import SamplingParam, SchedulerSession, SequenceMeta, UpdateTokenMode
+    from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs, DLLMExtraOutputs
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMModelAgentStrategy, FixedDLLMSequenceStrategy
+    CACHED, MASK_TOKEN, STOP = consts.DLLM_CACHED, 999, 7
+    L, P, N = rng.choice([4, 8]), rng.randint(1, 20), rng.randint(1, 20)
+    stop_words = torch.tensor([[STOP]]).repeat(L, 1) if rng.random() < 0.5 else None
+    strategy = FixedDLLMSequenceStrategy(L, MASK_TOKEN)
+    session = SchedulerSession(0, SequenceMeta(block_size=16, strategy=strategy), lifecycle=None)
+    seq = strategy.make_sequence(seq_id=0, session=session,
+                                 sampling_param=SamplingParam(max_new_tokens=N, num_logprobs=2))
+
+    class Running:  # the scheduler's state machine, reduced to what the output path reads
+        status = MessageStatus.RUNNING
+
+        def finish(self):
+            self.status = MessageStatus.STOPPED
+
+    seq.set_state(Running())
+    seq.update_token_ids(torch.tensor([rng.randint(10, 50) for _ in range(P)]), mode=UpdateTokenMode.INPUTS)
+    seq.resp = SimpleNamespace(_input_logprobs=None, data=None, is_done=False)
+    agent = FixedDLLMModelAgentStrategy(DLLMConfig(block_length=L), MASK_TOKEN)
+    loop = SimpleNamespace(seq_strategy=strategy, scheduler=SimpleNamespace(cache_routed_experts=lambda running: None),
+                           config=SimpleNamespace(num_speculative_tokens=None, enable_metrics=False))
+    prefill, criteria, sent_logprobs, tokens = True, None, [], []
+    for step_index in range(200):
+        if prefill:
+            criteria = agent.make_stopping_criteria([seq])
+        history = seq.num_all_ids - L if prefill else seq.num_history_ids
+        block_ids = np.array(seq.history_cache[seq.num_all_ids - L:seq.num_all_ids])
+        old = np.array(seq.dllm_mask[-L:])
+        new = old.copy()
+        if (old == UNMASKED).all():
+            new[:] = CACHED  # the step after completion commits the block
+        masked = np.flatnonzero(old == MASKED).tolist()
+        for p in rng.sample(masked, min(len(masked), rng.randint(1, 3))):
+            new[p] = UNMASKED
+        sampled = torch.tensor([rng.choice([STOP, 11, 12, 13]) for _ in range(L)])
+        next_ids = torch.where(torch.from_numpy(old != MASKED), torch.from_numpy(block_ids.astype(np.int64)), sampled)
+        vals = torch.randn(L, 3).to(torch.bfloat16)
+        indices = torch.cat([sampled[:, None], torch.randint(0, 5, (L, 2))], 1).to(torch.int32)
+        inputs = SimpleNamespace(history_lengths=torch.tensor([history]), seq_length=torch.tensor([L]))
+        stopped, stop_pos, criteria = criteria.step(next_ids.clone(), stop_words, inputs=inputs,
+                                                    extra_inputs=DLLMExtraInputs(dllm_mask=torch.from_numpy(new)))
+        outputs = BatchedOutputs(next_token_ids=next_ids.clone(), stopped=stopped, stop_pos=stop_pos,
+                                 logprobs=BatchedLogProbs(vals=vals, indices=indices), model_metas=None,
+                                 extra_outputs=DLLMExtraOutputs(dllm_mask=torch.from_numpy(new.copy())))
+        model_inputs = SimpleNamespace(is_decoding=False, logits_indices=None, is_chunk=False,
+                                       is_last_chunk=True) if prefill else None
+        sent = engine_loop.EngineLoop._make_infer_outputs(loop, outputs, [seq], model_inputs,
+                                                          SimpleNamespace(is_decoding=True))
+        prefill = False
+        for out in sent.values():
+            if out.logprobs is not None:
+                sent_logprobs.extend(dict(zip(i, v)) for v, i in out.logprobs)
+            tokens = list(out.token_ids)
+            seq.resp.data = dict(token_ids=tokens)
+        if seq.status != MessageStatus.RUNNING:
+            break
+        if step_index == evict_at:
+            seq.set_step(0)  # preempted (KV cache short): prefilled again with its half-decoded block
+            prefill = True
+    return tokens, sent_logprobs
+
+
+def test_upstreams_output_path_sends_one_entry_per_token_naming_it():
+    seed = random.randrange(2**31)
+    for case in range(60):
+        rng = random.Random(seed + case)
+        evict_at = None if case % 3 == 0 else rng.choice([0, 1, 2, 3, 5])
+        tokens, sent = _serve_one_request(rng, evict_at)
+        assert tokens, f'seed {seed + case}'
+        assert len(sent) == len(tokens), f'seed {seed + case}: {len(sent)} entries for {len(tokens)} tokens'
+        assert all(list(entry)[0] == token for token, entry in zip(tokens, sent)), f'seed {seed + case}'

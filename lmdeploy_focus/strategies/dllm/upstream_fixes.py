@@ -67,7 +67,7 @@ from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy, Sche
 from lmdeploy.pytorch.strategies.dllm.step_inputs import DLLMStepInputs
 
 from ...log import logger
-from .block_logprobs import emit_block_logprobs
+from .block_logprobs import clear_record, emit_block_logprobs
 
 # never a token id, and distinct from the -1 upstream writes into ignored positions
 _NO_TOKEN = -2
@@ -209,6 +209,7 @@ class FixedSchedulerSequenceDLLM(SchedulerSequenceDLLM):
             # upstream trims the cache only when decoded tokens remain past the history
             self.history_cache.resize(self.num_history_ids)
             self.history_dllm_mask.resize(self.num_history_ids)
+        clear_record(self)  # logprob rows of an unfinished block belong to the previous turn
         super()._update_token_ids_inputs(token_ids, dllm_mask)
         self.output_start_pos = self.num_valid_ids  # upstream: the padded prompt length
 
@@ -218,7 +219,7 @@ class FixedDLLMSequenceStrategy(DLLMSequenceStrategy):
 
     def prepare_step_outputs(self, batched_outputs, running, model_inputs, delta) -> None:
         """Called (patch 7) before the engine loop turns a step's outputs into responses."""
-        emit_block_logprobs(batched_outputs, running, model_inputs, delta, self.block_size)
+        emit_block_logprobs(batched_outputs, running, model_inputs, self.block_size)
 
     def make_sequence(self, *args, **kwargs):
         seq = super().make_sequence(*args, **kwargs)
