@@ -540,6 +540,19 @@ def test_suite_blocks_phase_skips_the_dynamic_pair_phase_b32_measured(tmp_path):
     assert len(cmds) == 6 and 'already measured by phase b32' in out
 
 
+@pytest.mark.parametrize('phase, sizes, b64_first', [('dynamic', [64, 256], False), ('dynamic_rest', [32, 128], True)])
+def test_suite_dynamic_phases(tmp_path, phase, sizes, b64_first):
+    out, cmds = _suite(tmp_path, phase)
+    dynamic = [c for c in cmds if c.dllm_unmasking_strategy == 'low_confidence_dynamic']
+    assert [(c.arm, c.dllm_focus_policy) for c in dynamic] == [
+        ('stock-dynamic', None), ('focus-importance-dynamic', 'importance'), ('delayed-cache-dynamic', None),
+        ('focus-leftmost-dynamic', 'leftmost')]
+    assert all(c.concurrency == sizes and c.dllm_denoising_steps == 32 and c.output_len == 128 for c in dynamic)
+    b64 = [c for c in cmds if c.dllm_block_length == 64]
+    assert [(c.arm, c.concurrency, c.dllm_denoising_steps) for c in b64] == [('delayed-cache-static', [64, 256], 16)]
+    assert (cmds.index(b64[0]) == 0) == b64_first and len(cmds) == 5 and 'skipped' not in out
+
+
 def test_suite_cost_phase_is_unchanged(tmp_path):
     _, cmds = _suite(tmp_path, 'cost')
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [

@@ -8,6 +8,8 @@
 #                   importance at b16 and b64, then delayed cache at b16 and b64; then, if the budget
 #                   allows and phase b32 did not already measure it on this machine, the dynamic pair.
 #        'dynamic' = every b32 arm with dynamic unmasking (threshold 0.9, out 128, bs 64/256), then b64 delayed cache.
+#        'dynamic_rest' = what 'dynamic' left (2026-11-23): b64 delayed cache first, then every b32 arm with
+#                   dynamic unmasking at bs 32/128 (its own stock arm, so ratios stay same-run).
 #        'rows'   = the static-rows experiment (LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1: layers 0-1 run all
 #                   B*L rows, no processed-row sync; FOCUS keeps its kept-row sync), b32 static 4 tok/step,
 #                   bs 32/64/128/256: stock, FOCUS importance and leftmost with static rows, then FOCUS
@@ -29,7 +31,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in b32|blocks|dynamic|rows|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, dynamic, rows, cost)" >&2; exit 2 ;; esac
+case $PHASE in b32|blocks|dynamic|dynamic_rest|rows|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, dynamic, dynamic_rest, rows, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -112,21 +114,35 @@ if [[ $PHASE == b32 ]]; then
   exit 0
 fi
 
-if [[ $PHASE == dynamic ]]; then
-  # what b32/blocks left out: every b32 arm with dynamic unmasking (threshold 0.9, out 128), then b64 delayed
-  D=(env ARM_TAG=-dynamic UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=128
-     BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 128")
+# dynamic_arms "BS": every b32 arm with dynamic unmasking (threshold 0.9, out 128) at batch sizes BS
+dynamic_arms() {
+  local D=(env ARM_TAG=-dynamic UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=128
+           BATCH_SIZES="$1" EXTRA_ARGS="$COST --fast-exit --output-len 128")
   step 95 "stock dynamic" "${D[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   step 75 "focus-importance dynamic" "${D[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 90 "delayed-cache dynamic" "${D[@]}" bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
   step 75 "focus-leftmost dynamic" "${D[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+}
+b64_delayed_cache() {
   run_cmd mkdir -p /tmp/ckpt/SDAR-8B-Chat-b64; run_cmd ln -sf "$SDAR"/* /tmp/ckpt/SDAR-8B-Chat-b64/
   step 100 "b64 delayed-cache" env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS= \
     DENOISING_STEPS_PER_BLOCK_DIV=4 MAX_NEW_TOKENS=256 BATCH_SIZES="64 256" MODEL_PREFIX=/tmp/ckpt/SDAR-8B-Chat \
     EXTRA_ARGS="$COST --fast-exit --output-len 256" BLOCK_SIZES=64 ARMS=delayed-cache \
     bash benchmark/run_block_size_comparison.sh random
+}
+
+if [[ $PHASE == dynamic ]]; then
+  # what b32/blocks left out: every b32 arm with dynamic unmasking (threshold 0.9, out 128), then b64 delayed
+  dynamic_arms "64 256"
+  b64_delayed_cache
+  exit 0
+fi
+
+if [[ $PHASE == dynamic_rest ]]; then
+  b64_delayed_cache  # skipped by two earlier phases' budget guards: first now
+  dynamic_arms "32 128"
   exit 0
 fi
 
