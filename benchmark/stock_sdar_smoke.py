@@ -18,7 +18,7 @@ def random_text_prompts(model_path, batch_size, input_len, seed):
     """pipeline() takes text: random ids decoded to text, no chat template; returns the prompts and
     their re-encoded lengths."""
     from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)  # LLaDA2: remote-code config
     rng = np.random.default_rng(seed)
     prompts = [tokenizer.decode(rng.integers(1000, 150000, size=input_len).tolist()) for _ in range(batch_size)]
     return prompts, [len(tokenizer.encode(p, add_special_tokens=False)) for p in prompts]
