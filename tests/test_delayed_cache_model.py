@@ -62,6 +62,11 @@ def test_ragged_step_matches_the_dense_step_when_stale_kv_is_current(commit_mode
     # kv read length = history + rightmost processed + 1 = the whole block here
     assert step.meta.kv_seqlens.tolist() == [h + L for h in runner.history_lengths]
     runtime.end_step()
+    # a prefill hands the logits buffer back (upstream's runtime reserve counts one set of logits)
+    assert runtime._logits_buffer is not None
+    runtime.step_inputs = None
+    runner.forward(runner.make_inputs([prompts[0]], [0], is_decoding=False))
+    assert runtime._logits_buffer is None
 
 
 def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
