@@ -39,6 +39,9 @@ def random_step(batch, length, static_rows):
 @pytest.mark.parametrize('static_rows', [False, True])
 @pytest.mark.parametrize('trial', range(6))
 def test_chunked_lm_head_matches_full_scatter(static_rows, trial):
+    seed = random.randrange(2**31)  # fresh each run, named in failures
+    random.seed(seed)
+    torch.manual_seed(seed)
     batch, length = random.randint(1, 6), random.choice([4, 8, 16])
     chunk = random.choice([1, 3, 7, 1000])
     runtime = DelayedCacheRuntime(block_length=length, logits_chunk_rows=chunk)
@@ -51,7 +54,7 @@ def test_chunked_lm_head_matches_full_scatter(static_rows, trial):
     dense = runtime.dense_logits(hidden, head)
 
     expected = scatter_processed(head(hidden), step.proc, fill=0.0).view(batch * length, VOCAB)
-    torch.testing.assert_close(dense, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(dense, expected, rtol=0, atol=1e-12, msg=lambda m: f'seed {seed}: {m}')
     assert not dense.isnan().any()
     assert max(head.calls[:-1]) <= chunk
     assert sum(head.calls[:-1]) == step.num_rows
