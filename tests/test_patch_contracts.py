@@ -22,6 +22,8 @@ def test_pinned_version_and_every_patch_applied():
     import lmdeploy.pytorch.strategies.dllm  # noqa: F401
     import lmdeploy.pytorch.engine.engine_loop  # noqa: F401
     import lmdeploy.pytorch.engine.logits_process  # noqa: F401
+    for name in ('lmdeploy.serve.openai.api_server', 'lmdeploy.pytorch.engine.engine'):
+        importlib.import_module(name)  # also loads the other serving targets (patches 9-12)
     assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
     assert applied_patches() == frozenset(PATCHES)
 
@@ -108,6 +110,21 @@ def test_upstream_api_server_forwards_hf_overrides_to_the_engine_config():
     source = inspect.getsource(SubCliServe.api_server.__wrapped__)
     assert 'from lmdeploy.messages import PytorchEngineConfig' in source
     assert 'hf_overrides=args.hf_overrides' in source
+
+
+def test_upstream_cli_checks_the_model_path_only_through_the_hub_client():
+    # Patch 5's model-path check runs at parse time: upstream's entry point calls get_model() on a
+    # path that does not exist before it calls args.run, and add_parser_chat binds the runner by name.
+    from lmdeploy.cli import cli, entrypoint, serve
+    run_source = inspect.getsource(entrypoint.run)
+    assert run_source.index('get_model(args.model_path') < run_source.index('args.run(args)')
+    assert 'parser.set_defaults(run=CLI.chat)' in inspect.getsource(cli.CLI.add_parser_chat.__wrapped__)
+    assert 'parser.set_defaults(run=SubCliServe.api_server)' in \
+        inspect.getsource(serve.SubCliServe.add_parser_api_server.__wrapped__)
+    for wrapped in (cli.CLI.add_parser_chat.__wrapped__, serve.SubCliServe.add_parser_api_server.__wrapped__):
+        assert "parser.add_argument('model_path'" in inspect.getsource(wrapped)
+    # the runners upstream's parsers dispatch to are ours
+    assert cli.CLI.chat.__wrapped__ is not cli.CLI.chat
 
 
 def test_upstream_chat_copies_config_attributes_by_name():
@@ -307,3 +324,60 @@ def test_stop_fix_calls_upstreams_stop_word_check_with_its_signature():
     step = inspect.getsource(model_agent.DLLMStoppingCriteria.step)
     assert 'if stop_words is not None:' in step and '_check_stopwords_dllm(' in step
     assert 'stop_pos = torch.where(stopped, stop_pos, sw_stop_pos)' in inspect.getsource(model_agent._check_stopwords_dllm)
+
+
+# 9-12. Serving robustness (issue 15) ----------------------------------------------------------------------
+
+def test_endpoint_handlers_bind_validate_request_and_error_rendering_by_name():
+    """Patches 9 / 9b swap module attributes when ``common`` / ``errors`` finish loading; the handlers
+    import both names (``from ... import``) after that, and pass ``param`` by keyword."""
+    for name in ('lmdeploy.serve.openai.endpoints.completions', 'lmdeploy.serve.openai.endpoints.generate',
+                 'lmdeploy.serve.openai.chat_completions.serving'):
+        source = inspect.getsource(importlib.import_module(name))
+        assert 'validate_request' in source and 'create_request_error_response' in source, name
+        module = importlib.import_module(name)
+        assert module.validate_request.__lmdeploy_focus_upstream__ is not None
+    common = importlib.import_module('lmdeploy.serve.openai.endpoints.common')
+    upstream = common.validate_request.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters)[:3] == ['request', 'server_context', 'request_validator']
+    errors = importlib.import_module('lmdeploy.serve.openai.errors')
+    sig = inspect.signature(errors.create_request_error_response.__lmdeploy_focus_upstream__)
+    assert list(sig.parameters) == ['error', 'param'] and sig.parameters['param'].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_preprocess_calls_determine_gen_config_inside_its_request_error_handling():
+    """Patch 10: our checks raise ``RequestError`` from ``_determine_gen_config``, which ``preprocess``
+    calls after tokenising, inside the ``try`` whose ``except RequestError`` removes the session."""
+    ae = importlib.import_module('lmdeploy.serve.core.async_engine')
+    source = inspect.getsource(ae.AsyncEngine.preprocess)
+    call = source.index('self._determine_gen_config(input_ids, gen_config=gen_config)')
+    assert source.index('try:') < call < source.index('except RequestError:')
+    upstream = ae.AsyncEngine._determine_gen_config.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters) == ['self', 'input_ids', 'gen_config']
+    assert 'ENGINE_STOP_ERROR' in inspect.getsource(ae.AsyncEngine._request_error_from_status.__lmdeploy_focus_upstream__)
+
+
+def test_engine_add_message_is_a_per_request_loop_bound_at_construction():
+    """Patch 11 calls upstream's handler one request at a time: upstream's is a per-request loop, bound
+    to the request manager as ``self._on_add_message`` (looked up on the class at construction)."""
+    engine = importlib.import_module('lmdeploy.pytorch.engine.engine')
+    upstream = engine.Engine._on_add_message.__lmdeploy_focus_upstream__
+    assert 'for req in reqs:' in inspect.getsource(upstream)
+    assert 'for req in reqs:' in inspect.getsource(engine.Engine._add_message)
+    assert 'self._on_add_message' in inspect.getsource(engine.Engine._bind_request_manager)
+    assert "'Empty input is not allowed.'" in inspect.getsource(engine.Engine._add_message)
+    assert "alive=False" in inspect.getsource(engine.Engine.get_local_health_status.__lmdeploy_focus_upstream__)
+
+
+def test_api_server_looks_up_middleware_monitor_and_lifespan_at_call_time():
+    """Patch 12 rebinds three module globals of ``api_server``; ``serve`` and the lifespan handler read
+    them when they run."""
+    api_server = importlib.import_module('lmdeploy.serve.openai.api_server')
+    serve_source = inspect.getsource(api_server.serve)
+    assert 'app.add_middleware(EngineSleepingMiddleware' in serve_source
+    assert 'create_lifespan_handler(backend_config' in serve_source
+    assert 'EngineHealthMonitor(async_engine)' in inspect.getsource(
+        api_server.create_lifespan_handler.__lmdeploy_focus_upstream__)
+    middleware = api_server.EngineSleepingMiddleware.__lmdeploy_focus_upstream__
+    assert ('POST', '/v1/completions') in middleware.DEFAULT_PROTECTED_INFERENCE_ROUTES
+    assert callable(api_server.EngineHealthMonitor.__lmdeploy_focus_upstream__.snapshot)

@@ -86,6 +86,46 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    they are; other rows go through upstream's function unchanged.
    Removed by: upstream skipping rows without a stop word.
 
+9. ``lmdeploy.serve.openai.endpoints.common.validate_request`` is wrapped (:mod:`.serve_validation`), and
+   9b. ``lmdeploy.serve.openai.errors.create_request_error_response`` (:mod:`.serve_errors`).
+   Why: a bad request must be a 400 naming the field and the allowed range, before it reaches the
+   engine (issue 15: ``top_p: 7`` dropped the connection; values upstream does not check, such as
+   ``n`` on completions or ``logprobs`` that the completion stream then raises on, went through).
+   How: module attribute swaps when the modules finish loading, before the endpoint modules import
+   the names; our field rules (:mod:`lmdeploy_focus.serving.validation`) run before upstream's
+   validator; a ``FieldError`` turned ``RequestError`` carries ``param``, which 9b puts in the error body.
+   Removed by: upstream validating every sampling field and reporting ``param``.
+
+10. ``lmdeploy.serve.core.async_engine.AsyncEngine._determine_gen_config`` and
+    ``_request_error_from_status`` are wrapped (:mod:`.async_engine_validation`).
+    Why: the rules that need the templated, tokenised request (empty or whitespace-only input, token
+    ids outside the vocabulary or equal to the diffusion mask token, prompt + max_new_tokens beyond the
+    session, stop words that are not one token, input logprobs for a diffusion model) belong where
+    ``pipeline()``, ``lmdeploy chat`` and the api_server all pass: ``preprocess`` calls this method
+    after tokenising, inside its ``RequestError`` handling (the session is removed, the caller gets
+    the error). An empty prompt otherwise reached ``Engine._add_message``'s assert and killed the loop.
+    ``_request_error_from_status`` mapping a request to "engine unavailable" pokes the liveness watch (12).
+    How: class attribute wraps. Removed by: upstream input validation in ``preprocess``.
+
+11. ``lmdeploy.pytorch.engine.engine.Engine._on_add_message``, ``async_loop`` and
+    ``get_local_health_status`` are wrapped (:mod:`.engine_guard`).
+    Why: the last line of defence: an exception while adding one request must fail that request
+    alone, not the engine loop and every request in flight; and a loop that dies anyway must name its
+    cause in the health status the api_server reads.
+    How: upstream's handler (a per-request loop) is called one request at a time; a request whose call
+    raises is answered ``INTERNAL_ENGINE_ERROR``, its queued sequence stopped, the exception logged
+    with its session. ``async_loop`` keeps the exception that ended it; the health message appends it.
+    Removed by: upstream isolating per-request failures in the request loop.
+
+12. ``lmdeploy.serve.openai.api_server``: ``create_lifespan_handler`` wrapped, ``EngineSleepingMiddleware``
+    and ``EngineHealthMonitor`` replaced by subclasses (:mod:`.api_server_liveness`).
+    Why: after the engine loop died, ``/health`` reported the last (12 s old) probe and requests went
+    to a dead engine. A watcher (:mod:`lmdeploy_focus.serving.liveness`, 1 s) latches the engine dead
+    at the first ``alive: False``, logs the cause; the middleware answers inference routes 503 at once
+    and the monitor's snapshot is unhealthy with the cause.
+    How: module globals that ``serve`` / the lifespan handler read at call time.
+    Removed by: upstream gating inference routes on engine liveness.
+
 Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
 so model modules run on CPU.
 """

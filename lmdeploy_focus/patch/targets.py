@@ -15,6 +15,11 @@ PATCHES = {
     'lmdeploy.pytorch.models.module_map': ('module_map', 'lmdeploy_focus.models'),
     'lmdeploy.pytorch.engine.engine_loop': ('request_metrics', 'lmdeploy_focus.strategies.dllm.request_stats'),
     'lmdeploy.pytorch.engine.logits_process': ('ngram_filter', 'lmdeploy_focus.strategies.ngram_filter'),
+    'lmdeploy.serve.openai.endpoints.common': ('serve_validation', 'lmdeploy_focus.serving.boundary'),
+    'lmdeploy.serve.openai.errors': ('serve_errors', 'lmdeploy_focus.serving.boundary'),
+    'lmdeploy.serve.core.async_engine': ('async_engine_validation', 'lmdeploy_focus.serving.boundary'),
+    'lmdeploy.pytorch.engine.engine': ('engine_guard', 'lmdeploy_focus.serving.engine_guard'),
+    'lmdeploy.serve.openai.api_server': ('api_server_liveness', 'lmdeploy_focus.serving.liveness'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())

@@ -1,0 +1,13 @@
+"""Patch 10: validation of the templated, tokenised request in ``AsyncEngine`` (see package docstring)."""
+
+
+def apply(async_engine_module) -> None:
+    from ..serving.boundary import wrap_determine_gen_config, wrap_request_error_from_status
+    from ..serving.liveness import LIVENESS
+
+    cls = async_engine_module.AsyncEngine
+    if getattr(cls._determine_gen_config, '__lmdeploy_focus_upstream__', None) is None:
+        cls._determine_gen_config = wrap_determine_gen_config(cls._determine_gen_config)
+    upstream_status = cls.__dict__['_request_error_from_status'].__func__
+    if getattr(upstream_status, '__lmdeploy_focus_upstream__', None) is None:
+        cls._request_error_from_status = staticmethod(wrap_request_error_from_status(upstream_status, LIVENESS))

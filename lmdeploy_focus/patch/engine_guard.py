@@ -1,0 +1,12 @@
+"""Patch 11: one request failing while being added fails alone; a dead loop names its cause."""
+
+
+def apply(engine_module) -> None:
+    from ..serving.engine_guard import health_with_cause, isolate_add_message, record_loop_failure
+
+    cls = engine_module.Engine
+    if getattr(cls._on_add_message, '__lmdeploy_focus_upstream__', None) is not None:
+        return
+    cls._on_add_message = isolate_add_message(cls._on_add_message, engine_module.ResponseType.INTERNAL_ENGINE_ERROR)
+    cls.async_loop = record_loop_failure(cls.async_loop)
+    cls.get_local_health_status = health_with_cause(cls.get_local_health_status)

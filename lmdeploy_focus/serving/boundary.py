@@ -1,0 +1,80 @@
+"""Where the validation of :mod:`.validation` meets upstream (patches 9 and 10)."""
+import functools
+from http import HTTPStatus
+
+from .limits import engine_limits
+from .validation import FieldError, check_generation_config, check_http_request, check_input_ids
+
+# upstream request models -> the endpoint rules of check_http_request
+ENDPOINTS = {'CompletionRequest': 'completions', 'ChatCompletionRequest': 'chat', 'GenerateReqInput': 'generate'}
+
+
+def wrap_validate_request(upstream):
+    """``lmdeploy.serve.openai.endpoints.common.validate_request``: our field rules first (400 with
+    ``param``), then upstream's."""
+
+    @functools.wraps(upstream)
+    def validate_request(request, server_context, request_validator, **validator_kwargs):
+        endpoint = ENDPOINTS.get(type(request).__name__)
+        if endpoint is not None:
+            try:
+                dllm = engine_limits(server_context.async_engine).dllm
+                check_http_request(request, endpoint=endpoint, dllm=dllm)
+            except FieldError as e:
+                from lmdeploy.serve.openai.errors import create_error_response
+                return create_error_response(HTTPStatus.BAD_REQUEST, e.message, param=e.param)
+        return upstream(request, server_context, request_validator, **validator_kwargs)
+
+    validate_request.__lmdeploy_focus_upstream__ = upstream
+    return validate_request
+
+
+def wrap_determine_gen_config(upstream):
+    """``AsyncEngine._determine_gen_config(input_ids, gen_config)``: called by ``preprocess`` after
+    templating and tokenisation, inside its error handling (a ``RequestError`` there removes the session
+    and reaches the caller: 400 from the api_server, an error ``Response`` from ``pipeline()``)."""
+
+    @functools.wraps(upstream)
+    def _determine_gen_config(self, input_ids, gen_config=None):
+        limits = engine_limits(self)
+        tokenizer = self.tokenizer
+        try:
+            check_generation_config(gen_config, limits, encode=lambda word: tokenizer.encode(word, add_bos=False))
+            # without a gen_config, upstream's default max_new_tokens (512) is no request of the user's
+            max_new_tokens = gen_config.max_new_tokens if gen_config is not None else None
+            check_input_ids(input_ids, limits, max_new_tokens=max_new_tokens,
+                            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+        except FieldError as e:
+            raise e.to_request_error() from None
+        return upstream(self, input_ids, gen_config)
+
+    _determine_gen_config.__lmdeploy_focus_upstream__ = upstream
+    return _determine_gen_config
+
+
+def wrap_request_error_from_status(upstream, liveness):
+    """``AsyncEngine._request_error_from_status``: an engine-unavailable outcome makes the liveness
+    watcher check the engine at once."""
+    from lmdeploy.serve.core.exceptions import ErrorCode
+
+    @functools.wraps(upstream)
+    def _request_error_from_status(status):
+        error = upstream(status)
+        if error.code == ErrorCode.ENGINE_UNAVAILABLE:
+            liveness.poke()
+        return error
+
+    _request_error_from_status.__lmdeploy_focus_upstream__ = upstream
+    return _request_error_from_status
+
+
+def wrap_create_request_error_response(upstream):
+    """``lmdeploy.serve.openai.errors.create_request_error_response(error, *, param=None)``: ``param``
+    defaults to the field of a :class:`FieldError`."""
+
+    @functools.wraps(upstream)
+    def create_request_error_response(error, *, param=None):
+        return upstream(error, param=param if param is not None else getattr(error, 'param', None))
+
+    create_request_error_response.__lmdeploy_focus_upstream__ = upstream
+    return create_request_error_response

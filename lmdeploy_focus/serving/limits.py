@@ -1,0 +1,35 @@
+"""The model facts a request is validated against, read from an upstream ``AsyncEngine``."""
+from ..config.model_facts import LLADA2_MASK_TOKEN, SDAR_MASK_TOKEN, mask_token_from_hf_config
+from .validation import ModelLimits
+
+# Architectures the PyTorch engine runs as diffusion LLMs (upstream's SDAR builders set paradigm 'dllm';
+# LLaDA2 is ours), with the mask token each family's builder falls back to.
+DLLM_ARCHS = {
+    'SDARForCausalLM': SDAR_MASK_TOKEN,
+    'SDARMoeForCausalLM': SDAR_MASK_TOKEN,
+    'LLaDA2MoeModelLM': LLADA2_MASK_TOKEN,
+}
+
+_ATTR = '_lmdeploy_focus_limits'
+
+
+def model_limits(arch: str | None, hf_config, session_len: int | None, tokenizer_vocab: int | None) -> ModelLimits:
+    vocab = getattr(hf_config, 'vocab_size', None)
+    if vocab is None and hf_config is not None and hasattr(hf_config, 'get_text_config'):
+        vocab = getattr(hf_config.get_text_config(), 'vocab_size', None)
+    vocab = vocab if vocab is not None else tokenizer_vocab
+    mask = None
+    if arch in DLLM_ARCHS:
+        mask = mask_token_from_hf_config(hf_config, DLLM_ARCHS[arch])
+    return ModelLimits(vocab_size=vocab, session_len=session_len, mask_token=mask)
+
+
+def engine_limits(async_engine) -> ModelLimits:
+    """Cached on the engine (its model does not change)."""
+    limits = getattr(async_engine, _ATTR, None)
+    if limits is None:
+        tokenizer = getattr(async_engine, 'tokenizer', None)
+        limits = model_limits(getattr(async_engine, 'arch', None), getattr(async_engine, 'hf_cfg', None),
+                              getattr(async_engine, 'session_len', None), getattr(tokenizer, 'vocab_size', None))
+        setattr(async_engine, _ATTR, limits)
+    return limits

@@ -1,0 +1,217 @@
+"""Request-boundary validation: a bad request is answered 400, naming the field and the allowed range,
+before it can reach (and kill) the engine loop.
+
+Two layers, both plain functions over plain values (CPU-tested in ``tests/test_serving_validation.py``):
+
+* :func:`check_http_request`: the fields of an OpenAI / LMDeploy request body (``/v1/completions``,
+  ``/v1/chat/completions``, ``/generate``), run by the api_server before upstream's own checks
+  (patch 9, :mod:`lmdeploy_focus.patch.serve_validation`).
+* :func:`check_generation_config` and :func:`check_input_ids`: the tokenised, templated request,
+  run inside ``AsyncEngine.preprocess`` (patch 10), so ``pipeline()`` and ``lmdeploy chat`` get the same
+  rules (as a ``Response`` with ``finish_reason='error'`` and the message) as the api_server (as a 400).
+
+Every rejection is a :class:`FieldError` whose message starts with the field name and whose ``param``
+holds it; :mod:`.boundary` turns it into upstream's ``RequestError(INVALID_REQUEST)`` (rendered 400 by
+every endpoint). Nothing of upstream is imported here: the module is loaded while upstream's serve
+package may still be initialising.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_SEED = 2**63 - 1
+MAX_CHAT_N = 128  # upstream's fan-out cap (chat_completions.validation._MAX_FANOUT_N)
+
+
+class FieldError(ValueError):
+    """An invalid request field: rendered as 400 with ``message = '<field>: <rule>'``."""
+    status_code = 400
+
+    def __init__(self, param: str, rule: str):
+        self.param = param
+        self.message = f'{param}: {rule}'
+        super().__init__(self.message)
+
+    def to_request_error(self):
+        """Upstream's ``RequestError(INVALID_REQUEST)`` with this message, ``param`` attached."""
+        from lmdeploy.serve.core.exceptions import ErrorCode, RequestError
+        error = RequestError(ErrorCode.INVALID_REQUEST, self.message)
+        error.param = self.param
+        return error
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a request is checked against. ``mask_token`` is set for diffusion models only."""
+    vocab_size: int | None
+    session_len: int | None
+    mask_token: int | None = None
+
+    @property
+    def dllm(self) -> bool:
+        return self.mask_token is not None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ---- sampling values (shared by both layers) -------------------------------------------------------------
+
+
+def check_sampling(*, temperature=None, top_p=None, top_k=None, min_p=None, repetition_penalty=None,
+                   seed=None, names: dict | None = None) -> None:
+    """The sampling values common to every request type; ``None`` means "not given"."""
+    names = names or {}
+
+    def name(key):
+        return names.get(key, key)
+
+    if temperature is not None and not (_number(temperature) and 0 <= temperature <= 2):
+        raise FieldError(name('temperature'), f'must be a number in [0, 2], got {temperature!r}')
+    if top_p is not None and not (_number(top_p) and 0 < top_p <= 1):
+        raise FieldError(name('top_p'), f'must be a number in (0, 1], got {top_p!r}')
+    if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0):
+        raise FieldError(name('top_k'), f'must be an integer >= 0 (0: no top-k), got {top_k!r}')
+    if min_p is not None and not (_number(min_p) and 0 <= min_p <= 1):
+        raise FieldError(name('min_p'), f'must be a number in [0, 1], got {min_p!r}')
+    if repetition_penalty is not None and not (_number(repetition_penalty) and repetition_penalty > 0):
+        raise FieldError(name('repetition_penalty'), f'must be a number > 0 (1.0: no penalty), got {repetition_penalty!r}')
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise FieldError(name('seed'), f'must be an integer in [0, 2**63 - 1], got {seed!r}')
+
+
+def _check_max_tokens(name: str, value, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+        raise FieldError(name, f'must be an integer >= {low}, got {value!r}')
+
+
+def _check_stop_list(stop) -> None:
+    if stop is None:
+        return
+    words = [stop] if isinstance(stop, str) else stop
+    for i, word in enumerate(words):
+        if not isinstance(word, str) or word == '':
+            raise FieldError('stop', f'entry {i} must be a non-empty string, got {word!r}')
+
+
+# ---- layer 1: the HTTP request body --------------------------------------------------------------------
+
+
+def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
+    """Raise :class:`FieldError` for an invalid field of a request body. ``endpoint`` is one of
+    ``'completions'``, ``'chat'``, ``'generate'``. Upstream's own checks run after this one."""
+    get = lambda key: getattr(request, key, None)  # noqa: E731
+    check_sampling(temperature=get('temperature'), top_p=get('top_p'), top_k=get('top_k'), min_p=get('min_p'),
+                   repetition_penalty=get('repetition_penalty'), seed=get('seed'))
+    start = get('logprob_start_len')
+    input_logprobs = endpoint == 'generate' and start is not None and start >= 0
+    _check_max_tokens('max_tokens', get('max_tokens'), allow_zero=input_logprobs)
+    _check_max_tokens('max_completion_tokens', get('max_completion_tokens'))
+    min_new = get('min_new_tokens')
+    if min_new is not None:
+        _check_max_tokens('min_new_tokens', min_new, allow_zero=True)
+        limit = get('max_completion_tokens') or get('max_tokens')
+        if limit is not None and min_new > limit:
+            raise FieldError('min_new_tokens', f'must be <= max_tokens ({limit}), got {min_new}')
+    _check_stop_list(get('stop'))
+    n = get('n')
+    if endpoint == 'completions':
+        if n is not None and n != 1:
+            raise FieldError('n', f'only n = 1 is supported on /v1/completions, got {n!r}')
+        logprobs = get('logprobs')
+        if logprobs:  # upstream's completion stream raises on logprobs ('logprobs is removed')
+            raise FieldError('logprobs', 'not supported on /v1/completions (allowed: null or 0); '
+                             'use /v1/chat/completions with logprobs: true')
+        prompt = get('prompt')
+        if isinstance(prompt, list):
+            if not prompt:
+                raise FieldError('prompt', 'must be a non-empty string or a non-empty list of strings')
+            bad = next((i for i, p in enumerate(prompt) if not isinstance(p, str)), None)
+            if bad is not None:
+                raise FieldError('prompt', f'entry {bad} must be a string, got {type(prompt[bad]).__name__}')
+    elif endpoint == 'chat':
+        if n is not None and not (isinstance(n, int) and 1 <= n <= MAX_CHAT_N):
+            raise FieldError('n', f'must be an integer in [1, {MAX_CHAT_N}], got {n!r}')
+        top_logprobs = get('top_logprobs')
+        if top_logprobs is not None and not (0 <= top_logprobs <= 20):
+            raise FieldError('top_logprobs', f'must be an integer in [0, 20], got {top_logprobs!r}')
+    elif endpoint == 'generate':
+        top = get('top_logprobs_num')
+        if top is not None and top < 0:
+            raise FieldError('top_logprobs_num', f'must be an integer >= 0, got {top!r}')
+        if dllm and input_logprobs:
+            raise FieldError('logprob_start_len', 'input logprobs are not available for diffusion models '
+                             '(allowed: -1)')
+
+
+# ---- layer 2: the templated, tokenised request (AsyncEngine.preprocess) ----------------------------------
+
+
+def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> None:
+    """The :class:`~lmdeploy.GenerationConfig` a request arrives with, before upstream normalises it
+    (greedy decoding overwrites ``top_k`` / ``temperature``). ``encode(word) -> list[int]`` checks
+    that every stop word is one token of the tokenizer (upstream silently drops the others)."""
+    if gen_config is None:
+        return
+    check_sampling(temperature=gen_config.temperature, top_p=gen_config.top_p, top_k=gen_config.top_k,
+                   min_p=gen_config.min_p, repetition_penalty=gen_config.repetition_penalty,
+                   seed=gen_config.random_seed, names={'seed': 'random_seed'})
+    input_logprobs = gen_config.logprob_start_len is not None and gen_config.logprob_start_len >= 0
+    _check_max_tokens('max_new_tokens', gen_config.max_new_tokens, allow_zero=input_logprobs)
+    if gen_config.min_new_tokens is not None:
+        _check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
+    if gen_config.n != 1:
+        raise FieldError('n', f'only n = 1 is supported per engine request, got {gen_config.n!r}')
+    if gen_config.logprobs is not None and not (isinstance(gen_config.logprobs, int) and gen_config.logprobs >= 0):
+        raise FieldError('logprobs', f'must be an integer >= 0, got {gen_config.logprobs!r}')
+    if limits.dllm and input_logprobs:
+        raise FieldError('logprob_start_len', 'input logprobs are not available for diffusion models (allowed: -1)')
+    if limits.dllm and gen_config.output_logits is not None:
+        raise FieldError('output_logits', 'not available for diffusion models (allowed: null)')
+    if limits.dllm and gen_config.output_last_hidden_state is not None:
+        raise FieldError('output_last_hidden_state', 'not available for diffusion models (allowed: null)')
+    for field in ('stop_token_ids', 'bad_token_ids'):
+        ids = getattr(gen_config, field) or []
+        for token in ids:
+            _check_token(field, token, limits, what='token id')
+    for field in ('stop_words', 'bad_words'):
+        words = getattr(gen_config, field)
+        if words is None:
+            continue
+        if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
+            raise FieldError(field, f'must be a list of non-empty strings, got {words!r}')
+        if encode is None:
+            continue
+        for word in words:
+            ids = encode(word)
+            if len(ids) != 1:
+                raise FieldError(field, f'{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
+                                 'stop strings are supported (use stop_token_ids for others)')
+
+
+def _check_token(field: str, token, limits: ModelLimits, what: str) -> None:
+    if not isinstance(token, int) or isinstance(token, bool):
+        raise FieldError(field, f'{what}s must be integers, got {token!r}')
+    if limits.vocab_size is not None and not (0 <= token < limits.vocab_size):
+        raise FieldError(field, f'{what} {token} is outside the vocabulary [0, {limits.vocab_size})')
+    if limits.mask_token is not None and token == limits.mask_token:
+        raise FieldError(field, f'{what} {token} is the diffusion mask token, which a request may not contain')
+
+
+def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, decode=None, field='prompt') -> None:
+    """The templated, tokenised prompt. ``decode(ids) -> str`` finds a whitespace-only prompt;
+    ``max_new_tokens`` (if given) must fit the session with the prompt."""
+    if input_ids is None or len(input_ids) == 0:
+        raise FieldError(field, 'is empty after templating and tokenisation; a request needs at least one '
+                         'input token')
+    for token in input_ids:
+        _check_token(field, token, limits, what='token id')
+    if decode is not None and decode(list(input_ids)).strip() == '':
+        raise FieldError(field, 'is whitespace only; a request needs some non-whitespace input')
+    if limits.session_len is not None and max_new_tokens is not None:
+        room = limits.session_len - len(input_ids)
+        if max_new_tokens > room:
+            raise FieldError('max_tokens', f'{max_new_tokens} does not fit: the prompt has {len(input_ids)} tokens '
+                             f'and the session length is {limits.session_len}, so allowed is [1, {max(room, 0)}]')

@@ -1,0 +1,171 @@
+"""Issue 15, item 1 (last line of defence) and item 2 (a dead engine is reported).
+
+Upstream's ``Engine._on_add_message`` over a real upstream ``Scheduler`` and ``RequestManager`` on the
+CPU (the engine object carries only what adding a message reads): an empty prompt, which upstream
+asserts against inside the engine's request loop, fails alone, next to requests that are queued; a
+failure after the sequence was queued leaves it stopped. Then the api_server side: once the engine is
+dead, ``/health`` says so with the cause and inference routes answer 503 at once."""
+import asyncio
+import importlib
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, 'models', 'tiny-sdar-5m-b32')
+
+
+def make_engine():
+    from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
+    from lmdeploy.pytorch.disagg.config import EngineRole
+    from types import SimpleNamespace
+
+    from lmdeploy.pytorch.messages import SequenceMeta
+    from lmdeploy.pytorch.paging.scheduler import Scheduler
+    from lmdeploy.pytorch.strategies.ar.sequence import ARSequenceStrategy
+    engine_module = importlib.import_module('lmdeploy.pytorch.engine.engine')
+    engine = object.__new__(engine_module.Engine)
+    engine.scheduler = Scheduler(SchedulerConfig(max_batches=4, max_session_len=256),
+                                 CacheConfig(max_batches=4, block_size=16, num_cpu_blocks=0, num_gpu_blocks=64,
+                                             device_type='cpu'),
+                                 seq_meta=SequenceMeta(block_size=16, strategy=ARSequenceStrategy()))
+    engine.req_manager = engine._bind_request_manager()
+    engine.engine_config = SimpleNamespace(role=EngineRole.Hybrid, language_model_only=False)
+    engine.input_processor = None
+    engine.max_session_len = 256
+    engine.migration_event = None
+    return engine
+
+
+def add_requests(engine, prompts, sampling_params=None):
+    from lmdeploy.pytorch.engine.request import RequestType
+    from lmdeploy.pytorch.messages import SamplingParam
+
+    async def main():
+        sender = engine.req_manager.build_sender()
+        engine.req_manager.requests = asyncio.Queue()
+        engine.req_manager._loop_task = asyncio.get_running_loop().create_future()  # "alive"
+        for session_id in range(len(prompts)):
+            engine.scheduler.add_session(session_id)
+        data = [dict(token_ids=prompt, session_id=i, adapter_name=None,
+                     sampling_param=(sampling_params or {}).get(i, SamplingParam(max_new_tokens=8)))
+                for i, prompt in enumerate(prompts)]
+        resps = sender.batched_send_async([RequestType.ADD_MESSAGE] * len(prompts), data)
+        await engine.req_manager.step()  # what the engine's request loop runs; raising here ends the loop
+        return resps
+
+    return asyncio.run(main())
+
+
+def test_an_empty_prompt_fails_alone(focus_logs):
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import MessageStatus
+    engine = make_engine()
+    resps = add_requests(engine, [[5, 6, 7], [], [8, 9]])
+    assert resps[1].type == ResponseType.INTERNAL_ENGINE_ERROR and resps[1].event.is_set()
+    assert 'Empty input is not allowed' in resps[1].err_msg
+    (message, ) = focus_logs.messages()
+    assert 'session 1 (0 input tokens)' in message and 'Empty input' in message and 'fails alone' in message
+    for session_id, resp in ((0, resps[0]), (2, resps[2])):
+        seqs = list(engine.scheduler.get_session(session_id).sequences.values())
+        assert len(seqs) == 1 and seqs[0].status == MessageStatus.WAITING and seqs[0].resp is resp
+        assert not resp.event.is_set()  # queued, answered by the model later
+    assert not engine.scheduler.get_session(1).sequences
+    assert [s.session_id for s in engine.scheduler.waiting] == [0, 2]
+
+
+def test_a_failure_after_queueing_stops_the_sequence():
+    """The request's sequence is created, then reading its sampling parameters fails: the sequence must
+    not stay schedulable (it would run with no response to send to)."""
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import MessageStatus, SamplingParam
+
+    class Broken(SamplingParam):
+
+        @property
+        def max_new_tokens(self):
+            raise RuntimeError('broken sampling parameters')
+
+        @max_new_tokens.setter
+        def max_new_tokens(self, value):
+            pass
+
+    engine = make_engine()
+    resps = add_requests(engine, [[5, 6], [7, 8]], sampling_params={0: Broken()})
+    assert resps[0].type == ResponseType.INTERNAL_ENGINE_ERROR and 'broken sampling' in resps[0].err_msg
+    (seq, ) = engine.scheduler.get_session(0).sequences.values()
+    assert seq.status == MessageStatus.STOPPED
+    assert [s.session_id for s in engine.scheduler.waiting] == [1]
+
+
+def test_upstream_without_the_guard_raises_in_the_loop():
+    """The defect the guard is for: upstream's handler raises out of the request loop's step."""
+    engine = make_engine()
+    upstream = type(engine)._on_add_message.__lmdeploy_focus_upstream__
+    engine.req_manager.bind_func(importlib.import_module('lmdeploy.pytorch.engine.request').RequestType.ADD_MESSAGE,
+                                 lambda reqs, **kw: upstream(engine, reqs, **kw))
+    with pytest.raises(AssertionError, match='Empty input'):
+        add_requests(engine, [[5], []])
+
+
+def test_a_dead_loop_names_its_cause_in_the_health_status():
+    engine = make_engine()
+    engine._loop_main = None
+    engine._engine_loop = None
+
+    async def main():
+        async def dies():
+            raise AssertionError('Empty input is not allowed.')
+        engine.req_manager._loop_task = asyncio.get_running_loop().create_task(_run_wrapped(engine, dies))
+        with pytest.raises(AssertionError):
+            await engine.req_manager._loop_task
+        return engine.get_local_health_status()
+
+    assert hasattr(type(engine).async_loop, '__lmdeploy_focus_upstream__')
+    status = asyncio.run(main())
+    assert status['alive'] is False
+    assert 'Cause: AssertionError: Empty input is not allowed.' in status['message']
+
+
+async def _run_wrapped(engine, body):
+    """Run the patched ``Engine.async_loop`` with upstream's body replaced by ``body``."""
+    from lmdeploy_focus.serving.engine_guard import record_loop_failure
+    return await record_loop_failure(lambda self: body())(engine)
+
+
+# ---- the api_server once the engine is dead -----------------------------------------------------------
+
+
+def test_dead_engine_health_503_and_immediate_503(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from lmdeploy_focus.serving.liveness import LIVENESS
+    from lmdeploy_focus.testing.fake_serving import build_app
+    app = build_app(MODEL, monkeypatch)
+    body = {'model': 'm', 'prompt': 'hello', 'max_tokens': 2}
+    with TestClient(app) as client:
+        assert client.get('/health').status_code == 200
+        assert client.post('/v1/completions', json=body).status_code == 200
+        engine = LIVENESS.async_engine.engine
+        engine.kill('AssertionError: Empty input is not allowed.')
+        # the first request after the death meets the dead engine (upstream: 503 via ENGINE_STOP_ERROR)
+        # and makes the watcher check at once
+        first = client.post('/v1/completions', json=body)
+        assert first.status_code == 503
+        for _ in range(50):
+            if LIVENESS.dead:
+                break
+            client.get('/v1/models')
+            import time
+            time.sleep(0.05)
+        assert LIVENESS.dead
+        seen = len(engine.seen)
+        for path, payload in (('/v1/completions', body), ('/generate', {'input_ids': [5, 6], 'max_tokens': 2}),
+                              ('/v1/chat/completions', {'model': 'm', 'messages': [{'role': 'user', 'content': 'x'}]})):
+            r = client.post(path, json=payload)
+            assert r.status_code == 503, (path, r.text)
+            assert 'Empty input is not allowed' in r.text
+        assert len(engine.seen) == seen  # answered by the gate, not sent to the engine
+        health = client.get('/health')
+        assert health.status_code == 503 and 'Empty input is not allowed' in health.json()['message']
+    assert LIVENESS._task is None

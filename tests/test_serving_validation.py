@@ -1,0 +1,206 @@
+"""Issue 15, item 1: a bad request is a 400 naming the field and the allowed range, never an engine
+death. The rules one by one (``lmdeploy_focus.serving.validation``), then through upstream's real
+api_server (``serve()``, router, ``AsyncEngine.preprocess``) over a fake backend
+(``lmdeploy_focus.testing.fake_serving``) with the committed tiny SDAR model's tokenizer, and
+``pipeline()``'s error response."""
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from lmdeploy_focus.serving.validation import (FieldError, ModelLimits, check_generation_config, check_http_request,
+                                               check_input_ids)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, 'models', 'tiny-sdar-5m-b32')
+LIMITS = ModelLimits(vocab_size=320, session_len=100, mask_token=259)
+
+
+def completion(**kw):
+    base = dict(prompt='hi', n=1, logprobs=None, max_tokens=16, max_completion_tokens=None, temperature=None,
+                top_p=None, top_k=None, min_p=None, repetition_penalty=None, seed=None, stop=None)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def rejected(fn, *args, **kwargs) -> FieldError:
+    with pytest.raises(FieldError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+@pytest.mark.parametrize('field,value,range_text', [
+    ('top_p', 7, '(0, 1]'), ('top_p', 0, '(0, 1]'), ('top_p', -0.5, '(0, 1]'),
+    ('top_k', -1, '>= 0'), ('temperature', -0.1, '[0, 2]'), ('temperature', 2.5, '[0, 2]'),
+    ('min_p', 1.5, '[0, 1]'), ('repetition_penalty', 0, '> 0'), ('seed', -1, '[0, 2**63 - 1]'),
+    ('max_tokens', 0, '>= 1'), ('max_tokens', -5, '>= 1'), ('max_completion_tokens', 0, '>= 1'),
+    ('n', 2, 'n = 1'), ('n', 0, 'n = 1'), ('logprobs', 3, 'null or 0'), ('stop', ['a', ''], 'non-empty'),
+    ('prompt', [], 'non-empty'), ('prompt', ['ok', 3], 'string'),
+])
+def test_completions_field_rules(field, value, range_text):
+    error = rejected(check_http_request, completion(**{field: value}), endpoint='completions')
+    assert error.param == field and error.message.startswith(f'{field}: ') and range_text in error.message
+    assert error.status_code == 400
+    request_error = error.to_request_error()
+    assert request_error.status_code == 400 and request_error.param == field and request_error.message == error.message
+
+
+def test_valid_requests_pass_every_endpoint():
+    check_http_request(completion(top_p=1, top_k=0, temperature=0, min_p=0, seed=0, stop='x'), endpoint='completions')
+    chat = completion(n=128, top_logprobs=20, min_new_tokens=3, max_tokens=3)
+    check_http_request(chat, endpoint='chat')
+    gen = SimpleNamespace(max_tokens=0, logprob_start_len=0, top_logprobs_num=2, top_p=0.5)
+    check_http_request(gen, endpoint='generate')  # input logprobs: max_tokens 0 is upstream's contract
+
+
+@pytest.mark.parametrize('endpoint,request_fields,field', [
+    ('chat', dict(n=129), 'n'), ('chat', dict(top_logprobs=21), 'top_logprobs'),
+    ('chat', dict(min_new_tokens=5, max_tokens=4), 'min_new_tokens'),
+    ('generate', dict(top_logprobs_num=-1), 'top_logprobs_num'),
+    ('generate', dict(max_tokens=0, logprob_start_len=-1), 'max_tokens'),
+])
+def test_chat_and_generate_rules(endpoint, request_fields, field):
+    assert rejected(check_http_request, completion(**request_fields), endpoint=endpoint).param == field
+
+
+def test_input_logprobs_refused_for_diffusion_models_only():
+    gen = SimpleNamespace(max_tokens=0, logprob_start_len=0)
+    check_http_request(gen, endpoint='generate', dllm=False)
+    assert rejected(check_http_request, gen, endpoint='generate', dllm=True).param == 'logprob_start_len'
+
+
+def test_input_ids_rules():
+    decode = lambda ids: ''.join(' ' if i == 1 else 'x' for i in ids)  # noqa: E731
+    check_input_ids([2, 3], LIMITS, max_new_tokens=98, decode=decode)
+    assert 'empty' in rejected(check_input_ids, [], LIMITS).message
+    assert 'whitespace' in rejected(check_input_ids, [1, 1], LIMITS, decode=decode).message
+    assert '[0, 320)' in rejected(check_input_ids, [2, 320], LIMITS).message
+    assert '[0, 320)' in rejected(check_input_ids, [-1], LIMITS).message
+    assert 'mask token' in rejected(check_input_ids, [2, 259], LIMITS).message
+    check_input_ids([259], ModelLimits(vocab_size=320, session_len=100))  # not a diffusion model: an ordinary id
+    error = rejected(check_input_ids, [2, 3], LIMITS, max_new_tokens=99)
+    assert error.param == 'max_tokens' and '[1, 98]' in error.message
+
+
+def test_generation_config_rules():
+    from lmdeploy import GenerationConfig
+    one_token = lambda word: [5] if len(word) == 1 else [5] * len(word)  # noqa: E731
+    check_generation_config(GenerationConfig(stop_words=['a'], stop_token_ids=[3]), LIMITS, encode=one_token)
+    cases = [
+        (dict(top_p=7.0), 'top_p'), (dict(top_k=-1), 'top_k'), (dict(temperature=-1.0), 'temperature'),
+        (dict(max_new_tokens=0), 'max_new_tokens'), (dict(n=2), 'n'), (dict(random_seed=-3), 'random_seed'),
+        (dict(stop_token_ids=[400]), 'stop_token_ids'), (dict(stop_token_ids=[259]), 'stop_token_ids'),
+        (dict(bad_token_ids=[-2]), 'bad_token_ids'), (dict(stop_words=['ab']), 'stop_words'),
+        (dict(logprob_start_len=0, max_new_tokens=0), 'logprob_start_len'),
+        (dict(output_logits='all'), 'output_logits'),
+    ]
+    for kwargs, field in cases:
+        config = GenerationConfig(logprobs=0)
+        for key, value in kwargs.items():  # past GenerationConfig's own asserts, as a mutated config would be
+            setattr(config, key, value)
+        assert rejected(check_generation_config, config, LIMITS, encode=one_token).param == field, kwargs
+
+
+# ---- through upstream's api_server --------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def server():
+    from fastapi.testclient import TestClient
+
+    from lmdeploy_focus.testing.fake_serving import build_app
+    mp = pytest.MonkeyPatch()
+    try:
+        app = build_app(MODEL, mp)
+        with TestClient(app) as client:
+            yield client, app
+    finally:
+        mp.undo()
+
+
+BAD = [
+    ('/v1/completions', dict(prompt=''), 'prompt'),
+    ('/v1/completions', dict(prompt='   \n '), 'prompt'),
+    ('/v1/completions', dict(prompt='hi', top_p=7), 'top_p'),
+    ('/v1/completions', dict(prompt='hi', top_k=-1), 'top_k'),
+    ('/v1/completions', dict(prompt='hi', temperature=-1), 'temperature'),
+    ('/v1/completions', dict(prompt='hi', max_tokens=0), 'max_tokens'),
+    ('/v1/completions', dict(prompt='hi', max_tokens=5000), 'max_tokens'),
+    ('/v1/completions', dict(prompt='hi', n=3), 'n'),
+    ('/v1/completions', dict(prompt='hi', logprobs=2), 'logprobs'),
+    ('/v1/completions', dict(prompt='hi', stop=['a long stop string']), 'stop_words'),
+    ('/v1/completions', dict(prompt='hi', stream=True, top_p=0), 'top_p'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], top_p=7), 'top_p'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], max_tokens=-1), 'max_tokens'),
+    ('/v1/chat/completions', dict(messages=[], input_ids=[5, 259]), 'prompt'),
+    ('/generate', dict(input_ids=[5, 6, 400], max_tokens=4), 'prompt'),
+    ('/generate', dict(input_ids=[5, 6], max_tokens=4, stop_token_ids=[259]), 'stop_token_ids'),
+    ('/generate', dict(input_ids=[5, 6], max_tokens=0, logprob_start_len=0, return_logprob=True),
+     'logprob_start_len'),
+]
+
+
+@pytest.mark.parametrize('path,body,field', BAD, ids=[f'{p}:{f}' for p, _, f in BAD])
+def test_bad_requests_are_400_naming_the_field(server, path, body, field):
+    client, _ = server
+    response = client.post(path, json={'model': 'm', **body})
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error['param'] == field and error['message'].startswith(f'{field}: '), error
+    assert client.get('/health').json()['status'] == 'healthy'
+
+
+def test_good_requests_still_served(server):
+    client, app = server
+    r = client.post('/v1/completions', json={'model': 'm', 'prompt': 'hello', 'max_tokens': 3})
+    assert r.status_code == 200 and r.json()['choices'][0]['text'] == 'oll'  # the fake answers the prompt reversed
+    r = client.post('/v1/completions', json={'model': 'm', 'prompt': 'hello', 'max_tokens': 3, 'stop': ['l']})
+    assert r.status_code == 200
+    r = client.post('/v1/chat/completions', json={'model': 'm', 'messages': [{'role': 'user', 'content': ''}],
+                                                  'max_tokens': 2})
+    assert r.status_code == 200  # empty content, but the chat template is not empty
+    r = client.post('/generate', json={'input_ids': [5, 6, 7], 'max_tokens': 2, 'stop_token_ids': [3]})
+    assert r.status_code == 200
+
+
+def test_patched_entry_points_are_the_ones_the_handlers_use():
+    import importlib
+    for name in ('lmdeploy.serve.openai.endpoints.completions', 'lmdeploy.serve.openai.endpoints.generate',
+                 'lmdeploy.serve.openai.chat_completions.serving'):
+        module = importlib.import_module(name)
+        assert hasattr(module.validate_request, '__lmdeploy_focus_upstream__'), name
+        assert hasattr(module.create_request_error_response, '__lmdeploy_focus_upstream__'), name
+
+
+def test_pipeline_path_gets_a_request_error_not_a_dead_engine():
+    """What ``pipeline()`` runs per request (``AsyncEngine.preprocess`` then ``generate``; a
+    ``RequestError`` becomes a ``Response`` with ``finish_reason='error'`` and the message), over the real
+    ``AsyncEngine`` + fake backend: bad requests are 400-class errors naming the field, and leave no
+    session behind; the next request is served."""
+    import asyncio
+
+    from lmdeploy import GenerationConfig
+    from lmdeploy.serve.core.exceptions import RequestError
+
+    from lmdeploy_focus.testing.fake_serving import async_engine_class
+    from lmdeploy import PytorchEngineConfig
+    engine = async_engine_class()(MODEL, backend='pytorch',
+                                  backend_config=PytorchEngineConfig(max_batch_size=2, enable_metrics=False))
+
+    async def run(prompt, gen_config):
+        request = await engine.preprocess(prompt, engine.session_mgr.get(), gen_config=gen_config,
+                                          do_preprocess=False)
+        return [out.response async for out in engine.generate(request)]
+
+    async def main():
+        engine.session_mgr.attach_event_loop(asyncio.get_running_loop())
+        bad_top_p = GenerationConfig()
+        bad_top_p.top_p = 3.0  # GenerationConfig asserts at construction; a mutated one reaches preprocess
+        for prompt, gen_config, field in [('', None, 'prompt'), ('hi', bad_top_p, 'top_p'),
+                                          ('hi', GenerationConfig(max_new_tokens=10**6), 'max_tokens')]:
+            with pytest.raises(RequestError) as info:
+                await run(prompt, gen_config)
+            assert info.value.status_code == 400 and info.value.message.startswith(field + ':')
+        assert ''.join(await run('abc', GenerationConfig(max_new_tokens=2))) == 'cb'
+        assert len(engine.session_mgr.sessions) == 0  # the rejected requests left no session behind
+
+    asyncio.run(main())
