@@ -38,9 +38,11 @@ def test_disabled_plugin_gives_the_stock_cli():
 
 
 # Runs the real CLI entry point with the server start replaced by a probe that prints the engine
-# config it would have served with.
+# config it would have served with; the CUDA check is told there is a GPU (the probe needs none).
 SERVE_PROBE = '''
 import json, sys
+import lmdeploy_focus.cli.preflight as preflight
+preflight.cuda_problem = lambda device: None
 from lmdeploy.serve.openai import api_server as server  # lmdeploy.serve is also a function name
 def serve(model_path, backend=None, backend_config=None, **kwargs):
     cfg = backend_config
@@ -115,6 +117,8 @@ def test_api_server_unsupported_combination_fails_before_serving(sdar_dir):
 
 CHAT_PROBE = '''
 import json, sys
+import lmdeploy_focus.cli.preflight as preflight
+preflight.cuda_problem = lambda device: None
 import lmdeploy.cli.chat as chat
 def pipeline(model_path, backend_config=None, **kwargs):
     cfg = backend_config
@@ -136,3 +140,57 @@ def test_chat_flags_reach_the_engine_config(sdar_dir):
     expected = dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=3.0, track=False,
                     delayed_cache_commit='exact', focus_policy='importance', focus_shadow=False)
     assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}
+
+
+# ---------------------------------------------------------------- a newcomer's mistakes: one line each
+def _one_line_error(out, command, fragment):
+    lines = out.stderr.strip().splitlines()
+    assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+    assert lines and lines[-1].startswith(f'{command}: error: ') and fragment in lines[-1], out.stderr[-3000:]
+
+
+@pytest.mark.parametrize('command', [['serve', 'api_server'], ['chat']])
+@pytest.mark.parametrize('path', ['/nonexistent', './no/such/model', 'not a repo id'])
+def test_a_missing_model_path_is_a_usage_error(command, path):
+    # upstream handed it to the hub client: an HFValidationError traceback
+    out = lmdeploy_cli(*command, path, '--focus')
+    assert out.returncode == 2 and 'usage:' not in out.stderr
+    _one_line_error(out, f"lmdeploy {' '.join(command)}", f"argument model_path: {path!r} is not an existing "
+                    'directory nor a model repo id (owner/name)')
+
+
+def test_model_path_check_lets_directories_and_repo_ids_through(tmp_path):
+    import argparse
+    from lmdeploy_focus.cli import preflight
+    assert preflight.model_path(str(tmp_path)) == str(tmp_path)
+    for repo_id in ('JetLM/SDAR-8B-Chat-b32', 'inclusionAI/LLaDA2.0-mini', 'gpt2'):
+        assert preflight.model_path(repo_id) == repo_id
+    for bad in (str(tmp_path / 'missing'), '~/models/x', 'a/b/c', 'owner/na me'):
+        with pytest.raises(argparse.ArgumentTypeError, match='is not an existing directory'):
+            preflight.model_path(bad)
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message of a machine without CUDA')
+@pytest.mark.parametrize('command', [['serve', 'api_server'], ['chat']])
+def test_no_cuda_is_one_clear_line(sdar_dir, command):
+    # upstream: AssertionError: Torch not compiled with CUDA enabled (from get_max_batch_size / the engine)
+    out = lmdeploy_cli(*command, sdar_dir('SDAR-tiny-b32'), '--backend', 'pytorch', '--focus')
+    assert out.returncode == 1
+    import torch
+    fragment = 'this torch build has no CUDA' if torch.version.cuda is None else 'no CUDA GPU is visible'
+    _one_line_error(out, f"lmdeploy {' '.join(command)}", fragment)
+
+
+def test_cuda_problem_names_the_cause(monkeypatch):
+    import torch
+    from lmdeploy_focus.cli import preflight
+    assert preflight.cuda_problem('ascend') is None  # other device backends check themselves
+    monkeypatch.setattr(torch.version, 'cuda', None)
+    assert 'this torch build has no CUDA' in preflight.cuda_problem('cuda')
+    monkeypatch.setattr(torch.version, 'cuda', '12.8')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    assert "no CUDA GPU is visible" in preflight.cuda_problem('cuda')
+    assert "CUDA_VISIBLE_DEVICES=''" in preflight.cuda_problem(None)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert preflight.cuda_problem('cuda') is None

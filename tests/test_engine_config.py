@@ -36,23 +36,32 @@ def test_alpha_must_be_a_finite_number(alpha):
         PytorchEngineConfig(dllm_focus_alpha=alpha)
 
 
-def test_focus_enables_delayed_cache_and_logs_it(focus_logs):
+def test_focus_enables_delayed_cache_and_logs_it_once_per_process(focus_logs, monkeypatch):
+    import lmdeploy_focus.log
+    monkeypatch.setattr(lmdeploy_focus.log, '_logged_once', set())  # as in a fresh process
     cfg = PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=2)
     assert cfg.dllm_enable_delayed_cache is True
     assert cfg.dllm_focus_alpha == 2.0
-    assert any('enables dllm_enable_delayed_cache' in m for m in focus_logs.messages(logging.INFO))
+    note = 'dllm_enable_focus=True enables dllm_enable_delayed_cache.'
+    assert focus_logs.messages(logging.INFO).count(note) == 1
     assert cfg.hf_overrides[OPTIONS_KEY] == dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=2.0,
                                                  track=False, delayed_cache_commit='exact',
                                                  focus_policy='importance', focus_shadow=False)
+    # pipelines, chat and benchmarks build configs again and again: the note stays at one INFO line
+    for _ in range(3):
+        PytorchEngineConfig(dllm_enable_focus=True)
+    assert focus_logs.messages(logging.INFO).count(note) == 1
+    assert focus_logs.messages(logging.DEBUG).count(note) == 4
 
 
 @pytest.mark.parametrize('kwargs, fix', [
     (dict(quant_policy=8), 'quant_policy=0'),
     (dict(quant_policy=4), 'quant_policy=0'),
     (dict(tp=2), 'tp=1'),
-    (dict(dllm_block_length=128), 'multiple of 128'),
-    (dict(dllm_block_length=48), 'multiple of 48'),
-    (dict(dllm_block_length=32, block_size=16, kernel_block_size=16), 'multiple of 32'),
+    (dict(dllm_block_length=128), r'block_size=128 \(--cache-block-seq-len 128\)'),
+    (dict(dllm_block_length=48), r'must be a power of two: use dllm_block_length=32 or 64'),
+    (dict(dllm_block_length=24, block_size=32), r'use dllm_block_length=16 or 32'),
+    (dict(dllm_block_length=32, block_size=16, kernel_block_size=16), r'block_size=32 \(--cache-block-seq-len 32\)'),
 ])
 @pytest.mark.parametrize('flag', ['dllm_enable_focus', 'dllm_enable_delayed_cache'])
 def test_unsupported_combinations_fail_at_config_time_with_the_fix(kwargs, fix, flag):
@@ -60,6 +69,27 @@ def test_unsupported_combinations_fail_at_config_time_with_the_fix(kwargs, fix, 
         PytorchEngineConfig(**{flag: True}, **kwargs)
     # The same settings are fine for stock decoding.
     PytorchEngineConfig(**kwargs)
+
+
+def test_the_advised_fix_for_a_block_length_is_accepted():
+    # dllm_block_length=48 with the default page: the error must not advise block_size=48 (upstream
+    # rejects a page that is not a power of two); what it advises must construct.
+    with pytest.raises(ValueError) as error:
+        PytorchEngineConfig(dllm_enable_focus=True, dllm_block_length=48)
+    assert 'block_size=48' not in str(error.value) and '\n' not in str(error.value)
+    for fix in (32, 64):
+        PytorchEngineConfig(dllm_enable_focus=True, dllm_block_length=fix)
+    with pytest.raises(ValueError, match=r'block_size=128') as error:
+        PytorchEngineConfig(dllm_enable_focus=True, dllm_block_length=128)
+    PytorchEngineConfig(dllm_enable_focus=True, dllm_block_length=128, block_size=128)
+
+
+@pytest.mark.parametrize('block_length', [0, -32, -1, 2.5, True, '32'])
+@pytest.mark.parametrize('flags', [{}, dict(dllm_enable_focus=True), dict(dllm_enable_delayed_cache=True)])
+def test_block_length_must_be_a_positive_integer(block_length, flags):
+    # 0 was a ZeroDivisionError with FOCUS (and in upstream's engine builder without), -32 passed silently
+    with pytest.raises(ValueError, match=r'^dllm_block_length must be a positive integer, got .*--dllm-block-length'):
+        PytorchEngineConfig(dllm_block_length=block_length, **flags)
 
 
 @pytest.mark.parametrize('block_length, page', [(16, 64), (32, 64), (64, 64), (32, 32), (4, 64), (128, 128)])

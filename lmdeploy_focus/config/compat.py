@@ -1,13 +1,40 @@
 """Engine settings that delayed cache / FOCUS cannot run with, reported with the fix."""
 
 
+MIN_PAGE = 16  # upstream: the KV page (block_size / kernel_block_size) is a power of two >= 16
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def check_block_length(block_length) -> None:
+    """A diffusion block holds at least one token: 0 or a negative length is a typo, not a setting."""
+    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+        raise ValueError(f'dllm_block_length must be a positive integer, got {block_length!r}: pass the model\'s '
+                         f'block length (SDAR: the N of -b<N>, e.g. --dllm-block-length 32) or leave it unset '
+                         f'to take it from the model.')
+
+
 def check_block_fits_page(block_length: int, page_size: int) -> None:
-    """The sparse KV fill writes a whole diffusion block inside one KV page."""
+    """The sparse KV fill writes a whole diffusion block inside one KV page.
+
+    Upstream requires the page (``block_size``) to be a power of two >= 16, so a block fits only when
+    its length is a power of two too; the fix named in the error is one upstream accepts.
+    """
+    check_block_length(block_length)
+    if not _is_power_of_two(block_length):
+        lower = 1 << (block_length.bit_length() - 1)
+        raise ValueError(
+            f'dllm_block_length={block_length} cannot fit a KV page: delayed cache and FOCUS need the page '
+            f'(block_size, a power of two >= {MIN_PAGE}) to be a multiple of the block length, so the block '
+            f'length must be a power of two: use dllm_block_length={lower} or {lower * 2} '
+            f'(--dllm-block-length), the one the model was trained with.')
     if block_length > page_size or page_size % block_length != 0:
         raise ValueError(
             f'dllm_block_length={block_length} does not fit the KV page (block_size={page_size}): delayed cache '
-            f'and FOCUS need the page size to be a multiple of the block length. Set block_size '
-            f'(--cache-block-seq-len) to a multiple of {block_length} (for example {block_length * max(1, 64 // block_length)}).')
+            f'and FOCUS need the page size to be a multiple of the block length. Set '
+            f'block_size={max(block_length, MIN_PAGE)} (--cache-block-seq-len {max(block_length, MIN_PAGE)}).')
 
 
 def check_engine_settings(*, quant_policy: int, tp: int, block_size: int, dllm_block_length: int | None,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, fields
 
 from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfig
 
-from ..log import logger
-from .compat import check_engine_settings
+from ..log import log_once
+from .compat import check_block_length, check_engine_settings
 from .options import DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, DEFAULT_FOCUS_POLICY, OPTIONS_KEY, FocusOptions
 
 # engine-config field name -> FocusOptions field name
@@ -54,11 +54,14 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
     def __post_init__(self):
         super().__post_init__()
         self._adopt_carried_options()
+        if self.dllm_block_length is not None:  # None: from the model (path suffix, model default)
+            check_block_length(self.dllm_block_length)
+        # logged once per process: pipelines, benchmarks and chat rebuild configs many times
         if self.dllm_focus_shadow and not self.dllm_enable_focus:
-            logger.info('dllm_focus_shadow=True enables dllm_enable_focus (selection without eviction).')
+            log_once('dllm_focus_shadow=True enables dllm_enable_focus (selection without eviction).')
             self.dllm_enable_focus = True
         if self.dllm_enable_focus and not self.dllm_enable_delayed_cache:
-            logger.info('dllm_enable_focus=True enables dllm_enable_delayed_cache.')
+            log_once('dllm_enable_focus=True enables dllm_enable_delayed_cache.')
             self.dllm_enable_delayed_cache = True
         self.focus_options()
 

@@ -39,14 +39,20 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    How: classmethod wrapper that post-processes the returned ``ModelConfig``.
    Removed by: upstream validation of DLLM-only options.
 
-5. CLI: ``SubCliServe.add_parser_api_server``, ``SubCliServe.api_server`` and
-   ``CLI.add_parser_chat`` are wrapped (:mod:`.cli_serve`, :mod:`.cli_chat`).
-   Why: the stock ``lmdeploy serve api_server`` / ``lmdeploy chat`` must accept the FOCUS flags.
-   How: after upstream builds a sub-parser, the FOCUS argument group is added to it;
+5. CLI: ``SubCliServe.add_parser_api_server``, ``SubCliServe.api_server``,
+   ``CLI.add_parser_chat`` and ``CLI.chat`` are wrapped (:mod:`.cli_serve`, :mod:`.cli_chat`).
+   Why: the stock ``lmdeploy serve api_server`` / ``lmdeploy chat`` must accept the FOCUS flags;
+   and a newcomer's two first mistakes (a model path that does not exist, no CUDA GPU) ended in
+   upstream tracebacks (``HFValidationError``, ``AssertionError: Torch not compiled with CUDA``).
+   How: after upstream builds a sub-parser, the FOCUS argument group is added to it and its
+   ``model_path`` positional gets a type check (:mod:`lmdeploy_focus.cli.preflight`; at parse time,
+   because upstream's entry point hands a missing path to the hub client before the runner);
    ``api_server`` folds the parsed options into ``args.hf_overrides['dllm_focus']`` before upstream
-   builds its ``PytorchEngineConfig``. ``chat`` needs no runner wrapper: upstream ``build_pipe``
-   copies every parsed option that is an attribute of ``PytorchEngineConfig``.
-   Removed by: upstream flags.
+   builds its ``PytorchEngineConfig``. Both runners first exit with one line when ``--device cuda``
+   has no usable GPU (``chat`` is replaced before ``add_parser_chat`` runs, whose
+   ``set_defaults(run=CLI.chat)`` then reads the wrapper). Upstream ``build_pipe`` copies every parsed
+   option that is an attribute of ``PytorchEngineConfig``, so ``chat`` needs no option folding.
+   Removed by: upstream flags and upstream checks of the model path and the device.
 
 6. ``lmdeploy.pytorch.models.module_map.CUSTOM_MODULE_MAP`` gains ``SDARForCausalLM`` ->
    :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM`, ``SDARMoeForCausalLM`` ->

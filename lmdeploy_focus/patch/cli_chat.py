@@ -3,14 +3,24 @@ import functools
 
 
 def apply(cli_module) -> None:
+    from ..cli import preflight
     from ..cli.flags import add_focus_arguments
 
     cls = cli_module.CLI
     upstream_add_parser = cls.add_parser_chat
+    upstream_runner = cls.chat
 
     @functools.wraps(upstream_add_parser)
     def add_parser_chat():
-        upstream_add_parser()
-        add_focus_arguments(cls.subparsers.choices['chat'])
+        upstream_add_parser()  # its set_defaults(run=CLI.chat) reads the wrapped runner below
+        parser = cls.subparsers.choices['chat']
+        add_focus_arguments(parser)
+        preflight.check_model_path_argument(parser)
+
+    @functools.wraps(upstream_runner)
+    def chat(args):
+        preflight.require_cuda(args, 'lmdeploy chat')
+        return upstream_runner(args)
 
     cls.add_parser_chat = staticmethod(add_parser_chat)
+    cls.chat = staticmethod(chat)

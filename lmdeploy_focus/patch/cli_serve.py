@@ -3,6 +3,7 @@ import functools
 
 
 def apply(serve_module) -> None:
+    from ..cli import preflight
     from ..cli.flags import add_focus_arguments, fold_into_hf_overrides
 
     cls = serve_module.SubCliServe
@@ -12,11 +13,14 @@ def apply(serve_module) -> None:
     @functools.wraps(upstream_add_parser)
     def add_parser_api_server():
         upstream_add_parser()
-        add_focus_arguments(cls.subparsers.choices['api_server'])
+        parser = cls.subparsers.choices['api_server']
+        add_focus_arguments(parser)
+        preflight.check_model_path_argument(parser)
 
     @functools.wraps(upstream_runner)
     def api_server(args):
         fold_into_hf_overrides(args)
+        preflight.require_cuda(args, 'lmdeploy serve api_server')
         return upstream_runner(args)
 
     cls.add_parser_api_server = staticmethod(add_parser_api_server)

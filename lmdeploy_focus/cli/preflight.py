@@ -1,0 +1,86 @@
+"""One-line errors, before upstream starts, for two mistakes every newcomer meets on
+``lmdeploy serve api_server`` and ``lmdeploy chat``:
+
+* a model path that is neither a directory nor a hub repo id (upstream hands it to the hub client,
+  which ends in an ``HFValidationError`` traceback), checked as the argument is parsed;
+* no usable CUDA device with ``--device cuda`` (the default; upstream ends in ``AssertionError: Torch
+  not compiled with CUDA enabled`` or a CUDA init error), checked before the command runs.
+"""
+import argparse
+import os
+
+HUB_ENV_FLAGS = ('LMDEPLOY_USE_MODELSCOPE', 'LMDEPLOY_USE_OPENMIND_HUB')
+
+
+def _looks_like_a_path(text: str) -> bool:
+    """Hub repo ids are ``name`` or ``owner/name``: never absolute, never ``./``, ``~`` or deeper."""
+    return (os.path.isabs(text) or text.startswith(('.', '~')) or text.count('/') > 1 or os.sep != '/'
+            and os.sep in text)
+
+
+def _is_hub_repo_id(text: str) -> bool:
+    if any(os.getenv(flag, 'False').lower() == 'true' for flag in HUB_ENV_FLAGS):
+        return True  # another hub's rules: leave the id to its client
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:
+        return True
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def model_path(text: str) -> str:
+    """argparse ``type`` of the ``model_path`` positional: an existing path or a plausible repo id."""
+    if os.path.exists(text):
+        return text
+    if _looks_like_a_path(text) or not _is_hub_repo_id(text):
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not an existing directory nor a model repo id (owner/name): give the folder '
+            f'holding config.json, or a hub id such as JetLM/SDAR-8B-Chat-b32')
+    return text
+
+
+def check_model_path_argument(parser: argparse.ArgumentParser) -> None:
+    """Give the parser's ``model_path`` positional the :func:`model_path` check, reported as one line
+    (``PROG: error: ...``, exit status 2) without the long usage block of the serve parser."""
+
+    def checked_model_path(text: str) -> str:
+        try:
+            return model_path(text)
+        except argparse.ArgumentTypeError as error:
+            parser.exit(2, f'{parser.prog}: error: argument model_path: {error}\n')
+
+    checked_model_path.__name__ = 'str'  # upstream's help formatter prints 'Type: <name>': keep 'str'
+
+    for action in parser._actions:  # argparse has no public accessor; stable since Python 3.2
+        if action.dest == 'model_path' and not action.option_strings:
+            action.type = checked_model_path
+            return
+    raise RuntimeError(f'{parser.prog}: no model_path argument to check (upstream CLI changed)')
+
+
+def cuda_problem(device: str | None) -> str | None:
+    """Why ``device`` cannot run here, or None. Only ``cuda`` is checked (other backends own theirs)."""
+    if device not in (None, 'cuda'):
+        return None
+    import torch
+    if torch.version.cuda is None:
+        return (f'this torch build has no CUDA (torch {torch.__version__}), and LMDeploy\'s engine needs a CUDA '
+                f'GPU (--device cuda): run on a GPU machine with the CUDA build of torch '
+                f'(pip install -r requirements/runtime_cuda.txt); the CPU environment only runs the test suite')
+    if not torch.cuda.is_available():
+        visible = os.getenv('CUDA_VISIBLE_DEVICES')
+        hint = f' (CUDA_VISIBLE_DEVICES={visible!r})' if visible is not None else ''
+        return (f'no CUDA GPU is visible to torch {torch.__version__}{hint}, and LMDeploy\'s engine needs one '
+                f'(--device cuda): check nvidia-smi and CUDA_VISIBLE_DEVICES')
+    return None
+
+
+def require_cuda(args: argparse.Namespace, command: str) -> None:
+    """SystemExit with one line when ``args.device`` is CUDA and no CUDA GPU can be used."""
+    problem = cuda_problem(getattr(args, 'device', None))
+    if problem is not None:
+        raise SystemExit(f'{command}: error: {problem}')
