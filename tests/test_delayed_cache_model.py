@@ -9,6 +9,7 @@ import torch
 from lmdeploy.pytorch import consts
 from lmdeploy_focus.models.sdar import DelayedCacheSDARForCausalLM
 from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState
+from lmdeploy_focus.strategies.dllm.focus_state import FocusState
 from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
 
 L = 8
@@ -18,6 +19,7 @@ def attach_step_inputs(runtime, uncached, input_mask, history):
     """The pieces of DelayedCacheStepInputs the model reads at forward time."""
     runtime.step_inputs = SimpleNamespace(
         delayed_state=DelayedCacheState(uncached=uncached, needs_warmup=torch.zeros(uncached.size(0), dtype=torch.bool)),
+        focus_state=FocusState.fresh(uncached.size(0)),
         extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
         model_inputs=SimpleNamespace(history_lengths=torch.tensor(history)))
 
@@ -53,14 +55,18 @@ def test_ragged_step_matches_the_dense_step_when_stale_kv_is_current(commit_mode
     attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
     ragged_logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
     step = runtime.step
-    # get_logits runs the LM head on the processed rows and hands the sampler B*L rows
+    # every processed row goes through the layers; get_logits runs the LM head on those still masked
+    # (the only logits the unmasker reads) and hands the sampler B*L rows
     assert step is not None and step.num_rows == int(uncached.sum()) and ragged_logits.size(0) == B * L
-    rows = step.proc.flat_index[:step.num_rows]
+    needs_logits = uncached & (input_mask == consts.DLLM_MASKED)
+    assert step.num_logit_rows == int(needs_logits.sum())
+    assert torch.equal(step.fresh, uncached)
+    rows = needs_logits.flatten().nonzero().flatten()
     torch.testing.assert_close(ragged_logits[rows], dense_logits.reshape(B * L, -1)[rows], rtol=1e-4, atol=1e-4)
-    # first step: the persistent buffer is zero wherever no row was processed (no LM head there)
-    assert not ragged_logits.view(B, L, -1)[~uncached].any()
+    # first step: the persistent buffer is zero wherever no logits were computed (no LM head there)
+    assert not ragged_logits.view(B, L, -1)[~needs_logits].any()
     # kv read length = history + rightmost processed + 1 = the whole block here
-    assert step.meta.kv_seqlens.tolist() == [h + L for h in runner.history_lengths]
+    assert step.rows.kv_seqlens[:B].tolist() == [h + L for h in runner.history_lengths]
     runtime.end_step()
     # a prefill hands the logits buffer back (upstream's runtime reserve counts one set of logits)
     assert runtime._logits_buffer is not None
@@ -91,7 +97,8 @@ def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
     attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
     logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
     assert runtime.step.num_rows == 9 and logits.shape[0] == B * L and torch.isfinite(logits).all()
-    assert runtime.step.meta.kv_seqlens.tolist() == [runner.history_lengths[0] + 3, runner.history_lengths[1] + 6]
+    assert runtime.step.rows.kv_seqlens[:B].tolist() == [runner.history_lengths[0] + 3,
+                                                         runner.history_lengths[1] + 6]
     for b, written in ((0, 3), (1, 6)):
         k, _ = runner.kv_cache.read(0, b, runner.history_lengths[b] + L)
         assert torch.isfinite(k[:runner.history_lengths[b] + written]).all()
@@ -116,5 +123,5 @@ def test_runtime_counts_processed_rows():
     attach_step_inputs(runtime, uncached, torch.full((2, L), consts.DLLM_MASKED), runner.history_lengths)
     runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
     runtime.end_step()  # counted when the step ends
-    assert (runtime.steps, runtime.processed_rows, runtime.dense_rows) == (1, L - 2 + L, 2 * L)
+    assert (runtime.steps, runtime.deep_rows, runtime.logit_rows, runtime.dense_rows) == (1, L - 2 + L, L - 2 + L, 2 * L)
     runtime.end_step()

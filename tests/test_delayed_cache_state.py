@@ -368,9 +368,9 @@ def test_guard_equals_upstream_when_everything_is_processed(strategy, trial):
     processor = make_processor(strategy, length)
     logits, input_ids, token_ids, mask = random_unmasking_inputs(batch, length)
     proc = ProcessingSet.from_mask(torch.ones(batch, length, dtype=torch.bool))
-    assert not masked_but_unprocessed(mask, proc).any()
+    assert not masked_but_unprocessed(mask, proc.processed).any()
     want_mask, want_ids = processor(logits, input_ids, token_ids, mask.clone())
-    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask, proc)
+    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask, proc.processed)
     assert torch.equal(got_mask, want_mask) and torch.equal(got_ids, want_ids)
 
 
@@ -381,7 +381,7 @@ def test_guard_never_unmasks_unprocessed_slots(strategy, trial):
     processor = make_processor(strategy, length)
     logits, input_ids, token_ids, mask = random_unmasking_inputs(batch, length)
     proc = ProcessingSet.from_mask(random_bool_rows(batch, length))
-    hidden = masked_but_unprocessed(mask, proc)
+    hidden = masked_but_unprocessed(mask, proc.processed)
     assert lists(hidden) == [[m == MASKED and not s for m, s in zip(mr, sr)]
                              for mr, sr in zip(lists(mask.view(batch, length)), lists(proc.processed))]
     # stale rows at hidden slots look certain: a guard-less unmasker would pick them first
@@ -391,7 +391,7 @@ def test_guard_never_unmasks_unprocessed_slots(strategy, trial):
     sampled = torch.where(hidden.flatten(), torch.zeros_like(token_ids), token_ids)
     mask_before = mask.clone()
 
-    got_mask, got_ids = unmask_processed_only(processor, stale, input_ids, sampled, mask, proc)
+    got_mask, got_ids = unmask_processed_only(processor, stale, input_ids, sampled, mask, proc.processed)
     assert torch.equal(mask, mask_before), 'the caller mask must not be modified'
     assert (got_mask[hidden.flatten()] == MASKED).all()
     scores = confidence(stale, input_ids, sampled, mask).view(batch, length)
@@ -407,7 +407,7 @@ def test_guard_without_strategy_returns_mask_and_ids():
     processor = UnmaskingProcessor(DLLMConfig(block_length=length, unmasking_strategy=None))
     logits, input_ids, token_ids, mask = random_unmasking_inputs(batch, length)
     proc = ProcessingSet.from_mask(random_bool_rows(batch, length))
-    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask, proc)
+    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask, proc.processed)
     assert torch.equal(got_mask, mask) and torch.equal(got_ids, token_ids)
 
 
@@ -484,7 +484,7 @@ def test_block_decoding_simulation(strategy, evict):
 
         input_mask = mask.clone()
         next_mask, next_ids = unmask_processed_only(processor, logits, ids.flatten(), sampled, mask.flatten(),
-                                                    forwarded)
+                                                    forwarded.processed)
         next_mask = next_mask.view(batch, length)
         decoded = (input_mask == MASKED) & (next_mask == UNMASKED)
         assert (forwarded.processed | ~decoded).all(), 'decoded a slot that was not forwarded'
@@ -542,11 +542,11 @@ def _run_everything(state, mask, next_mask, ids, history, dense, indices, proces
     out['gathered'] = gather_processed(dense, proc)
     out['scattered'] = scatter_processed(out['gathered'], proc, out=dense.clone(), fill=0.5)
     out['scattered_new'] = scatter_processed(out['gathered'], proc, fill=0.0)
-    out['hidden'] = masked_but_unprocessed(mask, out['subset'])
+    out['hidden'] = masked_but_unprocessed(mask, out['subset'].processed)
     if with_unmasking:
         logits = out['scattered'].view(batch * length, -1)
         out['unmasked'] = unmask_processed_only(processor, logits, ids.flatten(), logits.argmax(-1), mask.flatten(),
-                                                out['subset'])
+                                                out['subset'].processed)
     return out
 
 

@@ -279,8 +279,7 @@ def _factory(hf_overrides=None):
 def test_factory_hook(tmp_path, monkeypatch):
     """The plugin's factory attaches the recorder only when the variable is set; under delayed cache
     the step's processed set is recorded (read before the runtime ends the step)."""
-    from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheStep
-    from lmdeploy_focus.strategies.dllm.processing_set import ProcessingSet
+    from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DecodeStep
     monkeypatch.delenv(RECORD_ENV, raising=False)
     assert not hasattr(_factory().build_model_agent_strategy(), 'step_recorder')
     monkeypatch.setenv(RECORD_ENV, str(tmp_path / 'stock'))
@@ -294,8 +293,10 @@ def test_factory_hook(tmp_path, monkeypatch):
     processed[0, :3] = False  # decoded, stable prompt slots
     ids = [5, 6, 7, 8, mask_id, mask_id, mask_id, mask_id]
     input_mask = torch.tensor([UNMASKED] * 4 + [MASKED] * 4)
-    factory.delayed_cache_runtime.step = DelayedCacheStep(proc=ProcessingSet.from_mask(processed), meta=None,
-                                                          num_rows=int(processed.sum()))
+    num_rows = int(processed.sum())
+    factory.delayed_cache_runtime.step = DecodeStep(batch_size=1, block_length=L, num_rows=num_rows, num_logit_rows=4,
+                                                    rows=None, fresh=processed, processed_per_seq=processed.sum(1),
+                                                    kept_per_seq=processed.sum(1))
     logits = torch.randn(L, 512)
     strategy.post_sampling(fake_inputs([ids], [16], True, [4]), logits, logits.argmax(-1),
                            DLLMExtraInputs(dllm_mask=input_mask.clone()))

@@ -1,12 +1,12 @@
-"""Attention of a delayed-cache decode step: sparse KV fill + ragged paged attention.
+"""Attention of the deep layers of a delayed-cache decode step: sparse KV fill + ragged paged attention.
 
-Wraps a layer's upstream ``Attention`` module; outside delayed-cache decode steps (prefill,
-warm-up dummies, stock decoding) every call goes to upstream unchanged. In a FOCUS step, layer 0
-also scores the masked candidates (the importance the eviction layer subtracts).
+Wraps a layer's upstream ``Attention`` module. While the step's deep layers run
+(``runtime.attention_rows`` set, see :func:`~.sparse_step.deep`) it writes K/V of the step's rows
+at their positions and attends over each sequence's keys up to its rightmost row; everywhere else
+(prefill, warm-up dummies, stock decoding) every call goes to upstream unchanged.
 """
 from torch import nn
 
-from ..kernels import focus_ops
 from ..kernels.paged_ops import ragged_attention, sparse_fill_kv
 
 
@@ -20,17 +20,11 @@ class DelayedCacheAttention(nn.Module):
         self.scale = getattr(getattr(upstream, 'impl', None), 'scale', None) or head_dim**-0.5
 
     def forward(self, query, key, value, k_cache, v_cache, attn_metadata, **kwargs):
-        step = self.runtime.step
-        if step is None:
+        rows = self.runtime.attention_rows
+        if rows is None:
             return self.upstream(query, key, value, k_cache, v_cache, attn_metadata, **kwargs)
-        meta = step.meta
-        focus = step.focus
-        if focus is not None and self.layer_idx == 0 and focus.config.needs_importance:
-            focus.importance0 = focus_ops.masked_importance(query, key, meta.q_start_loc, meta.q_seqlens,
-                                                            focus.candidate, self.scale, max_q_len=meta.max_q_seqlen)
-        block_offsets = attn_metadata.block_offsets
-        # Processed tokens get their K/V written at history + p (positions left out keep theirs).
-        sparse_fill_kv(key, value, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens,
-                       meta.position_ids, meta.kv_seqlens)
-        return ragged_attention(query, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens,
-                                meta.kv_seqlens, self.scale, max_q_len=meta.max_q_seqlen)
+        # The rows get their K/V written at history + p (positions left out keep theirs).
+        sparse_fill_kv(key, value, k_cache, v_cache, rows.block_offsets, rows.q_start_loc, rows.q_seqlens,
+                       rows.position_ids, rows.kv_seqlens)
+        return ragged_attention(query, k_cache, v_cache, rows.block_offsets, rows.q_start_loc, rows.q_seqlens,
+                                rows.kv_seqlens, self.scale, max_q_len=rows.max_q_len)

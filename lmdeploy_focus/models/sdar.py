@@ -1,22 +1,20 @@
 """SDAR and SDAR-MoE with token-level delayed cache and FOCUS (registered for ``SDARForCausalLM`` and
 ``SDARMoeForCausalLM``; both upstream models share the module layout the mixin relies on).
 
-With delayed cache off it is upstream's model unchanged. With it on, a decode step forwards only
-the processing set of each sequence (ragged rows): ids and positions are gathered from the dense
-block before the forward, every layer writes K/V at the processed positions and attends over the
-keys up to the rightmost processed one; the agent strategy scatters the outputs back. With FOCUS,
-the decode forward is :func:`~.focus_forward.focus_decode_forward`, which drops evicted rows
-inside layer 1.
+With delayed cache off it is upstream's model unchanged. With it on, a decode step's forward is
+:mod:`.sparse_step` (run by :class:`~.step_graphs.StepGraphs`: from CUDA graphs captured at
+upstream's decode warm-up unless the engine is eager): only the processing set of each sequence is
+forwarded, FOCUS drops evicted rows inside layer 1, and the LM head runs on the rows that need logits.
 """
 from lmdeploy.pytorch.models.sdar import SDARForCausalLM
 from lmdeploy.pytorch.models.sdar_moe import SDARMoeForCausalLM
 
 from .delayed_cache_attention import DelayedCacheAttention
-from .focus_forward import focus_decode_forward
+from .step_graphs import StepGraphs
 
 
 class SDARDecoderParts:
-    """How FOCUS's decode forward drives upstream's SDAR modules (see ``focus_forward.DecoderParts``)."""
+    """How FOCUS's decode forward drives upstream's SDAR modules (see ``sparse_step.DecoderParts``)."""
 
     def __init__(self, model, scale: float):
         self.model = model  # upstream SDARModel
@@ -58,53 +56,51 @@ class DelayedCacheDLLMMixin:
     def __init__(self, config, ctx_mgr, dtype=None, device=None):
         super().__init__(config, ctx_mgr, dtype=dtype, device=device)
         factory = ctx_mgr.build_ctx.strategy_factory
-        self.delayed_cache_runtime = getattr(factory, 'delayed_cache_runtime', None)
-        if self.delayed_cache_runtime is not None:
+        runtime = self.delayed_cache_runtime = getattr(factory, 'delayed_cache_runtime', None)
+        if runtime is not None:
             head_dim = getattr(config, 'head_dim', None) or config.hidden_size // config.num_attention_heads
             for idx, layer in enumerate(self.model.layers):
                 attn = layer.self_attn
-                attn.attn_fwd = DelayedCacheAttention(attn.attn_fwd, self.delayed_cache_runtime, head_dim, idx)
-            self.decoder_parts = SDARDecoderParts(self.model, self.model.layers[0].self_attn.attn_fwd.scale)
+                attn.attn_fwd = DelayedCacheAttention(attn.attn_fwd, runtime, head_dim, idx)
+            parts = SDARDecoderParts(self.model, self.model.layers[0].self_attn.attn_fwd.scale)
+            self.step_graphs = StepGraphs(parts, runtime.step_config(), runtime.attending)
 
     def forward(self, input_ids, position_ids, past_key_values, attn_metadata=None, inputs_embeds=None, **kwargs):
         runtime = self.delayed_cache_runtime
-        step = None if runtime is None else runtime.step
-        if step is None or step.focus is None or inputs_embeds is not None:
-            return super().forward(input_ids, position_ids, past_key_values, attn_metadata=attn_metadata,
-                                   inputs_embeds=inputs_embeds, **kwargs)
-        return focus_decode_forward(self.decoder_parts, step, input_ids, position_ids, past_key_values, attn_metadata)
+        if runtime is not None and inputs_embeds is None and self.ctx_mgr.current_context().is_decoding:
+            if runtime.decode_batch_matches(input_ids.numel()):
+                hidden = runtime.run_step(self.step_graphs, input_ids.flatten(), past_key_values,
+                                          attn_metadata.block_offsets, attn_metadata)
+                return hidden[None]
+            if self.step_graphs.enabled:  # upstream's decode warm-up: capture this batch bucket
+                self.step_graphs.capture(input_ids.numel() // runtime.block_length, past_key_values, attn_metadata)
+        return super().forward(input_ids, position_ids, past_key_values, attn_metadata=attn_metadata,
+                               inputs_embeds=inputs_embeds, **kwargs)
 
     def get_logits(self, hidden_states):
         runtime = self.delayed_cache_runtime
         step = None if runtime is None else runtime.step
-        if step is None or step.logits_scattered or hidden_states.size(-2) != step.num_rows:
+        if step is None or hidden_states.size(-2) != step.num_rows:
             return super().get_logits(hidden_states)
-        # LM head on the processed (kept) rows only; the sampler gets them at their B*L slots.
-        runtime.mark_phase('deep_layers')
-        lm_head = super().get_logits
-        dense = runtime.dense_logits(hidden_states.flatten(0, -2), lm_head)
-        dense = dense.view(*hidden_states.shape[:-2], -1, dense.size(-1))
+        # LM head on the rows that need logits only; the sampler gets them at their B*L slots.
+        dense = runtime.dense_logits(hidden_states.flatten(0, -2), super().get_logits)
         runtime.mark_phase('lm_head')
-        return dense
+        return dense.view(*hidden_states.shape[:-2], -1, dense.size(-1))
 
     def prepare_inputs_for_generation(self, past_key_values, inputs_embeds=None, context=None):
-        inputs = super().prepare_inputs_for_generation(past_key_values, inputs_embeds=inputs_embeds, context=context)
         runtime = self.delayed_cache_runtime
         if runtime is not None and not context.is_decoding:
             runtime.release_logits_buffer()
-        if (runtime is None or not context.is_decoding or inputs_embeds is not None
-                or not runtime.decode_batch_matches(context.input_ids.numel())):
-            return inputs
-        step = runtime.begin_step(context.input_ids.flatten())
-        inputs['input_ids'] = step.meta.input_ids[None]
-        inputs['position_ids'] = step.meta.position_ids[None]
-        return inputs
+        return super().prepare_inputs_for_generation(past_key_values, inputs_embeds=inputs_embeds, context=context)
 
     def support_cuda_graph(self, *args, **kwargs):
-        # Ragged decode steps change shape with the processing set: run them eagerly.
-        if self.delayed_cache_runtime is not None and self.delayed_cache_runtime.step is not None:
-            return False
-        return super().support_cuda_graph(*args, **kwargs)
+        if self.delayed_cache_runtime is None:
+            return super().support_cuda_graph(*args, **kwargs)
+        # Upstream's graph runner asks only when graphs are on. Decode steps then run from the
+        # plugin's own graphs (captured at warm-up, replayed inside forward), never from upstream's
+        # one-graph capture, whose buffers would only cost memory.
+        self.step_graphs.enabled = True
+        return False
 
 
 class DelayedCacheSDARForCausalLM(DelayedCacheDLLMMixin, SDARForCausalLM):

@@ -274,7 +274,7 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, proc: Processing
     B, L, vocab = logits.shape
     candidates = logits.argmax(dim=-1)  # greedy sampling (top_k=1)
     next_mask, next_ids = unmask_processed_only(processor, logits.view(B * L, vocab), batch.block_ids.flatten(),
-                                                candidates.flatten(), batch.block_mask.flatten(), proc)
+                                                candidates.flatten(), batch.block_mask.flatten(), proc.processed)
     next_mask, next_ids = next_mask.view(B, L), next_ids.view(B, L)
     warmup_rows = batch.cache_state.needs_warmup.clone()
     if kind == 'decode':  # prefill leaves the state fresh: the first decode step is a warm-up

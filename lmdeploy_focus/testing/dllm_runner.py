@@ -52,6 +52,16 @@ class CpuDLLMRunner:
     def batch_size(self) -> int:
         return len(self.tokens)
 
+    def capture_step_graphs(self, batch_buckets: list[int]) -> None:
+        """Capture the model's sparse decode step for these batch buckets, as upstream's decode warm-up
+        would (on CPU the "graphs" run eagerly on the padded static buffers, so later steps take the
+        padded path: batch bucket >= B, row buckets >= the kept rows). Call before :meth:`prefill`:
+        the capture writes warm-up K/V into page 0."""
+        graphs = self.model.step_graphs
+        with upstream_on_cpu(), torch.inference_mode():
+            for bucket in sorted(batch_buckets, reverse=True):
+                graphs.capture(bucket, self.kv_cache.caches, attn_metadata=None)
+
     # ---- low level: one forward -------------------------------------------------------------
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:

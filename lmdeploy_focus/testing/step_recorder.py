@@ -73,8 +73,7 @@ def _strategy_name(strategy) -> str | None:
 def _processed_mask(strategy):
     """bool [B, L] of the delayed-cache step in flight (read before the runtime ends it), else None."""
     step = getattr(getattr(strategy, 'runtime', None), 'step', None)
-    proc = getattr(step, 'proc', None)
-    return None if proc is None else proc.processed.clone()
+    return None if step is None else step.fresh.clone()
 
 
 class StepRecorder:

@@ -1,5 +1,5 @@
-"""Agent strategy for delayed-cache (and FOCUS) decode steps: ragged outputs back to ``B*L``,
-guarded unmasking (slots without fresh logits are never unmasked), then the runtime's bookkeeping."""
+"""Agent strategy for delayed-cache (and FOCUS) decode steps: the model's ``B*L`` logits pass through
+unsliced, guarded unmasking (slots without fresh logits are never unmasked), then the runtime's bookkeeping."""
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .delayed_cache_runtime import DelayedCacheRuntime
@@ -16,9 +16,10 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
 
     def slice_outputs(self, inputs, seq_length):
         step = self.runtime.step
-        if step is not None and inputs.dim() == 2 and inputs.size(0) in (step.num_rows, step.proc.num_rows):
-            # Hidden states of the processed rows (the model's get_logits runs the LM head on them
-            # and scatters the logits to B*L), or those dense logits: nothing to slice.
+        if step is not None and inputs.dim() == 2 and inputs.size(0) in (step.num_rows,
+                                                                         step.batch_size * step.block_length):
+            # Hidden states of the deep rows (the model's get_logits runs the LM head on those that
+            # need logits and puts them at their B*L slots), or those dense logits: nothing to slice.
             return inputs
         return super().slice_outputs(inputs, seq_length)
 
@@ -30,7 +31,7 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         input_ids = inputs.input_ids.flatten()
         input_mask = extra_inputs.dllm_mask
         dllm_mask, next_token_ids = unmask_processed_only(self.unmasking_processor, logits, input_ids, next_token_ids,
-                                                          input_mask, step.proc)
+                                                          input_mask, step.fresh)
         extra_inputs.dllm_mask = dllm_mask
         self.keep_step_stats(self.runtime.after_unmasking(input_mask, dllm_mask))
         self.runtime.end_step()

@@ -4,12 +4,12 @@
 synchronises once at the end of the step to read them (so timing mode itself adds one sync per
 step; never on by default). Phases, in step order::
 
-    processing_set   begin_step: processing set, metadata, the row-count sync
-    layers_0_1       embedding, layer 0, layer 1 up to its K/V write (FOCUS steps only)
-    eviction         importance of layer 1, selection, compaction (incl. the kept-count sync; FOCUS only)
+    front            filling the step's inputs, processing set; FOCUS: embedding, layer 0, layer 1 up
+                     to its K/V write, importance, selection, compaction (one graph under CUDA graphs)
+    row_count_read   GPU idle while the host reads the row counts and launches the deep part
     deep_layers      layer 1 attention + MLP for the kept rows, layers 2..N-1, final norm (without
-                     FOCUS: the whole forward)
-    lm_head          LM head on the kept rows + scatter to B*L
+                     FOCUS: every layer on the processed rows)
+    lm_head          LM head on the rows that need logits + scatter to B*L
     sampling         upstream's logits processing and sampling over B*L rows
     unmasking        guarded unmasking + bookkeeping
     host_gap         from the end of one step to the start of the next (scheduler, inputs, launch)
@@ -24,8 +24,7 @@ import weakref
 import torch
 
 PHASE_TIMING_ENV = 'LMDEPLOY_FOCUS_PHASE_TIMING'
-PHASES = ('processing_set', 'layers_0_1', 'eviction', 'deep_layers', 'lm_head', 'sampling', 'unmasking',
-          'host_gap')
+PHASES = ('front', 'row_count_read', 'deep_layers', 'lm_head', 'sampling', 'unmasking', 'host_gap')
 
 _LIVE = weakref.WeakSet()
 _LOCK = threading.Lock()

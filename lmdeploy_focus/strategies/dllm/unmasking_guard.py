@@ -15,27 +15,25 @@ import torch
 
 from lmdeploy.pytorch import consts
 
-from .processing_set import ProcessingSet
-
 DLLM_MASKED = consts.DLLM_MASKED
 DLLM_CACHED = consts.DLLM_CACHED
 
 
-def masked_but_unprocessed(input_mask: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:
-    """bool [B, L]: slots that are MASKED in the step's input but got no fresh logits."""
-    return (input_mask.view(proc.processed.shape) == DLLM_MASKED) & ~proc.processed
+def masked_but_unprocessed(input_mask: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """bool [B, L]: slots that are MASKED in the step's input but got no fresh logits (``fresh``: bool [B, L])."""
+    return (input_mask.view(fresh.shape) == DLLM_MASKED) & ~fresh
 
 
 def unmask_processed_only(unmasking_processor, logits: torch.Tensor, input_ids: torch.Tensor,
                           token_ids: torch.Tensor, dllm_mask: torch.Tensor,
-                          proc: ProcessingSet) -> tuple[torch.Tensor, torch.Tensor]:
+                          fresh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``unmasking_processor(logits, input_ids, token_ids, dllm_mask)`` restricted to processed slots.
 
     Flat upstream layouts: ``logits [B*L, V]``, ids and mask ``[B*L]``. Returns ``(next_mask,
     next_token_ids)``, both ``[B*L]``. ``dllm_mask`` itself is left untouched (upstream's
     processor writes into the mask it is given; here that is a private copy).
     """
-    hidden = masked_but_unprocessed(dllm_mask, proc).flatten()
+    hidden = masked_but_unprocessed(dllm_mask, fresh).flatten()
     guarded_mask = torch.where(hidden, torch.full_like(dllm_mask, DLLM_CACHED), dllm_mask)
     result = unmasking_processor(logits, input_ids, token_ids, guarded_mask)
     if isinstance(result, tuple):

@@ -1,0 +1,290 @@
+"""One delayed-cache / FOCUS decode step, top to bottom.
+
+    front   1. processing set: the block positions each sequence recomputes (spec §2.1), laid out
+               on a static ``B̂·L`` row list, valid rows first (``ProcessingSet``)
+            2. FOCUS only: embedding, layer 0 and layer 1 up to its K/V write on those rows, with
+               the masked candidates' importance at both layers (spec §3.2)
+            3. FOCUS only: selection of the kept rows, their layout, the rows gathered (§3.4–3.7)
+    host    reads the row counts (the step's one host sync) and picks the row bucket ``K̂``
+    deep    4. FOCUS: layer 1's attention + MLP and layers 2..N-1 on the first ``K̂`` kept rows;
+               delayed cache alone: every layer on the processed rows
+    logits  5. the LM head on the rows whose slot is still masked (the only logits the unmasker
+               reads), scattered to ``B*L`` (``DelayedCacheRuntime.dense_logits``)
+
+``front`` and ``deep`` are functions of tensors only (no host reads, shapes fixed by ``B̂`` and
+``K̂``), so :class:`~.step_graphs.StepGraphs` captures each in a CUDA graph; without graphs the
+same two functions run eagerly with ``B̂ = B`` and ``K̂ = K``. Rows past the valid ones are
+padding: no sequence owns them, so no kernel writes their K/V and nothing reads their outputs
+(they only cost FLOPs: ``B̂·L - P`` rows in layers 0–1, ``K̂ - K`` rows in the deep layers).
+
+Every tensor a step produces lives in a new :class:`FrontOutputs` (eager) or in the graph's
+static copy of it; nothing is rewritten mid-forward.
+"""
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Protocol
+
+import torch
+
+from ..kernels import focus_ops
+from ..kernels.paged_ops import ragged_attention, sparse_fill_kv
+from ..strategies.dllm.delayed_cache_state import DelayedCacheState
+from ..strategies.dllm.focus_step import FocusConfig
+from ..strategies.dllm.processing_set import (ProcessingSet, gather_processed, processing_mask,
+                                              ragged_step_metadata)
+from .importance_reduce import reduce_importance_delta
+
+
+class DecoderParts(Protocol):
+    """How the step drives a model's upstream modules (one adapter per model family)."""
+    layers: list
+    scale: float
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...  # [1, N] -> [1, N, D]
+
+    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def attention_inputs(self, layer, hidden, residual, rotary) -> tuple: ...  # -> q, k, v, residual
+
+    def attention_output_and_mlp(self, layer, attn_out, residual) -> tuple: ...  # -> hidden, residual
+
+    def final_norm(self, hidden, residual) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    block_length: int
+    commit_mode: str  # 'exact': a fully decoded block is recomputed whole before it becomes history
+    process_all: bool = False  # debug: every position processed (must reproduce stock decoding)
+    focus: FocusConfig | None = None
+
+
+@dataclass
+class StepInputs:
+    """What the front reads: the batch's block and its device state, padded to ``B̂`` sequences."""
+    input_ids: torch.Tensor  # int64 [B̂, L]
+    masked: torch.Tensor  # bool [B̂, L]: slot is MASKED in the step's input
+    history: torch.Tensor  # int64 [B̂]: cache position of block position 0
+    uncached: torch.Tensor  # bool [B̂, L]
+    needs_warmup: torch.Tensor  # bool [B̂]
+    seq_valid: torch.Tensor  # bool [B̂]: a real sequence (False: batch padding, processes nothing)
+    progress: torch.Tensor  # int64 [B̂]: FOCUS block progress
+    avg_decoded: torch.Tensor  # float32 [B̂]: FOCUS running mean of tokens decoded per step
+
+
+@dataclass
+class DeepRows:
+    """The rows that go on into the deep layers (kept rows with FOCUS, processed rows without)."""
+    position_ids: torch.Tensor  # int64 [R]: cache position of each row (its K/V slot)
+    slot: torch.Tensor  # int64 [R]: dense slot b*L+p of each row
+    q_start_loc: torch.Tensor  # int64 [B̂]
+    q_seqlens: torch.Tensor  # int64 [B̂]
+    kv_seqlens: torch.Tensor  # int64 [B̂]: history + rightmost row position + 1
+    counts: torch.Tensor  # int64 [2]: valid rows, and how many of them need logits (slot still MASKED)
+    logit_rows: torch.Tensor  # int64 [R]: row index of the rows needing logits, first ``counts[1]`` valid
+    input_ids: torch.Tensor | None = None  # int64 [R]: delayed cache alone (deep starts at the embedding)
+    # FOCUS (deep starts inside the eviction layer, after its K/V write)
+    query: torch.Tensor | None = None  # [R, heads, head_dim] post-RoPE
+    residual: torch.Tensor | None = None  # [R, hidden]
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+
+
+@dataclass
+class FocusOutcome:
+    """What FOCUS decided this step ([B̂]-sized; read after unmasking for state and statistics)."""
+    candidate_dense: torch.Tensor  # bool [B̂, L]: masked processed slots (eviction candidates)
+    num_candidates: torch.Tensor  # int64 [B̂]
+    selected_dense: torch.Tensor  # bool [B̂, L]: processed slots the policy keeps
+    evicting: torch.Tensor  # bool [B̂]: more candidates than the target
+    progress_out: torch.Tensor  # int64 [B̂]: block progress after this step
+
+
+@dataclass
+class FrontOutputs:
+    rows: DeepRows
+    fresh: torch.Tensor  # bool [B̂, L]: slots computed through every layer this step
+    processed_per_seq: torch.Tensor  # int64 [B̂]: rows into layer 0
+    focus: FocusOutcome | None = None
+
+
+def processing_set(inputs: StepInputs, config: StepConfig) -> ProcessingSet:
+    """Delayed cache's processing set (spec §2.1), plus whole blocks to commit in ``exact`` mode."""
+    state = DelayedCacheState(uncached=inputs.uncached, needs_warmup=inputs.needs_warmup)
+    processed = processing_mask(state)
+    if config.commit_mode == 'exact':
+        # A fully decoded block is recomputed whole before it becomes history, so later blocks
+        # never attend to KV computed while its right neighbours were still masks.
+        processed = processed | (~inputs.masked).all(dim=1, keepdim=True)
+    if config.process_all:
+        processed = torch.ones_like(processed)
+    return ProcessingSet.from_mask(processed & inputs.seq_valid[:, None])
+
+
+def _logit_rows(needs_logits: torch.Tensor, num_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[valid rows, rows needing logits]`` and a permutation of the rows: flagged ones first, ascending."""
+    flags = needs_logits.long()
+    num_flagged = flags.sum()
+    rank = torch.where(needs_logits, flags.cumsum(0) - 1, num_flagged + (1 - flags).cumsum(0) - 1)
+    order = torch.empty_like(rank).scatter_(0, rank, torch.arange(rank.numel(), device=rank.device))
+    return torch.stack([num_valid, num_flagged]), order
+
+
+def front(parts, inputs: StepInputs, config: StepConfig, kv_caches, block_offsets) -> FrontOutputs:
+    """Steps 1–3: the rows of the step that go on into the deep layers."""
+    proc = processing_set(inputs, config)
+    meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids)
+    valid = proc.valid_rows
+    if config.focus is None:
+        needs_logits = gather_processed(inputs.masked, proc) & valid
+        counts, logit_rows = _logit_rows(needs_logits, proc.total)
+        rows = DeepRows(position_ids=meta.position_ids, slot=proc.flat_index, q_start_loc=meta.q_start_loc,
+                        q_seqlens=meta.q_seqlens, kv_seqlens=meta.kv_seqlens, counts=counts, logit_rows=logit_rows,
+                        input_ids=meta.input_ids)
+        return FrontOutputs(rows=rows, fresh=proc.processed, processed_per_seq=proc.q_seqlens)
+    return _focus_front(parts, inputs, config.focus, proc, meta, kv_caches, block_offsets)
+
+
+def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: ProcessingSet, meta, kv_caches,
+                 block_offsets) -> FrontOutputs:
+    if focus.eviction_layer != 1:
+        raise ValueError('FOCUS scores at layers 0 and 1 and evicts inside layer 1 (eviction_layer=1)')
+    length = proc.block_length
+    scale = parts.scale
+    candidate_dense = proc.processed & inputs.masked
+    candidate = gather_processed(candidate_dense, proc)  # padding rows are unprocessed slots: False
+    num_candidates = candidate_dense.sum(dim=1)
+    block_pos = proc.block_pos
+
+    def importance(q, k):
+        return focus_ops.masked_importance(q, k, meta.q_start_loc, meta.q_seqlens, candidate, scale,
+                                           max_q_len=length)
+
+    def write_kv(layer_idx, k, v):
+        k_cache, v_cache = kv_caches[layer_idx][0], kv_caches[layer_idx][1]
+        sparse_fill_kv(k, v, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens, meta.position_ids,
+                       meta.kv_seqlens)
+        return k_cache, v_cache
+
+    layer0, layer1 = parts.layers[0], parts.layers[1]
+    hidden = parts.embed(meta.input_ids[None])
+    cos, sin = parts.rotary(hidden, meta.position_ids[None])
+    # layer 0, whole
+    q, k, v, residual = parts.attention_inputs(layer0, hidden, None, (cos, sin))
+    importance0 = importance(q, k) if focus.needs_importance else None
+    k_cache, v_cache = write_kv(0, k, v)
+    attn = ragged_attention(q, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens, meta.kv_seqlens,
+                            scale, max_q_len=length)
+    hidden, residual = parts.attention_output_and_mlp(layer0, attn.reshape(1, q.size(0), -1), residual)
+    # layer 1 up to its K/V write: evicted tokens still get fresh layer-1 K/V
+    q, k, v, residual = parts.attention_inputs(layer1, hidden, residual, (cos, sin))
+    write_kv(1, k, v)
+
+    # selection (spec §3.4–3.6)
+    targets = focus_ops.focus_targets(num_candidates, inputs.avg_decoded, focus.alpha)
+    if focus.needs_importance:
+        delta = reduce_importance_delta(importance(q, k) - importance0, focus.tp_size)
+    else:
+        delta = torch.zeros(q.size(0), dtype=torch.float32, device=q.device)
+    keep = focus_ops.select_kept(delta, candidate, block_pos, meta.q_start_loc, meta.q_seqlens, targets,
+                                 inputs.progress, policy=focus.policy, max_q_len=length)
+    valid = proc.valid_rows
+    selected_dense = _to_dense(keep & valid, proc)
+    if focus.shadow:
+        keep = valid  # shadow: every processed row goes on
+    kept_dense = proc.processed if focus.shadow else selected_dense
+
+    # compaction (§3.7): kept rows first, sequence after sequence; the rest are padding
+    layout = focus_ops.kept_layout(keep, meta.q_start_loc, meta.q_seqlens, block_pos, inputs.history,
+                                   inputs.progress, max_q_len=length)
+    src = layout.src_row
+    kept_valid = torch.arange(src.numel(), device=src.device) < layout.total
+    counts, logit_rows = _logit_rows(candidate.index_select(0, src) & kept_valid, layout.total)
+    rows = DeepRows(position_ids=meta.position_ids.index_select(0, src),
+                    slot=proc.flat_index.index_select(0, src),
+                    q_start_loc=layout.q_start_loc,
+                    q_seqlens=layout.q_seqlens,
+                    kv_seqlens=layout.kv_seqlens,
+                    counts=counts,
+                    logit_rows=logit_rows,
+                    query=q.index_select(0, src),
+                    residual=residual[0].index_select(0, src),
+                    cos=cos.index_select(0, src),
+                    sin=sin.index_select(0, src))
+    outcome = FocusOutcome(candidate_dense=candidate_dense,
+                           num_candidates=num_candidates,
+                           selected_dense=selected_dense,
+                           evicting=(targets > 0) & (num_candidates > targets),
+                           progress_out=layout.progress)
+    return FrontOutputs(rows=rows, fresh=kept_dense, processed_per_seq=proc.q_seqlens, focus=outcome)
+
+
+def _to_dense(row_flags: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:
+    """bool [B, L] from per-row flags of the ragged rows (padding rows must be False)."""
+    dense = torch.zeros(proc.num_rows, dtype=torch.bool, device=row_flags.device)
+    dense.index_copy_(0, proc.flat_index, row_flags)
+    return dense.view(proc.batch_size, proc.block_length)
+
+
+@dataclass(frozen=True)
+class AttentionRows:
+    """The ragged layout a delayed-cache attention layer writes K/V for and attends with."""
+    position_ids: torch.Tensor
+    q_start_loc: torch.Tensor
+    q_seqlens: torch.Tensor
+    kv_seqlens: torch.Tensor
+    block_offsets: torch.Tensor
+    max_q_len: int
+
+
+def deep(parts, rows: DeepRows, num_rows: int, config: StepConfig, kv_caches, block_offsets, attn_metadata,
+         attention_rows) -> torch.Tensor:
+    """Step 4: hidden states ``[num_rows, hidden]`` of the first ``num_rows`` deep rows after the final norm.
+
+    ``attention_rows(meta)`` is a context manager under which the model's delayed-cache attention
+    layers attend over ``meta`` (the deep rows' layout).
+    """
+    meta = AttentionRows(position_ids=rows.position_ids[:num_rows], q_start_loc=rows.q_start_loc,
+                         q_seqlens=rows.q_seqlens, kv_seqlens=rows.kv_seqlens, block_offsets=block_offsets,
+                         max_q_len=config.block_length)
+    with attention_rows(meta):
+        if config.focus is None:
+            hidden = parts.embed(rows.input_ids[:num_rows][None])
+            cos, sin = parts.rotary(hidden, meta.position_ids[None])
+            residual, first = None, 0
+        else:
+            layer1 = parts.layers[1]
+            k_cache, v_cache = kv_caches[1][0], kv_caches[1][1]
+            query = rows.query[:num_rows]
+            attn = ragged_attention(query, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens,
+                                    meta.kv_seqlens, parts.scale, max_q_len=config.block_length)
+            hidden, residual = parts.attention_output_and_mlp(layer1, attn.reshape(1, num_rows, -1),
+                                                              rows.residual[:num_rows][None])
+            cos, sin = rows.cos[:num_rows], rows.sin[:num_rows]
+            first = 2
+        for idx in range(first, len(parts.layers)):
+            hidden, residual = parts.layers[idx](hidden, rotary_pos_emb=(cos, sin), past_key_value=kv_caches[idx],
+                                                 residual=residual, attn_metadata=attn_metadata)
+        return parts.final_norm(hidden, residual)[0]
+
+
+def copy_into(dst, src) -> None:
+    """Copy every tensor of dataclass ``src`` into the same field of ``dst`` (graph static outputs)."""
+    for f in fields(src):
+        value, target = getattr(src, f.name), getattr(dst, f.name)
+        if isinstance(value, torch.Tensor):
+            target.copy_(value)
+        elif is_dataclass(value):
+            copy_into(target, value)
+
+
+def empty_like_tree(src):
+    """A dataclass of the same structure as ``src`` with fresh uninitialised tensors (static buffers)."""
+    values = {}
+    for f in fields(src):
+        value = getattr(src, f.name)
+        if isinstance(value, torch.Tensor):
+            value = torch.empty_like(value)
+        elif is_dataclass(value):
+            value = empty_like_tree(value)
+        values[f.name] = value
+    return type(src)(**values)

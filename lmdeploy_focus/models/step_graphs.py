@@ -1,0 +1,209 @@
+"""Runs a sparse decode step (:mod:`.sparse_step`): eagerly, or from CUDA graphs captured at warm-up.
+
+Why two graphs and one host read, not upstream's one graph per batch bucket: the deep layers are
+worth running on exactly the rows FOCUS kept (at bs 64–256 they are 30–60 % of the block), and
+that count is data. The front graph (``B̂`` sequences, ``B̂·L`` static rows) ends with the counts;
+the host reads them (the step's only sync, taken when the GPU has just finished layers 0–1) and
+replays the deep graph of the smallest captured row bucket ``K̂ >= K``. Upstream's
+``CUDASingleGraphRunner`` captures one model call whose inputs are the model's kwargs, so it cannot
+express a host read between two halves; its conventions are kept: warm-up run before capture,
+``thread_local`` capture mode, one memory pool shared by every graph here (they never run
+concurrently), buffers that outlive a replay allocated outside the pool.
+
+Buckets: batch buckets are the sizes upstream warms up (its capture list, largest first); row
+buckets split ``B̂·L`` into :data:`ROW_BUCKETS` equal steps (multiples of 16 rows), so the deep
+layers run at most one step of padding rows (≤ 1/32 of the block; half that on average).
+Everything a step will replay — and every Triton variant its kernels need — is captured, hence
+compiled, during upstream's decode warm-up, before the first request.
+"""
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+
+from ..log import logger
+from .sparse_step import (DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
+                          front)
+
+ROW_BUCKETS = 32
+ROW_ALIGN = 16
+
+
+def _no_mark(phase: str) -> None:
+    pass
+
+
+def row_buckets(batch_bucket: int, block_length: int) -> list[int]:
+    """Deep-layer row counts captured for a batch bucket: equal steps up to ``B̂·L``."""
+    total = batch_bucket * block_length
+    step = -(-total // ROW_BUCKETS)
+    step = -(-step // ROW_ALIGN) * ROW_ALIGN
+    buckets = list(range(step, total, step))
+    return buckets + [total]
+
+
+def pick(buckets, size: int) -> int | None:
+    """Smallest bucket >= size (None if none)."""
+    fitting = [b for b in buckets if b >= size]
+    return min(fitting) if fitting else None
+
+
+def slice_batch(tree, n: int):
+    """``tree`` (a dataclass of [B̂, ...] tensors) cut to its first ``n`` sequences (views)."""
+    return replace(tree, **{f.name: getattr(tree, f.name)[:n] for f in fields(tree)
+                            if isinstance(getattr(tree, f.name), torch.Tensor)})
+
+
+class _Replayable:
+    """A CUDA graph of ``fn``, or ``fn`` itself where graphs are not used (CPU: the padded path eagerly)."""
+
+    def __init__(self, fn, pool, use_graph: bool):
+        self.fn = fn
+        self.graph = None
+        fn()  # warm-up: compiles kernels, initialises cuBLAS, before anything is captured
+        if use_graph:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool, stream=torch.cuda.current_stream(),
+                                  capture_error_mode='thread_local'):
+                fn()
+
+    def replay(self) -> None:
+        if self.graph is None:
+            self.fn()
+        else:
+            self.graph.replay()
+
+
+@dataclass
+class _Bucket:
+    inputs: StepInputs  # static, B̂ sequences
+    outputs: FrontOutputs  # static
+    front: _Replayable
+    deep: dict = field(default_factory=dict)  # row bucket -> _Replayable
+
+
+class StepGraphs:
+    """Static buffers and graphs of the sparse decode step; :meth:`run` is the step's forward."""
+
+    def __init__(self, parts, config: StepConfig, attention_rows):
+        self.parts = parts
+        self.config = config
+        self.attention_rows = attention_rows  # context manager: deep rows for the attention layers
+        self.enabled = False  # upstream's graph runner is on (eager_mode=False): capture at warm-up
+        self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)
+        self.buckets: dict[int, _Bucket] = {}
+        self._pool = None
+        self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
+        self._hidden: torch.Tensor | None = None  # [B̂max·L, hidden], every deep graph's output
+
+    # ---- the step ---------------------------------------------------------------------------------
+
+    def run(self, batch: StepInputs, kv_caches, block_offsets, attn_metadata, mark=_no_mark):
+        """Front, the row-count read, deep. Returns ``(front outputs, hidden [K, D], K, M)``.
+
+        Front outputs are [B̂]-sized (the caller cuts them to ``B``); ``M`` rows need logits.
+        ``mark(phase)`` records phase ends for the profiling timer.
+        """
+        batch_size = batch.input_ids.size(0)
+        bucket = pick(self.buckets, batch_size)
+        if bucket is None:
+            outputs = front(self.parts, batch, self.config, kv_caches, block_offsets)
+            mark('front')
+            num_rows, num_logit_rows = outputs.rows.counts.tolist()  # the step's host sync
+            mark('row_count_read')
+            hidden = deep(self.parts, outputs.rows, num_rows, self.config, kv_caches, block_offsets, attn_metadata,
+                          self.attention_rows)
+            mark('deep_layers')
+            return outputs, hidden, num_rows, num_logit_rows
+        graphs = self.buckets[bucket]
+        self._fill(graphs.inputs, batch, block_offsets)
+        graphs.front.replay()
+        mark('front')
+        num_rows, num_logit_rows = graphs.outputs.rows.counts.tolist()  # the step's host sync
+        mark('row_count_read')
+        graphs.deep[pick(graphs.deep, max(num_rows, 1))].replay()
+        mark('deep_layers')
+        return graphs.outputs, self._hidden[:num_rows], num_rows, num_logit_rows
+
+    def _fill(self, static: StepInputs, batch: StepInputs, block_offsets: torch.Tensor) -> None:
+        size = batch.input_ids.size(0)
+        copy_into(slice_batch(static, size), batch)
+        static.seq_valid[size:] = False
+        rows, pages = block_offsets.shape
+        self._block_offsets[:rows, :pages].copy_(block_offsets)
+
+    # ---- warm-up capture ----------------------------------------------------------------------------
+
+    def capture(self, batch_bucket: int, kv_caches, attn_metadata) -> None:
+        """Capture the front graph of ``batch_bucket`` sequences and its deep graphs (warm-up only)."""
+        if batch_bucket in self.buckets:
+            return
+        length = self.config.block_length
+        device = kv_caches[0][0].device
+        if self._pool is None and self.use_graph:
+            self._pool = torch.cuda.graph_pool_handle()
+        num_pages = kv_caches[0][0].size(0)
+        if self._block_offsets is None:
+            # upstream warms up the largest batch first, so the shared buffers are sized once
+            self._block_offsets = torch.zeros(batch_bucket, num_pages, dtype=torch.int32, device=device)
+        elif self._block_offsets.size(0) < batch_bucket:
+            raise RuntimeError(f'sparse decode step: batch bucket {batch_bucket} captured after a smaller one '
+                               f'({self._block_offsets.size(0)}); the largest must come first')
+        inputs = _warmup_inputs(batch_bucket, length, device)
+        block_offsets = self._block_offsets[:batch_bucket]
+        outputs = front(self.parts, inputs, self.config, kv_caches, block_offsets)
+        static = empty_like_tree(outputs)
+
+        def run_front():
+            copy_into(static, front(self.parts, inputs, self.config, kv_caches, block_offsets))
+
+        graphs = _Bucket(inputs=inputs, outputs=static, front=_Replayable(run_front, self._pool, self.use_graph))
+        for rows in row_buckets(batch_bucket, length):
+            graphs.deep[rows] = _Replayable(self._deep_fn(static.rows, rows, kv_caches, block_offsets, attn_metadata),
+                                            self._pool, self.use_graph)
+        self.buckets[batch_bucket] = graphs
+        logger.info(f'sparse decode step: captured batch bucket {batch_bucket} '
+                    f'({len(graphs.deep)} row buckets{"" if self.use_graph else ", eager"}).')
+
+    def _deep_fn(self, rows: DeepRows, num_rows: int, kv_caches, block_offsets, attn_metadata):
+
+        def run_deep():
+            hidden = deep(self.parts, rows, num_rows, self.config, kv_caches, block_offsets, attn_metadata,
+                          self.attention_rows)
+            if self._hidden is None:
+                self._hidden = hidden.new_empty(self._block_offsets.size(0) * self.config.block_length,
+                                                hidden.size(-1))
+            self._hidden[:num_rows].copy_(hidden)
+
+        return run_deep
+
+    def static_bytes(self) -> int:
+        """Bytes held outside the graph pool (inputs, front outputs, block table, deep output)."""
+        tensors = [self._block_offsets, self._hidden]
+        for graphs in self.buckets.values():
+            tensors += _tensors(graphs.inputs) + _tensors(graphs.outputs)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    out = []
+    for f in fields(tree):
+        value = getattr(tree, f.name)
+        if isinstance(value, torch.Tensor):
+            out.append(value)
+        elif value is not None and hasattr(value, '__dataclass_fields__'):
+            out += _tensors(value)
+    return out
+
+
+def _warmup_inputs(batch: int, length: int, device) -> StepInputs:
+    """Padding sequences only: the kernels are launched (and compiled) for the bucket's shapes but no
+    row is valid, so every row bucket's deep graph can be warmed up on the front's outputs and no
+    K/V is written. A capture records launches, not data."""
+    return StepInputs(input_ids=torch.zeros(batch, length, dtype=torch.long, device=device),
+                      masked=torch.ones(batch, length, dtype=torch.bool, device=device),
+                      history=torch.zeros(batch, dtype=torch.long, device=device),
+                      uncached=torch.ones(batch, length, dtype=torch.bool, device=device),
+                      needs_warmup=torch.ones(batch, dtype=torch.bool, device=device),
+                      seq_valid=torch.zeros(batch, dtype=torch.bool, device=device),
+                      progress=torch.full((batch, ), -1, dtype=torch.long, device=device),
+                      avg_decoded=torch.ones(batch, dtype=torch.float32, device=device))
