@@ -328,11 +328,23 @@ def plot(groups, extra_missing, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('paths', nargs='+', help='JSON files or directories (searched recursively), merged')
-    p.add_argument('--out-dir', default='./results')
+    p.add_argument('--out-dir', default='./results', help='where results.md, plot_inputs.json and throughput.png go')
     p.add_argument('--missing', action='append', default=[], metavar='ARM=REASON',
                    help='an expected arm that has no result, with the reason')
     p.add_argument('--no-png', action='store_true', help='only the markdown table')
     args = p.parse_args(argv)
+    absent = [path for path in args.paths if not os.path.exists(path)]
+    if absent:
+        raise SystemExit(f'plot_results: error: no such file or directory: {", ".join(absent)}')
+    if not args.no_png:  # checked before anything is written, so a failed run leaves no half output
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit('plot_results: error: throughput.png needs matplotlib: pip install matplotlib '
+                             '(listed in requirements/runtime_cuda.txt), or pass --no-png for the tables only') from None
+    bad = [m for m in args.missing if '=' not in m]
+    if bad:
+        raise SystemExit(f'plot_results: error: --missing takes ARM=REASON, got {bad[0]!r}')
     extra = dict(m.split('=', 1) for m in args.missing)
     results = load_results(args.paths)
     groups = group(results)

@@ -704,3 +704,54 @@ def test_agreement_check_catches_an_edited_record(tmp_path):
     assert any('results.md' in p for p in problems)
     assert any('throughput.png' in p for p in problems)
     assert any('plot_inputs.json' in p for p in problems)
+
+
+# ---------------------------------------------------------------- plot_results: a newcomer's first run
+def _plot_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(BENCH, 'plot_results.py'), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_plot_results_missing_input_is_one_line(tmp_path):
+    proc = _plot_cli(str(tmp_path / 'no_such_dir'), '--out-dir', str(tmp_path / 'out'))
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip() == f'plot_results: error: no such file or directory: {tmp_path / "no_such_dir"}'
+    assert not (tmp_path / 'out').exists()
+
+
+def test_plot_results_without_matplotlib_fails_before_writing(tmp_path):
+    report.write_json(_ok_record(conc=32, tok=1000.0), str(tmp_path / 'in'))
+    # a sitecustomize-free way to hide matplotlib: a module named matplotlib that fails to import
+    hide = tmp_path / 'hide'
+    (hide / 'matplotlib').mkdir(parents=True)
+    (hide / 'matplotlib' / '__init__.py').write_text("raise ImportError('No module named matplotlib')\n")
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(hide), os.environ.get('PYTHONPATH', '')])}
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, 'plot_results.py'), str(tmp_path / 'in'), '--out-dir',
+                           str(tmp_path / 'out')], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().startswith('plot_results: error: throughput.png needs matplotlib: pip install matplotlib')
+    assert 'or pass --no-png' in proc.stderr and not (tmp_path / 'out').exists()
+    # --no-png needs no matplotlib
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, 'plot_results.py'), str(tmp_path / 'in'), '--out-dir',
+                           str(tmp_path / 'out'), '--no-png'], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['plot_inputs.json', 'results.md']
+
+
+def test_plot_results_draws_the_png_that_check_agreement_reads(tmp_path):
+    pytest.importorskip('matplotlib')  # in requirements/test_cpu.txt
+    report.write_json(_ok_record(conc=32, tok=1000.0), str(tmp_path / 'in'))
+    report.write_json(_ok_record(conc=64, tok=1500.0), str(tmp_path / 'in'))
+    proc = _plot_cli(str(tmp_path / 'in'), '--out-dir', str(tmp_path / 'out'))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / 'out' / 'throughput.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    pr = _plot_results()
+    assert pr.check_agreement(str(tmp_path / 'out')) == []
+    series = json.loads(pr.png_text(str(tmp_path / 'out' / 'throughput.png'))[pr.PNG_SERIES_KEY])
+    assert series == pr.plotted_series(pr.group(pr.load_results([str(tmp_path / 'in')])), {})
+
+
+def test_plot_results_bad_missing_argument_is_one_line(tmp_path):
+    report.write_json(_ok_record(conc=32, tok=1000.0), str(tmp_path / 'in'))
+    proc = _plot_cli(str(tmp_path / 'in'), '--out-dir', str(tmp_path / 'out'), '--no-png', '--missing', 'focus')
+    assert proc.returncode == 1 and proc.stderr.strip() == "plot_results: error: --missing takes ARM=REASON, got 'focus'"
