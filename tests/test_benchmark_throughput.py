@@ -729,7 +729,8 @@ def test_plot_results_without_matplotlib_fails_before_writing(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(BENCH, 'plot_results.py'), str(tmp_path / 'in'), '--out-dir',
                            str(tmp_path / 'out')], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
-    assert proc.stderr.strip().startswith('plot_results: error: throughput.png needs matplotlib: pip install matplotlib')
+    assert proc.stderr.strip().startswith('plot_results: error: throughput.png needs matplotlib: pip install '
+                                          'matplotlib')
     assert 'or pass --no-png' in proc.stderr and not (tmp_path / 'out').exists()
     # --no-png needs no matplotlib
     proc = subprocess.run([sys.executable, os.path.join(BENCH, 'plot_results.py'), str(tmp_path / 'in'), '--out-dir',
@@ -754,4 +755,5 @@ def test_plot_results_draws_the_png_that_check_agreement_reads(tmp_path):
 def test_plot_results_bad_missing_argument_is_one_line(tmp_path):
     report.write_json(_ok_record(conc=32, tok=1000.0), str(tmp_path / 'in'))
     proc = _plot_cli(str(tmp_path / 'in'), '--out-dir', str(tmp_path / 'out'), '--no-png', '--missing', 'focus')
-    assert proc.returncode == 1 and proc.stderr.strip() == "plot_results: error: --missing takes ARM=REASON, got 'focus'"
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "plot_results: error: --missing takes ARM=REASON, got 'focus'"

@@ -117,7 +117,7 @@ def test_same_seed_same_bytes_other_seed_differs(tiny_dir, tmp_path):
     a, b = _load_all(tiny_dir), _load_all(other)
     assert not torch.equal(a['model.embed_tokens.weight'], b['model.embed_tokens.weight'])
     assert torch.equal(a['model.norm.weight'], b['model.norm.weight'])
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r'already holds weights .*: pass overwrite=True to replace them'):
         write_random_checkpoint(TINY, other, seed=2, device='cpu')
 
 
@@ -196,3 +196,42 @@ def test_llada2_config_goes_through_lmdeploy(tmp_path, monkeypatch):
     assert (model_config.dllm_mask_token, model_config.dllm_block_length) == (156895, 32)
     assert (model_config.head_dim, model_config.num_layers, model_config.num_key_value_heads) == (128, 20, 4)
     assert model_config.bos_token_id is None and model_config.hf_config.partial_rotary_factor == 0.5
+
+
+def _tool(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, '-m', 'lmdeploy_focus.tools.random_checkpoint', *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_cli_second_run_names_the_flag_and_overwrite_replaces(tmp_path):
+    out = tmp_path / 'ckpt'
+    assert _tool('--arch', TINY, str(out), '--device', 'cpu').returncode == 0
+    before = (out / 'model.safetensors.index.json').read_bytes()
+    again = _tool('--arch', TINY, str(out), '--device', 'cpu', '--seed', '1')
+    assert again.returncode == 1 and 'Traceback' not in again.stderr
+    assert again.stderr.strip() == (f'random_checkpoint: error: {out} already holds weights '
+                                    f'(model-00001-of-00003.safetensors): pass --overwrite to replace them, or choose '
+                                    f'another folder')
+    assert (out / 'model.safetensors.index.json').read_bytes() == before
+    replaced = _tool('--arch', TINY, str(out), '--device', 'cpu', '--seed', '1', '--overwrite')
+    assert replaced.returncode == 0, replaced.stderr
+    assert _load_all(out)['model.norm.weight'].shape == (64,)
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    onto_file = _tool('--arch', TINY, str(a_file), '--device', 'cpu')
+    assert onto_file.returncode == 1 and onto_file.stderr.strip() == \
+        f'random_checkpoint: error: {a_file} is a file, not a folder: choose another output folder'
+
+
+def test_cli_help_describes_every_option_with_its_default():
+    out = _tool('--help')
+    assert out.returncode == 0
+    text = ' '.join(out.stdout.split())
+    assert text.startswith('usage: python -m lmdeploy_focus.tools.random_checkpoint')
+    for fragment in ('OUT_DIR folder to write the checkpoint into', 'seed of the weights', '(default: 0)',
+                     'dtype of the stored weights (default: bfloat16)',
+                     'auto: cuda when available, else cpu (default: auto)',
+                     '--overwrite replace weights already in OUT_DIR', 'tiny-sdar: a few MB'):
+        assert fragment in text, fragment

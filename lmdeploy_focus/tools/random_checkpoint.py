@@ -73,11 +73,22 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2) + '\n', encoding='utf-8')
 
 
+class CheckpointExistsError(FileExistsError):
+    """OUT_DIR already holds weights and overwriting was not asked for."""
+
+    def __init__(self, out: Path, existing: str, how: str = 'overwrite=True'):
+        self.out, self.existing = out, existing
+        super().__init__(f'{out} already holds weights ({existing}): pass {how} to replace them, or choose '
+                         f'another folder')
+
+
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f'{out} is a file, not a folder: choose another output folder')
     out.mkdir(parents=True, exist_ok=True)
     stale = sorted(out.glob('*.safetensors')) + sorted(out.glob('*.safetensors.index.json'))
     if stale and not overwrite:
-        raise FileExistsError(f'{out} already holds weights ({stale[0].name}); pass overwrite=True')
+        raise CheckpointExistsError(out, stale[0].name)
     for path in stale:  # old shards of another layout would otherwise linger next to the index
         path.unlink()
 
@@ -129,23 +140,45 @@ def write_random_checkpoint(arch: str,
     return out
 
 
+PROG = 'python -m lmdeploy_focus.tools.random_checkpoint'
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' where there is a default worth reading (not for required options or flags)."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--arch', required=True, choices=sorted(ARCH_SPECS))
-    parser.add_argument('out_dir')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--dtype', default='bfloat16', choices=DTYPES)
-    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
-    parser.add_argument('--overwrite', action='store_true', help='replace weights already in OUT_DIR')
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n\n')[0],
+                                     formatter_class=_DefaultsHelpFormatter)
+    parser.add_argument('--arch', required=True, choices=sorted(ARCH_SPECS),
+                        help='published shape to copy (tiny-sdar: a few MB, for CPU tests)')
+    parser.add_argument('out_dir', metavar='OUT_DIR', help='folder to write the checkpoint into (created if needed)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the weights; the same seed, dtype and device '
+                        'type give the same bytes')
+    parser.add_argument('--dtype', default='bfloat16', choices=DTYPES, help='dtype of the stored weights')
+    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'),
+                        help='where the weights are drawn; auto: cuda when available, else cpu')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace weights already in OUT_DIR (otherwise an existing checkpoint is an error)')
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    out = write_random_checkpoint(args.arch, args.out_dir, seed=args.seed, dtype=args.dtype,
-                                  device=args.device, overwrite=args.overwrite, verbose=True)
+    try:
+        out = write_random_checkpoint(args.arch, args.out_dir, seed=args.seed, dtype=args.dtype,
+                                      device=args.device, overwrite=args.overwrite, verbose=True)
+    except CheckpointExistsError as error:
+        raise SystemExit(f'random_checkpoint: error: {CheckpointExistsError(error.out, error.existing, "--overwrite")}'
+                         ) from None
+    except (NotADirectoryError, FileExistsError) as error:  # OUT_DIR (or a parent) is a file
+        raise SystemExit(f'random_checkpoint: error: {error}') from None
     total = json.loads((out / 'model.safetensors.index.json').read_text())['metadata']['total_size']
     print(f'wrote {args.arch} to {out}: {total} tensor bytes ({total / 1e9:.2f} GB) on '
           f'{_resolve_device(args.device)} in {time.perf_counter() - start:.1f} s')
-
 
 if __name__ == '__main__':
     main(sys.argv[1:])
