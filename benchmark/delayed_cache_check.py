@@ -18,11 +18,9 @@ ARMS = {
     'delayed_process_all': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
     'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
     'delayed_fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast'),
-    'delayed_exact_static_rows': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
 }
 ARM_ENV = {
     'delayed_process_all': 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL',
-    'delayed_exact_static_rows': 'LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS',
 }
 
 

@@ -5,6 +5,7 @@
 #   PAPER_THRESHOLDS=1   FOCUS at 0.8 vs the rest at 0.9, as the paper ran it (mixes two effects)
 #   ONE_ENGINE=1         all batch sizes in one process / one engine sized for the largest
 #   RESULTS_DIR=./results  ARM_TAG=<suffix of the arm label>  EXTRA_ARGS="<more profile_throughput args>"
+#   EAGER_MODE=1         no CUDA graphs (the fork's scripts measured eager; default: graphs, what users run)
 #   DRY_RUN=1            print each profile_throughput command (one line, shell-quoted, after
 #                        'DRY_RUN: ', LMDEPLOY_FOCUS_* switches as an 'env' prefix) instead of running
 #                        it; nothing needs a GPU or a model
@@ -32,7 +33,9 @@ arm_threshold() {
 run_arm() {
   local base="$1" arm="$1$ARM_TAG" dataset="$2" model="$3" block="$4"; shift 4
   local steps=${DENOISING_STEPS:-$block}
-  local common=(--backend pytorch --eager-mode --skip-tokenize --skip-detokenize --use-uvloop
+  local eager=()
+  [[ "${EAGER_MODE:-0}" == 1 ]] && eager=(--eager-mode)
+  local common=(--backend pytorch "${eager[@]}" --skip-tokenize --skip-detokenize --use-uvloop
                 --num-prompts "$NUM_PROMPTS" --max-new-tokens "$MAX_NEW_TOKENS"
                 --dllm-block-length "$block" --dllm-denoising-steps "$steps"
                 --dllm-unmasking-strategy "$UNMASKING" --dllm-confidence-threshold "$(arm_threshold "$base")"

@@ -501,19 +501,17 @@ def test_suite_b32_phase_runs_the_four_arms_through_the_drivers(tmp_path):
     assert [c.arm for c in dynamic] == ['stock-dynamic', 'focus-importance-dynamic']
     assert all(c.concurrency == [64, 256] and c.dllm_denoising_steps == 32 for c in dynamic)
     assert {c.dllm_confidence_threshold for c in cmds} == {0.9}
-    assert all(c.eager_mode and c.dllm_track and c.fast_exit and c.ignore_eos for c in cmds)
+    assert all(not c.eager_mode and c.dllm_track and c.fast_exit and c.ignore_eos for c in cmds)  # graphs
     assert {c.output_dir for c in cmds} == {str(tmp_path / 'res' / 'b32')}
     assert 'skipped' not in out
 
 
-def test_suite_rows_phase_sets_static_rows_only_on_its_arms(tmp_path):
-    out, cmds = _suite(tmp_path, 'rows')
-    assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
-        ('stock-static', None), ('focus-importance-static-rows', 'importance'),
-        ('focus-leftmost-static-rows', 'leftmost'), ('focus-importance-static', 'importance')]
-    lines = [line for line in out.splitlines() if line.startswith('DRY_RUN: ') and 'profile_throughput.py' in line]
-    assert ['LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1' in line for line in lines] == [False, True, True, False]
-    assert all(c.concurrency == [32, 64, 128, 256] and (c.dllm_denoising_steps, c.output_len) == (8, 256) for c in cmds)
+def test_drivers_run_graphs_unless_eager_mode_is_asked_for(tmp_path):
+    _, graphs = _dry_commands(SUITE, 'b32', str(tmp_path / 'out'), env=dict(SUITE_RESULTS_ROOT=str(tmp_path / 'g')))
+    _, eager = _dry_commands(SUITE, 'b32', str(tmp_path / 'out'),
+                             env=dict(SUITE_RESULTS_ROOT=str(tmp_path / 'e'), EAGER_MODE='1'))
+    assert graphs and not any(c.eager_mode for c in graphs)
+    assert len(eager) == len(graphs) and all(c.eager_mode for c in eager)
 
 
 def test_suite_blocks_phase_order_and_budget_guard(tmp_path):

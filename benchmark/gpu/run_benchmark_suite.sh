@@ -10,13 +10,9 @@
 #        'dynamic' = every b32 arm with dynamic unmasking (threshold 0.9, out 128, bs 64/256), then b64 delayed cache.
 #        'dynamic_rest' = what 'dynamic' left (2026-11-23): b64 delayed cache first, then every b32 arm with
 #                   dynamic unmasking at bs 32/128 (its own stock arm, so ratios stay same-run).
-#        'rows'   = the static-rows experiment (LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1: layers 0-1 run all
-#                   B*L rows, no processed-row sync; FOCUS keeps its kept-row sync), b32 static 4 tok/step,
-#                   bs 32/64/128/256: stock, FOCUS importance and leftmost with static rows, then FOCUS
-#                   importance without (leftmost without is in phase b32).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
-# Every arm runs eager, with --dllm-track and the same confidence threshold (0.9). Each step starts only
+# Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
 # if its expected seconds fit in what is left of SUITE_BUDGET_S (default 530 for b32/blocks, 500 for
 # cost) and is killed when the budget runs out (the levels it finished are kept), so a phase ends within
 # the budget + ~20 s. Results: OUT_DIR/results_PHASE.tgz (JSON/CSV/logs, plus results.md and
@@ -31,7 +27,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in b32|blocks|dynamic|dynamic_rest|rows|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, dynamic, dynamic_rest, rows, cost)" >&2; exit 2 ;; esac
+case $PHASE in b32|blocks|dynamic|dynamic_rest|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, dynamic, dynamic_rest, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -146,20 +142,6 @@ if [[ $PHASE == dynamic_rest ]]; then
   exit 0
 fi
 
-if [[ $PHASE == rows ]]; then
-  # one sync per FOCUS step instead of two; every arm of this phase in one run, so ratios are same-run
-  S=(env UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256 EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  R=("${S[@]}" ARM_TAG=-static-rows LMDEPLOY_FOCUS_DELAYED_CACHE_STATIC_ROWS=1)
-  step 110 "stock static" "${S[@]}" ARM_TAG=-static bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
-  step 100 "focus-importance static-rows" "${R[@]}" FOCUS_POLICY=importance \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  step 100 "focus-leftmost static-rows" "${R[@]}" FOCUS_POLICY=leftmost \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  step 100 "focus-importance static" "${S[@]}" ARM_TAG=-static FOCUS_POLICY=importance \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  exit 0
-fi
-
 if [[ $PHASE == blocks ]]; then
   # the engine takes L from the -b<N> name: the same weights under -b16 / -b64; L/4 steps = 4 tokens/step
   for L in 16 64; do
@@ -192,7 +174,7 @@ QWEN=/tmp/ckpt/Qwen3-8B
 if fits 130 "AR arm"; then
   random_checkpoint qwen3-8b "$QWEN"; stamp "qwen3 checkpoint"
   run_cmd timeout 150 python3 benchmark/profile_throughput.py random "$QWEN" --concurrency 32 64 128 256 --prompts-per-slot 1 \
-    --input-len 256 --output-len 256 --max-new-tokens 256 --ignore-eos --backend pytorch --eager-mode --skip-tokenize \
+    --input-len 256 --output-len 256 --max-new-tokens 256 --ignore-eos --backend pytorch ${EAGER_MODE:+--eager-mode} --skip-tokenize \
     --skip-detokenize --use-uvloop --arm ar --output-dir "$RES" 2>&1 | tee "$RES/ar_Qwen3-8B.log"; stamp "ar rc=$?"
   run_cmd rm -rf "$QWEN"
 fi
