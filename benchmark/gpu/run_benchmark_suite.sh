@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The committed H100 benchmark runs (BENCHMARKS.md), from the repo root on the lent GPU machine:
 #   bash benchmark/gpu/run_benchmark_suite.sh PHASE OUT_DIR
-# PHASE: 'b32'    = SDAR-8B-b32, static 4 tok/step, bs 32/64/128/256, through the drivers, most
+# PHASE: 'graphs' = issue 14's table: SDAR-8B-b32, static 4 tok/step, bs 16/32/64/128/256: stock, FOCUS importance
+#                   and leftmost a1.5; then, if the budget allows, the dynamic stock vs FOCUS pair (bs 64/256).
+#        'b32'    = SDAR-8B-b32, static 4 tok/step, bs 32/64/128/256, through the drivers, most
 #                   important first: stock, FOCUS importance a1.5, delayed cache, FOCUS leftmost a1.5;
 #                   then, if the budget allows, the dynamic (threshold 0.9) stock vs FOCUS pair.
 #        'blocks' = block sizes 16/64 (same weights, L/4 steps = 4 tok/step), bs 64/256: stock and FOCUS
@@ -27,7 +29,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in b32|blocks|dynamic|dynamic_rest|cost) ;; *) echo "unknown phase '$PHASE' (b32, blocks, dynamic, dynamic_rest, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -95,6 +97,19 @@ dynamic_pair() {
   step 75 "focus-importance dynamic" "${dyn[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
 }
+
+if [[ $PHASE == graphs ]]; then
+  # issue 14's table: CUDA graphs on every arm, static 4 tok/step, bs 16..256, the three arms it bars
+  S=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256
+     BATCH_SIZES="16 32 64 128 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  step 130 "stock static" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 130 "focus-importance static" "${S[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 130 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  dynamic_pair
+  exit 0
+fi
 
 if [[ $PHASE == b32 ]]; then
   # static: 8 steps per 32-token block = 4 tokens/step, in 256 / out 256
