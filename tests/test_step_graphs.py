@@ -1,0 +1,36 @@
+"""Bucket choice of the sparse decode step's graphs, and the capture-order guard."""
+import random
+
+import pytest
+import torch
+
+from lmdeploy_focus.models.step_graphs import ROW_ALIGN, ROW_BUCKETS, StepGraphs, pick, row_buckets
+from lmdeploy_focus.models.sparse_step import StepConfig
+
+
+@pytest.mark.parametrize('batch, length', [(1, 4), (1, 32), (3, 16), (16, 32), (24, 32), (64, 32), (256, 32),
+                                           (256, 64), (512, 16)])
+def test_row_buckets_cover_every_count_with_bounded_padding(batch, length):
+    buckets = row_buckets(batch, length)
+    total = batch * length
+    assert buckets == sorted(set(buckets)) and buckets[-1] == total and len(buckets) <= ROW_BUCKETS + 1
+    assert all(b % ROW_ALIGN == 0 for b in buckets[:-1])
+    step = max(ROW_ALIGN, -(-(-(-total // ROW_BUCKETS)) // ROW_ALIGN) * ROW_ALIGN)
+    for rows in range(1, total + 1):  # every possible kept count has a bucket, at most one step above it
+        bucket = pick(buckets, rows)
+        assert bucket is not None and rows <= bucket < rows + step
+
+
+def test_pick_is_the_smallest_fitting_bucket():
+    sizes = sorted(random.sample(range(1, 300), 9))
+    for n in range(1, 320):
+        fitting = [s for s in sizes if s >= n]
+        assert pick(sizes, n) == (min(fitting) if fitting else None)
+
+
+def test_a_larger_batch_bucket_after_a_smaller_one_is_refused():
+    """Shared buffers are sized by the first (largest) capture, as upstream warms up largest first."""
+    graphs = StepGraphs(parts=None, config=StepConfig(block_length=4, commit_mode='exact'), attention_rows=None)
+    graphs._block_offsets = torch.zeros(2, 8, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match='largest must come first'):
+        graphs.capture(4, [(torch.zeros(8, 4, 1, 2), torch.zeros(8, 4, 1, 2))], attn_metadata=None)
