@@ -1,18 +1,22 @@
 """Quality and decoding statistics of FOCUS arms on a JSONL task file.
 
-    python benchmark/eval_quality.py TASKS.jsonl MODEL [--backend engine|reference] \
+    python benchmark/eval_quality.py TASKS.jsonl MODEL [--backend auto|engine|reference] \
         [--arms stock delayed_fast focus_a1.5 ...] [--thresholds 0.7 0.8 0.9] [--block-length 32] \
-        [--max-new-tokens 256] [--num-tasks N] [--concurrency 64] [--eager-mode] [--out-dir ./results]
+        [--max-new-tokens 256] [--num-tasks N] [--concurrency 64] [--eager-mode] \
+        [--out-dir benchmark/results/quality/DATE]
 
 Each arm runs at each threshold (a cell): greedy decoding of every task, scored from the outputs
 (accuracy) and, where available, the engine's DLLM decode statistics (generated tokens per step,
 steps per request, processed/generated, kept fraction, shadow recall vs random recall). Backends:
-``engine`` (the in-process LMDeploy PyTorch engine, one engine per cell) and ``reference`` (the
-pure-torch reference decode loop, CPU or CUDA). Arms the engine refuses as not implemented are
+``engine`` (the in-process LMDeploy PyTorch engine, one engine per cell; needs CUDA) and ``reference``
+(the pure-torch reference decode loop, CPU or CUDA); ``auto``, the default, takes the engine when
+CUDA is available and the reference loop otherwise. Arms the engine refuses as not implemented are
 reported missing with its message. Writes a table to stdout and ``quality_*.json`` / ``.md`` under
---out-dir. Task file format: benchmark/quality/task_file.py. Our own implementation; see BENCHMARKS.md.
+--out-dir, also when a cell ends the run (the cells that finished, the rest marked not run).
+Task file format: benchmark/quality/task_file.py. Our own implementation; see BENCHMARKS.md.
 """
 import argparse
+import datetime
 import os
 import sys
 
@@ -23,12 +27,27 @@ from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops ben
 load_benchmark_packages('throughput', 'quality')
 from quality import arms, prompting, report  # noqa: E402
 from quality.engine_backend import EngineBackend  # noqa: E402
+from quality.outcome import FAILED, CellOutcome, first_line  # noqa: E402
 from quality.reference_backend import DTYPES, ReferenceBackend, resolve_device, resolve_dtype  # noqa: E402
 from quality.task_file import load_tasks  # noqa: E402
 from throughput import engine_runner  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
 
-BACKENDS = ('engine', 'reference')
+BACKENDS = ('auto', 'engine', 'reference')
+DEFAULT_OUT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'quality')
+NOT_RUN = 'not run'
+
+
+def default_out_dir() -> str:
+    """benchmark/results/quality/<today>: next to the committed results, wherever it is run from."""
+    return os.path.join(DEFAULT_OUT_ROOT, datetime.date.today().isoformat())
+
+
+def resolve_backend(name: str) -> str:
+    if name != 'auto':
+        return name
+    import torch
+    return 'engine' if torch.cuda.is_available() else 'reference'
 
 
 def parse_args(argv=None):
@@ -36,7 +55,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('task_file', help='JSONL: {"prompt", "answer" | "reference", ["scorer"], ["max_new_tokens"]}')
     p.add_argument('model_path', help='model directory (or hub id for the engine backend)')
-    p.add_argument('--backend', default='engine', choices=BACKENDS)
+    p.add_argument('--backend', default='auto', choices=BACKENDS,
+                   help='engine: the LMDeploy PyTorch engine (needs CUDA); reference: the pure-torch decode loop '
+                   '(CPU or CUDA; reports no kept / shadow-recall columns: n/a, see the note under the table); '
+                   'auto: engine when CUDA is available, else reference')
     p.add_argument('--arms', nargs='+', default=list(arms.ARMS), metavar='ARM',
                    help=f'arms to run, from: {", ".join(arms.ARMS)}')
     p.add_argument('--thresholds', type=float, nargs='+', default=list(arms.DEFAULT_THRESHOLDS),
@@ -60,7 +82,8 @@ def parse_args(argv=None):
     g.add_argument('--dtype', default='auto', choices=('auto', *DTYPES),
                    help="auto: float32 on CPU, the checkpoint's dtype on CUDA")
     g = p.add_argument_group('output')
-    g.add_argument('--out-dir', default='./results')
+    g.add_argument('--out-dir', default=None,
+                   help=f'where quality_*.json / .md go; None: {os.path.relpath(DEFAULT_OUT_ROOT)}/<today>')
     g.add_argument('--save-token-ids', action='store_true', help='also store every output as token ids')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
     return p.parse_args(argv)
@@ -88,6 +111,10 @@ def resolve_block_length(args) -> int | None:
 
 def make_backend(args, settings, stop_ids):
     if args.backend == 'engine':
+        import torch
+        if not torch.cuda.is_available():
+            raise BenchmarkInputError('--backend engine needs a CUDA GPU (none is available here): use '
+                                      '--backend reference (or auto)')
         import lmdeploy_focus
         lmdeploy_focus.activate()  # a no-op when the .pth installed it; keeps a source checkout usable
         return EngineBackend(args.model_path, settings, stop_ids, args.seed, progress=not args.quiet), {}
@@ -104,9 +131,36 @@ def make_backend(args, settings, stop_ids):
     return ReferenceBackend(checkpoint, settings, stop_ids, device), env
 
 
+def run_cells(backend, cells, prompts) -> tuple[list, tuple | None]:
+    """Every cell's outcome, and ``(exception, its cell's outcome)`` when a cell ended the run: one
+    that escapes the backend (upstream's environment check exits, Ctrl-C) is recorded as failed and
+    the cells after it as not run, so that what finished is still written."""
+    outcomes = []
+    for i, (threshold, arm) in enumerate(cells, 1):
+        print(f'[{i}/{len(cells)}] {arm}, threshold {threshold}', flush=True)
+        try:
+            outcome = backend.run_cell(arm, threshold, prompts)
+        except (SystemExit, KeyboardInterrupt, Exception) as e:  # noqa: BLE001  write what finished
+            reason = f'exited with status {e.code}' if isinstance(e, SystemExit) else first_line(e)
+            failed = CellOutcome(arm, threshold, FAILED, reason=f'{reason}; the run stopped here')
+            print(f'  FAILED: {failed.reason}', flush=True)
+            rest = [CellOutcome(a, t, NOT_RUN, reason=f'the run stopped at {arm} @ {threshold}') for t, a in cells[i:]]
+            return outcomes + [failed] + rest, (e, failed)
+        if outcome.status != 'ok':
+            print(f'  {outcome.status.upper()}: {outcome.reason}', flush=True)
+        outcomes.append(outcome)
+    return outcomes, None
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     validate(args)
+    if args.backend == 'auto':
+        args.backend = resolve_backend('auto')
+        if args.backend == 'reference':
+            print('note: no CUDA GPU: --backend auto runs the reference decode loop (kept / shadow-recall columns '
+                  'n/a)', flush=True)
+    args.out_dir = args.out_dir or default_out_dir()
     # the task file is checked before the model is touched, so a bad file fails in a second
     tasks = load_tasks(args.task_file)[:args.num_tasks]
     tokenizer = prompting.load_tokenizer(args.model_path)
@@ -125,14 +179,8 @@ def main(argv=None) -> dict:
         print(f'note: {args.unmasking_strategy} has no confidence threshold; --thresholds ignored', flush=True)
     backend, backend_env = make_backend(args, settings, stop_ids)
 
-    outcomes = []
     cells = [(t, a) for t in thresholds for a in args.arms]
-    for i, (threshold, arm) in enumerate(cells, 1):
-        print(f'[{i}/{len(cells)}] {arm}, threshold {threshold}', flush=True)
-        outcome = backend.run_cell(arm, threshold, prompts)
-        if outcome.status != 'ok':
-            print(f'  {outcome.status.upper()}: {outcome.reason}', flush=True)
-        outcomes.append(outcome)
+    outcomes, stopped = run_cells(backend, cells, prompts)
 
     stock = report.baselines(outcomes)
 
@@ -151,6 +199,12 @@ def main(argv=None) -> dict:
     print(report.format_table(run), flush=True)
     json_path, md_path = report.write_outputs(run, args.out_dir)
     print(f'wrote {json_path} and {md_path}', flush=True)
+    if stopped is not None:  # after the report: what finished is on disk
+        error, failed = stopped
+        if isinstance(error, KeyboardInterrupt):
+            raise SystemExit(130)
+        raise SystemExit(f'eval_quality: error: the run stopped at {failed.arm} @ {failed.threshold} '
+                         f'({failed.reason}); the cells before it are in {json_path}')
     return run
 
 

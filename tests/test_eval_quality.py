@@ -339,3 +339,91 @@ def test_reference_backend_end_to_end(tiny_sdar, tmp_path):
     expected = [scorers.get_scorer(name)(out, want) for name, out, want in
                 zip(('exact', 'exact_strip', 'prefix_chars:64'), got, outputs)]
     assert [t['score'] for t in exact2['tasks']] == expected
+
+
+# ---------------------------------------------------------------- a newcomer's first run (issue 16)
+def _load_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('eval_quality_under_test', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backend_auto_takes_the_reference_loop_without_cuda_and_help_says_so(monkeypatch):
+    import torch
+    module = _load_script()
+    args = module.parse_args(['tasks.jsonl', 'model'])
+    assert args.backend == 'auto' and args.out_dir is None
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert module.resolve_backend('auto') == 'reference'
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert module.resolve_backend('auto') == 'engine' and module.resolve_backend('reference') == 'reference'
+    proc = subprocess.run([sys.executable, SCRIPT, '--help'], capture_output=True, text=True, timeout=300)
+    text = ' '.join(proc.stdout.split())
+    assert 'auto: engine when CUDA is available, else reference' in text and '(default: auto)' in text
+    assert 'reports no kept / shadow-recall columns' in text
+
+
+def test_default_out_dir_is_under_benchmark_results_not_the_cwd():
+    import datetime
+    module = _load_script()
+    out = module.default_out_dir()
+    assert out == os.path.join(os.path.dirname(SCRIPT), 'results', 'quality', datetime.date.today().isoformat())
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='the engine backend runs where CUDA is')
+def test_explicit_engine_backend_without_cuda_is_one_line(tmp_path):
+    path = _write_lines(tmp_path / 't.jsonl', [{'prompt': 'p', 'answer': 'a'}])
+    ckpt = tmp_path / 'tiny-b4'
+    from lmdeploy_focus.tools.random_checkpoint import write_metadata_files
+    from lmdeploy_focus.tools.arch_specs import get_arch_spec
+    ckpt.mkdir()
+    write_metadata_files(get_arch_spec('tiny-sdar'), ckpt)  # the tokenizer is read before the backend
+    proc = subprocess.run([sys.executable, SCRIPT, path, str(ckpt), '--backend', 'engine', '--out-dir',
+                           str(tmp_path / 'out')], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ('eval_quality: error: --backend engine needs a CUDA GPU (none is '
+                                                    'available here): use --backend reference (or auto)')
+
+
+def test_a_cell_that_ends_the_process_still_leaves_the_finished_cells_on_disk(tiny_sdar, tmp_path, monkeypatch):
+    # upstream's environment check ends the process (SystemExit(1)) inside a cell: the report of the
+    # cells that finished is written before the run exits with one line naming the cell
+    from quality.reference_backend import ReferenceBackend
+    upstream_run_cell = ReferenceBackend.run_cell
+
+    def run_cell(self, arm, threshold, prompts):
+        if arm == 'delayed_exact':
+            print('PyTorch is not available.')
+            raise SystemExit(1)
+        return upstream_run_cell(self, arm, threshold, prompts)
+
+    monkeypatch.setattr(ReferenceBackend, 'run_cell', run_cell)
+    path = _write_lines(tmp_path / 'probe.jsonl', [{'prompt': 'What is 2+2?', 'answer': '4'}])
+    with pytest.raises(SystemExit) as stop:
+        _run_main([path, tiny_sdar, '--backend', 'reference', '--max-new-tokens', '4', '--thresholds', '0.9',
+                   '--quiet', '--arms', 'stock', 'delayed_exact', 'delayed_fast', '--out-dir', str(tmp_path / 'out')])
+    stem = os.path.join(tmp_path / 'out', 'quality_reference_tiny-sdar-b4_probe')
+    assert str(stop.value) == ('eval_quality: error: the run stopped at delayed_exact @ 0.9 (exited with status 1; '
+                               f'the run stopped here); the cells before it are in {stem}.json')
+    cells = json.load(open(stem + '.json'))['cells']
+    assert [(c['arm'], c['status']) for c in cells] == [('stock', 'ok'), ('delayed_exact', 'failed'),
+                                                        ('delayed_fast', 'not run')]
+    assert cells[0]['tasks'][0]['output_tokens'] == 4
+    md = open(stem + '.md').read()
+    assert '| stock | 0.9 | ok |' in md and '| delayed_fast | 0.9 | not run |' in md
+
+
+def test_reference_focus_cells_explain_their_n_a_columns(tiny_sdar, tmp_path):
+    path = _write_lines(tmp_path / 'probe.jsonl', [{'prompt': 'Name a colour.', 'answer': 'red'}])
+    run = _run_main([path, tiny_sdar, '--backend', 'reference', '--max-new-tokens', '4', '--thresholds', '0.9',
+                     '--quiet', '--arms', 'stock', 'focus_a1.5', '--out-dir', str(tmp_path / 'out')])
+    stock, focus = run['cells']
+    if focus['status'] != 'ok':
+        pytest.skip(f"the reference loop has no FOCUS here: {focus['reason']}")
+    assert focus['summary']['kept_fraction'] is None and focus['summary']['shadow_recall'] is None
+    assert 'kept, shadow rec and random rec are n/a' in focus['decode_stats_note']
+    assert stock['decode_stats_note'] is None
+    table = report.format_table(run)
+    assert 'decode stats (focus_a1.5@0.9): reference loop: kept, shadow rec and random rec are n/a' in table

@@ -9,7 +9,9 @@ Decode counters come from the loop's per-request results: decode steps, rows for
 (``processed_per_step``) and, when reported, rows past the eviction layer (``kept_per_step``) and
 tokens decoded per step (``decoded_per_step``). Without the latter, ``generated_tokens`` is the
 number of generated block positions, which also counts the few tokens prefill unmasked (noted in
-the JSON). Candidates and shadow counters are not reported by the loop (None).
+the JSON). Candidates and shadow counters are not reported by the loop (None), so the kept-fraction and
+shadow / random recall columns of a FOCUS arm are n/a on this backend (``FOCUS_COLUMNS_NOTE``, listed
+under the table); the engine backend fills them.
 """
 import contextlib
 import inspect
@@ -22,6 +24,11 @@ from .arms import RunSettings, focus_options
 from .decode_stats import STAT_KEYS
 from .outcome import FAILED, MISSING, OK, CellOutcome, first_line
 
+# why a FOCUS arm's kept / shadow-recall columns are n/a here (printed under the table)
+FOCUS_COLUMNS_NOTE = ('reference loop: kept, shadow rec and random rec are n/a: the loop counts no FOCUS candidates '
+                      '(masked rows of the processing set), and its shadow mode forwards every row without keeping '
+                      'the selection it computed; proc/gen counts the rows past the eviction layer. The engine '
+                      'backend (CUDA) fills these columns')
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -128,4 +135,6 @@ class ReferenceBackend:
         outcome.token_ids = [list(r.token_ids) for r in results]
         outcome.errors = [None] * len(results)
         outcome.stats, outcome.stats_note = reference_stats(results, prompts)
+        if focus_options(arm).enable_focus:
+            outcome.stats_note = '; '.join(n for n in (outcome.stats_note, FOCUS_COLUMNS_NOTE) if n)
         return outcome
