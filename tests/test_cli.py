@@ -24,6 +24,8 @@ def lmdeploy_cli(*args, env=None):
 def test_help_lists_the_flags_with_defaults(command):
     out = lmdeploy_cli(*command, '--help')
     assert out.returncode == 0, out.stderr
+    # openai-harmony is installed (requirements/test_cpu.txt; lmdeploy's own dependency on GPU machines)
+    assert 'openai_harmony import failed' not in out.stderr
     help_text = ' '.join(out.stdout.split())
     for flag in FLAGS:
         assert flag in help_text
