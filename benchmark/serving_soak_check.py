@@ -163,7 +163,7 @@ async def send(client, url: str, spec: logic.Spec, timeout: float, mask_text: st
 async def greedy_answers(client, url: str, block_length: int) -> list:
     answers = []
     for prompt in GREEDY_PROMPTS:
-        body = dict(model='m', prompt=prompt, max_tokens=2 * block_length + 3, temperature=0.0)
+        body = dict(model='m', prompt=prompt, max_tokens=2 * block_length + 3, temperature=0.0, top_k=1)
         r = await client.post(url + '/v1/completions', json=body, timeout=120)
         answers.append(r.json()['choices'][0]['text'] if r.status_code == 200 else f'HTTP {r.status_code}')
     return answers

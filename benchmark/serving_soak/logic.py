@@ -89,8 +89,8 @@ def build_mix(num_requests: int, *, model: str, block_length: int, mask_token: i
         prompt = rng.choice(PROMPTS)
         max_tokens = odd_max_tokens(rng, block_length)
         chat_body = dict(model=model, messages=[{'role': 'user', 'content': prompt}], max_tokens=max_tokens,
-                         temperature=0.0)
-        text_body = dict(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0)
+                         temperature=0.0, top_k=1)
+        text_body = dict(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.0, top_k=1)
         if kind == 'bad':
             path, fields, expect = BAD_REQUESTS[bad_index % len(BAD_REQUESTS)]
             bad_index += 1
@@ -112,7 +112,7 @@ def build_mix(num_requests: int, *, model: str, block_length: int, mask_token: i
             specs.append(Spec(index, kind, '/v1/completions', dict(text_body, stop=[rng.choice(stop_strings)])))
         elif kind == 'stop_ids':
             body = dict(input_ids=None, max_tokens=max_tokens, stop_token_ids=[rng.choice(stop_token_ids)],
-                        temperature=0.0)
+                        temperature=0.0, top_k=1)
             specs.append(Spec(index, kind, '/generate', body, encode_prompt=prompt))
         elif kind == 'odd_max_tokens':
             specs.append(Spec(index, kind, '/v1/chat/completions', dict(chat_body, stream=True), stream=True))

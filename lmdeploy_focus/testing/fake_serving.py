@@ -79,13 +79,24 @@ def async_engine_class():
 
 def build_app(model_path: str, monkeypatch, **serve_kwargs):
     """Upstream ``serve()`` up to ``uvicorn.run``; returns the FastAPI app (use it in a ``TestClient``)."""
+    import logging
+    import os
+
     from lmdeploy.serve.openai import api_server
 
+    # serve() sets the 'lmdeploy' logger's level (ERROR by default) and TM_LOG_LEVEL: both undone, so that
+    # later tests still see the plugin's warnings
+    lmdeploy_logger = logging.getLogger('lmdeploy')
+    old_level = lmdeploy_logger.level
+    monkeypatch.setenv('TM_LOG_LEVEL', os.environ.get('TM_LOG_LEVEL', 'ERROR'))
     captured = {}
     cls = async_engine_class()
     monkeypatch.setattr(api_server, 'get_task', lambda *a, **k: ('llm', cls))
     monkeypatch.setattr(api_server.uvicorn, 'run', lambda app, **kw: captured.setdefault('app', app))
     backend_config = serve_kwargs.pop('backend_config', None) or PytorchEngineConfig(max_batch_size=8, enable_metrics=False)
-    api_server.serve(model_path, backend='pytorch', backend_config=backend_config, model_name='m',
-                     **serve_kwargs)
+    try:
+        api_server.serve(model_path, backend='pytorch', backend_config=backend_config, model_name='m',
+                         **serve_kwargs)
+    finally:
+        lmdeploy_logger.setLevel(old_level)
     return captured['app']
