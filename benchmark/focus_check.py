@@ -66,11 +66,12 @@ def phase_breakdown(args, arm, batch_size):
     import os
     os.environ['LMDEPLOY_FOCUS_PHASE_TIMING'] = '1'
     try:
-        result = run_arm(args.model_path, batch_size, args.input_len, 64, True, 'low_confidence_static',
-                         args.denoising_steps, args.seed, **ARMS[arm])
+        result = run_arm(args.model_path, batch_size, args.input_len, 64, not args.profile_graphs,
+                         'low_confidence_static', args.denoising_steps, args.seed, **ARMS[arm])
     finally:
         os.environ.pop('LMDEPLOY_FOCUS_PHASE_TIMING', None)
-    return dict(arm=arm, batch_size=batch_size, output_len=64, output_tok_per_s=result.get('output_tok_per_s'),
+    return dict(arm=arm, batch_size=batch_size, output_len=64, cuda_graphs=args.profile_graphs,
+                output_tok_per_s=result.get('output_tok_per_s'),
                 phase_timing=result.get('phase_timing'))
 
 
@@ -89,6 +90,7 @@ def main():
     parser.add_argument('--graphs', action='store_true', help='also time with CUDA graphs (eager_mode=False)')
     parser.add_argument('--profile-arms', nargs='*', default=['focus_importance', 'delayed_exact'])
     parser.add_argument('--profile-batch-size', type=int, default=256)
+    parser.add_argument('--profile-graphs', action='store_true', help='profile with CUDA graphs (default: eager)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--skip-check', action='store_true')
     args = parser.parse_args()
