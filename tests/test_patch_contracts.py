@@ -381,3 +381,66 @@ def test_api_server_looks_up_middleware_monitor_and_lifespan_at_call_time():
     middleware = api_server.EngineSleepingMiddleware.__lmdeploy_focus_upstream__
     assert ('POST', '/v1/completions') in middleware.DEFAULT_PROTECTED_INFERENCE_ROUTES
     assert callable(api_server.EngineHealthMonitor.__lmdeploy_focus_upstream__.snapshot)
+
+
+# 13. DLLM series on /metrics -----------------------------------------------------------------------------
+
+def test_serve_core_package_loads_async_engine_before_it_finishes():
+    """Patch 13 is keyed on the package: by then its ``async_engine`` module (patch 10's slot) is loaded."""
+    core = importlib.import_module('lmdeploy.serve.core')
+    assert core.AsyncEngine is core.async_engine.AsyncEngine
+    from lmdeploy.metrics.stats import IterationStats
+    assert core.async_engine.IterationStats is IterationStats
+
+
+def test_stat_loggers_list_is_shared_with_the_metrics_processor():
+    """Patch 13 appends its logger to ``self.stat_loggers`` after upstream built them: upstream hands the
+    metrics processor that very list, and the wrapper reads ``backend``, ``backend_config`` (the engine's,
+    with the FOCUS fields) and ``model_name``."""
+    from lmdeploy.serve.core.async_engine import AsyncEngine
+    wrapped = AsyncEngine._build_stat_loggers
+    source = inspect.getsource(wrapped.__lmdeploy_focus_upstream__)
+    assert 'metrics_processor.stat_loggers = self.stat_loggers' in source
+    assert "getattr(self.backend_config, 'enable_metrics', False)" in source
+    assert 'PrometheusStatLogger(model_name=self.model_name' in source and 'dp_rank=dp_rank' in source
+    init = inspect.getsource(AsyncEngine.__init__)
+    assert 'self.backend = backend' in init and 'self.backend_config = self.engine.engine_config' in init
+    assert init.index('self.backend_config = self.engine.engine_config') < init.index('self._build_stat_loggers()')
+
+
+def test_metrics_handler_reads_each_output_through_update_from_output():
+    """Per output: ``generate`` queues (outputs, the request's RequestStats, a fresh IterationStats); the
+    handler calls ``update_from_output`` (wrapped) before the loggers' ``record_iteration``, and
+    ``record_finish(req_stats)`` on FINISH."""
+    from lmdeploy.metrics.loggers import StatLoggerBase
+    from lmdeploy.metrics.metrics_processor import metrics_processor
+    from lmdeploy.metrics.stats import IterationStats
+    from lmdeploy.serve.core.async_engine import AsyncEngine
+
+    from lmdeploy_focus.serving.metrics import DLLMStatLogger
+    handler = inspect.getsource(type(metrics_processor)._run_metrics_handler)
+    update = handler.index('iteration_stats.update_from_output(outputs, req_stats)')
+    assert update < handler.index('stat_logger.record_iteration(iteration_stats)')
+    assert update < handler.index('stat_logger.record_finish(req_stats)')
+    assert 'outputs.status == ResponseType.FINISH' in handler
+    generate = inspect.getsource(AsyncEngine.generate)
+    assert generate.index('req_stats = RequestStats(') < generate.index('async for outputs in gen')
+    assert 'iteration_stats = IterationStats()' in generate
+    assert 'metrics_processor.queue_update((outputs, req_stats, iteration_stats, specdecode_stats))' in generate
+    assert callable(IterationStats.update_from_output.__lmdeploy_focus_upstream__)
+    assert list(inspect.signature(IterationStats.update_from_output.__lmdeploy_focus_upstream__).parameters) == [
+        'self', 'outputs', 'req_stats']
+    assert not getattr(DLLMStatLogger, '__abstractmethods__', None)
+    assert StatLoggerBase.__abstractmethods__ == {'record_schedule', 'record_iteration', 'record_specdecode'}
+
+
+def test_metrics_route_serves_the_default_registry_with_the_upstream_labels():
+    """``/metrics`` is prometheus_client's default registry (where the DLLM series register); upstream drops
+    every collector named 'lmdeploy...' when it builds its logger, and labels by model name and engine."""
+    from lmdeploy.metrics.loggers import PrometheusStatLogger
+    api_server = importlib.import_module('lmdeploy.serve.openai.api_server')
+    mount = inspect.getsource(api_server.mount_metrics)
+    assert 'registry = REGISTRY' in mount and 'make_asgi_app(registry=registry)' in mount
+    init = inspect.getsource(PrometheusStatLogger.__init__)
+    assert "'lmdeploy' in collector._name" in init
+    assert "labelnames = ['model_name', 'engine']" in init and 'labelvalues = [model_name, str(dp_rank)]' in init

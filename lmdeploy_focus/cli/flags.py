@@ -3,6 +3,7 @@ import argparse
 
 from ..config.options import (COMMIT_MODES, DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, DEFAULT_FOCUS_POLICY,
                               FOCUS_POLICIES, OPTIONS_KEY, FocusOptions)
+from ..log import log_once
 
 
 
@@ -61,6 +62,20 @@ def options_from_args(args: argparse.Namespace) -> FocusOptions:
                         delayed_cache_commit=args.dllm_delayed_cache_commit,
                         focus_policy=args.dllm_focus_policy,
                         focus_shadow=args.dllm_focus_shadow).resolved()
+
+
+def track_for_metrics(args: argparse.Namespace) -> bool:
+    """api_server: with delayed cache or FOCUS on and the metrics system on (upstream's default; off with
+    ``--disable-metrics``), ``--dllm-track`` is implied, so that ``/metrics`` carries the
+    ``lmdeploy:dllm_*`` series (:mod:`lmdeploy_focus.serving.metrics`). Returns whether it turned it on."""
+    if args.dllm_track or getattr(args, 'disable_metrics', True):
+        return False
+    if not options_from_args(args).uses_sparse_decode:
+        return False
+    args.dllm_track = True
+    log_once('Delayed cache / FOCUS with metrics on: --dllm-track enabled for the lmdeploy:dllm_* series on '
+             '/metrics (--disable-metrics serves without both).')
+    return True
 
 
 def fold_into_hf_overrides(args: argparse.Namespace) -> None:

@@ -132,6 +132,22 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
     How: module globals that ``serve`` / the lifespan handler read at call time.
     Removed by: upstream gating inference routes on engine liveness.
 
+13. ``lmdeploy.serve.core.async_engine``: ``AsyncEngine._build_stat_loggers`` and
+    ``lmdeploy.metrics.stats.IterationStats.update_from_output`` are wrapped (:mod:`.serve_metrics`,
+    applied when the package ``lmdeploy.serve.core`` finishes loading, right after its
+    ``async_engine`` module, whose own slot is patch 10).
+    Why: the api_server's Prometheus ``/metrics`` (issue 15) must show the DLLM / FOCUS statistics
+    (``lmdeploy:dllm_*``: generated tokens, denoising steps, rows at layers 0-1 and >= 2, FOCUS
+    candidates / kept and a per-request kept-fraction histogram, shadow recall in shadow mode). Upstream's
+    metrics system has a fixed logger list and stats objects that never see an output's extra fields.
+    How: after upstream builds its stat loggers, a :class:`~lmdeploy_focus.serving.metrics.DLLMStatLogger`
+    (series in prometheus_client's default registry, which upstream's ``/metrics`` serves; no second
+    exporter) joins the list upstream handed to ``metrics_processor``, with metrics and ``dllm_track``
+    on. The metrics handler task's ``update_from_output`` additionally stores each output's
+    ``req_metrics.dllm`` totals (patch 7) on the request's stats and their growth on the iteration's
+    stats, which the logger's ``record_iteration`` / ``record_finish`` read. Nothing runs in the engine.
+    Removed by: an upstream stat-logger registry and request metrics with strategy-defined fields.
+
 Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
 so model modules run on CPU.
 """

@@ -4,7 +4,7 @@ import functools
 
 def apply(serve_module) -> None:
     from ..cli import preflight
-    from ..cli.flags import add_focus_arguments, fold_into_hf_overrides
+    from ..cli.flags import add_focus_arguments, fold_into_hf_overrides, track_for_metrics
 
     cls = serve_module.SubCliServe
     upstream_add_parser = cls.add_parser_api_server
@@ -19,6 +19,7 @@ def apply(serve_module) -> None:
 
     @functools.wraps(upstream_runner)
     def api_server(args):
+        track_for_metrics(args)
         fold_into_hf_overrides(args)
         preflight.require_cuda(args, 'lmdeploy serve api_server')
         return upstream_runner(args)

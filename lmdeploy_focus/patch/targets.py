@@ -20,6 +20,8 @@ PATCHES = {
     'lmdeploy.serve.core.async_engine': ('async_engine_validation', 'lmdeploy_focus.serving.boundary'),
     'lmdeploy.pytorch.engine.engine': ('engine_guard', 'lmdeploy_focus.serving.engine_guard'),
     'lmdeploy.serve.openai.api_server': ('api_server_liveness', 'lmdeploy_focus.serving.liveness'),
+    # the package, loaded right after its async_engine module (that module's own slot is patch 10)
+    'lmdeploy.serve.core': ('serve_metrics', 'lmdeploy_focus.serving.metrics'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())
