@@ -26,6 +26,6 @@ def test_two_ranks_sum_their_local_head_deltas_to_the_full_delta(monkeypatch):
     full = delta(slice(0, heads), slice(0, kv_heads))
     rank0, rank1 = delta(slice(0, heads // 2), slice(0, kv_heads // 2)), delta(slice(heads // 2, heads),
                                                                            slice(kv_heads // 2, kv_heads))
-    monkeypatch.setattr(importance_reduce, '_all_reduce', lambda t: t.add_(rank1))
+    monkeypatch.setattr(importance_reduce, '_all_reduce', lambda t, **kwargs: t.add_(rank1))
     reduced = importance_reduce.reduce_importance_delta(rank0.clone(), tp_size=2)
     torch.testing.assert_close(reduced, full, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,10 @@
 """Engine settings that delayed cache / FOCUS cannot run with, reported with the fix."""
+import logging
+import os
 
+from ..log import log_once
+
+ALLOW_TP_ENV = 'LMDEPLOY_FOCUS_ALLOW_TP'  # '1': accept tp > 1 (unverified on GPUs, see check_tensor_parallel)
 
 MIN_PAGE = 16  # upstream: the KV page (block_size / kernel_block_size) is a power of two >= 16
 
@@ -52,11 +57,29 @@ def check_engine_settings(*, quant_policy: int, tp: int, block_size: int, dllm_b
     if int(quant_policy) != 0:
         raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus do not support KV-cache quantisation '
                          f'(quant_policy={int(quant_policy)}): set quant_policy=0 (drop --quant-policy).')
-    if tp > 1:
-        raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus do not support tensor parallelism yet '
-                         f'(tp={tp}): set tp=1 (--tp 1).')
+    check_tensor_parallel(tp)
     if device_type != 'cuda':
         raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus need CUDA (their kernels are Triton '
                          f'CUDA kernels), got device_type={device_type!r}: use device_type="cuda".')
     if dllm_block_length is not None:
         check_block_fits_page(dllm_block_length, block_size)
+
+
+def check_tensor_parallel(tp: int) -> None:
+    """TP > 1 is refused unless ``LMDEPLOY_FOCUS_ALLOW_TP=1``, and then accepted with a warning.
+
+    The FOCUS importance delta is all-reduced over the attention TP ranks and that reduction plus
+    the selection are tested on CPU (gloo), but the delayed-cache / FOCUS decode step has never run
+    with tp > 1 on GPUs (sparse KV fill and ragged attention on sharded heads, the captured graphs'
+    collectives, row-parallel all-reduces over the kept rows).
+    """
+    if tp <= 1:
+        return
+    if os.environ.get(ALLOW_TP_ENV, '') != '1':
+        raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus with tensor parallelism (tp={tp}) have never '
+                         f'run on GPUs (only the importance all-reduce and the selection are tested, on CPU): set '
+                         f'tp=1 (--tp 1), or set {ALLOW_TP_ENV}=1 to try it unverified (with '
+                         f'LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 to check that every rank keeps the same rows).')
+    log_once(f'{ALLOW_TP_ENV}=1: delayed cache / FOCUS with tp={tp} is unverified (never run on GPUs); '
+             f'LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 checks every step that the TP ranks keep the same rows.',
+             logging.WARNING)

@@ -31,6 +31,7 @@ from ..strategies.dllm.delayed_cache_state import DelayedCacheState
 from ..strategies.dllm.focus_step import FocusConfig
 from ..strategies.dllm.processing_set import (ProcessingSet, gather_processed, processing_mask,
                                               ragged_step_metadata)
+from . import tp_layout_check
 from .importance_reduce import reduce_importance_delta
 
 
@@ -105,6 +106,8 @@ class FrontOutputs:
     fresh: torch.Tensor  # bool [B̂, L]: slots computed through every layer this step
     processed_per_seq: torch.Tensor  # int64 [B̂]: rows into layer 0
     focus: FocusOutcome | None = None
+    # debug only (LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1, TP > 1): int64 [3] kept-layout checksums, see tp_layout_check
+    layout_check: torch.Tensor | None = None
 
 
 def processing_set(inputs: StepInputs, config: StepConfig) -> ProcessingSet:
@@ -196,6 +199,9 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
     # compaction (§3.7): kept rows first, sequence after sequence; the rest are padding
     layout = focus_ops.kept_layout(keep, meta.q_start_loc, meta.q_seqlens, block_pos, inputs.history,
                                    inputs.progress, max_q_len=length)
+    # Debug hook, off unless LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1: the kept layout's checksum, min / max over
+    # the attention TP ranks (device-side, one all-reduce); StepGraphs.run compares them at the counts read.
+    layout_check = tp_layout_check.all_ranks_checksums(layout, focus.tp_size) if tp_layout_check.requested() else None
     src = layout.src_row
     kept_valid = torch.arange(src.numel(), device=src.device) < layout.total
     counts, logit_rows = _logit_rows(candidate.index_select(0, src) & kept_valid, layout.total)
@@ -215,7 +221,8 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
                            selected_dense=selected_dense,
                            evicting=(targets > 0) & (num_candidates > targets),
                            progress_out=layout.progress)
-    return FrontOutputs(rows=rows, fresh=kept_dense, processed_per_seq=proc.q_seqlens, focus=outcome)
+    return FrontOutputs(rows=rows, fresh=kept_dense, processed_per_seq=proc.q_seqlens, focus=outcome,
+                        layout_check=layout_check)
 
 
 def _to_dense(row_flags: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 
 from ..log import logger
+from . import tp_layout_check
 from .sparse_step import (DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
                           front)
 
@@ -109,6 +110,8 @@ class StepGraphs:
             outputs = front(self.parts, batch, self.config, kv_caches, block_offsets)
             mark('front')
             num_rows, num_logit_rows = outputs.rows.counts.tolist()  # the step's host sync
+            if outputs.layout_check is not None:  # debug only: LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
+                tp_layout_check.verify(outputs.layout_check)
             mark('row_count_read')
             hidden = deep(self.parts, outputs.rows, num_rows, self.config, kv_caches, block_offsets, attn_metadata,
                           self.attention_rows)
@@ -119,6 +122,8 @@ class StepGraphs:
         graphs.front.replay()
         mark('front')
         num_rows, num_logit_rows = graphs.outputs.rows.counts.tolist()  # the step's host sync
+        if graphs.outputs.layout_check is not None:  # debug only: LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
+            tp_layout_check.verify(graphs.outputs.layout_check)
         mark('row_count_read')
         graphs.deep[pick(graphs.deep, max(num_rows, 1))].replay()
         mark('deep_layers')
