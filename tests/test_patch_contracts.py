@@ -22,6 +22,7 @@ def test_pinned_version_and_every_patch_applied():
     import lmdeploy.pytorch.strategies.dllm  # noqa: F401
     import lmdeploy.pytorch.engine.engine_loop  # noqa: F401
     import lmdeploy.pytorch.engine.logits_process  # noqa: F401
+    import lmdeploy.pytorch.backends.cuda.graph_runner.runner  # noqa: F401
     for name in ('lmdeploy.serve.openai.api_server', 'lmdeploy.pytorch.engine.engine'):
         importlib.import_module(name)  # also loads the other serving targets (patches 9-12)
     assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
@@ -444,3 +445,35 @@ def test_metrics_route_serves_the_default_registry_with_the_upstream_labels():
     init = inspect.getsource(PrometheusStatLogger.__init__)
     assert "'lmdeploy' in collector._name" in init
     assert "labelnames = ['model_name', 'engine']" in init and 'labelvalues = [model_name, str(dp_rank)]' in init
+
+
+# 14. CUDAGraphRunner.reset -------------------------------------------------------------------------
+
+def test_graph_runner_reset_also_drops_the_models_step_graphs():
+    """Upstream resets its runner when KV caches / weights may move (sleep, weight update, release);
+    the plugin's step graphs point at them too, so the wrapped reset must reach the model."""
+    import inspect
+    from types import SimpleNamespace
+
+    from lmdeploy.pytorch.backends.cuda.graph_runner import runner as runner_module
+    wrapped = runner_module.CUDAGraphRunner.reset
+    upstream = wrapped.__lmdeploy_focus_upstream__
+    # upstream's reset clears its own graphs and never calls into the model
+    source = inspect.getsource(upstream)
+    assert '_full_graph_runners.clear()' in source and 'self.model' not in source
+    from lmdeploy.pytorch.engine.model_agent.agent import BaseModelAgent
+    for name in ('sleep', '_finalize_updated_weights', 'release'):  # where caches / weights may move
+        assert 'reset_graph_runner()' in inspect.getsource(getattr(BaseModelAgent, name))
+    assert 'self.warmup()' in inspect.getsource(BaseModelAgent.wakeup)  # which captures the step graphs again
+
+    def runner(model):  # an instance without __init__ (that needs a CUDA model)
+        fake = object.__new__(runner_module.CUDAGraphRunner)
+        fake.__dict__.update(_runner_meta=SimpleNamespace(padding_batch_size=4), _full_graph_runners={'k': 1},
+                             _piecewise_graph_manager=None, model=model)
+        return fake
+
+    calls = []
+    fake = runner(SimpleNamespace(reset_step_graphs=lambda: calls.append(1)))
+    fake.reset()
+    assert fake._full_graph_runners == {} and fake._runner_meta.padding_batch_size is None and calls == [1]
+    runner(SimpleNamespace()).reset()  # a model without step graphs

@@ -34,3 +34,15 @@ def test_a_larger_batch_bucket_after_a_smaller_one_is_refused():
     graphs._block_offsets = torch.zeros(2, 8, dtype=torch.int32)
     with pytest.raises(RuntimeError, match='largest must come first'):
         graphs.capture(4, [(torch.zeros(8, 4, 1, 2), torch.zeros(8, 4, 1, 2))], attn_metadata=None)
+
+
+def test_reset_drops_every_bucket_and_the_next_step_runs_eagerly():
+    from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+    sdar = build_tiny_sdar(block_length=4, hf_overrides={'dllm_focus': {'enable_focus': True}})
+    runner = sdar.new_runner(page_size=16)
+    runner.capture_step_graphs([2, 1])
+    graphs = sdar.model.step_graphs
+    assert set(graphs.buckets) == {1, 2} and graphs._block_offsets is not None
+    sdar.model.reset_step_graphs()
+    assert graphs.buckets == {} and graphs._block_offsets is None and graphs._hidden is None
+    assert pick(graphs.buckets, 1) is None  # the step's eager path

@@ -93,6 +93,11 @@ class DelayedCacheDLLMMixin:
             runtime.release_logits_buffer()
         return super().prepare_inputs_for_generation(past_key_values, inputs_embeds=inputs_embeds, context=context)
 
+    def reset_step_graphs(self):
+        """Called by upstream's graph-runner reset (patch 14)."""
+        if self.delayed_cache_runtime is not None:
+            self.step_graphs.reset()
+
     def support_cuda_graph(self, *args, **kwargs):
         if self.delayed_cache_runtime is None:
             return super().support_cuda_graph(*args, **kwargs)

@@ -181,6 +181,13 @@ class StepGraphs:
 
         return run_deep
 
+    def reset(self) -> None:
+        """Drop every graph and buffer: upstream's graph runner reset (sleep, weight update, release)
+        may free the KV caches and weights they point to. Steps then run eagerly until the next
+        decode warm-up captures again (wake-up warms up; a weight update alone does not)."""
+        self.buckets.clear()
+        self._pool = self._block_offsets = self._hidden = None
+
     def static_bytes(self) -> int:
         """Bytes held outside the graph pool (inputs, front outputs, block table, deep output)."""
         tensors = [self._block_offsets, self._hidden]

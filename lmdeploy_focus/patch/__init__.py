@@ -148,6 +148,16 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
     stats, which the logger's ``record_iteration`` / ``record_finish`` read. Nothing runs in the engine.
     Removed by: an upstream stat-logger registry and request metrics with strategy-defined fields.
 
+14. ``lmdeploy.pytorch.backends.cuda.graph_runner.runner.CUDAGraphRunner.reset`` is wrapped
+    (:mod:`.graph_runner_reset`).
+    Why: delayed-cache / FOCUS decode steps replay the plugin's own CUDA graphs
+    (:mod:`lmdeploy_focus.models.step_graphs`), which point at the KV caches and weights. Upstream
+    resets its graph runner exactly when those may move (sleep, weight updates, release); a replay
+    after that would read freed memory. Upstream's reset does not call into the model.
+    How: after upstream's reset, the runner's model drops its step graphs (``reset_step_graphs``);
+    steps run eagerly until the next decode warm-up captures again.
+    Removed by: an upstream model hook in the graph-runner reset.
+
 Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
 so model modules run on CPU.
 """

@@ -22,6 +22,7 @@ PATCHES = {
     'lmdeploy.serve.openai.api_server': ('api_server_liveness', 'lmdeploy_focus.serving.liveness'),
     # the package, loaded right after its async_engine module (that module's own slot is patch 10)
     'lmdeploy.serve.core': ('serve_metrics', 'lmdeploy_focus.serving.metrics'),
+    'lmdeploy.pytorch.backends.cuda.graph_runner.runner': ('graph_runner_reset', 'lmdeploy_focus.models.sdar'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())
