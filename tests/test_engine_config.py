@@ -58,6 +58,8 @@ def test_focus_enables_delayed_cache_and_logs_it_once_per_process(focus_logs, mo
     (dict(quant_policy=8), 'quant_policy=0'),
     (dict(quant_policy=4), 'quant_policy=0'),
     (dict(tp=2), 'tp=1'),
+    (dict(dp=2), r'set dp=1 and ep=1'),
+    (dict(ep=2), r'set dp=1 and ep=1'),
     (dict(dllm_block_length=128), r'block_size=128 \(--cache-block-seq-len 128\)'),
     (dict(dllm_block_length=48), r'must be a power of two: use dllm_block_length=32 or 64'),
     (dict(dllm_block_length=24, block_size=32), r'use dllm_block_length=16 or 32'),

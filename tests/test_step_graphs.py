@@ -46,3 +46,27 @@ def test_reset_drops_every_bucket_and_the_next_step_runs_eagerly():
     sdar.model.reset_step_graphs()
     assert graphs.buckets == {} and graphs._block_offsets is None and graphs._hidden is None
     assert pick(graphs.buckets, 1) is None  # the step's eager path
+
+
+def test_reset_hands_the_logits_buffer_back():
+    """A sleep resets the graph runner: the B*L*V logits buffer must not stay allocated through it."""
+    from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+    sdar = build_tiny_sdar(block_length=4, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
+    runtime = sdar.model.delayed_cache_runtime
+    runtime._logits_buffer = torch.zeros(8, 16)
+    sdar.model.reset_step_graphs()
+    assert runtime._logits_buffer is None
+
+
+def test_decode_forwards_capture_only_while_no_request_is_tracked():
+    """Only upstream's warm-up captures; a dummy decode forward during serving (e.g. an idle DP rank)
+    must not capture in live traffic."""
+    from types import SimpleNamespace
+    from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
+    from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState
+    runtime = DelayedCacheRuntime(block_length=4)
+    assert runtime.serving_idle()  # no step inputs yet: engine start
+    runtime.step_inputs = SimpleNamespace(delayed_state=None)
+    assert runtime.serving_idle()  # step inputs rebuilt (start, wake-up)
+    runtime.step_inputs.delayed_state = DelayedCacheState.fresh(0, 4)
+    assert not runtime.serving_idle()  # a request has been prefilled: serving

@@ -44,8 +44,13 @@ def check_block_fits_page(block_length: int, page_size: int) -> None:
 
 def check_engine_settings(*, quant_policy: int, tp: int, block_size: int, dllm_block_length: int | None,
                           device_type: str, enable_prefix_caching: bool = False,
-                          delayed_cache_commit: str = 'exact') -> None:
+                          delayed_cache_commit: str = 'exact', dp: int = 1, ep: int = 1) -> None:
     """Validate the engine settings that delayed cache / FOCUS depend on."""
+    if dp > 1 or ep > 1:
+        # DP ranks run dummy decode forwards while others decode, and upstream's DP / EP layers size
+        # their collectives from per-step metadata the step graphs would freeze at warm-up.
+        raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus do not support data or expert parallelism '
+                         f'(dp={dp}, ep={ep}): set dp=1 and ep=1 (--dp 1 --ep 1).')
     if enable_prefix_caching and delayed_cache_commit == 'fast':
         # Prompt blocks (prefill) are exact either way, but a finished block committed the 'fast' way
         # keeps KV computed while its right neighbours were masks; the prefix cache would hand that

@@ -71,6 +71,8 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         if options.uses_sparse_decode:
             check_engine_settings(quant_policy=self.quant_policy,
                                   tp=self.tp,
+                                  dp=self.dp,
+                                  ep=self.ep,
                                   block_size=self.block_size,
                                   dllm_block_length=self.dllm_block_length,
                                   device_type=self.device_type,

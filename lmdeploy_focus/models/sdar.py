@@ -72,7 +72,7 @@ class DelayedCacheDLLMMixin:
                 hidden = runtime.run_step(self.step_graphs, input_ids.flatten(), past_key_values,
                                           attn_metadata.block_offsets, attn_metadata)
                 return hidden[None]
-            if self.step_graphs.enabled:  # upstream's decode warm-up: capture this batch bucket
+            if self.step_graphs.enabled and runtime.serving_idle():  # upstream's decode warm-up: capture
                 self.step_graphs.capture(input_ids.numel() // runtime.block_length, past_key_values, attn_metadata)
         return super().forward(input_ids, position_ids, past_key_values, attn_metadata=attn_metadata,
                                inputs_embeds=inputs_embeds, **kwargs)
@@ -94,9 +94,10 @@ class DelayedCacheDLLMMixin:
         return super().prepare_inputs_for_generation(past_key_values, inputs_embeds=inputs_embeds, context=context)
 
     def reset_step_graphs(self):
-        """Called by upstream's graph-runner reset (patch 14)."""
+        """Called by upstream's graph-runner reset (patch 14): sleep, weight update, release."""
         if self.delayed_cache_runtime is not None:
             self.step_graphs.reset()
+            self.delayed_cache_runtime.release_logits_buffer()  # B*L*V: must not outlive a sleep
 
     def support_cuda_graph(self, *args, **kwargs):
         if self.delayed_cache_runtime is None:

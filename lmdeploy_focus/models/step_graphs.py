@@ -185,6 +185,10 @@ class StepGraphs:
         """Drop every graph and buffer: upstream's graph runner reset (sleep, weight update, release)
         may free the KV caches and weights they point to. Steps then run eagerly until the next
         decode warm-up captures again (wake-up warms up; a weight update alone does not)."""
+        if self.buckets:
+            logger.warning('sparse decode step: graphs dropped with upstream\'s graph-runner reset; decode steps '
+                           'run eagerly until the next decode warm-up (a wake-up warms up, a weight update alone '
+                           'does not).')
         self.buckets.clear()
         self._pool = self._block_offsets = self._hidden = None
 

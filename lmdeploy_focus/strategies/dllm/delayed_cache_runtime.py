@@ -73,6 +73,11 @@ class DelayedCacheRuntime:
         state = getattr(self.step_inputs, 'delayed_state', None)
         return state is not None and state.batch_size * self.block_length == num_tokens
 
+    def serving_idle(self) -> bool:
+        """No request has reached the decode state since the step inputs were built (engine start, or
+        a wake-up after sleep): a decode forward now is upstream's warm-up, never live traffic."""
+        return getattr(self.step_inputs, 'delayed_state', None) is None
+
     def step_config(self):
         from ...models.sparse_step import StepConfig
         return StepConfig(block_length=self.block_length, commit_mode=self.commit_mode, process_all=self.process_all,
