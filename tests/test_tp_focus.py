@@ -157,3 +157,45 @@ def test_tp_is_accepted_with_the_opt_in_and_a_warning(monkeypatch, focus_logs):
     monkeypatch.setenv(compat.ALLOW_TP_ENV, '0')  # only '1' opts in
     with pytest.raises(ValueError, match=compat.ALLOW_TP_ENV):
         PytorchEngineConfig(dllm_enable_focus=True, tp=2)
+
+
+def test_a_tp_rank_that_does_not_sample_does_the_steps_bookkeeping_from_rank_0s_mask(monkeypatch):
+    """Only the first attention-TP rank runs post_sampling; the others must update their FOCUS state
+    from the broadcast next mask, or their kept rows drift from rank 0's within a block."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import torch
+    from lmdeploy.pytorch.config import DLLMConfig
+    from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
+    from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
+    from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
+
+    rank0_mask = torch.tensor([1, 1, 0, 0], dtype=torch.uint8)
+
+    @contextmanager
+    def fake_broadcast(self, next_token_ids, extra_inputs, dist_ctx):  # rank 0's mask arrives in place
+        yield None
+        extra_inputs.dllm_mask.copy_(rank0_mask)
+
+    monkeypatch.setattr(DLLMModelAgentStrategy, 'broadcast_next_token', fake_broadcast)
+    runtime = DelayedCacheRuntime(block_length=4)
+    calls = []
+    runtime.after_unmasking = lambda before, after: calls.append((before.clone(), after.clone()))
+    agent = DelayedCacheAgentStrategy(DLLMConfig(block_length=4), 99, runtime)
+
+    runtime.step = SimpleNamespace(num_rows=3, num_logit_rows=2, batch_size=1, block_length=4)  # in flight
+    input_mask = torch.tensor([1, 0, 0, 0], dtype=torch.uint8)
+    extra = SimpleNamespace(dllm_mask=input_mask.clone())
+    inputs = SimpleNamespace(input_ids=torch.zeros(1, 4, dtype=torch.long))
+    agent.make_dummy_next_token(inputs, torch.zeros(4, 8), extra)
+    with agent.broadcast_next_token(None, extra, None):
+        pass
+    assert len(calls) == 1 and torch.equal(calls[0][0], input_mask) and torch.equal(calls[0][1], rank0_mask)
+    assert runtime.step is None and runtime.steps == 1  # the step ended (and was counted) on this rank too
+
+    # rank 0 ended its step in post_sampling: the broadcast does nothing more there
+    extra = SimpleNamespace(dllm_mask=input_mask.clone())
+    with agent.broadcast_next_token(None, extra, None):
+        pass
+    assert len(calls) == 1

@@ -1,5 +1,11 @@
 """Agent strategy for delayed-cache (and FOCUS) decode steps: the model's ``B*L`` logits pass through
-unsliced, guarded unmasking (slots without fresh logits are never unmasked), then the runtime's bookkeeping."""
+unsliced, guarded unmasking (slots without fresh logits are never unmasked), then the runtime's bookkeeping.
+
+Under TP only the first attention-TP rank samples (``post_sampling``); the others get its next mask
+through upstream's broadcast and must do the same bookkeeping from it, or their FOCUS state (block
+progress, decode average) and hence their kept rows would drift from rank 0's.
+"""
+from contextlib import contextmanager
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .delayed_cache_runtime import DelayedCacheRuntime
@@ -13,6 +19,7 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
     def __init__(self, dllm_config, dllm_mask_token: int, runtime: DelayedCacheRuntime):
         super().__init__(dllm_config=dllm_config, dllm_mask_token=dllm_mask_token)
         self.runtime = runtime
+        self._pending_input_mask = None  # TP ranks that do not sample: the step's input mask
 
     def slice_outputs(self, inputs, seq_length):
         step = self.runtime.step
@@ -22,6 +29,22 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
             # need logits and puts them at their B*L slots), or those dense logits: nothing to slice.
             return inputs
         return super().slice_outputs(inputs, seq_length)
+
+    def make_dummy_next_token(self, inputs, logits, extra_inputs):
+        # A TP rank that does not sample: keep the step's input mask (the broadcast overwrites it).
+        if self.runtime.step is not None:
+            self._pending_input_mask = extra_inputs.dllm_mask.clone()
+        return super().make_dummy_next_token(inputs, logits, extra_inputs)
+
+    @contextmanager
+    def broadcast_next_token(self, next_token_ids, extra_inputs, dist_ctx):
+        with super().broadcast_next_token(next_token_ids, extra_inputs, dist_ctx) as handle:
+            yield handle
+        input_mask, self._pending_input_mask = self._pending_input_mask, None
+        if input_mask is not None and self.runtime.step is not None:
+            # rank 0's next mask has arrived: the same bookkeeping as its post_sampling
+            self.runtime.after_unmasking(input_mask, extra_inputs.dllm_mask)
+            self.runtime.end_step()
 
     def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
         step = self.runtime.step
