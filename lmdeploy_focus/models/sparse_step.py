@@ -20,7 +20,7 @@ padding: no sequence owns them, so no kernel writes their K/V and nothing reads 
 Every tensor a step produces lives in a new :class:`FrontOutputs` (eager) or in the graph's
 static copy of it; nothing is rewritten mid-forward.
 """
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Protocol
 
 import torch
@@ -282,6 +282,12 @@ def copy_into(dst, src) -> None:
             target.copy_(value)
         elif is_dataclass(value):
             copy_into(target, value)
+
+
+def slice_batch(tree, n: int):
+    """``tree`` (a dataclass of [B̂, ...] tensors) cut to its first ``n`` sequences (views)."""
+    return replace(tree, **{f.name: getattr(tree, f.name)[:n] for f in fields(tree)
+                            if isinstance(getattr(tree, f.name), torch.Tensor)})
 
 
 def empty_like_tree(src):

@@ -16,14 +16,14 @@ layers run at most one step of padding rows (≤ 1/32 of the block; half that on
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
 compiled, during upstream's decode warm-up, before the first request.
 """
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
 import torch
 
 from ..log import logger
 from . import tp_layout_check
 from .sparse_step import (DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
-                          front)
+                          front, slice_batch)
 
 ROW_BUCKETS = 32
 ROW_ALIGN = 16
@@ -46,12 +46,6 @@ def pick(buckets, size: int) -> int | None:
     """Smallest bucket >= size (None if none)."""
     fitting = [b for b in buckets if b >= size]
     return min(fitting) if fitting else None
-
-
-def slice_batch(tree, n: int):
-    """``tree`` (a dataclass of [B̂, ...] tensors) cut to its first ``n`` sequences (views)."""
-    return replace(tree, **{f.name: getattr(tree, f.name)[:n] for f in fields(tree)
-                            if isinstance(getattr(tree, f.name), torch.Tensor)})
 
 
 class _Replayable:
@@ -191,24 +185,6 @@ class StepGraphs:
                            'does not).')
         self.buckets.clear()
         self._pool = self._block_offsets = self._hidden = None
-
-    def static_bytes(self) -> int:
-        """Bytes held outside the graph pool (inputs, front outputs, block table, deep output)."""
-        tensors = [self._block_offsets, self._hidden]
-        for graphs in self.buckets.values():
-            tensors += _tensors(graphs.inputs) + _tensors(graphs.outputs)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-
-
-def _tensors(tree) -> list[torch.Tensor]:
-    out = []
-    for f in fields(tree):
-        value = getattr(tree, f.name)
-        if isinstance(value, torch.Tensor):
-            out.append(value)
-        elif value is not None and hasattr(value, '__dataclass_fields__'):
-            out += _tensors(value)
-    return out
 
 
 def _warmup_inputs(batch: int, length: int, device) -> StepInputs:

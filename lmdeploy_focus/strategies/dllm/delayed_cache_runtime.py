@@ -8,7 +8,7 @@ slots with fresh logits, and ends the step.
 """
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch.profiler import record_function
@@ -95,7 +95,7 @@ class DelayedCacheRuntime:
     @record_function('delayed.run_step')
     def run_step(self, steps, dense_input_ids: torch.Tensor, kv_caches, block_offsets, attn_metadata) -> torch.Tensor:
         """The step's forward through ``steps`` (a ``StepGraphs``); hidden states ``[K, D]`` of its deep rows."""
-        from ...models.sparse_step import StepInputs
+        from ...models.sparse_step import StepInputs, slice_batch
         self.mark_phase(None)
         inputs = self.step_inputs
         state, fstate = inputs.delayed_state, inputs.focus_state
@@ -114,7 +114,7 @@ class DelayedCacheRuntime:
         inputs.delayed_state = advance(state, input_mask)
         focus = outputs.focus
         if focus is not None:
-            focus = replace(focus, **{name: getattr(focus, name)[:batch] for name in focus.__dataclass_fields__})
+            focus = slice_batch(focus, batch)
         self.step = DecodeStep(batch_size=batch, block_length=length, num_rows=num_rows, num_logit_rows=num_logit_rows,
                                rows=outputs.rows, fresh=outputs.fresh[:batch],
                                processed_per_seq=outputs.processed_per_seq[:batch],
