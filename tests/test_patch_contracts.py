@@ -538,3 +538,45 @@ def test_forward_inputs_are_built_synchronously_before_anything_is_sent():
     for name in ('_ssm_prefix_cache_enabled', 'create_model_inputs', 'running_seqs', 'long_context_chunker'):
         assert name in inspect.getsource(im.InputsMakerAsync)
     assert 'def preempt_seqs' in inspect.getsource(Scheduler)
+
+
+# 17. BaseModelAgent.async_sampling_logits --------------------------------------------------------------
+
+def test_sampling_runs_on_the_rows_the_agent_strategy_picks():
+    """Upstream's sampler sees the logits and sampling inputs it is given, and hands the same logits to
+    the strategy's post_sampling; the wrapper lets a strategy with ``sampling_rows`` pick them, and
+    leaves a strategy without it (upstream's own) alone. Runs upstream's real method on CPU."""
+    import asyncio
+    import inspect
+    from types import SimpleNamespace
+
+    import torch
+    from lmdeploy.pytorch.engine.logits_process import SamplingInputs
+    from lmdeploy.pytorch.engine.model_agent.agent import BaseModelAgent
+    upstream = BaseModelAgent.async_sampling_logits.__lmdeploy_focus_upstream__
+    source = inspect.getsource(upstream)
+    assert 'FusedLogitsProcessor(\n                sampling_inputs,' in source
+    assert 'self.agent_strategy.post_sampling(inputs, logits, next_token_ids' in source
+
+    class Strategy:
+        def __init__(self, rows):
+            self.rows, self.seen = rows, None
+
+        def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
+            self.seen = (logits, next_token_ids)
+            return next_token_ids, extra_inputs
+
+    class RowStrategy(Strategy):
+        def sampling_rows(self, logits, sampling_inputs):
+            return logits[self.rows], SamplingInputs(max_num_logprobs=-1, logits_processors=[None] * len(self.rows),
+                                                     batch_size=len(self.rows))
+
+    logits = torch.randn(6, 9)
+    for strategy in (RowStrategy(torch.tensor([4, 1])), Strategy(None)):
+        agent = object.__new__(BaseModelAgent)  # no model: only what the sampling path reads
+        agent.__dict__.update(agent_strategy=strategy, spec_agent=SimpleNamespace(is_enabled=lambda: False),
+                              misc_config=SimpleNamespace(logprobs_mode=None), guided_decoding_manager=None)
+        inputs = SamplingInputs(max_num_logprobs=-1, logits_processors=[None] * 6, batch_size=6)
+        next_ids, _, _, _ = asyncio.run(agent.async_sampling_logits(logits, None, None, inputs))
+        rows = strategy.rows if strategy.rows is not None else torch.arange(6)
+        assert torch.equal(next_ids, logits[rows].argmax(-1)) and torch.equal(strategy.seen[0], logits[rows])

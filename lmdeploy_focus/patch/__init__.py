@@ -196,6 +196,21 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
     request manager to answer with.
     Removed by: upstream isolating per-request failures while building a step.
 
+17. ``lmdeploy.pytorch.engine.model_agent.agent.BaseModelAgent.async_sampling_logits`` is wrapped
+    (:mod:`.sampling_rows`).
+    Why: a delayed-cache / FOCUS step computes logits only for the rows whose slot is still masked
+    (issue 14 item 3); upstream's sampler takes one row per block position, so the logits were
+    scattered into a persistent ``B*L x V`` buffer and the logits processors, the sampler and the
+    unmasker's softmax ran on all ``B*L`` rows (2.5 GB of bf16 logits and ~3 ms per SDAR-8B bs-256
+    step). The agent strategy has no hook on the sampling inputs.
+    How: before upstream's method runs, the agent strategy's ``sampling_rows(logits, sampling_inputs)``
+    (ours: :meth:`~lmdeploy_focus.strategies.dllm.delayed_cache_agent.DelayedCacheAgentStrategy.sampling_rows`;
+    upstream's strategies have none and are untouched) returns the logits and sampling inputs to use:
+    the rows with logits and their gathered per-row inputs, or the dense layout when the batch asks
+    for logprobs or custom logits processors. Upstream's processors, sampler and ``post_sampling``
+    then run unchanged.
+    Removed by: an upstream agent-strategy hook that selects the rows to sample.
+
 Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
 so model modules run on CPU.
 """
