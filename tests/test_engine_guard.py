@@ -98,6 +98,25 @@ def test_a_failure_after_queueing_stops_the_sequence():
     assert [s.session_id for s in engine.scheduler.waiting] == [1]
 
 
+def test_output_logits_on_a_diffusion_engine_fails_alone(focus_logs):
+    """The raw Engine API skips AsyncEngine's validation; a diffusion model's decode steps have logits of
+    the masked rows only, so a request for output logits is refused alone, not served broken."""
+    from types import SimpleNamespace
+
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import SamplingParam
+    for paradigm, refused in (('dllm', True), ('ar', False)):
+        engine = make_engine()
+        engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm=paradigm))
+        resps = add_requests(engine, [[5, 6], [7, 8]],
+                             sampling_params={0: SamplingParam(max_new_tokens=8, out_logits=True)})
+        assert resps[0].event.is_set() == refused, paradigm  # an answered request; a queued one waits
+        if refused:
+            assert resps[0].type == ResponseType.INTERNAL_ENGINE_ERROR
+            assert 'output_logits is not available for diffusion models' in resps[0].err_msg
+        assert [s.session_id for s in engine.scheduler.waiting] == ([1] if refused else [0, 1])
+
+
 def test_upstream_without_the_guard_raises_in_the_loop():
     """The defect the guard is for: upstream's handler raises out of the request loop's step."""
     engine = make_engine()

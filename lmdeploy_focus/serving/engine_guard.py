@@ -44,12 +44,25 @@ def fail_request(engine, req, exc: BaseException, response_type) -> None:
     engine._response(req.resp, response_type, err_msg=f'{type(exc).__name__}: {exc}')
 
 
+def check_engine_request(engine, req) -> None:
+    """What the engine itself cannot serve, for requests that skip ``AsyncEngine`` (the raw ``Engine``
+    API): a diffusion model's decode steps return logits of the masked rows only (patch 17), so a
+    request for output logits fails alone here instead of breaking the step's output handling."""
+    data = req.data if isinstance(req.data, dict) else {}
+    sampling_param = data.get('sampling_param')
+    model_config = getattr(engine, 'model_config', None)
+    if (getattr(sampling_param, 'out_logits', False) and model_config is not None
+            and getattr(model_config, 'model_paradigm', 'ar') == 'dllm'):
+        raise ValueError('output_logits is not available for diffusion models (allowed: None)')
+
+
 def isolate_add_message(upstream, response_type):
 
     @functools.wraps(upstream)
     def _on_add_message(self, reqs, **kwargs):
         for req in reqs:
             try:
+                check_engine_request(self, req)
                 upstream(self, [req], **kwargs)
             except Exception as exc:
                 fail_request(self, req, exc, response_type)
