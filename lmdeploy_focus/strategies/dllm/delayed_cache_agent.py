@@ -7,6 +7,8 @@ through upstream's broadcast and must do the same bookkeeping from it, or their 
 progress, decode average) and hence their kept rows would drift from rank 0's.
 """
 from contextlib import contextmanager
+
+import torch
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .delayed_cache_runtime import DelayedCacheRuntime
@@ -54,7 +56,9 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         # A TP rank that does not sample: keep the step's input mask (the broadcast overwrites it), and
         # make room for rank 0's B*L ids (this rank's logits are of the M rows only).
         self._pending_input_mask = extra_inputs.dllm_mask.clone()
-        return inputs.input_ids.new_zeros(step.batch_size * step.block_length), extra_inputs
+        with torch.inference_mode():  # as upstream's: a plain tensor for the broadcast to write into
+            next_token_ids = inputs.input_ids.new_zeros(step.batch_size * step.block_length)
+        return next_token_ids, extra_inputs
 
     @contextmanager
     def broadcast_next_token(self, next_token_ids, extra_inputs, dist_ctx):
