@@ -35,7 +35,7 @@ from equivalence.engine_arm import PROCESS_ALL_ENV, run_arm
 from equivalence.reference_mode import compare_to_reference_sequences
 from equivalence.reference_worker import load_sequences
 from equivalence.report import format_table
-from lmdeploy_focus.testing.step_recorder import load_meta
+from lmdeploy_focus_dev.testing.step_recorder import load_meta
 
 HERE = Path(__file__).resolve().parent
 SHARED_META = ('probe_ids', 'block_length', 'mask_token_id', 'unmasking_strategy', 'denoising_steps')
@@ -218,7 +218,7 @@ def compare_b(run: Run, arm: str, worker) -> None:
 
 def reference_meta(args) -> dict:
     """What the engine recorder will write as meta, known in advance (probe ids depend on the vocab only)."""
-    from lmdeploy_focus.testing.step_recorder import TOPK, probe_ids
+    from lmdeploy_focus_dev.testing.step_recorder import TOPK, probe_ids
     config = json.loads((Path(args.ckpt_b) / 'config.json').read_text())
     return dict(block_length=args.block_length, mask_token_id=config['mask_token_id'],
                 unmasking_strategy='low_confidence_static', denoising_steps=args.denoising_steps,

@@ -121,7 +121,7 @@ def make_backend(args, settings, stop_ids):
     if settings.block_length is None:
         raise BenchmarkInputError('the reference backend needs the block length: give --block-length '
                                   '(or a model path ending in -b<N>)')
-    from lmdeploy_focus.reference.checkpoint import load_sdar_checkpoint
+    from lmdeploy_focus_dev.reference.checkpoint import load_sdar_checkpoint
     device = resolve_device(args.device)
     try:
         checkpoint = load_sdar_checkpoint(args.model_path, resolve_dtype(args.dtype, device), device)

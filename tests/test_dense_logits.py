@@ -12,7 +12,7 @@ import torch
 
 from lmdeploy_focus.models.sparse_step import DeepRows, _logit_rows
 from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DecodeStep, DelayedCacheRuntime
-from lmdeploy_focus.strategies.dllm.processing_set import ProcessingSet, gather_processed, scatter_processed
+from lmdeploy_focus.models.step_state.processing_set import ProcessingSet, gather_processed, scatter_processed
 
 HIDDEN, VOCAB = 8, 11
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from lmdeploy.pytorch import consts
 
-from lmdeploy_focus.testing.stop_replay import replay_stop
+from lmdeploy_focus_dev.testing.stop_replay import replay_stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmark')

@@ -1,6 +1,6 @@
 """CPU tests of the serving soak check's logic (``benchmark/serving_soak``): the request mix, the
 classification of answers (by hand, then on real upstream api_server answers over the fake backend of
-``lmdeploy_focus.testing.fake_serving``), the verdict and the side-by-side table."""
+``lmdeploy_focus_dev.testing.fake_serving``), the verdict and the side-by-side table."""
 import json
 import os
 import sys
@@ -109,7 +109,7 @@ def test_the_mix_against_the_real_api_server_over_a_fake_backend(monkeypatch):
     skip_special_tokens included."""
     from fastapi.testclient import TestClient
 
-    from lmdeploy_focus.testing.fake_serving import build_app
+    from lmdeploy_focus_dev.testing.fake_serving import build_app
     app = build_app(MODEL, monkeypatch)
     specs = logic.build_mix(len(logic.BAD_REQUESTS) + 3 * len(logic.KINDS), seed=1, bad_fraction=0, **MIX)
     outcomes = []

@@ -219,7 +219,7 @@ def rule_from_meta(meta: dict) -> UnmaskRule:
 
 def compare_recordings(dir_a, dir_b, factor: float = NEAR_TIE_FACTOR) -> dict:
     """Compare two ``LMDEPLOY_FOCUS_RECORD_STEPS`` directories (prompts matched across them)."""
-    from lmdeploy_focus.testing.step_recorder import load_meta, load_steps
+    from lmdeploy_focus_dev.testing.step_recorder import load_meta, load_steps
     meta_a, meta_b = load_meta(dir_a), load_meta(dir_b)
     for key in ('probe_ids', 'block_length', 'unmasking_strategy', 'denoising_steps', 'confidence_threshold'):
         if meta_a.get(key) != meta_b.get(key):

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from lmdeploy_focus.testing import step_recorder
+from lmdeploy_focus_dev.testing import step_recorder
 
 PROCESS_ALL_ENV = 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL'
 

@@ -16,7 +16,7 @@ from equivalence.tolerances import NEAR_TIE_FACTOR
 
 def load_reference_model(checkpoint: str | Path, dtype: torch.dtype = torch.float64):
     """``(SDARReference, hf_config)`` of an HF-format checkpoint directory (``reference.checkpoint``)."""
-    from lmdeploy_focus.reference.checkpoint import load_sdar_checkpoint
+    from lmdeploy_focus_dev.reference.checkpoint import load_sdar_checkpoint
     loaded = load_sdar_checkpoint(checkpoint, dtype=dtype)
     return loaded.model, loaded.hf_config
 
@@ -32,7 +32,7 @@ def unmasking_config(meta: dict):
 def run_reference(model, prompts: list[list[int]], meta: dict, max_new_tokens: int, stop_token_ids: list[int],
                   delayed_cache: bool, commit_mode: str = 'exact', chunk_size: int = 4):
     """Reference sequences (summaries) and generated tokens for ``prompts``, ``chunk_size`` at a time."""
-    from lmdeploy_focus.reference.dllm_decode import reference_generate
+    from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
     probes = torch.tensor(meta['probe_ids'])
     sequences, tokens = [], []
     for start in range(0, len(prompts), chunk_size):
@@ -48,7 +48,7 @@ def run_reference(model, prompts: list[list[int]], meta: dict, max_new_tokens: i
 
 def compare_to_reference_sequences(recording_dir, reference: list, factor: float = NEAR_TIE_FACTOR) -> dict:
     """Engine recording (A) vs reference sequences (B, e.g. from :func:`run_reference`), paired by prompt."""
-    from lmdeploy_focus.testing.step_recorder import load_meta, load_steps
+    from lmdeploy_focus_dev.testing.step_recorder import load_meta, load_steps
     meta = load_meta(recording_dir)
     engine = sequences_from_recording(load_steps(recording_dir), meta['mask_token_id'])
     result = compare_sequences(engine.sequences, reference, rule_from_meta(meta), torch.tensor(meta['probe_ids']),
@@ -61,7 +61,7 @@ def compare_with_reference(recording_dir, model, max_new_tokens: int, stop_token
                            delayed_cache: bool, commit_mode: str = 'exact', factor: float = NEAR_TIE_FACTOR,
                            chunk_size: int = 4) -> dict:
     """Run the reference in this process on the recorded prompts, then compare (A = engine, B = reference)."""
-    from lmdeploy_focus.testing.step_recorder import load_meta, load_steps
+    from lmdeploy_focus_dev.testing.step_recorder import load_meta, load_steps
     meta = load_meta(recording_dir)
     recording = sequences_from_recording(load_steps(recording_dir), meta['mask_token_id'])
     prompts = [s.prompt_ids for s in recording.sequences]

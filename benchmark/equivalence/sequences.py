@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmdeploy_focus.testing.step_recorder import summarize_logits
+from lmdeploy_focus_dev.testing.step_recorder import summarize_logits
 
 
 @dataclass

@@ -5,7 +5,7 @@ no stop token and ``max_new_tokens = N`` (case ``baseline``). In a block-diffusi
 ``max_new_tokens`` nor a stop token changes how a block is decoded: the whole block is decoded,
 then the output is cut. So the output of any request is the trajectory cut by the plugin's DLLM
 stop rule (upstream's ``DLLMStoppingCriteria`` + ``SchedulerSequenceDLLM.set_stop_pos`` with the
-fixes in ``lmdeploy_focus/strategies/dllm/upstream_fixes.py``; the engine builds them for every arm,
+fixes in ``lmdeploy_focus/strategies/dllm/upstream_fixes/``; the engine builds them for every arm,
 stock included), as long as the cut falls inside the known trajectory:
 
 * a block's tokens are checked once the whole block is unmasked, from the prompt's end on (prompt
@@ -25,7 +25,7 @@ block index counts from the first block that holds output (0) and its in-block i
 """
 from dataclasses import dataclass
 
-from lmdeploy_focus.reference.dllm_decode import StopRule
+from lmdeploy_focus_dev.reference.dllm_decode import StopRule
 
 # ---- positions -----------------------------------------------------------------------------------
 
