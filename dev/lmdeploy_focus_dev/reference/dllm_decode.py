@@ -21,8 +21,13 @@ mid-block and commit steps at once):
   ``UnmaskingProcessor``; stopping and trimming follow upstream's ``DLLMStoppingCriteria`` and
   ``SchedulerSequenceDLLM`` (see :class:`StopRule`).
 
-Readability over speed: the step math is vectorised over the batch with the ``B*L``-layout
-helpers of ``strategies.dllm``; steps, layers and the host bookkeeping loop in Python.
+Independent of the runtime's strategy code: processing sets, kv lengths, readiness, the FOCUS
+targets, selection, progress and the running average are computed here per sequence from
+focus-spec §2–3 (:class:`_SeqState`, :mod:`.focus_spec`), so the replay tests compare two
+implementations. Shared with the runtime: upstream's ``UnmaskingProcessor`` and the torch paged
+attention of ``lmdeploy_focus.kernels.default`` (inside the reference models).
+
+Readability over speed: per-sequence host bookkeeping in Python; the model runs batched (ragged rows).
 """
 from dataclasses import dataclass, field
 
@@ -31,15 +36,9 @@ from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig
 from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 
-from lmdeploy_focus.models.step_state import focus_state
-from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, advance_after_step
-from lmdeploy_focus.models.step_state.focus_step import FocusConfig
-from lmdeploy_focus.models.step_state.processing_set import (ProcessingSet, gather_processed, processing_mask,
-                                                           ragged_step_metadata, scatter_processed)
-from lmdeploy_focus.strategies.dllm.unmasking_guard import unmask_processed_only
 from lmdeploy_focus_dev.testing.paged_kv_cache import PagedKVCache
 
-from lmdeploy_focus.kernels.default import focus as focus_math
+from . import focus_spec
 from .sdar_model import PagedStep, SDARReference
 
 MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
@@ -125,14 +124,54 @@ class StopRule:
 
 
 @dataclass
+class _SeqState:
+    """Delayed-cache and FOCUS state of one sequence's current block (spec §2.1, §3.4, §3.6)."""
+    block_length: int
+    uncached: list[bool] = field(init=False)  # position still has to be recomputed
+    needs_warmup: bool = field(init=False)  # the next step processes the whole block
+    progress: int = field(init=False)  # largest position processed through all layers (-1: none)
+    decoded_sum: int = field(init=False)  # tokens unmasked by this block's decode steps
+    decoded_steps: int = field(init=False)  # those steps that unmasked at least one
+
+    def __post_init__(self):
+        self.new_block()
+
+    def new_block(self) -> None:
+        self.uncached = [True] * self.block_length
+        self.needs_warmup = True
+        self.progress = -1
+        self.decoded_sum = 0
+        self.decoded_steps = 0
+
+    def processing_positions(self) -> list[int]:
+        """§2.1: the uncached positions; all of them on warm-up or when none is uncached."""
+        positions = [p for p in range(self.block_length) if self.uncached[p]]
+        if self.needs_warmup or not positions:
+            positions = list(range(self.block_length))
+        return positions
+
+    def after_step(self, input_mask: list[int], decoded: int, committed: bool) -> None:
+        """§2.1 readiness from the step's *input* mask, §3.8 decoded average; a fresh block on commit."""
+        L = self.block_length
+        for p in range(L):
+            right_not_masked = p == L - 1 or input_mask[p + 1] != MASKED
+            if input_mask[p] != MASKED and right_not_masked:
+                self.uncached[p] = False
+        self.needs_warmup = False
+        self.decoded_sum += decoded
+        self.decoded_steps += decoded > 0
+        if committed:
+            self.new_block()
+
+
+@dataclass
 class _Batch:
     """Decode state of every prompt: current blocks as ``[B, L]`` tensors, the rest on the host."""
     block_ids: torch.Tensor  # long [B, L]
     block_mask: torch.Tensor  # long [B, L]
     history: torch.Tensor  # long [B]: committed tokens == current block start
     active: torch.Tensor  # bool [B]: not stopped
-    cache_state: DelayedCacheState
-    focus_state: focus_state.FocusState
+    states: list[_SeqState]
     committed: list[list[int]]  # committed token ids per sequence (padded prompt + finished blocks)
     stops: list[StopRule]
     num_steps: list[int]
@@ -179,18 +218,27 @@ def _page_table(cache: PagedKVCache, batch_size: int) -> torch.Tensor:
 # ---- one step --------------------------------------------------------------------------------
 
 
-def _decode_processing(batch: _Batch, delayed_cache: bool, commit_mode: str, process_all: bool) -> torch.Tensor:
-    """bool [B, L]: positions each sequence forwards this step (nothing for stopped ones)."""
-    whole_block = torch.ones_like(batch.block_mask, dtype=torch.bool)
-    if not delayed_cache or process_all:
-        chosen = whole_block
-    else:
-        chosen = processing_mask(batch.cache_state)
-        if commit_mode == COMMIT_EXACT:
-            # full pass over a finished block, so the history later blocks read is clean
-            commit_rows = (batch.block_mask == UNMASKED).all(dim=1)
-            chosen = chosen | commit_rows[:, None]
-    return chosen & batch.active[:, None]
+def _decode_processing(batch: _Batch, delayed_cache: bool, commit_mode: str, process_all: bool) -> list[list[int]]:
+    """Per sequence, the ascending block positions it forwards this step (none for stopped ones)."""
+    L = batch.block_length
+    chosen = []
+    for b, state in enumerate(batch.states):
+        if not bool(batch.active[b]):
+            chosen.append([])
+        elif not delayed_cache or process_all:
+            chosen.append(list(range(L)))
+        elif commit_mode == COMMIT_EXACT and bool((batch.block_mask[b] == UNMASKED).all()):
+            chosen.append(list(range(L)))  # full pass over a finished block: the history later blocks read is clean
+        else:
+            chosen.append(state.processing_positions())
+    return chosen
+
+
+def _as_mask(positions: list[list[int]], block_length: int) -> torch.Tensor:
+    mask = torch.zeros(len(positions), block_length, dtype=torch.bool)
+    for b, ps in enumerate(positions):
+        mask[b, ps] = True
+    return mask
 
 
 def _prefill(model: SDARReference, padded: list[list[int]], cache: PagedKVCache, block_length: int):
@@ -210,98 +258,126 @@ def _prefill(model: SDARReference, padded: list[list[int]], cache: PagedKVCache,
     return logits.view(len(padded), block_length, -1), lengths
 
 
-def _decode_forward(model: SDARReference, batch: _Batch, proc: ProcessingSet, cache: PagedKVCache,
-                    focus: FocusConfig | None = None):
-    """Sparse forward of the processed positions; returns ``(logits [B, L, V], kv lengths [B],
-    processing set of the rows that reached the logits, new FOCUS progress [B] or None)``."""
+def _ragged_step(page_table: torch.Tensor, history: list[int], rows: list[list[int]]) -> PagedStep:
+    """§2.2: sequences' rows concatenated; keys up to the rightmost row's position (history if none)."""
+    q_seqlens = torch.tensor([len(ps) for ps in rows], dtype=torch.long)
+    kv = [h + (max(ps) + 1 if ps else 0) for h, ps in zip(history, rows)]
+    positions = torch.tensor([h + p for h, ps in zip(history, rows) for p in ps], dtype=torch.long)
+    return PagedStep(block_offsets=page_table, q_start_loc=q_seqlens.cumsum(0) - q_seqlens, q_seqlens=q_seqlens,
+                     kv_seqlens=torch.tensor(kv, dtype=torch.long), kv_positions=positions)
+
+
+def _dense_logits(row_logits: torch.Tensor, rows: list[list[int]], block_length: int) -> torch.Tensor:
+    """``[B, L, V]``: each row's logits at its block slot, NaN elsewhere (a leak would show)."""
+    out = row_logits.new_full((len(rows), block_length, row_logits.size(-1)), float('nan'))
+    i = 0
+    for b, ps in enumerate(rows):
+        for p in ps:
+            out[b, p] = row_logits[i]
+            i += 1
+    return out
+
+
+def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[int]], cache: PagedKVCache,
+                    focus=None):
+    """Sparse forward of the processed positions; returns ``(logits [B, L, V], kv lengths [B], positions per
+    sequence that reached the logits, new FOCUS progress per sequence or None)``.
+
+    ``focus``: anything with ``alpha``, ``policy`` and ``shadow`` (the runtime's ``FocusConfig`` will do).
+    """
     L = batch.block_length
     for b in torch.nonzero(batch.active).flatten().tolist():
         cache.allocator.ensure_capacity(b, int(batch.history[b]) + L)
-    # the reference knows the valid row count on the host, so it runs no padding rows
-    num_rows = int(proc.total)
-    meta = ragged_step_metadata(proc, batch.history, batch.block_ids, num_rows=num_rows)
+    history = batch.history.tolist()
     page_table = _page_table(cache, batch.block_ids.size(0))
-    step = PagedStep(block_offsets=page_table, q_start_loc=meta.q_start_loc, q_seqlens=meta.q_seqlens,
-                     kv_seqlens=meta.kv_seqlens, kv_positions=meta.position_ids)
+    step = _ragged_step(page_table, history, processing)
+    input_ids = torch.tensor([int(batch.block_ids[b, p]) for b, ps in enumerate(processing) for p in ps],
+                             dtype=torch.long)
     if focus is None:
-        row_logits = model.forward(meta.input_ids, meta.position_ids, cache.caches, step)
-        return scatter_processed(row_logits, proc, fill=float('nan')), meta.kv_seqlens, proc, None
+        row_logits = model.forward(input_ids, step.kv_positions, cache.caches, step)
+        return _dense_logits(row_logits, processing, L), step.kv_seqlens, processing, None
 
-    # FOCUS (spec §3): importance at layers 0 and 1 over the masked processed rows, eviction inside
-    # layer 1 after its K/V write; deeper layers and the LM head see the kept rows only.
-    candidate_dense = proc.processed & (batch.block_mask == MASKED)
-    candidate = gather_processed(candidate_dense, proc, num_rows)
-    block_pos = proc.block_pos[:num_rows]
-    state = batch.focus_state
-    hidden, positions = model.embed(meta.input_ids), meta.position_ids
+    # FOCUS (spec §3): importance at layers 0 and 1 over the masked processed rows (the candidates),
+    # eviction inside layer 1 after its K/V write; deeper layers and the LM head see the kept rows only.
+    masks = batch.block_mask.tolist()
+    row_of = []  # (b, p) of every ragged row
+    for b, ps in enumerate(processing):
+        row_of += [(b, p) for p in ps]
+    candidates = [[p for p in ps if masks[b][p] == MASKED] for b, ps in enumerate(processing)]
+    candidate_rows = [[i for i, (bb, p) in enumerate(row_of) if bb == b and masks[b][p] == MASKED]
+                      for b in range(len(processing))]
+    needs_importance = focus.policy == 'importance'
+    hidden, positions = model.embed(input_ids), step.kv_positions
     importance0 = None
+    kept, progress = processing, None
     for layer in range(model.dims.num_layers):
         q, k, v = model.qkv(layer, hidden, positions)
         model.write_kv(layer, k, v, cache.caches, step)
-        if layer == 0 and focus.needs_importance:
-            importance0 = focus_math.masked_importance(q, k, step.q_start_loc, step.q_seqlens, candidate, model.scale)
-        if layer == focus.eviction_layer:
-            targets = focus_math.focus_targets(candidate_dense.sum(dim=1), state.avg_decoded(), focus.alpha)
-            delta = torch.zeros(num_rows, dtype=torch.float32)
-            if focus.needs_importance:
-                importance1 = focus_math.masked_importance(q, k, step.q_start_loc, step.q_seqlens, candidate,
-                                                           model.scale)
-                delta = importance1 - importance0
-            keep = focus_math.select_kept(delta, candidate, block_pos, step.q_start_loc, step.q_seqlens, targets,
-                                          state.progress, policy=focus.policy)
-            if focus.shadow:
-                keep = torch.ones(num_rows, dtype=torch.bool)
-            layout = focus_math.kept_layout(keep, step.q_start_loc, step.q_seqlens, block_pos, batch.history,
-                                            state.progress)
-            num_kept = int(layout.total)
-            src = layout.src_row[:num_kept]
+        if layer == 0 and needs_importance:
+            importance0 = [focus_spec.importance(q[r], k[r], model.scale) for r in candidate_rows]
+        if layer == 1:  # the eviction layer
+            kept, progress = [], []
+            for b, ps in enumerate(processing):
+                state = batch.states[b]
+                delta = [0.0] * len(candidates[b])
+                if needs_importance:
+                    importance1 = focus_spec.importance(q[candidate_rows[b]], k[candidate_rows[b]], model.scale)
+                    delta = (importance1 - importance0[b]).tolist()
+                count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, focus.alpha)
+                chosen = focus_spec.select(candidates[b], delta, count, state.progress, focus.policy)
+                keep = ps if focus.shadow else [p for p in ps if masks[b][p] != MASKED or p in chosen]
+                kept.append(keep)
+                progress.append(max([state.progress] + keep))
+            src = [i for i, (b, p) in enumerate(row_of) if p in kept[b]]
             q, hidden, positions = q[src], hidden[src], positions[src]
-            step = PagedStep(block_offsets=page_table, q_start_loc=layout.q_start_loc, q_seqlens=layout.q_seqlens,
-                             kv_seqlens=layout.kv_seqlens, kv_positions=positions)
-            kept_dense = torch.zeros(proc.num_rows, dtype=torch.bool)
-            kept_dense[proc.flat_index[:num_rows]] = keep
-            proc = ProcessingSet.from_mask(kept_dense.view_as(proc.processed))
-            progress = layout.progress
+            step = _ragged_step(page_table, history, kept)
         hidden = model.attend_and_mlp(layer, hidden, q, cache.caches, step)
-    logits = scatter_processed(model.logits(hidden), proc, fill=float('nan'))
-    return logits, step.kv_seqlens, proc, progress
+    return _dense_logits(model.logits(hidden), kept, L), step.kv_seqlens, kept, progress
 
 
-def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, proc: ProcessingSet, kv_lengths: torch.Tensor,
-                processor: UnmaskingProcessor, mask_token_id: int, forwarded: torch.Tensor | None = None,
-                focus_progress: torch.Tensor | None = None) -> None:
-    """Sample, unmask (guarded), update delayed-cache state, then per sequence: record, stop, commit."""
+def _unmask_fresh_only(processor: UnmaskingProcessor, logits: torch.Tensor, input_ids: torch.Tensor,
+                       candidates: torch.Tensor, input_mask: torch.Tensor, fresh: torch.Tensor):
+    """§2.2: masked slots without fresh logits are shown to the unmasker as CACHED, then MASKED again.
+    Flat ``[B*L]`` layouts; returns ``(next_mask, next_ids)``."""
+    hidden = (input_mask == MASKED) & ~fresh
+    result = processor(logits, input_ids, candidates, torch.where(hidden, CACHED, input_mask))
+    next_mask, next_ids = result if isinstance(result, tuple) else (result, candidates)
+    return torch.where(hidden, MASKED, next_mask), next_ids
+
+
+def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[int]], kv_lengths: torch.Tensor,
+                processor: UnmaskingProcessor, mask_token_id: int, forwarded: list[list[int]] | None = None,
+                focus_progress: list[int] | None = None) -> None:
+    """Sample, unmask (guarded), update the per-sequence state, then per sequence: record, stop, commit."""
     B, L, vocab = logits.shape
+    kept_mask = _as_mask(kept, L)
+    forwarded_mask = kept_mask if forwarded is None else _as_mask(forwarded, L)
     candidates = logits.argmax(dim=-1)  # greedy sampling (top_k=1)
-    next_mask, next_ids = unmask_processed_only(processor, logits.view(B * L, vocab), batch.block_ids.flatten(),
-                                                candidates.flatten(), batch.block_mask.flatten(), proc.processed)
+    next_mask, next_ids = _unmask_fresh_only(processor, logits.view(B * L, vocab), batch.block_ids.flatten(),
+                                             candidates.flatten(), batch.block_mask.flatten(), kept_mask.flatten())
     next_mask, next_ids = next_mask.view(B, L), next_ids.view(B, L)
-    warmup_rows = batch.cache_state.needs_warmup.clone()
-    if kind == 'decode':  # prefill leaves the state fresh: the first decode step is a warm-up
-        batch.cache_state = advance_after_step(batch.cache_state, batch.block_mask, next_mask)
-        if focus_progress is not None:  # FOCUS: progress of this step, tokens decoded, reset on commit
-            decoded = focus_state.newly_decoded(batch.block_mask, next_mask, L).sum(dim=1)
-            updated = focus_state.record_step(batch.focus_state, focus_progress, decoded)
-            batch.focus_state = focus_state.reset_rows(updated, (next_mask == CACHED).all(dim=1))
-    kept = proc.processed
-    if forwarded is not None:  # rows that entered the forward (FOCUS: before eviction)
-        proc = ProcessingSet.from_mask(forwarded)
 
     for b in torch.nonzero(batch.active).flatten().tolist():
+        state = batch.states[b]
         block_start = int(batch.history[b])
         is_commit = bool((batch.block_mask[b] == UNMASKED).all())
-        if kind == 'decode':
+        decoded = int(((batch.block_mask[b] == MASKED) & (next_mask[b] == UNMASKED)).sum())
+        is_warmup = state.needs_warmup
+        if kind == 'decode':  # prefill leaves the state fresh: the first decode step is a warm-up
+            if focus_progress is not None:
+                state.progress = focus_progress[b]
+            state.after_step(batch.block_mask[b].tolist(), decoded, bool((next_mask[b] == CACHED).all()))
             batch.num_steps[b] += 1
-            batch.processed_per_step[b].append(int(proc.q_seqlens[b]))
-            batch.kept_per_step[b].append(int(kept[b].sum()))
-            batch.decoded_per_step[b].append(int(((batch.block_mask[b] == MASKED) & (next_mask[b] == UNMASKED)).sum()))
+            batch.processed_per_step[b].append(int(forwarded_mask[b].sum()))
+            batch.kept_per_step[b].append(int(kept_mask[b].sum()))
+            batch.decoded_per_step[b].append(decoded)
         if batch.records is not None:
             batch.records[b].append(
                 StepRecord(kind=kind, history_length=block_start, input_ids=batch.block_ids[b].clone(),
-                           input_mask=batch.block_mask[b].clone(), processed=proc.processed[b].clone(),
+                           input_mask=batch.block_mask[b].clone(), processed=forwarded_mask[b].clone(),
                            kv_length=int(kv_lengths[b]), logits=logits[b].clone(), next_token_ids=next_ids[b].clone(),
-                           next_mask=next_mask[b].clone(), is_warmup=kind == 'decode' and bool(warmup_rows[b]),
-                           is_commit=is_commit, kept=kept[b].clone() if forwarded is not None else None))
+                           next_mask=next_mask[b].clone(), is_warmup=kind == 'decode' and is_warmup,
+                           is_commit=is_commit, kept=kept_mask[b].clone() if forwarded is not None else None))
         # still-masked slots carry the mask token again (upstream _update_token_ids_decode)
         batch.block_ids[b] = torch.where(next_mask[b] == MASKED, mask_token_id, next_ids[b])
         batch.block_mask[b] = next_mask[b]
@@ -330,7 +406,7 @@ def reference_generate(model: SDARReference,
                        page_size: int = 16,
                        record_steps: bool = False,
                        process_all: bool = False,
-                       focus: FocusConfig | None = None) -> list[GenerationResult]:
+                       focus=None) -> list[GenerationResult]:
     """Greedy block-diffusion generation for a batch of prompts (see the module docstring).
 
     Args:
@@ -347,7 +423,8 @@ def reference_generate(model: SDARReference,
         page_size: KV cache page size (pages are handed out in shuffled order).
         record_steps: keep a :class:`StepRecord` per forward and each sequence's final history KV.
         process_all: debug: delayed-cache bookkeeping, but every step forwards the whole block.
-        focus: FOCUS eviction (spec §3) on top of delayed cache (requires ``delayed_cache``).
+        focus: FOCUS eviction (spec §3) on top of delayed cache (requires ``delayed_cache``): anything with
+            ``alpha``, ``policy`` (``'importance'`` / ``'leftmost'``) and ``shadow``.
     """
     assert commit_mode in (COMMIT_FAST, COMMIT_EXACT), commit_mode
     assert focus is None or delayed_cache, 'FOCUS evicts from the delayed-cache processing set'
@@ -366,8 +443,7 @@ def reference_generate(model: SDARReference,
                    block_mask=torch.where(last_blocks == mask_token_id, MASKED, UNMASKED),
                    history=torch.tensor([len(p) - L for p in padded], dtype=torch.long),
                    active=torch.ones(B, dtype=torch.bool),
-                   cache_state=DelayedCacheState.fresh(B, L),
-                   focus_state=focus_state.FocusState.fresh(B),
+                   states=[_SeqState(L) for _ in range(B)],
                    committed=[p[:-L] for p in padded],
                    stops=[StopRule(L, len(p), m + len(p) % L, len(p), stop_ids) for p, m in zip(prompts, max_new)],
                    num_steps=[0] * B,
@@ -377,17 +453,16 @@ def reference_generate(model: SDARReference,
                    records=[[] for _ in range(B)] if record_steps else None)
 
     logits, kv_lengths = _prefill(model, padded, cache, L)
-    _apply_step(batch, 'prefill', logits, ProcessingSet.from_mask(torch.ones(B, L, dtype=torch.bool)), kv_lengths,
-                processor, mask_token_id)
+    _apply_step(batch, 'prefill', logits, [list(range(L))] * B, kv_lengths, processor, mask_token_id)
 
     # every block takes at most L unmasking steps plus its commit step
     max_steps = (max(max_new) // L + 2) * (L + 1)
     for _ in range(max_steps):
         if not bool(batch.active.any()):
             break
-        proc = ProcessingSet.from_mask(_decode_processing(batch, delayed_cache, commit_mode, process_all))
-        logits, kv_lengths, kept_proc, progress = _decode_forward(model, batch, proc, cache, focus)
-        _apply_step(batch, 'decode', logits, kept_proc, kv_lengths, processor, mask_token_id, proc.processed, progress)
+        processing = _decode_processing(batch, delayed_cache, commit_mode, process_all)
+        logits, kv_lengths, kept, progress = _decode_forward(model, batch, processing, cache, focus)
+        _apply_step(batch, 'decode', logits, kept, kv_lengths, processor, mask_token_id, processing, progress)
     if bool(batch.active.any()):
         raise RuntimeError(f'generation did not finish within {max_steps} steps')
 
