@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-load_benchmark_packages('throughput', 'quality')
+load_benchmark_packages('arms', 'throughput', 'quality')
 from quality import arms, prompting, report  # noqa: E402
 from quality.engine_backend import EngineBackend  # noqa: E402
 from quality.outcome import FAILED, CellOutcome, first_line  # noqa: E402

@@ -18,7 +18,7 @@ CKPT_B=/tmp/ckpt/SDAR-tiny-random-fp32-b32
 python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch sdar-1.7b "$CKPT_A" --overwrite 2>&1 | tail -1
 python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch tiny-sdar --dtype float32 "$CKPT_B" --overwrite 2>&1 | tail -1
 
-cd benchmark && timeout 520 python3 equivalence_check.py --out "$OUT" --ckpt-a "$CKPT_A" --ckpt-b "$CKPT_B" "$@" 2>&1 \
+cd checks && timeout 520 python3 equivalence_check.py --out "$OUT" --ckpt-a "$CKPT_A" --ckpt-b "$CKPT_B" "$@" 2>&1 \
   | grep -v "instantiate a model of type\|Loading weights\|Warming up" > "$OUT/equivalence.log"
 echo "equivalence_check rc=${PIPESTATUS[0]}"
 grep -E '^\[eq|^\(a\)|^\(b\)|^ *[0-9]+ |^summary|^row layout|Error' "$OUT/equivalence.log" | cut -c1-220 | tail -120

@@ -91,7 +91,7 @@ class StopRule:
     block is only partly generated); when it drops to <= 0 the block is cut after position
     ``L - 1 + budget``. Stop tokens are checked from ``output_start`` (the prompt's end) on: the first
     one before the cut ends generation after it. Ids the caller does not know may be ``None`` (never
-    a stop token). Shared with the serving check's expected outputs (``benchmark/serving_edge``).
+    a stop token). Shared with the serving check's expected outputs (``checks/serving_edge``).
     """
     block_length: int
     prompt_length: int

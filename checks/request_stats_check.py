@@ -2,7 +2,7 @@
 ``EngineOutput.req_metrics.dllm`` is present, and the per-request totals add up to the run totals
 (up to the one step upstream runs ahead for a request that has just finished).
 
-    python benchmark/request_stats_check.py MODEL_DIR --out result.json [--arms stock focus]
+    python checks/request_stats_check.py MODEL_DIR --out result.json [--arms stock focus]
 
 Drives the in-process engine through ``Engine.create_instance().async_stream_infer`` (where upstream
 hands out request metrics), several requests at once so rows of mixed batches must land on the
@@ -11,14 +11,17 @@ right request.
 import argparse
 import asyncio
 import json
+import os
 import random
+import sys
 
-ARMS = {
-    'stock': dict(dllm_track=True),
-    'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_track=True),
-    'focus': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_track=True),
-    'shadow': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_shadow=True, dllm_track=True),
-}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
+
+load_benchmark_packages('arms')
+from arms import arm_fields  # noqa: E402
+
+ARMS = {name: arm_fields(name, dllm_track=True) for name in ('stock', 'delayed_exact', 'focus', 'shadow')}
 
 
 async def _one(engine, session_id, input_ids, gen_config):
@@ -85,7 +88,7 @@ def main():
         print(json.dumps({k: v for k, v in result.items() if k != 'per_request'}), flush=True)
         results.append(result)
     with open(args.out, 'w') as f:
-        json.dump(dict(command=' '.join(['python benchmark/request_stats_check.py', args.model_path]), results=results),
+        json.dump(dict(command=' '.join(['python checks/request_stats_check.py', args.model_path]), results=results),
                   f, indent=1)
     print('ALL OK' if all(r.get('ok') for r in results) else 'FAILED')
 

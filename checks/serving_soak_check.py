@@ -1,8 +1,8 @@
 """Serving soak check (issue 15, item 3): the real ``lmdeploy serve api_server`` under a mixed load, with
 bad requests among good ones, must never die, never answer 5xx, never drop a connection.
 
-    python benchmark/serving_soak_check.py --model models/tiny-sdar-5m-b32 --out OUT.json [--focus]
-    python benchmark/serving_soak_check.py --model models/tiny-sdar-5m-b32 --out OUT.json --both
+    python checks/serving_soak_check.py --model models/tiny-sdar-5m-b32 --out OUT.json [--focus]
+    python checks/serving_soak_check.py --model models/tiny-sdar-5m-b32 --out OUT.json --both
 
 Each arm (stock, or ``--focus``; ``--both`` runs stock then FOCUS and prints them side by side) starts its
 own api_server subprocess on a free port, waits for ``/health``, warms up, records the greedy answers of
@@ -29,8 +29,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
 from benchmark_packages import load_benchmark_packages  # noqa: E402
 
 load_benchmark_packages('serving_soak')

@@ -1,10 +1,10 @@
 """Serving edge cases of delayed cache / FOCUS end to end through the engine (issue 3, deliverable 5).
 
-    python benchmark/serving_edge_check.py MODEL_DIR --out OUT.json [--dtype float32|bfloat16]
+    python checks/serving_edge_check.py MODEL_DIR --out OUT.json [--dtype float32|bfloat16]
         [--arms stock delayed_exact delayed_fast focus [focus_leftmost]] [--cases ...]
 
 MODEL_DIR: the committed tiny trained SDAR model ``models/tiny-sdar-5m-b32`` (block 32, byte
-tokenizer). Prompts: held-out tasks (chat template) and KJV text (benchmark/serving_edge/prompts.py).
+tokenizer). Prompts: held-out tasks (chat template) and KJV text (checks/serving_edge/prompts.py).
 Decoding as the quality evaluation: greedy (``top_k=1``), ``low_confidence_dynamic`` at threshold
 0.9, eager. Per arm, one engine runs the cases
 
@@ -29,7 +29,7 @@ Expected outputs come from the trajectories through upstream's DLLM stop rule
 (serving_edge/logic.py): max_new_tokens or a stop token never change how a block is decoded, only
 where the output is cut. Each case records pass / FAIL, sequences identical, and for every
 difference its position (block, index in block) and tokens; near-ties are not classified (see
-benchmark/equivalence_check.py for that). One failing case does not stop the others. The JSON is
+checks/equivalence_check.py for that). One failing case does not stop the others. The JSON is
 rewritten after every case; the table is printed at the end; exit status 0 when every case passed.
 
 dtype: float32 by default (set on the config after construction, as equivalence/engine_arm.py), so
@@ -48,24 +48,20 @@ import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_TASKS = os.path.join(HERE, 'data', 'tiny_tasks_heldout.jsonl')
+DEFAULT_TASKS = os.path.join(os.path.dirname(HERE), 'benchmark', 'data', 'tiny_tasks_heldout.jsonl')
 
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-load_benchmark_packages('serving_edge', 'throughput', 'quality')
+load_benchmark_packages('arms', 'serving_edge', 'throughput', 'quality')
 from serving_edge import logic, prompts as prompt_sets  # noqa: E402
 from serving_edge.logic import ERROR, PASS, SKIPPED  # noqa: E402
 from quality.engine_backend import release_device_memory  # noqa: E402  (same between engines)
 
-ARMS = {
-    'stock': {},
-    'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
-    'delayed_fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast'),
-    'focus': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='importance'),
-    'focus_leftmost': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost'),
-}
+from arms import arm_fields  # noqa: E402
+
+ARMS = {name: arm_fields(name) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus', 'focus_leftmost')}
 DEFAULT_ARMS = ('stock', 'delayed_exact', 'delayed_fast', 'focus')  # focus_leftmost: same machinery, other policy
 MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling', 'logprobs')
 CASES = MAIN_CASES + ('chunked_prefill', 'prefix_caching')

@@ -1,6 +1,6 @@
 """Delayed cache on the GPU: equivalence with stock decoding and throughput, arms in one process.
 
-    python benchmark/delayed_cache_check.py CKPT --out result.json [--batch-sizes 64 256] [--check-only]
+    python checks/delayed_cache_check.py CKPT --out result.json [--batch-sizes 64 256] [--check-only]
 
 Arms: stock; delayed cache with every position processed (``LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL``,
 must reproduce stock decoding); delayed cache, commit modes exact and fast. Greedy, ignore_eos,
@@ -9,16 +9,20 @@ static unmasking (4 tokens per step at block 32). Random weights: cost, not qual
 import argparse
 import json
 import os
+import sys
 import time
 
 from stock_sdar_smoke import run_arm
 
-ARMS = {
-    'stock': {},
-    'delayed_process_all': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
-    'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
-    'delayed_fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast'),
-}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
+
+load_benchmark_packages('arms')
+from arms import arm_fields  # noqa: E402
+
+# delayed_process_all: delayed-cache bookkeeping, every step forwards the whole block (its ARM_ENV switch)
+ARMS = {'stock': arm_fields('stock'), 'delayed_process_all': arm_fields('delayed_exact'),
+        'delayed_exact': arm_fields('delayed_exact'), 'delayed_fast': arm_fields('delayed_fast')}
 ARM_ENV = {
     'delayed_process_all': 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL',
 }

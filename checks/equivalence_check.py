@@ -1,6 +1,6 @@
 """Issue 3 equivalence on the GPU: engine runs recorded step by step, first differences classified.
 
-    python3 benchmark/equivalence_check.py --out OUT_DIR --ckpt-a SDAR_1.7B_DIR --ckpt-b TINY_FP32_DIR
+    python3 checks/equivalence_check.py --out OUT_DIR --ckpt-a SDAR_1.7B_DIR --ckpt-b TINY_FP32_DIR
 
 (a) random SDAR-1.7B (bf16): stock decoding vs delayed cache with every position processed
     (``LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL=1``: the claim "greedy outputs match stock"), and for
@@ -37,10 +37,16 @@ from equivalence.reference_worker import load_sequences
 from equivalence.report import format_table
 from lmdeploy_focus_dev.testing.step_recorder import load_meta
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmark'))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
+
+load_benchmark_packages('arms')
+from arms import arm_fields  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SHARED_META = ('probe_ids', 'block_length', 'mask_token_id', 'unmasking_strategy', 'denoising_steps')
-DELAYED_EXACT = dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact')
-DELAYED_FAST = dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast')
+DELAYED_EXACT = arm_fields('delayed_exact')
+DELAYED_FAST = arm_fields('delayed_fast')
 # arm name -> (engine kwargs, environment)
 ARMS_A = {
     'stock': ({}, {}),

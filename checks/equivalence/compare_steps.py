@@ -1,6 +1,6 @@
 """Compare two DLLM decoding runs step by step, per sequence, and classify the first difference.
 
-    python benchmark/equivalence/compare_steps.py RECORDING_A RECORDING_B [--out result.json] [--factor 2]
+    python checks/equivalence/compare_steps.py RECORDING_A RECORDING_B [--out result.json] [--factor 2]
 
 Recordings are directories written with ``LMDEPLOY_FOCUS_RECORD_STEPS`` (same prompts, same
 rules). For each sequence (matched by prompt) the k-th steps of both runs are compared until the

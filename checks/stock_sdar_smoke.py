@@ -4,7 +4,7 @@ Measures output throughput of ``pipeline()`` (greedy, ignore_eos, fixed prompt/o
 records the facts that show the plugin is active in the process: the engine-config class, the
 strategy factory class and the block length the engine resolved from the ``-b<N>`` path suffix.
 
-    python benchmark/stock_sdar_smoke.py CKPT_DIR --batch-sizes 64 256 --out result.json
+    python checks/stock_sdar_smoke.py CKPT_DIR --batch-sizes 64 256 --out result.json
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 """FOCUS on the GPU: equivalence with delayed cache at alpha >= L, throughput of every arm in one
 process, and a per-phase breakdown of a FOCUS decode step.
 
-    python benchmark/focus_check.py CKPT --out result.json [--batch-sizes 64 128 256] [--graphs]
+    python checks/focus_check.py CKPT --out result.json [--batch-sizes 64 128 256] [--graphs]
 
 Arms (all with dllm_track, static unmasking, greedy, ignore_eos): stock; delayed cache (exact /
 fast commit); FOCUS leftmost and importance at alpha 1.5. Random weights: the arms measure cost at
@@ -9,22 +9,21 @@ the eviction rate each policy produces, not FOCUS's decisions (see BENCHMARKS.md
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 from delayed_cache_check import first_difference
 from stock_sdar_smoke import random_text_prompts, run_arm
 
-ARMS = {
-    'stock': dict(dllm_track=True),
-    'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact', dllm_track=True),
-    'delayed_fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast', dllm_track=True),
-    'focus_leftmost': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost',
-                           dllm_track=True),
-    'focus_leftmost_fast': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost',
-                                dllm_delayed_cache_commit='fast', dllm_track=True),
-    'focus_importance': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='importance',
-                             dllm_track=True),
-}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
+
+load_benchmark_packages('arms')
+from arms import arm_fields  # noqa: E402
+
+ARMS = {name: arm_fields(name, dllm_track=True) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus_leftmost',
+                                                          'focus_leftmost_fast', 'focus_importance')}
 
 
 def run(args, arm, batch_size, output_len, eager, return_tokens, **overrides):

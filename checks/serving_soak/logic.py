@@ -1,4 +1,4 @@
-"""Pure logic of the serving soak check (``benchmark/serving_soak_check.py``): the request mix, the
+"""Pure logic of the serving soak check (``checks/serving_soak_check.py``): the request mix, the
 classification of each answer, and the verdict. CPU-tested in ``tests/test_serving_soak_logic.py``."""
 from __future__ import annotations
 

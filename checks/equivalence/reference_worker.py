@@ -1,6 +1,6 @@
 """The CPU reference run of one mode, as a separate process (it overlaps with the GPU arms).
 
-    python benchmark/equivalence/reference_worker.py SPEC.json OUT.pt
+    python checks/equivalence/reference_worker.py SPEC.json OUT.pt
 
 SPEC: checkpoint, prompts, meta (block length, mask token, unmasking, probe ids), max_new_tokens,
 delayed_cache, commit_mode, dtype ('float64' / 'float32'), threads, chunk_size. OUT holds the

@@ -6,5 +6,5 @@
 * ``prompts``: the prompt sets (held-out tasks, KJV text, long prompts, shared-prefix prompts);
 * ``engine_cases``: the cases against an in-process engine (GPU only).
 
-Driver: ``benchmark/serving_edge_check.py``.
+Driver: ``checks/serving_edge_check.py``.
 """

@@ -1,6 +1,6 @@
 """CUDA graphs vs eager (issue 14): greedy outputs of stock, delayed cache and FOCUS, token for token.
 
-    python3 benchmark/graph_equivalence_check.py --model DIR [--model DIR ...] --out OUT.json
+    python3 checks/graph_equivalence_check.py --model DIR [--model DIR ...] --out OUT.json
 
 Each (model, arm) runs twice on the same random prompt ids, once eager and once with CUDA graphs
 (one engine at a time, in-process), greedy, static unmasking (4 tokens per step), ignore_eos.
@@ -13,15 +13,18 @@ few differing late.
 import argparse
 import asyncio
 import json
+import os
 import random
+import sys
 import time
 
-ARMS = {
-    'stock': {},
-    'delayed': dict(dllm_enable_delayed_cache=True),
-    'focus-importance': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='importance'),
-    'focus-leftmost': dict(dllm_enable_focus=True, dllm_focus_alpha=1.5, dllm_focus_policy='leftmost'),
-}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
+from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
+
+load_benchmark_packages('arms')
+from arms import arm_fields  # noqa: E402
+
+ARMS = {name: arm_fields(name) for name in ('stock', 'delayed', 'focus-importance', 'focus-leftmost')}
 
 
 def parse_args():
@@ -86,7 +89,7 @@ def compare(eager, graphs):
 
 def main():
     args = parse_args()
-    report = dict(command='python3 benchmark/graph_equivalence_check.py ' +
+    report = dict(command='python3 checks/graph_equivalence_check.py ' +
                   ' '.join(f'--model {m}' for m in args.model), settings=vars(args), results=[])
     for model in args.model:
         with open(f'{model}/config.json') as f:
