@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-POLICIES = ('importance', 'leftmost')
+from ...config.options import FOCUS_POLICIES as POLICIES
 
 # ceil(max(avg, 1) * alpha) is taken of the fp32 product scaled down by this factor, so that a
 # product that lands a rounding error above an integer (2.0000002 * 1.5 = 3.0000002) does not
