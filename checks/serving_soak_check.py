@@ -168,6 +168,14 @@ async def greedy_answers(client, url: str, block_length: int) -> list:
     return answers
 
 
+async def dllm_metrics(client, url: str) -> list[str] | None:
+    """The ``lmdeploy:dllm_*`` lines of ``/metrics`` (None: the server was started without metrics)."""
+    r = await client.get(url + '/metrics', timeout=30)
+    if r.status_code != 200:
+        return None
+    return [line for line in r.text.splitlines() if line.startswith(('lmdeploy:dllm_', '# HELP lmdeploy:dllm_'))]
+
+
 async def encode(client, url: str, text: str) -> list[int]:
     r = await client.post(url + '/v1/encode', json=dict(input=text, add_bos=False), timeout=30)
     r.raise_for_status()
@@ -216,6 +224,7 @@ async def run_arm(args, arm: str, log_path: str) -> logic.ArmReport:
             report.health_after = (await client.get(url + '/health', timeout=30)).status_code
             report.greedy_after = await greedy_answers(client, url, block_length)
             report.gpu_mem_after_mib = gpu_memory_mib()
+            report.metrics_excerpt = await dllm_metrics(client, url)
     finally:
         server.stop()
         report.engine_deaths = server.deaths()
@@ -243,6 +252,7 @@ def main(argv=None):
                             health_after=report.health_after, gpu_mem_warm_mib=report.gpu_mem_warm_mib,
                             gpu_mem_after_mib=report.gpu_mem_after_mib, greedy_before=report.greedy_before,
                             greedy_after=report.greedy_after, server_log=log_path,
+                            metrics_excerpt=report.metrics_excerpt,
                             failures=[o.__dict__ for o in report.outcomes if not o.passed][:200])
         log(f'{arm}: {"PASS" if v["passed"] else "FAIL"} {v["counts"]}')
     with open(args.out, 'w') as f:

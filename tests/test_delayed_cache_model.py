@@ -56,23 +56,18 @@ def test_ragged_step_matches_the_dense_step_when_stale_kv_is_current(commit_mode
     ragged_logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
     step = runtime.step
     # every processed row goes through the layers; get_logits runs the LM head on those still masked
-    # (the only logits the unmasker reads) and hands the sampler B*L rows
-    assert step is not None and step.num_rows == int(uncached.sum()) and ragged_logits.size(0) == B * L
+    # (the only logits the unmasker reads) and hands the sampler those rows only, in slot order here
     needs_logits = uncached & (input_mask == consts.DLLM_MASKED)
-    assert step.num_logit_rows == int(needs_logits.sum())
-    assert torch.equal(step.fresh, uncached)
     rows = needs_logits.flatten().nonzero().flatten()
-    torch.testing.assert_close(ragged_logits[rows], dense_logits.reshape(B * L, -1)[rows], rtol=1e-4, atol=1e-4)
-    # first step: the persistent buffer is zero wherever no logits were computed (no LM head there)
-    assert not ragged_logits.view(B, L, -1)[~needs_logits].any()
+    assert step is not None and step.num_rows == int(uncached.sum()) and ragged_logits.size(0) == rows.numel()
+    assert step.num_logit_rows == int(needs_logits.sum())
+    assert torch.equal(runtime.logit_slots, rows)
+    assert torch.equal(step.fresh, uncached)
+    torch.testing.assert_close(ragged_logits, dense_logits.reshape(B * L, -1)[rows], rtol=1e-4, atol=1e-4)
     # kv read length = history + rightmost processed + 1 = the whole block here
     assert step.rows.kv_seqlens[:B].tolist() == [h + L for h in runner.history_lengths]
     runtime.end_step()
-    # a prefill hands the logits buffer back (upstream's runtime reserve counts one set of logits)
-    assert runtime._logits_buffer is not None
-    runtime.step_inputs = None
-    runner.forward(runner.make_inputs([prompts[0]], [0], is_decoding=False))
-    assert runtime._logits_buffer is None
+    assert runtime.logit_slots is None
 
 
 def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
@@ -96,7 +91,7 @@ def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
                 v_cache[table[b, pos // page_size], pos % page_size] = float('nan')
     attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
     logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
-    assert runtime.step.num_rows == 9 and logits.shape[0] == B * L and torch.isfinite(logits).all()
+    assert runtime.step.num_rows == 9 and logits.shape[0] == runtime.step.num_logit_rows and torch.isfinite(logits).all()
     assert runtime.step.rows.kv_seqlens[:B].tolist() == [runner.history_lengths[0] + 3,
                                                          runner.history_lengths[1] + 6]
     for b, written in ((0, 3), (1, 6)):

@@ -1,5 +1,5 @@
 """The delayed-cache engine path (our SDAR / SDAR-MoE / LLaDA2 model classes on upstream modules, the runtime's
-processing sets and state updates, the agent strategy's scatter) replayed step by step on the
+processing sets and state updates, the LM head on the rows still masked) replayed step by step on the
 inputs of the plain-torch reference decode loop: same processed positions, same logits.
 
 Runs on CPU through the harness (fp32) against the reference in fp64.
@@ -71,7 +71,9 @@ def test_engine_path_replays_the_reference_loop(family, commit_mode, strategy, p
         expected_processed = torch.stack([r.processed for r in records])
         assert torch.equal(step.fresh, expected_processed), f'{seeds} step {k}: processing sets differ'
 
-        dense = agent.slice_outputs(ragged, None).view(B, L, -1)  # the agent's scatter back to the block
+        # the LM head ran on the rows still masked only; the agent passes them to the sampler as they are
+        assert agent.slice_outputs(ragged, None) is ragged and ragged.size(0) == max(step.num_logit_rows, 1)
+        dense = runtime.dense_logits(ragged).view(B, L, -1)  # those rows at their block slots
         for b, record in enumerate(records):
             rows = record.processed & (record.input_mask == DLLM_MASKED)  # the rows that get logits
             torch.testing.assert_close(dense[b][rows], record.logits[rows].float(), rtol=2e-4, atol=2e-4,

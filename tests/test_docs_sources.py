@@ -25,7 +25,11 @@ def _section(title: str) -> str:
 
 
 def registry_patch_modules() -> set[str]:
-    return {patch_module for patch_module, _ in targets.PATCHES.values()}
+    """Every patch module of the registry (an entry may name one or a tuple applied in order)."""
+    names = set()
+    for patch_modules, _ in targets.PATCHES.values():
+        names.update((patch_modules, ) if isinstance(patch_modules, str) else patch_modules)
+    return names
 
 
 def test_patch_registry_matches_the_patch_folder():

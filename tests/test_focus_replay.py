@@ -1,5 +1,5 @@
 """FOCUS through the engine path (our SDAR / SDAR-MoE / LLaDA2 model classes on upstream modules, the runtime, the
-eviction inside layer 1, the agent's scatter, guarded unmasking and state updates) replayed step by
+eviction inside layer 1, the LM head and sampler on the kept masked rows, guarded unmasking and state updates) replayed step by
 step against the plain-torch reference decode loop with FOCUS: same kept rows, same logits at the
 kept rows, same unmasking decisions, for both selection policies, shadow mode and commit modes.
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+from lmdeploy.pytorch.engine.logits_process import SamplingInputs
 from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
 from lmdeploy_focus.models.step_state import focus_state
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
@@ -68,13 +69,16 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         assert torch.equal(step.focus.candidate_dense, processed & (input_mask == focus_state.DLLM_MASKED))
         assert torch.equal(step.fresh, kept), f'{seeds} step {k}: kept rows differ'
         evicted_steps += int((processed & ~kept).any())
-        dense = agent.slice_outputs(ragged, None).view(B, L, -1)
+        # the LM head ran on the kept masked rows only; the sampler gets those rows (not B*L)
+        assert agent.slice_outputs(ragged, None) is ragged and ragged.size(0) == max(step.num_logit_rows, 1)
+        dense = runtime.dense_logits(ragged).view(B, L, -1)
         for b, record in enumerate(records):
             rows = record.kept & (record.input_mask == focus_state.DLLM_MASKED)  # the rows that get logits
             torch.testing.assert_close(dense[b][rows], record.logits[rows].float(), rtol=2e-4, atol=2e-4,
                                        msg=lambda m: f'{seeds} step {k} seq {b}: {m}')
         # the agent's own unmasking (guarded) and bookkeeping must reproduce the reference's decisions
-        logits = dense.flatten(0, 1)
+        logits, sampling = agent.sampling_rows(ragged, SamplingInputs(batch_size=B * L, max_num_logprobs=-1))
+        assert logits is ragged and sampling.batch_size == ragged.size(0)
         extra = SimpleNamespace(dllm_mask=input_mask.flatten().clone())
         next_ids, extra = agent.post_sampling(SimpleNamespace(input_ids=blocks.flatten()), logits,
                                               logits.argmax(-1), extra)

@@ -22,6 +22,7 @@ def test_pinned_version_and_every_patch_applied():
     import lmdeploy.pytorch.strategies.dllm  # noqa: F401
     import lmdeploy.pytorch.engine.engine_loop  # noqa: F401
     import lmdeploy.pytorch.engine.logits_process  # noqa: F401
+    import lmdeploy.pytorch.engine.inputs_maker  # noqa: F401
     import lmdeploy.pytorch.backends.cuda.graph_runner.runner  # noqa: F401
     for name in ('lmdeploy.serve.openai.api_server', 'lmdeploy.pytorch.engine.engine'):
         importlib.import_module(name)  # also loads the other serving targets (patches 9-12)
@@ -477,3 +478,105 @@ def test_graph_runner_reset_also_drops_the_models_step_graphs():
     fake.reset()
     assert fake._full_graph_runners == {} and fake._runner_meta.padding_batch_size is None and calls == [1]
     runner(SimpleNamespace()).reset()  # a model without step graphs
+
+
+# 5b. chat sampling flags (in patch 5) ------------------------------------------------------------------
+
+def test_upstream_chat_copies_gen_config_fields_by_name_and_has_no_sampling_flags_of_its_own():
+    """Our ``--top-p`` & co. reach the session's ``GenerationConfig`` only because upstream's
+    ``build_gen_config`` copies every option named like one of its fields (``None`` included: unset
+    flags are removed first); and they must not clash with upstream flags of the same name."""
+    from lmdeploy.cli import chat, cli
+    from lmdeploy.cli.utils import convert_args
+    from lmdeploy_focus.cli.sampling import SAMPLING_FLAGS
+    source = inspect.getsource(chat.build_gen_config)
+    assert 'hasattr(GenerationConfig, key)' in source and 'setattr(gen_config, key, value)' in source
+    assert '_get_kwargs()' in inspect.getsource(convert_args)  # the namespace's attributes, deleted ones gone
+    upstream_parser_source = inspect.getsource(cli.CLI.add_parser_chat.__wrapped__)
+    for dest, (flag, _, _) in SAMPLING_FLAGS.items():
+        assert hasattr(lmdeploy.GenerationConfig, dest)
+        assert flag not in upstream_parser_source and dest not in upstream_parser_source
+
+
+# 15. GenerationConfig construction -----------------------------------------------------------------------
+
+def test_generation_config_validates_in_post_init_and_builds_with_none_or_zero_budgets():
+    """Patch 15 wraps ``__post_init__`` (the dataclass ``__init__`` looks it up on the class); upstream
+    builds configs with ``max_new_tokens=None`` (api_server) and ``0`` (logits scoring), which it must
+    keep accepting."""
+    from lmdeploy import messages
+    from lmdeploy.serve.core import async_engine, generation_config
+    cfg = messages.GenerationConfig
+    assert dataclasses.is_dataclass(cfg) and '__post_init__' in inspect.getsource(cfg)
+    assert cfg.__post_init__.__lmdeploy_focus_upstream__ is not None
+    assert 'max_new_tokens=max_new_tokens' in inspect.getsource(generation_config.build_generation_config)
+    assert 'max_new_tokens = 1 if self.backend' in inspect.getsource(async_engine.AsyncEngine)
+    cfg(max_new_tokens=None), cfg(max_new_tokens=0, output_logits='all', top_k=1)
+
+
+# 16. scheduling isolation --------------------------------------------------------------------------------
+
+def test_forward_inputs_are_built_synchronously_before_anything_is_sent():
+    """Patch 16 rebuilds a failed step: upstream builds the payload in ``_make_forward_inputs`` and only
+    then hands it to the executor; the engine loop gets its maker from ``build_inputs_maker`` at call
+    time; ``RequestManager.response`` only wakes the waiter; ``_send_resp`` keeps a done response's type;
+    decode admission leaves a non-RUNNING sequence out of the step's indices."""
+    im = importlib.import_module('lmdeploy.pytorch.engine.inputs_maker')
+    el = importlib.import_module('lmdeploy.pytorch.engine.engine_loop')
+    from lmdeploy.pytorch.engine.request import RequestManager
+    from lmdeploy.pytorch.paging.scheduler import Scheduler
+    upstream = im.InputsMakerAsync._make_forward_inputs.__lmdeploy_focus_upstream__
+    assert not inspect.iscoroutinefunction(upstream)
+    assert list(inspect.signature(upstream).parameters) == ['self', 'prefill', 'enable_empty']
+    send = inspect.getsource(im.InputsMakerAsync._send_next_inputs_impl)
+    assert send.index('self._make_forward_inputs(') < send.index('self.executor.forward_async(')
+    assert im.build_inputs_maker.__lmdeploy_focus_upstream__ is not None
+    assert 'from .inputs_maker import build_inputs_maker' in inspect.getsource(el.build_engine_loop)
+    assert inspect.getsource(RequestManager.response).strip().endswith('resp.event.set()')
+    assert 'elif out.resp.is_done:' in inspect.getsource(el.EngineLoop._send_resp)
+    assert 'if seq.status != MessageStatus.RUNNING:' in inspect.getsource(Scheduler.schedule_running)
+    for name in ('_ssm_prefix_cache_enabled', 'create_model_inputs', 'running_seqs', 'long_context_chunker'):
+        assert name in inspect.getsource(im.InputsMakerAsync)
+    assert 'def preempt_seqs' in inspect.getsource(Scheduler)
+
+
+# 17. BaseModelAgent.async_sampling_logits --------------------------------------------------------------
+
+def test_sampling_runs_on_the_rows_the_agent_strategy_picks():
+    """Upstream's sampler sees the logits and sampling inputs it is given, and hands the same logits to
+    the strategy's post_sampling; the wrapper lets a strategy with ``sampling_rows`` pick them, and
+    leaves a strategy without it (upstream's own) alone. Runs upstream's real method on CPU."""
+    import asyncio
+    import inspect
+    from types import SimpleNamespace
+
+    import torch
+    from lmdeploy.pytorch.engine.logits_process import SamplingInputs
+    from lmdeploy.pytorch.engine.model_agent.agent import BaseModelAgent
+    upstream = BaseModelAgent.async_sampling_logits.__lmdeploy_focus_upstream__
+    source = inspect.getsource(upstream)
+    assert 'FusedLogitsProcessor(\n                sampling_inputs,' in source
+    assert 'self.agent_strategy.post_sampling(inputs, logits, next_token_ids' in source
+
+    class Strategy:
+        def __init__(self, rows):
+            self.rows, self.seen = rows, None
+
+        def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
+            self.seen = (logits, next_token_ids)
+            return next_token_ids, extra_inputs
+
+    class RowStrategy(Strategy):
+        def sampling_rows(self, logits, sampling_inputs):
+            return logits[self.rows], SamplingInputs(max_num_logprobs=-1, logits_processors=[None] * len(self.rows),
+                                                     batch_size=len(self.rows))
+
+    logits = torch.randn(6, 9)
+    for strategy in (RowStrategy(torch.tensor([4, 1])), Strategy(None)):
+        agent = object.__new__(BaseModelAgent)  # no model: only what the sampling path reads
+        agent.__dict__.update(agent_strategy=strategy, spec_agent=SimpleNamespace(is_enabled=lambda: False),
+                              misc_config=SimpleNamespace(logprobs_mode=None), guided_decoding_manager=None)
+        inputs = SamplingInputs(max_num_logprobs=-1, logits_processors=[None] * 6, batch_size=6)
+        next_ids, _, _, _ = asyncio.run(agent.async_sampling_logits(logits, None, None, inputs))
+        rows = strategy.rows if strategy.rows is not None else torch.arange(6)
+        assert torch.equal(next_ids, logits[rows].argmax(-1)) and torch.equal(strategy.seen[0], logits[rows])

@@ -281,6 +281,7 @@ class ArmReport:
     greedy_before: list = field(default_factory=list)
     greedy_after: list = field(default_factory=list)
     seconds: float = 0.0
+    metrics_excerpt: list | None = None  # the lmdeploy:dllm_* lines of /metrics after the soak
 
 
 def verdict(report: ArmReport, *, mem_tolerance: float = 0.01) -> dict:

@@ -4,7 +4,8 @@
 With delayed cache off it is upstream's model unchanged. With it on, a decode step's forward is
 :mod:`.sparse_step` (run by :class:`~.step_graphs.StepGraphs`: from CUDA graphs captured at
 upstream's decode warm-up unless the engine is eager): only the processing set of each sequence is
-forwarded, FOCUS drops evicted rows inside layer 1, and the LM head runs on the rows that need logits.
+forwarded, FOCUS drops evicted rows inside layer 1, and the LM head runs on the rows that need logits
+(the sampler and the unmasker then work on those rows only).
 """
 from lmdeploy.pytorch.models.sdar import SDARForCausalLM
 from lmdeploy.pytorch.models.sdar_moe import SDARMoeForCausalLM
@@ -82,22 +83,15 @@ class DelayedCacheDLLMMixin:
         step = None if runtime is None else runtime.step
         if step is None or hidden_states.size(-2) != step.num_rows:
             return super().get_logits(hidden_states)
-        # LM head on the rows that need logits only; the sampler gets them at their B*L slots.
-        dense = runtime.dense_logits(hidden_states.flatten(0, -2), super().get_logits)
+        # LM head on the rows that need logits only; the sampler and the unmasker work on those rows.
+        logits = runtime.row_logits(hidden_states.flatten(0, -2), super().get_logits)
         runtime.mark_phase('lm_head')
-        return dense.view(*hidden_states.shape[:-2], -1, dense.size(-1))
-
-    def prepare_inputs_for_generation(self, past_key_values, inputs_embeds=None, context=None):
-        runtime = self.delayed_cache_runtime
-        if runtime is not None and not context.is_decoding:
-            runtime.release_logits_buffer()
-        return super().prepare_inputs_for_generation(past_key_values, inputs_embeds=inputs_embeds, context=context)
+        return logits.view(*hidden_states.shape[:-2], -1, logits.size(-1))
 
     def reset_step_graphs(self):
         """Called by upstream's graph-runner reset (patch 14): sleep, weight update, release."""
         if self.delayed_cache_runtime is not None:
             self.step_graphs.reset()
-            self.delayed_cache_runtime.release_logits_buffer()  # B*L*V: must not outlive a sleep
 
     def support_cuda_graph(self, *args, **kwargs):
         if self.delayed_cache_runtime is None:

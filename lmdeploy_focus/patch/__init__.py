@@ -52,7 +52,13 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
    has no usable GPU (``chat`` is replaced before ``add_parser_chat`` runs, whose
    ``set_defaults(run=CLI.chat)`` then reads the wrapper). Upstream ``build_pipe`` copies every parsed
    option that is an attribute of ``PytorchEngineConfig``, so ``chat`` needs no option folding.
-   Removed by: upstream flags and upstream checks of the model path and the device.
+   ``chat`` also gains ``--temperature``, ``--top-p``, ``--top-k``, ``--repetition-penalty``,
+   ``--max-new-tokens`` (:mod:`lmdeploy_focus.cli.sampling`; upstream 0.18's chat has none, issue 15 asks
+   that a bad one be one line): each is checked as parsed by the request rules of
+   :mod:`lmdeploy_focus.serving.validation` (``lmdeploy chat: error: argument --top-p: must be a number
+   in (0, 1], got 7.0``, exit 2); upstream's ``build_gen_config`` copies options named like
+   ``GenerationConfig`` fields, and the runner removes the flags left out so upstream's defaults stand.
+   Removed by: upstream flags and upstream checks of the model path, the device and sampling values.
 
 6. ``lmdeploy.pytorch.models.module_map.CUSTOM_MODULE_MAP`` gains ``SDARForCausalLM`` ->
    :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM`, ``SDARMoeForCausalLM`` ->
@@ -158,8 +164,55 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
     steps run eagerly until the next decode warm-up captures again.
     Removed by: an upstream model hook in the graph-runner reset.
 
-Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
-so model modules run on CPU.
+15. ``lmdeploy.messages.GenerationConfig.__post_init__`` is wrapped (:mod:`.generation_config`; applied
+    with patch 1, which owns the module's slot in ``targets.PATCHES``).
+    Why: ``GenerationConfig(top_p=7)`` ended in a bare ``AssertionError`` naming nothing, and
+    ``repetition_penalty <= 0``, a negative ``max_new_tokens`` or ``random_seed`` passed construction
+    unchecked (issue 15: ``pipeline()`` must give a clear error).
+    How: before upstream's checks, :func:`lmdeploy_focus.serving.validation.check_construction` (the
+    request rules, one source of truth) raises ``FieldError`` (a ``ValueError``, ``param`` = the field).
+    ``max_new_tokens`` 0 and ``None`` stay allowed here (upstream builds both internally); a request's
+    budget is checked in ``preprocess`` (patch 10), which also answers a config mutated after construction.
+    Removed by: upstream raising ``ValueError`` with the field for every sampling value.
+
+16. ``lmdeploy.pytorch.engine.inputs_maker``: ``InputsMakerAsync._make_forward_inputs`` and
+    ``build_inputs_maker`` are wrapped (:mod:`.schedule_guard`,
+    :mod:`lmdeploy_focus.serving.schedule_guard`).
+    Why: the last line of defence, second half (issue 15 item 1): an exception while the next step is
+    scheduled and built (prefill / decode admission, model inputs, extra inputs, stopping criteria,
+    sampling inputs) ended the engine loop and every request in flight, whoever it came from.
+    How: that method is synchronous and nothing of it reaches the executor before it returns, so a
+    failed step can be rebuilt. On an exception, each candidate (sequences this attempt admitted, the
+    running decode sequences, the active long-context chunk) is rebuilt alone with the same read-only
+    builders; one that fails alone is stopped and answered ``INTERNAL_ENGINE_ERROR`` (response marked
+    done, so later step outputs keep the error type), the rest of the attempt's admissions return to
+    WAITING (upstream's preemption), the decode list keeps its layout (the stopped sequence drops out
+    of the step's indices as an aborted one does), and the step is made again. No culprit, SSM prefix
+    caching, a KV connector or a disaggregated role: the exception propagates as upstream's does (the
+    loop ends, patch 11 names the cause), with a log line saying why. Not covered, by design: a
+    failure in the scheduler's admission of a sequence not yet READY (cannot be repeated without its
+    side effects), inside the batched forward, or in the sequence update after it (the model agent's
+    device state has advanced for the whole batch). ``build_inputs_maker`` hands the maker the engine's
+    request manager to answer with.
+    Removed by: upstream isolating per-request failures while building a step.
+
+17. ``lmdeploy.pytorch.engine.model_agent.agent.BaseModelAgent.async_sampling_logits`` is wrapped
+    (:mod:`.sampling_rows`).
+    Why: a delayed-cache / FOCUS step computes logits only for the rows whose slot is still masked
+    (issue 14 item 3); upstream's sampler takes one row per block position, so the logits were
+    scattered into a persistent ``B*L x V`` buffer and the logits processors, the sampler and the
+    unmasker's softmax ran on all ``B*L`` rows (2.5 GB of bf16 logits and ~3 ms per SDAR-8B bs-256
+    step). The agent strategy has no hook on the sampling inputs.
+    How: before upstream's method runs, the agent strategy's ``sampling_rows(logits, sampling_inputs)``
+    (ours: :meth:`~lmdeploy_focus.strategies.dllm.delayed_cache_agent.DelayedCacheAgentStrategy.sampling_rows`;
+    upstream's strategies have none and are untouched) returns the logits and sampling inputs to use:
+    the rows with logits and their gathered per-row inputs, or the dense layout when the batch asks
+    for logprobs or custom logits processors. Upstream's processors, sampler and ``post_sampling``
+    then run unchanged.
+    Removed by: an upstream agent-strategy hook that selects the rows to sample.
+
+Test-only, in the development package (never applied at activation):
+``lmdeploy_focus_dev.testing.cpu_backend_selector`` swaps the ops-backend selector so model modules run on CPU.
 """
 import importlib
 import sys
@@ -198,12 +251,13 @@ def _initialising(name: str) -> bool:
 
 
 def _apply(target, provider_loaded: bool = False) -> None:
-    patch_name, provider = PATCHES[target.__name__]
+    patch_names, provider = PATCHES[target.__name__]
     if not provider_loaded and _initialising(provider):
         _pending.add(target.__name__)  # the provider is importing the target; finish when it is done
         return
     _applied.add(target.__name__)
-    importlib.import_module(f'{__name__}.{patch_name}').apply(target)
+    for patch_name in (patch_names, ) if isinstance(patch_names, str) else patch_names:
+        importlib.import_module(f'{__name__}.{patch_name}').apply(target)
 
 
 def on_module_loaded(module) -> None:

@@ -1,10 +1,11 @@
-"""Patch 5b: FOCUS flags on ``lmdeploy chat`` (see package docstring)."""
+"""Patch 5b: FOCUS and sampling flags on ``lmdeploy chat`` (see package docstring)."""
 import functools
 
 
 def apply(cli_module) -> None:
     from ..cli import preflight
     from ..cli.flags import add_focus_arguments
+    from ..cli.sampling import add_sampling_arguments, drop_unset_sampling
 
     cls = cli_module.CLI
     upstream_add_parser = cls.add_parser_chat
@@ -15,11 +16,13 @@ def apply(cli_module) -> None:
         upstream_add_parser()  # its set_defaults(run=CLI.chat) reads the wrapped runner below
         parser = cls.subparsers.choices['chat']
         add_focus_arguments(parser)
+        add_sampling_arguments(parser)
         preflight.check_model_path_argument(parser)
 
     @functools.wraps(upstream_runner)
     def chat(args):
         preflight.require_cuda(args, 'lmdeploy chat')
+        drop_unset_sampling(args)
         return upstream_runner(args)
 
     cls.add_parser_chat = staticmethod(add_parser_chat)

@@ -2,11 +2,11 @@
 
 SUPPORTED_LMDEPLOY_VERSION = '0.18.0'
 
-# upstream module -> (module of lmdeploy_focus.patch that patches it, our module that provides the
-# replacement). A provider subclasses the upstream module's classes, so importing the provider first
+# upstream module -> (module of lmdeploy_focus.patch that patches it, or a tuple of them applied in order,
+# our module that provides the replacement). A provider subclasses the upstream module's classes, so importing the provider first
 # loads the upstream module mid-way through the provider; the patch then waits for the provider.
 PATCHES = {
-    'lmdeploy.messages': ('engine_config', 'lmdeploy_focus.config.engine_config'),
+    'lmdeploy.messages': (('engine_config', 'generation_config'), 'lmdeploy_focus.config.engine_config'),
     'lmdeploy.pytorch.config': ('model_config', 'lmdeploy_focus.config.model_options'),
     'lmdeploy.pytorch.configurations': ('config_builders', 'lmdeploy_focus.config.builders'),
     'lmdeploy.pytorch.strategies.dllm': ('strategy_factory', 'lmdeploy_focus.strategies.dllm.factory'),
@@ -23,6 +23,8 @@ PATCHES = {
     # the package, loaded right after its async_engine module (that module's own slot is patch 10)
     'lmdeploy.serve.core': ('serve_metrics', 'lmdeploy_focus.serving.metrics'),
     'lmdeploy.pytorch.backends.cuda.graph_runner.runner': ('graph_runner_reset', 'lmdeploy_focus.models.sdar'),
+    'lmdeploy.pytorch.engine.inputs_maker': ('schedule_guard', 'lmdeploy_focus.serving.schedule_guard'),
+    'lmdeploy.pytorch.engine.model_agent.agent': ('sampling_rows', 'lmdeploy_focus.strategies.dllm.delayed_cache_agent'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())

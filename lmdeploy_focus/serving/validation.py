@@ -81,7 +81,8 @@ def check_sampling(*, temperature=None, top_p=None, top_k=None, min_p=None, repe
         raise FieldError(name('seed'), f'must be an integer in [0, 2**63 - 1], got {seed!r}')
 
 
-def _check_max_tokens(name: str, value, allow_zero: bool = False) -> None:
+def check_max_tokens(name: str, value, allow_zero: bool = False) -> None:
+    """A token budget (``max_tokens``, ``max_new_tokens``, ...): ``None`` means "not given"."""
     low = 0 if allow_zero else 1
     if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
         raise FieldError(name, f'must be an integer >= {low}, got {value!r}')
@@ -107,11 +108,11 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
                    repetition_penalty=get('repetition_penalty'), seed=get('seed'))
     start = get('logprob_start_len')
     input_logprobs = endpoint == 'generate' and start is not None and start >= 0
-    _check_max_tokens('max_tokens', get('max_tokens'), allow_zero=input_logprobs)
-    _check_max_tokens('max_completion_tokens', get('max_completion_tokens'))
+    check_max_tokens('max_tokens', get('max_tokens'), allow_zero=input_logprobs)
+    check_max_tokens('max_completion_tokens', get('max_completion_tokens'))
     min_new = get('min_new_tokens')
     if min_new is not None:
-        _check_max_tokens('min_new_tokens', min_new, allow_zero=True)
+        check_max_tokens('min_new_tokens', min_new, allow_zero=True)
         limit = get('max_completion_tokens') or get('max_tokens')
         if limit is not None and min_new > limit:
             raise FieldError('min_new_tokens', f'must be <= max_tokens ({limit}), got {min_new}')
@@ -159,9 +160,9 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
                    min_p=gen_config.min_p, repetition_penalty=gen_config.repetition_penalty,
                    seed=gen_config.random_seed, names={'seed': 'random_seed'})
     input_logprobs = gen_config.logprob_start_len is not None and gen_config.logprob_start_len >= 0
-    _check_max_tokens('max_new_tokens', gen_config.max_new_tokens, allow_zero=input_logprobs)
+    check_max_tokens('max_new_tokens', gen_config.max_new_tokens, allow_zero=input_logprobs)
     if gen_config.min_new_tokens is not None:
-        _check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
+        check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
     if gen_config.n != 1:
         raise FieldError('n', f'only n = 1 is supported per engine request, got {gen_config.n!r}')
     if gen_config.logprobs is not None and not (isinstance(gen_config.logprobs, int) and gen_config.logprobs >= 0):
@@ -189,6 +190,17 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
             if len(ids) != 1:
                 raise FieldError(field, f'{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
                                  'stop strings are supported (use stop_token_ids for others)')
+
+
+def check_construction(gen_config) -> None:
+    """What ``GenerationConfig(...)`` itself must refuse (patch 15): the sampling values, and a negative
+    ``max_new_tokens``. Zero and ``None`` stay allowed here: upstream builds configs with
+    ``max_new_tokens=0`` (logits / reward scoring) and ``None`` (the api_server without ``max_tokens``);
+    a request's budget is checked by :func:`check_generation_config` at the request boundary."""
+    check_sampling(temperature=gen_config.temperature, top_p=gen_config.top_p, top_k=gen_config.top_k,
+                   min_p=gen_config.min_p, repetition_penalty=gen_config.repetition_penalty,
+                   seed=gen_config.random_seed, names={'seed': 'random_seed'})
+    check_max_tokens('max_new_tokens', gen_config.max_new_tokens, allow_zero=True)
 
 
 def _check_token(field: str, token, limits: ModelLimits, what: str) -> None:

@@ -106,6 +106,7 @@ class StepRecorder:
 
         strategy.post_sampling = post_sampling
         strategy.step_recorder = self
+        strategy.dense_sampling = True  # a delayed-cache step samples B*L rows: the recorder reads them all
         config = strategy.unmasking_processor.dllm_config
         self.meta = dict(strategy_class=f'{type(strategy).__module__}.{type(strategy).__name__}',
                          block_length=block_length,

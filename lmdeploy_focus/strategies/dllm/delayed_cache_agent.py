@@ -1,5 +1,6 @@
-"""Agent strategy for delayed-cache (and FOCUS) decode steps: the model's ``B*L`` logits pass through
-unsliced, guarded unmasking (slots without fresh logits are never unmasked), then the runtime's bookkeeping.
+"""Agent strategy for delayed-cache (and FOCUS) decode steps: the model's logits of the rows that need
+them pass through unsliced, upstream's sampler runs on those rows (:meth:`sampling_rows`, patch 17),
+guarded unmasking (slots without fresh logits are never unmasked), then the runtime's bookkeeping.
 
 Under TP only the first attention-TP rank samples (``post_sampling``); the others get its next mask
 through upstream's broadcast and must do the same bookkeeping from it, or their FOCUS state (block
@@ -10,8 +11,9 @@ from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
 from .delayed_cache_runtime import DelayedCacheRuntime
 from .request_stats import StepStatsOutputs
+from .sampling_rows import needs_dense_rows, select_rows
 from .upstream_fixes import UpstreamFixesMixin
-from .unmasking_guard import unmask_processed_only
+from .unmasking_guard import RowLogitsUnmasking, unmask_processed_only
 
 
 class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelAgentStrategy):
@@ -19,22 +21,40 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
     def __init__(self, dllm_config, dllm_mask_token: int, runtime: DelayedCacheRuntime):
         super().__init__(dllm_config=dllm_config, dllm_mask_token=dllm_mask_token)
         self.runtime = runtime
+        self.unmasking_processor = RowLogitsUnmasking(dllm_config=dllm_config)
         self._pending_input_mask = None  # TP ranks that do not sample: the step's input mask
+        self._sampled_slots = None  # int64 [M]: the slots of the rows the sampler ran on (None: all B*L)
+        self.dense_sampling = False  # debug (the step recorder reads every block position's logits)
 
     def slice_outputs(self, inputs, seq_length):
         step = self.runtime.step
-        if step is not None and inputs.dim() == 2 and inputs.size(0) in (step.num_rows,
-                                                                         step.batch_size * step.block_length):
-            # Hidden states of the deep rows (the model's get_logits runs the LM head on those that
-            # need logits and puts them at their B*L slots), or those dense logits: nothing to slice.
+        if step is not None and inputs.dim() == 2 and inputs.size(0) in (step.num_rows, max(step.num_logit_rows, 1)):
+            # Hidden states of the deep rows, or the logits of the rows that need them: nothing to slice.
             return inputs
         return super().slice_outputs(inputs, seq_length)
 
+    def sampling_rows(self, logits, sampling_inputs):
+        """What upstream's sampler runs on this step (patch 17): the rows with logits and their sampling
+        inputs, or, where the batch needs every block position (:func:`.sampling_rows.needs_dense_rows`),
+        those logits at their ``B*L`` slots with the inputs unchanged."""
+        runtime = self.runtime
+        if runtime.step is None or runtime.logit_slots is None:
+            self._sampled_slots = None
+            return logits, sampling_inputs
+        if self.dense_sampling or needs_dense_rows(sampling_inputs):
+            self._sampled_slots = None
+            return runtime.dense_logits(logits), sampling_inputs
+        self._sampled_slots = runtime.logit_slots
+        return logits, select_rows(sampling_inputs, runtime.logit_slots)
+
     def make_dummy_next_token(self, inputs, logits, extra_inputs):
-        # A TP rank that does not sample: keep the step's input mask (the broadcast overwrites it).
-        if self.runtime.step is not None:
-            self._pending_input_mask = extra_inputs.dllm_mask.clone()
-        return super().make_dummy_next_token(inputs, logits, extra_inputs)
+        step = self.runtime.step
+        if step is None:
+            return super().make_dummy_next_token(inputs, logits, extra_inputs)
+        # A TP rank that does not sample: keep the step's input mask (the broadcast overwrites it), and
+        # make room for rank 0's B*L ids (this rank's logits are of the M rows only).
+        self._pending_input_mask = extra_inputs.dllm_mask.clone()
+        return inputs.input_ids.new_zeros(step.batch_size * step.block_length), extra_inputs
 
     @contextmanager
     def broadcast_next_token(self, next_token_ids, extra_inputs, dist_ctx):
@@ -53,8 +73,9 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         self.runtime.mark_phase('sampling')
         input_ids = inputs.input_ids.flatten()
         input_mask = extra_inputs.dllm_mask
+        slots, self._sampled_slots = self._sampled_slots, None
         dllm_mask, next_token_ids = unmask_processed_only(self.unmasking_processor, logits, input_ids, next_token_ids,
-                                                          input_mask, step.fresh)
+                                                          input_mask, step.fresh, logit_slots=slots)
         extra_inputs.dllm_mask = dllm_mask
         self.keep_step_stats(self.runtime.after_unmasking(input_mask, dllm_mask))
         self.runtime.end_step()

@@ -3,8 +3,8 @@
 The device-side state lives in :class:`DelayedCacheStepInputs` (it is reindexed and merged with
 the batch, like upstream's decode state). The model runs the step's forward
 (:meth:`DelayedCacheRuntime.run_step`, the step itself is :mod:`lmdeploy_focus.models.sparse_step`);
-the agent strategy gets the logits of the rows that need them at their ``B*L`` slots, unmasks only
-slots with fresh logits, and ends the step.
+the model's LM head runs on the rows that need logits (:meth:`DelayedCacheRuntime.row_logits`), the
+agent strategy samples and unmasks those rows only, and ends the step.
 """
 import os
 from contextlib import contextmanager
@@ -56,7 +56,7 @@ class DelayedCacheRuntime:
     stats: RunStats | None = None  # dllm_track
     timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
     attention_rows: object = None  # sparse_step.AttentionRows while the deep layers are built/run
-    _logits_buffer: torch.Tensor | None = field(default=None, repr=False)
+    logit_slots: torch.Tensor | None = field(default=None, repr=False)  # int64 [M]: slot of each logits row
     # LM-head rows per chunk: 1024 rows of a 150k vocab in bf16 is ~300 MiB, enough rows to keep
     # the GEMM efficient.
     logits_chunk_rows: int = 1024
@@ -170,43 +170,40 @@ class DelayedCacheRuntime:
                         f'through the deep layers ({self.deep_rows / max(self.dense_rows, 1):.1%} of the blocks), '
                         f'{self.logit_rows / self.steps:.1f} through the LM head.')
 
-    def dense_logits(self, hidden_rows: torch.Tensor, lm_head) -> torch.Tensor:
-        """``[B*L, V]`` logits for the sampler: ``lm_head`` on the step's rows that need logits.
+    def row_logits(self, hidden_rows: torch.Tensor, lm_head) -> torch.Tensor:
+        """``[M, V]`` logits of the step's rows that need them (``M = max(num_logit_rows, 1)``), in the
+        order of :attr:`logit_slots` (their ``b*L+p`` slots).
 
         Only rows whose slot is still MASKED get logits (the unmasker reads nothing else: a decoded
-        token being recomputed, or a block being committed, needs K/V, not logits), gathered from
-        the ``[K, H]`` deep rows ``logits_chunk_rows`` at a time and written straight into a
-        persistent buffer: the step's vocab-wide memory stays one ``B*L x V`` tensor plus a chunk.
-        Other slots keep stale but finite values the unmasker never reads (guarded), so the buffer
-        is never cleared; after the batch shrinks they may hold another sequence's old rows (the
-        sampler still edits them in place, harmlessly), until the slot gets logits again.
+        token being recomputed, or a block being committed, needs K/V, not logits). The sampler and
+        the unmasker then work on these ``M`` rows too (:meth:`.DelayedCacheAgentStrategy.sampling_rows`),
+        so no ``B*L x V`` tensor exists on the common path. A step where no row needs logits (every
+        sequence commits) gets one zero row at slot 0, which the unmasker never reads (slot 0 is then
+        not a masked slot with fresh logits), so the sampler never sees an empty batch.
         """
         step = self.step
         rows, count = step.rows, step.num_logit_rows
-        buffer = None
-        for start in range(0, max(count, 1), self.logits_chunk_rows):
-            index = rows.logit_rows[start:min(start + self.logits_chunk_rows, count)]
-            chunk = lm_head(hidden_rows.index_select(0, index))
-            if buffer is None:
-                buffer = self._dense_buffer(step.batch_size * step.block_length, chunk)
-            buffer.index_copy_(0, rows.slot.index_select(0, index), chunk)
-        return buffer
+        index = rows.logit_rows[:count]
+        self.logit_slots = rows.slot.index_select(0, index)
+        if count == 0:
+            self.logit_slots = torch.zeros(1, dtype=torch.long, device=hidden_rows.device)
+            return lm_head(hidden_rows.new_zeros(1, hidden_rows.size(-1))).zero_()
+        if count <= self.logits_chunk_rows:
+            return lm_head(hidden_rows.index_select(0, index))
+        logits = None
+        for start in range(0, count, self.logits_chunk_rows):
+            chunk = lm_head(hidden_rows.index_select(0, index[start:start + self.logits_chunk_rows]))
+            if logits is None:
+                logits = chunk.new_empty(count, chunk.size(-1))
+            logits[start:start + chunk.size(0)] = chunk
+        return logits
 
-    def _dense_buffer(self, num_rows: int, like: torch.Tensor) -> torch.Tensor:
-        """The first ``num_rows`` rows of the persistent logits buffer; it only grows, and the old
-        one is dropped before a bigger one is made so that the two never coexist."""
-        buffer = self._logits_buffer
-        vocab = like.size(-1)
-        if buffer is None or buffer.size(0) < num_rows or buffer.size(1) != vocab or \
-                buffer.dtype != like.dtype or buffer.device != like.device:
-            self._logits_buffer = buffer = None
-            buffer = self._logits_buffer = like.new_zeros(num_rows, vocab)
-        return buffer[:num_rows]
-
-    def release_logits_buffer(self) -> None:
-        """Hand the logits buffer back to the allocator (a prefill step needs the room: upstream's
-        runtime reserve counts one set of logits, not ours kept alive next to prefill's)."""
-        self._logits_buffer = None
+    def dense_logits(self, row_logits: torch.Tensor) -> torch.Tensor:
+        """``[B*L, V]``: ``row_logits`` at their slots, zeros elsewhere (for a batch the sampler cannot
+        run on rows alone: logprobs, custom logits processors). Built per step, never kept."""
+        step = self.step
+        dense = row_logits.new_zeros(step.batch_size * step.block_length, row_logits.size(-1))
+        return dense.index_copy_(0, self.logit_slots, row_logits)
 
     def mark_phase(self, boundary: str | None) -> None:
         """Phase boundary for the profiling timer (no-op unless timing is on); None starts a step."""
@@ -219,3 +216,4 @@ class DelayedCacheRuntime:
             if self.timer is not None:
                 self.timer.finish()
         self.step = None
+        self.logit_slots = None

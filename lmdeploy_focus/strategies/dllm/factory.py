@@ -101,5 +101,4 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         # A rebuilt step-input object (engine reset) starts with no sequences and no step in flight.
         self.delayed_cache_runtime.step_inputs = step_inputs
         self.delayed_cache_runtime.end_step()
-        self.delayed_cache_runtime.release_logits_buffer()
         return step_inputs

