@@ -1,14 +1,20 @@
-"""Import the benchmark/<name> packages of a benchmark script without leaving benchmark/ on sys.path.
+"""Import the benchmark/<name> and checks/<name> packages of a benchmark or check script without leaving
+benchmark/ on sys.path.
 
 Python puts a script's directory first on sys.path; benchmark/ holds a ``kernels`` folder that would
-shadow the ``kernels`` package transformers probes for, so that entry is dropped and the packages
-are loaded from their files instead.
+shadow the ``kernels`` package transformers probes for, so leading benchmark/ entries are dropped and
+the packages are loaded from their files instead (checks/ shadows nothing and may stay). A check (checks/) puts benchmark/ first to import this module:
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
+    from benchmark_packages import load_benchmark_packages
 """
 import importlib.util
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKS = os.path.join(os.path.dirname(HERE), 'checks')
+ROOTS = (HERE, CHECKS)
 
 
 def load_benchmark_packages(*names: str) -> None:
@@ -18,7 +24,8 @@ def load_benchmark_packages(*names: str) -> None:
     for name in names:
         if name in sys.modules:
             continue
-        pkg_dir = os.path.join(HERE, name)
+        pkg_dir = next((os.path.join(root, name) for root in ROOTS if os.path.isdir(os.path.join(root, name))),
+                       os.path.join(HERE, name))
         spec = importlib.util.spec_from_file_location(name, os.path.join(pkg_dir, '__init__.py'),
                                                       submodule_search_locations=[pkg_dir])
         module = importlib.util.module_from_spec(spec)

@@ -29,6 +29,9 @@ arm_threshold() {
   else echo "$THRESHOLD"; fi
 }
 
+# arm_flags ARM [FIELD=VALUE ...]: the arm's engine flags, from the one arm table (benchmark/arms)
+arm_flags() { "$PYTHON" "$BENCH_DIR/arms/__init__.py" flags "$@"; }
+
 # run_arm ARM DATASET MODEL BLOCK_LENGTH [extra profile_throughput args...]
 run_arm() {
   local base="$1" arm="$1$ARM_TAG" dataset="$2" model="$3" block="$4"; shift 4

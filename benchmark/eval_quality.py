@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-load_benchmark_packages('throughput', 'quality')
+load_benchmark_packages('arms', 'throughput', 'quality')
 from quality import arms, prompting, report  # noqa: E402
 from quality.engine_backend import EngineBackend  # noqa: E402
 from quality.outcome import FAILED, CellOutcome, first_line  # noqa: E402
@@ -121,7 +121,7 @@ def make_backend(args, settings, stop_ids):
     if settings.block_length is None:
         raise BenchmarkInputError('the reference backend needs the block length: give --block-length '
                                   '(or a model path ending in -b<N>)')
-    from lmdeploy_focus.reference.checkpoint import load_sdar_checkpoint
+    from lmdeploy_focus_dev.reference.checkpoint import load_sdar_checkpoint
     device = resolve_device(args.device)
     try:
         checkpoint = load_sdar_checkpoint(args.model_path, resolve_dtype(args.dtype, device), device)

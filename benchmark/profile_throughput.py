@@ -17,8 +17,6 @@ import importlib.util
 import os
 import sys
 
-
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
@@ -26,10 +24,9 @@ load_benchmark_packages('throughput')
 from throughput import datasets, engine_runner, prompts, report  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
 
+from lmdeploy_focus.config.options import COMMIT_MODES, FOCUS_POLICIES  # noqa: E402  (the engine's choices)
+
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
-# the engine's choices (lmdeploy_focus.config.options); listed here so --help works without the plugin
-FOCUS_POLICIES = ('importance', 'leftmost')
-COMMIT_MODES = ('exact', 'fast')
 
 
 def parse_args(argv=None):

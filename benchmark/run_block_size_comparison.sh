@@ -4,7 +4,7 @@
 # MODEL_PREFIX=JetLM/SDAR-8B-Chat (the -b<N> suffix is appended), BLOCK_SIZES="16 64", ALPHA=1.5.
 # Denoising steps follow the block length (DENOISING_STEPS_PER_BLOCK_DIV=4 gives L/4 steps instead).
 # ARMS="stock focus-importance" picks the arms, in order, from: stock, delayed-cache,
-# focus-importance, focus-leftmost. Settings: benchmark/driver_common.sh.
+# focus-importance, focus-leftmost (their flags: the arm table, benchmark/arms). Settings: benchmark/driver_common.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/driver_common.sh"
 DATASET=${1:-$SAMPLE_DATASET}
 MODEL_PREFIX=${MODEL_PREFIX:-JetLM/SDAR-8B-Chat}
@@ -16,11 +16,10 @@ done
 for L in ${BLOCK_SIZES:-16 64}; do
   if [[ -n "${DENOISING_STEPS_PER_BLOCK_DIV:-}" ]]; then export DENOISING_STEPS=$((L / DENOISING_STEPS_PER_BLOCK_DIV)); fi
   for ARM in ${ARMS:-stock focus-importance}; do
-    case $ARM in
-      stock) run_arm stock "$DATASET" "$MODEL_PREFIX-b$L" "$L" ;;
-      delayed-cache) run_arm delayed-cache "$DATASET" "$MODEL_PREFIX-b$L" "$L" --dllm-enable-delayed-cache ;;
-      focus-*) run_arm "$ARM" "$DATASET" "$MODEL_PREFIX-b$L" "$L" --dllm-enable-delayed-cache --dllm-enable-focus \
-          --dllm-focus-alpha "${ALPHA:-1.5}" --dllm-focus-policy "${ARM#focus-}" ;;
-    esac
+    MORE=()
+    [[ $ARM == focus-* ]] && MORE=(dllm_focus_alpha="${ALPHA:-1.5}")
+    FLAGS=$(arm_flags "$ARM" "${MORE[@]}")
+    # shellcheck disable=SC2086  # the flags are words
+    run_arm "$ARM" "$DATASET" "$MODEL_PREFIX-b$L" "$L" $FLAGS
   done
 done

@@ -14,5 +14,6 @@ case $POLICY in
   importance|leftmost) ;;
   *) echo "unknown FOCUS policy '$POLICY' (importance, leftmost)" >&2; exit 2 ;;
 esac
-run_arm "focus-$POLICY" "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" \
-  --dllm-enable-delayed-cache --dllm-enable-focus --dllm-focus-alpha "$ALPHA" --dllm-focus-policy "$POLICY"
+FLAGS=$(arm_flags "focus-$POLICY" dllm_focus_alpha="$ALPHA")
+# shellcheck disable=SC2086  # the flags are words
+run_arm "focus-$POLICY" "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" $FLAGS

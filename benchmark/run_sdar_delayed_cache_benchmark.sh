@@ -7,4 +7,5 @@
 source "$(dirname "${BASH_SOURCE[0]}")/driver_common.sh"
 DATASET=${1:-$SAMPLE_DATASET}
 MODEL=${2:-${MODEL:-JetLM/SDAR-8B-Chat-b32}}
-run_arm delayed-cache "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" --dllm-enable-delayed-cache
+# shellcheck disable=SC2046  # the flags are words
+run_arm delayed-cache "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" $(arm_flags delayed-cache)

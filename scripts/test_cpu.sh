@@ -39,8 +39,9 @@ fi
 # expected (see README, Test), so the check is switched off here.
 pip install -q --no-warn-conflicts -r requirements/test_cpu.txt
 pip install -q --no-deps -r requirements/lmdeploy_nodeps.txt
-# A real (non-editable) install: the suite checks the .pth activation of the installed plugin.
-pip install -q --no-deps --force-reinstall .
+# Real (non-editable) installs: the suite checks the .pth activation of the installed plugin. The runtime
+# (.) and the development package (dev/: oracle, CPU harness, tools; the suite imports it).
+pip install -q --no-deps --force-reinstall . ./dev
 
 export LMDEPLOY_FOCUS_CACHE="${LMDEPLOY_FOCUS_CACHE:-$PWD/.venv-cpu-cache}"
 python -m pytest -q -p no:cacheprovider "$@" tests

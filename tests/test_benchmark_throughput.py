@@ -27,7 +27,7 @@ sys.path.remove(BENCH)
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from lmdeploy_focus.tools.qwen3_tokenizer import write_qwen3_tokenizer_files
+    from lmdeploy_focus_dev.tools.qwen3_tokenizer import write_qwen3_tokenizer_files
     d = tmp_path_factory.mktemp('tok')
     write_qwen3_tokenizer_files(d)
     return AutoTokenizer.from_pretrained(str(d))

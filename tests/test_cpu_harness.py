@@ -13,9 +13,9 @@ import torch
 from lmdeploy.pytorch.backends import selector
 from lmdeploy.pytorch.models.sdar import SDARForCausalLM
 
-from lmdeploy_focus.patch.cpu_backend_selector import cpu_backend_selected
-from lmdeploy_focus.testing.cpu_backend import CpuOpsBackend, step_causal_block_size
-from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+from lmdeploy_focus_dev.testing.cpu_backend_selector import cpu_backend_selected
+from lmdeploy_focus_dev.testing.cpu_backend import CpuOpsBackend, step_causal_block_size
+from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
 
 BLOCK = 4
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -130,7 +130,7 @@ def test_harness_builds_upstream_sdar_on_cpu_backend(sdar):
     assert isinstance(sdar.model, SDARForCausalLM)
     assert sdar.model_config.model_paradigm == 'dllm' and sdar.block_length == BLOCK
     attn_impl = sdar.model.model.layers[0].self_attn.attn_fwd.impl
-    assert type(attn_impl).__module__ == 'lmdeploy_focus.testing.cpu_backend'
+    assert type(attn_impl).__module__ == 'lmdeploy_focus_dev.testing.cpu_backend'
     assert attn_impl.block_sparse_size == BLOCK
     assert selector._get_backend.__module__ == selector.__name__, 'harness left the backend patch applied'
 

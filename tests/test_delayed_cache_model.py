@@ -8,9 +8,9 @@ import torch
 
 from lmdeploy.pytorch import consts
 from lmdeploy_focus.models.sdar import DelayedCacheSDARForCausalLM
-from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState
-from lmdeploy_focus.strategies.dllm.focus_state import FocusState
-from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
+from lmdeploy_focus.models.step_state.focus_state import FocusState
+from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
 
 L = 8
 

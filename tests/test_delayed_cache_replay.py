@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
-from lmdeploy_focus.reference.dllm_decode import reference_generate
+from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
-from lmdeploy_focus.strategies.dllm.delayed_cache_state import (DLLM_MASKED, DelayedCacheState, reset_rows,
+from lmdeploy_focus.models.step_state.delayed_cache_state import (DLLM_MASKED, DelayedCacheState, reset_rows,
                                                                 starts_new_block)
-from lmdeploy_focus.strategies.dllm.focus_state import FocusState
-from lmdeploy_focus.testing.families import tiny_model_and_reference
+from lmdeploy_focus.models.step_state.focus_state import FocusState
+from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
 
 L = 8
 

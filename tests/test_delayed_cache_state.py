@@ -11,10 +11,10 @@ import torch
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
-from lmdeploy_focus.strategies.dllm.delayed_cache_state import (DelayedCacheState, advance, advance_after_step,
+from lmdeploy_focus.models.step_state.delayed_cache_state import (DelayedCacheState, advance, advance_after_step,
                                                                 concat, readiness_update, reset_rows, select,
                                                                 starts_new_block)
-from lmdeploy_focus.strategies.dllm.processing_set import (ProcessingSet, gather_processed, processing_mask,
+from lmdeploy_focus.models.step_state.processing_set import (ProcessingSet, gather_processed, processing_mask,
                                                            processing_positions, ragged_step_metadata,
                                                            scatter_processed)
 from lmdeploy_focus.strategies.dllm.unmasking_guard import masked_but_unprocessed, unmask_processed_only

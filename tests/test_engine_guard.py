@@ -159,7 +159,7 @@ def test_dead_engine_health_503_and_immediate_503(monkeypatch):
     from fastapi.testclient import TestClient
 
     from lmdeploy_focus.serving.liveness import LIVENESS
-    from lmdeploy_focus.testing.fake_serving import build_app
+    from lmdeploy_focus_dev.testing.fake_serving import build_app
     app = build_app(MODEL, monkeypatch)
     body = {'model': 'm', 'prompt': 'hello', 'max_tokens': 2}
     with TestClient(app) as client:

@@ -1,5 +1,5 @@
-"""CPU tests of the step recorder (``lmdeploy_focus.testing.step_recorder``) and the step comparator
-(``benchmark/equivalence``): synthetic runs through upstream's DLLM agent strategy with controlled
+"""CPU tests of the step recorder (``lmdeploy_focus_dev.testing.step_recorder``) and the step comparator
+(``checks/equivalence``): synthetic runs through upstream's DLLM agent strategy with controlled
 logits (identical, near-tie and clear flips, input divergence), the save/load round trip, and the
 reference loop against itself, in fp32 against fp64, and replayed as an engine-format recording.
 """
@@ -13,20 +13,20 @@ from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs, DLLMModelAgentStrategy
 
-from lmdeploy_focus.reference.dllm_decode import reference_generate
-from lmdeploy_focus.reference.sdar_model import SDARReference
-from lmdeploy_focus.testing.sdar_cpu import random_sdar_weights, tiny_sdar_hf_config
-from lmdeploy_focus.testing.step_recorder import (RECORD_ENV, StepRecorder, load_meta, load_steps, maybe_record_steps,
+from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
+from lmdeploy_focus_dev.reference.sdar_model import SDARReference
+from lmdeploy_focus_dev.testing.sdar_cpu import random_sdar_weights, tiny_sdar_hf_config
+from lmdeploy_focus_dev.testing.step_recorder import (RECORD_ENV, StepRecorder, load_meta, load_steps, maybe_record_steps,
                                                   probe_ids)
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark')
-sys.path.insert(0, BENCH)
+CHECKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'checks')
+sys.path.insert(0, CHECKS)
 from equivalence.compare_steps import compare_recordings, compare_sequences  # noqa: E402
 from equivalence.decisions import UnmaskRule  # noqa: E402
 from equivalence.reference_mode import compare_to_reference_sequences  # noqa: E402
 from equivalence.sequences import sequences_from_recording, sequences_from_reference  # noqa: E402
 
-sys.path.remove(BENCH)
+sys.path.remove(CHECKS)
 
 MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
 L, VOCAB = 8, 64

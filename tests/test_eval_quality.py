@@ -273,7 +273,7 @@ def test_engine_backend_cells_missing_and_stats():
 # ---------------------------------------------------------------- reference backend, end to end on CPU
 @pytest.fixture(scope='module')
 def tiny_sdar(tmp_path_factory):
-    from lmdeploy_focus.tools.random_checkpoint import write_random_checkpoint
+    from lmdeploy_focus_dev.tools.random_checkpoint import write_random_checkpoint
     return str(write_random_checkpoint('tiny-sdar', tmp_path_factory.mktemp('ckpt') / 'tiny-sdar-b4', seed=0,
                                        dtype='float32', device='cpu'))
 
@@ -289,7 +289,7 @@ def _run_main(argv) -> dict:
 def test_checkpoint_loader_reads_the_tiny_sdar(tiny_sdar):
     import torch
 
-    from lmdeploy_focus.reference.checkpoint import load_sdar_checkpoint, safetensors_files
+    from lmdeploy_focus_dev.reference.checkpoint import load_sdar_checkpoint, safetensors_files
     assert len(safetensors_files(tiny_sdar)) == 3
     ckpt = load_sdar_checkpoint(tiny_sdar, dtype=torch.float64)
     assert ckpt.mask_token_id == 151669 and ckpt.model.dtype == torch.float64
@@ -376,8 +376,8 @@ def test_default_out_dir_is_under_benchmark_results_not_the_cwd():
 def test_explicit_engine_backend_without_cuda_is_one_line(tmp_path):
     path = _write_lines(tmp_path / 't.jsonl', [{'prompt': 'p', 'answer': 'a'}])
     ckpt = tmp_path / 'tiny-b4'
-    from lmdeploy_focus.tools.random_checkpoint import write_metadata_files
-    from lmdeploy_focus.tools.arch_specs import get_arch_spec
+    from lmdeploy_focus_dev.tools.random_checkpoint import write_metadata_files
+    from lmdeploy_focus_dev.tools.arch_specs import get_arch_spec
     ckpt.mkdir()
     write_metadata_files(get_arch_spec('tiny-sdar'), ckpt)  # the tokenizer is read before the backend
     proc = subprocess.run([sys.executable, SCRIPT, path, str(ckpt), '--backend', 'engine', '--out-dir',

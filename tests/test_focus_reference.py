@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lmdeploy_focus.kernels import focus_ops
-from lmdeploy_focus.reference import focus as ref
+from lmdeploy_focus.kernels.default import focus as ref
 
 
 @pytest.fixture

@@ -14,13 +14,13 @@ import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.engine.logits_process import SamplingInputs
-from lmdeploy_focus.reference.dllm_decode import reference_generate
-from lmdeploy_focus.strategies.dllm import focus_state
+from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
+from lmdeploy_focus.models.step_state import focus_state
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
-from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
-from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
+from lmdeploy_focus.models.step_state.focus_step import FocusConfig
 from lmdeploy_focus.strategies.dllm.run_stats import KEYS
-from lmdeploy_focus.testing.families import tiny_model_and_reference
+from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
 
 L = 8
 

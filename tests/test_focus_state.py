@@ -2,7 +2,7 @@
 import torch
 
 from lmdeploy.pytorch import consts
-from lmdeploy_focus.strategies.dllm import focus_state as fs
+from lmdeploy_focus.models.step_state import focus_state as fs
 
 M, U, C = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
 

@@ -2,7 +2,7 @@
 import torch
 
 from lmdeploy_focus.models import importance_reduce
-from lmdeploy_focus.reference.focus import masked_importance
+from lmdeploy_focus.kernels.default.focus import masked_importance
 
 
 def test_single_rank_is_a_no_op_without_a_dist_context():

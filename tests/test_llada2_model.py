@@ -13,11 +13,11 @@ import torch
 from test_model_families import assert_engine_replays_reference_decoding
 
 from lmdeploy_focus.models.llada2 import LLaDA2MoeModelLM
-from lmdeploy_focus.reference.llada2_model import LLaDA2Reference
-from lmdeploy_focus.reference.moe import noaux_tc_route
-from lmdeploy_focus.testing.llada2_cpu import (TinyLLaDA2Shape, build_tiny_llada2, random_llada2_weights,
+from lmdeploy_focus_dev.reference.llada2_model import LLaDA2Reference
+from lmdeploy_focus_dev.reference.moe import noaux_tc_route
+from lmdeploy_focus_dev.testing.llada2_cpu import (TinyLLaDA2Shape, build_tiny_llada2, random_llada2_weights,
                                                tiny_llada2_hf_config)
-from lmdeploy_focus.testing.tiny_model import build_tiny_model
+from lmdeploy_focus_dev.testing.tiny_model import build_tiny_model
 
 
 def _logit(p: float) -> float:
@@ -80,8 +80,8 @@ def test_partial_rotary_leaves_the_upper_head_features_unrotated():
 def test_checkpoint_names_load_completely():
     """Every tensor our random-checkpoint writer emits for LLaDA2 (the published names) lands in a
     parameter, and every parameter is loaded: NaN-filled parameters must all be overwritten."""
-    from lmdeploy_focus.tools.arch_specs import MoESpec, get_arch_spec
-    from lmdeploy_focus.tools.weight_layouts import tensor_specs
+    from lmdeploy_focus_dev.tools.arch_specs import MoESpec, get_arch_spec
+    from lmdeploy_focus_dev.tools.weight_layouts import tensor_specs
     shape = TinyLLaDA2Shape()
     spec = dataclasses.replace(get_arch_spec('llada2-mini'), hidden_size=shape.hidden_size, num_layers=3,
                                num_heads=shape.num_heads, num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,

@@ -72,7 +72,7 @@ def test_focus_flags_on_an_ar_model_warn_and_are_ignored(tmp_path, focus_logs):
 
 
 def test_focus_builds_the_runtime_with_its_options(sdar_dir):
-    from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+    from lmdeploy_focus.models.step_state.focus_step import FocusConfig
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-d'),
                                                hf_overrides={OPTIONS_KEY: {'enable_focus': True, 'focus_alpha': 2.0,
                                                                            'focus_policy': 'leftmost'}})

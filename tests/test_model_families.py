@@ -14,8 +14,8 @@ from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 
 from lmdeploy_focus.models.llada2 import DelayedCacheLLaDA2MoeModelLM
 from lmdeploy_focus.models.sdar import DelayedCacheSDARForCausalLM, DelayedCacheSDARMoeForCausalLM
-from lmdeploy_focus.reference.dllm_decode import reference_generate
-from lmdeploy_focus.testing.families import FAMILIES, tiny_model_and_reference
+from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
+from lmdeploy_focus_dev.testing.families import FAMILIES, tiny_model_and_reference
 
 CACHED = consts.DLLM_CACHED
 L = 4

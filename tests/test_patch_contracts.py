@@ -181,9 +181,9 @@ def test_llada2_is_registered_and_builds_what_upstream_sdar_init_builds():
     from lmdeploy.pytorch.models.sdar import SDARForCausalLM
 
     from lmdeploy_focus.models.llada2 import LLaDA2MoeModelLM
-    from lmdeploy_focus.testing.llada2_cpu import random_llada2_weights, tiny_llada2_hf_config
-    from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
-    from lmdeploy_focus.testing.tiny_model import build_tiny_model
+    from lmdeploy_focus_dev.testing.llada2_cpu import random_llada2_weights, tiny_llada2_hf_config
+    from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
+    from lmdeploy_focus_dev.testing.tiny_model import build_tiny_model
     assert module_map.CUSTOM_MODULE_MAP['LLaDA2MoeModelLM'] == \
         'lmdeploy_focus.models.llada2.DelayedCacheLLaDA2MoeModelLM'
     sdar = build_tiny_sdar(model_cls=SDARForCausalLM).model

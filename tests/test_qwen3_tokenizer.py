@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from lmdeploy_focus.tools import qwen3_tokenizer as q3
+from lmdeploy_focus_dev.tools import qwen3_tokenizer as q3
 
 WORDS = ('the quick brown fox jumps over lazy dog hello world tokenizer diffusion block mask '
          "It's we'll they're I'M you'VE don't 'd 's").split()

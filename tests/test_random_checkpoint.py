@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lmdeploy_focus.tools.arch_specs import get_arch_spec
-from lmdeploy_focus.tools.hf_config_files import config_json
-from lmdeploy_focus.tools.random_checkpoint import main, write_metadata_files, write_random_checkpoint
-from lmdeploy_focus.tools.safetensors_shards import index_json, plan_shards
-from lmdeploy_focus.tools.weight_layouts import parameter_count, tensor_specs
+from lmdeploy_focus_dev.tools.arch_specs import get_arch_spec
+from lmdeploy_focus_dev.tools.hf_config_files import config_json
+from lmdeploy_focus_dev.tools.random_checkpoint import main, write_metadata_files, write_random_checkpoint
+from lmdeploy_focus_dev.tools.safetensors_shards import index_json, plan_shards
+from lmdeploy_focus_dev.tools.weight_layouts import parameter_count, tensor_specs
 
 TINY = 'tiny-sdar'
 
@@ -201,7 +201,7 @@ def test_llada2_config_goes_through_lmdeploy(tmp_path, monkeypatch):
 def _tool(*args):
     import subprocess
     import sys
-    return subprocess.run([sys.executable, '-m', 'lmdeploy_focus.tools.random_checkpoint', *args], capture_output=True,
+    return subprocess.run([sys.executable, '-m', 'lmdeploy_focus_dev.tools.random_checkpoint', *args], capture_output=True,
                           text=True, timeout=600)
 
 
@@ -229,7 +229,7 @@ def test_cli_help_describes_every_option_with_its_default():
     out = _tool('--help')
     assert out.returncode == 0
     text = ' '.join(out.stdout.split())
-    assert text.startswith('usage: python -m lmdeploy_focus.tools.random_checkpoint')
+    assert text.startswith('usage: python -m lmdeploy_focus_dev.tools.random_checkpoint')
     for fragment in ('OUT_DIR folder to write the checkpoint into', 'seed of the weights', '(default: 0)',
                      'dtype of the stored weights (default: bfloat16)',
                      'auto: cuda when available, else cpu (default: auto)',

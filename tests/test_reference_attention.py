@@ -10,7 +10,7 @@ import secrets
 import pytest
 import torch
 
-from lmdeploy_focus.reference import CAUSAL, NON_CAUSAL, fill_kv_cache, gather_kv, paged_attention
+from lmdeploy_focus.kernels.default import CAUSAL, NON_CAUSAL, fill_kv_cache, gather_kv, paged_attention
 
 ATOL = RTOL = 1e-5
 

@@ -1,4 +1,4 @@
-"""Reference SDAR model and reference DLLM decode loop (``lmdeploy_focus.reference``).
+"""Reference SDAR model and reference DLLM decode loop (``lmdeploy_focus_dev.reference``).
 
 Oracles used here, none of them the code under test:
 
@@ -25,11 +25,11 @@ from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 from test_cpu_harness import dense_sdar, rms_norm, rope  # the independent fp64 dense forward and its ops
 
-from lmdeploy_focus.reference.dllm_decode import COMMIT_EXACT, COMMIT_FAST, StopRule, reference_generate
-from lmdeploy_focus.reference.sdar_model import PagedStep, SDARReference
-from lmdeploy_focus.testing.stop_replay import replay_stop
-from lmdeploy_focus.testing.paged_kv_cache import PagedKVCache
-from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar, random_sdar_weights, tiny_sdar_hf_config
+from lmdeploy_focus_dev.reference.dllm_decode import COMMIT_EXACT, COMMIT_FAST, StopRule, reference_generate
+from lmdeploy_focus_dev.reference.sdar_model import PagedStep, SDARReference
+from lmdeploy_focus_dev.testing.stop_replay import replay_stop
+from lmdeploy_focus_dev.testing.paged_kv_cache import PagedKVCache
+from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar, random_sdar_weights, tiny_sdar_hf_config
 
 MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
 TOL64 = dict(atol=1e-5, rtol=1e-5)  # paged_attention computes in fp32 even for fp64 inputs

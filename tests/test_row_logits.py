@@ -18,7 +18,7 @@ from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.engine.logits_process import FusedLogitsProcessor, SamplingInputs
 from lmdeploy_focus.models.sparse_step import DeepRows, _logit_rows
 from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DecodeStep, DelayedCacheRuntime
-from lmdeploy_focus.strategies.dllm.processing_set import ProcessingSet, gather_processed, scatter_processed
+from lmdeploy_focus.models.step_state.processing_set import ProcessingSet, gather_processed, scatter_processed
 from lmdeploy_focus.strategies.dllm.sampling_rows import needs_dense_rows, select_rows
 from lmdeploy_focus.strategies.dllm.unmasking_guard import RowLogitsUnmasking, unmask_processed_only
 

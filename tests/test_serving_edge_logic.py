@@ -1,4 +1,4 @@
-"""CPU tests of the serving edge-case check's logic (``benchmark/serving_edge``): expected outputs
+"""CPU tests of the serving edge-case check's logic (``checks/serving_edge``): expected outputs
 against the plugin's DLLM sequence + stopping criteria (the engine's), the mid-block length / stop-token
 choices, the comparison, the staggered schedule, the summary table, the prompt sets (with the
 committed tiny model's tokenizer) and the driver's engine configs (prefix caching + fast commit
@@ -13,17 +13,17 @@ import pytest
 import torch
 from lmdeploy.pytorch import consts
 
-from lmdeploy_focus.testing.stop_replay import replay_stop
+from lmdeploy_focus_dev.testing.stop_replay import replay_stop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, 'benchmark')
+CHECKS = os.path.join(ROOT, 'checks')
 MODEL = os.path.join(ROOT, 'models', 'tiny-sdar-5m-b32')
-TASKS = os.path.join(BENCH, 'data', 'tiny_tasks_heldout.jsonl')
-sys.path.insert(0, BENCH)
+TASKS = os.path.join(ROOT, 'benchmark', 'data', 'tiny_tasks_heldout.jsonl')
+sys.path.insert(0, CHECKS)
 from serving_edge import logic, prompts  # noqa: E402
 from serving_edge.logic import Start  # noqa: E402
 
-sys.path.remove(BENCH)
+sys.path.remove(CHECKS)
 
 UNMASKED, CACHED = consts.DLLM_UNMASKED, consts.DLLM_CACHED
 MASK_ID = 99
@@ -345,7 +345,7 @@ def test_cut_and_renumber():
 
 @pytest.fixture(scope='module')
 def driver():
-    spec = importlib.util.spec_from_file_location('serving_edge_check', os.path.join(BENCH, 'serving_edge_check.py'))
+    spec = importlib.util.spec_from_file_location('serving_edge_check', os.path.join(CHECKS, 'serving_edge_check.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

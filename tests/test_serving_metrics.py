@@ -2,7 +2,7 @@
 (``lmdeploy_focus.serving.metrics``, patch 13).
 
 End to end through upstream's real api_server (``serve()``, ``AsyncEngine.generate``, the metrics
-handler task, ``mount_metrics``) over the fake backend of ``lmdeploy_focus.testing.fake_serving``, whose
+handler task, ``mount_metrics``) over the fake backend of ``lmdeploy_focus_dev.testing.fake_serving``, whose
 outputs here carry ``req_metrics.dllm`` built by the engine side's own code (``RequestStats`` rows,
 ``attach_request_stats``); ``/metrics`` is scraped and parsed.
 """
@@ -83,7 +83,7 @@ def metrics_server():
     from lmdeploy.messages import PytorchEngineConfig
     from lmdeploy.metrics.metrics_processor import metrics_processor
 
-    from lmdeploy_focus.testing import fake_serving
+    from lmdeploy_focus_dev.testing import fake_serving
 
     async def async_stream_infer(self, session_id, input_ids, gen_config=None, **kwargs):
         self.engine.seen.append((session_id, list(input_ids), gen_config))

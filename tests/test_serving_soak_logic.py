@@ -1,6 +1,6 @@
-"""CPU tests of the serving soak check's logic (``benchmark/serving_soak``): the request mix, the
+"""CPU tests of the serving soak check's logic (``checks/serving_soak``): the request mix, the
 classification of answers (by hand, then on real upstream api_server answers over the fake backend of
-``lmdeploy_focus.testing.fake_serving``), the verdict and the side-by-side table."""
+``lmdeploy_focus_dev.testing.fake_serving``), the verdict and the side-by-side table."""
 import json
 import os
 import sys
@@ -8,12 +8,12 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, 'benchmark')
+CHECKS = os.path.join(ROOT, 'checks')
 MODEL = os.path.join(ROOT, 'models', 'tiny-sdar-5m-b32')
-sys.path.insert(0, BENCH)
+sys.path.insert(0, CHECKS)
 from serving_soak import logic  # noqa: E402
 
-sys.path.remove(BENCH)
+sys.path.remove(CHECKS)
 
 MIX = dict(model='m', block_length=32, mask_token=259, vocab_size=320, stop_token_ids=[101, 32],
            stop_strings=['e', ' '])
@@ -109,7 +109,7 @@ def test_the_mix_against_the_real_api_server_over_a_fake_backend(monkeypatch):
     skip_special_tokens included."""
     from fastapi.testclient import TestClient
 
-    from lmdeploy_focus.testing.fake_serving import build_app
+    from lmdeploy_focus_dev.testing.fake_serving import build_app
     app = build_app(MODEL, monkeypatch)
     specs = logic.build_mix(len(logic.BAD_REQUESTS) + 3 * len(logic.KINDS), seed=1, bad_fraction=0, **MIX)
     outcomes = []

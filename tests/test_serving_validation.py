@@ -1,7 +1,7 @@
 """Issue 15, item 1: a bad request is a 400 naming the field and the allowed range, never an engine
 death. The rules one by one (``lmdeploy_focus.serving.validation``), then through upstream's real
 api_server (``serve()``, router, ``AsyncEngine.preprocess``) over a fake backend
-(``lmdeploy_focus.testing.fake_serving``) with the committed tiny SDAR model's tokenizer, and
+(``lmdeploy_focus_dev.testing.fake_serving``) with the committed tiny SDAR model's tokenizer, and
 ``pipeline()``'s error response."""
 import os
 from types import SimpleNamespace
@@ -107,7 +107,7 @@ def test_generation_config_rules():
 def server():
     from fastapi.testclient import TestClient
 
-    from lmdeploy_focus.testing.fake_serving import build_app
+    from lmdeploy_focus_dev.testing.fake_serving import build_app
     mp = pytest.MonkeyPatch()
     try:
         app = build_app(MODEL, mp)
@@ -181,7 +181,7 @@ def test_pipeline_path_gets_a_request_error_not_a_dead_engine():
     from lmdeploy import GenerationConfig
     from lmdeploy.serve.core.exceptions import RequestError
 
-    from lmdeploy_focus.testing.fake_serving import async_engine_class
+    from lmdeploy_focus_dev.testing.fake_serving import async_engine_class
     from lmdeploy import PytorchEngineConfig
     engine = async_engine_class()(MODEL, backend='pytorch',
                                   backend_config=PytorchEngineConfig(max_batch_size=2, enable_metrics=False))

@@ -37,7 +37,7 @@ def test_a_larger_batch_bucket_after_a_smaller_one_is_refused():
 
 
 def test_reset_drops_every_bucket_and_the_next_step_runs_eagerly():
-    from lmdeploy_focus.testing.sdar_cpu import build_tiny_sdar
+    from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
     sdar = build_tiny_sdar(block_length=4, hf_overrides={'dllm_focus': {'enable_focus': True}})
     runner = sdar.new_runner(page_size=16)
     runner.capture_step_graphs([2, 1])
@@ -53,7 +53,7 @@ def test_decode_forwards_capture_only_while_no_request_is_tracked():
     must not capture in live traffic."""
     from types import SimpleNamespace
     from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
-    from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState
+    from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
     runtime = DelayedCacheRuntime(block_length=4)
     assert runtime.serving_idle()  # no step inputs yet: engine start
     runtime.step_inputs = SimpleNamespace(delayed_state=None)

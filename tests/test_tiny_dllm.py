@@ -1,4 +1,4 @@
-"""Tiny trained SDAR (``lmdeploy_focus.tools.tiny_dllm``): tokenizer, tasks, training layout, export.
+"""Tiny trained SDAR (``lmdeploy_focus_dev.tools.tiny_dllm``): tokenizer, tasks, training layout, export.
 
 Oracles: per-element loops for the attention masks, the task results recomputed from the question
 text, HF ``AutoTokenizer`` / LMDeploy's ``Tokenizer`` on the written files, and the reference SDAR
@@ -12,22 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmdeploy_focus.reference.checkpoint import load_sdar_checkpoint
-from lmdeploy_focus.reference.sdar_model import PagedStep
-from lmdeploy_focus.testing.paged_kv_cache import PagedKVCache
-from lmdeploy_focus.tools.safetensors_shards import plan_shards
-from lmdeploy_focus.tools.tiny_dllm import tokenizer as tok
-from lmdeploy_focus.tools.tiny_dllm.data import CHAT_OVERHEAD, SEQ_LEN, TextCorpus, TrainingData, task_sequence
-from lmdeploy_focus.tools.tiny_dllm.evaluate import heldout_tasks, task_accuracy
-from lmdeploy_focus.tools.tiny_dllm.export import MAX_SHARD_BYTES, arch_spec, export_checkpoint
-from lmdeploy_focus.tools.tiny_dllm.model import TinySDAR
-from lmdeploy_focus.tools.tiny_dllm.objective import (block_causal_mask, block_diffusion_mask, diffusion_logits,
+from lmdeploy_focus_dev.reference.checkpoint import load_sdar_checkpoint
+from lmdeploy_focus_dev.reference.sdar_model import PagedStep
+from lmdeploy_focus_dev.testing.paged_kv_cache import PagedKVCache
+from lmdeploy_focus_dev.tools.safetensors_shards import plan_shards
+from lmdeploy_focus_dev.tools.tiny_dllm import tokenizer as tok
+from lmdeploy_focus_dev.tools.tiny_dllm.data import CHAT_OVERHEAD, SEQ_LEN, TextCorpus, TrainingData, task_sequence
+from lmdeploy_focus_dev.tools.tiny_dllm.evaluate import heldout_tasks, task_accuracy
+from lmdeploy_focus_dev.tools.tiny_dllm.export import MAX_SHARD_BYTES, arch_spec, export_checkpoint
+from lmdeploy_focus_dev.tools.tiny_dllm.model import TinySDAR
+from lmdeploy_focus_dev.tools.tiny_dllm.objective import (block_causal_mask, block_diffusion_mask, diffusion_logits,
                                                       diffusion_loss, sample_noise)
-from lmdeploy_focus.tools.tiny_dllm.sizes import SIZES
-from lmdeploy_focus.tools.tiny_dllm.tasks import KINDS, MIN_ANSWER_TOKENS, is_heldout, sample_tasks
-from lmdeploy_focus.tools.tiny_dllm.train import TrainConfig, build_model, train
-from lmdeploy_focus.tools.train_tiny_dllm import main as train_cli
-from lmdeploy_focus.tools.weight_layouts import tensor_specs
+from lmdeploy_focus_dev.tools.tiny_dllm.sizes import SIZES
+from lmdeploy_focus_dev.tools.tiny_dllm.tasks import KINDS, MIN_ANSWER_TOKENS, is_heldout, sample_tasks
+from lmdeploy_focus_dev.tools.tiny_dllm.train import TrainConfig, build_model, train
+from lmdeploy_focus_dev.tools.train_tiny_dllm import main as train_cli
+from lmdeploy_focus_dev.tools.weight_layouts import tensor_specs
 
 L = 32
 MICRO = SIZES['micro'].shape

@@ -4,7 +4,7 @@ the kept-layout divergence detector (LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1), and the 
 Why exact equality with one process is the right assertion: the selection runs on the reduced delta,
 so ranks and the single process could only disagree if their deltas differed, i.e. if the sums over
 heads rounded differently. The test data makes every per-head importance a multiple of 1/4
-(``lmdeploy_focus.testing.tp_gloo``), so every sum is exact in any order; the test asserts that the
+(``lmdeploy_focus_dev.testing.tp_gloo``), so every sum is exact in any order; the test asserts that the
 deltas agree bit for bit, and then that kept sets and layouts are identical, ties included.
 """
 import logging
@@ -15,7 +15,7 @@ import torch
 
 from lmdeploy_focus.config import compat
 from lmdeploy_focus.models import importance_reduce, tp_layout_check
-from lmdeploy_focus.testing import tp_gloo
+from lmdeploy_focus_dev.testing import tp_gloo
 
 
 def test_two_gloo_ranks_select_exactly_what_one_process_selects_over_all_heads():
@@ -82,9 +82,9 @@ class _FakeTP:
 
 
 def _decode_steps(monkeypatch, fake, check: bool, padded: bool, steps: int = 2):
-    from lmdeploy_focus.strategies.dllm import focus_state
-    from lmdeploy_focus.strategies.dllm.delayed_cache_state import DelayedCacheState
-    from lmdeploy_focus.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
+    from lmdeploy_focus.models.step_state import focus_state
+    from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
+    from lmdeploy_focus_dev.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
 
     if check:
         monkeypatch.setenv(tp_layout_check.ENV, '1')

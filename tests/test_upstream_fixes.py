@@ -1,5 +1,5 @@
 """Fixes of LMDeploy 0.18 DLLM defects that disturb other requests or cut outputs wrongly
-(strategies/dllm/upstream_fixes.py): each test shows upstream's behaviour going wrong on the same input,
+(strategies/dllm/upstream_fixes/): each test shows upstream's behaviour going wrong on the same input,
 then ours."""
 from types import SimpleNamespace
 

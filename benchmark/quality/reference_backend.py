@@ -1,4 +1,4 @@
-"""Tasks through the pure-torch reference decode loop (``lmdeploy_focus.reference.dllm_decode``).
+"""Tasks through the pure-torch reference decode loop (``lmdeploy_focus_dev.reference.dllm_decode``).
 
 The oracle of the engine, on CPU (the committed tiny model's test) or CUDA: the same prompts, the
 same greedy unmasking (upstream's ``UnmaskingProcessor``), stop tokens and length limits. Arms map
@@ -54,7 +54,7 @@ def reference_call_kwargs(arm: str, reference_generate) -> dict:
     if 'focus' not in inspect.signature(reference_generate).parameters:
         raise ArmMissing('the reference decode loop has no FOCUS eviction (reference_generate takes no focus=)')
     try:
-        from lmdeploy_focus.strategies.dllm.focus_step import FocusConfig
+        from lmdeploy_focus.models.step_state.focus_step import FocusConfig
     except ImportError as e:
         raise ArmMissing(f'the reference decode loop has no FOCUS configuration ({e})') from None
     kwargs['focus'] = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy, shadow=options.focus_shadow)
@@ -83,7 +83,7 @@ class ReferenceBackend:
     def __init__(self, checkpoint, settings: RunSettings, stop_ids: list, device: torch.device):
         if settings.block_length is None:
             raise ValueError('the reference backend needs the block length: give --block-length')
-        self.checkpoint = checkpoint  # lmdeploy_focus.reference.checkpoint.SDARCheckpoint
+        self.checkpoint = checkpoint  # lmdeploy_focus_dev.reference.checkpoint.SDARCheckpoint
         self.settings = settings
         self.stop_ids = stop_ids
         self.device = device
@@ -121,7 +121,7 @@ class ReferenceBackend:
     def run_cell(self, arm: str, threshold: float | None, prompts: list) -> CellOutcome:
         outcome = CellOutcome(arm, threshold, OK, config=self.cell_config(arm, threshold))
         try:
-            from lmdeploy_focus.reference.dllm_decode import reference_generate
+            from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
             call_kwargs = reference_call_kwargs(arm, reference_generate)
             start = time.perf_counter()
             results = self._generate(reference_generate, prompts, self._unmasking(threshold), call_kwargs)

@@ -6,50 +6,21 @@ The FOCUS fields are carried to the engine process in ``hf_overrides['dllm_focus
 options, so the engine always sees what the fields say, also when a caller sets them after
 construction (as ``lmdeploy chat``'s ``build_pipe`` does) or pickles / deep-copies the config.
 """
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfig
 
 from ..log import log_once
 from .compat import check_block_length, check_engine_settings
-from .options import DEFAULT_COMMIT_MODE, DEFAULT_FOCUS_ALPHA, DEFAULT_FOCUS_POLICY, OPTIONS_KEY, FocusOptions
+from .options import OPTIONS, OPTIONS_KEY, FocusOptions, option_fields, options_doc
 
-# engine-config field name -> FocusOptions field name
-_FIELD_TO_OPTION = {
-    'dllm_enable_delayed_cache': 'enable_delayed_cache',
-    'dllm_enable_focus': 'enable_focus',
-    'dllm_focus_alpha': 'focus_alpha',
-    'dllm_track': 'track',
-    'dllm_delayed_cache_commit': 'delayed_cache_commit',
-    'dllm_focus_policy': 'focus_policy',
-    'dllm_focus_shadow': 'focus_shadow',
-}
+# engine-config field name -> FocusOptions field name (both from the one option table)
+_FIELD_TO_OPTION = {option.field: option.name for option in OPTIONS}
 
 
-@dataclass
+@option_fields(prefix='dllm_')
 class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
-    """PyTorch engine config with FOCUS.
-
-    Additional args:
-        dllm_enable_delayed_cache: process only the block positions whose KV is not yet stable.
-        dllm_enable_focus: evict masked tokens unlikely to be decoded after layer 1 (implies
-            dllm_enable_delayed_cache).
-        dllm_focus_alpha: safety margin (>= 1.0) over the expected number of decodable tokens per step.
-        dllm_track: collect per-request DLLM statistics.
-        dllm_delayed_cache_commit: 'exact' (recompute a finished block once before it becomes
-            history) or 'fast' (only its uncached positions, as the reference fork).
-        dllm_focus_policy: which masked tokens FOCUS keeps: 'importance' (the paper) or 'leftmost'
-            (the leftmost ones; for ablations and cost measurements on random weights).
-        dllm_focus_shadow: compute the FOCUS selection but evict nothing, and record whether the
-            tokens decoded each step had been selected (implies dllm_enable_focus).
-    """
-    dllm_enable_delayed_cache: bool = False
-    dllm_enable_focus: bool = False
-    dllm_focus_alpha: float = DEFAULT_FOCUS_ALPHA
-    dllm_track: bool = False
-    dllm_delayed_cache_commit: str = DEFAULT_COMMIT_MODE
-    dllm_focus_policy: str = DEFAULT_FOCUS_POLICY
-    dllm_focus_shadow: bool = False
+    """PyTorch engine config with FOCUS: one ``dllm_*`` field per row of ``config.options.OPTIONS``."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -106,3 +77,6 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
     @hf_overrides.setter
     def hf_overrides(self, value):
         self.__dict__['_user_hf_overrides'] = value
+
+
+PytorchEngineConfig.__doc__ += '\n\n    Additional args:\n' + options_doc(prefix='dllm_')

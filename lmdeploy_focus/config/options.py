@@ -1,5 +1,11 @@
 """The FOCUS option set, shared by the Python API, the CLI and the engine process.
 
+:data:`OPTIONS` is the one table of the options: each row gives the :class:`FocusOptions` field (also
+the key inside ``hf_overrides[OPTIONS_KEY]``), and from it the ``PytorchEngineConfig`` field
+``dllm_<name>`` (:mod:`.engine_config`), the CLI flag ``--dllm-<name>`` (:mod:`lmdeploy_focus.cli.flags`),
+the default, the allowed values and the help text (CLI help and the engine config's docstring).
+Validation lives in :meth:`FocusOptions.__post_init__`; every front end goes through it.
+
 Options travel from the front end to the engine process inside ``hf_overrides[OPTIONS_KEY]`` (an
 official, pickle-safe LMDeploy channel that lands in ``ModelConfig.hf_config`` where both the model
 and the strategy factory can read it).
@@ -11,32 +17,93 @@ OPTIONS_KEY = 'dllm_focus'
 DEFAULT_FOCUS_ALPHA = 1.5
 # How a fully decoded block becomes history: 'exact' recomputes the whole block once (history KV
 # is never stale, one extra block pass per block); 'fast' processes only its still-uncached
-# positions (the reference fork). Default 'exact' until the quality evaluation says otherwise.
+# positions (the reference fork). Default 'exact' (quality evaluation, README's flag table).
 COMMIT_MODES = ('exact', 'fast')
 DEFAULT_COMMIT_MODE = 'exact'
 # Which masked tokens FOCUS keeps: 'importance' (the paper: importance delta between layers 0 and 1)
 # or 'leftmost' (the leftmost T masked tokens: a deterministic frontier policy for ablations and
-# for measuring cost on random weights, where attention carries no signal).
+# for measuring cost on random weights, where attention carries no signal). The one list of policy
+# names: the kernels, the CLI, the benchmarks and the reference loop read it from here.
 FOCUS_POLICIES = ('importance', 'leftmost')
 DEFAULT_FOCUS_POLICY = 'importance'
 
 
 @dataclass(frozen=True)
+class Option:
+    """One FOCUS option. ``name``: the :class:`FocusOptions` field and ``hf_overrides`` key."""
+    name: str
+    default: bool | float | str
+    help: str
+    choices: tuple[str, ...] | None = None
+    aliases: tuple[str, ...] = ()  # more CLI flags
+
+    @property
+    def field(self) -> str:
+        """The ``PytorchEngineConfig`` field and argparse ``dest``."""
+        return f'dllm_{self.name}'
+
+    @property
+    def flag(self) -> str:
+        return '--' + self.field.replace('_', '-')
+
+    @property
+    def is_switch(self) -> bool:
+        return isinstance(self.default, bool)
+
+
+OPTIONS = (
+    Option('enable_delayed_cache', False,
+           'Each denoising step processes only the block positions whose KV is not yet stable'),
+    Option('enable_focus', False,
+           'FOCUS: evict masked tokens unlikely to be decoded after layer 1 (implies --dllm-enable-delayed-cache)',
+           aliases=('--focus', )),
+    Option('focus_alpha', DEFAULT_FOCUS_ALPHA,
+           'FOCUS safety margin (>= 1.0) over the expected number of decodable tokens per step'),
+    Option('track', False, 'Collect per-request DLLM statistics (processed tokens, denoising steps)'),
+    Option('delayed_cache_commit', DEFAULT_COMMIT_MODE,
+           'How a decoded block becomes history under delayed cache: exact = one full pass over the block '
+           '(history KV never stale), fast = only its uncached positions',
+           choices=COMMIT_MODES),
+    Option('focus_policy', DEFAULT_FOCUS_POLICY,
+           'Which masked tokens FOCUS keeps: importance (delta between layers 0 and 1, the paper) or leftmost '
+           '(the leftmost ones; ablations and cost measurements)',
+           choices=FOCUS_POLICIES),
+    Option('focus_shadow', False,
+           'Compute the FOCUS selection without evicting; with --dllm-track, report how many decoded tokens had '
+           'been selected (implies --dllm-enable-focus)'),
+)
+
+
+def option_fields(prefix: str = '', **dataclass_kwargs):
+    """Class decorator: one field per :data:`OPTIONS` row (``prefix + name``, its default), then ``@dataclass``."""
+
+    def decorate(cls):
+        annotations = dict(cls.__dict__.get('__annotations__', {}))
+        for option in OPTIONS:
+            annotations[prefix + option.name] = type(option.default)
+            setattr(cls, prefix + option.name, option.default)
+        cls.__annotations__ = annotations
+        return dataclass(cls, **dataclass_kwargs)
+
+    return decorate
+
+
+def options_doc(prefix: str = '') -> str:
+    """The options as a docstring ``Args`` section (``prefix + name: help``)."""
+    return '\n'.join(f'        {prefix}{o.name}: {o.help} (default {o.default!r}).' for o in OPTIONS)
+
+
+@option_fields(frozen=True)
 class FocusOptions:
-    """Engine-side view of the FOCUS flags (field names without the ``dllm_`` prefix)."""
-    enable_delayed_cache: bool = False
-    enable_focus: bool = False
-    focus_alpha: float = DEFAULT_FOCUS_ALPHA
-    track: bool = False
-    delayed_cache_commit: str = DEFAULT_COMMIT_MODE
-    focus_policy: str = DEFAULT_FOCUS_POLICY
-    # Compute the FOCUS selection but evict nothing; record whether decoded tokens were selected.
-    focus_shadow: bool = False
+    """Engine-side view of the FOCUS flags: one field per :data:`OPTIONS` row (names without ``dllm_``)."""
 
     def __post_init__(self):
-        for name in ('enable_delayed_cache', 'enable_focus', 'track', 'focus_shadow'):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f'dllm_{name} must be a bool, got {getattr(self, name)!r}')
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if option.is_switch and not isinstance(value, bool):
+                raise ValueError(f'{option.field} must be a bool, got {value!r}')
+            if option.choices is not None and value not in option.choices:
+                raise ValueError(f'{option.field} must be one of {option.choices}, got {value!r}')
         alpha = self.focus_alpha
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
             raise ValueError(f'dllm_focus_alpha must be a finite number >= 1.0, got {alpha!r}')
@@ -44,11 +111,6 @@ class FocusOptions:
             raise ValueError(f'dllm_focus_alpha must be >= 1.0 (it scales the expected number of decodable '
                              f'tokens per step), got {alpha}')
         object.__setattr__(self, 'focus_alpha', float(alpha))
-        if self.delayed_cache_commit not in COMMIT_MODES:
-            raise ValueError(
-                f'dllm_delayed_cache_commit must be one of {COMMIT_MODES}, got {self.delayed_cache_commit!r}')
-        if self.focus_policy not in FOCUS_POLICIES:
-            raise ValueError(f'dllm_focus_policy must be one of {FOCUS_POLICIES}, got {self.focus_policy!r}')
 
     @classmethod
     def from_dict(cls, data: dict) -> 'FocusOptions':

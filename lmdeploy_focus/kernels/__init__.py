@@ -1,1 +1,1 @@
-"""Triton kernels (CUDA) of delayed cache and FOCUS, each tested against lmdeploy_focus.reference."""
+"""Triton kernels (CUDA) of delayed cache and FOCUS, each tested against the torch implementations in kernels/default."""

@@ -1,6 +1,6 @@
 """FOCUS ops: the Triton kernels on CUDA tensors, the torch reference elsewhere.
 
-Same names and semantics as :mod:`lmdeploy_focus.reference.focus` (read its docstrings), so
+Same names and semantics as :mod:`lmdeploy_focus.kernels.default.focus` (read its docstrings), so
 model code written against these runs unchanged in the CPU harness.
 
 ``max_q_len`` is the static bound of ``q_seqlens`` (the block length ``L``). The kernels size
@@ -9,8 +9,8 @@ sync, which also breaks CUDA graph capture).
 """
 import torch
 
-from ..reference import focus as reference
-from ..reference.focus import KeptLayout, count_candidates  # noqa: F401  (one name for both paths)
+from .default import focus as reference
+from .default.focus import KeptLayout, count_candidates  # noqa: F401  (one name for both paths)
 
 
 def _static_bound(max_q_len: int | None, q_seqlens: torch.Tensor) -> int:

@@ -1,11 +1,11 @@
 """Delayed-cache paged ops: the Triton kernels on CUDA tensors, the torch reference elsewhere.
 
-The reference (:mod:`lmdeploy_focus.reference.paged_attention`) is the CPU path, so model code
+The reference (:mod:`lmdeploy_focus.kernels.default.paged_attention`) is the CPU path, so model code
 written against these two functions runs unchanged in the CPU harness.
 """
 import torch
 
-from ..reference.paged_attention import fill_kv_cache, paged_attention
+from .default.paged_attention import fill_kv_cache, paged_attention
 
 
 def sparse_fill_kv(k, v, k_cache, v_cache, block_offsets, q_start_loc, q_seqlens, positions, kv_seqlens) -> None:

@@ -27,9 +27,9 @@ import torch
 
 from ..kernels import focus_ops
 from ..kernels.paged_ops import ragged_attention, sparse_fill_kv
-from ..strategies.dllm.delayed_cache_state import DelayedCacheState
-from ..strategies.dllm.focus_step import FocusConfig
-from ..strategies.dllm.processing_set import (ProcessingSet, gather_processed, processing_mask,
+from .step_state.delayed_cache_state import DelayedCacheState
+from .step_state.focus_step import FocusConfig
+from .step_state.processing_set import (ProcessingSet, gather_processed, processing_mask,
                                               ragged_step_metadata)
 from . import tp_layout_check
 from .importance_reduce import reduce_importance_delta

@@ -214,8 +214,8 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
     then run unchanged.
     Removed by: an upstream agent-strategy hook that selects the rows to sample.
 
-Test-only (never applied at activation): :mod:`.cpu_backend_selector` swaps the ops-backend selector
-so model modules run on CPU.
+Test-only, in the development package (never applied at activation):
+``lmdeploy_focus_dev.testing.cpu_backend_selector`` swaps the ops-backend selector so model modules run on CPU.
 """
 import importlib
 import sys

@@ -1,4 +1,4 @@
-"""FOCUS Triton kernels against the torch reference (``lmdeploy_focus.reference.focus``).
+"""FOCUS Triton kernels against the torch reference (``lmdeploy_focus.kernels.default.focus``).
 
 Every input is fresh random each run; failures name the seed. Rows no sequence owns and rows the
 kernels must not read (non-candidates for importance) hold garbage: NaN features and deltas,
@@ -23,7 +23,7 @@ from lmdeploy_focus.kernels.cuda.focus_compact import cuda_kept_layout  # noqa: 
 from lmdeploy_focus.kernels.cuda.focus_importance import cuda_masked_importance  # noqa: E402
 from lmdeploy_focus.kernels.cuda.focus_select import (  # noqa: E402
     cuda_focus_targets, cuda_select_kept, cuda_select_kept_with_targets)
-from lmdeploy_focus.reference import focus as ref  # noqa: E402
+from lmdeploy_focus.kernels.default import focus as ref  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

@@ -26,7 +26,7 @@ CHECK = textwrap.dedent('''
     import sys
     import torch
     from lmdeploy_focus.kernels.cuda.sparse_fill_kv import sparse_fill_kv_cache
-    from lmdeploy_focus.reference import fill_kv_cache
+    from lmdeploy_focus.kernels.default import fill_kv_cache
 
     seed, dtype_name, head_dim = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     dtype = getattr(torch, dtype_name)

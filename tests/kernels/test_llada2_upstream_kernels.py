@@ -30,8 +30,8 @@ CHECK = textwrap.dedent('''
     import lmdeploy.pytorch.kernels.cuda.moe.route_noaux_tc as route_module
     from lmdeploy.pytorch.kernels.cuda.apply_rotary_pos_emb import apply_rotary_pos_emb
     from lmdeploy_focus.models.llada2 import selection_bias
-    from lmdeploy_focus.reference.moe import noaux_tc_route
-    from lmdeploy_focus.reference.sdar_model import apply_rope
+    from lmdeploy_focus_dev.reference.moe import noaux_tc_route
+    from lmdeploy_focus_dev.reference.sdar_model import apply_rope
 
     seed, part, device = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     if device == 'cpu':  # interpreter: no driver to autotune against

@@ -1,6 +1,6 @@
 """Ragged paged attention kernel (and sparse fill feeding it) against the torch reference.
 
-The expected output is ``lmdeploy_focus.reference.paged_attention`` (non-causal) computed in fp32
+The expected output is ``lmdeploy_focus.kernels.default.paged_attention`` (non-causal) computed in fp32
 from the same fp16/bf16/fp32 inputs. fp32 inputs must be computed in true fp32 (no TF32): their
 tolerance is 1e-5, where TF32 products miss by ~1e-3, and the reference then runs on the CPU so
 that torch's own TF32 switches cannot blur it. Inputs are fresh random every run; the seed is in
@@ -22,7 +22,7 @@ pytest.importorskip('triton')
 
 from lmdeploy_focus.kernels.cuda.ragged_paged_attention import ragged_paged_attention  # noqa: E402
 from lmdeploy_focus.kernels.cuda.sparse_fill_kv import sparse_fill_kv_cache  # noqa: E402
-from lmdeploy_focus.reference import fill_kv_cache, paged_attention  # noqa: E402
+from lmdeploy_focus.kernels.default import fill_kv_cache, paged_attention  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip('triton')
 
 from lmdeploy_focus.kernels.cuda.sparse_fill_kv import sparse_fill_kv_cache  # noqa: E402
-from lmdeploy_focus.reference import fill_kv_cache  # noqa: E402
+from lmdeploy_focus.kernels.default import fill_kv_cache  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

@@ -1,4 +1,4 @@
-"""Triton kernels (CUDA) of delayed cache and FOCUS, each tested against lmdeploy_focus.reference.
+"""Triton kernels (CUDA) of delayed cache and FOCUS, each tested against the torch implementations in kernels/default.
 
 Exports resolve lazily: importing this package must work where Triton is absent (CPU machines).
 """

@@ -1,6 +1,6 @@
 """FOCUS compaction layout: where each kept row goes and the per-sequence view after eviction.
 
-Semantics: ``lmdeploy_focus.reference.focus.kept_layout`` (spec §3.7 steps 4–5), no host sync:
+Semantics: ``lmdeploy_focus.kernels.default.focus.kept_layout`` (spec §3.7 steps 4–5), no host sync:
 every output is sized by the static row count ``N`` and batch size ``B``, so the caller can
 keep running the static shape (CUDA graphs) and read ``total`` only if it wants to slice.
 
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.focus import KeptLayout
+from ..default.focus import KeptLayout
 
 _SCAN_BLOCK = 1024
 

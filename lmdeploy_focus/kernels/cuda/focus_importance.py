@@ -1,6 +1,6 @@
 """FOCUS importance: attention mass each masked candidate receives from its sequence's candidates.
 
-Semantics: ``lmdeploy_focus.reference.focus.masked_importance`` (spec §3.2).
+Semantics: ``lmdeploy_focus.kernels.default.focus.masked_importance`` (spec §3.2).
 
 One program per (sequence, KV head) loops over the query heads of that KV group and sums the
 column sums in registers; the ``Hkv`` partial rows are then summed by one torch reduction. The

@@ -1,6 +1,6 @@
 """FOCUS targets and selection: how many candidates each sequence keeps, and which ones.
 
-Semantics: ``focus_targets`` and ``select_kept`` of ``lmdeploy_focus.reference.focus`` (spec
+Semantics: ``focus_targets`` and ``select_kept`` of ``lmdeploy_focus.kernels.default.focus`` (spec
 §3.4–3.6), bit for bit: same fp32 product for the target, same fp64 μ+σ inequality.
 
 Selection runs one program per sequence on a ``BLOCK_L`` vector of its rows. Everything that
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...reference.focus import CEIL_SLACK, POLICIES
+from ..default.focus import CEIL_SLACK, POLICIES
 
 _TARGETS_BLOCK = 128
 

@@ -2,7 +2,7 @@
 
 Delayed cache and FOCUS recompute a different subset of the diffusion block per sequence, so the
 step's queries are ragged (``q_len[b] <= L``), while upstream's decode kernel assumes exactly ``L``
-dense rows per sequence. Semantics: ``lmdeploy_focus.reference.paged_attention`` with
+dense rows per sequence. Semantics: ``lmdeploy_focus.kernels.default.paged_attention`` with
 ``causal_block_size=None`` (every query of ``b`` sees keys ``0 .. kv_len[b]-1``).
 
 Work split, with no host sync and no host-built tile map: a *row* is a (query token, query head of

@@ -6,7 +6,7 @@ row carries its own absolute position and its page is looked up per row: a block
 pages (the reference fork assumed the whole block lies in one page and silently corrupted the
 cache otherwise, spec §10).
 
-Semantics: ``lmdeploy_focus.reference.fill_kv_cache(..., positions_in_seq=...)``.
+Semantics: ``lmdeploy_focus.kernels.default.fill_kv_cache(..., positions_in_seq=...)``.
 """
 import torch
 import triton

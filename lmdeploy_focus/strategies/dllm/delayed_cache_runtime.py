@@ -17,9 +17,9 @@ from lmdeploy.pytorch import consts
 
 from ...log import logger
 
-from . import focus_state
-from .delayed_cache_state import advance
-from .focus_step import FocusConfig
+from ...models.step_state import focus_state
+from ...models.step_state.delayed_cache_state import advance
+from ...models.step_state.focus_step import FocusConfig
 from .run_stats import RunStats, per_sequence_counts
 
 

@@ -2,8 +2,8 @@
 delayed-cache and FOCUS state."""
 from dataclasses import dataclass, field
 
-from . import focus_state as focus
-from .delayed_cache_state import DelayedCacheState, concat, reset_rows, select, starts_new_block
+from ...models.step_state import focus_state as focus
+from ...models.step_state.delayed_cache_state import DelayedCacheState, concat, reset_rows, select, starts_new_block
 from .upstream_fixes import FixedDLLMStepInputs
 
 

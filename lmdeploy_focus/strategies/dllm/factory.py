@@ -3,6 +3,7 @@ from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
 from ...config.compat import check_block_fits_page
 from ...config.options import FocusOptions
+from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
 
 
@@ -28,7 +29,7 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         self.delayed_cache_runtime = None
         if options.enable_delayed_cache:
             from .delayed_cache_runtime import DelayedCacheRuntime
-            from .focus_step import FocusConfig
+            from ...models.step_state.focus_step import FocusConfig
             focus = None
             if options.enable_focus:
                 focus = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy, shadow=options.focus_shadow)
@@ -57,8 +58,8 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         return super().build_engine_strategy(cache_config, scheduler_config)
 
     def build_model_agent_strategy(self):
-        from ...testing.step_recorder import maybe_record_steps  # debug: LMDEPLOY_FOCUS_RECORD_STEPS=<dir>
-        return maybe_record_steps(self._build_agent_strategy())
+        # debug hooks of other installed packages, e.g. the step recorder (LMDEPLOY_FOCUS_RECORD_STEPS=<dir>)
+        return wrap_agent_strategy(self._build_agent_strategy())
 
     def _build_agent_strategy(self):
         if self.delayed_cache_runtime is None:

@@ -1,7 +1,7 @@
 """Stock DLLM decoding with ``dllm_track``: upstream's agent strategy plus run statistics."""
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
-from .focus_state import newly_decoded
+from ...models.step_state.focus_state import newly_decoded
 from .request_stats import StepStatsOutputs
 from .upstream_fixes import UpstreamFixesMixin
 from .run_stats import RunStats, per_sequence_counts

@@ -1,0 +1,487 @@
+"""Reference block-diffusion decode loop, with and without delayed cache: the oracle engine tests
+compare against (focus-spec §1–2, commit variants §10).
+
+What one call does, per prompt (each sequence advances on its own; one batch holds warm-up,
+mid-block and commit steps at once):
+
+* the prompt is padded with the mask token to a multiple of ``L`` (no padding when it already is
+  one, as upstream); prefill runs every prompt block block-causally, and the logits of the last
+  block unmask immediately. A prompt ending on a block boundary is committed by prefill itself
+  (upstream's unmasker turns an all-UNMASKED block into CACHED), so decoding starts on a fresh block.
+* a decode step forwards the sequence's *processing set* of its current block: all ``L`` positions
+  without delayed cache (upstream's stock DLLM), else the uncached positions (spec §2.1). K/V of
+  processed tokens go to ``history + p`` in every layer, queries attend non-causally to keys
+  ``0 .. history + rightmost``, logits exist for processed rows only (other rows are NaN here, so a
+  leak would show), and the existing guard keeps unprocessed masked slots from being unmasked.
+* readiness is updated from the step's *input* mask; when a block is fully unmasked the next step
+  is the commit step: ``'fast'`` (the fork) processes the still-uncached positions only,
+  ``'exact'`` (HF/SGLang) the whole block, so committed KV is never stale. The block then becomes
+  history and a fresh all-mask block starts with a warm-up step.
+* sampling is greedy (``argmax``, the engine with ``top_k=1``) and unmasking is upstream's
+  ``UnmaskingProcessor``; stopping and trimming follow upstream's ``DLLMStoppingCriteria`` and
+  ``SchedulerSequenceDLLM`` (see :class:`StopRule`).
+
+Independent of the runtime's strategy code: processing sets, kv lengths, readiness, the FOCUS
+targets, selection, progress and the running average are computed here per sequence from
+focus-spec §2–3 (:class:`_SeqState`, :mod:`.focus_spec`), so the replay tests compare two
+implementations. Shared with the runtime: upstream's ``UnmaskingProcessor`` and the torch paged
+attention of ``lmdeploy_focus.kernels.default`` (inside the reference models).
+
+Readability over speed: per-sequence host bookkeeping in Python; the model runs batched (ragged rows).
+"""
+from dataclasses import dataclass, field
+
+import torch
+from lmdeploy.pytorch import consts
+from lmdeploy.pytorch.config import DLLMConfig
+from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
+
+from lmdeploy_focus_dev.testing.paged_kv_cache import PagedKVCache
+
+from . import focus_spec
+from .sdar_model import PagedStep, SDARReference
+
+MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
+COMMIT_FAST = 'fast'  # fork: commit step recomputes only still-uncached positions
+COMMIT_EXACT = 'exact'  # HF / SGLang: commit step recomputes the whole block
+
+
+@dataclass
+class StepRecord:
+    """One forward of one sequence (``record_steps=True``); block tensors are ``[L]``."""
+    kind: str  # 'prefill' or 'decode'
+    history_length: int  # block start
+    input_ids: torch.Tensor  # block tokens fed in (mask token at MASKED slots)
+    input_mask: torch.Tensor  # block mask states fed in
+    processed: torch.Tensor  # bool: positions forwarded this step
+    kv_length: int  # keys attended: history + rightmost + 1 (prefill: padded prompt length)
+    logits: torch.Tensor  # [L, vocab]; NaN at unprocessed rows
+    next_token_ids: torch.Tensor  # unmasker output (sampled candidates at still-MASKED slots)
+    next_mask: torch.Tensor  # unmasker output mask
+    is_warmup: bool  # first decode step of the block (processes the whole block)
+    is_commit: bool  # input block fully UNMASKED: this step commits it
+    kept: torch.Tensor | None = None  # FOCUS: bool [L], positions forwarded past the eviction layer
+
+    @property
+    def num_processed(self) -> int:
+        return int(self.processed.sum())
+
+
+@dataclass
+class GenerationResult:
+    """Outcome for one prompt."""
+    token_ids: list[int]  # generated tokens, trimmed at stop token / max_new_tokens
+    num_steps: int  # decode forwards incl. commit steps (the prefill is not counted)
+    processed_per_step: list[int]  # tokens forwarded in each decode step
+    kept_per_step: list[int]  # of those, tokens that went past FOCUS's eviction layer (all without FOCUS)
+    decoded_per_step: list[int]  # tokens unmasked (MASKED -> UNMASKED) in each decode step
+    all_token_ids: list[int]  # padded prompt, committed blocks and the last block (untrimmed)
+    history_length: int  # committed tokens (their KV is final in the cache)
+    steps: list[StepRecord] | None = None  # prefill first, then decode steps
+    history_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer K, V [history, kv_heads, dim]
+
+
+@dataclass
+class StopRule:
+    """The engine's DLLM stopping for one sequence, on host ints (upstream's criteria with the plugin's
+    fixes, ``strategies/dllm/upstream_fixes/``).
+
+    A block's tokens count once the whole block is UNMASKED (checked on the unmasker's output).
+    ``max_new_tokens``: the budget starts at ``max_new_tokens + prompt_len % L`` (the prompt's last
+    block is only partly generated); when it drops to <= 0 the block is cut after position
+    ``L - 1 + budget``. Stop tokens are checked from ``output_start`` (the prompt's end) on: the first
+    one before the cut ends generation after it. Ids the caller does not know may be ``None`` (never
+    a stop token). Shared with the serving check's expected outputs (``checks/serving_edge``).
+    """
+    block_length: int
+    prompt_length: int
+    budget: int
+    output_start: int
+    stop_token_ids: frozenset
+    valid_end: int = field(init=False)  # end of the tokens that count as sequence content
+
+    def __post_init__(self):
+        self.valid_end = self.prompt_length
+
+    def after_step(self, block_start: int, next_token_ids: list[int], block_unmasked: bool) -> bool:
+        """Update with one step's output; True when the sequence stops."""
+        if not block_unmasked:
+            return False
+        L = self.block_length
+        self.budget -= L
+        self.valid_end = block_start + L
+        end = L + min(self.budget, 0)  # block positions before the length cut
+        first_checked = max(0, self.output_start - block_start)
+        hits = [p for p in range(first_checked, end) if next_token_ids[p] in self.stop_token_ids]
+        if hits:
+            stop_pos = hits[0]
+        elif self.budget <= 0:
+            stop_pos = end - 1
+        else:
+            return False
+        self.valid_end = block_start + stop_pos + 1
+        return True
+
+
+@dataclass
+class _SeqState:
+    """Delayed-cache and FOCUS state of one sequence's current block (spec §2.1, §3.4, §3.6)."""
+    block_length: int
+    uncached: list[bool] = field(init=False)  # position still has to be recomputed
+    needs_warmup: bool = field(init=False)  # the next step processes the whole block
+    progress: int = field(init=False)  # largest position processed through all layers (-1: none)
+    decoded_sum: int = field(init=False)  # tokens unmasked by this block's decode steps
+    decoded_steps: int = field(init=False)  # those steps that unmasked at least one
+
+    def __post_init__(self):
+        self.new_block()
+
+    def new_block(self) -> None:
+        self.uncached = [True] * self.block_length
+        self.needs_warmup = True
+        self.progress = -1
+        self.decoded_sum = 0
+        self.decoded_steps = 0
+
+    def processing_positions(self) -> list[int]:
+        """§2.1: the uncached positions; all of them on warm-up or when none is uncached."""
+        positions = [p for p in range(self.block_length) if self.uncached[p]]
+        if self.needs_warmup or not positions:
+            positions = list(range(self.block_length))
+        return positions
+
+    def after_step(self, input_mask: list[int], decoded: int, committed: bool) -> None:
+        """§2.1 readiness from the step's *input* mask, §3.8 decoded average; a fresh block on commit."""
+        L = self.block_length
+        for p in range(L):
+            right_not_masked = p == L - 1 or input_mask[p + 1] != MASKED
+            if input_mask[p] != MASKED and right_not_masked:
+                self.uncached[p] = False
+        self.needs_warmup = False
+        self.decoded_sum += decoded
+        self.decoded_steps += decoded > 0
+        if committed:
+            self.new_block()
+
+
+@dataclass
+class _Batch:
+    """Decode state of every prompt: current blocks as ``[B, L]`` tensors, the rest on the host."""
+    block_ids: torch.Tensor  # long [B, L]
+    block_mask: torch.Tensor  # long [B, L]
+    history: torch.Tensor  # long [B]: committed tokens == current block start
+    active: torch.Tensor  # bool [B]: not stopped
+    states: list[_SeqState]
+    committed: list[list[int]]  # committed token ids per sequence (padded prompt + finished blocks)
+    stops: list[StopRule]
+    num_steps: list[int]
+    processed_per_step: list[list[int]]
+    kept_per_step: list[list[int]]
+    decoded_per_step: list[list[int]]
+    records: list[list[StepRecord]] | None
+
+    @property
+    def block_length(self) -> int:
+        return self.block_ids.size(1)
+
+
+def _unmasking_config(unmasking, block_length: int) -> DLLMConfig:
+    """Upstream ``DLLMConfig`` from anything carrying its unmasking fields."""
+    return DLLMConfig(block_length=block_length,
+                      unmasking_strategy=unmasking.unmasking_strategy,
+                      denoising_steps=unmasking.denoising_steps,
+                      confidence_threshold=unmasking.confidence_threshold)
+
+
+def _pad_prompt(prompt: list[int], block_length: int, mask_token_id: int) -> list[int]:
+    """Upstream padding: mask tokens up to a multiple of ``L`` (none if already aligned)."""
+    return list(prompt) + [mask_token_id] * ((-len(prompt)) % block_length)
+
+
+def _new_cache(model: SDARReference, padded_lengths: list[int], max_new: list[int], block_length: int,
+               page_size: int) -> PagedKVCache:
+    """A NaN-initialised paged cache large enough for every sequence's worst case."""
+    def pages(n):
+        return -(-n // page_size)
+
+    # generation never goes past the block holding token max_new, plus one fresh block
+    num_pages = sum(pages(n + (m // block_length + 2) * block_length) for n, m in zip(padded_lengths, max_new))
+    d = model.dims
+    return PagedKVCache(num_layers=d.num_layers, num_pages=num_pages, page_size=page_size,
+                        num_kv_heads=d.num_kv_heads, head_dim=d.head_dim, dtype=model.dtype)
+
+
+def _page_table(cache: PagedKVCache, batch_size: int) -> torch.Tensor:
+    return cache.allocator.page_table(list(range(batch_size)))
+
+
+# ---- one step --------------------------------------------------------------------------------
+
+
+def _decode_processing(batch: _Batch, delayed_cache: bool, commit_mode: str, process_all: bool) -> list[list[int]]:
+    """Per sequence, the ascending block positions it forwards this step (none for stopped ones)."""
+    L = batch.block_length
+    chosen = []
+    for b, state in enumerate(batch.states):
+        if not bool(batch.active[b]):
+            chosen.append([])
+        elif not delayed_cache or process_all:
+            chosen.append(list(range(L)))
+        elif commit_mode == COMMIT_EXACT and bool((batch.block_mask[b] == UNMASKED).all()):
+            chosen.append(list(range(L)))  # full pass over a finished block: the history later blocks read is clean
+        else:
+            chosen.append(state.processing_positions())
+    return chosen
+
+
+def _as_mask(positions: list[list[int]], block_length: int) -> torch.Tensor:
+    mask = torch.zeros(len(positions), block_length, dtype=torch.bool)
+    for b, ps in enumerate(positions):
+        mask[b, ps] = True
+    return mask
+
+
+def _prefill(model: SDARReference, padded: list[list[int]], cache: PagedKVCache, block_length: int):
+    """Block-causal pass over the padded prompts; returns ``(logits [B, L, V] of each last block,
+    kv lengths [B])``."""
+    lengths = torch.tensor([len(p) for p in padded], dtype=torch.long)
+    for b, n in enumerate(lengths.tolist()):
+        cache.allocator.ensure_capacity(b, n)
+    starts = lengths.cumsum(0) - lengths
+    step = PagedStep(block_offsets=_page_table(cache, len(padded)), q_start_loc=starts, q_seqlens=lengths,
+                     kv_seqlens=lengths, causal_block_size=block_length)
+    input_ids = torch.tensor([t for p in padded for t in p], dtype=torch.long)
+    positions = torch.cat([torch.arange(n) for n in lengths.tolist()])
+    hidden = model.hidden_states(input_ids, positions, cache.caches, step)
+    last_rows = (starts + lengths)[:, None] - block_length + torch.arange(block_length)[None, :]
+    logits = model.logits(hidden[last_rows.flatten()])  # lm_head on the last blocks only
+    return logits.view(len(padded), block_length, -1), lengths
+
+
+def _ragged_step(page_table: torch.Tensor, history: list[int], rows: list[list[int]]) -> PagedStep:
+    """§2.2: sequences' rows concatenated; keys up to the rightmost row's position (history if none)."""
+    q_seqlens = torch.tensor([len(ps) for ps in rows], dtype=torch.long)
+    kv = [h + (max(ps) + 1 if ps else 0) for h, ps in zip(history, rows)]
+    positions = torch.tensor([h + p for h, ps in zip(history, rows) for p in ps], dtype=torch.long)
+    return PagedStep(block_offsets=page_table, q_start_loc=q_seqlens.cumsum(0) - q_seqlens, q_seqlens=q_seqlens,
+                     kv_seqlens=torch.tensor(kv, dtype=torch.long), kv_positions=positions)
+
+
+def _dense_logits(row_logits: torch.Tensor, rows: list[list[int]], block_length: int) -> torch.Tensor:
+    """``[B, L, V]``: each row's logits at its block slot, NaN elsewhere (a leak would show)."""
+    out = row_logits.new_full((len(rows), block_length, row_logits.size(-1)), float('nan'))
+    i = 0
+    for b, ps in enumerate(rows):
+        for p in ps:
+            out[b, p] = row_logits[i]
+            i += 1
+    return out
+
+
+def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[int]], cache: PagedKVCache,
+                    focus=None):
+    """Sparse forward of the processed positions; returns ``(logits [B, L, V], kv lengths [B], positions per
+    sequence that reached the logits, new FOCUS progress per sequence or None)``.
+
+    ``focus``: anything with ``alpha``, ``policy`` and ``shadow`` (the runtime's ``FocusConfig`` will do).
+    """
+    L = batch.block_length
+    for b in torch.nonzero(batch.active).flatten().tolist():
+        cache.allocator.ensure_capacity(b, int(batch.history[b]) + L)
+    history = batch.history.tolist()
+    page_table = _page_table(cache, batch.block_ids.size(0))
+    step = _ragged_step(page_table, history, processing)
+    input_ids = torch.tensor([int(batch.block_ids[b, p]) for b, ps in enumerate(processing) for p in ps],
+                             dtype=torch.long)
+    if focus is None:
+        row_logits = model.forward(input_ids, step.kv_positions, cache.caches, step)
+        return _dense_logits(row_logits, processing, L), step.kv_seqlens, processing, None
+
+    # FOCUS (spec §3): importance at layers 0 and 1 over the masked processed rows (the candidates),
+    # eviction inside layer 1 after its K/V write; deeper layers and the LM head see the kept rows only.
+    masks = batch.block_mask.tolist()
+    row_of = []  # (b, p) of every ragged row
+    for b, ps in enumerate(processing):
+        row_of += [(b, p) for p in ps]
+    candidates = [[p for p in ps if masks[b][p] == MASKED] for b, ps in enumerate(processing)]
+    candidate_rows = [[i for i, (bb, p) in enumerate(row_of) if bb == b and masks[b][p] == MASKED]
+                      for b in range(len(processing))]
+    needs_importance = focus.policy == 'importance'
+    hidden, positions = model.embed(input_ids), step.kv_positions
+    importance0 = None
+    kept, progress = processing, None
+    for layer in range(model.dims.num_layers):
+        q, k, v = model.qkv(layer, hidden, positions)
+        model.write_kv(layer, k, v, cache.caches, step)
+        if layer == 0 and needs_importance:
+            importance0 = [focus_spec.importance(q[r], k[r], model.scale) for r in candidate_rows]
+        if layer == 1:  # the eviction layer
+            kept, progress = [], []
+            for b, ps in enumerate(processing):
+                state = batch.states[b]
+                delta = [0.0] * len(candidates[b])
+                if needs_importance:
+                    importance1 = focus_spec.importance(q[candidate_rows[b]], k[candidate_rows[b]], model.scale)
+                    delta = (importance1 - importance0[b]).tolist()
+                count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, focus.alpha)
+                chosen = focus_spec.select(candidates[b], delta, count, state.progress, focus.policy)
+                keep = ps if focus.shadow else [p for p in ps if masks[b][p] != MASKED or p in chosen]
+                kept.append(keep)
+                progress.append(max([state.progress] + keep))
+            src = [i for i, (b, p) in enumerate(row_of) if p in kept[b]]
+            q, hidden, positions = q[src], hidden[src], positions[src]
+            step = _ragged_step(page_table, history, kept)
+        hidden = model.attend_and_mlp(layer, hidden, q, cache.caches, step)
+    return _dense_logits(model.logits(hidden), kept, L), step.kv_seqlens, kept, progress
+
+
+def _unmask_fresh_only(processor: UnmaskingProcessor, logits: torch.Tensor, input_ids: torch.Tensor,
+                       candidates: torch.Tensor, input_mask: torch.Tensor, fresh: torch.Tensor):
+    """§2.2: masked slots without fresh logits are shown to the unmasker as CACHED, then MASKED again.
+    Flat ``[B*L]`` layouts; returns ``(next_mask, next_ids)``."""
+    hidden = (input_mask == MASKED) & ~fresh
+    result = processor(logits, input_ids, candidates, torch.where(hidden, CACHED, input_mask))
+    next_mask, next_ids = result if isinstance(result, tuple) else (result, candidates)
+    return torch.where(hidden, MASKED, next_mask), next_ids
+
+
+def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[int]], kv_lengths: torch.Tensor,
+                processor: UnmaskingProcessor, mask_token_id: int, forwarded: list[list[int]] | None = None,
+                focus_progress: list[int] | None = None) -> None:
+    """Sample, unmask (guarded), update the per-sequence state, then per sequence: record, stop, commit."""
+    B, L, vocab = logits.shape
+    kept_mask = _as_mask(kept, L)
+    forwarded_mask = kept_mask if forwarded is None else _as_mask(forwarded, L)
+    candidates = logits.argmax(dim=-1)  # greedy sampling (top_k=1)
+    next_mask, next_ids = _unmask_fresh_only(processor, logits.view(B * L, vocab), batch.block_ids.flatten(),
+                                             candidates.flatten(), batch.block_mask.flatten(), kept_mask.flatten())
+    next_mask, next_ids = next_mask.view(B, L), next_ids.view(B, L)
+
+    for b in torch.nonzero(batch.active).flatten().tolist():
+        state = batch.states[b]
+        block_start = int(batch.history[b])
+        is_commit = bool((batch.block_mask[b] == UNMASKED).all())
+        decoded = int(((batch.block_mask[b] == MASKED) & (next_mask[b] == UNMASKED)).sum())
+        is_warmup = state.needs_warmup
+        if kind == 'decode':  # prefill leaves the state fresh: the first decode step is a warm-up
+            if focus_progress is not None:
+                state.progress = focus_progress[b]
+            state.after_step(batch.block_mask[b].tolist(), decoded, bool((next_mask[b] == CACHED).all()))
+            batch.num_steps[b] += 1
+            batch.processed_per_step[b].append(int(forwarded_mask[b].sum()))
+            batch.kept_per_step[b].append(int(kept_mask[b].sum()))
+            batch.decoded_per_step[b].append(decoded)
+        if batch.records is not None:
+            batch.records[b].append(
+                StepRecord(kind=kind, history_length=block_start, input_ids=batch.block_ids[b].clone(),
+                           input_mask=batch.block_mask[b].clone(), processed=forwarded_mask[b].clone(),
+                           kv_length=int(kv_lengths[b]), logits=logits[b].clone(), next_token_ids=next_ids[b].clone(),
+                           next_mask=next_mask[b].clone(), is_warmup=kind == 'decode' and is_warmup,
+                           is_commit=is_commit, kept=kept_mask[b].clone() if forwarded is not None else None))
+        # still-masked slots carry the mask token again (upstream _update_token_ids_decode)
+        batch.block_ids[b] = torch.where(next_mask[b] == MASKED, mask_token_id, next_ids[b])
+        batch.block_mask[b] = next_mask[b]
+        block_unmasked = bool((next_mask[b] == UNMASKED).all())
+        if batch.stops[b].after_step(block_start, batch.block_ids[b].tolist(), block_unmasked):
+            batch.active[b] = False
+        elif bool((next_mask[b] == CACHED).all()):  # committed: history grows, fresh all-mask block
+            batch.committed[b] += batch.block_ids[b].tolist()
+            batch.history[b] += L
+            batch.block_ids[b] = mask_token_id
+            batch.block_mask[b] = MASKED
+
+
+# ---- driver -----------------------------------------------------------------------------------
+
+
+def reference_generate(model: SDARReference,
+                       prompts: list[list[int]],
+                       block_length: int,
+                       mask_token_id: int,
+                       unmasking,
+                       max_new_tokens: int | list[int],
+                       stop_token_ids: list[int] | None = None,
+                       delayed_cache: bool = False,
+                       commit_mode: str = COMMIT_FAST,
+                       page_size: int = 16,
+                       record_steps: bool = False,
+                       process_all: bool = False,
+                       focus=None) -> list[GenerationResult]:
+    """Greedy block-diffusion generation for a batch of prompts (see the module docstring).
+
+    Args:
+        model: the reference SDAR.
+        prompts: token ids per prompt (must not contain ``mask_token_id``).
+        block_length: ``L``.
+        mask_token_id: the model's mask token.
+        unmasking: ``DLLMConfig``-like (``unmasking_strategy``, ``denoising_steps``,
+            ``confidence_threshold``; its ``block_length`` is ignored).
+        max_new_tokens: per prompt, or one value for all (>= 1).
+        stop_token_ids: tokens that end generation (after the token), checked per finished block.
+        delayed_cache: sparse steps over the processing set (spec §2) instead of whole blocks.
+        commit_mode: ``'fast'`` or ``'exact'`` commit step under delayed cache (ignored without).
+        page_size: KV cache page size (pages are handed out in shuffled order).
+        record_steps: keep a :class:`StepRecord` per forward and each sequence's final history KV.
+        process_all: debug: delayed-cache bookkeeping, but every step forwards the whole block.
+        focus: FOCUS eviction (spec §3) on top of delayed cache (requires ``delayed_cache``): anything with
+            ``alpha``, ``policy`` (``'importance'`` / ``'leftmost'``) and ``shadow``.
+    """
+    assert commit_mode in (COMMIT_FAST, COMMIT_EXACT), commit_mode
+    assert focus is None or delayed_cache, 'FOCUS evicts from the delayed-cache processing set'
+    L = block_length
+    B = len(prompts)
+    max_new = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    assert len(max_new) == B and min(max_new) >= 1, 'max_new_tokens must be >= 1 for every prompt'
+    assert all(mask_token_id not in p and len(p) > 0 for p in prompts), 'prompts must be non-empty, mask-free'
+    processor = UnmaskingProcessor(_unmasking_config(unmasking, L))
+    padded = [_pad_prompt(p, L, mask_token_id) for p in prompts]
+    cache = _new_cache(model, [len(p) for p in padded], max_new, L, page_size)
+    stop_ids = frozenset(stop_token_ids or ())
+
+    last_blocks = torch.tensor([p[-L:] for p in padded], dtype=torch.long)
+    batch = _Batch(block_ids=last_blocks,
+                   block_mask=torch.where(last_blocks == mask_token_id, MASKED, UNMASKED),
+                   history=torch.tensor([len(p) - L for p in padded], dtype=torch.long),
+                   active=torch.ones(B, dtype=torch.bool),
+                   states=[_SeqState(L) for _ in range(B)],
+                   committed=[p[:-L] for p in padded],
+                   stops=[StopRule(L, len(p), m + len(p) % L, len(p), stop_ids) for p, m in zip(prompts, max_new)],
+                   num_steps=[0] * B,
+                   processed_per_step=[[] for _ in range(B)],
+                   kept_per_step=[[] for _ in range(B)],
+                   decoded_per_step=[[] for _ in range(B)],
+                   records=[[] for _ in range(B)] if record_steps else None)
+
+    logits, kv_lengths = _prefill(model, padded, cache, L)
+    _apply_step(batch, 'prefill', logits, [list(range(L))] * B, kv_lengths, processor, mask_token_id)
+
+    # every block takes at most L unmasking steps plus its commit step
+    max_steps = (max(max_new) // L + 2) * (L + 1)
+    for _ in range(max_steps):
+        if not bool(batch.active.any()):
+            break
+        processing = _decode_processing(batch, delayed_cache, commit_mode, process_all)
+        logits, kv_lengths, kept, progress = _decode_forward(model, batch, processing, cache, focus)
+        _apply_step(batch, 'decode', logits, kept, kv_lengths, processor, mask_token_id, processing, progress)
+    if bool(batch.active.any()):
+        raise RuntimeError(f'generation did not finish within {max_steps} steps')
+
+    results = []
+    for b in range(B):
+        all_ids = batch.committed[b] + batch.block_ids[b].tolist()
+        history_len = int(batch.history[b])
+        history_kv = None
+        if record_steps:
+            history_kv = [tuple(t.clone() for t in cache.read(layer, b, history_len))
+                          for layer in range(model.dims.num_layers)]
+        results.append(
+            GenerationResult(token_ids=all_ids[len(prompts[b]):batch.stops[b].valid_end],
+                             num_steps=batch.num_steps[b],
+                             processed_per_step=batch.processed_per_step[b],
+                             kept_per_step=batch.kept_per_step[b],
+                             decoded_per_step=batch.decoded_per_step[b],
+                             all_token_ids=all_ids,
+                             history_length=history_len,
+                             steps=batch.records[b] if record_steps else None,
+                             history_kv=history_kv))
+    return results
