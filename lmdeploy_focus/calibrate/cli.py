@@ -64,6 +64,15 @@ def _tasks(args):
     return load_tasks(args.tasks)[:args.num_tasks]
 
 
+def _encode(tokenizer, prompt: str) -> list[int]:
+    """The prompt through the tokenizer's chat template when it has one (thinking off), as eval_quality does."""
+    if getattr(tokenizer, 'chat_template', None):
+        text = tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}], tokenize=False,
+                                             add_generation_prompt=True, enable_thinking=False)
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(prompt))
+
+
 def _stop_ids(model: str, tokenizer) -> tuple[int, ...]:
     ids = set()
     if tokenizer.eos_token_id is not None:
@@ -92,7 +101,7 @@ def run(args) -> dict:
     if block_length is None:
         raise SystemExit('calibrate: error: give --block-length (the model path does not end in -b<N>)')
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
-    prompts = [list(tokenizer.encode(t.prompt)) for t in tasks]
+    prompts = [_encode(tokenizer, t.prompt) for t in tasks]
     max_new = [t.max_new_tokens or args.max_new_tokens for t in tasks]
     name = backends.resolve(args.backend)
     settings = backends.BackendSettings(model_path=args.model, block_length=block_length,
