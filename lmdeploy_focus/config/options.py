@@ -64,9 +64,6 @@ OPTIONS = (
            aliases=('--focus', )),
     Option('focus_alpha', DEFAULT_FOCUS_ALPHA,
            'FOCUS safety margin (>= 1.0) over the expected number of decodable tokens per step, or "auto" (set online)'),
-    Option('focus_auto_shadow_every', DEFAULT_AUTO_SHADOW_EVERY,
-           'With --dllm-focus-alpha auto: each sequence runs one decode step in N in shadow mode (N >= 1; '
-           'the default is provisional until its GPU overhead is measured)'),
     Option('track', False, 'Collect per-request DLLM statistics (processed tokens, denoising steps)'),
     Option('delayed_cache_commit', DEFAULT_COMMIT_MODE,
            'How a decoded block becomes history under delayed cache: exact = one full pass over the block '
@@ -79,6 +76,9 @@ OPTIONS = (
     Option('focus_shadow', False,
            'Compute the FOCUS selection without evicting; with --dllm-track, report how many decoded tokens had '
            'been selected (implies --dllm-enable-focus)'),
+    Option('focus_auto_shadow_every', DEFAULT_AUTO_SHADOW_EVERY,
+           'With --dllm-focus-alpha auto: each sequence runs one decode step in N in shadow mode (N >= 1; '
+           'the default is provisional until its GPU overhead is measured)'),
 )
 
 
