@@ -46,7 +46,8 @@ def test_focus_enables_delayed_cache_and_logs_it_once_per_process(focus_logs, mo
     assert focus_logs.messages(logging.INFO).count(note) == 1
     assert cfg.hf_overrides[OPTIONS_KEY] == dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=2.0,
                                                  track=False, delayed_cache_commit='exact',
-                                                 focus_policy='importance', focus_shadow=False)
+                                                 focus_policy='importance', focus_shadow=False,
+                                                 focus_auto_shadow_every=8)
     # pipelines, chat and benchmarks build configs again and again: the note stays at one INFO line
     for _ in range(3):
         PytorchEngineConfig(dllm_enable_focus=True)

@@ -23,7 +23,7 @@ NOT_RUNTIME = (DEV_PACKAGE, 'tests', 'benchmark', 'checks', 'conftest')
 FLOORS = [
     {'__init__', '_bootstrap'},  # activation (the .pth hook)
     {'patch'},  # every upstream touch point
-    {'cli', 'serving'},  # the surfaces the patches install
+    {'cli', 'serving', 'calibrate'},  # the surfaces the patches install; the calibration command
     {'strategies', 'stats', 'debug_hooks'},  # DLLM strategies, their statistics, debug-hook registry
     {'models'},  # model classes, the sparse decode step and its state
     {'kernels'},  # Triton kernels and their torch twins (kernels/default)

@@ -54,7 +54,7 @@ def dllm_outputs(session_id, tokens):
     outputs = []
     for status, row, chunk in ((ResponseType.SUCCESS, STEP_ROWS[0], tokens[:1]),
                                (ResponseType.FINISH, STEP_ROWS[1], tokens[1:])):
-        seq.dllm_request_stats.add([row[key] for key in KEYS])
+        seq.dllm_request_stats.add([row.get(key, 0.0) for key in KEYS])  # columns the rows leave out are 0
         out = SimpleNamespace(req_metrics=RequestMetrics(time.time(), []))
         attach_request_stats({session_id: out}, [seq])
         outputs.append(EngineOutput(status, chunk, req_metrics=out.req_metrics))

@@ -1,7 +1,7 @@
 """The FOCUS command-line flags, added to ``lmdeploy serve api_server`` and ``lmdeploy chat``."""
 import argparse
 
-from ..config.options import OPTIONS, OPTIONS_KEY, FocusOptions
+from ..config.options import AUTO_ALPHA, OPTIONS, OPTIONS_KEY, FocusOptions
 from ..log import log_once
 
 
@@ -9,6 +9,9 @@ def _validated(option):
     """argparse type of a valued option: parsed, then checked by ``FocusOptions`` itself (a clean usage
     error instead of a traceback)."""
     cast = type(option.default)
+    if option.name == 'focus_alpha':  # a number, or the word 'auto'
+        def cast(text):
+            return text if text == AUTO_ALPHA else float(text)
 
     def parse(text: str):
         try:

@@ -15,6 +15,11 @@ from dataclasses import asdict, dataclass, fields, replace
 
 OPTIONS_KEY = 'dllm_focus'
 DEFAULT_FOCUS_ALPHA = 1.5
+# --dllm-focus-alpha auto: the α controller (strategies/dllm/alpha_controller.py) sets α from shadow steps
+AUTO_ALPHA = 'auto'
+# auto: each sequence runs one decode step in this many in shadow mode. Provisional: chosen before the GPU
+# overhead was measured (benchmark/gpu/auto_alpha_overhead.sh; the bar is <= 3 % vs fixed alpha).
+DEFAULT_AUTO_SHADOW_EVERY = 8
 # How a fully decoded block becomes history: 'exact' recomputes the whole block once (history KV
 # is never stale, one extra block pass per block); 'fast' processes only its still-uncached
 # positions (the reference fork). Default 'exact' (quality evaluation, README's flag table).
@@ -58,7 +63,7 @@ OPTIONS = (
            'FOCUS: evict masked tokens unlikely to be decoded after layer 1 (implies --dllm-enable-delayed-cache)',
            aliases=('--focus', )),
     Option('focus_alpha', DEFAULT_FOCUS_ALPHA,
-           'FOCUS safety margin (>= 1.0) over the expected number of decodable tokens per step'),
+           'FOCUS safety margin (>= 1.0) over the expected number of decodable tokens per step, or "auto" (set online)'),
     Option('track', False, 'Collect per-request DLLM statistics (processed tokens, denoising steps)'),
     Option('delayed_cache_commit', DEFAULT_COMMIT_MODE,
            'How a decoded block becomes history under delayed cache: exact = one full pass over the block '
@@ -71,6 +76,9 @@ OPTIONS = (
     Option('focus_shadow', False,
            'Compute the FOCUS selection without evicting; with --dllm-track, report how many decoded tokens had '
            'been selected (implies --dllm-enable-focus)'),
+    Option('focus_auto_shadow_every', DEFAULT_AUTO_SHADOW_EVERY,
+           'With --dllm-focus-alpha auto: each sequence runs one decode step in N in shadow mode (N >= 1; '
+           'the default is provisional until its GPU overhead is measured)'),
 )
 
 
@@ -104,9 +112,14 @@ class FocusOptions:
                 raise ValueError(f'{option.field} must be a bool, got {value!r}')
             if option.choices is not None and value not in option.choices:
                 raise ValueError(f'{option.field} must be one of {option.choices}, got {value!r}')
+        every = self.focus_auto_shadow_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f'dllm_focus_auto_shadow_every must be an integer >= 1, got {every!r}')
         alpha = self.focus_alpha
+        if alpha == AUTO_ALPHA:
+            return
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-            raise ValueError(f'dllm_focus_alpha must be a finite number >= 1.0, got {alpha!r}')
+            raise ValueError(f'dllm_focus_alpha must be a finite number >= 1.0 or {AUTO_ALPHA!r}, got {alpha!r}')
         if alpha < 1.0:
             raise ValueError(f'dllm_focus_alpha must be >= 1.0 (it scales the expected number of decodable '
                              f'tokens per step), got {alpha}')
@@ -145,6 +158,10 @@ class FocusOptions:
         if options.enable_focus and not options.enable_delayed_cache:
             options = replace(options, enable_delayed_cache=True)
         return options
+
+    @property
+    def auto_alpha(self) -> bool:
+        return self.focus_alpha == AUTO_ALPHA
 
     @property
     def is_default(self) -> bool:

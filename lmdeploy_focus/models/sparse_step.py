@@ -70,6 +70,10 @@ class StepInputs:
     seq_valid: torch.Tensor  # bool [B̂]: a real sequence (False: batch padding, processes nothing)
     progress: torch.Tensor  # int64 [B̂]: FOCUS block progress
     avg_decoded: torch.Tensor  # float32 [B̂]: FOCUS running mean of tokens decoded per step
+    # --dllm-focus-alpha auto only (None otherwise): the α of each sequence's selection, and the sequences
+    # that run this step in shadow mode (selection computed, nothing evicted: the controller's measurement)
+    alpha: torch.Tensor | None = None  # float32 [B̂]
+    shadow_seq: torch.Tensor | None = None  # bool [B̂]
 
 
 @dataclass
@@ -183,7 +187,12 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
     write_kv(1, k, v)
 
     # selection (spec §3.4–3.6)
-    targets = focus_ops.focus_targets(num_candidates, inputs.avg_decoded, focus.alpha)
+    if focus.auto is None:
+        targets = focus_ops.focus_targets(num_candidates, inputs.avg_decoded, focus.alpha)
+    else:
+        # per-sequence α folded into the average: ceil(max(avg, 1) * α) is ceil(max(avg, 1) * α * 1) in the
+        # same fp32 steps (α >= 1, so the product is >= 1 and the kernel's max(., 1) is a no-op)
+        targets = focus_ops.focus_targets(num_candidates, inputs.avg_decoded.clamp(min=1.0) * inputs.alpha, 1.0)
     if focus.needs_importance:
         delta = reduce_importance_delta(importance(q, k) - importance0, focus.tp_size)
     else:
@@ -195,6 +204,11 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
     if focus.shadow:
         keep = valid  # shadow: every processed row goes on
     kept_dense = proc.processed if focus.shadow else selected_dense
+    if focus.auto is not None and not focus.shadow:
+        # auto: the sequences measured this step keep every processed row (a per-row flag: static shapes)
+        shadow_row = inputs.shadow_seq.index_select(0, torch.div(proc.flat_index, length, rounding_mode='floor'))
+        keep = torch.where(shadow_row, valid, keep)
+        kept_dense = torch.where(inputs.shadow_seq[:, None], proc.processed, selected_dense)
 
     # compaction (§3.7): kept rows first, sequence after sequence; the rest are padding
     layout = focus_ops.kept_layout(keep, meta.q_start_loc, meta.q_seqlens, block_pos, inputs.history,

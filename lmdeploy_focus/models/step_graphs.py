@@ -147,7 +147,8 @@ class StepGraphs:
         elif self._block_offsets.size(0) < batch_bucket:
             raise RuntimeError(f'sparse decode step: batch bucket {batch_bucket} captured after a smaller one '
                                f'({self._block_offsets.size(0)}); the largest must come first')
-        inputs = _warmup_inputs(batch_bucket, length, device)
+        inputs = _warmup_inputs(batch_bucket, length, device, auto=self.config.focus is not None
+                                and self.config.focus.auto is not None)
         block_offsets = self._block_offsets[:batch_bucket]
         outputs = front(self.parts, inputs, self.config, kv_caches, block_offsets)
         static = empty_like_tree(outputs)
@@ -187,7 +188,7 @@ class StepGraphs:
         self._pool = self._block_offsets = self._hidden = None
 
 
-def _warmup_inputs(batch: int, length: int, device) -> StepInputs:
+def _warmup_inputs(batch: int, length: int, device, auto: bool = False) -> StepInputs:
     """Padding sequences only: the kernels are launched (and compiled) for the bucket's shapes but no
     row is valid, so every row bucket's deep graph can be warmed up on the front's outputs and no
     K/V is written. A capture records launches, not data."""
@@ -198,4 +199,6 @@ def _warmup_inputs(batch: int, length: int, device) -> StepInputs:
                       needs_warmup=torch.ones(batch, dtype=torch.bool, device=device),
                       seq_valid=torch.zeros(batch, dtype=torch.bool, device=device),
                       progress=torch.full((batch, ), -1, dtype=torch.long, device=device),
-                      avg_decoded=torch.ones(batch, dtype=torch.float32, device=device))
+                      avg_decoded=torch.ones(batch, dtype=torch.float32, device=device),
+                      alpha=torch.ones(batch, dtype=torch.float32, device=device) if auto else None,
+                      shadow_seq=torch.zeros(batch, dtype=torch.bool, device=device) if auto else None)

@@ -78,7 +78,22 @@ class GenerationResult:
     all_token_ids: list[int]  # padded prompt, committed blocks and the last block (untrimmed)
     history_length: int  # committed tokens (their KV is final in the cache)
     steps: list[StepRecord] | None = None  # prefill first, then decode steps
+    # FOCUS only, per decode step: the selection against what the step decoded (:class:`SelectionCounts`)
+    selection_per_step: list['SelectionCounts'] | None = None
     history_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer K, V [history, kv_heads, dim]
+
+
+@dataclass(frozen=True)
+class SelectionCounts:
+    """One FOCUS decode step of one sequence: its selection (spec §3.5, before enforcement) against the
+    tokens the step decoded. ``scored_*`` count only when candidates outnumber the target (the only steps
+    where a selection matters; the runtime's shadow statistics use the same rule)."""
+    candidates: int  # masked processed positions
+    kept_candidates: int  # of those, past the eviction layer (all of them in shadow mode)
+    selected: int  # positions the policy picked
+    scored_decoded: int  # decoded tokens, 0 unless candidates > target
+    scored_selected_decoded: int  # of those, picked by the selection
+    scored_random_expected: float  # what a random subset of the selection's size would pick: decoded * selected / candidates
 
 
 @dataclass
@@ -179,6 +194,7 @@ class _Batch:
     kept_per_step: list[list[int]]
     decoded_per_step: list[list[int]]
     records: list[list[StepRecord]] | None
+    selection_per_step: list[list[SelectionCounts]] | None = None
 
     @property
     def block_length(self) -> int:
@@ -281,7 +297,8 @@ def _dense_logits(row_logits: torch.Tensor, rows: list[list[int]], block_length:
 def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[int]], cache: PagedKVCache,
                     focus=None):
     """Sparse forward of the processed positions; returns ``(logits [B, L, V], kv lengths [B], positions per
-    sequence that reached the logits, new FOCUS progress per sequence or None)``.
+    sequence that reached the logits, new FOCUS progress per sequence or None, FOCUS selection per sequence
+    as ``(candidates, chosen, target)`` or None)``.
 
     ``focus``: anything with ``alpha``, ``policy`` and ``shadow`` (the runtime's ``FocusConfig`` will do).
     """
@@ -295,7 +312,7 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                              dtype=torch.long)
     if focus is None:
         row_logits = model.forward(input_ids, step.kv_positions, cache.caches, step)
-        return _dense_logits(row_logits, processing, L), step.kv_seqlens, processing, None
+        return _dense_logits(row_logits, processing, L), step.kv_seqlens, processing, None, None
 
     # FOCUS (spec §3): importance at layers 0 and 1 over the masked processed rows (the candidates),
     # eviction inside layer 1 after its K/V write; deeper layers and the LM head see the kept rows only.
@@ -309,7 +326,7 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
     needs_importance = focus.policy == 'importance'
     hidden, positions = model.embed(input_ids), step.kv_positions
     importance0 = None
-    kept, progress = processing, None
+    kept, progress, selection = processing, None, []
     for layer in range(model.dims.num_layers):
         q, k, v = model.qkv(layer, hidden, positions)
         model.write_kv(layer, k, v, cache.caches, step)
@@ -325,6 +342,7 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                     delta = (importance1 - importance0[b]).tolist()
                 count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, focus.alpha)
                 chosen = focus_spec.select(candidates[b], delta, count, state.progress, focus.policy)
+                selection.append((candidates[b], list(chosen), count))
                 keep = ps if focus.shadow else [p for p in ps if masks[b][p] != MASKED or p in chosen]
                 kept.append(keep)
                 progress.append(max([state.progress] + keep))
@@ -332,7 +350,7 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
             q, hidden, positions = q[src], hidden[src], positions[src]
             step = _ragged_step(page_table, history, kept)
         hidden = model.attend_and_mlp(layer, hidden, q, cache.caches, step)
-    return _dense_logits(model.logits(hidden), kept, L), step.kv_seqlens, kept, progress
+    return _dense_logits(model.logits(hidden), kept, L), step.kv_seqlens, kept, progress, selection
 
 
 def _unmask_fresh_only(processor: UnmaskingProcessor, logits: torch.Tensor, input_ids: torch.Tensor,
@@ -347,7 +365,7 @@ def _unmask_fresh_only(processor: UnmaskingProcessor, logits: torch.Tensor, inpu
 
 def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[int]], kv_lengths: torch.Tensor,
                 processor: UnmaskingProcessor, mask_token_id: int, forwarded: list[list[int]] | None = None,
-                focus_progress: list[int] | None = None) -> None:
+                focus_progress: list[int] | None = None, selection: list | None = None) -> None:
     """Sample, unmask (guarded), update the per-sequence state, then per sequence: record, stop, commit."""
     B, L, vocab = logits.shape
     kept_mask = _as_mask(kept, L)
@@ -371,6 +389,9 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[
             batch.processed_per_step[b].append(int(forwarded_mask[b].sum()))
             batch.kept_per_step[b].append(int(kept_mask[b].sum()))
             batch.decoded_per_step[b].append(decoded)
+            if selection is not None and batch.selection_per_step is not None:
+                batch.selection_per_step[b].append(
+                    _selection_counts(selection[b], kept[b], batch.block_mask[b], next_mask[b]))
         if batch.records is not None:
             batch.records[b].append(
                 StepRecord(kind=kind, history_length=block_start, input_ids=batch.block_ids[b].clone(),
@@ -389,6 +410,17 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[
             batch.history[b] += L
             batch.block_ids[b] = mask_token_id
             batch.block_mask[b] = MASKED
+
+
+def _selection_counts(selection, kept: list[int], input_mask: torch.Tensor, next_mask: torch.Tensor) -> SelectionCounts:
+    candidates, chosen, target = selection
+    decoded = {p for p in candidates if int(input_mask[p]) == MASKED and int(next_mask[p]) == UNMASKED}
+    scored = decoded if len(candidates) > target else set()
+    hits = len(scored & set(chosen))
+    random_expected = len(scored) * len(chosen) / len(candidates) if candidates else 0.0
+    return SelectionCounts(candidates=len(candidates), kept_candidates=len(set(kept) & set(candidates)),
+                           selected=len(chosen), scored_decoded=len(scored), scored_selected_decoded=hits,
+                           scored_random_expected=random_expected)
 
 
 # ---- driver -----------------------------------------------------------------------------------
@@ -450,7 +482,8 @@ def reference_generate(model: SDARReference,
                    processed_per_step=[[] for _ in range(B)],
                    kept_per_step=[[] for _ in range(B)],
                    decoded_per_step=[[] for _ in range(B)],
-                   records=[[] for _ in range(B)] if record_steps else None)
+                   records=[[] for _ in range(B)] if record_steps else None,
+                   selection_per_step=[[] for _ in range(B)] if focus is not None else None)
 
     logits, kv_lengths = _prefill(model, padded, cache, L)
     _apply_step(batch, 'prefill', logits, [list(range(L))] * B, kv_lengths, processor, mask_token_id)
@@ -461,8 +494,9 @@ def reference_generate(model: SDARReference,
         if not bool(batch.active.any()):
             break
         processing = _decode_processing(batch, delayed_cache, commit_mode, process_all)
-        logits, kv_lengths, kept, progress = _decode_forward(model, batch, processing, cache, focus)
-        _apply_step(batch, 'decode', logits, kept, kv_lengths, processor, mask_token_id, processing, progress)
+        logits, kv_lengths, kept, progress, selection = _decode_forward(model, batch, processing, cache, focus)
+        _apply_step(batch, 'decode', logits, kept, kv_lengths, processor, mask_token_id, processing, progress,
+                    selection)
     if bool(batch.active.any()):
         raise RuntimeError(f'generation did not finish within {max_steps} steps')
 
@@ -483,5 +517,6 @@ def reference_generate(model: SDARReference,
                              all_token_ids=all_ids,
                              history_length=history_len,
                              steps=batch.records[b] if record_steps else None,
+                             selection_per_step=batch.selection_per_step[b] if focus is not None else None,
                              history_kv=history_kv))
     return results

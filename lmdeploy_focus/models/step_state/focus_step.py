@@ -9,6 +9,10 @@ class FocusConfig:
     shadow: bool  # compute the selection, evict nothing
     eviction_layer: int = 1  # importance at layers 0 and 1, eviction inside layer 1 (spec §3.1)
     tp_size: int | None = None  # attention TP ranks the importance delta is summed over (None: ask lmdeploy)
+    # --dllm-focus-alpha auto (an AlphaControllerConfig): α comes per sequence in StepInputs.alpha and some
+    # sequences run the step in shadow (StepInputs.shadow_seq); ``alpha`` is then the controller's start value
+    auto: object = None
+    shadow_every: int = 8  # auto: one step in N of each sequence in shadow mode
 
     @property
     def needs_importance(self) -> bool:

@@ -17,7 +17,8 @@ from lmdeploy.pytorch import consts
 
 from ...log import logger
 
-from ...models.step_state import focus_state
+from ...models.step_state import focus_state, shadow_schedule
+from . import alpha_controller
 from ...models.step_state.delayed_cache_state import advance
 from ...models.step_state.focus_step import FocusConfig
 from .run_stats import RunStats, per_sequence_counts
@@ -67,6 +68,10 @@ class DelayedCacheRuntime:
     logit_rows: int = 0
     dense_rows: int = 0
     log_every: int = 500
+    # --dllm-focus-alpha auto: the controller's state (0-d device tensors), this step's shadow sequences
+    alpha_state: object = field(default=None, repr=False)
+    shadow_seq: torch.Tensor | None = field(default=None, repr=False)
+    fallback_logged: bool = False
 
     def decode_batch_matches(self, num_tokens: int) -> bool:
         """A real decode step of the tracked batch (not a warm-up / graph-capture dummy)."""
@@ -109,6 +114,9 @@ class DelayedCacheRuntime:
                                   seq_valid=torch.ones_like(state.needs_warmup),
                                   progress=fstate.progress,
                                   avg_decoded=fstate.avg_decoded())
+        self.shadow_seq = None
+        if self.focus is not None and self.focus.auto is not None:
+            self._auto_inputs(batch_inputs)
         outputs, hidden, num_rows, num_logit_rows = steps.run(batch_inputs, kv_caches, block_offsets, attn_metadata,
                                                               mark=self.mark_phase)
         inputs.delayed_state = advance(state, input_mask)
@@ -121,6 +129,32 @@ class DelayedCacheRuntime:
                                kept_per_seq=outputs.rows.q_seqlens[:batch], focus=focus)
         return hidden
 
+    def _auto_inputs(self, batch_inputs) -> None:
+        """--dllm-focus-alpha auto: this step's shadow sequences (the schedule ticks) and each one's α."""
+        inputs, focus = self.step_inputs, self.focus
+        device = batch_inputs.progress.device
+        if self.alpha_state is None or self.alpha_state.alpha.device != device:
+            self.alpha_state = alpha_controller.initial_state(focus.auto, device)
+        shadow, inputs.shadow_countdown = shadow_schedule.tick(inputs.shadow_countdown, focus.shadow_every)
+        self.shadow_seq = shadow
+        batch_inputs.shadow_seq = shadow
+        # fallen back: α = L keeps every candidate (spec §3.4: the target is then the candidate count)
+        batch_inputs.alpha = alpha_controller.step_alpha(self.alpha_state, shadow, float(self.block_length))
+
+    def _auto_update(self, decoded, selected, candidates) -> dict:
+        """Fold the shadow sequences' counts into the controller (device only); their stats columns."""
+        focus = self.step.focus
+        scored = decoded & (focus.evicting & self.shadow_seq)[:, None]
+        num_scored = scored.sum(dim=1)
+        n_sel = selected.sum(dim=1).to(torch.float32)
+        n_cand = focus.num_candidates.clamp(min=1).to(torch.float32)
+        hits = (scored & selected).sum(dim=1)
+        random = num_scored * n_sel / n_cand
+        fallback = self.alpha_state.fallback
+        self.alpha_state = alpha_controller.update(self.alpha_state, self.focus.auto, num_scored, hits, random)
+        return dict(shadow_decoded=num_scored, shadow_selected_decoded=hits, shadow_random_expected=random,
+                    auto_shadow_steps=self.shadow_seq, auto_fallback_steps=fallback & ~self.shadow_seq)
+
     def after_unmasking(self, input_mask: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor | None:
         """Device-side bookkeeping once the step's tokens are unmasked (before the block may commit).
 
@@ -130,9 +164,13 @@ class DelayedCacheRuntime:
         decoded = focus_state.newly_decoded(input_mask, next_mask, L)
         num_decoded = decoded.sum(dim=1)
         focus = step.focus
+        auto_columns = {}
         if focus is not None:
             inputs = self.step_inputs
             inputs.focus_state = focus_state.record_step(inputs.focus_state, focus.progress_out, num_decoded)
+            if self.shadow_seq is not None:
+                auto_columns = self._auto_update(decoded, focus.selected_dense & focus.candidate_dense,
+                                                 focus.candidate_dense)
         if self.stats is None:
             return None
         columns = dict(decode_steps=1,
@@ -155,6 +193,7 @@ class DelayedCacheRuntime:
                 columns.update(shadow_decoded=num_scored,
                                shadow_selected_decoded=(scored & selected).sum(dim=1),
                                shadow_random_expected=num_scored * n_sel / n_cand)
+        columns.update(auto_columns)
         rows = per_sequence_counts(decoded.size(0), device=decoded.device, **columns)
         self.stats.add_rows(rows)
         return rows
@@ -166,9 +205,34 @@ class DelayedCacheRuntime:
         self.logit_rows += step.num_logit_rows
         self.dense_rows += step.batch_size * step.block_length
         if self.steps % self.log_every == 0:
+            self._log_auto()
             logger.info(f'delayed cache: {self.steps} decode steps; per step {self.deep_rows / self.steps:.1f} rows '
                         f'through the deep layers ({self.deep_rows / max(self.dense_rows, 1):.1%} of the blocks), '
                         f'{self.logit_rows / self.steps:.1f} through the LM head.')
+
+    def _log_auto(self) -> None:
+        """--dllm-focus-alpha auto: α now and then, the first fall-back once (a host read every ``log_every``
+        steps, with this log line; the decode step itself never reads the controller)."""
+        if self.alpha_state is None:
+            return
+        alpha, fallbacks, fallback = (float(self.alpha_state.alpha), int(self.alpha_state.fallbacks),
+                                      bool(self.alpha_state.fallback))
+        recall, random = (float(x) for x in alpha_controller.recalls(self.alpha_state))
+        if fallbacks and not self.fallback_logged:
+            self.fallback_logged = True
+            logger.warning(f'FOCUS alpha auto: the selection recalls {recall:.2f} of the decoded tokens vs {random:.2f} '
+                           f'for a random subset of the same size (or misses the target at the largest alpha): '
+                           f'eviction stopped for this model; shadow steps go on and it resumes if that changes.')
+        logger.info(f'FOCUS alpha auto: alpha {alpha:.2f}, recall {recall:.3f} (random {random:.3f}), '
+                    f'{"not evicting (fallen back)" if fallback else "evicting"}.')
+
+    def auto_alpha_report(self) -> dict | None:
+        """The controller's state on the host (one sync; for tests, tools and logs, never per step)."""
+        if self.alpha_state is None:
+            return None
+        report = {k: v.item() for k, v in alpha_controller.as_dict(self.alpha_state).items()}
+        report['recall'], report['random_recall'] = (x.item() for x in alpha_controller.recalls(self.alpha_state))
+        return report
 
     def row_logits(self, hidden_rows: torch.Tensor, lm_head) -> torch.Tensor:
         """``[M, V]`` logits of the step's rows that need them (``M = max(num_logit_rows, 1)``), in the

@@ -2,7 +2,10 @@
 delayed-cache and FOCUS state."""
 from dataclasses import dataclass, field
 
+import torch
+
 from ...models.step_state import focus_state as focus
+from ...models.step_state import shadow_schedule
 from ...models.step_state.delayed_cache_state import DelayedCacheState, concat, reset_rows, select, starts_new_block
 from .upstream_fixes import FixedDLLMStepInputs
 
@@ -11,6 +14,11 @@ from .upstream_fixes import FixedDLLMStepInputs
 class DelayedCacheStepInputs(FixedDLLMStepInputs):
     delayed_state: DelayedCacheState | None = field(default=None, repr=False)
     focus_state: focus.FocusState | None = field(default=None, repr=False)
+    # --dllm-focus-alpha auto: int64 [B] steps until each sequence's next shadow step (shadow_schedule)
+    shadow_countdown: object = field(default=None, repr=False)
+    shadow_period: int = 0  # 0: auto is off, no countdown kept
+    shadow_seed: int = 0
+    joined: int = 0  # sequences that joined so far (their schedule phases)
 
     def merge_prefill(self, inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                       extra_outputs):
@@ -22,11 +30,18 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
         self.delayed_state = fresh if self.delayed_state is None else concat(self.delayed_state, fresh)
         fresh_focus = focus.FocusState.fresh(num_new, device=device)
         self.focus_state = fresh_focus if self.focus_state is None else focus.concat(self.focus_state, fresh_focus)
+        if self.shadow_period:
+            countdown = shadow_schedule.fresh(num_new, self.shadow_period, self.shadow_seed, self.joined, device)
+            self.shadow_countdown = (countdown if self.shadow_countdown is None else
+                                     torch.cat([self.shadow_countdown, countdown]))
+            self.joined += num_new
 
     def reindex(self, delta):
         super().reindex(delta)
         self.delayed_state = select(self.delayed_state, delta.indices)
         self.focus_state = focus.select(self.focus_state, delta.indices)
+        if self.shadow_countdown is not None:
+            self.shadow_countdown = self.shadow_countdown.index_select(0, delta.indices)
 
     def step_decode(self, model_inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                     extra_outputs):

@@ -32,7 +32,14 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
             from ...models.step_state.focus_step import FocusConfig
             focus = None
             if options.enable_focus:
-                focus = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy, shadow=options.focus_shadow)
+                if options.auto_alpha:
+                    from .alpha_controller import AlphaControllerConfig
+                    auto = AlphaControllerConfig()
+                    focus = FocusConfig(alpha=auto.alpha_init, policy=options.focus_policy, shadow=options.focus_shadow,
+                                        auto=auto, shadow_every=options.focus_auto_shadow_every)
+                else:
+                    focus = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy,
+                                        shadow=options.focus_shadow)
                 num_layers = getattr(model_config, 'num_layers', None)
                 if num_layers is not None and num_layers <= focus.eviction_layer:
                     raise ValueError(f'dllm_enable_focus needs a model with at least {focus.eviction_layer + 1} '
@@ -48,7 +55,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                 logger.warning('LMDEPLOY_FOCUS_PHASE_TIMING=1: one extra host sync per decode step (profiling).')
             logger.info(f'delayed cache on (commit mode {options.delayed_cache_commit}).')
             if focus is not None:
-                logger.info(f'FOCUS on: alpha {focus.alpha}, policy {focus.policy}'
+                alpha = (f'auto (start {focus.alpha}, one shadow step in {focus.shadow_every} per sequence)'
+                         if focus.auto is not None else focus.alpha)
+                logger.info(f'FOCUS on: alpha {alpha}, policy {focus.policy}'
                             f'{", shadow (nothing evicted)" if focus.shadow else ""}.')
 
     def build_engine_strategy(self, cache_config, scheduler_config):
@@ -98,6 +107,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         from .delayed_cache_step_inputs import DelayedCacheStepInputs
         step_inputs = DelayedCacheStepInputs(_block_size=self.dllm_block_length,
                                              _dllm_mask_token=self.model_config.dllm_mask_token)
+        focus = self.delayed_cache_runtime.focus
+        if focus is not None and focus.auto is not None:
+            step_inputs.shadow_period = focus.shadow_every
         # A rebuilt step-input object (engine reset) starts with no sequences and no step in flight.
         self.delayed_cache_runtime.step_inputs = step_inputs
         self.delayed_cache_runtime.end_step()

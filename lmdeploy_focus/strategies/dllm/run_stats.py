@@ -10,7 +10,10 @@ Counted per decode step (prefill excluded), summed over the batch:
 * ``shadow_decoded``, ``shadow_selected_decoded``, ``shadow_random_expected``: over sequences whose
   candidates outnumber their target (the only ones where a selection matters), decoded tokens,
   decoded tokens the selection had picked, and the expected number a uniformly random subset of
-  the same size would have picked (Σ |decoded|·|selected|/|candidates|).
+  the same size would have picked (Σ |decoded|·|selected|/|candidates|); with ``--dllm-focus-alpha auto``
+  over the sequences in their shadow step;
+* ``auto_shadow_steps`` / ``auto_fallback_steps`` (``--dllm-focus-alpha auto``): sequence-steps run in
+  shadow mode, and sequence-steps that evicted nothing because the controller had fallen back.
 
 Each step's counts are built per sequence first (:func:`per_sequence_counts`, ``float32 [B, K]``):
 the run totals are their column sums, and the rows also travel to the host with the step's outputs
@@ -23,7 +26,8 @@ import weakref
 import torch
 
 KEYS = ('decode_steps', 'generated_tokens', 'processed_tokens', 'deep_tokens', 'candidates', 'kept_candidates',
-        'shadow_decoded', 'shadow_selected_decoded', 'shadow_random_expected')
+        'shadow_decoded', 'shadow_selected_decoded', 'shadow_random_expected', 'auto_shadow_steps',
+        'auto_fallback_steps')
 
 _LIVE = weakref.WeakSet()
 _LOCK = threading.Lock()

@@ -1,0 +1,158 @@
+"""The calibration command line (see the package docstring for what it measures and how it decides)."""
+import argparse
+import json
+import os
+import sys
+import time
+from importlib import resources
+
+from ..config.options import FOCUS_POLICIES
+from . import backends, grid, report
+from .task_file import TaskFileError, load_tasks
+
+DEFAULT_ALPHAS = (1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_TASKS = 'default_tasks.jsonl'  # shipped with the package: a few short general prompts
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog='python -m lmdeploy_focus.calibrate',
+                                description='Measure which FOCUS setting a DLLM tolerates: recall of the decoded tokens '
+                                'by the kept set (shadow mode) and the cost and accuracy of evicting, over a grid of α '
+                                'for both policies; recommends the cheapest (policy, α) that meets the recall target.',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('model', help='model directory (the reference backend needs a local SDAR checkpoint)')
+    p.add_argument('--tasks', default=None,
+                   help='JSONL task file in the format of benchmark/eval_quality.py ({"prompt", "answer" | "reference", '
+                   '["scorer"], ["max_new_tokens"], ["id"], ["meta"]}); default: a small prompt set shipped with the '
+                   'package')
+    p.add_argument('--num-tasks', type=int, default=None, help='only the first N tasks of the file')
+    p.add_argument('--alphas', type=float, nargs='+', default=list(DEFAULT_ALPHAS), help='the α grid (each >= 1)')
+    p.add_argument('--policies', nargs='+', default=list(FOCUS_POLICIES), choices=FOCUS_POLICIES,
+                   help='selection policies to measure')
+    p.add_argument('--target-recall', type=float, default=0.95,
+                   help='fraction of the decoded tokens the kept set must contain for a setting to be recommended')
+    p.add_argument('--threshold', type=float, default=0.9, help='dllm_confidence_threshold (low_confidence_dynamic)')
+    p.add_argument('--block-length', type=int, default=None, help='None: N of a -b<N> model path')
+    p.add_argument('--max-new-tokens', type=int, default=128, help='per task unless the task sets its own')
+    p.add_argument('--batch-size', type=int, default=16, help='prompts decoded together')
+    p.add_argument('--backend', default='auto', choices=('auto', 'engine', 'reference'),
+                   help="engine: LMDeploy's PyTorch engine (CUDA); reference: the pure-torch reference loop (CPU or "
+                   "CUDA; needs the development package, pip install '.[dev]'); auto: engine with CUDA, else reference")
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='reference backend only')
+    p.add_argument('--dtype', default='auto', choices=('auto', 'float32', 'float64', 'bfloat16', 'float16'),
+                   help="reference backend only; auto: float32 on CPU, the checkpoint's dtype on CUDA")
+    p.add_argument('--eager-mode', action='store_true', help='engine backend only: no CUDA graphs')
+    p.add_argument('--out-dir', default='calibration', help='where calibration.json and calibration.md go')
+    p.add_argument('--quiet', action='store_true', help='no progress bar')
+    args = p.parse_args(argv)
+    if any(a < 1.0 for a in args.alphas):
+        p.error(f'--alphas must all be >= 1, got {args.alphas}')
+    if not 0.0 < args.target_recall <= 1.0 or not 0.0 < args.threshold <= 1.0:
+        p.error('--target-recall and --threshold must lie in (0, 1]')
+    for name in ('num_tasks', 'block_length', 'max_new_tokens', 'batch_size'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    args.alphas = list(dict.fromkeys(args.alphas))
+    return args
+
+
+def _tasks(args):
+    if args.tasks is None:
+        with resources.as_file(resources.files(__package__) / DEFAULT_TASKS) as path:
+            return load_tasks(str(path))[:args.num_tasks]
+    return load_tasks(args.tasks)[:args.num_tasks]
+
+
+def _encode(tokenizer, prompt: str) -> list[int]:
+    """The prompt through the tokenizer's chat template when it has one (thinking off), as eval_quality does."""
+    if getattr(tokenizer, 'chat_template', None):
+        text = tokenizer.apply_chat_template([{'role': 'user', 'content': prompt}], tokenize=False,
+                                             add_generation_prompt=True, enable_thinking=False)
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(prompt))
+
+
+def _stop_ids(model: str, tokenizer) -> tuple[int, ...]:
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    path = os.path.join(model, 'generation_config.json')
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            eos = json.load(f).get('eos_token_id')
+        ids.update([eos] if isinstance(eos, int) else eos or [])
+    return tuple(sorted(ids))
+
+
+def _progress(total: int, quiet: bool):
+    if quiet:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc='calibrate', unit='run', file=sys.stderr)
+
+
+def run(args) -> dict:
+    from transformers import AutoTokenizer
+
+    from ..config.model_facts import block_length_from_path
+    tasks = _tasks(args)
+    block_length = args.block_length or block_length_from_path(args.model)
+    if block_length is None:
+        raise SystemExit('calibrate: error: give --block-length (the model path does not end in -b<N>)')
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    prompts = [_encode(tokenizer, t.prompt) for t in tasks]
+    max_new = [t.max_new_tokens or args.max_new_tokens for t in tasks]
+    name = backends.resolve(args.backend)
+    settings = backends.BackendSettings(model_path=args.model, block_length=block_length,
+                                        confidence_threshold=args.threshold, batch_size=args.batch_size,
+                                        stop_token_ids=_stop_ids(args.model, tokenizer), device=args.device,
+                                        dtype=args.dtype, eager_mode=args.eager_mode)
+    backend = backends.load(name)(settings)
+    cells = grid.plan(args.alphas, args.policies)
+    bar = _progress(len(cells), args.quiet)
+    results = []
+    for cell in cells:
+        if bar is not None:
+            bar.set_postfix_str(cell.label)
+        start = time.perf_counter()
+        counts, token_ids = backend.run(cell, prompts, max_new)
+        outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
+        accuracy = sum(t.score(o) for t, o in zip(tasks, outputs)) / len(tasks)
+        results.append(grid.CellResult(cell, counts, accuracy, round(time.perf_counter() - start, 2), outputs))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    recommendation = grid.recommend(results, args.target_recall)
+    rows = report.table_rows(results, args.alphas)
+    head = report.header(args, backend.name)
+    table = report.markdown_table(rows)
+    line = report.recommendation_line(recommendation)
+    markdown = (f'# FOCUS calibration: {args.model}\n\n' + '\n'.join(f'- {k}: {v}' for k, v in head.items()) +
+                f'\n- tasks run: {len(tasks)}, block length {block_length}, threshold {args.threshold}, target recall '
+                f'{args.target_recall}\n\n{table}\n\n{line}\n\nRecall: shadow mode (nothing evicted), decoded tokens the '
+                'kept set held, over the steps with more candidates than the target; random: the expected recall of '
+                'a uniformly random subset of the same size. The other columns are from runs that evict. Deep '
+                'rows/token: rows through layers >= 2 per generated token.\n')
+    record = dict(head, block_length=block_length, threshold=args.threshold, target_recall=args.target_recall,
+                  alphas=args.alphas, policies=args.policies, num_tasks=len(tasks), columns=list(report.COLUMNS),
+                  table=rows, recommendation=dict(enable=recommendation.enable, policy=recommendation.policy,
+                                                  alpha=recommendation.alpha, reason=recommendation.reason),
+                  cells=[dict(mode=r.cell.mode, policy=r.cell.policy, alpha=r.cell.alpha, counts=r.counts,
+                              accuracy=r.accuracy, recall=r.recall, random_recall=r.random_recall,
+                              kept_fraction=r.kept_fraction, tokens_per_step=r.tokens_per_step,
+                              rows_per_token=r.rows_per_token, seconds=r.seconds) for r in results])
+    print(table)
+    print(line)
+    json_path, md_path = report.write(args.out_dir, record, markdown)
+    print(f'wrote {json_path} and {md_path}')
+    return record
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (TaskFileError, backends.BackendUnavailable) as e:
+        raise SystemExit(f'calibrate: error: {e}') from None

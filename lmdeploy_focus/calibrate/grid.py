@@ -1,0 +1,110 @@
+"""The calibration grid, its per-run metrics and the recommendation (no I/O, no torch)."""
+from dataclasses import dataclass, field
+
+from ..config.options import FOCUS_POLICIES
+
+BASELINE = 'baseline'  # delayed cache alone: the no-eviction reference of accuracy and cost
+SHADOW = 'shadow'
+EVICT = 'evict'
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: ``mode`` baseline / shadow / evict, with a policy and α except for the baseline."""
+    mode: str
+    policy: str | None = None
+    alpha: float | None = None
+
+    @property
+    def label(self) -> str:
+        return 'delayed cache (no eviction)' if self.mode == BASELINE else f'{self.policy} α {self.alpha:g} {self.mode}'
+
+    def focus_options(self) -> dict:
+        """The ``hf_overrides['dllm_focus']`` dict of this run (statistics on)."""
+        options = dict(enable_delayed_cache=True, delayed_cache_commit='exact', track=True)
+        if self.mode != BASELINE:
+            options.update(enable_focus=True, focus_alpha=self.alpha, focus_policy=self.policy,
+                           focus_shadow=self.mode == SHADOW)
+        return options
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    counts: dict  # run_stats.KEYS -> float
+    accuracy: float | None = None  # mean score over the tasks (None: no task has a target)
+    seconds: float = 0.0
+    outputs: list = field(default_factory=list)  # decoded text per task
+
+    def ratio(self, a: str, b: str) -> float | None:
+        return self.counts[a] / self.counts[b] if self.counts.get(b) else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.ratio('shadow_selected_decoded', 'shadow_decoded')
+
+    @property
+    def random_recall(self) -> float | None:
+        return self.ratio('shadow_random_expected', 'shadow_decoded')
+
+    @property
+    def kept_fraction(self) -> float | None:
+        return self.ratio('kept_candidates', 'candidates')
+
+    @property
+    def tokens_per_step(self) -> float | None:
+        return self.ratio('generated_tokens', 'decode_steps')
+
+    @property
+    def rows_per_token(self) -> float | None:
+        """Rows through the deep layers per generated token: the cost FOCUS cuts."""
+        return self.ratio('deep_tokens', 'generated_tokens')
+
+
+def plan(alphas, policies=FOCUS_POLICIES) -> list[Cell]:
+    cells = [Cell(BASELINE)]
+    for alpha in alphas:
+        for policy in policies:
+            cells += [Cell(SHADOW, policy, float(alpha)), Cell(EVICT, policy, float(alpha))]
+    return cells
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    policy: str | None
+    alpha: float | None
+    reason: str
+
+    @property
+    def enable(self) -> bool:
+        return self.policy is not None
+
+
+def recommend(results: list[CellResult], target_recall: float) -> Recommendation:
+    """The (policy, α) with the fewest deep rows per generated token among those whose shadow recall meets
+    ``target_recall`` and that evict at all (cheaper than the baseline); ties go to the smaller α."""
+    by_cell = {r.cell: r for r in results}
+    baseline = by_cell.get(Cell(BASELINE))
+    base_cost = baseline.rows_per_token if baseline else None
+    fits, misses = [], []
+    for result in results:
+        cell = result.cell
+        if cell.mode != EVICT:
+            continue
+        shadow = by_cell.get(Cell(SHADOW, cell.policy, cell.alpha))
+        recall, cost = shadow.recall if shadow else None, result.rows_per_token
+        if recall is None or cost is None:
+            continue  # never more candidates than the target: nothing to measure, nothing evicted
+        (fits if recall >= target_recall else misses).append((cost, cell.alpha, cell.policy, recall))
+    if not fits:
+        best = max(misses, key=lambda m: m[3], default=None)
+        detail = (f'; the best was {best[2]} at α {best[1]:g} with recall {best[3]:.3f}' if best else
+                  '; no setting ever had more candidates than its target')
+        return Recommendation(None, None, f'no setting reaches recall {target_recall:g}{detail}')
+    cost, alpha, policy, recall = min(fits)
+    if base_cost is not None and cost >= base_cost:
+        return Recommendation(None, None, f'{policy} at α {alpha:g} reaches recall {recall:.3f} but processes no '
+                              f'fewer rows than no eviction ({cost:.2f} vs {base_cost:.2f} per token)')
+    saving = f', {1 - cost / base_cost:.0%} fewer deep rows per token than no eviction' if base_cost else ''
+    return Recommendation(policy, alpha, f'recall {recall:.3f} >= {target_recall:g} at the lowest cost '
+                          f'({cost:.2f} deep rows per generated token{saving})')

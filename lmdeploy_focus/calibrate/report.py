@@ -1,0 +1,89 @@
+"""The calibration table (one row per α: both policies side by side), its markdown and JSON."""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from .grid import BASELINE, EVICT, SHADOW, Cell
+
+COLUMNS = ('α', 'recall importance', 'recall leftmost', 'recall random (same size)', 'kept fraction imp / left',
+           'tokens/step imp / left', 'accuracy imp / left', 'deep rows/token imp / left')
+
+
+def _f(value, digits=3) -> str:
+    return 'n/a' if value is None else f'{value:.{digits}f}'
+
+
+def _pair(a, b, digits=3) -> str:
+    return f'{_f(a, digits)} / {_f(b, digits)}'
+
+
+def table_rows(results, alphas) -> list[list[str]]:
+    by_cell = {r.cell: r for r in results}
+    base = by_cell.get(Cell(BASELINE))
+    rows = []
+    if base is not None:
+        rows.append(['no eviction', '—', '—', '—', '1 (all)', _f(base.tokens_per_step, 2), _f(base.accuracy),
+                     _f(base.rows_per_token, 2)])
+    for alpha in alphas:
+        def get(mode, policy):
+            return by_cell.get(Cell(mode, policy, float(alpha)))
+
+        si, sl, ei, el = get(SHADOW, 'importance'), get(SHADOW, 'leftmost'), get(EVICT, 'importance'), get(EVICT, 'leftmost')
+
+        def attr(result, name):
+            return getattr(result, name) if result is not None else None
+
+        rows.append([f'{alpha:g}', _f(attr(si, 'recall')), _f(attr(sl, 'recall')), _f(attr(si, 'random_recall')),
+                     _pair(attr(ei, 'kept_fraction'), attr(el, 'kept_fraction')),
+                     _pair(attr(ei, 'tokens_per_step'), attr(el, 'tokens_per_step'), 2),
+                     _pair(attr(ei, 'accuracy'), attr(el, 'accuracy')),
+                     _pair(attr(ei, 'rows_per_token'), attr(el, 'rows_per_token'), 2)])
+    return rows
+
+
+def markdown_table(rows) -> str:
+    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '| ' + ' | '.join('---' for _ in COLUMNS) + ' |']
+    return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])
+
+
+def recommendation_line(rec) -> str:
+    if rec.enable:
+        return f'recommendation: --focus --dllm-focus-policy {rec.policy} --dllm-focus-alpha {rec.alpha:g} ({rec.reason})'
+    return f'recommendation: do not enable FOCUS on this model ({rec.reason})'
+
+
+def _commit() -> str | None:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
+
+
+def write(out_dir: str, record: dict, markdown: str) -> tuple[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    json_path, md_path = os.path.join(out_dir, 'calibration.json'), os.path.join(out_dir, 'calibration.md')
+    with open(json_path, 'w', encoding='utf-8') as f:
+        json.dump(record, f, indent=1, ensure_ascii=False)
+        f.write('\n')
+    with open(md_path, 'w', encoding='utf-8') as f:
+        f.write(markdown)
+    return json_path, md_path
+
+
+def header(args, backend_name: str) -> dict:
+    return dict(date=datetime.date.today().isoformat(), command=' '.join(['python -m lmdeploy_focus.calibrate',
+                                                                           *sys.argv[1:]]),
+                machine=machine(), backend=backend_name, commit=_commit(), model=args.model, tasks=args.tasks)

@@ -1,0 +1,110 @@
+"""``--dllm-focus-alpha auto`` through the engine path on CPU (the CPU harness: our SDAR class on upstream modules,
+the runtime, the sparse step with per-sequence α and shadow flags, the agent's own sampling and unmasking).
+
+The controller's target stands in for the scripted recall: a target no selection can meet (1.0) must push α
+up, a target every selection meets (0.05) must pull it down; fall-back is kept out of the way
+(``min_updates`` huge) so the direction alone is tested.
+"""
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+from lmdeploy.pytorch.engine.logits_process import SamplingInputs
+from lmdeploy_focus.config.options import FocusOptions
+from lmdeploy_focus.models.step_state import focus_state, shadow_schedule
+from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
+from lmdeploy_focus.strategies.dllm.alpha_controller import AlphaControllerConfig
+from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
+from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
+
+L = 8
+MASKED, UNMASKED = focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED
+
+
+def _generate(target_recall, steps=40, padded=False, force_fallback=False):
+    sdar, _ = tiny_model_and_reference(
+        'sdar', L, num_layers=3,
+        hf_overrides={'dllm_focus': {'enable_focus': True, 'focus_alpha': 'auto', 'focus_auto_shadow_every': 2,
+                                     'track': True}})
+    runtime = sdar.model.delayed_cache_runtime
+    assert runtime.focus.auto is not None and runtime.focus.shadow_every == 2
+    runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=target_recall,
+                                                                      min_updates=10_000, gain=2.0))
+    mask_id = sdar.model_config.dllm_mask_token
+    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
+                           denoising_steps=L, confidence_threshold=0.3)
+    agent = DelayedCacheAgentStrategy(unmasking, mask_id, runtime)
+    gen = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6, 9)]
+    B = len(prompts)
+    runner = sdar.new_runner(page_size=16, num_pages=128)
+    if padded:
+        runner.capture_step_graphs([8])
+    runner.prefill(prompts)
+    blocks = runner.current_blocks()
+    mask = torch.where(blocks == mask_id, MASKED, UNMASKED)
+    delayed, focus = DelayedCacheState.fresh(B, L), focus_state.FocusState.fresh(B)
+    countdown = shadow_schedule.fresh(B, 2, seed=0, first_index=0)
+    shadow_steps = 0
+    for _ in range(steps):
+        step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
+                                      extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),
+                                      model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
+        runtime.step_inputs = step_inputs
+        if force_fallback:
+            from lmdeploy_focus.strategies.dllm.alpha_controller import initial_state
+            state = runtime.alpha_state or initial_state(runtime.focus.auto)
+            runtime.alpha_state = replace(state, fallback=torch.ones_like(state.fallback))
+        ragged = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        shadow_steps += int(runtime.shadow_seq.sum())
+        logits, _ = agent.sampling_rows(ragged, SamplingInputs(batch_size=B * L, max_num_logprobs=-1))
+        extra = SimpleNamespace(dllm_mask=mask.flatten().clone())
+        next_ids, extra = agent.post_sampling(SimpleNamespace(input_ids=blocks.flatten()), logits, logits.argmax(-1),
+                                              extra)
+        next_mask = extra.dllm_mask.view(B, L)
+        blocks = torch.where(next_mask == MASKED, mask_id, next_ids.view(B, L))
+        committed = starts_new_block(next_mask.flatten(), L)
+        delayed = reset_rows(step_inputs.delayed_state, committed)
+        focus = focus_state.reset_rows(step_inputs.focus_state, committed)
+        countdown = step_inputs.shadow_countdown
+        mask = torch.where(committed[:, None], MASKED, next_mask)
+        blocks = torch.where(committed[:, None], mask_id, blocks)
+        if committed.any():
+            runner.commit_blocks([b for b in range(B) if committed[b]])
+    return runtime, shadow_steps
+
+
+@pytest.mark.parametrize('padded', [False, True])
+def test_auto_moves_alpha_in_the_direction_the_recall_demands(padded):
+    up, shadow_up = _generate(1.0, padded=padded)
+    down, _ = _generate(0.05, padded=padded)
+    report_up, report_down = up.auto_alpha_report(), down.auto_alpha_report()
+    assert report_up['updates'] > 0 and report_down['updates'] > 0, 'no informative shadow step: nothing tested'
+    assert report_up['alpha'] > 1.5 and report_down['alpha'] < 1.5
+    assert report_down['alpha'] >= 1.0 and report_up['alpha'] <= 4.0
+    stats = up.stats.read()
+    assert stats['auto_shadow_steps'] == shadow_up > 0
+    assert 0 < stats['shadow_decoded'] and stats['shadow_selected_decoded'] <= stats['shadow_decoded']
+    assert stats['deep_tokens'] < stats['processed_tokens'], 'the non-shadow steps never evicted'
+    assert stats['auto_fallback_steps'] == 0
+
+
+def test_fallback_stops_eviction_outside_shadow_steps():
+    """A controller that has fallen back gives the non-shadow sequences α = L: nothing is evicted anywhere,
+    the shadow steps still measure, and the fall-back steps are counted (req_metrics.dllm, /metrics)."""
+    runtime, _ = _generate(1.0, force_fallback=True)
+    stats = runtime.stats.read()
+    assert stats['deep_tokens'] == stats['processed_tokens']
+    assert stats['auto_fallback_steps'] > 0 and stats['shadow_decoded'] > 0
+    assert runtime.auto_alpha_report()['fallback'] is True
+
+
+def test_auto_option_validation_and_resolution():
+    assert FocusOptions(focus_alpha='auto').auto_alpha
+    with pytest.raises(ValueError, match='auto'):
+        FocusOptions(focus_alpha='automatic')
+    with pytest.raises(ValueError, match='shadow_every'):
+        FocusOptions(focus_auto_shadow_every=0)

@@ -1,0 +1,90 @@
+"""``python -m lmdeploy_focus.calibrate``: the recommendation logic, the backend registry, and the command end
+to end on the committed tiny model with the reference backend (CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmdeploy_focus.calibrate import backends
+from lmdeploy_focus.calibrate.grid import BASELINE, EVICT, SHADOW, Cell, CellResult, plan, recommend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'models', 'tiny-sdar-5m-b32')
+TASKS = os.path.join(ROOT, 'benchmark', 'data', 'tiny_tasks_heldout.jsonl')
+
+
+def _result(mode, policy=None, alpha=None, *, recall=None, cost=None):
+    counts = dict(decode_steps=10, generated_tokens=10, deep_tokens=10 * cost if cost else 0, shadow_decoded=0,
+                  shadow_selected_decoded=0, shadow_random_expected=0)
+    if recall is not None:
+        counts.update(shadow_decoded=100, shadow_selected_decoded=100 * recall, shadow_random_expected=30)
+    return CellResult(Cell(mode, policy, alpha), counts)
+
+
+def test_recommends_the_cheapest_setting_that_meets_the_target():
+    results = [_result(BASELINE, cost=10),
+               _result(SHADOW, 'importance', 1.5, recall=0.96), _result(EVICT, 'importance', 1.5, cost=6),
+               _result(SHADOW, 'importance', 3.0, recall=0.99), _result(EVICT, 'importance', 3.0, cost=8),
+               _result(SHADOW, 'leftmost', 1.5, recall=0.90), _result(EVICT, 'leftmost', 1.5, cost=4)]
+    rec = recommend(results, 0.95)
+    assert (rec.policy, rec.alpha) == ('importance', 1.5)  # leftmost is cheaper but misses the target
+    assert recommend(results, 0.97).alpha == 3.0
+    none = recommend(results, 0.995)
+    assert not none.enable and 'no setting reaches recall 0.995' in none.reason
+
+
+def test_no_recommendation_when_evicting_saves_nothing():
+    results = [_result(BASELINE, cost=5), _result(SHADOW, 'importance', 2.0, recall=0.99),
+               _result(EVICT, 'importance', 2.0, cost=5.5)]
+    assert not recommend(results, 0.95).enable
+
+
+def test_plan_has_a_baseline_and_both_modes_per_policy_and_alpha():
+    cells = plan([1.5, 2.0])
+    assert cells[0] == Cell(BASELINE) and len(cells) == 1 + 2 * 2 * 2
+    assert Cell(SHADOW, 'leftmost', 2.0) in cells and Cell(EVICT, 'importance', 1.5) in cells
+    assert Cell(SHADOW, 'importance', 1.5).focus_options()['focus_shadow'] is True
+
+
+def test_backend_registry_finds_the_dev_backend_and_names_the_install_when_missing(monkeypatch):
+    assert 'reference' in backends.available() and 'engine' in backends.available()
+    monkeypatch.setattr(backends, 'entry_points', lambda group: [])
+    with pytest.raises(backends.BackendUnavailable, match=r"pip install '\.\[dev\]'"):
+        backends.load('reference')
+
+
+def test_default_task_set_is_shipped_and_valid():
+    from importlib import resources
+
+    from lmdeploy_focus.calibrate.task_file import load_tasks
+    with resources.as_file(resources.files('lmdeploy_focus.calibrate') / 'default_tasks.jsonl') as path:
+        assert len(load_tasks(str(path))) >= 5
+
+
+def test_help_documents_every_option():
+    out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', '--help'], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ('--tasks', '--num-tasks', '--alphas', '--policies', '--target-recall', '--threshold', '--block-length',
+                 '--max-new-tokens', '--batch-size', '--backend', '--device', '--dtype', '--eager-mode', '--out-dir',
+                 '--quiet'):
+        assert flag in out, flag
+
+
+def test_end_to_end_on_the_tiny_model(tmp_path):
+    out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', TINY, '--tasks', TASKS, '--num-tasks', '2',
+                          '--alphas', '1.5', '--max-new-tokens', '32', '--backend', 'reference', '--out-dir',
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'recommendation:' in out.stdout and 'calibrate' in out.stderr  # the progress bar
+    record = json.loads((tmp_path / 'calibration.json').read_text())
+    assert len(record['cells']) == 5 and record['machine'].startswith('CPU')
+    shadow = [c for c in record['cells'] if c['mode'] == 'shadow']
+    assert all(c['counts']['shadow_decoded'] > 0 for c in shadow)  # the selection mattered in some step
+    assert all(0.0 <= c['recall'] <= 1.0 and 0.0 <= c['random_recall'] <= 1.0 for c in shadow)
+    evict = [c for c in record['cells'] if c['mode'] == 'evict']
+    assert all(c['kept_fraction'] < 1.0 for c in evict)  # it evicted
+    baseline = record['cells'][0]
+    assert baseline['mode'] == 'baseline' and baseline['counts']['deep_tokens'] == baseline['counts']['processed_tokens']
+    assert (tmp_path / 'calibration.md').read_text().count('|') > 20
