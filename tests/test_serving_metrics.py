@@ -188,13 +188,14 @@ def registered_dllm_names():
             if name.startswith('lmdeploy:dllm_')}
 
 
-@pytest.mark.parametrize('config, has_focus, has_shadow', [
-    (dict(dllm_track=True), False, False),
-    (dict(dllm_track=True, dllm_enable_delayed_cache=True), False, False),
-    (dict(dllm_track=True, dllm_enable_focus=True), True, False),
-    (dict(dllm_track=True, dllm_focus_shadow=True), True, True),
+@pytest.mark.parametrize('config, has_focus, has_shadow, has_auto', [
+    (dict(dllm_track=True), False, False, False),
+    (dict(dllm_track=True, dllm_enable_delayed_cache=True), False, False, False),
+    (dict(dllm_track=True, dllm_enable_focus=True), True, False, False),
+    (dict(dllm_track=True, dllm_focus_shadow=True), True, True, False),
+    (dict(dllm_track=True, dllm_enable_focus=True, dllm_focus_alpha='auto'), True, True, True),
 ])
-def test_series_follow_the_engine_options(config, has_focus, has_shadow):
+def test_series_follow_the_engine_options(config, has_focus, has_shadow, has_auto):
     engine = fake_async_engine(**config)
     stat_logger = add_dllm_stat_logger(engine)
     assert engine.stat_loggers == [stat_logger]
@@ -204,6 +205,8 @@ def test_series_follow_the_engine_options(config, has_focus, has_shadow):
     assert ('lmdeploy:dllm_request_kept_fraction_count' in names) == has_focus
     assert ('lmdeploy:dllm_shadow_decoded_tokens_total' in names) == has_shadow
     assert ('lmdeploy:dllm_request_shadow_recall_count' in names) == has_shadow
+    assert ('lmdeploy:dllm_focus_auto_fallback_steps_total' in names) == has_auto
+    assert ('lmdeploy:dllm_focus_auto_shadow_steps_total' in names) == has_auto
     # a later engine in the same process replaces them instead of clashing in the registry
     add_dllm_stat_logger(fake_async_engine(**config))
 
@@ -213,6 +216,20 @@ def test_no_series_without_tracking_or_metrics(focus_logs):
                    fake_async_engine(dllm_track=True, enable_metrics=False)):
         assert add_dllm_stat_logger(engine) is None and engine.stat_loggers == []
     assert any('no lmdeploy:dllm_* series' in m for m in focus_logs.messages())
+
+
+def test_auto_counters_grow_with_the_outputs():
+    from lmdeploy_focus.serving.metrics import wrap_update_from_output
+    stat_logger = DLLMStatLogger('m', focus=True, auto=True)
+    update = wrap_update_from_output(lambda self, outputs, req_stats: None)
+    req_stats = _Stats()
+    for totals in (dict(auto_shadow_steps=2.0, auto_fallback_steps=0.0), dict(auto_shadow_steps=3.0,
+                                                                           auto_fallback_steps=5.0)):
+        stats = _Stats()
+        update(stats, SimpleNamespace(req_metrics=SimpleNamespace(dllm=totals)), req_stats)
+        stat_logger.record_iteration(stats)
+    assert stat_logger.counters['auto_shadow_steps']._value.get() == 3.0
+    assert stat_logger.counters['auto_fallback_steps']._value.get() == 5.0
 
 
 def test_stat_logger_ignores_untracked_stats():

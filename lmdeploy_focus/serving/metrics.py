@@ -34,7 +34,13 @@ series                                            type      what feeds it (``req
 ``lmdeploy:dllm_shadow_selected_tokens_total``    counter   ``shadow_selected_decoded`` (shadow on)
 ``lmdeploy:dllm_shadow_random_expected_total``    counter   ``shadow_random_expected`` (shadow on)
 ``lmdeploy:dllm_request_shadow_recall``           histogram per finished request, selected / decoded
+``lmdeploy:dllm_focus_auto_shadow_steps_total``   counter   ``auto_shadow_steps`` (α auto)
+``lmdeploy:dllm_focus_auto_fallback_steps_total`` counter   ``auto_fallback_steps`` (α auto)
 ================================================= ========= =========================================
+
+With ``--dllm-focus-alpha auto`` the shadow series count the controller's shadow steps (its recall
+measurement), and a fall-back (the selection no better than random: nothing evicted) shows as
+``rate(lmdeploy:dllm_focus_auto_fallback_steps_total[1m]) > 0``.
 
 Ratios over time come from the counters in PromQL, e.g. the kept fraction
 ``rate(lmdeploy:dllm_focus_kept_candidates_total[1m]) / rate(lmdeploy:dllm_focus_candidates_total[1m])``
@@ -74,9 +80,16 @@ SHADOW_COUNTERS = {
     'shadow_random_expected': ('shadow_random_expected', 'FOCUS shadow mode: expected number a random selection '
                                'of the same size would have kept.'),
 }
+AUTO_COUNTERS = {
+    'focus_auto_shadow_steps': ('auto_shadow_steps', 'FOCUS alpha auto: sequence-steps run in shadow mode to '
+                                'measure the selection (nothing evicted).'),
+    'focus_auto_fallback_steps': ('auto_fallback_steps', 'FOCUS alpha auto: sequence-steps that evicted nothing '
+                                  'because the selection recalled no more than a random one (fall-back).'),
+}
 # the totals whose growth feeds the counters (the engine's keys: strategies.dllm.run_stats.KEYS, not
 # imported here: that package loads the engine's strategies, which the api_server process does not need)
-DELTA_KEYS = tuple(key for table in (CORE_COUNTERS, FOCUS_COUNTERS, SHADOW_COUNTERS) for key, _ in table.values())
+DELTA_KEYS = tuple(key for table in (CORE_COUNTERS, FOCUS_COUNTERS, SHADOW_COUNTERS, AUTO_COUNTERS)
+                   for key, _ in table.values())
 FRACTION_BUCKETS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
 
@@ -94,17 +107,22 @@ def focus_options_of(config) -> FocusOptions:
 class DLLMStatLogger(StatLoggerBase):
     """Prometheus series of the DLLM statistics; registered in the default registry (upstream's ``/metrics``).
 
-    ``focus`` adds the eviction series, ``shadow`` the shadow-recall ones (only filled in those modes).
+    ``focus`` adds the eviction series, ``shadow`` the shadow-recall ones, ``auto`` (α auto: its shadow
+    steps fill the shadow-recall series) those and the controller's (only filled in those modes).
     """
 
-    def __init__(self, model_name: str, dp_rank: int = 0, focus: bool = False, shadow: bool = False):
+    def __init__(self, model_name: str, dp_rank: int = 0, focus: bool = False, shadow: bool = False,
+                 auto: bool = False):
         import prometheus_client
 
+        shadow = shadow or auto
         counters = dict(CORE_COUNTERS)
         if focus or shadow:
             counters.update(FOCUS_COUNTERS)
         if shadow:
             counters.update(SHADOW_COUNTERS)
+        if auto:
+            counters.update(AUTO_COUNTERS)
         # an earlier engine's DLLM series, as upstream's PrometheusStatLogger drops every 'lmdeploy' collector
         # at its construction (which runs just before this one in AsyncEngine._build_stat_loggers)
         for collector in list(prometheus_client.REGISTRY._collector_to_names):
@@ -202,7 +220,8 @@ def add_dllm_stat_logger(async_engine) -> DLLMStatLogger | None:
     stat_logger = DLLMStatLogger(model_name=async_engine.model_name,
                                  dp_rank=dp_rank,
                                  focus=options.enable_focus,
-                                 shadow=options.focus_shadow)
+                                 shadow=options.focus_shadow,
+                                 auto=options.enable_focus and options.auto_alpha)
     # upstream handed metrics_processor this same list object
     async_engine.stat_loggers.append(stat_logger)
     return stat_logger
