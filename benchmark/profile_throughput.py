@@ -29,6 +29,11 @@ from lmdeploy_focus.config.options import COMMIT_MODES, FOCUS_POLICIES  # noqa: 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
 
 
+def focus_alpha(text: str):
+    """--dllm-focus-alpha: a number, or 'auto' (the engine checks the range)."""
+    return text if text == 'auto' else float(text)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -64,7 +69,8 @@ def parse_args(argv=None):
     g.add_argument('--dllm-confidence-threshold', type=float, default=None)
     g.add_argument('--dllm-enable-delayed-cache', action='store_true')
     g.add_argument('--dllm-enable-focus', action='store_true')
-    g.add_argument('--dllm-focus-alpha', type=float, default=None)
+    g.add_argument('--dllm-focus-alpha', type=focus_alpha, default=None,
+                   help='a number >= 1, or "auto" (the engine sets it online from shadow steps)')
     g.add_argument('--dllm-focus-policy', default=None, choices=FOCUS_POLICIES,
                    help='which masked tokens FOCUS keeps (engine default: importance)')
     g.add_argument('--dllm-delayed-cache-commit', default=None, choices=COMMIT_MODES,

@@ -29,6 +29,7 @@ ARMS: dict[str, dict] = {
     'focus-a1.0': _focus(1.0),
     'focus-a2': _focus(2.0),
     'focus-a3': _focus(3.0),
+    'focus-auto': _focus('auto'),  # α set online by the controller from shadow steps (issue 19)
     # selection computed, nothing evicted: measures how often FOCUS would have kept the decoded tokens
     'shadow': dict(dllm_focus_shadow=True, dllm_focus_alpha=FOCUS_ALPHA, dllm_focus_policy='importance'),
 }
