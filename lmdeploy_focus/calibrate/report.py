@@ -56,13 +56,17 @@ def recommendation_line(rec) -> str:
 
 
 def _commit() -> str | None:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=here, capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    """The git commit of the checkout the command runs from (or of this source tree when it is one); an
+    installed package has none of its own."""
+    for where in (os.getcwd(), os.path.dirname(os.path.abspath(__file__))):
+        try:
+            out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=where, capture_output=True, text=True,
+                                 timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return None
 
 
 def machine() -> str:
