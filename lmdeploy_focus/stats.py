@@ -25,7 +25,7 @@ def read_run_stats(reset: bool = True) -> dict[str, float] | None:
 def derived_metrics(totals: dict[str, float]) -> dict[str, float | None]:
     """Ratios a report shows: generated per step, processed/generated, kept fraction, recalls."""
     def ratio(a, b):
-        return totals[a] / totals[b] if totals.get(b) else None
+        return totals.get(a, 0.0) / totals[b] if totals.get(b) else None
 
     return dict(generated_per_step=ratio('generated_tokens', 'decode_steps'),
                 processed_per_generated=ratio('deep_tokens', 'generated_tokens'),

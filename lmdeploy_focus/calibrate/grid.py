@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 
 from ..config.options import FOCUS_POLICIES
+from ..stats import derived_metrics
 
 BASELINE = 'baseline'  # delayed cache alone: the no-eviction reference of accuracy and cost
 SHADOW = 'shadow'
@@ -36,29 +37,29 @@ class CellResult:
     seconds: float = 0.0
     outputs: list = field(default_factory=list)  # decoded text per task
 
-    def ratio(self, a: str, b: str) -> float | None:
-        return self.counts[a] / self.counts[b] if self.counts.get(b) else None
+    def _derived(self, name: str) -> float | None:
+        return derived_metrics(self.counts)[name]  # the run report's ratios: one definition
 
     @property
     def recall(self) -> float | None:
-        return self.ratio('shadow_selected_decoded', 'shadow_decoded')
+        return self._derived('shadow_recall')
 
     @property
     def random_recall(self) -> float | None:
-        return self.ratio('shadow_random_expected', 'shadow_decoded')
+        return self._derived('random_recall')
 
     @property
     def kept_fraction(self) -> float | None:
-        return self.ratio('kept_candidates', 'candidates')
+        return self._derived('kept_fraction')
 
     @property
     def tokens_per_step(self) -> float | None:
-        return self.ratio('generated_tokens', 'decode_steps')
+        return self._derived('generated_per_step')
 
     @property
     def rows_per_token(self) -> float | None:
         """Rows through the deep layers per generated token: the cost FOCUS cuts."""
-        return self.ratio('deep_tokens', 'generated_tokens')
+        return self._derived('processed_per_generated')
 
 
 def plan(alphas, policies=FOCUS_POLICIES) -> list[Cell]:
