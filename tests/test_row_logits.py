@@ -39,7 +39,7 @@ class CountingHead:
     """A linear LM head that records how many rows each call got."""
 
     def __init__(self):
-        self.weight = torch.randn(VOCAB, HIDDEN, dtype=torch.float64)  # fp64: chunked and whole GEMMs agree
+        self.weight = torch.randn(VOCAB, HIDDEN, dtype=torch.float64)  # fp64: the row GEMM and the full one agree
         self.calls = []
 
     def __call__(self, hidden):
@@ -66,8 +66,7 @@ def random_step(batch, length):
 @pytest.mark.parametrize('trial', range(8))
 def test_row_logits_are_the_full_heads_rows_at_the_masked_slots(seed, trial):
     batch, length = random.randint(1, 6), random.choice([4, 8, 16])
-    chunk = random.choice([1, 3, 7, 1000])
-    runtime = DelayedCacheRuntime(block_length=length, logits_chunk_rows=chunk)
+    runtime = DelayedCacheRuntime(block_length=length)
     step, needs_logits = random_step(batch, length)
     runtime.step = step
     # the deep rows of a padded (row-bucket) step: rows past the valid ones are junk
@@ -87,7 +86,7 @@ def test_row_logits_are_the_full_heads_rows_at_the_masked_slots(seed, trial):
     slots = runtime.logit_slots
     assert sorted(slots.tolist()) == needs_logits.flatten().nonzero().flatten().tolist(), f'seed {seed}'
     torch.testing.assert_close(logits, full[slots], rtol=0, atol=1e-12, msg=lambda m: f'seed {seed}: {m}')
-    assert max(head.calls) <= chunk and sum(head.calls) == step.num_logit_rows
+    assert head.calls == [step.num_logit_rows]  # one LM-head call on exactly the rows that need logits
     # the dense layout (logprobs, custom processors): the same rows at their slots, zeros elsewhere
     dense = runtime.dense_logits(logits)
     expected = torch.where(needs_logits.flatten()[:, None], full, torch.zeros_like(full))

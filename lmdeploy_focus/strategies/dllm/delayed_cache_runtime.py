@@ -29,6 +29,22 @@ from .run_stats import RunStats, per_sequence_counts
 PROCESS_ALL_ENV = 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL'
 
 
+def shadow_counts(decoded: torch.Tensor, focus, sequences: torch.Tensor | None = None) -> dict:
+    """Per-sequence shadow-recall counts of a step whose selection evicted nothing (shadow mode, or
+    auto α's shadow sequences ``sequences``): decoded tokens, those the selection had kept, and the
+    number a random subset of the same size would have kept. Counted only where the candidates
+    outnumbered the target (the only sequences where the selection matters); with eviction on, the
+    recall would be 1 by construction (an evicted token cannot be decoded)."""
+    selected = focus.selected_dense & focus.candidate_dense
+    measured = focus.evicting if sequences is None else focus.evicting & sequences
+    scored = decoded & measured[:, None]
+    num_scored = scored.sum(dim=1)
+    n_sel = selected.sum(dim=1).to(torch.float32)
+    n_cand = focus.num_candidates.clamp(min=1).to(torch.float32)
+    return dict(shadow_decoded=num_scored, shadow_selected_decoded=(scored & selected).sum(dim=1),
+                shadow_random_expected=num_scored * n_sel / n_cand)
+
+
 @dataclass(frozen=True)
 class DecodeStep:
     """What the LM head, the unmasker and the bookkeeping read of one step's forward (``B`` sequences).
@@ -58,9 +74,6 @@ class DelayedCacheRuntime:
     timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
     attention_rows: object = None  # sparse_step.AttentionRows while the deep layers are built/run
     logit_slots: torch.Tensor | None = field(default=None, repr=False)  # int64 [M]: slot of each logits row
-    # LM-head rows per chunk: 1024 rows of a 150k vocab in bf16 is ~300 MiB, enough rows to keep
-    # the GEMM efficient.
-    logits_chunk_rows: int = 1024
     process_all: bool = field(default_factory=lambda: os.environ.get(PROCESS_ALL_ENV, '') == '1')
     # Work counters (host ints, free: the row counts are read on the host anyway).
     steps: int = 0
@@ -141,19 +154,13 @@ class DelayedCacheRuntime:
         # fallen back: α = L keeps every candidate (spec §3.4: the target is then the candidate count)
         batch_inputs.alpha = alpha_controller.step_alpha(self.alpha_state, shadow, float(self.block_length))
 
-    def _auto_update(self, decoded, selected, candidates) -> dict:
+    def _auto_update(self, decoded) -> dict:
         """Fold the shadow sequences' counts into the controller (device only); their stats columns."""
-        focus = self.step.focus
-        scored = decoded & (focus.evicting & self.shadow_seq)[:, None]
-        num_scored = scored.sum(dim=1)
-        n_sel = selected.sum(dim=1).to(torch.float32)
-        n_cand = focus.num_candidates.clamp(min=1).to(torch.float32)
-        hits = (scored & selected).sum(dim=1)
-        random = num_scored * n_sel / n_cand
+        counts = shadow_counts(decoded, self.step.focus, self.shadow_seq)
         fallback = self.alpha_state.fallback
-        self.alpha_state = alpha_controller.update(self.alpha_state, self.focus.auto, num_scored, hits, random)
-        return dict(shadow_decoded=num_scored, shadow_selected_decoded=hits, shadow_random_expected=random,
-                    auto_shadow_steps=self.shadow_seq, auto_fallback_steps=fallback & ~self.shadow_seq)
+        self.alpha_state = alpha_controller.update(self.alpha_state, self.focus.auto, counts['shadow_decoded'],
+                                                   counts['shadow_selected_decoded'], counts['shadow_random_expected'])
+        return dict(counts, auto_shadow_steps=self.shadow_seq, auto_fallback_steps=fallback & ~self.shadow_seq)
 
     def after_unmasking(self, input_mask: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor | None:
         """Device-side bookkeeping once the step's tokens are unmasked (before the block may commit).
@@ -169,8 +176,7 @@ class DelayedCacheRuntime:
             inputs = self.step_inputs
             inputs.focus_state = focus_state.record_step(inputs.focus_state, focus.progress_out, num_decoded)
             if self.shadow_seq is not None:
-                auto_columns = self._auto_update(decoded, focus.selected_dense & focus.candidate_dense,
-                                                 focus.candidate_dense)
+                auto_columns = self._auto_update(decoded)
         if self.stats is None:
             return None
         columns = dict(decode_steps=1,
@@ -182,17 +188,7 @@ class DelayedCacheRuntime:
             columns.update(candidates=focus.num_candidates,
                            kept_candidates=(step.fresh & candidates).sum(dim=1))
             if self.focus.shadow:
-                # Shadow recall: with eviction on it would be 1 by construction (an evicted token cannot be
-                # decoded), so it is measured in shadow mode only, over sequences that had more
-                # candidates than their target (the only ones where the selection matters).
-                selected = focus.selected_dense & candidates
-                scored = decoded & focus.evicting[:, None]
-                num_scored = scored.sum(dim=1)
-                n_sel = selected.sum(dim=1).to(torch.float32)
-                n_cand = focus.num_candidates.clamp(min=1).to(torch.float32)
-                columns.update(shadow_decoded=num_scored,
-                               shadow_selected_decoded=(scored & selected).sum(dim=1),
-                               shadow_random_expected=num_scored * n_sel / n_cand)
+                columns.update(shadow_counts(decoded, focus))
         columns.update(auto_columns)
         rows = per_sequence_counts(decoded.size(0), device=decoded.device, **columns)
         self.stats.add_rows(rows)
@@ -252,15 +248,9 @@ class DelayedCacheRuntime:
         if count == 0:
             self.logit_slots = torch.zeros(1, dtype=torch.long, device=hidden_rows.device)
             return lm_head(hidden_rows.new_zeros(1, hidden_rows.size(-1))).zero_()
-        if count <= self.logits_chunk_rows:
-            return lm_head(hidden_rows.index_select(0, index))
-        logits = None
-        for start in range(0, count, self.logits_chunk_rows):
-            chunk = lm_head(hidden_rows.index_select(0, index[start:start + self.logits_chunk_rows]))
-            if logits is None:
-                logits = chunk.new_empty(count, chunk.size(-1))
-            logits[start:start + chunk.size(0)] = chunk
-        return logits
+        # One call: the [M, V] output is what the sampler needs anyway (chunks would only add a copy and a
+        # chunk-sized temporary on top of it).
+        return lm_head(hidden_rows.index_select(0, index))
 
     def dense_logits(self, row_logits: torch.Tensor) -> torch.Tensor:
         """``[B*L, V]``: ``row_logits`` at their slots, zeros elsewhere (for a batch the sampler cannot
