@@ -4,7 +4,6 @@ inputs of the plain-torch reference decode loop: same processed positions, same 
 
 Runs on CPU through the harness (fp32) against the reference in fp64.
 """
-import secrets
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +15,7 @@ from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgent
 from lmdeploy_focus.models.step_state.delayed_cache_state import (DLLM_MASKED, DelayedCacheState, reset_rows,
                                                                 starts_new_block)
 from lmdeploy_focus.models.step_state.focus_state import FocusState
-from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
+from lmdeploy_focus_dev.testing.families import prompts_clear_of_routing_ties, tiny_model_and_reference
 
 L = 8
 
@@ -39,12 +38,11 @@ def test_engine_path_replays_the_reference_loop(family, commit_mode, strategy, p
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2)
-    seed = secrets.randbits(31)
-    gen = torch.Generator().manual_seed(seed)
+    seed, prompts, results = prompts_clear_of_routing_ties(
+        reference, (3, 11, 6), mask_id,  # lengths not multiples of L
+        lambda prompts: reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
+                                           delayed_cache=True, commit_mode=commit_mode, record_steps=True))
     seeds = f'weights seed {sdar.seed}, prompts seed {seed}'  # reproduces a failure
-    prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6)]  # not multiples of L
-    results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
-                                 delayed_cache=True, commit_mode=commit_mode, record_steps=True)
     steps = [[s for s in r.steps if s.kind == 'decode'] for r in results]
     num_steps = min(len(s) for s in steps)
     assert num_steps >= 2 * (L // 2)

@@ -20,7 +20,7 @@ from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgent
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
 from lmdeploy_focus.models.step_state.focus_step import FocusConfig
 from lmdeploy_focus.strategies.dllm.run_stats import KEYS
-from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
+from lmdeploy_focus_dev.testing.families import prompts_clear_of_routing_ties, tiny_model_and_reference
 
 L = 8
 
@@ -36,13 +36,12 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2, confidence_threshold=0.2)
-    seed = secrets.randbits(31)
-    gen = torch.Generator().manual_seed(seed)
+    seed, prompts, results = prompts_clear_of_routing_ties(
+        reference, (3, 11, 6), mask_id,
+        lambda prompts: reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
+                                           delayed_cache=True, commit_mode=commit_mode, record_steps=True,
+                                           focus=runtime.focus))
     seeds = f'weights seed {sdar.seed}, prompts seed {seed}'  # reproduces a failure
-    prompts = [torch.randint(0, mask_id, (n, ), generator=gen).tolist() for n in (3, 11, 6)]
-    results = reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
-                                 delayed_cache=True, commit_mode=commit_mode, record_steps=True,
-                                 focus=runtime.focus)
     steps = [[s for s in r.steps if s.kind == 'decode'] for r in results]
     num_steps = min(len(s) for s in steps)
 

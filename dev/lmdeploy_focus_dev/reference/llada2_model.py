@@ -61,7 +61,8 @@ class LLaDA2Reference(SDARReference):
                                           top_k=cfg.num_experts_per_tok, n_group=cfg.n_group,
                                           topk_group=cfg.topk_group, scoring=getattr(cfg, 'score_function', 'sigmoid'),
                                           norm_topk_prob=cfg.norm_topk_prob, scaling=cfg.routed_scaling_factor,
-                                          router_fp32=getattr(cfg, 'router_dtype', 'fp32') in (None, 'fp32', 'float32'))
+                                          router_fp32=getattr(cfg, 'router_dtype', 'fp32') in (None, 'fp32', 'float32'),
+                                          margins=self.routing_margins)
         out = mix_experts(x, experts, weights, lambda e, rows: self.swiglu(f'{prefix}.experts.{e}', rows))
         if getattr(cfg, 'num_shared_experts', 0):
             out = out + self.swiglu(f'{prefix}.shared_experts', x)

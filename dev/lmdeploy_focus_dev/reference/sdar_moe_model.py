@@ -28,5 +28,5 @@ class SDARMoeReference(SDARReference):
             return self.swiglu(prefix, x)
         cfg = self.config
         experts, weights = softmax_topk_route(x, self.weights[f'{prefix}.gate.weight'], top_k=cfg.num_experts_per_tok,
-                                              norm_topk_prob=cfg.norm_topk_prob)
+                                              norm_topk_prob=cfg.norm_topk_prob, margins=self.routing_margins)
         return mix_experts(x, experts, weights, lambda e, rows: self.swiglu(f'{prefix}.experts.{e}', rows))
