@@ -108,3 +108,26 @@ def test_auto_option_validation_and_resolution():
         FocusOptions(focus_alpha='automatic')
     with pytest.raises(ValueError, match='shadow_every'):
         FocusOptions(focus_auto_shadow_every=0)
+    for field, bad in [('focus_auto_target_recall', 0.0), ('focus_auto_target_recall', 1.2),
+                       ('focus_auto_alpha_max', 0.5), ('focus_auto_alpha_max', float('inf')),
+                       ('focus_auto_margin', -0.1), ('focus_auto_margin', 0.5), ('focus_auto_margin', True),
+                       ('focus_auto_target_recall', '0.9')]:
+        with pytest.raises(ValueError, match=f'dllm_{field}'):
+            FocusOptions(**{field: bad})
+
+
+def test_auto_options_set_the_controller():
+    """The --dllm-focus-auto-* flags reach the engine's controller; α starts at the fixed default unless
+    α_max is below it, and the recovery margin stays above the fall-back margin."""
+    options = FocusOptions(enable_focus=True, focus_alpha='auto', focus_auto_target_recall=0.8,
+                           focus_auto_alpha_max=1.2, focus_auto_margin=0)
+    config = AlphaControllerConfig.from_options(options)
+    assert (config.target_recall, config.alpha_max, config.alpha_init, config.margin) == (0.8, 1.2, 1.2, 0.0)
+    assert config.recover_margin > config.margin
+    assert AlphaControllerConfig.from_options(FocusOptions()) == AlphaControllerConfig()
+    sdar, _ = tiny_model_and_reference(
+        'sdar', 8, num_layers=3,
+        hf_overrides={'dllm_focus': {'enable_focus': True, 'focus_alpha': 'auto', 'focus_auto_target_recall': 0.8,
+                                     'focus_auto_alpha_max': 3}})
+    auto = sdar.model.delayed_cache_runtime.focus.auto
+    assert (auto.target_recall, auto.alpha_max, auto.alpha_init) == (0.8, 3.0, 1.5)

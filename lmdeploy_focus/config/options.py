@@ -20,6 +20,11 @@ AUTO_ALPHA = 'auto'
 # auto: each sequence runs one decode step in this many in shadow mode. Provisional: chosen before the GPU
 # overhead was measured (benchmark/gpu/auto_alpha_overhead.sh; the bar is <= 3 % vs fixed alpha).
 DEFAULT_AUTO_SHADOW_EVERY = 8
+# auto: the controller's target and bounds (strategies/dllm/alpha_controller.py says what each does)
+DEFAULT_AUTO_TARGET_RECALL = 0.95
+DEFAULT_AUTO_ALPHA_MAX = 4.0
+DEFAULT_AUTO_MARGIN = 0.05
+AUTO_RECOVER_HYSTERESIS = 0.05  # a fallen-back controller evicts again once the lift reaches margin + this
 # How a fully decoded block becomes history: 'exact' recomputes the whole block once (history KV
 # is never stale, one extra block pass per block); 'fast' processes only its still-uncached
 # positions (the reference fork). Default 'exact' (quality evaluation, README's flag table).
@@ -79,6 +84,16 @@ OPTIONS = (
     Option('focus_auto_shadow_every', DEFAULT_AUTO_SHADOW_EVERY,
            'With --dllm-focus-alpha auto: each sequence runs one decode step in N in shadow mode (N >= 1; '
            'the default is provisional until its GPU overhead is measured)'),
+    Option('focus_auto_target_recall', DEFAULT_AUTO_TARGET_RECALL,
+           'With --dllm-focus-alpha auto: the share of the decoded tokens the kept set must contain (0 < r <= 1); '
+           'alpha rises until the shadow steps measure it'),
+    Option('focus_auto_alpha_max', DEFAULT_AUTO_ALPHA_MAX,
+           'With --dllm-focus-alpha auto: the largest alpha the controller may use (>= 1); where the target needs '
+           'more, FOCUS stops evicting'),
+    Option('focus_auto_margin', DEFAULT_AUTO_MARGIN,
+           'With --dllm-focus-alpha auto: FOCUS stops evicting while the selection\'s recall is within this of a '
+           f'random subset\'s of the same size (0 <= m < 0.5), and evicts again once it leads by '
+           f'm + {AUTO_RECOVER_HYSTERESIS}'),
 )
 
 
@@ -115,6 +130,9 @@ class FocusOptions:
         every = self.focus_auto_shadow_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f'dllm_focus_auto_shadow_every must be an integer >= 1, got {every!r}')
+        self._check_number('focus_auto_target_recall', lambda r: 0.0 < r <= 1.0, 'in (0, 1]')
+        self._check_number('focus_auto_alpha_max', lambda a: a >= 1.0, '>= 1.0')
+        self._check_number('focus_auto_margin', lambda m: 0.0 <= m < 0.5, 'in [0, 0.5)')
         alpha = self.focus_alpha
         if alpha == AUTO_ALPHA:
             return
@@ -124,6 +142,12 @@ class FocusOptions:
             raise ValueError(f'dllm_focus_alpha must be >= 1.0 (it scales the expected number of decodable '
                              f'tokens per step), got {alpha}')
         object.__setattr__(self, 'focus_alpha', float(alpha))
+
+    def _check_number(self, name: str, ok, rule: str) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise ValueError(f'dllm_{name} must be a number {rule}, got {value!r}')
+        object.__setattr__(self, name, float(value))
 
     @classmethod
     def from_dict(cls, data: dict) -> 'FocusOptions':

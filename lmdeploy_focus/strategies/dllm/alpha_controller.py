@@ -36,18 +36,29 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from ...config.options import (AUTO_RECOVER_HYSTERESIS, DEFAULT_AUTO_ALPHA_MAX, DEFAULT_AUTO_MARGIN,
+                               DEFAULT_AUTO_TARGET_RECALL, DEFAULT_FOCUS_ALPHA)
+
 
 @dataclass(frozen=True)
 class AlphaControllerConfig:
-    target_recall: float = 0.95  # fraction of the decoded tokens the kept set must contain
+    target_recall: float = DEFAULT_AUTO_TARGET_RECALL  # fraction of the decoded tokens the kept set must contain
     alpha_min: float = 1.0  # α < 1 keeps fewer tokens than the model decodes per step on average
-    alpha_max: float = 4.0  # above this the kept set is most of the block at typical decode rates
-    alpha_init: float = 1.5  # the fixed default, DEFAULT_FOCUS_ALPHA
+    alpha_max: float = DEFAULT_AUTO_ALPHA_MAX  # above this the kept set is most of the block at typical decode rates
+    alpha_init: float = DEFAULT_FOCUS_ALPHA  # the fixed default
     gain: float = 1.0  # log-α step per unit of recall error (0.05 error: α × 1.05)
     decay: float = 0.8  # weight of the past in the moving averages, per informative update
-    margin: float = 0.05  # importance recall within this of random recall: fall back
-    recover_margin: float = 0.10  # lift needed to evict again (hysteresis)
+    margin: float = DEFAULT_AUTO_MARGIN  # importance recall within this of random recall: fall back
+    recover_margin: float = DEFAULT_AUTO_MARGIN + AUTO_RECOVER_HYSTERESIS  # lift needed to evict again (hysteresis)
     min_updates: int = 8  # informative updates since the last switch before fall-back / recovery
+
+    @classmethod
+    def from_options(cls, options) -> 'AlphaControllerConfig':
+        """The controller a user asked for (``FocusOptions``' ``focus_auto_*`` fields); the rest stays default."""
+        alpha_max = options.focus_auto_alpha_max
+        return cls(target_recall=options.focus_auto_target_recall, alpha_max=alpha_max,
+                   alpha_init=min(cls.alpha_init, alpha_max), margin=options.focus_auto_margin,
+                   recover_margin=options.focus_auto_margin + AUTO_RECOVER_HYSTERESIS)
 
     def __post_init__(self):
         if not 0.0 < self.target_recall <= 1.0:

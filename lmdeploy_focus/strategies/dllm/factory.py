@@ -34,7 +34,7 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
             if options.enable_focus:
                 if options.auto_alpha:
                     from .alpha_controller import AlphaControllerConfig
-                    auto = AlphaControllerConfig()
+                    auto = AlphaControllerConfig.from_options(options)
                     focus = FocusConfig(alpha=auto.alpha_init, policy=options.focus_policy, shadow=options.focus_shadow,
                                         auto=auto, shadow_every=options.focus_auto_shadow_every)
                 else:
