@@ -122,10 +122,14 @@ def test_prefix_and_contains_scorers():
 # ---------------------------------------------------------------- arms
 def test_arm_table():
     assert list(arms.ARMS) == ['stock', 'delayed_fast', 'delayed_exact', 'focus_a1.0', 'focus_a1.5', 'focus_a2',
-                               'focus_a3', 'focus_leftmost', 'shadow']
+                               'focus_a3', 'focus_leftmost', 'focus_auto', 'shadow']
     assert arms.check_arms(['stock', 'shadow', 'stock']) == ['stock', 'shadow']
-    with pytest.raises(ValueError, match='unknown arm'):
-        arms.check_arms(['focus'])
+    # the arm table's names (what the GPU scripts pass) resolve to the report's labels
+    assert arms.check_arms(['focus-importance', 'focus-auto', 'focus', 'delayed']) == ['focus_a1.5', 'focus_auto',
+                                                                                      'delayed_exact']
+    for bad in ('focus_a7', 'focus-leftmost-fast'):  # unknown anywhere / in the table but not an eval arm
+        with pytest.raises(ValueError, match='unknown arm'):
+            arms.check_arms([bad])
 
 
 def test_arm_kwargs_build_valid_engine_configs():
@@ -140,6 +144,7 @@ def test_arm_kwargs_build_valid_engine_configs():
         'focus_a2': (True, 'exact', True, 2.0, 'importance', False),
         'focus_a3': (True, 'exact', True, 3.0, 'importance', False),
         'focus_leftmost': (True, 'exact', True, 1.5, 'leftmost', False),
+        'focus_auto': (True, 'exact', True, 'auto', 'importance', False),
         'shadow': (True, 'exact', True, 1.5, 'importance', True),
     }
     for arm, want in expected.items():
@@ -301,13 +306,17 @@ def test_reference_backend_end_to_end(tiny_sdar, tmp_path):
     first = _write_lines(tmp_path / 'probe.jsonl', [{'prompt': p, 'answer': 'nothing like this'} for p in prompts])
     common = ['--backend', 'reference', '--max-new-tokens', '4', '--thresholds', '0.9', '--quiet',
               '--out-dir', str(tmp_path / 'out')]
-    run = _run_main([first, tiny_sdar, '--arms', 'stock', 'delayed_fast', 'focus_a1.5', '--save-token-ids', *common])
+    run = _run_main([first, tiny_sdar, '--arms', 'stock', 'delayed_fast', 'focus_a1.5', 'focus-auto', '--save-token-ids',
+                     *common])
 
     assert run['schema'] == report.SCHEMA and run['backend'] == 'reference' and run['num_tasks'] == 3
     assert run['settings']['block_length'] == 4 and run['settings']['chat_template'] is True
     assert {'torch', 'lmdeploy', 'lmdeploy_focus', 'gpu', 'device'} <= set(run['environment'])
     assert [(c['arm'], c['threshold']) for c in run['cells']] == [('stock', 0.9), ('delayed_fast', 0.9),
-                                                                   ('focus_a1.5', 0.9)]
+                                                                   ('focus_a1.5', 0.9), ('focus_auto', 0.9)]
+    auto = run['cells'][3]  # one controller over the cell; the first sequence measures its first step
+    assert auto['status'] == 'ok' and auto['config']['focus_options']['focus_alpha'] == 'auto'
+    assert auto['config']['auto_alpha']['shadow_steps'] > 0
     stock = run['cells'][0]
     assert stock['status'] == 'ok' and stock['summary']['accuracy_pct'] == 0.0
     assert all(t['output_tokens'] == 4 for t in stock['tasks'])  # random weights never emit EOS here

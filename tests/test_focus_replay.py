@@ -7,6 +7,7 @@ CPU (fp32 engine path vs fp64 reference). The selection is recomputed on each si
 importance, so a kept-set mismatch would also catch importance wired to the wrong q/k.
 """
 import secrets
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,8 @@ import torch
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.engine.logits_process import SamplingInputs
 from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
-from lmdeploy_focus.models.step_state import focus_state
+from lmdeploy_focus.models.step_state import focus_state, shadow_schedule
+from lmdeploy_focus.strategies.dllm.alpha_controller import AlphaControllerConfig
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
 from lmdeploy_focus.models.step_state.focus_step import FocusConfig
@@ -26,13 +28,18 @@ L = 8
 
 
 def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padded=False, family='sdar'):
-    sdar, reference = tiny_model_and_reference(
-        family, L, num_layers=num_layers,
-        hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True, 'focus_alpha': alpha,
-                                     'focus_policy': policy, 'focus_shadow': shadow, 'track': True,
-                                     'delayed_cache_commit': commit_mode}})
+    """``alpha='auto'``: the engine's controller and shadow schedule against the reference loop driving
+    the same ones (``reference/auto_alpha``), one shadow step in two, a controller quick to move."""
+    options = {'enable_delayed_cache': True, 'enable_focus': True, 'focus_alpha': alpha, 'focus_policy': policy,
+               'focus_shadow': shadow, 'track': True, 'delayed_cache_commit': commit_mode}
+    if alpha == 'auto':
+        options['focus_auto_shadow_every'] = 2
+    sdar, reference = tiny_model_and_reference(family, L, num_layers=num_layers, hf_overrides={'dllm_focus': options})
     runtime = sdar.model.delayed_cache_runtime
-    assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
+    if alpha == 'auto':
+        runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=0.99, gain=2.0))
+    else:
+        assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2, confidence_threshold=0.2)
@@ -52,12 +59,13 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     runner.prefill(prompts)
     B = len(prompts)
     delayed, focus = DelayedCacheState.fresh(B, L), focus_state.FocusState.fresh(B)
+    countdown = shadow_schedule.fresh(B, 2, seed=0, first_index=0) if alpha == 'auto' else None
     evicted_steps = 0
     for k in range(num_steps):
         records = [steps[b][k] for b in range(B)]
         blocks = torch.stack([r.input_ids for r in records])
         input_mask = torch.stack([r.input_mask for r in records])
-        step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus,
+        step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
                                       extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
                                       model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
         runtime.step_inputs = step_inputs
@@ -95,6 +103,7 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         committed = starts_new_block(next_mask.flatten(), L)
         delayed = reset_rows(step_inputs.delayed_state, committed)
         focus = focus_state.reset_rows(step_inputs.focus_state, committed)
+        countdown = step_inputs.shadow_countdown
         if committed.any():
             runner.commit_blocks([b for b in range(B) if committed[b]])
     return runtime, results, evicted_steps
@@ -117,6 +126,19 @@ def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mod
     processed = sum(sum(r.processed_per_step) for r in results)
     assert stats['deep_tokens'] < stats['processed_tokens'] <= processed
     assert stats['shadow_decoded'] == 0  # recall is a shadow-mode measure (trivially 1 when evicting)
+
+
+@pytest.mark.parametrize('family, padded', [('sdar', False), ('sdar', True), ('llada2', False)])
+def test_engine_path_replays_the_reference_loop_under_auto_alpha(family, padded):
+    """--dllm-focus-alpha auto: same shadow sequences, same per-sequence α, hence the same kept rows and
+    logits at every step, while the controller moves α (the target asks for more than it gets)."""
+    runtime, results, evicted_steps = _replay('importance', False, 'exact', 'low_confidence_static', alpha='auto',
+                                              padded=padded, family=family)
+    assert evicted_steps > 0
+    stats = runtime.stats.read()
+    assert stats['auto_shadow_steps'] > 0 and stats['shadow_decoded'] > 0, 'no informative shadow step'
+    report = runtime.auto_alpha_report()
+    assert report['updates'] > 0 and report['alpha'] != 1.5
 
 
 def test_shadow_mode_keeps_every_row_and_records_the_selection():

@@ -7,7 +7,7 @@ FOCUS is never compared with a baseline at a looser threshold (the fork's 0.8 vs
 """
 from dataclasses import dataclass
 
-from arms import arm_fields
+from arms import arm_fields, canonical
 from throughput.engine_runner import AR_SIZING_BLOCK
 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
@@ -19,7 +19,7 @@ KV_PAGE = 64  # the fork's KV page (block_size); a multiple of every SDAR block 
 # report labels, in report order; their FOCUS fields come from the shared table
 ARMS: dict[str, dict] = {name: arm_fields(name) for name in (
     'stock', 'delayed_fast', 'delayed_exact', 'focus_a1.0', 'focus_a1.5', 'focus_a2', 'focus_a3', 'focus_leftmost',
-    'shadow')}
+    'focus_auto', 'shadow')}
 BASELINE_ARM = 'stock'
 
 
@@ -43,10 +43,21 @@ class RunSettings:
 
 
 def check_arms(names: list[str]) -> list[str]:
-    unknown = [n for n in names if n not in ARMS]
+    """The report labels of ``names``, given as labels or as any name of the arm table (``focus-auto``,
+    ``focus-importance``); order kept, repeats dropped."""
+    label_of = {canonical(label): label for label in ARMS}
+
+    def label(name):
+        try:
+            return label_of.get(canonical(name))
+        except ValueError:
+            return None
+
+    labels = [label(n) for n in names]
+    unknown = [n for n, lab in zip(names, labels) if lab is None]
     if unknown:
         raise ValueError(f'unknown arm(s) {unknown}; known: {", ".join(ARMS)}')
-    return list(dict.fromkeys(names))  # keep order, drop repeats
+    return list(dict.fromkeys(labels))
 
 
 def focus_fields(arm: str) -> dict:

@@ -45,7 +45,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     return DTYPES[name]
 
 
-def reference_call_kwargs(arm: str, reference_generate) -> dict:
+def reference_call_kwargs(arm: str, reference_generate, block_length: int) -> dict:
     """The arm as ``reference_generate`` options; ArmMissing when the loop lacks what it needs."""
     options = focus_options(arm)
     kwargs = dict(delayed_cache=options.enable_delayed_cache, commit_mode=options.delayed_cache_commit)
@@ -57,7 +57,20 @@ def reference_call_kwargs(arm: str, reference_generate) -> dict:
         from lmdeploy_focus.models.step_state.focus_step import FocusConfig
     except ImportError as e:
         raise ArmMissing(f'the reference decode loop has no FOCUS configuration ({e})') from None
-    kwargs['focus'] = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy, shadow=options.focus_shadow)
+    if not options.auto_alpha:
+        kwargs['focus'] = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy,
+                                      shadow=options.focus_shadow)
+        return kwargs
+    if 'auto_alpha' not in inspect.signature(reference_generate).parameters:
+        raise ArmMissing('the reference decode loop has no --dllm-focus-alpha auto (reference_generate takes no '
+                         'auto_alpha=)')
+    from lmdeploy_focus.strategies.dllm.alpha_controller import AlphaControllerConfig
+    from lmdeploy_focus_dev.reference.auto_alpha import ReferenceAutoAlpha
+    auto = AlphaControllerConfig.from_options(options)
+    kwargs['focus'] = FocusConfig(alpha=auto.alpha_init, policy=options.focus_policy, shadow=options.focus_shadow,
+                                  auto=auto, shadow_every=options.focus_auto_shadow_every)
+    # one controller for the whole cell, as one engine would keep over all its requests
+    kwargs['auto_alpha'] = ReferenceAutoAlpha(kwargs['focus'], block_length)
     return kwargs
 
 
@@ -122,7 +135,7 @@ class ReferenceBackend:
         outcome = CellOutcome(arm, threshold, OK, config=self.cell_config(arm, threshold))
         try:
             from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
-            call_kwargs = reference_call_kwargs(arm, reference_generate)
+            call_kwargs = reference_call_kwargs(arm, reference_generate, self.settings.block_length)
             start = time.perf_counter()
             results = self._generate(reference_generate, prompts, self._unmasking(threshold), call_kwargs)
         except (ArmMissing, NotImplementedError) as e:
@@ -137,4 +150,6 @@ class ReferenceBackend:
         outcome.stats, outcome.stats_note = reference_stats(results, prompts)
         if focus_options(arm).enable_focus:
             outcome.stats_note = '; '.join(n for n in (outcome.stats_note, FOCUS_COLUMNS_NOTE) if n)
+        if 'auto_alpha' in call_kwargs:  # where the controller ended: α, fall-back, its recall estimates
+            outcome.config['auto_alpha'] = call_kwargs['auto_alpha'].report()
         return outcome

@@ -25,7 +25,8 @@ Independent of the runtime's strategy code: processing sets, kv lengths, readine
 targets, selection, progress and the running average are computed here per sequence from
 focus-spec §2–3 (:class:`_SeqState`, :mod:`.focus_spec`), so the replay tests compare two
 implementations. Shared with the runtime: upstream's ``UnmaskingProcessor`` and the torch paged
-attention of ``lmdeploy_focus.kernels.default`` (inside the reference models).
+attention of ``lmdeploy_focus.kernels.default`` (inside the reference models), and under
+``--dllm-focus-alpha auto`` the runtime's controller and shadow schedule (:mod:`.auto_alpha`).
 
 Readability over speed: per-sequence host bookkeeping in Python; the model runs batched (ragged rows).
 """
@@ -39,6 +40,7 @@ from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 from lmdeploy_focus_dev.testing.paged_kv_cache import PagedKVCache
 
 from . import focus_spec
+from .auto_alpha import ReferenceAutoAlpha
 from .sdar_model import PagedStep, SDARReference
 
 MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
@@ -295,12 +297,13 @@ def _dense_logits(row_logits: torch.Tensor, rows: list[list[int]], block_length:
 
 
 def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[int]], cache: PagedKVCache,
-                    focus=None):
+                    focus=None, alphas: list[float] | None = None, shadows: list[bool] | None = None):
     """Sparse forward of the processed positions; returns ``(logits [B, L, V], kv lengths [B], positions per
     sequence that reached the logits, new FOCUS progress per sequence or None, FOCUS selection per sequence
     as ``(candidates, chosen, target)`` or None)``.
 
-    ``focus``: anything with ``alpha``, ``policy`` and ``shadow`` (the runtime's ``FocusConfig`` will do).
+    ``focus``: anything with ``alpha``, ``policy`` and ``shadow`` (the runtime's ``FocusConfig`` will do);
+    ``alphas`` / ``shadows``: per-sequence α and shadow flags instead of those (``--dllm-focus-alpha auto``).
     """
     L = batch.block_length
     for b in torch.nonzero(batch.active).flatten().tolist():
@@ -324,6 +327,8 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
     candidate_rows = [[i for i, (bb, p) in enumerate(row_of) if bb == b and masks[b][p] == MASKED]
                       for b in range(len(processing))]
     needs_importance = focus.policy == 'importance'
+    alphas = alphas or [focus.alpha] * len(processing)
+    shadows = shadows or [focus.shadow] * len(processing)
     hidden, positions = model.embed(input_ids), step.kv_positions
     importance0 = None
     kept, progress, selection = processing, None, []
@@ -340,10 +345,10 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                 if needs_importance:
                     importance1 = focus_spec.importance(q[candidate_rows[b]], k[candidate_rows[b]], model.scale)
                     delta = (importance1 - importance0[b]).tolist()
-                count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, focus.alpha)
+                count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, alphas[b])
                 chosen = focus_spec.select(candidates[b], delta, count, state.progress, focus.policy)
                 selection.append((candidates[b], list(chosen), count))
-                keep = ps if focus.shadow else [p for p in ps if masks[b][p] != MASKED or p in chosen]
+                keep = ps if shadows[b] else [p for p in ps if masks[b][p] != MASKED or p in chosen]
                 kept.append(keep)
                 progress.append(max([state.progress] + keep))
             src = [i for i, (b, p) in enumerate(row_of) if p in kept[b]]
@@ -438,7 +443,8 @@ def reference_generate(model: SDARReference,
                        page_size: int = 16,
                        record_steps: bool = False,
                        process_all: bool = False,
-                       focus=None) -> list[GenerationResult]:
+                       focus=None,
+                       auto_alpha: ReferenceAutoAlpha | None = None) -> list[GenerationResult]:
     """Greedy block-diffusion generation for a batch of prompts (see the module docstring).
 
     Args:
@@ -456,7 +462,10 @@ def reference_generate(model: SDARReference,
         record_steps: keep a :class:`StepRecord` per forward and each sequence's final history KV.
         process_all: debug: delayed-cache bookkeeping, but every step forwards the whole block.
         focus: FOCUS eviction (spec §3) on top of delayed cache (requires ``delayed_cache``): anything with
-            ``alpha``, ``policy`` (``'importance'`` / ``'leftmost'``) and ``shadow``.
+            ``alpha``, ``policy`` (``'importance'`` / ``'leftmost'``) and ``shadow``; with ``auto`` set (a
+            ``FocusConfig`` of ``--dllm-focus-alpha auto``) α comes from the controller, per sequence and step.
+        auto_alpha: the controller to use under ``auto`` when it should outlive this call (one per engine
+            lifetime, e.g. over an evaluation's batches); a fresh one otherwise.
     """
     assert commit_mode in (COMMIT_FAST, COMMIT_EXACT), commit_mode
     assert focus is None or delayed_cache, 'FOCUS evicts from the delayed-cache processing set'
@@ -466,6 +475,11 @@ def reference_generate(model: SDARReference,
     assert len(max_new) == B and min(max_new) >= 1, 'max_new_tokens must be >= 1 for every prompt'
     assert all(mask_token_id not in p and len(p) > 0 for p in prompts), 'prompts must be non-empty, mask-free'
     processor = UnmaskingProcessor(_unmasking_config(unmasking, L))
+    if focus is not None and getattr(focus, 'auto', None) is not None:
+        auto_alpha = auto_alpha or ReferenceAutoAlpha(focus, L)
+        auto_alpha.join(B)
+    elif auto_alpha is not None:
+        raise ValueError('auto_alpha is given but focus has no auto configuration')
     padded = [_pad_prompt(p, L, mask_token_id) for p in prompts]
     cache = _new_cache(model, [len(p) for p in padded], max_new, L, page_size)
     stop_ids = frozenset(stop_token_ids or ())
@@ -494,9 +508,14 @@ def reference_generate(model: SDARReference,
         if not bool(batch.active.any()):
             break
         processing = _decode_processing(batch, delayed_cache, commit_mode, process_all)
-        logits, kv_lengths, kept, progress, selection = _decode_forward(model, batch, processing, cache, focus)
+        alphas, shadows = auto_alpha.step_settings(batch.active.clone()) if auto_alpha else (None, None)
+        running = batch.active.tolist()
+        logits, kv_lengths, kept, progress, selection = _decode_forward(model, batch, processing, cache, focus,
+                                                                        alphas, shadows)
         _apply_step(batch, 'decode', logits, kept, kv_lengths, processor, mask_token_id, processing, progress,
                     selection)
+        if auto_alpha:
+            auto_alpha.after_step([batch.selection_per_step[b][-1] if running[b] else None for b in range(B)])
     if bool(batch.active.any()):
         raise RuntimeError(f'generation did not finish within {max_steps} steps')
 
