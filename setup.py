@@ -4,8 +4,13 @@ The .pth line registers the plugin's post-import hook at interpreter start-up, s
 lmdeploy activates FOCUS in every process, including the engine subprocess of ``api_server``.
 The ``dev`` extra installs the development package that lives next to this file (``dev/``: oracle,
 CPU harness, tools) from this checkout: a direct reference needs an absolute path, so it is made here.
+That path ends up in the wheel's metadata, which is right for ``pip install '.[dev]'`` and wrong for a
+wheel that leaves this machine: build those with ``LMDEPLOY_FOCUS_PUBLISH=1``, which names the dev
+package by name and version instead (publish both distributions together).
 Everything else is declared in pyproject.toml.
 """
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,9 +23,18 @@ DEV_DIR = Path(__file__).resolve().parent / 'dev'
 DEV_EXTRA = ['pytest', 'matplotlib']
 
 
-def extras_require() -> dict:
+PUBLISH_ENV = 'LMDEPLOY_FOCUS_PUBLISH'
+
+
+def extras_require(publish: bool = False) -> dict:
     dev = list(DEV_EXTRA)
-    if (DEV_DIR / 'pyproject.toml').is_file():  # a source checkout (an sdist has no dev/)
+    dev_project = DEV_DIR / 'pyproject.toml'
+    if not dev_project.is_file():  # an sdist has no dev/
+        return {'dev': dev}
+    if publish:
+        version = re.search(r'^version = "([^"]+)"', dev_project.read_text(), re.M).group(1)
+        dev.append(f'lmdeploy-focus-dev=={version}')
+    else:
         dev.append(f'lmdeploy-focus-dev @ {DEV_DIR.as_uri()}')
     return {'dev': dev}
 
@@ -35,4 +49,5 @@ class BuildPyWithPth(build_py):
         return super().get_outputs(include_bytecode) + [str(Path(self.build_lib) / PTH_FILE)]
 
 
-setup(cmdclass={'build_py': BuildPyWithPth}, extras_require=extras_require())
+if __name__ == '__main__':  # setuptools runs this file as __main__; tests import extras_require
+    setup(cmdclass={'build_py': BuildPyWithPth}, extras_require=extras_require(os.environ.get(PUBLISH_ENV) == '1'))

@@ -52,7 +52,7 @@ def test_alpha_stays_within_bounds():
 
 
 def test_falls_back_when_importance_is_no_better_than_random():
-    config = AlphaControllerConfig()
+    config = AlphaControllerConfig(probation=False)
     state, _ = _run(config, lambda a: 0.41, lambda a: 0.38, 30)  # the committed 5M model: 41 % vs 38 %
     assert bool(state.fallback) and int(state.fallbacks) == 1
     # fallen back: non-shadow sequences keep every candidate, shadow ones still select with the probe α
@@ -61,13 +61,14 @@ def test_falls_back_when_importance_is_no_better_than_random():
 
 
 def test_falls_back_when_the_target_is_out_of_reach():
-    config = AlphaControllerConfig(alpha_max=2.0)
+    config = AlphaControllerConfig(alpha_max=2.0, probation=False)
+    assert not bool(initial_state(config).fallback)
     state, alphas = _run(config, lambda a: 0.8, lambda a: 0.2, 60)  # lift 0.6, but 0.8 < 0.95 at α_max
     assert alphas[-1] == 2.0 and bool(state.fallback)
 
 
 def test_needs_min_updates_before_falling_back():
-    config = AlphaControllerConfig(min_updates=8)
+    config = AlphaControllerConfig(min_updates=8, probation=False)
     state, _ = _run(config, lambda a: 0.4, lambda a: 0.4, 7)
     assert not bool(state.fallback)
     state, _ = _run(config, lambda a: 0.4, lambda a: 0.4, 1, state)
@@ -75,7 +76,7 @@ def test_needs_min_updates_before_falling_back():
 
 
 def test_recovers_when_the_selection_becomes_informative_again():
-    config = AlphaControllerConfig()
+    config = AlphaControllerConfig(probation=False)
     state, _ = _run(config, lambda a: 0.4, lambda a: 0.38, 20)
     assert bool(state.fallback)
     state, alphas = _run(config, _rising, lambda a: 0.3, 80, state)
@@ -86,10 +87,35 @@ def test_recovers_when_the_selection_becomes_informative_again():
 
 
 def test_hysteresis_no_recovery_inside_the_band():
-    config = AlphaControllerConfig(margin=0.05, recover_margin=0.10)
+    config = AlphaControllerConfig(margin=0.05, recover_margin=0.10, probation=False)
     state, _ = _run(config, lambda a: 0.4, lambda a: 0.38, 20)
     state, _ = _run(config, lambda a: 0.99, lambda a: 0.92, 60, state)  # lift 0.07: inside the band
     assert bool(state.fallback)
+
+
+def test_probation_qualifies_a_good_selection_before_it_evicts():
+    """Default start: fallen back (every candidate kept outside shadow steps) until min_updates informative
+    updates show the lift and the target; then it evicts, and that is not counted as a fall-back."""
+    config = AlphaControllerConfig(min_updates=8)
+    state = initial_state(config)
+    assert bool(state.fallback)
+    assert step_alpha(state, torch.tensor([True, False]), keep_all_alpha=32.0).tolist() == [1.5, 32.0]
+    evicting_from = None
+    for k in range(60):
+        state, _ = _run(config, _rising, 0.3, 1, state)
+        if evicting_from is None and not bool(state.fallback):
+            evicting_from = k + 1
+    assert evicting_from is not None and evicting_from >= config.min_updates
+    assert not bool(state.fallback) and int(state.fallbacks) == 0
+
+
+def test_probation_never_evicts_for_a_chance_level_selection():
+    config = AlphaControllerConfig()
+    state = initial_state(config)
+    for _ in range(200):  # the committed 5M model: 41 % vs 38 %, whatever α does
+        state, _ = _run(config, lambda a: 0.41, lambda a: 0.38, 1, state)
+        assert bool(state.fallback)
+    assert int(state.fallbacks) == 0 and int(state.updates) == 200
 
 
 def test_steps_without_evidence_change_nothing():

@@ -32,7 +32,8 @@ def _generate(target_recall, steps=40, padded=False, force_fallback=False):
     runtime = sdar.model.delayed_cache_runtime
     assert runtime.focus.auto is not None and runtime.focus.shadow_every == 2
     runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=target_recall,
-                                                                      min_updates=10_000, gain=2.0))
+                                                                      min_updates=10_000, gain=2.0,
+                                                                      probation=False))
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
                            denoising_steps=L, confidence_threshold=0.3)

@@ -37,7 +37,8 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     sdar, reference = tiny_model_and_reference(family, L, num_layers=num_layers, hf_overrides={'dllm_focus': options})
     runtime = sdar.model.delayed_cache_runtime
     if alpha == 'auto':
-        runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=0.99, gain=2.0))
+        runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=0.99, gain=2.0,
+                                                                                 probation=False))
     else:
         assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
     mask_id = sdar.model_config.dllm_mask_token

@@ -14,6 +14,12 @@ What it does with it.
 * α moves multiplicatively towards the target recall, ``α ← clip(α · exp(gain · (target - recall)),
   [α_min, α_max])``: recall grows with α (a larger target keeps more candidates), so this is a
   monotone fixed-point iteration with the bounds as hard limits.
+* Probation: the controller starts fallen back, evicting nothing, and evicts only once the shadow
+  steps have shown what a recovery needs (below). A model whose selection is no better than chance
+  then never has its outputs changed by FOCUS, not even for the first requests after start-up (on
+  the committed 5M model, starting evicting cost 4 points of agreement with stock before the
+  fall-back came: ``benchmark/results/2026-12-05_cpu_auto_alpha_quality/``). A model with a good
+  selection waits ``min_updates`` informative shadow updates, a few decode steps at serving batch sizes.
 * Fall-back: when the selection is no better than chance (``recall - random_recall < margin``) or the
   target is out of reach at ``α_max``, FOCUS stops evicting for the model (the engine then runs the
   non-shadow steps with every candidate kept). Shadow steps go on, so the estimate keeps moving; when
@@ -51,6 +57,7 @@ class AlphaControllerConfig:
     margin: float = DEFAULT_AUTO_MARGIN  # importance recall within this of random recall: fall back
     recover_margin: float = DEFAULT_AUTO_MARGIN + AUTO_RECOVER_HYSTERESIS  # lift needed to evict again (hysteresis)
     min_updates: int = 8  # informative updates since the last switch before fall-back / recovery
+    probation: bool = True  # start fallen back: evict only once the shadow steps qualify the selection
 
     @classmethod
     def from_options(cls, options) -> 'AlphaControllerConfig':
@@ -83,7 +90,7 @@ class AlphaControllerState:
     fallback: torch.Tensor  # bool []: FOCUS does not evict for this model now
     since_switch: torch.Tensor  # int64 []: informative updates since the last fall-back / recovery
     updates: torch.Tensor  # int64 []: informative updates in all
-    fallbacks: torch.Tensor  # int64 []: times it fell back (the engine logs the first one)
+    fallbacks: torch.Tensor  # int64 []: times it fell back after evicting (probation's start is not one)
 
 
 def initial_state(config: AlphaControllerConfig, device=None) -> AlphaControllerState:
@@ -94,7 +101,7 @@ def initial_state(config: AlphaControllerConfig, device=None) -> AlphaController
                                 hits=full(0.0, torch.float32),
                                 decoded=full(0.0, torch.float32),
                                 random=full(0.0, torch.float32),
-                                fallback=full(False, torch.bool),
+                                fallback=full(config.probation, torch.bool),
                                 since_switch=full(0, torch.long),
                                 updates=full(0, torch.long),
                                 fallbacks=full(0, torch.long))

@@ -207,20 +207,23 @@ class DelayedCacheRuntime:
                         f'{self.logit_rows / self.steps:.1f} through the LM head.')
 
     def _log_auto(self) -> None:
-        """--dllm-focus-alpha auto: α now and then, the first fall-back once (a host read every ``log_every``
-        steps, with this log line; the decode step itself never reads the controller)."""
+        """--dllm-focus-alpha auto: α now and then; once, that eviction is off for this model with the evidence
+        in hand (a host read every ``log_every`` steps, with this log line; the decode step itself never reads
+        the controller)."""
         if self.alpha_state is None:
             return
-        alpha, fallbacks, fallback = (float(self.alpha_state.alpha), int(self.alpha_state.fallbacks),
-                                      bool(self.alpha_state.fallback))
-        recall, random = (float(x) for x in alpha_controller.recalls(self.alpha_state))
-        if fallbacks and not self.fallback_logged:
+        state, config = self.alpha_state, self.focus.auto
+        alpha, fallback, updates = float(state.alpha), bool(state.fallback), int(state.updates)
+        recall, random = (float(x) for x in alpha_controller.recalls(state))
+        if fallback and updates >= config.min_updates and not self.fallback_logged:
             self.fallback_logged = True
+            started = 'stopped' if int(state.fallbacks) else 'not started'
             logger.warning(f'FOCUS alpha auto: the selection recalls {recall:.2f} of the decoded tokens vs {random:.2f} '
-                           f'for a random subset of the same size (or misses the target at the largest alpha): '
-                           f'eviction stopped for this model; shadow steps go on and it resumes if that changes.')
+                           f'for a random subset of the same size (target {config.target_recall}, largest alpha '
+                           f'{config.alpha_max}): eviction {started} for this model; shadow steps go on and it '
+                           f'evicts once that changes.')
         logger.info(f'FOCUS alpha auto: alpha {alpha:.2f}, recall {recall:.3f} (random {random:.3f}), '
-                    f'{"not evicting (fallen back)" if fallback else "evicting"}.')
+                    f'{"not evicting" if fallback else "evicting"}.')
 
     def auto_alpha_report(self) -> dict | None:
         """The controller's state on the host (one sync; for tests, tools and logs, never per step)."""
