@@ -132,3 +132,18 @@ def test_auto_options_set_the_controller():
                                      'focus_auto_alpha_max': 3}})
     auto = sdar.model.delayed_cache_runtime.focus.auto
     assert (auto.target_recall, auto.alpha_max, auto.alpha_init) == (0.8, 3.0, 1.5)
+
+
+def test_cost_only_env_keeps_auto_evicting(monkeypatch):
+    """Benchmarks on random weights (LMDEPLOY_FOCUS_AUTO_COST_ONLY=1): no probation and no switch, α still moves."""
+    from lmdeploy_focus.strategies.dllm.alpha_controller import initial_state, update
+    from lmdeploy_focus.strategies.dllm.factory import AUTO_COST_ONLY_ENV
+    monkeypatch.setenv(AUTO_COST_ONLY_ENV, '1')
+    sdar, _ = tiny_model_and_reference('sdar', 8, num_layers=3,
+                                       hf_overrides={'dllm_focus': {'enable_focus': True, 'focus_alpha': 'auto'}})
+    auto = sdar.model.delayed_cache_runtime.focus.auto
+    state = initial_state(auto)
+    for _ in range(100):  # chance-level selection: the guarded controller would never evict
+        state = update(state, auto, torch.tensor(10.0), torch.tensor(4.0), torch.tensor(4.0))
+        assert not bool(state.fallback)
+    assert float(state.alpha) > 1.5

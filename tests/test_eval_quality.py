@@ -122,7 +122,7 @@ def test_prefix_and_contains_scorers():
 # ---------------------------------------------------------------- arms
 def test_arm_table():
     assert list(arms.ARMS) == ['stock', 'delayed_fast', 'delayed_exact', 'focus_a1.0', 'focus_a1.5', 'focus_a2',
-                               'focus_a3', 'focus_leftmost', 'focus_auto', 'shadow']
+                               'focus_a3', 'focus_leftmost', 'focus_auto', 'focus_auto_leftmost', 'shadow']
     assert arms.check_arms(['stock', 'shadow', 'stock']) == ['stock', 'shadow']
     # the arm table's names (what the GPU scripts pass) resolve to the report's labels
     assert arms.check_arms(['focus-importance', 'focus-auto', 'focus', 'delayed']) == ['focus_a1.5', 'focus_auto',
@@ -145,6 +145,7 @@ def test_arm_kwargs_build_valid_engine_configs():
         'focus_a3': (True, 'exact', True, 3.0, 'importance', False),
         'focus_leftmost': (True, 'exact', True, 1.5, 'leftmost', False),
         'focus_auto': (True, 'exact', True, 'auto', 'importance', False),
+        'focus_auto_leftmost': (True, 'exact', True, 'auto', 'leftmost', False),
         'shadow': (True, 'exact', True, 1.5, 'importance', True),
     }
     for arm, want in expected.items():

@@ -30,6 +30,9 @@ ARMS: dict[str, dict] = {
     'focus-a2': _focus(2.0),
     'focus-a3': _focus(3.0),
     'focus-auto': _focus('auto'),  # α set online by the controller from shadow steps (issue 19)
+    # the same with the leftmost policy: with sequential unmasking its selection is the decoded set, so the
+    # controller's qualifying path can be shown on a real model (the 5M one's importance is at chance level)
+    'focus-auto-leftmost': _focus('auto', policy='leftmost'),
     # selection computed, nothing evicted: measures how often FOCUS would have kept the decoded tokens
     'shadow': dict(dllm_focus_shadow=True, dllm_focus_alpha=FOCUS_ALPHA, dllm_focus_policy='importance'),
 }

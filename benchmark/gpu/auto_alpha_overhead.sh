@@ -4,7 +4,8 @@
 # PHASE (default all three, in this order):
 #   overhead  random SDAR-8B b32, static 4 tok/step, in 256 / out 256, CUDA graphs, bs 64 and 256, one engine
 #             per arm in this one call: FOCUS importance α 1.5 vs α auto (overhead = 1 - auto / fixed tok/s;
-#             the bar is <= 3 %, and it decides the default of --dllm-focus-auto-shadow-every)
+#             the bar is <= 3 %, and it decides the default of --dllm-focus-auto-shadow-every; auto runs with
+#             LMDEPLOY_FOCUS_AUTO_COST_ONLY=1: on random weights its guard would otherwise never evict)
 #   quality   the committed tiny model on benchmark/data/tiny_tasks_heldout.jsonl through the engine,
 #             threshold 0.9: stock, FOCUS α 1.5, FOCUS auto (auto within 0.5 points of stock, fewer rows)
 #   calibrate python -m lmdeploy_focus.calibrate on the tiny model through the engine (the CPU table used
@@ -36,7 +37,9 @@ for phase in "${PHASES[@]}"; do
       S=(env RESULTS_DIR="$OUT/overhead" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="64 256" UNMASKING=low_confidence_static
          DENOISING_STEPS=8 MAX_NEW_TOKENS=256 EXTRA_ARGS="--prompts-per-slot 1 --input-len 256 --ignore-eos --fast-exit --output-len 256")
       "${S[@]}" ARM_TAG=-a1.5 bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5 importance
-      "${S[@]}" ARM_TAG=-auto bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" auto importance
+      # random weights: the selection is at chance, so the guard would never let auto evict; measure its cost
+      "${S[@]}" LMDEPLOY_FOCUS_AUTO_COST_ONLY=1 ARM_TAG=-auto \
+        bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" auto importance
       ;;
     quality)
       run python3 benchmark/eval_quality.py benchmark/data/tiny_tasks_heldout.jsonl models/tiny-sdar-5m-b32 \

@@ -39,7 +39,8 @@ series                                            type      what feeds it (``req
 ================================================= ========= =========================================
 
 With ``--dllm-focus-alpha auto`` the shadow series count the controller's shadow steps (its recall
-measurement), and a fall-back (the selection no better than random: nothing evicted) shows as
+measurement), and a controller that does not evict (probation at start-up, or the selection no better
+than random: nothing evicted) shows as
 ``rate(lmdeploy:dllm_focus_auto_fallback_steps_total[1m]) > 0``.
 
 Ratios over time come from the counters in PromQL, e.g. the kept fraction
@@ -84,7 +85,8 @@ AUTO_COUNTERS = {
     'focus_auto_shadow_steps': ('auto_shadow_steps', 'FOCUS alpha auto: sequence-steps run in shadow mode to '
                                 'measure the selection (nothing evicted).'),
     'focus_auto_fallback_steps': ('auto_fallback_steps', 'FOCUS alpha auto: sequence-steps that evicted nothing '
-                                  'because the selection recalled no more than a random one (fall-back).'),
+                                  'because the selection has not shown (probation) or no longer shows a recall above '
+                                  'a random one\'s and the target (fall-back).'),
 }
 # the totals whose growth feeds the counters (the engine's keys: strategies.dllm.run_stats.KEYS, not
 # imported here: that package loads the engine's strategies, which the api_server process does not need)

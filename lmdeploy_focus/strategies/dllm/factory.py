@@ -1,10 +1,18 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
+import os
+from dataclasses import replace
+
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
 from ...config.compat import check_block_fits_page
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
+
+# Benchmarks only: `--dllm-focus-alpha auto` keeps α moving but never switches eviction off (no probation,
+# no fall-back), so that its cost (shadow steps, controller) can be measured on random weights, where the
+# selection is at chance level and the guard would otherwise turn auto into delayed cache alone.
+AUTO_COST_ONLY_ENV = 'LMDEPLOY_FOCUS_AUTO_COST_ONLY'
 
 
 class FocusDLLMStrategyFactory(DLLMStrategyFactory):
@@ -35,6 +43,10 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                 if options.auto_alpha:
                     from .alpha_controller import AlphaControllerConfig
                     auto = AlphaControllerConfig.from_options(options)
+                    if os.environ.get(AUTO_COST_ONLY_ENV) == '1':
+                        auto = replace(auto, probation=False, min_updates=2**62)
+                        logger.warning(f'{AUTO_COST_ONLY_ENV}=1: FOCUS alpha auto never stops evicting (cost '
+                                       f'measurements on random weights only; outputs are not guarded).')
                     focus = FocusConfig(alpha=auto.alpha_init, policy=options.focus_policy, shadow=options.focus_shadow,
                                         auto=auto, shadow_every=options.focus_auto_shadow_every)
                 else:

@@ -13,7 +13,8 @@ Counted per decode step (prefill excluded), summed over the batch:
   the same size would have picked (Σ |decoded|·|selected|/|candidates|); with ``--dllm-focus-alpha auto``
   over the sequences in their shadow step;
 * ``auto_shadow_steps`` / ``auto_fallback_steps`` (``--dllm-focus-alpha auto``): sequence-steps run in
-  shadow mode, and sequence-steps that evicted nothing because the controller had fallen back.
+  shadow mode, and sequence-steps that evicted nothing because the controller had not qualified the
+  selection (probation at start-up) or had fallen back.
 
 Each step's counts are built per sequence first (:func:`per_sequence_counts`, ``float32 [B, K]``):
 the run totals are their column sums, and the rows also travel to the host with the step's outputs
