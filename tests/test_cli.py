@@ -77,7 +77,7 @@ def test_api_server_focus_without_alpha_uses_the_default(sdar_dir):
                                                                               track=True,
                                                                               delayed_cache_commit='exact',
                                                                               focus_policy='importance',
-                                                                              focus_shadow=False, focus_auto_shadow_every=8,
+                                                                              focus_shadow=False, focus_auto_shadow_every=16,
                     focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05)}
 
 
@@ -141,7 +141,7 @@ def test_chat_flags_reach_the_engine_config(sdar_dir):
     assert lines, out.stderr[-3000:]
     probe = json.loads(lines[0][5:])
     expected = dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=3.0, track=False,
-                    delayed_cache_commit='exact', focus_policy='importance', focus_shadow=False, focus_auto_shadow_every=8,
+                    delayed_cache_commit='exact', focus_policy='importance', focus_shadow=False, focus_auto_shadow_every=16,
                     focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05)
     assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}
 

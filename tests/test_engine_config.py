@@ -47,7 +47,7 @@ def test_focus_enables_delayed_cache_and_logs_it_once_per_process(focus_logs, mo
     assert cfg.hf_overrides[OPTIONS_KEY] == dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=2.0,
                                                  track=False, delayed_cache_commit='exact',
                                                  focus_policy='importance', focus_shadow=False,
-                                                 focus_auto_shadow_every=8,
+                                                 focus_auto_shadow_every=16,
                     focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05)
     # pipelines, chat and benchmarks build configs again and again: the note stays at one INFO line
     for _ in range(3):

@@ -17,9 +17,11 @@ OPTIONS_KEY = 'dllm_focus'
 DEFAULT_FOCUS_ALPHA = 1.5
 # --dllm-focus-alpha auto: the α controller (strategies/dllm/alpha_controller.py) sets α from shadow steps
 AUTO_ALPHA = 'auto'
-# auto: each sequence runs one decode step in this many in shadow mode. Provisional: chosen before the GPU
-# overhead was measured (benchmark/gpu/auto_alpha_overhead.sh; the bar is <= 3 % vs fixed alpha).
-DEFAULT_AUTO_SHADOW_EVERY = 8
+# auto: each sequence runs one decode step in this many in shadow mode. A shadow step sends every processed
+# row through the deep layers: on the H100 suite's counters (SDAR-8B b32, importance, bs 256) that is 1.41x
+# a FOCUS step's row-layers, so the overhead is about 0.41 / N: 5 % at 8, 2.6 % at 16 (the bar is <= 3 %).
+# Provisional until measured on the GPU (benchmark/gpu/auto_alpha_overhead.sh).
+DEFAULT_AUTO_SHADOW_EVERY = 16
 # auto: the controller's target and bounds (strategies/dllm/alpha_controller.py says what each does)
 DEFAULT_AUTO_TARGET_RECALL = 0.95
 DEFAULT_AUTO_ALPHA_MAX = 4.0
