@@ -30,6 +30,9 @@ def extras_require(publish: bool = False) -> dict:
     dev = list(DEV_EXTRA)
     dev_project = DEV_DIR / 'pyproject.toml'
     if not dev_project.is_file():  # an sdist has no dev/
+        if publish:
+            raise RuntimeError(f'{PUBLISH_ENV}=1 needs the source checkout (dev/pyproject.toml names the dev '
+                               f'package\'s version); build from the repository with pip wheel, not from an sdist')
         return {'dev': dev}
     if publish:
         version = re.search(r'^version = "([^"]+)"', dev_project.read_text(), re.M).group(1)

@@ -110,7 +110,7 @@ def test_auto_option_validation_and_resolution():
     with pytest.raises(ValueError, match='shadow_every'):
         FocusOptions(focus_auto_shadow_every=0)
     for field, bad in [('focus_auto_target_recall', 0.0), ('focus_auto_target_recall', 1.2),
-                       ('focus_auto_alpha_max', 0.5), ('focus_auto_alpha_max', float('inf')),
+                       ('focus_auto_alpha_max', 0.5), ('focus_auto_alpha_max', 1.0), ('focus_auto_alpha_max', float('inf')),
                        ('focus_auto_margin', -0.1), ('focus_auto_margin', 0.5), ('focus_auto_margin', True),
                        ('focus_auto_target_recall', '0.9')]:
         with pytest.raises(ValueError, match=f'dllm_{field}'):
@@ -135,7 +135,8 @@ def test_auto_options_set_the_controller():
 
 
 def test_cost_only_env_keeps_auto_evicting(monkeypatch):
-    """Benchmarks on random weights (LMDEPLOY_FOCUS_AUTO_COST_ONLY=1): no probation and no switch, α still moves."""
+    """Benchmarks on random weights (LMDEPLOY_FOCUS_AUTO_COST_ONLY=1): no probation, no switch, α pinned at the
+    fixed default, so that auto vs fixed α compares the same kept sets and measures auto's cost only."""
     from lmdeploy_focus.strategies.dllm.alpha_controller import initial_state, update
     from lmdeploy_focus.strategies.dllm.factory import AUTO_COST_ONLY_ENV
     monkeypatch.setenv(AUTO_COST_ONLY_ENV, '1')
@@ -146,4 +147,32 @@ def test_cost_only_env_keeps_auto_evicting(monkeypatch):
     for _ in range(100):  # chance-level selection: the guarded controller would never evict
         state = update(state, auto, torch.tensor(10.0), torch.tensor(4.0), torch.tensor(4.0))
         assert not bool(state.fallback)
-    assert float(state.alpha) > 1.5
+    assert float(state.alpha) == 1.5 and int(state.updates) == 100
+
+
+def test_no_eviction_is_warned_once_per_episode(caplog):
+    """Probation that has not qualified the selection after min_updates: one warning ('not started'); a later
+    fall-back after evicting: one more ('stopped'); nothing while evicting or while the evidence is thin."""
+    from lmdeploy_focus.strategies.dllm.alpha_controller import initial_state
+    sdar, _ = tiny_model_and_reference('sdar', 8, num_layers=3,
+                                       hf_overrides={'dllm_focus': {'enable_focus': True, 'focus_alpha': 'auto'}})
+    runtime = sdar.model.delayed_cache_runtime
+    config = runtime.focus.auto
+    state = initial_state(config)
+    tensor = torch.tensor
+
+    def warnings_after(**fields):
+        runtime.alpha_state = replace(state, **fields)
+        caplog.clear()
+        with caplog.at_level('INFO', logger='lmdeploy.focus'):
+            runtime._log_auto()
+        return [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+
+    assert warnings_after(since_switch=tensor(config.min_updates - 1)) == []  # too little evidence yet
+    first = warnings_after(since_switch=tensor(config.min_updates))
+    assert len(first) == 1 and 'eviction not started' in first[0]
+    assert warnings_after(since_switch=tensor(config.min_updates + 5)) == []  # same episode
+    assert warnings_after(fallback=tensor(False), since_switch=tensor(40)) == []  # evicting
+    stopped = warnings_after(fallbacks=tensor(1), since_switch=tensor(config.min_updates))
+    assert len(stopped) == 1 and 'eviction stopped' in stopped[0]
+    assert warnings_after(fallbacks=tensor(1), since_switch=tensor(50)) == []

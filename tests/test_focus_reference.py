@@ -195,6 +195,27 @@ def test_targets_match_brute_force(gen):
         assert got == expected, f'alpha={alpha} seed={gen.initial_seed()}'
 
 
+def test_oracle_targets_agree_with_the_runtime_for_any_alpha(gen):
+    """The oracle (``focus_spec.target``, exact fractions) and the runtime (fp32 product) under arbitrary α,
+    as ``--dllm-focus-alpha auto`` produces: both apply the same tolerance above an integer, so they agree,
+    also where avg * α lands a hair above or below an integer (half the cases here)."""
+    from lmdeploy_focus_dev.reference import focus_spec
+    batch = 2048
+    n = torch.randint(1, 65, (batch, ), generator=gen)
+    steps = torch.randint(1, 33, (batch, ), generator=gen)
+    decoded = torch.randint(1, 65, (batch, ), generator=gen)
+    avg = decoded.float() / steps.float()  # the runtime's running average (FocusState.avg_decoded)
+    alphas = 1 + 3 * torch.rand(batch, generator=gen, dtype=torch.float64)
+    # near an integer: alpha = m / avg * (1 + delta), |delta| <= 5e-6, inside the tolerance band or just below
+    m = (avg.double() * alphas).ceil()
+    near = m / avg.double() * (1 + 1e-5 * (torch.rand(batch, generator=gen, dtype=torch.float64) - 0.5))
+    alphas = torch.where(torch.arange(batch) % 2 == 0, near, alphas).clamp(min=1.0).tolist()
+    for j in range(batch):
+        got = int(ref.focus_targets(n[j:j + 1], avg[j:j + 1], alphas[j]))
+        want = focus_spec.target(int(n[j]), int(decoded[j]), int(steps[j]), alphas[j])
+        assert got == want, f'n {int(n[j])} avg {int(decoded[j])}/{int(steps[j])} alpha {alphas[j]!r} seed={gen.initial_seed()}'
+
+
 # ----------------------------------------------------------------------------------------------
 # importance
 

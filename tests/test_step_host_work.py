@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import lmdeploy
 import lmdeploy_focus
 import lmdeploy_focus_dev
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
@@ -31,6 +32,7 @@ L = 8
 PLUGIN_DIR = os.path.dirname(lmdeploy_focus.__file__) + os.sep
 FALLBACK_DIR = os.path.join(PLUGIN_DIR, 'kernels', 'default') + os.sep
 HARNESS_DIR = os.path.dirname(lmdeploy_focus_dev.__file__) + os.sep
+UPSTREAM_DIR = os.path.dirname(lmdeploy.__file__) + os.sep
 
 
 def _not_engine_work() -> bool:
@@ -40,7 +42,7 @@ def _not_engine_work() -> bool:
         name = frame.f_code.co_filename
         if name.startswith((FALLBACK_DIR, HARNESS_DIR)):
             return True
-        if f'{os.sep}lmdeploy' in name:  # upstream or the plugin: engine work
+        if name.startswith((PLUGIN_DIR, UPSTREAM_DIR)):  # the plugin or upstream: engine work
             return False
         frame = frame.f_back
     return False

@@ -90,7 +90,7 @@ OPTIONS = (
            'With --dllm-focus-alpha auto: the share of the decoded tokens the kept set must contain (0 < r <= 1); '
            'alpha rises until the shadow steps measure it'),
     Option('focus_auto_alpha_max', DEFAULT_AUTO_ALPHA_MAX,
-           'With --dllm-focus-alpha auto: the largest alpha the controller may use (>= 1); where the target needs '
+           'With --dllm-focus-alpha auto: the largest alpha the controller may use (> 1); where the target needs '
            'more, FOCUS stops evicting'),
     Option('focus_auto_margin', DEFAULT_AUTO_MARGIN,
            'With --dllm-focus-alpha auto: FOCUS stops evicting while the selection\'s recall is within this of a '
@@ -133,7 +133,8 @@ class FocusOptions:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f'dllm_focus_auto_shadow_every must be an integer >= 1, got {every!r}')
         self._check_number('focus_auto_target_recall', lambda r: 0.0 < r <= 1.0, 'in (0, 1]')
-        self._check_number('focus_auto_alpha_max', lambda a: a >= 1.0, '>= 1.0')
+        # > 1: at alpha_max == 1 the controller could never qualify the selection (it needs the target below α_max)
+        self._check_number('focus_auto_alpha_max', lambda a: a > 1.0, '> 1.0')
         self._check_number('focus_auto_margin', lambda m: 0.0 <= m < 0.5, 'in [0, 0.5)')
         alpha = self.focus_alpha
         if alpha == AUTO_ALPHA:

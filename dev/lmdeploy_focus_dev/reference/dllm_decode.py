@@ -328,7 +328,8 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                       for b in range(len(processing))]
     needs_importance = focus.policy == 'importance'
     alphas = alphas or [focus.alpha] * len(processing)
-    shadows = shadows or [focus.shadow] * len(processing)
+    # shadow mode evicts nothing, auto's shadow sequences or not (as the engine's step does)
+    shadows = [bool(focus.shadow) or s for s in (shadows or [False] * len(processing))]
     hidden, positions = model.embed(input_ids), step.kv_positions
     importance0 = None
     kept, progress, selection = processing, None, []

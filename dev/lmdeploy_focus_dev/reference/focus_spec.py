@@ -37,8 +37,16 @@ def importance(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     return total
 
 
+# The ceiling of §3.4 treats a product within a relative 1e-5 above an integer as that integer. The
+# engine must (its fp32 product can land a rounding error above an exact integer, e.g. 2 * 1.5); the
+# oracle does the same in exact arithmetic, so that the two agree for any alpha, also the arbitrary
+# ones of --dllm-focus-alpha auto, not only where avg * alpha is never that close to an integer.
+CEIL_TOLERANCE = Fraction(1, 100_000)
+
+
 def target(num_candidates: int, decoded_sum: int, decoded_steps: int, alpha: float) -> int:
-    """§3.4: ``0`` without candidates, else ``min(n, max(1, ceil(max(avg, 1) * alpha)))`` (exact arithmetic).
+    """§3.4: ``0`` without candidates, else ``min(n, max(1, ceil(max(avg, 1) * alpha)))`` (exact arithmetic,
+    with :data:`CEIL_TOLERANCE`).
 
     ``alpha`` is taken at float32 precision, the precision the engine receives it in.
     """
@@ -46,7 +54,7 @@ def target(num_candidates: int, decoded_sum: int, decoded_steps: int, alpha: flo
         return 0
     avg = Fraction(decoded_sum, decoded_steps) if decoded_steps > 0 else Fraction(1)
     alpha32 = Fraction(torch.tensor(alpha, dtype=torch.float32).item())
-    return min(num_candidates, max(1, math.ceil(max(avg, Fraction(1)) * alpha32)))
+    return min(num_candidates, max(1, math.ceil(max(avg, Fraction(1)) * alpha32 * (1 - CEIL_TOLERANCE))))
 
 
 def select(positions: list[int], delta: list[float], target_count: int, progress: int, policy: str) -> set[int]:

@@ -95,9 +95,9 @@ class SDARReference:
         self.weights = weights
         self.dtype = weights[self.EMBEDDING].dtype
         self.scale = self.dims.head_dim**-0.5
-        # the deciding score gap of every MoE routing so far (the MoE subclasses fill it); tests skip
-        # inputs whose routing is a near tie that rounding noise on the engine side could flip
-        self.routing_margins: list[float] = []
+        # a list to collect the deciding score gap of every MoE routing (the MoE subclasses fill it; each is a
+        # host read): tests set it to skip inputs whose routing is a near tie that rounding could flip
+        self.routing_margins: list[float] | None = None
 
     def _w(self, name: str) -> torch.Tensor:
         return self.weights[name]

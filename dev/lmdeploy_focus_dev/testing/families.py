@@ -47,8 +47,12 @@ def prompts_clear_of_routing_ties(reference: SDARReference, lengths: tuple[int, 
         seed = secrets.randbits(31)
         gen = torch.Generator().manual_seed(seed)
         prompts = [torch.randint(0, vocab, (n, ), generator=gen).tolist() for n in lengths]
-        reference.routing_margins.clear()
-        results = generate(prompts)
-        if min(reference.routing_margins, default=float('inf')) >= ROUTING_TIE:
+        reference.routing_margins = []
+        try:
+            results = generate(prompts)
+            margins = reference.routing_margins
+        finally:
+            reference.routing_margins = None
+        if min(margins, default=float('inf')) >= ROUTING_TIE:
             return seed, prompts, results
     raise AssertionError(f'{tries} prompt draws all routed some token on a near tie (gap < {ROUTING_TIE})')

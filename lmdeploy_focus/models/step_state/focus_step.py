@@ -1,6 +1,8 @@
 """FOCUS's settings for a decode step (what it decides lives in ``models.sparse_step.FocusOutcome``)."""
 from dataclasses import dataclass
 
+from ...config.options import DEFAULT_AUTO_SHADOW_EVERY
+
 
 @dataclass(frozen=True)
 class FocusConfig:
@@ -12,7 +14,7 @@ class FocusConfig:
     # --dllm-focus-alpha auto (an AlphaControllerConfig): α comes per sequence in StepInputs.alpha and some
     # sequences run the step in shadow (StepInputs.shadow_seq); ``alpha`` is then the controller's start value
     auto: object = None
-    shadow_every: int = 8  # auto: one step in N of each sequence in shadow mode
+    shadow_every: int = DEFAULT_AUTO_SHADOW_EVERY  # auto: one step in N of each sequence in shadow mode
 
     @property
     def needs_importance(self) -> bool:

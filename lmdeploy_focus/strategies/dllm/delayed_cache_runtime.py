@@ -84,7 +84,7 @@ class DelayedCacheRuntime:
     # --dllm-focus-alpha auto: the controller's state (0-d device tensors), this step's shadow sequences
     alpha_state: object = field(default=None, repr=False)
     shadow_seq: torch.Tensor | None = field(default=None, repr=False)
-    fallback_logged: bool = False
+    logged_fallbacks: int = -1  # auto: the fall-back count whose warning went out (0: probation's)
 
     def decode_batch_matches(self, num_tokens: int) -> bool:
         """A real decode step of the tracked batch (not a warm-up / graph-capture dummy)."""
@@ -207,17 +207,17 @@ class DelayedCacheRuntime:
                         f'{self.logit_rows / self.steps:.1f} through the LM head.')
 
     def _log_auto(self) -> None:
-        """--dllm-focus-alpha auto: α now and then; once, that eviction is off for this model with the evidence
-        in hand (a host read every ``log_every`` steps, with this log line; the decode step itself never reads
-        the controller)."""
+        """--dllm-focus-alpha auto: α now and then; a warning once per episode of no eviction with the evidence
+        in hand (probation that did not qualify the selection, then each fall-back; a host read every
+        ``log_every`` steps, with this log line; the decode step itself never reads the controller)."""
         if self.alpha_state is None:
             return
         state, config = self.alpha_state, self.focus.auto
-        alpha, fallback, updates = float(state.alpha), bool(state.fallback), int(state.updates)
+        alpha, fallback, fallbacks = float(state.alpha), bool(state.fallback), int(state.fallbacks)
         recall, random = (float(x) for x in alpha_controller.recalls(state))
-        if fallback and updates >= config.min_updates and not self.fallback_logged:
-            self.fallback_logged = True
-            started = 'stopped' if int(state.fallbacks) else 'not started'
+        if fallback and int(state.since_switch) >= config.min_updates and fallbacks != self.logged_fallbacks:
+            self.logged_fallbacks = fallbacks
+            started = 'stopped' if fallbacks else 'not started'
             logger.warning(f'FOCUS alpha auto: the selection recalls {recall:.2f} of the decoded tokens vs {random:.2f} '
                            f'for a random subset of the same size (target {config.target_recall}, largest alpha '
                            f'{config.alpha_max}): eviction {started} for this model; shadow steps go on and it '

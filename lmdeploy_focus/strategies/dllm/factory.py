@@ -9,9 +9,10 @@ from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
 
-# Benchmarks only: `--dllm-focus-alpha auto` keeps α moving but never switches eviction off (no probation,
-# no fall-back), so that its cost (shadow steps, controller) can be measured on random weights, where the
-# selection is at chance level and the guard would otherwise turn auto into delayed cache alone.
+# Benchmarks only: `--dllm-focus-alpha auto` never switches eviction off (no probation, no fall-back) and its
+# α stays at the fixed default, so that its cost (shadow steps, the controller's updates) can be measured
+# against fixed α on random weights. There the selection is at chance level: the guard would turn auto into
+# delayed cache alone, and α would climb to α_max, comparing different kept sets instead of the cost.
 AUTO_COST_ONLY_ENV = 'LMDEPLOY_FOCUS_AUTO_COST_ONLY'
 
 
@@ -44,9 +45,11 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                     from .alpha_controller import AlphaControllerConfig
                     auto = AlphaControllerConfig.from_options(options)
                     if os.environ.get(AUTO_COST_ONLY_ENV) == '1':
-                        auto = replace(auto, probation=False, min_updates=2**62)
-                        logger.warning(f'{AUTO_COST_ONLY_ENV}=1: FOCUS alpha auto never stops evicting (cost '
-                                       f'measurements on random weights only; outputs are not guarded).')
+                        auto = replace(auto, probation=False, min_updates=2**62, alpha_min=auto.alpha_init,
+                                       alpha_max=auto.alpha_init)
+                        logger.warning(f'{AUTO_COST_ONLY_ENV}=1: FOCUS alpha auto never stops evicting and keeps '
+                                       f'alpha {auto.alpha_init} (cost measurements on random weights only; outputs '
+                                       f'are not guarded).')
                     focus = FocusConfig(alpha=auto.alpha_init, policy=options.focus_policy, shadow=options.focus_shadow,
                                         auto=auto, shadow_every=options.focus_auto_shadow_every)
                 else:
