@@ -425,15 +425,21 @@ def test_a_cell_that_ends_the_process_still_leaves_the_finished_cells_on_disk(ti
     assert '| stock | 0.9 | ok |' in md and '| delayed_fast | 0.9 | not run |' in md
 
 
-def test_reference_focus_cells_explain_their_n_a_columns(tiny_sdar, tmp_path):
-    path = _write_lines(tmp_path / 'probe.jsonl', [{'prompt': 'Name a colour.', 'answer': 'red'}])
-    run = _run_main([path, tiny_sdar, '--backend', 'reference', '--max-new-tokens', '4', '--thresholds', '0.9',
-                     '--quiet', '--arms', 'stock', 'focus_a1.5', '--out-dir', str(tmp_path / 'out')])
-    stock, focus = run['cells']
-    if focus['status'] != 'ok':
-        pytest.skip(f"the reference loop has no FOCUS here: {focus['reason']}")
-    assert focus['summary']['kept_fraction'] is None and focus['summary']['shadow_recall'] is None
-    assert 'kept, shadow rec and random rec are n/a' in focus['decode_stats_note']
-    assert stock['decode_stats_note'] is None
-    table = report.format_table(run)
-    assert 'decode stats (focus_a1.5@0.9): reference loop: kept, shadow rec and random rec are n/a' in table
+def test_reference_focus_cells_fill_the_engine_columns(tiny_sdar, tmp_path):
+    """The reference loop's FOCUS cells report what the engine's dllm_track would: kept fraction for every
+    FOCUS arm, shadow / random recall only over steps that evicted nothing (shadow mode, auto's shadow steps)."""
+    prompts = ['Name a colour.', 'What is 2+2?', 'Continue: the quick brown fox']
+    path = _write_lines(tmp_path / 'probe.jsonl', [{'prompt': p, 'answer': 'red'} for p in prompts])
+    run = _run_main([path, tiny_sdar, '--backend', 'reference', '--max-new-tokens', '12', '--thresholds', '0.9',
+                     '--quiet', '--arms', 'stock', 'focus_a1.5', 'shadow', 'focus-auto', '--out-dir',
+                     str(tmp_path / 'out')])
+    cells = {c['arm']: c for c in run['cells']}
+    assert all(c['status'] == 'ok' and c['decode_stats_note'] is None for c in cells.values())
+    stock, focus, shadow, auto = (cells[a]['summary'] for a in ('stock', 'focus_a1.5', 'shadow', 'focus_auto'))
+    assert stock['kept_fraction'] is None and stock['shadow_recall'] is None
+    assert 0 < focus['kept_fraction'] <= 1 and focus['shadow_recall'] is None  # it evicts: no shadow step
+    assert shadow['kept_fraction'] == 1.0 and 0 <= shadow['shadow_recall'] <= 1
+    assert shadow['random_recall'] is not None
+    # auto starts on probation: nothing evicted, and its shadow steps measure
+    assert auto['kept_fraction'] == 1.0 and auto['shadow_recall'] is not None
+    assert 'decode stats (' not in report.format_table(run)  # no column to explain away

@@ -5,13 +5,10 @@ same greedy unmasking (upstream's ``UnmaskingProcessor``), stop tokens and lengt
 to its options: delayed cache and the commit mode; FOCUS arms need a loop that takes ``focus=``
 and are ``missing`` otherwise. Prompts run in batches of ``--concurrency``.
 
-Decode counters come from the loop's per-request results: decode steps, rows forwarded
-(``processed_per_step``) and, when reported, rows past the eviction layer (``kept_per_step``) and
-tokens decoded per step (``decoded_per_step``). Without the latter, ``generated_tokens`` is the
-number of generated block positions, which also counts the few tokens prefill unmasked (noted in
-the JSON). Candidates and shadow counters are not reported by the loop (None), so the kept-fraction and
-shadow / random recall columns of a FOCUS arm are n/a on this backend (``FOCUS_COLUMNS_NOTE``, listed
-under the table); the engine backend fills them.
+Decode counters come from the loop's per-request results, summed with the engine's definitions: decode
+steps, rows into layer 0 and past the eviction layer, tokens decoded, and for FOCUS arms the candidates,
+the kept candidates and, over the steps that evicted nothing (shadow mode, auto's shadow steps), the
+shadow / random recall counts.
 """
 import contextlib
 import inspect
@@ -24,11 +21,6 @@ from .arms import RunSettings, focus_options
 from .decode_stats import STAT_KEYS
 from .outcome import FAILED, MISSING, OK, CellOutcome, first_line
 
-# why a FOCUS arm's kept / shadow-recall columns are n/a here (printed under the table)
-FOCUS_COLUMNS_NOTE = ('reference loop: kept, shadow rec and random rec are n/a: the loop counts no FOCUS candidates '
-                      '(masked rows of the processing set), and its shadow mode forwards every row without keeping '
-                      'the selection it computed; proc/gen counts the rows past the eviction layer. The engine '
-                      'backend (CUDA) fills these columns')
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -74,20 +66,18 @@ def reference_call_kwargs(arm: str, reference_generate, block_length: int) -> di
     return kwargs
 
 
-def reference_stats(results: list, prompts: list) -> tuple[dict, str | None]:
-    """Decode counters of the loop's results (keys of ``decode_stats.STAT_KEYS``; None = not reported)."""
-    stats = dict.fromkeys(STAT_KEYS)
-    stats['decode_steps'] = sum(r.num_steps for r in results)
-    stats['processed_tokens'] = sum(sum(r.processed_per_step) for r in results)
-    stats['deep_tokens'] = sum(sum(getattr(r, 'kept_per_step', None) or r.processed_per_step) for r in results)
-    decoded = [getattr(r, 'decoded_per_step', None) for r in results]
-    if all(d is not None for d in decoded):
-        stats['generated_tokens'] = sum(sum(d) for d in decoded)
-        return stats, None
-    # every generated block position ends up unmasked; some of them already at prefill
-    stats['generated_tokens'] = sum(len(r.all_token_ids) - len(p.input_ids) for r, p in zip(results, prompts))
-    return stats, ('reference loop: generated_tokens counts every generated block position, including the tokens '
-                   'prefill unmasked in the prompt\'s last block (the loop reports no per-step decode counts)')
+def reference_stats(results: list) -> tuple[dict, str | None]:
+    """Decode counters of the loop's results (keys of ``decode_stats.STAT_KEYS``), summed as the engine's
+    ``dllm_track`` would (``lmdeploy_focus_dev.calibrate_reference.counts_of``). Without FOCUS the candidate
+    and shadow columns stay None (not counted), as they are n/a in the engine's report there."""
+    from lmdeploy_focus_dev.calibrate_reference import counts_of
+    counts = counts_of(results)
+    stats = {key: counts.get(key) for key in STAT_KEYS}
+    if all(r.selection_per_step is None for r in results):
+        for key in ('candidates', 'kept_candidates', 'shadow_decoded', 'shadow_selected_decoded',
+                    'shadow_random_expected'):
+            stats[key] = None
+    return stats, None
 
 
 class ReferenceBackend:
@@ -147,9 +137,7 @@ class ReferenceBackend:
         outcome.seconds = round(time.perf_counter() - start, 3)
         outcome.token_ids = [list(r.token_ids) for r in results]
         outcome.errors = [None] * len(results)
-        outcome.stats, outcome.stats_note = reference_stats(results, prompts)
-        if focus_options(arm).enable_focus:
-            outcome.stats_note = '; '.join(n for n in (outcome.stats_note, FOCUS_COLUMNS_NOTE) if n)
+        outcome.stats, outcome.stats_note = reference_stats(results)
         if 'auto_alpha' in call_kwargs:  # where the controller ended: α, fall-back, its recall estimates
             outcome.config['auto_alpha'] = call_kwargs['auto_alpha'].report()
         return outcome

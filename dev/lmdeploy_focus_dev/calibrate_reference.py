@@ -26,7 +26,8 @@ def _device(name: str) -> torch.device:
 
 
 def counts_of(results) -> dict[str, float]:
-    """The loop's per-step records summed into the ``dllm_track`` counters (same definitions as the engine)."""
+    """The loop's per-step records summed into the ``dllm_track`` counters (same definitions as the engine:
+    the shadow columns count the steps that evicted nothing, shadow mode or auto's shadow steps)."""
     counts = dict.fromkeys(KEYS, 0.0)
     for r in results:
         counts['decode_steps'] += r.num_steps
@@ -36,9 +37,10 @@ def counts_of(results) -> dict[str, float]:
         for s in r.selection_per_step or ():
             counts['candidates'] += s.candidates
             counts['kept_candidates'] += s.kept_candidates
-            counts['shadow_decoded'] += s.scored_decoded
-            counts['shadow_selected_decoded'] += s.scored_selected_decoded
-            counts['shadow_random_expected'] += s.scored_random_expected
+            if s.shadow:
+                counts['shadow_decoded'] += s.scored_decoded
+                counts['shadow_selected_decoded'] += s.scored_selected_decoded
+                counts['shadow_random_expected'] += s.scored_random_expected
     return counts
 
 

@@ -96,6 +96,7 @@ class SelectionCounts:
     scored_decoded: int  # decoded tokens, 0 unless candidates > target
     scored_selected_decoded: int  # of those, picked by the selection
     scored_random_expected: float  # what a random subset of the selection's size would pick: decoded * selected / candidates
+    shadow: bool = False  # the step evicted nothing for this sequence (shadow mode, or auto's shadow step)
 
 
 @dataclass
@@ -348,7 +349,7 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                     delta = (importance1 - importance0[b]).tolist()
                 count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, alphas[b])
                 chosen = focus_spec.select(candidates[b], delta, count, state.progress, focus.policy)
-                selection.append((candidates[b], list(chosen), count))
+                selection.append((candidates[b], list(chosen), count, shadows[b]))
                 keep = ps if shadows[b] else [p for p in ps if masks[b][p] != MASKED or p in chosen]
                 kept.append(keep)
                 progress.append(max([state.progress] + keep))
@@ -419,14 +420,14 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[
 
 
 def _selection_counts(selection, kept: list[int], input_mask: torch.Tensor, next_mask: torch.Tensor) -> SelectionCounts:
-    candidates, chosen, target = selection
+    candidates, chosen, target, shadow = selection
     decoded = {p for p in candidates if int(input_mask[p]) == MASKED and int(next_mask[p]) == UNMASKED}
     scored = decoded if len(candidates) > target else set()
     hits = len(scored & set(chosen))
     random_expected = len(scored) * len(chosen) / len(candidates) if candidates else 0.0
     return SelectionCounts(candidates=len(candidates), kept_candidates=len(set(kept) & set(candidates)),
                            selected=len(chosen), scored_decoded=len(scored), scored_selected_decoded=hits,
-                           scored_random_expected=random_expected)
+                           scored_random_expected=random_expected, shadow=shadow)
 
 
 # ---- driver -----------------------------------------------------------------------------------
