@@ -138,7 +138,7 @@ def test_cost_only_env_keeps_auto_evicting(monkeypatch):
     """Benchmarks on random weights (LMDEPLOY_FOCUS_AUTO_COST_ONLY=1): no probation, no switch, α pinned at the
     fixed default, so that auto vs fixed α compares the same kept sets and measures auto's cost only."""
     from lmdeploy_focus.strategies.dllm.alpha_controller import initial_state, update
-    from lmdeploy_focus.strategies.dllm.factory import AUTO_COST_ONLY_ENV
+    from lmdeploy_focus.strategies.dllm.focus_config import AUTO_COST_ONLY_ENV
     monkeypatch.setenv(AUTO_COST_ONLY_ENV, '1')
     sdar, _ = tiny_model_and_reference('sdar', 8, num_layers=3,
                                        hf_overrides={'dllm_focus': {'enable_focus': True, 'focus_alpha': 'auto'}})

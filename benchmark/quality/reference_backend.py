@@ -45,22 +45,14 @@ def reference_call_kwargs(arm: str, reference_generate, block_length: int) -> di
         return kwargs
     if 'focus' not in inspect.signature(reference_generate).parameters:
         raise ArmMissing('the reference decode loop has no FOCUS eviction (reference_generate takes no focus=)')
-    try:
-        from lmdeploy_focus.models.step_state.focus_step import FocusConfig
-    except ImportError as e:
-        raise ArmMissing(f'the reference decode loop has no FOCUS configuration ({e})') from None
+    from lmdeploy_focus.strategies.dllm.focus_config import focus_config
+    kwargs['focus'] = focus_config(options)
     if not options.auto_alpha:
-        kwargs['focus'] = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy,
-                                      shadow=options.focus_shadow)
         return kwargs
     if 'auto_alpha' not in inspect.signature(reference_generate).parameters:
         raise ArmMissing('the reference decode loop has no --dllm-focus-alpha auto (reference_generate takes no '
                          'auto_alpha=)')
-    from lmdeploy_focus.strategies.dllm.alpha_controller import AlphaControllerConfig
     from lmdeploy_focus_dev.reference.auto_alpha import ReferenceAutoAlpha
-    auto = AlphaControllerConfig.from_options(options)
-    kwargs['focus'] = FocusConfig(alpha=auto.alpha_init, policy=options.focus_policy, shadow=options.focus_shadow,
-                                  auto=auto, shadow_every=options.focus_auto_shadow_every)
     # one controller for the whole cell, as one engine would keep over all its requests
     kwargs['auto_alpha'] = ReferenceAutoAlpha(kwargs['focus'], block_length)
     return kwargs

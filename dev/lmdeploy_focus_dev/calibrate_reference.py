@@ -11,7 +11,8 @@ import contextlib
 import torch
 
 from lmdeploy_focus.calibrate.backends import BackendSettings, BackendUnavailable
-from lmdeploy_focus.models.step_state.focus_step import FocusConfig
+from lmdeploy_focus.config.options import FocusOptions
+from lmdeploy_focus.strategies.dllm.focus_config import focus_config
 from lmdeploy_focus.strategies.dllm.run_stats import KEYS
 
 DTYPES = {'float32': torch.float32, 'float64': torch.float64, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -62,11 +63,7 @@ class ReferenceCalibrationBackend:
 
     def run(self, cell, prompts: list[list[int]], max_new_tokens: list[int]):
         from lmdeploy_focus_dev.reference.dllm_decode import COMMIT_EXACT, reference_generate
-        options = cell.focus_options()
-        focus = None
-        if options.get('enable_focus'):
-            focus = FocusConfig(alpha=options['focus_alpha'], policy=options['focus_policy'],
-                                shadow=options['focus_shadow'])
+        focus = focus_config(FocusOptions.from_dict(cell.focus_options()).resolved())
         s, ckpt = self.settings, self.checkpoint
         results = []
         on_device = self.device if self.device.type != 'cpu' else contextlib.nullcontext()

@@ -1,19 +1,12 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
-import os
-from dataclasses import replace
-
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
 from ...config.compat import check_block_fits_page
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
+from .focus_config import focus_config
 
-# Benchmarks only: `--dllm-focus-alpha auto` never switches eviction off (no probation, no fall-back) and its
-# α stays at the fixed default, so that its cost (shadow steps, the controller's updates) can be measured
-# against fixed α on random weights. There the selection is at chance level: the guard would turn auto into
-# delayed cache alone, and α would climb to α_max, comparing different kept sets instead of the cost.
-AUTO_COST_ONLY_ENV = 'LMDEPLOY_FOCUS_AUTO_COST_ONLY'
 
 
 class FocusDLLMStrategyFactory(DLLMStrategyFactory):
@@ -38,23 +31,8 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         self.delayed_cache_runtime = None
         if options.enable_delayed_cache:
             from .delayed_cache_runtime import DelayedCacheRuntime
-            from ...models.step_state.focus_step import FocusConfig
-            focus = None
-            if options.enable_focus:
-                if options.auto_alpha:
-                    from .alpha_controller import AlphaControllerConfig
-                    auto = AlphaControllerConfig.from_options(options)
-                    if os.environ.get(AUTO_COST_ONLY_ENV) == '1':
-                        auto = replace(auto, probation=False, min_updates=2**62, alpha_min=auto.alpha_init,
-                                       alpha_max=auto.alpha_init)
-                        logger.warning(f'{AUTO_COST_ONLY_ENV}=1: FOCUS alpha auto never stops evicting and keeps '
-                                       f'alpha {auto.alpha_init} (cost measurements on random weights only; outputs '
-                                       f'are not guarded).')
-                    focus = FocusConfig(alpha=auto.alpha_init, policy=options.focus_policy, shadow=options.focus_shadow,
-                                        auto=auto, shadow_every=options.focus_auto_shadow_every)
-                else:
-                    focus = FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy,
-                                        shadow=options.focus_shadow)
+            focus = focus_config(options)
+            if focus is not None:
                 num_layers = getattr(model_config, 'num_layers', None)
                 if num_layers is not None and num_layers <= focus.eviction_layer:
                     raise ValueError(f'dllm_enable_focus needs a model with at least {focus.eviction_layer + 1} '
