@@ -62,7 +62,5 @@ class ReferenceAutoAlpha:
 
     def report(self) -> dict:
         """The controller's end state and the step counts (host values, for results files)."""
-        report = {k: v.item() for k, v in alpha_controller.as_dict(self.state).items()}
-        report['recall'], report['random_recall'] = (x.item() for x in alpha_controller.recalls(self.state))
-        report.update(shadow_steps=self.shadow_steps, fallback_steps=self.fallback_steps)
-        return report
+        return {**alpha_controller.host_report(self.state), 'shadow_steps': self.shadow_steps,
+                'fallback_steps': self.fallback_steps}

@@ -166,3 +166,10 @@ def step_alpha(state: AlphaControllerState, shadow: torch.Tensor, keep_all_alpha
 def as_dict(state: AlphaControllerState) -> dict[str, torch.Tensor]:
     """The state's tensors by field name (for export; reading them is the caller's host sync)."""
     return {f.name: getattr(state, f.name) for f in fields(state)}
+
+
+def host_report(state: AlphaControllerState) -> dict[str, float | int | bool]:
+    """The state and its two recalls as host values (one sync each: for tests, tools and logs, never per step)."""
+    report = {k: v.item() for k, v in as_dict(state).items()}
+    report['recall'], report['random_recall'] = (x.item() for x in recalls(state))
+    return report

@@ -229,9 +229,7 @@ class DelayedCacheRuntime:
         """The controller's state on the host (one sync; for tests, tools and logs, never per step)."""
         if self.alpha_state is None:
             return None
-        report = {k: v.item() for k, v in alpha_controller.as_dict(self.alpha_state).items()}
-        report['recall'], report['random_recall'] = (x.item() for x in alpha_controller.recalls(self.alpha_state))
-        return report
+        return alpha_controller.host_report(self.alpha_state)
 
     def row_logits(self, hidden_rows: torch.Tensor, lm_head) -> torch.Tensor:
         """``[M, V]`` logits of the step's rows that need them (``M = max(num_logit_rows, 1)``), in the
