@@ -76,6 +76,9 @@ def parse_args(argv=None):
     g.add_argument('--dllm-delayed-cache-commit', default=None, choices=COMMIT_MODES,
                    help='how a decoded block becomes history under delayed cache (engine default: exact)')
     g.add_argument('--dllm-track', action='store_true', help='report DLLM statistics (processed tokens, steps)')
+    g.add_argument('--dllm-option', action='append', default=[], metavar='NAME=VALUE',
+                   help='any other engine option dllm_NAME (repeatable), e.g. focus_auto_shadow_every=32; '
+                   'the value is read as a Python literal, else kept as text')
     g = p.add_argument_group('repetition guard')
     g.add_argument('--repeat-block-detect', action='store_true',
                    help='stop a request whose output ends in 3 identical consecutive windows')

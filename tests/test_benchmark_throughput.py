@@ -5,6 +5,7 @@ import csv
 import glob
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -352,6 +353,26 @@ def test_focus_policy_and_commit_reach_the_engine_config():
     assert pt.default_arm(pt.parse_args(['random', '/m', '--dllm-enable-delayed-cache']), facts) == 'delayed-cache'
     with pytest.raises(SystemExit):
         pt.parse_args(['random', '/m', '--dllm-focus-policy', 'random'])
+
+
+
+def test_any_engine_option_reaches_the_engine_config():
+    from lmdeploy import PytorchEngineConfig
+    pt = _load_profile_throughput()
+    facts = engine_runner.ModelFacts('sdar', True, 32)
+    every = random.randint(2, 64)
+    args = pt.parse_args(['random', '/m', '--dllm-enable-focus', '--dllm-focus-alpha', 'auto',
+                          '--dllm-option', f'focus_auto_shadow_every={every}',
+                          '--dllm-option', 'focus_auto_target_recall=0.9'])
+    options = PytorchEngineConfig(**engine_runner.engine_config_kwargs(args, 64, facts)).focus_options()
+    assert (options.focus_auto_shadow_every, options.focus_auto_target_recall) == (every, 0.9)
+    with pytest.raises(ValueError, match='NAME=VALUE'):
+        engine_runner.engine_config_kwargs(pt.parse_args(['random', '/m', '--dllm-option', 'focus_shadow']), 64,
+                                           facts)
+    with pytest.raises(ValueError, match='shadow_every'):  # the engine config checks the value itself
+        PytorchEngineConfig(**engine_runner.engine_config_kwargs(
+            pt.parse_args(['random', '/m', '--dllm-enable-focus', '--dllm-option', 'focus_auto_shadow_every=0']),
+            64, facts))
 
 
 _FAST_EXIT_HARNESS = r'''

@@ -5,7 +5,8 @@
 #   overhead  random SDAR-8B b32, static 4 tok/step, in 256 / out 256, CUDA graphs, bs 64 and 256, one engine
 #             per arm in this one call: FOCUS importance α 1.5 vs α auto (overhead = 1 - auto / fixed tok/s;
 #             the bar is <= 3 %, and it decides the default of --dllm-focus-auto-shadow-every; auto runs with
-#             LMDEPLOY_FOCUS_AUTO_COST_ONLY=1: on random weights its guard would otherwise never evict)
+#             LMDEPLOY_FOCUS_AUTO_COST_ONLY=1: on random weights its guard would otherwise never evict);
+#             SHADOW_EVERY="16 32" measures auto at each shadow period N (default: 16)
 #   quality   the committed tiny model on benchmark/data/tiny_tasks_heldout.jsonl through the engine,
 #             threshold 0.9: stock, FOCUS α 1.5, FOCUS auto (auto within 0.5 points of stock, fewer rows)
 #   calibrate python -m lmdeploy_focus.calibrate on the tiny model through the engine (the CPU table used
@@ -38,8 +39,10 @@ for phase in "${PHASES[@]}"; do
          DENOISING_STEPS=8 MAX_NEW_TOKENS=256 EXTRA_ARGS="--prompts-per-slot 1 --input-len 256 --ignore-eos --fast-exit --output-len 256")
       "${S[@]}" ARM_TAG=-a1.5 bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5 importance
       # random weights: the selection is at chance, so the guard would never let auto evict; measure its cost
-      "${S[@]}" LMDEPLOY_FOCUS_AUTO_COST_ONLY=1 ARM_TAG=-auto \
-        bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" auto importance
+      for every in ${SHADOW_EVERY:-16}; do
+        "${S[@]/#EXTRA_ARGS=/EXTRA_ARGS=--dllm-option focus_auto_shadow_every=$every }" LMDEPLOY_FOCUS_AUTO_COST_ONLY=1 \
+          ARM_TAG=-auto-n$every bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" auto importance
+      done
       ;;
     quality)
       run python3 benchmark/eval_quality.py benchmark/data/tiny_tasks_heldout.jsonl models/tiny-sdar-5m-b32 \
