@@ -1,5 +1,6 @@
 """``python -m lmdeploy_focus.calibrate``: the recommendation logic, the backend registry, and the command end
-to end on the committed tiny model with the reference backend (CPU)."""
+to end on the committed tiny model with the reference backend (CPU) and the engine backend (GPU; skipped without
+CUDA)."""
 import json
 import os
 import subprocess
@@ -72,14 +73,27 @@ def test_help_documents_every_option():
         assert flag in out, flag
 
 
-def test_end_to_end_on_the_tiny_model(tmp_path):
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize('backend', [
+    'reference',
+    pytest.param('engine', marks=pytest.mark.skipif(not _has_cuda(), reason='the engine backend needs a CUDA GPU')),
+])
+def test_end_to_end_on_the_tiny_model(tmp_path, backend):
     out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', TINY, '--tasks', TASKS, '--num-tasks', '2',
-                          '--alphas', '1.5', '--max-new-tokens', '32', '--backend', 'reference', '--out-dir',
+                          '--alphas', '1.5', '--max-new-tokens', '32', '--backend', backend, '--out-dir',
                           str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'recommendation:' in out.stdout and 'calibrate' in out.stderr  # the progress bar
     record = json.loads((tmp_path / 'calibration.json').read_text())
-    assert len(record['cells']) == 5 and record['machine'].startswith('CPU')
+    assert len(record['cells']) == 5 and record['backend'] == backend
+    assert record['machine'].startswith('CPU') != _has_cuda()
     shadow = [c for c in record['cells'] if c['mode'] == 'shadow']
     assert all(c['counts']['shadow_decoded'] > 0 for c in shadow)  # the selection mattered in some step
     assert all(0.0 <= c['recall'] <= 1.0 and 0.0 <= c['random_recall'] <= 1.0 for c in shadow)

@@ -20,7 +20,8 @@ AUTO_ALPHA = 'auto'
 # auto: each sequence runs one decode step in this many in shadow mode. A shadow step sends every processed
 # row through the deep layers: on the H100 suite's counters (SDAR-8B b32, importance, bs 256) that is 1.41x
 # a FOCUS step's row-layers, so the overhead is about 0.41 / N: 5 % at 8, 2.6 % at 16 (the bar is <= 3 %).
-# Provisional until measured on the GPU (benchmark/gpu/auto_alpha_overhead.sh).
+# Measured at 16 (H100, random SDAR-8B b32, graphs; benchmark/results/2026-12-05_h100_auto_alpha/):
+# 3.0 % at bs 64, 1.9 % at bs 256, +3 % rows per generated token.
 DEFAULT_AUTO_SHADOW_EVERY = 16
 # auto: the controller's target and bounds (strategies/dllm/alpha_controller.py says what each does)
 DEFAULT_AUTO_TARGET_RECALL = 0.95
@@ -85,7 +86,7 @@ OPTIONS = (
            'been selected (implies --dllm-enable-focus)'),
     Option('focus_auto_shadow_every', DEFAULT_AUTO_SHADOW_EVERY,
            'With --dllm-focus-alpha auto: each sequence runs one decode step in N in shadow mode (N >= 1; '
-           'the default is provisional until its GPU overhead is measured)'),
+           'at 16 about 3 percent of the throughput on SDAR-8B; a larger N costs less and adapts slower)'),
     Option('focus_auto_target_recall', DEFAULT_AUTO_TARGET_RECALL,
            'With --dllm-focus-alpha auto: the share of the decoded tokens the kept set must contain (0 < r <= 1); '
            'alpha rises until the shadow steps measure it'),
