@@ -121,12 +121,13 @@ def test_prefix_and_contains_scorers():
 
 # ---------------------------------------------------------------- arms
 def test_arm_table():
-    assert list(arms.ARMS) == ['stock', 'delayed_fast', 'delayed_exact', 'focus_a1.0', 'focus_a1.5', 'focus_a2',
-                               'focus_a3', 'focus_leftmost', 'focus_auto', 'focus_auto_leftmost', 'shadow']
+    assert list(arms.ARMS) == ['stock', 'delayed_fast', 'delayed_exact', 'focus_a1.0', 'focus_a1.5', 'focus_a1.5_fast',
+                               'focus_a2', 'focus_a3', 'focus_leftmost', 'focus_auto', 'focus_auto_leftmost', 'shadow']
     assert arms.check_arms(['stock', 'shadow', 'stock']) == ['stock', 'shadow']
     # the arm table's names (what the GPU scripts pass) resolve to the report's labels
     assert arms.check_arms(['focus-importance', 'focus-auto', 'focus', 'delayed']) == ['focus_a1.5', 'focus_auto',
                                                                                       'delayed_exact']
+    assert arms.check_arms(['focus-importance-fast']) == ['focus_a1.5_fast']
     for bad in ('focus_a7', 'focus-leftmost-fast'):  # unknown anywhere / in the table but not an eval arm
         with pytest.raises(ValueError, match='unknown arm'):
             arms.check_arms([bad])
@@ -141,6 +142,7 @@ def test_arm_kwargs_build_valid_engine_configs():
         'delayed_exact': (True, 'exact', False, 1.5, 'importance', False),
         'focus_a1.0': (True, 'exact', True, 1.0, 'importance', False),
         'focus_a1.5': (True, 'exact', True, 1.5, 'importance', False),
+        'focus_a1.5_fast': (True, 'fast', True, 1.5, 'importance', False),
         'focus_a2': (True, 'exact', True, 2.0, 'importance', False),
         'focus_a3': (True, 'exact', True, 3.0, 'importance', False),
         'focus_leftmost': (True, 'exact', True, 1.5, 'leftmost', False),

@@ -26,6 +26,7 @@ ARMS: dict[str, dict] = {
     'focus-importance': _focus(),
     'focus-leftmost': _focus(policy='leftmost'),
     'focus-leftmost-fast': _focus(policy='leftmost', dllm_delayed_cache_commit='fast'),
+    'focus-importance-fast': _focus(dllm_delayed_cache_commit='fast'),  # issue 14 item 4: exact vs fast commit
     'focus-a1.0': _focus(1.0),
     'focus-a2': _focus(2.0),
     'focus-a3': _focus(3.0),
@@ -42,6 +43,7 @@ ALIASES = {
     'delayed': 'delayed-exact',
     'focus': 'focus-importance',
     'focus-a1.5': 'focus-importance',
+    'focus-a1.5-fast': 'focus-importance-fast',
 }
 
 
