@@ -24,7 +24,10 @@ load_benchmark_packages('throughput')
 from throughput import datasets, engine_runner, prompts, report  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
 
-from lmdeploy_focus.config.options import COMMIT_MODES, FOCUS_POLICIES  # noqa: E402  (the engine's choices)
+from lmdeploy_focus.config.options import (COMMIT_MODES, FOCUS_POLICIES, OPTIONS,  # noqa: E402  (the engine's choices)
+                                           FocusOptions)
+
+OPTION_NAMES = tuple(option.name for option in OPTIONS)
 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
 
@@ -76,9 +79,9 @@ def parse_args(argv=None):
     g.add_argument('--dllm-delayed-cache-commit', default=None, choices=COMMIT_MODES,
                    help='how a decoded block becomes history under delayed cache (engine default: exact)')
     g.add_argument('--dllm-track', action='store_true', help='report DLLM statistics (processed tokens, steps)')
-    g.add_argument('--dllm-option', action='append', default=[], metavar='NAME=VALUE',
-                   help='any other engine option dllm_NAME (repeatable), e.g. focus_auto_shadow_every=32; '
-                   'the value is read as a Python literal, else kept as text')
+    g.add_argument('--dllm-option', action='append', default=[], metavar='NAME=VALUE', type=engine_runner.dllm_option,
+                   help='any other FOCUS engine option dllm_NAME (a row of the option table, repeatable), e.g. '
+                   'focus_auto_shadow_every=32; the value is read as a Python literal, else kept as text')
     g = p.add_argument_group('repetition guard')
     g.add_argument('--repeat-block-detect', action='store_true',
                    help='stop a request whose output ends in 3 identical consecutive windows')
@@ -131,6 +134,14 @@ def validate(args):
         raise BenchmarkInputError('--concurrency and --num-prompts must be >= 1')
     if args.repeat_block_detect and args.repeat_block_window < 8:
         raise BenchmarkInputError('--repeat-block-window must be >= 8')
+    for name, value in args.dllm_option:
+        if name not in OPTION_NAMES:
+            raise BenchmarkInputError(f'--dllm-option {name}: not a FOCUS engine option; known: '
+                                      f'{", ".join(OPTION_NAMES)}')
+        try:
+            FocusOptions(**{name: value}).resolved()
+        except (ValueError, TypeError) as e:
+            raise BenchmarkInputError(f'--dllm-option {name}={value!r}: {e}') from None
 
 
 def event_loop_name(use_uvloop: bool) -> str:

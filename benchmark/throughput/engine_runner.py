@@ -5,6 +5,7 @@ number of requests in flight (the "batch size" of the fork's figures). Arms whos
 not implemented yet (the engine raises ``NotImplementedError`` at start) come back as *missing* with
 the engine's message; nothing is estimated in their place.
 """
+import argparse
 import ast
 import asyncio
 import itertools
@@ -72,23 +73,20 @@ def engine_config_kwargs(args, max_concurrency: int, facts: ModelFacts) -> dict:
                 dllm_delayed_cache_commit=getattr(args, 'dllm_delayed_cache_commit', None),
                 dllm_track=args.dllm_track)
     kwargs.update({k: v for k, v in dllm.items() if v is not None})
-    kwargs.update(extra_dllm_options(getattr(args, 'dllm_option', None) or []))
+    kwargs.update({f'dllm_{name}': value for name, value in getattr(args, 'dllm_option', None) or []})
     return kwargs
 
 
-def extra_dllm_options(pairs: list[str]) -> dict:
-    """``--dllm-option NAME=VALUE`` -> ``{'dllm_NAME': value}`` (a Python literal where it parses as one)."""
-    out = {}
-    for pair in pairs:
-        name, sep, text = pair.partition('=')
-        if not sep or not name.strip():
-            raise ValueError(f'--dllm-option takes NAME=VALUE (e.g. focus_auto_shadow_every=32), got {pair!r}')
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        out[f'dllm_{name.strip()}'] = value
-    return out
+def dllm_option(text: str) -> tuple[str, object]:
+    """argparse type of ``--dllm-option NAME=VALUE``: ``(NAME, value)``, the value a Python literal where it
+    parses as one, else the text. The engine config checks the option itself."""
+    name, sep, value = text.partition('=')
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f'takes NAME=VALUE (e.g. focus_auto_shadow_every=32), got {text!r}')
+    try:
+        return name.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name.strip(), value
 
 
 def build_engine(model_path: str, config_kwargs: dict):
