@@ -206,7 +206,7 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
     kept_dense = proc.processed if focus.shadow else selected_dense
     if focus.auto is not None and not focus.shadow:
         # auto: the sequences measured this step keep every processed row (a per-row flag: static shapes)
-        shadow_row = inputs.shadow_seq.index_select(0, torch.div(proc.flat_index, length, rounding_mode='floor'))
+        shadow_row = inputs.shadow_seq.index_select(0, proc.seq_index)
         keep = torch.where(shadow_row, valid, keep)
         kept_dense = torch.where(inputs.shadow_seq[:, None], proc.processed, selected_dense)
 
