@@ -8,7 +8,6 @@ from ...log import logger
 from .focus_config import focus_config
 
 
-
 class FocusDLLMStrategyFactory(DLLMStrategyFactory):
     """Reads the FOCUS options from ``hf_config`` and builds the matching strategies.
 
