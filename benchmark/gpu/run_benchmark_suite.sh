@@ -2,7 +2,8 @@
 # The committed H100 benchmark runs (BENCHMARKS.md), from the repo root on the lent GPU machine:
 #   bash benchmark/gpu/run_benchmark_suite.sh PHASE OUT_DIR
 # PHASE: 'graphs' = issue 14's table: SDAR-8B-b32, static 4 tok/step, bs 16/32/64/128/256: stock, FOCUS importance
-#                   and leftmost a1.5; then, if the budget allows, the dynamic stock vs FOCUS pair (bs 64/256).
+#                   and leftmost a1.5; then, if the budget allows, the dynamic stock vs FOCUS pair (bs 64/256)
+#                   and leftmost a1.5 with the fast commit (bs 64/256).
 #        'b32'    = SDAR-8B-b32, static 4 tok/step, bs 32/64/128/256, through the drivers, most
 #                   important first: stock, FOCUS importance a1.5, delayed cache, FOCUS leftmost a1.5;
 #                   then, if the budget allows, the dynamic (threshold 0.9) stock vs FOCUS pair.
@@ -108,6 +109,10 @@ if [[ $PHASE == graphs ]]; then
   step 130 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   dynamic_pair
+  # issue 14 item 4's what-if, last: leftmost with the fast commit (no whole-block commit pass), bs 64/256
+  step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
+    EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi
 
@@ -122,6 +127,10 @@ if [[ $PHASE == b32 ]]; then
   step 100 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   dynamic_pair
+  # issue 14 item 4's what-if, last: leftmost with the fast commit (no whole-block commit pass), bs 64/256
+  step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
+    EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi
 
