@@ -20,8 +20,8 @@ AUTO_ALPHA = 'auto'
 # auto: each sequence runs one decode step in this many in shadow mode. A shadow step sends every processed
 # row through the deep layers: on the H100 suite's counters (SDAR-8B b32, importance, bs 256) that is 1.41x
 # a FOCUS step's row-layers, so the overhead is about 0.41 / N: 5 % at 8, 2.6 % at 16 (the bar is <= 3 %).
-# Measured at 16 (H100, random SDAR-8B b32, graphs; benchmark/results/2026-12-05_h100_auto_alpha/):
-# 3.0 % at bs 64, 1.9 % at bs 256, +3 % rows per generated token.
+# Measured at 16 in two runs (H100, random SDAR-8B b32, graphs; benchmark/results/2026-12-05_h100_auto_alpha/):
+# 2.4-3.0 % at bs 64, 1.9-2.0 % at bs 256, +3 % rows per generated token; at 32: 1.8 % / 1.2 %.
 DEFAULT_AUTO_SHADOW_EVERY = 16
 # auto: the controller's target and bounds (strategies/dllm/alpha_controller.py says what each does)
 DEFAULT_AUTO_TARGET_RECALL = 0.95
