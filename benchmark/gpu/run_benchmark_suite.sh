@@ -127,10 +127,6 @@ if [[ $PHASE == b32 ]]; then
   step 100 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   dynamic_pair
-  # issue 14 item 4's what-if, last: leftmost with the fast commit (no whole-block commit pass), bs 64/256
-  step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
-    EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi
 
