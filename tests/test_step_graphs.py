@@ -4,7 +4,8 @@ import random
 import pytest
 import torch
 
-from lmdeploy_focus.models.step_graphs import ROW_ALIGN, ROW_BUCKETS, StepGraphs, pick, row_buckets
+from lmdeploy_focus.models.step_graphs import (ROW_ALIGN, ROW_BUCKETS, ROW_BUCKETS_ENV, StepGraphs, pick, row_bucket_count,
+                                               row_buckets)
 from lmdeploy_focus.models.sparse_step import StepConfig
 
 
@@ -19,6 +20,27 @@ def test_row_buckets_cover_every_count_with_bounded_padding(batch, length):
     for rows in range(1, total + 1):  # every possible kept count has a bucket, at most one step above it
         bucket = pick(buckets, rows)
         assert bucket is not None and rows <= bucket < rows + step
+
+
+@pytest.mark.parametrize('count', [2, 7, 64])
+def test_another_bucket_count_keeps_the_padding_bound(count):
+    buckets, total = row_buckets(256, 32, count), 256 * 32
+    step = -(-(-(-total // count)) // ROW_ALIGN) * ROW_ALIGN
+    assert len(buckets) == -(-total // step) and buckets[-1] == total
+    assert all(rows <= pick(buckets, rows) < rows + step for rows in random.sample(range(1, total + 1), 200))
+
+
+def test_the_bucket_count_comes_from_the_environment_or_the_default(monkeypatch):
+    monkeypatch.delenv(ROW_BUCKETS_ENV, raising=False)
+    assert row_bucket_count() == ROW_BUCKETS
+    monkeypatch.setenv(ROW_BUCKETS_ENV, '64')
+    assert row_bucket_count() == 64
+    graphs = StepGraphs(parts=None, config=StepConfig(block_length=4, commit_mode='exact'), attention_rows=None)
+    assert graphs.row_bucket_count == 64
+    for bad in ('1', '257', 'many', '-4'):
+        monkeypatch.setenv(ROW_BUCKETS_ENV, bad)
+        with pytest.raises(ValueError, match=ROW_BUCKETS_ENV):
+            row_bucket_count()
 
 
 def test_pick_is_the_smallest_fitting_bucket():

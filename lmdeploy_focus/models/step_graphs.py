@@ -16,6 +16,7 @@ layers run at most one step of padding rows (≤ 1/32 of the block; half that on
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
 compiled, during upstream's decode warm-up, before the first request.
 """
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -27,16 +28,29 @@ from .sparse_step import (DeepRows, FrontOutputs, StepConfig, StepInputs, copy_i
 
 ROW_BUCKETS = 32
 ROW_ALIGN = 16
+# Experiments only: another number of row buckets (warm-up time and graph count grow with it).
+ROW_BUCKETS_ENV = 'LMDEPLOY_FOCUS_ROW_BUCKETS'
+
+
+def row_bucket_count() -> int:
+    """:data:`ROW_BUCKETS`, or the integer in ``$LMDEPLOY_FOCUS_ROW_BUCKETS`` (2..256)."""
+    text = os.environ.get(ROW_BUCKETS_ENV, '').strip()
+    if not text:
+        return ROW_BUCKETS
+    if not text.isdigit() or not 2 <= int(text) <= 256:
+        raise ValueError(f'{ROW_BUCKETS_ENV}={text!r}: expected an integer from 2 to 256 (the number of deep-layer '
+                         f'row buckets per batch bucket; unset it for the default {ROW_BUCKETS})')
+    return int(text)
 
 
 def _no_mark(phase: str) -> None:
     pass
 
 
-def row_buckets(batch_bucket: int, block_length: int) -> list[int]:
-    """Deep-layer row counts captured for a batch bucket: equal steps up to ``B̂·L``."""
+def row_buckets(batch_bucket: int, block_length: int, count: int = ROW_BUCKETS) -> list[int]:
+    """Deep-layer row counts captured for a batch bucket: ``count`` equal steps up to ``B̂·L``."""
     total = batch_bucket * block_length
-    step = -(-total // ROW_BUCKETS)
+    step = -(-total // count)
     step = -(-step // ROW_ALIGN) * ROW_ALIGN
     buckets = list(range(step, total, step))
     return buckets + [total]
@@ -85,6 +99,7 @@ class StepGraphs:
         self.attention_rows = attention_rows  # context manager: deep rows for the attention layers
         self.enabled = False  # upstream's graph runner is on (eager_mode=False): capture at warm-up
         self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)
+        self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
         self.buckets: dict[int, _Bucket] = {}
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
@@ -157,7 +172,7 @@ class StepGraphs:
             copy_into(static, front(self.parts, inputs, self.config, kv_caches, block_offsets))
 
         graphs = _Bucket(inputs=inputs, outputs=static, front=_Replayable(run_front, self._pool, self.use_graph))
-        for rows in row_buckets(batch_bucket, length):
+        for rows in row_buckets(batch_bucket, length, self.row_bucket_count):
             graphs.deep[rows] = _Replayable(self._deep_fn(static.rows, rows, kv_caches, block_offsets, attn_metadata),
                                             self._pool, self.use_graph)
         self.buckets[batch_bucket] = graphs
