@@ -13,6 +13,8 @@
 #        'dynamic' = every b32 arm with dynamic unmasking (threshold 0.9, out 128, bs 64/256), then b64 delayed cache.
 #        'dynamic_rest' = what 'dynamic' left (2026-11-23): b64 delayed cache first, then every b32 arm with
 #                   dynamic unmasking at bs 32/128 (its own stock arm, so ratios stay same-run).
+#        'row_buckets' = FOCUS importance a1.5 with 32 (the default) vs 64 deep-layer row buckets
+#                   (LMDEPLOY_FOCUS_ROW_BUCKETS), dynamic then static, bs 64/256: the deep graph's padding.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -30,7 +32,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -113,6 +115,21 @@ if [[ $PHASE == graphs ]]; then
   step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
     EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  exit 0
+fi
+
+if [[ $PHASE == row_buckets ]]; then
+  # issue 14: the deep graph pads K up to the next row bucket; does halving that padding pay for twice the captures?
+  DYN=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=128 EXTRA_ARGS="$COST --fast-exit --output-len 128")
+  STA=("${STATIC[@]}" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  for mode in dynamic static; do
+    if [[ $mode == dynamic ]]; then M=("${DYN[@]}"); else M=("${STA[@]}"); fi
+    fits 120 "$mode row-bucket pair" || continue
+    for n in 32 64; do
+      step 60 "focus-importance $mode, $n row buckets" "${M[@]}" BATCH_SIZES="64 256" ARM_TAG="-$mode-rb$n" \
+        LMDEPLOY_FOCUS_ROW_BUCKETS=$n FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+    done
+  done
   exit 0
 fi
 
