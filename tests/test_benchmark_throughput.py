@@ -594,8 +594,9 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
     assert [(c.arm, c.dllm_focus_policy, c.concurrency) for c in cmds] == [
         ('stock-static', None, [16, 32, 64, 128, 256]), ('focus-importance-static', 'importance', [16, 32, 64, 128, 256]),
         ('focus-leftmost-static', 'leftmost', [16, 32, 64, 128, 256]), ('stock-dynamic', None, [64, 256]),
-        ('focus-importance-dynamic', 'importance', [64, 256]), ('focus-leftmost-static-fast-commit', 'leftmost', [64, 256])]
-    assert [c.dllm_option for c in cmds] == [[]] * 5 + [[('delayed_cache_commit', 'fast')]]
+        ('focus-importance-dynamic', 'importance', [64, 256]), ('focus-importance-dynamic-rb64', 'importance', [64, 256]),
+        ('focus-leftmost-static-fast-commit', 'leftmost', [64, 256])]
+    assert [c.dllm_option for c in cmds] == [[]] * 6 + [[('delayed_cache_commit', 'fast')]]
     assert all(not c.eager_mode and c.fast_exit for c in cmds)
 
 # ---------------------------------------------------------------- plot_results: merging result directories
