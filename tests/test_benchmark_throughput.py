@@ -597,7 +597,7 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
         ('focus-importance-dynamic', 'importance', [64, 256]), ('focus-importance-dynamic-rb64', 'importance', [64, 256]),
         ('focus-leftmost-static-fast-commit', 'leftmost', [64, 256])]
     assert [c.dllm_option for c in cmds] == [[]] * 6 + [[('delayed_cache_commit', 'fast')]]
-    assert all(not c.eager_mode and c.fast_exit for c in cmds)
+    assert all(not c.eager_mode and c.fast_exit and c.output_len == 256 for c in cmds)
 
 # ---------------------------------------------------------------- plot_results: merging result directories
 def _plot_results():

@@ -2,8 +2,9 @@
 # The committed H100 benchmark runs (BENCHMARKS.md), from the repo root on the lent GPU machine:
 #   bash benchmark/gpu/run_benchmark_suite.sh PHASE OUT_DIR
 # PHASE: 'graphs' = issue 14's table: SDAR-8B-b32, static 4 tok/step, bs 16/32/64/128/256: stock, FOCUS importance
-#                   and leftmost a1.5; then, if the budget allows, the dynamic stock vs FOCUS pair (bs 64/256)
-#                   FOCUS importance dynamic with 64 row buckets, and leftmost a1.5 with the fast commit (bs 64/256).
+#                   and leftmost a1.5; then, if the budget allows, the dynamic stock vs FOCUS pair at out 256
+#                   (bs 64/256), FOCUS importance dynamic with 64 row buckets, and leftmost a1.5 with the fast
+#                   commit (bs 64/256).
 #        'b32'    = SDAR-8B-b32, static 4 tok/step, bs 32/64/128/256, through the drivers, most
 #                   important first: stock, FOCUS importance a1.5, delayed cache, FOCUS leftmost a1.5;
 #                   then, if the budget allows, the dynamic (threshold 0.9) stock vs FOCUS pair.
@@ -110,11 +111,18 @@ if [[ $PHASE == graphs ]]; then
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 130 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  dynamic_pair
-  # the deep graph's row-bucket padding what-if: dynamic FOCUS with 64 row buckets, beside the pair above
-  step 75 "focus-importance dynamic, 64 row buckets" env ARM_TAG=-dynamic-rb64 UNMASKING=low_confidence_dynamic \
-    DENOISING_STEPS= MAX_NEW_TOKENS=128 BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 128" \
-    LMDEPLOY_FOCUS_ROW_BUCKETS=64 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  # dynamic (1 tok/step on random weights) at the same in 256 / out 256 as the static table (the issue's bullet;
+  # the older phases' dynamic pair stops at out 128, where the prefill is twice the share of the wave)
+  D=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=256 BATCH_SIZES="64 256"
+     EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  fits 200 "dynamic stock vs FOCUS pair, out 256" && {
+    step 120 "stock dynamic" "${D[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+    step 70 "focus-importance dynamic" "${D[@]}" ARM_TAG=-dynamic FOCUS_POLICY=importance \
+      bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+    # the deep graph's row-bucket padding what-if: the same FOCUS arm with 64 row buckets
+    step 70 "focus-importance dynamic, 64 row buckets" "${D[@]}" ARM_TAG=-dynamic-rb64 LMDEPLOY_FOCUS_ROW_BUCKETS=64 \
+      FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  }
   # issue 14 item 4's what-if, last: leftmost with the fast commit (no whole-block commit pass), bs 64/256
   step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
     EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
