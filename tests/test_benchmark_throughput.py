@@ -573,12 +573,13 @@ def test_suite_dynamic_phases(tmp_path, phase, sizes, b64_first):
 
 def test_suite_row_buckets_phase_pairs_32_and_64_buckets(tmp_path):
     _, cmds = _suite(tmp_path, 'row_buckets')
-    assert [(c.arm, c.dllm_unmasking_strategy, c.output_len) for c in cmds] == [
-        ('focus-importance-dynamic-rb32', 'low_confidence_dynamic', 128),
-        ('focus-importance-dynamic-rb64', 'low_confidence_dynamic', 128),
-        ('focus-importance-static-rb32', 'low_confidence_static', 256),
-        ('focus-importance-static-rb64', 'low_confidence_static', 256)]
-    assert all(c.concurrency == [64, 256] and c.dllm_focus_policy == 'importance' and c.fast_exit for c in cmds)
+    assert [(c.arm, c.dllm_unmasking_strategy, c.dllm_focus_policy) for c in cmds] == [
+        ('stock-dynamic', 'low_confidence_dynamic', None),
+        ('focus-importance-dynamic', 'low_confidence_dynamic', 'importance'),
+        ('focus-importance-dynamic-rb64', 'low_confidence_dynamic', 'importance'),
+        ('focus-importance-static-rb32', 'low_confidence_static', 'importance'),
+        ('focus-importance-static-rb64', 'low_confidence_static', 'importance')]
+    assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
 
 def test_suite_cost_phase_is_unchanged(tmp_path):
     _, cmds = _suite(tmp_path, 'cost')

@@ -14,8 +14,9 @@
 #        'dynamic' = every b32 arm with dynamic unmasking (threshold 0.9, out 128, bs 64/256), then b64 delayed cache.
 #        'dynamic_rest' = what 'dynamic' left (2026-11-23): b64 delayed cache first, then every b32 arm with
 #                   dynamic unmasking at bs 32/128 (its own stock arm, so ratios stay same-run).
-#        'row_buckets' = FOCUS importance a1.5 with 32 (the default) vs 64 deep-layer row buckets
-#                   (LMDEPLOY_FOCUS_ROW_BUCKETS), dynamic then static, bs 64/256: the deep graph's padding.
+#        'row_buckets' = the deep graph's padding: graphs' dynamic trio (stock, FOCUS importance a1.5 with 32
+#                   and 64 deep-layer row buckets, LMDEPLOY_FOCUS_ROW_BUCKETS, out 256), then static FOCUS
+#                   importance with 32 vs 64 row buckets, bs 64/256.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -102,6 +103,20 @@ dynamic_pair() {
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
 }
 
+# dynamic (1 tok/step on random weights) at the same in 256 / out 256 as the graphs table (issue 14's bullet;
+# dynamic_pair stops at out 128, where the prefill is twice the share of the wave), bs 64/256: stock, FOCUS
+# importance a1.5, and the same FOCUS arm with 64 deep-layer row buckets (the row-bucket padding what-if)
+dynamic_trio_out256() {
+  local d=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=256 BATCH_SIZES="64 256"
+           EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  fits 200 "dynamic stock vs FOCUS pair, out 256" || return 0
+  step 120 "stock dynamic" "${d[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 70 "focus-importance dynamic" "${d[@]}" ARM_TAG=-dynamic FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 70 "focus-importance dynamic, 64 row buckets" "${d[@]}" ARM_TAG=-dynamic-rb64 LMDEPLOY_FOCUS_ROW_BUCKETS=64 \
+    FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+}
+
 if [[ $PHASE == graphs ]]; then
   # issue 14's table: CUDA graphs on every arm, static 4 tok/step, bs 16..256, the three arms it bars
   S=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256
@@ -111,18 +126,7 @@ if [[ $PHASE == graphs ]]; then
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 130 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  # dynamic (1 tok/step on random weights) at the same in 256 / out 256 as the static table (the issue's bullet;
-  # the older phases' dynamic pair stops at out 128, where the prefill is twice the share of the wave)
-  D=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=256 BATCH_SIZES="64 256"
-     EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  fits 200 "dynamic stock vs FOCUS pair, out 256" && {
-    step 120 "stock dynamic" "${D[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
-    step 70 "focus-importance dynamic" "${D[@]}" ARM_TAG=-dynamic FOCUS_POLICY=importance \
-      bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-    # the deep graph's row-bucket padding what-if: the same FOCUS arm with 64 row buckets
-    step 70 "focus-importance dynamic, 64 row buckets" "${D[@]}" ARM_TAG=-dynamic-rb64 LMDEPLOY_FOCUS_ROW_BUCKETS=64 \
-      FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  }
+  dynamic_trio_out256
   # issue 14 item 4's what-if, last: leftmost with the fast commit (no whole-block commit pass), bs 64/256
   step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
     EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
@@ -132,15 +136,12 @@ fi
 
 if [[ $PHASE == row_buckets ]]; then
   # issue 14: the deep graph pads K up to the next row bucket; does halving that padding pay for twice the captures?
-  DYN=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=128 EXTRA_ARGS="$COST --fast-exit --output-len 128")
-  STA=("${STATIC[@]}" EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  for mode in dynamic static; do
-    if [[ $mode == dynamic ]]; then M=("${DYN[@]}"); else M=("${STA[@]}"); fi
-    fits 120 "$mode row-bucket pair" || continue
-    for n in 32 64; do
-      step 60 "focus-importance $mode, $n row buckets" "${M[@]}" BATCH_SIZES="64 256" ARM_TAG="-$mode-rb$n" \
-        LMDEPLOY_FOCUS_ROW_BUCKETS=$n FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-    done
+  # dynamic (with its stock, so the ×stock bar is same-run), then static importance with 32 and 64 buckets
+  dynamic_trio_out256
+  fits 120 "static row-bucket pair" && for n in 32 64; do
+    step 60 "focus-importance static, $n row buckets" "${STATIC[@]}" BATCH_SIZES="64 256" ARM_TAG="-static-rb$n" \
+      EXTRA_ARGS="$COST --fast-exit --output-len 256" LMDEPLOY_FOCUS_ROW_BUCKETS=$n FOCUS_POLICY=importance \
+      bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   done
   exit 0
 fi
