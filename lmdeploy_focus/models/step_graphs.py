@@ -26,6 +26,7 @@ from . import tp_layout_check
 from .sparse_step import (DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
                           front, slice_batch)
 
+# 64 measured +0.5-1.3 % throughput for 9 s more decode warm-up on SDAR-8B (BENCHMARKS.md), so 32 stays.
 ROW_BUCKETS = 32
 ROW_ALIGN = 16
 # Experiments only: another number of row buckets (warm-up time and graph count grow with it).
