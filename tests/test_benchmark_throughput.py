@@ -571,8 +571,15 @@ def test_suite_dynamic_phases(tmp_path, phase, sizes, b64_first):
     assert (cmds.index(b64[0]) == 0) == b64_first and len(cmds) == 5 and 'skipped' not in out
 
 
+def _row_bucket_switches(out):
+    """The LMDEPLOY_FOCUS_ROW_BUCKETS value of each printed profile_throughput command (None: unset)."""
+    import re
+    lines = [line for line in out.splitlines() if line.startswith('DRY_RUN: ') and 'profile_throughput.py' in line]
+    return [(m.group(1) if (m := re.search(r'LMDEPLOY_FOCUS_ROW_BUCKETS=(\d+)', line)) else None) for line in lines]
+
+
 def test_suite_row_buckets_phase_pairs_32_and_64_buckets(tmp_path):
-    _, cmds = _suite(tmp_path, 'row_buckets')
+    out, cmds = _suite(tmp_path, 'row_buckets')
     assert [(c.arm, c.dllm_unmasking_strategy, c.dllm_focus_policy) for c in cmds] == [
         ('stock-dynamic', 'low_confidence_dynamic', None),
         ('focus-importance-dynamic', 'low_confidence_dynamic', 'importance'),
@@ -580,6 +587,7 @@ def test_suite_row_buckets_phase_pairs_32_and_64_buckets(tmp_path):
         ('focus-importance-static-rb32', 'low_confidence_static', 'importance'),
         ('focus-importance-static-rb64', 'low_confidence_static', 'importance')]
     assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
+    assert _row_bucket_switches(out) == [None, None, '64', '32', '64']  # the switch reaches each engine
 
 def test_suite_cost_phase_is_unchanged(tmp_path):
     _, cmds = _suite(tmp_path, 'cost')
@@ -591,7 +599,7 @@ def test_suite_cost_phase_is_unchanged(tmp_path):
 
 
 def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
-    _, cmds = _suite(tmp_path, 'graphs')
+    out, cmds = _suite(tmp_path, 'graphs')
     assert [(c.arm, c.dllm_focus_policy, c.concurrency) for c in cmds] == [
         ('stock-static', None, [16, 32, 64, 128, 256]), ('focus-importance-static', 'importance', [16, 32, 64, 128, 256]),
         ('focus-leftmost-static', 'leftmost', [16, 32, 64, 128, 256]), ('stock-dynamic', None, [64, 256]),
@@ -599,6 +607,7 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
         ('focus-leftmost-static-fast-commit', 'leftmost', [64, 256])]
     assert [c.dllm_option for c in cmds] == [[]] * 6 + [[('delayed_cache_commit', 'fast')]]
     assert all(not c.eager_mode and c.fast_exit and c.output_len == 256 for c in cmds)
+    assert _row_bucket_switches(out) == [None] * 5 + ['64', None]
 
 # ---------------------------------------------------------------- plot_results: merging result directories
 def _plot_results():
