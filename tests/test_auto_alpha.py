@@ -7,6 +7,7 @@ up, a target every selection meets (0.05) must pull it down; fall-back is kept o
 """
 from dataclasses import replace
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.engine.logits_process import SamplingInputs
 from lmdeploy_focus.config.options import FocusOptions
+from lmdeploy_focus.models import step_graphs
 from lmdeploy_focus.models.step_state import focus_state, shadow_schedule
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
 from lmdeploy_focus.strategies.dllm.alpha_controller import AlphaControllerConfig
@@ -43,15 +45,17 @@ def _generate(target_recall, steps=40, padded=False, force_fallback=False):
     B = len(prompts)
     runner = sdar.new_runner(page_size=16, num_pages=128)
     if padded:
-        runner.capture_step_graphs([8])
+        with mock.patch.object(step_graphs, 'ROW_ALIGN', 4):  # row buckets of 4: fronts below B̂·L get used
+            runner.capture_step_graphs([8])
     runner.prefill(prompts)
     blocks = runner.current_blocks()
     mask = torch.where(blocks == mask_id, MASKED, UNMASKED)
     delayed, focus = DelayedCacheState.fresh(B, L), focus_state.FocusState.fresh(B)
     countdown = shadow_schedule.fresh(B, 2, seed=0, first_index=0)
-    shadow_steps = 0
+    shadow_steps, bound = 0, None
     for _ in range(steps):
         step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
+                                      next_rows_bound=bound,
                                       extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),
                                       model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
         runtime.step_inputs = step_inputs
@@ -71,6 +75,7 @@ def _generate(target_recall, steps=40, padded=False, force_fallback=False):
         delayed = reset_rows(step_inputs.delayed_state, committed)
         focus = focus_state.reset_rows(step_inputs.focus_state, committed)
         countdown = step_inputs.shadow_countdown
+        bound = step_inputs.next_rows_bound
         mask = torch.where(committed[:, None], MASKED, next_mask)
         blocks = torch.where(committed[:, None], mask_id, blocks)
         if committed.any():

@@ -571,11 +571,11 @@ def test_suite_dynamic_phases(tmp_path, phase, sizes, b64_first):
     assert (cmds.index(b64[0]) == 0) == b64_first and len(cmds) == 5 and 'skipped' not in out
 
 
-def _row_bucket_switches(out):
-    """The LMDEPLOY_FOCUS_ROW_BUCKETS value of each printed profile_throughput command (None: unset)."""
+def _row_bucket_switches(out, name='LMDEPLOY_FOCUS_ROW_BUCKETS'):
+    """The ``name`` value of each printed profile_throughput command (None: unset)."""
     import re
     lines = [line for line in out.splitlines() if line.startswith('DRY_RUN: ') and 'profile_throughput.py' in line]
-    return [(m.group(1) if (m := re.search(r'LMDEPLOY_FOCUS_ROW_BUCKETS=(\d+)', line)) else None) for line in lines]
+    return [(m.group(1) if (m := re.search(rf'{name}=(\d+)', line)) else None) for line in lines]
 
 
 def test_suite_row_buckets_phase_pairs_32_and_64_buckets(tmp_path):
@@ -588,6 +588,19 @@ def test_suite_row_buckets_phase_pairs_32_and_64_buckets(tmp_path):
         ('focus-importance-static-rb64', 'low_confidence_static', 'importance')]
     assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
     assert _row_bucket_switches(out) == [None, None, '64', '32', '64']  # the switch reaches each engine
+
+
+def test_suite_front_buckets_phase_pairs_bucketed_and_whole_fronts(tmp_path):
+    out, cmds = _suite(tmp_path, 'front_buckets')
+    assert [(c.arm, c.dllm_unmasking_strategy, c.dllm_focus_policy) for c in cmds] == [
+        ('stock-dynamic', 'low_confidence_dynamic', None),
+        ('focus-importance-dynamic-fb8', 'low_confidence_dynamic', 'importance'),
+        ('focus-importance-dynamic-fb1', 'low_confidence_dynamic', 'importance'),
+        ('focus-importance-static-fb8', 'low_confidence_static', 'importance'),
+        ('focus-importance-static-fb1', 'low_confidence_static', 'importance')]
+    assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
+    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_FRONT_BUCKETS') == [None, '8', '1', '8', '1']
+    assert _row_bucket_switches(out) == [None] * 5
 
 def test_suite_cost_phase_is_unchanged(tmp_path):
     _, cmds = _suite(tmp_path, 'cost')

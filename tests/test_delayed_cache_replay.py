@@ -60,7 +60,7 @@ def test_engine_path_replays_the_reference_loop(family, commit_mode, strategy, p
             assert record.history_length == runner.history_lengths[b], f'step {k} seq {b}: block start'
         blocks = torch.stack([r.input_ids for r in records])
         input_mask = torch.stack([r.input_mask for r in records])
-        step_inputs = SimpleNamespace(delayed_state=state, focus_state=FocusState.fresh(B),
+        step_inputs = SimpleNamespace(delayed_state=state, focus_state=FocusState.fresh(B), next_rows_bound=None,
                                       extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
                                       model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
         runtime.step_inputs = step_inputs

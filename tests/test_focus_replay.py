@@ -9,6 +9,7 @@ importance, so a kept-set mismatch would also catch importance wired to the wron
 import secrets
 from dataclasses import replace
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ import torch
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.engine.logits_process import SamplingInputs
 from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
+from lmdeploy_focus.models import step_graphs
 from lmdeploy_focus.models.step_state import focus_state, shadow_schedule
 from lmdeploy_focus.strategies.dllm.alpha_controller import AlphaControllerConfig
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
@@ -55,18 +57,20 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
 
     agent = DelayedCacheAgentStrategy(unmasking, mask_id, runtime)
     runner = sdar.new_runner(page_size=16)
-    if padded:  # the CUDA-graph layout: a batch bucket above B, deep rows padded to a row bucket
-        runner.capture_step_graphs([4])
+    if padded:  # the CUDA-graph layout: a batch bucket above B, front and deep rows padded to row buckets
+        with mock.patch.object(step_graphs, 'ROW_ALIGN', 4):  # row buckets of 4: fronts below B̂·L get used
+            runner.capture_step_graphs([4])
     runner.prefill(prompts)
     B = len(prompts)
     delayed, focus = DelayedCacheState.fresh(B, L), focus_state.FocusState.fresh(B)
     countdown = shadow_schedule.fresh(B, 2, seed=0, first_index=0) if alpha == 'auto' else None
-    evicted_steps = 0
+    evicted_steps, bound = 0, None
     for k in range(num_steps):
         records = [steps[b][k] for b in range(B)]
         blocks = torch.stack([r.input_ids for r in records])
         input_mask = torch.stack([r.input_mask for r in records])
         step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
+                                      next_rows_bound=bound,
                                       extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
                                       model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
         runtime.step_inputs = step_inputs
@@ -105,6 +109,9 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         delayed = reset_rows(step_inputs.delayed_state, committed)
         focus = focus_state.reset_rows(step_inputs.focus_state, committed)
         countdown = step_inputs.shadow_countdown
+        processed_rows = int(processed.sum())
+        assert bound is None or processed_rows <= bound, f'{seeds} step {k}: {processed_rows} rows, bound {bound}'
+        bound = step_inputs.next_rows_bound
         if committed.any():
             runner.commit_blocks([b for b in range(B) if committed[b]])
     return runtime, results, evicted_steps

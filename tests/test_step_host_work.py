@@ -95,7 +95,7 @@ def _step_work(batch_size: int, alpha, padded: bool) -> tuple[int, int]:
     def step():
         runtime.step_inputs = SimpleNamespace(
             delayed_state=DelayedCacheState.fresh(batch_size, L), focus_state=focus_state.FocusState.fresh(batch_size),
-            shadow_countdown=shadow_schedule.fresh(batch_size, 2, seed=0, first_index=0),
+            shadow_countdown=shadow_schedule.fresh(batch_size, 2, seed=0, first_index=0), next_rows_bound=None,
             extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),
             model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
         ragged = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))

@@ -104,7 +104,7 @@ def _decode_steps(monkeypatch, fake, check: bool, padded: bool, steps: int = 2):
     blocks = runner.current_blocks()
     input_mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
     runtime.step_inputs = SimpleNamespace(
-        delayed_state=DelayedCacheState.fresh(2, L), focus_state=focus_state.FocusState.fresh(2),
+        delayed_state=DelayedCacheState.fresh(2, L), focus_state=focus_state.FocusState.fresh(2), next_rows_bound=None,
         extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
         model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
     try:

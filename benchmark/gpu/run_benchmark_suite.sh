@@ -17,6 +17,9 @@
 #        'row_buckets' = the deep graph's padding: graphs' dynamic trio (stock, FOCUS importance a1.5 with 32
 #                   and 64 deep-layer row buckets, LMDEPLOY_FOCUS_ROW_BUCKETS, out 256), then static FOCUS
 #                   importance with 32 vs 64 row buckets, bs 64/256.
+#        'front_buckets' = FOCUS's front on a row bucket P̂ (default) vs on all B̂·L rows
+#                   (LMDEPLOY_FOCUS_FRONT_BUCKETS=1), importance a1.5, out 256, bs 64/256: dynamic with its stock
+#                   arm, then static.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -34,7 +37,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -141,6 +144,24 @@ if [[ $PHASE == row_buckets ]]; then
   fits 120 "static row-bucket pair" && for n in 32 64; do
     step 60 "focus-importance static, $n row buckets" "${STATIC[@]}" BATCH_SIZES="64 256" ARM_TAG="-static-rb$n" \
       EXTRA_ARGS="$COST --fast-exit --output-len 256" LMDEPLOY_FOCUS_ROW_BUCKETS=$n FOCUS_POLICY=importance \
+      bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  done
+  exit 0
+fi
+
+if [[ $PHASE == front_buckets ]]; then
+  # issue 14: layers 0-1 on a row bucket from the last step's bound vs on every row of the batch bucket, same run
+  d=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=256 BATCH_SIZES="64 256"
+     EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  step 120 "stock dynamic" "${d[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  for n in 8 1; do
+    step 70 "focus-importance dynamic, $n front buckets" "${d[@]}" ARM_TAG="-dynamic-fb$n" \
+      LMDEPLOY_FOCUS_FRONT_BUCKETS=$n FOCUS_POLICY=importance \
+      bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  done
+  for n in 8 1; do
+    step 60 "focus-importance static, $n front buckets" "${STATIC[@]}" BATCH_SIZES="64 256" ARM_TAG="-static-fb$n" \
+      EXTRA_ARGS="$COST --fast-exit --output-len 256" LMDEPLOY_FOCUS_FRONT_BUCKETS=$n FOCUS_POLICY=importance \
       bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   done
   exit 0

@@ -2,20 +2,22 @@
 
     front   1. processing set: the block positions each sequence recomputes (spec §2.1), laid out
                on a static ``B̂·L`` row list, valid rows first (``ProcessingSet``)
-            2. FOCUS only: embedding, layer 0 and layer 1 up to its K/V write on those rows, with
-               the masked candidates' importance at both layers (spec §3.2)
-            3. FOCUS only: selection of the kept rows, their layout, the rows gathered (§3.4–3.7)
+            2. FOCUS only: embedding, layer 0 and layer 1 up to its K/V write on the first ``P̂``
+               rows (``P̂`` >= the processed rows ``P``, from the last step's bound), with the
+               masked candidates' importance at both layers (spec §3.2)
+            3. FOCUS only: selection of the kept rows, their layout, the rows gathered (§3.4–3.7),
+               and a bound on the next step's processed rows (:func:`next_step_rows`)
     host    reads the row counts (the step's one host sync) and picks the row bucket ``K̂``
     deep    4. FOCUS: layer 1's attention + MLP and layers 2..N-1 on the first ``K̂`` kept rows;
                delayed cache alone: every layer on the processed rows
     logits  5. the LM head on the rows whose slot is still masked (the only logits the unmasker
                reads), scattered to ``B*L`` (``DelayedCacheRuntime.dense_logits``)
 
-``front`` and ``deep`` are functions of tensors only (no host reads, shapes fixed by ``B̂`` and
-``K̂``), so :class:`~.step_graphs.StepGraphs` captures each in a CUDA graph; without graphs the
-same two functions run eagerly with ``B̂ = B`` and ``K̂ = K``. Rows past the valid ones are
-padding: no sequence owns them, so no kernel writes their K/V and nothing reads their outputs
-(they only cost FLOPs: ``B̂·L - P`` rows in layers 0–1, ``K̂ - K`` rows in the deep layers).
+``front`` and ``deep`` are functions of tensors only (no host reads, shapes fixed by ``B̂``, ``P̂``
+and ``K̂``), so :class:`~.step_graphs.StepGraphs` captures each in a CUDA graph; without graphs the
+same two functions run eagerly with ``B̂ = B``, ``P̂`` the bound and ``K̂ = K``. Rows past the valid
+ones are padding: no sequence owns them, so no kernel writes their K/V and nothing reads their
+outputs (they only cost FLOPs: ``P̂ - P`` rows in layers 0–1, ``K̂ - K`` rows in the deep layers).
 
 Every tensor a step produces lives in a new :class:`FrontOutputs` (eager) or in the graph's
 static copy of it; nothing is rewritten mid-forward.
@@ -27,7 +29,7 @@ import torch
 
 from ..kernels import focus_ops
 from ..kernels.paged_ops import ragged_attention, sparse_fill_kv
-from .step_state.delayed_cache_state import DelayedCacheState
+from .step_state.delayed_cache_state import DelayedCacheState, stable_positions
 from .step_state.focus_step import FocusConfig
 from .step_state.processing_set import (ProcessingSet, gather_processed, processing_mask,
                                               ragged_step_metadata)
@@ -76,6 +78,13 @@ class StepInputs:
     shadow_seq: torch.Tensor | None = None  # bool [B̂]
 
 
+# What the host reads after the front, in this order (one int64 tensor, one sync):
+COUNTS = ('rows',  # valid deep rows K (kept rows with FOCUS, processed rows without)
+          'logit_rows',  # how many of them need logits (slot still MASKED)
+          'next_rows_bound',  # the next step processes at most this many rows (FOCUS; B·L without)
+          'front_overflow')  # 1: more processed rows than the front's P̂ (a wrong bound: rerun at B̂·L)
+
+
 @dataclass
 class DeepRows:
     """The rows that go on into the deep layers (kept rows with FOCUS, processed rows without)."""
@@ -84,7 +93,7 @@ class DeepRows:
     q_start_loc: torch.Tensor  # int64 [B̂]
     q_seqlens: torch.Tensor  # int64 [B̂]
     kv_seqlens: torch.Tensor  # int64 [B̂]: history + rightmost row position + 1
-    counts: torch.Tensor  # int64 [2]: valid rows, and how many of them need logits (slot still MASKED)
+    counts: torch.Tensor  # int64 [4]: see COUNTS
     logit_rows: torch.Tensor  # int64 [R]: row index of the rows needing logits, first ``counts[1]`` valid
     input_ids: torch.Tensor | None = None  # int64 [R]: delayed cache alone (deep starts at the embedding)
     # FOCUS (deep starts inside the eviction layer, after its K/V write)
@@ -127,40 +136,67 @@ def processing_set(inputs: StepInputs, config: StepConfig) -> ProcessingSet:
     return ProcessingSet.from_mask(processed & inputs.seq_valid[:, None])
 
 
-def _logit_rows(needs_logits: torch.Tensor, num_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[valid rows, rows needing logits]`` and a permutation of the rows: flagged ones first, ascending."""
+def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tensor) -> torch.Tensor:
+    """0-d int64: at most this many rows are processed by the next step of these sequences.
+
+    A sequence whose block cannot complete this step (``decodable``, int64 [B̂]: masked rows that get
+    logits, fewer than its masked slots) next processes exactly its still-uncached positions after
+    this step (:func:`~.step_state.delayed_cache_state.advance`), or the whole block if none are
+    left; one that may complete commits or starts a block: the whole block. Sequences that join
+    later add ``L`` each (the caller's part); sequences that leave only lower the sum.
+    """
+    length = inputs.masked.size(1)
+    left = (inputs.uncached & ~stable_positions(inputs.masked)).sum(dim=1)
+    whole = (inputs.masked.sum(dim=1) <= decodable) | (left == 0)
+    if config.process_all:
+        whole = torch.ones_like(whole)
+    per_seq = torch.where(whole, torch.full_like(left, length), left)
+    return torch.where(inputs.seq_valid, per_seq, 0).sum()
+
+
+def _logit_rows(needs_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The number of flagged rows and a permutation of the rows: flagged ones first, ascending."""
     flags = needs_logits.long()
     num_flagged = flags.sum()
     rank = torch.where(needs_logits, flags.cumsum(0) - 1, num_flagged + (1 - flags).cumsum(0) - 1)
     order = torch.empty_like(rank).scatter_(0, rank, torch.arange(rank.numel(), device=rank.device))
-    return torch.stack([num_valid, num_flagged]), order
+    return num_flagged, order
 
 
-def front(parts, inputs: StepInputs, config: StepConfig, kv_caches, block_offsets) -> FrontOutputs:
-    """Steps 1–3: the rows of the step that go on into the deep layers."""
+def front(parts, inputs: StepInputs, config: StepConfig, kv_caches, block_offsets,
+          num_rows: int | None = None) -> FrontOutputs:
+    """Steps 1–3: the rows of the step that go on into the deep layers.
+
+    With FOCUS, layers 0–1 run on the first ``num_rows`` rows of the ``B̂·L`` row list (default all);
+    a processing set larger than that is flagged in ``counts`` (``front_overflow``), never cut silently.
+    """
     proc = processing_set(inputs, config)
-    meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids)
-    valid = proc.valid_rows
     if config.focus is None:
-        needs_logits = gather_processed(inputs.masked, proc) & valid
-        counts, logit_rows = _logit_rows(needs_logits, proc.total)
+        meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids)
+        needs_logits = gather_processed(inputs.masked, proc) & proc.valid_rows
+        num_flagged, logit_rows = _logit_rows(needs_logits)
+        counts = torch.stack([proc.total, num_flagged, proc.total.new_tensor(proc.num_rows), proc.total.new_zeros(())])
         rows = DeepRows(position_ids=meta.position_ids, slot=proc.flat_index, q_start_loc=meta.q_start_loc,
                         q_seqlens=meta.q_seqlens, kv_seqlens=meta.kv_seqlens, counts=counts, logit_rows=logit_rows,
                         input_ids=meta.input_ids)
         return FrontOutputs(rows=rows, fresh=proc.processed, processed_per_seq=proc.q_seqlens)
-    return _focus_front(parts, inputs, config.focus, proc, meta, kv_caches, block_offsets)
+    num_rows = proc.num_rows if num_rows is None else min(num_rows, proc.num_rows)
+    meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids, num_rows=num_rows)
+    return _focus_front(parts, inputs, config, proc, meta, kv_caches, block_offsets)
 
 
-def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: ProcessingSet, meta, kv_caches,
+def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: ProcessingSet, meta, kv_caches,
                  block_offsets) -> FrontOutputs:
+    focus = config.focus
     if focus.eviction_layer != 1:
         raise ValueError('FOCUS scores at layers 0 and 1 and evicts inside layer 1 (eviction_layer=1)')
     length = proc.block_length
+    num_rows = meta.num_rows  # P̂: the rows layers 0-1 run on (valid rows first)
     scale = parts.scale
     candidate_dense = proc.processed & inputs.masked
-    candidate = gather_processed(candidate_dense, proc)  # padding rows are unprocessed slots: False
+    candidate = gather_processed(candidate_dense, proc, num_rows)  # padding rows are unprocessed slots: False
     num_candidates = candidate_dense.sum(dim=1)
-    block_pos = proc.block_pos
+    block_pos = proc.block_pos[:num_rows]
 
     def importance(q, k):
         return focus_ops.masked_importance(q, k, meta.q_start_loc, meta.q_seqlens, candidate, scale,
@@ -199,14 +235,14 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
         delta = torch.zeros(q.size(0), dtype=torch.float32, device=q.device)
     keep = focus_ops.select_kept(delta, candidate, block_pos, meta.q_start_loc, meta.q_seqlens, targets,
                                  inputs.progress, policy=focus.policy, max_q_len=length)
-    valid = proc.valid_rows
+    valid = proc.valid_rows[:num_rows]
     selected_dense = _to_dense(keep & valid, proc)
     if focus.shadow:
         keep = valid  # shadow: every processed row goes on
     kept_dense = proc.processed if focus.shadow else selected_dense
     if focus.auto is not None and not focus.shadow:
         # auto: the sequences measured this step keep every processed row (a per-row flag: static shapes)
-        shadow_row = inputs.shadow_seq.index_select(0, proc.seq_index)
+        shadow_row = inputs.shadow_seq.index_select(0, proc.seq_index[:num_rows])
         keep = torch.where(shadow_row, valid, keep)
         kept_dense = torch.where(inputs.shadow_seq[:, None], proc.processed, selected_dense)
 
@@ -218,9 +254,11 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
     layout_check = tp_layout_check.all_ranks_checksums(layout, focus.tp_size) if tp_layout_check.requested() else None
     src = layout.src_row
     kept_valid = torch.arange(src.numel(), device=src.device) < layout.total
-    counts, logit_rows = _logit_rows(candidate.index_select(0, src) & kept_valid, layout.total)
+    num_flagged, logit_rows = _logit_rows(candidate.index_select(0, src) & kept_valid)
+    next_rows = next_step_rows(inputs, config, (kept_dense & candidate_dense).sum(dim=1))
+    counts = torch.stack([layout.total, num_flagged, next_rows, (proc.total > num_rows).long()])
     rows = DeepRows(position_ids=meta.position_ids.index_select(0, src),
-                    slot=proc.flat_index.index_select(0, src),
+                    slot=proc.flat_index[:num_rows].index_select(0, src),
                     q_start_loc=layout.q_start_loc,
                     q_seqlens=layout.q_seqlens,
                     kv_seqlens=layout.kv_seqlens,
@@ -240,9 +278,9 @@ def _focus_front(parts, inputs: StepInputs, focus: FocusConfig, proc: Processing
 
 
 def _to_dense(row_flags: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:
-    """bool [B, L] from per-row flags of the ragged rows (padding rows must be False)."""
+    """bool [B, L] from per-row flags of the first ragged rows (padding rows must be False)."""
     dense = torch.zeros(proc.num_rows, dtype=torch.bool, device=row_flags.device)
-    dense.index_copy_(0, proc.flat_index, row_flags)
+    dense.index_copy_(0, proc.flat_index[:row_flags.size(0)], row_flags)
     return dense.view(proc.batch_size, proc.block_length)
 
 
@@ -289,11 +327,18 @@ def deep(parts, rows: DeepRows, num_rows: int, config: StepConfig, kv_caches, bl
 
 
 def copy_into(dst, src) -> None:
-    """Copy every tensor of dataclass ``src`` into the same field of ``dst`` (graph static outputs)."""
+    """Copy every tensor of dataclass ``src`` into the same field of ``dst`` (graph static outputs).
+
+    A tensor with fewer rows than its target (a front run on ``P̂ < B̂·L`` rows) fills the target's first rows.
+    """
     for f in fields(src):
         value, target = getattr(src, f.name), getattr(dst, f.name)
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and value.dim() == 0:
             target.copy_(value)
+        elif isinstance(value, torch.Tensor):
+            if value.shape[1:] != target.shape[1:] or value.size(0) > target.size(0):
+                raise ValueError(f'{f.name}: {tuple(value.shape)} does not fit the static {tuple(target.shape)}')
+            target[:value.size(0)].copy_(value)
         elif is_dataclass(value):
             copy_into(target, value)
 

@@ -12,18 +12,23 @@ concurrently), buffers that outlive a replay allocated outside the pool.
 
 Buckets: batch buckets are the sizes upstream warms up (its capture list, largest first); row
 buckets split ``B̂·L`` into :data:`ROW_BUCKETS` equal steps (multiples of 16 rows), so the deep
-layers run at most one step of padding rows (≤ 1/32 of the block; half that on average).
+layers run at most one step of padding rows (≤ 1/32 of the block; half that on average). With
+FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, every :data:`FRONT_STRIDE`-th row
+bucket, picked from a bound on the step's processed rows that the previous step's counts carried
+(no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
+design) is seen in the same counts and the front reruns on all ``B̂·L`` rows.
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
 compiled, during upstream's decode warm-up, before the first request.
 """
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from ..log import logger
 from . import tp_layout_check
-from .sparse_step import (DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
+from .sparse_step import (COUNTS, DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
                           front, slice_batch)
 
 # 64 measured +0.5-1.3 % throughput for 9 s more decode warm-up on SDAR-8B (BENCHMARKS.md), so 32 stays.
@@ -31,17 +36,33 @@ ROW_BUCKETS = 32
 ROW_ALIGN = 16
 # Experiments only: another number of row buckets (warm-up time and graph count grow with it).
 ROW_BUCKETS_ENV = 'LMDEPLOY_FOCUS_ROW_BUCKETS'
+# FOCUS's front (layers 0-1) runs on one of FRONT_BUCKETS row counts, each a deep row bucket (so the deep
+# rows K <= P <= P̂ never need a deep bucket above the front's rows). Layers 0-1 are ~1/30 of a kept row's
+# work, so a step 4x coarser than the deep one costs little padding and few captures.
+FRONT_BUCKETS = 8
+# Experiments only: another number of front row buckets; 1 runs every front on all B̂·L rows (the step
+# before the front had buckets), for same-run comparisons.
+FRONT_BUCKETS_ENV = 'LMDEPLOY_FOCUS_FRONT_BUCKETS'
+
+
+def _count_from_env(name: str, default: int, low: int, what: str) -> int:
+    text = os.environ.get(name, '').strip()
+    if not text:
+        return default
+    if not text.isdigit() or not low <= int(text) <= 256:
+        raise ValueError(f'{name}={text!r}: expected an integer from {low} to 256 (the number of {what} per batch '
+                         f'bucket; unset it for the default {default})')
+    return int(text)
 
 
 def row_bucket_count() -> int:
     """:data:`ROW_BUCKETS`, or the integer in ``$LMDEPLOY_FOCUS_ROW_BUCKETS`` (2..256)."""
-    text = os.environ.get(ROW_BUCKETS_ENV, '').strip()
-    if not text:
-        return ROW_BUCKETS
-    if not text.isdigit() or not 2 <= int(text) <= 256:
-        raise ValueError(f'{ROW_BUCKETS_ENV}={text!r}: expected an integer from 2 to 256 (the number of deep-layer '
-                         f'row buckets per batch bucket; unset it for the default {ROW_BUCKETS})')
-    return int(text)
+    return _count_from_env(ROW_BUCKETS_ENV, ROW_BUCKETS, 2, 'deep-layer row buckets')
+
+
+def front_bucket_count() -> int:
+    """:data:`FRONT_BUCKETS`, or the integer in ``$LMDEPLOY_FOCUS_FRONT_BUCKETS`` (1..256)."""
+    return _count_from_env(FRONT_BUCKETS_ENV, FRONT_BUCKETS, 1, 'front row buckets')
 
 
 def _no_mark(phase: str) -> None:
@@ -55,6 +76,12 @@ def row_buckets(batch_bucket: int, block_length: int, count: int = ROW_BUCKETS) 
     step = -(-step // ROW_ALIGN) * ROW_ALIGN
     buckets = list(range(step, total, step))
     return buckets + [total]
+
+
+def front_row_buckets(deep_buckets: list[int], count: int) -> list[int]:
+    """About ``count`` of the deep row buckets, evenly spaced, always including the whole row list."""
+    stride = max(1, len(deep_buckets) // count)
+    return sorted(set(deep_buckets[stride - 1::stride]) | {deep_buckets[-1]})
 
 
 def pick(buckets, size: int) -> int | None:
@@ -86,9 +113,18 @@ class _Replayable:
 @dataclass
 class _Bucket:
     inputs: StepInputs  # static, B̂ sequences
-    outputs: FrontOutputs  # static
-    front: _Replayable
+    outputs: FrontOutputs  # static, B̂·L rows; a front on P̂ rows fills the first P̂
+    front: dict = field(default_factory=dict)  # front row bucket P̂ -> _Replayable
     deep: dict = field(default_factory=dict)  # row bucket -> _Replayable
+
+
+class StepRun(NamedTuple):
+    """What :meth:`StepGraphs.run` returns."""
+    outputs: FrontOutputs  # [B̂]-sized (the caller cuts them to B)
+    hidden: torch.Tensor  # [K, D]: the deep rows after the final norm
+    num_rows: int  # K
+    num_logit_rows: int  # M: the first M of ``outputs.rows.logit_rows`` need logits
+    next_rows_bound: int  # the next step of these sequences processes at most this many rows
 
 
 class StepGraphs:
@@ -101,43 +137,72 @@ class StepGraphs:
         self.enabled = False  # upstream's graph runner is on (eager_mode=False): capture at warm-up
         self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)
         self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
+        self.front_bucket_count = front_bucket_count()  # same for $LMDEPLOY_FOCUS_FRONT_BUCKETS
         self.buckets: dict[int, _Bucket] = {}
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
         self._hidden: torch.Tensor | None = None  # [B̂max·L, hidden], every deep graph's output
+        self._overflow_warned = False
 
     # ---- the step ---------------------------------------------------------------------------------
 
-    def run(self, batch: StepInputs, kv_caches, block_offsets, attn_metadata, mark=_no_mark):
-        """Front, the row-count read, deep. Returns ``(front outputs, hidden [K, D], K, M)``.
+    def run(self, batch: StepInputs, kv_caches, block_offsets, attn_metadata, mark=_no_mark,
+            row_bound: int | None = None) -> StepRun:
+        """Front, the row-count read, deep.
 
-        Front outputs are [B̂]-sized (the caller cuts them to ``B``); ``M`` rows need logits.
+        ``row_bound``: at most this many rows are processed (the last step's ``next_rows_bound``, plus
+        ``L`` per sequence joined since; None: unknown, the front runs on every row).
         ``mark(phase)`` records phase ends for the profiling timer.
         """
         batch_size = batch.input_ids.size(0)
         bucket = pick(self.buckets, batch_size)
+        if self.front_bucket_count == 1:
+            row_bound = None
         if bucket is None:
-            outputs = front(self.parts, batch, self.config, kv_caches, block_offsets)
+            rows = None if row_bound is None else max(row_bound, 1)
+            outputs = front(self.parts, batch, self.config, kv_caches, block_offsets, num_rows=rows)
             mark('front')
-            num_rows, num_logit_rows = outputs.rows.counts.tolist()  # the step's host sync
-            if outputs.layout_check is not None:  # debug only: LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
-                tp_layout_check.verify(outputs.layout_check)
+            counts = self._read_counts(outputs)  # the step's host sync
+            if counts['front_overflow']:
+                outputs = front(self.parts, batch, self.config, kv_caches, block_offsets)
+                counts = self._read_counts(outputs)
             mark('row_count_read')
+            num_rows = counts['rows']
             hidden = deep(self.parts, outputs.rows, num_rows, self.config, kv_caches, block_offsets, attn_metadata,
                           self.attention_rows)
             mark('deep_layers')
-            return outputs, hidden, num_rows, num_logit_rows
+            return StepRun(outputs, hidden, num_rows, counts['logit_rows'], counts['next_rows_bound'])
         graphs = self.buckets[bucket]
         self._fill(graphs.inputs, batch, block_offsets)
-        graphs.front.replay()
+        fronts = graphs.front
+        fronts[self._front_rows(fronts, row_bound)].replay()
         mark('front')
-        num_rows, num_logit_rows = graphs.outputs.rows.counts.tolist()  # the step's host sync
-        if graphs.outputs.layout_check is not None:  # debug only: LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
-            tp_layout_check.verify(graphs.outputs.layout_check)
+        counts = self._read_counts(graphs.outputs)  # the step's host sync
+        if counts['front_overflow']:
+            fronts[max(fronts)].replay()
+            counts = self._read_counts(graphs.outputs)
         mark('row_count_read')
+        num_rows = counts['rows']
         graphs.deep[pick(graphs.deep, max(num_rows, 1))].replay()
         mark('deep_layers')
-        return graphs.outputs, self._hidden[:num_rows], num_rows, num_logit_rows
+        return StepRun(graphs.outputs, self._hidden[:num_rows], num_rows, counts['logit_rows'],
+                       counts['next_rows_bound'])
+
+    @staticmethod
+    def _front_rows(fronts: dict, row_bound: int | None) -> int:
+        """The front row bucket for a bound (the largest when unknown or above every bucket)."""
+        fitting = None if row_bound is None else pick(fronts, max(row_bound, 1))
+        return max(fronts) if fitting is None else fitting
+
+    def _read_counts(self, outputs: FrontOutputs) -> dict:
+        counts = dict(zip(COUNTS, outputs.rows.counts.tolist()))
+        if outputs.layout_check is not None:  # debug only: LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
+            tp_layout_check.verify(outputs.layout_check)
+        if counts['front_overflow'] and not self._overflow_warned:
+            self._overflow_warned = True
+            logger.warning('sparse decode step: more processed rows than the bound carried from the last step; the '
+                           'front reran on every row (correct, slower). Please report this with the engine options.')
+        return counts
 
     def _fill(self, static: StepInputs, batch: StepInputs, block_offsets: torch.Tensor) -> None:
         size = batch.input_ids.size(0)
@@ -166,19 +231,28 @@ class StepGraphs:
         inputs = _warmup_inputs(batch_bucket, length, device, auto=self.config.focus is not None
                                 and self.config.focus.auto is not None)
         block_offsets = self._block_offsets[:batch_bucket]
-        outputs = front(self.parts, inputs, self.config, kv_caches, block_offsets)
-        static = empty_like_tree(outputs)
-
-        def run_front():
-            copy_into(static, front(self.parts, inputs, self.config, kv_caches, block_offsets))
-
-        graphs = _Bucket(inputs=inputs, outputs=static, front=_Replayable(run_front, self._pool, self.use_graph))
-        for rows in row_buckets(batch_bucket, length, self.row_bucket_count):
+        static = empty_like_tree(front(self.parts, inputs, self.config, kv_caches, block_offsets))
+        graphs = _Bucket(inputs=inputs, outputs=static)
+        deep_rows = row_buckets(batch_bucket, length, self.row_bucket_count)
+        # without FOCUS the front is bookkeeping only (no layer runs in it): one front on every row
+        front_rows = deep_rows[-1:] if self.config.focus is None else front_row_buckets(deep_rows,
+                                                                                         self.front_bucket_count)
+        for rows in front_rows:
+            graphs.front[rows] = _Replayable(self._front_fn(inputs, static, rows, kv_caches, block_offsets),
+                                             self._pool, self.use_graph)
+        for rows in deep_rows:
             graphs.deep[rows] = _Replayable(self._deep_fn(static.rows, rows, kv_caches, block_offsets, attn_metadata),
                                             self._pool, self.use_graph)
         self.buckets[batch_bucket] = graphs
-        logger.info(f'sparse decode step: captured batch bucket {batch_bucket} '
-                    f'({len(graphs.deep)} row buckets{"" if self.use_graph else ", eager"}).')
+        logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '
+                    f'{len(graphs.deep)} deep row buckets{"" if self.use_graph else ", eager"}).')
+
+    def _front_fn(self, inputs: StepInputs, static: FrontOutputs, num_rows: int, kv_caches, block_offsets):
+
+        def run_front():
+            copy_into(static, front(self.parts, inputs, self.config, kv_caches, block_offsets, num_rows=num_rows))
+
+        return run_front
 
     def _deep_fn(self, rows: DeepRows, num_rows: int, kv_caches, block_offsets, attn_metadata):
 

@@ -59,9 +59,15 @@ def readiness_update(uncached: torch.Tensor, input_mask: torch.Tensor) -> torch.
     unmasker's output, is what keeps a token decoded in step t uncached for step t+1, so its KV
     is recomputed once with the real token id.
     """
-    not_masked = input_mask.view(uncached.shape) != DLLM_MASKED
+    return uncached & ~stable_positions(input_mask.view(uncached.shape) == DLLM_MASKED)
+
+
+def stable_positions(masked: torch.Tensor) -> torch.Tensor:
+    """bool [B, L]: ``p`` and its right neighbour are not masked (``masked``: bool [B, L]); the last
+    position's missing neighbour counts as not masked."""
+    not_masked = ~masked
     right_not_masked = torch.cat([not_masked[:, 1:], not_masked.new_ones(not_masked.size(0), 1)], dim=1)
-    return uncached & ~(not_masked & right_not_masked)
+    return not_masked & right_not_masked
 
 
 def advance(state: DelayedCacheState, input_mask: torch.Tensor) -> DelayedCacheState:

@@ -13,7 +13,7 @@ follow. The padding rows are the *unprocessed* slots, in ``(b, p)`` order, so
   padding: no KV write for them, no attention output read from them.
 
 A caller that runs the static shape (CUDA graphs, no sync) uses ``B * L`` rows; a caller that knows
-``total`` on the host may slice the first ``total`` rows instead (``num_rows``).
+``total``, or a bound on it, on the host may slice the first rows instead (``num_rows``).
 """
 from dataclasses import dataclass
 
@@ -182,6 +182,11 @@ def ragged_step_metadata(proc: ProcessingSet,
     does with a sliding window): keys right of the rightmost processed position are not read.
     """
     num_rows = proc.num_rows if num_rows is None else num_rows
+    q_seqlens = proc.q_seqlens
+    if num_rows < proc.num_rows:
+        # Rows past ``num_rows`` do not exist: a sequence reaching past them is cut, so kernels stay in
+        # bounds (a caller whose bound was too small sees ``total > num_rows`` and reruns on all rows).
+        q_seqlens = ((proc.q_start_loc + q_seqlens).clamp(max=num_rows) - proc.q_start_loc).clamp(min=0)
     history = history_lengths.long()
     rows_seq = proc.seq_index[:num_rows]
     position_ids = history.index_select(0, rows_seq) + proc.block_pos[:num_rows]
@@ -193,7 +198,7 @@ def ragged_step_metadata(proc: ProcessingSet,
         input_ids = gather_processed(dense_input_ids.reshape(proc.batch_size, proc.block_length), proc, num_rows)
     return RaggedStepMetadata(input_ids=input_ids,
                               position_ids=position_ids,
-                              q_seqlens=proc.q_seqlens,
+                              q_seqlens=q_seqlens,
                               q_start_loc=proc.q_start_loc,
                               kv_seqlens=kv_seqlens,
                               total=proc.total,

@@ -130,8 +130,10 @@ class DelayedCacheRuntime:
         self.shadow_seq = None
         if self.focus is not None and self.focus.auto is not None:
             self._auto_inputs(batch_inputs)
-        outputs, hidden, num_rows, num_logit_rows = steps.run(batch_inputs, kv_caches, block_offsets, attn_metadata,
-                                                              mark=self.mark_phase)
+        run = steps.run(batch_inputs, kv_caches, block_offsets, attn_metadata, mark=self.mark_phase,
+                        row_bound=inputs.next_rows_bound)
+        outputs, hidden, num_rows, num_logit_rows = run.outputs, run.hidden, run.num_rows, run.num_logit_rows
+        inputs.next_rows_bound = run.next_rows_bound
         inputs.delayed_state = advance(state, input_mask)
         focus = outputs.focus
         if focus is not None:

@@ -19,6 +19,10 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
     shadow_period: int = 0  # 0: auto is off, no countdown kept
     shadow_seed: int = 0
     joined: int = 0  # sequences that joined so far (their schedule phases)
+    # FOCUS: the next decode step processes at most this many rows (None: unknown, all B*L), so its layers
+    # 0-1 run on a row bucket of that size (StepGraphs). The last step's count, plus L per sequence joined
+    # since; sequences that leave only make it looser.
+    next_rows_bound: int | None = None
 
     def merge_prefill(self, inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                       extra_outputs):
@@ -26,6 +30,8 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
                               extra_outputs)
         # New sequences start their first decode step with a warm-up over the whole block.
         num_new, device = inputs.seq_length.numel(), next_token_ids.device
+        if self.next_rows_bound is not None:
+            self.next_rows_bound += num_new * self._block_size  # a new sequence's first step: the whole block
         fresh = DelayedCacheState.fresh(num_new, self._block_size, device=device)
         self.delayed_state = fresh if self.delayed_state is None else concat(self.delayed_state, fresh)
         fresh_focus = focus.FocusState.fresh(num_new, device=device)

@@ -1,0 +1,143 @@
+"""FOCUS's front (layers 0-1) on a row bucket ``P̂`` below ``B̂·L``: the bound on the next step's processed
+rows that each step's counts carry, the front buckets, and the rerun when a bound is too small."""
+import logging
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lmdeploy.pytorch import consts
+from lmdeploy_focus.models import step_graphs
+from lmdeploy_focus.models.sparse_step import StepConfig, StepInputs, copy_into, next_step_rows, processing_set
+from lmdeploy_focus.models.step_graphs import FRONT_BUCKETS_ENV, front_bucket_count, front_row_buckets, row_buckets
+from lmdeploy_focus.models.step_state import focus_state
+from lmdeploy_focus.models.step_state.delayed_cache_state import (DelayedCacheState, advance, reset_rows,
+                                                                  starts_new_block)
+from lmdeploy_focus.models.step_state.focus_step import FocusConfig
+from lmdeploy_focus_dev.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
+
+MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
+
+
+def _inputs(masked, state, seq_valid):
+    B, L = masked.shape
+    zeros = torch.zeros(B, dtype=torch.long)
+    return StepInputs(input_ids=torch.zeros(B, L, dtype=torch.long), masked=masked, history=zeros,
+                      uncached=state.uncached, needs_warmup=state.needs_warmup, seq_valid=seq_valid, progress=zeros - 1,
+                      avg_decoded=torch.ones(B))
+
+
+@pytest.mark.parametrize('commit_mode', ['exact', 'fast'])
+def test_the_bound_covers_the_next_processing_set_and_is_exact_when_no_block_can_complete(commit_mode):
+    """Random decode trajectories of the delayed-cache state machine (advance, commit, new block): each step's
+    bound is >= the rows the next step processes, and equal to them when no sequence could finish its block."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    config = StepConfig(block_length=8, commit_mode=commit_mode, focus=FocusConfig(alpha=1.5, policy='importance', shadow=False))
+    B, L = 6, config.block_length
+    seq_valid = torch.rand(B, generator=gen) < 0.8
+    state = DelayedCacheState.fresh(B, L)
+    mask = torch.full((B, L), MASKED, dtype=torch.uint8)
+    exact_steps = 0
+    for _ in range(60):
+        masked = mask == MASKED
+        inputs = _inputs(masked, state, seq_valid)
+        # FOCUS gives logits to some of the masked rows (at least one); only those can be decoded
+        decodable = torch.minimum(masked.sum(1), torch.randint(1, 4, (B, ), generator=gen))
+        bound = int(next_step_rows(inputs, config, decodable))
+        # decode up to `decodable` masked slots per sequence, at random
+        score = torch.rand(B, L, generator=gen).masked_fill(~masked, 2.0)
+        rank = score.argsort(1).argsort(1)
+        decoded = masked & (rank < torch.randint(0, 4, (B, 1), generator=gen).clamp(max=decodable[:, None]))
+        next_mask = torch.where(decoded, UNMASKED, mask)
+        if commit_mode == 'fast':  # upstream's unmasker flags a completed block CACHED at once
+            next_mask = torch.where((next_mask != MASKED).all(1, keepdim=True), CACHED, next_mask)
+        else:  # exact: the block is committed by the next step (its input all unmasked), then CACHED
+            next_mask = torch.where((mask != MASKED).all(1, keepdim=True), CACHED, next_mask)
+        committed = starts_new_block(next_mask.flatten(), L)
+        state = reset_rows(advance(state, mask.flatten()), committed)
+        mask = torch.where(committed[:, None], MASKED, next_mask)
+        rows = int(processing_set(_inputs(mask == MASKED, state, seq_valid), config).total)
+        assert rows <= bound
+        if bool(((masked.sum(1) > decodable) | ~seq_valid).all()):
+            assert rows == bound
+            exact_steps += 1
+    assert exact_steps > 5
+
+
+def test_process_all_and_padding_sequences():
+    config = StepConfig(block_length=4, commit_mode='exact', process_all=True, focus=FocusConfig(alpha=1.5, policy='importance', shadow=False))
+    masked = torch.ones(3, 4, dtype=torch.bool)
+    inputs = _inputs(masked, DelayedCacheState.fresh(3, 4), torch.tensor([True, False, True]))
+    assert int(next_step_rows(inputs, config, torch.zeros(3, dtype=torch.long))) == 2 * 4
+
+
+def test_front_buckets_are_deep_buckets_and_end_at_every_row():
+    for batch, length in [(1, 4), (4, 8), (16, 32), (64, 32), (256, 32), (256, 64)]:
+        deep = row_buckets(batch, length)
+        for count in (1, 3, 8, 64):
+            front = front_row_buckets(deep, count)
+            assert set(front) <= set(deep) and front[-1] == deep[-1] and len(front) <= count + 1
+        assert front_row_buckets(deep, 1) == [batch * length]
+    assert len(front_row_buckets(row_buckets(64, 32), 8)) == 8
+
+
+def test_the_front_bucket_count_comes_from_the_environment_or_the_default(monkeypatch):
+    monkeypatch.delenv(FRONT_BUCKETS_ENV, raising=False)
+    assert front_bucket_count() == step_graphs.FRONT_BUCKETS
+    monkeypatch.setenv(FRONT_BUCKETS_ENV, '1')
+    assert front_bucket_count() == 1
+    for bad in ('0', '257', 'few'):
+        monkeypatch.setenv(FRONT_BUCKETS_ENV, bad)
+        with pytest.raises(ValueError, match=FRONT_BUCKETS_ENV):
+            front_bucket_count()
+
+
+@dataclass
+class _Rows:
+    index: torch.Tensor  # [R]
+    hidden: torch.Tensor  # [R, 2]
+    count: torch.Tensor  # 0-d
+
+
+def test_copy_into_fills_the_first_rows_and_refuses_what_does_not_fit():
+    static = _Rows(index=torch.zeros(6, dtype=torch.long), hidden=torch.zeros(6, 2), count=torch.tensor(0))
+    copy_into(static, _Rows(index=torch.arange(1, 5), hidden=torch.ones(4, 2), count=torch.tensor(4)))
+    assert static.index.tolist() == [1, 2, 3, 4, 0, 0] and static.hidden.sum() == 8 and int(static.count) == 4
+    with pytest.raises(ValueError, match='index'):
+        copy_into(static, _Rows(index=torch.arange(7), hidden=torch.ones(7, 2), count=torch.tensor(7)))
+    with pytest.raises(ValueError, match='hidden'):
+        copy_into(static, _Rows(index=torch.arange(2), hidden=torch.ones(2, 3), count=torch.tensor(2)))
+
+
+@pytest.mark.parametrize('padded', [False, True])
+def test_a_bound_below_the_processed_rows_reruns_the_front_on_every_row(padded, monkeypatch, caplog):
+    """A too small bound (never produced by design) must not change a step: the counts flag it, the front
+    reruns on all rows, and the step's logits and kept rows equal those of a step without a bound."""
+    L = 8
+    tiny = build_tiny_sdar(TinySDARShape(num_layers=3), block_length=L,
+                           hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True}})
+    runtime, mask_id = tiny.model.delayed_cache_runtime, tiny.model_config.dllm_mask_token
+    monkeypatch.setattr(step_graphs, 'ROW_ALIGN', 4)  # several front buckets at this tiny size
+    results = []
+    for bound in (None, 3):
+        runner = tiny.new_runner(page_size=16)
+        if padded:
+            runner.capture_step_graphs([4])
+            assert len(tiny.model.step_graphs.buckets[4].front) > 2
+        runner.prefill([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [7, 8]])
+        blocks = runner.current_blocks()
+        input_mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
+        runtime.step_inputs = SimpleNamespace(
+            delayed_state=DelayedCacheState.fresh(3, L), focus_state=focus_state.FocusState.fresh(3),
+            next_rows_bound=bound, extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
+            model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
+        with caplog.at_level(logging.WARNING, logger='lmdeploy.focus'):
+            logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        results.append((logits, runtime.step.fresh.clone(), runtime.step_inputs.next_rows_bound))
+        runtime.end_step()
+    (expected, fresh, next_bound), (got, got_fresh, got_next) = results
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(got_fresh, fresh) and got_next == next_bound
+    assert 'front reran on every row' in caplog.text
