@@ -19,7 +19,7 @@ def attach_step_inputs(runtime, uncached, input_mask, history):
     """The pieces of DelayedCacheStepInputs the model reads at forward time."""
     runtime.step_inputs = SimpleNamespace(
         delayed_state=DelayedCacheState(uncached=uncached, needs_warmup=torch.zeros(uncached.size(0), dtype=torch.bool)),
-        focus_state=FocusState.fresh(uncached.size(0)),
+        focus_state=FocusState.fresh(uncached.size(0)), next_rows_bound=None,
         extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
         model_inputs=SimpleNamespace(history_lengths=torch.tensor(history)))
 

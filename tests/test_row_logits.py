@@ -54,7 +54,8 @@ def random_step(batch, length):
     masked = torch.rand(batch, length) < random.uniform(0.0, 1.0)
     proc = ProcessingSet.from_mask(processed)
     needs_logits = gather_processed(masked, proc) & proc.valid_rows
-    counts, logit_rows = _logit_rows(needs_logits, proc.total)
+    num_flagged, logit_rows = _logit_rows(needs_logits)
+    counts = torch.stack([proc.total, num_flagged])
     rows = DeepRows(position_ids=None, slot=proc.flat_index, q_start_loc=proc.q_start_loc, q_seqlens=proc.q_seqlens,
                     kv_seqlens=None, counts=counts, logit_rows=logit_rows)
     num_rows, num_logit_rows = counts.tolist()
