@@ -2,7 +2,7 @@
 
 Why two graphs and one host read, not upstream's one graph per batch bucket: the deep layers are
 worth running on exactly the rows FOCUS kept (at bs 64–256 they are 30–60 % of the block), and
-that count is data. The front graph (``B̂`` sequences, ``B̂·L`` static rows) ends with the counts;
+that count is data. The front graph (``B̂`` sequences, ``P̂ <= B̂·L`` static rows) ends with the counts;
 the host reads them (the step's only sync, taken when the GPU has just finished layers 0–1) and
 replays the deep graph of the smallest captured row bucket ``K̂ >= K``. Upstream's
 ``CUDASingleGraphRunner`` captures one model call whose inputs are the model's kwargs, so it cannot
