@@ -64,6 +64,8 @@ def _generate(target_recall, steps=40, padded=False, force_fallback=False):
             state = runtime.alpha_state or initial_state(runtime.focus.auto)
             runtime.alpha_state = replace(state, fallback=torch.ones_like(state.fallback))
         ragged = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        processed_rows = int(runtime.step.processed_per_seq.sum())
+        assert bound is None or processed_rows <= bound, f'{processed_rows} rows, bound {bound}'  # no front rerun
         shadow_steps += int(runtime.shadow_seq.sum())
         logits, _ = agent.sampling_rows(ragged, SamplingInputs(batch_size=B * L, max_num_logprobs=-1))
         extra = SimpleNamespace(dllm_mask=mask.flatten().clone())

@@ -602,6 +602,7 @@ def test_suite_front_buckets_phase_pairs_bucketed_and_whole_fronts(tmp_path):
     assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_FRONT_BUCKETS') == ['8', '1', '8', '1', None]
     assert _row_bucket_switches(out) == [None] * 5
 
+
 def test_suite_cost_phase_is_unchanged(tmp_path):
     _, cmds = _suite(tmp_path, 'cost')
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [

@@ -81,7 +81,7 @@ class StepInputs:
 # What the host reads after the front, in this order (one int64 tensor, one sync):
 COUNTS = ('rows',  # valid deep rows K (kept rows with FOCUS, processed rows without)
           'logit_rows',  # how many of them need logits (slot still MASKED)
-          'next_rows_bound',  # the next step processes at most this many rows (FOCUS; B·L without)
+          'next_rows_bound',  # the next step processes at most this many rows (FOCUS; B̂·L, unused, without)
           'front_overflow')  # 1: more processed rows than the front's P̂ (a wrong bound: rerun at B̂·L)
 
 
@@ -139,15 +139,19 @@ def processing_set(inputs: StepInputs, config: StepConfig) -> ProcessingSet:
 def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tensor) -> torch.Tensor:
     """0-d int64: at most this many rows are processed by the next step of these sequences.
 
-    A sequence whose block cannot complete this step (``decodable``, int64 [B̂]: masked rows that get
-    logits, fewer than its masked slots) next processes exactly its still-uncached positions after
-    this step (:func:`~.step_state.delayed_cache_state.advance`), or the whole block if none are
-    left; one that may complete commits or starts a block: the whole block. Sequences that join
-    later add ``L`` each (the caller's part); sequences that leave only lower the sum.
+    A sequence next processes its positions still uncached after this step
+    (:func:`~.step_state.delayed_cache_state.advance`), or the whole block if none are left (its
+    block was committed: a new block's warm-up). The unmasker commits a block one step after its
+    last slot is decoded; with the ``exact`` commit that step recomputes the whole block, so a
+    sequence that may complete this step (no more masked slots than ``decodable``, int64 [B̂]: its
+    masked rows that get logits, the only ones the guard lets the unmasker decode) counts ``L``.
+    Sequences that join later add ``L`` each (the caller's part); sequences that leave only lower the sum.
     """
     length = inputs.masked.size(1)
     left = (inputs.uncached & ~stable_positions(inputs.masked)).sum(dim=1)
-    whole = (inputs.masked.sum(dim=1) <= decodable) | (left == 0)
+    whole = left == 0
+    if config.commit_mode == 'exact':
+        whole = whole | (inputs.masked.sum(dim=1) <= decodable)
     if config.process_all:
         whole = torch.ones_like(whole)
     per_seq = torch.where(whole, torch.full_like(left, length), left)
@@ -175,7 +179,9 @@ def front(parts, inputs: StepInputs, config: StepConfig, kv_caches, block_offset
         meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids)
         needs_logits = gather_processed(inputs.masked, proc) & proc.valid_rows
         num_flagged, logit_rows = _logit_rows(needs_logits)
-        counts = torch.stack([proc.total, num_flagged, proc.total.new_tensor(proc.num_rows), proc.total.new_zeros(())])
+        # full_like, not new_tensor: a host-to-device copy cannot be captured in a CUDA graph
+        counts = torch.stack([proc.total, num_flagged, torch.full_like(proc.total, proc.num_rows),
+                              torch.zeros_like(proc.total)])
         rows = DeepRows(position_ids=meta.position_ids, slot=proc.flat_index, q_start_loc=meta.q_start_loc,
                         q_seqlens=meta.q_seqlens, kv_seqlens=meta.kv_seqlens, counts=counts, logit_rows=logit_rows,
                         input_ids=meta.input_ids)

@@ -13,8 +13,8 @@ concurrently), buffers that outlive a replay allocated outside the pool.
 Buckets: batch buckets are the sizes upstream warms up (its capture list, largest first); row
 buckets split ``B̂·L`` into :data:`ROW_BUCKETS` equal steps (multiples of 16 rows), so the deep
 layers run at most one step of padding rows (≤ 1/32 of the block; half that on average). With
-FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, every :data:`FRONT_STRIDE`-th row
-bucket, picked from a bound on the step's processed rows that the previous step's counts carried
+FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, one of about :data:`FRONT_BUCKETS`
+evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous step's counts carried
 (no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
 design) is seen in the same counts and the front reruns on all ``B̂·L`` rows.
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
@@ -38,7 +38,7 @@ ROW_ALIGN = 16
 ROW_BUCKETS_ENV = 'LMDEPLOY_FOCUS_ROW_BUCKETS'
 # FOCUS's front (layers 0-1) runs on one of FRONT_BUCKETS row counts, each a deep row bucket (so the deep
 # rows K <= P <= P̂ never need a deep bucket above the front's rows). Layers 0-1 are ~1/30 of a kept row's
-# work, so a step 4x coarser than the deep one costs little padding and few captures.
+# work, so a step 4x coarser than the deep one (at the default ROW_BUCKETS) costs little padding and few captures.
 FRONT_BUCKETS = 8
 # Experiments only: another number of front row buckets; 1 runs every front on all B̂·L rows (the step
 # before the front had buckets), for same-run comparisons.
@@ -195,6 +195,7 @@ class StepGraphs:
         return max(fronts) if fitting is None else fitting
 
     def _read_counts(self, outputs: FrontOutputs) -> dict:
+        """The step's host read: ``COUNTS`` by name (and, debug only, the TP layout check)."""
         counts = dict(zip(COUNTS, outputs.rows.counts.tolist()))
         if outputs.layout_check is not None:  # debug only: LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
             tp_layout_check.verify(outputs.layout_check)

@@ -20,7 +20,7 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
     shadow_seed: int = 0
     joined: int = 0  # sequences that joined so far (their schedule phases)
     # FOCUS: the next decode step processes at most this many rows (None: unknown, all B*L), so its layers
-    # 0-1 run on a row bucket of that size (StepGraphs). The last step's count, plus L per sequence joined
+    # 0-1 run on a row bucket of that size (StepGraphs). The last step's bound, plus L per sequence joined
     # since; sequences that leave only make it looser.
     next_rows_bound: int | None = None
 
