@@ -14,8 +14,8 @@ Buckets: batch buckets are the sizes upstream warms up (its capture list, larges
 buckets split ``B̂·L`` into :data:`ROW_BUCKETS` equal steps (multiples of 16 rows), so the deep
 layers run at most one step of padding rows (≤ 1/32 of the block; half that on average). With
 FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, one of about :data:`FRONT_BUCKETS`
-evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous step's counts carried
-(no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
+evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous
+step's counts carried (no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
 design) is seen in the same counts and the front reruns on all ``B̂·L`` rows.
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
 compiled, during upstream's decode warm-up, before the first request.
