@@ -148,13 +148,16 @@ def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tens
     Sequences that join later add ``L`` each (the caller's part); sequences that leave only lower the sum.
     """
     length = inputs.masked.size(1)
-    left = (inputs.uncached & ~stable_positions(inputs.masked)).sum(dim=1)
-    whole = left == 0
-    if config.commit_mode == 'exact':
-        whole = whole | (inputs.masked.sum(dim=1) <= decodable)
+    advanced = DelayedCacheState(uncached=inputs.uncached & ~stable_positions(inputs.masked),
+                                 needs_warmup=torch.zeros_like(inputs.needs_warmup))
+    per_seq = processing_mask(advanced).sum(dim=1)  # the same rule the next step's processing set applies
     if config.process_all:
-        whole = torch.ones_like(whole)
-    per_seq = torch.where(whole, torch.full_like(left, length), left)
+        whole = torch.ones_like(inputs.seq_valid)
+    elif config.commit_mode == 'exact':
+        whole = inputs.masked.sum(dim=1) <= decodable  # the block may complete: its commit step recomputes it whole
+    else:
+        whole = torch.zeros_like(inputs.seq_valid)
+    per_seq = torch.where(whole, torch.full_like(per_seq, length), per_seq)
     return torch.where(inputs.seq_valid, per_seq, 0).sum()
 
 
