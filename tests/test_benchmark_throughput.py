@@ -594,12 +594,12 @@ def test_suite_front_buckets_phase_pairs_bucketed_and_whole_fronts(tmp_path):
     out, cmds = _suite(tmp_path, 'front_buckets')
     assert [(c.arm, c.dllm_unmasking_strategy, c.dllm_focus_policy) for c in cmds] == [
         ('focus-importance-dynamic-fb8', 'low_confidence_dynamic', 'importance'),
+        ('stock-dynamic', 'low_confidence_dynamic', None),
         ('focus-importance-dynamic-fb1', 'low_confidence_dynamic', 'importance'),
         ('focus-importance-static-fb8', 'low_confidence_static', 'importance'),
-        ('focus-importance-static-fb1', 'low_confidence_static', 'importance'),
-        ('stock-dynamic', 'low_confidence_dynamic', None)]
+        ('focus-importance-static-fb1', 'low_confidence_static', 'importance')]
     assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
-    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_FRONT_BUCKETS') == ['8', '1', '8', '1', None]
+    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_FRONT_BUCKETS') == ['8', None, '1', '8', '1']
     assert _row_bucket_switches(out) == [None] * 5
 
 

@@ -18,8 +18,8 @@
 #                   and 64 deep-layer row buckets, LMDEPLOY_FOCUS_ROW_BUCKETS, out 256), then static FOCUS
 #                   importance with 32 vs 64 row buckets, bs 64/256.
 #        'front_buckets' = FOCUS's front on a row bucket P̂ (default) vs on all B̂·L rows
-#                   (LMDEPLOY_FOCUS_FRONT_BUCKETS=1), importance a1.5, out 256, bs 64/256: dynamic, static, then
-#                   stock dynamic if the budget allows.
+#                   (LMDEPLOY_FOCUS_FRONT_BUCKETS=1), importance a1.5, out 256, bs 64/256: dynamic with the
+#                   default front, stock dynamic, dynamic with the old front, then static default vs old.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -153,7 +153,12 @@ if [[ $PHASE == front_buckets ]]; then
   # issue 14: layers 0-1 on a row bucket from the last step's bound vs on every row of the batch bucket, same run
   d=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=256 BATCH_SIZES="64 256"
      EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  for n in 8 1; do
+  # default front, then stock (the same-run x stock and measured/ideal), then the old front (the A/B)
+  for n in 8 stock 1; do
+    if [[ $n == stock ]]; then
+      step 120 "stock dynamic" "${d[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+      continue
+    fi
     step 70 "focus-importance dynamic, $n front buckets" "${d[@]}" ARM_TAG="-dynamic-fb$n" \
       LMDEPLOY_FOCUS_FRONT_BUCKETS=$n FOCUS_POLICY=importance \
       bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
@@ -163,8 +168,6 @@ if [[ $PHASE == front_buckets ]]; then
       EXTRA_ARGS="$COST --fast-exit --output-len 256" LMDEPLOY_FOCUS_FRONT_BUCKETS=$n FOCUS_POLICY=importance \
       bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   done
-  # last: the A/B pairs above are the point; stock (slowest arm) gives the dynamic pair its same-run x stock
-  step 120 "stock dynamic" "${d[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   exit 0
 fi
 
