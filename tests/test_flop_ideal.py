@@ -1,0 +1,62 @@
+"""benchmark/flop_ideal.py: the row-layer ideal and the measured ratios against the same-run stock record."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, 'benchmark')
+SCHEMA = 'lmdeploy-focus/profile_throughput/1'
+
+
+def _flop_ideal():
+    sys.path.insert(0, BENCH)
+    try:
+        import flop_ideal
+    finally:
+        sys.path.remove(BENCH)
+    return flop_ideal
+
+
+def _record(arm, tok_s, tpot, dm, bs=64, date='2026-12-06T00:00:00'):
+    return {'schema': SCHEMA, 'arm': arm, 'status': 'ok', 'model': '/tmp/ckpt/M', 'dataset': 'random',
+            'concurrency': bs, 'date': date, 'settings': {'dllm_block_length': 32},
+            'metrics': {'output_tok_per_s': tok_s, 'tpot_ms': {'mean': tpot}}, 'dllm_metrics': dict(dm, status='ok')}
+
+
+def test_ideal_and_ratios_follow_the_row_layer_formula(tmp_path):
+    rng = random.Random()
+    layers, head = rng.randint(4, 40), rng.uniform(0.5, 4.0)
+    gen = rng.randint(100, 1000)
+    stock_rows, l0, deep, kept = (rng.randint(gen, 40 * gen) for _ in range(4))
+    stock = _record('stock-x', 1000.0, 50.0, {'generated_tokens': gen, 'processed_tokens': stock_rows})
+    focus = _record('focus-importance-x', 2500.0, 20.0, {'generated_tokens': gen, 'layer0_tokens': l0,
+                                                           'deep_tokens': deep, 'kept_candidates': kept})
+    other_run = _record('stock-x', 10.0, 1.0, {'generated_tokens': gen, 'processed_tokens': 1})
+    (tmp_path / 'run').mkdir(); (tmp_path / 'other').mkdir()
+    for name, r in (('run/s.json', stock), ('run/f.json', focus), ('other/s.json', other_run)):
+        (tmp_path / name).write_text(json.dumps(r))
+    fi = _flop_ideal()
+    [row] = fi.ideal_rows(fi.load_results([str(tmp_path / 'run'), str(tmp_path / 'other')]), layers, head)
+    ideal = stock_rows * (layers + head) / (l0 * 2 + deep * (layers - 2) + kept * head)
+    assert row['ideal'] == pytest.approx(ideal)
+    assert row['measured_over_ideal'] == pytest.approx(2.5 / ideal)  # the same run's stock, not the other one
+    assert row['decode_over_ideal'] == pytest.approx(2.5 / ideal)
+
+
+def test_reproduces_the_committed_row_bucket_run():
+    """BENCHMARKS.md's measured ÷ ideal for dynamic at out 256 (0.84 at bs 64, 0.89 at bs 256)."""
+    fi = _flop_ideal()
+    rows = fi.ideal_rows(fi.load_results([os.path.join(BENCH, 'results', '2026-12-05_h100_row_buckets_dynamic256')]))
+    got = {(r['arm'], r['concurrency']): round(r['measured_over_ideal'], 2) for r in rows}
+    assert got[('focus-importance-dynamic', 64)] == 0.84 and got[('focus-importance-dynamic', 256)] == 0.89
+
+
+def test_cli_refuses_a_run_without_stock(tmp_path):
+    (tmp_path / 'f.json').write_text(json.dumps(_record('focus-leftmost', 1.0, 1.0, {'generated_tokens': 1})))
+    p = subprocess.run([sys.executable, os.path.join(BENCH, 'flop_ideal.py'), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and 'no FOCUS record with a same-run stock record' in p.stderr
