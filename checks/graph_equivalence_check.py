@@ -3,7 +3,8 @@
     python3 checks/graph_equivalence_check.py --model DIR [--model DIR ...] --out OUT.json
 
 Each (model, arm) runs twice on the same random prompt ids, once eager and once with CUDA graphs
-(one engine at a time, in-process), greedy, static unmasking (4 tokens per step), ignore_eos.
+(one engine at a time, in-process), greedy, ignore_eos, static unmasking (4 tokens per step) or, with
+``--unmasking dynamic``, upstream's confidence threshold (0.9). The ``-fast`` arms use the fast commit.
 Reports per arm the sequences whose outputs are identical, and for the others the first
 differing output position. The graph arm pads the batch to a captured bucket and the deep rows
 to a row bucket, so a difference can come from bf16 GEMMs of a different row count (a near-tie
@@ -24,19 +25,24 @@ from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops ben
 load_benchmark_packages('arms')
 from arms import arm_fields  # noqa: E402
 
-ARMS = {name: arm_fields(name) for name in ('stock', 'delayed', 'focus-importance', 'focus-leftmost')}
+DEFAULT_ARMS = ('stock', 'delayed', 'focus-importance', 'focus-leftmost')
+ARMS = {name: arm_fields(name) for name in DEFAULT_ARMS + ('delayed-fast', 'focus-importance-fast',
+                                                          'focus-leftmost-fast')}
+UNMASKING = {'static': 'low_confidence_static', 'dynamic': 'low_confidence_dynamic'}
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--model', action='append', required=True, help='checkpoint directory (repeatable)')
     p.add_argument('--out', required=True, help='JSON report')
-    p.add_argument('--arms', nargs='+', default=list(ARMS), choices=list(ARMS))
+    p.add_argument('--arms', nargs='+', default=list(DEFAULT_ARMS), choices=list(ARMS))
+    p.add_argument('--unmasking', default='static', choices=list(UNMASKING),
+                   help='static: block_length/4 steps per block; dynamic: confidence threshold 0.9')
     p.add_argument('--num-prompts', type=int, default=24)
     p.add_argument('--max-new-tokens', type=int, default=96)
     p.add_argument('--block-length', type=int, default=32)
     p.add_argument('--seed', type=int, default=0)
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def random_prompts(vocab: int, count: int, seed: int) -> list[list[int]]:
@@ -60,13 +66,19 @@ async def generate(engine, prompts, max_new_tokens):
     return await asyncio.gather(*(one(i + 1, ids) for i, ids in enumerate(prompts)))
 
 
+def unmasking_fields(args) -> dict:
+    if args.unmasking == 'static':
+        return dict(dllm_unmasking_strategy=UNMASKING['static'], dllm_denoising_steps=args.block_length // 4)
+    return dict(dllm_unmasking_strategy=UNMASKING['dynamic'], dllm_denoising_steps=args.block_length,
+                dllm_confidence_threshold=0.9)
+
+
 def run_engine(model, arm_kwargs, eager, prompts, args):
     from lmdeploy import PytorchEngineConfig
     from lmdeploy.pytorch.engine import Engine
     config = PytorchEngineConfig(max_batch_size=len(prompts), cache_max_entry_count=0.15, block_size=64,
                                  eager_mode=eager, dllm_block_length=args.block_length,
-                                 dllm_unmasking_strategy='low_confidence_static',
-                                 dllm_denoising_steps=args.block_length // 4, **arm_kwargs)
+                                 **unmasking_fields(args), **arm_kwargs)
     start = time.perf_counter()
     engine = Engine.from_pretrained(model, engine_config=config, trust_remote_code=True)
     built = time.perf_counter() - start
@@ -89,8 +101,8 @@ def compare(eager, graphs):
 
 def main():
     args = parse_args()
-    report = dict(command='python3 checks/graph_equivalence_check.py ' +
-                  ' '.join(f'--model {m}' for m in args.model), settings=vars(args), results=[])
+    report = dict(command='python3 checks/graph_equivalence_check.py ' + ' '.join(sys.argv[1:]),
+                  settings=vars(args), results=[])
     for model in args.model:
         with open(f'{model}/config.json') as f:
             cfg = json.load(f)

@@ -1,0 +1,34 @@
+"""checks/graph_equivalence_check.py: the engine fields each CLI choice reaches (the GPU run itself is
+benchmark/gpu/graph_step_check.sh)."""
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _check():
+    spec = importlib.util.spec_from_file_location('graph_equivalence_check',
+                                                  os.path.join(ROOT, 'checks', 'graph_equivalence_check.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_default_is_the_four_arms_at_static_unmasking():
+    chk = _check()
+    args = chk.parse_args(['--model', 'M', '--out', 'o.json'])
+    assert args.arms == ['stock', 'delayed', 'focus-importance', 'focus-leftmost']
+    assert chk.unmasking_fields(args) == dict(dllm_unmasking_strategy='low_confidence_static',
+                                              dllm_denoising_steps=8)
+
+
+def test_fast_arms_and_dynamic_unmasking_reach_the_engine_fields():
+    chk = _check()
+    args = chk.parse_args(['--model', 'M', '--out', 'o.json', '--unmasking', 'dynamic', '--block-length', '16',
+                           '--arms', 'focus-leftmost-fast', 'delayed-fast'])
+    assert chk.unmasking_fields(args) == dict(dllm_unmasking_strategy='low_confidence_dynamic',
+                                              dllm_denoising_steps=16, dllm_confidence_threshold=0.9)
+    for arm in args.arms:
+        assert chk.ARMS[arm]['dllm_delayed_cache_commit'] == 'fast'
+    assert chk.ARMS['focus-leftmost-fast']['dllm_focus_policy'] == 'leftmost'
+    assert chk.ARMS['focus-importance'].get('dllm_delayed_cache_commit', 'exact') == 'exact'
