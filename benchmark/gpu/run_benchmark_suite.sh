@@ -153,16 +153,15 @@ if [[ $PHASE == front_buckets ]]; then
   # issue 14: layers 0-1 on a row bucket from the last step's bound vs on every row of the batch bucket, same run
   d=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=256 BATCH_SIZES="64 256"
      EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  # default front, then stock (the same-run x stock and measured/ideal), then the old front (the A/B)
-  for n in 8 stock 1; do
-    if [[ $n == stock ]]; then
-      step 120 "stock dynamic" "${d[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
-      continue
-    fi
-    step 70 "focus-importance dynamic, $n front buckets" "${d[@]}" ARM_TAG="-dynamic-fb$n" \
-      LMDEPLOY_FOCUS_FRONT_BUCKETS=$n FOCUS_POLICY=importance \
+  focus_dynamic() {
+    step 70 "focus-importance dynamic, $1 front buckets" "${d[@]}" ARM_TAG="-dynamic-fb$1" \
+      LMDEPLOY_FOCUS_FRONT_BUCKETS=$1 FOCUS_POLICY=importance \
       bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  done
+  }
+  # default front, then stock (the same-run x stock and measured/ideal), then the old front (the A/B)
+  focus_dynamic 8
+  step 120 "stock dynamic" "${d[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  focus_dynamic 1
   for n in 8 1; do
     step 60 "focus-importance static, $n front buckets" "${STATIC[@]}" BATCH_SIZES="64 256" ARM_TAG="-static-fb$n" \
       EXTRA_ARGS="$COST --fast-exit --output-len 256" LMDEPLOY_FOCUS_FRONT_BUCKETS=$n FOCUS_POLICY=importance \
