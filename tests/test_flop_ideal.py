@@ -1,4 +1,5 @@
 """benchmark/flop_ideal.py: the row-layer ideal and the measured ratios against the same-run stock record."""
+import importlib.util
 import json
 import os
 import random
@@ -13,12 +14,10 @@ SCHEMA = 'lmdeploy-focus/profile_throughput/1'
 
 
 def _flop_ideal():
-    sys.path.insert(0, BENCH)
-    try:
-        import flop_ideal
-    finally:
-        sys.path.remove(BENCH)
-    return flop_ideal
+    spec = importlib.util.spec_from_file_location('flop_ideal', os.path.join(BENCH, 'flop_ideal.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # the module puts benchmark/ on sys.path itself, for plot_results
+    return mod
 
 
 def _record(arm, tok_s, tpot, dm, bs=64, date='2026-12-06T00:00:00'):
