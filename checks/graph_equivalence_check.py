@@ -4,7 +4,7 @@
 
 Each (model, arm) runs twice on the same random prompt ids, once eager and once with CUDA graphs
 (one engine at a time, in-process), greedy, ignore_eos, static unmasking (4 tokens per step) or, with
-``--unmasking dynamic``, upstream's confidence threshold (0.9). The ``-fast`` arms use the fast commit.
+``--unmasking dynamic``, a confidence threshold (``--threshold``, 0.9 as the benchmarks). The ``-fast`` arms use the fast commit.
 Reports per arm the sequences whose outputs are identical, and for the others the first
 differing output position. The graph arm pads the batch to a captured bucket and the deep rows
 to a row bucket, so a difference can come from bf16 GEMMs of a different row count (a near-tie
@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument('--out', required=True, help='JSON report')
     p.add_argument('--arms', nargs='+', default=list(DEFAULT_ARMS), choices=list(ARMS))
     p.add_argument('--unmasking', default='static', choices=list(UNMASKING),
-                   help='static: block_length/4 steps per block; dynamic: confidence threshold 0.9')
+                   help='static: block_length/4 steps per block; dynamic: unmask above --threshold')
+    p.add_argument('--threshold', type=float, default=0.9, help='dllm_confidence_threshold of --unmasking dynamic')
     p.add_argument('--num-prompts', type=int, default=24)
     p.add_argument('--max-new-tokens', type=int, default=96)
     p.add_argument('--block-length', type=int, default=32)
@@ -70,7 +71,7 @@ def unmasking_fields(args) -> dict:
     if args.unmasking == 'static':
         return dict(dllm_unmasking_strategy=UNMASKING['static'], dllm_denoising_steps=args.block_length // 4)
     return dict(dllm_unmasking_strategy=UNMASKING['dynamic'], dllm_denoising_steps=args.block_length,
-                dllm_confidence_threshold=0.9)
+                dllm_confidence_threshold=args.threshold)
 
 
 def run_engine(model, arm_kwargs, eager, prompts, args):

@@ -25,9 +25,10 @@ def test_default_is_the_four_arms_at_static_unmasking():
 def test_fast_arms_and_dynamic_unmasking_reach_the_engine_fields():
     chk = _check()
     args = chk.parse_args(['--model', 'M', '--out', 'o.json', '--unmasking', 'dynamic', '--block-length', '16',
-                           '--arms', 'focus-leftmost-fast', 'delayed-fast'])
+                           '--threshold', '0.7', '--arms', 'focus-leftmost-fast', 'delayed-fast'])
     assert chk.unmasking_fields(args) == dict(dllm_unmasking_strategy='low_confidence_dynamic',
-                                              dllm_denoising_steps=16, dllm_confidence_threshold=0.9)
+                                              dllm_denoising_steps=16, dllm_confidence_threshold=0.7)
+    assert chk.parse_args(['--model', 'M', '--out', 'o.json']).threshold == 0.9  # the benchmarks' threshold
     for arm in args.arms:
         assert chk.ARMS[arm]['dllm_delayed_cache_commit'] == 'fast'
     assert chk.ARMS['focus-leftmost-fast']['dllm_focus_policy'] == 'leftmost'
