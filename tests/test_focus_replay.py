@@ -36,7 +36,10 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
                'focus_shadow': shadow, 'track': True, 'delayed_cache_commit': commit_mode}
     if alpha == 'auto':
         options['focus_auto_shadow_every'] = 2
-    sdar, reference = tiny_model_and_reference(family, L, num_layers=num_layers, hf_overrides={'dllm_focus': options})
+    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
+                           denoising_steps=L // 2, confidence_threshold=0.2)
+    sdar, reference = tiny_model_and_reference(family, L, num_layers=num_layers, hf_overrides={'dllm_focus': options},
+                                               dllm_config=unmasking)
     runtime = sdar.model.delayed_cache_runtime
     if alpha == 'auto':
         runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=0.3, gain=2.0,
@@ -44,8 +47,6 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     else:
         assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
     mask_id = sdar.model_config.dllm_mask_token
-    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
-                           denoising_steps=L // 2, confidence_threshold=0.2)
     seed, prompts, results = prompts_clear_of_routing_ties(
         reference, (3, 11, 6), mask_id,
         lambda prompts: reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,

@@ -198,6 +198,7 @@ class _Batch:
     decoded_per_step: list[list[int]]
     records: list[list[StepRecord]] | None
     selection_per_step: list[list[SelectionCounts]] | None = None
+    first_step_average: int = 1  # FOCUS: focus_spec.first_step_average of the unmasking settings
 
     @property
     def block_length(self) -> int:
@@ -347,7 +348,8 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                 if needs_importance:
                     importance1 = focus_spec.importance(q[candidate_rows[b]], k[candidate_rows[b]], model.scale)
                     delta = (importance1 - importance0[b]).tolist()
-                count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, alphas[b])
+                count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, alphas[b],
+                                          batch.first_step_average)
                 chosen = focus_spec.select(candidates[b], delta, count, state.progress, focus.policy)
                 selection.append((candidates[b], list(chosen), count, shadows[b]))
                 keep = ps if shadows[b] else [p for p in ps if masks[b][p] != MASKED or p in chosen]
@@ -499,7 +501,9 @@ def reference_generate(model: SDARReference,
                    kept_per_step=[[] for _ in range(B)],
                    decoded_per_step=[[] for _ in range(B)],
                    records=[[] for _ in range(B)] if record_steps else None,
-                   selection_per_step=[[] for _ in range(B)] if focus is not None else None)
+                   selection_per_step=[[] for _ in range(B)] if focus is not None else None,
+                   first_step_average=focus_spec.first_step_average(unmasking.unmasking_strategy,
+                                                                    unmasking.denoising_steps, L))
 
     logits, kv_lengths = _prefill(model, padded, cache, L)
     _apply_step(batch, 'prefill', logits, [list(range(L))] * B, kv_lengths, processor, mask_token_id)

@@ -44,15 +44,30 @@ def importance(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
 CEIL_TOLERANCE = Fraction(1, 100_000)
 
 
-def target(num_candidates: int, decoded_sum: int, decoded_steps: int, alpha: float) -> int:
+def first_step_average(unmasking_strategy, denoising_steps: int | None, block_length: int) -> int:
+    """The decoded average a block starts from (our rule on top of §3.4, which starts every block at 1).
+
+    A static or sequential unmasker decodes a fixed number of tokens a step, ``block_length //
+    denoising_steps`` (all steps default to one token each), so a block starts from that number; the
+    dynamic unmasker decodes at least one (its forced top-1), the spec's 1.
+    """
+    name = getattr(unmasking_strategy, 'name', str(unmasking_strategy)).lower()
+    if name not in ('low_confidence_static', 'sequential'):
+        return 1
+    per_step = block_length // (denoising_steps or block_length)
+    return min(block_length, max(per_step, 1))
+
+
+def target(num_candidates: int, decoded_sum: int, decoded_steps: int, alpha: float, first_step: int = 1) -> int:
     """§3.4: ``0`` without candidates, else ``min(n, max(1, ceil(max(avg, 1) * alpha)))`` (exact arithmetic,
-    with :data:`CEIL_TOLERANCE`).
+    with :data:`CEIL_TOLERANCE`); ``avg`` is ``first_step`` (:func:`first_step_average`) before the block's
+    first step that decoded anything.
 
     ``alpha`` is taken at float32 precision, the precision the engine receives it in.
     """
     if num_candidates <= 0:
         return 0
-    avg = Fraction(decoded_sum, decoded_steps) if decoded_steps > 0 else Fraction(1)
+    avg = Fraction(decoded_sum, decoded_steps) if decoded_steps > 0 else Fraction(first_step)
     alpha32 = Fraction(torch.tensor(alpha, dtype=torch.float32).item())
     return min(num_candidates, max(1, math.ceil(max(avg, Fraction(1)) * alpha32 * (1 - CEIL_TOLERANCE))))
 

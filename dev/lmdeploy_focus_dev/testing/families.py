@@ -22,14 +22,14 @@ FAMILIES = tuple(_FAMILIES)
 
 
 def tiny_model_and_reference(family: str, block_length: int, num_layers: int | None = None,
-                             hf_overrides: dict | None = None) -> tuple[TinyDLLM, SDARReference]:
+                             hf_overrides: dict | None = None, dllm_config=None) -> tuple[TinyDLLM, SDARReference]:
     """A freshly seeded tiny model of ``family`` (SDAR: fp32 engine; the MoEs: fp64, see llada2_cpu)
-    and the fp64 reference built from the same weights."""
+    and the fp64 reference built from the same weights; ``dllm_config``: the engine's unmasking settings."""
     if family not in _FAMILIES:
         raise ValueError(f'unknown model family {family!r}; choose from {FAMILIES}')
     shape_cls, build, reference_cls = _FAMILIES[family]
     shape = shape_cls() if num_layers is None else shape_cls(num_layers=num_layers)
-    tiny = build(shape, block_length=block_length, hf_overrides=hf_overrides)
+    tiny = build(shape, block_length=block_length, hf_overrides=hf_overrides, dllm_config=dllm_config)
     return tiny, reference_cls(tiny.weights_as(torch.float64), tiny.hf_config)
 
 

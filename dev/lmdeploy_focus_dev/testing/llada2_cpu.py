@@ -127,7 +127,8 @@ def build_tiny_llada2(shape: TinyLLaDA2Shape = TinyLLaDA2Shape(),
                       block_length: int = 4,
                       seed: int | None = None,
                       hf_overrides: dict | None = None,
-                      dtype: str = 'float64') -> TinyDLLM:
+                      dtype: str = 'float64',
+                      dllm_config=None) -> TinyDLLM:
     """Build and load a random-weight LLaDA2 on CPU (see :func:`~.tiny_model.build_tiny_model`)."""
     return build_tiny_model(tiny_llada2_hf_config(shape), random_llada2_weights, block_length=block_length,
-                            seed=seed, hf_overrides=hf_overrides, dtype=dtype)
+                            seed=seed, hf_overrides=hf_overrides, dtype=dtype, dllm_config=dllm_config)

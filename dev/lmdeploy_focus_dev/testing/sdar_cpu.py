@@ -106,7 +106,8 @@ def build_tiny_sdar(shape: TinySDARShape = TinySDARShape(),
                     block_length: int = 4,
                     seed: int | None = None,
                     hf_overrides: dict | None = None,
-                    model_cls: Callable | None = None) -> TinyDLLM:
+                    model_cls: Callable | None = None,
+                    dllm_config=None) -> TinyDLLM:
     """Build and load a random-weight SDAR on CPU (see :func:`~.tiny_model.build_tiny_model`)."""
     return build_tiny_model(tiny_sdar_hf_config(shape), random_sdar_weights, block_length=block_length, seed=seed,
-                            hf_overrides=hf_overrides, model_cls=model_cls)
+                            hf_overrides=hf_overrides, model_cls=model_cls, dllm_config=dllm_config)

@@ -57,6 +57,7 @@ def build_tiny_sdar_moe(shape: TinySDARMoeShape = TinySDARMoeShape(),
                         block_length: int = 4,
                         seed: int | None = None,
                         hf_overrides: dict | None = None,
-                        dtype: str = 'float64') -> TinyDLLM:
+                        dtype: str = 'float64',
+                        dllm_config=None) -> TinyDLLM:
     return build_tiny_model(tiny_sdar_moe_hf_config(shape), random_sdar_moe_weights, block_length=block_length,
-                            seed=seed, hf_overrides=hf_overrides, dtype=dtype)
+                            seed=seed, hf_overrides=hf_overrides, dtype=dtype, dllm_config=dllm_config)

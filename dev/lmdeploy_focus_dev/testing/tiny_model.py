@@ -9,7 +9,7 @@ swap; writes the block length into the configs) → ``BuildModelContext(dllm_con
 """
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from lmdeploy.pytorch.config import DLLMConfig, MiscConfig, ModelConfig, override_hf_config
@@ -62,7 +62,8 @@ def build_tiny_model(hf_config: PretrainedConfig,
                      seed: int | None = None,
                      hf_overrides: dict | None = None,
                      model_cls: Callable | None = None,
-                     dtype: str = 'float32') -> TinyDLLM:
+                     dtype: str = 'float32',
+                     dllm_config: DLLMConfig | None = None) -> TinyDLLM:
     """Build and load a random-weight DLLM on CPU.
 
     Args:
@@ -76,6 +77,8 @@ def build_tiny_model(hf_config: PretrainedConfig,
             while the plugin has registered its own).
         dtype: the engine's dtype (``float32``; ``float64`` where fp32 rounding could flip a
             discrete decision, such as MoE routing, against an fp64 oracle).
+        dllm_config: the unmasking settings the strategy factory sees (FOCUS's first-step average
+            depends on them); its block length is replaced by ``block_length``. Default: upstream's.
     """
     if seed is None:
         seed = secrets.randbits(31)  # torch's default RNG starts from a fixed seed every process
@@ -85,7 +88,8 @@ def build_tiny_model(hf_config: PretrainedConfig,
     # Upstream's SDAR config builder hard-codes 151669, which does not fit a tiny vocab.
     model_config.dllm_mask_token = hf_config.mask_token_id
 
-    misc_config = MiscConfig(dllm_config=DLLMConfig(block_length=block_length))
+    dllm_config = replace(dllm_config or DLLMConfig(), block_length=block_length)
+    misc_config = MiscConfig(dllm_config=dllm_config)
     strategy_factory = build_strategy_factory(model_config, misc_config)
     build_ctx = BuildModelContext(dllm_config=misc_config.dllm_config,
                                   strategy_factory=strategy_factory,

@@ -5,7 +5,7 @@
   kept one, so positions ``0 .. progress`` always have KV in every layer.
 * ``decoded_sum[b]`` / ``decoded_steps[b]``: tokens unmasked so far in this block's decode steps
   and the number of those steps that unmasked at least one; their ratio is the running average
-  that sets how many masked tokens a step keeps (1.0 before the first such step).
+  that sets how many masked tokens a step keeps (:func:`first_step_decoded` before the first such step).
 
 Lifecycle follows :class:`~.delayed_cache_state.DelayedCacheState` (fresh on join, select on
 reindex, reset when a block is committed); every function returns new tensors, no host sync.
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lmdeploy.pytorch import consts
+from lmdeploy.pytorch.config import UnmaskingStrategy
 
 DLLM_MASKED = consts.DLLM_MASKED
 DLLM_UNMASKED = consts.DLLM_UNMASKED
@@ -36,10 +37,27 @@ class FocusState:
     def batch_size(self) -> int:
         return self.progress.numel()
 
-    def avg_decoded(self) -> torch.Tensor:
-        """float32 [B]: mean tokens unmasked per step of this block (steps that unmasked any); 1 if none."""
+    def avg_decoded(self, first_step: float = 1.0) -> torch.Tensor:
+        """float32 [B]: mean tokens unmasked per step of this block (steps that unmasked any); ``first_step``
+        (:func:`first_step_decoded`) if none."""
         return torch.where(self.decoded_steps > 0, self.decoded_sum / self.decoded_steps.clamp(min=1),
-                           torch.ones_like(self.decoded_sum))
+                           torch.full_like(self.decoded_sum, first_step))
+
+
+def first_step_decoded(dllm_config) -> float:
+    """The running mean before a block's first decode step: the tokens the unmasker takes per step.
+
+    Dynamic unmasking: 1, its forced top-1 (spec §3.4's reset). Static and sequential unmasking take
+    upstream's denoise number ``L // denoising_steps`` every step; starting from 1 would keep fewer masked
+    tokens than that at a block's first steps (α 1.5: 2, then 3), the unmasker could only decode those,
+    and every block would take extra steps (measured: leftmost at 4 tokens/step took 10 steps a block
+    instead of stock's 9, commit included).
+    """
+    if dllm_config.unmasking_strategy not in (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, UnmaskingStrategy.SEQUENTIAL):
+        return 1.0
+    length = dllm_config.block_length
+    steps = dllm_config.denoising_steps or length
+    return float(max(1, min(length // steps, length)))
 
 
 def newly_decoded(input_mask: torch.Tensor, next_mask: torch.Tensor, block_length: int) -> torch.Tensor:

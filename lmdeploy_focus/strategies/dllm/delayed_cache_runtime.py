@@ -70,6 +70,7 @@ class DelayedCacheRuntime:
     step_inputs: object = field(default=None, repr=False)  # the agent's DelayedCacheStepInputs
     step: DecodeStep | None = None
     focus: FocusConfig | None = None  # FOCUS eviction on top of delayed cache
+    first_step_decoded: float = 1.0  # FOCUS running mean before a block's first step (focus_state.first_step_decoded)
     stats: RunStats | None = None  # dllm_track
     timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
     attention_rows: object = None  # sparse_step.AttentionRows while the deep layers are built/run
@@ -126,7 +127,7 @@ class DelayedCacheRuntime:
                                   needs_warmup=state.needs_warmup,
                                   seq_valid=torch.ones_like(state.needs_warmup),
                                   progress=fstate.progress,
-                                  avg_decoded=fstate.avg_decoded())
+                                  avg_decoded=fstate.avg_decoded(self.first_step_decoded))
         self.shadow_seq = None
         if self.focus is not None and self.focus.auto is not None:
             self._auto_inputs(batch_inputs)
