@@ -27,6 +27,8 @@ L = 8
                           ('sdar', 'fast', 'sequential', False),
                           ('sdar', 'exact', 'low_confidence_static', True),
                           ('sdar', 'fast', 'sequential', True),
+                          ('sdar', 'exact', 'low_confidence_dynamic', True),
+                          ('sdar', 'fast', 'low_confidence_dynamic', False),
                           ('llada2', 'exact', 'low_confidence_static', False),
                           ('llada2', 'fast', 'sequential', True),
                           ('sdar_moe', 'exact', 'low_confidence_static', False)])

@@ -118,18 +118,23 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     return runtime, results, evicted_steps
 
 
-@pytest.mark.parametrize('family, policy, commit_mode, padded', [('sdar', 'importance', 'exact', False),
-                                                                      ('sdar', 'importance', 'fast', False),
-                                                                      ('sdar', 'leftmost', 'exact', False),
-                                                                      ('sdar', 'leftmost', 'fast', False),
-                                                                      ('sdar', 'importance', 'exact', True),
-                                                                      ('sdar', 'leftmost', 'fast', True),
-                                                                      ('llada2', 'importance', 'exact', False),
-                                                                      ('llada2', 'leftmost', 'fast', True),
-                                                                      ('sdar_moe', 'importance', 'exact', False)])
-def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mode, padded):
-    runtime, results, evicted_steps = _replay(policy, False, commit_mode, 'low_confidence_static',
-                                              padded=padded, family=family)
+STATIC, DYNAMIC = 'low_confidence_static', 'low_confidence_dynamic'
+
+
+@pytest.mark.parametrize('family, policy, commit_mode, padded, strategy',
+                         [('sdar', 'importance', 'exact', False, STATIC),
+                          ('sdar', 'importance', 'fast', False, STATIC),
+                          ('sdar', 'leftmost', 'exact', False, STATIC),
+                          ('sdar', 'leftmost', 'fast', False, STATIC),
+                          ('sdar', 'importance', 'exact', True, STATIC),
+                          ('sdar', 'leftmost', 'fast', True, STATIC),
+                          ('sdar', 'importance', 'exact', True, DYNAMIC),
+                          ('sdar', 'leftmost', 'fast', True, DYNAMIC),
+                          ('llada2', 'importance', 'exact', False, STATIC),
+                          ('llada2', 'leftmost', 'fast', True, STATIC),
+                          ('sdar_moe', 'importance', 'exact', False, STATIC)])
+def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mode, padded, strategy):
+    runtime, results, evicted_steps = _replay(policy, False, commit_mode, strategy, padded=padded, family=family)
     assert evicted_steps > 0, 'the replay never evicted anything: the test would not exercise FOCUS'
     stats = runtime.stats.read()
     processed = sum(sum(r.processed_per_step) for r in results)
