@@ -623,6 +623,26 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
     assert all(not c.eager_mode and c.fast_exit and c.output_len == 256 for c in cmds)
     assert _row_bucket_switches(out) == [None] * 5 + ['64', None]
 
+def test_suite_llada2_phase_measures_the_llada2_table_without_the_sdar_checkpoint(tmp_path):
+    out, cmds = _suite(tmp_path, 'llada2')
+    assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
+        ('stock-static', None), ('focus-importance-static', 'importance'), ('focus-leftmost-static', 'leftmost')]
+    assert {os.path.basename(c.model_path) for c in cmds} == {'LLaDA2.0-mini-b32'}
+    assert all(c.concurrency == [64, 256] and (c.dllm_block_length, c.dllm_denoising_steps) == (32, 8) for c in cmds)
+    assert all(not c.eager_mode and c.fast_exit and (c.input_len, c.output_len) == (256, 256) for c in cmds)
+    assert '--arch llada2-mini' in out and '--arch sdar-8b' not in out
+
+
+def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_path):
+    out, cmds = _suite(tmp_path, 'fast_commit')
+    assert [(c.arm, c.dllm_focus_policy, c.dllm_option) for c in cmds] == [
+        ('stock-static', None, []), ('focus-leftmost-static', 'leftmost', []),
+        ('focus-leftmost-static-fast-commit', 'leftmost', [('delayed_cache_commit', 'fast')]),
+        ('focus-importance-static-fast-commit', 'importance', [('delayed_cache_commit', 'fast')])]
+    assert all(c.concurrency == [64, 256] and not c.eager_mode and c.output_len == 256 for c in cmds)
+    assert 'skipped' not in out
+
+
 # ---------------------------------------------------------------- plot_results: merging result directories
 def _plot_results():
     sys.path.insert(0, BENCH)

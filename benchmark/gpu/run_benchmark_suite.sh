@@ -20,6 +20,11 @@
 #        'front_buckets' = FOCUS's front on a row bucket P̂ (default) vs on all B̂·L rows
 #                   (LMDEPLOY_FOCUS_FRONT_BUCKETS=1), importance a1.5, out 256, bs 64/256: dynamic with the
 #                   default front, stock dynamic, dynamic with the old front, then static default vs old.
+#        'llada2' = the random LLaDA2.0-mini shape (b32, static 4 tok/step, in 256 / out 256, bs 64/256): stock,
+#                   FOCUS importance a1.5, FOCUS leftmost a1.5 (issue 14's LLaDA2 table at the current code).
+#        'fast_commit' = SDAR-8B-b32, static 4 tok/step, bs 64/256: stock, FOCUS leftmost a1.5 with the exact
+#                   and with the fast commit, FOCUS importance a1.5 with the fast commit (issue 14 item 4's
+#                   what-if, same-run stock).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -37,7 +42,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -68,8 +73,7 @@ random_checkpoint() {
     && { [[ $DRY == 1 ]] || touch "$2/.suite_complete"; }
 }
 SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
-random_checkpoint sdar-8b "$SDAR"
-stamp "sdar checkpoint"
+if [[ $PHASE != llada2 ]]; then random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"; fi
 
 export RESULTS_DIR="$RES" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="32 64 128 256"
 COST="--prompts-per-slot 1 --input-len 256 --ignore-eos"
@@ -134,6 +138,33 @@ if [[ $PHASE == graphs ]]; then
   step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
     EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  exit 0
+fi
+
+if [[ $PHASE == llada2 ]]; then
+  # issue 14's LLaDA2 bars (>= 1.0x stock at bs 64, >= 1.3x at bs 256), graphs on every arm
+  LLADA2=/tmp/ckpt/LLaDA2.0-mini-b32
+  random_checkpoint llada2-mini "$LLADA2"; stamp "llada2 checkpoint"
+  S=("${STATIC[@]}" BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  step 120 "stock static" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$LLADA2"
+  step 110 "focus-importance static" "${S[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  step 110 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  exit 0
+fi
+
+if [[ $PHASE == fast_commit ]]; then
+  # issue 14 item 4: what the exact commit's whole-block pass costs, leftmost and importance, same-run stock
+  S=("${STATIC[@]}" BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  FAST=(EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast")
+  step 110 "stock static" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 80 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 80 "focus-leftmost static, fast commit" "${S[@]}" "${FAST[@]}" ARM_TAG=-static-fast-commit FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 80 "focus-importance static, fast commit" "${S[@]}" "${FAST[@]}" ARM_TAG=-static-fast-commit \
+    FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi
 
