@@ -41,4 +41,26 @@ def test_phase_timer_is_off_by_default_and_reads_empty(monkeypatch):
     timer = PhaseTimer()
     timer.start(), timer.finish()  # on CPU no events are recorded, so nothing is counted
     assert timer.read()['steps'] == (1 if torch.cuda.is_available() else 0)
-    assert set(timer.read()['mean_ms']) == set(PHASES)
+    assert set(timer.read()['mean_ms']) == set(PHASES) == set(timer.read()['median_ms'])
+
+
+def test_phase_timer_median_host_gap_ignores_the_prefill_outliers():
+    import random
+
+    from lmdeploy_focus.strategies.dllm.phase_timer import PHASES, PhaseTimer
+    timer = PhaseTimer()
+    rng = random.Random()
+    steps = [{p: rng.uniform(0.1, 5.0) for p in PHASES if p != 'host_gap'} for _ in range(9)]
+    gaps = [None, 2.0, 2.5, 80.0, 1.5, 3.0, 90.0, 2.2, 2.8]  # first step: no gap; two prefill-sized gaps
+    for ms, gap in zip(steps, gaps):
+        timer.record_step(ms, gap)
+    got = timer.read(reset=True)
+    assert got['steps'] == 9
+    measured = sorted(g for g in gaps if g is not None)
+    assert got['median_ms']['host_gap'] == (measured[3] + measured[4]) / 2 < 3.0  # the 80 / 90 ms gaps do not move it
+    assert abs(got['mean_ms']['host_gap'] - sum(measured) / 8) < 1e-9
+    for p in PHASES:
+        if p != 'host_gap':
+            assert abs(got['mean_ms'][p] - sum(s[p] for s in steps) / 9) < 1e-9
+            assert got['median_ms'][p] == sorted(s[p] for s in steps)[4]
+    assert timer.read()['steps'] == 0 and timer.read()['median_ms']['front'] == 0.0

@@ -9,12 +9,14 @@ step; never on by default). Phases, in step order::
     row_count_read   GPU idle while the host reads the row counts and launches the deep part
     deep_layers      layer 1 attention + MLP for the kept rows, layers 2..N-1, final norm (without
                      FOCUS: every layer on the processed rows)
-    lm_head          LM head on the rows that need logits + scatter to B*L
-    sampling         upstream's logits processing and sampling over B*L rows
+    lm_head          LM head on the rows that need logits (FOCUS: kept rows still masked)
+    sampling         logits processing and sampling of those rows
     unmasking        guarded unmasking + bookkeeping
     host_gap         from the end of one step to the start of the next (scheduler, inputs, launch)
 
-Read with :func:`lmdeploy_focus.stats.read_phase_timing`.
+Read with :func:`lmdeploy_focus.stats.read_phase_timing`: per phase the mean and the median over the
+steps. The mean of ``host_gap`` includes the prefill forwards the engine interleaves between decode
+steps; its median is the steady-state host work between two decode steps.
 """
 import os
 import threading
@@ -37,12 +39,16 @@ def phase_timing_requested() -> bool:
 class PhaseTimer:
 
     def __init__(self):
-        self.totals_ms = dict.fromkeys(PHASES, 0.0)
-        self.steps = 0
+        self._per_step: list[dict[str, float]] = []  # ms per phase of each finished step
         self._marks: list[tuple[str, torch.cuda.Event]] = []
+        self._gap_ms: float | None = None
         self._last_end: float | None = None
         with _LOCK:
             _LIVE.add(self)
+
+    @property
+    def steps(self) -> int:
+        return len(self._per_step)
 
     def mark(self, boundary: str) -> None:
         """Record the end of phase ``boundary`` (or 'start') on the current stream."""
@@ -54,8 +60,7 @@ class PhaseTimer:
 
     def start(self) -> None:
         now = time.perf_counter()
-        if self._last_end is not None:
-            self.totals_ms['host_gap'] += (now - self._last_end) * 1e3
+        self._gap_ms = None if self._last_end is None else (now - self._last_end) * 1e3
         self._marks = []
         self.mark('start')
 
@@ -64,18 +69,35 @@ class PhaseTimer:
             return
         self.mark('unmasking')
         self._marks[-1][1].synchronize()
+        ms = dict.fromkeys(PHASES, 0.0)
         for (_, before), (name, after) in zip(self._marks, self._marks[1:]):
-            self.totals_ms[name] += before.elapsed_time(after)
-        self.steps += 1
+            ms[name] += before.elapsed_time(after)
+        self.record_step(ms, self._gap_ms)
         self._marks = []
         self._last_end = time.perf_counter()
 
+    def record_step(self, phase_ms: dict[str, float], host_gap_ms: float | None) -> None:
+        """One finished step: GPU ms per phase, and the host gap before it (None for the first step)."""
+        self._per_step.append({**phase_ms, 'host_gap': host_gap_ms})
+
     def read(self, reset: bool = False) -> dict:
-        result = dict(steps=self.steps, mean_ms={k: v / max(self.steps, 1) for k, v in self.totals_ms.items()})
+        mean_ms, median_ms = {}, {}
+        for phase in PHASES:
+            values = sorted(step[phase] for step in self._per_step if step[phase] is not None)
+            mean_ms[phase] = sum(values) / len(values) if values else 0.0
+            median_ms[phase] = _median(values)
+        result = dict(steps=self.steps, mean_ms=mean_ms, median_ms=median_ms)
         if reset:
-            self.totals_ms = dict.fromkeys(PHASES, 0.0)
-            self.steps = 0
+            self._per_step = []
         return result
+
+
+def _median(sorted_values: list[float]) -> float:
+    n = len(sorted_values)
+    if n == 0:
+        return 0.0
+    mid = n // 2
+    return sorted_values[mid] if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2
 
 
 def live_phase_timers() -> list[PhaseTimer]:
