@@ -1,6 +1,6 @@
 """Measured speed-up ÷ FLOP-ideal speed-up of FOCUS records against the stock record of the same run.
 
-    python benchmark/flop_ideal.py RESULTS_DIR_OR_JSON... [--layers 36] [--head-layers 3.2]
+    python benchmark/flop_ideal.py RESULTS_DIR_OR_JSON... [--layers 36] [--head-layers 3.2] [--ridge-rows R]
 
 The ideal is the ratio of row-layers per generated token (issue 14), from each record's dllm_metrics:
 stock = processed rows × (layers + head); FOCUS = layer-0 rows × 2 + deep rows × (layers − 2) + kept
@@ -10,6 +10,11 @@ over the context is left out, so this is a weights-FLOP ideal. Graph padding cou
 it should. Prints one line per FOCUS record: the ideal, the end-to-end ratio (output tok/s) and the
 decode-phase ratio (TPOT), each ÷ the ideal. The stock reference is plot_results' (same source
 directory, model, batch size and settings).
+
+``--ridge-rows R`` (default 0: the issue's pure FLOP ideal) makes it a roofline ideal: a GEMM over M rows
+costs max(M, R) rows, since below the GPU's ridge point it is paced by reading its weights, not by its
+FLOPs (H100 bf16: ≈ 989 TFLOP/s ÷ 3.35 TB/s ≈ 295 rows). M is a phase's mean rows per engine step: the
+record's rows per sequence step (tokens ÷ ``decode_steps``) × the batch size (one wave of requests).
 """
 import argparse
 import os
@@ -19,15 +24,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plot_results import arm_base, load_results, stock_reference  # noqa: E402
 
 
-def row_layers_per_token(r, layers: int, head: float) -> float:
+def row_layers_per_token(r, layers: int, head: float, ridge_rows: float = 0.0) -> float:
     dm = r['dllm_metrics']
     gen = dm['generated_tokens']
+    steps = dm.get('decode_steps') if ridge_rows else None
+    if ridge_rows and not steps:
+        raise ValueError(f"record {r['arm']} bs {r['concurrency']} has no decode_steps: --ridge-rows needs them")
+
+    def cost(tokens: float) -> float:  # a phase's row-layers, each engine step's GEMM at least ridge_rows
+        if not ridge_rows:
+            return tokens
+        return steps * max(tokens / steps * r['concurrency'], ridge_rows) / r['concurrency']
+
     if arm_base(r['arm']) == 'stock':
-        return dm['processed_tokens'] / gen * (layers + head)
-    return (dm['layer0_tokens'] * 2 + dm['deep_tokens'] * (layers - 2) + dm['kept_candidates'] * head) / gen
+        return cost(dm['processed_tokens']) * (layers + head) / gen
+    return (cost(dm['layer0_tokens']) * 2 + cost(dm['deep_tokens']) * (layers - 2)
+            + cost(dm['kept_candidates']) * head) / gen
 
 
-def ideal_rows(results, layers: int = 36, head: float = 3.2) -> list[dict]:
+def ideal_rows(results, layers: int = 36, head: float = 3.2, ridge_rows: float = 0.0) -> list[dict]:
     """One dict per FOCUS record that has a same-run stock reference."""
     rows = []
     for r in results:
@@ -36,7 +51,7 @@ def ideal_rows(results, layers: int = 36, head: float = 3.2) -> list[dict]:
         s = stock_reference(r, results)
         if s is None:
             continue
-        ideal = row_layers_per_token(s, layers, head) / row_layers_per_token(r, layers, head)
+        ideal = row_layers_per_token(s, layers, head, ridge_rows) / row_layers_per_token(r, layers, head, ridge_rows)
         speedup = r['metrics']['output_tok_per_s'] / s['metrics']['output_tok_per_s']
         decode = s['metrics']['tpot_ms']['mean'] / r['metrics']['tpot_ms']['mean']
         rows.append({'arm': r['arm'], 'model': os.path.basename(str(r['model']).rstrip('/')),
@@ -51,10 +66,18 @@ def main(argv=None):
     p.add_argument('paths', nargs='+', help='JSON files or directories (searched recursively)')
     p.add_argument('--layers', type=int, default=36, help='decoder layers of the model (SDAR-8B: 36)')
     p.add_argument('--head-layers', type=float, default=3.2, help='LM head cost in layers (SDAR-8B: 3.2)')
+    p.add_argument('--ridge-rows', type=float, default=0.0,
+                   help='roofline: a GEMM over fewer rows per engine step costs this many (H100 bf16: ~295; '
+                        'default 0, the pure FLOP ideal)')
     args = p.parse_args(argv)
     if args.layers < 3:
         raise SystemExit('flop_ideal: error: --layers must be at least 3 (FOCUS evicts after layer 1)')
-    rows = ideal_rows(load_results(args.paths), args.layers, args.head_layers)
+    if args.ridge_rows < 0:
+        raise SystemExit('flop_ideal: error: --ridge-rows must be 0 or more')
+    try:
+        rows = ideal_rows(load_results(args.paths), args.layers, args.head_layers, args.ridge_rows)
+    except ValueError as e:
+        raise SystemExit(f'flop_ideal: error: {e}')
     if not rows:
         raise SystemExit('flop_ideal: error: no FOCUS record with a same-run stock record')
     print('| source | arm | bs | ideal | speed-up | ÷ ideal | decode speed-up | ÷ ideal |')

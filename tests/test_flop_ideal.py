@@ -59,3 +59,34 @@ def test_cli_refuses_a_run_without_stock(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(BENCH, 'flop_ideal.py'), str(tmp_path)],
                        capture_output=True, text=True)
     assert p.returncode != 0 and 'no FOCUS record with a same-run stock record' in p.stderr
+
+
+def test_ridge_rows_floors_each_phase_at_the_ridge_per_engine_step(tmp_path):
+    rng = random.Random()
+    layers, head, bs = rng.randint(4, 40), rng.uniform(0.5, 4.0), rng.choice([16, 32, 64])
+    gen, steps_s, steps_f = rng.randint(500, 2000), rng.randint(100, 400), rng.randint(100, 400)
+    stock_rows, l0, deep, kept = (rng.randint(gen, 40 * gen) for _ in range(4))
+    ridge = rng.uniform(50, 2000)
+    stock = _record('stock-x', 1000.0, 50.0, {'generated_tokens': gen, 'processed_tokens': stock_rows,
+                                              'decode_steps': steps_s}, bs=bs)
+    focus = _record('focus-leftmost-x', 2000.0, 25.0, {'generated_tokens': gen, 'layer0_tokens': l0, 'deep_tokens': deep,
+                                                         'kept_candidates': kept, 'decode_steps': steps_f}, bs=bs)
+    for name, r in (('s.json', stock), ('f.json', focus)):
+        (tmp_path / name).write_text(json.dumps(r))
+    fi = _flop_ideal()
+    results = fi.load_results([str(tmp_path)])
+
+    def floor(tokens, steps):  # row-layers with each engine step's rows (tokens / steps * bs) at least the ridge
+        return steps / bs * max(tokens / steps * bs, ridge)
+
+    want = (floor(stock_rows, steps_s) * (layers + head)
+            / (floor(l0, steps_f) * 2 + floor(deep, steps_f) * (layers - 2) + floor(kept, steps_f) * head))
+    [row] = fi.ideal_rows(results, layers, head, ridge)
+    assert row['ideal'] == pytest.approx(want) and row['measured_over_ideal'] == pytest.approx(2.0 / want)
+    [plain] = fi.ideal_rows(results, layers, head, 0.0)
+    assert plain['ideal'] == pytest.approx(stock_rows * (layers + head) / (l0 * 2 + deep * (layers - 2) + kept * head))
+    # a record without decode_steps cannot be floored: a clear error, not a silent FLOP ideal
+    del focus['dllm_metrics']['decode_steps']
+    (tmp_path / 'f.json').write_text(json.dumps(focus))
+    with pytest.raises(ValueError, match='decode_steps'):
+        fi.ideal_rows(fi.load_results([str(tmp_path)]), layers, head, ridge)
