@@ -60,7 +60,7 @@ def equivalence(args, block_length):
 
 
 def phase_breakdown(args, arm, batch_size):
-    """Mean GPU ms per phase of a decode step (LMDEPLOY_FOCUS_PHASE_TIMING: CUDA events, one extra sync
+    """Mean and median GPU ms per phase of a decode step (LMDEPLOY_FOCUS_PHASE_TIMING: CUDA events, one extra sync
     per step while profiling), over one generation of 64 tokens at ``batch_size``."""
     import os
     os.environ['LMDEPLOY_FOCUS_PHASE_TIMING'] = '1'

@@ -42,5 +42,5 @@ def read_run_report(reset: bool = True) -> dict[str, float | None] | None:
 
 
 def read_phase_timing(reset: bool = True) -> list[dict]:
-    """Mean GPU ms per decode-step phase of each engine with ``LMDEPLOY_FOCUS_PHASE_TIMING=1``."""
+    """Mean and median ms per decode-step phase of each engine with ``LMDEPLOY_FOCUS_PHASE_TIMING=1``."""
     return [timer.read(reset=reset) for timer in live_phase_timers()]
