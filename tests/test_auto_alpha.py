@@ -114,10 +114,14 @@ def test_auto_option_validation_and_resolution():
     assert FocusOptions(focus_alpha='auto').auto_alpha
     with pytest.raises(ValueError, match='auto'):
         FocusOptions(focus_alpha='automatic')
+    with pytest.raises(ValueError, match='dllm_focus_alpha must be <= 10000'):
+        FocusOptions(focus_alpha=1e39)  # would overflow float32 in the target count
+    assert FocusOptions(focus_alpha=10_000).focus_alpha == 10_000.0
     with pytest.raises(ValueError, match='shadow_every'):
         FocusOptions(focus_auto_shadow_every=0)
     for field, bad in [('focus_auto_target_recall', 0.0), ('focus_auto_target_recall', 1.2),
                        ('focus_auto_alpha_max', 0.5), ('focus_auto_alpha_max', 1.0), ('focus_auto_alpha_max', float('inf')),
+                       ('focus_auto_alpha_max', 1e39),
                        ('focus_auto_margin', -0.1), ('focus_auto_margin', 0.5), ('focus_auto_margin', True),
                        ('focus_auto_target_recall', '0.9')]:
         with pytest.raises(ValueError, match=f'dllm_{field}'):

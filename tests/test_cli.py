@@ -104,6 +104,7 @@ def test_api_server_without_flags_is_stock(sdar_dir):
 
 @pytest.mark.parametrize('flags, message', [
     (['--focus', '--dllm-focus-alpha', '0.5'], 'dllm_focus_alpha must be >= 1.0'),
+    (['--focus', '--dllm-focus-alpha', '1e39'], 'dllm_focus_alpha must be <= 10000'),
     (['--focus', '--dllm-focus-alpha', 'abc'], 'argument --dllm-focus-alpha'),
 ])
 def test_bad_alpha_is_a_usage_error(sdar_dir, flags, message):

@@ -96,6 +96,35 @@ def test_block_length_must_be_a_positive_integer(block_length, flags):
         PytorchEngineConfig(dllm_block_length=block_length, **flags)
 
 
+@pytest.mark.parametrize('field, value, fix', [
+    ('dllm_denoising_steps', 0, '--dllm-denoising-steps 8'), ('dllm_denoising_steps', -4, '--dllm-denoising-steps 8'),
+    ('dllm_denoising_steps', 2.5, '--dllm-denoising-steps 8'), ('dllm_denoising_steps', True, '--dllm-denoising-steps 8'),
+    ('dllm_confidence_threshold', float('nan'), '--dllm-confidence-threshold 0.9'),
+    ('dllm_confidence_threshold', float('inf'), '--dllm-confidence-threshold 0.9'),
+    ('dllm_confidence_threshold', 90, '--dllm-confidence-threshold 0.9'),
+    ('dllm_confidence_threshold', -0.1, '--dllm-confidence-threshold 0.9'),
+    ('dllm_confidence_threshold', '0.9', '--dllm-confidence-threshold 0.9'),
+])
+def test_unmasking_settings_that_would_kill_or_hang_the_engine_are_refused(field, value, fix):
+    # denoising steps 0: ZeroDivisionError in upstream's unmasker at the first decode step (the engine loop
+    # dies); threshold NaN: nothing is ever unmasked (every request hangs)
+    with pytest.raises(ValueError, match=rf'^{field} must be .*{fix}'):
+        PytorchEngineConfig(**{field: value})
+
+
+def test_unmasking_settings_are_checked_again_where_the_engine_builds_its_strategies():
+    # lmdeploy chat sets parsed options on a default config after construction; the factory sees them
+    from lmdeploy.pytorch.config import DLLMConfig
+
+    from lmdeploy_focus.strategies.dllm.factory import FocusDLLMStrategyFactory
+    for bad in (dict(denoising_steps=0), dict(confidence_threshold=float('nan'))):
+        with pytest.raises(ValueError, match='^dllm_(denoising_steps|confidence_threshold) must be'):
+            FocusDLLMStrategyFactory(model_config=None, dllm_config=DLLMConfig(block_length=32, **bad))
+    for good in (dict(denoising_steps=None), dict(denoising_steps=64, confidence_threshold=0.0),
+                 dict(confidence_threshold=1.0)):
+        PytorchEngineConfig(**{f'dllm_{k}': v for k, v in good.items()})
+
+
 @pytest.mark.parametrize('block_length, page', [(16, 64), (32, 64), (64, 64), (32, 32), (4, 64), (128, 128)])
 def test_supported_block_and_page_combinations(block_length, page):
     cfg = PytorchEngineConfig(dllm_enable_focus=True, dllm_block_length=block_length, block_size=page)

@@ -185,3 +185,44 @@ def test_joining_sequences_raise_the_carried_bound_by_a_block_each():
     step_inputs.next_rows_bound = 5  # as a decode step leaves it
     step_inputs.merge_prefill(*prefill_output(3))
     assert step_inputs.next_rows_bound == 5 + 3 * L and step_inputs.delayed_state.batch_size == 5
+
+
+def test_reference_selection_with_targets_on_a_front_cut_below_the_processed_rows():
+    """The layout of a front on ``P̂`` rows below the processed ones: the sequences past the cut keep a
+    ``q_start_loc`` at or past ``P̂`` and own no rows. The torch reference counts their candidates as 0 (as the
+    CUDA kernel does) instead of indexing past the rows, and selects as with the targets computed by hand."""
+    from lmdeploy_focus.kernels.default import focus as ref
+    from lmdeploy_focus.models.step_state.processing_set import ProcessingSet, ragged_step_metadata
+    seed = secrets.randbits(31)
+    gen = torch.Generator().manual_seed(seed)
+    B, L = 4, 8
+    mask = torch.rand(B, L, generator=gen) < 0.7
+    mask[:, 0] = True
+    proc = ProcessingSet.from_mask(mask)
+    total = int(proc.total)
+    last_start = total - int(mask[-1].sum())  # a cut at or before it leaves the last sequence no rows
+    cut = int(torch.randint(1, last_start + 1, (), generator=gen))
+    meta = ragged_step_metadata(proc, torch.zeros(B, dtype=torch.long), num_rows=cut)
+    cand = torch.rand(cut, generator=gen) < 0.6
+    owned = [(int(s), int(n)) for s, n in zip(meta.q_start_loc, meta.q_seqlens)]
+    assert sum(n for _, n in owned) == cut and any(n == 0 and s >= cut for s, n in owned), f'seed {seed}'
+    want = torch.tensor([int(cand[s:s + n].sum()) if n else 0 for s, n in owned])
+    assert torch.equal(ref.count_candidates(cand, meta.q_start_loc, meta.q_seqlens), want), f'seed {seed}'
+    delta, avg, progress = torch.rand(cut, generator=gen), torch.rand(B, generator=gen) * 3, torch.full((B, ), -1)
+    args = (delta, cand, proc.block_pos[:cut], meta.q_start_loc, meta.q_seqlens)
+    got = ref.select_kept_with_targets(*args, avg, 1.5, progress, max_q_len=L)
+    expected = ref.select_kept(*args, ref.focus_targets(want, avg, 1.5), progress, max_q_len=L)
+    assert torch.equal(got, expected), f'seed {seed}'
+
+
+def test_recorded_progress_does_not_alias_the_steps_output():
+    """Under CUDA graphs the step's progress is a view of the front graph's static output, which the next
+    replay overwrites: the recorded state keeps its own copy."""
+    B = 5
+    state = focus_state.FocusState(progress=torch.full((B, ), -1), decoded_sum=torch.zeros(B),
+                                   decoded_steps=torch.zeros(B))
+    static_out = torch.randint(0, 8, (B, ))
+    recorded = focus_state.record_step(state, static_out, torch.randint(0, 3, (B, )))
+    want = static_out.clone()
+    static_out.fill_(7)  # the next replay writes its outputs
+    assert torch.equal(recorded.progress, want)

@@ -29,6 +29,11 @@ def test_sdar_mask_token_falls_back_to_151669(sdar_dir):
     ('/m/b32', None),
     ('/m/SDAR-b0', None),
     (None, None),
+    # only the model folder's own name (or a hub cache's repo folder) says the block length
+    ('/data/exp-b2/SDAR-8B-Chat', None),
+    ('/m/SDAR-8B-Chat-b32/checkpoint-b1000', None),  # a training step, not a block length
+    ('/m/SDAR-8B-Chat-b32/snapshots/abc', None),  # not a hub cache (no models-- folder)
+    ('/hub/models--JetLM--SDAR-8B-Chat-b16/snapshots/0123abcd/', 16),
 ])
 def test_block_length_from_path(path, expected):
     assert block_length_from_path(path) == expected
@@ -42,10 +47,16 @@ def test_block_length_from_path_is_used_and_logged_when_not_given(sdar_dir, focu
     assert any('16' in m and 'path' in m for m in focus_logs.messages(logging.INFO))
 
 
-def test_explicit_block_length_wins_over_path(sdar_dir):
+def test_explicit_block_length_wins_over_path_with_a_warning(sdar_dir, focus_logs):
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny-b16'))
     factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32, denoising_steps=None))
     assert factory.dllm_block_length == 32 and model_config.dllm_block_length == 32
+    assert any('dllm_block_length=32 differs from the model\'s 16' in m for m in focus_logs.messages(logging.WARNING))
+    # the same length as the model's: no warning
+    model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny2-b16'))
+    before = len(focus_logs.messages(logging.WARNING))
+    FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=16, denoising_steps=None))
+    assert len(focus_logs.messages(logging.WARNING)) == before
 
 
 def test_llada2_is_recognised_as_a_dllm(tmp_path):

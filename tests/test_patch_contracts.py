@@ -567,7 +567,8 @@ def test_sampling_runs_on_the_rows_the_agent_strategy_picks():
             return next_token_ids, extra_inputs
 
     class RowStrategy(Strategy):
-        def sampling_rows(self, logits, sampling_inputs):
+        def sampling_rows(self, logits, sampling_inputs, logprobs_mode):
+            assert logprobs_mode == 'raw_logprobs'  # the engine's, passed on
             return logits[self.rows], SamplingInputs(max_num_logprobs=-1, logits_processors=[None] * len(self.rows),
                                                      batch_size=len(self.rows))
 
@@ -575,7 +576,7 @@ def test_sampling_runs_on_the_rows_the_agent_strategy_picks():
     for strategy in (RowStrategy(torch.tensor([4, 1])), Strategy(None)):
         agent = object.__new__(BaseModelAgent)  # no model: only what the sampling path reads
         agent.__dict__.update(agent_strategy=strategy, spec_agent=SimpleNamespace(is_enabled=lambda: False),
-                              misc_config=SimpleNamespace(logprobs_mode=None), guided_decoding_manager=None)
+                              misc_config=SimpleNamespace(logprobs_mode='raw_logprobs'), guided_decoding_manager=None)
         inputs = SamplingInputs(max_num_logprobs=-1, logits_processors=[None] * 6, batch_size=6)
         next_ids, _, _, _ = asyncio.run(agent.async_sampling_logits(logits, None, None, inputs))
         rows = strategy.rows if strategy.rows is not None else torch.arange(6)

@@ -130,7 +130,9 @@ def test_select_rows_gathers_every_per_row_field(seed):
 def test_logprobs_custom_processors_and_grammar_keep_the_dense_layout():
     plain = SamplingInputs(max_num_logprobs=-1, batch_size=4)
     assert not needs_dense_rows(plain)
-    assert needs_dense_rows(SamplingInputs(max_num_logprobs=0, batch_size=4))
+    assert needs_dense_rows(SamplingInputs(max_num_logprobs=0, batch_size=4), logprobs_mode='raw_logprobs')
+    # without an engine logprobs_mode upstream computes no logprobs: no B*L x V logits for them
+    assert not needs_dense_rows(SamplingInputs(max_num_logprobs=5, batch_size=4), logprobs_mode=None)
     assert needs_dense_rows(SamplingInputs(max_num_logprobs=-1, logits_processors=[None, [abs], None, None],
                                            batch_size=4))
     assert not needs_dense_rows(SamplingInputs(max_num_logprobs=-1, logits_processors=[None] * 4, batch_size=4))

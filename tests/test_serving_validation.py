@@ -56,6 +56,8 @@ def test_valid_requests_pass_every_endpoint():
     ('chat', dict(n=129), 'n'), ('chat', dict(top_logprobs=21), 'top_logprobs'),
     ('chat', dict(min_new_tokens=5, max_tokens=4), 'min_new_tokens'),
     ('generate', dict(top_logprobs_num=-1), 'top_logprobs_num'),
+    ('generate', dict(top_logprobs_num=21), 'top_logprobs_num'),
+    ('generate', dict(top_logprobs_num=10**6), 'top_logprobs_num'),
     ('generate', dict(max_tokens=0, logprob_start_len=-1), 'max_tokens'),
 ])
 def test_chat_and_generate_rules(endpoint, request_fields, field):
@@ -73,6 +75,7 @@ def test_input_ids_rules():
     check_input_ids([2, 3], LIMITS, max_new_tokens=98, decode=decode)
     assert 'empty' in rejected(check_input_ids, [], LIMITS).message
     assert 'whitespace' in rejected(check_input_ids, [1, 1], LIMITS, decode=decode).message
+    assert 'decodes to no text' in rejected(check_input_ids, [2], LIMITS, decode=lambda ids: '').message
     assert '[0, 320)' in rejected(check_input_ids, [2, 320], LIMITS).message
     assert '[0, 320)' in rejected(check_input_ids, [-1], LIMITS).message
     assert 'mask token' in rejected(check_input_ids, [2, 259], LIMITS).message
@@ -92,12 +95,25 @@ def test_generation_config_rules():
         (dict(bad_token_ids=[-2]), 'bad_token_ids'), (dict(stop_words=['ab']), 'stop_words'),
         (dict(logprob_start_len=0, max_new_tokens=0), 'logprob_start_len'),
         (dict(output_logits='all'), 'output_logits'),
+        (dict(top_k=321), 'top_k'), (dict(top_k=10**6), 'top_k'),  # above the vocabulary (320)
+        (dict(logprobs=21), 'logprobs'), (dict(logprobs=10**5), 'logprobs'),
+        (dict(response_format={'type': 'json_object'}), 'response_format'),
     ]
     for kwargs, field in cases:
         config = GenerationConfig(logprobs=0)
         for key, value in kwargs.items():  # past GenerationConfig's own asserts, as a mutated config would be
             setattr(config, key, value)
         assert rejected(check_generation_config, config, LIMITS, encode=one_token).param == field, kwargs
+    # the edges stay allowed: top_k = the vocabulary, 20 logprobs; guided output for autoregressive models
+    check_generation_config(GenerationConfig(top_k=320, logprobs=20), LIMITS, encode=one_token)
+    check_generation_config(GenerationConfig(response_format={'type': 'json_object'}),
+                            ModelLimits(vocab_size=320, session_len=100))
+    # a multi-token bad word points at bad_token_ids, a stop word at stop_token_ids
+    config = GenerationConfig(logprobs=0)
+    config.bad_words = ['ab']
+    assert 'use bad_token_ids' in rejected(check_generation_config, config, LIMITS, encode=one_token).message
+    config = GenerationConfig(stop_words=['ab'])
+    assert 'use stop_token_ids' in rejected(check_generation_config, config, LIMITS, encode=one_token).message
 
 
 # ---- through upstream's api_server --------------------------------------------------------------------
@@ -136,6 +152,13 @@ BAD = [
     ('/generate', dict(input_ids=[5, 6], max_tokens=4, stop_token_ids=[259]), 'stop_token_ids'),
     ('/generate', dict(input_ids=[5, 6], max_tokens=0, logprob_start_len=0, return_logprob=True),
      'logprob_start_len'),
+    # each of these killed the engine loop inside the step (torch.topk with k above the vocabulary)
+    ('/v1/completions', dict(prompt='hi', top_k=10**6), 'top_k'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], top_k=321), 'top_k'),
+    ('/generate', dict(input_ids=[5, 6], max_tokens=4, return_logprob=True, top_logprobs_num=10**6),
+     'top_logprobs_num'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}],
+                                  response_format={'type': 'json_object'}), 'response_format'),
 ]
 
 

@@ -21,6 +21,23 @@ def check_block_length(block_length) -> None:
                          f'to take it from the model.')
 
 
+def check_unmasking_settings(denoising_steps, confidence_threshold) -> None:
+    """Upstream's unmasker divides the block by ``denoising_steps`` (0: ZeroDivisionError inside the first
+    decode step, which ends the engine loop) and unmasks where the confidence reaches the threshold (NaN:
+    never, so every request hangs)."""
+    if denoising_steps is not None and (isinstance(denoising_steps, bool) or not isinstance(denoising_steps, int)
+                                        or denoising_steps < 1):
+        raise ValueError(f'dllm_denoising_steps must be a positive integer, got {denoising_steps!r}: the steps a '
+                         f'block takes under static / sequential unmasking (block length / steps tokens a step; '
+                         f'e.g. --dllm-denoising-steps 8 for 4 a step at block 32), or leave it unset (the block '
+                         f'length: one token a step).')
+    threshold = confidence_threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f'dllm_confidence_threshold must be a number in [0, 1], got {threshold!r}: the probability '
+                         f'a masked token needs to be unmasked under dynamic unmasking (e.g. '
+                         f'--dllm-confidence-threshold 0.9; 1.0: one token a step).')
+
+
 def check_block_fits_page(block_length: int, page_size: int) -> None:
     """The sparse KV fill writes a whole diffusion block inside one KV page.
 

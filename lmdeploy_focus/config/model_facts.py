@@ -11,6 +11,9 @@ LLADA2_DEFAULT_BLOCK_LENGTH = 32
 # SDAR checkpoints are published per block length: JetLM/SDAR-8B-Chat-b32. A hub cache path keeps
 # the repo name in a parent folder (models--JetLM--SDAR-8B-Chat-b32/snapshots/<hash>).
 _BLOCK_SUFFIX = re.compile(r'-b(\d+)$')
+# Only a block length a DLLM is trained with (powers of two; SDAR publishes 4..64): a folder such as
+# checkpoint-b1000 is a training step, not a block length.
+_PLAUSIBLE_BLOCKS = {2**k for k in range(1, 9)}
 
 
 def mask_token_from_hf_config(hf_config, default: int) -> int:
@@ -19,15 +22,25 @@ def mask_token_from_hf_config(hf_config, default: int) -> int:
 
 
 def block_length_from_path(model_path: str | None) -> int | None:
-    """The N of a ``-b<N>`` suffix in the model path (nearest path component first)."""
+    """The N of a ``-b<N>`` suffix of the model folder's name, or of the repo folder of a hub cache path
+    (``models--ORG--NAME-b<N>/snapshots/<rev>``); other parent folders are not the model's name."""
     if not model_path:
         return None
-    for part in reversed(PurePath(str(model_path).rstrip('/')).parts):
+    parts = PurePath(str(model_path).rstrip('/')).parts
+    names = parts[-1:]
+    if len(parts) >= 3 and parts[-2] == 'snapshots' and parts[-3].startswith('models--'):
+        names = (parts[-1], parts[-3])
+    for part in names:
         match = _BLOCK_SUFFIX.search(part)
-        if match and int(match.group(1)) > 0:
-            block_length = int(match.group(1))
-            logger.info(f'dllm block length {block_length} taken from the model path ({part}).')
-            return block_length
+        if not match:
+            continue
+        block_length = int(match.group(1))
+        if block_length not in _PLAUSIBLE_BLOCKS:
+            logger.warning(f'the model path ends in -b{block_length} ({part}), which is not a block length '
+                           f'(a power of two up to {max(_PLAUSIBLE_BLOCKS)}); ignored: pass --dllm-block-length.')
+            return None
+        logger.info(f'dllm block length {block_length} taken from the model path ({part}).')
+        return block_length
     return None
 
 

@@ -119,6 +119,11 @@ def options_doc(prefix: str = '') -> str:
     return '\n'.join(f'        {prefix}{o.name}: {o.help} (default {o.default!r}).' for o in OPTIONS)
 
 
+# α scales a count of tokens in fp32 (ceil(avg * α)); α >= the block length already keeps every token, and a
+# huge α would overflow the product (1e39 is not a float32). 10,000 is far above any block length.
+MAX_FOCUS_ALPHA = 10_000.0
+
+
 @option_fields(frozen=True)
 class FocusOptions:
     """Engine-side view of the FOCUS flags: one field per :data:`OPTIONS` row (names without ``dllm_``)."""
@@ -135,7 +140,7 @@ class FocusOptions:
             raise ValueError(f'dllm_focus_auto_shadow_every must be an integer >= 1, got {every!r}')
         self._check_number('focus_auto_target_recall', lambda r: 0.0 < r <= 1.0, 'in (0, 1]')
         # > 1: at alpha_max == 1 the controller could never qualify the selection (it needs the target below α_max)
-        self._check_number('focus_auto_alpha_max', lambda a: a > 1.0, '> 1.0')
+        self._check_number('focus_auto_alpha_max', lambda a: 1.0 < a <= MAX_FOCUS_ALPHA, f'in (1, {MAX_FOCUS_ALPHA:g}]')
         self._check_number('focus_auto_margin', lambda m: 0.0 <= m < 0.5, 'in [0, 0.5)')
         alpha = self.focus_alpha
         if alpha == AUTO_ALPHA:
@@ -145,6 +150,9 @@ class FocusOptions:
         if alpha < 1.0:
             raise ValueError(f'dllm_focus_alpha must be >= 1.0 (it scales the expected number of decodable '
                              f'tokens per step), got {alpha}')
+        if alpha > MAX_FOCUS_ALPHA:
+            raise ValueError(f'dllm_focus_alpha must be <= {MAX_FOCUS_ALPHA:g}, got {alpha}: an alpha of the block '
+                             f'length or more already keeps every token (e.g. --dllm-focus-alpha 32 at block 32)')
         object.__setattr__(self, 'focus_alpha', float(alpha))
 
     def _check_number(self, name: str, ok, rule: str) -> None:

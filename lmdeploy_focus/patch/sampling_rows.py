@@ -10,7 +10,8 @@ def apply(agent_module) -> None:
     async def async_sampling_logits(self, logits, inputs, extra_inputs, sampling_inputs):
         pick = getattr(self.agent_strategy, 'sampling_rows', None)
         if pick is not None:
-            logits, sampling_inputs = pick(logits, sampling_inputs)
+            # the engine's logprobs_mode: whether upstream computes the logprobs a request asks for
+            logits, sampling_inputs = pick(logits, sampling_inputs, self.misc_config.logprobs_mode)
         return await upstream(self, logits, inputs, extra_inputs, sampling_inputs)
 
     async_sampling_logits.__lmdeploy_focus_upstream__ = upstream

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 
 MAX_SEED = 2**63 - 1
 MAX_CHAT_N = 128  # upstream's fan-out cap (chat_completions.validation._MAX_FANOUT_N)
+# Top logprobs per token, every endpoint: chat's cap (OpenAI's), and vLLM's default max_logprobs. Above it one
+# request's host-side logprob lists stall the engine loop for its neighbours (~0.45 s a step at 100,000), and
+# above the vocabulary upstream's torch.topk raises inside the step and ends the engine loop.
+MAX_LOGPROBS = 20
 
 
 class FieldError(ValueError):
@@ -140,8 +144,8 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
             raise FieldError('top_logprobs', f'must be an integer in [0, 20], got {top_logprobs!r}')
     elif endpoint == 'generate':
         top = get('top_logprobs_num')
-        if top is not None and top < 0:
-            raise FieldError('top_logprobs_num', f'must be an integer >= 0, got {top!r}')
+        if top is not None and not (isinstance(top, int) and not isinstance(top, bool) and 0 <= top <= MAX_LOGPROBS):
+            raise FieldError('top_logprobs_num', f'must be an integer in [0, {MAX_LOGPROBS}], got {top!r}')
         if dllm and input_logprobs:
             raise FieldError('logprob_start_len', 'input logprobs are not available for diffusion models '
                              '(allowed: -1)')
@@ -165,8 +169,17 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
     if gen_config.n != 1:
         raise FieldError('n', f'only n = 1 is supported per engine request, got {gen_config.n!r}')
-    if gen_config.logprobs is not None and not (isinstance(gen_config.logprobs, int) and gen_config.logprobs >= 0):
-        raise FieldError('logprobs', f'must be an integer >= 0, got {gen_config.logprobs!r}')
+    logprobs = gen_config.logprobs
+    if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)
+                                     and 0 <= logprobs <= MAX_LOGPROBS):
+        raise FieldError('logprobs', f'must be an integer in [0, {MAX_LOGPROBS}], got {logprobs!r}')
+    top_k = gen_config.top_k
+    if limits.vocab_size is not None and isinstance(top_k, int) and top_k > limits.vocab_size:
+        # upstream's sampler takes torch.topk(logits, max top_k of the batch): k > vocab raises inside the step
+        raise FieldError('top_k', f'must be at most the vocabulary size {limits.vocab_size} (0: no top-k), got {top_k}')
+    if limits.dllm and gen_config.response_format is not None:
+        raise FieldError('response_format', 'guided output is not available for diffusion models (a block is '
+                         'decoded in parallel, a grammar matcher follows one token at a time); allowed: null')
     if limits.dllm and input_logprobs:
         raise FieldError('logprob_start_len', 'input logprobs are not available for diffusion models (allowed: -1)')
     if limits.dllm and gen_config.output_logits is not None:
@@ -188,8 +201,9 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         for word in words:
             ids = encode(word)
             if len(ids) != 1:
+                ids_field = 'stop_token_ids' if field == 'stop_words' else 'bad_token_ids'
                 raise FieldError(field, f'{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
-                                 'stop strings are supported (use stop_token_ids for others)')
+                                 f'strings are supported (use {ids_field} for others)')
 
 
 def check_construction(gen_config) -> None:
@@ -220,10 +234,16 @@ def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, deco
                          'input token')
     for token in input_ids:
         _check_token(field, token, limits, what='token id')
-    if decode is not None and decode(list(input_ids)).strip() == '':
+    text = decode(list(input_ids)) if decode is not None else None
+    if text == '':
+        raise FieldError(field, 'decodes to no text (token ids the tokenizer has no text for); a request needs '
+                         'some non-whitespace input')
+    if text is not None and text.strip() == '':
         raise FieldError(field, 'is whitespace only; a request needs some non-whitespace input')
     if limits.session_len is not None and max_new_tokens is not None:
         room = limits.session_len - len(input_ids)
         if max_new_tokens > room:
             raise FieldError('max_tokens', f'{max_new_tokens} does not fit: the prompt has {len(input_ids)} tokens '
-                             f'and the session length is {limits.session_len}, so allowed is [1, {max(room, 0)}]')
+                             f'and the session length is {limits.session_len}, so allowed is [1, {max(room, 0)}] '
+                             f'(pipeline(): GenerationConfig.max_new_tokens; lmdeploy chat: --max-new-tokens, or a '
+                             f'larger --session-len)')

@@ -95,10 +95,16 @@ def _scatter_rows(values: torch.Tensor, dense: _SequenceRows, out: torch.Tensor)
 
 
 def count_candidates(candidate, q_start_loc, q_seqlens) -> torch.Tensor:
-    """int64 [B]: candidate rows owned by each sequence (the ``num_candidates`` of the targets)."""
+    """int64 [B]: candidate rows owned by each sequence (the ``num_candidates`` of the targets).
+
+    A front on fewer rows than processed leaves the sequences past the cut with ``q_start_loc`` at or past
+    the row count and no rows: they count 0, as in the CUDA kernel (the clamp only touches those).
+    """
     prefix = torch.cat([candidate.new_zeros(1, dtype=torch.long), candidate.long().cumsum(0)])
-    start = q_start_loc.long()
-    return prefix[start + q_seqlens.long()] - prefix[start]
+    last = prefix.numel() - 1
+    start = q_start_loc.long().clamp(max=last)
+    end = (q_start_loc.long() + q_seqlens.long()).clamp(max=last)
+    return prefix[end] - prefix[start]
 
 
 def focus_targets(num_candidates: torch.Tensor, avg_decoded: torch.Tensor, alpha: float) -> torch.Tensor:

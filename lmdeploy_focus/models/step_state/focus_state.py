@@ -66,9 +66,13 @@ def newly_decoded(input_mask: torch.Tensor, next_mask: torch.Tensor, block_lengt
 
 
 def record_step(state: FocusState, progress: torch.Tensor, num_decoded: torch.Tensor) -> FocusState:
-    """After a decode step: the forward's new progress, and this step's decoded count (int [B])."""
+    """After a decode step: the forward's new progress, and this step's decoded count (int [B]).
+
+    ``progress`` is copied: under CUDA graphs it is a view of the front graph's static output, which the
+    next replay overwrites (a [B] copy; the state must not depend on when it is read).
+    """
     decoded = num_decoded.to(torch.float32)
-    return FocusState(progress=progress,
+    return FocusState(progress=progress.clone(),
                       decoded_sum=state.decoded_sum + decoded,
                       decoded_steps=state.decoded_steps + (decoded > 0).to(torch.float32))
 

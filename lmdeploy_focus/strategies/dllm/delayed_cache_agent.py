@@ -35,7 +35,7 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
             return inputs
         return super().slice_outputs(inputs, seq_length)
 
-    def sampling_rows(self, logits, sampling_inputs):
+    def sampling_rows(self, logits, sampling_inputs, logprobs_mode: str | None = None):
         """What upstream's sampler runs on this step (patch 17): the rows with logits and their sampling
         inputs, or, where the batch needs every block position (:func:`.sampling_rows.needs_dense_rows`),
         those logits at their ``B*L`` slots with the inputs unchanged."""
@@ -43,7 +43,7 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         if runtime.step is None or runtime.logit_slots is None:
             self._sampled_slots = None
             return logits, sampling_inputs
-        if self.dense_sampling or needs_dense_rows(sampling_inputs):
+        if self.dense_sampling or needs_dense_rows(sampling_inputs, logprobs_mode):
             self._sampled_slots = None
             return runtime.dense_logits(logits), sampling_inputs
         self._sampled_slots = runtime.logit_slots

@@ -1,7 +1,7 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
-from ...config.compat import check_block_fits_page
+from ...config.compat import check_block_fits_page, check_unmasking_settings
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
@@ -19,9 +19,19 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
 
     def __init__(self, model_config, dllm_config):
         given_block_length = dllm_config.block_length
+        # again here: a config whose fields were set after construction (lmdeploy chat's build_pipe) skipped
+        # PytorchEngineConfig's own check
+        check_unmasking_settings(dllm_config.denoising_steps, dllm_config.confidence_threshold)
+        model_block_length = model_config.dllm_block_length  # before upstream overwrites it with the given one
         super().__init__(model_config, dllm_config)
-        if given_block_length is None and model_config.dllm_block_length is not None:
+        if given_block_length is None and model_block_length is not None:
             logger.info(f'dllm_block_length not given: using {self.dllm_block_length} from the model config / path.')
+        elif given_block_length is not None and model_block_length is not None and given_block_length != model_block_length:
+            # allowed (the same weights can be run at another block length), but a DLLM decodes well only
+            # at the block length it was trained with
+            logger.warning(f'dllm_block_length={given_block_length} differs from the model\'s {model_block_length} '
+                           f'(its config / -b<N> path): decoding at another block length than the model was '
+                           f'trained with usually loses quality. Drop --dllm-block-length to use the model\'s.')
         self.focus_options = FocusOptions.from_hf_config(model_config.hf_config).resolved()
         options = self.focus_options
         self.run_stats = None

@@ -7,18 +7,22 @@ processors and sampler run unchanged on them: each row's temperature, penalties,
 seed and offset are its own, so the sampled ids equal the dense path's at those slots.
 
 Three features need the ``B*L`` layout and keep it (the step's row logits scattered, per step):
-logprobs (``block_logprobs`` reads every position), custom logits processors (host lists, one
-entry per row) and grammar-guided formats (dropped for DLLMs anyway, see ``upstream_fixes``).
+logprobs where the engine computes them (a ``logprobs_mode``; ``block_logprobs`` reads every position),
+custom logits processors (host lists, one entry per row) and grammar-guided formats (dropped for
+DLLMs anyway, see ``upstream_fixes``).
 """
 from dataclasses import fields, replace
 
 import torch
 
 
-def needs_dense_rows(sampling_inputs) -> bool:
-    """Whether this batch's sampling must see all ``B*L`` rows."""
+def needs_dense_rows(sampling_inputs, logprobs_mode: str | None = None) -> bool:
+    """Whether this batch's sampling must see all ``B*L`` rows. A request's logprobs count only where the
+    engine has a ``logprobs_mode`` (without one upstream computes none, and the dense logits would be a
+    ``B*L × V`` tensor for nothing)."""
     logprobs = sampling_inputs.max_num_logprobs
-    return ((logprobs is not None and logprobs >= 0) or any(sampling_inputs.logits_processors or ())
+    wants_logprobs = logprobs_mode is not None and logprobs is not None and logprobs >= 0
+    return (wants_logprobs or any(sampling_inputs.logits_processors or ())
             or any(sampling_inputs.response_formats or ()))
 
 
