@@ -172,6 +172,26 @@ def test_bad_requests_are_400_naming_the_field(server, path, body, field):
     assert client.get('/health').json()['status'] == 'healthy'
 
 
+def test_the_soak_checks_bad_requests_are_400s_naming_their_field(server):
+    """The GPU soak (checks/serving_soak) expects each of its bad requests to be a 400 naming a field: true
+    here first, on upstream's api_server over the fake backend with the tiny model's vocabulary and mask."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, 'checks'))
+    try:
+        from serving_soak import logic
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'checks'))
+    client, _ = server
+    for path, fields, field in logic.BAD_REQUESTS:
+        body = logic._fill(dict(fields), mask=259, vocab=320)
+        response = client.post(path, json={'model': 'm', **body})
+        assert response.status_code == 400, (path, body, response.text)
+        error = response.json()
+        assert field in (error.get('param'), error.get('message', '').split(':')[0]) or field in error.get('message', ''), \
+            (path, body, error)
+    assert client.get('/health').json()['status'] == 'healthy'
+
+
 def test_good_requests_still_served(server):
     client, app = server
     r = client.post('/v1/completions', json={'model': 'm', 'prompt': 'hello', 'max_tokens': 3})

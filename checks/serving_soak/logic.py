@@ -11,7 +11,8 @@ PROMPTS = ['The capital of France is', 'Write a short story about a robot.', 'Li
            'The quick brown fox']
 
 # (path, body fields, the field the 400 must name): every rule of lmdeploy_focus.serving.validation that an
-# HTTP client can reach; ``MASK`` / ``VOCAB`` are replaced by the model's mask token / vocabulary size.
+# HTTP client can reach; ``MASK`` / ``VOCAB`` / ``VOCAB+1`` are replaced by the model's mask token / vocabulary
+# size / one more.
 BAD_REQUESTS = [
     ('/v1/completions', dict(prompt=''), 'prompt'),
     ('/v1/completions', dict(prompt='   \n\t '), 'prompt'),
@@ -32,6 +33,13 @@ BAD_REQUESTS = [
     ('/generate', dict(input_ids=[5, 6, 'MASK'], max_tokens=8), 'prompt'),
     ('/generate', dict(input_ids=[5, 6], max_tokens=8, stop_token_ids=['VOCAB']), 'stop_token_ids'),
     ('/generate', dict(input_ids=[], max_tokens=8), 'input_ids'),  # upstream's own rule, named by upstream
+    # each of these ended the engine loop before 2026-12-06 (torch.topk past the vocabulary inside the step)
+    ('/v1/completions', dict(prompt='hi', top_k=10**6, temperature=0.8), 'top_k'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], top_k='VOCAB+1'), 'top_k'),
+    ('/generate', dict(input_ids=[5, 6], max_tokens=8, return_logprob=True, top_logprobs_num=10**6),
+     'top_logprobs_num'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}],
+                                  response_format={'type': 'json_object'}), 'response_format'),
 ]
 
 KINDS = ('completion', 'chat', 'completion_stream', 'chat_stream', 'disconnect', 'stop_string', 'stop_ids',
@@ -59,6 +67,8 @@ def _fill(value, mask: int, vocab: int):
         return mask
     if value == 'VOCAB':
         return vocab
+    if value == 'VOCAB+1':
+        return vocab + 1
     if isinstance(value, list):
         return [_fill(v, mask, vocab) for v in value]
     if isinstance(value, dict):
