@@ -117,6 +117,74 @@ def test_output_logits_on_a_diffusion_engine_fails_alone(focus_logs):
         assert [s.session_id for s in engine.scheduler.waiting] == ([1] if refused else [0, 1])
 
 
+def _send(engine, session_id, prompt, sampling_param):
+    from lmdeploy.pytorch.engine.request import RequestType
+
+    async def main():
+        sender = engine.req_manager.build_sender()
+        engine.req_manager.requests = asyncio.Queue()
+        engine.req_manager._loop_task = asyncio.get_running_loop().create_future()  # "alive"
+        (resp, ) = sender.batched_send_async([RequestType.ADD_MESSAGE], [dict(
+            token_ids=prompt, session_id=session_id, adapter_name=None, sampling_param=sampling_param)])
+        await engine.req_manager.step()
+        return resp
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize('paradigm', ['ar', 'dllm'])
+@pytest.mark.parametrize('running', [False, True])
+def test_a_second_request_on_a_busy_session_is_refused_and_leaves_the_first_untouched(focus_logs, paradigm, running):
+    """Upstream's handler rewrote the in-progress sequence's tokens and sampling parameters before raising
+    (RUNNING) or took it over silently (WAITING: the first request was never answered)."""
+    from types import SimpleNamespace
+
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import MessageStatus, SamplingParam
+    engine = make_engine()
+    engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm=paradigm))
+    engine.scheduler.add_session(0)
+    first = _send(engine, 0, [5, 6, 7], SamplingParam(max_new_tokens=8, top_k=1))
+    (seq, ) = engine.scheduler.get_session(0).sequences.values()
+    if running:
+        engine.scheduler.schedule(is_prefill=True, prealloc_size=0)
+        engine.scheduler.activate_seqs([seq])
+        assert seq.status == MessageStatus.RUNNING
+    status, tokens = seq.status, seq.num_token_ids
+    second = _send(engine, 0, [40, 41, 42, 43], SamplingParam(max_new_tokens=3, top_k=50))
+    assert second.event.is_set() and second.type == ResponseType.INTERNAL_ENGINE_ERROR
+    assert 'already has a request in progress' in second.err_msg
+    assert (seq.status, seq.num_token_ids, seq.sampling_param.max_new_tokens, seq.sampling_param.top_k) == \
+        (status, tokens, 8, 1)
+    assert seq.resp is first and not first.event.is_set()  # still the first request's, still to be answered
+    # once it has finished (or was stopped while waiting), the session takes its next turn
+    seq.state.finish() if running else seq.state.stop()
+    third = _send(engine, 0, [9, 10], SamplingParam(max_new_tokens=4))
+    assert not third.event.is_set() and seq.resp is third
+
+
+def test_a_diffusion_request_without_a_token_budget_is_refused(focus_logs):
+    """Upstream's decode inputs leave out a sequence with max_new_tokens <= 0 while the DLLM prefill added its
+    row: later sequences of the batch would decode another's row. Refused, also when the session's earlier
+    turns leave no room (upstream would clamp the budget to <= 0)."""
+    from types import SimpleNamespace
+
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import SamplingParam
+    for paradigm, refused in (('dllm', True), ('ar', False)):
+        engine = make_engine()
+        engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm=paradigm))
+        resps = add_requests(engine, [[5, 6], [7, 8], list(range(1, 257)), [3, 4]],
+                             sampling_params={0: SamplingParam(max_new_tokens=0), 1: SamplingParam(max_new_tokens=-2),
+                                              2: SamplingParam(max_new_tokens=8)})
+        for i in (0, 1, 2):
+            assert resps[i].event.is_set() == refused, (paradigm, i)
+        if refused:
+            assert 'max_new_tokens must be >= 1' in resps[0].err_msg and 'no room left' in resps[2].err_msg
+        assert not resps[3].event.is_set()  # the good neighbour is queued
+        assert [s.session_id for s in engine.scheduler.waiting] == ([3] if refused else [0, 1, 2, 3])
+
+
 def test_upstream_without_the_guard_raises_in_the_loop():
     """The defect the guard is for: upstream's handler raises out of the request loop's step."""
     engine = make_engine()

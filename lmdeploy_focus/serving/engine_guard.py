@@ -44,16 +44,60 @@ def fail_request(engine, req, exc: BaseException, response_type) -> None:
     engine._response(req.resp, response_type, err_msg=f'{type(exc).__name__}: {exc}')
 
 
+class RefusedRequest(ValueError):
+    """Refused before upstream's handler touched anything: the session's other sequences stay as they are."""
+
+
+def _in_progress(status) -> bool:
+    from lmdeploy.pytorch.messages import MessageStatus
+    return status in (MessageStatus.WAITING, MessageStatus.READY, MessageStatus.RUNNING)
+
+
+def _refuse(engine, req, exc: RefusedRequest, response_type) -> None:
+    data = req.data if isinstance(req.data, dict) else {}
+    logger.warning('request of session %s refused: %s', data.get('session_id'), exc)
+    engine._response(req.resp, response_type, err_msg=f'{type(exc).__name__}: {exc}')
+
+
 def check_engine_request(engine, req) -> None:
     """What the engine itself cannot serve, for requests that skip ``AsyncEngine`` (the raw ``Engine``
-    API): a diffusion model's decode steps return logits of the masked rows only (patch 17), so a
-    request for output logits fails alone here instead of breaking the step's output handling."""
+    API, and multi-turn sessions whose history AsyncEngine does not count):
+
+    * a second request on a session whose request is still in progress: upstream's handler rewrites the
+      running sequence's tokens and sampling parameters before it raises (RUNNING) or silently takes it over
+      (WAITING), so the first request is corrupted or never answered;
+    * a diffusion model's decode steps return logits of the masked rows only (patch 17): no output logits;
+    * a diffusion request with no token budget (``max_new_tokens <= 0``, or a session with no room left,
+      which upstream clamps to that): upstream's decode inputs leave its row out while the prefill added
+      one, so every later sequence of the batch would decode another's row.
+    """
     data = req.data if isinstance(req.data, dict) else {}
     sampling_param = data.get('sampling_param')
+    session_id = data.get('session_id')
+    scheduler = getattr(engine, 'scheduler', None)
+    session = scheduler.get_session(session_id) if scheduler is not None and session_id is not None else None
+    sequences = list(session.sequences.values()) if session is not None else []
+    busy = [seq for seq in sequences if _in_progress(seq.status)]
+    if busy:
+        raise RefusedRequest(f'session {session_id} already has a request in progress ({busy[0].status.name}): '
+                             f'send the next turn after it has finished or after stop_session({session_id})')
     model_config = getattr(engine, 'model_config', None)
-    if (getattr(sampling_param, 'out_logits', False) and model_config is not None
-            and getattr(model_config, 'model_paradigm', 'ar') == 'dllm'):
-        raise ValueError('output_logits is not available for diffusion models (allowed: None)')
+    if model_config is None or getattr(model_config, 'model_paradigm', 'ar') != 'dllm':
+        return
+    if getattr(sampling_param, 'out_logits', False):
+        raise RefusedRequest('output_logits is not available for diffusion models (allowed: None)')
+    max_new_tokens = getattr(sampling_param, 'max_new_tokens', None)
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise RefusedRequest(f'max_new_tokens must be >= 1 for diffusion models, got {max_new_tokens}')
+    max_session_len = getattr(engine, 'max_session_len', None)
+    token_ids = data.get('token_ids')
+    if max_session_len is not None and token_ids is not None:
+        # a session's earlier turns count (an upper bound: a half-decoded block a stopped turn left is trimmed)
+        history = sum(int(getattr(seq, 'num_valid_ids', 0)) for seq in sequences)
+        if history + len(token_ids) >= max_session_len:
+            raise RefusedRequest(f'session {session_id} has no room left: {history} tokens of earlier turns and '
+                                 f'{len(token_ids)} new ones of max_session_len {max_session_len}; start a new '
+                                 f'session or raise session_len')
 
 
 def isolate_add_message(upstream, response_type):
@@ -63,6 +107,10 @@ def isolate_add_message(upstream, response_type):
         for req in reqs:
             try:
                 check_engine_request(self, req)
+            except RefusedRequest as exc:
+                _refuse(self, req, exc, response_type)
+                continue
+            try:
                 upstream(self, [req], **kwargs)
             except Exception as exc:
                 fail_request(self, req, exc, response_type)
