@@ -127,9 +127,12 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
     How: upstream's handler (a per-request loop) is called one request at a time; a request whose call
     raises is answered ``INTERNAL_ENGINE_ERROR``, its queued sequence stopped, the exception logged
     with its session. ``async_loop`` keeps the exception that ended it; the health message appends it.
-    A request the engine cannot serve whatever the caller (output logits on a diffusion model, whose
-    decode steps have logits of the masked rows only) is refused the same way, for callers of the raw
-    ``Engine`` API that skip patch 10.
+    A request the engine cannot serve whatever the caller is refused before upstream's handler runs, so
+    the session's other sequences are left alone: a second request on a session whose request is still in
+    progress (upstream rewrote the running sequence before raising), and for diffusion models output logits
+    (decode steps have logits of the masked rows only) and a request with no token budget (upstream's
+    decode inputs drop its row, shifting every later sequence's); for callers of the raw ``Engine`` API
+    and multi-turn sessions, which patch 10 does not cover.
     Removed by: upstream isolating per-request failures in the request loop.
 
 12. ``lmdeploy.serve.openai.api_server``: ``create_lifespan_handler`` wrapped, ``EngineSleepingMiddleware``
