@@ -18,6 +18,9 @@ and ``K̂``), so :class:`~.step_graphs.StepGraphs` captures each in a CUDA graph
 same two functions run eagerly with ``B̂ = B``, ``P̂`` the bound and ``K̂ = K``. Rows past the valid
 ones are padding: no sequence owns them, so no kernel writes their K/V and nothing reads their
 outputs (they only cost FLOPs: ``P̂ - P`` rows in layers 0–1, ``K̂ - K`` rows in the deep layers).
+Their values are arbitrary, NaN included (the CUDA attention leaves them unwritten, the torch reference
+zeroes them): every op between them and a valid row must stay row-local (norms, projections, MLP, the
+MoE router and experts are), and nothing may check hidden states for NaN over all rows.
 
 Every tensor a step produces lives in a new :class:`FrontOutputs` (eager) or in the graph's
 static copy of it; nothing is rewritten mid-forward.

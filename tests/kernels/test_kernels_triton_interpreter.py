@@ -116,3 +116,17 @@ def test_sparse_fill_matches_the_reference_under_the_interpreter(dtype, head_dim
     out = subprocess.run([sys.executable, '-c', CHECK, str(seed), dtype, str(head_dim)],
                          capture_output=True, text=True, timeout=600, env={**os.environ, 'TRITON_INTERPRET': '1'})
     assert out.returncode == 0, f'seed {seed}: {out.stderr[-3000:]}'
+
+
+@pytest.mark.parametrize('rows_dtype, cache_dtype', [('bfloat16', 'float32'), ('float32', 'float16')])
+def test_sparse_fill_refuses_a_cache_of_another_dtype(rows_dtype, cache_dtype):
+    """Checked before the launch (so on CPU too): bf16 rows into an fp32 cache at page 64 did not compile under
+    Triton 3.6 on the H100; the engine's cache always has the model's dtype."""
+    import torch
+
+    from lmdeploy_focus.kernels.cuda.sparse_fill_kv import sparse_fill_kv_cache
+    rows = torch.zeros(1, 1, 64, dtype=getattr(torch, rows_dtype))
+    cache = torch.zeros(2, 64, 1, 64, dtype=getattr(torch, cache_dtype))
+    one = torch.ones(1, dtype=torch.int32)
+    with pytest.raises(ValueError, match='must have the same dtype'):
+        sparse_fill_kv_cache(rows, rows, cache, cache, one[:, None], one - 1, one, one.long())

@@ -126,7 +126,7 @@ def test_block_positions_match_reference(gen, block_len, page_size, head_dims):
     fill_and_check(step, gen.initial_seed())
 
 
-@pytest.mark.parametrize('dtype,cache_dtype', [(torch.float16, torch.float16), (torch.bfloat16, torch.float32),
+@pytest.mark.parametrize('dtype,cache_dtype', [(torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
                                                (torch.float32, torch.float32)])
 @pytest.mark.parametrize('page_size', [16, 64])
 def test_arbitrary_positions_match_reference(gen, page_size, dtype, cache_dtype):

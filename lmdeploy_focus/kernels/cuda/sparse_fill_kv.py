@@ -100,13 +100,18 @@ def sparse_fill_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor
         k, v: ``[num_rows, kv_heads, head_dim]`` (``v`` may have its own head_dim); sequence ``b``
             owns rows ``q_start_loc[b] : q_start_loc[b] + q_seqlens[b]``. Sequences must be packed
             in batch order (ends non-decreasing); rows owned by no sequence are ignored.
-        k_cache, v_cache: ``[num_pages, page_size, kv_heads, head_dim]``, unquantised.
+        k_cache, v_cache: ``[num_pages, page_size, kv_heads, head_dim]``, unquantised, of ``k``'s / ``v``'s dtype.
         block_offsets: ``[batch, max_pages_per_seq]`` page table.
         q_start_loc, q_seqlens: ``[batch]`` int.
         positions_in_seq: ``[num_rows]`` int, absolute position of each row in its sequence, any
             order. Two rows of one sequence with the same position: which one lands is unspecified.
     """
     reject_quantised_cache(k_cache, v_cache)
+    if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype:
+        # the engine's cache has the model's dtype; a cast on store (bf16 rows into an fp32 cache at page 64)
+        # fails to compile under Triton 3.6, and the ragged attention refuses mixed dtypes anyway
+        raise ValueError(f'k/v ({k.dtype}, {v.dtype}) and their caches ({k_cache.dtype}, {v_cache.dtype}) must have '
+                         f'the same dtype')
     num_rows, num_kv_heads, head_dim = k.shape
     head_dim_v = v.size(-1)
     page_size = k_cache.size(1)
