@@ -1,12 +1,17 @@
 """Measured speed-up ÷ FLOP-ideal speed-up of FOCUS records against the stock record of the same run.
 
-    python benchmark/flop_ideal.py RESULTS_DIR_OR_JSON... [--layers 36] [--head-layers 3.2] [--ridge-rows R]
+    python benchmark/flop_ideal.py RESULTS_DIR_OR_JSON... [--layers 36] [--head-layers 3.2] [--qkv-share 0.13]
+                                   [--ridge-rows R]
 
 The ideal is the ratio of row-layers per generated token (issue 14), from each record's dllm_metrics:
-stock = processed rows × (layers + head); FOCUS = layer-0 rows × 2 + deep rows × (layers − 2) + kept
-masked rows × head (the LM head runs on those only). ``head`` is the LM head's cost in layers
-(vocab·hidden over one layer's weights: 3.2 for SDAR-8B, whose 36 layers are the defaults). Attention
-over the context is left out, so this is a weights-FLOP ideal. Graph padding counts against FOCUS, as
+stock = processed rows × (layers + head); FOCUS = layer-0 rows × (1 + qkv) + deep rows × (layers − 1 − qkv)
++ kept masked rows × head. The front runs layer 0 and layer 1's QKV projection (its K/V write) on every
+processed row; layer 1's attention output and MLP and layers 2.. run on the kept rows; the LM head on the
+kept masked rows only. ``qkv`` is the QKV projection's share of a layer's weights (SDAR-8B: (4096 + 2·1024)
+× 4096 of 193 M = 0.13), ``head`` the LM head's cost in layers (vocab·hidden over one layer's weights: 3.2
+for SDAR-8B, whose 36 layers are the defaults). Attention over the context is left out, so this is a
+weights-FLOP ideal. (Before 2026-12-06 layer 1 was billed whole to the layer-0 rows, ``--qkv-share 1``: it
+understated the ideal by 2–3 %.) Graph padding counts against FOCUS, as
 it should. Prints one line per FOCUS record: the ideal, the end-to-end ratio (output tok/s) and the
 decode-phase ratio (TPOT), each ÷ the ideal. The stock reference is plot_results' (same source
 directory, model, batch size and settings).
@@ -24,7 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plot_results import arm_base, load_results, stock_reference  # noqa: E402
 
 
-def row_layers_per_token(r, layers: int, head: float, ridge_rows: float = 0.0) -> float:
+QKV_SHARE = 0.13  # SDAR-8B: q, k, v projections (4096 + 2 * 1024) x 4096 of a layer's 193 M weights
+
+
+def row_layers_per_token(r, layers: int, head: float, ridge_rows: float = 0.0, qkv: float = QKV_SHARE) -> float:
     dm = r['dllm_metrics']
     gen = dm['generated_tokens']
     steps = dm.get('decode_steps') if ridge_rows else None
@@ -38,11 +46,12 @@ def row_layers_per_token(r, layers: int, head: float, ridge_rows: float = 0.0) -
 
     if arm_base(r['arm']) == 'stock':
         return cost(dm['processed_tokens']) * (layers + head) / gen
-    return (cost(dm['layer0_tokens']) * 2 + cost(dm['deep_tokens']) * (layers - 2)
+    return (cost(dm['layer0_tokens']) * (1 + qkv) + cost(dm['deep_tokens']) * (layers - 1 - qkv)
             + cost(dm['kept_candidates']) * head) / gen
 
 
-def ideal_rows(results, layers: int = 36, head: float = 3.2, ridge_rows: float = 0.0) -> list[dict]:
+def ideal_rows(results, layers: int = 36, head: float = 3.2, ridge_rows: float = 0.0,
+               qkv: float = QKV_SHARE) -> list[dict]:
     """One dict per FOCUS record that has a same-run stock reference."""
     rows = []
     for r in results:
@@ -51,7 +60,8 @@ def ideal_rows(results, layers: int = 36, head: float = 3.2, ridge_rows: float =
         s = stock_reference(r, results)
         if s is None:
             continue
-        ideal = row_layers_per_token(s, layers, head, ridge_rows) / row_layers_per_token(r, layers, head, ridge_rows)
+        ideal = (row_layers_per_token(s, layers, head, ridge_rows, qkv)
+                 / row_layers_per_token(r, layers, head, ridge_rows, qkv))
         speedup = r['metrics']['output_tok_per_s'] / s['metrics']['output_tok_per_s']
         decode = s['metrics']['tpot_ms']['mean'] / r['metrics']['tpot_ms']['mean']
         rows.append({'arm': r['arm'], 'model': os.path.basename(str(r['model']).rstrip('/')),
@@ -69,13 +79,18 @@ def main(argv=None):
     p.add_argument('--ridge-rows', type=float, default=0.0,
                    help='roofline: a GEMM over fewer rows per engine step costs this many (H100 bf16: ~295; '
                         'default 0, the pure FLOP ideal)')
+    p.add_argument('--qkv-share', type=float, default=QKV_SHARE,
+                   help="the QKV projection's share of a layer's weights (SDAR-8B: 0.13); 1 bills layer 1 whole "
+                        'to the processed rows (the formula before 2026-12-06)')
     args = p.parse_args(argv)
+    if not 0 <= args.qkv_share <= 1:
+        raise SystemExit('flop_ideal: error: --qkv-share must be in [0, 1]')
     if args.layers < 3:
         raise SystemExit('flop_ideal: error: --layers must be at least 3 (FOCUS evicts after layer 1)')
     if args.ridge_rows < 0:
         raise SystemExit('flop_ideal: error: --ridge-rows must be 0 or more')
     try:
-        rows = ideal_rows(load_results(args.paths), args.layers, args.head_layers, args.ridge_rows)
+        rows = ideal_rows(load_results(args.paths), args.layers, args.head_layers, args.ridge_rows, args.qkv_share)
     except ValueError as e:
         raise SystemExit(f'flop_ideal: error: {e}')
     if not rows:

@@ -4,8 +4,10 @@ Counted per decode step (prefill excluded), summed over the batch:
 
 * ``decode_steps``: sequence-steps (each running sequence in each denoising step);
 * ``generated_tokens``: tokens unmasked (MASKED → UNMASKED);
-* ``processed_tokens``: rows forwarded through layers 0–1 (the whole block without delayed cache);
-* ``deep_tokens``: rows forwarded through layers ≥ 2 and the LM head (after FOCUS eviction);
+* ``processed_tokens``: rows through layer 0 and layer 1's QKV projection and K/V write (the whole
+  block without delayed cache);
+* ``deep_tokens``: rows through layer 1's attention and MLP and layers ≥ 2 (after FOCUS eviction; the
+  LM head then runs on those still masked, ``kept_candidates``);
 * ``candidates`` / ``kept_candidates``: masked rows of the processing sets / those FOCUS kept;
 * ``shadow_decoded``, ``shadow_selected_decoded``, ``shadow_random_expected``: over sequences whose
   candidates outnumber their target (the only ones where a selection matters), decoded tokens,
