@@ -95,6 +95,10 @@ def main(argv=None):
         raise SystemExit(f'flop_ideal: error: {e}')
     if not rows:
         raise SystemExit('flop_ideal: error: no FOCUS record with a same-run stock record')
+    other = sorted({x['model'] for x in rows if not x['model'].startswith('SDAR-8B')})
+    if other and (args.layers, args.head_layers, args.qkv_share) == (36, 3.2, QKV_SHARE):
+        print(f'flop_ideal: warning: {", ".join(other)}: the layer count, head cost and QKV share are SDAR-8B\'s '
+              f'defaults; pass --layers / --head-layers / --qkv-share for this model', file=sys.stderr)
     print('| source | arm | bs | ideal | speed-up | ÷ ideal | decode speed-up | ÷ ideal |')
     print('| --- | --- | --- | --- | --- | --- | --- | --- |')
     for x in rows:

@@ -340,8 +340,8 @@ def main(argv=None):
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SystemExit('plot_results: error: throughput.png needs matplotlib: pip install matplotlib (listed '
-                             'in requirements/runtime_cuda.txt), or pass --no-png for the tables only') from None
+            raise SystemExit('plot_results: error: throughput.png needs matplotlib: pip install matplotlib (in the '
+                             'dev extra and requirements/test_cpu.txt), or pass --no-png for the tables only') from None
     bad = [m for m in args.missing if '=' not in m]
     if bad:
         raise SystemExit(f'plot_results: error: --missing takes ARM=REASON, got {bad[0]!r}')

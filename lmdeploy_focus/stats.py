@@ -3,8 +3,8 @@
     from lmdeploy_focus.stats import read_run_stats, derived_metrics
     totals = read_run_stats(reset=True)   # None if no engine with dllm_track runs in this process
 
-Works for in-process engines (``pipeline``, the throughput driver); an ``api_server`` engine logs
-its statistics instead.
+Works for in-process engines (``pipeline``, the throughput driver); an ``api_server`` exposes them on its
+Prometheus ``/metrics`` (``lmdeploy:dllm_*``, :mod:`lmdeploy_focus.serving.metrics`).
 """
 from .strategies.dllm.phase_timer import live_phase_timers
 from .strategies.dllm.run_stats import KEYS, live_run_stats

@@ -11,7 +11,8 @@
     deep    4. FOCUS: layer 1's attention + MLP and layers 2..N-1 on the first ``K̂`` kept rows;
                delayed cache alone: every layer on the processed rows
     logits  5. the LM head on the rows whose slot is still masked (the only logits the unmasker
-               reads), scattered to ``B*L`` (``DelayedCacheRuntime.dense_logits``)
+               reads), ``[M, V]`` (``DelayedCacheRuntime.row_logits``; scattered to ``B*L`` only where a
+               request needs every position, ``dense_logits``)
 
 ``front`` and ``deep`` are functions of tensors only (no host reads, shapes fixed by ``B̂``, ``P̂``
 and ``K̂``), so :class:`~.step_graphs.StepGraphs` captures each in a CUDA graph; without graphs the

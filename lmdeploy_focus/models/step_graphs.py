@@ -12,7 +12,8 @@ concurrently), buffers that outlive a replay allocated outside the pool.
 
 Buckets: batch buckets are the sizes upstream warms up (its capture list, largest first); row
 buckets split ``B̂·L`` into :data:`ROW_BUCKETS` equal steps (multiples of 16 rows), so the deep
-layers run at most one step of padding rows (≤ 1/32 of the block; half that on average). With
+layers run at most one step of padding rows (≤ 1/32 of ``B̂·L`` where ``B̂·L ≥ 512``; below that the 16-row
+steps are coarser; half a step on average). With
 FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, one of about :data:`FRONT_BUCKETS`
 evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous
 step's counts carried (no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by

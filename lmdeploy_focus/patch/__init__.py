@@ -8,7 +8,8 @@ upstream has to be re-pointed. Each is applied when its upstream module finishes
 1. ``lmdeploy.messages.PytorchEngineConfig`` -> :class:`lmdeploy_focus.config.engine_config.PytorchEngineConfig`
    (:mod:`.engine_config`).
    Why: users pass ``PytorchEngineConfig(dllm_enable_focus=..., ...)`` as with the reference fork.
-   How: the module attribute is rebound to a dataclass subclass with the four FOCUS fields, which
+   How: the module attribute is rebound to a dataclass subclass with one ``dllm_*`` field per row of
+   ``config.options.OPTIONS``, which
    carries them to the engine process inside ``hf_overrides['dllm_focus']``; the hook runs before
    ``lmdeploy/__init__`` re-exports the name, so ``lmdeploy.PytorchEngineConfig`` is the subclass too.
    Removed by: upstream fields for delayed cache / FOCUS, or a config-extension registry.

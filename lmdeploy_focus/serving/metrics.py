@@ -66,7 +66,7 @@ CORE_COUNTERS = {
     'denoising_steps': ('decode_steps', 'DLLM denoising steps, summed over sequences (sequence-steps).'),
     'rows_layers_0_1': ('processed_tokens', 'DLLM rows forwarded through layers 0-1 in decode steps '
                         '(the whole block per step without delayed cache).'),
-    'rows_deep_layers': ('deep_tokens', 'DLLM rows forwarded through layers >= 2 and the LM head in decode '
+    'rows_deep_layers': ('deep_tokens', 'DLLM rows forwarded through layer 1\'s attention and MLP and layers >= 2 in decode '
                          'steps (after FOCUS eviction).'),
 }
 FOCUS_COUNTERS = {

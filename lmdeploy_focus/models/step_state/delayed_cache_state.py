@@ -5,7 +5,7 @@ so this state is a pair of batched tensors updated by vectorised torch ops: no l
 no host sync, shapes depend on ``(B, L)`` only. Every function returns new tensors (no in-place
 update) so a caller can keep the previous state, e.g. across CUDA-graph replays.
 
-Lifecycle, as the DLLM step-inputs subclass will drive it:
+Lifecycle, as the DLLM step-inputs subclass (``strategies/dllm/delayed_cache_step_inputs.py``) drives it:
 
 * a sequence joins after prefill → :meth:`DelayedCacheState.fresh` rows, :func:`concat`ed;
 * the batch shrinks or reorders (``ModelInputsDelta.indices``) → :func:`select`;

@@ -1,8 +1,8 @@
 """Run upstream's unmasker on processed positions only (spec §2.2).
 
-Under a sparse step the dense ``[B, L, V]`` logits hold fresh rows only at processed slots; the
-other rows are stale (last step's or never written). A MASKED slot that was not processed this
-step must not be unmasked from such a row. Delayed cache alone never leaves a masked slot out
+Under a sparse step only the processed masked slots have logits (``[M, V]``, or scattered into a zeroed
+``[B*L, V]`` where a request needs every position). A MASKED slot that was not processed this step has
+no logits and must not be unmasked. Delayed cache alone never leaves a masked slot out
 (masked positions are always uncached), but FOCUS eviction does.
 
 We hide those slots from upstream's ``UnmaskingProcessor`` (unchanged) by presenting them as

@@ -17,7 +17,7 @@ How: :class:`PaddingSafeDLLMStoppingCriteria` checks stop words with the padding
 token takes (the table other consumers read, bad-word masking, is untouched), runs upstream's length
 check alone and ends the block at the earlier of the two positions; it updates a writable copy of the
 counter. :class:`UpstreamFixesMixin` makes the agent build those criteria and hand the unmasker a
-writable mask; every agent strategy of the plugin has it first in its bases.
+writable mask; every agent strategy of the plugin has it in its bases, ahead of upstream's strategy.
 
 Removed by: distinct stop-word padding upstream, the earlier of the two stop positions, a mask and
 counter updated out of place.
