@@ -199,3 +199,30 @@ def test_cuda_problem_names_the_cause(monkeypatch):
     assert "CUDA_VISIBLE_DEVICES=''" in preflight.cuda_problem(None)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     assert preflight.cuda_problem('cuda') is None
+
+
+def test_metrics_imply_tracking_also_for_options_given_as_hf_overrides():
+    """api_server with metrics on: delayed cache / FOCUS switch --dllm-track on so /metrics carries the
+    lmdeploy:dllm_* series, whether FOCUS came as a flag or inside --hf-overrides."""
+    import argparse
+
+    from lmdeploy_focus.cli.flags import add_focus_arguments, track_for_metrics
+    parser = argparse.ArgumentParser()
+    add_focus_arguments(parser)
+
+    def parse(*flags, hf_overrides=None, disable_metrics=False):
+        args = parser.parse_args(list(flags))
+        args.hf_overrides, args.disable_metrics = hf_overrides, disable_metrics
+        return args
+
+    args = parse('--focus')
+    assert track_for_metrics(args) is True and args.dllm_track
+    args = parse(hf_overrides={'rope_theta': 5.0, 'dllm_focus': {'enable_focus': True}})
+    track_for_metrics(args)
+    assert args.hf_overrides == {'rope_theta': 5.0, 'dllm_focus': {'enable_focus': True, 'track': True}}
+    assert not args.dllm_track  # the carried options stay the one source (the flags keep their defaults)
+    for args in (parse('--focus', disable_metrics=True), parse(),
+                 parse(hf_overrides={'dllm_focus': {'enable_focus': False}})):
+        before = dict(vars(args))
+        track_for_metrics(args)
+        assert vars(args) == before  # metrics off, or nothing sparse: untouched

@@ -48,9 +48,18 @@ def track_for_metrics(args: argparse.Namespace) -> bool:
     ``lmdeploy:dllm_*`` series (:mod:`lmdeploy_focus.serving.metrics`). Returns whether it turned it on."""
     if args.dllm_track or getattr(args, 'disable_metrics', True):
         return False
-    if not options_from_args(args).uses_sparse_decode:
-        return False
-    args.dllm_track = True
+    if options_from_args(args).uses_sparse_decode:
+        args.dllm_track = True
+    else:
+        # the options given as --hf-overrides '{"dllm_focus": {...}}' (the flags left at their defaults)
+        overrides = getattr(args, 'hf_overrides', None) or {}
+        carried = overrides.get(OPTIONS_KEY) if isinstance(overrides, dict) else None
+        if carried is None:
+            return False
+        options = FocusOptions.from_dict(carried).resolved()
+        if options.track or not options.uses_sparse_decode:
+            return False
+        args.hf_overrides = {**overrides, OPTIONS_KEY: {**carried, 'track': True}}
     log_once('Delayed cache / FOCUS with metrics on: --dllm-track enabled for the lmdeploy:dllm_* series on '
              '/metrics (--disable-metrics serves without both).')
     return True
