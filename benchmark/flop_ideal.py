@@ -14,7 +14,8 @@ weights-FLOP ideal. (Before 2026-12-06 layer 1 was billed whole to the layer-0 r
 understated the ideal by 2–3 %.) Graph padding counts against FOCUS, as
 it should. Prints one line per FOCUS record: the ideal, the end-to-end ratio (output tok/s) and the
 decode-phase ratio (TPOT), each ÷ the ideal. The stock reference is plot_results' (same source
-directory, model, batch size and settings).
+directory, model, batch size and settings): every record under one path argument counts as one run, so
+pass each run's folder, never a parent of several runs (their stocks would mix).
 
 ``--ridge-rows R`` (default 0: the issue's pure FLOP ideal) makes it a roofline ideal: a GEMM over M rows
 costs max(M, R) rows, since below the GPU's ridge point it is paced by reading its weights, not by its
