@@ -7,7 +7,8 @@ from .version import __version__
 
 
 def activate() -> bool:
-    """Activate the plugin in this process (needed only when it was not installed with its .pth)."""
+    """Activate the plugin in this process (needed only when it was not installed with its .pth); call it
+    before importing lmdeploy, or names upstream modules already imported stay unpatched (it warns)."""
     from ._bootstrap import install
     return install()
 

@@ -68,8 +68,10 @@ def _on_import(module):
         on_module_loaded(module)
     except Exception:  # never break the user's import of lmdeploy
         import logging
-        logging.getLogger('lmdeploy.focus').exception('lmdeploy-focus failed to patch %s; the plugin is inactive',
-                                                     module.__name__)
+        logging.getLogger('lmdeploy.focus').exception(
+            'lmdeploy-focus failed to patch %s: delayed cache / FOCUS options will be refused (the other patches '
+            'stay applied); reinstall lmdeploy==0.18.0 and lmdeploy-focus, or set LMDEPLOY_FOCUS_DISABLE=1 before '
+            'Python starts for stock LMDeploy', module.__name__)
 
 
 _finder = None
@@ -84,10 +86,16 @@ def install():
         from lmdeploy_focus.patch.targets import WATCHED_MODULES
         _finder = PostImportFinder(WATCHED_MODULES, _on_import)
         sys.meta_path.insert(0, _finder)
-        for name in WATCHED_MODULES:
-            module = sys.modules.get(name)
-            if module is not None and getattr(module, '__spec__', None) is not None:
-                _on_import(module)
+        late = [name for name in WATCHED_MODULES if getattr(sys.modules.get(name), '__spec__', None) is not None]
+        if late:
+            # upstream modules loaded before us may hold the unpatched names they imported (from ... import)
+            import logging
+            logging.getLogger('lmdeploy.focus').warning(
+                'lmdeploy-focus activated after lmdeploy was imported (%s): names other lmdeploy modules already '
+                'imported stay unpatched; install the plugin with pip (its .pth activates it at start-up) or call '
+                'lmdeploy_focus.activate() before importing lmdeploy', ', '.join(late[:3]) + (', ...' if len(late) > 3 else ''))
+        for name in late:
+            _on_import(sys.modules[name])
     return True
 
 

@@ -104,3 +104,35 @@ print('STATE' + json.dumps([dllm.DLLMStrategyFactory is FocusDLLMStrategyFactory
                             lmdeploy.PytorchEngineConfig is PytorchEngineConfig]))
 ''')
     assert state_of(out) == [True, True]
+
+
+HALF_APPLIED = '''
+import json
+import lmdeploy_focus.patch.strategy_factory as failing
+def apply(module):
+    raise RuntimeError('simulated patch failure')
+failing.apply = apply
+import lmdeploy.pytorch.strategies.dllm as dllm   # its patch raises (logged, the import goes on)
+from lmdeploy.messages import PytorchEngineConfig
+from lmdeploy_focus.patch import applied_patches, patch_failures
+state = dict(factory=dllm.DLLMStrategyFactory.__module__, failures=patch_failures(),
+             listed='lmdeploy.pytorch.strategies.dllm' in applied_patches())
+PytorchEngineConfig()  # stock decoding still configures
+try:
+    PytorchEngineConfig(dllm_enable_focus=True)
+    state['focus'] = 'accepted'
+except RuntimeError as e:
+    state['focus'] = str(e)
+print('STATE' + json.dumps(state))
+'''
+
+
+def test_a_failed_patch_refuses_focus_instead_of_running_it_on_a_partly_stock_engine():
+    out = run_python(HALF_APPLIED)
+    state = state_of(out)
+    assert state['factory'] == 'lmdeploy.pytorch.strategies.dllm'  # the factory stayed upstream's
+    assert state['failures'] == {'lmdeploy.pytorch.strategies.dllm': 'RuntimeError: simulated patch failure'}
+    assert not state['listed']
+    assert 'cannot run: lmdeploy-focus failed to patch lmdeploy.pytorch.strategies.dllm' in state['focus']
+    assert 'failed to patch lmdeploy.pytorch.strategies.dllm: delayed cache / FOCUS options will be refused' in \
+        out.stdout + out.stderr

@@ -28,6 +28,8 @@ def test_pinned_version_and_every_patch_applied():
         importlib.import_module(name)  # also loads the other serving targets (patches 9-12)
     assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
     assert applied_patches() == frozenset(PATCHES)
+    from lmdeploy_focus.patch import patch_failures
+    assert patch_failures() == {}
 
 
 # 1. PytorchEngineConfig ----------------------------------------------------------------------------

@@ -41,6 +41,12 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         """The validated FOCUS options for the engine; raises ValueError on a bad combination."""
         options = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
         if options.uses_sparse_decode:
+            from ..patch import patch_failures
+            failures = patch_failures()
+            if failures:
+                raise RuntimeError(f'dllm_enable_delayed_cache / dllm_enable_focus cannot run: lmdeploy-focus failed to '
+                                   f'patch {", ".join(f"{k} ({v})" for k, v in failures.items())}, so the engine would '
+                                   f'be partly stock. Reinstall lmdeploy==0.18.0 and lmdeploy-focus.')
             check_engine_settings(quant_policy=self.quant_policy,
                                   tp=self.tp,
                                   dp=self.dp,

@@ -3,7 +3,9 @@
 The plugin is built by subclassing and registering; these are the few places where something
 upstream has to be re-pointed. Each is applied when its upstream module finishes loading (see
 :mod:`lmdeploy_focus._bootstrap`), only on exactly lmdeploy 0.18.0, and each has a contract test in
-``tests/test_patch_contracts.py`` that fails loudly if upstream changes shape.
+``tests/test_patch_contracts.py`` that fails loudly if upstream changes shape. A patch that raises while
+being applied is logged and recorded (:func:`patch_failures`); delayed cache / FOCUS are then refused at
+config time instead of running on a partly stock engine.
 
 1. ``lmdeploy.messages.PytorchEngineConfig`` -> :class:`lmdeploy_focus.config.engine_config.PytorchEngineConfig`
    (:mod:`.engine_config`).
@@ -229,6 +231,7 @@ from .targets import PATCHES, PROVIDERS, SUPPORTED_LMDEPLOY_VERSION
 
 _applied: set[str] = set()
 _pending: set[str] = set()
+_failed: dict[str, str] = {}  # target module -> the exception its patch raised
 _version_ok: bool | None = None
 
 
@@ -262,9 +265,14 @@ def _apply(target, provider_loaded: bool = False) -> None:
     if not provider_loaded and _initialising(provider):
         _pending.add(target.__name__)  # the provider is importing the target; finish when it is done
         return
-    _applied.add(target.__name__)
-    for patch_name in (patch_names, ) if isinstance(patch_names, str) else patch_names:
-        importlib.import_module(f'{__name__}.{patch_name}').apply(target)
+    _applied.add(target.__name__)  # first: a patch that imports its own target must not re-enter
+    try:
+        for patch_name in (patch_names, ) if isinstance(patch_names, str) else patch_names:
+            importlib.import_module(f'{__name__}.{patch_name}').apply(target)
+    except Exception as exc:
+        _applied.discard(target.__name__)
+        _failed[target.__name__] = f'{type(exc).__name__}: {exc}'
+        raise
 
 
 def on_module_loaded(module) -> None:
@@ -283,3 +291,10 @@ def on_module_loaded(module) -> None:
 
 def applied_patches() -> frozenset[str]:
     return frozenset(_applied)
+
+
+def patch_failures() -> dict[str, str]:
+    """Target modules whose patch raised, with the exception: the plugin is then half applied, and
+    :meth:`lmdeploy_focus.config.engine_config.PytorchEngineConfig.focus_options` refuses delayed cache /
+    FOCUS instead of letting them run on a partly stock engine."""
+    return dict(_failed)
