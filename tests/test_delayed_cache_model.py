@@ -70,7 +70,9 @@ def test_ragged_step_matches_the_dense_step_when_stale_kv_is_current(commit_mode
     assert runtime.logit_slots is None
 
 
-def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
+def test_ragged_step_reads_every_key_of_the_block_and_writes_only_the_processed_positions():
+    """Every query sees the whole block (stock decoding's view; the reference fork stopped at the rightmost
+    processed position and hid the decoded tokens right of it, spec §10); only processed positions are written."""
     sdar = build_tiny_sdar(block_length=L, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
     runtime = sdar.model.delayed_cache_runtime
     runner = sdar.new_runner(page_size=16)
@@ -81,24 +83,29 @@ def test_ragged_step_reads_keys_only_up_to_the_rightmost_processed_position():
     uncached = torch.zeros(B, L, dtype=torch.bool)
     uncached[0, :3] = True  # rightmost 2
     uncached[1, :6] = True  # rightmost 5
-    # Poison the cache right of each rightmost processed position: it must be neither read nor written.
     page_size = runner.kv_cache.page_size
     table = runner.kv_cache.allocator.page_table([0, 1])
-    for b, written in ((0, 3), (1, 6)):
-        for pos in range(runner.history_lengths[b] + written, runner.history_lengths[b] + L):
-            for k_cache, v_cache in runner.kv_cache.caches:
-                k_cache[table[b, pos // page_size], pos % page_size] = float('nan')
-                v_cache[table[b, pos // page_size], pos % page_size] = float('nan')
-    attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
-    logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
-    assert runtime.step.num_rows == 9 and logits.shape[0] == runtime.step.num_logit_rows and torch.isfinite(logits).all()
-    assert runtime.step.rows.kv_seqlens[:B].tolist() == [runner.history_lengths[0] + 3,
-                                                         runner.history_lengths[1] + 6]
-    for b, written in ((0, 3), (1, 6)):
-        k, _ = runner.kv_cache.read(0, b, runner.history_lengths[b] + L)
-        assert torch.isfinite(k[:runner.history_lengths[b] + written]).all()
-        assert torch.isnan(k[runner.history_lengths[b] + written:]).all()
-    runtime.end_step()
+
+    def step_with(fill):
+        """The step's logits with the unprocessed block positions' K/V set to ``fill`` (finite values)."""
+        for b, written in ((0, 3), (1, 6)):
+            for pos in range(runner.history_lengths[b] + written, runner.history_lengths[b] + L):
+                for k_cache, v_cache in runner.kv_cache.caches:
+                    k_cache[table[b, pos // page_size], pos % page_size] = fill
+                    v_cache[table[b, pos // page_size], pos % page_size] = fill
+        attach_step_inputs(runtime, uncached, input_mask, runner.history_lengths)
+        logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        assert runtime.step.num_rows == 9 and logits.shape[0] == runtime.step.num_logit_rows
+        assert runtime.step.rows.kv_seqlens[:B].tolist() == [h + L for h in runner.history_lengths]
+        for b, written in ((0, 3), (1, 6)):  # not written: still the fill
+            k, v = runner.kv_cache.read(0, b, runner.history_lengths[b] + L)
+            assert (k[runner.history_lengths[b] + written:] == fill).all()
+        runtime.end_step()
+        return logits
+
+    first, second = step_with(0.5), step_with(-0.5)
+    assert torch.isfinite(first).all() and torch.isfinite(second).all()
+    assert not torch.allclose(first, second)  # the keys right of the processed positions are read
 
 
 def test_stock_decoding_is_unchanged_without_delayed_cache():

@@ -249,7 +249,8 @@ def test_ragged_step_metadata_matches_reference(trial):
     sets = [ref_processing(u, w) for u, w in zip(lists(state.uncached), lists(state.needs_warmup))]
     valid = [(b, p) for b in range(batch) for p in sets[b]]
     h, ids = lists(history), lists(dense_ids)
-    assert lists(meta.kv_seqlens) == [h[b] + max(sets[b]) + 1 - lists(ignored)[b] for b in range(batch)]
+    # the whole block is visible to a sequence with rows (stock's view); history alone without
+    assert lists(meta.kv_seqlens) == [h[b] + (length if sets[b] else 0) - lists(ignored)[b] for b in range(batch)]
     assert lists(meta.position_ids[:len(valid)]) == [h[b] + p for b, p in valid]
     assert lists(meta.input_ids[:len(valid)]) == [ids[b][p] for b, p in valid]
     assert lists(meta.q_seqlens) == [len(s) for s in sets]
@@ -263,7 +264,8 @@ def test_ragged_step_metadata_matches_reference(trial):
     # a caller that knows the total on the host may run exactly the valid rows
     exact = ragged_step_metadata(proc, history, dense_ids, num_rows=len(valid))
     assert lists(exact.input_ids) == lists(meta.input_ids[:len(valid)])
-    assert lists(ragged_step_metadata(proc, history).kv_seqlens) == [h[b] + max(sets[b]) + 1 for b in range(batch)]
+    assert lists(ragged_step_metadata(proc, history).kv_seqlens) == [h[b] + (length if sets[b] else 0)
+                                                                     for b in range(batch)]
 
 
 # ---------------------------------------------------------------- gather / scatter
@@ -475,7 +477,7 @@ def test_block_decoding_simulation(strategy, evict):
             forwarded = ProcessingSet.from_mask(proc.processed & ~drop)
 
         meta = ragged_step_metadata(forwarded, history, ids)
-        assert lists(meta.kv_seqlens) == lists(history + forwarded.rightmost + 1)
+        assert lists(meta.kv_seqlens) == lists(torch.where(forwarded.q_seqlens > 0, history + length, history))
         # "model": fresh random logits for every forwarded row; padding rows are junk
         ragged_logits = torch.randn(batch * length, vocab) * 3
         ragged_logits[int(forwarded.total):] = float('nan')

@@ -146,7 +146,7 @@ def brute_layout(step, keep):
         right = int(step.block_pos[kept[-1]]) if kept else -1
         prog = int(step.progress[b])
         rightmost.append(right)
-        kv.append(int(step.history[b]) + (right if kept else prog) + 1)
+        kv.append(int(step.history[b]) + max(prog, right) + 1)  # up to the new progress (deep K/V written)
         progress.append(max(prog, right))
     others = [r for r in range(step.num_rows) if r not in set(kept_rows)]
     starts = [sum(counts[:b]) for b in range(len(counts))]

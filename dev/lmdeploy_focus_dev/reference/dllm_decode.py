@@ -56,7 +56,7 @@ class StepRecord:
     input_ids: torch.Tensor  # block tokens fed in (mask token at MASKED slots)
     input_mask: torch.Tensor  # block mask states fed in
     processed: torch.Tensor  # bool: positions forwarded this step
-    kv_length: int  # keys attended: history + rightmost + 1 (prefill: padded prompt length)
+    kv_length: int  # keys the last layer attended: history + L, after FOCUS eviction history + progress + 1 (prefill: padded prompt length)
     logits: torch.Tensor  # [L, vocab]; NaN at unprocessed rows
     next_token_ids: torch.Tensor  # unmasker output (sampled candidates at still-MASKED slots)
     next_mask: torch.Tensor  # unmasker output mask
@@ -278,10 +278,10 @@ def _prefill(model: SDARReference, padded: list[list[int]], cache: PagedKVCache,
     return logits.view(len(padded), block_length, -1), lengths
 
 
-def _ragged_step(page_table: torch.Tensor, history: list[int], rows: list[list[int]]) -> PagedStep:
-    """§2.2: sequences' rows concatenated; keys up to the rightmost row's position (history if none)."""
+def _ragged_step(page_table: torch.Tensor, history: list[int], rows: list[list[int]], kv_ends: list[int]) -> PagedStep:
+    """§2.2: sequences' rows concatenated; keys up to block position ``kv_ends[b]`` (exclusive; history if no rows)."""
     q_seqlens = torch.tensor([len(ps) for ps in rows], dtype=torch.long)
-    kv = [h + (max(ps) + 1 if ps else 0) for h, ps in zip(history, rows)]
+    kv = [h + (end if ps else 0) for h, ps, end in zip(history, rows, kv_ends)]
     positions = torch.tensor([h + p for h, ps in zip(history, rows) for p in ps], dtype=torch.long)
     return PagedStep(block_offsets=page_table, q_start_loc=q_seqlens.cumsum(0) - q_seqlens, q_seqlens=q_seqlens,
                      kv_seqlens=torch.tensor(kv, dtype=torch.long), kv_positions=positions)
@@ -312,7 +312,9 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
         cache.allocator.ensure_capacity(b, int(batch.history[b]) + L)
     history = batch.history.tolist()
     page_table = _page_table(cache, batch.block_ids.size(0))
-    step = _ragged_step(page_table, history, processing)
+    # every query sees the whole block, as in stock decoding (the fork stopped at the rightmost processed
+    # position, hiding the decoded tokens right of it: spec §10)
+    step = _ragged_step(page_table, history, processing, [L] * len(processing))
     input_ids = torch.tensor([int(batch.block_ids[b, p]) for b, ps in enumerate(processing) for p in ps],
                              dtype=torch.long)
     if focus is None:
@@ -357,7 +359,8 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                 progress.append(max([state.progress] + keep))
             src = [i for i, (b, p) in enumerate(row_of) if p in kept[b]]
             q, hidden, positions = q[src], hidden[src], positions[src]
-            step = _ragged_step(page_table, history, kept)
+            # after eviction: keys up to the new progress, the positions whose deep K/V this block has written
+            step = _ragged_step(page_table, history, kept, [p + 1 for p in progress])
         hidden = model.attend_and_mlp(layer, hidden, q, cache.caches, step)
     return _dense_logits(model.logits(hidden), kept, L), step.kv_seqlens, kept, progress, selection
 

@@ -49,7 +49,7 @@ def _kept_layout_kernel(counts_ptr, rightmost_ptr, history_ptr, progress_ptr, fl
                         kv_seqlens_ptr, new_progress_ptr, total_ptr, src_row_ptr, batch_size, num_rows,
                         BLOCK: tl.constexpr, SEQ_CHUNKS: tl.constexpr, ROW_CHUNKS: tl.constexpr):
     offs = tl.arange(0, BLOCK)
-    # Sequences: exclusive cumsum of the counts, and the view up to the rightmost kept position.
+    # Sequences: exclusive cumsum of the counts, and the view up to the new block progress.
     kept_total = tl.zeros([], dtype=tl.int64)
     for chunk in range(SEQ_CHUNKS):
         seqs = chunk * BLOCK + offs
@@ -59,9 +59,9 @@ def _kept_layout_kernel(counts_ptr, rightmost_ptr, history_ptr, progress_ptr, fl
         progress = tl.load(progress_ptr + seqs, mask=mask, other=-1).to(tl.int64)
         history = tl.load(history_ptr + seqs, mask=mask, other=0).to(tl.int64)
         tl.store(q_start_loc_ptr + seqs, kept_total + tl.cumsum(counts, 0) - counts, mask=mask)
-        # nothing kept (no rows): the view stays at the block progress
-        tl.store(kv_seqlens_ptr + seqs, history + tl.where(rightmost >= 0, rightmost, progress) + 1, mask=mask)
-        tl.store(new_progress_ptr + seqs, tl.maximum(progress, rightmost), mask=mask)
+        new_progress = tl.maximum(progress, rightmost)
+        tl.store(kv_seqlens_ptr + seqs, history + new_progress + 1, mask=mask)
+        tl.store(new_progress_ptr + seqs, new_progress, mask=mask)
         kept_total += tl.sum(counts)
     tl.store(total_ptr, kept_total)
     # Rows: kept rows first in row order, then every other row in row order (a permutation).

@@ -41,7 +41,7 @@ class KeptLayout:
     q_seqlens: torch.Tensor  # [B]: kept rows per sequence
     q_start_loc: torch.Tensor  # [B]: exclusive cumsum of q_seqlens (sequences concatenated, no gaps)
     total: torch.Tensor  # 0-d: kept rows in all; new rows >= total are padding
-    kv_seqlens: torch.Tensor  # [B]: history + rightmost kept position + 1
+    kv_seqlens: torch.Tensor  # [B]: history + the new progress + 1 (keys with deep K/V of this block)
     rightmost: torch.Tensor  # [B]: last kept block position, -1 if none
     progress: torch.Tensor  # [B]: max(progress, rightmost)
 
@@ -261,9 +261,12 @@ def kept_layout(keep: torch.Tensor,
     in row order, so ``src_row`` is a permutation and gathers / scatters through it stay in
     bounds and one-to-one (a ``ProcessingSet.flat_index`` composed with it stays a permutation).
 
-    ``kv_seqlens = history + rightmost + 1``: keys up to the rightmost kept position (spec §3.7;
-    subtract ignored history yourself). A sequence that keeps nothing (only possible when it has
-    no rows) gets ``history + progress + 1``, i.e. its view does not change.
+    ``kv_seqlens = history + max(progress, rightmost) + 1``: keys up to the block progress after this step
+    (subtract ignored history yourself). Every block position up to it has deep-layer K/V written in this
+    block (a masked one was kept at some step: gap-fill keeps every candidate between the progress and the
+    rightmost kept one; a decoded one was kept when it got its logits), the positions past it have none
+    (masked, never kept). The reference fork's ``history + rightmost + 1`` (spec §3.7) hid the decoded
+    tokens between the rightmost kept position and the progress, a defect its §10 lists.
     """
     num_rows = keep.size(0)
     seq = _sequence_rows(q_start_loc, q_seqlens, max_q_len)
@@ -275,8 +278,8 @@ def kept_layout(keep: torch.Tensor,
     pos = _take(block_pos.long(), seq.rows)
     rightmost = torch.where(kept, pos, -1).amax(1)
     progress = progress.long()
-    kv_seqlens = history.long() + torch.where(rightmost >= 0, rightmost, progress) + 1
     new_progress = torch.maximum(progress, rightmost)
+    kv_seqlens = history.long() + new_progress + 1
 
     kept_dense = _SequenceRows(seq.rows, kept)
     is_kept = _scatter_rows(torch.ones_like(kept), kept_dense, torch.zeros(num_rows, dtype=torch.bool, device=device))

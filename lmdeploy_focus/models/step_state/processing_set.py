@@ -165,7 +165,7 @@ class RaggedStepMetadata:
     position_ids: torch.Tensor  # int64 [num_rows]: history + p (also the KV write slot of valid rows)
     q_seqlens: torch.Tensor  # int64 [B]
     q_start_loc: torch.Tensor  # int64 [B]
-    kv_seqlens: torch.Tensor  # int64 [B]: keys up to the rightmost processed position
+    kv_seqlens: torch.Tensor  # int64 [B]: keys of the whole block (history only for a sequence without rows)
     total: torch.Tensor  # int64 0-d: valid rows
     max_q_seqlen: int  # static bound L (the real max is on the device)
     num_rows: int  # static bound B*L unless the caller sliced
@@ -178,8 +178,11 @@ def ragged_step_metadata(proc: ProcessingSet,
                          num_rows: int | None = None) -> RaggedStepMetadata:
     """Per-sequence lengths and per-row ids/positions of the step (spec §2.2).
 
-    ``kv_seqlens = history + rightmost + 1`` (``- num_ignored_history`` when given, as upstream
-    does with a sliding window): keys right of the rightmost processed position are not read.
+    ``kv_seqlens = history + L`` for a sequence with rows (``- num_ignored_history`` when given, as upstream
+    does with a sliding window): every query sees the whole block, as in stock decoding. Every block position
+    has K/V at every layer a processed row reaches (the block's first step processes all of it; masked
+    positions are processed every step). The reference fork read keys only up to the rightmost processed
+    position, hiding the decoded tokens right of it (spec §10).
     """
     num_rows = proc.num_rows if num_rows is None else num_rows
     q_seqlens = proc.q_seqlens
@@ -190,7 +193,7 @@ def ragged_step_metadata(proc: ProcessingSet,
     history = history_lengths.long()
     rows_seq = proc.seq_index[:num_rows]
     position_ids = history.index_select(0, rows_seq) + proc.block_pos[:num_rows]
-    kv_seqlens = history + proc.rightmost + 1
+    kv_seqlens = torch.where(proc.q_seqlens > 0, history + proc.block_length, history)
     if num_ignored_history is not None:
         kv_seqlens = kv_seqlens - num_ignored_history
     input_ids = None
