@@ -12,6 +12,7 @@ from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfi
 
 from ..log import log_once
 from .compat import check_block_length, check_engine_settings, check_unmasking_settings
+from .patch_state import patch_failures
 from .options import OPTIONS, OPTIONS_KEY, FocusOptions, option_fields, options_doc
 
 # engine-config field name -> FocusOptions field name (both from the one option table)
@@ -41,7 +42,6 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         """The validated FOCUS options for the engine; raises ValueError on a bad combination."""
         options = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
         if options.uses_sparse_decode:
-            from ..patch import patch_failures
             failures = patch_failures()
             if failures:
                 raise RuntimeError(f'dllm_enable_delayed_cache / dllm_enable_focus cannot run: lmdeploy-focus failed to '

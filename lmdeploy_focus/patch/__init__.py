@@ -226,12 +226,13 @@ Test-only, in the development package (never applied at activation):
 import importlib
 import sys
 
+from ..config.patch_state import patch_failures as _patch_failures
+from ..config.patch_state import record_failure
 from ..log import logger
 from .targets import PATCHES, PROVIDERS, SUPPORTED_LMDEPLOY_VERSION
 
 _applied: set[str] = set()
 _pending: set[str] = set()
-_failed: dict[str, str] = {}  # target module -> the exception its patch raised
 _version_ok: bool | None = None
 
 
@@ -271,7 +272,7 @@ def _apply(target, provider_loaded: bool = False) -> None:
             importlib.import_module(f'{__name__}.{patch_name}').apply(target)
     except Exception as exc:
         _applied.discard(target.__name__)
-        _failed[target.__name__] = f'{type(exc).__name__}: {exc}'
+        record_failure(target.__name__, exc)
         raise
 
 
@@ -294,7 +295,5 @@ def applied_patches() -> frozenset[str]:
 
 
 def patch_failures() -> dict[str, str]:
-    """Target modules whose patch raised, with the exception: the plugin is then half applied, and
-    :meth:`lmdeploy_focus.config.engine_config.PytorchEngineConfig.focus_options` refuses delayed cache /
-    FOCUS instead of letting them run on a partly stock engine."""
-    return dict(_failed)
+    """Target modules whose patch raised (:mod:`lmdeploy_focus.config.patch_state`)."""
+    return _patch_failures()
