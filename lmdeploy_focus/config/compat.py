@@ -9,7 +9,7 @@ ALLOW_TP_ENV = 'LMDEPLOY_FOCUS_ALLOW_TP'  # '1': accept tp > 1 (unverified on GP
 MIN_PAGE = 16  # upstream: the KV page (block_size / kernel_block_size) is a power of two >= 16
 
 
-def _is_power_of_two(n: int) -> bool:
+def is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
@@ -45,7 +45,7 @@ def check_block_fits_page(block_length: int, page_size: int) -> None:
     its length is a power of two too; the fix named in the error is one upstream accepts.
     """
     check_block_length(block_length)
-    if not _is_power_of_two(block_length):
+    if not is_power_of_two(block_length):
         lower = 1 << (block_length.bit_length() - 1)
         raise ValueError(
             f'dllm_block_length={block_length} cannot fit a KV page: delayed cache and FOCUS need the page '

@@ -3,6 +3,7 @@ import re
 from pathlib import PurePath
 
 from ..log import logger
+from .compat import is_power_of_two
 
 SDAR_MASK_TOKEN = 151669
 LLADA2_MASK_TOKEN = 156895
@@ -11,9 +12,9 @@ LLADA2_DEFAULT_BLOCK_LENGTH = 32
 # SDAR checkpoints are published per block length: JetLM/SDAR-8B-Chat-b32. A hub cache path keeps
 # the repo name in a parent folder (models--JetLM--SDAR-8B-Chat-b32/snapshots/<hash>).
 _BLOCK_SUFFIX = re.compile(r'-b(\d+)$')
-# Only a block length a DLLM is trained with (powers of two; SDAR publishes 4..64): a folder such as
+# Only a block length a DLLM is trained with (a power of two; SDAR publishes 4..64): a folder such as
 # checkpoint-b1000 is a training step, not a block length.
-_PLAUSIBLE_BLOCKS = {2**k for k in range(1, 9)}
+MAX_PATH_BLOCK_LENGTH = 256
 
 
 def mask_token_from_hf_config(hf_config, default: int) -> int:
@@ -35,9 +36,9 @@ def block_length_from_path(model_path: str | None) -> int | None:
         if not match:
             continue
         block_length = int(match.group(1))
-        if block_length not in _PLAUSIBLE_BLOCKS:
+        if not (1 < block_length <= MAX_PATH_BLOCK_LENGTH and is_power_of_two(block_length)):
             logger.warning(f'the model path ends in -b{block_length} ({part}), which is not a block length '
-                           f'(a power of two up to {max(_PLAUSIBLE_BLOCKS)}); ignored: pass --dllm-block-length.')
+                           f'(a power of two up to {MAX_PATH_BLOCK_LENGTH}); ignored: pass --dllm-block-length.')
             return None
         logger.info(f'dllm block length {block_length} taken from the model path ({part}).')
         return block_length

@@ -226,8 +226,7 @@ Test-only, in the development package (never applied at activation):
 import importlib
 import sys
 
-from ..config.patch_state import patch_failures as _patch_failures
-from ..config.patch_state import record_failure
+from ..config.patch_state import patch_failures, record_failure  # noqa: F401 (patch_failures: re-exported)
 from ..log import logger
 from .targets import PATCHES, PROVIDERS, SUPPORTED_LMDEPLOY_VERSION
 
@@ -293,7 +292,3 @@ def on_module_loaded(module) -> None:
 def applied_patches() -> frozenset[str]:
     return frozenset(_applied)
 
-
-def patch_failures() -> dict[str, str]:
-    """Target modules whose patch raised (:mod:`lmdeploy_focus.config.patch_state`)."""
-    return _patch_failures()

@@ -19,13 +19,16 @@ from ..log import logger
 LOOP_ERROR_ATTR = '_lmdeploy_focus_loop_error'
 
 
-def _stop_queued_sequences(engine, session_id) -> None:
-    from lmdeploy.pytorch.messages import MessageStatus
+def _session_sequences(engine, session_id) -> list:
+    """The sequences of the engine's session ``session_id`` (none if there is no such session)."""
     scheduler = getattr(engine, 'scheduler', None)
     session = scheduler.get_session(session_id) if scheduler is not None and session_id is not None else None
-    if session is None:
-        return
-    for seq in list(session.sequences.values()):
+    return list(session.sequences.values()) if session is not None else []
+
+
+def _stop_queued_sequences(engine, session_id) -> None:
+    from lmdeploy.pytorch.messages import MessageStatus
+    for seq in _session_sequences(engine, session_id):
         if seq.status in (MessageStatus.WAITING, MessageStatus.READY):
             try:
                 seq.state.stop()
@@ -74,9 +77,7 @@ def check_engine_request(engine, req) -> None:
     data = req.data if isinstance(req.data, dict) else {}
     sampling_param = data.get('sampling_param')
     session_id = data.get('session_id')
-    scheduler = getattr(engine, 'scheduler', None)
-    session = scheduler.get_session(session_id) if scheduler is not None and session_id is not None else None
-    sequences = list(session.sequences.values()) if session is not None else []
+    sequences = _session_sequences(engine, session_id)
     busy = [seq for seq in sequences if _in_progress(seq.status)]
     if busy:
         raise RefusedRequest(f'session {session_id} already has a request in progress ({busy[0].status.name}): '

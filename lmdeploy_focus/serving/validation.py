@@ -140,8 +140,8 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
         if n is not None and not (isinstance(n, int) and 1 <= n <= MAX_CHAT_N):
             raise FieldError('n', f'must be an integer in [1, {MAX_CHAT_N}], got {n!r}')
         top_logprobs = get('top_logprobs')
-        if top_logprobs is not None and not (0 <= top_logprobs <= 20):
-            raise FieldError('top_logprobs', f'must be an integer in [0, 20], got {top_logprobs!r}')
+        if top_logprobs is not None and not (0 <= top_logprobs <= MAX_LOGPROBS):
+            raise FieldError('top_logprobs', f'must be an integer in [0, {MAX_LOGPROBS}], got {top_logprobs!r}')
     elif endpoint == 'generate':
         top = get('top_logprobs_num')
         if top is not None and not (isinstance(top, int) and not isinstance(top, bool) and 0 <= top <= MAX_LOGPROBS):

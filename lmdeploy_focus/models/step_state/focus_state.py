@@ -10,12 +10,13 @@
 Lifecycle follows :class:`~.delayed_cache_state.DelayedCacheState` (fresh on join, select on
 reindex, reset when a block is committed); every function returns new tensors, no host sync.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import UnmaskingStrategy
+from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 
 DLLM_MASKED = consts.DLLM_MASKED
 DLLM_UNMASKED = consts.DLLM_UNMASKED
@@ -55,9 +56,9 @@ def first_step_decoded(dllm_config) -> float:
     """
     if dllm_config.unmasking_strategy not in (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, UnmaskingStrategy.SEQUENTIAL):
         return 1.0
-    length = dllm_config.block_length
-    steps = dllm_config.denoising_steps or length
-    return float(max(1, min(length // steps, length)))
+    # the unmasker's own count (it reads denoising_steps unguarded: None is the block length, as the factory sets)
+    config = replace(dllm_config, denoising_steps=dllm_config.denoising_steps or dllm_config.block_length)
+    return float(UnmaskingProcessor(config)._get_denoise_num())
 
 
 def newly_decoded(input_mask: torch.Tensor, next_mask: torch.Tensor, block_length: int) -> torch.Tensor:

@@ -15,18 +15,21 @@ step; never on by default). Phases, in step order::
     host_gap         from the end of one step to the start of the next (scheduler, inputs, launch)
 
 Read with :func:`lmdeploy_focus.stats.read_phase_timing`: per phase the mean and the median over the
-steps. The mean of ``host_gap`` includes the prefill forwards the engine interleaves between decode
+last :data:`RECORDED_STEPS` steps (a long profiled run keeps bounded memory). The mean of ``host_gap`` includes the prefill forwards the engine interleaves between decode
 steps; its median is the steady-state host work between two decode steps.
 """
 import os
+import statistics
 import threading
 import time
 import weakref
+from collections import deque
 
 import torch
 
 PHASE_TIMING_ENV = 'LMDEPLOY_FOCUS_PHASE_TIMING'
 PHASES = ('front', 'row_count_read', 'deep_layers', 'lm_head', 'sampling', 'unmasking', 'host_gap')
+RECORDED_STEPS = 100_000
 
 _LIVE = weakref.WeakSet()
 _LOCK = threading.Lock()
@@ -39,16 +42,13 @@ def phase_timing_requested() -> bool:
 class PhaseTimer:
 
     def __init__(self):
-        self._per_step: list[dict[str, float]] = []  # ms per phase of each finished step
+        self._per_step: deque[dict[str, float]] = deque(maxlen=RECORDED_STEPS)  # ms per phase of each step
+        self.steps = 0  # finished steps since the last reset
         self._marks: list[tuple[str, torch.cuda.Event]] = []
         self._gap_ms: float | None = None
         self._last_end: float | None = None
         with _LOCK:
             _LIVE.add(self)
-
-    @property
-    def steps(self) -> int:
-        return len(self._per_step)
 
     def mark(self, boundary: str) -> None:
         """Record the end of phase ``boundary`` (or 'start') on the current stream."""
@@ -79,25 +79,19 @@ class PhaseTimer:
     def record_step(self, phase_ms: dict[str, float], host_gap_ms: float | None) -> None:
         """One finished step: GPU ms per phase, and the host gap before it (None for the first step)."""
         self._per_step.append({**phase_ms, 'host_gap': host_gap_ms})
+        self.steps += 1
 
     def read(self, reset: bool = False) -> dict:
         mean_ms, median_ms = {}, {}
         for phase in PHASES:
-            values = sorted(step[phase] for step in self._per_step if step[phase] is not None)
-            mean_ms[phase] = sum(values) / len(values) if values else 0.0
-            median_ms[phase] = _median(values)
+            values = [step[phase] for step in self._per_step if step[phase] is not None]
+            mean_ms[phase] = statistics.fmean(values) if values else 0.0
+            median_ms[phase] = statistics.median(values) if values else 0.0
         result = dict(steps=self.steps, mean_ms=mean_ms, median_ms=median_ms)
         if reset:
-            self._per_step = []
+            self._per_step.clear()
+            self.steps = 0
         return result
-
-
-def _median(sorted_values: list[float]) -> float:
-    n = len(sorted_values)
-    if n == 0:
-        return 0.0
-    mid = n // 2
-    return sorted_values[mid] if n % 2 else (sorted_values[mid - 1] + sorted_values[mid]) / 2
 
 
 def live_phase_timers() -> list[PhaseTimer]:
