@@ -20,10 +20,12 @@ def _flop_ideal():
     return mod
 
 
-def _record(arm, tok_s, tpot, dm, bs=64, date='2026-12-06T00:00:00'):
+def _record(arm, tok_s, tpot, dm, bs=64, date='2026-12-06T00:00:00', input_tokens=None):
+    metrics = {'output_tok_per_s': tok_s, 'tpot_ms': {'mean': tpot}, 'completed': bs,
+               'input_tokens': 256 * bs if input_tokens is None else input_tokens}
     return {'schema': SCHEMA, 'arm': arm, 'status': 'ok', 'model': '/tmp/ckpt/M', 'dataset': 'random',
             'concurrency': bs, 'date': date, 'settings': {'dllm_block_length': 32},
-            'metrics': {'output_tok_per_s': tok_s, 'tpot_ms': {'mean': tpot}}, 'dllm_metrics': dict(dm, status='ok')}
+            'metrics': metrics, 'dllm_metrics': dict(dm, status='ok')}
 
 
 def test_ideal_and_ratios_follow_the_row_layer_formula(tmp_path):
@@ -31,9 +33,12 @@ def test_ideal_and_ratios_follow_the_row_layer_formula(tmp_path):
     layers, head = rng.randint(4, 40), rng.uniform(0.5, 4.0)
     gen = rng.randint(100, 1000)
     stock_rows, l0, deep, kept = (rng.randint(gen, 40 * gen) for _ in range(4))
-    stock = _record('stock-x', 1000.0, 50.0, {'generated_tokens': gen, 'processed_tokens': stock_rows})
+    prompt_tokens = rng.randint(64, 20 * gen)
+    stock = _record('stock-x', 1000.0, 50.0, {'generated_tokens': gen, 'processed_tokens': stock_rows},
+                    input_tokens=prompt_tokens)
     focus = _record('focus-importance-x', 2500.0, 20.0, {'generated_tokens': gen, 'layer0_tokens': l0,
-                                                           'deep_tokens': deep, 'kept_candidates': kept})
+                                                           'deep_tokens': deep, 'kept_candidates': kept},
+                    input_tokens=prompt_tokens)
     other_run = _record('stock-x', 10.0, 1.0, {'generated_tokens': gen, 'processed_tokens': 1})
     (tmp_path / 'run').mkdir(); (tmp_path / 'other').mkdir()
     for name, r in (('run/s.json', stock), ('run/f.json', focus), ('other/s.json', other_run)):
@@ -46,6 +51,25 @@ def test_ideal_and_ratios_follow_the_row_layer_formula(tmp_path):
     assert row['ideal'] == pytest.approx(ideal)
     assert row['measured_over_ideal'] == pytest.approx(2.5 / ideal)  # the same run's stock, not the other one
     assert row['decode_over_ideal'] == pytest.approx(2.5 / ideal)
+    # the whole run: both arms also prefill the prompts (every layer, one LM-head row a request), which dilutes the ideal
+    prompt = prompt_tokens * layers + 64 * head
+    run_ideal = ((stock_rows * (layers + head) + prompt)
+                 / (l0 * (1 + qkv) + deep * (layers - 1 - qkv) + kept * head + prompt))
+    assert 1 < row['run_ideal'] < ideal or ideal <= 1
+    assert row['run_ideal'] == pytest.approx(run_ideal)
+    assert row['measured_over_run_ideal'] == pytest.approx(2.5 / run_ideal)
+
+
+def test_run_ideal_needs_the_prompt_rows(tmp_path):
+    stock = _record('stock-x', 1.0, 1.0, {'generated_tokens': 10, 'processed_tokens': 100})
+    focus = _record('focus-leftmost-x', 2.0, 1.0, {'generated_tokens': 10, 'layer0_tokens': 100, 'deep_tokens': 40,
+                                                   'kept_candidates': 20})
+    del focus['metrics']['input_tokens']
+    for name, r in (('s.json', stock), ('f.json', focus)):
+        (tmp_path / name).write_text(json.dumps(r))
+    fi = _flop_ideal()
+    with pytest.raises(ValueError, match='input_tokens'):
+        fi.ideal_rows(fi.load_results([str(tmp_path)]))
 
 
 def test_reproduces_the_committed_runs():
@@ -61,6 +85,10 @@ def test_reproduces_the_committed_runs():
     got = {(r['arm'], r['concurrency']): round(r['measured_over_ideal'], 2) for r in rows}
     assert [got[('focus-leftmost-static', bs)] for bs in (64, 256)] == [0.83, 0.88]
     assert [got[('focus-importance-dynamic', bs)] for bs in (64, 256)] == [0.83, 0.88]
+    # against the whole run's rows (the prompts' prefill in both arms): the bar's reading since 2026-12-06
+    got = {(r['arm'], r['concurrency']): round(r['measured_over_run_ideal'], 2) for r in rows}
+    assert [got[('focus-leftmost-static', bs)] for bs in (64, 256)] == [0.94, 0.99]
+    assert [got[('focus-importance-dynamic', bs)] for bs in (64, 256)] == [0.89, 0.94]
 
 
 def test_cli_refuses_a_run_without_stock(tmp_path):
