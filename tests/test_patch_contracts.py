@@ -583,3 +583,50 @@ def test_sampling_runs_on_the_rows_the_agent_strategy_picks():
         next_ids, _, _, _ = asyncio.run(agent.async_sampling_logits(logits, None, None, inputs))
         rows = strategy.rows if strategy.rows is not None else torch.arange(6)
         assert torch.equal(next_ids, logits[rows].argmax(-1)) and torch.equal(strategy.seen[0], logits[rows])
+
+
+# 18. BaseModelAgent.async_forward -----------------------------------------------------------------------
+
+def test_agent_strategy_awaits_before_the_forward():
+    """Upstream's async_forward runs the forward synchronously, then yields; the wrapper awaits a strategy's
+    ``before_forward(inputs)`` first (the loop runs other tasks while it waits) and leaves a strategy without
+    it (upstream's own) alone. Runs upstream's real method with a stand-in ``_forward_impl``."""
+    import asyncio
+    import inspect
+
+    from lmdeploy.pytorch.engine.model_agent.agent import BaseModelAgent
+    upstream = BaseModelAgent.async_forward.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters) == ['self', 'inputs', 'cache_inputs']
+    assert 'output = self._forward_impl(inputs, cache_inputs=cache_inputs)' in inspect.getsource(upstream)
+
+    events = []
+
+    class Waiting:
+        async def before_forward(self, inputs):
+            events.append(('before', inputs))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            events.append(('waited', inputs))
+
+    async def neighbour():  # a request task on the same loop
+        for i in range(3):
+            events.append(('neighbour', i))
+            await asyncio.sleep(0)
+
+    for strategy in (Waiting(), object()):
+        events.clear()
+        agent = object.__new__(BaseModelAgent)
+        agent.__dict__.update(agent_strategy=strategy)
+        agent._forward_impl = lambda inputs, cache_inputs=None: events.append(('forward', inputs, cache_inputs)) or 'out'
+
+        async def both():
+            return (await asyncio.gather(agent.async_forward('in', cache_inputs='ck'), neighbour()))[0]
+
+        assert asyncio.run(both()) == 'out'
+        forward = events.index(('forward', 'in', 'ck'))
+        if isinstance(strategy, Waiting):
+            # the strategy's wait came first, and the neighbour ran while it waited
+            assert events[0] == ('before', 'in') and events.index(('waited', 'in')) < forward
+            assert any(e[0] == 'neighbour' for e in events[1:events.index(('waited', 'in'))])
+        else:
+            assert forward == 0 or all(e[0] == 'neighbour' for e in events[:forward])

@@ -25,6 +25,9 @@
 #        'fast_commit' = SDAR-8B-b32, static 4 tok/step, bs 64/256: stock, FOCUS leftmost a1.5 with the exact
 #                   and with the fast commit, FOCUS importance a1.5 with the fast commit (issue 14 item 4's
 #                   what-if, same-run stock).
+#        'await_stream' = LMDEPLOY_FOCUS_AWAIT_STREAM=1 (patch 18, experimental) against the default, b32 static,
+#                   bs 64/256: LLaDA2.0-mini stock, FOCUS importance a1.5 and the same with the switch (TTFT and
+#                   tok/s), then SDAR-8B FOCUS importance a1.5 with the switch against the default, no stock.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -42,7 +45,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|await_stream|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, await_stream, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -73,7 +76,7 @@ random_checkpoint() {
     && { [[ $DRY == 1 ]] || touch "$2/.suite_complete"; }
 }
 SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
-if [[ $PHASE != llada2 ]]; then random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"; fi
+if [[ $PHASE != llada2 && $PHASE != await_stream ]]; then random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"; fi
 
 export RESULTS_DIR="$RES" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="32 64 128 256"
 COST="--prompts-per-slot 1 --input-len 256 --ignore-eos"
@@ -151,6 +154,26 @@ if [[ $PHASE == llada2 ]]; then
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   step 110 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  exit 0
+fi
+
+if [[ $PHASE == await_stream ]]; then
+  # patch 18's switch: does awaiting the GPU before a decode step (the loop free meanwhile) bring FOCUS's TTFT
+  # down on the short-step model without costing throughput? LLaDA2 first (where TTFT went the wrong way)
+  LLADA2=/tmp/ckpt/LLaDA2.0-mini-b32
+  random_checkpoint llada2-mini "$LLADA2"; stamp "llada2 checkpoint"
+  S=("${STATIC[@]}" BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  step 120 "stock static (llada2)" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$LLADA2"
+  step 110 "focus-importance static (llada2)" "${S[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  step 110 "focus-importance static, await stream (llada2)" "${S[@]}" ARM_TAG=-static-await LMDEPLOY_FOCUS_AWAIT_STREAM=1 \
+    FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  fits 200 "SDAR-8B pair" || exit 0
+  random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"
+  step 90 "focus-importance static (sdar)" "${S[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 90 "focus-importance static, await stream (sdar)" "${S[@]}" ARM_TAG=-static-await LMDEPLOY_FOCUS_AWAIT_STREAM=1 \
+    FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi
 

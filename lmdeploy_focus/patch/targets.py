@@ -24,7 +24,8 @@ PATCHES = {
     'lmdeploy.serve.core': ('serve_metrics', 'lmdeploy_focus.serving.metrics'),
     'lmdeploy.pytorch.backends.cuda.graph_runner.runner': ('graph_runner_reset', 'lmdeploy_focus.models.sdar'),
     'lmdeploy.pytorch.engine.inputs_maker': ('schedule_guard', 'lmdeploy_focus.serving.schedule_guard'),
-    'lmdeploy.pytorch.engine.model_agent.agent': ('sampling_rows', 'lmdeploy_focus.strategies.dllm.delayed_cache_agent'),
+    'lmdeploy.pytorch.engine.model_agent.agent': (('sampling_rows', 'await_stream'),
+                                                  'lmdeploy_focus.strategies.dllm.delayed_cache_agent'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())
