@@ -223,14 +223,14 @@ config time instead of running on a partly stock engine.
 18. ``lmdeploy.pytorch.engine.model_agent.agent.BaseModelAgent.async_forward`` is wrapped
     (:mod:`.await_stream`).
     Why: a delayed-cache / FOCUS decode step reads its row counts on the host (its one sync). Reached while
-    the previous step's work is still queued on the GPU, that read blocks the engine thread, and with it
-    the asyncio loop that delivers outputs and takes requests, for most of a step. Upstream's forward is
+    the previous step's deep layers are still queued on the GPU, that read blocks the engine thread, and with
+    it the asyncio loop that takes requests and sends outputs, for most of a step. Upstream's forward is
     synchronous, so there is no await point before it.
     How: before upstream's method, an agent strategy with ``before_forward(inputs)`` is awaited (ours:
-    :meth:`~lmdeploy_focus.strategies.dllm.delayed_cache_agent.DelayedCacheAgentStrategy.before_forward`,
-    which with ``LMDEPLOY_FOCUS_AWAIT_STREAM=1`` polls an event on the stream from the loop before a decode
-    step, :mod:`lmdeploy_focus.strategies.dllm.stream_wait`; off by default, not yet measured). Upstream's
-    strategies have no such method and are untouched.
+    :meth:`~lmdeploy_focus.strategies.dllm.delayed_cache_agent.DelayedCacheAgentStrategy.before_forward`:
+    with ``LMDEPLOY_FOCUS_AWAIT_STREAM=1``, a decode forward first awaits an event the runtime recorded once
+    the last step's deep graph was launched, polled from the loop, :mod:`lmdeploy_focus.strategies.dllm.stream_wait`;
+    off by default, not yet measured). Upstream's strategies have no such method and are untouched.
     Removed by: an upstream agent-strategy hook before the forward, or an asynchronous forward.
 
 Test-only, in the development package (never applied at activation):

@@ -14,7 +14,7 @@ from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 from .delayed_cache_runtime import DelayedCacheRuntime
 from .request_stats import StepStatsOutputs
 from .sampling_rows import needs_dense_rows, select_rows
-from .stream_wait import await_stream_requested, drain_current_stream
+from .stream_wait import wait_for_event
 from .upstream_fixes import UpstreamFixesMixin
 from .unmasking_guard import RowLogitsUnmasking, unmask_processed_only
 
@@ -28,13 +28,15 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         self._pending_input_mask = None  # TP ranks that do not sample: the step's input mask
         self._sampled_slots = None  # int64 [M]: the slots of the rows the sampler ran on (None: all B*L)
         self.dense_sampling = False  # debug (the step recorder reads every block position's logits)
-        self.await_stream = await_stream_requested()  # experimental; a bad value fails at engine build
 
     async def before_forward(self, inputs) -> None:
-        """Patch 18: with ``$LMDEPLOY_FOCUS_AWAIT_STREAM=1``, a decode step first awaits the GPU work already
-        queued (:mod:`.stream_wait`), so its row-count read does not hold the engine's loop."""
-        if self.await_stream and inputs.is_decoding:
-            await drain_current_stream()
+        """Patch 18: with ``$LMDEPLOY_FOCUS_AWAIT_STREAM=1``, a decode forward first awaits the last step's
+        deep layers (:mod:`.stream_wait`), so its row-count read does not hold the engine's loop meanwhile."""
+        if not inputs.is_decoding or getattr(inputs, 'is_dummy', False):  # prefills and DP dummies read nothing
+            return
+        event = self.runtime.take_deep_launched()
+        if event is not None:
+            await wait_for_event(event)
 
     def slice_outputs(self, inputs, seq_length):
         step = self.runtime.step

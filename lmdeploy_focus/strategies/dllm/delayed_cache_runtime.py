@@ -22,6 +22,7 @@ from . import alpha_controller
 from ...models.step_state.delayed_cache_state import advance
 from ...models.step_state.focus_step import FocusConfig
 from .run_stats import RunStats, per_sequence_counts
+from .stream_wait import await_stream_requested
 
 
 # Debug mode: keep the delayed-cache machinery (ragged rows, sparse fill, ragged attention, scatter,
@@ -86,6 +87,11 @@ class DelayedCacheRuntime:
     alpha_state: object = field(default=None, repr=False)
     shadow_seq: torch.Tensor | None = field(default=None, repr=False)
     logged_fallbacks: int = -1  # auto: the fall-back count whose warning went out (0: probation's)
+    # $LMDEPLOY_FOCUS_AWAIT_STREAM=1 (experimental, stream_wait): an event recorded once a step's deep graph is
+    # launched, awaited by the agent before the next decode forward. A bad value fails at engine build.
+    await_stream: bool = field(default_factory=await_stream_requested)
+    _deep_event: object = field(default=None, repr=False)
+    _deep_pending: bool = False
 
     def decode_batch_matches(self, num_tokens: int) -> bool:
         """A real decode step of the tracked batch (not a warm-up / graph-capture dummy)."""
@@ -135,6 +141,8 @@ class DelayedCacheRuntime:
                         row_bound=inputs.next_rows_bound)
         outputs, hidden, num_rows, num_logit_rows = run.outputs, run.hidden, run.num_rows, run.num_logit_rows
         inputs.next_rows_bound = run.next_rows_bound
+        if self.await_stream:
+            self.deep_launched()
         inputs.delayed_state = advance(state, input_mask)
         focus = outputs.focus
         if focus is not None:
@@ -144,6 +152,22 @@ class DelayedCacheRuntime:
                                processed_per_seq=outputs.processed_per_seq[:batch],
                                kept_per_seq=outputs.rows.q_seqlens[:batch], focus=focus)
         return hidden
+
+    def deep_launched(self) -> None:
+        """Record, on the forward's stream, that this step's deep layers are queued (stream_wait)."""
+        if not torch.cuda.is_available():
+            return
+        if self._deep_event is None:
+            self._deep_event = torch.cuda.Event()
+        self._deep_event.record()
+        self._deep_pending = True
+
+    def take_deep_launched(self):
+        """The event of the last step's deep layers if not yet awaited (once), else None."""
+        if not self._deep_pending:
+            return None
+        self._deep_pending = False
+        return self._deep_event
 
     def _auto_inputs(self, batch_inputs) -> None:
         """--dllm-focus-alpha auto: this step's shadow sequences (the schedule ticks) and each one's α."""

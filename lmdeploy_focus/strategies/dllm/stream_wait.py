@@ -1,22 +1,25 @@
-"""Awaiting the GPU before a delayed-cache / FOCUS decode step (experimental, off by default).
+"""Awaiting the last step's deep layers before the next delayed-cache / FOCUS decode step (experimental, off).
 
 A delayed-cache decode step reads its row counts on the host between its front and its deep graph, the
 step's one synchronous read (BENCHMARKS.md). The engine thread reaches that read while the previous step's
-deep layers, LM head and sampling are still queued on the GPU, so it blocks there for most of a step
-(55–61 % of the wall time at SDAR-8B bs 256), and the asyncio loop it runs, which also delivers outputs and
-takes new requests, stops with it. With ``LMDEPLOY_FOCUS_AWAIT_STREAM=1`` the model agent first awaits the
-work already queued on its stream (an event polled from the loop, as upstream's ``get_output_async`` polls
-its output event), so the read then waits for the step's front alone and the loop runs meanwhile.
+deep layers are still queued on the GPU, so it blocks there for most of a step (55–61 % of the wall time at
+SDAR-8B bs 256), and the asyncio loop it runs stops with it: request intake and the sending of outputs
+already handed over wait. With ``LMDEPLOY_FOCUS_AWAIT_STREAM=1`` the runtime records an event once a step's
+deep graph is launched (:meth:`~.delayed_cache_runtime.DelayedCacheRuntime.deep_launched`), and the agent
+awaits it before the next decode forward (patch 18), polling from the loop every :data:`POLL_S`. The
+previous step's tail (LM head, sampling, unmasking: ~4 ms at SDAR-8B bs 256) still runs on the GPU while the
+host prepares the next forward, so the GPU need not idle; the read then waits for that tail and the front.
+The previous step's own output is not delivered sooner: it is ready only after its tail.
 
-Off by default until measured on a GPU: once the stream has drained, the GPU idles until the loop comes back
-to this task, which costs throughput when other tasks hold the loop.
+Off by default until measured on a GPU: a poll that comes back late, or a forward whose host work outlasts
+the previous step's tail, leaves the GPU idle.
 """
 import asyncio
 import os
 
-import torch
-
 AWAIT_STREAM_ENV = 'LMDEPLOY_FOCUS_AWAIT_STREAM'
+# Seconds between polls: below the ~4 ms tail it overlaps, and no busy spin of the loop's core.
+POLL_S = 0.0005
 
 
 def await_stream_requested() -> bool:
@@ -27,14 +30,7 @@ def await_stream_requested() -> bool:
     return value == '1'
 
 
-async def drain_current_stream(make_event=None) -> None:
-    """Return once the work queued so far on the current CUDA stream has run, yielding to the loop while
-    it runs. ``make_event`` (tests) builds the event; without CUDA there is nothing to wait for."""
-    if make_event is None:
-        if not torch.cuda.is_available():
-            return
-        make_event = torch.cuda.Event
-    event = make_event()
-    event.record()
+async def wait_for_event(event, poll_s: float = POLL_S) -> None:
+    """Return once ``event`` (a recorded ``torch.cuda.Event``) has completed, the loop free meanwhile."""
     while not event.query():
-        await asyncio.sleep(0)
+        await asyncio.sleep(poll_s)
