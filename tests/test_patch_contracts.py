@@ -598,6 +598,9 @@ def test_agent_strategy_awaits_before_the_forward():
     upstream = BaseModelAgent.async_forward.__lmdeploy_focus_upstream__
     assert list(inspect.signature(upstream).parameters) == ['self', 'inputs', 'cache_inputs']
     assert 'output = self._forward_impl(inputs, cache_inputs=cache_inputs)' in inspect.getsource(upstream)
+    # the engine's step reaches the forward through this method (else the hook would silently never run)
+    assert 'await self.async_forward(inputs, cache_inputs=cache_inputs)' in inspect.getsource(
+        BaseModelAgent._async_model_forward)
 
     events = []
 

@@ -77,3 +77,53 @@ def test_the_agent_awaits_a_recorded_step_once_and_only_before_a_real_decode_for
     assert event.queries == event.polls + 1
     forward()  # taken once: the next forward does not wait on it again
     assert event.queries == event.polls + 1 and runtime.take_deep_launched() is None
+
+
+@pytest.mark.parametrize('on', [True, False])
+def test_a_decode_step_records_its_event_after_the_deep_layers_are_launched(monkeypatch, on):
+    """Through the real model forward on the CPU harness: with the switch on, the runtime records its event
+    right after the step graphs launched the deep layers (never before), once per step; off, never."""
+    import torch
+    from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+    from lmdeploy_focus.models.step_state import focus_state
+    from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
+    from lmdeploy_focus.strategies.dllm import delayed_cache_runtime
+    from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
+
+    length, batch = 8, 3
+    log = []
+
+    class RecordingEvent:
+        def record(self):
+            log.append('record')
+
+        def query(self):
+            return True
+
+    monkeypatch.setattr(delayed_cache_runtime, 'cuda_event', RecordingEvent)
+    sdar, _ = tiny_model_and_reference('sdar', length, num_layers=3, hf_overrides={'dllm_focus': {'enable_focus': True}})
+    runtime, steps = sdar.model.delayed_cache_runtime, sdar.model.step_graphs
+    runtime.await_stream = on
+    run = steps.run
+
+    def logged_run(*args, **kwargs):
+        out = run(*args, **kwargs)
+        log.append('deep')
+        return out
+
+    monkeypatch.setattr(steps, 'run', logged_run)
+    mask_id = sdar.model_config.dllm_mask_token
+    runner = sdar.new_runner(page_size=16, num_pages=64)
+    prompt = torch.randint(0, mask_id, (5, )).tolist()
+    runner.prefill([prompt] * batch)
+    blocks = runner.current_blocks()
+    mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
+    for _ in range(2):
+        runtime.step_inputs = SimpleNamespace(
+            delayed_state=DelayedCacheState.fresh(batch, length), focus_state=focus_state.FocusState.fresh(batch),
+            shadow_countdown=None, next_rows_bound=None, extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),
+            model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
+        runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        runtime.end_step()
+    assert log == (['deep', 'record'] * 2 if on else ['deep'] * 2)
+    assert (runtime.take_deep_launched() is not None) is on

@@ -223,8 +223,9 @@ config time instead of running on a partly stock engine.
 18. ``lmdeploy.pytorch.engine.model_agent.agent.BaseModelAgent.async_forward`` is wrapped
     (:mod:`.await_stream`).
     Why: a delayed-cache / FOCUS decode step reads its row counts on the host (its one sync). Reached while
-    the previous step's deep layers are still queued on the GPU, that read blocks the engine thread, and with
-    it the asyncio loop that takes requests and sends outputs, for most of a step. Upstream's forward is
+    the previous step's deep layers are still queued on the GPU, that read blocks the thread that runs the
+    forward, and with it that thread's asyncio loop (at TP 1 the engine's, which takes requests and sends
+    outputs), for most of a step. Upstream's forward is
     synchronous, so there is no await point before it.
     How: before upstream's method, an agent strategy with ``before_forward(inputs)`` is awaited (ours:
     :meth:`~lmdeploy_focus.strategies.dllm.delayed_cache_agent.DelayedCacheAgentStrategy.before_forward`:

@@ -30,6 +30,11 @@ from .stream_wait import await_stream_requested
 PROCESS_ALL_ENV = 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL'
 
 
+def cuda_event():
+    """A reusable CUDA event, or None without CUDA (no work runs ahead of the host to wait for)."""
+    return torch.cuda.Event() if torch.cuda.is_available() else None
+
+
 def shadow_counts(decoded: torch.Tensor, focus, sequences: torch.Tensor | None = None) -> dict:
     """Per-sequence shadow-recall counts of a step whose selection evicted nothing (shadow mode, or
     auto α's shadow sequences ``sequences``): decoded tokens, those the selection had kept, and the
@@ -155,10 +160,10 @@ class DelayedCacheRuntime:
 
     def deep_launched(self) -> None:
         """Record, on the forward's stream, that this step's deep layers are queued (stream_wait)."""
-        if not torch.cuda.is_available():
-            return
         if self._deep_event is None:
-            self._deep_event = torch.cuda.Event()
+            self._deep_event = cuda_event()
+            if self._deep_event is None:
+                return
         self._deep_event.record()
         self._deep_pending = True
 

@@ -18,8 +18,10 @@ import asyncio
 import os
 
 AWAIT_STREAM_ENV = 'LMDEPLOY_FOCUS_AWAIT_STREAM'
-# Seconds between polls: below the ~4 ms tail it overlaps, and no busy spin of the loop's core.
-POLL_S = 0.0005
+# Seconds between polls, as upstream's get_output_async: a timer's real granularity on both loops (asyncio's
+# epoll rounds up to whole ms; uvloop rounds to whole ms, so 0.5 ms would become a busy spin), and below the
+# ~4 ms tail the wait overlaps.
+POLL_S = 0.001
 
 
 def await_stream_requested() -> bool:
