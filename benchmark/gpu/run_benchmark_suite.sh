@@ -144,15 +144,21 @@ if [[ $PHASE == graphs ]]; then
   exit 0
 fi
 
+# the random LLaDA2.0-mini shape (b32, static 4 tok/step, in 256 / out 256, bs 64/256): its checkpoint, then
+# stock and FOCUS importance a1.5 (phases llada2 and await_stream)
+LLADA2=/tmp/ckpt/LLaDA2.0-mini-b32
+S=("${STATIC[@]}" BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+llada2_stock_and_importance() {
+  random_checkpoint llada2-mini "$LLADA2"; stamp "llada2 checkpoint"
+  step 120 "stock static (llada2)" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$LLADA2"
+  step 110 "focus-importance static (llada2)" "${S[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+}
+
 if [[ $PHASE == llada2 ]]; then
   # issue 14's LLaDA2 bars (>= 1.0x stock at bs 64, >= 1.3x at bs 256), graphs on every arm
-  LLADA2=/tmp/ckpt/LLaDA2.0-mini-b32
-  random_checkpoint llada2-mini "$LLADA2"; stamp "llada2 checkpoint"
-  S=("${STATIC[@]}" BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  step 120 "stock static" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$LLADA2"
-  step 110 "focus-importance static" "${S[@]}" FOCUS_POLICY=importance \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
-  step 110 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
+  llada2_stock_and_importance
+  step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   exit 0
 fi
@@ -160,12 +166,7 @@ fi
 if [[ $PHASE == await_stream ]]; then
   # patch 18's switch: does awaiting the GPU before a decode step (the loop free meanwhile) bring FOCUS's TTFT
   # down on the short-step model without costing throughput? LLaDA2 first (where TTFT went the wrong way)
-  LLADA2=/tmp/ckpt/LLaDA2.0-mini-b32
-  random_checkpoint llada2-mini "$LLADA2"; stamp "llada2 checkpoint"
-  S=("${STATIC[@]}" BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  step 120 "stock static (llada2)" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$LLADA2"
-  step 110 "focus-importance static (llada2)" "${S[@]}" FOCUS_POLICY=importance \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  llada2_stock_and_importance
   step 110 "focus-importance static, await stream (llada2)" "${S[@]}" ARM_TAG=-static-await LMDEPLOY_FOCUS_AWAIT_STREAM=1 \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   fits 200 "SDAR-8B pair" || exit 0
@@ -178,8 +179,7 @@ if [[ $PHASE == await_stream ]]; then
 fi
 
 if [[ $PHASE == fast_commit ]]; then
-  # issue 14 item 4: what the exact commit's whole-block pass costs, leftmost and importance, same-run stock
-  S=("${STATIC[@]}" BATCH_SIZES="64 256" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  # issue 14 item 4: what the exact commit's whole-block pass costs, leftmost and importance, same-run stock (S above)
   FAST=(EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast")
   step 110 "stock static" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   step 80 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
