@@ -60,6 +60,16 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_logprobs(field: str, value) -> None:
+    """A top-logprobs count, every endpoint: ``None`` means "not given"."""
+    if value is not None and not (_integer(value) and 0 <= value <= MAX_LOGPROBS):
+        raise FieldError(field, f'must be an integer in [0, {MAX_LOGPROBS}], got {value!r}')
+
+
 # ---- sampling values (shared by both layers) -------------------------------------------------------------
 
 
@@ -75,20 +85,20 @@ def check_sampling(*, temperature=None, top_p=None, top_k=None, min_p=None, repe
         raise FieldError(name('temperature'), f'must be a number in [0, 2], got {temperature!r}')
     if top_p is not None and not (_number(top_p) and 0 < top_p <= 1):
         raise FieldError(name('top_p'), f'must be a number in (0, 1], got {top_p!r}')
-    if top_k is not None and not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 0):
+    if top_k is not None and not (_integer(top_k) and top_k >= 0):
         raise FieldError(name('top_k'), f'must be an integer >= 0 (0: no top-k), got {top_k!r}')
     if min_p is not None and not (_number(min_p) and 0 <= min_p <= 1):
         raise FieldError(name('min_p'), f'must be a number in [0, 1], got {min_p!r}')
     if repetition_penalty is not None and not (_number(repetition_penalty) and repetition_penalty > 0):
         raise FieldError(name('repetition_penalty'), f'must be a number > 0 (1.0: no penalty), got {repetition_penalty!r}')
-    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+    if seed is not None and not (_integer(seed) and 0 <= seed <= MAX_SEED):
         raise FieldError(name('seed'), f'must be an integer in [0, 2**63 - 1], got {seed!r}')
 
 
 def check_max_tokens(name: str, value, allow_zero: bool = False) -> None:
     """A token budget (``max_tokens``, ``max_new_tokens``, ...): ``None`` means "not given"."""
     low = 0 if allow_zero else 1
-    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+    if value is not None and not (_integer(value) and value >= low):
         raise FieldError(name, f'must be an integer >= {low}, got {value!r}')
 
 
@@ -139,13 +149,9 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
     elif endpoint == 'chat':
         if n is not None and not (isinstance(n, int) and 1 <= n <= MAX_CHAT_N):
             raise FieldError('n', f'must be an integer in [1, {MAX_CHAT_N}], got {n!r}')
-        top_logprobs = get('top_logprobs')
-        if top_logprobs is not None and not (0 <= top_logprobs <= MAX_LOGPROBS):
-            raise FieldError('top_logprobs', f'must be an integer in [0, {MAX_LOGPROBS}], got {top_logprobs!r}')
+        _check_logprobs('top_logprobs', get('top_logprobs'))
     elif endpoint == 'generate':
-        top = get('top_logprobs_num')
-        if top is not None and not (isinstance(top, int) and not isinstance(top, bool) and 0 <= top <= MAX_LOGPROBS):
-            raise FieldError('top_logprobs_num', f'must be an integer in [0, {MAX_LOGPROBS}], got {top!r}')
+        _check_logprobs('top_logprobs_num', get('top_logprobs_num'))
         if dllm and input_logprobs:
             raise FieldError('logprob_start_len', 'input logprobs are not available for diffusion models '
                              '(allowed: -1)')
@@ -169,10 +175,7 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
     if gen_config.n != 1:
         raise FieldError('n', f'only n = 1 is supported per engine request, got {gen_config.n!r}')
-    logprobs = gen_config.logprobs
-    if logprobs is not None and not (isinstance(logprobs, int) and not isinstance(logprobs, bool)
-                                     and 0 <= logprobs <= MAX_LOGPROBS):
-        raise FieldError('logprobs', f'must be an integer in [0, {MAX_LOGPROBS}], got {logprobs!r}')
+    _check_logprobs('logprobs', gen_config.logprobs)
     top_k = gen_config.top_k
     if limits.vocab_size is not None and isinstance(top_k, int) and top_k > limits.vocab_size:
         # upstream's sampler takes torch.topk(logits, max top_k of the batch): k > vocab raises inside the step
@@ -218,7 +221,7 @@ def check_construction(gen_config) -> None:
 
 
 def _check_token(field: str, token, limits: ModelLimits, what: str) -> None:
-    if not isinstance(token, int) or isinstance(token, bool):
+    if not _integer(token):
         raise FieldError(field, f'{what}s must be integers, got {token!r}')
     if limits.vocab_size is not None and not (0 <= token < limits.vocab_size):
         raise FieldError(field, f'{what} {token} is outside the vocabulary [0, {limits.vocab_size})')
