@@ -643,13 +643,13 @@ def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_pa
     assert 'skipped' not in out
 
 
-def test_suite_await_stream_phase_pairs_the_switch_with_the_default(tmp_path):
+def test_suite_await_stream_phase_pairs_the_default_with_the_switch_off(tmp_path):
     out, cmds = _suite(tmp_path, 'await_stream')
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
         ('stock-static', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'LLaDA2.0-mini-b32'),
-        ('focus-importance-static-await', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'SDAR-8B-Chat-b32'),
-        ('focus-importance-static-await', 'SDAR-8B-Chat-b32')]
-    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == [None, None, '1', None, '1']
+        ('focus-importance-static-no-await', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'SDAR-8B-Chat-b32'),
+        ('focus-importance-static-no-await', 'SDAR-8B-Chat-b32')]
+    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == [None, None, '0', None, '0']
     assert all(c.concurrency == [64, 256] and not c.eager_mode and c.output_len == 256 for c in cmds)
     assert 'skipped' not in out
 

@@ -43,7 +43,13 @@ def test_wait_yields_to_the_loop_until_the_event_is_done():
     assert set(range(1, polls + 1)) <= set(seen)  # the neighbour ran after every unfinished poll
 
 
-@pytest.mark.parametrize('value, on', [('', False), ('0', False), ('1', True), (' 1 ', True)])
+def test_env_switch_unset_is_on(monkeypatch):
+    monkeypatch.delenv(stream_wait.AWAIT_STREAM_ENV, raising=False)
+    assert stream_wait.await_stream_requested() is True
+    assert DelayedCacheRuntime(block_length=32).await_stream is True
+
+
+@pytest.mark.parametrize('value, on', [('', True), ('0', False), (' 0 ', False), ('1', True), (' 1 ', True)])
 def test_env_switch(monkeypatch, value, on):
     monkeypatch.setenv(stream_wait.AWAIT_STREAM_ENV, value)
     assert stream_wait.await_stream_requested() is on

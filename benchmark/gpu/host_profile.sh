@@ -3,6 +3,7 @@
 #   bash benchmark/gpu/host_profile.sh OUT_DIR [ARM ...]
 # ARM: stock | importance | leftmost | importance-dynamic (default: all four), random SDAR-8B b32, bs ${BS:-256},
 # in 256 / out ${OUT_LEN:-128}, CUDA graphs, no --dllm-track (what users run). One engine per arm.
+# MODEL=DIR profiles that checkpoint instead (e.g. models/tiny-sdar-5m-b32, whose steps are host-bound).
 # Writes OUT_DIR/prof_ARM.json (benchmark/host_profile.py) and the profile_throughput JSON/CSV per arm.
 set -uo pipefail
 OUT=${1:?OUT_DIR}; shift || true
@@ -12,8 +13,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -1
 export PYTHONPATH=$PWD:$PWD/dev:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
-[[ -f $SDAR/.suite_complete ]] || { (cd /tmp && python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch sdar-8b --overwrite $SDAR 2>&1 | tail -1) && touch $SDAR/.suite_complete; }
+SDAR=${MODEL:-/tmp/ckpt/SDAR-8B-Chat-b32}
+[[ -n ${MODEL:-} || -f $SDAR/.suite_complete ]] || { (cd /tmp && python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch sdar-8b --overwrite $SDAR 2>&1 | tail -1) && touch $SDAR/.suite_complete; }
 BS=${BS:-256}; OUT_LEN=${OUT_LEN:-128}
 COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 --output-len "$OUT_LEN"
         --max-new-tokens "$OUT_LEN" --ignore-eos --skip-tokenize --skip-detokenize --dllm-block-length 32

@@ -25,9 +25,9 @@
 #        'fast_commit' = SDAR-8B-b32, static 4 tok/step, bs 64/256: stock, FOCUS leftmost a1.5 with the exact
 #                   and with the fast commit, FOCUS importance a1.5 with the fast commit (issue 14 item 4's
 #                   what-if, same-run stock).
-#        'await_stream' = LMDEPLOY_FOCUS_AWAIT_STREAM=1 (patch 18, experimental) against the default, b32 static,
-#                   bs 64/256: LLaDA2.0-mini stock, FOCUS importance a1.5 and the same with the switch (TTFT and
-#                   tok/s), then SDAR-8B FOCUS importance a1.5 with the switch against the default, no stock.
+#        'await_stream' = patch 18 (the default) against LMDEPLOY_FOCUS_AWAIT_STREAM=0, b32 static, bs 64/256:
+#                   LLaDA2.0-mini stock, FOCUS importance a1.5 and the same without the await (TTFT, ITL, tok/s),
+#                   then SDAR-8B FOCUS importance a1.5 with and without it, no stock.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -164,16 +164,17 @@ if [[ $PHASE == llada2 ]]; then
 fi
 
 if [[ $PHASE == await_stream ]]; then
-  # patch 18's switch: does awaiting the GPU before a decode step (the loop free meanwhile) bring FOCUS's TTFT
-  # down on the short-step model without costing throughput? LLaDA2 first (where TTFT went the wrong way)
+  # patch 18 (on by default since 2026-12-06): awaiting the GPU before a decode step (the loop free meanwhile)
+  # against LMDEPLOY_FOCUS_AWAIT_STREAM=0: TTFT, the gap between streamed outputs (ITL) and tok/s. LLaDA2 first
+  # (the short-step model, where FOCUS's TTFT went the wrong way)
   llada2_stock_and_importance
-  step 110 "focus-importance static, await stream (llada2)" "${S[@]}" ARM_TAG=-static-await LMDEPLOY_FOCUS_AWAIT_STREAM=1 \
+  step 110 "focus-importance static, no await (llada2)" "${S[@]}" ARM_TAG=-static-no-await LMDEPLOY_FOCUS_AWAIT_STREAM=0 \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   fits 200 "SDAR-8B pair" || exit 0
   random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"
   step 90 "focus-importance static (sdar)" "${S[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  step 90 "focus-importance static, await stream (sdar)" "${S[@]}" ARM_TAG=-static-await LMDEPLOY_FOCUS_AWAIT_STREAM=1 \
+  step 90 "focus-importance static, no await (sdar)" "${S[@]}" ARM_TAG=-static-no-await LMDEPLOY_FOCUS_AWAIT_STREAM=0 \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi

@@ -30,7 +30,7 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         self.dense_sampling = False  # debug (the step recorder reads every block position's logits)
 
     async def before_forward(self, inputs) -> None:
-        """Patch 18: with ``$LMDEPLOY_FOCUS_AWAIT_STREAM=1``, a decode forward first awaits the last step's
+        """Patch 18: unless ``$LMDEPLOY_FOCUS_AWAIT_STREAM=0``, a decode forward first awaits the last step's
         deep layers (:mod:`.stream_wait`), so its row-count read does not hold the engine's loop meanwhile."""
         if not inputs.is_decoding or getattr(inputs, 'is_dummy', False):  # prefills and DP dummies read nothing
             return

@@ -92,7 +92,7 @@ class DelayedCacheRuntime:
     alpha_state: object = field(default=None, repr=False)
     shadow_seq: torch.Tensor | None = field(default=None, repr=False)
     logged_fallbacks: int = -1  # auto: the fall-back count whose warning went out (0: probation's)
-    # $LMDEPLOY_FOCUS_AWAIT_STREAM=1 (experimental, stream_wait): an event recorded once a step's deep graph is
+    # patch 18 (stream_wait; $LMDEPLOY_FOCUS_AWAIT_STREAM=0 turns it off): an event recorded once a step's deep graph is
     # launched, awaited by the agent before the next decode forward. A bad value fails at engine build.
     await_stream: bool = field(default_factory=await_stream_requested)
     _deep_event: object = field(default=None, repr=False)
