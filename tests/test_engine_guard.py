@@ -256,3 +256,27 @@ def test_dead_engine_health_503_and_immediate_503(monkeypatch):
         health = client.get('/health')
         assert health.status_code == 503 and 'Empty input is not allowed' in health.json()['message']
     assert LIVENESS._task is None
+
+
+@pytest.mark.parametrize('paradigm', ['ar', 'dllm'])
+def test_a_token_id_outside_the_vocabulary_is_refused_alone(focus_logs, paradigm):
+    """An id >= vocab_size (or < 0) reaches the embedding's gather, whose device-side assert ends the CUDA
+    context: every request of the process dies (the tiny model under the random benchmark prompts, 2026-12-06).
+    Refused on its own, naming the first bad position; the neighbours, with ids up to vocab_size - 1, queue."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+    vocab = random.randint(50, 500)
+    engine = make_engine()
+    engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm=paradigm, vocab_size=vocab))
+    bad_at = random.randint(1, 6)
+    too_high = [1] * bad_at + [vocab + random.randint(0, 5)] + [2, vocab + 9]
+    negative = np.array([3, -1, 4])
+    resps = add_requests(engine, [[vocab - 1, 0], too_high, negative, np.array([5, vocab - 1], dtype=np.int64),
+                                  [1.5, 2.0]])
+    assert [r.event.is_set() for r in resps] == [False, True, True, False, True]
+    assert f'token_ids[{bad_at}] = {too_high[bad_at]}' in resps[1].err_msg
+    assert f'[0, {vocab})' in resps[1].err_msg and '(2 such ids)' in resps[1].err_msg
+    assert 'token_ids[1] = -1' in resps[2].err_msg and 'must be integers' in resps[4].err_msg
+    assert [s.session_id for s in engine.scheduler.waiting] == [0, 3]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from .errors import BenchmarkInputError
 
 MIN_TOKENS = 4
-# random prompts draw ids from the ordinary vocabulary, away from byte tokens and special tokens
+# random prompts draw ids from the ordinary vocabulary, away from byte tokens and special tokens; a vocabulary
+# too small for that (the tiny byte-level model: 256) is drawn from whole
 RANDOM_ID_LOW = 1000
 
 
@@ -58,10 +59,13 @@ def sample_prompts(conversations, tokenizer, num_prompts: int, max_new_tokens: i
 
 
 def random_prompts(num_prompts: int, input_len: int, output_len: int, vocab_high: int, seed: int) -> list[Prompt]:
-    """``num_prompts`` prompts of ``input_len`` uniform random token ids (no chat template)."""
+    """``num_prompts`` prompts of ``input_len`` uniform random token ids below ``vocab_high`` (the tokenizer's
+    ordinary vocabulary; no chat template)."""
     if input_len < 1 or output_len < 1:
         raise BenchmarkInputError('--input-len and --output-len must be >= 1 for the random dataset')
-    high = max(vocab_high, RANDOM_ID_LOW + 1)
+    if vocab_high < 1:
+        raise BenchmarkInputError(f'the tokenizer reports a vocabulary of {vocab_high} ids; no random prompt fits')
+    low = RANDOM_ID_LOW if vocab_high >= 2 * RANDOM_ID_LOW else 0
     rng = random.Random(seed)
-    return [Prompt([rng.randrange(RANDOM_ID_LOW, high) for _ in range(input_len)], output_len)
+    return [Prompt([rng.randrange(low, vocab_high) for _ in range(input_len)], output_len)
             for _ in range(num_prompts)]
