@@ -118,6 +118,7 @@ def test_random_prompts():
     ps = prompts.random_prompts(5, 16, 8, vocab_high=2000, seed=3)
     assert len(ps) == 5 and all(len(p.input_ids) == 16 and p.max_new_tokens == 8 and p.text is None for p in ps)
     assert all(prompts.RANDOM_ID_LOW <= t < 2000 for p in ps for t in p.input_ids)
+    assert [p.input_ids for p in ps] == [p.input_ids for p in prompts.random_prompts(5, 16, 8, 2000, 3)]
 
 
 @pytest.mark.parametrize('vocab', [260, 1999])
@@ -129,7 +130,6 @@ def test_random_prompts_stay_inside_a_small_vocabulary(vocab):
     assert 0 <= min(ids) and max(ids) < vocab and len(set(ids)) > vocab // 2
     with pytest.raises(prompts.BenchmarkInputError, match='vocabulary of 0 ids'):
         prompts.random_prompts(1, 4, 4, vocab_high=0, seed=0)
-    assert [p.input_ids for p in ps] == [p.input_ids for p in prompts.random_prompts(5, 16, 8, 2000, 3)]
 
 
 # ---------------------------------------------------------------- repetition guard
