@@ -132,7 +132,8 @@ config time instead of running on a partly stock engine.
     with its session. ``async_loop`` keeps the exception that ended it; the health message appends it.
     A request the engine cannot serve whatever the caller is refused before upstream's handler runs, so
     the session's other sequences are left alone: a second request on a session whose request is still in
-    progress (upstream rewrote the running sequence before raising), and for diffusion models output logits
+    progress (upstream rewrote the running sequence before raising), a token id outside the vocabulary (the
+    embedding's device-side assert ends the process), and for diffusion models output logits
     (decode steps have logits of the masked rows only) and a request with no token budget (upstream's
     decode inputs drop its row, shifting every later sequence's); for callers of the raw ``Engine`` API
     and multi-turn sessions, which patch 10 does not cover.
@@ -229,9 +230,9 @@ config time instead of running on a partly stock engine.
     synchronous, so there is no await point before it.
     How: before upstream's method, an agent strategy with ``before_forward(inputs)`` is awaited (ours:
     :meth:`~lmdeploy_focus.strategies.dllm.delayed_cache_agent.DelayedCacheAgentStrategy.before_forward`:
-    with ``LMDEPLOY_FOCUS_AWAIT_STREAM=1``, a decode forward first awaits an event the runtime recorded once
+    unless ``LMDEPLOY_FOCUS_AWAIT_STREAM=0``, a decode forward first awaits an event the runtime recorded once
     the last step's deep graph was launched, polled from the loop, :mod:`lmdeploy_focus.strategies.dllm.stream_wait`;
-    off by default, not yet measured). Upstream's strategies have no such method and are untouched.
+    on by default: on the H100 it cut the mean gap between streamed outputs 2.4–4.7x, BENCHMARKS.md). Upstream's strategies have no such method and are untouched.
     Removed by: an upstream agent-strategy hook before the forward, or an asynchronous forward.
 
 Test-only, in the development package (never applied at activation):
