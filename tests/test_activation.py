@@ -136,3 +136,36 @@ def test_a_failed_patch_refuses_focus_instead_of_running_it_on_a_partly_stock_en
     assert 'cannot run: lmdeploy-focus failed to patch lmdeploy.pytorch.strategies.dllm' in state['focus']
     assert 'failed to patch lmdeploy.pytorch.strategies.dllm: delayed cache / FOCUS options will be refused' in \
         out.stdout + out.stderr
+
+
+IMPORTED_FIRST = '''
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+from lmdeploy_focus.patch import patch_failures
+from lmdeploy_focus.patch.targets import PATCHES
+for target in PATCHES:
+    importlib.import_module(target)
+print('STATE' + json.dumps(patch_failures()))
+'''
+
+
+def test_any_runtime_module_imported_first_leaves_every_patch_applied():
+    """Import order must not decide whether FOCUS runs. ``focus_state`` imported first (before anything had
+    loaded ``lmdeploy.pytorch.strategies.dllm``) loaded that package mid-way through its own import; the
+    strategy-factory patch then imported the factory, which imports ``focus_state``: the patch failed, and
+    delayed cache / FOCUS were refused for the process. That module and 11 others drawn afresh each run (all
+    105 take ~3 min on two cores), each first in a fresh interpreter."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import lmdeploy_focus
+    root = Path(lmdeploy_focus.__file__).parent
+    modules = sorted('.'.join(('lmdeploy_focus', ) + p.relative_to(root).with_suffix('').parts).removesuffix('.__init__')
+                     for p in root.rglob('*.py'))
+    first = 'lmdeploy_focus.models.step_state.focus_state'
+    assert first in modules and len(modules) > 50
+    modules = [first] + random.sample([m for m in modules if m != first], 11)
+    with ThreadPoolExecutor(4) as pool:
+        outs = dict(zip(modules, pool.map(lambda m: run_python(IMPORTED_FIRST, args=[m]), modules)))
+    failed = {m: state_of(out) for m, out in outs.items() if state_of(out)}
+    assert failed == {}, f'modules imported first: {modules}'

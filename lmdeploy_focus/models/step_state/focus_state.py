@@ -16,7 +16,6 @@ import torch
 
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import UnmaskingStrategy
-from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 
 DLLM_MASKED = consts.DLLM_MASKED
 DLLM_UNMASKED = consts.DLLM_UNMASKED
@@ -56,6 +55,10 @@ def first_step_decoded(dllm_config) -> float:
     """
     if dllm_config.unmasking_strategy not in (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, UnmaskingStrategy.SEQUENTIAL):
         return 1.0
+    # imported here: lmdeploy.pytorch.strategies.dllm's import applies the strategy-factory patch, whose factory
+    # imports this module (a module-level import made that patch fail when this module was imported first)
+    from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
+
     # the unmasker's own count (it reads denoising_steps unguarded: None is the block length, as the factory sets)
     config = replace(dllm_config, denoising_steps=dllm_config.denoising_steps or dllm_config.block_length)
     return float(UnmaskingProcessor(config)._get_denoise_num())
