@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
-from lmdeploy_focus.models.step_state.focus_state import FocusState, first_step_decoded
+from lmdeploy_focus.models.step_state.focus_state import FocusState, decode_per_step, first_step_decoded
 from lmdeploy_focus.models.step_state.focus_step import FocusConfig
 from lmdeploy_focus_dev.reference import focus_spec
 from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
@@ -33,6 +33,31 @@ def test_engine_rule_agrees_with_the_oracle_on_random_settings():
         assert first_step_decoded(config) == want, (strategy, length, steps)
 
 
+def test_upstream_static_and_sequential_unmaskers_take_at_most_decode_per_step_tokens_a_step():
+    """The front's row bound (sparse_step.next_step_rows) counts a block whole only if it can complete this step,
+    which under static / sequential unmasking needs no more masked slots than decode_per_step: upstream's
+    unmasker on random scores and masks never unmasks more in one step."""
+    from lmdeploy.pytorch import consts
+    from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    for strategy in (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, UnmaskingStrategy.SEQUENTIAL):
+        for length, steps in ((8, 2), (8, 8), (16, 3), (32, 8), (32, None)):
+            config = DLLMConfig(block_length=length, unmasking_strategy=strategy, denoising_steps=steps or length)
+            blocks, vocab = 16, 11
+            masked = torch.rand(blocks, length, generator=gen) < torch.rand(blocks, 1, generator=gen)
+            mask = torch.where(masked, consts.DLLM_MASKED, consts.DLLM_UNMASKED).flatten()
+            logits = torch.randn(blocks * length, vocab, generator=gen)
+            out = UnmaskingProcessor(config)(logits, torch.randint(0, vocab, (blocks * length, ), generator=gen),
+                                             logits.argmax(-1), mask.clone())
+            out_mask = out[0] if isinstance(out, tuple) else out
+            taken = ((mask == consts.DLLM_MASKED) & (out_mask != consts.DLLM_MASKED)).view(blocks, length).sum(1)
+            cap = decode_per_step(config)
+            assert cap is not None and int(taken.max()) <= cap, (strategy, length, steps)
+            if strategy == UnmaskingStrategy.LOW_CONFIDENCE_STATIC:  # exactly min(cap, masked) (sequential: its
+                assert torch.equal(taken, masked.sum(1).clamp(max=cap))  # window wraps onto unmasked slots, fewer)
+    assert decode_per_step(DLLMConfig(unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC)) is None
+
+
 @pytest.mark.parametrize('strategy, steps, expected', [(UnmaskingStrategy.LOW_CONFIDENCE_STATIC, 8, 4.0),
                                                        (UnmaskingStrategy.SEQUENTIAL, 4, 8.0),
                                                        (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, 64, 1.0),
@@ -43,6 +68,8 @@ def test_strategy_factory_gives_the_runtime_the_unmaskers_rate(strategy, steps, 
                            hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True}})
     runtime = tiny.model.delayed_cache_runtime
     assert runtime.first_step_decoded == expected
+    fixed = None if strategy == UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC else int(expected)
+    assert runtime.decode_per_step == fixed and runtime.step_config().decode_per_step == fixed  # the row bound's cap
     state = FocusState.fresh(3)
     assert torch.equal(state.avg_decoded(runtime.first_step_decoded), torch.full((3, ), expected))
 

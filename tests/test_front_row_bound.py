@@ -30,14 +30,15 @@ def _inputs(masked, state, seq_valid):
                       avg_decoded=torch.ones(B))
 
 
-@pytest.mark.parametrize('commit_mode', ['exact', 'fast'])
-def test_the_bound_covers_the_next_processing_set_and_is_exact_when_no_block_can_complete(commit_mode):
+@pytest.mark.parametrize('commit_mode, per_step', [('exact', None), ('fast', None), ('exact', 1), ('exact', 2)])
+def test_the_bound_covers_the_next_processing_set_and_is_exact_when_no_block_can_complete(commit_mode, per_step):
     """Random decode trajectories of the delayed-cache state machine (advance, commit, new block), one sequence
     at a time: the bound is >= the rows the sequence's next step processes, and equal to them unless the exact
-    commit may follow (no more masked slots than decodable ones: the bound then counts the whole block)."""
+    commit may follow (no more masked slots than decodable ones, nor than the unmasker's fixed tokens per step
+    under static unmasking, ``per_step``: the bound then counts the whole block)."""
     seed = secrets.randbits(31)
     gen = torch.Generator().manual_seed(seed)
-    config = StepConfig(block_length=8, commit_mode=commit_mode, focus=FOCUS)
+    config = StepConfig(block_length=8, commit_mode=commit_mode, focus=FOCUS, decode_per_step=per_step)
     B, L = 6, config.block_length
     seq_valid = torch.rand(B, generator=gen) < 0.8
     seq_valid[0] = True
@@ -54,7 +55,8 @@ def test_the_bound_covers_the_next_processing_set_and_is_exact_when_no_block_can
         # decode up to `decodable` masked slots per sequence, at random
         score = torch.rand(B, L, generator=gen).masked_fill(~masked, 2.0)
         rank = score.argsort(1).argsort(1)
-        decoded = masked & (rank < torch.randint(0, 4, (B, 1), generator=gen).clamp(max=decodable[:, None]))
+        takes = torch.randint(0, 4, (B, 1), generator=gen).clamp(max=decodable[:, None])
+        decoded = masked & (rank < (takes if per_step is None else takes.clamp(max=per_step)))
         # upstream's unmasker flags a block CACHED at the step whose input is all unmasked (both commit modes)
         next_mask = torch.where((mask != MASKED).all(1, keepdim=True), CACHED, torch.where(decoded, UNMASKED, mask))
         committed = starts_new_block(next_mask.flatten(), L)
@@ -64,7 +66,8 @@ def test_the_bound_covers_the_next_processing_set_and_is_exact_when_no_block_can
         for b in range(B):
             rows, where = int(proc.q_seqlens[b]), f'seed {seed} step {step} seq {b}'
             assert rows <= bounds[b], where
-            may_commit_whole = commit_mode == 'exact' and bool(masked[b].sum() <= decodable[b])
+            can_take = int(decodable[b]) if per_step is None else min(int(decodable[b]), per_step)
+            may_commit_whole = commit_mode == 'exact' and int(masked[b].sum()) <= can_take
             if not may_commit_whole:
                 assert rows == bounds[b], where
                 exact += 1

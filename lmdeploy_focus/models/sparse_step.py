@@ -63,6 +63,9 @@ class StepConfig:
     commit_mode: str  # 'exact': a fully decoded block is recomputed whole before it becomes history
     process_all: bool = False  # debug: every position processed (must reproduce stock decoding)
     focus: FocusConfig | None = None
+    # static / sequential unmasking: the most tokens a step decodes per sequence (focus_state.decode_per_step);
+    # None (dynamic): any number. Tightens the next step's row bound (next_step_rows).
+    decode_per_step: int | None = None
 
 
 @dataclass
@@ -148,7 +151,8 @@ def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tens
     block was committed: a new block's warm-up). The unmasker commits a block one step after its
     last slot is decoded; with the ``exact`` commit that step recomputes the whole block, so a
     sequence that may complete this step (no more masked slots than ``decodable``, int64 [B̂]: its
-    masked rows that get logits, the only ones the guard lets the unmasker decode) counts ``L``.
+    masked rows that get logits, the only ones the guard lets the unmasker decode, and than the
+    unmasker's ``config.decode_per_step`` where that is fixed) counts ``L``.
     Sequences that join later add ``L`` each (the caller's part); sequences that leave only lower the sum.
     """
     length = inputs.masked.size(1)
@@ -158,6 +162,8 @@ def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tens
     if config.process_all:
         whole = torch.ones_like(inputs.seq_valid)
     elif config.commit_mode == 'exact':
+        if config.decode_per_step is not None:
+            decodable = decodable.clamp(max=config.decode_per_step)
         whole = inputs.masked.sum(dim=1) <= decodable  # the block may complete: its commit step recomputes it whole
     else:
         whole = torch.zeros_like(inputs.seq_valid)

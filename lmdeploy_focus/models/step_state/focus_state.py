@@ -53,15 +53,23 @@ def first_step_decoded(dllm_config) -> float:
     and every block would take extra steps (measured: leftmost at 4 tokens/step took 10 steps a block
     instead of stock's 9, commit included).
     """
+    fixed = decode_per_step(dllm_config)
+    return 1.0 if fixed is None else float(fixed)
+
+
+def decode_per_step(dllm_config) -> int | None:
+    """The most tokens a step of one block decodes: upstream's denoise number under static and sequential
+    unmasking (each step takes ``min(L // denoising_steps, masked)``), None under dynamic unmasking (every
+    token above the threshold)."""
     if dllm_config.unmasking_strategy not in (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, UnmaskingStrategy.SEQUENTIAL):
-        return 1.0
+        return None
     # imported here: lmdeploy.pytorch.strategies.dllm's import applies the strategy-factory patch, whose factory
     # imports this module (a module-level import made that patch fail when this module was imported first)
     from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 
     # the unmasker's own count (it reads denoising_steps unguarded: None is the block length, as the factory sets)
     config = replace(dllm_config, denoising_steps=dllm_config.denoising_steps or dllm_config.block_length)
-    return float(UnmaskingProcessor(config)._get_denoise_num())
+    return int(UnmaskingProcessor(config)._get_denoise_num())
 
 
 def newly_decoded(input_mask: torch.Tensor, next_mask: torch.Tensor, block_length: int) -> torch.Tensor:

@@ -77,6 +77,7 @@ class DelayedCacheRuntime:
     step: DecodeStep | None = None
     focus: FocusConfig | None = None  # FOCUS eviction on top of delayed cache
     first_step_decoded: float = 1.0  # FOCUS running mean before a block's first step (focus_state.first_step_decoded)
+    decode_per_step: int | None = None  # static / sequential unmasking's tokens per step (focus_state.decode_per_step)
     stats: RunStats | None = None  # dllm_track
     timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
     attention_rows: object = None  # sparse_step.AttentionRows while the deep layers are built/run
@@ -111,7 +112,7 @@ class DelayedCacheRuntime:
     def step_config(self):
         from ...models.sparse_step import StepConfig
         return StepConfig(block_length=self.block_length, commit_mode=self.commit_mode, process_all=self.process_all,
-                          focus=self.focus)
+                          focus=self.focus, decode_per_step=self.decode_per_step)
 
     @contextmanager
     def attending(self, rows):
