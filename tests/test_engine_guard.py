@@ -280,3 +280,61 @@ def test_a_token_id_outside_the_vocabulary_is_refused_alone(focus_logs, paradigm
     assert f'[0, {vocab})' in resps[1].err_msg and '(2 such ids)' in resps[1].err_msg
     assert 'token_ids[1] = -1' in resps[2].err_msg and 'must be integers' in resps[4].err_msg
     assert [s.session_id for s in engine.scheduler.waiting] == [0, 3]
+
+
+def test_malformed_token_ids_fail_alone_and_tensors_are_checked_like_lists(focus_logs):
+    """The vocabulary check itself must not end the loop on a request it cannot read (a ragged list, a 2-d array,
+    a 0-d tensor): refused alone. Tensors through the raw Engine API are checked as their values; a multimodal
+    request (placeholder ids are the input processor's) and a model config without vocab_size are not checked."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    vocab = random.randint(50, 500)
+    engine = make_engine()
+    engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm='ar', vocab_size=vocab))
+    resps = add_requests(engine, [[[1, 2], [3]], np.ones((2, 2), dtype=np.int64), torch.tensor(5),
+                                  torch.tensor([1, vocab], requires_grad=False), torch.tensor([1, vocab - 1]), [4, 5]])
+    assert [r.event.is_set() for r in resps] == [True, True, True, True, False, False]
+    assert all('flat sequence of integers' in r.err_msg for r in resps[:3])
+    assert f'token_ids[1] = {vocab}' in resps[3].err_msg
+    assert [s.session_id for s in engine.scheduler.waiting] == [4, 5]
+    # no vocabulary known: nothing refused for its ids
+    engine = make_engine()
+    engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm='ar', vocab_size=None))
+    assert not add_requests(engine, [[vocab + 7]])[0].event.is_set()
+
+
+def test_a_multimodal_request_is_left_to_the_input_processor():
+    from lmdeploy_focus.serving.engine_guard import check_engine_request
+    from types import SimpleNamespace
+    engine = SimpleNamespace(scheduler=None, model_config=SimpleNamespace(model_paradigm='ar', vocab_size=10),
+                             max_session_len=None)
+    image = SimpleNamespace(data=dict(token_ids=[3, 10**6], session_id=0, input_multimodals=[{'image': 'x'}]))
+    check_engine_request(engine, image)  # the placeholder id is not refused
+    text = SimpleNamespace(data=dict(token_ids=[3, 10**6], session_id=0, input_multimodals=None))
+    with pytest.raises(ValueError, match=r'token_ids\[1\] = 1000000'):
+        check_engine_request(engine, text)
+
+
+def test_a_check_that_raises_unexpectedly_fails_that_request_only(monkeypatch, focus_logs):
+    """The guard's own checks run before upstream's handler: an exception they did not foresee is answered on the
+    request (INTERNAL_ENGINE_ERROR) instead of ending the loop for every request in flight."""
+    from types import SimpleNamespace
+
+    from lmdeploy_focus.serving import engine_guard
+    real = engine_guard._check_vocabulary
+
+    def flaky(token_ids, vocab_size):
+        if list(token_ids) == [6, 6]:
+            raise RuntimeError('unforeseen')
+        return real(token_ids, vocab_size)
+
+    monkeypatch.setattr(engine_guard, '_check_vocabulary', flaky)
+    engine = make_engine()
+    engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm='ar', vocab_size=100))
+    resps = add_requests(engine, [[1, 2], [6, 6], [3, 4]])
+    assert [r.event.is_set() for r in resps] == [False, True, False]
+    assert 'RuntimeError: unforeseen' in resps[1].err_msg
+    assert [s.session_id for s in engine.scheduler.waiting] == [0, 2]

@@ -41,7 +41,8 @@ def test_upstream_static_and_sequential_unmaskers_take_at_most_decode_per_step_t
     from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
     gen = torch.Generator().manual_seed(secrets.randbits(31))
     for strategy in (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, UnmaskingStrategy.SEQUENTIAL):
-        for length, steps in ((8, 2), (8, 8), (16, 3), (32, 8), (32, None)):
+        for length, steps in ((8, 2), (8, 8), (16, 3), (32, 8), (32, None), (8, 64)):
+            # upstream's unmasker divides by denoising_steps unguarded; the factory gives it the block length for None
             config = DLLMConfig(block_length=length, unmasking_strategy=strategy, denoising_steps=steps or length)
             blocks, vocab = 16, 11
             masked = torch.rand(blocks, length, generator=gen) < torch.rand(blocks, 1, generator=gen)
@@ -51,7 +52,7 @@ def test_upstream_static_and_sequential_unmaskers_take_at_most_decode_per_step_t
                                              logits.argmax(-1), mask.clone())
             out_mask = out[0] if isinstance(out, tuple) else out
             taken = ((mask == consts.DLLM_MASKED) & (out_mask != consts.DLLM_MASKED)).view(blocks, length).sum(1)
-            cap = decode_per_step(config)
+            cap = decode_per_step(DLLMConfig(block_length=length, unmasking_strategy=strategy, denoising_steps=steps))
             assert cap is not None and int(taken.max()) <= cap, (strategy, length, steps)
             if strategy == UnmaskingStrategy.LOW_CONFIDENCE_STATIC:  # exactly min(cap, masked) (sequential: its
                 assert torch.equal(taken, masked.sum(1).clamp(max=cap))  # window wraps onto unmasked slots, fewer)

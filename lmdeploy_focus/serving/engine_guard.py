@@ -15,6 +15,7 @@ import asyncio
 import functools
 
 import numpy as np
+import torch
 
 from ..log import logger
 
@@ -110,9 +111,18 @@ def check_engine_request(engine, req) -> None:
 
 def _check_vocabulary(token_ids, vocab_size) -> None:
     """Every id in ``[0, vocab_size)``; one vectorised pass (a prompt of 100k ids costs well under a ms)."""
-    if token_ids is None or vocab_size is None or len(token_ids) == 0:
+    if token_ids is None or vocab_size is None:
+        return
+    if isinstance(token_ids, torch.Tensor):  # the raw Engine API takes what upstream's _to_ndarray takes
+        token_ids = token_ids.detach().cpu().numpy()
+    try:
+        ids = np.asarray(token_ids)
+    except (TypeError, ValueError) as exc:  # e.g. a ragged list
+        raise RefusedRequest(f'token_ids must be a flat sequence of integers ({exc})') from None
+    if ids.ndim != 1:
+        raise RefusedRequest(f'token_ids must be a flat sequence of integers, got shape {ids.shape}')
+    if ids.size == 0:
         return  # an empty prompt is upstream's to refuse (its assert fails that request alone)
-    ids = np.asarray(token_ids)
     if ids.dtype.kind not in 'iu':
         raise RefusedRequest(f'token_ids must be integers, got {ids.dtype} values')
     outside = np.flatnonzero((ids < 0) | (ids >= vocab_size))
@@ -131,6 +141,9 @@ def isolate_add_message(upstream, response_type):
                 check_engine_request(self, req)
             except RefusedRequest as exc:
                 _refuse(self, req, exc, response_type)
+                continue
+            except Exception as exc:  # a check that trips over a malformed request fails that request only
+                fail_request(self, req, exc, response_type)
                 continue
             try:
                 upstream(self, [req], **kwargs)

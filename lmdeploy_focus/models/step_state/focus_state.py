@@ -58,9 +58,10 @@ def first_step_decoded(dllm_config) -> float:
 
 
 def decode_per_step(dllm_config) -> int | None:
-    """The most tokens a step of one block decodes: upstream's denoise number under static and sequential
-    unmasking (each step takes ``min(L // denoising_steps, masked)``), None under dynamic unmasking (every
-    token above the threshold)."""
+    """The most tokens a step of one block decodes: upstream's denoise number ``max(1, L // denoising_steps)``
+    under static unmasking (it takes that many, or every masked slot if fewer) and sequential unmasking (at
+    most that many: its window may wrap onto decoded slots); None under dynamic unmasking (every token above
+    the threshold)."""
     if dllm_config.unmasking_strategy not in (UnmaskingStrategy.LOW_CONFIDENCE_STATIC, UnmaskingStrategy.SEQUENTIAL):
         return None
     # imported here: lmdeploy.pytorch.strategies.dllm's import applies the strategy-factory patch, whose factory

@@ -13,8 +13,9 @@ The previous step's own output is not delivered sooner: it is ready only after i
 
 Measured on an H100 (BENCHMARKS.md, 2026-12-06): the mean gap between streamed outputs drops 2.4–4.7x
 (SDAR-8B bs 256: 5.2 s -> 1.1 s, below stock's 2.0 s; it was above stock's before), output tok/s moves
--2.3 % to +1.2 %. So it is the default; ``LMDEPLOY_FOCUS_AWAIT_STREAM=0`` turns it off (a poll that comes
-back late, or a forward whose host work outlasts the previous step's tail, leaves the GPU idle).
+-2.3 % to +1.2 % (bs 64 / 256, static unmasking, graphs). So it is the default; ``LMDEPLOY_FOCUS_AWAIT_STREAM=0``
+turns it off. A poll that comes back late, or a forward whose host work outlasts the previous step's tail,
+leaves the GPU idle: up to about a poll a step where the tail is short (small batches; not yet measured).
 """
 import asyncio
 import os
