@@ -665,6 +665,17 @@ def test_suite_await_stream_phase_pairs_the_default_with_the_switch_off(tmp_path
     assert 'skipped' not in out
 
 
+
+def test_suite_await_small_phase_pairs_the_default_with_the_switch_off_at_small_batches(tmp_path):
+    out, cmds = _suite(tmp_path, 'await_small')
+    assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
+        ('stock-static', 'SDAR-8B-Chat-b32'), ('focus-importance-static', 'SDAR-8B-Chat-b32'),
+        ('focus-importance-static-no-await', 'SDAR-8B-Chat-b32'), ('focus-importance-dynamic', 'SDAR-8B-Chat-b32'),
+        ('focus-importance-dynamic-no-await', 'SDAR-8B-Chat-b32')]
+    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == [None, None, '0', None, '0']
+    assert [c.concurrency for c in cmds] == [[1, 4, 16]] * 3 + [[4, 16]] * 2
+    assert all(not c.eager_mode for c in cmds) and 'skipped' not in out
+
 # ---------------------------------------------------------------- plot_results: merging result directories
 def _plot_results():
     sys.path.insert(0, BENCH)

@@ -28,6 +28,9 @@
 #        'await_stream' = patch 18 (the default) against LMDEPLOY_FOCUS_AWAIT_STREAM=0, b32 static, bs 64/256:
 #                   LLaDA2.0-mini stock, FOCUS importance a1.5 and the same without the await (TTFT, ITL, tok/s),
 #                   then SDAR-8B FOCUS importance a1.5 with and without it, no stock.
+#        'await_small' = patch 18 where its poll may idle the GPU (short tails): SDAR-8B b32, bs 1/4/16, in 256 /
+#                   out 256: static stock, FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
+#                   then dynamic, FOCUS importance with and without the await.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -45,7 +48,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|await_stream|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, await_stream, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|await_stream|await_small|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, await_stream, await_small, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -176,6 +179,23 @@ if [[ $PHASE == await_stream ]]; then
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 90 "focus-importance static, no await (sdar)" "${S[@]}" ARM_TAG=-static-no-await LMDEPLOY_FOCUS_AWAIT_STREAM=0 \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  exit 0
+fi
+
+if [[ $PHASE == await_small ]]; then
+  # patch 18 at small batches (a step's tail may be shorter than the ~1 ms poll): does the default cost tok/s?
+  SM=("${STATIC[@]}" BATCH_SIZES="1 4 16" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  step 90 "stock static, small batches" "${SM[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 80 "focus-importance static, small batches" "${SM[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 80 "focus-importance static, small batches, no await" "${SM[@]}" ARM_TAG=-static-no-await \
+    LMDEPLOY_FOCUS_AWAIT_STREAM=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  DS=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=128 BATCH_SIZES="4 16"
+      EXTRA_ARGS="$COST --fast-exit --output-len 128")
+  step 70 "focus-importance dynamic, small batches" "${DS[@]}" ARM_TAG=-dynamic FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 70 "focus-importance dynamic, small batches, no await" "${DS[@]}" ARM_TAG=-dynamic-no-await \
+    LMDEPLOY_FOCUS_AWAIT_STREAM=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   exit 0
 fi
 
