@@ -654,27 +654,24 @@ def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_pa
     assert 'skipped' not in out
 
 
-def test_suite_await_stream_phase_pairs_the_default_with_the_switch_off(tmp_path):
-    out, cmds = _suite(tmp_path, 'await_stream')
-    assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
-        ('stock-static', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'LLaDA2.0-mini-b32'),
-        ('focus-importance-static-no-await', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'SDAR-8B-Chat-b32'),
-        ('focus-importance-static-no-await', 'SDAR-8B-Chat-b32')]
+LLADA2, SDAR8B = 'LLaDA2.0-mini-b32', 'SDAR-8B-Chat-b32'
+
+
+@pytest.mark.parametrize('phase, arms, concurrency', [
+    ('await_stream', [('stock-static', LLADA2), ('focus-importance-static', LLADA2),
+                      ('focus-importance-static-no-await', LLADA2), ('focus-importance-static', SDAR8B),
+                      ('focus-importance-static-no-await', SDAR8B)], [[64, 256]] * 5),
+    ('await_small', [('stock-static', SDAR8B), ('focus-importance-static', SDAR8B),
+                     ('focus-importance-static-no-await', SDAR8B), ('focus-importance-dynamic', SDAR8B),
+                     ('focus-importance-dynamic-no-await', SDAR8B)], [[1, 4, 16]] * 3 + [[4, 16]] * 2)])
+def test_suite_await_phases_pair_the_default_with_the_switch_off(tmp_path, phase, arms, concurrency):
+    """Patch 18 (on by default) against LMDEPLOY_FOCUS_AWAIT_STREAM=0, every arm with graphs."""
+    out, cmds = _suite(tmp_path, phase)
+    assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == arms
     assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == [None, None, '0', None, '0']
-    assert all(c.concurrency == [64, 256] and not c.eager_mode and c.output_len == 256 for c in cmds)
-    assert 'skipped' not in out
-
-
-
-def test_suite_await_small_phase_pairs_the_default_with_the_switch_off_at_small_batches(tmp_path):
-    out, cmds = _suite(tmp_path, 'await_small')
-    assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
-        ('stock-static', 'SDAR-8B-Chat-b32'), ('focus-importance-static', 'SDAR-8B-Chat-b32'),
-        ('focus-importance-static-no-await', 'SDAR-8B-Chat-b32'), ('focus-importance-dynamic', 'SDAR-8B-Chat-b32'),
-        ('focus-importance-dynamic-no-await', 'SDAR-8B-Chat-b32')]
-    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == [None, None, '0', None, '0']
-    assert [c.concurrency for c in cmds] == [[1, 4, 16]] * 3 + [[4, 16]] * 2
+    assert [c.concurrency for c in cmds] == concurrency
     assert all(not c.eager_mode for c in cmds) and 'skipped' not in out
+
 
 # ---------------------------------------------------------------- plot_results: merging result directories
 def _plot_results():
