@@ -33,6 +33,28 @@ def test_per_sequence_counts_columns_and_run_totals():
         per_sequence_counts(1, tokens=1)
 
 
+def test_per_sequence_counts_match_column_by_column_assignment_on_random_columns():
+    """The one-stack build equals writing each column into zeros (float32 casts of int32 / int64 / bool /
+    float64 columns, 0-d tensors and numbers broadcast), on random columns and batch sizes."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    makers = [lambda b: torch.randint(0, 40, (b, ), generator=gen, dtype=torch.int32),
+              lambda b: torch.randint(0, 2**20, (b, ), generator=gen),
+              lambda b: torch.rand(b, generator=gen) < 0.5,
+              lambda b: torch.rand(b, generator=gen, dtype=torch.float64) * 7,
+              lambda b: torch.randint(0, 9, (), generator=gen),
+              lambda b: int(torch.randint(0, 9, (), generator=gen)),
+              lambda b: 0.25]
+    for _ in range(50):
+        batch = int(torch.randint(1, 9, (), generator=gen))
+        keys = [k for k in KEYS if torch.rand((), generator=gen) < 0.6]
+        columns = {k: makers[int(torch.randint(0, len(makers), (), generator=gen))](batch) for k in keys}
+        want = torch.zeros(batch, len(KEYS))
+        for key, value in columns.items():
+            want[:, KEYS.index(key)] = value.to(torch.float32) if isinstance(value, torch.Tensor) else float(value)
+        got = per_sequence_counts(batch, **columns)
+        assert got.dtype == torch.float32 and torch.equal(got, want), columns
+
+
 class _Agent:
     def make_extra_outputs(self, extra_inputs):
         return DLLMExtraOutputs(dllm_mask=extra_inputs)
