@@ -40,8 +40,10 @@ chat.build_pipe = lambda *args, **kwargs: contextlib.nullcontext()
 upstream = chat.build_gen_config
 def build_gen_config(**kwargs):
     cfg = upstream(**kwargs)
-    print('PROBE' + json.dumps({k: getattr(cfg, k) for k in
-          ('temperature', 'top_p', 'top_k', 'repetition_penalty', 'max_new_tokens')}))
+    from lmdeploy_focus.serving import answer_budget
+    print('PROBE' + json.dumps({**{k: getattr(cfg, k) for k in
+          ('temperature', 'top_p', 'top_k', 'repetition_penalty', 'max_new_tokens')},
+          'clip': answer_budget._clip_answers}))
     raise SystemExit(0)
 chat.build_gen_config = build_gen_config
 from lmdeploy.cli.entrypoint import run
@@ -60,7 +62,8 @@ def _gen_config(sdar_dir, *flags):
 def test_good_flags_reach_the_sessions_generation_config(sdar_dir):
     got = _gen_config(sdar_dir, '--top-p', '0.9', '--top-k', '0', '--temperature', '0', '--repetition-penalty',
                       '1.1', '--max-new-tokens', '64')
-    assert got == dict(temperature=0.0, top_p=0.9, top_k=0, repetition_penalty=1.1, max_new_tokens=64)
+    assert got == dict(temperature=0.0, top_p=0.9, top_k=0, repetition_penalty=1.1, max_new_tokens=64,
+                       clip=False)  # a budget the user gave must fit the session (refused otherwise)
 
 
 def test_flags_left_out_keep_upstreams_chat_defaults(sdar_dir):
@@ -68,7 +71,8 @@ def test_flags_left_out_keep_upstreams_chat_defaults(sdar_dir):
     default = GenerationConfig()
     got = _gen_config(sdar_dir, '--top-p', '0.5')
     assert got == dict(temperature=default.temperature, top_p=0.5, top_k=default.top_k,
-                       repetition_penalty=default.repetition_penalty, max_new_tokens=4096)  # chat's 4096
+                       repetition_penalty=default.repetition_penalty, max_new_tokens=4096,  # chat's 4096,
+                       clip=True)  # cut to the session's room where it does not fit
 
 
 # ---- GenerationConfig (pipeline) ------------------------------------------------------------------------

@@ -61,6 +61,10 @@ config time instead of running on a partly stock engine.
    :mod:`lmdeploy_focus.serving.validation` (``lmdeploy chat: error: argument --top-p: must be a number
    in (0, 1], got 7.0``, exit 2); upstream's ``build_gen_config`` copies options named like
    ``GenerationConfig`` fields, and the runner removes the flags left out so upstream's defaults stand.
+   Without ``--max-new-tokens`` the runner also has each answer cut to the session's room
+   (:mod:`lmdeploy_focus.serving.answer_budget`, applied at patch 10's boundary) instead of refused: chat
+   re-sends the whole transcript with upstream's fixed 4096 budget, which a small ``--session-len`` refused
+   every turn.
    Removed by: upstream flags and upstream checks of the model path, the device and sampling values.
 
 6. ``lmdeploy.pytorch.models.module_map.CUSTOM_MODULE_MAP`` gains ``SDARForCausalLM`` ->

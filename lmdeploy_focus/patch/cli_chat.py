@@ -6,6 +6,7 @@ def apply(cli_module) -> None:
     from ..cli import preflight
     from ..cli.flags import add_focus_arguments
     from ..cli.sampling import add_sampling_arguments, drop_unset_sampling
+    from ..serving.answer_budget import clip_answers_to_session
 
     cls = cli_module.CLI
     upstream_add_parser = cls.add_parser_chat
@@ -22,6 +23,8 @@ def apply(cli_module) -> None:
     @functools.wraps(upstream_runner)
     def chat(args):
         preflight.require_cuda(args, 'lmdeploy chat')
+        # upstream's fixed 4096 budget is cut to the session's room; a --max-new-tokens given must fit
+        clip_answers_to_session(getattr(args, 'max_new_tokens', None) is None)
         drop_unset_sampling(args)
         return upstream_runner(args)
 

@@ -2,6 +2,7 @@
 import functools
 from http import HTTPStatus
 
+from .answer_budget import fit_answer
 from .limits import engine_limits
 from .validation import FieldError, check_generation_config, check_http_request, check_input_ids
 
@@ -38,6 +39,7 @@ def wrap_determine_gen_config(upstream):
     def _determine_gen_config(self, input_ids, gen_config=None):
         limits = engine_limits(self)
         tokenizer = self.tokenizer
+        gen_config = fit_answer(gen_config, 0 if input_ids is None else len(input_ids), limits.session_len)  # chat
         try:
             check_generation_config(gen_config, limits, encode=lambda word: tokenizer.encode(word, add_bos=False))
             # without a gen_config, upstream's default max_new_tokens (512) is no request of the user's
