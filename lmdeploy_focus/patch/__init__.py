@@ -310,4 +310,3 @@ def on_module_loaded(module) -> None:
 
 def applied_patches() -> frozenset[str]:
     return frozenset(_applied)
-

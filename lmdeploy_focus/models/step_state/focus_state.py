@@ -45,6 +45,12 @@ class FocusState:
 
 
 def first_step_decoded(dllm_config) -> float:
+    """The running mean before a block's first decode step under ``dllm_config``
+    (:func:`first_step_average` of :func:`decode_per_step`)."""
+    return first_step_average(decode_per_step(dllm_config))
+
+
+def first_step_average(per_step: int | None) -> float:
     """The running mean before a block's first decode step: the tokens the unmasker takes per step.
 
     Dynamic unmasking: 1, its forced top-1 (spec §3.4's reset). Static and sequential unmasking take
@@ -53,8 +59,7 @@ def first_step_decoded(dllm_config) -> float:
     and every block would take extra steps (measured: leftmost at 4 tokens/step took 10 steps a block
     instead of stock's 9, commit included).
     """
-    fixed = decode_per_step(dllm_config)
-    return 1.0 if fixed is None else float(fixed)
+    return 1.0 if per_step is None else float(per_step)
 
 
 def decode_per_step(dllm_config) -> int | None:

@@ -76,7 +76,6 @@ class DelayedCacheRuntime:
     step_inputs: object = field(default=None, repr=False)  # the agent's DelayedCacheStepInputs
     step: DecodeStep | None = None
     focus: FocusConfig | None = None  # FOCUS eviction on top of delayed cache
-    first_step_decoded: float = 1.0  # FOCUS running mean before a block's first step (focus_state.first_step_decoded)
     decode_per_step: int | None = None  # static / sequential unmasking's tokens per step (focus_state.decode_per_step)
     stats: RunStats | None = None  # dllm_track
     timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
@@ -108,6 +107,11 @@ class DelayedCacheRuntime:
         """No request has reached the decode state since the step inputs were built (engine start, or
         a wake-up after sleep): a decode forward now is upstream's warm-up, never live traffic."""
         return getattr(self.step_inputs, 'delayed_state', None) is None
+
+    @property
+    def first_step_decoded(self) -> float:
+        """FOCUS's running mean before a block's first step (focus_state.first_step_average)."""
+        return focus_state.first_step_average(self.decode_per_step)
 
     def step_config(self):
         from ...models.sparse_step import StepConfig

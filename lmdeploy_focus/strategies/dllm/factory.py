@@ -5,7 +5,7 @@ from ...config.compat import check_block_fits_page, check_unmasking_settings
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
-from ...models.step_state.focus_state import decode_per_step, first_step_decoded
+from ...models.step_state.focus_state import decode_per_step
 from .focus_config import focus_config
 
 
@@ -51,7 +51,6 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
             self.delayed_cache_runtime = DelayedCacheRuntime(block_length=self.dllm_block_length,
                                                              commit_mode=options.delayed_cache_commit,
                                                              focus=focus,
-                                                             first_step_decoded=first_step_decoded(self.dllm_config),
                                                              decode_per_step=decode_per_step(self.dllm_config),
                                                              stats=self.run_stats)
             from .phase_timer import PhaseTimer, phase_timing_requested
