@@ -1,16 +1,25 @@
-"""Wall time of a fixed request load through ``lmdeploy serve api_server``, right after start-up (issue 14).
+"""Wall time of a fixed request load through ``lmdeploy serve api_server``, arms paired (issue 14).
 
-    python3 benchmark/serving_wall_time.py --model models/tiny-sdar-5m-b32 --out OUT.json [--server-args "--focus"]
+    python3 benchmark/serving_wall_time.py --model models/tiny-sdar-5m-b32 --out OUT.json \
+        [--arm stock= --arm focus=--focus] [--rounds 3]
 
-Starts the server (one arm per call), waits for ``/health``, then sends ``--requests`` completions at
-``--concurrency`` from a thread pool (standard library only): random prompts of 5-60 words,
-``max_tokens`` 16-128 (not multiples of the block), greedy and sampled mixed, ignore_eos. The first
-request is the first the server ever sees: start-up cost stays inside the timed load.
+Starts one server per arm (``--arm NAME=ARGS``, extra api_server arguments; default stock and
+``--focus``), all at once on the same GPU, each with the same ``--cache-max-entry-count`` so they fit
+side by side. Once every ``/health`` answers, each round sends the same load to every arm in turn (the
+order alternates between rounds, so neither arm always goes first): ``--requests`` completions at
+``--concurrency`` from a thread pool (standard library only), random prompts of 5-60 words,
+``max_tokens`` 16-128 (not multiples of the block), greedy and sampled mixed, ignore_eos. Round 1 is
+each server's first traffic ever (start-up cost inside the timed load); later rounds are steady state.
+
+Why paired: arms run back to back in separate server lifetimes varied by up to 17 % on one machine
+(2026-12-06), more than the difference being measured. Here each round's ratio compares loads seconds
+apart on the same machine state, and the report gives every round's ratio against the first arm.
 """
 import argparse
 import json
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +27,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 WORDS = 'the of and to in a is that for it as was with be by on not he this are or his from at'.split()
+DEFAULT_ARMS = ('stock=', 'focus=--focus')
 
 
 def free_port() -> int:
@@ -44,59 +54,130 @@ def requests_mix(count, seed):
         yield body
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--model', required=True)
-    p.add_argument('--out', required=True)
-    p.add_argument('--server-args', default='', help='extra api_server arguments, e.g. "--focus"')
-    p.add_argument('--requests', type=int, default=1000)
-    p.add_argument('--concurrency', type=int, default=64)
-    p.add_argument('--seed', type=int, default=0)
-    args = p.parse_args()
-    port = free_port()
-    cmd = ['lmdeploy', 'serve', 'api_server', args.model, '--server-port', str(port), *args.server_args.split()]
-    log = open(args.out + '.server.log', 'w')
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f'http://127.0.0.1:{port}'
-    try:
-        start = time.perf_counter()
-        while True:
-            if server.poll() is not None:
-                sys.exit(f'server exited with {server.returncode}; see {log.name}')
-            try:
-                urllib.request.urlopen(base + '/health', timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        startup_s = time.perf_counter() - start
-        model = json.loads(urllib.request.urlopen(base + '/v1/models').read())['data'][0]['id']
-        bodies = [dict(b, model=model) for b in requests_mix(args.requests, args.seed)]
-        statuses = []
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """``NAME=ARGS`` -> (name, argument list); a clear error naming the flag otherwise."""
+    name, sep, args = text.partition('=')
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f'--arm {text!r}: expected NAME=ARGS, e.g. focus=--focus or stock=')
+    return name.strip(), args.split()
+
+
+def round_order(names: list[str], index: int) -> list[str]:
+    """Arms in round ``index`` (0-based): as given on even rounds, reversed on odd ones."""
+    return list(names) if index % 2 == 0 else list(reversed(names))
+
+
+def summarize(names: list[str], walls: dict[str, list[float]]) -> dict:
+    """Per-round ratios of every arm's wall time to the first arm's, the first round's, and their median."""
+    base = walls[names[0]]
+    out = {}
+    for name in names[1:]:
+        ratios = [round(w / b, 3) for w, b in zip(walls[name], base)]
+        out[name] = dict(round_ratios=ratios, first_round_ratio=ratios[0], median_ratio=round(statistics.median(ratios), 3),
+                         steady_median_ratio=round(statistics.median(ratios[1:]), 3) if len(ratios) > 1 else None)
+    return out
+
+
+class Server:
+
+    def __init__(self, name: str, model: str, args: list[str], log_path: str):
+        self.name = name
+        self.port = free_port()
+        self.cmd = ['lmdeploy', 'serve', 'api_server', model, '--server-port', str(self.port), *args]
+        self.log = open(log_path, 'w')
+        self.process = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.base = f'http://127.0.0.1:{self.port}'
+        self.started = time.perf_counter()
+        self.startup_s = None
+        self.model_id = None
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            sys.exit(f'server {self.name} exited with {self.process.returncode}; see {self.log.name}')
+        try:
+            urllib.request.urlopen(self.base + '/health', timeout=2)
+        except OSError:
+            return False
+        self.startup_s = round(time.perf_counter() - self.started, 1)
+        self.model_id = json.loads(urllib.request.urlopen(self.base + '/v1/models').read())['data'][0]['id']
+        return True
+
+    def load(self, bodies: list[dict], concurrency: int) -> dict:
 
         def one(body):
             try:
-                status, reply = post(base + '/v1/completions', body)
+                status, reply = post(self.base + '/v1/completions', dict(body, model=self.model_id))
                 return status, reply.get('usage', {}).get('completion_tokens', 0)
             except Exception as e:  # noqa: BLE001  counted as a failure
                 return type(e).__name__, 0
 
         start = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
+        with ThreadPoolExecutor(concurrency) as pool:
             statuses = list(pool.map(one, bodies))
-        wall = time.perf_counter() - start
-        ok = sum(s == 200 for s, _ in statuses)
-        result = dict(command=' '.join(cmd), requests=args.requests, concurrency=args.concurrency, ok=ok,
-                      failures=sorted({str(s) for s, _ in statuses if s != 200}), wall_s=round(wall, 2),
-                      completion_tokens=sum(t for _, t in statuses), startup_s=round(startup_s, 1))
-        print(json.dumps(result), flush=True)
+        return dict(wall_s=round(time.perf_counter() - start, 2), ok=sum(s == 200 for s, _ in statuses),
+                    failures=sorted({str(s) for s, _ in statuses if s != 200}),
+                    completion_tokens=sum(t for _, t in statuses))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--model', required=True)
+    p.add_argument('--out', required=True)
+    p.add_argument('--arm', action='append', type=parse_arm, dest='arms',
+                   help='NAME=ARGS: one server with these extra api_server arguments (repeat; the first is the '
+                   f'baseline of the ratios; default {" ".join(DEFAULT_ARMS)})')
+    p.add_argument('--rounds', type=int, default=3, help='loads per arm; round 1 right after start-up')
+    p.add_argument('--cache-max-entry-count', default='0.2', help='passed to every arm, so the servers fit together')
+    p.add_argument('--requests', type=int, default=1000)
+    p.add_argument('--concurrency', type=int, default=64)
+    p.add_argument('--seed', type=int, default=0)
+    args = p.parse_args()
+    arms = args.arms or [parse_arm(a) for a in DEFAULT_ARMS]
+    names = [name for name, _ in arms]
+    if len(set(names)) != len(names):
+        p.error(f'--arm names must differ: {names}')
+    if args.rounds < 1:
+        p.error('--rounds must be at least 1')
+    servers = {
+        name: Server(name, args.model, [*extra, '--cache-max-entry-count', args.cache_max_entry_count],
+                     f'{args.out}.{name}.server.log')
+        for name, extra in arms
+    }
+    bodies = list(requests_mix(args.requests, args.seed))
+    try:
+        waiting = set(names)
+        while waiting:
+            waiting = {name for name in waiting if not servers[name].ready()}
+            if waiting:
+                time.sleep(1)
+        rounds = []
+        for index in range(args.rounds):
+            loads = {}
+            for name in round_order(names, index):
+                loads[name] = servers[name].load(bodies, args.concurrency)
+                print(json.dumps(dict(round=index + 1, arm=name, **loads[name])), flush=True)
+            rounds.append(loads)
+        walls = {name: [r[name]['wall_s'] for r in rounds] for name in names}
+        result = dict(model=args.model, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
+                      arms={name: dict(command=' '.join(servers[name].cmd), startup_s=servers[name].startup_s,
+                                       wall_s=walls[name], ok=[r[name]['ok'] for r in rounds],
+                                       failures=sorted({f for r in rounds for f in r[name]['failures']}),
+                                       completion_tokens=[r[name]['completion_tokens'] for r in rounds])
+                            for name in names},
+                      ratios_to_first_arm=summarize(names, walls))
+        print(json.dumps(result['ratios_to_first_arm']), flush=True)
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=1)
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        for server in servers.values():
+            server.stop()
 
 
 if __name__ == '__main__':
