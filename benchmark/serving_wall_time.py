@@ -10,6 +10,9 @@ order alternates between rounds, so neither arm always goes first): ``--requests
 ``--concurrency`` from a thread pool (standard library only), random prompts of 5-60 words,
 ``max_tokens`` 16-128 (not multiples of the block), greedy and sampled mixed, ignore_eos. Round 1 is
 each server's first traffic ever (start-up cost inside the timed load); later rounds are steady state.
+After each load the ``lmdeploy:dllm_*`` counters on ``/metrics`` are read (arms with ``--dllm-track``,
+which ``--focus`` implies while metrics are on): the load's denoising sequence-steps and generated
+tokens, so a wall-time ratio splits into "more steps" and "dearer steps".
 
 Why paired: arms run back to back in separate server lifetimes varied by up to 17 % on one machine
 (2026-12-06), more than the difference being measured. Here each round's ratio compares loads seconds
@@ -28,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 WORDS = 'the of and to in a is that for it as was with be by on not he this are or his from at'.split()
 DEFAULT_ARMS = ('stock=', 'focus=--focus')
+DLLM_PREFIX = 'lmdeploy:dllm_'
 
 
 def free_port() -> int:
@@ -60,6 +64,23 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f'--arm {text!r}: expected NAME=ARGS, e.g. focus=--focus or stock=')
     return name.strip(), args.split()
+
+
+def dllm_counters(text: str) -> dict[str, float]:
+    """``lmdeploy:dllm_*_total`` counters of a Prometheus exposition, summed over their labels."""
+    totals = {}
+    for line in text.splitlines():
+        if not line.startswith(DLLM_PREFIX) or ' ' not in line:
+            continue
+        series, value = line.rsplit(' ', 1)
+        name = series.split('{', 1)[0][len(DLLM_PREFIX):]
+        if name.endswith('_total'):
+            totals[name[:-len('_total')]] = totals.get(name[:-len('_total')], 0.0) + float(value)
+    return totals
+
+
+def counter_delta(before: dict, after: dict) -> dict:
+    return {name: after[name] - before.get(name, 0.0) for name in after}
 
 
 def round_order(names: list[str], index: int) -> list[str]:
@@ -102,6 +123,13 @@ class Server:
         self.model_id = json.loads(urllib.request.urlopen(self.base + '/v1/models').read())['data'][0]['id']
         return True
 
+    def counters(self) -> dict[str, float]:
+        """The server's ``lmdeploy:dllm_*`` counters now ({} without them)."""
+        try:
+            return dllm_counters(urllib.request.urlopen(self.base + '/metrics', timeout=10).read().decode())
+        except OSError:
+            return {}
+
     def load(self, bodies: list[dict], concurrency: int) -> dict:
 
         def one(body):
@@ -111,12 +139,18 @@ class Server:
             except Exception as e:  # noqa: BLE001  counted as a failure
                 return type(e).__name__, 0
 
+        before = self.counters()
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             statuses = list(pool.map(one, bodies))
-        return dict(wall_s=round(time.perf_counter() - start, 2), ok=sum(s == 200 for s, _ in statuses),
+        wall = round(time.perf_counter() - start, 2)
+        dllm = counter_delta(before, self.counters())
+        steps = dllm.get('denoising_steps')
+        return dict(wall_s=wall, ok=sum(s == 200 for s, _ in statuses),
                     failures=sorted({str(s) for s, _ in statuses if s != 200}),
-                    completion_tokens=sum(t for _, t in statuses))
+                    completion_tokens=sum(t for _, t in statuses), dllm=dllm,
+                    steps_per_token=round(steps / dllm['generated_tokens'], 4) if steps and dllm.get('generated_tokens')
+                    else None)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -162,14 +196,17 @@ def main():
             loads = {}
             for name in round_order(names, index):
                 loads[name] = servers[name].load(bodies, args.concurrency)
-                print(json.dumps(dict(round=index + 1, arm=name, **loads[name])), flush=True)
+                print(json.dumps(dict(round=index + 1, arm=name, **{k: v for k, v in loads[name].items() if k != 'dllm'})),
+                      flush=True)
             rounds.append(loads)
         walls = {name: [r[name]['wall_s'] for r in rounds] for name in names}
         result = dict(model=args.model, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
                       arms={name: dict(command=' '.join(servers[name].cmd), startup_s=servers[name].startup_s,
                                        wall_s=walls[name], ok=[r[name]['ok'] for r in rounds],
                                        failures=sorted({f for r in rounds for f in r[name]['failures']}),
-                                       completion_tokens=[r[name]['completion_tokens'] for r in rounds])
+                                       completion_tokens=[r[name]['completion_tokens'] for r in rounds],
+                                       steps_per_token=[r[name]['steps_per_token'] for r in rounds],
+                                       dllm=[r[name]['dllm'] for r in rounds])
                             for name in names},
                       ratios_to_first_arm=summarize(names, walls))
         print(json.dumps(result['ratios_to_first_arm']), flush=True)

@@ -48,3 +48,20 @@ def test_arm_parser_splits_name_and_arguments_and_names_the_flag_on_error():
     for bad in ('--focus', '=--focus', ''):
         with pytest.raises(argparse.ArgumentTypeError, match='--arm'):
             swt.parse_arm(bad)
+
+
+def test_dllm_counters_sum_each_counter_over_its_labels_and_skip_the_rest():
+    rng = random.Random()
+    steps = [rng.randint(0, 10**6) for _ in range(rng.randint(1, 3))]
+    tokens = rng.uniform(0, 1e6)
+    lines = ['# HELP lmdeploy:dllm_denoising_steps_total sequence-steps',
+             '# TYPE lmdeploy:dllm_denoising_steps_total counter']
+    lines += [f'lmdeploy:dllm_denoising_steps_total{{model_name="m",dp_rank="{i}"}} {v}.0' for i, v in enumerate(steps)]
+    lines += [f'lmdeploy:dllm_generated_tokens_total{{model_name="m"}} {tokens!r}',
+              'lmdeploy:dllm_generated_tokens_created{model_name="m"} 1.7e9',  # not a counter value
+              'lmdeploy:dllm_request_kept_fraction_bucket{le="0.5"} 3.0',  # histogram
+              'lmdeploy:num_requests_running{model_name="m"} 5.0']  # upstream's, not DLLM
+    totals = swt.dllm_counters('\n'.join(lines) + '\n')
+    assert totals == {'denoising_steps': float(sum(steps)), 'generated_tokens': pytest.approx(tokens)}
+    assert swt.counter_delta({'denoising_steps': 2.0}, {'denoising_steps': 7.0, 'generated_tokens': 4.0}) == {
+        'denoising_steps': 5.0, 'generated_tokens': 4.0}
