@@ -29,8 +29,8 @@
 #                   LLaDA2.0-mini stock, FOCUS importance a1.5 and the same without the await (TTFT, ITL, tok/s),
 #                   then SDAR-8B FOCUS importance a1.5 with and without it, no stock.
 #        'await_small' = patch 18 where its poll may idle the GPU (short tails): SDAR-8B b32, bs 1/4/16, in 256 /
-#                   out 256: static stock, FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
-#                   then dynamic, FOCUS importance with and without the await.
+#                   out 256: static FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
+#                   then dynamic, FOCUS importance with and without the await; static stock last.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -184,8 +184,8 @@ fi
 
 if [[ $PHASE == await_small ]]; then
   # patch 18 at small batches (a step's tail may be shorter than the ~1 ms poll): does the default cost tok/s?
+  # The await / no-await pairs first (the comparison the phase is for), stock last (context, if the budget allows).
   SM=("${STATIC[@]}" BATCH_SIZES="1 4 16" EXTRA_ARGS="$COST --fast-exit --output-len 256")
-  step 90 "stock static, small batches" "${SM[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   step 80 "focus-importance static, small batches" "${SM[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 80 "focus-importance static, small batches, no await" "${SM[@]}" ARM_TAG=-static-no-await \
@@ -196,6 +196,7 @@ if [[ $PHASE == await_small ]]; then
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 70 "focus-importance dynamic, small batches, no await" "${DS[@]}" ARM_TAG=-dynamic-no-await \
     LMDEPLOY_FOCUS_AWAIT_STREAM=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 90 "stock static, small batches" "${SM[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   exit 0
 fi
 
