@@ -12,14 +12,18 @@ order alternates between rounds, so neither arm always goes first): ``--requests
 each server's first traffic ever (start-up cost inside the timed load); later rounds are steady state.
 After each load the ``lmdeploy:dllm_*`` counters on ``/metrics`` are read (arms with ``--dllm-track``,
 which ``--focus`` implies while metrics are on): the load's denoising sequence-steps and generated
-tokens, so a wall-time ratio splits into "more steps" and "dearer steps".
+tokens, so a wall-time ratio splits into "more steps" and "dearer steps". ``--host-profile``: every
+server process samples its main thread during the timed loads only (``serving_profile/sitecustomize.py``),
+reported per arm and process.
 
 Why paired: arms run back to back in separate server lifetimes varied by up to 17 % on one machine
 (2026-12-06), more than the difference being measured. Here each round's ratio compares loads seconds
 apart on the same machine state, and the report gives every round's ratio against the first arm.
 """
 import argparse
+import glob
 import json
+import os
 import random
 import socket
 import statistics
@@ -99,14 +103,23 @@ def summarize(names: list[str], walls: dict[str, list[float]]) -> dict:
     return out
 
 
+SAMPLER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serving_profile')
+
+
 class Server:
 
-    def __init__(self, name: str, model: str, args: list[str], log_path: str):
+    def __init__(self, name: str, model: str, args: list[str], log_path: str, profile_dir: str | None = None):
         self.name = name
         self.port = free_port()
         self.cmd = ['lmdeploy', 'serve', 'api_server', model, '--server-port', str(self.port), *args]
         self.log = open(log_path, 'w')
-        self.process = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.profile_dir = profile_dir
+        env = dict(os.environ)
+        if profile_dir is not None:
+            os.makedirs(profile_dir, exist_ok=True)
+            env['FOCUS_HOST_SAMPLE_DIR'] = profile_dir
+            env['PYTHONPATH'] = os.pathsep.join(p for p in (SAMPLER_DIR, env.get('PYTHONPATH')) if p)
+        self.process = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.base = f'http://127.0.0.1:{self.port}'
         self.started = time.perf_counter()
         self.startup_s = None
@@ -140,10 +153,15 @@ class Server:
                 return type(e).__name__, 0
 
         before = self.counters()
+        flag = None if self.profile_dir is None else os.path.join(self.profile_dir, 'on')
+        if flag:
+            open(flag, 'w').close()
         start = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             statuses = list(pool.map(one, bodies))
         wall = round(time.perf_counter() - start, 2)
+        if flag:
+            os.remove(flag)
         dllm = counter_delta(before, self.counters())
         steps = dllm.get('denoising_steps')
         return dict(wall_s=wall, ok=sum(s == 200 for s, _ in statuses),
@@ -151,6 +169,15 @@ class Server:
                     completion_tokens=sum(t for _, t in statuses), dllm=dllm,
                     steps_per_token=round(steps / dllm['generated_tokens'], 4) if steps and dllm.get('generated_tokens')
                     else None)
+
+    def host_profiles(self) -> list[dict]:
+        """What each sampled process of this server wrote (its argv and one report per timed load)."""
+        time.sleep(0.5)  # the watchers notice the flag's removal within 50 ms, then write
+        profiles = []
+        for path in sorted(glob.glob(os.path.join(self.profile_dir, 'prof_*.json'))):
+            with open(path) as f:
+                profiles.append(json.load(f))
+        return profiles
 
     def stop(self) -> None:
         self.process.terminate()
@@ -172,6 +199,8 @@ def main():
     p.add_argument('--requests', type=int, default=1000)
     p.add_argument('--concurrency', type=int, default=64)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--host-profile', action='store_true',
+                   help='sample every server process\'s main thread during the timed loads (serving_profile/)')
     args = p.parse_args()
     arms = args.arms or [parse_arm(a) for a in DEFAULT_ARMS]
     names = [name for name, _ in arms]
@@ -181,7 +210,7 @@ def main():
         p.error('--rounds must be at least 1')
     servers = {
         name: Server(name, args.model, [*extra, '--cache-max-entry-count', args.cache_max_entry_count],
-                     f'{args.out}.{name}.server.log')
+                     f'{args.out}.{name}.server.log', f'{args.out}.{name}.prof' if args.host_profile else None)
         for name, extra in arms
     }
     bodies = list(requests_mix(args.requests, args.seed))
@@ -209,6 +238,9 @@ def main():
                                        dllm=[r[name]['dllm'] for r in rounds])
                             for name in names},
                       ratios_to_first_arm=summarize(names, walls))
+        if args.host_profile:
+            for name in names:
+                result['arms'][name]['host_profile'] = servers[name].host_profiles()
         print(json.dumps(result['ratios_to_first_arm']), flush=True)
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=1)

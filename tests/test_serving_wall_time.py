@@ -65,3 +65,38 @@ def test_dllm_counters_sum_each_counter_over_its_labels_and_skip_the_rest():
     assert totals == {'denoising_steps': float(sum(steps)), 'generated_tokens': pytest.approx(tokens)}
     assert swt.counter_delta({'denoising_steps': 2.0}, {'denoising_steps': 7.0, 'generated_tokens': 4.0}) == {
         'denoising_steps': 5.0, 'generated_tokens': 4.0}
+
+
+def test_server_sampler_counts_only_while_the_flag_exists(tmp_path):
+    """serving_profile/sitecustomize.py in a child process: no report before the window, one window's
+    samples after it, attributed to what the main thread ran."""
+    import json
+    import subprocess
+    import time
+    child = ('import time\n'
+             'def busy_main_thread(until):\n'
+             '    while time.time() < until:\n'
+             '        sum(range(1000))\n'
+             'busy_main_thread(time.time() + 3.0)\n')
+    env = dict(os.environ, FOCUS_HOST_SAMPLE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([swt.SAMPLER_DIR, os.environ.get('PYTHONPATH', '')]))
+    process = subprocess.Popen([sys.executable, '-c', child], env=env)
+    try:
+        time.sleep(0.8)
+        assert not list(tmp_path.glob('prof_*.json'))
+        (tmp_path / 'on').touch()
+        time.sleep(0.8)
+        (tmp_path / 'on').unlink()
+        time.sleep(0.5)
+        reports = list(tmp_path.glob('prof_*.json'))
+        assert [p.name for p in reports] == [f'prof_{process.pid}.json']
+        windows = json.loads(reports[0].read_text())['windows']
+        assert len(windows) == 1
+        window = windows[0]
+        assert 0.6 < window['wall_s'] < 1.5
+        assert 30 < window['samples'] <= window['wall_s'] / 0.002 + 5
+        inclusive = dict((name, share) for name, share in window['top_inclusive'])
+        assert inclusive.get('<string> busy_main_thread', 0) > 0.9
+    finally:
+        process.wait(10)
+    assert process.returncode == 0
