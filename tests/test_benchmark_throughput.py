@@ -657,18 +657,20 @@ def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_pa
 LLADA2, SDAR8B = 'LLaDA2.0-mini-b32', 'SDAR-8B-Chat-b32'
 
 
-@pytest.mark.parametrize('phase, arms, concurrency', [
+@pytest.mark.parametrize('phase, arms, concurrency, switches', [
     ('await_stream', [('stock-static', LLADA2), ('focus-importance-static', LLADA2),
                       ('focus-importance-static-no-await', LLADA2), ('focus-importance-static', SDAR8B),
-                      ('focus-importance-static-no-await', SDAR8B)], [[64, 256]] * 5),
-    ('await_small', [('stock-static', SDAR8B), ('focus-importance-static', SDAR8B),
-                     ('focus-importance-static-no-await', SDAR8B), ('focus-importance-dynamic', SDAR8B),
-                     ('focus-importance-dynamic-no-await', SDAR8B)], [[1, 4, 16]] * 3 + [[4, 16]] * 2)])
-def test_suite_await_phases_pair_the_default_with_the_switch_off(tmp_path, phase, arms, concurrency):
+                      ('focus-importance-static-no-await', SDAR8B)], [[64, 256]] * 5, [None, None, '0', None, '0']),
+    # the await / no-await pairs first, stock last
+    ('await_small', [('focus-importance-static', SDAR8B), ('focus-importance-static-no-await', SDAR8B),
+                     ('focus-importance-dynamic', SDAR8B), ('focus-importance-dynamic-no-await', SDAR8B),
+                     ('stock-static', SDAR8B)], [[1, 4, 16]] * 2 + [[4, 16]] * 2 + [[1, 4, 16]],
+     [None, '0', None, '0', None])])
+def test_suite_await_phases_pair_the_default_with_the_switch_off(tmp_path, phase, arms, concurrency, switches):
     """Patch 18 (on by default) against LMDEPLOY_FOCUS_AWAIT_STREAM=0, every arm with graphs."""
     out, cmds = _suite(tmp_path, phase)
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == arms
-    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == [None, None, '0', None, '0']
+    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == switches
     assert [c.concurrency for c in cmds] == concurrency
     assert all(not c.eager_mode for c in cmds) and 'skipped' not in out
 

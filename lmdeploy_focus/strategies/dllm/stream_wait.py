@@ -15,7 +15,8 @@ Measured on an H100 (BENCHMARKS.md, 2026-12-06): the mean gap between streamed o
 (SDAR-8B bs 256: 5.2 s -> 1.1 s, below stock's 2.0 s; it was above stock's before), output tok/s moves
 -2.3 % to +1.2 % (bs 64 / 256, static unmasking, graphs). So it is the default; ``LMDEPLOY_FOCUS_AWAIT_STREAM=0``
 turns it off. A poll that comes back late, or a forward whose host work outlasts the previous step's tail,
-leaves the GPU idle: up to about a poll a step where the tail is short (small batches; not yet measured).
+leaves the GPU idle: up to about a poll a step where the tail is short. At bs 1-16 (SDAR-8B, H100) the await
+moved single-wave throughput by -6.6 % to +5.5 % with no consistent direction (BENCHMARKS.md).
 """
 import asyncio
 import os
