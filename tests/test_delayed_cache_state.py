@@ -372,7 +372,8 @@ def test_guard_equals_upstream_when_everything_is_processed(strategy, trial):
     proc = ProcessingSet.from_mask(torch.ones(batch, length, dtype=torch.bool))
     assert not masked_but_unprocessed(mask, proc.processed).any()
     want_mask, want_ids = processor(logits, input_ids, token_ids, mask.clone())
-    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask, proc.processed)
+    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask,
+                                               masked_but_unprocessed(mask, proc.processed))
     assert torch.equal(got_mask, want_mask) and torch.equal(got_ids, want_ids)
 
 
@@ -393,7 +394,7 @@ def test_guard_never_unmasks_unprocessed_slots(strategy, trial):
     sampled = torch.where(hidden.flatten(), torch.zeros_like(token_ids), token_ids)
     mask_before = mask.clone()
 
-    got_mask, got_ids = unmask_processed_only(processor, stale, input_ids, sampled, mask, proc.processed)
+    got_mask, got_ids = unmask_processed_only(processor, stale, input_ids, sampled, mask, hidden)
     assert torch.equal(mask, mask_before), 'the caller mask must not be modified'
     assert (got_mask[hidden.flatten()] == MASKED).all()
     scores = confidence(stale, input_ids, sampled, mask).view(batch, length)
@@ -409,7 +410,8 @@ def test_guard_without_strategy_returns_mask_and_ids():
     processor = UnmaskingProcessor(DLLMConfig(block_length=length, unmasking_strategy=None))
     logits, input_ids, token_ids, mask = random_unmasking_inputs(batch, length)
     proc = ProcessingSet.from_mask(random_bool_rows(batch, length))
-    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask, proc.processed)
+    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask,
+                                               masked_but_unprocessed(mask, proc.processed))
     assert torch.equal(got_mask, mask) and torch.equal(got_ids, token_ids)
 
 
@@ -486,7 +488,7 @@ def test_block_decoding_simulation(strategy, evict):
 
         input_mask = mask.clone()
         next_mask, next_ids = unmask_processed_only(processor, logits, ids.flatten(), sampled, mask.flatten(),
-                                                    forwarded.processed)
+                                                    masked_but_unprocessed(mask, forwarded.processed))
         next_mask = next_mask.view(batch, length)
         decoded = (input_mask == MASKED) & (next_mask == UNMASKED)
         assert (forwarded.processed | ~decoded).all(), 'decoded a slot that was not forwarded'
@@ -548,7 +550,7 @@ def _run_everything(state, mask, next_mask, ids, history, dense, indices, proces
     if with_unmasking:
         logits = out['scattered'].view(batch * length, -1)
         out['unmasked'] = unmask_processed_only(processor, logits, ids.flatten(), logits.argmax(-1), mask.flatten(),
-                                                out['subset'].processed)
+                                                out['hidden'])
     return out
 
 

@@ -295,7 +295,9 @@ def test_factory_hook(tmp_path, monkeypatch):
     input_mask = torch.tensor([UNMASKED] * 4 + [MASKED] * 4)
     num_rows = int(processed.sum())
     factory.delayed_cache_runtime.step = DecodeStep(batch_size=1, block_length=L, num_rows=num_rows, num_logit_rows=4,
-                                                    rows=None, fresh=processed, processed_per_seq=processed.sum(1),
+                                                    rows=None, fresh=processed, masked=(input_mask == MASKED).view(1, L),
+                                                    masked_unprocessed=(input_mask == MASKED).view(1, L) & ~processed,
+                                                    processed_per_seq=processed.sum(1),
                                                     kept_per_seq=processed.sum(1))
     logits = torch.randn(L, 512)
     strategy.post_sampling(fake_inputs([ids], [16], True, [4]), logits, logits.argmax(-1),

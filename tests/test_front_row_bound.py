@@ -10,7 +10,8 @@ import torch
 
 from lmdeploy.pytorch import consts
 from lmdeploy_focus.models import step_graphs
-from lmdeploy_focus.models.sparse_step import StepConfig, StepInputs, copy_into, next_step_rows, processing_set
+from lmdeploy_focus.models.sparse_step import (StepConfig, StepInputs, copy_into, next_step_rows, processing_set,
+                                               uncached_after)
 from lmdeploy_focus.models.step_graphs import FRONT_BUCKETS_ENV, front_bucket_count, front_row_buckets, row_buckets
 from lmdeploy_focus.models.step_state import focus_state
 from lmdeploy_focus.models.step_state.delayed_cache_state import (DelayedCacheState, advance, reset_rows,
@@ -50,8 +51,9 @@ def test_the_bound_covers_the_next_processing_set_and_is_exact_when_no_block_can
         inputs = _inputs(masked, state, seq_valid)
         # FOCUS gives logits to some of the masked rows (at least one); only those can be decoded
         decodable = torch.minimum(masked.sum(1), torch.randint(1, 4, (B, ), generator=gen))
-        bounds = [int(next_step_rows(_row(inputs, b), config, decodable[b:b + 1])) for b in range(B)]
-        assert int(next_step_rows(inputs, config, decodable)) == sum(bounds)
+        bounds = [int(next_step_rows(_row(inputs, b), config, decodable[b:b + 1], uncached_after(_row(inputs, b))))
+                  for b in range(B)]
+        assert int(next_step_rows(inputs, config, decodable, uncached_after(inputs))) == sum(bounds)
         # decode up to `decodable` masked slots per sequence, at random
         score = torch.rand(B, L, generator=gen).masked_fill(~masked, 2.0)
         rank = score.argsort(1).argsort(1)
@@ -60,6 +62,8 @@ def test_the_bound_covers_the_next_processing_set_and_is_exact_when_no_block_can
         # upstream's unmasker flags a block CACHED at the step whose input is all unmasked (both commit modes)
         next_mask = torch.where((mask != MASKED).all(1, keepdim=True), CACHED, torch.where(decoded, UNMASKED, mask))
         committed = starts_new_block(next_mask.flatten(), L)
+        # the front's next-step state (the runtime keeps it) is advance()'s, the lifecycle's rule
+        assert torch.equal(uncached_after(inputs), advance(state, mask.flatten()).uncached), f'seed {seed}'
         state = reset_rows(advance(state, mask.flatten()), committed)
         mask = torch.where(committed[:, None], MASKED, next_mask)
         proc = processing_set(_inputs(mask == MASKED, state, seq_valid), config)
@@ -85,7 +89,7 @@ def test_process_all_and_padding_sequences():
     config = StepConfig(block_length=4, commit_mode='exact', process_all=True, focus=FOCUS)
     masked = torch.ones(3, 4, dtype=torch.bool)
     inputs = _inputs(masked, DelayedCacheState.fresh(3, 4), torch.tensor([True, False, True]))
-    assert int(next_step_rows(inputs, config, torch.zeros(3, dtype=torch.long))) == 2 * 4
+    assert int(next_step_rows(inputs, config, torch.zeros(3, dtype=torch.long), uncached_after(inputs))) == 2 * 4
 
 
 def test_front_buckets_are_deep_buckets_and_end_at_every_row():

@@ -20,7 +20,8 @@ from lmdeploy_focus.models.sparse_step import DeepRows, _logit_rows
 from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DecodeStep, DelayedCacheRuntime
 from lmdeploy_focus.models.step_state.processing_set import ProcessingSet, gather_processed, scatter_processed
 from lmdeploy_focus.strategies.dllm.sampling_rows import needs_dense_rows, select_rows
-from lmdeploy_focus.strategies.dllm.unmasking_guard import RowLogitsUnmasking, unmask_processed_only
+from lmdeploy_focus.strategies.dllm.unmasking_guard import (RowLogitsUnmasking, masked_but_unprocessed,
+                                                             unmask_processed_only)
 
 HIDDEN, VOCAB = 8, 11
 MASK_ID = VOCAB - 1
@@ -60,7 +61,8 @@ def random_step(batch, length):
                     kv_seqlens=None, counts=counts, logit_rows=logit_rows)
     num_rows, num_logit_rows = counts.tolist()
     step = DecodeStep(batch_size=batch, block_length=length, num_rows=num_rows, num_logit_rows=num_logit_rows,
-                      rows=rows, fresh=processed, processed_per_seq=proc.q_seqlens, kept_per_seq=proc.q_seqlens)
+                      rows=rows, fresh=processed, masked=masked, masked_unprocessed=masked & ~processed,
+                      processed_per_seq=proc.q_seqlens, kept_per_seq=proc.q_seqlens)
     return step, processed & masked
 
 
@@ -180,9 +182,10 @@ def test_unmasking_from_the_rows_equals_unmasking_from_dense_logits(seed, strate
     if slots.numel() == 0:
         slots = torch.zeros(1, dtype=torch.long)  # the runtime's one zero row of a step without logits
 
-    want = unmask_processed_only(RowLogitsUnmasking(config), logits, input_ids, sampled, mask.clone(), fresh)
+    unprocessed = masked_but_unprocessed(mask, fresh)
+    want = unmask_processed_only(RowLogitsUnmasking(config), logits, input_ids, sampled, mask.clone(), unprocessed)
     got = unmask_processed_only(RowLogitsUnmasking(config), logits[slots], input_ids, sampled[slots], mask.clone(),
-                                fresh, logit_slots=slots)
+                                unprocessed, logit_slots=slots)
     assert torch.equal(got[0], want[0]), f'seed {seed}: next mask'
     assert torch.equal(got[1], want[1]), f'seed {seed}: next ids'
 

@@ -76,7 +76,9 @@ class StepInputs:
     history: torch.Tensor  # int64 [B̂]: cache position of block position 0
     uncached: torch.Tensor  # bool [B̂, L]
     needs_warmup: torch.Tensor  # bool [B̂]
-    seq_valid: torch.Tensor  # bool [B̂]: a real sequence (False: batch padding, processes nothing)
+    # bool [B̂]: a real sequence (False: batch padding, processes nothing); None from the runtime: all B are
+    # (StepGraphs.run marks them, in its static buffer only when the batch size changes)
+    seq_valid: torch.Tensor | None
     progress: torch.Tensor  # int64 [B̂]: FOCUS block progress
     avg_decoded: torch.Tensor  # float32 [B̂]: FOCUS running mean of tokens decoded per step
     # --dllm-focus-alpha auto only (None otherwise): the α of each sequence's selection, and the sequences
@@ -125,6 +127,9 @@ class FrontOutputs:
     rows: DeepRows
     fresh: torch.Tensor  # bool [B̂, L]: slots computed through every layer this step
     processed_per_seq: torch.Tensor  # int64 [B̂]: rows into layer 0
+    # The step's bookkeeping, computed here so that under CUDA graphs it costs no eager launches:
+    uncached_next: torch.Tensor  # bool [B̂, L]: still uncached for the block's next step (uncached_after)
+    masked_unprocessed: torch.Tensor  # bool [B̂, L]: MASKED slots without fresh logits (the unmasker must skip them)
     focus: FocusOutcome | None = None
     # debug only (LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1, TP > 1): int64 [3] kept-layout checksums, see tp_layout_check
     layout_check: torch.Tensor | None = None
@@ -143,11 +148,18 @@ def processing_set(inputs: StepInputs, config: StepConfig) -> ProcessingSet:
     return ProcessingSet.from_mask(processed & inputs.seq_valid[:, None])
 
 
-def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tensor) -> torch.Tensor:
+def uncached_after(inputs: StepInputs) -> torch.Tensor:
+    """bool [B̂, L]: the positions still uncached for the next step of the same block: readiness applied to the
+    step's *input* mask (the rule of :func:`~.step_state.delayed_cache_state.readiness_update`)."""
+    return inputs.uncached & ~stable_positions(inputs.masked)
+
+
+def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tensor,
+                   uncached_next: torch.Tensor) -> torch.Tensor:
     """0-d int64: at most this many rows are processed by the next step of these sequences.
 
-    A sequence next processes its positions still uncached after this step
-    (:func:`~.step_state.delayed_cache_state.advance`), or the whole block if none are left (its
+    A sequence next processes its positions still uncached after this step (``uncached_next``,
+    :func:`uncached_after`), or the whole block if none are left (its
     block was committed: a new block's warm-up). The unmasker commits a block one step after its
     last slot is decoded; with the ``exact`` commit that step recomputes the whole block, so a
     sequence that may complete this step (no more masked slots than ``decodable``, int64 [B̂]: its
@@ -156,8 +168,7 @@ def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tens
     Sequences that join later add ``L`` each (the caller's part); sequences that leave only lower the sum.
     """
     length = inputs.masked.size(1)
-    advanced = DelayedCacheState(uncached=inputs.uncached & ~stable_positions(inputs.masked),
-                                 needs_warmup=torch.zeros_like(inputs.needs_warmup))
+    advanced = DelayedCacheState(uncached=uncached_next, needs_warmup=torch.zeros_like(inputs.needs_warmup))
     per_seq = processing_mask(advanced).sum(dim=1)  # the same rule the next step's processing set applies
     if config.process_all:
         whole = torch.ones_like(inputs.seq_valid)
@@ -188,6 +199,7 @@ def front(parts, inputs: StepInputs, config: StepConfig, kv_caches, block_offset
     a processing set larger than that is flagged in ``counts`` (``front_overflow``), never cut silently.
     """
     proc = processing_set(inputs, config)
+    uncached_next = uncached_after(inputs)
     if config.focus is None:
         meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids)
         needs_logits = gather_processed(inputs.masked, proc) & proc.valid_rows
@@ -198,14 +210,16 @@ def front(parts, inputs: StepInputs, config: StepConfig, kv_caches, block_offset
         rows = DeepRows(position_ids=meta.position_ids, slot=proc.flat_index, q_start_loc=meta.q_start_loc,
                         q_seqlens=meta.q_seqlens, kv_seqlens=meta.kv_seqlens, counts=counts, logit_rows=logit_rows,
                         input_ids=meta.input_ids)
-        return FrontOutputs(rows=rows, fresh=proc.processed, processed_per_seq=proc.q_seqlens)
+        # delayed cache alone processes every masked slot (masked slots are uncached): nothing is unprocessed
+        return FrontOutputs(rows=rows, fresh=proc.processed, processed_per_seq=proc.q_seqlens,
+                            uncached_next=uncached_next, masked_unprocessed=inputs.masked & ~proc.processed)
     num_rows = proc.num_rows if num_rows is None else min(num_rows, proc.num_rows)
     meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids, num_rows=num_rows)
-    return _focus_front(parts, inputs, config, proc, meta, kv_caches, block_offsets)
+    return _focus_front(parts, inputs, config, proc, meta, uncached_next, kv_caches, block_offsets)
 
 
-def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: ProcessingSet, meta, kv_caches,
-                 block_offsets) -> FrontOutputs:
+def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: ProcessingSet, meta, uncached_next,
+                 kv_caches, block_offsets) -> FrontOutputs:
     focus = config.focus
     if focus.eviction_layer != 1:
         raise ValueError('FOCUS scores at layers 0 and 1 and evicts inside layer 1 (eviction_layer=1)')
@@ -274,7 +288,7 @@ def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: Processing
     src = layout.src_row
     kept_valid = torch.arange(src.numel(), device=src.device) < layout.total
     num_flagged, logit_rows = _logit_rows(candidate.index_select(0, src) & kept_valid)
-    next_rows = next_step_rows(inputs, config, (kept_dense & candidate_dense).sum(dim=1))
+    next_rows = next_step_rows(inputs, config, (kept_dense & candidate_dense).sum(dim=1), uncached_next)
     counts = torch.stack([layout.total, num_flagged, next_rows, (proc.total > num_rows).long()])
     rows = DeepRows(position_ids=meta.position_ids.index_select(0, src),
                     slot=proc.flat_index[:num_rows].index_select(0, src),
@@ -292,8 +306,8 @@ def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: Processing
                            selected_dense=selected_dense,
                            evicting=(targets > 0) & (num_candidates > targets),
                            progress_out=layout.progress)
-    return FrontOutputs(rows=rows, fresh=kept_dense, processed_per_seq=proc.q_seqlens, focus=outcome,
-                        layout_check=layout_check)
+    return FrontOutputs(rows=rows, fresh=kept_dense, processed_per_seq=proc.q_seqlens, uncached_next=uncached_next,
+                        masked_unprocessed=inputs.masked & ~kept_dense, focus=outcome, layout_check=layout_check)
 
 
 def _to_dense(row_flags: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:

@@ -22,7 +22,7 @@ Everything a step will replay — and every Triton variant its kernels need — 
 compiled, during upstream's decode warm-up, before the first request.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -117,6 +117,7 @@ class _Bucket:
     outputs: FrontOutputs  # static, B̂·L rows; a front on P̂ rows fills the first P̂
     front: dict = field(default_factory=dict)  # front row bucket P̂ -> _Replayable
     deep: dict = field(default_factory=dict)  # row bucket -> _Replayable
+    valid_size: int = -1  # the batch size ``inputs.seq_valid`` marks valid now (-1: as captured, none)
 
 
 class StepRun(NamedTuple):
@@ -160,6 +161,8 @@ class StepGraphs:
         if self.front_bucket_count == 1:
             row_bound = None
         if bucket is None:
+            if batch.seq_valid is None:
+                batch = replace(batch, seq_valid=torch.ones_like(batch.needs_warmup))
             rows = None if row_bound is None else max(row_bound, 1)
             outputs = front(self.parts, batch, self.config, kv_caches, block_offsets, num_rows=rows)
             mark('front')
@@ -174,7 +177,7 @@ class StepGraphs:
             mark('deep_layers')
             return StepRun(outputs, hidden, num_rows, counts['logit_rows'], counts['next_rows_bound'])
         graphs = self.buckets[bucket]
-        self._fill(graphs.inputs, batch, block_offsets)
+        self._fill(graphs, batch, block_offsets)
         fronts = graphs.front
         fronts[self._front_rows(fronts, row_bound)].replay()
         mark('front')
@@ -206,10 +209,17 @@ class StepGraphs:
                            'front reran on every row (correct, slower). Please report this with the engine options.')
         return counts
 
-    def _fill(self, static: StepInputs, batch: StepInputs, block_offsets: torch.Tensor) -> None:
-        size = batch.input_ids.size(0)
+    def _fill(self, graphs: _Bucket, batch: StepInputs, block_offsets: torch.Tensor) -> None:
+        static, size = graphs.inputs, batch.input_ids.size(0)
         copy_into(slice_batch(static, size), batch)
-        static.seq_valid[size:] = False
+        if batch.seq_valid is None:  # every sequence of the batch is valid: rewritten only when the size changes
+            if graphs.valid_size != size:
+                static.seq_valid[:size] = True
+                static.seq_valid[size:] = False
+                graphs.valid_size = size
+        else:
+            graphs.valid_size = -1
+            static.seq_valid[size:] = False
         rows, pages = block_offsets.shape
         self._block_offsets[:rows, :pages].copy_(block_offsets)
 

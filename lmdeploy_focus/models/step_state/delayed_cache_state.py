@@ -10,8 +10,9 @@ Lifecycle, as the DLLM step-inputs subclass (``strategies/dllm/delayed_cache_ste
 * a sequence joins after prefill → :meth:`DelayedCacheState.fresh` rows, :func:`concat`ed;
 * the batch shrinks or reorders (``ModelInputsDelta.indices``) → :func:`select`;
 * each decode step: processing set from the state (``processing_set.processing_positions``), then
-  :func:`advance` with the step's *input* mask, then :func:`reset_rows` for sequences whose block
-  the unmasker committed (:func:`starts_new_block` of the step's output mask).
+  :func:`advance` with the step's *input* mask (computed inside the step's front: :func:`after_step`), then
+  :func:`reset_rows` for sequences whose block the unmasker committed (:func:`starts_new_block` of the
+  step's output mask).
 """
 from dataclasses import dataclass
 
@@ -78,6 +79,13 @@ def advance(state: DelayedCacheState, input_mask: torch.Tensor) -> DelayedCacheS
     """
     return DelayedCacheState(uncached=readiness_update(state.uncached, input_mask),
                              needs_warmup=torch.zeros_like(state.needs_warmup))
+
+
+def after_step(state: DelayedCacheState, uncached_next: torch.Tensor) -> DelayedCacheState:
+    """:func:`advance` from the step's front, which already applied readiness (``uncached_next``, bool [B, L]:
+    ``sparse_step.uncached_after``): copied, since under CUDA graphs it is a static buffer the next replay
+    overwrites; warm-up consumed."""
+    return DelayedCacheState(uncached=uncached_next.clone(), needs_warmup=torch.zeros_like(state.needs_warmup))
 
 
 def starts_new_block(next_mask: torch.Tensor, block_length: int) -> torch.Tensor:

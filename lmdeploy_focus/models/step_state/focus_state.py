@@ -40,8 +40,8 @@ class FocusState:
     def avg_decoded(self, first_step: float = 1.0) -> torch.Tensor:
         """float32 [B]: mean tokens unmasked per step of this block (steps that unmasked any); ``first_step``
         (:func:`first_step_decoded`) if none."""
-        return torch.where(self.decoded_steps > 0, self.decoded_sum / self.decoded_steps.clamp(min=1),
-                           torch.full_like(self.decoded_sum, first_step))
+        # the quotient of a sequence without steps (0 / 0) is never selected
+        return torch.where(self.decoded_steps > 0, self.decoded_sum / self.decoded_steps, first_step)
 
 
 def first_step_decoded(dllm_config) -> float:
@@ -89,10 +89,10 @@ def record_step(state: FocusState, progress: torch.Tensor, num_decoded: torch.Te
     ``progress`` is copied: under CUDA graphs it is a view of the front graph's static output, which the
     next replay overwrites (a [B] copy; the state must not depend on when it is read).
     """
-    decoded = num_decoded.to(torch.float32)
+    # float32 + an integer or bool tensor is float32 (type promotion): no separate casts
     return FocusState(progress=progress.clone(),
-                      decoded_sum=state.decoded_sum + decoded,
-                      decoded_steps=state.decoded_steps + (decoded > 0).to(torch.float32))
+                      decoded_sum=state.decoded_sum + num_decoded,
+                      decoded_steps=state.decoded_steps + (num_decoded > 0))
 
 
 def reset_rows(state: FocusState, rows: torch.Tensor) -> FocusState:

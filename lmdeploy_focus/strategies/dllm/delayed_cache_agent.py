@@ -25,7 +25,7 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         super().__init__(dllm_config=dllm_config, dllm_mask_token=dllm_mask_token)
         self.runtime = runtime
         self.unmasking_processor = RowLogitsUnmasking(dllm_config=dllm_config)
-        self._pending_input_mask = None  # TP ranks that do not sample: the step's input mask
+        self._awaiting_broadcast = False  # a TP rank that does not sample: its bookkeeping waits for rank 0's mask
         self._sampled_slots = None  # int64 [M]: the slots of the rows the sampler ran on (None: all B*L)
         self.dense_sampling = False  # debug (the step recorder reads every block position's logits)
 
@@ -63,9 +63,9 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         step = self.runtime.step
         if step is None:
             return super().make_dummy_next_token(inputs, logits, extra_inputs)
-        # A TP rank that does not sample: keep the step's input mask (the broadcast overwrites it), and
-        # make room for rank 0's B*L ids (this rank's logits are of the M rows only).
-        self._pending_input_mask = extra_inputs.dllm_mask.clone()
+        # A TP rank that does not sample: its bookkeeping runs once rank 0's next mask arrives (the step kept
+        # its input mask), and rank 0's B*L ids need room (this rank's logits are of the M rows only).
+        self._awaiting_broadcast = True
         with torch.inference_mode():  # as upstream's: a plain tensor for the broadcast to write into
             next_token_ids = inputs.input_ids.new_zeros(step.batch_size * step.block_length)
         return next_token_ids, extra_inputs
@@ -74,10 +74,10 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
     def broadcast_next_token(self, next_token_ids, extra_inputs, dist_ctx):
         with super().broadcast_next_token(next_token_ids, extra_inputs, dist_ctx) as handle:
             yield handle
-        input_mask, self._pending_input_mask = self._pending_input_mask, None
-        if input_mask is not None and self.runtime.step is not None:
+        awaiting, self._awaiting_broadcast = self._awaiting_broadcast, False
+        if awaiting and self.runtime.step is not None:
             # rank 0's next mask has arrived: the same bookkeeping as its post_sampling
-            self.runtime.after_unmasking(input_mask, extra_inputs.dllm_mask)
+            self.runtime.after_unmasking(extra_inputs.dllm_mask)
             self.runtime.end_step()
 
     def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
@@ -89,8 +89,8 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         input_mask = extra_inputs.dllm_mask
         slots, self._sampled_slots = self._sampled_slots, None
         dllm_mask, next_token_ids = unmask_processed_only(self.unmasking_processor, logits, input_ids, next_token_ids,
-                                                          input_mask, step.fresh, logit_slots=slots)
+                                                          input_mask, step.masked_unprocessed, logit_slots=slots)
         extra_inputs.dllm_mask = dllm_mask
-        self.keep_step_stats(self.runtime.after_unmasking(input_mask, dllm_mask))
+        self.keep_step_stats(self.runtime.after_unmasking(dllm_mask))
         self.runtime.end_step()
         return next_token_ids, extra_inputs

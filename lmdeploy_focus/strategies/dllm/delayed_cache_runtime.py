@@ -19,7 +19,7 @@ from ...log import logger
 
 from ...models.step_state import focus_state, shadow_schedule
 from . import alpha_controller
-from ...models.step_state.delayed_cache_state import advance
+from ...models.step_state.delayed_cache_state import after_step
 from ...models.step_state.focus_step import FocusConfig
 from .run_stats import RunStats, per_sequence_counts
 from .stream_wait import await_stream_requested
@@ -64,6 +64,8 @@ class DecodeStep:
     num_logit_rows: int  # M: those whose slot is still MASKED: the only rows the unmasker reads
     rows: object  # sparse_step.DeepRows ([B̂]-sized per-sequence fields; rows past K are padding)
     fresh: torch.Tensor  # bool [B, L]: slots computed through every layer this step
+    masked: torch.Tensor  # bool [B, L]: slots MASKED in the step's input
+    masked_unprocessed: torch.Tensor  # bool [B, L]: MASKED slots without fresh logits (the unmasker skips them)
     processed_per_seq: torch.Tensor  # int64 [B]: rows into layer 0
     kept_per_seq: torch.Tensor  # int64 [B]: rows through the deep layers
     focus: object = None  # sparse_step.FocusOutcome cut to B sequences, FOCUS only
@@ -141,7 +143,7 @@ class DelayedCacheRuntime:
                                   history=inputs.model_inputs.history_lengths.long(),
                                   uncached=state.uncached,
                                   needs_warmup=state.needs_warmup,
-                                  seq_valid=torch.ones_like(state.needs_warmup),
+                                  seq_valid=None,  # all valid (StepGraphs.run)
                                   progress=fstate.progress,
                                   avg_decoded=fstate.avg_decoded(self.first_step_decoded))
         self.shadow_seq = None
@@ -153,12 +155,13 @@ class DelayedCacheRuntime:
         inputs.next_rows_bound = run.next_rows_bound
         if self.await_stream:
             self.deep_launched()
-        inputs.delayed_state = advance(state, input_mask)
+        inputs.delayed_state = after_step(state, outputs.uncached_next[:batch])
         focus = outputs.focus
         if focus is not None:
             focus = slice_batch(focus, batch)
         self.step = DecodeStep(batch_size=batch, block_length=length, num_rows=num_rows, num_logit_rows=num_logit_rows,
-                               rows=outputs.rows, fresh=outputs.fresh[:batch],
+                               rows=outputs.rows, fresh=outputs.fresh[:batch], masked=batch_inputs.masked,
+                               masked_unprocessed=outputs.masked_unprocessed[:batch],
                                processed_per_seq=outputs.processed_per_seq[:batch],
                                kept_per_seq=outputs.rows.q_seqlens[:batch], focus=focus)
         return hidden
@@ -199,13 +202,12 @@ class DelayedCacheRuntime:
                                                    counts['shadow_selected_decoded'], counts['shadow_random_expected'])
         return dict(counts, auto_shadow_steps=self.shadow_seq, auto_fallback_steps=fallback & ~self.shadow_seq)
 
-    def after_unmasking(self, input_mask: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor | None:
-        """Device-side bookkeeping once the step's tokens are unmasked (before the block may commit).
-
-        With ``dllm_track``, returns the step's per-sequence counts (:func:`per_sequence_counts`).
+    def after_unmasking(self, next_mask: torch.Tensor) -> torch.Tensor | None:
+        """Device-side bookkeeping once the step's tokens are unmasked into ``next_mask`` (before the block may
+        commit). With ``dllm_track``, returns the step's per-sequence counts (:func:`per_sequence_counts`).
         """
-        step, L = self.step, self.block_length
-        decoded = focus_state.newly_decoded(input_mask, next_mask, L)
+        step = self.step
+        decoded = step.masked & (next_mask.view_as(step.masked) == focus_state.DLLM_UNMASKED)  # newly_decoded
         num_decoded = decoded.sum(dim=1)
         focus = step.focus
         auto_columns = {}

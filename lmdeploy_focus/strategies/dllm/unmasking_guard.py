@@ -25,7 +25,8 @@ DLLM_CACHED = consts.DLLM_CACHED
 
 
 def masked_but_unprocessed(input_mask: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-    """bool [B, L]: slots that are MASKED in the step's input but got no fresh logits (``fresh``: bool [B, L])."""
+    """bool [B, L]: slots that are MASKED in the step's input but got no fresh logits (``fresh``: bool [B, L]).
+    The decode step computes the same inside its front (``FrontOutputs.masked_unprocessed``)."""
     return (input_mask.view(fresh.shape) == DLLM_MASKED) & ~fresh
 
 
@@ -43,17 +44,18 @@ class RowLogitsUnmasking(UnmaskingProcessor):
 
 
 def unmask_processed_only(unmasking_processor: RowLogitsUnmasking, logits: torch.Tensor, input_ids: torch.Tensor,
-                          token_ids: torch.Tensor, dllm_mask: torch.Tensor, fresh: torch.Tensor,
+                          token_ids: torch.Tensor, dllm_mask: torch.Tensor, unprocessed: torch.Tensor,
                           logit_slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``unmasking_processor(logits, input_ids, token_ids, dllm_mask)`` restricted to processed slots.
+    """``unmasking_processor(logits, input_ids, token_ids, dllm_mask)`` restricted to processed slots:
+    ``unprocessed`` (bool [B, L], :func:`masked_but_unprocessed`) are the MASKED slots without fresh logits.
 
     Flat upstream layouts: ids and mask ``[B*L]``; ``logits [B*L, V]`` and ``token_ids [B*L]``, or,
     with ``logit_slots`` (int64 [M]), ``logits [M, V]`` and ``token_ids [M]`` of those slots only.
     Returns ``(next_mask, next_token_ids)``, both ``[B*L]``. ``dllm_mask`` itself is left untouched
     (upstream's processor writes into the mask it is given; here that is a private copy).
     """
-    hidden = masked_but_unprocessed(dllm_mask, fresh).flatten()
-    guarded_mask = torch.where(hidden, torch.full_like(dllm_mask, DLLM_CACHED), dllm_mask)
+    hidden = unprocessed.flatten()
+    guarded_mask = dllm_mask.masked_fill(hidden, DLLM_CACHED)
     if logit_slots is not None:
         # rows without logits take their input id, as upstream gives every slot it does not unmask
         token_ids = input_ids.clone().index_copy_(0, logit_slots, token_ids.to(input_ids.dtype))
@@ -66,5 +68,5 @@ def unmask_processed_only(unmasking_processor: RowLogitsUnmasking, logits: torch
         next_mask, next_token_ids = result
     else:  # upstream returns the mask alone when no unmasking strategy is configured
         next_mask, next_token_ids = result, token_ids
-    next_mask = torch.where(hidden, torch.full_like(next_mask, DLLM_MASKED), next_mask)
+    next_mask = next_mask.masked_fill(hidden, DLLM_MASKED)
     return next_mask, next_token_ids
