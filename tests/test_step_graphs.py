@@ -82,3 +82,28 @@ def test_decode_forwards_capture_only_while_no_request_is_tracked():
     assert runtime.serving_idle()  # step inputs rebuilt (start, wake-up)
     runtime.step_inputs.delayed_state = DelayedCacheState.fresh(0, 4)
     assert not runtime.serving_idle()  # a request has been prefilled: serving
+
+
+def test_the_static_valid_flags_follow_every_batch_size_change():
+    """``_fill`` rewrites the static ``seq_valid`` only when the batch size changes (the runtime passes None:
+    all valid); a batch with explicit flags (tests, tools) resets that memory. Random size sequences."""
+    from dataclasses import replace
+
+    from lmdeploy_focus.models.step_graphs import _Bucket, _warmup_inputs
+    from lmdeploy_focus.models.sparse_step import slice_batch
+    bucket, length = 8, 4
+    graphs = StepGraphs(parts=None, config=StepConfig(block_length=length, commit_mode='exact'), attention_rows=None)
+    graphs._block_offsets = torch.zeros(bucket, 3, dtype=torch.int32)
+    static = _warmup_inputs(bucket, length, 'cpu')
+    entry = _Bucket(inputs=static, outputs=None)
+    assert not static.seq_valid.any()  # as captured: padding only
+    rng = random.Random()
+    for _ in range(40):
+        size = rng.randint(1, bucket)
+        batch = replace(slice_batch(_warmup_inputs(bucket, length, 'cpu'), size), seq_valid=None)
+        explicit = rng.random() < 0.2
+        if explicit:
+            batch = replace(batch, seq_valid=torch.rand(size) < 0.5)
+        graphs._fill(entry, batch, torch.zeros(size, 2, dtype=torch.int32))
+        want = batch.seq_valid.tolist() if explicit else [True] * size
+        assert static.seq_valid.tolist() == want + [False] * (bucket - size), (size, explicit)
