@@ -12,7 +12,7 @@ from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.unmasking import UnmaskingProcessor
 from lmdeploy_focus.models.step_state.delayed_cache_state import (DelayedCacheState, advance, advance_after_step,
-                                                                concat, readiness_update, reset_rows, select,
+                                                                append_fresh, readiness_update, reset_rows, select,
                                                                 starts_new_block)
 from lmdeploy_focus.models.step_state.processing_set import (ProcessingSet, gather_processed, processing_mask,
                                                            processing_positions, ragged_step_metadata,
@@ -162,7 +162,7 @@ def test_advance_reset_and_new_block(trial):
 
 
 @pytest.mark.parametrize('trial', range(10))
-def test_select_and_concat(trial):
+def test_select_and_append_fresh(trial):
     batch, length = random_shape()
     state = random_state(batch, length)
     keep = torch.randperm(batch)[:random.randint(0, batch)]  # survivors, reordered
@@ -171,7 +171,7 @@ def test_select_and_concat(trial):
     assert lists(picked.needs_warmup) == [bool(state.needs_warmup[i]) for i in lists(keep)]
 
     joining = DelayedCacheState.fresh(random.randint(0, 4), length)
-    merged = concat(picked, joining)
+    merged = append_fresh(picked, joining.batch_size)
     assert lists(merged.uncached) == lists(picked.uncached) + lists(joining.uncached)
     assert lists(merged.needs_warmup) == lists(picked.needs_warmup) + lists(joining.needs_warmup)
     # joining sequences warm up: their first decode step processes the whole block
@@ -538,7 +538,7 @@ def _run_everything(state, mask, next_mask, ids, history, dense, indices, proces
     out['advanced'] = advance_after_step(state, mask, next_mask.flatten())
     out['reset'] = reset_rows(state, starts_new_block(next_mask, length))
     out['selected'] = select(state, indices)
-    out['merged'] = concat(state, out['fresh'])
+    out['merged'] = append_fresh(state, batch)
     proc = processing_positions(state)
     out['proc'] = proc
     out['subset'] = ProcessingSet.from_mask(proc.processed & (mask != MASKED))

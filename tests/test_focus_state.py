@@ -18,14 +18,19 @@ def test_running_average_counts_only_steps_that_decoded():
     assert state.progress.tolist() == [7, 3, 6]
 
 
-def test_reset_select_concat():
+def test_reset_select_append_fresh():
     state = fs.record_step(fs.FocusState.fresh(3), torch.tensor([4, 5, 6]), torch.tensor([2, 2, 4]))
     reset = fs.reset_rows(state, torch.tensor([False, True, False]))
     assert reset.progress.tolist() == [4, -1, 6] and reset.avg_decoded().tolist() == [2.0, 1.0, 4.0]
     picked = fs.select(reset, torch.tensor([2, 0]))
     assert picked.progress.tolist() == [6, 4]
-    joined = fs.concat(picked, fs.FocusState.fresh(1))
-    assert joined.progress.tolist() == [6, 4, -1] and joined.avg_decoded().tolist() == [4.0, 2.0, 1.0]
+    joined = fs.append_fresh(picked, 2)
+    fresh = fs.FocusState.fresh(2)
+    for name in ('progress', 'decoded_sum', 'decoded_steps'):
+        want = torch.cat([getattr(picked, name), getattr(fresh, name)])
+        got = getattr(joined, name)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    assert joined.progress.tolist() == [6, 4, -1, -1] and joined.avg_decoded().tolist() == [4.0, 2.0, 1.0, 1.0]
 
 
 def test_newly_decoded_is_masked_to_unmasked_only():

@@ -7,7 +7,7 @@ update) so a caller can keep the previous state, e.g. across CUDA-graph replays.
 
 Lifecycle, as the DLLM step-inputs subclass (``strategies/dllm/delayed_cache_step_inputs.py``) drives it:
 
-* a sequence joins after prefill → :meth:`DelayedCacheState.fresh` rows, :func:`concat`ed;
+* a sequence joins after prefill → :meth:`DelayedCacheState.fresh` rows (:func:`append_fresh`);
 * the batch shrinks or reorders (``ModelInputsDelta.indices``) → :func:`select`;
 * each decode step: processing set from the state (``processing_set.processing_positions``), then
   :func:`advance` with the step's *input* mask (computed inside the step's front: :func:`after_step`), then
@@ -17,6 +17,7 @@ Lifecycle, as the DLLM step-inputs subclass (``strategies/dllm/delayed_cache_ste
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lmdeploy.pytorch import consts
 
@@ -114,7 +115,8 @@ def select(state: DelayedCacheState, batch_indices: torch.Tensor) -> DelayedCach
                              needs_warmup=state.needs_warmup.index_select(0, batch_indices))
 
 
-def concat(first: DelayedCacheState, second: DelayedCacheState) -> DelayedCacheState:
-    """Append ``second``'s sequences after ``first``'s (new prefilled sequences joining)."""
-    return DelayedCacheState(uncached=torch.cat([first.uncached, second.uncached], dim=0),
-                             needs_warmup=torch.cat([first.needs_warmup, second.needs_warmup], dim=0))
+def append_fresh(state: DelayedCacheState, num_new: int) -> DelayedCacheState:
+    """``state`` followed by ``num_new`` :meth:`~DelayedCacheState.fresh` sequences (new prefilled sequences
+    joining): one pad per tensor, where building the fresh rows and concatenating would take two."""
+    return DelayedCacheState(uncached=F.pad(state.uncached, (0, 0, 0, num_new), value=True),
+                             needs_warmup=F.pad(state.needs_warmup, (0, num_new), value=True))

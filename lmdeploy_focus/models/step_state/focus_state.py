@@ -13,6 +13,7 @@ reindex, reset when a block is committed); every function returns new tensors, n
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.config import UnmaskingStrategy
@@ -108,7 +109,8 @@ def select(state: FocusState, batch_indices: torch.Tensor) -> FocusState:
                       decoded_steps=state.decoded_steps.index_select(0, batch_indices))
 
 
-def concat(first: FocusState, second: FocusState) -> FocusState:
-    return FocusState(progress=torch.cat([first.progress, second.progress]),
-                      decoded_sum=torch.cat([first.decoded_sum, second.decoded_sum]),
-                      decoded_steps=torch.cat([first.decoded_steps, second.decoded_steps]))
+def append_fresh(state: FocusState, num_new: int) -> FocusState:
+    """``state`` followed by ``num_new`` :meth:`~FocusState.fresh` sequences: one pad per tensor."""
+    return FocusState(progress=F.pad(state.progress, (0, num_new), value=-1),
+                      decoded_sum=F.pad(state.decoded_sum, (0, num_new), value=0.0),
+                      decoded_steps=F.pad(state.decoded_steps, (0, num_new), value=0.0))

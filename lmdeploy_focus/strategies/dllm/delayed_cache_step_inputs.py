@@ -6,7 +6,8 @@ import torch
 
 from ...models.step_state import focus_state as focus
 from ...models.step_state import shadow_schedule
-from ...models.step_state.delayed_cache_state import DelayedCacheState, concat, reset_rows, select, starts_new_block
+from ...models.step_state.delayed_cache_state import (DelayedCacheState, append_fresh, reset_rows, select,
+                                                     starts_new_block)
 from .upstream_fixes import FixedDLLMStepInputs
 
 
@@ -32,10 +33,10 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
         num_new, device = inputs.seq_length.numel(), next_token_ids.device
         if self.next_rows_bound is not None:
             self.next_rows_bound += num_new * self._block_size  # a new sequence's first step: the whole block
-        fresh = DelayedCacheState.fresh(num_new, self._block_size, device=device)
-        self.delayed_state = fresh if self.delayed_state is None else concat(self.delayed_state, fresh)
-        fresh_focus = focus.FocusState.fresh(num_new, device=device)
-        self.focus_state = fresh_focus if self.focus_state is None else focus.concat(self.focus_state, fresh_focus)
+        self.delayed_state = (DelayedCacheState.fresh(num_new, self._block_size, device=device)
+                              if self.delayed_state is None else append_fresh(self.delayed_state, num_new))
+        self.focus_state = (focus.FocusState.fresh(num_new, device=device)
+                            if self.focus_state is None else focus.append_fresh(self.focus_state, num_new))
         if self.shadow_period:
             countdown = shadow_schedule.fresh(num_new, self.shadow_period, self.shadow_seed, self.joined, device)
             self.shadow_countdown = (countdown if self.shadow_countdown is None else
