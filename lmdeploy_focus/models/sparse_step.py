@@ -117,6 +117,7 @@ class FocusOutcome:
     """What FOCUS decided this step ([B̂]-sized; read after unmasking for state and statistics)."""
     candidate_dense: torch.Tensor  # bool [B̂, L]: masked processed slots (eviction candidates)
     num_candidates: torch.Tensor  # int64 [B̂]
+    num_kept_candidates: torch.Tensor  # int64 [B̂]: candidates that went on through the deep layers
     selected_dense: torch.Tensor  # bool [B̂, L]: processed slots the policy keeps
     evicting: torch.Tensor  # bool [B̂]: more candidates than the target
     progress_out: torch.Tensor  # int64 [B̂]: block progress after this step
@@ -288,7 +289,8 @@ def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: Processing
     src = layout.src_row
     kept_valid = torch.arange(src.numel(), device=src.device) < layout.total
     num_flagged, logit_rows = _logit_rows(candidate.index_select(0, src) & kept_valid)
-    next_rows = next_step_rows(inputs, config, (kept_dense & candidate_dense).sum(dim=1), uncached_next)
+    num_kept_candidates = (kept_dense & candidate_dense).sum(dim=1)
+    next_rows = next_step_rows(inputs, config, num_kept_candidates, uncached_next)
     counts = torch.stack([layout.total, num_flagged, next_rows, (proc.total > num_rows).long()])
     rows = DeepRows(position_ids=meta.position_ids.index_select(0, src),
                     slot=proc.flat_index[:num_rows].index_select(0, src),
@@ -303,6 +305,7 @@ def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: Processing
                     sin=sin.index_select(0, src))
     outcome = FocusOutcome(candidate_dense=candidate_dense,
                            num_candidates=num_candidates,
+                           num_kept_candidates=num_kept_candidates,
                            selected_dense=selected_dense,
                            evicting=(targets > 0) & (num_candidates > targets),
                            progress_out=layout.progress)

@@ -223,9 +223,7 @@ class DelayedCacheRuntime:
                        processed_tokens=step.processed_per_seq,
                        deep_tokens=step.kept_per_seq)
         if focus is not None:
-            candidates = focus.candidate_dense
-            columns.update(candidates=focus.num_candidates,
-                           kept_candidates=(step.fresh & candidates).sum(dim=1))
+            columns.update(candidates=focus.num_candidates, kept_candidates=focus.num_kept_candidates)
             if self.focus.shadow:
                 columns.update(shadow_counts(decoded, focus))
         columns.update(auto_columns)
