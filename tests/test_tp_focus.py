@@ -195,6 +195,22 @@ def test_a_tp_rank_that_does_not_sample_does_the_steps_bookkeeping_from_rank_0s_
     assert len(calls) == 1 and torch.equal(calls[0], rank0_mask)
     assert runtime.step is None and runtime.steps == 1  # the step ended (and was counted) on this rank too
 
+    # the real bookkeeping on this rank counts what rank 0 decoded from the step's own input (slot 1: MASKED
+    # in the input, UNMASKED in rank 0's mask), although the broadcast overwrote the mask in place
+    from lmdeploy_focus.strategies.dllm.run_stats import RunStats
+    del runtime.after_unmasking
+    runtime.stats = RunStats()
+    runtime.step = SimpleNamespace(num_rows=3, num_logit_rows=2, batch_size=1, block_length=4, focus=None,
+                                   masked=(input_mask == 0).view(1, 4),  # 0: DLLM_MASKED
+                                   processed_per_seq=torch.tensor([3]),
+                                   kept_per_seq=torch.tensor([3]))
+    extra = SimpleNamespace(dllm_mask=input_mask.clone())
+    agent.make_dummy_next_token(inputs, torch.zeros(4, 8), extra)
+    with agent.broadcast_next_token(None, extra, None):
+        pass
+    totals = runtime.stats.read()
+    assert totals['generated_tokens'] == 1 and totals['decode_steps'] == 1 and runtime.step is None
+
     # rank 0 ended its step in post_sampling: the broadcast does nothing more there
     extra = SimpleNamespace(dllm_mask=input_mask.clone())
     with agent.broadcast_next_token(None, extra, None):

@@ -76,8 +76,9 @@ class StepInputs:
     history: torch.Tensor  # int64 [B̂]: cache position of block position 0
     uncached: torch.Tensor  # bool [B̂, L]
     needs_warmup: torch.Tensor  # bool [B̂]
-    # bool [B̂]: a real sequence (False: batch padding, processes nothing); None from the runtime: all B are
-    # (StepGraphs.run marks them, in its static buffer only when the batch size changes)
+    # bool [B̂]: a real sequence (False: batch padding, processes nothing). None from the runtime: all B are;
+    # only StepGraphs.run takes None (it marks them, in its static buffer only when the batch size changes),
+    # front() itself needs the tensor
     seq_valid: torch.Tensor | None
     progress: torch.Tensor  # int64 [B̂]: FOCUS block progress
     avg_decoded: torch.Tensor  # float32 [B̂]: FOCUS running mean of tokens decoded per step

@@ -117,7 +117,7 @@ class _Bucket:
     outputs: FrontOutputs  # static, B̂·L rows; a front on P̂ rows fills the first P̂
     front: dict = field(default_factory=dict)  # front row bucket P̂ -> _Replayable
     deep: dict = field(default_factory=dict)  # row bucket -> _Replayable
-    valid_size: int = -1  # the batch size ``inputs.seq_valid`` marks valid now (-1: as captured, none)
+    valid_size: int = -1  # the batch size ``inputs.seq_valid`` marks valid now (-1: unknown, rewrite at the next fill)
 
 
 class StepRun(NamedTuple):

@@ -56,7 +56,7 @@ class DecodeStep:
     """What the LM head, the unmasker and the bookkeeping read of one step's forward (``B`` sequences).
 
     Tensors are views of the step's outputs (the graph's static buffers under CUDA graphs), valid
-    until the next decode step's forward.
+    until the next decode step's forward; ``masked`` is the step's own (built from its input mask).
     """
     batch_size: int
     block_length: int
