@@ -3,8 +3,8 @@
     python3 benchmark/serving_wall_time.py --model models/tiny-sdar-5m-b32 --out OUT.json \
         [--arm stock= --arm focus=--focus] [--rounds 3]
 
-Starts one server per arm (``--arm NAME=ARGS``, extra api_server arguments; default stock and
-``--focus``), all at once on the same GPU, each with the same ``--cache-max-entry-count`` so they fit
+Starts one server per arm (``--arm NAME=ARGS``, extra api_server arguments, after optional
+``ENV:VAR=value`` words for its environment; default stock and ``--focus``), all at once on the same GPU, each with the same ``--cache-max-entry-count`` so they fit
 side by side. Once every ``/health`` answers, each round sends the same load to every arm in turn (the
 order alternates between rounds, so neither arm always goes first): ``--requests`` completions at
 ``--concurrency`` from a thread pool (standard library only), random prompts of 5-60 words,
@@ -62,12 +62,22 @@ def requests_mix(count, seed):
         yield body
 
 
-def parse_arm(text: str) -> tuple[str, list[str]]:
-    """``NAME=ARGS`` -> (name, argument list); a clear error naming the flag otherwise."""
-    name, sep, args = text.partition('=')
+def parse_arm(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """``NAME=ARGS`` -> (name, api_server arguments, environment); a clear error naming the flag otherwise.
+
+    Leading ``ENV:VAR=value`` words set the server's environment, e.g. ``ENV:LMDEPLOY_FOCUS_AWAIT_STREAM=0``, or
+    ``ENV:PYTHONPATH=DIR`` for a plugin build installed elsewhere (two code versions paired in one run).
+    """
+    name, sep, rest = text.partition('=')
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f'--arm {text!r}: expected NAME=ARGS, e.g. focus=--focus or stock=')
-    return name.strip(), args.split()
+    words, env = rest.split(), {}
+    while words and words[0].startswith('ENV:'):
+        var, eq, value = words.pop(0)[len('ENV:'):].partition('=')
+        if not eq or not var:
+            raise argparse.ArgumentTypeError(f'--arm {text!r}: expected ENV:VAR=value before the arguments')
+        env[var] = value
+    return name.strip(), words, env
 
 
 def dllm_counters(text: str) -> dict[str, float]:
@@ -108,13 +118,15 @@ SAMPLER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serving_
 
 class Server:
 
-    def __init__(self, name: str, model: str, args: list[str], log_path: str, profile_dir: str | None = None):
+    def __init__(self, name: str, model: str, args: list[str], log_path: str, profile_dir: str | None = None,
+                 env: dict[str, str] | None = None):
         self.name = name
         self.port = free_port()
         self.cmd = ['lmdeploy', 'serve', 'api_server', model, '--server-port', str(self.port), *args]
         self.log = open(log_path, 'w')
         self.profile_dir = profile_dir
-        env = dict(os.environ)
+        self.extra_env = dict(env or {})
+        env = {**os.environ, **self.extra_env}
         if profile_dir is not None:
             os.makedirs(profile_dir, exist_ok=True)
             env['FOCUS_HOST_SAMPLE_DIR'] = profile_dir
@@ -204,15 +216,15 @@ def main():
                    help='sample every server process\'s main thread during the timed loads (serving_profile/)')
     args = p.parse_args()
     arms = args.arms or [parse_arm(a) for a in DEFAULT_ARMS]
-    names = [name for name, _ in arms]
+    names = [name for name, _, _ in arms]
     if len(set(names)) != len(names):
         p.error(f'--arm names must differ: {names}')
     if args.rounds < 1:
         p.error('--rounds must be at least 1')
     servers = {
         name: Server(name, args.model, [*extra, '--cache-max-entry-count', args.cache_max_entry_count],
-                     f'{args.out}.{name}.server.log', f'{args.out}.{name}.prof' if args.host_profile else None)
-        for name, extra in arms
+                     f'{args.out}.{name}.server.log', f'{args.out}.{name}.prof' if args.host_profile else None, env)
+        for name, extra, env in arms
     }
     bodies = list(requests_mix(args.requests, args.seed))
     try:
@@ -231,7 +243,8 @@ def main():
             rounds.append(loads)
         walls = {name: [r[name]['wall_s'] for r in rounds] for name in names}
         result = dict(model=args.model, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
-                      arms={name: dict(command=' '.join(servers[name].cmd), startup_s=servers[name].startup_s,
+                      arms={name: dict(command=' '.join(servers[name].cmd), env=servers[name].extra_env,
+                                       startup_s=servers[name].startup_s,
                                        wall_s=walls[name], ok=[r[name]['ok'] for r in rounds],
                                        failures=sorted({f for r in rounds for f in r[name]['failures']}),
                                        completion_tokens=[r[name]['completion_tokens'] for r in rounds],

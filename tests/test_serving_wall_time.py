@@ -42,10 +42,14 @@ def test_one_round_has_no_steady_state_ratio():
     assert out['b']['round_ratios'] == [1.25] and out['b']['steady_median_ratio'] is None
 
 
-def test_arm_parser_splits_name_and_arguments_and_names_the_flag_on_error():
-    assert swt.parse_arm('stock=') == ('stock', [])
-    assert swt.parse_arm('focus=--focus --disable-metrics') == ('focus', ['--focus', '--disable-metrics'])
-    for bad in ('--focus', '=--focus', ''):
+def test_arm_parser_splits_name_environment_and_arguments_and_names_the_flag_on_error():
+    assert swt.parse_arm('stock=') == ('stock', [], {})
+    assert swt.parse_arm('focus=--focus --disable-metrics') == ('focus', ['--focus', '--disable-metrics'], {})
+    assert swt.parse_arm('old=ENV:PYTHONPATH=/tmp/a:/tmp/b ENV:LMDEPLOY_FOCUS_AWAIT_STREAM=0 --focus') == (
+        'old', ['--focus'], {'PYTHONPATH': '/tmp/a:/tmp/b', 'LMDEPLOY_FOCUS_AWAIT_STREAM': '0'})
+    # only leading ENV: words are environment
+    assert swt.parse_arm('a=--focus ENV:X=1') == ('a', ['--focus', 'ENV:X=1'], {})
+    for bad in ('--focus', '=--focus', '', 'a=ENV:X', 'a=ENV:=1'):
         with pytest.raises(argparse.ArgumentTypeError, match='--arm'):
             swt.parse_arm(bad)
 
