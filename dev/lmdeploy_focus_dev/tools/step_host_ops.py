@@ -1,0 +1,33 @@
+"""Torch ops of one FOCUS decode step outside its CUDA graphs, by source line (CPU, the tiny harness model).
+
+    python -m lmdeploy_focus_dev.tools.step_host_ops [--batch-size 4] [--alpha 1.5] [--unpadded] [--top 40]
+
+On the GPU each of these is an eager launch (views excepted) the host pays every step, while the ops under
+the step's graph replays are one graph launch each. The numbers cited in BENCHMARKS.md for the host-work
+cuts come from here (defaults). The step: ``lmdeploy_focus_dev.testing.decode_step_work.decode_step``.
+"""
+import argparse
+import json
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--alpha', default='1.5', help="FOCUS alpha, a number or 'auto'")
+    p.add_argument('--unpadded', action='store_true', help='no captured batch bucket: the eager step (no graphs)')
+    p.add_argument('--top', type=int, default=40)
+    args = p.parse_args(argv)
+    from lmdeploy_focus_dev.testing.decode_step_work import EngineOps, decode_step
+    alpha = args.alpha if args.alpha == 'auto' else float(args.alpha)
+    step = decode_step(args.batch_size, alpha, padded=not args.unpadded)
+    step()  # first use: lazy state, caches
+    with EngineOps() as ops:
+        step()
+    print(json.dumps(dict(batch_size=args.batch_size, alpha=args.alpha, padded=not args.unpadded, total=ops.total,
+                          outside_graphs=ops.outside_graphs), indent=None))
+    for site, count in ops.sites.most_common(args.top):
+        print(f'{count:4d}  {site}')
+
+
+if __name__ == '__main__':
+    main()
