@@ -55,3 +55,20 @@ def test_plugin_step_work_does_not_grow_with_the_batch(alpha, padded):
     large = _step_work(12, alpha, padded)
     assert small[0] > 100 and small[1] > 50, f'nothing counted: {small}'
     assert large == small, f'plugin lines / torch ops per step: {small} at 2 sequences, {large} at 12'
+
+
+@pytest.mark.parametrize('padded', [True, False])
+def test_the_listing_by_line_accounts_for_every_op_outside_the_graphs(padded):
+    """tools/step_host_ops's counts: every op outside the graph replays has a source line; a padded step runs
+    its layers under replays (one graph launch each on the GPU), an unpadded one has no replays at all."""
+    step = decode_step(3, 1.5, padded, block_length=L)
+    step()
+    with EngineOps() as ops:
+        step()
+    assert sum(ops.sites.values()) == ops.outside_graphs
+    assert all(site.startswith(('lmdeploy_focus/', 'lmdeploy/')) for site in ops.sites)
+    if padded:
+        assert 0 < ops.outside_graphs < ops.total / 2
+        assert not any('sparse_step.py' in site and ' deep' in site for site in ops.sites)  # the deep layers replay
+    else:
+        assert ops.outside_graphs == ops.total
