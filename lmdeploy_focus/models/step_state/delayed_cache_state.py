@@ -117,6 +117,7 @@ def select(state: DelayedCacheState, batch_indices: torch.Tensor) -> DelayedCach
 
 def append_fresh(state: DelayedCacheState, num_new: int) -> DelayedCacheState:
     """``state`` followed by ``num_new`` :meth:`~DelayedCacheState.fresh` sequences (new prefilled sequences
-    joining): one pad per tensor, where building the fresh rows and concatenating would take two."""
+    joining): one torch call per tensor, where building the fresh rows and concatenating took two (the
+    kernels stay: a pad fills and copies)."""
     return DelayedCacheState(uncached=F.pad(state.uncached, (0, 0, 0, num_new), value=True),
                              needs_warmup=F.pad(state.needs_warmup, (0, num_new), value=True))
