@@ -53,7 +53,7 @@ def test_valid_requests_pass_every_endpoint():
 
 
 @pytest.mark.parametrize('endpoint,request_fields,field', [
-    ('chat', dict(n=129), 'n'), ('chat', dict(top_logprobs=21), 'top_logprobs'),
+    ('chat', dict(n=129), 'n'), ('chat', dict(n=True), 'n'), ('chat', dict(top_logprobs=21), 'top_logprobs'),
     ('chat', dict(min_new_tokens=5, max_tokens=4), 'min_new_tokens'),
     ('generate', dict(top_logprobs_num=-1), 'top_logprobs_num'),
     ('generate', dict(top_logprobs_num=21), 'top_logprobs_num'),

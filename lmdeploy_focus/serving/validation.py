@@ -147,7 +147,7 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
             if bad is not None:
                 raise FieldError('prompt', f'entry {bad} must be a string, got {type(prompt[bad]).__name__}')
     elif endpoint == 'chat':
-        if n is not None and not (isinstance(n, int) and 1 <= n <= MAX_CHAT_N):
+        if n is not None and not (_integer(n) and 1 <= n <= MAX_CHAT_N):
             raise FieldError('n', f'must be an integer in [1, {MAX_CHAT_N}], got {n!r}')
         _check_logprobs('top_logprobs', get('top_logprobs'))
     elif endpoint == 'generate':
