@@ -375,6 +375,11 @@ def test_guard_equals_upstream_when_everything_is_processed(strategy, trial):
     got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask,
                                                masked_but_unprocessed(mask, proc.processed))
     assert torch.equal(got_mask, want_mask) and torch.equal(got_ids, want_ids)
+    # None (delayed cache alone: no masked slot is ever left out) is the same, and leaves the caller's mask alone
+    mask_before = mask.clone()
+    got_mask, got_ids = unmask_processed_only(processor, logits, input_ids, token_ids, mask, None)
+    assert torch.equal(got_mask, want_mask) and torch.equal(got_ids, want_ids)
+    assert torch.equal(mask, mask_before)
 
 
 @pytest.mark.parametrize('strategy', STRATEGIES)

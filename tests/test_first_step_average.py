@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
-from lmdeploy_focus.models.step_state.focus_state import FocusState, decode_per_step, first_step_decoded
+from lmdeploy_focus.models.step_state.focus_state import FocusState, decode_per_step, first_step_average
 from lmdeploy_focus.models.step_state.focus_step import FocusConfig
 from lmdeploy_focus_dev.reference import focus_spec
 from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
@@ -30,7 +30,7 @@ def test_engine_rule_agrees_with_the_oracle_on_random_settings():
         strategy = rng.choice(STRATEGIES)
         config = DLLMConfig(block_length=length, unmasking_strategy=strategy, denoising_steps=steps)
         want = focus_spec.first_step_average(strategy, steps, length)
-        assert first_step_decoded(config) == want, (strategy, length, steps)
+        assert first_step_average(decode_per_step(config)) == want, (strategy, length, steps)
 
 
 def test_upstream_static_and_sequential_unmaskers_take_at_most_decode_per_step_tokens_a_step():

@@ -36,4 +36,5 @@ def test_reset_select_append_fresh():
 def test_newly_decoded_is_masked_to_unmasked_only():
     before = torch.tensor([M, M, U, M, C, M])
     after = torch.tensor([U, M, U, U, C, C])
-    assert fs.newly_decoded(before, after, 3).tolist() == [[True, False, False], [True, False, False]]
+    assert fs.newly_decoded(before.view(-1, 3) == fs.DLLM_MASKED, after).tolist() == [[True, False, False],
+                                                                                     [True, False, False]]

@@ -86,7 +86,7 @@ def test_decode_forwards_capture_only_while_no_request_is_tracked():
 
 def test_the_static_valid_flags_follow_every_batch_size_change():
     """``_fill`` rewrites the static ``seq_valid`` only when the batch size changes (the runtime passes None:
-    all valid); a batch with explicit flags (tests, tools) resets that memory. Random size sequences."""
+    all valid); a batch with its own flags is refused. Random size sequences."""
     from dataclasses import replace
 
     from lmdeploy_focus.models.step_graphs import _Bucket, _warmup_inputs
@@ -101,9 +101,7 @@ def test_the_static_valid_flags_follow_every_batch_size_change():
     for _ in range(40):
         size = rng.randint(1, bucket)
         batch = replace(slice_batch(_warmup_inputs(bucket, length, 'cpu'), size), seq_valid=None)
-        explicit = rng.random() < 0.2
-        if explicit:
-            batch = replace(batch, seq_valid=torch.rand(size) < 0.5)
         graphs._fill(entry, batch, torch.zeros(size, 2, dtype=torch.int32))
-        want = batch.seq_valid.tolist() if explicit else [True] * size
-        assert static.seq_valid.tolist() == want + [False] * (bucket - size), (size, explicit)
+        assert static.seq_valid.tolist() == [True] * size + [False] * (bucket - size), size
+    with pytest.raises(ValueError, match='seq_valid=None'):
+        graphs._fill(entry, replace(batch, seq_valid=torch.ones(size, dtype=torch.bool)), torch.zeros(size, 2))

@@ -33,7 +33,7 @@ import torch
 
 from ..kernels import focus_ops
 from ..kernels.paged_ops import ragged_attention, sparse_fill_kv
-from .step_state.delayed_cache_state import DelayedCacheState, stable_positions
+from .step_state.delayed_cache_state import DelayedCacheState, still_uncached
 from .step_state.focus_step import FocusConfig
 from .step_state.processing_set import (ProcessingSet, gather_processed, processing_mask,
                                               ragged_step_metadata)
@@ -77,11 +77,11 @@ class StepInputs:
     uncached: torch.Tensor  # bool [B̂, L]
     needs_warmup: torch.Tensor  # bool [B̂]
     # bool [B̂]: a real sequence (False: batch padding, processes nothing). None from the runtime: all B are;
-    # only StepGraphs.run takes None (it marks them, in its static buffer only when the batch size changes),
-    # front() itself needs the tensor
+    # StepGraphs.run marks them (in its static buffer only when the batch size changes); front() needs the tensor
     seq_valid: torch.Tensor | None
-    progress: torch.Tensor  # int64 [B̂]: FOCUS block progress
-    avg_decoded: torch.Tensor  # float32 [B̂]: FOCUS running mean of tokens decoded per step
+    # FOCUS only (None from the runtime without FOCUS; the delayed-cache front reads neither)
+    progress: torch.Tensor | None  # int64 [B̂]: FOCUS block progress
+    avg_decoded: torch.Tensor | None  # float32 [B̂]: FOCUS running mean of tokens decoded per step
     # --dllm-focus-alpha auto only (None otherwise): the α of each sequence's selection, and the sequences
     # that run this step in shadow mode (selection computed, nothing evicted: the controller's measurement)
     alpha: torch.Tensor | None = None  # float32 [B̂]
@@ -131,7 +131,9 @@ class FrontOutputs:
     processed_per_seq: torch.Tensor  # int64 [B̂]: rows into layer 0
     # The step's bookkeeping, computed here so that under CUDA graphs it costs no eager launches:
     uncached_next: torch.Tensor  # bool [B̂, L]: still uncached for the block's next step (uncached_after)
-    masked_unprocessed: torch.Tensor  # bool [B̂, L]: MASKED slots without fresh logits (the unmasker must skip them)
+    # bool [B̂, L]: MASKED slots without fresh logits (the unmasker must skip them); None without FOCUS: delayed
+    # cache processes every masked slot (masked slots are uncached)
+    masked_unprocessed: torch.Tensor | None
     focus: FocusOutcome | None = None
     # debug only (LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1, TP > 1): int64 [3] kept-layout checksums, see tp_layout_check
     layout_check: torch.Tensor | None = None
@@ -153,7 +155,7 @@ def processing_set(inputs: StepInputs, config: StepConfig) -> ProcessingSet:
 def uncached_after(inputs: StepInputs) -> torch.Tensor:
     """bool [B̂, L]: the positions still uncached for the next step of the same block: readiness applied to the
     step's *input* mask (the rule of :func:`~.step_state.delayed_cache_state.readiness_update`)."""
-    return inputs.uncached & ~stable_positions(inputs.masked)
+    return still_uncached(inputs.uncached, inputs.masked)
 
 
 def next_step_rows(inputs: StepInputs, config: StepConfig, decodable: torch.Tensor,
@@ -212,9 +214,8 @@ def front(parts, inputs: StepInputs, config: StepConfig, kv_caches, block_offset
         rows = DeepRows(position_ids=meta.position_ids, slot=proc.flat_index, q_start_loc=meta.q_start_loc,
                         q_seqlens=meta.q_seqlens, kv_seqlens=meta.kv_seqlens, counts=counts, logit_rows=logit_rows,
                         input_ids=meta.input_ids)
-        # delayed cache alone processes every masked slot (masked slots are uncached): nothing is unprocessed
         return FrontOutputs(rows=rows, fresh=proc.processed, processed_per_seq=proc.q_seqlens,
-                            uncached_next=uncached_next, masked_unprocessed=inputs.masked & ~proc.processed)
+                            uncached_next=uncached_next, masked_unprocessed=None)
     num_rows = proc.num_rows if num_rows is None else min(num_rows, proc.num_rows)
     meta = ragged_step_metadata(proc, inputs.history, dense_input_ids=inputs.input_ids, num_rows=num_rows)
     return _focus_front(parts, inputs, config, proc, meta, uncached_next, kv_caches, block_offsets)

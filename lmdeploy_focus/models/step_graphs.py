@@ -117,7 +117,7 @@ class _Bucket:
     outputs: FrontOutputs  # static, B̂·L rows; a front on P̂ rows fills the first P̂
     front: dict = field(default_factory=dict)  # front row bucket P̂ -> _Replayable
     deep: dict = field(default_factory=dict)  # row bucket -> _Replayable
-    valid_size: int = -1  # the batch size ``inputs.seq_valid`` marks valid now (-1: unknown, rewrite at the next fill)
+    valid_size: int = -1  # the batch size ``inputs.seq_valid`` marks valid now (-1: none yet, as captured)
 
 
 class StepRun(NamedTuple):
@@ -211,15 +211,14 @@ class StepGraphs:
 
     def _fill(self, graphs: _Bucket, batch: StepInputs, block_offsets: torch.Tensor) -> None:
         static, size = graphs.inputs, batch.input_ids.size(0)
+        if batch.seq_valid is not None:
+            raise ValueError('sparse decode step: a padded step marks its own valid sequences (the first B); pass '
+                             'seq_valid=None')
         copy_into(slice_batch(static, size), batch)
-        if batch.seq_valid is None:  # every sequence of the batch is valid: rewritten only when the size changes
-            if graphs.valid_size != size:
-                static.seq_valid[:size] = True
-                static.seq_valid[size:] = False
-                graphs.valid_size = size
-        else:
-            graphs.valid_size = -1
+        if graphs.valid_size != size:  # the batch's B sequences are valid: rewritten only when B changes
+            static.seq_valid[:size] = True
             static.seq_valid[size:] = False
+            graphs.valid_size = size
         rows, pages = block_offsets.shape
         self._block_offsets[:rows, :pages].copy_(block_offsets)
 

@@ -61,7 +61,12 @@ def readiness_update(uncached: torch.Tensor, input_mask: torch.Tensor) -> torch.
     unmasker's output, is what keeps a token decoded in step t uncached for step t+1, so its KV
     is recomputed once with the real token id.
     """
-    return uncached & ~stable_positions(input_mask.view(uncached.shape) == DLLM_MASKED)
+    return still_uncached(uncached, input_mask.view(uncached.shape) == DLLM_MASKED)
+
+
+def still_uncached(uncached: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """:func:`readiness_update` on ``masked`` (bool [B, L]: MASKED in the step's input)."""
+    return uncached & ~stable_positions(masked)
 
 
 def stable_positions(masked: torch.Tensor) -> torch.Tensor:

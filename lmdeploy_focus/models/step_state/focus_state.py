@@ -5,7 +5,7 @@
   kept one, so positions ``0 .. progress`` always have KV in every layer.
 * ``decoded_sum[b]`` / ``decoded_steps[b]``: tokens unmasked so far in this block's decode steps
   and the number of those steps that unmasked at least one; their ratio is the running average
-  that sets how many masked tokens a step keeps (:func:`first_step_decoded` before the first such step).
+  that sets how many masked tokens a step keeps (:func:`first_step_average` before the first such step).
 
 Lifecycle follows :class:`~.delayed_cache_state.DelayedCacheState` (fresh on join, select on
 reindex, reset when a block is committed); every function returns new tensors, no host sync.
@@ -40,15 +40,9 @@ class FocusState:
 
     def avg_decoded(self, first_step: float = 1.0) -> torch.Tensor:
         """float32 [B]: mean tokens unmasked per step of this block (steps that unmasked any); ``first_step``
-        (:func:`first_step_decoded`) if none."""
+        (:func:`first_step_average`) if none."""
         # the quotient of a sequence without steps (0 / 0) is never selected
         return torch.where(self.decoded_steps > 0, self.decoded_sum / self.decoded_steps, first_step)
-
-
-def first_step_decoded(dllm_config) -> float:
-    """The running mean before a block's first decode step under ``dllm_config``
-    (:func:`first_step_average` of :func:`decode_per_step`)."""
-    return first_step_average(decode_per_step(dllm_config))
 
 
 def first_step_average(per_step: int | None) -> float:
@@ -79,9 +73,10 @@ def decode_per_step(dllm_config) -> int | None:
     return int(UnmaskingProcessor(config)._get_denoise_num())
 
 
-def newly_decoded(input_mask: torch.Tensor, next_mask: torch.Tensor, block_length: int) -> torch.Tensor:
-    """bool [B, L]: MASKED → UNMASKED in this step (the tokens the step decoded)."""
-    return ((input_mask.view(-1, block_length) == DLLM_MASKED) & (next_mask.view(-1, block_length) == DLLM_UNMASKED))
+def newly_decoded(masked: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor:
+    """bool [B, L]: MASKED → UNMASKED in this step (the tokens the step decoded); ``masked``: bool [B, L], the
+    slots MASKED in the step's input, ``next_mask`` the unmasker's output (any shape of B·L)."""
+    return masked & (next_mask.view_as(masked) == DLLM_UNMASKED)
 
 
 def record_step(state: FocusState, progress: torch.Tensor, num_decoded: torch.Tensor) -> FocusState:

@@ -65,7 +65,7 @@ class DecodeStep:
     rows: object  # sparse_step.DeepRows ([B̂]-sized per-sequence fields; rows past K are padding)
     fresh: torch.Tensor  # bool [B, L]: slots computed through every layer this step
     masked: torch.Tensor  # bool [B, L]: slots MASKED in the step's input
-    masked_unprocessed: torch.Tensor  # bool [B, L]: MASKED slots without fresh logits (the unmasker skips them)
+    masked_unprocessed: torch.Tensor | None  # bool [B, L]: MASKED slots without fresh logits (None: none, no FOCUS)
     processed_per_seq: torch.Tensor  # int64 [B]: rows into layer 0
     kept_per_seq: torch.Tensor  # int64 [B]: rows through the deep layers
     focus: object = None  # sparse_step.FocusOutcome cut to B sequences, FOCUS only
@@ -144,8 +144,9 @@ class DelayedCacheRuntime:
                                   uncached=state.uncached,
                                   needs_warmup=state.needs_warmup,
                                   seq_valid=None,  # all valid (StepGraphs.run)
-                                  progress=fstate.progress,
-                                  avg_decoded=fstate.avg_decoded(self.first_step_decoded))
+                                  # FOCUS's state: delayed cache alone reads neither
+                                  progress=None if self.focus is None else fstate.progress,
+                                  avg_decoded=None if self.focus is None else fstate.avg_decoded(self.first_step_decoded))
         self.shadow_seq = None
         if self.focus is not None and self.focus.auto is not None:
             self._auto_inputs(batch_inputs)
@@ -161,7 +162,8 @@ class DelayedCacheRuntime:
             focus = slice_batch(focus, batch)
         self.step = DecodeStep(batch_size=batch, block_length=length, num_rows=num_rows, num_logit_rows=num_logit_rows,
                                rows=outputs.rows, fresh=outputs.fresh[:batch], masked=batch_inputs.masked,
-                               masked_unprocessed=outputs.masked_unprocessed[:batch],
+                               masked_unprocessed=None if outputs.masked_unprocessed is None
+                               else outputs.masked_unprocessed[:batch],
                                processed_per_seq=outputs.processed_per_seq[:batch],
                                kept_per_seq=outputs.rows.q_seqlens[:batch], focus=focus)
         return hidden
@@ -207,7 +209,7 @@ class DelayedCacheRuntime:
         commit). With ``dllm_track``, returns the step's per-sequence counts (:func:`per_sequence_counts`).
         """
         step = self.step
-        decoded = step.masked & (next_mask.view_as(step.masked) == focus_state.DLLM_UNMASKED)  # newly_decoded
+        decoded = focus_state.newly_decoded(step.masked, next_mask)
         num_decoded = decoded.sum(dim=1)
         focus = step.focus
         auto_columns = {}

@@ -1,7 +1,7 @@
 """Stock DLLM decoding with ``dllm_track``: upstream's agent strategy plus run statistics."""
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 
-from ...models.step_state.focus_state import newly_decoded
+from ...models.step_state.focus_state import DLLM_MASKED, newly_decoded
 from .request_stats import StepStatsOutputs
 from .upstream_fixes import UpstreamFixesMixin
 from .run_stats import RunStats, per_sequence_counts
@@ -16,11 +16,11 @@ class TrackingDLLMAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         self.stats = stats
 
     def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
-        input_mask = extra_inputs.dllm_mask.clone()  # upstream's unmasker writes into the mask it gets
+        L = self.block_length
+        masked = extra_inputs.dllm_mask.view(-1, L) == DLLM_MASKED  # before upstream's unmasker writes into the mask
         next_token_ids, extra_inputs = super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
         if inputs.is_decoding and not getattr(inputs, 'is_dummy', False):
-            decoded = newly_decoded(input_mask, extra_inputs.dllm_mask, self.block_length)
-            L = self.block_length
+            decoded = newly_decoded(masked, extra_inputs.dllm_mask)
             rows = per_sequence_counts(decoded.size(0), device=decoded.device, decode_steps=1,
                                        generated_tokens=decoded.sum(dim=1), processed_tokens=L, deep_tokens=L)
             self.stats.add_rows(rows)

@@ -44,18 +44,19 @@ class RowLogitsUnmasking(UnmaskingProcessor):
 
 
 def unmask_processed_only(unmasking_processor: RowLogitsUnmasking, logits: torch.Tensor, input_ids: torch.Tensor,
-                          token_ids: torch.Tensor, dllm_mask: torch.Tensor, unprocessed: torch.Tensor,
+                          token_ids: torch.Tensor, dllm_mask: torch.Tensor, unprocessed: torch.Tensor | None,
                           logit_slots: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``unmasking_processor(logits, input_ids, token_ids, dllm_mask)`` restricted to processed slots:
-    ``unprocessed`` (bool [B, L], :func:`masked_but_unprocessed`) are the MASKED slots without fresh logits.
+    ``unprocessed`` (bool [B, L], :func:`masked_but_unprocessed`) are the MASKED slots without fresh logits
+    (None: there are none, every masked slot was processed).
 
     Flat upstream layouts: ids and mask ``[B*L]``; ``logits [B*L, V]`` and ``token_ids [B*L]``, or,
     with ``logit_slots`` (int64 [M]), ``logits [M, V]`` and ``token_ids [M]`` of those slots only.
     Returns ``(next_mask, next_token_ids)``, both ``[B*L]``. ``dllm_mask`` itself is left untouched
     (upstream's processor writes into the mask it is given; here that is a private copy).
     """
-    hidden = unprocessed.flatten()
-    guarded_mask = dllm_mask.masked_fill(hidden, DLLM_CACHED)
+    hidden = None if unprocessed is None else unprocessed.flatten()
+    guarded_mask = dllm_mask.clone() if hidden is None else dllm_mask.masked_fill(hidden, DLLM_CACHED)
     if logit_slots is not None:
         # rows without logits take their input id, as upstream gives every slot it does not unmask
         token_ids = input_ids.clone().index_copy_(0, logit_slots, token_ids.to(input_ids.dtype))
@@ -68,5 +69,6 @@ def unmask_processed_only(unmasking_processor: RowLogitsUnmasking, logits: torch
         next_mask, next_token_ids = result
     else:  # upstream returns the mask alone when no unmasking strategy is configured
         next_mask, next_token_ids = result, token_ids
-    next_mask = next_mask.masked_fill(hidden, DLLM_MASKED)
+    if hidden is not None:
+        next_mask = next_mask.masked_fill(hidden, DLLM_MASKED)
     return next_mask, next_token_ids
