@@ -97,6 +97,15 @@ def counter_delta(before: dict, after: dict) -> dict:
     return {name: after[name] - before.get(name, 0.0) for name in after}
 
 
+def environment() -> dict:
+    """Versions, GPU, git commit and plugin build of this run (``throughput.report.environment``, the drivers')."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from benchmark_packages import load_benchmark_packages  # (drops benchmark/ from sys.path again)
+    load_benchmark_packages('throughput')
+    from throughput.report import environment as run_environment
+    return run_environment()
+
+
 def round_order(names: list[str], index: int) -> list[str]:
     """Arms in round ``index`` (0-based): as given on even rounds, reversed on odd ones."""
     return list(names) if index % 2 == 0 else list(reversed(names))
@@ -242,7 +251,7 @@ def main():
                       flush=True)
             rounds.append(loads)
         walls = {name: [r[name]['wall_s'] for r in rounds] for name in names}
-        result = dict(model=args.model, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
+        result = dict(environment=environment(), model=args.model, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
                       arms={name: dict(command=' '.join(servers[name].cmd), env=servers[name].extra_env,
                                        startup_s=servers[name].startup_s,
                                        wall_s=walls[name], ok=[r[name]['ok'] for r in rounds],

@@ -54,6 +54,12 @@ def test_arm_parser_splits_name_environment_and_arguments_and_names_the_flag_on_
             swt.parse_arm(bad)
 
 
+def test_results_carry_the_drivers_environment_record():
+    env = swt.environment()
+    assert {'torch', 'lmdeploy', 'lmdeploy_focus', 'python', 'gpu', 'git_commit'} <= set(env)
+    assert env['lmdeploy'] == '0.18.0'
+
+
 def test_dllm_counters_sum_each_counter_over_its_labels_and_skip_the_rest():
     rng = random.Random()
     steps = [rng.randint(0, 10**6) for _ in range(rng.randint(1, 3))]
