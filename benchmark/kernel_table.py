@@ -1,0 +1,83 @@
+"""GPU kernel time by kernel name from a torch-profiler chrome trace, and the difference of two traces.
+
+    python3 benchmark/kernel_table.py TRACE.json[.gz] [--minus OTHER.json[.gz]] [--per N] [--top 40] [--json OUT]
+
+Made for upstream's agent profiler (``LMDEPLOY_PROFILE_CUDA=1``, ``LMDEPLOY_PROFILE_OUT_PREFIX``; the trace is
+written when the engine stops): ``benchmark/gpu/kernel_profile.sh`` runs stock and FOCUS at a small batch on
+the same prompts and subtracts one table from the other, so the kernels both arms run in equal numbers
+(prefill, the layers' GEMMs) cancel and what a FOCUS step adds shows by name. ``--per N`` divides every
+figure by ``N`` (e.g. each arm's decode steps, or the generated tokens, for per-step / per-token numbers).
+Kernels launched from CUDA graphs are traced like any other where CUPTI reports them.
+"""
+import argparse
+import collections
+import gzip
+import json
+import sys
+
+
+def load_trace(path: str) -> dict:
+    opener = gzip.open if path.endswith('.gz') else open
+    with opener(path, 'rt') as f:
+        return json.load(f)
+
+
+def kernel_totals(trace: dict) -> dict[str, tuple[float, int]]:
+    """Per kernel name: (total µs, launches), over the trace's GPU kernel events."""
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    for event in trace.get('traceEvents', []):
+        if event.get('ph') == 'X' and event.get('cat') == 'kernel':
+            entry = totals[event.get('name', '?')]
+            entry[0] += float(event.get('dur', 0.0))
+            entry[1] += 1
+    return {name: (us, count) for name, (us, count) in totals.items()}
+
+
+def table(totals: dict, minus: dict | None = None, per: float = 1.0, top: int = 40) -> list[dict]:
+    """Rows sorted by |µs| (largest first): name, µs and launches (divided by ``per``), minus ``minus``'s."""
+    if per <= 0:
+        raise ValueError(f'--per must be positive, got {per}')
+    minus = minus or {}
+    rows = []
+    for name in set(totals) | set(minus):
+        us, count = totals.get(name, (0.0, 0))
+        other_us, other_count = minus.get(name, (0.0, 0))
+        rows.append(dict(name=name, us=(us - other_us) / per, launches=(count - other_count) / per))
+    rows.sort(key=lambda r: (-abs(r['us']), r['name']))
+    return rows[:top]
+
+
+def summary(totals: dict, minus: dict | None = None, per: float = 1.0) -> dict:
+    """Sum of every kernel's µs and launches (this trace, the other, and their difference), divided by ``per``."""
+    us, count = sum(v[0] for v in totals.values()), sum(v[1] for v in totals.values())
+    out = dict(us=us / per, launches=count / per)
+    if minus is not None:
+        other_us, other_count = sum(v[0] for v in minus.values()), sum(v[1] for v in minus.values())
+        out.update(minus_us=other_us / per, minus_launches=other_count / per, diff_us=(us - other_us) / per,
+                   diff_launches=(count - other_count) / per)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('trace')
+    p.add_argument('--minus', default=None, help='a second trace whose per-kernel totals are subtracted')
+    p.add_argument('--per', type=float, default=1.0, help='divide every figure by this (e.g. decode steps)')
+    p.add_argument('--top', type=int, default=40)
+    p.add_argument('--json', default=None, help='also write the summary and the rows here')
+    args = p.parse_args(argv)
+    totals = kernel_totals(load_trace(args.trace))
+    minus = kernel_totals(load_trace(args.minus)) if args.minus else None
+    head = summary(totals, minus, args.per)
+    rows = table(totals, minus, args.per, args.top)
+    print(json.dumps(head))
+    for r in rows:
+        print(f"{r['us']:12.2f} us {r['launches']:10.2f} x  {r['name'][:140]}")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(trace=args.trace, minus=args.minus, per=args.per, summary=head, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

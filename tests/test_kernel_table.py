@@ -1,0 +1,74 @@
+"""benchmark/kernel_table.py: kernel totals from a chrome trace, and one trace minus another."""
+import gzip
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark')
+
+
+def _kernel_table():
+    spec = importlib.util.spec_from_file_location('kernel_table', os.path.join(BENCH, 'kernel_table.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _trace(kernels, rng):
+    """A chrome trace holding ``kernels`` ((name, µs) pairs) among CPU ops, runtime calls and counters."""
+    events = []
+    for name, dur in kernels:
+        events.append(dict(ph='X', cat='kernel', name=name, dur=dur, ts=rng.random()))
+        events.append(dict(ph='X', cat='cuda_runtime', name='cudaLaunchKernel', dur=rng.random() * 9))
+        events.append(dict(ph='X', cat='cpu_op', name='aten::' + name, dur=rng.random() * 9))
+    events.append(dict(ph='i', cat='kernel', name='not a duration event', s='t'))
+    rng.shuffle(events)
+    return dict(traceEvents=events, displayTimeUnit='ms')
+
+
+def test_totals_and_difference_match_a_direct_count(tmp_path):
+    rng = random.Random()
+    names = [f'k{i}' for i in range(rng.randint(3, 8))]
+    a = [(rng.choice(names), float(rng.randint(1, 50))) for _ in range(rng.randint(20, 60))]
+    b = [(rng.choice(names[:-1]), float(rng.randint(1, 50))) for _ in range(rng.randint(20, 60))]
+    kt = _kernel_table()
+    ta, tb = kt.kernel_totals(_trace(a, rng)), kt.kernel_totals(_trace(b, rng))
+    for name in names:
+        assert ta.get(name, (0.0, 0)) == (sum(d for n, d in a if n == name), sum(1 for n, _ in a if n == name))
+    per = rng.randint(1, 7)
+    rows = kt.table(ta, tb, per=per, top=100)
+    assert {r['name'] for r in rows} == set(ta) | set(tb)
+    for r in rows:
+        us = sum(d for n, d in a if n == r['name']) - sum(d for n, d in b if n == r['name'])
+        launches = sum(n == r['name'] for n, _ in a) - sum(n == r['name'] for n, _ in b)
+        assert r['us'] == pytest.approx(us / per) and r['launches'] == pytest.approx(launches / per)
+    assert [abs(r['us']) for r in rows] == sorted((abs(r['us']) for r in rows), reverse=True)
+    head = kt.summary(ta, tb, per)
+    assert head['diff_us'] == pytest.approx((sum(d for _, d in a) - sum(d for _, d in b)) / per)
+    assert head['diff_launches'] == pytest.approx((len(a) - len(b)) / per)
+    with pytest.raises(ValueError, match='--per'):
+        kt.table(ta, per=0)
+
+
+def test_cli_reads_gzip_traces_and_writes_json(tmp_path):
+    rng = random.Random()
+    paths = []
+    for label, kernels in (('a', [('gemm', 10.0), ('gemm', 12.0), ('focus_select', 3.0)]), ('b', [('gemm', 11.0)])):
+        path = tmp_path / f'trace_{label}.json.gz'
+        with gzip.open(path, 'wt') as f:
+            json.dump(_trace(kernels, rng), f)
+        paths.append(str(path))
+    out = tmp_path / 'table.json'
+    run = subprocess.run([sys.executable, os.path.join(BENCH, 'kernel_table.py'), paths[0], '--minus', paths[1],
+                          '--per', '2', '--json', str(out)], capture_output=True, text=True, check=True)
+    assert 'focus_select' in run.stdout
+    result = json.loads(out.read_text())
+    by_name = {r['name']: r for r in result['rows']}
+    assert by_name['gemm']['us'] == pytest.approx((22.0 - 11.0) / 2) and by_name['gemm']['launches'] == 0.5
+    assert by_name['focus_select']['us'] == pytest.approx(1.5)
+    assert result['summary']['diff_us'] == pytest.approx((25.0 - 11.0) / 2)
