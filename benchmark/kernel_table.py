@@ -7,6 +7,8 @@ written when the engine stops): ``benchmark/gpu/kernel_profile.sh`` runs stock a
 the same prompts and subtracts one table from the other, so the kernels both arms run in equal numbers
 (prefill, the layers' GEMMs) cancel and what a FOCUS step adds shows by name. ``--per N`` divides every
 figure by ``N`` (e.g. each arm's decode steps, or the generated tokens, for per-step / per-token numbers).
+The summary line also gives the GPU's busy and idle time over the kernels' span (idle: host turns, syncs and
+launch gaps; on a small batch, the host work a step exposes).
 Kernels launched from CUDA graphs are traced like any other where CUPTI reports them.
 """
 import argparse
@@ -33,6 +35,30 @@ def kernel_totals(trace: dict) -> dict[str, tuple[float, int]]:
     return {name: (us, count) for name, (us, count) in totals.items()}
 
 
+# Gaps between kernels longer than this are the engine waiting for work (between waves), not a step's idle time.
+MAX_STEP_GAP_US = 50_000.0
+
+
+def busy_and_span(trace: dict, max_gap_us: float = MAX_STEP_GAP_US) -> tuple[float, float]:
+    """(µs some kernel ran, µs of the kernels' span without gaps longer than ``max_gap_us``): their difference is
+    the time the GPU sat idle between kernels (host turns, syncs, launch gaps), over every stream together."""
+    spans = sorted((float(e['ts']), float(e['ts']) + float(e.get('dur', 0.0))) for e in trace.get('traceEvents', [])
+                   if e.get('ph') == 'X' and e.get('cat') == 'kernel' and 'ts' in e)
+    if not spans:
+        return 0.0, 0.0
+    busy = idle = 0.0
+    start, end = spans[0]
+    for lo, hi in spans[1:]:
+        if lo > end:  # a gap: close the merged interval
+            busy += end - start
+            idle += (lo - end) if lo - end <= max_gap_us else 0.0
+            start, end = lo, hi
+        else:
+            end = max(end, hi)
+    busy += end - start
+    return busy, busy + idle
+
+
 def table(totals: dict, minus: dict | None = None, per: float = 1.0, top: int = 40) -> list[dict]:
     """Rows sorted by |µs| (largest first): name, µs and launches (divided by ``per``), minus ``minus``'s."""
     if per <= 0:
@@ -47,14 +73,20 @@ def table(totals: dict, minus: dict | None = None, per: float = 1.0, top: int = 
     return rows[:top]
 
 
-def summary(totals: dict, minus: dict | None = None, per: float = 1.0) -> dict:
-    """Sum of every kernel's µs and launches (this trace, the other, and their difference), divided by ``per``."""
+def summary(totals: dict, minus: dict | None = None, per: float = 1.0, busy_span=None, minus_busy_span=None) -> dict:
+    """Sum of every kernel's µs and launches (this trace, the other, and their difference), divided by ``per``;
+    with ``busy_span`` (:func:`busy_and_span`) also the GPU's busy and idle µs over the kernels' span."""
     us, count = sum(v[0] for v in totals.values()), sum(v[1] for v in totals.values())
     out = dict(us=us / per, launches=count / per)
+    if busy_span is not None:
+        out.update(busy_us=busy_span[0] / per, idle_us=(busy_span[1] - busy_span[0]) / per)
     if minus is not None:
         other_us, other_count = sum(v[0] for v in minus.values()), sum(v[1] for v in minus.values())
         out.update(minus_us=other_us / per, minus_launches=other_count / per, diff_us=(us - other_us) / per,
                    diff_launches=(count - other_count) / per)
+        if busy_span is not None and minus_busy_span is not None:
+            out.update(minus_busy_us=minus_busy_span[0] / per,
+                       minus_idle_us=(minus_busy_span[1] - minus_busy_span[0]) / per)
     return out
 
 
@@ -66,9 +98,13 @@ def main(argv=None):
     p.add_argument('--top', type=int, default=40)
     p.add_argument('--json', default=None, help='also write the summary and the rows here')
     args = p.parse_args(argv)
-    totals = kernel_totals(load_trace(args.trace))
-    minus = kernel_totals(load_trace(args.minus)) if args.minus else None
-    head = summary(totals, minus, args.per)
+    trace = load_trace(args.trace)
+    totals, span = kernel_totals(trace), busy_and_span(trace)
+    minus = minus_span = None
+    if args.minus:
+        other = load_trace(args.minus)
+        minus, minus_span = kernel_totals(other), busy_and_span(other)
+    head = summary(totals, minus, args.per, span, minus_span)
     rows = table(totals, minus, args.per, args.top)
     print(json.dumps(head))
     for r in rows:

@@ -72,3 +72,35 @@ def test_cli_reads_gzip_traces_and_writes_json(tmp_path):
     assert by_name['gemm']['us'] == pytest.approx((22.0 - 11.0) / 2) and by_name['gemm']['launches'] == 0.5
     assert by_name['focus_select']['us'] == pytest.approx(1.5)
     assert result['summary']['diff_us'] == pytest.approx((25.0 - 11.0) / 2)
+
+
+def test_busy_and_idle_time_is_the_union_of_kernel_intervals():
+    rng = random.Random()
+    kt = _kernel_table()
+    # random intervals on a grid, overlapping ones included (kernels on several streams)
+    intervals = []
+    for _ in range(rng.randint(5, 40)):
+        start = rng.randint(0, 400)
+        intervals.append((start, start + rng.randint(1, 30)))
+    events = [dict(ph='X', cat='kernel', name='k', ts=float(lo), dur=float(hi - lo)) for lo, hi in intervals]
+    events.append(dict(ph='X', cat='cpu_op', name='aten::add', ts=-50.0, dur=1000.0))  # not a kernel
+    rng.shuffle(events)
+    max_gap = rng.randint(1, 20)
+    busy, span = kt.busy_and_span(dict(traceEvents=events), max_gap_us=max_gap)
+    covered = set()
+    for lo, hi in intervals:
+        covered.update(range(lo, hi))
+    assert busy == pytest.approx(len(covered))
+    # idle: the uncovered unit slots inside the span, counting only gaps of at most max_gap units
+    first, last = min(lo for lo, _ in intervals), max(hi for _, hi in intervals)
+    idle, run = 0, 0
+    for t in range(first, last + 1):
+        if t in covered or t == last:
+            idle += run if run <= max_gap else 0
+            run = 0
+        else:
+            run += 1
+    assert span - busy == pytest.approx(idle)
+    head = kt.summary(kt.kernel_totals(dict(traceEvents=events)), per=2, busy_span=(busy, span))
+    assert head['busy_us'] == pytest.approx(busy / 2) and head['idle_us'] == pytest.approx((span - busy) / 2)
+    assert kt.busy_and_span(dict(traceEvents=[])) == (0.0, 0.0)
