@@ -30,7 +30,7 @@ import torch
 from ..log import logger
 from . import tp_layout_check
 from .sparse_step import (COUNTS, DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
-                          front, slice_batch)
+                          front)
 
 # 64 measured +0.5-1.3 % throughput for 9 s more decode warm-up on SDAR-8B (BENCHMARKS.md), so 32 stays.
 ROW_BUCKETS = 32
@@ -214,7 +214,7 @@ class StepGraphs:
         if batch.seq_valid is not None:
             raise ValueError('sparse decode step: a padded step marks its own valid sequences (the first B); pass '
                              'seq_valid=None')
-        copy_into(slice_batch(static, size), batch)
+        copy_into(static, batch)  # each field's first B rows (copy_into slices the target itself)
         if graphs.valid_size != size:  # the batch's B sequences are valid: rewritten only when B changes
             static.seq_valid[:size] = True
             static.seq_valid[size:] = False
