@@ -25,9 +25,23 @@ from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgent
 from .families import tiny_model_and_reference
 
 
-def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8):
-    """A function running one decode step of ``batch_size`` sequences (FOCUS at ``alpha``, a number or 'auto',
-    with statistics on); ``padded``: through the captured (here: eager) graph layout of a 16-sequence bucket."""
+class DecodeStepWork:
+    """``prepare()`` sets the step's inputs up afresh (the harness's part: fresh per-sequence state, as the
+    engine holds it in the middle of a block); ``run()`` is the engine's step on them; calling it does both.
+    Count ``run()`` alone: the fresh state is built by plugin functions, which a counter would bill to the step."""
+
+    def __init__(self, prepare, run):
+        self.prepare, self.run = prepare, run
+
+    def __call__(self):
+        self.prepare()
+        self.run()
+
+
+def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8) -> DecodeStepWork:
+    """One decode step of ``batch_size`` sequences (FOCUS at ``alpha``, a number or 'auto', with statistics
+    on), ready to prepare and run again and again; ``padded``: through the captured (here: eager) graph layout of
+    a 16-sequence bucket."""
     options = {'enable_focus': True, 'focus_alpha': alpha, 'track': True}
     L = block_length
     sdar, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={'dllm_focus': options})
@@ -45,19 +59,21 @@ def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8):
     blocks = runner.current_blocks()
     mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
 
-    def step():
+    def prepare():
         runtime.step_inputs = SimpleNamespace(
             delayed_state=DelayedCacheState.fresh(batch_size, L), focus_state=focus_state.FocusState.fresh(batch_size),
             shadow_countdown=shadow_schedule.fresh(batch_size, 2, seed=0, first_index=0), next_rows_bound=None,
             extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),
             model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
+
+    def run():
         ragged = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
         logits, _ = agent.sampling_rows(ragged, SamplingInputs(batch_size=batch_size * L, max_num_logprobs=-1))
         extra = SimpleNamespace(dllm_mask=mask.flatten().clone())
         _, extra = agent.post_sampling(SimpleNamespace(input_ids=blocks.flatten()), logits, logits.argmax(-1), extra)
         agent.make_extra_outputs(extra)
 
-    return step
+    return DecodeStepWork(prepare, run)
 
 
 # ---- what a step's torch ops are, by where they come from -------------------------------------------------------

@@ -21,8 +21,9 @@ def main(argv=None):
     alpha = args.alpha if args.alpha == 'auto' else float(args.alpha)
     step = decode_step(args.batch_size, alpha, padded=not args.unpadded)
     step()  # first use: lazy state, caches
+    step.prepare()  # the harness's fresh state: not the step's work
     with EngineOps() as ops:
-        step()
+        step.run()
     print(json.dumps(dict(batch_size=args.batch_size, alpha=args.alpha, padded=not args.unpadded, total=ops.total,
                           outside_graphs=ops.outside_graphs), indent=None))
     for site, count in ops.sites.most_common(args.top):
