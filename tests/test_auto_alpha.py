@@ -5,6 +5,7 @@ The controller's target stands in for the scripted recall: a target no selection
 up, a target every selection meets (0.05) must pull it down; fall-back is kept out of the way
 (``min_updates`` huge) so the direction alone is tested.
 """
+import secrets
 from dataclasses import replace
 from types import SimpleNamespace
 from unittest import mock
@@ -98,6 +99,22 @@ def test_auto_moves_alpha_in_the_direction_the_recall_demands(padded):
     assert 0 < stats['shadow_decoded'] and stats['shadow_selected_decoded'] <= stats['shadow_decoded']
     assert stats['deep_tokens'] < stats['processed_tokens'], 'the non-shadow steps never evicted'
     assert stats['auto_fallback_steps'] == 0
+
+
+@pytest.mark.parametrize('force_fallback', [False, True])
+def test_the_replayed_controller_decides_as_the_eager_one(force_fallback):
+    """Padded steps (the graph path) update the controller through its replay (controller_graph) once the warm-up
+    captured it; the same run with the capture skipped updates it eagerly: same controller, same statistics."""
+    seed = secrets.randbits(31)  # one weight seed for both runs (a fresh one each test run)
+    with mock.patch('secrets.randbits', return_value=seed):
+        replayed, _ = _generate(1.0, padded=True, force_fallback=force_fallback)
+        with mock.patch('lmdeploy_focus.strategies.dllm.delayed_cache_runtime.DelayedCacheRuntime.capture_controller'):
+            eager, _ = _generate(1.0, padded=True, force_fallback=force_fallback)
+    assert replayed.controller is not None and replayed.alpha_state is replayed.controller.state
+    assert eager.controller is None
+    assert replayed.auto_alpha_report() == eager.auto_alpha_report(), f'weight seed {seed}'
+    assert replayed.auto_alpha_report()['updates'] > 0
+    assert replayed.stats.read() == eager.stats.read()
 
 
 def test_fallback_stops_eviction_outside_shadow_steps():

@@ -74,7 +74,7 @@ class DelayedCacheDLLMMixin:
                                           attn_metadata.block_offsets, attn_metadata)
                 return hidden[None]
             if self.step_graphs.enabled and runtime.serving_idle():  # upstream's decode warm-up: capture
-                self.step_graphs.capture(input_ids.numel() // runtime.block_length, past_key_values, attn_metadata)
+                self.capture_decode_step(input_ids.numel() // runtime.block_length, past_key_values, attn_metadata)
         return super().forward(input_ids, position_ids, past_key_values, attn_metadata=attn_metadata,
                                inputs_embeds=inputs_embeds, **kwargs)
 
@@ -88,10 +88,17 @@ class DelayedCacheDLLMMixin:
         runtime.mark_phase('lm_head')
         return logits.view(*hidden_states.shape[:-2], -1, logits.size(-1))
 
+    def capture_decode_step(self, batch_bucket: int, past_key_values, attn_metadata) -> None:
+        """Warm-up: the decode step's graphs for a batch bucket, and (α auto) the controller's update graph."""
+        runtime = self.delayed_cache_runtime
+        self.step_graphs.capture(batch_bucket, past_key_values, attn_metadata)
+        runtime.capture_controller(self.step_graphs.replayable, past_key_values[0][0].device)
+
     def reset_step_graphs(self):
         """Called by upstream's graph-runner reset (patch 14): sleep, weight update, release."""
         if self.delayed_cache_runtime is not None:
             self.step_graphs.reset()
+            self.delayed_cache_runtime.drop_controller_graph()
 
     def support_cuda_graph(self, *args, **kwargs):
         if self.delayed_cache_runtime is None:

@@ -258,6 +258,14 @@ class StepGraphs:
         logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '
                     f'{len(graphs.deep)} deep row buckets{"" if self.use_graph else ", eager"}).')
 
+    def replayable(self, fn) -> _Replayable:
+        """``fn`` (reading and writing fixed tensors only) captured now as one more graph in the step graphs'
+        memory pool (warm-up only; it never runs concurrently with them), or ``fn`` itself without CUDA. Dropped
+        by :meth:`reset` only as far as the pool goes: its owner must drop it too."""
+        if self._pool is None and self.use_graph:
+            self._pool = torch.cuda.graph_pool_handle()
+        return _Replayable(fn, self._pool, self.use_graph)
+
     def _front_fn(self, inputs: StepInputs, static: FrontOutputs, num_rows: int, kv_caches, block_offsets):
 
         def run_front():

@@ -57,10 +57,9 @@ class CpuDLLMRunner:
         would (on CPU the "graphs" run eagerly on the padded static buffers, so later steps take the
         padded path: batch bucket >= B, row buckets >= the kept rows). Call before :meth:`prefill`:
         the capture writes warm-up K/V into page 0."""
-        graphs = self.model.step_graphs
         with upstream_on_cpu(), torch.inference_mode():
             for bucket in sorted(batch_buckets, reverse=True):
-                graphs.capture(bucket, self.kv_cache.caches, attn_metadata=None)
+                self.model.capture_decode_step(bucket, self.kv_cache.caches, attn_metadata=None)
 
     # ---- low level: one forward -------------------------------------------------------------
 

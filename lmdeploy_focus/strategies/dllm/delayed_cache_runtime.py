@@ -92,6 +92,8 @@ class DelayedCacheRuntime:
     log_every: int = 500
     # --dllm-focus-alpha auto: the controller's state (0-d device tensors), this step's shadow sequences
     alpha_state: object = field(default=None, repr=False)
+    # auto with CUDA graphs: the controller's update as one replay (captured at warm-up; None: eager updates)
+    controller: object = field(default=None, repr=False)
     shadow_seq: torch.Tensor | None = field(default=None, repr=False)
     logged_fallbacks: int = -1  # auto: the fall-back count whose warning went out (0: probation's)
     # patch 18 (stream_wait; $LMDEPLOY_FOCUS_AWAIT_STREAM=0 turns it off): an event recorded once a step's deep graph is
@@ -196,13 +198,34 @@ class DelayedCacheRuntime:
         # fallen back: α = L keeps every candidate (spec §3.4: the target is then the candidate count)
         batch_inputs.alpha = alpha_controller.step_alpha(self.alpha_state, shadow, float(self.block_length))
 
+    def capture_controller(self, replayable, device) -> None:
+        """Decode warm-up with graphs (``replayable``: :meth:`StepGraphs.replayable`): α auto's controller update
+        as one replay from now on (:mod:`.controller_graph`), carrying over any state so far. Captured once: later
+        batch buckets' captures find it there."""
+        if self.focus is None or self.focus.auto is None or self.controller is not None:
+            return
+        from .controller_graph import GraphedController
+        state = self.alpha_state if self.alpha_state is not None and self.alpha_state.alpha.device == device else None
+        self.controller = GraphedController(self.focus.auto, device, replayable, state=state)
+        self.alpha_state = self.controller.state
+
+    def drop_controller_graph(self) -> None:
+        """Upstream's graph reset: updates run eagerly (on the same state) until the next warm-up captures again."""
+        self.controller = None
+
     def _auto_update(self, decoded) -> dict:
         """Fold the shadow sequences' counts into the controller (device only); their stats columns."""
         counts = shadow_counts(decoded, self.step.focus, self.shadow_seq)
-        fallback = self.alpha_state.fallback
-        self.alpha_state = alpha_controller.update(self.alpha_state, self.focus.auto, counts['shadow_decoded'],
-                                                   counts['shadow_selected_decoded'], counts['shadow_random_expected'])
-        return dict(counts, auto_shadow_steps=self.shadow_seq, auto_fallback_steps=fallback & ~self.shadow_seq)
+        # before the update: under the controller's graph the state changes in place
+        fallback_steps = self.alpha_state.fallback & ~self.shadow_seq
+        step_counts = counts['shadow_decoded'], counts['shadow_selected_decoded'], counts['shadow_random_expected']
+        controller = self.controller  # its config and device must still be the step's
+        if (controller is not None and controller.config is self.focus.auto
+                and controller.state.alpha.device == decoded.device):
+            self.alpha_state = controller.update(self.alpha_state, *step_counts)
+        else:
+            self.alpha_state = alpha_controller.update(self.alpha_state, self.focus.auto, *step_counts)
+        return dict(counts, auto_shadow_steps=self.shadow_seq, auto_fallback_steps=fallback_steps)
 
     def after_unmasking(self, next_mask: torch.Tensor) -> torch.Tensor | None:
         """Device-side bookkeeping once the step's tokens are unmasked into ``next_mask`` (before the block may
