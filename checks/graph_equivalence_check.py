@@ -26,8 +26,9 @@ load_benchmark_packages('arms')
 from arms import arm_fields  # noqa: E402
 
 DEFAULT_ARMS = ('stock', 'delayed', 'focus-importance', 'focus-leftmost')
+# the auto arms replay the α controller's update graph (strategies/dllm/controller_graph.py) under graphs
 ARMS = {name: arm_fields(name) for name in DEFAULT_ARMS + ('delayed-fast', 'focus-importance-fast',
-                                                          'focus-leftmost-fast')}
+                                                          'focus-leftmost-fast', 'focus-auto', 'focus-auto-leftmost')}
 UNMASKING = {'static': 'low_confidence_static', 'dynamic': 'low_confidence_dynamic'}
 
 

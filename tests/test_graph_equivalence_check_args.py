@@ -33,3 +33,10 @@ def test_fast_arms_and_dynamic_unmasking_reach_the_engine_fields():
         assert chk.ARMS[arm]['dllm_delayed_cache_commit'] == 'fast'
     assert chk.ARMS['focus-leftmost-fast']['dllm_focus_policy'] == 'leftmost'
     assert chk.ARMS['focus-importance'].get('dllm_delayed_cache_commit', 'exact') == 'exact'
+
+
+def test_auto_arms_reach_the_controller():
+    chk = _check()
+    args = chk.parse_args(['--model', 'M', '--out', 'o.json', '--arms', 'focus-auto', 'focus-auto-leftmost'])
+    assert [chk.ARMS[a]['dllm_focus_alpha'] for a in args.arms] == ['auto', 'auto']
+    assert chk.ARMS['focus-auto-leftmost']['dllm_focus_policy'] == 'leftmost'
