@@ -260,8 +260,8 @@ class StepGraphs:
 
     def replayable(self, fn) -> _Replayable:
         """``fn`` (reading and writing fixed tensors only) captured now as one more graph in the step graphs'
-        memory pool (warm-up only; it never runs concurrently with them), or ``fn`` itself without CUDA. Dropped
-        by :meth:`reset` only as far as the pool goes: its owner must drop it too."""
+        memory pool (warm-up only; it never runs concurrently with them), or ``fn`` itself without CUDA. The caller
+        owns the result and must drop it where :meth:`reset` drops the step graphs (the α controller does)."""
         if self._pool is None and self.use_graph:
             self._pool = torch.cuda.graph_pool_handle()
         return _Replayable(fn, self._pool, self.use_graph)
