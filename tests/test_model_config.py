@@ -147,3 +147,20 @@ def test_sdar_config_without_remote_code_gets_rope_parameters(tmp_path):
     model_config = ModelConfig.from_pretrained(write_hf_config(tmp_path / 'SDAR-r', **cfg), trust_remote_code=False)
     assert model_config.hf_config.rope_parameters == {'rope_type': 'default', 'rope_theta': 12345.0}
     assert get_rope_theta(model_config.hf_config, default=1.0) == 12345.0
+
+
+@pytest.mark.parametrize('options', [{'enable_delayed_cache': True}, {'enable_focus': True}])
+def test_a_sliding_window_is_refused_naming_the_config_field_that_turns_it_off(sdar_dir, options):
+    """The delayed-cache / FOCUS step attends over the whole history: a config whose window is on (use_sliding_window
+    unset counts as on, upstream's default) is refused at engine build, naming the field to set; with the field
+    set, or without delayed cache, the same model builds."""
+    window = sdar_dir('SDAR-window', sliding_window=4096)
+    model_config = ModelConfig.from_pretrained(window, hf_overrides={OPTIONS_KEY: options})
+    assert model_config.sliding_window == 4096
+    with pytest.raises(ValueError, match='sliding_window=4096.*"use_sliding_window": false in its config.json'):
+        FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
+    turned_off = ModelConfig.from_pretrained(sdar_dir('SDAR-nowindow', sliding_window=4096, use_sliding_window=False),
+                                             hf_overrides={OPTIONS_KEY: options})
+    assert FocusDLLMStrategyFactory(turned_off, DLLMConfig(block_length=32)).delayed_cache_runtime is not None
+    stock = ModelConfig.from_pretrained(window)
+    assert FocusDLLMStrategyFactory(stock, DLLMConfig(block_length=32)).delayed_cache_runtime is None

@@ -38,6 +38,21 @@ def check_unmasking_settings(denoising_steps, confidence_threshold) -> None:
                          f'--dllm-confidence-threshold 0.9; 1.0: one token a step).')
 
 
+def check_full_attention(sliding_window) -> None:
+    """The delayed-cache / FOCUS step attends over a sequence's whole history with its own KV fill and attention,
+    not upstream's windowed kernels, while upstream's block manager would free the pages a window leaves
+    behind: a model config that turns a sliding window on cannot run with it."""
+    windows = sliding_window if isinstance(sliding_window, (list, tuple)) else [sliding_window]
+    if any(w is not None and w > 0 for w in windows):
+        # upstream takes the window from the checkpoint's config.json before applying --hf-overrides, so an
+        # override cannot turn it off: the file is where it is set
+        raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus do not support sliding-window attention, '
+                         f'and the model config turns it on (sliding_window={sliding_window}, use_sliding_window '
+                         f'true or unset). If the model attends to its whole context (SDAR and LLaDA2.0 do), set '
+                         f'"use_sliding_window": false in its config.json (LMDeploy reads the window from that file '
+                         f'before --hf-overrides apply); otherwise serve it without --focus.')
+
+
 def check_block_fits_page(block_length: int, page_size: int) -> None:
     """The sparse KV fill writes a whole diffusion block inside one KV page.
 

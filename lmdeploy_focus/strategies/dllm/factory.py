@@ -1,7 +1,7 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
-from ...config.compat import check_block_fits_page, check_unmasking_settings
+from ...config.compat import check_block_fits_page, check_full_attention, check_unmasking_settings
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
@@ -40,6 +40,7 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
             self.run_stats = RunStats()
         self.delayed_cache_runtime = None
         if options.enable_delayed_cache:
+            check_full_attention(getattr(model_config, 'sliding_window', None))
             from .delayed_cache_runtime import DelayedCacheRuntime
             focus = focus_config(options)
             if focus is not None:
