@@ -43,3 +43,40 @@ def test_every_request_decodes_as_it_would_alone(strategy, commit, padded, alpha
             assert len(got) == request.blocks, f'seed {seed}: request {request.rid} did not finish'
         alone = decode_alone(tiny, unmasking, padded, request)
         assert got == alone[:len(got)], f'seed {seed}: request {request.rid} decoded differently in the batch'
+
+
+def test_a_delta_that_keeps_the_batch_moves_no_state(monkeypatch):
+    """Upstream sends a reindex delta every decode step; one that keeps every sequence in place (read from its host
+    copy of the indices) leaves the per-sequence state as it is, one that reorders or drops sequences moves it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
+    from lmdeploy_focus.models.step_state.focus_state import FocusState
+    from lmdeploy_focus.strategies.dllm.delayed_cache_step_inputs import DelayedCacheStepInputs
+    from lmdeploy_focus.strategies.dllm.upstream_fixes import FixedDLLMStepInputs
+    monkeypatch.setattr(FixedDLLMStepInputs, 'reindex', lambda self, delta: None)  # upstream's own fields
+    B = random.randint(3, 9)
+    inputs = DelayedCacheStepInputs(_block_size=L, _dllm_mask_token=0)
+    inputs.delayed_state = DelayedCacheState(uncached=torch.rand(B, L) < 0.5, needs_warmup=torch.rand(B) < 0.5)
+    inputs.focus_state = FocusState(progress=torch.randint(-1, L, (B, )), decoded_sum=torch.rand(B),
+                                    decoded_steps=torch.rand(B))
+    inputs.shadow_countdown = torch.randint(0, 16, (B, ))
+    kept = (inputs.delayed_state, inputs.focus_state, inputs.shadow_countdown)
+
+    def delta(index):
+        return SimpleNamespace(indices=torch.tensor(index, dtype=torch.long), indice_cpu=np.array(index))
+
+    inputs.reindex(delta(list(range(B))))
+    assert all(a is b for a, b in zip((inputs.delayed_state, inputs.focus_state, inputs.shadow_countdown), kept))
+    order = list(range(B))
+    while order == sorted(order):
+        random.shuffle(order)
+    inputs.reindex(delta(order))
+    assert torch.equal(inputs.delayed_state.uncached, kept[0].uncached[order])
+    assert torch.equal(inputs.focus_state.decoded_sum, kept[1].decoded_sum[order])
+    assert torch.equal(inputs.shadow_countdown, kept[2][order])
+    inputs.reindex(delta(list(range(B - 1))))  # the last one leaves: a prefix, not the whole batch
+    assert inputs.delayed_state.batch_size == B - 1 and inputs.focus_state.progress.numel() == B - 1

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from lmdeploy.pytorch import consts
 from lmdeploy.pytorch.engine.logits_process import SamplingInputs, SamplingInputsDelta
@@ -94,7 +95,8 @@ class LifecycleSim:
             self.outputs[r.rid], self.wanted[r.rid] = [], r.blocks
 
     def _reindex(self, keep: list) -> None:
-        """Upstream's decode delta: the batch cut (and ordered) to ``keep``."""
+        """Upstream's decode delta (indices on the device and on the host, as upstream sends them): the batch cut
+        (and ordered) to ``keep``; most steps keep it as it is."""
         if not self.batch:
             return
         L = self.block_length
@@ -102,7 +104,7 @@ class LifecycleSim:
         history = self.inputs.model_inputs.history_lengths
         kv = [int(history[i]) + 2 * L for i in index] or [0]
         self.inputs.reindex(ModelInputsDelta(indices=torch.tensor(index, dtype=torch.long),
-                                             block_offsets=self.pages.page_table(keep), indice_cpu=None,
+                                             block_offsets=self.pages.page_table(keep), indice_cpu=np.array(index),
                                              max_q_seqlen=L, max_kv_seqlen=max(kv), sum_kv_seqlen=sum(kv),
                                              num_ignored_history=torch.zeros(len(index), dtype=torch.long)))
         self.batch = list(keep)

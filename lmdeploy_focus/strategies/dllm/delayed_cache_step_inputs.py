@@ -2,6 +2,7 @@
 delayed-cache and FOCUS state."""
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ...models.step_state import focus_state as focus
@@ -45,6 +46,8 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
 
     def reindex(self, delta):
         super().reindex(delta)
+        if _keeps_the_batch(delta, self.delayed_state):  # upstream's usual decode delta: no row to move
+            return
         self.delayed_state = select(self.delayed_state, delta.indices)
         self.focus_state = focus.select(self.focus_state, delta.indices)
         if self.shadow_countdown is not None:
@@ -58,3 +61,11 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
                             extra_outputs)
         self.delayed_state = reset_rows(self.delayed_state, committed)
         self.focus_state = focus.reset_rows(self.focus_state, committed)
+
+
+def _keeps_the_batch(delta, state) -> bool:
+    """Whether ``delta`` keeps every sequence in its place, read on the host (``indice_cpu``, upstream's host copy
+    of the indices): upstream sends a delta every decode step, and most steps nobody leaves."""
+    kept = getattr(delta, 'indice_cpu', None)
+    return (state is not None and kept is not None and len(kept) == state.batch_size
+            and bool((np.asarray(kept) == np.arange(len(kept))).all()))
