@@ -16,6 +16,7 @@ A caller that runs the static shape (CUDA graphs, no sync) uses ``B * L`` rows; 
 ``total``, or a bound on it, on the host may slice the first rows instead (``num_rows``).
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -26,10 +27,8 @@ from .delayed_cache_state import DelayedCacheState
 class ProcessingSet:
     """Which block positions each sequence forwards this step, and where they sit in the ragged list."""
     processed: torch.Tensor  # bool [B, L]
-    positions: torch.Tensor  # int64 [B, L]: processed positions ascending, then padding == L
     q_seqlens: torch.Tensor  # int64 [B]: number of processed positions
     q_start_loc: torch.Tensor  # int64 [B]: first ragged row of each sequence (exclusive cumsum)
-    rightmost: torch.Tensor  # int64 [B]: last processed position, -1 if none
     ragged_row: torch.Tensor  # int64 [B, L]: ragged row of each dense slot (>= total: padding row)
     flat_index: torch.Tensor  # int64 [B*L]: dense slot b*L+p of each ragged row (inverse of ragged_row)
     total: torch.Tensor  # int64 0-d: number of valid ragged rows
@@ -52,10 +51,27 @@ class ProcessingSet:
         """int64 [B*L]: sequence of each ragged row (padding rows: the unprocessed slot's sequence)."""
         return self.flat_index.div(self.block_length, rounding_mode='floor')
 
-    @property
+    @cached_property  # the front and the row metadata both read it: one kernel in the step's graph, not two
     def block_pos(self) -> torch.Tensor:
         """int64 [B*L]: block position of each ragged row."""
         return self.flat_index.remainder(self.block_length)
+
+    # Derived on demand (tests, debugging): the step never reads them, so its graphs do not compute them.
+    @property
+    def positions(self) -> torch.Tensor:
+        """int64 [B, L]: each sequence's processed positions ascending, then padding == L."""
+        block_length = self.block_length
+        block_range = torch.arange(block_length, device=self.processed.device)
+        # processed positions first, each part ascending
+        order = torch.argsort(self.processed.logical_not().long(), dim=1, stable=True)
+        return torch.where(block_range[None, :] < self.q_seqlens[:, None], order, torch.full_like(order, block_length))
+
+    @property
+    def rightmost(self) -> torch.Tensor:
+        """int64 [B]: last processed position, -1 if none."""
+        # positions are 0..L-1, so (p + 1) * processed peaks at rightmost + 1 (0 if none)
+        block_range = torch.arange(1, self.block_length + 1, device=self.processed.device)
+        return (block_range[None, :] * self.processed.long()).amax(dim=1) - 1
 
     @property
     def valid_rows(self) -> torch.Tensor:
@@ -80,27 +96,15 @@ class ProcessingSet:
         rank_proc = proc.cumsum(dim=1) - 1
         rank_skip = skip.cumsum(dim=1) - 1
 
-        # Per row: processed positions first, then unprocessed; padding shows as L.
-        block_range = torch.arange(block_length, device=device)
-        rank_in_row = torch.where(processed, rank_proc, q_seqlens[:, None] + rank_skip)
-        order = torch.empty_like(rank_in_row).scatter_(1, rank_in_row, block_range.expand(batch_size, -1))
-        positions = torch.where(block_range[None, :] < q_seqlens[:, None], order,
-                                torch.full_like(order, block_length))
-
         # Whole batch: valid rows first, then every unprocessed slot in (b, p) order.
         num_skipped = block_length - q_seqlens
         skip_start = total + num_skipped.cumsum(0) - num_skipped
         ragged_row = torch.where(processed, q_start_loc[:, None] + rank_proc, skip_start[:, None] + rank_skip)
         dense_slot = torch.arange(batch_size * block_length, device=device)
         flat_index = torch.empty_like(dense_slot).scatter_(0, ragged_row.flatten(), dense_slot)
-
-        # Positions are 0..L-1, so (p + 1) * processed peaks at rightmost + 1 (0 if none).
-        rightmost = ((block_range + 1)[None, :] * proc).amax(dim=1) - 1
         return cls(processed=processed,
-                   positions=positions,
                    q_seqlens=q_seqlens,
                    q_start_loc=q_start_loc,
-                   rightmost=rightmost,
                    ragged_row=ragged_row,
                    flat_index=flat_index,
                    total=total)
