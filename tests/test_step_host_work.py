@@ -74,5 +74,8 @@ def test_the_listing_by_line_accounts_for_every_op_outside_the_graphs(padded):
     if padded:
         assert 0 < ops.outside_graphs < ops.total / 2
         assert not any('sparse_step.py' in site and ' deep' in site for site in ops.sites)  # the deep layers replay
+        # the plugin's kernels inside the graphs: its own files only, the front's processing set among them
+        assert all(site.startswith('lmdeploy_focus/') for site in ops.graph_kernels)
+        assert any('processing_set.py' in site for site in ops.graph_kernels)
     else:
-        assert ops.outside_graphs == ops.total
+        assert ops.outside_graphs == ops.total and not ops.graph_kernels

@@ -106,15 +106,31 @@ def inside_step_graph(frame) -> bool:
     return False
 
 
+def _site(frame) -> str:
+    """``file:line function`` of an engine frame, the path from its package root."""
+    path = frame.f_code.co_filename
+    root = PLUGIN_DIR if path.startswith(PLUGIN_DIR) else UPSTREAM_DIR
+    package = 'lmdeploy_focus/' if root == PLUGIN_DIR else 'lmdeploy/'
+    return f'{package}{path[len(root):]}:{frame.f_lineno} {frame.f_code.co_name}'
+
+
+def launches_a_kernel(func) -> bool:
+    """An aten op that runs device work: not a view and not a bare allocation (``empty*``)."""
+    return not func.is_view and not func.__name__.startswith(('empty', 'new_empty', 'sym_'))
+
+
 class EngineOps(TorchDispatchMode):
     """Counts the engine's torch ops (views included) dispatched while active: in total, outside the step's
-    graphs, and outside them by source line (``file:line function``, paths from the package root)."""
+    graphs, and outside them by source line (``file:line function``, paths from the package root); and, by source
+    line, the plugin's own ops under the graphs' replays that launch a kernel (``graph_kernels``: on the GPU each
+    is a kernel inside the graph, paced by launch latency where rows are few)."""
 
     def __init__(self):
         super().__init__()
         self.total = 0
         self.outside_graphs = 0
         self.sites = collections.Counter()
+        self.graph_kernels = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         frame = engine_frame(sys._getframe(1))
@@ -122,8 +138,7 @@ class EngineOps(TorchDispatchMode):
             self.total += 1
             if not inside_step_graph(frame):
                 self.outside_graphs += 1
-                path = frame.f_code.co_filename
-                root = PLUGIN_DIR if path.startswith(PLUGIN_DIR) else UPSTREAM_DIR
-                package = 'lmdeploy_focus/' if root == PLUGIN_DIR else 'lmdeploy/'
-                self.sites[f'{package}{path[len(root):]}:{frame.f_lineno} {frame.f_code.co_name}'] += 1
+                self.sites[_site(frame)] += 1
+            elif frame.f_code.co_filename.startswith(PLUGIN_DIR) and launches_a_kernel(func):
+                self.graph_kernels[_site(frame)] += 1
         return func(*args, **(kwargs or {}))

@@ -1,10 +1,13 @@
 """Torch ops of one FOCUS decode step outside its CUDA graphs, by source line (CPU, the tiny harness model).
 
     python -m lmdeploy_focus_dev.tools.step_host_ops [--batch-size 4] [--alpha 1.5] [--unpadded] [--top 40]
+                                                     [--graph-kernels]
 
 On the GPU each of these is an eager launch (views excepted) the host pays every step, while the ops under
 the step's graph replays are one graph launch each. The numbers cited in BENCHMARKS.md for the host-work
-cuts come from here (defaults). The step: ``lmdeploy_focus_dev.testing.decode_step_work.decode_step``.
+cuts come from here (defaults). ``--graph-kernels`` lists instead the plugin's own torch ops under the replays
+that launch a kernel (views and bare allocations left out; its Triton kernels, one launch each, not listed): the
+kernels a small batch pays in launch latency. The step: ``lmdeploy_focus_dev.testing.decode_step_work.decode_step``.
 """
 import argparse
 import json
@@ -16,6 +19,8 @@ def main(argv=None):
     p.add_argument('--alpha', default='1.5', help="FOCUS alpha, a number or 'auto'")
     p.add_argument('--unpadded', action='store_true', help='no captured batch bucket: the eager step (no graphs)')
     p.add_argument('--top', type=int, default=40)
+    p.add_argument('--graph-kernels', action='store_true',
+                   help="list the plugin's own kernel-launching ops under the graphs' replays instead")
     args = p.parse_args(argv)
     from lmdeploy_focus_dev.testing.decode_step_work import EngineOps, decode_step
     alpha = args.alpha if args.alpha == 'auto' else float(args.alpha)
@@ -25,8 +30,9 @@ def main(argv=None):
     with EngineOps() as ops:
         step.run()
     print(json.dumps(dict(batch_size=args.batch_size, alpha=args.alpha, padded=not args.unpadded, total=ops.total,
-                          outside_graphs=ops.outside_graphs), indent=None))
-    for site, count in ops.sites.most_common(args.top):
+                          outside_graphs=ops.outside_graphs, plugin_graph_kernels=sum(ops.graph_kernels.values())),
+                     indent=None))
+    for site, count in (ops.graph_kernels if args.graph_kernels else ops.sites).most_common(args.top):
         print(f'{count:4d}  {site}')
 
 
