@@ -74,8 +74,40 @@ def test_the_listing_by_line_accounts_for_every_op_outside_the_graphs(padded):
     if padded:
         assert 0 < ops.outside_graphs < ops.total / 2
         assert not any('sparse_step.py' in site and ' deep' in site for site in ops.sites)  # the deep layers replay
-        # the plugin's kernels inside the graphs: its own files only, the front's processing set among them
-        assert all(site.startswith('lmdeploy_focus/') for site in ops.graph_kernels)
+        # the plugin's kernels inside the graphs: the front's processing set among them, views left out
         assert any('processing_set.py' in site for site in ops.graph_kernels)
+        assert 0 < sum(ops.graph_kernels.values()) < ops.graph_ops
     else:
         assert ops.outside_graphs == ops.total and not ops.graph_kernels
+
+
+def test_kernel_filter_counts_copies_and_leaves_out_views_and_allocations():
+    """``launches_a_kernel`` on real aten calls: a dtype conversion or a reshape that must copy is a kernel (both
+    reach a dispatch mode as composites marked as views), the same calls that alias are not, nor are bare
+    allocations; arithmetic is."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lmdeploy_focus_dev.testing.decode_step_work import launches_a_kernel
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.seen.append((func.__name__, launches_a_kernel(func, args, out)))
+            return out
+
+    flags = torch.rand(4, 8) < 0.5
+    ints = torch.randint(0, 9, (4, 8))
+    transposed = ints.t()
+    cases = [(lambda: flags.long(), True), (lambda: ints.long(), False),  # to: a copy / the tensor itself
+             (lambda: transposed.reshape(-1), True), (lambda: ints.reshape(-1), False),  # reshape: copy / view
+             (lambda: ints.view(8, 4), False), (lambda: torch.empty_like(ints), False), (lambda: ints + 1, True)]
+    with torch.inference_mode():
+        for call, expected in cases:
+            with Calls() as calls:
+                call()
+            assert len(calls.seen) == 1 and calls.seen[0][1] is expected, (calls.seen, expected)

@@ -114,9 +114,19 @@ def _site(frame) -> str:
     return f'{package}{path[len(root):]}:{frame.f_lineno} {frame.f_code.co_name}'
 
 
-def launches_a_kernel(func) -> bool:
-    """An aten op that runs device work: not a view and not a bare allocation (``empty*``)."""
-    return not func.is_view and not func.__name__.startswith(('empty', 'new_empty', 'sym_'))
+def launches_a_kernel(func, args, out) -> bool:
+    """Whether an aten op (called with ``args``, returning ``out``) ran device work: not a bare allocation or a
+    metadata read, and not a view, unless one marked a view made new storage (a composite such as ``to`` or
+    ``reshape`` reaches a dispatch mode before it decomposes, and copies when it must)."""
+    if func.__name__.startswith(('empty', 'new_empty', 'sym_', '_local_scalar_dense')):
+        return False
+    if not func.is_view:
+        return True
+    source = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    outputs = out if isinstance(out, (tuple, list)) else (out, )
+    return source is not None and any(
+        isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
+        for o in outputs)
 
 
 class EngineOps(TorchDispatchMode):
@@ -130,15 +140,19 @@ class EngineOps(TorchDispatchMode):
         self.total = 0
         self.outside_graphs = 0
         self.sites = collections.Counter()
+        self.graph_ops = 0  # the plugin's ops under the replays, views and allocations included
         self.graph_kernels = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         frame = engine_frame(sys._getframe(1))
+        out = func(*args, **(kwargs or {}))
         if frame is not None:
             self.total += 1
             if not inside_step_graph(frame):
                 self.outside_graphs += 1
                 self.sites[_site(frame)] += 1
-            elif frame.f_code.co_filename.startswith(PLUGIN_DIR) and launches_a_kernel(func):
-                self.graph_kernels[_site(frame)] += 1
-        return func(*args, **(kwargs or {}))
+            elif frame.f_code.co_filename.startswith(PLUGIN_DIR):
+                self.graph_ops += 1
+                if launches_a_kernel(func, args, out):
+                    self.graph_kernels[_site(frame)] += 1
+        return out
