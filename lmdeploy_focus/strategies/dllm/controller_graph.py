@@ -33,12 +33,10 @@ class GraphedController:
         self._replay = replayable(self._update_in_place)
 
     def _update_in_place(self) -> None:
-        decoded, selected, random = self.sums.unbind()
-        new = alpha_controller.update(self.state, self.config, decoded, selected, random)
-        for f in fields(new):
-            getattr(self.state, f.name).copy_(getattr(new, f.name))
+        self._adopt(alpha_controller.update(self.state, self.config, *self.sums.unbind()))
 
     def _adopt(self, state: AlphaControllerState) -> None:
+        """Copy ``state`` into the fixed tensors."""
         for f in fields(state):
             getattr(self.state, f.name).copy_(getattr(state, f.name))
 

@@ -205,8 +205,7 @@ class DelayedCacheRuntime:
         if self.focus is None or self.focus.auto is None or self.controller is not None:
             return
         from .controller_graph import GraphedController
-        state = self.alpha_state if self.alpha_state is not None and self.alpha_state.alpha.device == device else None
-        self.controller = GraphedController(self.focus.auto, device, replayable, state=state)
+        self.controller = GraphedController(self.focus.auto, device, replayable, state=self.alpha_state)
         self.alpha_state = self.controller.state
 
     def drop_controller_graph(self) -> None:
@@ -219,10 +218,8 @@ class DelayedCacheRuntime:
         # before the update: under the controller's graph the state changes in place
         fallback_steps = self.alpha_state.fallback & ~self.shadow_seq
         step_counts = counts['shadow_decoded'], counts['shadow_selected_decoded'], counts['shadow_random_expected']
-        controller = self.controller  # its config and device must still be the step's
-        if (controller is not None and controller.config is self.focus.auto
-                and controller.state.alpha.device == decoded.device):
-            self.alpha_state = controller.update(self.alpha_state, *step_counts)
+        if self.controller is not None:
+            self.alpha_state = self.controller.update(self.alpha_state, *step_counts)
         else:
             self.alpha_state = alpha_controller.update(self.alpha_state, self.focus.auto, *step_counts)
         return dict(counts, auto_shadow_steps=self.shadow_seq, auto_fallback_steps=fallback_steps)
