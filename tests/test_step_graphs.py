@@ -105,3 +105,65 @@ def test_the_static_valid_flags_follow_every_batch_size_change():
         assert static.seq_valid.tolist() == [True] * size + [False] * (bucket - size), size
     with pytest.raises(ValueError, match='seq_valid=None'):
         graphs._fill(entry, replace(batch, seq_valid=torch.ones(size, dtype=torch.bool)), torch.zeros(size, 2))
+
+
+def test_fill_copies_every_field_into_the_first_rows_across_batch_size_changes():
+    """``_fill`` copies through views made once per batch size (one foreach copy a step): random inputs at random
+    sizes (each size met more than once) must land in the first B rows of every static field and of the page
+    table, whatever size came before; a field of the wrong shape is refused by name, not broadcast."""
+    from dataclasses import fields, replace
+
+    from lmdeploy_focus.models.step_graphs import _Bucket, _warmup_inputs
+    from lmdeploy_focus.models.sparse_step import slice_batch
+    bucket, length, pages = 8, 4, 5
+    graphs = StepGraphs(parts=None, config=StepConfig(block_length=length, commit_mode='exact'), attention_rows=None)
+    graphs._block_offsets = torch.zeros(bucket, pages, dtype=torch.int32)
+    static = _warmup_inputs(bucket, length, 'cpu', auto=True)
+    entry = _Bucket(inputs=static, outputs=None)
+    rng = random.Random()
+    for _ in range(30):
+        size = rng.randint(1, bucket)
+        batch = replace(slice_batch(_warmup_inputs(bucket, length, 'cpu', auto=True), size), seq_valid=None)
+        values = {}
+        for f in fields(batch):
+            value = getattr(batch, f.name)
+            if value is None:
+                continue
+            if value.dtype == torch.bool:
+                values[f.name] = torch.rand(value.shape) < 0.5
+            elif value.dtype.is_floating_point:
+                values[f.name] = torch.rand(value.shape, dtype=value.dtype)
+            else:
+                values[f.name] = torch.randint(0, 1000, value.shape, dtype=value.dtype)
+        batch = replace(batch, **values)
+        offsets = torch.randint(0, 100, (size, rng.randint(1, pages)), dtype=torch.int32)
+        graphs._fill(entry, batch, offsets)
+        for name, value in values.items():
+            assert torch.equal(getattr(static, name)[:size], value), (name, size)
+        assert torch.equal(graphs._block_offsets[:size, :offsets.size(1)], offsets)
+    assert len(entry.fill_targets) <= bucket
+    with pytest.raises(ValueError, match='input history has shape'):
+        graphs._fill(entry, replace(batch, history=batch.history[:, None].expand(-1, 2)), offsets)
+
+
+def test_the_batch_cut_of_the_outputs_leaves_row_and_debug_fields_whole():
+    """``outputs_for_batch``: every per-sequence field (FOCUS's included) cut to B, the row-indexed ``rows`` and the
+    3-element TP layout checksum kept whole (a cut of those would drop rows or checksum entries)."""
+    from dataclasses import fields
+
+    from lmdeploy_focus.models.sparse_step import (PER_SEQUENCE_OUTPUTS, DeepRows, FocusOutcome, FrontOutputs,
+                                                   outputs_for_batch)
+    bucket, length, size = 6, 4, 2
+    rows = DeepRows(**{name: torch.arange(bucket * length) for name in ('position_ids', 'slot', 'q_start_loc',
+                                                                      'q_seqlens', 'kv_seqlens', 'counts', 'logit_rows')})
+    focus = FocusOutcome(**{f.name: torch.rand(bucket, length) for f in fields(FocusOutcome)})
+    outputs = FrontOutputs(rows=rows, fresh=torch.rand(bucket, length) < 0.5, processed_per_seq=torch.arange(bucket),
+                           uncached_next=torch.rand(bucket, length) < 0.5, masked_unprocessed=torch.rand(bucket, length)
+                           < 0.5, focus=focus, layout_check=torch.arange(3))
+    cut = outputs_for_batch(outputs, size)
+    for name in PER_SEQUENCE_OUTPUTS:
+        assert torch.equal(getattr(cut, name), getattr(outputs, name)[:size]), name
+    for f in fields(FocusOutcome):
+        assert torch.equal(getattr(cut.focus, f.name), getattr(focus, f.name)[:size]), f.name
+    assert cut.rows is rows and cut.layout_check is outputs.layout_check
+    assert set(PER_SEQUENCE_OUTPUTS) | {'rows', 'focus', 'layout_check'} == {f.name for f in fields(FrontOutputs)}

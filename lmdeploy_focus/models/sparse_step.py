@@ -139,6 +139,10 @@ class FrontOutputs:
     layout_check: torch.Tensor | None = None
 
 
+# FrontOutputs' [B̂, ...] fields (cut to the batch's B by outputs_for_batch, with every field of ``focus``)
+PER_SEQUENCE_OUTPUTS = ('fresh', 'processed_per_seq', 'uncached_next', 'masked_unprocessed')
+
+
 def processing_set(inputs: StepInputs, config: StepConfig) -> ProcessingSet:
     """Delayed cache's processing set (spec §2.1), plus whole blocks to commit in ``exact`` mode."""
     state = DelayedCacheState(uncached=inputs.uncached, needs_warmup=inputs.needs_warmup)
@@ -385,6 +389,15 @@ def slice_batch(tree, n: int):
     """``tree`` (a dataclass of [B̂, ...] tensors) cut to its first ``n`` sequences (views)."""
     return replace(tree, **{f.name: getattr(tree, f.name)[:n] for f in fields(tree)
                             if isinstance(getattr(tree, f.name), torch.Tensor)})
+
+
+def outputs_for_batch(outputs: FrontOutputs, n: int) -> FrontOutputs:
+    """The front's outputs with every per-sequence field cut to the batch's ``n`` sequences (views); ``rows`` (indexed
+    by row; its ``q_seqlens`` is cut where read) and ``layout_check`` stay whole."""
+    cut = {name: getattr(outputs, name)[:n] for name in PER_SEQUENCE_OUTPUTS if getattr(outputs, name) is not None}
+    if outputs.focus is not None:
+        cut['focus'] = slice_batch(outputs.focus, n)
+    return replace(outputs, **cut)
 
 
 def empty_like_tree(src):

@@ -134,7 +134,7 @@ class DelayedCacheRuntime:
     @record_function('delayed.run_step')
     def run_step(self, steps, dense_input_ids: torch.Tensor, kv_caches, block_offsets, attn_metadata) -> torch.Tensor:
         """The step's forward through ``steps`` (a ``StepGraphs``); hidden states ``[K, D]`` of its deep rows."""
-        from ...models.sparse_step import StepInputs, slice_batch
+        from ...models.sparse_step import StepInputs
         self.mark_phase(None)
         inputs = self.step_inputs
         state, fstate = inputs.delayed_state, inputs.focus_state
@@ -158,16 +158,12 @@ class DelayedCacheRuntime:
         inputs.next_rows_bound = run.next_rows_bound
         if self.await_stream:
             self.deep_launched()
-        inputs.delayed_state = after_step(state, outputs.uncached_next[:batch])
-        focus = outputs.focus
-        if focus is not None:
-            focus = slice_batch(focus, batch)
+        inputs.delayed_state = after_step(state, outputs.uncached_next)
         self.step = DecodeStep(batch_size=batch, block_length=length, num_rows=num_rows, num_logit_rows=num_logit_rows,
-                               rows=outputs.rows, fresh=outputs.fresh[:batch], masked=batch_inputs.masked,
-                               masked_unprocessed=None if outputs.masked_unprocessed is None
-                               else outputs.masked_unprocessed[:batch],
-                               processed_per_seq=outputs.processed_per_seq[:batch],
-                               kept_per_seq=outputs.rows.q_seqlens[:batch], focus=focus)
+                               rows=outputs.rows, fresh=outputs.fresh, masked=batch_inputs.masked,
+                               masked_unprocessed=outputs.masked_unprocessed,
+                               processed_per_seq=outputs.processed_per_seq,
+                               kept_per_seq=outputs.rows.q_seqlens[:batch], focus=outputs.focus)
         return hidden
 
     def deep_launched(self) -> None:
