@@ -106,12 +106,15 @@ def main(argv=None):
         minus, minus_span = kernel_totals(other), busy_and_span(other)
     head = summary(totals, minus, args.per, span, minus_span)
     rows = table(totals, minus, args.per, args.top)
-    print(json.dumps(head))
-    for r in rows:
-        print(f"{r['us']:12.2f} us {r['launches']:10.2f} x  {r['name'][:140]}")
-    if args.json:
+    if args.json:  # first: a reader that closes the pipe early (| head) must not cost the file
         with open(args.json, 'w') as f:
             json.dump(dict(trace=args.trace, minus=args.minus, per=args.per, summary=head, rows=rows), f, indent=1)
+    try:
+        print(json.dumps(head))
+        for r in rows:
+            print(f"{r['us']:12.2f} us {r['launches']:10.2f} x  {r['name'][:140]}")
+    except BrokenPipeError:  # | head: the reader has what it wanted
+        sys.stderr.close()
     return 0
 
 

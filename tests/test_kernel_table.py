@@ -104,3 +104,17 @@ def test_busy_and_idle_time_is_the_union_of_kernel_intervals():
     head = kt.summary(kt.kernel_totals(dict(traceEvents=events)), per=2, busy_span=(busy, span))
     assert head['busy_us'] == pytest.approx(busy / 2) and head['idle_us'] == pytest.approx((span - busy) / 2)
     assert kt.busy_and_span(dict(traceEvents=[])) == (0.0, 0.0)
+
+
+def test_json_is_written_even_when_the_reader_closes_the_pipe_early(tmp_path):
+    """kernel_profile.sh pipes the table into ``head``: the JSON must still be written and the exit status be 0
+    (the 2026-12-06 profile lost its JSON files to a BrokenPipeError raised before they were written)."""
+    rng = random.Random()
+    path = tmp_path / 'trace.json'
+    path.write_text(json.dumps(_trace([(f'k{i}', float(rng.randint(1, 9))) for i in range(200)], rng)))
+    out = tmp_path / 'table.json'
+    run = subprocess.run(f'{sys.executable} {os.path.join(BENCH, "kernel_table.py")} {path} --top 200 --json {out} '
+                         f'| head -1', shell=True, capture_output=True, text=True, executable='/bin/bash',
+                         env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    assert run.returncode == 0 and 'Traceback' not in run.stderr, run.stderr
+    assert len(json.loads(out.read_text())['rows']) == 200

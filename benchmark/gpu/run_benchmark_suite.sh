@@ -31,6 +31,8 @@
 #        'await_small' = patch 18 where its poll may idle the GPU (short tails): SDAR-8B b32, bs 1/4/16, in 256 /
 #                   out 256: static FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
 #                   then dynamic, FOCUS importance with and without the await; static stock last.
+#        'small_batches' = where FOCUS is slower than stock (bs <= 4): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
+#                   bs 1/4/16, four waves a batch size: stock, FOCUS importance a1.5, delayed cache alone.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -48,7 +50,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|await_stream|await_small|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, await_stream, await_small, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -197,6 +199,18 @@ if [[ $PHASE == await_small ]]; then
   step 70 "focus-importance dynamic, small batches, no await" "${DS[@]}" ARM_TAG=-dynamic-no-await \
     LMDEPLOY_FOCUS_AWAIT_STREAM=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 90 "stock static, small batches" "${SM[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  exit 0
+fi
+
+if [[ $PHASE == small_batches ]]; then
+  # the small-batch gap (issue 14: a bs 1-4 FOCUS step costs more than stock's): four waves a batch size, so a cell
+  # is not one ~1-s wave; delayed cache alone separates the two-graph step from FOCUS's own work
+  SB=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256 BATCH_SIZES="1 4 16"
+      EXTRA_ARGS="--prompts-per-slot 4 --input-len 256 --ignore-eos --fast-exit --output-len 256")
+  step 100 "stock static, small batches" "${SB[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 90 "focus-importance static, small batches" "${SB[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  step 90 "delayed-cache static, small batches" "${SB[@]}" bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
   exit 0
 fi
 
