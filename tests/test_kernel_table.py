@@ -106,15 +106,22 @@ def test_busy_and_idle_time_is_the_union_of_kernel_intervals():
     assert kt.busy_and_span(dict(traceEvents=[])) == (0.0, 0.0)
 
 
-def test_json_is_written_even_when_the_reader_closes_the_pipe_early(tmp_path):
-    """kernel_profile.sh pipes the table into ``head``: the JSON must still be written and the exit status be 0
-    (the 2026-12-06 profile lost its JSON files to a BrokenPipeError raised before they were written)."""
+@pytest.mark.parametrize('top', [5, 200])  # under and over the 8-KiB stdout buffer
+@pytest.mark.parametrize('unbuffered', ['1', ''])
+@pytest.mark.parametrize('reader', ['head -1', 'true'])  # reads a line, or closes the pipe without reading
+def test_json_is_written_even_when_the_reader_closes_the_pipe_early(tmp_path, unbuffered, reader, top):
+    """kernel_profile.sh pipes the table into ``head``: the JSON must still be written and the script's own exit
+    status be 0, with or without buffered output (the 2026-12-06 profile lost its JSON files to a BrokenPipeError
+    raised before they were written)."""
     rng = random.Random()
     path = tmp_path / 'trace.json'
     path.write_text(json.dumps(_trace([(f'k{i}', float(rng.randint(1, 9))) for i in range(200)], rng)))
     out = tmp_path / 'table.json'
-    run = subprocess.run(f'{sys.executable} {os.path.join(BENCH, "kernel_table.py")} {path} --top 200 --json {out} '
-                         f'| head -1', shell=True, capture_output=True, text=True, executable='/bin/bash',
-                         env=dict(os.environ, PYTHONUNBUFFERED='1'))
-    assert run.returncode == 0 and 'Traceback' not in run.stderr, run.stderr
-    assert len(json.loads(out.read_text())['rows']) == 200
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONUNBUFFERED'}
+    if unbuffered:
+        env['PYTHONUNBUFFERED'] = unbuffered
+    run = subprocess.run(f'{sys.executable} {os.path.join(BENCH, "kernel_table.py")} {path} --top {top} --json {out} '
+                         f'| {reader}; exit ${{PIPESTATUS[0]}}', shell=True, capture_output=True, text=True,
+                         executable='/bin/bash', env=env)
+    assert run.returncode == 0 and 'BrokenPipe' not in run.stderr and 'Traceback' not in run.stderr, run.stderr
+    assert len(json.loads(out.read_text())['rows']) == top

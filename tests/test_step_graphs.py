@@ -135,15 +135,22 @@ def test_fill_copies_every_field_into_the_first_rows_across_batch_size_changes()
                 values[f.name] = torch.rand(value.shape, dtype=value.dtype)
             else:
                 values[f.name] = torch.randint(0, 1000, value.shape, dtype=value.dtype)
+        if rng.random() < 0.5:  # the optional inputs absent: the cached views must follow the field set too
+            values.pop('alpha'), values.pop('shadow_seq')
+            batch = replace(batch, alpha=None, shadow_seq=None)
         batch = replace(batch, **values)
         offsets = torch.randint(0, 100, (size, rng.randint(1, pages)), dtype=torch.int32)
         graphs._fill(entry, batch, offsets)
         for name, value in values.items():
             assert torch.equal(getattr(static, name)[:size], value), (name, size)
         assert torch.equal(graphs._block_offsets[:size, :offsets.size(1)], offsets)
-    assert len(entry.fill_targets) <= bucket
+    assert len(entry.fill_targets) <= 2 * bucket
     with pytest.raises(ValueError, match='input history has shape'):
         graphs._fill(entry, replace(batch, history=batch.history[:, None].expand(-1, 2)), offsets)
+    plain = _Bucket(inputs=_warmup_inputs(bucket, length, 'cpu'), outputs=None)  # captured without auto's inputs
+    with pytest.raises(ValueError, match=r"\['alpha', 'shadow_seq'\] were not captured"):
+        graphs._fill(plain, replace(slice_batch(_warmup_inputs(bucket, length, 'cpu', auto=True), 2), seq_valid=None),
+                     offsets[:2])
 
 
 def test_the_batch_cut_of_the_outputs_leaves_row_and_debug_fields_whole():

@@ -31,7 +31,7 @@
 #        'await_small' = patch 18 where its poll may idle the GPU (short tails): SDAR-8B b32, bs 1/4/16, in 256 /
 #                   out 256: static FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
 #                   then dynamic, FOCUS importance with and without the await; static stock last.
-#        'small_batches' = where FOCUS is slower than stock (bs <= 4): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
+#        'small_batches' = where FOCUS is slower than stock (bs <= 4; bs 16 for contrast): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
 #                   bs 1/4/16, four waves a batch size: stock, FOCUS importance a1.5, delayed cache alone.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).

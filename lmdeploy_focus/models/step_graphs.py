@@ -224,6 +224,10 @@ class StepGraphs:
         names = tuple(f.name for f in fields(batch) if getattr(batch, f.name) is not None)
         targets = graphs.fill_targets.get((size, names))
         if targets is None:
+            missing = [name for name in names if getattr(static, name) is None]
+            if missing:
+                raise ValueError(f'sparse decode step: inputs {missing} were not captured in this bucket\'s graphs (the '
+                                 f'step config decides which inputs exist; this batch was built for another one)')
             targets = graphs.fill_targets[size, names] = [getattr(static, name)[:size] for name in names]
         sources = [getattr(batch, name) for name in names]
         for name, source, target in zip(names, sources, targets):
