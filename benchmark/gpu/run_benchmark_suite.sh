@@ -205,8 +205,10 @@ fi
 if [[ $PHASE == small_batches ]]; then
   # the small-batch gap (issue 14: a bs 1-4 FOCUS step costs more than stock's): four waves a batch size, so a cell
   # is not one ~1-s wave; delayed cache alone separates the two-graph step from FOCUS's own work
-  SB=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256 BATCH_SIZES="1 4 16"
-      EXTRA_ARGS="--prompts-per-slot 4 --input-len 256 --ignore-eos --fast-exit --output-len 256")
+  # SMALL_BATCH_SIZES / SMALL_WAVES: a shorter table where the device time is short (the step estimates assume the defaults)
+  SB=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256
+      BATCH_SIZES="${SMALL_BATCH_SIZES:-1 4 16}"
+      EXTRA_ARGS="--prompts-per-slot ${SMALL_WAVES:-4} --input-len 256 --ignore-eos --fast-exit --output-len 256")
   step 100 "stock static, small batches" "${SB[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   step 90 "focus-importance static, small batches" "${SB[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
