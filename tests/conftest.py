@@ -28,6 +28,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+BENCHMARK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark')
+
+
+def load_benchmark_script(name: str):
+    """``benchmark/<name>.py`` imported as a module (the benchmark scripts are not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARK_DIR, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_python(code: str, env: dict | None = None, args: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (activation is per process)."""
     full_env = {k: v for k, v in os.environ.items() if k != 'LMDEPLOY_FOCUS_DISABLE'}

@@ -1,5 +1,4 @@
 """benchmark/host_time_table.py: the engine process's inclusive host seconds per function, per arm."""
-import importlib.util
 import json
 import os
 import random
@@ -8,14 +7,11 @@ import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark')
+from conftest import BENCHMARK_DIR as BENCH, load_benchmark_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location('host_time_table', os.path.join(BENCH, 'host_time_table.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script('host_time_table')
 
 
 ENGINE = 'lmdeploy/pytorch/engine/model_agent/agent.py _async_step'

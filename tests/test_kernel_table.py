@@ -1,6 +1,5 @@
 """benchmark/kernel_table.py: kernel totals from a chrome trace, and one trace minus another."""
 import gzip
-import importlib.util
 import json
 import os
 import random
@@ -9,14 +8,11 @@ import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark')
+from conftest import BENCHMARK_DIR as BENCH, load_benchmark_script
 
 
 def _kernel_table():
-    spec = importlib.util.spec_from_file_location('kernel_table', os.path.join(BENCH, 'kernel_table.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script('kernel_table')
 
 
 def _trace(kernels, rng):
