@@ -37,6 +37,7 @@ def test_every_request_decodes_as_it_would_alone(strategy, commit, padded, alpha
     batched, sim = decode_batched(tiny, unmasking, padded, requests, rng, aborting)
     assert not any('front reran' in m for m in focus_logs.messages(logging.WARNING)), f'seed {seed}: short row bound'
     assert sim.decoded_checked > 0
+    assert (sim.inputs.focus_state is None) == (alpha is None)  # delayed cache alone keeps no FOCUS state
     for request in requests:
         got = batched[request.rid]
         if request.rid not in aborting:

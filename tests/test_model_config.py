@@ -90,6 +90,7 @@ def test_focus_builds_the_runtime_with_its_options(sdar_dir):
     factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32))
     assert factory.delayed_cache_runtime.focus == FocusConfig(alpha=2.0, policy='leftmost', shadow=False)
     assert factory.run_stats is None
+    assert factory.build_step_inputs().tracks_focus  # FOCUS on: its per-sequence state is kept
 
 
 def test_delayed_cache_builds_the_delayed_cache_strategies(sdar_dir):
@@ -105,6 +106,7 @@ def test_delayed_cache_builds_the_delayed_cache_strategies(sdar_dir):
     runtime = factory.delayed_cache_runtime
     assert runtime.step_inputs is step_inputs and agent.runtime is runtime
     assert (runtime.block_length, runtime.commit_mode) == (16, 'fast')
+    assert not step_inputs.tracks_focus  # FOCUS off: no FOCUS state kept per step
 
 
 def test_track_alone_builds_the_tracking_agent(sdar_dir):

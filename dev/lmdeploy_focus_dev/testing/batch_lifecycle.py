@@ -49,7 +49,8 @@ class LifecycleSim:
         self.model.step_graphs.reset()
         if padded:
             self.runner.capture_step_graphs(list(buckets))
-        self.inputs = DelayedCacheStepInputs(_block_size=self.block_length, _dllm_mask_token=self.mask_id)
+        self.inputs = DelayedCacheStepInputs(_block_size=self.block_length, _dllm_mask_token=self.mask_id,
+                                             tracks_focus=self.runtime.focus is not None)  # as the factory sets it
         self.runtime.step_inputs = self.inputs
         self.runtime.end_step()
         self.batch = []  # request ids in step-input order

@@ -16,6 +16,9 @@ from .upstream_fixes import FixedDLLMStepInputs
 class DelayedCacheStepInputs(FixedDLLMStepInputs):
     delayed_state: DelayedCacheState | None = field(default=None, repr=False)
     focus_state: focus.FocusState | None = field(default=None, repr=False)
+    # FOCUS on: its per-sequence state is kept (off, delayed cache alone: focus_state stays None, so no step pays
+    # for a state nothing reads). The factory sets it from the engine's FOCUS config.
+    tracks_focus: bool = True
     # --dllm-focus-alpha auto: int64 [B] steps until each sequence's next shadow step (shadow_schedule)
     shadow_countdown: object = field(default=None, repr=False)
     shadow_period: int = 0  # 0: auto is off, no countdown kept
@@ -36,8 +39,9 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
             self.next_rows_bound += num_new * self._block_size  # a new sequence's first step: the whole block
         self.delayed_state = (DelayedCacheState.fresh(num_new, self._block_size, device=device)
                               if self.delayed_state is None else append_fresh(self.delayed_state, num_new))
-        self.focus_state = (focus.FocusState.fresh(num_new, device=device)
-                            if self.focus_state is None else focus.append_fresh(self.focus_state, num_new))
+        if self.tracks_focus:
+            self.focus_state = (focus.FocusState.fresh(num_new, device=device)
+                                if self.focus_state is None else focus.append_fresh(self.focus_state, num_new))
         if self.shadow_period:
             countdown = shadow_schedule.fresh(num_new, self.shadow_period, self.shadow_seed, self.joined, device)
             self.shadow_countdown = (countdown if self.shadow_countdown is None else
@@ -49,7 +53,8 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
         if _keeps_the_batch(delta, self.delayed_state):  # upstream's usual decode delta: no row to move
             return
         self.delayed_state = select(self.delayed_state, delta.indices)
-        self.focus_state = focus.select(self.focus_state, delta.indices)
+        if self.focus_state is not None:
+            self.focus_state = focus.select(self.focus_state, delta.indices)
         if self.shadow_countdown is not None:
             self.shadow_countdown = self.shadow_countdown.index_select(0, delta.indices)
 
@@ -60,7 +65,8 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
         super().step_decode(model_inputs, extra_inputs, stopping_criteria, sampling_delta, next_token_ids, model_metas,
                             extra_outputs)
         self.delayed_state = reset_rows(self.delayed_state, committed)
-        self.focus_state = focus.reset_rows(self.focus_state, committed)
+        if self.focus_state is not None:
+            self.focus_state = focus.reset_rows(self.focus_state, committed)
 
 
 def _keeps_the_batch(delta, state) -> bool:

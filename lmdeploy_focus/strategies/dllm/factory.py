@@ -113,6 +113,7 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         step_inputs = DelayedCacheStepInputs(_block_size=self.dllm_block_length,
                                              _dllm_mask_token=self.model_config.dllm_mask_token)
         focus = self.delayed_cache_runtime.focus
+        step_inputs.tracks_focus = focus is not None
         if focus is not None and focus.auto is not None:
             step_inputs.shadow_period = focus.shadow_every
         # A rebuilt step-input object (engine reset) starts with no sequences and no step in flight.
