@@ -14,13 +14,18 @@ from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
 L = 8
 
 
-@pytest.mark.parametrize('strategy, commit, padded, alpha', [
-    ('low_confidence_dynamic', 'exact', True, 1.5),
-    ('low_confidence_static', 'exact', True, 1.0),
-    ('sequential', 'fast', True, 1.0),
-    ('low_confidence_dynamic', 'fast', False, None),  # delayed cache alone, eager
+# sync_free: the most B*L rows a step runs without reading its counts (StepGraphs.sync_free_rows). 0: every step reads;
+# 2L / 3L: a request alone never reads, batches of 3+ (4+) do, so a request's steps switch mode as neighbours come and go
+@pytest.mark.parametrize('strategy, commit, padded, alpha, sync_free', [
+    ('low_confidence_dynamic', 'exact', True, 1.5, 0),
+    ('low_confidence_dynamic', 'exact', True, 1.5, 2 * L),
+    ('low_confidence_static', 'exact', True, 1.0, 0),
+    ('low_confidence_static', 'exact', True, 1.5, 3 * L),  # B = 3 shares bucket 4 with B = 4, which reads
+    ('sequential', 'fast', True, 1.0, 0),
+    ('low_confidence_dynamic', 'fast', False, None, 0),  # delayed cache alone, eager
+    ('low_confidence_static', 'exact', False, None, 2 * L),
 ])
-def test_every_request_decodes_as_it_would_alone(strategy, commit, padded, alpha, focus_logs):
+def test_every_request_decodes_as_it_would_alone(strategy, commit, padded, alpha, sync_free, focus_logs):
     seed = secrets.randbits(31)
     rng = random.Random(seed)
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
@@ -30,6 +35,7 @@ def test_every_request_decodes_as_it_would_alone(strategy, commit, padded, alpha
         options.update(enable_focus=True, focus_alpha=alpha)
     tiny, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={'dllm_focus': options},
                                        dllm_config=unmasking)
+    tiny.model.step_graphs.sync_free_rows = sync_free
     vocab = tiny.model_config.dllm_mask_token
     requests = [Request(i, [rng.randrange(vocab) for _ in range(rng.randint(2, 20))], rng.randint(1, 4))
                 for i in range(8)]
@@ -37,6 +43,8 @@ def test_every_request_decodes_as_it_would_alone(strategy, commit, padded, alpha
     batched, sim = decode_batched(tiny, unmasking, padded, requests, rng, aborting)
     assert not any('front reran' in m for m in focus_logs.messages(logging.WARNING)), f'seed {seed}: short row bound'
     assert sim.decoded_checked > 0
+    # each step took the mode its batch size asks for (decode_alone's B = 1 steps all run sync-free where it is on)
+    assert sim.modes == {(b, b * L <= sync_free) for b, _ in sim.modes}, f'seed {seed}: {sim.modes}'
     assert (sim.inputs.focus_state is None) == (alpha is None)  # delayed cache alone keeps no FOCUS state
     for request in requests:
         got = batched[request.rid]

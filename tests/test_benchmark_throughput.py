@@ -657,7 +657,10 @@ def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_pa
 def test_suite_small_batches_phase_runs_four_waves_of_each_small_batch(tmp_path):
     out, cmds = _suite(tmp_path, 'small_batches')
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
-        ('stock-static', None), ('focus-importance-static', 'importance'), ('delayed-cache-static', None)]
+        ('stock-static', None), ('focus-importance-static', 'importance'), ('focus-importance-static-reading', 'importance'),
+        ('delayed-cache-static', None)]
+    # the reading arm alone turns sync-free small batches off
+    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0', None]
     assert all(c.concurrency == [1, 4, 16] and c.prompts_per_slot == 4 and not c.eager_mode for c in cmds)
     assert all((c.input_len, c.output_len, c.dllm_denoising_steps) == (256, 256, 8) for c in cmds)
     assert 'skipped' not in out

@@ -8,11 +8,19 @@ import torch
 
 from lmdeploy.pytorch import consts
 from lmdeploy_focus.models.sdar import DelayedCacheSDARForCausalLM
+from lmdeploy_focus.models.step_graphs import SYNC_FREE_ROWS_ENV
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
 from lmdeploy_focus.models.step_state.focus_state import FocusState
 from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
 
 L = 8
+
+
+@pytest.fixture(autouse=True)
+def reading_step(monkeypatch):
+    """These tests check the step that reads its row counts (LM head on the rows needing logits); at their batch
+    sizes the default would step sync-free (every slot through the head, test_runtime_counts_sync_free_rows)."""
+    monkeypatch.setenv(SYNC_FREE_ROWS_ENV, '0')
 
 
 def attach_step_inputs(runtime, uncached, input_mask, history):
@@ -126,4 +134,30 @@ def test_runtime_counts_processed_rows():
     runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
     runtime.end_step()  # counted when the step ends
     assert (runtime.steps, runtime.deep_rows, runtime.logit_rows, runtime.dense_rows) == (1, L - 2 + L, L - 2 + L, 2 * L)
+    assert not sdar.model.step_graphs.sync_free_rows
+
+
+@pytest.mark.parametrize('padded', [False, True])
+def test_runtime_counts_sync_free_rows(monkeypatch, padded):
+    """A small batch's step reads no counts: the work counters take the rows it ran (every one of the batch's
+    B*L slots through the LM head, the deep layers on the row bucket holding them), not the rows FOCUS kept."""
+    monkeypatch.setenv(SYNC_FREE_ROWS_ENV, str(4 * L))
+    sdar = build_tiny_sdar(block_length=L, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
+    runtime = sdar.model.delayed_cache_runtime
+    runner = sdar.new_runner(page_size=16)
+    if padded:
+        runner.capture_step_graphs([4])  # B = 2 runs in bucket 4: rows buckets of 16 up to 4L = 32
+    runner.prefill([[1, 2, 3], [4, 5]])
+    blocks = runner.current_blocks()
+    uncached = torch.zeros(2, L, dtype=torch.bool)
+    uncached[0, 2:] = True
+    uncached[1, :] = True
+    attach_step_inputs(runtime, uncached, torch.full((2, L), consts.DLLM_MASKED), runner.history_lengths)
+    logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+    step = runtime.step
+    assert step.sync_free and runtime.step_inputs.next_rows_bound is None
+    assert logits.size(-2) == 2 * L and not logits.view(2, L, -1)[0, :2].any()  # cached slots: no fresh logits
+    assert logits.view(2, L, -1)[~uncached].abs().sum() == 0 and logits.view(2, L, -1)[uncached].abs().sum() > 0
+    runtime.end_step()
+    assert (runtime.steps, runtime.deep_rows, runtime.logit_rows, runtime.dense_rows) == (1, 2 * L, 2 * L, 2 * L)
     runtime.end_step()

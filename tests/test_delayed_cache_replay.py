@@ -33,10 +33,25 @@ L = 8
                           ('llada2', 'fast', 'sequential', True),
                           ('sdar_moe', 'exact', 'low_confidence_static', False)])
 def test_engine_path_replays_the_reference_loop(family, commit_mode, strategy, padded):
+    _replay(family, commit_mode, strategy, padded, sync_free=False)
+
+
+@pytest.mark.parametrize('family, commit_mode, strategy, padded',
+                         [('sdar', 'exact', 'low_confidence_static', True),
+                          ('sdar', 'fast', 'low_confidence_dynamic', False),
+                          ('llada2', 'exact', 'sequential', True)])
+def test_a_sync_free_step_replays_the_reference_loop(family, commit_mode, strategy, padded):
+    """A small batch's step that reads no counts (every slot through the LM head) takes the reference's decisions."""
+    _replay(family, commit_mode, strategy, padded, sync_free=True)
+
+
+def _replay(family, commit_mode, strategy, padded, sync_free):
     sdar, reference = tiny_model_and_reference(family, L,
                                                hf_overrides={'dllm_focus': {'enable_delayed_cache': True,
                                                                             'delayed_cache_commit': commit_mode}})
     runtime = sdar.model.delayed_cache_runtime
+    # sync-free: no step reads its counts (every B*L slot gets the LM head); else every step reads (the row path)
+    sdar.model.step_graphs.sync_free_rows = 4 * L if sync_free else 0
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2)
@@ -71,13 +86,16 @@ def test_engine_path_replays_the_reference_loop(family, commit_mode, strategy, p
         expected_processed = torch.stack([r.processed for r in records])
         assert torch.equal(step.fresh, expected_processed), f'{seeds} step {k}: processing sets differ'
 
-        # the LM head ran on the rows still masked only; the agent passes them to the sampler as they are
+        # the LM head ran on the rows still masked only (sync-free: on every slot, zero rows where no logits are
+        # needed); the agent passes them to the sampler as they are
+        assert step.sync_free == sync_free
         assert agent.slice_outputs(ragged, None) is ragged and ragged.size(0) == max(step.num_logit_rows, 1)
-        dense = runtime.dense_logits(ragged).view(B, L, -1)  # those rows at their block slots
+        dense = (ragged if sync_free else runtime.dense_logits(ragged)).view(B, L, -1)  # rows at their block slots
         for b, record in enumerate(records):
             rows = record.processed & (record.input_mask == DLLM_MASKED)  # the rows that get logits
             torch.testing.assert_close(dense[b][rows], record.logits[rows].float(), rtol=2e-4, atol=2e-4,
                                        msg=lambda m: f'{seeds} step {k} seq {b}: {m}')
+            assert not dense[b][~rows].any(), f'{seeds} step {k} seq {b}: logits at a slot that needs none'
         runtime.end_step()
 
         # the step-inputs update (upstream's step_decode + ours): commit finished blocks

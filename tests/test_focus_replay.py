@@ -29,7 +29,8 @@ from lmdeploy_focus_dev.testing.families import prompts_clear_of_routing_ties, t
 L = 8
 
 
-def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padded=False, family='sdar'):
+def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padded=False, family='sdar',
+            sync_free=False):
     """``alpha='auto'``: the engine's controller and shadow schedule against the reference loop driving
     the same ones (``reference/auto_alpha``), one shadow step in two, a controller quick to move."""
     options = {'enable_delayed_cache': True, 'enable_focus': True, 'focus_alpha': alpha, 'focus_policy': policy,
@@ -41,6 +42,8 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     sdar, reference = tiny_model_and_reference(family, L, num_layers=num_layers, hf_overrides={'dllm_focus': options},
                                                dllm_config=unmasking)
     runtime = sdar.model.delayed_cache_runtime
+    # sync-free: no step reads its counts (every B*L slot gets the LM head); else every step reads (the row path)
+    sdar.model.step_graphs.sync_free_rows = 4 * L if sync_free else 0
     if alpha == 'auto':
         runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=0.3, gain=2.0,
                                                                                  probation=False))
@@ -82,13 +85,16 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         assert torch.equal(step.focus.candidate_dense, processed & (input_mask == focus_state.DLLM_MASKED))
         assert torch.equal(step.fresh, kept), f'{seeds} step {k}: kept rows differ'
         evicted_steps += int((processed & ~kept).any())
-        # the LM head ran on the kept masked rows only; the sampler gets those rows (not B*L)
+        # the LM head ran on the kept masked rows only; the sampler gets those rows (not B*L); sync-free: every
+        # slot, zero logits where no fresh ones are needed
+        assert step.sync_free == sync_free
         assert agent.slice_outputs(ragged, None) is ragged and ragged.size(0) == max(step.num_logit_rows, 1)
-        dense = runtime.dense_logits(ragged).view(B, L, -1)
+        dense = (ragged if sync_free else runtime.dense_logits(ragged)).view(B, L, -1)
         for b, record in enumerate(records):
             rows = record.kept & (record.input_mask == focus_state.DLLM_MASKED)  # the rows that get logits
             torch.testing.assert_close(dense[b][rows], record.logits[rows].float(), rtol=2e-4, atol=2e-4,
                                        msg=lambda m: f'{seeds} step {k} seq {b}: {m}')
+            assert not dense[b][~rows].any(), f'{seeds} step {k} seq {b}: logits at a slot that needs none'
         # the agent's own unmasking (guarded) and bookkeeping must reproduce the reference's decisions
         logits, sampling = agent.sampling_rows(ragged, SamplingInputs(batch_size=B * L, max_num_logprobs=-1))
         assert logits is ragged and sampling.batch_size == ragged.size(0)
@@ -140,6 +146,21 @@ def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mod
     processed = sum(sum(r.processed_per_step) for r in results)
     assert stats['deep_tokens'] < stats['processed_tokens'] <= processed
     assert stats['shadow_decoded'] == 0  # recall is a shadow-mode measure (trivially 1 when evicting)
+
+
+@pytest.mark.parametrize('family, policy, commit_mode, padded, strategy',
+                         [('sdar', 'importance', 'exact', True, STATIC),
+                          ('sdar', 'leftmost', 'fast', False, DYNAMIC),
+                          ('llada2', 'importance', 'exact', True, STATIC),
+                          ('sdar_moe', 'importance', 'fast', False, STATIC)])
+def test_a_sync_free_step_replays_the_reference_focus_loop(family, policy, commit_mode, padded, strategy):
+    """A small batch's step that reads no counts (deep layers on a padded bucket, LM head on every slot) takes the
+    reference's decisions: the same kept rows, logits, unmasking and statistics."""
+    runtime, results, evicted_steps = _replay(policy, False, commit_mode, strategy, padded=padded, family=family,
+                                              sync_free=True)
+    assert evicted_steps > 0
+    stats = runtime.stats.read()
+    assert stats['deep_tokens'] < stats['processed_tokens']  # FOCUS's decisions, not the padded work
 
 
 @pytest.mark.parametrize('family, padded', [('sdar', False), ('sdar', True), ('llada2', False)])

@@ -135,6 +135,7 @@ def test_a_bound_below_the_processed_rows_reruns_the_front_on_every_row(padded, 
     """A too small bound (never produced by design) must not change a step: the counts flag it, the front
     reruns on all rows, and the step's logits and kept rows equal those of a step without a bound."""
     L = 8
+    monkeypatch.setenv(step_graphs.SYNC_FREE_ROWS_ENV, '0')  # a small batch would not read the counts at all
     tiny = build_tiny_sdar(TinySDARShape(num_layers=3), block_length=L,
                            hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True}})
     runtime, mask_id = tiny.model.delayed_cache_runtime, tiny.model_config.dllm_mask_token

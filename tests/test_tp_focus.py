@@ -185,7 +185,7 @@ def test_a_tp_rank_that_does_not_sample_does_the_steps_bookkeeping_from_rank_0s_
     agent = DelayedCacheAgentStrategy(DLLMConfig(block_length=4), 99, runtime)
 
     # in flight (its input mask was read into the step by run_step, before the broadcast overwrites the mask)
-    runtime.step = SimpleNamespace(num_rows=3, num_logit_rows=2, batch_size=1, block_length=4)
+    runtime.step = SimpleNamespace(num_rows=3, num_logit_rows=2, batch_size=1, block_length=4, deep_rows=None)
     input_mask = torch.tensor([1, 0, 0, 0], dtype=torch.uint8)
     extra = SimpleNamespace(dllm_mask=input_mask.clone())
     inputs = SimpleNamespace(input_ids=torch.zeros(1, 4, dtype=torch.long))
@@ -200,7 +200,7 @@ def test_a_tp_rank_that_does_not_sample_does_the_steps_bookkeeping_from_rank_0s_
     from lmdeploy_focus.strategies.dllm.run_stats import RunStats
     del runtime.after_unmasking
     runtime.stats = RunStats()
-    runtime.step = SimpleNamespace(num_rows=3, num_logit_rows=2, batch_size=1, block_length=4, focus=None,
+    runtime.step = SimpleNamespace(num_rows=3, num_logit_rows=2, batch_size=1, block_length=4, focus=None, deep_rows=None,
                                    masked=(input_mask == 0).view(1, 4),  # 0: DLLM_MASKED
                                    processed_per_seq=torch.tensor([3]),
                                    kept_per_seq=torch.tensor([3]))

@@ -32,7 +32,8 @@
 #                   out 256: static FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
 #                   then dynamic, FOCUS importance with and without the await; static stock last.
 #        'small_batches' = where FOCUS is slower than stock (bs <= 4; bs 16 for contrast): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
-#                   bs 1/4/16, four waves a batch size: stock, FOCUS importance a1.5, delayed cache alone.
+#                   bs 1/4/16, four waves a batch size: stock, FOCUS importance a1.5, the same with every step
+#                   reading its row counts (LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0), delayed cache alone.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -212,6 +213,10 @@ if [[ $PHASE == small_batches ]]; then
   step 100 "stock static, small batches" "${SB[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   step 90 "focus-importance static, small batches" "${SB[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  # the same with every step reading its row counts (LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0: the step before sync-free
+  # small batches), same run
+  step 90 "focus-importance static, small batches, reading" "${SB[@]}" ARM_TAG=-static-reading \
+    LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 90 "delayed-cache static, small batches" "${SB[@]}" bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
   exit 0
 fi

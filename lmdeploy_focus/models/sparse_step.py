@@ -12,7 +12,9 @@
                delayed cache alone: every layer on the processed rows
     logits  5. the LM head on the rows whose slot is still masked (the only logits the unmasker
                reads), ``[M, V]`` (``DelayedCacheRuntime.row_logits``; scattered to ``B*L`` only where a
-               request needs every position, ``dense_logits``)
+               request needs every position, ``dense_logits``). A small batch skips the host read: the deep
+               layers run on a row bucket holding all ``B·L`` rows and the head on every slot
+               (:func:`hidden_by_slot`; ``step_graphs.SYNC_FREE_ROWS``)
 
 ``front`` and ``deep`` are functions of tensors only (no host reads, shapes fixed by ``B̂``, ``P̂``
 and ``K̂``), so :class:`~.step_graphs.StepGraphs` captures each in a CUDA graph; without graphs the
@@ -366,6 +368,24 @@ def deep(parts, rows: DeepRows, num_rows: int, config: StepConfig, kv_caches, bl
             hidden, residual = parts.layers[idx](hidden, rotary_pos_emb=(cos, sin), past_key_value=kv_caches[idx],
                                                  residual=residual, attn_metadata=attn_metadata)
         return parts.final_norm(hidden, residual)[0]
+
+
+def hidden_by_slot(rows: DeepRows, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """A step that did not read its counts (``StepGraphs``, sync-free): the deep rows that need logits at their
+    slots ``b*L+p`` of ``out`` (``[S + 1, D]``, rewritten whole), zeros at every other slot; returns ``out[:S]``.
+
+    Tensors only (no host read): ``rows.counts``' ``logit_rows`` says how many of ``rows.logit_rows`` are valid,
+    and the rest are sent to the spare last row of ``out``, which nothing reads (``hidden``'s padding rows may
+    hold anything, NaN included). Every slot needing logits must be below ``S`` (the batch's ``B·L`` fits).
+    """
+    spare = out.size(0) - 1
+    count = min(rows.logit_rows.numel(), spare)  # M <= the batch's B·L <= S
+    valid = torch.arange(count, device=out.device) < rows.counts[COUNTS.index('logit_rows')]
+    index = torch.where(valid, rows.logit_rows[:count], 0)
+    slot = torch.where(valid, rows.slot.index_select(0, index), spare)
+    out.zero_()
+    out.index_copy_(0, slot, hidden.index_select(0, index).to(out.dtype))
+    return out[:spare]
 
 
 def copy_into(dst, src) -> None:

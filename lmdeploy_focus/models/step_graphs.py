@@ -18,6 +18,13 @@ FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, one of about :
 evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous
 step's counts carried (no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
 design) is seen in the same counts and the front reruns on all ``B̂·L`` rows.
+Small batches read nothing (:data:`SYNC_FREE_ROWS`): where the batch has at most that many block rows
+``B·L``, the layers are weight-bound (a 16-row and a 128-row GEMM cost the same), so the host skips the read:
+the front runs on every row, the deep layers on the row bucket that holds all ``B·L`` rows, and a small graph
+puts the hidden states of the rows that need logits at their ``b*L+p`` slots (zeros elsewhere), so the LM head,
+the sampler and the unmasker run on every slot, as stock does. There the read would cost the front's time in
+series with the engine's host work, which at bs 1–4 is as long as the GPU's step; the tokens are those of the
+step that reads (the same rows get the same logits; the others get none in either).
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
 compiled, during upstream's decode warm-up, before the first request.
 """
@@ -30,7 +37,7 @@ import torch
 from ..log import logger
 from . import tp_layout_check
 from .sparse_step import (COUNTS, DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
-                          front, outputs_for_batch)
+                          front, hidden_by_slot, outputs_for_batch)
 
 # 64 measured +0.5-1.3 % throughput for 9 s more decode warm-up on SDAR-8B (BENCHMARKS.md), so 32 stays.
 ROW_BUCKETS = 32
@@ -46,24 +53,37 @@ FRONT_BUCKETS = 8
 FRONT_BUCKETS_ENV = 'LMDEPLOY_FOCUS_FRONT_BUCKETS'
 
 
-def _count_from_env(name: str, default: int, low: int, what: str) -> int:
+# A batch of at most this many block rows (B·L) steps without the row-count read (module docstring): 128 is
+# bs 4 at L = 32, where SDAR-8B's GEMMs are still weight-bound on an H100 (~300 rows to the compute bound).
+SYNC_FREE_ROWS = 128
+# Experiments only: another limit (0: every step reads the counts, the step before sync-free small batches).
+SYNC_FREE_ROWS_ENV = 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS'
+
+
+def _int_from_env(name: str, default: int, low: int, high: int, what: str) -> int:
     text = os.environ.get(name, '').strip()
     if not text:
         return default
-    if not text.isdigit() or not low <= int(text) <= 256:
-        raise ValueError(f'{name}={text!r}: expected an integer from {low} to 256 (the number of {what} per batch '
-                         f'bucket; unset it for the default {default})')
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(f'{name}={text!r}: expected an integer from {low} to {high} ({what}; unset it for the '
+                         f'default {default})')
     return int(text)
 
 
 def row_bucket_count() -> int:
     """:data:`ROW_BUCKETS`, or the integer in ``$LMDEPLOY_FOCUS_ROW_BUCKETS`` (2..256)."""
-    return _count_from_env(ROW_BUCKETS_ENV, ROW_BUCKETS, 2, 'deep-layer row buckets')
+    return _int_from_env(ROW_BUCKETS_ENV, ROW_BUCKETS, 2, 256, 'the number of deep-layer row buckets per batch bucket')
 
 
 def front_bucket_count() -> int:
     """:data:`FRONT_BUCKETS`, or the integer in ``$LMDEPLOY_FOCUS_FRONT_BUCKETS`` (1..256)."""
-    return _count_from_env(FRONT_BUCKETS_ENV, FRONT_BUCKETS, 1, 'front row buckets')
+    return _int_from_env(FRONT_BUCKETS_ENV, FRONT_BUCKETS, 1, 256, 'the number of front row buckets per batch bucket')
+
+
+def sync_free_rows() -> int:
+    """:data:`SYNC_FREE_ROWS`, or the integer in ``$LMDEPLOY_FOCUS_SYNC_FREE_ROWS`` (0..4096)."""
+    return _int_from_env(SYNC_FREE_ROWS_ENV, SYNC_FREE_ROWS, 0, 4096,
+                         'the most block rows B*L a decode step runs without reading its row counts')
 
 
 def _no_mark(phase: str) -> None:
@@ -117,6 +137,7 @@ class _Bucket:
     outputs: FrontOutputs  # static, B̂·L rows; a front on P̂ rows fills the first P̂
     front: dict = field(default_factory=dict)  # front row bucket P̂ -> _Replayable
     deep: dict = field(default_factory=dict)  # row bucket -> _Replayable
+    by_slot: _Replayable | None = None  # sync-free steps: the deep rows needing logits to their slots
     valid_size: int = -1  # the batch size ``inputs.seq_valid`` marks valid now (-1: none yet, as captured)
     # per batch size B (views of the static buffers, made once: a step then slices nothing on the host):
     fill_targets: dict = field(default_factory=dict)  # (B, input field names) -> the static inputs' first B rows
@@ -126,10 +147,13 @@ class _Bucket:
 class StepRun(NamedTuple):
     """What :meth:`StepGraphs.run` returns."""
     outputs: FrontOutputs  # per-sequence fields cut to the batch's B (outputs_for_batch); ``rows`` [B̂]-sized
-    hidden: torch.Tensor  # [K, D]: the deep rows after the final norm
-    num_rows: int  # K
-    num_logit_rows: int  # M: the first M of ``outputs.rows.logit_rows`` need logits
-    next_rows_bound: int  # the next step of these sequences processes at most this many rows
+    # [K, D]: the deep rows after the final norm; sync-free: [B·L, D], slot b*L+p, zeros where no logits are needed
+    hidden: torch.Tensor
+    num_rows: int  # rows of ``hidden``: K (B·L sync-free)
+    num_logit_rows: int  # M: the first M of ``outputs.rows.logit_rows`` need logits (sync-free: every slot, B·L)
+    next_rows_bound: int | None  # the next step of these sequences processes at most this many rows (None: unknown)
+    deep_rows: int  # rows the deep layers ran on: K (sync-free: the padded bucket, K is not read)
+    sync_free: bool = False  # no row-count read: ``hidden`` is by slot
 
 
 class StepGraphs:
@@ -143,10 +167,12 @@ class StepGraphs:
         self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)
         self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
         self.front_bucket_count = front_bucket_count()  # same for $LMDEPLOY_FOCUS_FRONT_BUCKETS
+        self.sync_free_rows = sync_free_rows()  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self.buckets: dict[int, _Bucket] = {}
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
         self._hidden: torch.Tensor | None = None  # [B̂max·L, hidden], every deep graph's output
+        self._by_slot: torch.Tensor | None = None  # [sync_free_rows + 1, hidden]: sync-free steps' LM-head input
         self._overflow_warned = False
 
     # ---- the step ---------------------------------------------------------------------------------
@@ -160,12 +186,23 @@ class StepGraphs:
         ``mark(phase)`` records phase ends for the profiling timer.
         """
         batch_size = batch.input_ids.size(0)
+        slots = batch_size * self.config.block_length
+        sync_free = slots <= self.sync_free_rows
         bucket = pick(self.buckets, batch_size)
-        if self.front_bucket_count == 1:
+        if self.front_bucket_count == 1 or sync_free:
             row_bound = None
         if bucket is None:
             if batch.seq_valid is None:
                 batch = replace(batch, seq_valid=torch.ones_like(batch.needs_warmup))
+            if sync_free:  # every row through every layer there is (padding past K), no read
+                outputs = front(self.parts, batch, self.config, kv_caches, block_offsets)
+                mark('front')
+                self._check_layout(outputs)
+                hidden = deep(self.parts, outputs.rows, slots, self.config, kv_caches, block_offsets, attn_metadata,
+                              self.attention_rows)
+                by_slot = hidden_by_slot(outputs.rows, hidden, hidden.new_empty(slots + 1, hidden.size(-1)))
+                mark('deep_layers')
+                return StepRun(outputs, by_slot, slots, slots, None, slots, sync_free=True)
             rows = None if row_bound is None else max(row_bound, 1)
             outputs = front(self.parts, batch, self.config, kv_caches, block_offsets, num_rows=rows)
             mark('front')
@@ -178,12 +215,22 @@ class StepGraphs:
             hidden = deep(self.parts, outputs.rows, num_rows, self.config, kv_caches, block_offsets, attn_metadata,
                           self.attention_rows)
             mark('deep_layers')
-            return StepRun(outputs, hidden, num_rows, counts['logit_rows'], counts['next_rows_bound'])
+            return StepRun(outputs, hidden, num_rows, counts['logit_rows'], counts['next_rows_bound'], num_rows)
         graphs = self.buckets[bucket]
         self._fill(graphs, batch, block_offsets)
         fronts = graphs.front
         fronts[self._front_rows(fronts, row_bound)].replay()
         mark('front')
+        outputs = graphs.batch_outputs.get(batch_size)
+        if outputs is None:
+            outputs = graphs.batch_outputs[batch_size] = outputs_for_batch(graphs.outputs, batch_size)
+        if sync_free:
+            self._check_layout(graphs.outputs)
+            deep_rows = pick(graphs.deep, slots)  # K <= B·L: the batch's rows all fit, whatever K is
+            graphs.deep[deep_rows].replay()
+            graphs.by_slot.replay()
+            mark('deep_layers')
+            return StepRun(outputs, self._by_slot[:slots], slots, slots, None, deep_rows, sync_free=True)
         counts = self._read_counts(graphs.outputs)  # the step's host sync
         if counts['front_overflow']:
             fronts[max(fronts)].replay()
@@ -192,10 +239,8 @@ class StepGraphs:
         num_rows = counts['rows']
         graphs.deep[pick(graphs.deep, max(num_rows, 1))].replay()
         mark('deep_layers')
-        outputs = graphs.batch_outputs.get(batch_size)
-        if outputs is None:
-            outputs = graphs.batch_outputs[batch_size] = outputs_for_batch(graphs.outputs, batch_size)
-        return StepRun(outputs, self._hidden[:num_rows], num_rows, counts['logit_rows'], counts['next_rows_bound'])
+        return StepRun(outputs, self._hidden[:num_rows], num_rows, counts['logit_rows'], counts['next_rows_bound'],
+                       num_rows)
 
     @staticmethod
     def _front_rows(fronts: dict, row_bound: int | None) -> int:
@@ -203,11 +248,15 @@ class StepGraphs:
         fitting = None if row_bound is None else pick(fronts, max(row_bound, 1))
         return max(fronts) if fitting is None else fitting
 
+    @staticmethod
+    def _check_layout(outputs: FrontOutputs) -> None:
+        if outputs.layout_check is not None:  # debug only (a host read): LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
+            tp_layout_check.verify(outputs.layout_check)
+
     def _read_counts(self, outputs: FrontOutputs) -> dict:
         """The step's host read: ``COUNTS`` by name (and, debug only, the TP layout check)."""
         counts = dict(zip(COUNTS, outputs.rows.counts.tolist()))
-        if outputs.layout_check is not None:  # debug only: LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 at TP > 1
-            tp_layout_check.verify(outputs.layout_check)
+        self._check_layout(outputs)
         if counts['front_overflow'] and not self._overflow_warned:
             self._overflow_warned = True
             logger.warning('sparse decode step: more processed rows than the bound carried from the last step; the '
@@ -273,6 +322,8 @@ class StepGraphs:
         for rows in deep_rows:
             graphs.deep[rows] = _Replayable(self._deep_fn(static.rows, rows, kv_caches, block_offsets, attn_metadata),
                                             self._pool, self.use_graph)
+        if length <= self.sync_free_rows:  # a batch of this bucket may step sync-free
+            graphs.by_slot = _Replayable(self._by_slot_fn(static.rows), self._pool, self.use_graph)
         self.buckets[batch_bucket] = graphs
         logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '
                     f'{len(graphs.deep)} deep row buckets{"" if self.use_graph else ", eager"}).')
@@ -304,6 +355,15 @@ class StepGraphs:
 
         return run_deep
 
+    def _by_slot_fn(self, rows: DeepRows):
+
+        def run_by_slot():
+            if self._by_slot is None:
+                self._by_slot = self._hidden.new_empty(self.sync_free_rows + 1, self._hidden.size(-1))
+            hidden_by_slot(rows, self._hidden, self._by_slot)
+
+        return run_by_slot
+
     def reset(self) -> None:
         """Drop every graph and buffer: upstream's graph runner reset (sleep, weight update, release)
         may free the KV caches and weights they point to. Steps then run eagerly until the next
@@ -313,7 +373,7 @@ class StepGraphs:
                            'run eagerly until the next decode warm-up (a wake-up warms up, a weight update alone '
                            'does not).')
         self.buckets.clear()
-        self._pool = self._block_offsets = self._hidden = None
+        self._pool = self._block_offsets = self._hidden = self._by_slot = None
 
 
 def _warmup_inputs(batch: int, length: int, device, auto: bool = False) -> StepInputs:

@@ -57,6 +57,7 @@ class LifecycleSim:
         self.wanted = {}  # request id -> committed blocks it asks for
         self.outputs = {}  # request id -> committed blocks so far
         self.decoded_checked = 0  # tokens the guard check saw decoded
+        self.modes = set()  # (batch size, whether the step ran sync-free) of every decode step
 
     def live(self) -> list:
         return [r for r in self.batch if len(self.outputs[r]) < self.wanted[r]]
@@ -133,7 +134,10 @@ class LifecycleSim:
         logits, _ = self.agent.sampling_rows(logits, SamplingInputs(batch_size=batch * L, max_num_logprobs=-1))
         in_mask = self.inputs.extra_inputs.dllm_mask.clone()
         has_logits = torch.zeros(batch * L, dtype=torch.bool)
-        if self.runtime.step.num_logit_rows > 0:
+        self.modes.add((batch, self.runtime.step.sync_free))
+        if self.runtime.step.sync_free:  # logits at every slot; fresh ones at the processed masked slots only
+            has_logits = self.runtime.step.fresh.flatten() & (in_mask == MASKED)
+        elif self.runtime.step.num_logit_rows > 0:
             slots = self.runtime.logit_slots
             assert int(slots.max()) < batch * L and (in_mask[slots] == MASKED).all(), 'logits of a non-MASKED slot'
             assert slots.unique().numel() == slots.numel(), 'a slot with two logit rows'

@@ -60,8 +60,8 @@ class DecodeStep:
     """
     batch_size: int
     block_length: int
-    num_rows: int  # K: rows out of the deep layers (host int, read once per step)
-    num_logit_rows: int  # M: those whose slot is still MASKED: the only rows the unmasker reads
+    num_rows: int  # K: rows out of the deep layers (host int, read once per step); sync-free: B*L slots
+    num_logit_rows: int  # M: those whose slot is still MASKED: the only rows the unmasker reads; sync-free: B*L
     rows: object  # sparse_step.DeepRows ([B̂]-sized per-sequence fields; rows past K are padding)
     fresh: torch.Tensor  # bool [B, L]: slots computed through every layer this step
     masked: torch.Tensor  # bool [B, L]: slots MASKED in the step's input
@@ -69,6 +69,11 @@ class DecodeStep:
     processed_per_seq: torch.Tensor  # int64 [B]: rows into layer 0
     kept_per_seq: torch.Tensor  # int64 [B]: rows through the deep layers
     focus: object = None  # sparse_step.FocusOutcome cut to B sequences, FOCUS only
+    # a small batch's step that read no counts (step_graphs.SYNC_FREE_ROWS): the hidden states are by slot, the LM
+    # head, sampler and unmasker run on every slot (zero rows where no logits are needed)
+    sync_free: bool = False
+    deep_rows: int | None = None  # rows the deep layers ran on, for the work counters (None: num_rows; sync-free: the
+    # padded bucket, K being unread)
 
 
 @dataclass
@@ -156,14 +161,15 @@ class DelayedCacheRuntime:
                         row_bound=inputs.next_rows_bound)
         outputs, hidden, num_rows, num_logit_rows = run.outputs, run.hidden, run.num_rows, run.num_logit_rows
         inputs.next_rows_bound = run.next_rows_bound
-        if self.await_stream:
+        if self.await_stream and not run.sync_free:  # a sync-free step has no read to keep off the loop
             self.deep_launched()
         inputs.delayed_state = after_step(state, outputs.uncached_next)
         self.step = DecodeStep(batch_size=batch, block_length=length, num_rows=num_rows, num_logit_rows=num_logit_rows,
                                rows=outputs.rows, fresh=outputs.fresh, masked=batch_inputs.masked,
                                masked_unprocessed=outputs.masked_unprocessed,
                                processed_per_seq=outputs.processed_per_seq,
-                               kept_per_seq=outputs.rows.q_seqlens[:batch], focus=outputs.focus)
+                               kept_per_seq=outputs.rows.q_seqlens[:batch], focus=outputs.focus,
+                               sync_free=run.sync_free, deep_rows=run.deep_rows)
         return hidden
 
     def deep_launched(self) -> None:
@@ -252,7 +258,7 @@ class DelayedCacheRuntime:
     def _count(self, step: DecodeStep) -> None:
         """Host-side row counters (free: the counts are host ints already), logged now and then."""
         self.steps += 1
-        self.deep_rows += step.num_rows
+        self.deep_rows += step.num_rows if step.deep_rows is None else step.deep_rows
         self.logit_rows += step.num_logit_rows
         self.dense_rows += step.batch_size * step.block_length
         if self.steps % self.log_every == 0:
@@ -296,8 +302,14 @@ class DelayedCacheRuntime:
         so no ``B*L x V`` tensor exists on the common path. A step where no row needs logits (every
         sequence commits) gets one zero row at slot 0, which the unmasker never reads (slot 0 is then
         not a masked slot with fresh logits), so the sampler never sees an empty batch.
+
+        A sync-free step (:attr:`DecodeStep.sync_free`) has no ``M`` on the host: its ``hidden_rows`` are the
+        ``B*L`` slots, and the head runs on all of them (:attr:`logit_slots` None: upstream's layout).
         """
         step = self.step
+        if step.sync_free:  # by slot already (zero rows where no logits are needed): stock's B*L layout
+            self.logit_slots = None
+            return lm_head(hidden_rows)
         rows, count = step.rows, step.num_logit_rows
         index = rows.logit_rows[:count]
         self.logit_slots = rows.slot.index_select(0, index)
