@@ -654,6 +654,17 @@ def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_pa
     assert 'skipped' not in out
 
 
+def test_suite_small_batches_phase_on_llada2_pairs_sync_free_and_reading_without_the_sdar_driver(tmp_path):
+    env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), SMALL_MODEL='llada2-mini')
+    proc, cmds = _dry_commands(SUITE, 'small_batches', str(tmp_path / 'out'), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
+        ('stock-static', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'LLaDA2.0-mini-b32'),
+        ('focus-importance-static-reading', 'LLaDA2.0-mini-b32')]
+    assert _row_bucket_switches(proc.stdout, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0']
+    assert '--arch llada2-mini' in proc.stdout and '--arch sdar-8b' not in proc.stdout
+
+
 def test_suite_small_batches_phase_runs_four_waves_of_each_small_batch(tmp_path):
     out, cmds = _suite(tmp_path, 'small_batches')
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [

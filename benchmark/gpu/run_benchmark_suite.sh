@@ -82,7 +82,12 @@ random_checkpoint() {
     && { [[ $DRY == 1 ]] || touch "$2/.suite_complete"; }
 }
 SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
-if [[ $PHASE != llada2 && $PHASE != await_stream ]]; then random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"; fi
+# SMALL_MODEL=llada2-mini: the small_batches phase on the random LLaDA2.0-mini shape instead of SDAR-8B (MoE: padding rows
+# may touch more experts, so whether a sync-free small batch pays is checked there too)
+case ${SMALL_MODEL:-sdar-8b} in sdar-8b|llada2-mini) ;; *) echo "SMALL_MODEL=$SMALL_MODEL: sdar-8b or llada2-mini" >&2; exit 2 ;; esac
+if [[ $PHASE == small_batches && ${SMALL_MODEL:-sdar-8b} == llada2-mini ]]; then
+  SDAR=/tmp/ckpt/LLaDA2.0-mini-b32; random_checkpoint llada2-mini "$SDAR"; stamp "llada2 checkpoint"
+elif [[ $PHASE != llada2 && $PHASE != await_stream ]]; then random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"; fi
 
 export RESULTS_DIR="$RES" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="32 64 128 256"
 COST="--prompts-per-slot 1 --input-len 256 --ignore-eos"
@@ -217,7 +222,8 @@ if [[ $PHASE == small_batches ]]; then
   # small batches), same run
   step 90 "focus-importance static, small batches, reading" "${SB[@]}" ARM_TAG=-static-reading \
     LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  step 90 "delayed-cache static, small batches" "${SB[@]}" bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
+  [[ $SDAR == */SDAR-* ]] && step 90 "delayed-cache static, small batches" "${SB[@]}" \
+    bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
   exit 0
 fi
 
