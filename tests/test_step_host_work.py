@@ -35,8 +35,9 @@ def _plugin_lines():
     return tracer, counter
 
 
-def _step_work(batch_size: int, alpha, padded: bool) -> tuple[int, int]:
-    step = decode_step(batch_size, alpha, padded, block_length=L)
+def _step_work(batch_size: int, alpha, padded: bool, sync_free: bool) -> tuple[int, int]:
+    step = decode_step(batch_size, alpha, padded, block_length=L, sync_free_rows=4096 if sync_free else 0)
+    assert step.sync_free == sync_free
     step()  # first use: lazy state, caches
     step.prepare()
     tracer, counter = _plugin_lines()
@@ -50,10 +51,12 @@ def _step_work(batch_size: int, alpha, padded: bool) -> tuple[int, int]:
     return counter['lines'], counting.total
 
 
-@pytest.mark.parametrize('alpha, padded', [(1.5, False), (1.5, True), ('auto', True)])
-def test_plugin_step_work_does_not_grow_with_the_batch(alpha, padded):
-    small = _step_work(2, alpha, padded)
-    large = _step_work(12, alpha, padded)
+# sync_free: both batch sizes step without reading their row counts (else both read)
+@pytest.mark.parametrize('alpha, padded, sync_free', [(1.5, False, False), (1.5, True, False), ('auto', True, False),
+                                                     (1.5, False, True), (1.5, True, True)])
+def test_plugin_step_work_does_not_grow_with_the_batch(alpha, padded, sync_free):
+    small = _step_work(2, alpha, padded, sync_free)
+    large = _step_work(12, alpha, padded, sync_free)
     assert small[0] > 100 and small[1] > 50, f'nothing counted: {small}'
     assert large == small, f'plugin lines / torch ops per step: {small} at 2 sequences, {large} at 12'
 
@@ -62,7 +65,7 @@ def test_plugin_step_work_does_not_grow_with_the_batch(alpha, padded):
 def test_the_listing_by_line_accounts_for_every_op_outside_the_graphs(padded):
     """tools/step_host_ops's counts: every op outside the graph replays has a source line; a padded step runs
     its layers under replays (one graph launch each on the GPU), an unpadded one has no replays at all."""
-    step = decode_step(3, 1.5, padded, block_length=L)
+    step = decode_step(3, 1.5, padded, block_length=L, sync_free_rows=0)
     step()
     step.prepare()
     with EngineOps() as ops:

@@ -30,21 +30,26 @@ class DecodeStepWork:
     engine holds it in the middle of a block); ``run()`` is the engine's step on them; calling it does both.
     Count ``run()`` alone: the fresh state is built by plugin functions, which a counter would bill to the step."""
 
-    def __init__(self, prepare, run):
+    def __init__(self, prepare, run, sync_free: bool):
         self.prepare, self.run = prepare, run
+        self.sync_free = sync_free  # the step reads no row counts (a small batch: StepGraphs.sync_free_rows)
 
     def __call__(self):
         self.prepare()
         self.run()
 
 
-def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8) -> DecodeStepWork:
+def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8,
+                sync_free_rows: int | None = None) -> DecodeStepWork:
     """One decode step of ``batch_size`` sequences (FOCUS at ``alpha``, a number or 'auto', with statistics
     on), ready to prepare and run again and again; ``padded``: through the captured (here: eager) graph layout of
-    a 16-sequence bucket."""
+    a 16-sequence bucket. ``sync_free_rows``: the step graphs' limit for steps that read no row counts (None: the
+    engine's default; 0: the step reads)."""
     options = {'enable_focus': True, 'focus_alpha': alpha, 'track': True}
     L = block_length
     sdar, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={'dllm_focus': options})
+    if sync_free_rows is not None:
+        sdar.model.step_graphs.sync_free_rows = sync_free_rows
     runtime = sdar.model.delayed_cache_runtime
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_STATIC,
@@ -73,7 +78,7 @@ def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8) -> 
         _, extra = agent.post_sampling(SimpleNamespace(input_ids=blocks.flatten()), logits, logits.argmax(-1), extra)
         agent.make_extra_outputs(extra)
 
-    return DecodeStepWork(prepare, run)
+    return DecodeStepWork(prepare, run, sync_free=batch_size * L <= sdar.model.step_graphs.sync_free_rows)
 
 
 # ---- what a step's torch ops are, by where they come from -------------------------------------------------------
