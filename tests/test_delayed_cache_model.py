@@ -121,32 +121,14 @@ def test_stock_decoding_is_unchanged_without_delayed_cache():
     assert isinstance(sdar.model, DelayedCacheSDARForCausalLM) and sdar.model.delayed_cache_runtime is None
 
 
-def test_runtime_counts_processed_rows():
-    sdar = build_tiny_sdar(block_length=L, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
-    runtime = sdar.model.delayed_cache_runtime
-    runner = sdar.new_runner(page_size=16)
-    runner.prefill([[1, 2, 3], [4, 5]])
-    blocks = runner.current_blocks()
-    uncached = torch.zeros(2, L, dtype=torch.bool)
-    uncached[0, 2:] = True
-    uncached[1, :] = True
-    attach_step_inputs(runtime, uncached, torch.full((2, L), consts.DLLM_MASKED), runner.history_lengths)
-    runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
-    runtime.end_step()  # counted when the step ends
-    assert (runtime.steps, runtime.deep_rows, runtime.logit_rows, runtime.dense_rows) == (1, L - 2 + L, L - 2 + L, 2 * L)
-    assert not sdar.model.step_graphs.sync_free_rows
-
-
-@pytest.mark.parametrize('padded', [False, True])
-def test_runtime_counts_sync_free_rows(monkeypatch, padded):
-    """A small batch's step reads no counts: the work counters take the rows it ran (every one of the batch's
-    B*L slots through the LM head, the deep layers on the row bucket holding them), not the rows FOCUS kept."""
-    monkeypatch.setenv(SYNC_FREE_ROWS_ENV, str(4 * L))
+def _counted_step(padded: bool):
+    """One delayed-cache step of two sequences (the first with two cached slots) through the model; its logits,
+    the step and the runtime (the step ended: counted)."""
     sdar = build_tiny_sdar(block_length=L, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
     runtime = sdar.model.delayed_cache_runtime
     runner = sdar.new_runner(page_size=16)
     if padded:
-        runner.capture_step_graphs([4])  # B = 2 runs in bucket 4: rows buckets of 16 up to 4L = 32
+        runner.capture_step_graphs([4])  # B = 2 runs in bucket 4: row buckets of 16 up to 4L = 32
     runner.prefill([[1, 2, 3], [4, 5]])
     blocks = runner.current_blocks()
     uncached = torch.zeros(2, L, dtype=torch.bool)
@@ -155,9 +137,25 @@ def test_runtime_counts_sync_free_rows(monkeypatch, padded):
     attach_step_inputs(runtime, uncached, torch.full((2, L), consts.DLLM_MASKED), runner.history_lengths)
     logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
     step = runtime.step
+    runtime.end_step()  # counted when the step ends
+    return logits, step, runtime, uncached
+
+
+def test_runtime_counts_processed_rows():
+    _, step, runtime, _ = _counted_step(padded=False)
+    assert not step.sync_free
+    assert (runtime.steps, runtime.deep_rows, runtime.logit_rows, runtime.dense_rows) == (1, L - 2 + L, L - 2 + L, 2 * L)
+
+
+@pytest.mark.parametrize('padded', [False, True])
+def test_runtime_counts_sync_free_rows(monkeypatch, padded):
+    """A small batch's step reads no counts: the work counters take the rows it ran (every one of the batch's
+    B*L slots through the LM head, the deep layers on the row bucket holding them), not the rows FOCUS kept."""
+    monkeypatch.setenv(SYNC_FREE_ROWS_ENV, str(4 * L))
+    logits, step, runtime, uncached = _counted_step(padded)
     assert step.sync_free and runtime.step_inputs.next_rows_bound is None
-    assert logits.size(-2) == 2 * L and not logits.view(2, L, -1)[0, :2].any()  # cached slots: no fresh logits
-    assert logits.view(2, L, -1)[~uncached].abs().sum() == 0 and logits.view(2, L, -1)[uncached].abs().sum() > 0
-    runtime.end_step()
+    by_slot = logits.view(2, L, -1)
+    assert logits.size(-2) == 2 * L and not by_slot[~uncached].any()  # cached slots: no fresh logits, zero rows
+    assert (by_slot[uncached].abs().sum(-1) > 0).all()
     assert (runtime.steps, runtime.deep_rows, runtime.logit_rows, runtime.dense_rows) == (1, 2 * L, 2 * L, 2 * L)
     runtime.end_step()
