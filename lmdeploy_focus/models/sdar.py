@@ -64,7 +64,9 @@ class DelayedCacheDLLMMixin:
                 attn = layer.self_attn
                 attn.attn_fwd = DelayedCacheAttention(attn.attn_fwd, runtime, head_dim, idx)
             parts = SDARDecoderParts(self.model, self.model.layers[0].self_attn.attn_fwd.scale)
-            self.step_graphs = StepGraphs(parts, runtime.step_config(), runtime.attending)
+            # MoE (SDAR-MoE, LLaDA2): its sync-free limit is lower (padding rows reach the experts too)
+            self.step_graphs = StepGraphs(parts, runtime.step_config(), runtime.attending,
+                                          moe=bool(getattr(config, 'num_experts', None)))
 
     def forward(self, input_ids, position_ids, past_key_values, attn_metadata=None, inputs_embeds=None, **kwargs):
         runtime = self.delayed_cache_runtime

@@ -18,8 +18,9 @@ FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, one of about :
 evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous
 step's counts carried (no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
 design) is seen in the same counts and the front reruns on all ``B̂·L`` rows.
-Small batches read nothing (:data:`SYNC_FREE_ROWS`): where the batch has at most that many block rows
-``B·L``, the layers are weight-bound (a 16-row and a 128-row GEMM cost the same), so the host skips the read:
+Small batches read nothing (:data:`SYNC_FREE_ROWS`; :data:`SYNC_FREE_ROWS_MOE` for MoE models): where the batch
+has at most that many block rows ``B·L``, the layers are weight-bound (a 16-row and a 128-row GEMM cost the same), so
+the host skips the read:
 the front runs on every row, the deep layers on the row bucket that holds all ``B·L`` rows, and a small graph
 puts the hidden states of the rows that need logits at their ``b*L+p`` slots (zeros elsewhere), so the LM head,
 the sampler and the unmasker run on every slot, as stock does. There the read would cost the front's time in
@@ -54,8 +55,12 @@ FRONT_BUCKETS_ENV = 'LMDEPLOY_FOCUS_FRONT_BUCKETS'
 
 
 # A batch of at most this many block rows (B·L) steps without the row-count read (module docstring): 128 is
-# bs 4 at L = 32, where SDAR-8B's GEMMs are still weight-bound on an H100 (~300 rows to the compute bound).
+# bs 4 at L = 32, where SDAR-8B's GEMMs are still weight-bound on an H100 (~300 rows to the compute bound;
+# measured: +5.8 % / +5.7 % at bs 1 / 4 against reading).
 SYNC_FREE_ROWS = 128
+# MoE models: the padding rows go through the router and the experts too. Measured on the LLaDA2.0-mini shape
+# (H100, random weights): +18 % at bs 1 (32 rows), -23 % at bs 4 (128 rows) against reading, so 32.
+SYNC_FREE_ROWS_MOE = 32
 # Experiments only: another limit (0: every step reads the counts, the step before sync-free small batches).
 SYNC_FREE_ROWS_ENV = 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS'
 
@@ -80,9 +85,10 @@ def front_bucket_count() -> int:
     return _int_from_env(FRONT_BUCKETS_ENV, FRONT_BUCKETS, 1, 256, 'the number of front row buckets per batch bucket')
 
 
-def sync_free_rows() -> int:
-    """:data:`SYNC_FREE_ROWS`, or the integer in ``$LMDEPLOY_FOCUS_SYNC_FREE_ROWS`` (0..4096)."""
-    return _int_from_env(SYNC_FREE_ROWS_ENV, SYNC_FREE_ROWS, 0, 4096,
+def sync_free_rows(moe: bool = False) -> int:
+    """:data:`SYNC_FREE_ROWS` (:data:`SYNC_FREE_ROWS_MOE` for a MoE model), or the integer in
+    ``$LMDEPLOY_FOCUS_SYNC_FREE_ROWS`` (0..4096)."""
+    return _int_from_env(SYNC_FREE_ROWS_ENV, SYNC_FREE_ROWS_MOE if moe else SYNC_FREE_ROWS, 0, 4096,
                          'the most block rows B*L a decode step runs without reading its row counts')
 
 
@@ -159,7 +165,7 @@ class StepRun(NamedTuple):
 class StepGraphs:
     """Static buffers and graphs of the sparse decode step; :meth:`run` is the step's forward."""
 
-    def __init__(self, parts, config: StepConfig, attention_rows):
+    def __init__(self, parts, config: StepConfig, attention_rows, moe: bool = False):
         self.parts = parts
         self.config = config
         self.attention_rows = attention_rows  # context manager: deep rows for the attention layers
@@ -167,7 +173,7 @@ class StepGraphs:
         self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)
         self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
         self.front_bucket_count = front_bucket_count()  # same for $LMDEPLOY_FOCUS_FRONT_BUCKETS
-        self.sync_free_rows = sync_free_rows()  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
+        self.sync_free_rows = sync_free_rows(moe)  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self.buckets: dict[int, _Bucket] = {}
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
