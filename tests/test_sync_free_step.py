@@ -75,3 +75,18 @@ def test_a_moe_model_gets_the_moe_limit(family, moe, monkeypatch):
     model, _ = tiny_model_and_reference(family, 8, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
     expected = step_graphs.SYNC_FREE_ROWS_MOE if moe else step_graphs.SYNC_FREE_ROWS
     assert model.model.step_graphs.sync_free_rows == expected
+
+
+def test_the_limit_is_fixed_once_graphs_are_captured():
+    """The slot graphs and their buffer are sized by the limit at capture: changing it later would index past them."""
+    from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
+    model, _ = tiny_model_and_reference('sdar', 8, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
+    steps = model.model.step_graphs
+    steps.sync_free_rows = 16  # before capture: fine
+    model.new_runner(page_size=16).capture_step_graphs([2])
+    assert steps.buckets[2].by_slot is not None
+    with pytest.raises(RuntimeError, match='fixed once graphs are captured'):
+        steps.sync_free_rows = 64
+    steps.reset()
+    steps.sync_free_rows = 64  # after a reset: captured again at the next warm-up
+    assert steps.sync_free_rows == 64

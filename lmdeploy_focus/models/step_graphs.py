@@ -173,13 +173,25 @@ class StepGraphs:
         self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)
         self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
         self.front_bucket_count = front_bucket_count()  # same for $LMDEPLOY_FOCUS_FRONT_BUCKETS
-        self.sync_free_rows = sync_free_rows(moe)  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self.buckets: dict[int, _Bucket] = {}
+        self.sync_free_rows = sync_free_rows(moe)  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
         self._hidden: torch.Tensor | None = None  # [B̂max·L, hidden], every deep graph's output
         self._by_slot: torch.Tensor | None = None  # [sync_free_rows + 1, hidden]: sync-free steps' LM-head input
         self._overflow_warned = False
+
+    @property
+    def sync_free_rows(self) -> int:
+        """The most block rows ``B·L`` a step runs without reading its row counts (0: every step reads)."""
+        return self._sync_free_rows
+
+    @sync_free_rows.setter
+    def sync_free_rows(self, rows: int) -> None:
+        if self.buckets:  # the captured slot graphs and their buffer are sized by it
+            raise RuntimeError('sparse decode step: the sync-free limit is fixed once graphs are captured; set it '
+                               'before the decode warm-up (or after a graph reset)')
+        self._sync_free_rows = rows
 
     # ---- the step ---------------------------------------------------------------------------------
 
