@@ -72,8 +72,8 @@ class DecodeStep:
     # a small batch's step that read no counts (step_graphs.SYNC_FREE_ROWS): the hidden states are by slot, the LM
     # head, sampler and unmasker run on every slot (zero rows where no logits are needed)
     sync_free: bool = False
-    deep_rows: int | None = None  # rows the deep layers ran on, for the work counters (None: num_rows; sync-free: the
-    # padded bucket, K being unread)
+    # rows the deep layers ran on, for the work counters (None: num_rows; sync-free: the padded bucket, K being unread)
+    deep_rows: int | None = None
 
 
 @dataclass
