@@ -193,6 +193,10 @@ class StepGraphs:
                                'before the decode warm-up (or after a graph reset)')
         self._sync_free_rows = rows
 
+    def steps_sync_free(self, batch_size: int) -> bool:
+        """Whether a decode step of ``batch_size`` sequences runs without reading its row counts."""
+        return batch_size * self.config.block_length <= self._sync_free_rows
+
     # ---- the step ---------------------------------------------------------------------------------
 
     def run(self, batch: StepInputs, kv_caches, block_offsets, attn_metadata, mark=_no_mark,
@@ -205,7 +209,7 @@ class StepGraphs:
         """
         batch_size = batch.input_ids.size(0)
         slots = batch_size * self.config.block_length
-        sync_free = slots <= self.sync_free_rows
+        sync_free = self.steps_sync_free(batch_size)
         bucket = pick(self.buckets, batch_size)
         if self.front_bucket_count == 1 or sync_free:
             row_bound = None
@@ -340,7 +344,7 @@ class StepGraphs:
         for rows in deep_rows:
             graphs.deep[rows] = _Replayable(self._deep_fn(static.rows, rows, kv_caches, block_offsets, attn_metadata),
                                             self._pool, self.use_graph)
-        if length <= self.sync_free_rows:  # a batch of this bucket may step sync-free
+        if self.steps_sync_free(1):  # a batch of this bucket may step sync-free (the smallest one, at least)
             graphs.by_slot = _Replayable(self._by_slot_fn(static.rows), self._pool, self.use_graph)
         self.buckets[batch_bucket] = graphs
         logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '

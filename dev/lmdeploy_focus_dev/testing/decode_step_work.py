@@ -78,7 +78,7 @@ def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8,
         _, extra = agent.post_sampling(SimpleNamespace(input_ids=blocks.flatten()), logits, logits.argmax(-1), extra)
         agent.make_extra_outputs(extra)
 
-    return DecodeStepWork(prepare, run, sync_free=batch_size * L <= sdar.model.step_graphs.sync_free_rows)
+    return DecodeStepWork(prepare, run, sync_free=sdar.model.step_graphs.steps_sync_free(batch_size))
 
 
 # ---- what a step's torch ops are, by where they come from -------------------------------------------------------
