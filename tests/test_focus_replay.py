@@ -30,9 +30,11 @@ L = 8
 
 
 def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padded=False, family='sdar',
-            sync_free=False):
+            sync_free=False, padding_rows=None):
     """``alpha='auto'``: the engine's controller and shadow schedule against the reference loop driving
-    the same ones (``reference/auto_alpha``), one shadow step in two, a controller quick to move."""
+    the same ones (``reference/auto_alpha``), one shadow step in two, a controller quick to move.
+    ``padding_rows`` (padded only): a list that gets, per step, the deep layers' output on the padding rows
+    between the kept rows and the row bucket the step ran."""
     options = {'enable_delayed_cache': True, 'enable_focus': True, 'focus_alpha': alpha, 'focus_policy': policy,
                'focus_shadow': shadow, 'track': True, 'delayed_cache_commit': commit_mode}
     if alpha == 'auto':
@@ -85,6 +87,10 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         assert torch.equal(step.focus.candidate_dense, processed & (input_mask == focus_state.DLLM_MASKED))
         assert torch.equal(step.fresh, kept), f'{seeds} step {k}: kept rows differ'
         evicted_steps += int((processed & ~kept).any())
+        if padding_rows is not None:
+            graphs = sdar.model.step_graphs
+            deep_bucket = step.deep_rows if sync_free else step_graphs.pick(graphs.buckets[4].deep, max(int(kept.sum()), 1))
+            padding_rows.append(graphs._hidden[int(kept.sum()):deep_bucket].clone())
         # the LM head ran on the kept masked rows only; the sampler gets those rows (not B*L); sync-free: every
         # slot, zero logits where no fresh ones are needed
         assert step.sync_free == sync_free
@@ -146,6 +152,20 @@ def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mod
     processed = sum(sum(r.processed_per_step) for r in results)
     assert stats['deep_tokens'] < stats['processed_tokens'] <= processed
     assert stats['shadow_decoded'] == 0  # recall is a shadow-mode measure (trivially 1 when evicting)
+
+
+@pytest.mark.parametrize('sync_free', [False, True])
+@pytest.mark.parametrize('zero_padding', ['1', '0'])
+def test_a_moe_models_padding_rows_are_zeros(zero_padding, sync_free, monkeypatch):
+    """LLaDA2 (MoE): the padding rows leave the deep layers as zeros (one fixed set of experts for all of them), and the
+    kept rows' decisions are the reference's (the replay's checks). Forced off, they hold the evicted rows' values."""
+    monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, zero_padding)
+    padding = []
+    _replay('importance', False, 'exact', STATIC, padded=True, family='llada2', sync_free=sync_free,
+            padding_rows=padding)
+    assert sum(rows.size(0) for rows in padding) > 0, 'no step ran padding rows: the test would check nothing'
+    nonzero = sum(int(rows.abs().sum(-1).gt(0).sum()) for rows in padding)
+    assert (nonzero == 0) == (zero_padding == '1'), f'{nonzero} non-zero padding rows'
 
 
 @pytest.mark.parametrize('family, policy, commit_mode, padded, strategy',

@@ -75,6 +75,20 @@ def test_a_moe_model_gets_the_moe_limit(family, moe, monkeypatch):
     model, _ = tiny_model_and_reference(family, 8, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
     expected = step_graphs.SYNC_FREE_ROWS_MOE if moe else step_graphs.SYNC_FREE_ROWS
     assert model.model.step_graphs.sync_free_rows == expected
+    assert model.model.step_graphs.config.zero_padding == moe  # and its padding rows are zeros
+
+
+def test_zero_padding_comes_from_the_environment_or_the_model(monkeypatch):
+    monkeypatch.delenv(step_graphs.ZERO_PADDING_ENV, raising=False)
+    assert step_graphs.zero_padding(moe=True) and not step_graphs.zero_padding(moe=False)
+    monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, '0')
+    assert not step_graphs.zero_padding(moe=True)
+    monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, '1')
+    assert step_graphs.zero_padding(moe=False)
+    for bad in ('2', 'yes', '-1'):
+        monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, bad)
+        with pytest.raises(ValueError, match=step_graphs.ZERO_PADDING_ENV):
+            step_graphs.zero_padding()
 
 
 def test_the_limit_is_fixed_once_graphs_are_captured():

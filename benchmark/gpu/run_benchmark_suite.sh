@@ -33,7 +33,8 @@
 #                   then dynamic, FOCUS importance with and without the await; static stock last.
 #        'small_batches' = where FOCUS is slower than stock (bs <= 4; bs 16 for contrast): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
 #                   bs 1/4/16, four waves a batch size: stock, FOCUS importance a1.5, the same with every step
-#                   reading its row counts (LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0), delayed cache alone.
+#                   reading its row counts (LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0), delayed cache alone (SDAR); on
+#                   SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128 rows, with and without zero padding.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
@@ -224,6 +225,14 @@ if [[ $PHASE == small_batches ]]; then
     LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   [[ $SDAR == */SDAR-* ]] && step 90 "delayed-cache static, small batches" "${SB[@]}" \
     bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
+  if [[ $SDAR == */LLaDA2* ]]; then
+    # MoE: every small batch sync-free (limit 128 rows), with the padding rows zeroed (the MoE default) and without
+    step 90 "focus-importance static, small batches, sync-free to 128 rows" "${SB[@]}" ARM_TAG=-static-sf128 \
+      LMDEPLOY_FOCUS_SYNC_FREE_ROWS=128 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+    step 90 "focus-importance static, small batches, sync-free to 128 rows, padding not zeroed" "${SB[@]}" \
+      ARM_TAG=-static-sf128-nozero LMDEPLOY_FOCUS_SYNC_FREE_ROWS=128 LMDEPLOY_FOCUS_ZERO_PADDING=0 \
+      FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  fi
   exit 0
 fi
 

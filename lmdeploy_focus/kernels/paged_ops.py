@@ -19,10 +19,12 @@ def sparse_fill_kv(k, v, k_cache, v_cache, block_offsets, q_start_loc, q_seqlens
 
 
 def ragged_attention(q, k_cache, v_cache, block_offsets, q_start_loc, q_seqlens, kv_seqlens, scale,
-                     max_q_len: int) -> torch.Tensor:
-    """Non-causal attention of ragged queries over keys ``0 .. kv_seqlens[b]-1`` of their sequence."""
+                     max_q_len: int, zero_padding: bool = False) -> torch.Tensor:
+    """Non-causal attention of ragged queries over keys ``0 .. kv_seqlens[b]-1`` of their sequence.
+
+    Rows owned by no sequence: zeros with ``zero_padding`` (always on the reference), else arbitrary on CUDA."""
     if q.is_cuda:
         from .cuda.ragged_paged_attention import ragged_paged_attention
         return ragged_paged_attention(q, k_cache, v_cache, block_offsets, q_start_loc, q_seqlens, kv_seqlens,
-                                      scale, max_q_len=max_q_len)
+                                      scale, max_q_len=max_q_len, zero_padding=zero_padding)
     return paged_attention(q, k_cache, v_cache, block_offsets, q_start_loc, q_seqlens, kv_seqlens, scale)

@@ -27,4 +27,4 @@ class DelayedCacheAttention(nn.Module):
         sparse_fill_kv(key, value, k_cache, v_cache, rows.block_offsets, rows.q_start_loc, rows.q_seqlens,
                        rows.position_ids, rows.kv_seqlens)
         return ragged_attention(query, k_cache, v_cache, rows.block_offsets, rows.q_start_loc, rows.q_seqlens,
-                                rows.kv_seqlens, self.scale, max_q_len=rows.max_q_len)
+                                rows.kv_seqlens, self.scale, max_q_len=rows.max_q_len, zero_padding=rows.zero_padding)

@@ -23,7 +23,9 @@ ones are padding: no sequence owns them, so no kernel writes their K/V and nothi
 outputs (they only cost FLOPs: ``P̂ - P`` rows in layers 0–1, ``K̂ - K`` rows in the deep layers).
 Their values are arbitrary, NaN included (the CUDA attention leaves them unwritten, the torch reference
 zeroes them): every op between them and a valid row must stay row-local (norms, projections, MLP, the
-MoE router and experts are), and nothing may check hidden states for NaN over all rows.
+MoE router and experts are), and nothing may check hidden states for NaN over all rows. With
+``StepConfig.zero_padding`` (MoE models) they are zeros instead, so the router sends them all to one set of experts
+rather than spreading arbitrary rows over many (each expert a padding row reaches is one more weight read).
 
 Every tensor a step produces lives in a new :class:`FrontOutputs` (eager) or in the graph's
 static copy of it; nothing is rewritten mid-forward.
@@ -68,6 +70,9 @@ class StepConfig:
     # static / sequential unmasking: the most tokens a step decodes per sequence (focus_state.decode_per_step);
     # None (dynamic): any number. Tightens the next step's row bound (next_step_rows).
     decode_per_step: int | None = None
+    # padding rows are zeros through every layer (embedding / residual masked, attention output zeroed) instead of
+    # arbitrary values: on a MoE model a zero row routes to one fixed set of experts (StepGraphs: MoE models)
+    zero_padding: bool = False
 
 
 @dataclass
@@ -252,13 +257,15 @@ def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: Processing
 
     layer0, layer1 = parts.layers[0], parts.layers[1]
     hidden = parts.embed(meta.input_ids[None])
+    if config.zero_padding:
+        hidden = _zero_rows_past(hidden, proc.total)
     cos, sin = parts.rotary(hidden, meta.position_ids[None])
     # layer 0, whole
     q, k, v, residual = parts.attention_inputs(layer0, hidden, None, (cos, sin))
     importance0 = importance(q, k) if focus.needs_importance else None
     k_cache, v_cache = write_kv(0, k, v)
     attn = ragged_attention(q, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens, meta.kv_seqlens,
-                            scale, max_q_len=length)
+                            scale, max_q_len=length, zero_padding=config.zero_padding)
     hidden, residual = parts.attention_output_and_mlp(layer0, attn.reshape(1, q.size(0), -1), residual)
     # layer 1 up to its K/V write: evicted tokens still get fresh layer-1 K/V
     q, k, v, residual = parts.attention_inputs(layer1, hidden, residual, (cos, sin))
@@ -321,6 +328,13 @@ def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: Processing
                         masked_unprocessed=inputs.masked & ~kept_dense, focus=outcome, layout_check=layout_check)
 
 
+def _zero_rows_past(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``x`` (``[1, R, D]`` or ``[R, D]``) with its rows from ``count`` (0-d, on the device) on set to zero."""
+    rows = x.size(-2)
+    valid = torch.arange(rows, device=x.device) < count
+    return torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def _to_dense(row_flags: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:
     """bool [B, L] from per-row flags of the first ragged rows (padding rows must be False)."""
     dense = torch.zeros(proc.num_rows, dtype=torch.bool, device=row_flags.device)
@@ -337,6 +351,7 @@ class AttentionRows:
     kv_seqlens: torch.Tensor
     block_offsets: torch.Tensor
     max_q_len: int
+    zero_padding: bool = False  # rows owned by no sequence get a zero attention output (StepConfig.zero_padding)
 
 
 def deep(parts, rows: DeepRows, num_rows: int, config: StepConfig, kv_caches, block_offsets, attn_metadata,
@@ -348,10 +363,13 @@ def deep(parts, rows: DeepRows, num_rows: int, config: StepConfig, kv_caches, bl
     """
     meta = AttentionRows(position_ids=rows.position_ids[:num_rows], q_start_loc=rows.q_start_loc,
                          q_seqlens=rows.q_seqlens, kv_seqlens=rows.kv_seqlens, block_offsets=block_offsets,
-                         max_q_len=config.block_length)
+                         max_q_len=config.block_length, zero_padding=config.zero_padding)
+    valid_rows = rows.counts[COUNTS.index('rows')]
     with attention_rows(meta):
         if config.focus is None:
             hidden = parts.embed(rows.input_ids[:num_rows][None])
+            if config.zero_padding:
+                hidden = _zero_rows_past(hidden, valid_rows)
             cos, sin = parts.rotary(hidden, meta.position_ids[None])
             residual, first = None, 0
         else:
@@ -359,9 +377,12 @@ def deep(parts, rows: DeepRows, num_rows: int, config: StepConfig, kv_caches, bl
             k_cache, v_cache = kv_caches[1][0], kv_caches[1][1]
             query = rows.query[:num_rows]
             attn = ragged_attention(query, k_cache, v_cache, block_offsets, meta.q_start_loc, meta.q_seqlens,
-                                    meta.kv_seqlens, parts.scale, max_q_len=config.block_length)
-            hidden, residual = parts.attention_output_and_mlp(layer1, attn.reshape(1, num_rows, -1),
-                                                              rows.residual[:num_rows][None])
+                                    meta.kv_seqlens, parts.scale, max_q_len=config.block_length,
+                                    zero_padding=config.zero_padding)
+            residual = rows.residual[:num_rows]
+            if config.zero_padding:  # padding rows past K hold evicted rows' residuals (the layout's permutation)
+                residual = _zero_rows_past(residual, valid_rows)
+            hidden, residual = parts.attention_output_and_mlp(layer1, attn.reshape(1, num_rows, -1), residual[None])
             cos, sin = rows.cos[:num_rows], rows.sin[:num_rows]
             first = 2
         for idx in range(first, len(parts.layers)):

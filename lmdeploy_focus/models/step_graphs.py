@@ -63,6 +63,8 @@ SYNC_FREE_ROWS = 128
 SYNC_FREE_ROWS_MOE = 32
 # Experiments only: another limit (0: every step reads the counts, the step before sync-free small batches).
 SYNC_FREE_ROWS_ENV = 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS'
+# Experiments only: 1 / 0 forces zero padding rows (StepConfig.zero_padding; the default: on for MoE models) on / off.
+ZERO_PADDING_ENV = 'LMDEPLOY_FOCUS_ZERO_PADDING'
 
 
 def _int_from_env(name: str, default: int, low: int, high: int, what: str) -> int:
@@ -90,6 +92,12 @@ def sync_free_rows(moe: bool = False) -> int:
     ``$LMDEPLOY_FOCUS_SYNC_FREE_ROWS`` (0..4096)."""
     return _int_from_env(SYNC_FREE_ROWS_ENV, SYNC_FREE_ROWS_MOE if moe else SYNC_FREE_ROWS, 0, 4096,
                          'the most block rows B*L a decode step runs without reading its row counts')
+
+
+def zero_padding(moe: bool = False) -> bool:
+    """Whether the step's padding rows are zeros (``StepConfig.zero_padding``): a MoE model's, unless
+    ``$LMDEPLOY_FOCUS_ZERO_PADDING`` (0 or 1) says otherwise."""
+    return bool(_int_from_env(ZERO_PADDING_ENV, int(moe), 0, 1, 'zero padding rows in the decode step'))
 
 
 def _no_mark(phase: str) -> None:
@@ -167,7 +175,7 @@ class StepGraphs:
 
     def __init__(self, parts, config: StepConfig, attention_rows, moe: bool = False):
         self.parts = parts
-        self.config = config
+        self.config = replace(config, zero_padding=zero_padding(moe))  # a bad $LMDEPLOY_FOCUS_ZERO_PADDING fails here
         self.attention_rows = attention_rows  # context manager: deep rows for the attention layers
         self.enabled = False  # upstream's graph runner is on (eager_mode=False): capture at warm-up
         self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)

@@ -91,6 +91,9 @@ ATTENTION_CHECK = textwrap.dedent('''
     b = t.random_batch(gen, batch=6, block_len=16, page_size=16, kv_heads=1, group=4, head_dim=64, dtype=dtype,
                        max_history_pages=1, q_lens=[0, 1, 16, 0, 5, 16])
     t.run_and_compare(b, 16, dtype, seed, 'edge q_lens')
+    b = t.random_batch(gen, batch=4, block_len=16, page_size=16, kv_heads=2, group=2, head_dim=64, dtype=dtype,
+                       max_history_pages=1)
+    t.run_zero_padding_and_compare(b, 16, dtype, seed, 'rows no sequence owns')
     if dtype == torch.float32:
         t.check_fp32_products_are_not_tf32('cpu')
     print('attention ok')

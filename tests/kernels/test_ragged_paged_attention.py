@@ -161,6 +161,27 @@ def run_and_compare(b, max_q_len, dtype, seed, label, reference_inputs=None):
     check_against_reference(out, b, dtype, seed, label, sentinel, reference_inputs)
 
 
+def run_zero_padding_and_compare(b, max_q_len, dtype, seed, label):
+    """``zero_padding``: the kernel allocates the output, owned rows match the reference, every other row is 0.
+
+    The allocator is handed NaN memory of the output's size first, so an output left uninitialised shows NaN."""
+    shape = (b.q.size(0), b.q.size(1), b.v_cache.size(-1))
+    stale = torch.full(shape, float('nan'), dtype=dtype, device=DEVICE)
+    del stale
+    out = ragged_paged_attention(b.q, b.k_cache, b.v_cache, b.block_offsets, b.q_start_loc, b.q_seqlens,
+                                 b.kv_seqlens, b.scale, max_q_len, zero_padding=True)
+    check_against_reference(out, b, dtype, seed, f'{label}, zero padding', sentinel=0.0)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float32])
+def test_zero_padding_leaves_zeros_in_rows_no_sequence_owns(gen, dtype):
+    """A MoE model's step zeroes its padding rows' attention output (StepConfig.zero_padding)."""
+    for trial in range(3):
+        b = random_batch(gen, batch=randint(gen, 1, 8), block_len=32, page_size=16, kv_heads=2, group=4,
+                         head_dim=64, dtype=dtype)
+        run_zero_padding_and_compare(b, 32, dtype, gen.initial_seed(), f'trial {trial}')
+
+
 @pytest.mark.parametrize('page_size', [16, 64])
 @pytest.mark.parametrize('group', [1, 4, 8])
 @pytest.mark.parametrize('head_dim', [64, 128])

@@ -177,6 +177,7 @@ def ragged_paged_attention(q: torch.Tensor,
                            max_q_len: int,
                            out: torch.Tensor | None = None,
                            *,
+                           zero_padding: bool = False,
                            tiles: AttentionTiles | None = None) -> torch.Tensor:
     """Non-causal attention of ragged queries over each sequence's paged keys (no host sync).
 
@@ -192,11 +193,13 @@ def ragged_paged_attention(q: torch.Tensor,
         max_q_len: static upper bound of ``q_seqlens`` (the diffusion block length); it sizes the
             grid, so rows past it are not computed. Must not depend on the step's data.
         out: optional ``[num_rows, heads, v_head_dim]`` destination.
+        zero_padding: with ``out`` None, the rows owned by no sequence are zeros (one memset), not left
+            uninitialised: a MoE model's padding rows then route to one fixed set of experts.
         tiles: launch configuration override (benchmarks); default :func:`choose_tiles` for ``q``'s dtype.
 
     Returns:
         ``out``: rows of every sequence written; rows owned by no sequence are left untouched
-        (uninitialised when ``out`` is None; the reference zeroes them).
+        (uninitialised when ``out`` is None unless ``zero_padding``; the reference zeroes them).
     """
     assert isinstance(max_q_len, int) and max_q_len > 0, 'max_q_len must be a positive Python int'
     reject_quantised_cache(k_cache, v_cache)
@@ -214,7 +217,7 @@ def ragged_paged_attention(q: torch.Tensor,
     assert all(t.is_contiguous() for t in (q_start_loc, q_seqlens, kv_seqlens)), 'per-sequence tensors must be contiguous'
     group = num_heads // num_kv_heads
     if out is None:
-        out = q.new_empty(num_rows, num_heads, head_dim_v)
+        out = (q.new_zeros if zero_padding else q.new_empty)(num_rows, num_heads, head_dim_v)
     assert out.shape == (num_rows, num_heads, head_dim_v), 'out has the wrong shape'
     tiles = tiles or choose_tiles(max_q_len, group, head_dim, page_size, q.dtype)
     assert tiles.block_n >= 16 and page_size % tiles.block_n == 0, \
