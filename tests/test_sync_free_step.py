@@ -56,9 +56,8 @@ def test_hidden_by_slot_with_no_row_needing_logits_is_all_zeros():
 def test_the_sync_free_limit_comes_from_the_environment_or_the_default(monkeypatch):
     monkeypatch.delenv(SYNC_FREE_ROWS_ENV, raising=False)
     assert sync_free_rows() == step_graphs.SYNC_FREE_ROWS
-    assert sync_free_rows(moe=True) == step_graphs.SYNC_FREE_ROWS_MOE < step_graphs.SYNC_FREE_ROWS
     monkeypatch.setenv(SYNC_FREE_ROWS_ENV, '0')
-    assert sync_free_rows() == 0 and sync_free_rows(moe=True) == 0
+    assert sync_free_rows() == 0
     monkeypatch.setenv(SYNC_FREE_ROWS_ENV, '256')
     assert sync_free_rows() == 256
     for bad in ('-1', '4097', 'small', '1.5'):
@@ -68,14 +67,14 @@ def test_the_sync_free_limit_comes_from_the_environment_or_the_default(monkeypat
 
 
 @pytest.mark.parametrize('family, moe', [('sdar', False), ('sdar_moe', True), ('llada2', True)])
-def test_a_moe_model_gets_the_moe_limit(family, moe, monkeypatch):
-    """The padding rows of a sync-free step reach a MoE model's experts too, so its limit is lower."""
+def test_a_moe_model_zeroes_its_padding_rows(family, moe, monkeypatch):
+    """The padding rows of a (sync-free) step reach a MoE model's experts too: there they are zeros."""
     from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
     monkeypatch.delenv(SYNC_FREE_ROWS_ENV, raising=False)
+    monkeypatch.delenv(step_graphs.ZERO_PADDING_ENV, raising=False)
     model, _ = tiny_model_and_reference(family, 8, hf_overrides={'dllm_focus': {'enable_delayed_cache': True}})
-    expected = step_graphs.SYNC_FREE_ROWS_MOE if moe else step_graphs.SYNC_FREE_ROWS
-    assert model.model.step_graphs.sync_free_rows == expected
-    assert model.model.step_graphs.config.zero_padding == moe  # and its padding rows are zeros
+    assert model.model.step_graphs.sync_free_rows == step_graphs.SYNC_FREE_ROWS
+    assert model.model.step_graphs.config.zero_padding == moe
 
 
 def test_zero_padding_comes_from_the_environment_or_the_model(monkeypatch):

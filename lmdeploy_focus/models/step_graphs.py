@@ -18,14 +18,15 @@ FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, one of about :
 evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous
 step's counts carried (no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
 design) is seen in the same counts and the front reruns on all ``B̂·L`` rows.
-Small batches read nothing (:data:`SYNC_FREE_ROWS`; :data:`SYNC_FREE_ROWS_MOE` for MoE models): where the batch
+Small batches read nothing (:data:`SYNC_FREE_ROWS`): where the batch
 has at most that many block rows ``B·L``, the layers are weight-bound (a 16-row and a 128-row GEMM cost the same), so
 the host skips the read:
 the front runs on every row, the deep layers on the row bucket that holds all ``B·L`` rows, and a small graph
 puts the hidden states of the rows that need logits at their ``b*L+p`` slots (zeros elsewhere), so the LM head,
 the sampler and the unmasker run on every slot, as stock does. There the read would cost the front's time in
 series with the engine's host work, which at bs 1–4 is as long as the GPU's step; the tokens are those of the
-step that reads (the same rows get the same logits; the others get none in either).
+step that reads (the same rows get the same logits; the others get none in either). On a MoE model the padding
+rows this runs through the experts are zeros (``StepConfig.zero_padding``), so they all route to one set of experts.
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
 compiled, during upstream's decode warm-up, before the first request.
 """
@@ -56,11 +57,10 @@ FRONT_BUCKETS_ENV = 'LMDEPLOY_FOCUS_FRONT_BUCKETS'
 
 # A batch of at most this many block rows (B·L) steps without the row-count read (module docstring): 128 is
 # bs 4 at L = 32, where SDAR-8B's GEMMs are still weight-bound on an H100 (~300 rows to the compute bound;
-# measured: +5.8 % / +5.7 % at bs 1 / 4 against reading).
+# measured: +5.8 % / +5.7 % at bs 1 / 4 against reading). MoE models too, with their padding rows zeroed
+# (StepConfig.zero_padding; LLaDA2.0-mini shape at bs 4: 1.00x stock sync-free against 0.93x reading, and 0.73x
+# sync-free with arbitrary padding rows, which reached many more experts).
 SYNC_FREE_ROWS = 128
-# MoE models: the padding rows go through the router and the experts too. Measured on the LLaDA2.0-mini shape
-# (H100, random weights): +18 % at bs 1 (32 rows), -23 % at bs 4 (128 rows) against reading, so 32.
-SYNC_FREE_ROWS_MOE = 32
 # Experiments only: another limit (0: every step reads the counts, the step before sync-free small batches).
 SYNC_FREE_ROWS_ENV = 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS'
 # Experiments only: 1 / 0 forces zero padding rows (StepConfig.zero_padding; the default: on for MoE models) on / off.
@@ -87,10 +87,9 @@ def front_bucket_count() -> int:
     return _int_from_env(FRONT_BUCKETS_ENV, FRONT_BUCKETS, 1, 256, 'the number of front row buckets per batch bucket')
 
 
-def sync_free_rows(moe: bool = False) -> int:
-    """:data:`SYNC_FREE_ROWS` (:data:`SYNC_FREE_ROWS_MOE` for a MoE model), or the integer in
-    ``$LMDEPLOY_FOCUS_SYNC_FREE_ROWS`` (0..4096)."""
-    return _int_from_env(SYNC_FREE_ROWS_ENV, SYNC_FREE_ROWS_MOE if moe else SYNC_FREE_ROWS, 0, 4096,
+def sync_free_rows() -> int:
+    """:data:`SYNC_FREE_ROWS`, or the integer in ``$LMDEPLOY_FOCUS_SYNC_FREE_ROWS`` (0..4096)."""
+    return _int_from_env(SYNC_FREE_ROWS_ENV, SYNC_FREE_ROWS, 0, 4096,
                          'the most block rows B*L a decode step runs without reading its row counts')
 
 
@@ -182,7 +181,7 @@ class StepGraphs:
         self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
         self.front_bucket_count = front_bucket_count()  # same for $LMDEPLOY_FOCUS_FRONT_BUCKETS
         self.buckets: dict[int, _Bucket] = {}
-        self.sync_free_rows = sync_free_rows(moe)  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
+        self.sync_free_rows = sync_free_rows()  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
         self._hidden: torch.Tensor | None = None  # [B̂max·L, hidden], every deep graph's output
