@@ -170,6 +170,9 @@ llada2_stock_and_importance() {
 if [[ $PHASE == llada2 ]]; then
   # issue 14's LLaDA2 bars (>= 1.0x stock at bs 64, >= 1.3x at bs 256), graphs on every arm
   llada2_stock_and_importance
+  # the MoE default zeroes padding rows (StepConfig.zero_padding): what it costs or gains where batches are large
+  step 110 "focus-importance static, padding not zeroed (llada2)" "${S[@]}" ARM_TAG=-static-nozero \
+    LMDEPLOY_FOCUS_ZERO_PADDING=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   exit 0
