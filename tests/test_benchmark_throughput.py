@@ -582,7 +582,7 @@ def test_suite_dynamic_phases(tmp_path, phase, sizes, b64_first):
     assert (cmds.index(b64[0]) == 0) == b64_first and len(cmds) == 5 and 'skipped' not in out
 
 
-def _row_bucket_switches(out, name='LMDEPLOY_FOCUS_ROW_BUCKETS'):
+def _env_switches(out, name='LMDEPLOY_FOCUS_ROW_BUCKETS'):
     """The ``name`` value of each printed profile_throughput command (None: unset)."""
     import re
     lines = [line for line in out.splitlines() if line.startswith('DRY_RUN: ') and 'profile_throughput.py' in line]
@@ -598,7 +598,7 @@ def test_suite_row_buckets_phase_pairs_32_and_64_buckets(tmp_path):
         ('focus-importance-static-rb32', 'low_confidence_static', 'importance'),
         ('focus-importance-static-rb64', 'low_confidence_static', 'importance')]
     assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
-    assert _row_bucket_switches(out) == [None, None, '64', '32', '64']  # the switch reaches each engine
+    assert _env_switches(out) == [None, None, '64', '32', '64']  # the switch reaches each engine
 
 
 def test_suite_front_buckets_phase_pairs_bucketed_and_whole_fronts(tmp_path):
@@ -610,8 +610,8 @@ def test_suite_front_buckets_phase_pairs_bucketed_and_whole_fronts(tmp_path):
         ('focus-importance-static-fb8', 'low_confidence_static', 'importance'),
         ('focus-importance-static-fb1', 'low_confidence_static', 'importance')]
     assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
-    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_FRONT_BUCKETS') == ['8', None, '1', '8', '1']
-    assert _row_bucket_switches(out) == [None] * 5
+    assert _env_switches(out, 'LMDEPLOY_FOCUS_FRONT_BUCKETS') == ['8', None, '1', '8', '1']
+    assert _env_switches(out) == [None] * 5
 
 
 def test_suite_cost_phase_is_unchanged(tmp_path):
@@ -632,12 +632,14 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
         ('focus-leftmost-static-fast-commit', 'leftmost', [64, 256])]
     assert [c.dllm_option for c in cmds] == [[]] * 6 + [[('delayed_cache_commit', 'fast')]]
     assert all(not c.eager_mode and c.fast_exit and c.output_len == 256 for c in cmds)
-    assert _row_bucket_switches(out) == [None] * 5 + ['64', None]
+    assert _env_switches(out) == [None] * 5 + ['64', None]
 
 def test_suite_llada2_phase_measures_the_llada2_table_without_the_sdar_checkpoint(tmp_path):
     out, cmds = _suite(tmp_path, 'llada2')
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
-        ('stock-static', None), ('focus-importance-static', 'importance'), ('focus-leftmost-static', 'leftmost')]
+        ('stock-static', None), ('focus-importance-static', 'importance'),
+        ('focus-importance-static-nozero', 'importance'), ('focus-leftmost-static', 'leftmost')]
+    assert _env_switches(out, 'LMDEPLOY_FOCUS_ZERO_PADDING') == [None, None, '0', None]
     assert {os.path.basename(c.model_path) for c in cmds} == {'LLaDA2.0-mini-b32'}
     assert all(c.concurrency == [64, 256] and (c.dllm_block_length, c.dllm_denoising_steps) == (32, 8) for c in cmds)
     assert all(not c.eager_mode and c.fast_exit and (c.input_len, c.output_len) == (256, 256) for c in cmds)
@@ -660,8 +662,10 @@ def test_suite_small_batches_phase_on_llada2_pairs_sync_free_and_reading_without
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
         ('stock-static', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'LLaDA2.0-mini-b32'),
-        ('focus-importance-static-reading', 'LLaDA2.0-mini-b32')]
-    assert _row_bucket_switches(proc.stdout, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0']
+        ('focus-importance-static-reading', 'LLaDA2.0-mini-b32'), ('focus-importance-static-sf128', 'LLaDA2.0-mini-b32'),
+        ('focus-importance-static-sf128-nozero', 'LLaDA2.0-mini-b32')]
+    assert _env_switches(proc.stdout, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0', '128', '128']
+    assert _env_switches(proc.stdout, 'LMDEPLOY_FOCUS_ZERO_PADDING') == [None, None, None, None, '0']
     assert '--arch llada2-mini' in proc.stdout and '--arch sdar-8b' not in proc.stdout
 
 
@@ -671,7 +675,7 @@ def test_suite_small_batches_phase_runs_four_waves_of_each_small_batch(tmp_path)
         ('stock-static', None), ('focus-importance-static', 'importance'), ('focus-importance-static-reading', 'importance'),
         ('delayed-cache-static', None)]
     # the reading arm alone turns sync-free small batches off
-    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0', None]
+    assert _env_switches(out, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0', None]
     assert all(c.concurrency == [1, 4, 16] and c.prompts_per_slot == 4 and not c.eager_mode for c in cmds)
     assert all((c.input_len, c.output_len, c.dllm_denoising_steps) == (256, 256, 8) for c in cmds)
     assert 'skipped' not in out
@@ -693,7 +697,7 @@ def test_suite_await_phases_pair_the_default_with_the_switch_off(tmp_path, phase
     """Patch 18 (on by default) against LMDEPLOY_FOCUS_AWAIT_STREAM=0, every arm with graphs."""
     out, cmds = _suite(tmp_path, phase)
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == arms
-    assert _row_bucket_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == switches
+    assert _env_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == switches
     assert [c.concurrency for c in cmds] == concurrency
     assert all(not c.eager_mode for c in cmds) and 'skipped' not in out
 
