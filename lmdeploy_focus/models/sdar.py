@@ -64,8 +64,7 @@ class DelayedCacheDLLMMixin:
                 attn = layer.self_attn
                 attn.attn_fwd = DelayedCacheAttention(attn.attn_fwd, runtime, head_dim, idx)
             parts = SDARDecoderParts(self.model, self.model.layers[0].self_attn.attn_fwd.scale)
-            # MoE (SDAR-MoE, LLaDA2): padding rows reach the experts too, so its sync-free limit is lower and its
-            # padding rows are zeros (StepConfig.zero_padding)
+            # MoE (SDAR-MoE, LLaDA2): padding rows reach the experts too, so they are zeros (StepConfig.zero_padding)
             self.step_graphs = StepGraphs(parts, runtime.step_config(), runtime.attending,
                                           moe=bool(getattr(config, 'num_experts', None)))
 
