@@ -160,12 +160,26 @@ def test_a_moe_models_padding_rows_are_zeros(zero_padding, sync_free, monkeypatc
     """LLaDA2 (MoE): the padding rows leave the deep layers as zeros (one fixed set of experts for all of them), and the
     kept rows' decisions are the reference's (the replay's checks). Forced off, they hold the evicted rows' values."""
     monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, zero_padding)
+    # the CPU reference attention zeroes unowned rows whatever it is told: record what every call asks the kernel for
+    from lmdeploy_focus.models import delayed_cache_attention, sparse_step
+    asked = []
+
+    def recording(original):
+        def attention(*args, zero_padding=False, **kwargs):
+            asked.append(zero_padding)
+            return original(*args, zero_padding=zero_padding, **kwargs)
+        return attention
+
+    for module in (sparse_step, delayed_cache_attention):
+        monkeypatch.setattr(module, 'ragged_attention', recording(module.ragged_attention))
     padding = []
     _replay('importance', False, 'exact', STATIC, padded=True, family='llada2', sync_free=sync_free,
             padding_rows=padding)
     assert sum(rows.size(0) for rows in padding) > 0, 'no step ran padding rows: the test would check nothing'
     nonzero = sum(int(rows.abs().sum(-1).gt(0).sum()) for rows in padding)
     assert (nonzero == 0) == (zero_padding == '1'), f'{nonzero} non-zero padding rows'
+    # every attention of the step (front layer 0, deep layer 1, the deep layers' own) zeroes unowned rows, or none
+    assert asked and set(asked) == {zero_padding == '1'}
 
 
 @pytest.mark.parametrize('family, policy, commit_mode, padded, strategy',
