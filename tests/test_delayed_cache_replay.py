@@ -45,7 +45,23 @@ def test_a_sync_free_step_replays_the_reference_loop(family, commit_mode, strate
     _replay(family, commit_mode, strategy, padded, sync_free=True)
 
 
-def _replay(family, commit_mode, strategy, padded, sync_free):
+@pytest.mark.parametrize('sync_free', [False, True])
+@pytest.mark.parametrize('zero_padding', ['1', '0'])
+def test_a_moe_models_padding_rows_leave_the_deep_layers_as_zeros(zero_padding, sync_free, monkeypatch):
+    """Delayed cache alone on LLaDA2 (MoE): the deep layers start at the embedding, masked past the processed rows, so
+    the padding rows are zeros through every layer (forced off: the embeddings of whatever ids those rows hold)."""
+    from lmdeploy_focus.models import step_graphs
+    monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, zero_padding)
+    padding = []
+    _replay('llada2', 'exact', 'low_confidence_static', True, sync_free=sync_free, padding_rows=padding)
+    assert sum(rows.size(0) for rows in padding) > 0, 'no step ran padding rows: the test would check nothing'
+    nonzero = sum(int(rows.abs().sum(-1).gt(0).sum()) for rows in padding)
+    assert (nonzero == 0) == (zero_padding == '1'), f'{nonzero} non-zero padding rows'
+
+
+def _replay(family, commit_mode, strategy, padded, sync_free, padding_rows=None):
+    """``padding_rows`` (padded only): a list that gets, per step, the deep layers' output on the padding rows between
+    the processed rows and the row bucket the step ran."""
     sdar, reference = tiny_model_and_reference(family, L,
                                                hf_overrides={'dllm_focus': {'enable_delayed_cache': True,
                                                                             'delayed_cache_commit': commit_mode}})
@@ -85,6 +101,11 @@ def _replay(family, commit_mode, strategy, padded, sync_free):
         step = runtime.step
         expected_processed = torch.stack([r.processed for r in records])
         assert torch.equal(step.fresh, expected_processed), f'{seeds} step {k}: processing sets differ'
+        if padding_rows is not None:
+            from lmdeploy_focus.models.step_graphs import pick
+            graphs, processed = sdar.model.step_graphs, int(expected_processed.sum())
+            bucket = step.deep_rows if sync_free else pick(graphs.buckets[4].deep, max(processed, 1))
+            padding_rows.append(graphs._hidden[processed:bucket].clone())
 
         # the LM head ran on the rows still masked only (sync-free: on every slot, zero rows where no logits are
         # needed); the agent passes them to the sampler as they are

@@ -30,11 +30,12 @@ L = 8
 
 
 def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padded=False, family='sdar',
-            sync_free=False, padding_rows=None):
+            sync_free=False, padding_rows=None, on_model=None):
     """``alpha='auto'``: the engine's controller and shadow schedule against the reference loop driving
     the same ones (``reference/auto_alpha``), one shadow step in two, a controller quick to move.
     ``padding_rows`` (padded only): a list that gets, per step, the deep layers' output on the padding rows
-    between the kept rows and the row bucket the step ran."""
+    between the kept rows and the row bucket the step ran, and the step's processed rows (the front's valid ones).
+    ``on_model(model)``: called once the tiny model is built (hooks)."""
     options = {'enable_delayed_cache': True, 'enable_focus': True, 'focus_alpha': alpha, 'focus_policy': policy,
                'focus_shadow': shadow, 'track': True, 'delayed_cache_commit': commit_mode}
     if alpha == 'auto':
@@ -46,6 +47,8 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     runtime = sdar.model.delayed_cache_runtime
     # sync-free: no step reads its counts (every B*L slot gets the LM head); else every step reads (the row path)
     sdar.model.step_graphs.sync_free_rows = 4 * L if sync_free else 0
+    if on_model is not None:
+        on_model(sdar.model)
     if alpha == 'auto':
         runtime.focus = replace(runtime.focus, auto=AlphaControllerConfig(target_recall=0.3, gain=2.0,
                                                                                  probation=False))
@@ -90,7 +93,7 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         if padding_rows is not None:
             graphs = sdar.model.step_graphs
             deep_bucket = step.deep_rows if sync_free else step_graphs.pick(graphs.buckets[4].deep, max(int(kept.sum()), 1))
-            padding_rows.append(graphs._hidden[int(kept.sum()):deep_bucket].clone())
+            padding_rows.append((graphs._hidden[int(kept.sum()):deep_bucket].clone(), int(processed.sum())))
         # the LM head ran on the kept masked rows only; the sampler gets those rows (not B*L); sync-free: every
         # slot, zero logits where no fresh ones are needed
         assert step.sync_free == sync_free
@@ -154,13 +157,9 @@ def test_engine_path_replays_the_reference_focus_loop(family, policy, commit_mod
     assert stats['shadow_decoded'] == 0  # recall is a shadow-mode measure (trivially 1 when evicting)
 
 
-@pytest.mark.parametrize('sync_free', [False, True])
-@pytest.mark.parametrize('zero_padding', ['1', '0'])
-def test_a_moe_models_padding_rows_are_zeros(zero_padding, sync_free, monkeypatch):
-    """LLaDA2 (MoE): the padding rows leave the deep layers as zeros (one fixed set of experts for all of them), and the
-    kept rows' decisions are the reference's (the replay's checks). Forced off, they hold the evicted rows' values."""
-    monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, zero_padding)
-    # the CPU reference attention zeroes unowned rows whatever it is told: record what every call asks the kernel for
+def _recording_attention(monkeypatch):
+    """What every attention call of the step asks the kernel for (``zero_padding``): the CPU reference attention
+    zeroes unowned rows whatever it is told, so the rows alone cannot show a flag that was not passed."""
     from lmdeploy_focus.models import delayed_cache_attention, sparse_step
     asked = []
 
@@ -172,12 +171,53 @@ def test_a_moe_models_padding_rows_are_zeros(zero_padding, sync_free, monkeypatc
 
     for module in (sparse_step, delayed_cache_attention):
         monkeypatch.setattr(module, 'ragged_attention', recording(module.ragged_attention))
+    return asked
+
+
+def _nonzero_rows(rows):
+    return int(rows.abs().sum(-1).gt(0).sum())
+
+
+@pytest.mark.parametrize('family, sync_free', [('llada2', False), ('llada2', True), ('sdar_moe', True)])
+@pytest.mark.parametrize('zero_padding', ['1', '0'])
+def test_a_moe_models_padding_rows_are_zeros(family, zero_padding, sync_free, monkeypatch):
+    """MoE: the padding rows are zeros where they meet an MLP / the experts, in the front (layer 0's MLP input past the
+    processed rows) and after the deep layers (past the kept rows), so they all route to one set of experts; the kept
+    rows' decisions are the reference's (the replay's checks). Forced off, they hold other rows' values."""
+    monkeypatch.setenv(step_graphs.ZERO_PADDING_ENV, zero_padding)
+    asked = _recording_attention(monkeypatch)
+    front_mlp_inputs = []
+
+    def hook_layer0_mlp(model):
+        # decode steps only (not the prefill, nor the warm-up captures); with FOCUS layer 0 runs in the front alone
+        graphs, in_step = model.step_graphs, []
+        run = graphs.run
+
+        def step_run(*args, **kwargs):
+            in_step.append(True)
+            try:
+                return run(*args, **kwargs)
+            finally:
+                in_step.pop()
+
+        graphs.run = step_run
+
+        def record(module, args):
+            if in_step:
+                front_mlp_inputs.append(args[0].reshape(-1, args[0].size(-1)).clone())
+
+        model.model.layers[0].mlp.register_forward_pre_hook(record)
+
     padding = []
-    _replay('importance', False, 'exact', STATIC, padded=True, family='llada2', sync_free=sync_free,
-            padding_rows=padding)
-    assert sum(rows.size(0) for rows in padding) > 0, 'no step ran padding rows: the test would check nothing'
-    nonzero = sum(int(rows.abs().sum(-1).gt(0).sum()) for rows in padding)
-    assert (nonzero == 0) == (zero_padding == '1'), f'{nonzero} non-zero padding rows'
+    _replay('importance', False, 'exact', STATIC, padded=True, family=family, sync_free=sync_free,
+            padding_rows=padding, on_model=hook_layer0_mlp)
+    assert len(front_mlp_inputs) == len(padding)
+    front_padding = [rows[processed:] for rows, (_, processed) in zip(front_mlp_inputs, padding)]
+    deep_padding = [rows for rows, _ in padding]
+    for name, rows in (('front', front_padding), ('deep', deep_padding)):
+        assert sum(r.size(0) for r in rows) > 0, f'no step ran {name} padding rows: the test would check nothing'
+        nonzero = sum(_nonzero_rows(r) for r in rows)
+        assert (nonzero == 0) == (zero_padding == '1'), f'{name}: {nonzero} non-zero padding rows'
     # every attention of the step (front layer 0, deep layer 1, the deep layers' own) zeroes unowned rows, or none
     assert asked and set(asked) == {zero_padding == '1'}
 

@@ -182,6 +182,17 @@ def test_zero_padding_leaves_zeros_in_rows_no_sequence_owns(gen, dtype):
         run_zero_padding_and_compare(b, 32, dtype, gen.initial_seed(), f'trial {trial}')
 
 
+def test_zero_padding_with_a_given_output_is_refused():
+    b = SimpleNamespace(q=torch.zeros(4, 2, 64, device=DEVICE))
+    with pytest.raises(ValueError, match='zero_padding'):
+        ragged_paged_attention(b.q, torch.zeros(2, 16, 1, 64, device=DEVICE), torch.zeros(2, 16, 1, 64, device=DEVICE),
+                               torch.zeros(1, 2, dtype=torch.int32, device=DEVICE),
+                               torch.zeros(1, dtype=torch.int32, device=DEVICE),
+                               torch.ones(1, dtype=torch.int32, device=DEVICE),
+                               torch.ones(1, dtype=torch.int32, device=DEVICE), 0.125, 16, torch.empty_like(b.q),
+                               zero_padding=True)
+
+
 @pytest.mark.parametrize('page_size', [16, 64])
 @pytest.mark.parametrize('group', [1, 4, 8])
 @pytest.mark.parametrize('head_dim', [64, 128])

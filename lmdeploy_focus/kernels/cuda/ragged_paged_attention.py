@@ -218,6 +218,9 @@ def ragged_paged_attention(q: torch.Tensor,
     group = num_heads // num_kv_heads
     if out is None:
         out = (q.new_zeros if zero_padding else q.new_empty)(num_rows, num_heads, head_dim_v)
+    elif zero_padding:
+        raise ValueError('ragged_paged_attention: zero_padding zeroes the output it allocates; with out given, zero '
+                         'its unowned rows yourself')
     assert out.shape == (num_rows, num_heads, head_dim_v), 'out has the wrong shape'
     tiles = tiles or choose_tiles(max_q_len, group, head_dim, page_size, q.dtype)
     assert tiles.block_n >= 16 and page_size % tiles.block_n == 0, \
