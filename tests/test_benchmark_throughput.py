@@ -646,6 +646,17 @@ def test_suite_llada2_phase_measures_the_llada2_table_without_the_sdar_checkpoin
     assert '--arch llada2-mini' in out and '--arch sdar-8b' not in out
 
 
+def test_suite_sdar_moe_phase_runs_four_arms_on_the_half_depth_sdar_moe(tmp_path):
+    out, cmds = _suite(tmp_path, 'sdar_moe')
+    assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
+        ('stock-static', None), ('delayed-cache-static', None), ('focus-importance-static', 'importance'),
+        ('focus-leftmost-static', 'leftmost')]
+    assert {os.path.basename(c.model_path) for c in cmds} == {'SDAR-30B-A3B-l24-b32'}
+    assert all(c.concurrency == [64, 256] and (c.dllm_block_length, c.dllm_denoising_steps) == (32, 8) for c in cmds)
+    assert all(not c.eager_mode and (c.input_len, c.output_len) == (256, 256) for c in cmds)
+    assert '--arch sdar-30b-a3b-l24' in out and '--arch sdar-8b' not in out and 'skipped' not in out
+
+
 def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_path):
     out, cmds = _suite(tmp_path, 'fast_commit')
     assert [(c.arm, c.dllm_focus_policy, c.dllm_option) for c in cmds] == [

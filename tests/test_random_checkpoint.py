@@ -235,3 +235,62 @@ def test_cli_help_describes_every_option_with_its_default():
                      'auto: cuda when available, else cpu (default: auto)',
                      '--overwrite replace weights already in OUT_DIR', 'tiny-sdar: a few MB'):
         assert fragment in text, fragment
+
+
+# ---------------------------------------------------------------- SDAR-MoE (Qwen3-MoE weights, model_type sdar_moe)
+@pytest.fixture(scope='module')
+def tiny_moe_dir(tmp_path_factory) -> Path:
+    return write_random_checkpoint('tiny-sdar-moe', tmp_path_factory.mktemp('tiny_moe') / 'tiny-sdar-moe', seed=0,
+                                   device='cpu')
+
+
+def test_sdar_moe_arch_has_the_qwen3_30b_a3b_shape():
+    spec = get_arch_spec('sdar-30b-a3b')
+    assert parameter_count(spec) == pytest.approx(30.53e9, rel=2e-3)
+    names = {t.name: t.shape for t in tensor_specs(spec)}
+    assert names['model.layers.0.mlp.gate.weight'] == (128, 2048)  # every layer MoE (mlp_only_layers empty)
+    assert names['model.layers.47.mlp.experts.127.down_proj.weight'] == (2048, 768)
+    assert names['model.layers.0.self_attn.k_proj.weight'] == (4 * 128, 2048)
+    assert 'model.layers.0.mlp.gate_proj.weight' not in names and 'lm_head.weight' in names
+    half = get_arch_spec('sdar-30b-a3b-l24')
+    def layer0(arch):
+        return [(t.name, t.shape) for t in tensor_specs(arch) if t.name.startswith('model.layers.0.')]
+
+    assert half.num_layers == 24 and layer0(half) == layer0(spec)  # the same layers, half as many
+    assert parameter_count(half) == pytest.approx(15.58e9, rel=2e-3)
+    config = config_json(spec)
+    assert (config['model_type'], config['architectures'], config['mlp_only_layers']) == (
+        'sdar_moe', ['SDARMoeForCausalLM'], [])
+    assert (config['num_experts'], config['num_experts_per_tok'], config['moe_intermediate_size']) == (128, 8, 768)
+
+
+def test_sdar_moe_config_goes_through_transformers_and_lmdeploy(tiny_moe_dir, monkeypatch):
+    from transformers import AutoConfig
+    import lmdeploy.pytorch.config as lmdeploy_config
+    hf_config = AutoConfig.from_pretrained(str(tiny_moe_dir), trust_remote_code=True)
+    assert type(hf_config).__name__ == 'SDARMoeConfig' and hf_config.model_type == 'sdar_moe'
+    assert (hf_config.num_experts, hf_config.num_experts_per_tok, hf_config.mlp_only_layers) == (4, 2, [0])
+    monkeypatch.setattr(lmdeploy_config, 'is_bf16_supported', lambda *args, **kwargs: True)
+    model_config = lmdeploy_config.ModelConfig.from_pretrained(str(tiny_moe_dir), trust_remote_code=True)
+    assert model_config.model_paradigm == 'dllm' and model_config.dllm_mask_token == 151669
+    assert (model_config.num_layers, model_config.num_key_value_heads) == (2, 2)
+
+
+def test_sdar_moe_names_load_into_upstream_sdar_moe_model(tiny_moe_dir, monkeypatch):
+    """Every tensor of the checkpoint has a parameter in upstream's SDARMoeForCausalLM and fills all of them."""
+    from lmdeploy.pytorch.backends import selector
+    from transformers import AutoConfig
+    monkeypatch.setattr(selector, '_get_backend', lambda: _NoOpBackend)
+    from lmdeploy.pytorch.models.sdar_moe import SDARMoeForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(str(tiny_moe_dir), trust_remote_code=True)
+    build_ctx = SimpleNamespace(build_ctx=SimpleNamespace(dllm_config=SimpleNamespace(block_length=4)))
+    model = SDARMoeForCausalLM(hf_config, build_ctx, dtype=torch.bfloat16, device='cpu')
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(float('nan'))
+    weights = _load_all(tiny_moe_dir)
+    assert 'model.layers.0.mlp.gate_proj.weight' in weights and 'model.layers.1.mlp.experts.3.up_proj.weight' in weights
+    model.load_weights(iter(weights.items()))  # upstream's loader raises KeyError on a name it has no parameter for
+    for name, param in model.named_parameters():
+        assert not torch.isnan(param).any(), f'{name} was not loaded'

@@ -22,6 +22,9 @@
 #                   default front, stock dynamic, dynamic with the old front, then static default vs old.
 #        'llada2' = the random LLaDA2.0-mini shape (b32, static 4 tok/step, in 256 / out 256, bs 64/256): stock,
 #                   FOCUS importance a1.5, FOCUS leftmost a1.5 (issue 14's LLaDA2 table at the current code).
+#        'sdar_moe' = SDAR-MoE, never run on a GPU before: the random SDAR-30B-A3B layers at half depth (24 of 48,
+#                   31 GB: the full 61 GB do not fit the lent machines' disk), b32, static 4 tok/step, in 256 / out
+#                   256, bs 64/256: stock, delayed cache alone, FOCUS importance a1.5, FOCUS leftmost a1.5.
 #        'fast_commit' = SDAR-8B-b32, static 4 tok/step, bs 64/256: stock, FOCUS leftmost a1.5 with the exact
 #                   and with the fast commit, FOCUS importance a1.5 with the fast commit (issue 14 item 4's
 #                   what-if, same-run stock).
@@ -52,7 +55,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|sdar_moe|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, sdar_moe, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -88,7 +91,9 @@ SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
 case ${SMALL_MODEL:-sdar-8b} in sdar-8b|llada2-mini) ;; *) echo "SMALL_MODEL=$SMALL_MODEL: sdar-8b or llada2-mini" >&2; exit 2 ;; esac
 if [[ $PHASE == small_batches && ${SMALL_MODEL:-sdar-8b} == llada2-mini ]]; then
   SDAR=/tmp/ckpt/LLaDA2.0-mini-b32; random_checkpoint llada2-mini "$SDAR"; stamp "llada2 checkpoint"
-elif [[ $PHASE != llada2 && $PHASE != await_stream ]]; then random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"; fi
+elif [[ $PHASE != llada2 && $PHASE != await_stream && $PHASE != sdar_moe ]]; then
+  random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"
+fi
 
 export RESULTS_DIR="$RES" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="32 64 128 256"
 COST="--prompts-per-slot 1 --input-len 256 --ignore-eos"
@@ -175,6 +180,18 @@ if [[ $PHASE == llada2 ]]; then
     LMDEPLOY_FOCUS_ZERO_PADDING=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  exit 0
+fi
+
+if [[ $PHASE == sdar_moe ]]; then
+  MOE=/tmp/ckpt/SDAR-30B-A3B-l24-b32
+  random_checkpoint sdar-30b-a3b-l24 "$MOE"; stamp "sdar-moe checkpoint"
+  step 120 "stock static (sdar-moe)" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$MOE"
+  step 110 "delayed-cache static (sdar-moe)" "${S[@]}" bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$MOE"
+  step 110 "focus-importance static (sdar-moe)" "${S[@]}" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$MOE" 1.5
+  step 110 "focus-leftmost static (sdar-moe)" "${S[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$MOE" 1.5
   exit 0
 fi
 

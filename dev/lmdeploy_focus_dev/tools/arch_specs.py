@@ -29,7 +29,7 @@ class MoESpec:
 @dataclass(frozen=True)
 class ArchSpec:
     name: str
-    family: str  # 'qwen3' (SDAR and Qwen3 weight names) or 'llada2_moe'
+    family: str  # 'qwen3' (SDAR and Qwen3 weight names), 'qwen3_moe' (SDAR-MoE) or 'llada2_moe'
     architecture: str
     model_type: str
     hidden_size: int
@@ -64,6 +64,17 @@ def _sdar(name: str, hidden: int, layers: int, heads: int, intermediate: int, ti
     return ArchSpec(**fields)
 
 
+def _sdar_moe(name: str, layers: int, **overrides) -> ArchSpec:
+    """SDAR-MoE (``SDARMoeForCausalLM``): Qwen3-MoE weights under model_type ``sdar_moe``. The default shape is
+    Qwen3-30B-A3B's, which SDAR-30B-A3B is trained from (the published SDAR-MoE config is not available offline)."""
+    moe = MoESpec(num_experts=128, num_experts_per_tok=8, num_shared_experts=0, moe_intermediate_size=768,
+                  first_k_dense_replace=0, n_group=1, topk_group=1, routed_scaling_factor=1.0)
+    fields = dict(family='qwen3_moe', architecture='SDARMoeForCausalLM', model_type='sdar_moe', hidden=2048,
+                  layers=layers, heads=32, intermediate=6144, num_kv_heads=4, moe=moe)
+    fields.update(overrides)
+    return _sdar(name, **fields)
+
+
 ARCH_SPECS: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in (
@@ -75,6 +86,15 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         # Small shards on purpose: tests then cover a multi-file index like the big models'.
         _sdar('tiny-sdar', hidden=64, layers=2, heads=4, intermediate=128, num_kv_heads=2, head_dim=16,
               max_shard_bytes=16 * 10**6),
+        # SDAR-30B-A3B's shape: 30.5 B parameters, 61 GB in bf16, more than the lent GPU machines' disk holds
+        _sdar_moe('sdar-30b-a3b', layers=48),
+        # the same layers, half as many (31 GB): per-layer costs of the real shape, for machines with 64 GiB of disk
+        _sdar_moe('sdar-30b-a3b-l24', layers=24),
+        # CPU-test size (dense layer 0 as mlp_only_layers, MoE after), real vocabulary, small shards
+        _sdar_moe('tiny-sdar-moe', layers=2, hidden=64, heads=4, intermediate=128, num_kv_heads=2, head_dim=16,
+                  moe=MoESpec(num_experts=4, num_experts_per_tok=2, num_shared_experts=0, moe_intermediate_size=32,
+                              first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=1.0),
+                  max_shard_bytes=16 * 10**6),
         ArchSpec(name='qwen3-8b', family='qwen3', architecture='Qwen3ForCausalLM', model_type='qwen3',
                  hidden_size=4096, num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128,
                  intermediate_size=12288, vocab_size=QWEN3_VOCAB, tie_word_embeddings=False,

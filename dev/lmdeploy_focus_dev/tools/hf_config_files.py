@@ -12,6 +12,10 @@ REMOTE_CONFIG_MODULES: dict[str, tuple[str, dict[str, str]]] = {
         'AutoConfig': 'configuration_sdar.SDARConfig',
         'AutoModelForCausalLM': 'modeling_sdar.SDARForCausalLM',
     }),
+    'sdar_moe': ('configuration_sdar_moe.py', {
+        'AutoConfig': 'configuration_sdar_moe.SDARMoeConfig',
+        'AutoModelForCausalLM': 'modeling_sdar_moe.SDARMoeForCausalLM',
+    }),
     'llada2_moe': ('configuration_llada2_moe.py', {
         'AutoConfig': 'configuration_llada2_moe.LLaDA2MoeConfig',
         'AutoModel': 'modeling_llada2_moe.LLaDA2MoeModel',
@@ -47,6 +51,21 @@ def _qwen3_fields(s: ArchSpec) -> dict:
         'sliding_window': None,
         'use_cache': True,
         'use_sliding_window': False,
+    }
+
+
+def _qwen3_moe_fields(s: ArchSpec) -> dict:
+    moe = s.moe
+    return {
+        **_qwen3_fields(s),
+        'decoder_sparse_step': 1,
+        'mlp_only_layers': list(range(moe.first_k_dense_replace)),
+        'moe_intermediate_size': moe.moe_intermediate_size,
+        'norm_topk_prob': True,
+        'num_experts': moe.num_experts,
+        'num_experts_per_tok': moe.num_experts_per_tok,
+        'output_router_logits': False,
+        'router_aux_loss_coef': 0.001,
     }
 
 
@@ -88,7 +107,7 @@ def _llada2_fields(s: ArchSpec) -> dict:
 
 
 def config_json(s: ArchSpec, dtype: str = 'bfloat16') -> dict:
-    fields = {'qwen3': _qwen3_fields, 'llada2_moe': _llada2_fields}[s.family](s)
+    fields = {'qwen3': _qwen3_fields, 'qwen3_moe': _qwen3_moe_fields, 'llada2_moe': _llada2_fields}[s.family](s)
     config = {'architectures': [s.architecture], 'model_type': s.model_type}
     if s.model_type in REMOTE_CONFIG_MODULES:
         config['auto_map'] = dict(REMOTE_CONFIG_MODULES[s.model_type][1])

@@ -102,7 +102,7 @@ def write_metadata_files(spec: ArchSpec, out: Path, dtype_name: str = 'bfloat16'
         source = resources.files('lmdeploy_focus_dev.tools.hf_code') / module_file
         shutil.copyfile(str(source), out / module_file)
     write_qwen3_tokenizer_files(out, model_max_length=spec.max_position_embeddings)
-    note = '' if spec.family == 'qwen3' else (
+    note = '' if spec.family in ('qwen3', 'qwen3_moe') else (
         '\nThe tokenizer is the Qwen3 one: its ids fit this vocabulary, but it is not this model\'s '
         'tokenizer (unavailable offline); use it for token-id throughput runs only.\n')
     (out / 'README.md').write_text(

@@ -30,7 +30,23 @@ def _mlp(prefix: str, hidden: int, intermediate: int) -> list[TensorSpec]:
     ]
 
 
-def _qwen3_tensors(s: ArchSpec) -> list[TensorSpec]:
+def _qwen3_mlp(s: ArchSpec, layer: int) -> list[TensorSpec]:
+    return _mlp(f'model.layers.{layer}.mlp', s.hidden_size, s.intermediate_size)
+
+
+def _qwen3_moe_mlp(s: ArchSpec, layer: int) -> list[TensorSpec]:
+    """Qwen3-MoE's MLP: a dense one in layers [0, first_k_dense_replace) (``mlp_only_layers``), else a router
+    and ``num_experts`` experts without shared ones."""
+    moe, p = s.moe, f'model.layers.{layer}.mlp'
+    if layer < moe.first_k_dense_replace:
+        return _qwen3_mlp(s, layer)
+    tensors = [TensorSpec(f'{p}.gate.weight', (moe.num_experts, s.hidden_size))]
+    for e in range(moe.num_experts):
+        tensors += _mlp(f'{p}.experts.{e}', s.hidden_size, moe.moe_intermediate_size)
+    return tensors
+
+
+def _qwen3_tensors(s: ArchSpec, mlp=_qwen3_mlp) -> list[TensorSpec]:
     h, q_dim, kv_dim = s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
     tensors = [TensorSpec('model.embed_tokens.weight', (s.vocab_size, h))]
     for i in range(s.num_layers):
@@ -42,7 +58,7 @@ def _qwen3_tensors(s: ArchSpec) -> list[TensorSpec]:
             TensorSpec(f'{p}.self_attn.o_proj.weight', (h, q_dim)),
             TensorSpec(f'{p}.self_attn.q_norm.weight', (s.head_dim, ), 'ones'),
             TensorSpec(f'{p}.self_attn.k_norm.weight', (s.head_dim, ), 'ones'),
-            *_mlp(f'{p}.mlp', h, s.intermediate_size),
+            *mlp(s, i),
             TensorSpec(f'{p}.input_layernorm.weight', (h, ), 'ones'),
             TensorSpec(f'{p}.post_attention_layernorm.weight', (h, ), 'ones'),
         ]
@@ -87,7 +103,8 @@ def _llada2_tensors(s: ArchSpec) -> list[TensorSpec]:
 
 
 def tensor_specs(spec: ArchSpec) -> list[TensorSpec]:
-    builders = {'qwen3': _qwen3_tensors, 'llada2_moe': _llada2_tensors}
+    builders = {'qwen3': _qwen3_tensors, 'qwen3_moe': lambda s: _qwen3_tensors(s, _qwen3_moe_mlp),
+                'llada2_moe': _llada2_tensors}
     return builders[spec.family](spec)
 
 
