@@ -83,24 +83,31 @@ class _NoOpBackend:
         return object()
 
 
-def test_names_load_into_upstream_sdar_model(tiny_dir, monkeypatch):
+def _load_into_upstream(checkpoint: Path, module: str, class_name: str, monkeypatch):
+    """The checkpoint loaded into upstream's model class (parameters NaN first); ``(parameters, tensors)``. Fails if a
+    tensor has no parameter (upstream's loader raises KeyError) or a parameter is left unfilled."""
+    import importlib
     from lmdeploy.pytorch.backends import selector
     from transformers import AutoConfig
     monkeypatch.setattr(selector, '_get_backend', lambda: _NoOpBackend)
-    from lmdeploy.pytorch.models.sdar import SDARForCausalLM
+    model_class = getattr(importlib.import_module(module), class_name)
 
-    hf_config = AutoConfig.from_pretrained(str(tiny_dir), trust_remote_code=True)
+    hf_config = AutoConfig.from_pretrained(str(checkpoint), trust_remote_code=True)
     build_ctx = SimpleNamespace(build_ctx=SimpleNamespace(dllm_config=SimpleNamespace(block_length=4)))
-    model = SDARForCausalLM(hf_config, build_ctx, dtype=torch.bfloat16, device='cpu')
+    model = model_class(hf_config, build_ctx, dtype=torch.bfloat16, device='cpu')
     with torch.no_grad():
         for param in model.parameters():
             param.fill_(float('nan'))
-    weights = _load_all(tiny_dir)
-    # upstream's loader raises KeyError on any name it has no parameter for
+    weights = _load_all(checkpoint)
     model.load_weights(iter(weights.items()))
     params = dict(model.named_parameters())
     for name, param in params.items():
         assert not torch.isnan(param).any(), f'{name} was not loaded'
+    return params, weights
+
+
+def test_names_load_into_upstream_sdar_model(tiny_dir, monkeypatch):
+    params, weights = _load_into_upstream(tiny_dir, 'lmdeploy.pytorch.models.sdar', 'SDARForCausalLM', monkeypatch)
     attn = 'model.layers.1.self_attn'
     assert torch.equal(params[f'{attn}.qkv_proj.weight'],
                        torch.cat([weights[f'{attn}.{p}_proj.weight'] for p in 'qkv']))
@@ -278,19 +285,6 @@ def test_sdar_moe_config_goes_through_transformers_and_lmdeploy(tiny_moe_dir, mo
 
 def test_sdar_moe_names_load_into_upstream_sdar_moe_model(tiny_moe_dir, monkeypatch):
     """Every tensor of the checkpoint has a parameter in upstream's SDARMoeForCausalLM and fills all of them."""
-    from lmdeploy.pytorch.backends import selector
-    from transformers import AutoConfig
-    monkeypatch.setattr(selector, '_get_backend', lambda: _NoOpBackend)
-    from lmdeploy.pytorch.models.sdar_moe import SDARMoeForCausalLM
-
-    hf_config = AutoConfig.from_pretrained(str(tiny_moe_dir), trust_remote_code=True)
-    build_ctx = SimpleNamespace(build_ctx=SimpleNamespace(dllm_config=SimpleNamespace(block_length=4)))
-    model = SDARMoeForCausalLM(hf_config, build_ctx, dtype=torch.bfloat16, device='cpu')
-    with torch.no_grad():
-        for param in model.parameters():
-            param.fill_(float('nan'))
-    weights = _load_all(tiny_moe_dir)
+    _, weights = _load_into_upstream(tiny_moe_dir, 'lmdeploy.pytorch.models.sdar_moe', 'SDARMoeForCausalLM',
+                                     monkeypatch)
     assert 'model.layers.0.mlp.gate_proj.weight' in weights and 'model.layers.1.mlp.experts.3.up_proj.weight' in weights
-    model.load_weights(iter(weights.items()))  # upstream's loader raises KeyError on a name it has no parameter for
-    for name, param in model.named_parameters():
-        assert not torch.isnan(param).any(), f'{name} was not loaded'
