@@ -330,9 +330,8 @@ def _focus_front(parts, inputs: StepInputs, config: StepConfig, proc: Processing
 
 def _zero_rows_past(x: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """``x`` (``[1, R, D]`` or ``[R, D]``) with its rows from ``count`` (0-d, on the device) on set to zero."""
-    rows = x.size(-2)
-    valid = torch.arange(rows, device=x.device) < count
-    return torch.where(valid[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+    valid = torch.arange(x.size(-2), device=x.device) < count
+    return torch.where(valid[:, None], x, 0.0)  # a Python scalar keeps x's dtype (no 0-d tensor to allocate)
 
 
 def _to_dense(row_flags: torch.Tensor, proc: ProcessingSet) -> torch.Tensor:
@@ -364,7 +363,7 @@ def deep(parts, rows: DeepRows, num_rows: int, config: StepConfig, kv_caches, bl
     meta = AttentionRows(position_ids=rows.position_ids[:num_rows], q_start_loc=rows.q_start_loc,
                          q_seqlens=rows.q_seqlens, kv_seqlens=rows.kv_seqlens, block_offsets=block_offsets,
                          max_q_len=config.block_length, zero_padding=config.zero_padding)
-    valid_rows = rows.counts[COUNTS.index('rows')]
+    valid_rows = rows.counts[COUNTS.index('rows')]  # K, for zero_padding (a view: nothing runs without it)
     with attention_rows(meta):
         if config.focus is None:
             hidden = parts.embed(rows.input_ids[:num_rows][None])
