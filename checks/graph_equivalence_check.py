@@ -22,8 +22,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-load_benchmark_packages('arms')
+load_benchmark_packages('arms', 'throughput', 'quality')
 from arms import arm_fields  # noqa: E402
+from quality.engine_backend import release_device_memory  # noqa: E402  (same between engines)
 
 DEFAULT_ARMS = ('stock', 'delayed', 'focus-importance', 'focus-leftmost')
 # the auto arms replay the α controller's update graph (strategies/dllm/controller_graph.py) under graphs
@@ -88,6 +89,11 @@ def run_engine(model, arm_kwargs, eager, prompts, args):
         outputs = asyncio.run(generate(engine, prompts, args.max_new_tokens))
     finally:
         engine.close()
+        # upstream's PyTorch engine frees its weights and KV cache only once collected: without this the next
+        # engine of a big model ran out of memory (LLaDA2.0-mini: a second engine got 987 KV blocks instead of
+        # 2,814, the third one OOM, H100, 2026-12-06)
+        del engine
+        release_device_memory()
     return outputs, built
 
 

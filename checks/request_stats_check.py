@@ -18,8 +18,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark'))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
 
-load_benchmark_packages('arms')
+load_benchmark_packages('arms', 'throughput', 'quality')
 from arms import arm_fields  # noqa: E402
+from quality.engine_backend import release_device_memory  # noqa: E402  (same between engines)
 
 ARMS = {name: arm_fields(name, dllm_track=True) for name in ('stock', 'delayed_exact', 'focus', 'shadow')}
 
@@ -49,6 +50,8 @@ async def _run_arm(model, arm, prompts, max_new_tokens, threshold):
         run_totals = read_run_stats(reset=True)
     finally:
         engine.close()
+        del engine
+        release_device_memory()  # the next arm's engine sizes its KV cache from a clean device
     per_request = [getattr(o.req_metrics, 'dllm', None) for o in outs]
     missing = sum(d is None for d in per_request)
     sums = {k: sum(d[k] for d in per_request if d is not None) for k in KEYS}

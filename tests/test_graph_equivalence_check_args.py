@@ -40,3 +40,28 @@ def test_auto_arms_reach_the_controller():
     args = chk.parse_args(['--model', 'M', '--out', 'o.json', '--arms', 'focus-auto', 'focus-auto-leftmost'])
     assert [chk.ARMS[a]['dllm_focus_alpha'] for a in args.arms] == ['auto', 'auto']
     assert chk.ARMS['focus-auto-leftmost']['dllm_focus_policy'] == 'leftmost'
+
+
+def test_each_engine_is_closed_and_its_memory_released_before_the_next(monkeypatch):
+    """One engine per (arm, eager/graphs) in one process: the last one's weights and KV cache must be freed before
+    the next starts, even when its generation fails (a big model's third engine ran out of memory without)."""
+    import pytest
+    from lmdeploy.pytorch.engine import Engine
+    chk = _check()
+    events = []
+
+    class FakeEngine:
+        def close(self):
+            events.append('close')
+
+    monkeypatch.setattr(Engine, 'from_pretrained', staticmethod(lambda *a, **k: FakeEngine()))
+    monkeypatch.setattr(chk, 'release_device_memory', lambda: events.append('release'))
+
+    async def fails(*args):
+        raise RuntimeError('generation failed')
+
+    monkeypatch.setattr(chk, 'generate', fails)
+    args = chk.parse_args(['--model', 'M', '--out', 'o.json'])
+    with pytest.raises(RuntimeError, match='generation failed'):
+        chk.run_engine('M', chk.ARMS['stock'], True, [[1, 2]], args)
+    assert events == ['close', 'release']
