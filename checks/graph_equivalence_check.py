@@ -89,9 +89,9 @@ def run_engine(model, arm_kwargs, eager, prompts, args):
         outputs = asyncio.run(generate(engine, prompts, args.max_new_tokens))
     finally:
         engine.close()
-        # upstream's PyTorch engine frees its weights and KV cache only once collected: without this the next
-        # engine of a big model ran out of memory (LLaDA2.0-mini: a second engine got 987 KV blocks instead of
-        # 2,814, the third one OOM, H100, 2026-12-06)
+        # upstream's documented release (close, then collect and empty the cache): without it the next engine of a
+        # big model ran out of memory (LLaDA2.0-mini: a second engine got 987 KV blocks instead of 2,814, the third
+        # one OOM, H100, 2026-12-06)
         del engine
         release_device_memory()
     return outputs, built
