@@ -6,6 +6,9 @@
 #   ONE_ENGINE=1         all batch sizes in one process / one engine sized for the largest
 #   RESULTS_DIR=./results  ARM_TAG=<suffix of the arm label>  EXTRA_ARGS="<more profile_throughput args>"
 #   EAGER_MODE=1         no CUDA graphs (the fork's scripts measured eager; default: graphs, what users run)
+#   REPEAT_GUARD=0       no repetition guard (the fork's scripts stop a request whose blocks repeat; a cost point
+#                        with --ignore-eos must generate its nominal length: random MoE weights repeat, and the
+#                        guard cut 85 % of SDAR-MoE's requests at ~80 of 256 tokens)
 #   DRY_RUN=1            print each profile_throughput command (one line, shell-quoted, after
 #                        'DRY_RUN: ', LMDEPLOY_FOCUS_* switches as an 'env' prefix) instead of running
 #                        it; nothing needs a GPU or a model
@@ -36,13 +39,14 @@ arm_flags() { "$PYTHON" "$BENCH_DIR/arms/__init__.py" flags "$@"; }
 run_arm() {
   local base="$1" arm="$1$ARM_TAG" dataset="$2" model="$3" block="$4"; shift 4
   local steps=${DENOISING_STEPS:-$block}
-  local eager=()
+  local eager=() guard=(--repeat-block-detect --repeat-block-window 32)
   [[ "${EAGER_MODE:-0}" == 1 ]] && eager=(--eager-mode)
+  case ${REPEAT_GUARD:-1} in 1) ;; 0) guard=() ;; *) echo "REPEAT_GUARD=$REPEAT_GUARD: 0 or 1" >&2; return 2 ;; esac
   local common=(--backend pytorch "${eager[@]}" --skip-tokenize --skip-detokenize --use-uvloop
                 --num-prompts "$NUM_PROMPTS" --max-new-tokens "$MAX_NEW_TOKENS"
                 --dllm-block-length "$block" --dllm-denoising-steps "$steps"
                 --dllm-unmasking-strategy "$UNMASKING" --dllm-confidence-threshold "$(arm_threshold "$base")"
-                --dllm-track --repeat-block-detect --repeat-block-window 32
+                --dllm-track "${guard[@]}"
                 --arm "$arm" --output-dir "$RESULTS_DIR")
   local tag; tag="${arm}_$(basename "${model%/}")"
   local cmd bs levels=("$BATCH_SIZES")

@@ -620,6 +620,23 @@ def test_suite_cost_phase_is_unchanged(tmp_path):
         ('stock-static', 'SDAR-8B-Chat-b32'), ('stock-dynamic', 'SDAR-8B-Chat-b32'), ('ar', 'Qwen3-8B'),
         ('stock-static', 'SDAR-8B-Chat-b16'), ('stock-static', 'SDAR-8B-Chat-b64'), ('stock', 'SDAR-8B-Chat-b32')]
     assert not any(c.fast_exit for c in cmds)
+    # the cost points run to their nominal length; the shipped sample keeps the fork's repetition guard
+    assert [c.repeat_block_detect for c in cmds] == [False] * 5 + [True]
+
+
+def test_drivers_keep_the_repetition_guard_unless_told_not_to(tmp_path):
+    env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1')
+    driver = _driver('run_baseline_throughput_evaluation.sh')
+    _, (guarded, ) = _dry_commands(driver, 'random', '/ckpt/m', env=env)
+    _, (unguarded, ) = _dry_commands(driver, 'random', '/ckpt/m', env=env | {'REPEAT_GUARD': '0'})
+    assert (guarded.repeat_block_detect, guarded.repeat_block_window) == (True, 32)
+    assert not unguarded.repeat_block_detect
+    bad, cmds = _dry_commands(driver, 'random', '/ckpt/m', env=env | {'REPEAT_GUARD': 'no'})
+    assert bad.returncode != 0 and not cmds and 'REPEAT_GUARD=no: 0 or 1' in bad.stderr
+    # every cost point of the suite generates its nominal length (random MoE weights repeat: the guard had cut
+    # 85 % of SDAR-MoE's requests at ~80 of 256 tokens)
+    _, moe = _suite(tmp_path, 'sdar_moe')
+    assert moe and not any(c.repeat_block_detect for c in moe) and all(c.ignore_eos for c in moe)
 
 
 

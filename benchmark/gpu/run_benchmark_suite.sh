@@ -40,7 +40,8 @@
 #                   SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128 rows, with and without zero padding.
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
-# Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9). Each step starts only
+# Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9),
+# and the cost points without the drivers' repetition guard (REPEAT_GUARD=0; results before 2026-12-06 ran with it). Each step starts only
 # if its expected seconds fit in what is left of SUITE_BUDGET_S (default 530 for b32/blocks, 500 for
 # cost) and is killed when the budget runs out (the levels it finished are kept), so a phase ends within
 # the budget + ~20 s. Results: OUT_DIR/results_PHASE.tgz (JSON/CSV/logs, plus results.md and
@@ -95,7 +96,8 @@ elif [[ $PHASE != llada2 && $PHASE != await_stream && $PHASE != sdar_moe ]]; the
   random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"
 fi
 
-export RESULTS_DIR="$RES" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="32 64 128 256"
+# REPEAT_GUARD=0: every cost point below runs --ignore-eos to its nominal output length (the shipped sample keeps it)
+export RESULTS_DIR="$RES" ONE_ENGINE=1 NUM_PROMPTS=1 BATCH_SIZES="32 64 128 256" REPEAT_GUARD=0
 COST="--prompts-per-slot 1 --input-len 256 --ignore-eos"
 STATIC=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256 EXTRA_ARGS="$COST --output-len 256")
 finish() {
@@ -393,6 +395,6 @@ for L in 16 64; do
 done
 # the drivers' default dataset (no dataset argument): the shipped synthetic ShareGPT sample, bs 32
 if fits 70 "shipped sample"; then
-  (cd /tmp && RESULTS_DIR="$RES/sample" ONE_ENGINE=0 BATCH_SIZES=32 NUM_PROMPTS=64 MAX_NEW_TOKENS=128 EXTRA_ARGS="" \
+  (cd /tmp && RESULTS_DIR="$RES/sample" ONE_ENGINE=0 REPEAT_GUARD=1 BATCH_SIZES=32 NUM_PROMPTS=64 MAX_NEW_TOKENS=128 EXTRA_ARGS="" \
     timeout 80 bash "$OLDPWD/benchmark/run_baseline_throughput_evaluation.sh" "" "$SDAR"); stamp "sample rc=$?"
 fi
