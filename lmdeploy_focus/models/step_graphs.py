@@ -18,10 +18,9 @@ FOCUS the front (layers 0–1) also runs on a row bucket ``P̂``, one of about :
 evenly spaced deep row buckets, picked from a bound on the step's processed rows that the previous
 step's counts carried (no extra sync; a sequence that joins adds ``L``). A bound that proves too small (a bug, never by
 design) is seen in the same counts and the front reruns on all ``B̂·L`` rows.
-Small batches read nothing (:data:`SYNC_FREE_ROWS`): where the batch
-has at most that many block rows ``B·L``, the layers are weight-bound (a 16-row and a 128-row GEMM cost the same), so
-the host skips the read:
-the front runs on every row, the deep layers on the row bucket that holds all ``B·L`` rows, and a small graph
+Small batches read nothing (:data:`SYNC_FREE_ROWS`): where the batch has at most that many block rows ``B·L``, the
+layers are weight-bound (a 16-row and a 128-row GEMM cost the same), so the host skips the read: the front runs on
+every row, the deep layers on the row bucket that holds all ``B·L`` rows, and a small graph
 puts the hidden states of the rows that need logits at their ``b*L+p`` slots (zeros elsewhere), so the LM head,
 the sampler and the unmasker run on every slot, as stock does. There the read would cost the front's time in
 series with the engine's host work, which at bs 1–4 is as long as the GPU's step; the tokens are those of the
