@@ -697,6 +697,23 @@ def test_suite_small_batches_phase_on_llada2_pairs_sync_free_and_reading_without
     assert '--arch llada2-mini' in proc.stdout and '--arch sdar-8b' not in proc.stdout
 
 
+def test_suite_small_batches_phase_on_sdar_moe_runs_the_sdar_arms_on_its_checkpoint(tmp_path):
+    env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), SMALL_MODEL='sdar-moe', SMALL_BATCH_SIZES='1 4 16 32')
+    proc, cmds = _dry_commands(SUITE, 'small_batches', str(tmp_path / 'out'), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
+        ('stock-static', 'SDAR-30B-A3B-l24-b32'), ('focus-importance-static', 'SDAR-30B-A3B-l24-b32'),
+        ('focus-importance-static-reading', 'SDAR-30B-A3B-l24-b32'), ('delayed-cache-static', 'SDAR-30B-A3B-l24-b32')]
+    assert all(c.concurrency == [1, 4, 16, 32] for c in cmds)
+    assert '--arch sdar-30b-a3b-l24' in proc.stdout and '--arch sdar-8b' not in proc.stdout
+
+
+def test_suite_rejects_an_unknown_small_model(tmp_path):
+    env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), SMALL_MODEL='qwen3')
+    proc, _ = _dry_commands(SUITE, 'small_batches', str(tmp_path / 'out'), env=env)
+    assert proc.returncode == 2 and 'SMALL_MODEL=qwen3: sdar-8b, llada2-mini or sdar-moe' in proc.stdout + proc.stderr
+
+
 def test_suite_small_batches_phase_runs_four_waves_of_each_small_batch(tmp_path):
     out, cmds = _suite(tmp_path, 'small_batches')
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [

@@ -37,7 +37,8 @@
 #        'small_batches' = where FOCUS is slower than stock (bs <= 4; bs 16 for contrast): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
 #                   bs 1/4/16, four waves a batch size: stock, FOCUS importance a1.5, the same with every step
 #                   reading its row counts (LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0), delayed cache alone (SDAR); on
-#                   SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128 rows, with and without zero padding.
+#                   SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128 rows, with and without zero padding;
+#                   SMALL_MODEL=sdar-moe: the same four arms on the sdar_moe phase's SDAR-30B-A3B layers (half depth).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9),
@@ -88,10 +89,14 @@ random_checkpoint() {
 }
 SDAR=/tmp/ckpt/SDAR-8B-Chat-b32
 # SMALL_MODEL=llada2-mini: the small_batches phase on the random LLaDA2.0-mini shape instead of SDAR-8B (MoE: padding rows
-# may touch more experts, so whether a sync-free small batch pays is checked there too)
-case ${SMALL_MODEL:-sdar-8b} in sdar-8b|llada2-mini) ;; *) echo "SMALL_MODEL=$SMALL_MODEL: sdar-8b or llada2-mini" >&2; exit 2 ;; esac
+# may touch more experts, so whether a sync-free small batch pays is checked there too); SMALL_MODEL=sdar-moe: on the
+# sdar_moe phase's checkpoint (SDAR-MoE at bs <= 32 had not run)
+MOE=/tmp/ckpt/SDAR-30B-A3B-l24-b32
+case ${SMALL_MODEL:-sdar-8b} in sdar-8b|llada2-mini|sdar-moe) ;; *) echo "SMALL_MODEL=$SMALL_MODEL: sdar-8b, llada2-mini or sdar-moe" >&2; exit 2 ;; esac
 if [[ $PHASE == small_batches && ${SMALL_MODEL:-sdar-8b} == llada2-mini ]]; then
   SDAR=/tmp/ckpt/LLaDA2.0-mini-b32; random_checkpoint llada2-mini "$SDAR"; stamp "llada2 checkpoint"
+elif [[ $PHASE == small_batches && ${SMALL_MODEL:-sdar-8b} == sdar-moe ]]; then
+  SDAR=$MOE; random_checkpoint sdar-30b-a3b-l24 "$SDAR"; stamp "sdar-moe checkpoint"
 elif [[ $PHASE != llada2 && $PHASE != await_stream && $PHASE != sdar_moe ]]; then
   random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"
 fi
@@ -186,7 +191,6 @@ if [[ $PHASE == llada2 ]]; then
 fi
 
 if [[ $PHASE == sdar_moe ]]; then
-  MOE=/tmp/ckpt/SDAR-30B-A3B-l24-b32
   random_checkpoint sdar-30b-a3b-l24 "$MOE"; stamp "sdar-moe checkpoint"
   step 120 "stock static (sdar-moe)" "${S[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$MOE"
   step 110 "delayed-cache static (sdar-moe)" "${S[@]}" bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$MOE"
