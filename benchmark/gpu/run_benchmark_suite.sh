@@ -22,7 +22,7 @@
 #                   default front, stock dynamic, dynamic with the old front, then static default vs old.
 #        'llada2' = the random LLaDA2.0-mini shape (b32, static 4 tok/step, in 256 / out 256, bs 64/256): stock,
 #                   FOCUS importance a1.5, FOCUS leftmost a1.5 (issue 14's LLaDA2 table at the current code).
-#        'sdar_moe' = SDAR-MoE, never run on a GPU before: the random SDAR-30B-A3B layers at half depth (24 of 48,
+#        'sdar_moe' = SDAR-MoE (first run 2026-12-06): the random SDAR-30B-A3B layers at half depth (24 of 48,
 #                   31 GB: the full 61 GB do not fit the lent machines' disk), b32, static 4 tok/step, in 256 / out
 #                   256, bs 64/256: stock, delayed cache alone, FOCUS importance a1.5, FOCUS leftmost a1.5.
 #        'fast_commit' = SDAR-8B-b32, static 4 tok/step, bs 64/256: stock, FOCUS leftmost a1.5 with the exact
