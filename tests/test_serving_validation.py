@@ -98,6 +98,9 @@ def test_generation_config_rules():
         (dict(top_k=321), 'top_k'), (dict(top_k=10**6), 'top_k'),  # above the vocabulary (320)
         (dict(logprobs=21), 'logprobs'), (dict(logprobs=10**5), 'logprobs'),
         (dict(response_format={'type': 'json_object'}), 'response_format'),
+        # past upstream's n-gram window (1024): a shape error inside the batch's sampling step
+        (dict(repetition_ngram_size=1025, repetition_ngram_threshold=1), 'repetition_ngram_size'),
+        (dict(repetition_ngram_size=4, repetition_ngram_threshold=10**20), 'repetition_ngram_threshold'),
     ]
     for kwargs, field in cases:
         config = GenerationConfig(logprobs=0)
@@ -106,6 +109,7 @@ def test_generation_config_rules():
         assert rejected(check_generation_config, config, LIMITS, encode=one_token).param == field, kwargs
     # the edges stay allowed: top_k = the vocabulary, 20 logprobs; guided output for autoregressive models
     check_generation_config(GenerationConfig(top_k=320, logprobs=20), LIMITS, encode=one_token)
+    check_generation_config(GenerationConfig(repetition_ngram_size=1024, repetition_ngram_threshold=2**31 - 1), LIMITS)
     check_generation_config(GenerationConfig(response_format={'type': 'json_object'}),
                             ModelLimits(vocab_size=320, session_len=100))
     # a multi-token bad word points at bad_token_ids, a stop word at stop_token_ids
@@ -159,6 +163,11 @@ BAD = [
      'top_logprobs_num'),
     ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}],
                                   response_format={'type': 'json_object'}), 'response_format'),
+    # an n-gram past upstream's window: a shape error in the batch's sampling step once a neighbour differs
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], repetition_ngram_size=1025,
+                                  repetition_ngram_threshold=1), 'repetition_ngram_size'),
+    ('/generate', dict(input_ids=[5, 6], max_tokens=4, repetition_ngram_size=3, repetition_ngram_threshold=10**20),
+     'repetition_ngram_threshold'),
 ]
 
 

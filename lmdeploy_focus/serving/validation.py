@@ -64,6 +64,28 @@ def _integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def repetition_window() -> int:
+    """Upstream's n-gram window (``LMDEPLOY_REPETITION_WINDOW_SIZE``, 1024 by default): its n-gram check trims the
+    ids to it but sizes its match mask from the largest ``repetition_ngram_size`` of the batch."""
+    try:
+        from lmdeploy.pytorch import envs
+    except ImportError:  # no PyTorch engine installed: upstream's default
+        return 1024
+    return int(getattr(envs, 'repetition_window_size', 1024))
+
+
+def _check_repetition_ngram(size, threshold) -> None:
+    """An n-gram longer than upstream's window raises a shape error inside the batch's sampling step once a
+    neighbour with another n-gram size is in the batch (the engine loop ends); a count past int64 fails the
+    request's sampling inputs. Zero or negative values turn the check off (upstream's rule) and stay allowed."""
+    window = repetition_window()
+    if size is not None and not (_integer(size) and size <= window):
+        raise FieldError('repetition_ngram_size', f'must be an integer <= {window} (the n-gram window, '
+                         f'LMDEPLOY_REPETITION_WINDOW_SIZE; 0: off), got {size!r}')
+    if threshold is not None and not (_integer(threshold) and threshold < 2**31):
+        raise FieldError('repetition_ngram_threshold', f'must be an integer below 2**31 (0: off), got {threshold!r}')
+
+
 def _check_logprobs(field: str, value) -> None:
     """A top-logprobs count, every endpoint: ``None`` means "not given"."""
     if value is not None and not (_integer(value) and 0 <= value <= MAX_LOGPROBS):
@@ -175,6 +197,7 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
     if gen_config.n != 1:
         raise FieldError('n', f'only n = 1 is supported per engine request, got {gen_config.n!r}')
+    _check_repetition_ngram(gen_config.repetition_ngram_size, gen_config.repetition_ngram_threshold)
     _check_logprobs('logprobs', gen_config.logprobs)
     top_k = gen_config.top_k
     if limits.vocab_size is not None and isinstance(top_k, int) and top_k > limits.vocab_size:
