@@ -349,6 +349,19 @@ def test_endpoint_handlers_bind_validate_request_and_error_rendering_by_name():
     assert list(sig.parameters) == ['error', 'param'] and sig.parameters['param'].kind is inspect.Parameter.KEYWORD_ONLY
 
 
+def test_chat_runner_endpoints_bind_build_generation_config_by_name_and_catch_request_error():
+    """Patch 9c swaps ``build_generation_config`` when its module finishes loading; ChatRunner and the Responses
+    request import the name after that, and the endpoints calling ``ChatRunner.prepare`` catch ``RequestError``."""
+    gen = importlib.import_module('lmdeploy.serve.core.generation_config')
+    upstream = gen.build_generation_config.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters)[:2] == ['request', 'default_gen_config']
+    for name in ('lmdeploy.serve.core.chat_runner', 'lmdeploy.serve.openai.responses.request'):
+        assert importlib.import_module(name).build_generation_config is gen.build_generation_config, name
+    for name in ('lmdeploy.serve.anthropic.endpoints.messages', 'lmdeploy.serve.openai.responses.serving'):
+        source = inspect.getsource(importlib.import_module(name))
+        assert 'ChatRunner.prepare(' in source and 'except RequestError' in source, name
+
+
 def test_preprocess_calls_determine_gen_config_inside_its_request_error_handling():
     """Patch 10: our checks raise ``RequestError`` from ``_determine_gen_config``, which ``preprocess``
     calls after tokenising, inside the ``try`` whose ``except RequestError`` removes the session."""

@@ -181,6 +181,21 @@ def test_bad_requests_are_400_naming_the_field(server, path, body, field):
     assert client.get('/health').json()['status'] == 'healthy'
 
 
+@pytest.mark.parametrize('path,body,headers', [
+    ('/v1/messages', dict(max_tokens=4, messages=[{'role': 'user', 'content': 'hi'}]), {'anthropic-version': '2023-06-01'}),
+    ('/v1/responses', dict(input='hi', max_output_tokens=4), {}),
+])
+def test_endpoints_building_their_config_through_chat_runner_answer_400(server, path, body, headers):
+    """Patch 9c: upstream's own checks on these endpoints allow ``top_p`` 0, which ``GenerationConfig`` refuses
+    inside ``ChatRunner.prepare``, where only ``RequestError`` is caught (it was a 500)."""
+    client, _ = server
+    response = client.post(path, json={'model': 'm', 'top_p': 0, **body}, headers=headers)
+    assert response.status_code == 400, response.text
+    assert 'top_p: must be a number in (0, 1]' in response.text
+    assert client.post(path, json={'model': 'm', 'top_p': 0.5, **body}, headers=headers).status_code == 200
+    assert client.get('/health').json()['status'] == 'healthy'
+
+
 def test_the_soak_checks_bad_requests_are_400s_naming_their_field(server):
     """The GPU soak (checks/serving_soak) expects each of its bad requests to be a 400 naming a field: true
     here first, on upstream's api_server over the fake backend with the tiny model's vocabulary and mask."""

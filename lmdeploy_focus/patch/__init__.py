@@ -105,14 +105,18 @@ config time instead of running on a partly stock engine.
    they are; other rows go through upstream's function unchanged.
    Removed by: upstream skipping rows without a stop word.
 
-9. ``lmdeploy.serve.openai.endpoints.common.validate_request`` is wrapped (:mod:`.serve_validation`), and
-   9b. ``lmdeploy.serve.openai.errors.create_request_error_response`` (:mod:`.serve_errors`).
+9. ``lmdeploy.serve.openai.endpoints.common.validate_request`` is wrapped (:mod:`.serve_validation`),
+   9b. ``lmdeploy.serve.openai.errors.create_request_error_response`` (:mod:`.serve_errors`), and
+   9c. ``lmdeploy.serve.core.generation_config.build_generation_config`` (:mod:`.serve_gen_config`).
    Why: a bad request must be a 400 naming the field and the allowed range, before it reaches the
    engine (issue 15: ``top_p: 7`` dropped the connection; values upstream does not check, such as
    ``n`` on completions or ``logprobs`` that the completion stream then raises on, went through).
    How: module attribute swaps when the modules finish loading, before the endpoint modules import
    the names; our field rules (:mod:`lmdeploy_focus.serving.validation`) run before upstream's
    validator; a ``FieldError`` turned ``RequestError`` carries ``param``, which 9b puts in the error body.
+   9c: ``/v1/messages`` and ``/v1/responses`` pass ``validate_request`` by, check ranges of their own
+   (``top_p`` 0 allowed) and catch only ``RequestError`` around ``ChatRunner.prepare``, where
+   ``GenerationConfig`` (patch 15) refuses the value: 9c turns that ``FieldError`` into a ``RequestError``, a 400.
    Removed by: upstream validating every sampling field and reporting ``param``.
 
 10. ``lmdeploy.serve.core.async_engine.AsyncEngine._determine_gen_config`` and

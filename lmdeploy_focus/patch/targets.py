@@ -17,6 +17,7 @@ PATCHES = {
     'lmdeploy.pytorch.engine.logits_process': ('ngram_filter', 'lmdeploy_focus.strategies.ngram_filter'),
     'lmdeploy.serve.openai.endpoints.common': ('serve_validation', 'lmdeploy_focus.serving.boundary'),
     'lmdeploy.serve.openai.errors': ('serve_errors', 'lmdeploy_focus.serving.boundary'),
+    'lmdeploy.serve.core.generation_config': ('serve_gen_config', 'lmdeploy_focus.serving.boundary'),
     'lmdeploy.serve.core.async_engine': ('async_engine_validation', 'lmdeploy_focus.serving.boundary'),
     'lmdeploy.pytorch.engine.engine': ('engine_guard', 'lmdeploy_focus.serving.engine_guard'),
     'lmdeploy.serve.openai.api_server': ('api_server_liveness', 'lmdeploy_focus.serving.liveness'),

@@ -30,6 +30,23 @@ def wrap_validate_request(upstream):
     return validate_request
 
 
+def wrap_build_generation_config(upstream):
+    """``lmdeploy.serve.core.generation_config.build_generation_config`` (patch 9c): a sampling value that
+    ``GenerationConfig`` refuses (patch 15's ``FieldError``) reaches the caller as upstream's ``RequestError``.
+    ``/v1/messages`` and ``/v1/responses`` build their config through ``ChatRunner.prepare`` with upstream's
+    own range checks only (``top_p`` in [0, 1]) and catch ``RequestError`` alone: a ``top_p`` of 0 was a 500."""
+
+    @functools.wraps(upstream)
+    def build_generation_config(*args, **kwargs):
+        try:
+            return upstream(*args, **kwargs)
+        except FieldError as e:
+            raise e.to_request_error() from None
+
+    build_generation_config.__lmdeploy_focus_upstream__ = upstream
+    return build_generation_config
+
+
 def wrap_determine_gen_config(upstream):
     """``AsyncEngine._determine_gen_config(input_ids, gen_config)``: called by ``preprocess`` after
     templating and tokenisation, inside its error handling (a ``RequestError`` there removes the session
