@@ -66,11 +66,25 @@ def track_for_metrics(args: argparse.Namespace) -> bool:
 
 
 def fold_into_hf_overrides(args: argparse.Namespace) -> None:
-    """Put non-default FOCUS options into ``args.hf_overrides`` (the channel to the engine)."""
-    options = options_from_args(args)
+    """Put non-default FOCUS options into ``args.hf_overrides`` (the channel to the engine), merged with any
+    given there as ``--hf-overrides '{"dllm_focus": {...}}'``: a flag and that dict may each set options, and a
+    flag set to another value than the dict's for the same option is refused (ValueError naming both)."""
+    options_from_args(args)  # the flags' own values, validated (ValueError naming the bad one)
+    overrides = dict(getattr(args, 'hf_overrides', None) or {})
+    carried = overrides.get(OPTIONS_KEY)
+    merged = dict(FocusOptions.from_dict(carried).to_dict() if carried is not None else {})
+    carried = carried or {}
+    for option in OPTIONS:
+        value = getattr(args, option.field)
+        if value == option.default:
+            continue
+        if option.name in carried and carried[option.name] != value:
+            raise ValueError(f'{option.flag} {value!r} conflicts with --hf-overrides {OPTIONS_KEY}.{option.name}='
+                             f'{carried[option.name]!r}: give the option once')
+        merged[option.name] = value
+    options = FocusOptions(**merged).resolved() if merged else FocusOptions()
     if options.is_default:
         return
-    overrides = dict(getattr(args, 'hf_overrides', None) or {})
     overrides[OPTIONS_KEY] = options.to_dict()
     args.hf_overrides = overrides
 

@@ -66,6 +66,8 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         carried = FocusOptions.from_dict(user[OPTIONS_KEY])
         defaults = {f.name: f.default for f in fields(self) if f.name in _FIELD_TO_OPTION}
         for name, opt in _FIELD_TO_OPTION.items():
+            if opt not in user[OPTIONS_KEY]:  # not given there: the field keeps its own value
+                continue
             given, value = getattr(self, name), getattr(carried, opt)
             if given == defaults[name]:
                 setattr(self, name, value)

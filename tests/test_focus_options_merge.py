@@ -1,0 +1,57 @@
+"""FOCUS options given both as flags / engine fields and as ``hf_overrides['dllm_focus']`` are merged: each
+source may set options, and only the same option set to two different values is refused."""
+import argparse
+
+import pytest
+
+from lmdeploy_focus.cli.flags import fold_into_hf_overrides
+from lmdeploy_focus.config.options import OPTIONS, OPTIONS_KEY
+
+
+def _args(hf_overrides=None, **flags):
+    values = {option.field: option.default for option in OPTIONS}
+    values.update({f'dllm_{name}': value for name, value in flags.items()})
+    return argparse.Namespace(hf_overrides=hf_overrides, **values)
+
+
+def test_flag_and_hf_overrides_options_are_merged():
+    args = _args({'rms_norm_eps': 1e-5, OPTIONS_KEY: {'focus_alpha': 'auto', 'focus_policy': 'leftmost'}},
+                 enable_focus=True)
+    fold_into_hf_overrides(args)
+    options = args.hf_overrides[OPTIONS_KEY]
+    assert (options['enable_focus'], options['enable_delayed_cache']) == (True, True)
+    assert (options['focus_alpha'], options['focus_policy']) == ('auto', 'leftmost')
+    assert args.hf_overrides['rms_norm_eps'] == 1e-5
+
+
+def test_an_hf_overrides_switch_survives_an_unrelated_flag():
+    args = _args({OPTIONS_KEY: {'enable_focus': True}}, track=True)
+    fold_into_hf_overrides(args)
+    options = args.hf_overrides[OPTIONS_KEY]
+    assert (options['enable_focus'], options['track']) == (True, True)
+
+
+def test_the_same_option_with_two_values_is_refused_naming_both():
+    args = _args({OPTIONS_KEY: {'focus_alpha': 3.0}}, enable_focus=True, focus_alpha=2.0)
+    with pytest.raises(ValueError, match=r"--dllm-focus-alpha 2\.0 conflicts with --hf-overrides dllm_focus\.focus_alpha=3\.0"):
+        fold_into_hf_overrides(args)
+
+
+def test_the_same_value_in_both_places_is_accepted():
+    args = _args({OPTIONS_KEY: {'focus_alpha': 2.0}}, enable_focus=True, focus_alpha=2.0)
+    fold_into_hf_overrides(args)
+    assert args.hf_overrides[OPTIONS_KEY]['focus_alpha'] == 2.0
+
+
+def test_no_options_anywhere_leaves_hf_overrides_alone():
+    args = _args({'rms_norm_eps': 1e-5})
+    fold_into_hf_overrides(args)
+    assert args.hf_overrides == {'rms_norm_eps': 1e-5}
+
+
+def test_engine_config_merges_a_partial_hf_overrides_dict_with_its_fields():
+    from lmdeploy import PytorchEngineConfig
+    config = PytorchEngineConfig(dllm_enable_focus=True, hf_overrides={OPTIONS_KEY: {'focus_policy': 'leftmost'}})
+    assert (config.dllm_enable_focus, config.dllm_focus_policy) == (True, 'leftmost')
+    with pytest.raises(ValueError, match=r"dllm_focus_alpha=2\.0 conflicts with hf_overrides\['dllm_focus'\]\['focus_alpha'\]=3\.0"):
+        PytorchEngineConfig(dllm_focus_alpha=2.0, hf_overrides={OPTIONS_KEY: {'focus_alpha': 3.0}})
