@@ -120,6 +120,10 @@ def test_unmasking_settings_are_checked_again_where_the_engine_builds_its_strate
     for bad in (dict(denoising_steps=0), dict(confidence_threshold=float('nan'))):
         with pytest.raises(ValueError, match='^dllm_(denoising_steps|confidence_threshold) must be'):
             FocusDLLMStrategyFactory(model_config=None, dllm_config=DLLMConfig(block_length=32, **bad))
+    # lmdeploy chat --dllm-block-length 0: upstream's engine strategy divides by it once requests are scheduled
+    for block_length in (0, -32):
+        with pytest.raises(ValueError, match='^dllm_block_length must be a positive integer'):
+            FocusDLLMStrategyFactory(model_config=None, dllm_config=DLLMConfig(block_length=block_length))
     for good in (dict(denoising_steps=None), dict(denoising_steps=64, confidence_threshold=0.0),
                  dict(confidence_threshold=1.0)):
         PytorchEngineConfig(**{f'dllm_{k}': v for k, v in good.items()})

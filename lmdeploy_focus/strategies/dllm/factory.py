@@ -1,7 +1,8 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
-from ...config.compat import check_block_fits_page, check_full_attention, check_unmasking_settings
+from ...config.compat import (check_block_fits_page, check_block_length, check_full_attention,
+                              check_unmasking_settings)
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
@@ -20,7 +21,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
     def __init__(self, model_config, dllm_config):
         given_block_length = dllm_config.block_length
         # again here: a config whose fields were set after construction (lmdeploy chat's build_pipe) skipped
-        # PytorchEngineConfig's own check
+        # PytorchEngineConfig's own checks (a block length of 0 divides by zero once requests are scheduled)
+        if given_block_length is not None:
+            check_block_length(given_block_length)
         check_unmasking_settings(dllm_config.denoising_steps, dllm_config.confidence_threshold)
         model_block_length = model_config.dllm_block_length  # before upstream overwrites it with the given one
         super().__init__(model_config, dllm_config)
