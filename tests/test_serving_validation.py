@@ -168,6 +168,9 @@ BAD = [
                                   repetition_ngram_threshold=1), 'repetition_ngram_size'),
     ('/generate', dict(input_ids=[5, 6], max_tokens=4, repetition_ngram_size=3, repetition_ngram_threshold=10**20),
      'repetition_ngram_threshold'),
+    # per entry and block row an indexing op on the engine's loop: a huge map stalls the whole batch
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}],
+                                  logit_bias={str(i): 1.0 for i in range(301)}), 'logit_bias'),
 ]
 
 
@@ -214,6 +217,13 @@ def test_the_soak_checks_bad_requests_are_400s_naming_their_field(server):
         assert field in (error.get('param'), error.get('message', '').split(':')[0]) or field in error.get('message', ''), \
             (path, body, error)
     assert client.get('/health').json()['status'] == 'healthy'
+
+
+def test_a_logit_bias_of_the_cap_passes_and_one_more_entry_does_not():
+    # the tiny model's vocabulary (256) is below the cap, so the edge is checked on the rule itself
+    chat = lambda n: SimpleNamespace(n=1, top_logprobs=None, logit_bias={str(i): 1.0 for i in range(n)})  # noqa: E731
+    check_http_request(chat(300), endpoint='chat')
+    assert rejected(check_http_request, chat(301), endpoint='chat').param == 'logit_bias'
 
 
 def test_good_requests_still_served(server):

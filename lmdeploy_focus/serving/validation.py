@@ -25,6 +25,10 @@ MAX_CHAT_N = 128  # upstream's fan-out cap (chat_completions.validation._MAX_FAN
 # request's host-side logprob lists stall the engine loop for its neighbours (~0.45 s a step at 100,000), and
 # above the vocabulary upstream's torch.topk raises inside the step and ends the engine loop.
 MAX_LOGPROBS = 20
+# Entries of a chat request's logit_bias (OpenAI's cap). Upstream applies them one indexing op per entry per row
+# on the engine's loop, and a diffusion model's rows are every block position: a 150,000-entry map took ~19 s a
+# step at L = 32 (CPU), stalling every request in the batch.
+MAX_LOGIT_BIAS = 300
 
 
 class FieldError(ValueError):
@@ -172,6 +176,9 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
         if n is not None and not (_integer(n) and 1 <= n <= MAX_CHAT_N):
             raise FieldError('n', f'must be an integer in [1, {MAX_CHAT_N}], got {n!r}')
         _check_logprobs('top_logprobs', get('top_logprobs'))
+        bias = get('logit_bias')
+        if bias is not None and len(bias) > MAX_LOGIT_BIAS:
+            raise FieldError('logit_bias', f'at most {MAX_LOGIT_BIAS} entries, got {len(bias)}')
     elif endpoint == 'generate':
         _check_logprobs('top_logprobs_num', get('top_logprobs_num'))
         if dllm and input_logprobs:
