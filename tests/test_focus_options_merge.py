@@ -55,3 +55,19 @@ def test_engine_config_merges_a_partial_hf_overrides_dict_with_its_fields():
     assert (config.dllm_enable_focus, config.dllm_focus_policy) == (True, 'leftmost')
     with pytest.raises(ValueError, match=r"dllm_focus_alpha=2\.0 conflicts with hf_overrides\['dllm_focus'\]\['focus_alpha'\]=3\.0"):
         PytorchEngineConfig(dllm_focus_alpha=2.0, hf_overrides={OPTIONS_KEY: {'focus_alpha': 3.0}})
+
+
+@pytest.mark.parametrize('options, ignored', [
+    (dict(focus_policy='leftmost'), ['--dllm-focus-policy (needs --focus)']),
+    (dict(focus_alpha='auto'), ['--dllm-focus-alpha (needs --focus)']),
+    (dict(delayed_cache_commit='fast'), ['--dllm-delayed-cache-commit (needs --dllm-enable-delayed-cache or --focus)']),
+    (dict(enable_focus=True, focus_auto_alpha_max=3.0), ['--dllm-focus-auto-alpha-max (needs --focus --dllm-focus-alpha auto)']),
+    # read: nothing to say
+    (dict(enable_focus=True, focus_policy='leftmost', focus_alpha=2.0, delayed_cache_commit='fast'), []),
+    (dict(enable_focus=True, focus_alpha='auto', focus_auto_alpha_max=3.0), []),
+    (dict(focus_shadow=True, focus_policy='leftmost'), []),  # shadow implies FOCUS
+    (dict(), []),
+])
+def test_options_a_combination_never_reads_are_named(options, ignored):
+    from lmdeploy_focus.config.options import FocusOptions
+    assert FocusOptions(**options).resolved().ignored() == ignored

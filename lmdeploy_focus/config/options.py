@@ -199,6 +199,19 @@ class FocusOptions:
     def auto_alpha(self) -> bool:
         return self.focus_alpha == AUTO_ALPHA
 
+    def ignored(self) -> list[str]:
+        """Flags of the options set away from their defaults that this (resolved) combination never reads, each
+        with what it needs: accepted (a config may keep them while a switch is off), but worth a warning."""
+        needs = {}
+        if not self.enable_focus:
+            needs.update((name, '--focus') for name in ('focus_alpha', 'focus_policy'))
+        if not self.enable_delayed_cache:
+            needs['delayed_cache_commit'] = '--dllm-enable-delayed-cache or --focus'
+        if not (self.enable_focus and self.auto_alpha):
+            needs.update((o.name, '--focus --dllm-focus-alpha auto') for o in OPTIONS if o.name.startswith('focus_auto_'))
+        return [f'{o.flag} (needs {needs[o.name]})' for o in OPTIONS
+                if o.name in needs and getattr(self, o.name) != o.default]
+
     @property
     def is_default(self) -> bool:
         return self == FocusOptions()

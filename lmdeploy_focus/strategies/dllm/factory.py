@@ -37,6 +37,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                            f'trained with usually loses quality. Drop --dllm-block-length to use the model\'s.')
         self.focus_options = FocusOptions.from_hf_config(model_config.hf_config).resolved()
         options = self.focus_options
+        ignored = options.ignored()
+        if ignored:
+            logger.warning(f'FOCUS options given but not used by this engine: {", ".join(ignored)}.')
         self.run_stats = None
         if options.track:
             from .run_stats import RunStats
