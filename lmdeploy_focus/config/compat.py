@@ -1,8 +1,8 @@
 """Engine settings that delayed cache / FOCUS cannot run with, reported with the fix."""
 import logging
-import os
 
 from ..log import log_once
+from .env_switch import env_switch
 
 ALLOW_TP_ENV = 'LMDEPLOY_FOCUS_ALLOW_TP'  # '1': accept tp > 1 (unverified on GPUs, see check_tensor_parallel)
 
@@ -112,7 +112,7 @@ def check_tensor_parallel(tp: int) -> None:
     """
     if tp <= 1:
         return
-    if os.environ.get(ALLOW_TP_ENV, '') != '1':
+    if not env_switch(ALLOW_TP_ENV):
         raise ValueError(f'dllm_enable_delayed_cache / dllm_enable_focus with tensor parallelism (tp={tp}) have never '
                          f'run on GPUs (only the importance all-reduce and the selection are tested, on CPU): set '
                          f'tp=1 (--tp 1), or set {ALLOW_TP_ENV}=1 to try it unverified (with '

@@ -18,10 +18,11 @@ Verified on CPU (gloo, eager); with CUDA graphs the MAX all-reduce is captured i
 like the importance all-reduce, which has not been run on GPUs yet.
 """
 import functools
-import os
 
 import torch
 import torch.distributed as dist
+
+from ..config.env_switch import env_switch
 
 from . import importance_reduce
 
@@ -36,7 +37,7 @@ _checked_steps = 0  # decode steps verified in this process (names the step in t
 @functools.cache
 def requested() -> bool:
     """``LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1`` (read once per process)."""
-    return os.environ.get(ENV, '') == '1'
+    return env_switch(ENV)
 
 
 def layout_checksum(layout) -> torch.Tensor:

@@ -6,7 +6,6 @@ the batch, like upstream's decode state). The model runs the step's forward
 the model's LM head runs on the rows that need logits (:meth:`DelayedCacheRuntime.row_logits`), the
 agent strategy samples and unmasks those rows only, and ends the step.
 """
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ from torch.profiler import record_function
 
 from lmdeploy.pytorch import consts
 
+from ...config.env_switch import env_switch
 from ...log import logger
 
 from ...models.step_state import focus_state, shadow_schedule
@@ -88,7 +88,7 @@ class DelayedCacheRuntime:
     timer: object = None  # PhaseTimer when LMDEPLOY_FOCUS_PHASE_TIMING=1 (profiling only)
     attention_rows: object = None  # sparse_step.AttentionRows while the deep layers are built/run
     logit_slots: torch.Tensor | None = field(default=None, repr=False)  # int64 [M]: slot of each logits row
-    process_all: bool = field(default_factory=lambda: os.environ.get(PROCESS_ALL_ENV, '') == '1')
+    process_all: bool = field(default_factory=lambda: env_switch(PROCESS_ALL_ENV))
     # Work counters (host ints, free: the row counts are read on the host anyway).
     steps: int = 0
     deep_rows: int = 0

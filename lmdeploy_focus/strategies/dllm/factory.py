@@ -60,6 +60,8 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                                                              focus=focus,
                                                              decode_per_step=decode_per_step(self.dllm_config),
                                                              stats=self.run_stats)
+            from ...models import tp_layout_check
+            tp_layout_check.requested()  # a bad $LMDEPLOY_FOCUS_CHECK_TP_LAYOUT fails here, not in a decode step
             from .phase_timer import PhaseTimer, phase_timing_requested
             if phase_timing_requested():
                 self.delayed_cache_runtime.timer = PhaseTimer()

@@ -1,8 +1,8 @@
 """The FOCUS settings a decode step runs with, from the user's options: one place for the engine's
 strategy factory and the reference-loop backends (quality evaluation, calibration)."""
-import os
 from dataclasses import replace
 
+from ...config.env_switch import env_switch
 from ...config.options import FocusOptions
 from ...log import logger
 from ...models.step_state.focus_step import FocusConfig
@@ -22,7 +22,7 @@ def focus_config(options: FocusOptions) -> FocusConfig | None:
         return FocusConfig(alpha=options.focus_alpha, policy=options.focus_policy, shadow=options.focus_shadow)
     from .alpha_controller import AlphaControllerConfig
     auto = AlphaControllerConfig.from_options(options)
-    if os.environ.get(AUTO_COST_ONLY_ENV) == '1':
+    if env_switch(AUTO_COST_ONLY_ENV):
         auto = replace(auto, probation=False, min_updates=2**62, alpha_min=auto.alpha_init, alpha_max=auto.alpha_init)
         logger.warning(f'{AUTO_COST_ONLY_ENV}=1: FOCUS alpha auto never stops evicting and keeps alpha '
                        f'{auto.alpha_init} (cost measurements on random weights only; outputs are not guarded).')

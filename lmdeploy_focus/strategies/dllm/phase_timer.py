@@ -18,7 +18,6 @@ Read with :func:`lmdeploy_focus.stats.read_phase_timing`: per phase the mean and
 last :data:`RECORDED_STEPS` steps (a long profiled run keeps bounded memory). The mean of ``host_gap`` includes the prefill forwards the engine interleaves between decode
 steps; its median is the steady-state host work between two decode steps.
 """
-import os
 import statistics
 import threading
 import time
@@ -26,6 +25,8 @@ import weakref
 from collections import deque
 
 import torch
+
+from ...config.env_switch import env_switch
 
 PHASE_TIMING_ENV = 'LMDEPLOY_FOCUS_PHASE_TIMING'
 PHASES = ('front', 'row_count_read', 'deep_layers', 'lm_head', 'sampling', 'unmasking', 'host_gap')
@@ -36,7 +37,7 @@ _LOCK = threading.Lock()
 
 
 def phase_timing_requested() -> bool:
-    return os.environ.get(PHASE_TIMING_ENV, '') == '1'
+    return env_switch(PHASE_TIMING_ENV)
 
 
 class PhaseTimer:

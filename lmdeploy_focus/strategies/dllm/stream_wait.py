@@ -19,7 +19,8 @@ leaves the GPU idle: up to about a poll a step where the tail is short. At bs 1-
 moved single-wave throughput by -6.6 % to +5.5 % with no consistent direction (BENCHMARKS.md).
 """
 import asyncio
-import os
+
+from ...config.env_switch import env_switch
 
 AWAIT_STREAM_ENV = 'LMDEPLOY_FOCUS_AWAIT_STREAM'
 # Seconds between polls, as upstream's get_output_async: a timer's real granularity on both loops (asyncio's
@@ -30,10 +31,7 @@ POLL_S = 0.001
 
 def await_stream_requested() -> bool:
     """``$LMDEPLOY_FOCUS_AWAIT_STREAM``: '1' or unset on, '0' off; anything else is refused."""
-    value = os.environ.get(AWAIT_STREAM_ENV, '').strip()
-    if value not in ('', '0', '1'):
-        raise ValueError(f'${AWAIT_STREAM_ENV} must be 0 or 1, got {value!r}')
-    return value != '0'
+    return env_switch(AWAIT_STREAM_ENV, default=True)
 
 
 async def wait_for_event(event, poll_s: float = POLL_S) -> None:
