@@ -89,3 +89,47 @@ def test_a_delta_that_keeps_the_batch_moves_no_state(monkeypatch):
     assert torch.equal(inputs.shadow_countdown, kept[2][order])
     inputs.reindex(delta(list(range(B - 1))))  # the last one leaves: a prefix, not the whole batch
     assert inputs.delayed_state.batch_size == B - 1 and inputs.focus_state.progress.numel() == B - 1
+
+
+@pytest.mark.parametrize('padded', [True, False])
+def test_alpha_auto_shadow_schedule_follows_each_request_through_joins_aborts_and_reorders(padded, monkeypatch):
+    """--dllm-focus-alpha auto (whose tokens depend on the neighbours by design: one controller for the batch): each
+    request's shadow countdown starts at its join index and ticks once a decode step it takes part in, whatever
+    joins, leaves or reorders around it (the harness also checks every state tensor's size after each step)."""
+    from lmdeploy_focus_dev.testing import batch_lifecycle
+    from lmdeploy_focus.models.step_state import shadow_schedule
+    seed = secrets.randbits(31)
+    rng = random.Random(seed)
+    period = 3
+    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
+                           denoising_steps=L // 2, confidence_threshold=0.3)
+    options = {'enable_delayed_cache': True, 'enable_focus': True, 'focus_alpha': 'auto',
+               'focus_auto_shadow_every': period}
+    tiny, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={'dllm_focus': options},
+                                       dllm_config=unmasking)
+    tiny.model.step_graphs.sync_free_rows = 0
+    vocab = tiny.model_config.dllm_mask_token
+    requests = [Request(i, [rng.randrange(vocab) for _ in range(rng.randint(2, 20))], rng.randint(1, 3))
+                for i in range(7)]
+    steps_taken = {}  # request id -> decode steps it took part in
+    decode = batch_lifecycle.LifecycleSim.decode
+
+    def counted_decode(self, abort=(), shuffle=None):
+        decode(self, abort, shuffle)
+        for rid in self.batch:
+            steps_taken[rid] = steps_taken.get(rid, 0) + 1
+        inputs = self.inputs
+        assert inputs.shadow_period == period, 'the harness did not set up the shadow schedule'
+        expected = []
+        for rid in self.batch:  # an independent model: the countdown after that many ticks from its join phase
+            countdown = shadow_schedule.fresh(1, period, inputs.shadow_seed, self.joined[rid])
+            for _ in range(steps_taken[rid]):
+                countdown = shadow_schedule.tick(countdown, period)[1]
+            expected.append(int(countdown))
+        assert inputs.shadow_countdown.tolist() == expected, f'seed {seed}'
+
+    monkeypatch.setattr(batch_lifecycle.LifecycleSim, 'decode', counted_decode)
+    aborting = {r.rid for r in requests if r.rid % 3 == 2}
+    _, sim = decode_batched(tiny, unmasking, padded, requests, rng, aborting)
+    assert sum(steps_taken.values()) > 0 and sim.decoded_checked > 0
+    assert tiny.model.delayed_cache_runtime.alpha_state is not None  # the controller ran

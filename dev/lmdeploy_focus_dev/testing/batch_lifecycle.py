@@ -51,6 +51,10 @@ class LifecycleSim:
             self.runner.capture_step_graphs(list(buckets))
         self.inputs = DelayedCacheStepInputs(_block_size=self.block_length, _dllm_mask_token=self.mask_id,
                                              tracks_focus=self.runtime.focus is not None)  # as the factory sets it
+        focus = self.runtime.focus
+        if focus is not None and focus.auto is not None:  # --dllm-focus-alpha auto: the shadow schedule, as the factory
+            self.inputs.shadow_period = focus.shadow_every
+        self.joined = {}  # request id -> its index in the engine's join order (the shadow schedule's phase)
         self.runtime.step_inputs = self.inputs
         self.runtime.end_step()
         self.batch = []  # request ids in step-input order
@@ -95,6 +99,18 @@ class LifecycleSim:
         self.batch += ids
         for r in requests:
             self.outputs[r.rid], self.wanted[r.rid] = [], r.blocks
+            self.joined[r.rid] = len(self.joined)
+        self.check_state()
+
+    def check_state(self) -> None:
+        """Every per-sequence state tensor holds the batch's sequences, no more, no fewer."""
+        inputs, batch = self.inputs, len(self.batch)
+        sizes = dict(upstream=inputs.model_inputs.seq_length.numel(), delayed=inputs.delayed_state.batch_size)
+        if inputs.focus_state is not None:
+            sizes['focus'] = inputs.focus_state.batch_size
+        if inputs.shadow_countdown is not None:
+            sizes['shadow'] = inputs.shadow_countdown.numel()
+        assert set(sizes.values()) == {batch}, f'state sizes {sizes} for a batch of {batch}'
 
     def _reindex(self, keep: list) -> None:
         """Upstream's decode delta (indices on the device and on the host, as upstream sends them): the batch cut
@@ -153,6 +169,7 @@ class LifecycleSim:
                 self.outputs[rid].append(next_ids.view(batch, L)[b].tolist())
         self.inputs.step_decode(model_inputs, extra, self.inputs.stopping_criteria, self.inputs.sampling_delta, next_ids,
                                 None, None)
+        self.check_state()
 
 
 def decode_alone(tiny, unmasking, padded: bool, request: Request, max_steps: int = 400) -> list:
