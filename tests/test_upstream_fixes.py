@@ -342,6 +342,53 @@ def test_a_requests_logits_processor_acts_on_its_own_block_rows():
         assert set(torch.isinf(scores[:, banned]).nonzero().flatten().tolist()) == rows, strategy.__name__
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16])
+def test_logit_bias_runs_as_one_op_per_row_with_upstreams_exact_logits(dtype):
+    """Upstream's logit_bias processor (one indexing op per entry, on every block row of a diffusion request) and
+    its one-op replacement give the same logits (fp32; bf16 / fp16 within one unit in the last place, where
+    upstream's scalar add rounds the bias first on the CPU); the sampling fix hands out the replacement, once per
+    request, and leaves other processors alone."""
+    from lmdeploy.pytorch.engine.logits_process import _apply_custom_logits_processors
+    from lmdeploy.serve.openai.chat_completions.logits_processors import logit_bias_logits_processor
+
+    from lmdeploy_focus.strategies.dllm.upstream_fixes.logit_bias import TensorLogitBias
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
+    block, num_seqs, vocab = 4, 3, 50
+    ids = torch.randperm(vocab, generator=gen)[:20].tolist()
+    bias = {str(i): float(b) for i, b in zip(ids, torch.empty(20).uniform_(-150, 150, generator=gen))}
+    upstream = logit_bias_logits_processor(bias, SimpleNamespace(vocab_size=vocab))
+
+    def other(token_ids, logits):
+        return logits * 2
+
+    seqs = _sampling_seqs(num_seqs, gen)
+    for i, s in enumerate(seqs):
+        p = s.sampling_param
+        p.repetition_penalty, p.repetition_ngram_size, p.min_new_tokens, p.temperature = 1.0, 0, 0, 1.0
+        p.logits_processors = [upstream, other] if i == 1 else None
+    inputs = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    rows = inputs.logits_processors[block:2 * block]
+    assert all(isinstance(r[0], TensorLogitBias) and r[1] is other for r in rows)
+    assert len({id(r[0]) for r in rows}) == 1  # made once for the request
+    again = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)  # the next step's inputs
+    assert again.logits_processors[block][0] is rows[0][0]
+    logits = (torch.randn(num_seqs * block, vocab, generator=gen) * 30).to(dtype)
+    ours = _apply_custom_logits_processors(inputs.logits_processors, inputs.all_ids, logits.clone())
+    expected = logits.clone()
+    for row in range(block, 2 * block):
+        expected[row] = other(None, upstream(None, expected[row]))
+    if dtype == torch.float32:
+        assert torch.equal(ours, expected)
+    else:  # ours: the fp32 sum rounded once; upstream on the CPU also rounds the bias to the dtype first
+        dense = torch.zeros(vocab)
+        dense[[int(i) for i in bias]] = torch.tensor(list(bias.values())).clamp(-100, 100)
+        fp32_sum = (logits[block:2 * block].float() + dense).to(dtype) * 2  # then `other` doubles it
+        assert torch.equal(ours[block:2 * block], fp32_sum)
+        rounding = torch.finfo(dtype).eps * (dense.abs() * 2 + expected[block:2 * block].float().abs())
+        assert ((ours[block:2 * block].float() - expected[block:2 * block].float()).abs() <= rounding).all()
+    assert torch.equal(ours[:block], logits[:block]) and torch.equal(ours[2 * block:], logits[2 * block:])
+
+
 def test_response_format_is_dropped_instead_of_failing_the_batch(caplog):
     from lmdeploy.pytorch.engine.guided_process import GuidedDecodingManager
     from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy

@@ -15,8 +15,9 @@ row from (seed, offset), and all rows of a request shared both, so every positio
 same number at each step (inverse-CDF sampling then picks the same quantile everywhere).
 
 How: :class:`FixedDLLMSamplingStrategy` reorders the 1-D vectors request-major, repeats each request's
-processors over its rows, drops ``response_format`` with one warning per request, and gives each block
-position its own seed (the request's seed + ``p * POSITION_SEED_STRIDE``).
+processors over its rows (upstream's ``logit_bias`` one as a single op per row, :mod:`.logit_bias`), drops
+``response_format`` with one warning per request, and gives each block position its own seed (the request's
+seed + ``p * POSITION_SEED_STRIDE``).
 
 Removed by: ``repeat_interleave`` for the 1-D vectors and the processors, a per-position random stream,
 guided decoding that knows about blocks.
@@ -25,6 +26,7 @@ import torch
 from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
 
 from ....log import logger
+from .logit_bias import vectorised
 
 # The per-request vectors upstream repeats over the block (its 2-D tables are already request-major).
 PER_REQUEST_VECTORS = ('temperature', 'repetition_penalty', 'top_k', 'top_p', 'min_p', 'random_seeds',
@@ -53,8 +55,10 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
                        'diffusion decoding (grammar matchers follow one token at a time); ignored')
             out.response_formats = (None, ) * len(out.response_formats)
         if out.logits_processors is not None and len(out.logits_processors) == batch and any(out.logits_processors):
-            # each row of the request's block gets the request's processors (called once per row per step)
-            out.logits_processors = [p for p in out.logits_processors for _ in range(block)]
+            # each row of the request's block gets the request's processors (called once per row per step);
+            # logit_bias as one op per row (.logit_bias)
+            per_request = [None if ps is None else [vectorised(p) for p in ps] for ps in out.logits_processors]
+            out.logits_processors = [ps for ps in per_request for _ in range(block)]
         if out.random_seeds is not None:
             position = torch.arange(block, dtype=out.random_seeds.dtype).repeat(batch)
             out.random_seeds = (out.random_seeds + position * POSITION_SEED_STRIDE) & 0xffffffff
