@@ -64,3 +64,36 @@ def test_phase_timer_median_host_gap_ignores_the_prefill_outliers():
             assert abs(got['mean_ms'][p] - sum(s[p] for s in steps) / 9) < 1e-9
             assert got['median_ms'][p] == sorted(s[p] for s in steps)[4]
     assert timer.read()['steps'] == 0 and timer.read()['median_ms']['front'] == 0.0
+
+
+def test_reading_with_reset_while_the_engine_adds_loses_and_repeats_nothing():
+    """pipeline() runs the engine on its own thread while the user's thread reads (and resets) the totals: every
+    step's counts must come back exactly once over the reads."""
+    import sys
+    import threading
+
+    from lmdeploy_focus.strategies.dllm.run_stats import RunStats, per_sequence_counts
+    stats, steps, done, got = RunStats(), 5000, threading.Event(), []
+    row = per_sequence_counts(1, decode_steps=1)
+
+    def engine():
+        for _ in range(steps):
+            stats.add_rows(row)
+        done.set()
+
+    def reader():
+        while not done.is_set():
+            got.append(stats.read(reset=True)['decode_steps'])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race showed within a few thousand adds
+    try:
+        threads = [threading.Thread(target=engine), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    got.append(stats.read(reset=True)['decode_steps'])
+    assert sum(got) == steps and len(got) > 1

@@ -40,6 +40,9 @@ class RunStats:
 
     def __init__(self):
         self._totals: torch.Tensor | None = None  # float64 [len(KEYS)] on the step's device
+        # the engine's thread adds, a reader's thread (pipeline() users, metrics) reads and resets: each swaps the
+        # totals under this lock (kernel launches only; the read's device sync happens after it is released)
+        self._lock = threading.Lock()
         with _LOCK:
             _LIVE.add(self)
 
@@ -56,22 +59,22 @@ class RunStats:
                 return value.to(torch.float64).reshape(())
             return torch.full((), float(value), dtype=torch.float64, device=device)
 
-        row = torch.stack([as_tensor(values.get(key, 0)) for key in KEYS])
-        if self._totals is None:
-            self._totals = row
-        else:
-            self._totals = self._totals.to(row.device) + row
+        self._accumulate(torch.stack([as_tensor(values.get(key, 0)) for key in KEYS]))
 
     def add_rows(self, rows: torch.Tensor) -> None:
         """Add a step's per-sequence counts (``[B, len(KEYS)]``, see :func:`per_sequence_counts`)."""
-        row = rows.sum(dim=0, dtype=torch.float64)
-        self._totals = row if self._totals is None else self._totals.to(row.device) + row
+        self._accumulate(rows.sum(dim=0, dtype=torch.float64))
+
+    def _accumulate(self, row: torch.Tensor) -> None:
+        with self._lock:  # a new tensor each time: a reader's snapshot is never written to
+            self._totals = row if self._totals is None else self._totals.to(row.device) + row
 
     def read(self, reset: bool = False) -> dict[str, float]:
-        totals = [0.0] * len(KEYS) if self._totals is None else self._totals.tolist()
-        if reset:
-            self._totals = None
-        return dict(zip(KEYS, totals))
+        with self._lock:
+            totals = self._totals
+            if reset:
+                self._totals = None
+        return dict(zip(KEYS, [0.0] * len(KEYS) if totals is None else totals.tolist()))
 
 
 def per_sequence_counts(batch_size: int, device=None, **columns) -> torch.Tensor:
