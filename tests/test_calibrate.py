@@ -36,6 +36,22 @@ def test_recommends_the_cheapest_setting_that_meets_the_target():
     assert not none.enable and 'no setting reaches recall 0.995' in none.reason
 
 
+def test_table_sets_each_policys_recall_beside_its_own_random_baseline():
+    """Each policy keeps its own number of tokens in shadow mode, so each has its own random baseline (the table
+    printed importance's beside both, and n/a for leftmost run alone)."""
+    from lmdeploy_focus.calibrate.report import COLUMNS, table_rows
+
+    def shadow(policy, recall, random_expected):
+        counts = dict(decode_steps=10, generated_tokens=10, deep_tokens=0, shadow_decoded=100,
+                      shadow_selected_decoded=100 * recall, shadow_random_expected=random_expected)
+        return CellResult(Cell(SHADOW, policy, 1.0), counts)
+
+    row = table_rows([shadow('importance', 0.4, 37), shadow('leftmost', 0.09, 8)], [1.0])[0]
+    assert row[COLUMNS.index('recall random (same size) imp / left')] == '0.370 / 0.080'
+    alone = table_rows([shadow('leftmost', 0.2, 19)], [1.0])[0]
+    assert alone[COLUMNS.index('recall random (same size) imp / left')] == 'n/a / 0.190'
+
+
 def test_no_recommendation_when_evicting_saves_nothing():
     results = [_result(BASELINE, cost=5), _result(SHADOW, 'importance', 2.0, recall=0.99),
                _result(EVICT, 'importance', 2.0, cost=5.5)]
@@ -62,6 +78,23 @@ def test_default_task_set_is_shipped_and_valid():
     from lmdeploy_focus.calibrate.task_file import load_tasks
     with resources.as_file(resources.files('lmdeploy_focus.calibrate') / 'default_tasks.jsonl') as path:
         assert len(load_tasks(str(path))) >= 5
+
+
+@pytest.mark.parametrize('alpha', ['nan', 'inf', '1e6', '0.5'])
+def test_a_bad_alpha_is_refused_before_anything_runs(alpha, capsys):
+    from lmdeploy_focus.calibrate.cli import parse_args
+    with pytest.raises(SystemExit):
+        parse_args([TINY, '--alphas', '1.5', alpha])
+    assert '--alphas must each be a number in [1, 10000]' in capsys.readouterr().err
+
+
+def test_max_new_tokens_caps_every_task_and_defaults_to_each_tasks_own():
+    from types import SimpleNamespace
+
+    from lmdeploy_focus.calibrate.cli import DEFAULT_MAX_NEW_TOKENS, token_budgets
+    tasks = [SimpleNamespace(max_new_tokens=64), SimpleNamespace(max_new_tokens=None), SimpleNamespace(max_new_tokens=4)]
+    assert token_budgets(tasks, None) == [64, DEFAULT_MAX_NEW_TOKENS, 4]
+    assert token_budgets(tasks, 8) == [8, 8, 4]  # every shipped task sets its own: the flag used to change nothing
 
 
 def test_help_documents_every_option():

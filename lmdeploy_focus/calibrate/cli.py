@@ -1,16 +1,18 @@
 """The calibration command line (see the package docstring for what it measures and how it decides)."""
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from importlib import resources
 
-from ..config.options import FOCUS_POLICIES
+from ..config.options import FOCUS_POLICIES, MAX_FOCUS_ALPHA
 from . import backends, grid, report
 from .task_file import TaskFileError, load_tasks
 
 DEFAULT_ALPHAS = (1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_MAX_NEW_TOKENS = 128  # a task that sets none, without --max-new-tokens
 DEFAULT_TASKS = 'default_tasks.jsonl'  # shipped with the package: a few short general prompts
 
 
@@ -33,7 +35,9 @@ def parse_args(argv=None):
                    help='fraction of the decoded tokens the kept set must contain for a setting to be recommended')
     p.add_argument('--threshold', type=float, default=0.9, help='dllm_confidence_threshold (low_confidence_dynamic)')
     p.add_argument('--block-length', type=int, default=None, help='None: N of a -b<N> model path')
-    p.add_argument('--max-new-tokens', type=int, default=128, help='per task unless the task sets its own')
+    p.add_argument('--max-new-tokens', type=int, default=None,
+                   help=f'the most tokens any task generates (given, it caps each task\'s own max_new_tokens, which '
+                   f'every shipped task sets; not given: each task\'s own, else {DEFAULT_MAX_NEW_TOKENS})')
     p.add_argument('--batch-size', type=int, default=16, help='prompts decoded together')
     p.add_argument('--backend', default='auto', choices=('auto', 'engine', 'reference'),
                    help="engine: LMDeploy's PyTorch engine (CUDA); reference: the pure-torch reference loop (CPU or "
@@ -45,8 +49,9 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', default='calibration', help='where calibration.json and calibration.md go')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
-    if any(a < 1.0 for a in args.alphas):
-        p.error(f'--alphas must all be >= 1, got {args.alphas}')
+    bad = [a for a in args.alphas if not (math.isfinite(a) and 1.0 <= a <= MAX_FOCUS_ALPHA)]
+    if bad:  # refused here, not after the baseline has run
+        p.error(f'--alphas must each be a number in [1, {MAX_FOCUS_ALPHA:g}], got {bad}')
     if not 0.0 < args.target_recall <= 1.0 or not 0.0 < args.threshold <= 1.0:
         p.error('--target-recall and --threshold must lie in (0, 1]')
     for name in ('num_tasks', 'block_length', 'max_new_tokens', 'batch_size'):
@@ -55,6 +60,12 @@ def parse_args(argv=None):
             p.error(f'--{name.replace("_", "-")} must be >= 1, got {value}')
     args.alphas = list(dict.fromkeys(args.alphas))
     return args
+
+
+def token_budgets(tasks, cap: int | None) -> list[int]:
+    """Each task's max_new_tokens (its own, else :data:`DEFAULT_MAX_NEW_TOKENS`), capped by ``--max-new-tokens``."""
+    own = [t.max_new_tokens or DEFAULT_MAX_NEW_TOKENS for t in tasks]
+    return own if cap is None else [min(n, cap) for n in own]
 
 
 def _tasks(args):
@@ -102,7 +113,7 @@ def run(args) -> dict:
         raise SystemExit('calibrate: error: give --block-length (the model path does not end in -b<N>)')
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     prompts = [_encode(tokenizer, t.prompt) for t in tasks]
-    max_new = [t.max_new_tokens or args.max_new_tokens for t in tasks]
+    max_new = token_budgets(tasks, args.max_new_tokens)
     name = backends.resolve(args.backend)
     settings = backends.BackendSettings(model_path=args.model, block_length=block_length,
                                         confidence_threshold=args.threshold, batch_size=args.batch_size,

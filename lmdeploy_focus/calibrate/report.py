@@ -8,7 +8,8 @@ import sys
 
 from .grid import BASELINE, EVICT, SHADOW, Cell
 
-COLUMNS = ('α', 'recall importance', 'recall leftmost', 'recall random (same size)', 'kept fraction imp / left',
+# each policy keeps its own number of tokens, so each recall has its own random baseline (a random subset of that size)
+COLUMNS = ('α', 'recall importance', 'recall leftmost', 'recall random (same size) imp / left', 'kept fraction imp / left',
            'tokens/step imp / left', 'accuracy imp / left', 'deep rows/token imp / left')
 
 
@@ -36,7 +37,8 @@ def table_rows(results, alphas) -> list[list[str]]:
         def attr(result, name):
             return getattr(result, name) if result is not None else None
 
-        rows.append([f'{alpha:g}', _f(attr(si, 'recall')), _f(attr(sl, 'recall')), _f(attr(si, 'random_recall')),
+        rows.append([f'{alpha:g}', _f(attr(si, 'recall')), _f(attr(sl, 'recall')),
+                     _pair(attr(si, 'random_recall'), attr(sl, 'random_recall')),
                      _pair(attr(ei, 'kept_fraction'), attr(el, 'kept_fraction')),
                      _pair(attr(ei, 'tokens_per_step'), attr(el, 'tokens_per_step'), 2),
                      _pair(attr(ei, 'accuracy'), attr(el, 'accuracy')),

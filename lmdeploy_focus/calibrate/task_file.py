@@ -8,8 +8,8 @@ Shared by ``python -m lmdeploy_focus.calibrate`` and ``benchmark/eval_quality.py
 
 ``prompt`` (non-empty string) and exactly one of ``answer`` (the expected output; default scorer
 ``exact_strip``) or ``reference`` (a known continuation; default scorer ``prefix_chars:64``).
-Optional: ``scorer`` (see :mod:`quality.scorers`), ``max_new_tokens`` (int >= 1, overrides
-``--max-new-tokens``), ``id`` (string or int, shown in the JSON) and ``meta`` (anything, carried
+Optional: ``scorer`` (see :mod:`quality.scorers`), ``max_new_tokens`` (int >= 1; ``--max-new-tokens``, when
+given, caps it), ``id`` (string or int, shown in the JSON) and ``meta`` (anything, carried
 along). Other keys are rejected so that a misspelt field fails instead of being ignored. Blank
 lines are skipped. Every problem is one line: ``FILE:LINE: what is wrong``.
 """
