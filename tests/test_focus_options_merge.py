@@ -71,3 +71,32 @@ def test_engine_config_merges_a_partial_hf_overrides_dict_with_its_fields():
 def test_options_a_combination_never_reads_are_named(options, ignored):
     from lmdeploy_focus.config.options import FocusOptions
     assert FocusOptions(**options).resolved().ignored() == ignored
+
+
+def test_replace_changes_focus_fields_instead_of_conflicting_or_ignoring_them():
+    from dataclasses import asdict, replace
+
+    from lmdeploy import PytorchEngineConfig
+    config = PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_policy='leftmost', hf_overrides={'rope_theta': 5.0})
+    changed = replace(config, dllm_focus_alpha=3.0)
+    assert (changed.dllm_focus_alpha, changed.dllm_focus_policy) == (3.0, 'leftmost')
+    assert changed.hf_overrides[OPTIONS_KEY]['focus_alpha'] == 3.0 and changed.hf_overrides['rope_theta'] == 5.0
+    off = replace(config, dllm_enable_focus=False, dllm_enable_delayed_cache=False, dllm_focus_policy='importance')
+    assert not off.dllm_enable_focus and off.hf_overrides == {'rope_theta': 5.0}
+    rebuilt = PytorchEngineConfig(**asdict(config))
+    assert rebuilt.focus_options() == config.focus_options() and rebuilt.hf_overrides == config.hf_overrides
+
+
+def test_hf_overrides_set_after_construction_are_merged_and_checked():
+    from lmdeploy import PytorchEngineConfig
+    config = PytorchEngineConfig(dllm_track=True)
+    config.hf_overrides = {OPTIONS_KEY: {'enable_focus': True}, 'rope_theta': 5.0}
+    options = config.focus_options()
+    assert (options.enable_focus, options.track, options.enable_delayed_cache) == (True, True, True)
+    assert config.hf_overrides[OPTIONS_KEY]['enable_focus'] is True and config.hf_overrides['rope_theta'] == 5.0
+    with pytest.raises(ValueError, match='conflicts with'):
+        config.hf_overrides = {OPTIONS_KEY: {'focus_alpha': 2.0, 'track': False}}
+    assert config.dllm_focus_alpha == 1.5 and config.hf_overrides['rope_theta'] == 5.0  # a refused value changed nothing
+    quantised = PytorchEngineConfig(quant_policy=8)
+    with pytest.raises(ValueError):  # FOCUS with a quantised KV cache is refused, set late or not
+        quantised.hf_overrides = {OPTIONS_KEY: {'enable_focus': True}}

@@ -19,6 +19,12 @@ from .options import OPTIONS, OPTIONS_KEY, FocusOptions, option_fields, options_
 _FIELD_TO_OPTION = {option.field: option.name for option in OPTIONS}
 
 
+class _FieldOptions(dict):
+    """``hf_overrides['dllm_focus']`` as the property hands it out: the config's own fields, not options a user
+    wrote. A config built from it (``dataclasses.replace``, ``PytorchEngineConfig(**asdict(c))``) takes its FOCUS
+    options from its fields, so ``replace(c, dllm_focus_alpha=3.0)`` changes α instead of conflicting with it."""
+
+
 @option_fields(prefix='dllm_')
 class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
     """PyTorch engine config with FOCUS: one ``dllm_*`` field per row of ``config.options.OPTIONS``."""
@@ -37,6 +43,7 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
             log_once('dllm_enable_focus=True enables dllm_enable_delayed_cache.')
             self.dllm_enable_delayed_cache = True
         self.focus_options()
+        self.__dict__['_built'] = True  # from now on hf_overrides set by a caller is adopted at once (the setter)
 
     def focus_options(self) -> FocusOptions:
         """The validated FOCUS options for the engine; raises ValueError on a bad combination."""
@@ -59,9 +66,13 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         return options
 
     def _adopt_carried_options(self):
-        """Take options given as ``hf_overrides['dllm_focus']`` (CLI, --hf-overrides, replace())."""
+        """Take options a caller wrote as ``hf_overrides['dllm_focus']`` (CLI, --hf-overrides, the Python API); a
+        config's own, handed back by ``replace()`` / ``asdict()``, is left to the fields given with it."""
         user = self.__dict__.get('_user_hf_overrides')
         if not user or OPTIONS_KEY not in user:
+            return
+        if isinstance(user[OPTIONS_KEY], _FieldOptions):  # another config's fields, handed back: the fields decide
+            self.__dict__['_user_hf_overrides'] = {k: v for k, v in user.items() if k != OPTIONS_KEY} or None
             return
         carried = FocusOptions.from_dict(user[OPTIONS_KEY])
         defaults = {f.name: f.default for f in fields(self) if f.name in _FIELD_TO_OPTION}
@@ -81,11 +92,24 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         options = self.focus_options()
         if options.is_default:
             return user
-        return {**(user or {}), OPTIONS_KEY: options.to_dict()}
+        return {**(user or {}), OPTIONS_KEY: _FieldOptions(options.to_dict())}
 
     @hf_overrides.setter
     def hf_overrides(self, value):
+        if not self.__dict__.get('_built'):  # the constructor: __post_init__ adopts and checks
+            self.__dict__['_user_hf_overrides'] = value
+            return
+        # set after construction: the same merge and checks as in the constructor; a refused value changes nothing
+        before = self.__dict__.get('_user_hf_overrides'), {name: getattr(self, name) for name in _FIELD_TO_OPTION}
         self.__dict__['_user_hf_overrides'] = value
+        try:
+            self._adopt_carried_options()
+            self.focus_options()
+        except Exception:
+            self.__dict__['_user_hf_overrides'] = before[0]
+            for name, field_value in before[1].items():
+                setattr(self, name, field_value)
+            raise
 
 
 PytorchEngineConfig.__doc__ += '\n\n    Additional args:\n' + options_doc(prefix='dllm_')
