@@ -25,9 +25,10 @@ MAX_CHAT_N = 128  # upstream's fan-out cap (chat_completions.validation._MAX_FAN
 # request's host-side logprob lists stall the engine loop for its neighbours (~0.45 s a step at 100,000), and
 # above the vocabulary upstream's torch.topk raises inside the step and ends the engine loop.
 MAX_LOGPROBS = 20
-# Entries of a chat request's logit_bias (OpenAI's cap). Upstream applies them one indexing op per entry per row
+# Entries of a chat request's logit_bias. Upstream applies them one indexing op per entry per row
 # on the engine's loop, and a diffusion model's rows are every block position: a 150,000-entry map took ~19 s a
-# step at L = 32 (CPU), stalling every request in the batch.
+# step at L = 32 (CPU), stalling every request in the batch (one op per row since, upstream_fixes/logit_bias.py;
+# the cap still bounds what a request builds and keeps per step).
 MAX_LOGIT_BIAS = 300
 
 
@@ -80,8 +81,9 @@ def repetition_window() -> int:
 
 def _check_repetition_ngram(size, threshold) -> None:
     """An n-gram longer than upstream's window raises a shape error inside the batch's sampling step once a
-    neighbour with another n-gram size is in the batch (the engine loop ends); a count past int64 fails the
-    request's sampling inputs. Zero or negative values turn the check off (upstream's rule) and stay allowed."""
+    neighbour with another n-gram size is in the batch (the engine loop ends); a count past int64 failed the
+    request's sampling inputs (the rule stops at int32, far past any useful count). Zero or negative values
+    turn the check off (upstream's rule) and stay allowed."""
     window = repetition_window()
     if size is not None and not (_integer(size) and size <= window):
         raise FieldError('repetition_ngram_size', f'must be an integer <= {window} (the n-gram window, '
