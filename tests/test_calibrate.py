@@ -97,6 +97,21 @@ def test_max_new_tokens_caps_every_task_and_defaults_to_each_tasks_own():
     assert token_budgets(tasks, 8) == [8, 8, 4]  # every shipped task sets its own: the flag used to change nothing
 
 
+def test_recommendation_names_the_block_length_and_threshold_it_was_measured_at():
+    from lmdeploy_focus.calibrate.grid import Recommendation
+    from lmdeploy_focus.calibrate.report import recommendation_line
+    line = recommendation_line(Recommendation('importance', 1.5, 'recall 0.96'), 32, 0.9)
+    assert line == ('recommendation: --focus --dllm-focus-policy importance --dllm-focus-alpha 1.5 --dllm-block-length 32 '
+                    '--dllm-confidence-threshold 0.9 (recall 0.96)')
+    assert 'threshold' not in recommendation_line(Recommendation(None, None, 'no setting'), 32, 0.9)
+
+
+def test_a_model_path_that_is_no_folder_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', str(tmp_path / 'missing-b32'), '--out-dir',
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and 'is not a model folder' in out.stderr and 'Traceback' not in out.stderr
+
+
 def test_help_documents_every_option():
     out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', '--help'], capture_output=True, text=True,
                          check=True).stdout

@@ -107,6 +107,8 @@ def run(args) -> dict:
     from transformers import AutoTokenizer
 
     from ..config.model_facts import block_length_from_path
+    if not os.path.isdir(args.model):  # a hub id needs network access, which calibration does not assume
+        raise SystemExit(f'calibrate: error: {args.model!r} is not a model folder (the one holding config.json)')
     tasks = _tasks(args)
     block_length = args.block_length or block_length_from_path(args.model)
     if block_length is None:
@@ -139,7 +141,7 @@ def run(args) -> dict:
     rows = report.table_rows(results, args.alphas)
     head = report.header(args, backend.name)
     table = report.markdown_table(rows)
-    line = report.recommendation_line(recommendation)
+    line = report.recommendation_line(recommendation, block_length, args.threshold)
     markdown = (f'# FOCUS calibration: {args.model}\n\n' + '\n'.join(f'- {k}: {v}' for k, v in head.items()) +
                 f'\n- tasks run: {len(tasks)}, block length {block_length}, threshold {args.threshold}, target recall '
                 f'{args.target_recall}\n\n{table}\n\n{line}\n\nRecall: shadow mode (nothing evicted), decoded tokens the '

@@ -51,9 +51,15 @@ def markdown_table(rows) -> str:
     return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
 
-def recommendation_line(rec) -> str:
+def recommendation_line(rec, block_length: int | None = None, threshold: float | None = None) -> str:
+    """The flags to serve with, with the block length and threshold it was measured at (another threshold
+    unmasks differently, so the same alpha keeps a different share of what gets decoded)."""
     if rec.enable:
-        return f'recommendation: --focus --dllm-focus-policy {rec.policy} --dllm-focus-alpha {rec.alpha:g} ({rec.reason})'
+        measured = ''.join(f' {flag} {value:g}' for flag, value in (('--dllm-block-length', block_length),
+                                                                      ('--dllm-confidence-threshold', threshold))
+                           if value is not None)
+        return (f'recommendation: --focus --dllm-focus-policy {rec.policy} --dllm-focus-alpha {rec.alpha:g}{measured} '
+                f'({rec.reason})')
     return f'recommendation: do not enable FOCUS on this model ({rec.reason})'
 
 
