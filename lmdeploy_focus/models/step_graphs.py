@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..config.env_switch import env_switch
 from ..log import logger
 from . import tp_layout_check
 from .sparse_step import (COUNTS, DeepRows, FrontOutputs, StepConfig, StepInputs, copy_into, deep, empty_like_tree,
@@ -95,7 +96,7 @@ def sync_free_rows() -> int:
 def zero_padding(moe: bool = False) -> bool:
     """Whether the step's padding rows are zeros (``StepConfig.zero_padding``): a MoE model's, unless
     ``$LMDEPLOY_FOCUS_ZERO_PADDING`` (0 or 1) says otherwise."""
-    return bool(_int_from_env(ZERO_PADDING_ENV, int(moe), 0, 1, 'zero padding rows in the decode step'))
+    return env_switch(ZERO_PADDING_ENV, default=moe)
 
 
 def _no_mark(phase: str) -> None:

@@ -4,9 +4,10 @@ Why: ``/v1/chat/completions`` turns ``logit_bias`` into a processor that adds ea
 op (``logits[token_id] = logits[token_id] + bias``), and a diffusion request runs its processors on every block
 row: a 300-entry map is L × 300 launches a step on the engine's loop (9,600 at L = 32), which every request of
 the batch waits for. How: the same sums as one ``index_put_`` per row, each token's bias added once, in fp32 and
-rounded to the logits' dtype: the same logits for fp32 logits; for bf16 / fp16 logits at most one unit in the
-last place apart (upstream adds a Python scalar, which the CPU rounds to the logits' dtype first and CUDA kernels
-keep at fp32). Other processors pass through unchanged.
+rounded to the logits' dtype: the same logits for fp32 logits; for bf16 / fp16 logits apart by at most the
+rounding of the bias to that dtype (upstream adds a Python scalar, which the CPU rounds to the logits' dtype first;
+where logit and bias nearly cancel that is many units in the last place of the sum). Other processors pass through
+unchanged.
 Removed by: upstream applying ``logit_bias`` as a tensor op.
 """
 import functools
