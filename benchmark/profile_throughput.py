@@ -181,6 +181,9 @@ def main(argv=None):
     config_kwargs = engine_runner.engine_config_kwargs(args, max(levels), facts)
     settings = {k: v for k, v in vars(args).items() if k not in ('dataset', 'model_path')}
     settings['event_loop'] = event_loop_name(args.use_uvloop)
+    # every FOCUS option the engine runs with, defaults included (a default may change between plugin versions, e.g.
+    # dllm_stock_step_rows: small batches as stock steps)
+    settings['focus_options'] = FocusOptions(**{o.name: config_kwargs.get(o.field, o.default) for o in OPTIONS}).resolved().to_dict()
     env = report.environment()
     notes = []
     if len(levels) > 1:

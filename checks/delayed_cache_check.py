@@ -21,8 +21,11 @@ load_benchmark_packages('arms')
 from arms import arm_fields  # noqa: E402
 
 # delayed_process_all: delayed-cache bookkeeping, every step forwards the whole block (its ARM_ENV switch)
-ARMS = {'stock': arm_fields('stock'), 'delayed_process_all': arm_fields('delayed_exact'),
-        'delayed_exact': arm_fields('delayed_exact'), 'delayed_fast': arm_fields('delayed_fast')}
+# stock_steps=False: the checks' small batches run the delayed-cache step itself (not --dllm-stock-step-rows' stock step)
+ARMS = {'stock': arm_fields('stock', stock_steps=False),
+        'delayed_process_all': arm_fields('delayed_exact', stock_steps=False),
+        'delayed_exact': arm_fields('delayed_exact', stock_steps=False),
+        'delayed_fast': arm_fields('delayed_fast', stock_steps=False)}
 ARM_ENV = {
     'delayed_process_all': 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL',
 }

@@ -45,8 +45,8 @@ from arms import arm_fields  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED_META = ('probe_ids', 'block_length', 'mask_token_id', 'unmasking_strategy', 'denoising_steps')
-DELAYED_EXACT = arm_fields('delayed_exact')
-DELAYED_FAST = arm_fields('delayed_fast')
+DELAYED_EXACT = arm_fields('delayed_exact', stock_steps=False)
+DELAYED_FAST = arm_fields('delayed_fast', stock_steps=False)
 # arm name -> (engine kwargs, environment)
 ARMS_A = {
     'stock': ({}, {}),

@@ -22,8 +22,8 @@ from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops ben
 load_benchmark_packages('arms')
 from arms import arm_fields  # noqa: E402
 
-ARMS = {name: arm_fields(name, dllm_track=True) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus_leftmost',
-                                                          'focus_leftmost_fast', 'focus_importance')}
+ARMS = {name: arm_fields(name, stock_steps=False, dllm_track=True)
+        for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus_leftmost', 'focus_leftmost_fast', 'focus_importance')}
 
 
 def run(args, arm, batch_size, output_len, eager, return_tokens, **overrides):

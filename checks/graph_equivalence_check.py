@@ -28,7 +28,7 @@ from quality.engine_backend import release_device_memory  # noqa: E402  (same be
 
 DEFAULT_ARMS = ('stock', 'delayed', 'focus-importance', 'focus-leftmost')
 # the auto arms replay the α controller's update graph (strategies/dllm/controller_graph.py) under graphs
-ARMS = {name: arm_fields(name) for name in DEFAULT_ARMS + ('delayed-fast', 'focus-importance-fast',
+ARMS = {name: arm_fields(name, stock_steps=False) for name in DEFAULT_ARMS + ('delayed-fast', 'focus-importance-fast',
                                                           'focus-leftmost-fast', 'focus-auto', 'focus-auto-leftmost')}
 UNMASKING = {'static': 'low_confidence_static', 'dynamic': 'low_confidence_dynamic'}
 

@@ -22,7 +22,7 @@ load_benchmark_packages('arms', 'throughput', 'quality')
 from arms import arm_fields  # noqa: E402
 from quality.engine_backend import release_device_memory  # noqa: E402  (same between engines)
 
-ARMS = {name: arm_fields(name, dllm_track=True) for name in ('stock', 'delayed_exact', 'focus', 'shadow')}
+ARMS = {name: arm_fields(name, stock_steps=False, dllm_track=True) for name in ('stock', 'delayed_exact', 'focus', 'shadow')}
 
 
 async def _one(engine, session_id, input_ids, gen_config):

@@ -61,7 +61,7 @@ from quality.engine_backend import release_device_memory  # noqa: E402  (same be
 
 from arms import arm_fields  # noqa: E402
 
-ARMS = {name: arm_fields(name) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus', 'focus_leftmost')}
+ARMS = {name: arm_fields(name, stock_steps=False) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus', 'focus_leftmost')}
 DEFAULT_ARMS = ('stock', 'delayed_exact', 'delayed_fast', 'focus')  # focus_leftmost: same machinery, other policy
 MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling', 'logprobs')
 CASES = MAIN_CASES + ('chunked_prefill', 'prefix_caching')

@@ -22,6 +22,7 @@ from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheSta
 from lmdeploy_focus.strategies.dllm.alpha_controller import AlphaControllerConfig
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 L = 8
 MASKED, UNMASKED = focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED
@@ -55,7 +56,7 @@ def _generate(target_recall, steps=40, padded=False, force_fallback=False):
     countdown = shadow_schedule.fresh(B, 2, seed=0, first_index=0)
     shadow_steps, bound = 0, None
     for _ in range(steps):
-        step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
+        step_inputs = step_inputs_stub(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
                                       next_rows_bound=bound,
                                       extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),
                                       model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))

@@ -29,6 +29,15 @@ def test_names_and_aliases_resolve():
         arms.canonical('focus-random')
 
 
+def test_without_stock_steps_only_sparse_decoding_arms_change():
+    assert arms.arm_fields('stock', stock_steps=False) == {}
+    assert arms.arm_fields('focus-leftmost', stock_steps=False) == {**arms.ARMS['focus-leftmost'], 'dllm_stock_step_rows': 0}
+    assert arms.arm_fields('delayed', stock_steps=False)['dllm_stock_step_rows'] == 0
+    assert arms.arm_fields('shadow', stock_steps=False)['dllm_stock_step_rows'] == 0
+    assert 'dllm_stock_step_rows' not in arms.arm_fields('focus-importance')  # the engine's default
+    assert arms.arm_fields('focus', stock_steps=False, dllm_stock_step_rows=256)['dllm_stock_step_rows'] == 256
+
+
 def test_shell_drivers_read_the_table():
     out = subprocess.run([sys.executable, os.path.join(REPO, 'benchmark', 'arms', '__init__.py'), 'flags',
                           'focus-leftmost', 'dllm_focus_alpha=2'], capture_output=True, text=True, check=True)

@@ -684,15 +684,15 @@ def test_suite_fast_commit_phase_pairs_exact_and_fast_with_same_run_stock(tmp_pa
     assert 'skipped' not in out
 
 
-def test_suite_small_batches_phase_on_llada2_pairs_sync_free_and_reading_without_the_sdar_driver(tmp_path):
+def test_suite_small_batches_phase_on_llada2_pairs_sync_free_and_every_step_without_the_sdar_driver(tmp_path):
     env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), SMALL_MODEL='llada2-mini')
     proc, cmds = _dry_commands(SUITE, 'small_batches', str(tmp_path / 'out'), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
         ('stock-static', 'LLaDA2.0-mini-b32'), ('focus-importance-static', 'LLaDA2.0-mini-b32'),
-        ('focus-importance-static-reading', 'LLaDA2.0-mini-b32'), ('focus-importance-static-sf128', 'LLaDA2.0-mini-b32'),
+        ('focus-importance-static-every-step', 'LLaDA2.0-mini-b32'), ('focus-importance-static-sf128', 'LLaDA2.0-mini-b32'),
         ('focus-importance-static-sf128-nozero', 'LLaDA2.0-mini-b32')]
-    assert _env_switches(proc.stdout, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0', '128', '128']
+    assert _env_switches(proc.stdout, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, None, '128', '128']
     assert _env_switches(proc.stdout, 'LMDEPLOY_FOCUS_ZERO_PADDING') == [None, None, None, None, '0']
     assert '--arch llada2-mini' in proc.stdout and '--arch sdar-8b' not in proc.stdout
 
@@ -703,7 +703,7 @@ def test_suite_small_batches_phase_on_sdar_moe_runs_the_sdar_arms_on_its_checkpo
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [(c.arm, os.path.basename(c.model_path)) for c in cmds] == [
         ('stock-static', 'SDAR-30B-A3B-l24-b32'), ('focus-importance-static', 'SDAR-30B-A3B-l24-b32'),
-        ('focus-importance-static-reading', 'SDAR-30B-A3B-l24-b32'), ('delayed-cache-static', 'SDAR-30B-A3B-l24-b32')]
+        ('focus-importance-static-every-step', 'SDAR-30B-A3B-l24-b32'), ('delayed-cache-static', 'SDAR-30B-A3B-l24-b32')]
     assert all(c.concurrency == [1, 4, 16, 32] for c in cmds)
     assert '--arch sdar-30b-a3b-l24' in proc.stdout and '--arch sdar-8b' not in proc.stdout
 
@@ -717,11 +717,11 @@ def test_suite_rejects_an_unknown_small_model(tmp_path):
 def test_suite_small_batches_phase_runs_four_waves_of_each_small_batch(tmp_path):
     out, cmds = _suite(tmp_path, 'small_batches')
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
-        ('stock-static', None), ('focus-importance-static', 'importance'), ('focus-importance-static-reading', 'importance'),
+        ('stock-static', None), ('focus-importance-static', 'importance'), ('focus-importance-static-every-step', 'importance'),
         ('delayed-cache-static', None)]
-    # the reading arm alone turns sync-free small batches off
-    assert _env_switches(out, 'LMDEPLOY_FOCUS_SYNC_FREE_ROWS') == [None, None, '0', None]
-    assert all(c.concurrency == [1, 4, 16] and c.prompts_per_slot == 4 and not c.eager_mode for c in cmds)
+    # the every-step arm alone turns the engine's stock steps at small batches off
+    assert [c.dllm_option for c in cmds] == [[], [], [('stock_step_rows', 0)], []]
+    assert all(c.concurrency == [1, 2, 4, 16] and c.prompts_per_slot == 4 and not c.eager_mode for c in cmds)
     assert all((c.input_len, c.output_len, c.dllm_denoising_steps) == (256, 256, 8) for c in cmds)
     assert 'skipped' not in out
 

@@ -78,7 +78,8 @@ def test_api_server_focus_without_alpha_uses_the_default(sdar_dir):
                                                                               delayed_cache_commit='exact',
                                                                               focus_policy='importance',
                                                                               focus_shadow=False, focus_auto_shadow_every=16,
-                    focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05)}
+                    focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05,
+                    stock_step_rows=64)}
 
 
 def test_api_server_explicit_flags(sdar_dir):
@@ -143,7 +144,8 @@ def test_chat_flags_reach_the_engine_config(sdar_dir):
     probe = json.loads(lines[0][5:])
     expected = dict(enable_delayed_cache=True, enable_focus=True, focus_alpha=3.0, track=False,
                     delayed_cache_commit='exact', focus_policy='importance', focus_shadow=False, focus_auto_shadow_every=16,
-                    focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05)
+                    focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05,
+                    stock_step_rows=64)
     assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}
 
 

@@ -12,6 +12,7 @@ from lmdeploy_focus.models.step_graphs import SYNC_FREE_ROWS_ENV
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
 from lmdeploy_focus.models.step_state.focus_state import FocusState
 from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 L = 8
 
@@ -25,7 +26,7 @@ def reading_step(monkeypatch):
 
 def attach_step_inputs(runtime, uncached, input_mask, history):
     """The pieces of DelayedCacheStepInputs the model reads at forward time."""
-    runtime.step_inputs = SimpleNamespace(
+    runtime.step_inputs = step_inputs_stub(
         delayed_state=DelayedCacheState(uncached=uncached, needs_warmup=torch.zeros(uncached.size(0), dtype=torch.bool)),
         focus_state=FocusState.fresh(uncached.size(0)), next_rows_bound=None,
         extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),

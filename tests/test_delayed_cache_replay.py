@@ -16,6 +16,7 @@ from lmdeploy_focus.models.step_state.delayed_cache_state import (DLLM_MASKED, D
                                                                 starts_new_block)
 from lmdeploy_focus.models.step_state.focus_state import FocusState
 from lmdeploy_focus_dev.testing.families import prompts_clear_of_routing_ties, tiny_model_and_reference
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 L = 8
 
@@ -93,7 +94,7 @@ def _replay(family, commit_mode, strategy, padded, sync_free, padding_rows=None)
             assert record.history_length == runner.history_lengths[b], f'step {k} seq {b}: block start'
         blocks = torch.stack([r.input_ids for r in records])
         input_mask = torch.stack([r.input_mask for r in records])
-        step_inputs = SimpleNamespace(delayed_state=state, focus_state=FocusState.fresh(B), next_rows_bound=None,
+        step_inputs = step_inputs_stub(delayed_state=state, focus_state=FocusState.fresh(B), next_rows_bound=None,
                                       extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
                                       model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
         runtime.step_inputs = step_inputs

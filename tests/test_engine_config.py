@@ -48,7 +48,8 @@ def test_focus_enables_delayed_cache_and_logs_it_once_per_process(focus_logs, mo
                                                  track=False, delayed_cache_commit='exact',
                                                  focus_policy='importance', focus_shadow=False,
                                                  focus_auto_shadow_every=16,
-                    focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05)
+                    focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05,
+                    stock_step_rows=64)
     # pipelines, chat and benchmarks build configs again and again: the note stays at one INFO line
     for _ in range(3):
         PytorchEngineConfig(dllm_enable_focus=True)

@@ -25,6 +25,7 @@ from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheSta
 from lmdeploy_focus.models.step_state.focus_step import FocusConfig
 from lmdeploy_focus.strategies.dllm.run_stats import KEYS
 from lmdeploy_focus_dev.testing.families import prompts_clear_of_routing_ties, tiny_model_and_reference
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 L = 8
 
@@ -78,7 +79,7 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         records = [steps[b][k] for b in range(B)]
         blocks = torch.stack([r.input_ids for r in records])
         input_mask = torch.stack([r.input_mask for r in records])
-        step_inputs = SimpleNamespace(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
+        step_inputs = step_inputs_stub(delayed_state=delayed, focus_state=focus, shadow_countdown=countdown,
                                       next_rows_bound=bound,
                                       extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
                                       model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))

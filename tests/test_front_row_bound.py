@@ -18,6 +18,7 @@ from lmdeploy_focus.models.step_state.delayed_cache_state import (DelayedCacheSt
                                                                   starts_new_block)
 from lmdeploy_focus.models.step_state.focus_step import FocusConfig
 from lmdeploy_focus_dev.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
 FOCUS = FocusConfig(alpha=1.5, policy='importance', shadow=False)
@@ -150,7 +151,7 @@ def test_a_bound_below_the_processed_rows_reruns_the_front_on_every_row(padded, 
         runner.prefill([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [7, 8]])
         blocks = runner.current_blocks()
         input_mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
-        runtime.step_inputs = SimpleNamespace(
+        runtime.step_inputs = step_inputs_stub(
             delayed_state=DelayedCacheState.fresh(3, L), focus_state=focus_state.FocusState.fresh(3),
             next_rows_bound=bound, extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
             model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))

@@ -22,6 +22,7 @@ from lmdeploy_focus.models.step_state.processing_set import ProcessingSet, gathe
 from lmdeploy_focus.strategies.dllm.sampling_rows import needs_dense_rows, select_rows
 from lmdeploy_focus.strategies.dllm.unmasking_guard import (RowLogitsUnmasking, masked_but_unprocessed,
                                                              unmask_processed_only)
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 HIDDEN, VOCAB = 8, 11
 MASK_ID = VOCAB - 1
@@ -208,7 +209,7 @@ def test_agent_samples_the_rows_and_returns_every_slot(seed):
     assert rows is logits and picked.batch_size == logits.size(0)
     mask = torch.where(needs_logits | ~step.fresh, MASKED, UNMASKED).flatten()
     mask[~step.fresh.flatten() & (torch.rand(batch * length) < 0.5)] = UNMASKED
-    runtime.step_inputs = SimpleNamespace(focus_state=None)
+    runtime.step_inputs = step_inputs_stub(focus_state=None)
     ids = torch.where(mask == MASKED, MASK_ID, torch.randint(0, VOCAB, mask.shape))
     next_ids, extra = agent.post_sampling(SimpleNamespace(input_ids=ids), rows, rows.argmax(-1),
                                           SimpleNamespace(dllm_mask=mask.clone()))

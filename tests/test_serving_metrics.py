@@ -207,6 +207,9 @@ def test_series_follow_the_engine_options(config, has_focus, has_shadow, has_aut
     assert ('lmdeploy:dllm_request_shadow_recall_count' in names) == has_shadow
     assert ('lmdeploy:dllm_focus_auto_fallback_steps_total' in names) == has_auto
     assert ('lmdeploy:dllm_focus_auto_shadow_steps_total' in names) == has_auto
+    # delayed cache / FOCUS count the small batches' stock steps (stock decoding has nothing else)
+    sparse = any(config.get(k) for k in ('dllm_enable_delayed_cache', 'dllm_enable_focus', 'dllm_focus_shadow'))
+    assert ('lmdeploy:dllm_stock_steps_total' in names) == sparse
     # a later engine in the same process replaces them instead of clashing in the registry
     add_dllm_stat_logger(fake_async_engine(**config))
 

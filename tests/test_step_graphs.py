@@ -7,6 +7,7 @@ import torch
 from lmdeploy_focus.models.step_graphs import (ROW_ALIGN, ROW_BUCKETS, ROW_BUCKETS_ENV, StepGraphs, pick, row_bucket_count,
                                                row_buckets)
 from lmdeploy_focus.models.sparse_step import StepConfig
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 
 @pytest.mark.parametrize('batch, length', [(1, 4), (1, 32), (3, 16), (16, 32), (24, 32), (64, 32), (256, 32),
@@ -73,12 +74,11 @@ def test_reset_drops_every_bucket_and_the_next_step_runs_eagerly():
 def test_decode_forwards_capture_only_while_no_request_is_tracked():
     """Only upstream's warm-up captures; a dummy decode forward during serving (e.g. an idle DP rank)
     must not capture in live traffic."""
-    from types import SimpleNamespace
     from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
     from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
     runtime = DelayedCacheRuntime(block_length=4)
     assert runtime.serving_idle()  # no step inputs yet: engine start
-    runtime.step_inputs = SimpleNamespace(delayed_state=None)
+    runtime.step_inputs = step_inputs_stub(delayed_state=None)
     assert runtime.serving_idle()  # step inputs rebuilt (start, wake-up)
     runtime.step_inputs.delayed_state = DelayedCacheState.fresh(0, 4)
     assert not runtime.serving_idle()  # a request has been prefilled: serving

@@ -9,6 +9,7 @@ import pytest
 from lmdeploy_focus.strategies.dllm import stream_wait
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 
 class FakeEvent:
@@ -127,7 +128,7 @@ def test_a_decode_step_records_its_event_after_the_deep_layers_are_launched(monk
     blocks = runner.current_blocks()
     mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
     for _ in range(2):
-        runtime.step_inputs = SimpleNamespace(
+        runtime.step_inputs = step_inputs_stub(
             delayed_state=DelayedCacheState.fresh(batch, length), focus_state=focus_state.FocusState.fresh(batch),
             shadow_countdown=None, next_rows_bound=None, extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),
             model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))

@@ -16,6 +16,7 @@ import torch
 from lmdeploy_focus.config import compat
 from lmdeploy_focus.models import importance_reduce, tp_layout_check
 from lmdeploy_focus_dev.testing import tp_gloo
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 
 def test_two_gloo_ranks_select_exactly_what_one_process_selects_over_all_heads():
@@ -103,7 +104,7 @@ def _decode_steps(monkeypatch, fake, check: bool, padded: bool, steps: int = 2):
     mask_id = tiny.model_config.dllm_mask_token
     blocks = runner.current_blocks()
     input_mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
-    runtime.step_inputs = SimpleNamespace(
+    runtime.step_inputs = step_inputs_stub(
         delayed_state=DelayedCacheState.fresh(2, L), focus_state=focus_state.FocusState.fresh(2), next_rows_bound=None,
         extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
         model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))

@@ -25,6 +25,8 @@ ARMS: dict[str, dict] = {
     'delayed-fast': dict(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast'),
     'focus-importance': _focus(),
     'focus-leftmost': _focus(policy='leftmost'),
+    # every decode step a FOCUS step, small batches too (the default runs them as stock steps: --dllm-stock-step-rows)
+    'focus-importance-every-step': _focus(dllm_stock_step_rows=0),
     'focus-leftmost-fast': _focus(policy='leftmost', dllm_delayed_cache_commit='fast'),
     'focus-importance-fast': _focus(dllm_delayed_cache_commit='fast'),  # issue 14 item 4: exact vs fast commit
     'focus-a1.0': _focus(1.0),
@@ -57,9 +59,20 @@ def canonical(name: str) -> str:
     return key
 
 
-def arm_fields(name: str, **more) -> dict:
-    """``PytorchEngineConfig`` FOCUS fields of arm ``name``, plus ``more`` (e.g. ``dllm_track=True``)."""
-    return {**ARMS[canonical(name)], **more}
+def arm_fields(name: str, stock_steps: bool = True, **more) -> dict:
+    """``PytorchEngineConfig`` FOCUS fields of arm ``name``, plus ``more`` (e.g. ``dllm_track=True``).
+
+    ``stock_steps=False``: an arm with delayed cache / FOCUS runs them on every decode step, small batches too
+    (``dllm_stock_step_rows=0``): for the checks and evaluations of the delayed-cache / FOCUS step itself, whose
+    batches are small. Stock decoding arms are unchanged."""
+    fields = {**ARMS[canonical(name)], **more}
+    if not stock_steps and any(fields.get(key) for key in SPARSE_DECODE_FIELDS):
+        fields.setdefault('dllm_stock_step_rows', 0)
+    return fields
+
+
+# fields of an arm that turn the delayed-cache decode step on (FOCUS and shadow imply it)
+SPARSE_DECODE_FIELDS = ('dllm_enable_delayed_cache', 'dllm_enable_focus', 'dllm_focus_shadow')
 
 
 def arm_flags(name: str, **more) -> list[str]:

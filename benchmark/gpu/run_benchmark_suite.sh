@@ -35,8 +35,8 @@
 #                   out 256: static FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
 #                   then dynamic, FOCUS importance with and without the await; static stock last.
 #        'small_batches' = where FOCUS is slower than stock (bs <= 4; bs 16 for contrast): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
-#                   bs 1/4/16, four waves a batch size: stock, FOCUS importance a1.5, the same with every step
-#                   reading its row counts (LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0), delayed cache alone (SDAR); on
+#                   bs 1/2/4/16, four waves a batch size: stock, FOCUS importance a1.5 (the default: stock steps at
+#                   bs <= 2), the same with every step a FOCUS step (--dllm-option stock_step_rows=0), delayed cache alone (SDAR); on
 #                   SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128 rows, with and without zero padding;
 #                   SMALL_MODEL=sdar-moe: the same four arms on the sdar_moe phase's SDAR-30B-A3B layers (half depth).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
@@ -239,16 +239,17 @@ if [[ $PHASE == small_batches ]]; then
   # the small-batch gap (issue 14: a bs 1-4 FOCUS step costs more than stock's): four waves a batch size, so a cell
   # is not one ~1-s wave; delayed cache alone separates the two-graph step from FOCUS's own work
   # SMALL_BATCH_SIZES / SMALL_WAVES: a shorter table where the device time is short (the step estimates assume the defaults)
+  SB_ARGS="--prompts-per-slot ${SMALL_WAVES:-4} --input-len 256 --ignore-eos --fast-exit --output-len 256"
   SB=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256
-      BATCH_SIZES="${SMALL_BATCH_SIZES:-1 4 16}"
-      EXTRA_ARGS="--prompts-per-slot ${SMALL_WAVES:-4} --input-len 256 --ignore-eos --fast-exit --output-len 256")
+      BATCH_SIZES="${SMALL_BATCH_SIZES:-1 2 4 16}" EXTRA_ARGS="$SB_ARGS")
   step 100 "stock static, small batches" "${SB[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  # the engine's default: batches within --dllm-stock-step-rows (64 rows: bs <= 2 at b32) run stock steps
   step 90 "focus-importance static, small batches" "${SB[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  # the same with every step reading its row counts (LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0: the step before sync-free
-  # small batches), same run
-  step 90 "focus-importance static, small batches, reading" "${SB[@]}" ARM_TAG=-static-reading \
-    LMDEPLOY_FOCUS_SYNC_FREE_ROWS=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  # every step a FOCUS step (no stock steps), same run: what the stock steps replace
+  step 90 "focus-importance static, small batches, every step" "${SB[@]}" ARM_TAG=-static-every-step \
+    EXTRA_ARGS="$SB_ARGS --dllm-option stock_step_rows=0" FOCUS_POLICY=importance \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   [[ $SDAR == */SDAR-* ]] && step 90 "delayed-cache static, small batches" "${SB[@]}" \
     bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
   if [[ $SDAR == */LLaDA2* ]]; then

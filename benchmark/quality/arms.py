@@ -17,7 +17,7 @@ KV_PAGE = 64  # the fork's KV page (block_size); a multiple of every SDAR block 
 
 
 # report labels, in report order; their FOCUS fields come from the shared table
-ARMS: dict[str, dict] = {name: arm_fields(name) for name in (
+ARMS: dict[str, dict] = {name: arm_fields(name, stock_steps=False) for name in (
     'stock', 'delayed_fast', 'delayed_exact', 'focus_a1.0', 'focus_a1.5', 'focus_a1.5_fast', 'focus_a2', 'focus_a3',
     'focus_leftmost', 'focus_auto', 'focus_auto_leftmost', 'shadow')}
 BASELINE_ARM = 'stock'

@@ -22,7 +22,8 @@ class Cell:
 
     def focus_options(self) -> dict:
         """The ``hf_overrides['dllm_focus']`` dict of this run (statistics on)."""
-        options = dict(enable_delayed_cache=True, delayed_cache_commit='exact', track=True)
+        # stock_step_rows 0: every decode step measured, the batch's tail too (stock steps would decode it as stock)
+        options = dict(enable_delayed_cache=True, delayed_cache_commit='exact', track=True, stock_step_rows=0)
         if self.mode != BASELINE:
             options.update(enable_focus=True, focus_alpha=self.alpha, focus_policy=self.policy,
                            focus_shadow=self.mode == SHADOW)

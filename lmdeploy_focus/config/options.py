@@ -39,6 +39,14 @@ DEFAULT_COMMIT_MODE = 'exact'
 # names: the kernels, the CLI, the benchmarks and the reference loop read it from here.
 FOCUS_POLICIES = ('importance', 'leftmost')
 DEFAULT_FOCUS_POLICY = 'importance'
+# Decode steps of at most this many block rows (batch x block length) run as stock steps: there a step's GEMMs read
+# their weights whatever the row count and the host paces the step, so delayed cache / FOCUS save no time and their
+# bookkeeping costs some. H100, random weights, static 4 tok/step, b32, FOCUS importance against stock: bs 1 (32 rows)
+# 0.94x SDAR-8B, 0.81x SDAR-MoE, TPOT +7.5 % LLaDA2.0-mini; bs 4 (128 rows) 0.98x, 1.09x, 1.02x (BENCHMARKS.md "Stock
+# steps at small batches"). Applied per upstream CUDA-graph batch bucket (powers of two): the largest power of two
+# <= rows // L is the biggest stock batch (64 rows: bs <= 2 at b32, <= 4 at b16, 1 at b64).
+DEFAULT_STOCK_STEP_ROWS = 64
+MAX_STOCK_STEP_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,10 @@ OPTIONS = (
     Option('focus_shadow', False,
            'Compute the FOCUS selection without evicting; with --dllm-track, report how many decoded tokens had '
            'been selected (implies --dllm-enable-focus)'),
+    Option('stock_step_rows', DEFAULT_STOCK_STEP_ROWS,
+           'With delayed cache / FOCUS: decode batches of at most this many block rows (batch x block length, '
+           'rounded down to a power-of-two batch) run stock decode steps, where the step is paced by the host and '
+           'the weight reads and eviction would save nothing; 0 = every decode step runs delayed cache / FOCUS'),
     Option('focus_auto_shadow_every', DEFAULT_AUTO_SHADOW_EVERY,
            'With --dllm-focus-alpha auto: each sequence runs one decode step in N in shadow mode (N >= 1; '
            'at 16 about 3 percent of the throughput on SDAR-8B; a larger N costs less and adapts slower)'),
@@ -135,6 +147,10 @@ class FocusOptions:
                 raise ValueError(f'{option.field} must be a bool, got {value!r}')
             if option.choices is not None and value not in option.choices:
                 raise ValueError(f'{option.field} must be one of {option.choices}, got {value!r}')
+        rows = self.stock_step_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 0 <= rows <= MAX_STOCK_STEP_ROWS:
+            raise ValueError(f'dllm_stock_step_rows must be an integer in [0, {MAX_STOCK_STEP_ROWS}] (0: no stock '
+                             f'steps), got {rows!r}')
         every = self.focus_auto_shadow_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f'dllm_focus_auto_shadow_every must be an integer >= 1, got {every!r}')
@@ -206,7 +222,7 @@ class FocusOptions:
         if not self.enable_focus:
             needs.update((name, '--focus') for name in ('focus_alpha', 'focus_policy'))
         if not self.enable_delayed_cache:
-            needs['delayed_cache_commit'] = '--dllm-enable-delayed-cache or --focus'
+            needs['delayed_cache_commit'] = needs['stock_step_rows'] = '--dllm-enable-delayed-cache or --focus'
         if not (self.enable_focus and self.auto_alpha):
             needs.update((o.name, '--focus --dllm-focus-alpha auto') for o in OPTIONS if o.name.startswith('focus_auto_'))
         return [f'{o.flag} (needs {needs[o.name]})' for o in OPTIONS

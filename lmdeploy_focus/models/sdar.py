@@ -70,7 +70,8 @@ class DelayedCacheDLLMMixin:
 
     def forward(self, input_ids, position_ids, past_key_values, attn_metadata=None, inputs_embeds=None, **kwargs):
         runtime = self.delayed_cache_runtime
-        if runtime is not None and inputs_embeds is None and self.ctx_mgr.current_context().is_decoding:
+        if (runtime is not None and inputs_embeds is None and self.ctx_mgr.current_context().is_decoding
+                and not runtime.stock_step(input_ids.numel())):  # a small batch's stock step: upstream's forward
             if runtime.decode_batch_matches(input_ids.numel()):
                 hidden = runtime.run_step(self.step_graphs, input_ids.flatten(), past_key_values,
                                           attn_metadata.block_offsets, attn_metadata)
@@ -107,9 +108,16 @@ class DelayedCacheDLLMMixin:
             return super().support_cuda_graph(*args, **kwargs)
         # Upstream's graph runner asks only when graphs are on. Decode steps then run from the
         # plugin's own graphs (captured at warm-up, replayed inside forward), never from upstream's
-        # one-graph capture, whose buffers would only cost memory.
+        # one-graph capture, whose buffers would only cost memory; except a small batch's stock step
+        # (--dllm-stock-step-rows), which is upstream's step and replays upstream's graph of its bucket.
         self.step_graphs.enabled = True
-        return False
+        return (super().support_cuda_graph(*args, **kwargs)
+                and self.delayed_cache_runtime.stock_step(_input_ids(*args, **kwargs).numel()))
+
+
+def _input_ids(input_ids, *args, **kwargs):
+    """``support_cuda_graph``'s first argument, passed by name or by position."""
+    return input_ids
 
 
 class DelayedCacheSDARForCausalLM(DelayedCacheDLLMMixin, SDARForCausalLM):

@@ -27,6 +27,7 @@ series                                            type      what feeds it (``req
 ``lmdeploy:dllm_denoising_steps_total``           counter   ``decode_steps`` (sequence-steps)
 ``lmdeploy:dllm_rows_layers_0_1_total``           counter   ``processed_tokens`` (rows into layers 0-1)
 ``lmdeploy:dllm_rows_deep_layers_total``          counter   ``deep_tokens`` (rows through layers >= 2)
+``lmdeploy:dllm_stock_steps_total``               counter   ``stock_steps`` (delayed cache / FOCUS on)
 ``lmdeploy:dllm_focus_candidates_total``          counter   ``candidates`` (FOCUS on)
 ``lmdeploy:dllm_focus_kept_candidates_total``     counter   ``kept_candidates`` (FOCUS on)
 ``lmdeploy:dllm_request_kept_fraction``           histogram per finished request, kept / candidates
@@ -69,6 +70,10 @@ CORE_COUNTERS = {
     'rows_deep_layers': ('deep_tokens', 'DLLM rows forwarded through layer 1\'s attention and MLP and layers >= 2 in decode '
                          'steps (after FOCUS eviction).'),
 }
+DELAYED_COUNTERS = {
+    'stock_steps': ('stock_steps', 'DLLM sequence-steps run as stock decode steps (batches of at most '
+                    '--dllm-stock-step-rows block rows): no delayed cache, no eviction.'),
+}
 FOCUS_COUNTERS = {
     'focus_candidates': ('candidates', 'Masked rows of the FOCUS processing sets (eviction candidates).'),
     'focus_kept_candidates': ('kept_candidates', 'Eviction candidates FOCUS kept past layer 1.'),
@@ -90,7 +95,7 @@ AUTO_COUNTERS = {
 }
 # the totals whose growth feeds the counters (the engine's keys: strategies.dllm.run_stats.KEYS, not
 # imported here: that package loads the engine's strategies, which the api_server process does not need)
-DELTA_KEYS = tuple(key for table in (CORE_COUNTERS, FOCUS_COUNTERS, SHADOW_COUNTERS, AUTO_COUNTERS)
+DELTA_KEYS = tuple(key for table in (CORE_COUNTERS, DELAYED_COUNTERS, FOCUS_COUNTERS, SHADOW_COUNTERS, AUTO_COUNTERS)
                    for key, _ in table.values())
 FRACTION_BUCKETS = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
@@ -109,16 +114,18 @@ def focus_options_of(config) -> FocusOptions:
 class DLLMStatLogger(StatLoggerBase):
     """Prometheus series of the DLLM statistics; registered in the default registry (upstream's ``/metrics``).
 
-    ``focus`` adds the eviction series, ``shadow`` the shadow-recall ones, ``auto`` (α auto: its shadow
+    ``delayed`` adds the stock-step count, ``focus`` the eviction series, ``shadow`` the shadow-recall ones, ``auto`` (α auto: its shadow
     steps fill the shadow-recall series) those and the controller's (only filled in those modes).
     """
 
     def __init__(self, model_name: str, dp_rank: int = 0, focus: bool = False, shadow: bool = False,
-                 auto: bool = False):
+                 auto: bool = False, delayed: bool = False):
         import prometheus_client
 
         shadow = shadow or auto
         counters = dict(CORE_COUNTERS)
+        if delayed or focus or shadow:
+            counters.update(DELAYED_COUNTERS)
         if focus or shadow:
             counters.update(FOCUS_COUNTERS)
         if shadow:
@@ -223,7 +230,8 @@ def add_dllm_stat_logger(async_engine) -> DLLMStatLogger | None:
                                  dp_rank=dp_rank,
                                  focus=options.enable_focus,
                                  shadow=options.focus_shadow,
-                                 auto=options.enable_focus and options.auto_alpha)
+                                 auto=options.enable_focus and options.auto_alpha,
+                                 delayed=options.enable_delayed_cache)
     # upstream handed metrics_processor this same list object
     async_engine.stat_loggers.append(stat_logger)
     return stat_logger

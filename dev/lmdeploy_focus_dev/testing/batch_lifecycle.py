@@ -38,7 +38,7 @@ class Request:
 class LifecycleSim:
     """One engine: a batch in step-input order, each request's committed blocks (``outputs``)."""
 
-    def __init__(self, tiny, unmasking, padded: bool, buckets=(8, 4, 2, 1)):
+    def __init__(self, tiny, unmasking, padded: bool, buckets=(8, 4, 2, 1), stock_step_rows: int = 0):
         self.model = tiny.model
         self.runtime = tiny.model.delayed_cache_runtime
         self.block_length = self.runtime.block_length
@@ -51,6 +51,7 @@ class LifecycleSim:
             self.runner.capture_step_graphs(list(buckets))
         self.inputs = DelayedCacheStepInputs(_block_size=self.block_length, _dllm_mask_token=self.mask_id,
                                              tracks_focus=self.runtime.focus is not None)  # as the factory sets it
+        self.inputs.stock_step_rows = stock_step_rows
         focus = self.runtime.focus
         if focus is not None and focus.auto is not None:  # --dllm-focus-alpha auto: the shadow schedule, as the factory
             self.inputs.shadow_period = focus.shadow_every
@@ -61,7 +62,10 @@ class LifecycleSim:
         self.wanted = {}  # request id -> committed blocks it asks for
         self.outputs = {}  # request id -> committed blocks so far
         self.decoded_checked = 0  # tokens the guard check saw decoded
-        self.modes = set()  # (batch size, whether the step ran sync-free) of every decode step
+        self.modes = set()  # (batch size, whether the step ran sync-free) of every delayed-cache decode step
+        self.stock_batches = set()  # batch sizes of the decode steps that ran as upstream's stock step
+        self.kinds = {}  # request id -> 'stock' / 'delayed' of each of its decode steps, in order
+        self.after_stock = []  # rows into layer 0 per sequence of each delayed-cache step that followed stock steps
 
     def live(self) -> list:
         return [r for r in self.batch if len(self.outputs[r]) < self.wanted[r]]
@@ -144,21 +148,36 @@ class LifecycleSim:
                              history_lengths=history, block_offsets=self.pages.page_table(self.batch), is_decoding=True,
                              num_ignored_history=torch.zeros(batch, dtype=torch.long), max_q_seqlen=L,
                              max_kv_seqlen=int(history.max()) + L, sum_kv_seqlen=int(history.sum()) + batch * L)
+        stale = self.inputs.state_stale
         logits = self.runner.forward(inputs)
         assert torch.isfinite(logits).all(), 'non-finite decode logits'
-        assert self.runtime.step is not None, 'the decode step did not take the delayed-cache path'
+        stock = self.inputs.stock_step(batch)
+        assert (self.runtime.step is None) == stock, f'B={batch}: stock step {stock}, delayed-cache step ran ' \
+                                                      f'{self.runtime.step is not None}'
+        for rid in self.batch:
+            self.kinds.setdefault(rid, []).append('stock' if stock else 'delayed')
         logits, _ = self.agent.sampling_rows(logits, SamplingInputs(batch_size=batch * L, max_num_logprobs=-1))
         in_mask = self.inputs.extra_inputs.dllm_mask.clone()
         has_logits = torch.zeros(batch * L, dtype=torch.bool)
-        self.modes.add((batch, self.runtime.step.sync_free))
-        if self.runtime.step.sync_free:  # logits at every slot; fresh ones at the processed masked slots only
+        if stock:
+            self.stock_batches.add(batch)
+            has_logits[:] = True  # upstream's step: logits at every slot
+        else:
+            self.modes.add((batch, self.runtime.step.sync_free))
+            if stale:
+                self.after_stock.append(self.runtime.step.processed_per_seq.tolist())
+        if stock:
+            pass  # upstream's unmasker on upstream's logits
+        elif self.runtime.step.sync_free:  # logits at every slot; fresh ones at the processed masked slots only
             has_logits = self.runtime.step.fresh.flatten() & (in_mask == MASKED)
         elif self.runtime.step.num_logit_rows > 0:
             slots = self.runtime.logit_slots
             assert int(slots.max()) < batch * L and (in_mask[slots] == MASKED).all(), 'logits of a non-MASKED slot'
             assert slots.unique().numel() == slots.numel(), 'a slot with two logit rows'
             has_logits[slots] = True
-        next_ids, extra = self.agent.post_sampling(SimpleNamespace(input_ids=model_inputs.input_ids), logits,
+        next_ids, extra = self.agent.post_sampling(SimpleNamespace(input_ids=model_inputs.input_ids, is_decoding=True,
+                                                                   seq_length=inputs.seq_length),
+                                                   logits,
                                                    logits.argmax(-1), DLLMExtraInputs(dllm_mask=in_mask.clone()))
         decoded = (in_mask == MASKED) & (extra.dllm_mask == UNMASKED)
         assert not (decoded & ~has_logits).any(), 'a slot without fresh logits was decoded'
@@ -172,28 +191,31 @@ class LifecycleSim:
         self.check_state()
 
 
-def decode_alone(tiny, unmasking, padded: bool, request: Request, max_steps: int = 400) -> list:
-    """``request``'s committed blocks when it is the only one in the engine."""
+def decode_alone(tiny, unmasking, padded: bool, request: Request, max_steps: int = 400, kinds=None) -> list:
+    """``request``'s committed blocks when it is the only one in the engine; ``kinds`` ('stock' / 'delayed' per decode
+    step): force each step's kind, as the batch sizes it met in a shared engine did (``LifecycleSim.kinds``)."""
     sim = LifecycleSim(tiny, unmasking, padded)
     sim.prefill([request])
-    for _ in range(max_steps):
-        if not sim.live():
+    for step in range(max_steps):
+        if not sim.live() or (kinds is not None and step == len(kinds)):  # an aborted request's steps end early
             break
+        if kinds is not None:  # a batch of one runs stock steps iff its rows fit (stock_step_rows = L), else never
+            sim.inputs.stock_step_rows = sim.block_length if kinds[step] == 'stock' else 0
         sim.decode()
     return sim.outputs[request.rid]
 
 
 def decode_batched(tiny, unmasking, padded: bool, requests: list, rng: random.Random, aborting: set,
-                   max_steps: int = 2000) -> tuple[dict, LifecycleSim]:
-    """Every request's committed blocks when they share the engine: three start together, the rest join 1-3 at a
-    time at random steps, those in ``aborting`` may be aborted at any step, the batch is reordered now and then."""
-    sim = LifecycleSim(tiny, unmasking, padded)
+                   max_steps: int = 2000, stock_step_rows: int = 0, start: int = 3) -> tuple[dict, LifecycleSim]:
+    """Every request's committed blocks when they share the engine: ``start`` start together, the rest join 1-3 at a
+    time at random steps (or as soon as none is left), those in ``aborting`` may be aborted at any step, the batch is reordered now and then."""
+    sim = LifecycleSim(tiny, unmasking, padded, stock_step_rows=stock_step_rows)
     queue = list(requests)
-    sim.prefill([queue.pop(0) for _ in range(min(3, len(queue)))])
+    sim.prefill([queue.pop(0) for _ in range(min(start, len(queue)))])
     for _ in range(max_steps):
         if not queue and not sim.live():
             break
-        if queue and rng.random() < 0.25:
+        if queue and (rng.random() < 0.25 or not sim.live()):
             sim.prefill([queue.pop(0) for _ in range(rng.randint(1, min(3, len(queue))))])
             continue
         abort = tuple(r for r in sim.live() if r in aborting and rng.random() < 0.15)

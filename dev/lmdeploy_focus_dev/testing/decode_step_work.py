@@ -23,6 +23,7 @@ from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheSta
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 
 from .families import tiny_model_and_reference
+from .step_inputs_stub import step_inputs_stub
 
 
 class DecodeStepWork:
@@ -65,7 +66,7 @@ def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8,
     mask = torch.where(blocks == mask_id, focus_state.DLLM_MASKED, focus_state.DLLM_UNMASKED)
 
     def prepare():
-        runtime.step_inputs = SimpleNamespace(
+        runtime.step_inputs = step_inputs_stub(
             delayed_state=DelayedCacheState.fresh(batch_size, L), focus_state=focus_state.FocusState.fresh(batch_size),
             shadow_countdown=shadow_schedule.fresh(batch_size, 2, seed=0, first_index=0), next_rows_bound=None,
             extra_inputs=SimpleNamespace(dllm_mask=mask.flatten()),

@@ -19,6 +19,7 @@ from lmdeploy.pytorch.strategies import build_strategy_factory
 from lmdeploy.pytorch.weight_loader.model_weight_loader import process_weights_after_loading
 from transformers import PretrainedConfig
 
+from lmdeploy_focus.config.options import OPTIONS_KEY
 from lmdeploy_focus_dev.testing.cpu_backend_selector import upstream_on_cpu
 from lmdeploy_focus_dev.testing.dllm_runner import CpuDLLMRunner
 from lmdeploy_focus_dev.testing.paged_kv_cache import PagedKVCache
@@ -56,6 +57,18 @@ class TinyDLLM:
         return CpuDLLMRunner(self.model, self.model_config, kv_cache)
 
 
+def harness_overrides(hf_overrides: dict) -> dict:
+    """``hf_overrides`` with the FOCUS option ``stock_step_rows`` at 0 unless given: the harness's batches are small,
+    and a test of the delayed-cache / FOCUS step must not get upstream's stock step at them (the engine's default
+    runs stock steps up to 128 block rows); a test of stock steps sets the option itself."""
+    options = hf_overrides.get(OPTIONS_KEY)
+    if not isinstance(options, dict) or 'stock_step_rows' in options:
+        return hf_overrides
+    if not any(options.get(key) for key in ('enable_delayed_cache', 'enable_focus', 'focus_shadow')):
+        return hf_overrides  # stock decoding: the option is not read (and set, it would be warned about)
+    return {**hf_overrides, OPTIONS_KEY: {**options, 'stock_step_rows': 0}}
+
+
 def build_tiny_model(hf_config: PretrainedConfig,
                      weights_fn: WeightsFn,
                      block_length: int = 4,
@@ -84,7 +97,7 @@ def build_tiny_model(hf_config: PretrainedConfig,
         seed = secrets.randbits(31)  # torch's default RNG starts from a fixed seed every process
     model_config = ModelConfig.from_hf_config(hf_config, dtype=dtype, device_type='cpu')
     if hf_overrides:
-        override_hf_config(model_config.hf_config, hf_overrides)
+        override_hf_config(model_config.hf_config, harness_overrides(hf_overrides))
     # Upstream's SDAR config builder hard-codes 151669, which does not fit a tiny vocab.
     model_config.dllm_mask_token = hf_config.mask_token_id
 

@@ -80,10 +80,22 @@ class DelayedCacheAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
             self.runtime.after_unmasking(extra_inputs.dllm_mask)
             self.runtime.end_step()
 
+    def _stock_decode_step(self, inputs) -> bool:
+        """A live decode step that ran as upstream's stock step (``--dllm-stock-step-rows``)."""
+        runtime = self.runtime
+        return (getattr(inputs, 'is_decoding', False) and not runtime.serving_idle()
+                and runtime.stock_step(inputs.input_ids.numel()))
+
     def post_sampling(self, inputs, logits, next_token_ids, extra_inputs):
-        step = self.runtime.step
+        runtime, step = self.runtime, self.runtime.step
         if step is None:
-            return super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
+            if not self._stock_decode_step(inputs):  # a prefill or warm-up
+                return super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
+            # upstream's own unmasking of a stock step (small batch); its counts, as a delayed-cache step's
+            input_mask = extra_inputs.dllm_mask.clone() if runtime.stats is not None else None
+            next_token_ids, extra_inputs = super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
+            self.keep_step_stats(runtime.after_stock_step(input_mask, extra_inputs.dllm_mask))
+            return next_token_ids, extra_inputs
         self.runtime.mark_phase('sampling')
         input_ids = inputs.input_ids.flatten()
         input_mask = extra_inputs.dllm_mask

@@ -94,6 +94,7 @@ class DelayedCacheRuntime:
     deep_rows: int = 0
     logit_rows: int = 0
     dense_rows: int = 0
+    stock_steps: int = 0  # decode steps run as upstream's stock step (--dllm-stock-step-rows)
     log_every: int = 500
     # --dllm-focus-alpha auto: the controller's state (0-d device tensors), this step's shadow sequences
     alpha_state: object = field(default=None, repr=False)
@@ -111,6 +112,12 @@ class DelayedCacheRuntime:
         """A real decode step of the tracked batch (not a warm-up / graph-capture dummy)."""
         state = getattr(self.step_inputs, 'delayed_state', None)
         return state is not None and state.batch_size * self.block_length == num_tokens
+
+    def stock_step(self, num_tokens: int) -> bool:
+        """A decode forward of ``num_tokens`` block rows that runs as upstream's stock step (``--dllm-stock-step-rows``;
+        the step inputs decide, so the model, the agent and the step inputs agree on every rank)."""
+        inputs = self.step_inputs
+        return inputs is not None and inputs.stock_step(num_tokens // self.block_length)
 
     def serving_idle(self) -> bool:
         """No request has reached the decode state since the step inputs were built (engine start, or
@@ -142,6 +149,7 @@ class DelayedCacheRuntime:
         from ...models.sparse_step import StepInputs
         self.mark_phase(None)
         inputs = self.step_inputs
+        inputs.fresh_state_if_stale()
         state, fstate = inputs.delayed_state, inputs.focus_state
         batch, length = state.batch_size, self.block_length
         input_mask = inputs.extra_inputs.dllm_mask
@@ -255,6 +263,21 @@ class DelayedCacheRuntime:
         self.stats.add_rows(rows)
         return rows
 
+    def after_stock_step(self, input_mask: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor | None:
+        """A decode step that ran as upstream's stock step (``input_mask`` / ``next_mask``: ``[B*L]``, its input and
+        unmasked masks): counted on the host; with ``dllm_track`` its per-sequence counts (every block row processed
+        and deep, no FOCUS candidates), else None. The step inputs mark the state stale themselves."""
+        self.stock_steps += 1
+        if self.stats is None or input_mask is None:
+            return None
+        masked = input_mask.view(-1, self.block_length) == consts.DLLM_MASKED
+        decoded = focus_state.newly_decoded(masked, next_mask)
+        rows = per_sequence_counts(masked.size(0), device=masked.device, decode_steps=1,
+                                   generated_tokens=decoded.sum(dim=1), processed_tokens=self.block_length,
+                                   deep_tokens=self.block_length, stock_steps=1)
+        self.stats.add_rows(rows)
+        return rows
+
     def _count(self, step: DecodeStep) -> None:
         """Host-side row counters (free: the counts are host ints already), logged now and then."""
         self.steps += 1
@@ -263,7 +286,8 @@ class DelayedCacheRuntime:
         self.dense_rows += step.batch_size * step.block_length
         if self.steps % self.log_every == 0:
             self._log_auto()
-            logger.info(f'delayed cache: {self.steps} decode steps; per step {self.deep_rows / self.steps:.1f} rows '
+            stock = f' ({self.stock_steps} more ran as stock steps)' if self.stock_steps else ''
+            logger.info(f'delayed cache: {self.steps} decode steps{stock}; per step {self.deep_rows / self.steps:.1f} rows '
                         f'through the deep layers ({self.deep_rows / max(self.dense_rows, 1):.1%} of the blocks), '
                         f'{self.logit_rows / self.steps:.1f} through the LM head.')
 

@@ -7,6 +7,7 @@ from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
 from ...models.step_state.focus_state import decode_per_step
+from .delayed_cache_step_inputs import stock_batch_limit
 from .focus_config import focus_config
 
 
@@ -67,6 +68,10 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                 self.delayed_cache_runtime.timer = PhaseTimer()
                 logger.warning('LMDEPLOY_FOCUS_PHASE_TIMING=1: one extra host sync per decode step (profiling).')
             logger.info(f'delayed cache on (commit mode {options.delayed_cache_commit}).')
+            most = stock_batch_limit(options.stock_step_rows, self.dllm_block_length)
+            if most:
+                logger.info(f'decode batches of at most {most} sequences run stock steps (--dllm-stock-step-rows '
+                            f'{options.stock_step_rows}; 0 turns them off).')
             if focus is not None:
                 alpha = (f'auto (start {focus.alpha}, one shadow step in {focus.shadow_every} per sequence)'
                          if focus.auto is not None else focus.alpha)
@@ -122,6 +127,7 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                                              _dllm_mask_token=self.model_config.dllm_mask_token)
         focus = self.delayed_cache_runtime.focus
         step_inputs.tracks_focus = focus is not None
+        step_inputs.stock_step_rows = self.focus_options.stock_step_rows
         if focus is not None and focus.auto is not None:
             step_inputs.shadow_period = focus.shadow_every
         # A rebuilt step-input object (engine reset) starts with no sequences and no step in flight.

@@ -16,7 +16,9 @@ Counted per decode step (prefill excluded), summed over the batch:
   over the sequences in their shadow step;
 * ``auto_shadow_steps`` / ``auto_fallback_steps`` (``--dllm-focus-alpha auto``): sequence-steps run in
   shadow mode, and sequence-steps that evicted nothing because the controller had not qualified the
-  selection (probation at start-up) or had fallen back.
+  selection (probation at start-up) or had fallen back;
+* ``stock_steps``: sequence-steps run as upstream's stock step (``--dllm-stock-step-rows``: small batches), which
+  count the whole block as processed and deep and no FOCUS candidates.
 
 Each step's counts are built per sequence first (:func:`per_sequence_counts`, ``float32 [B, K]``):
 the run totals are their column sums, and the rows also travel to the host with the step's outputs
@@ -30,7 +32,7 @@ import torch
 
 KEYS = ('decode_steps', 'generated_tokens', 'processed_tokens', 'deep_tokens', 'candidates', 'kept_candidates',
         'shadow_decoded', 'shadow_selected_decoded', 'shadow_random_expected', 'auto_shadow_steps',
-        'auto_fallback_steps')
+        'auto_fallback_steps', 'stock_steps')
 
 _LIVE = weakref.WeakSet()
 _LOCK = threading.Lock()
