@@ -719,8 +719,9 @@ def test_suite_small_batches_phase_runs_four_waves_of_each_small_batch(tmp_path)
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
         ('stock-static', None), ('focus-importance-static', 'importance'), ('focus-importance-static-every-step', 'importance'),
         ('delayed-cache-static', None)]
-    # the every-step arm alone turns the engine's stock steps at small batches off
-    assert [c.dllm_option for c in cmds] == [[], [], [('stock_step_rows', 0)], []]
+    # the engine's default (stock steps at bs <= 2) in the FOCUS arm; every step a delayed-cache / FOCUS step in the
+    # arms that study that step
+    assert [c.dllm_option for c in cmds] == [[], [], [('stock_step_rows', 0)], [('stock_step_rows', 0)]]
     assert all(c.concurrency == [1, 2, 4, 16] and c.prompts_per_slot == 4 and not c.eager_mode for c in cmds)
     assert all((c.input_len, c.output_len, c.dllm_denoising_steps) == (256, 256, 8) for c in cmds)
     assert 'skipped' not in out
@@ -745,6 +746,8 @@ def test_suite_await_phases_pair_the_default_with_the_switch_off(tmp_path, phase
     assert _env_switches(out, 'LMDEPLOY_FOCUS_AWAIT_STREAM') == switches
     assert [c.concurrency for c in cmds] == concurrency
     assert all(not c.eager_mode for c in cmds) and 'skipped' not in out
+    if phase == 'await_small':  # the FOCUS arms' small batches run FOCUS steps, not the engine's default stock steps
+        assert [c.dllm_option for c in cmds] == [[('stock_step_rows', 0)]] * 4 + [[]]
 
 
 # ---------------------------------------------------------------- plot_results: merging result directories

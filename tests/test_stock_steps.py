@@ -15,7 +15,9 @@ from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs, DLLMModelAgentStrategy
 
 from lmdeploy_focus.config.options import FocusOptions
-from lmdeploy_focus.strategies.dllm.delayed_cache_step_inputs import DelayedCacheStepInputs, stock_batch_limit
+from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
+from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus_dev.testing.batch_lifecycle import LifecycleSim, Request, decode_alone, decode_batched
 from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
@@ -23,14 +25,39 @@ from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
 L = 8
 
 
-@pytest.mark.parametrize('rows, block, most', [(0, 32, 0), (31, 32, 0), (32, 32, 1), (127, 32, 2), (128, 32, 4),
-                                               (255, 32, 4), (256, 32, 8), (128, 16, 8), (128, 64, 2), (96, 32, 2)])
-def test_the_stock_batch_is_the_largest_power_of_two_whose_rows_fit(rows, block, most):
-    assert stock_batch_limit(rows, block) == most
-    inputs = DelayedCacheStepInputs(_block_size=block, _dllm_mask_token=0)
-    inputs.stock_step_rows = rows
-    # every batch up to the limit, none above: all batches of one upstream graph bucket (powers of two) agree
-    assert [b for b in range(1, 20) if inputs.stock_step(b)] == list(range(1, most + 1))
+def _runtime(rows: int, block: int, graph_batches=(), serving: bool = True) -> DelayedCacheRuntime:
+    runtime = DelayedCacheRuntime(block_length=block, stock_step_rows=rows, graph_batches=set(graph_batches))
+    runtime.step_inputs = step_inputs_stub(delayed_state=DelayedCacheState.fresh(1, block) if serving else None)
+    return runtime
+
+
+def _stock(runtime, most=40):
+    return [b for b in range(1, most) if runtime.stock_batch(b)]
+
+
+@pytest.mark.parametrize('rows, block, most', [(0, 32, 0), (31, 32, 0), (32, 32, 1), (64, 32, 2), (96, 32, 3),
+                                               (128, 16, 8), (64, 64, 1)])
+def test_without_graphs_a_batch_is_stock_when_its_block_rows_fit(rows, block, most):
+    assert _stock(_runtime(rows, block)) == list(range(1, most + 1))
+
+
+# upstream's capture sizes: the default powers of two, and custom lists (--cudagraph-capture-batch-sizes)
+@pytest.mark.parametrize('rows, block, sizes, most', [
+    (64, 32, [1, 2, 4, 8, 16], 2), (96, 32, [1, 2, 4, 8], 2), (128, 16, [1, 2, 4, 8, 16], 8),
+    (64, 32, [1, 4, 8], 1), (64, 32, [3, 8], 0), (64, 16, [2, 6], 2), (96, 32, [1, 2, 3], 3), (0, 32, [1, 2], 0)])
+def test_under_graphs_every_batch_of_a_capture_size_takes_the_kind_of_step_warmed_for_it(rows, block, sizes, most):
+    warming = _runtime(rows, block, serving=False)
+    for size in sizes:  # upstream's warm-up asks for each capture size; stock ones get upstream's graph
+        warming.note_graph_batch(size)
+    stock_sizes = {size for size in sizes if warming.stock_batch(size)}
+    assert warming.graph_batches == set(sizes)
+    serving = _runtime(rows, block, graph_batches=warming.graph_batches)
+    assert _stock(serving) == list(range(1, most + 1))
+    for batch in range(1, max(sizes) + 1):  # upstream replays the smallest capture size holding the batch
+        bucket = min(size for size in sizes if size >= batch)
+        assert serving.stock_batch(batch) == (bucket in stock_sizes), (batch, bucket)
+    serving.note_graph_batch(max(sizes) + 1)  # in serving the sizes are upstream's, already noted
+    assert serving.graph_batches == set(sizes)
 
 
 @pytest.mark.parametrize('value', [-1, 1.5, True, '128', (1 << 20) + 1])
@@ -140,7 +167,6 @@ def test_a_stock_step_is_upstreams_step(monkeypatch):
 
 def test_a_stock_step_counts_every_block_row_and_what_it_decoded():
     from lmdeploy.pytorch import consts
-    from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
     from lmdeploy_focus.strategies.dllm.run_stats import KEYS, RunStats
     M, U, C = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
     runtime = DelayedCacheRuntime(block_length=4, stats=RunStats())
@@ -154,3 +180,16 @@ def test_a_stock_step_counts_every_block_row_and_what_it_decoded():
     assert got['candidates'] == [0, 0] and got['kept_candidates'] == [0, 0]
     assert runtime.stats.read()['stock_steps'] == 2 and runtime.stock_steps == 1
     assert DelayedCacheRuntime(block_length=4).after_stock_step(before, after) is None  # not tracking: host count only
+
+
+@pytest.mark.parametrize('max_batches, rows, warned', [(2, 64, True), (4, 64, False), (2, 0, False), (1, 32, True)])
+def test_an_engine_whose_every_batch_runs_stock_steps_says_so(focus_logs, max_batches, rows, warned):
+    import logging
+    from lmdeploy.pytorch.config import CacheConfig, SchedulerConfig
+    from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
+    tiny = build_tiny_sdar(block_length=32, hf_overrides={'dllm_focus': {'enable_focus': True, 'stock_step_rows': rows}})
+    factory = tiny.model.ctx_mgr.build_ctx.strategy_factory
+    cache = CacheConfig(max_batches=max_batches, block_size=64, num_cpu_blocks=0, num_gpu_blocks=16, device_type='cpu')
+    factory.build_engine_strategy(cache, SchedulerConfig(max_batches=max_batches, max_session_len=1024))
+    said = [m for m in focus_logs.messages(logging.WARNING) if 'run as stock steps' in m]
+    assert bool(said) == warned, said

@@ -220,18 +220,20 @@ fi
 if [[ $PHASE == await_small ]]; then
   # patch 18 at small batches (a step's tail may be shorter than the ~1 ms poll): does the default cost tok/s?
   # The await / no-await pairs first (the comparison the phase is for), stock last (context, if the budget allows).
-  SM=("${STATIC[@]}" BATCH_SIZES="1 4 16" EXTRA_ARGS="$COST --fast-exit --output-len 256")
+  # Every step a FOCUS step (stock_step_rows=0): the engine's default runs bs <= 2 as stock steps, which await nothing.
+  SM=("${STATIC[@]}" BATCH_SIZES="1 4 16" EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option stock_step_rows=0")
   step 80 "focus-importance static, small batches" "${SM[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 80 "focus-importance static, small batches, no await" "${SM[@]}" ARM_TAG=-static-no-await \
     LMDEPLOY_FOCUS_AWAIT_STREAM=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   DS=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=128 BATCH_SIZES="4 16"
-      EXTRA_ARGS="$COST --fast-exit --output-len 128")
+      EXTRA_ARGS="$COST --fast-exit --output-len 128 --dllm-option stock_step_rows=0")
   step 70 "focus-importance dynamic, small batches" "${DS[@]}" ARM_TAG=-dynamic FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 70 "focus-importance dynamic, small batches, no await" "${DS[@]}" ARM_TAG=-dynamic-no-await \
     LMDEPLOY_FOCUS_AWAIT_STREAM=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  step 90 "stock static, small batches" "${SM[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+  step 90 "stock static, small batches" "${SM[@]}" EXTRA_ARGS="$COST --fast-exit --output-len 256" \
+    bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   exit 0
 fi
 
@@ -242,22 +244,25 @@ if [[ $PHASE == small_batches ]]; then
   SB_ARGS="--prompts-per-slot ${SMALL_WAVES:-4} --input-len 256 --ignore-eos --fast-exit --output-len 256"
   SB=(env ARM_TAG=-static UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256
       BATCH_SIZES="${SMALL_BATCH_SIZES:-1 2 4 16}" EXTRA_ARGS="$SB_ARGS")
+  EVERY="$SB_ARGS --dllm-option stock_step_rows=0"  # every decode step a delayed-cache / FOCUS step
   step 100 "stock static, small batches" "${SB[@]}" bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   # the engine's default: batches within --dllm-stock-step-rows (64 rows: bs <= 2 at b32) run stock steps
   step 90 "focus-importance static, small batches" "${SB[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   # every step a FOCUS step (no stock steps), same run: what the stock steps replace
   step 90 "focus-importance static, small batches, every step" "${SB[@]}" ARM_TAG=-static-every-step \
-    EXTRA_ARGS="$SB_ARGS --dllm-option stock_step_rows=0" FOCUS_POLICY=importance \
+    EXTRA_ARGS="$EVERY" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  [[ $SDAR == */SDAR-* ]] && step 90 "delayed-cache static, small batches" "${SB[@]}" \
+  # the arms below study the delayed-cache / FOCUS step itself: every step one (no stock steps)
+  [[ $SDAR == */SDAR-* ]] && step 90 "delayed-cache static, small batches" "${SB[@]}" EXTRA_ARGS="$EVERY" \
     bash benchmark/run_sdar_delayed_cache_benchmark.sh random "$SDAR"
   if [[ $SDAR == */LLaDA2* ]]; then
     # MoE: every small batch sync-free (limit 128 rows), with the padding rows zeroed (the MoE default) and without
     step 90 "focus-importance static, small batches, sync-free to 128 rows" "${SB[@]}" ARM_TAG=-static-sf128 \
-      LMDEPLOY_FOCUS_SYNC_FREE_ROWS=128 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+      EXTRA_ARGS="$EVERY" LMDEPLOY_FOCUS_SYNC_FREE_ROWS=128 FOCUS_POLICY=importance \
+      bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
     step 90 "focus-importance static, small batches, sync-free to 128 rows, padding not zeroed" "${SB[@]}" \
-      ARM_TAG=-static-sf128-nozero LMDEPLOY_FOCUS_SYNC_FREE_ROWS=128 LMDEPLOY_FOCUS_ZERO_PADDING=0 \
+      ARM_TAG=-static-sf128-nozero LMDEPLOY_FOCUS_SYNC_FREE_ROWS=128 LMDEPLOY_FOCUS_ZERO_PADDING=0 EXTRA_ARGS="$EVERY" \
       FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   fi
   exit 0

@@ -43,8 +43,8 @@ DEFAULT_FOCUS_POLICY = 'importance'
 # their weights whatever the row count and the host paces the step, so delayed cache / FOCUS save no time and their
 # bookkeeping costs some. H100, random weights, static 4 tok/step, b32, FOCUS importance against stock: bs 1 (32 rows)
 # 0.94x SDAR-8B, 0.81x SDAR-MoE, TPOT +7.5 % LLaDA2.0-mini; bs 4 (128 rows) 0.98x, 1.09x, 1.02x (BENCHMARKS.md "Stock
-# steps at small batches"). Applied per upstream CUDA-graph batch bucket (powers of two): the largest power of two
-# <= rows // L is the biggest stock batch (64 rows: bs <= 2 at b32, <= 4 at b16, 1 at b64).
+# steps at small batches"). Under CUDA graphs applied per upstream capture size, the largest whose rows fit being the
+# biggest stock batch (64 rows with the default sizes: bs <= 2 at b32, <= 4 at b16, 1 at b64; runtime.stock_batch).
 DEFAULT_STOCK_STEP_ROWS = 64
 MAX_STOCK_STEP_ROWS = 1 << 20
 
@@ -93,9 +93,10 @@ OPTIONS = (
            'Compute the FOCUS selection without evicting; with --dllm-track, report how many decoded tokens had '
            'been selected (implies --dllm-enable-focus)'),
     Option('stock_step_rows', DEFAULT_STOCK_STEP_ROWS,
-           'With delayed cache / FOCUS: decode batches of at most this many block rows (batch x block length, '
-           'rounded down to a power-of-two batch) run stock decode steps, where the step is paced by the host and '
-           'the weight reads and eviction would save nothing; 0 = every decode step runs delayed cache / FOCUS'),
+           'With delayed cache / FOCUS: decode batches of at most this many block rows (batch x block length; with '
+           'CUDA graphs rounded down to a capture batch size) run stock decode steps, where the step is paced by the '
+           'host and the weight reads and eviction would save nothing; 0 = every decode step runs delayed cache / '
+           'FOCUS'),
     Option('focus_auto_shadow_every', DEFAULT_AUTO_SHADOW_EVERY,
            'With --dllm-focus-alpha auto: each sequence runs one decode step in N in shadow mode (N >= 1; '
            'at 16 about 3 percent of the throughput on SDAR-8B; a larger N costs less and adapts slower)'),

@@ -111,8 +111,11 @@ class DelayedCacheDLLMMixin:
         # one-graph capture, whose buffers would only cost memory; except a small batch's stock step
         # (--dllm-stock-step-rows), which is upstream's step and replays upstream's graph of its bucket.
         self.step_graphs.enabled = True
-        return (super().support_cuda_graph(*args, **kwargs)
-                and self.delayed_cache_runtime.stock_step(_input_ids(*args, **kwargs).numel()))
+        if not super().support_cuda_graph(*args, **kwargs):
+            return False
+        runtime, num_tokens = self.delayed_cache_runtime, _input_ids(*args, **kwargs).numel()
+        runtime.note_graph_batch(num_tokens // runtime.block_length)
+        return runtime.stock_step(num_tokens)
 
 
 def _input_ids(input_ids, *args, **kwargs):

@@ -51,7 +51,8 @@ class LifecycleSim:
             self.runner.capture_step_graphs(list(buckets))
         self.inputs = DelayedCacheStepInputs(_block_size=self.block_length, _dllm_mask_token=self.mask_id,
                                              tracks_focus=self.runtime.focus is not None)  # as the factory sets it
-        self.inputs.stock_step_rows = stock_step_rows
+        self.runtime.stock_step_rows = stock_step_rows  # as the factory: the runtime's rule, read by the step inputs
+        self.inputs.stock_rule = self.runtime.stock_batch
         focus = self.runtime.focus
         if focus is not None and focus.auto is not None:  # --dllm-focus-alpha auto: the shadow schedule, as the factory
             self.inputs.shadow_period = focus.shadow_every
@@ -200,7 +201,7 @@ def decode_alone(tiny, unmasking, padded: bool, request: Request, max_steps: int
         if not sim.live() or (kinds is not None and step == len(kinds)):  # an aborted request's steps end early
             break
         if kinds is not None:  # a batch of one runs stock steps iff its rows fit (stock_step_rows = L), else never
-            sim.inputs.stock_step_rows = sim.block_length if kinds[step] == 'stock' else 0
+            sim.runtime.stock_step_rows = sim.block_length if kinds[step] == 'stock' else 0
         sim.decode()
     return sim.outputs[request.rid]
 

@@ -95,6 +95,10 @@ class DelayedCacheRuntime:
     logit_rows: int = 0
     dense_rows: int = 0
     stock_steps: int = 0  # decode steps run as upstream's stock step (--dllm-stock-step-rows)
+    # --dllm-stock-step-rows (0: no stock steps), and the decode batch sizes upstream's graph runner warmed up (its
+    # CUDA-graph capture sizes; empty without graphs): see stock_batch
+    stock_step_rows: int = 0
+    graph_batches: set = field(default_factory=set)
     log_every: int = 500
     # --dllm-focus-alpha auto: the controller's state (0-d device tensors), this step's shadow sequences
     alpha_state: object = field(default=None, repr=False)
@@ -114,10 +118,37 @@ class DelayedCacheRuntime:
         return state is not None and state.batch_size * self.block_length == num_tokens
 
     def stock_step(self, num_tokens: int) -> bool:
-        """A decode forward of ``num_tokens`` block rows that runs as upstream's stock step (``--dllm-stock-step-rows``;
-        the step inputs decide, so the model, the agent and the step inputs agree on every rank)."""
-        inputs = self.step_inputs
-        return inputs is not None and inputs.stock_step(num_tokens // self.block_length)
+        """A decode forward of ``num_tokens`` block rows that runs as upstream's stock step."""
+        return self.stock_batch(num_tokens // self.block_length)
+
+    def stock_batch(self, batch_size: int) -> bool:
+        """Whether a decode batch of ``batch_size`` sequences runs upstream's stock step (``--dllm-stock-step-rows``):
+        the one rule of the model's forward and ``support_cuda_graph``, the agent strategy and ``step_decode``.
+
+        Under CUDA graphs upstream pads a batch to its smallest capture size that holds it and replays that size's
+        graph, so the rule is per capture size: at warm-up (no request yet) a size is stock iff its block rows fit,
+        and upstream captures its own graph for it (the plugin captures the others); in serving a batch is stock iff
+        it is at most the largest warmed size whose rows fit, so its padded size is one of those. Without graphs
+        (none warmed) a batch is stock iff its own rows fit. Same on every TP rank: each warms the same sizes."""
+        rows, length = self.stock_step_rows, self.block_length
+        if rows < length:
+            return False
+        if self.serving_idle():
+            return batch_size * length <= rows
+        return batch_size <= self.stock_batch_limit()
+
+    def stock_batch_limit(self) -> int:
+        """The largest decode batch that runs stock steps in serving (0: none; see :meth:`stock_batch`)."""
+        fit = self.stock_step_rows // self.block_length
+        if not self.graph_batches:
+            return fit
+        return max((size for size in self.graph_batches if size <= fit), default=0)
+
+    def note_graph_batch(self, batch_size: int) -> None:
+        """Upstream's graph runner asked whether a decode batch of this size replays a graph: at warm-up that is one
+        of its capture sizes (:meth:`stock_batch` follows them)."""
+        if self.serving_idle():
+            self.graph_batches.add(batch_size)
 
     def serving_idle(self) -> bool:
         """No request has reached the decode state since the step inputs were built (engine start, or

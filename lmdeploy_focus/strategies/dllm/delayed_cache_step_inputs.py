@@ -28,18 +28,14 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
     # 0-1 run on a row bucket of that size (StepGraphs). The last step's bound, plus L per sequence joined
     # since; sequences that leave only make it looser.
     next_rows_bound: int | None = None
-    # --dllm-stock-step-rows: a decode batch of at most this many block rows runs upstream's stock step (the factory
-    # sets it from the options; 0: never). A stock step keeps none of the state above up to date, so it marks the
-    # state stale and the next delayed-cache step starts every sequence afresh (:meth:`fresh_state_if_stale`).
-    stock_step_rows: int = 0
+    # --dllm-stock-step-rows: whether a decode batch of B sequences runs upstream's stock step (the factory sets it to
+    # DelayedCacheRuntime.stock_batch, the one rule; None: never). A stock step keeps none of the state above up to
+    # date, so it marks the state stale and the next delayed-cache step starts every sequence afresh.
+    stock_rule: object = field(default=None, repr=False)
     state_stale: bool = False
 
     def stock_step(self, batch_size: int) -> bool:
-        """Whether a decode step of ``batch_size`` sequences runs as upstream's stock step: its batch is at most the
-        largest power of two whose block rows fit ``stock_step_rows``. Powers of two are upstream's CUDA-graph batch
-        buckets, so every batch sharing a captured bucket takes the same kind of step (a stock bucket's graph is
-        upstream's, captured at warm-up; the others are the plugin's)."""
-        return batch_size <= stock_batch_limit(self.stock_step_rows, self._block_size)
+        return self.stock_rule is not None and self.stock_rule(batch_size)
 
     def fresh_state_if_stale(self) -> None:
         """Before a delayed-cache step: after stock steps every sequence restarts as a joining one does, its whole
@@ -96,13 +92,6 @@ class DelayedCacheStepInputs(FixedDLLMStepInputs):
         self.delayed_state = reset_rows(self.delayed_state, committed)
         if self.focus_state is not None:
             self.focus_state = focus.reset_rows(self.focus_state, committed)
-
-
-def stock_batch_limit(stock_step_rows: int, block_length: int) -> int:
-    """The largest decode batch that runs stock steps: the largest power of two whose block rows fit
-    ``stock_step_rows`` (0: none)."""
-    most = stock_step_rows // block_length
-    return 0 if most < 1 else 1 << (most.bit_length() - 1)
 
 
 def _keeps_the_batch(delta, state) -> bool:

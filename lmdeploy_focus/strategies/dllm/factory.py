@@ -7,7 +7,6 @@ from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
 from ...models.step_state.focus_state import decode_per_step
-from .delayed_cache_step_inputs import stock_batch_limit
 from .focus_config import focus_config
 
 
@@ -60,7 +59,8 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                                                              commit_mode=options.delayed_cache_commit,
                                                              focus=focus,
                                                              decode_per_step=decode_per_step(self.dllm_config),
-                                                             stats=self.run_stats)
+                                                             stats=self.run_stats,
+                                                             stock_step_rows=options.stock_step_rows)
             from ...models import tp_layout_check
             tp_layout_check.requested()  # a bad $LMDEPLOY_FOCUS_CHECK_TP_LAYOUT fails here, not in a decode step
             from .phase_timer import PhaseTimer, phase_timing_requested
@@ -68,10 +68,11 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                 self.delayed_cache_runtime.timer = PhaseTimer()
                 logger.warning('LMDEPLOY_FOCUS_PHASE_TIMING=1: one extra host sync per decode step (profiling).')
             logger.info(f'delayed cache on (commit mode {options.delayed_cache_commit}).')
-            most = stock_batch_limit(options.stock_step_rows, self.dllm_block_length)
+            most = options.stock_step_rows // self.dllm_block_length
             if most:
-                logger.info(f'decode batches of at most {most} sequences run stock steps (--dllm-stock-step-rows '
-                            f'{options.stock_step_rows}; 0 turns them off).')
+                logger.info(f'decode batches of at most {options.stock_step_rows} block rows ({most} sequences; with '
+                            f'CUDA graphs rounded down to a capture size) run stock steps (--dllm-stock-step-rows; 0 '
+                            f'turns them off).')
             if focus is not None:
                 alpha = (f'auto (start {focus.alpha}, one shadow step in {focus.shadow_every} per sequence)'
                          if focus.auto is not None else focus.alpha)
@@ -82,6 +83,12 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         if self.focus_options.uses_sparse_decode:
             # The block length may only be known here (model default or path suffix).
             check_block_fits_page(self.dllm_block_length, cache_config.block_size)
+            rows = self.focus_options.stock_step_rows
+            if rows and cache_config.max_batches * self.dllm_block_length <= rows:
+                logger.warning(f'every decode batch of this engine (max_batch_size {cache_config.max_batches}, block '
+                               f'length {self.dllm_block_length}) fits --dllm-stock-step-rows {rows}: all its decode '
+                               f'steps run as stock steps, without delayed cache or FOCUS. Set --dllm-stock-step-rows 0 '
+                               f'(or lower) to run them at every batch size.')
         return super().build_engine_strategy(cache_config, scheduler_config)
 
     def build_model_agent_strategy(self):
@@ -127,7 +134,7 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
                                              _dllm_mask_token=self.model_config.dllm_mask_token)
         focus = self.delayed_cache_runtime.focus
         step_inputs.tracks_focus = focus is not None
-        step_inputs.stock_step_rows = self.focus_options.stock_step_rows
+        step_inputs.stock_rule = self.delayed_cache_runtime.stock_batch
         if focus is not None and focus.auto is not None:
             step_inputs.shadow_period = focus.shadow_every
         # A rebuilt step-input object (engine reset) starts with no sequences and no step in flight.
