@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
-from lmdeploy_focus_dev.testing.batch_lifecycle import Request, decode_alone, decode_batched
+from lmdeploy_focus_dev.testing.batch_lifecycle import Request, decode_alone, decode_batched, lifecycle_model
 from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
 
 L = 8
@@ -28,13 +28,7 @@ L = 8
 def test_every_request_decodes_as_it_would_alone(strategy, commit, padded, alpha, sync_free, focus_logs):
     seed = secrets.randbits(31)
     rng = random.Random(seed)
-    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
-                           denoising_steps=L // 2, confidence_threshold=0.3)
-    options = {'enable_delayed_cache': True, 'delayed_cache_commit': commit}
-    if alpha is not None:
-        options.update(enable_focus=True, focus_alpha=alpha)
-    tiny, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={'dllm_focus': options},
-                                       dllm_config=unmasking)
+    tiny, unmasking = lifecycle_model(L, strategy, alpha, commit)
     tiny.model.step_graphs.sync_free_rows = sync_free
     vocab = tiny.model_config.dllm_mask_token
     requests = [Request(i, [rng.randrange(vocab) for _ in range(rng.randint(2, 20))], rng.randint(1, 4))

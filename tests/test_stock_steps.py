@@ -11,16 +11,15 @@ import secrets
 
 import pytest
 import torch
-from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs, DLLMModelAgentStrategy
 
 from lmdeploy_focus.config.options import FocusOptions
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
-from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
-from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
-from lmdeploy_focus_dev.testing.batch_lifecycle import LifecycleSim, Request, decode_alone, decode_batched
-from lmdeploy_focus_dev.testing.families import tiny_model_and_reference
+from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import DelayedCacheRuntime
+from lmdeploy_focus_dev.testing.batch_lifecycle import (LifecycleSim, Request, decode_alone, decode_batched,
+                                                        lifecycle_model)
+from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 L = 8
 
@@ -66,15 +65,8 @@ def test_a_bad_stock_step_rows_is_refused_by_name(value):
         FocusOptions(stock_step_rows=value)
 
 
-def _tiny(strategy: str, alpha, commit: str = 'exact'):
-    unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
-                           denoising_steps=L // 2, confidence_threshold=0.3)
-    options = {'enable_delayed_cache': True, 'delayed_cache_commit': commit}
-    if alpha is not None:
-        options.update(enable_focus=True, focus_alpha=alpha)
-    tiny, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={'dllm_focus': options},
-                                       dllm_config=unmasking)
-    return tiny, unmasking
+def _tiny(strategy: str, alpha):
+    return lifecycle_model(L, strategy, alpha)
 
 
 def _requests(rng, vocab, count=8):

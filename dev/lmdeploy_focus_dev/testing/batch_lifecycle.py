@@ -192,6 +192,21 @@ class LifecycleSim:
         self.check_state()
 
 
+def lifecycle_model(block_length: int, strategy: str, alpha, commit: str = 'exact'):
+    """The tiny 3-layer SDAR with delayed cache (and FOCUS at ``alpha``; None: delayed cache alone) and the unmasking
+    settings of these lifecycles (``denoising_steps`` L/2, confidence threshold 0.3)."""
+    from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
+    from .families import tiny_model_and_reference
+    unmasking = DLLMConfig(block_length=block_length, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
+                           denoising_steps=block_length // 2, confidence_threshold=0.3)
+    options = {'enable_delayed_cache': True, 'delayed_cache_commit': commit}
+    if alpha is not None:
+        options.update(enable_focus=True, focus_alpha=alpha)
+    tiny, _ = tiny_model_and_reference('sdar', block_length, num_layers=3, hf_overrides={'dllm_focus': options},
+                                       dllm_config=unmasking)
+    return tiny, unmasking
+
+
 def decode_alone(tiny, unmasking, padded: bool, request: Request, max_steps: int = 400, kinds=None) -> list:
     """``request``'s committed blocks when it is the only one in the engine; ``kinds`` ('stock' / 'delayed' per decode
     step): force each step's kind, as the batch sizes it met in a shared engine did (``LifecycleSim.kinds``)."""
