@@ -32,12 +32,14 @@
 #                   LLaDA2.0-mini stock, FOCUS importance a1.5 and the same without the await (TTFT, ITL, tok/s),
 #                   then SDAR-8B FOCUS importance a1.5 with and without it, no stock.
 #        'await_small' = patch 18 where its poll may idle the GPU (short tails): SDAR-8B b32, bs 1/4/16, in 256 /
-#                   out 256: static FOCUS importance a1.5 (default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
-#                   then dynamic, FOCUS importance with and without the await; static stock last.
+#                   out 256: static FOCUS importance a1.5 (await on, the default) and with LMDEPLOY_FOCUS_AWAIT_STREAM=0;
+#                   then dynamic, FOCUS importance with and without the await; static stock last. The FOCUS arms run
+#                   every step as a FOCUS step (--dllm-option stock_step_rows=0), bs 1 too.
 #        'small_batches' = where FOCUS is slower than stock (bs <= 4; bs 16 for contrast): SDAR-8B b32, static 4 tok/step, in 256 / out 256,
 #                   bs 1/2/4/16, four waves a batch size: stock, FOCUS importance a1.5 (the default: stock steps at
-#                   bs <= 2), the same with every step a FOCUS step (--dllm-option stock_step_rows=0), delayed cache alone (SDAR); on
-#                   SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128 rows, with and without zero padding;
+#                   bs <= 2), the same with every step a FOCUS step (--dllm-option stock_step_rows=0), delayed cache alone (SDAR,
+#                   every step a delayed-cache step); on SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128
+#                   rows, with and without zero padding (every step a FOCUS step);
 #                   SMALL_MODEL=sdar-moe: the same four arms on the sdar_moe phase's SDAR-30B-A3B layers (half depth).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).

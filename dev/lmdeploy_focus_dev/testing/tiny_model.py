@@ -60,7 +60,7 @@ class TinyDLLM:
 def harness_overrides(hf_overrides: dict) -> dict:
     """``hf_overrides`` with the FOCUS option ``stock_step_rows`` at 0 unless given: the harness's batches are small,
     and a test of the delayed-cache / FOCUS step must not get upstream's stock step at them (the engine's default
-    runs stock steps up to 128 block rows); a test of stock steps sets the option itself."""
+    runs stock steps up to 64 block rows); a test of stock steps sets the option itself."""
     options = hf_overrides.get(OPTIONS_KEY)
     if not isinstance(options, dict) or 'stock_step_rows' in options:
         return hf_overrides
