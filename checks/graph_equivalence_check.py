@@ -76,7 +76,9 @@ def unmasking_fields(args) -> dict:
                 dllm_confidence_threshold=args.threshold)
 
 
-def run_engine(model, arm_kwargs, eager, prompts, args):
+def run_engine(model, arm_kwargs, eager, prompts, args, generate_fn=None, before_close=None):
+    """``(outputs, engine build seconds)`` of one engine; ``generate_fn(engine, prompts, max_new_tokens)`` (default
+    :func:`generate`); ``before_close()``, if given, runs while the engine is still up and its result comes third."""
     from lmdeploy import PytorchEngineConfig
     from lmdeploy.pytorch.engine import Engine
     config = PytorchEngineConfig(max_batch_size=len(prompts), cache_max_entry_count=0.15, block_size=64,
@@ -86,7 +88,9 @@ def run_engine(model, arm_kwargs, eager, prompts, args):
     engine = Engine.from_pretrained(model, engine_config=config, trust_remote_code=True)
     built = time.perf_counter() - start
     try:
-        outputs = asyncio.run(generate(engine, prompts, args.max_new_tokens))
+        outputs = asyncio.run((generate_fn or generate)(engine, prompts, args.max_new_tokens))
+        if before_close is not None:
+            return outputs, built, before_close()
     finally:
         engine.close()
         # upstream's documented release (close, then collect and empty the cache): without it the next engine of a

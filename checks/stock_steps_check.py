@@ -66,21 +66,9 @@ async def _growing(engine, prompts, max_new_tokens):
 
 def run(model, fields, prompts, args, growing=False):
     """Outputs and run statistics (read before the engine closes, as its statistics go with it) of one engine."""
-    from lmdeploy import PytorchEngineConfig
-    from lmdeploy.pytorch.engine import Engine
-    config = PytorchEngineConfig(max_batch_size=len(prompts), cache_max_entry_count=0.15, block_size=64,
-                                 eager_mode=args.eager, dllm_block_length=args.block_length,
-                                 **gec.unmasking_fields(args), **fields)
-    engine = Engine.from_pretrained(model, engine_config=config, trust_remote_code=True)
-    try:
-        _stats()  # warm-up steps are not the run's
-        generate = _growing if growing else gec.generate
-        outputs = asyncio.run(generate(engine, prompts, args.max_new_tokens))
-        return outputs, _stats()
-    finally:
-        engine.close()
-        del engine
-        gec.release_device_memory()
+    outputs, _, counts = gec.run_engine(model, fields, args.eager, prompts, args,
+                                        generate_fn=_growing if growing else None, before_close=_stats)
+    return outputs, counts
 
 
 def main():

@@ -19,7 +19,7 @@ from lmdeploy.pytorch.strategies import build_strategy_factory
 from lmdeploy.pytorch.weight_loader.model_weight_loader import process_weights_after_loading
 from transformers import PretrainedConfig
 
-from lmdeploy_focus.config.options import OPTIONS_KEY
+from lmdeploy_focus.config.options import OPTIONS_KEY, FocusOptions
 from lmdeploy_focus_dev.testing.cpu_backend_selector import upstream_on_cpu
 from lmdeploy_focus_dev.testing.dllm_runner import CpuDLLMRunner
 from lmdeploy_focus_dev.testing.paged_kv_cache import PagedKVCache
@@ -64,7 +64,7 @@ def harness_overrides(hf_overrides: dict) -> dict:
     options = hf_overrides.get(OPTIONS_KEY)
     if not isinstance(options, dict) or 'stock_step_rows' in options:
         return hf_overrides
-    if not any(options.get(key) for key in ('enable_delayed_cache', 'enable_focus', 'focus_shadow')):
+    if not FocusOptions.from_dict(options).resolved().uses_sparse_decode:
         return hf_overrides  # stock decoding: the option is not read (and set, it would be warned about)
     return {**hf_overrides, OPTIONS_KEY: {**options, 'stock_step_rows': 0}}
 
