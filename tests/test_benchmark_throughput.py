@@ -946,3 +946,16 @@ def test_plot_results_bad_missing_argument_is_one_line(tmp_path):
     proc = _plot_cli(str(tmp_path / 'in'), '--out-dir', str(tmp_path / 'out'), '--no-png', '--missing', 'focus')
     assert proc.returncode == 1
     assert proc.stderr.strip() == "plot_results: error: --missing takes ARM=REASON, got 'focus'"
+
+
+def test_suite_graphs_rest_phase_runs_the_dynamic_pair_then_llada2(tmp_path):
+    out, cmds = _suite(tmp_path, 'graphs_rest')
+    assert [(c.arm, c.dllm_unmasking_strategy, c.dllm_focus_policy) for c in cmds] == [
+        ('stock-dynamic', 'low_confidence_dynamic', None),
+        ('focus-importance-dynamic', 'low_confidence_dynamic', 'importance'),
+        ('stock-static', 'low_confidence_static', None),
+        ('focus-importance-static', 'low_confidence_static', 'importance'),
+        ('focus-leftmost-static', 'low_confidence_static', 'leftmost')]
+    assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
+    assert ['LLaDA2.0-mini' in c.model_path for c in cmds] == [False, False, True, True, True]
+    assert 'skipped' not in out and '64 row buckets' not in out

@@ -5,6 +5,9 @@
 #                   and leftmost a1.5; then, if the budget allows, the dynamic stock vs FOCUS pair at out 256
 #                   (bs 64/256), FOCUS importance dynamic with 64 row buckets, and leftmost a1.5 with the fast
 #                   commit (bs 64/256).
+#        'graphs_rest' = what 'graphs' leaves in one 600 s call: the dynamic stock vs FOCUS importance pair at out 256
+#                   (bs 64/256), then the LLaDA2.0-mini shape's stock, FOCUS importance and leftmost a1.5 (bs 64/256),
+#                   so issue 14's tables take two calls ('graphs' then 'graphs_rest') on the same machine kind.
 #        'b32'    = SDAR-8B-b32, static 4 tok/step, bs 32/64/128/256, through the drivers, most
 #                   important first: stock, FOCUS importance a1.5, delayed cache, FOCUS leftmost a1.5;
 #                   then, if the budget allows, the dynamic (threshold 0.9) stock vs FOCUS pair.
@@ -59,7 +62,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|sdar_moe|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, sdar_moe, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|graphs_rest|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|sdar_moe|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, graphs_rest, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, sdar_moe, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -142,6 +145,7 @@ dynamic_pair() {
 # dynamic (1 tok/step on random weights) at the same in 256 / out 256 as the graphs table (issue 14's bullet;
 # dynamic_pair stops at out 128, where the prefill is twice the share of the wave), bs 64/256: stock, FOCUS
 # importance a1.5, and the same FOCUS arm with 64 deep-layer row buckets (the row-bucket padding what-if)
+# (DYNAMIC_PAIR_ONLY=1: stop after the pair)
 dynamic_trio_out256() {
   local d=(env UNMASKING=low_confidence_dynamic DENOISING_STEPS= MAX_NEW_TOKENS=256 BATCH_SIZES="64 256"
            EXTRA_ARGS="$COST --fast-exit --output-len 256")
@@ -149,6 +153,7 @@ dynamic_trio_out256() {
   step 120 "stock dynamic" "${d[@]}" ARM_TAG=-dynamic bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   step 70 "focus-importance dynamic" "${d[@]}" ARM_TAG=-dynamic FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+  [[ ${DYNAMIC_PAIR_ONLY:-0} == 1 ]] && return 0
   step 70 "focus-importance dynamic, 64 row buckets" "${d[@]}" ARM_TAG=-dynamic-rb64 LMDEPLOY_FOCUS_ROW_BUCKETS=64 \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
 }
@@ -180,6 +185,14 @@ llada2_stock_and_importance() {
   step 110 "focus-importance static (llada2)" "${S[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
 }
+
+if [[ $PHASE == graphs_rest ]]; then
+  DYNAMIC_PAIR_ONLY=1 dynamic_trio_out256
+  llada2_stock_and_importance
+  step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  exit 0
+fi
 
 if [[ $PHASE == llada2 ]]; then
   # issue 14's LLaDA2 bars (>= 1.0x stock at bs 64, >= 1.3x at bs 256), graphs on every arm
