@@ -127,9 +127,19 @@ def stock_reference(r, results):
             if s['status'] == 'ok' and arm_base(s['arm']) == 'stock' and s.get('_source') == r.get('_source')
             and s['model'] == r['model'] and s.get('dataset') == r.get('dataset')
             and s['concurrency'] == r['concurrency'] and _comparable(s, r)]
+    # the same ARM_TAG first, else the longest stock tag this one extends ('-static' for '-static-every-step'; never
+    # a sibling such as '-static-second-engine')
     tag = r['arm'][len(arm_base(r['arm'])):]
-    refs = [s for s in refs if s['arm'] == 'stock' + tag] or refs  # the same ARM_TAG first
+    extended = [s for s in refs if _extends(tag, s['arm'][len('stock'):])]
+    if extended:
+        longest = max(len(s['arm']) for s in extended)
+        refs = [s for s in extended if len(s['arm']) == longest]
     return max(refs, key=lambda s: s['date']) if refs else None
+
+
+def _extends(tag: str, base: str) -> bool:
+    """Whether ARM_TAG ``tag`` is ``base`` or ``base`` with more words (``-static-fast`` extends ``-static``)."""
+    return tag == base or tag.startswith(base + '-') or base == ''
 
 
 def markdown(groups, extra_missing, results=None) -> str:

@@ -727,6 +727,17 @@ def test_suite_small_batches_phase_runs_four_waves_of_each_small_batch(tmp_path)
     assert 'skipped' not in out
 
 
+def test_suite_small_batches_phase_can_end_with_a_second_stock_engine(tmp_path):
+    env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), SMALL_STOCK_AGAIN='1', SMALL_BATCH_SIZES='1 2', SMALL_WAVES='8')
+    proc, cmds = _dry_commands(SUITE, 'small_batches', str(tmp_path / 'out'), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [c.arm for c in cmds] == ['stock-static', 'focus-importance-static', 'focus-importance-static-every-step',
+                                     'delayed-cache-static', 'stock-static-second-engine']
+    first, second = cmds[0], cmds[-1]
+    assert (second.dllm_option, second.dllm_enable_focus, second.dllm_enable_delayed_cache) == ([], False, False)
+    assert all(c.concurrency == [1, 2] and c.prompts_per_slot == 8 for c in (first, second))
+
+
 LLADA2, SDAR8B = 'LLaDA2.0-mini-b32', 'SDAR-8B-Chat-b32'
 
 
@@ -820,6 +831,22 @@ def test_plot_speedup_needs_same_run_and_settings(tmp_path):
     pr.main([str(a), str(b), '--out-dir', str(tmp_path / 'out'), '--no-png'])
     md = (tmp_path / 'out' / 'results.md').read_text()
     assert '| focus-importance-dynamic (SDAR-8B-Chat-b32) | stock-dynamic (SDAR-8B-Chat-b32) | 2.00× |' in md
+
+
+def test_plot_speedup_takes_the_stock_arm_whose_tag_the_arm_extends(tmp_path):
+    """A FOCUS arm with a longer ARM_TAG is compared with the stock arm whose tag it extends, never with a newer
+    sibling stock arm (the second stock engine of the small_batches phase)."""
+    pr = _plot_results()
+    for r in (_rec('stock-static', 1, 1000.0, '2026-11-24T06:00:00+00:00'),
+              _rec('focus-importance-static-every-step', 1, 900.0, '2026-11-24T06:10:00+00:00'),
+              _rec('stock-static-second-engine', 1, 800.0, '2026-11-24T06:20:00+00:00')):
+        report.write_json(r, str(tmp_path / 'run'))
+    pr.main([str(tmp_path / 'run'), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert ('| focus-importance-static-every-step (SDAR-8B-Chat-b32) | stock-static (SDAR-8B-Chat-b32) | 0.90× |'
+            in md)
+    assert pr._extends('-static-every-step', '-static') and pr._extends('-static', '')
+    assert not pr._extends('-static-every-step', '-static-second-engine') and not pr._extends('-staticx', '-static')
 
 
 def test_plot_fills_dllm_columns_from_the_engines_statistics(tmp_path):

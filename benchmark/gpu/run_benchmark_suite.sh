@@ -43,7 +43,8 @@
 #                   bs <= 2), the same with every step a FOCUS step (--dllm-option stock_step_rows=0), delayed cache alone (SDAR,
 #                   every step a delayed-cache step); on SMALL_MODEL=llada2-mini instead two MoE arms: sync-free to 128
 #                   rows, with and without zero padding (every step a FOCUS step);
-#                   SMALL_MODEL=sdar-moe: the same four arms on the sdar_moe phase's SDAR-30B-A3B layers (half depth).
+#                   SMALL_MODEL=sdar-moe: the same four arms on the sdar_moe phase's SDAR-30B-A3B layers (half depth);
+#                   SMALL_STOCK_AGAIN=1: a second stock engine last (the engine-to-engine spread).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9),
@@ -280,6 +281,10 @@ if [[ $PHASE == small_batches ]]; then
       ARM_TAG=-static-sf128-nozero LMDEPLOY_FOCUS_SYNC_FREE_ROWS=128 LMDEPLOY_FOCUS_ZERO_PADDING=0 EXTRA_ARGS="$EVERY" \
       FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   fi
+  # SMALL_STOCK_AGAIN=1: a second stock engine last, the same configuration as the first: the spread between two
+  # engines (TTFT, tok/s) that any arm's difference from stock must exceed to count
+  [[ ${SMALL_STOCK_AGAIN:-0} == 1 ]] && step 100 "stock static, small batches, second engine" "${SB[@]}" \
+    ARM_TAG=-static-second-engine bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
   exit 0
 fi
 
