@@ -29,7 +29,8 @@ PNG_SERIES_KEY = 'lmdeploy-focus series'  # PNG tEXt keyword holding the plotted
 COMPARABLE_SETTINGS = ('dllm_block_length', 'dllm_denoising_steps', 'dllm_unmasking_strategy',
                        'dllm_confidence_threshold', 'max_new_tokens', 'input_len', 'output_len', 'ignore_eos',
                        'eager_mode', 'prompts_per_slot', 'num_prompts', 'seed', 'skip_tokenize', 'skip_detokenize',
-                       'repeat_block_detect', 'repeat_block_window', 'cache_max_entry_count')
+                       'repeat_block_detect', 'repeat_block_window', 'cache_max_entry_count',
+                       'max_prefill_token_num')
 ARM_BASES = ('stock', 'delayed-cache', 'focus-importance', 'focus-leftmost', 'focus', 'ar')
 
 

@@ -738,6 +738,21 @@ def test_suite_small_batches_phase_can_end_with_a_second_stock_engine(tmp_path):
     assert all(c.concurrency == [1, 2] and c.prompts_per_slot == 8 for c in (first, second))
 
 
+def test_suite_ttft_small_phase_alternates_stock_and_focus_engines_with_both_prefill_budgets(tmp_path):
+    out, cmds = _suite(tmp_path, 'ttft_small')
+    assert [(c.arm, c.dllm_focus_policy, c.max_prefill_token_num) for c in cmds] == [
+        ('stock-static', None, None), ('focus-importance-static', 'importance', None),
+        ('stock-static-second-engine', None, None), ('focus-importance-static-second-engine', 'importance', None),
+        ('stock-static-whole-prefill', None, 512), ('focus-importance-static-whole-prefill', 'importance', 512),
+        ('stock-static-whole-prefill-second-engine', None, 512),
+        ('focus-importance-static-whole-prefill-second-engine', 'importance', 512)]
+    # the engine's default step choice (stock steps at bs 2), 12 waves of bs 2, graphs on
+    assert all(c.concurrency == [2] and c.prompts_per_slot == 12 and not c.eager_mode and c.dllm_option == []
+               for c in cmds)
+    assert all((c.input_len, c.output_len, c.dllm_denoising_steps) == (256, 256, 8) for c in cmds)
+    assert 'skipped' not in out
+
+
 LLADA2, SDAR8B = 'LLaDA2.0-mini-b32', 'SDAR-8B-Chat-b32'
 
 

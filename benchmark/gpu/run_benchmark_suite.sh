@@ -45,6 +45,10 @@
 #                   rows, with and without zero padding (every step a FOCUS step);
 #                   SMALL_MODEL=sdar-moe: the same four arms on the sdar_moe phase's SDAR-30B-A3B layers (half depth);
 #                   SMALL_STOCK_AGAIN=1: a second stock engine last (the engine-to-engine spread).
+#        'ttft_small' = bs 2's time to first output (open since 2026-12-06: the FOCUS engine, every step a stock step at
+#                   that size, was above stock): SDAR-8B b32, static 4 tok/step, in 256 / out 256, TTFT_WAVES (12) waves,
+#                   stock and FOCUS importance a1.5 (the default) on two engines each, A B A B; first with the drivers'
+#                   prefill budget (bs * L = 64 tokens: a prompt in four chunks), then with a whole-prompt budget (512).
 #        'cost'   = stock static + dynamic on SDAR-8B-b32, the Qwen3-8B AR arm, then, while the budget
 #                   allows, block sizes 16/64 (stock) and the shipped sample (the 2026-11-23 suite).
 # Every arm runs with CUDA graphs (EAGER_MODE=1: eager, as the 2026-11-23 results), with --dllm-track and the same confidence threshold (0.9),
@@ -63,7 +67,7 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|graphs_rest|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|sdar_moe|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, graphs_rest, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, sdar_moe, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
+case $PHASE in graphs|graphs_rest|ttft_small|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|sdar_moe|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, graphs_rest, ttft_small, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, sdar_moe, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -192,6 +196,22 @@ if [[ $PHASE == graphs_rest ]]; then
   llada2_stock_and_importance
   step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  exit 0
+fi
+
+if [[ $PHASE == ttft_small ]]; then
+  T_ARGS="--prompts-per-slot ${TTFT_WAVES:-12} --input-len 256 --ignore-eos --fast-exit --output-len 256"
+  T=(env UNMASKING=low_confidence_static DENOISING_STEPS=8 MAX_NEW_TOKENS=256 BATCH_SIZES=2)
+  for prefill in chunked whole; do
+    tag=-static args=$T_ARGS
+    [[ $prefill == whole ]] && tag=-static-whole-prefill args="$T_ARGS --max-prefill-token-num 512"
+    for engine in '' -second-engine; do
+      step 60 "stock, $prefill prefill$engine" "${T[@]}" ARM_TAG="$tag$engine" EXTRA_ARGS="$args" \
+        bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
+      step 60 "focus-importance, $prefill prefill$engine" "${T[@]}" ARM_TAG="$tag$engine" EXTRA_ARGS="$args" \
+        FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
+    done
+  done
   exit 0
 fi
 
