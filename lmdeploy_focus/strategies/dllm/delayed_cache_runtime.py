@@ -21,7 +21,7 @@ from ...models.step_state import focus_state, shadow_schedule
 from . import alpha_controller
 from ...models.step_state.delayed_cache_state import after_step
 from ...models.step_state.focus_step import FocusConfig
-from .run_stats import RunStats, per_sequence_counts
+from .run_stats import RunStats, per_sequence_counts, whole_block_counts
 from .stream_wait import await_stream_requested
 
 
@@ -302,10 +302,7 @@ class DelayedCacheRuntime:
         if self.stats is None or input_mask is None:
             return None
         masked = input_mask.view(-1, self.block_length) == consts.DLLM_MASKED
-        decoded = focus_state.newly_decoded(masked, next_mask)
-        rows = per_sequence_counts(masked.size(0), device=masked.device, decode_steps=1,
-                                   generated_tokens=decoded.sum(dim=1), processed_tokens=self.block_length,
-                                   deep_tokens=self.block_length, stock_steps=1)
+        rows = whole_block_counts(focus_state.newly_decoded(masked, next_mask), stock_steps=1)
         self.stats.add_rows(rows)
         return rows
 

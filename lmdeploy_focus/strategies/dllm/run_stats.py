@@ -101,6 +101,14 @@ def per_sequence_counts(batch_size: int, device=None, **columns) -> torch.Tensor
     return torch.stack([column(key) for key in KEYS], dim=1).to(torch.float32)
 
 
+def whole_block_counts(decoded: torch.Tensor, **columns) -> torch.Tensor:
+    """:func:`per_sequence_counts` of a decode step that forwarded every block row (a stock step), from ``decoded``
+    (bool ``[B, L]``, the tokens it decoded): every row processed and deep, plus ``columns``."""
+    batch_size, length = decoded.shape
+    return per_sequence_counts(batch_size, device=decoded.device, decode_steps=1, generated_tokens=decoded.sum(dim=1),
+                               processed_tokens=length, deep_tokens=length, **columns)
+
+
 def live_run_stats() -> list[RunStats]:
     with _LOCK:
         return list(_LIVE)

@@ -4,7 +4,7 @@ from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMModelAgentStrategy
 from ...models.step_state.focus_state import DLLM_MASKED, newly_decoded
 from .request_stats import StepStatsOutputs
 from .upstream_fixes import UpstreamFixesMixin
-from .run_stats import RunStats, per_sequence_counts
+from .run_stats import RunStats, whole_block_counts
 
 
 class TrackingDLLMAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelAgentStrategy):
@@ -20,9 +20,7 @@ class TrackingDLLMAgentStrategy(StepStatsOutputs, UpstreamFixesMixin, DLLMModelA
         masked = extra_inputs.dllm_mask.view(-1, L) == DLLM_MASKED  # before upstream's unmasker writes into the mask
         next_token_ids, extra_inputs = super().post_sampling(inputs, logits, next_token_ids, extra_inputs)
         if inputs.is_decoding and not getattr(inputs, 'is_dummy', False):
-            decoded = newly_decoded(masked, extra_inputs.dllm_mask)
-            rows = per_sequence_counts(decoded.size(0), device=decoded.device, decode_steps=1,
-                                       generated_tokens=decoded.sum(dim=1), processed_tokens=L, deep_tokens=L)
+            rows = whole_block_counts(newly_decoded(masked, extra_inputs.dllm_mask))
             self.stats.add_rows(rows)
             self.keep_step_stats(rows)
         return next_token_ids, extra_inputs
