@@ -172,6 +172,14 @@ def test_summarize_definitions():
     assert s['itl_ms']['p50'] == pytest.approx(1000.0)            # gaps 1, 1, 2 s
     assert s['e2e_s']['mean'] == pytest.approx(2.75)
     assert metrics.distribution([]) is None
+    # a small run keeps each request's [submit, first output, last output] (ms from the first submit, prompt order)
+    assert s['request_timeline_ms'] == [[0.0, 1000.0, 3000.0], [1000.0, 1500.0, 3500.0], [0.0, None, None]]
+
+
+def test_summarize_keeps_no_timeline_for_large_runs():
+    recs = [_record(0.01 * i, [1.0 + i], [4]) for i in range(metrics.TIMELINE_MAX_REQUESTS + 1)]
+    assert 'request_timeline_ms' not in metrics.summarize(recs, duration=10.0)
+    assert len(metrics.summarize(recs[:-1], duration=10.0)['request_timeline_ms']) == metrics.TIMELINE_MAX_REQUESTS
 
 
 # ---------------------------------------------------------------- report

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 PERCENTILES = (50, 95, 99)
+# A run of at most this many requests also records each one's timeline (``summarize``): at small batches the
+# order in which the engine serves prompts that arrive together (lock-stepped waves) sets the mean TTFT.
+TIMELINE_MAX_REQUESTS = 64
 
 
 @dataclass
@@ -93,4 +96,13 @@ def summarize(records: list, duration: float) -> dict:
         'tpot_ms': _scaled(distribution(r.tpot for r in ok), 1e3),
         'itl_ms': _scaled(distribution(x for r in ok for x in r.itls), 1e3),
         'e2e_s': _scaled(distribution(r.e2e for r in ok), 1.0),
+        **({'request_timeline_ms': timeline(records)} if 0 < len(records) <= TIMELINE_MAX_REQUESTS else {}),
     }
+
+
+def timeline(records: list) -> list:
+    """Per request, in prompt order: [submit, first output, last output] in ms from the first submit (None where a
+    request failed), so which prompts were served first can be read off a small run."""
+    origin = min(r.start for r in records)
+    ms = lambda t: round((t - origin) * 1e3, 1)  # noqa: E731
+    return [[ms(r.start), ms(r.chunk_times[0]), ms(r.end)] if r.ok else [ms(r.start), None, None] for r in records]
