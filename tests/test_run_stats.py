@@ -97,3 +97,59 @@ def test_reading_with_reset_while_the_engine_adds_loses_and_repeats_nothing():
         sys.setswitchinterval(interval)
     got.append(stats.read(reset=True)['decode_steps'])
     assert sum(got) == steps and len(got) > 1
+
+
+def test_phase_timer_read_while_the_engine_records_steps():
+    """A reader's thread (stats.read_phase_timing) reads and resets while the engine's thread records steps: no
+    read fails and every step is counted exactly once over the reads."""
+    import sys
+    import threading
+
+    from lmdeploy_focus.strategies.dllm.phase_timer import PHASES, PhaseTimer
+    timer, steps, done, counted, errors = PhaseTimer(), 20000, threading.Event(), [], []
+    ms = dict.fromkeys((p for p in PHASES if p != 'host_gap'), 1.0)
+
+    def engine():
+        for _ in range(steps):
+            timer.record_step(ms, 1.0)
+        done.set()
+
+    def reader():
+        while not done.is_set():
+            try:
+                counted.append(timer.read(reset=True)['steps'])
+            except RuntimeError as e:  # 'deque mutated during iteration' without the lock
+                errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=engine), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    counted.append(timer.read(reset=True)['steps'])
+    assert not errors and sum(counted) == steps and len(counted) > 1
+
+
+def test_run_stats_read_waits_for_the_device_before_copying(monkeypatch):
+    """The totals' sums are queued on the engine's stream; a reader on another thread must wait for the device before
+    its copy (its own stream's copy would not wait for them)."""
+    events = []
+
+    class DeviceTotals:  # a CUDA tensor's stand-in on a machine without one
+        is_cuda, device = True, 'cuda:0'
+
+        def tolist(self):
+            events.append('copy')
+            return [float(i) for i in range(len(KEYS))]
+
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: events.append(('synchronize', device)))
+    stats = RunStats()
+    stats._totals = DeviceTotals()
+    assert stats.read(reset=True) == {k: float(i) for i, k in enumerate(KEYS)}
+    assert events == [('synchronize', 'cuda:0'), 'copy']
+    assert stats.read() == dict.fromkeys(KEYS, 0.0)

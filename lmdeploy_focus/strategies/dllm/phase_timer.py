@@ -44,6 +44,7 @@ class PhaseTimer:
 
     def __init__(self):
         self._per_step: deque[dict[str, float]] = deque(maxlen=RECORDED_STEPS)  # ms per phase of each step
+        self._steps_lock = threading.Lock()  # the engine's thread appends, a reader's thread reads and resets
         self.steps = 0  # finished steps since the last reset
         self._marks: list[tuple[str, torch.cuda.Event]] = []
         self._gap_ms: float | None = None
@@ -79,20 +80,22 @@ class PhaseTimer:
 
     def record_step(self, phase_ms: dict[str, float], host_gap_ms: float | None) -> None:
         """One finished step: GPU ms per phase, and the host gap before it (None for the first step)."""
-        self._per_step.append({**phase_ms, 'host_gap': host_gap_ms})
-        self.steps += 1
+        with self._steps_lock:
+            self._per_step.append({**phase_ms, 'host_gap': host_gap_ms})
+            self.steps += 1
 
     def read(self, reset: bool = False) -> dict:
+        with self._steps_lock:
+            per_step, steps = list(self._per_step), self.steps
+            if reset:
+                self._per_step.clear()
+                self.steps = 0
         mean_ms, median_ms = {}, {}
         for phase in PHASES:
-            values = [step[phase] for step in self._per_step if step[phase] is not None]
+            values = [step[phase] for step in per_step if step[phase] is not None]
             mean_ms[phase] = statistics.fmean(values) if values else 0.0
             median_ms[phase] = statistics.median(values) if values else 0.0
-        result = dict(steps=self.steps, mean_ms=mean_ms, median_ms=median_ms)
-        if reset:
-            self._per_step.clear()
-            self.steps = 0
-        return result
+        return dict(steps=steps, mean_ms=mean_ms, median_ms=median_ms)
 
 
 def live_phase_timers() -> list[PhaseTimer]:

@@ -43,7 +43,7 @@ class RunStats:
     def __init__(self):
         self._totals: torch.Tensor | None = None  # float64 [len(KEYS)] on the step's device
         # the engine's thread adds, a reader's thread (pipeline() users, metrics) reads and resets: each swaps the
-        # totals under this lock (kernel launches only; the read's device sync happens after it is released)
+        # totals under this lock (kernel launches only; the read waits for the device after releasing it)
         self._lock = threading.Lock()
         with _LOCK:
             _LIVE.add(self)
@@ -76,7 +76,12 @@ class RunStats:
             totals = self._totals
             if reset:
                 self._totals = None
-        return dict(zip(KEYS, [0.0] * len(KEYS) if totals is None else totals.tolist()))
+        if totals is None:
+            return dict.fromkeys(KEYS, 0.0)
+        if totals.is_cuda:
+            # The sums were queued on the engine's stream, not this thread's: its copy alone would not wait for them.
+            torch.cuda.synchronize(totals.device)
+        return dict(zip(KEYS, totals.tolist()))
 
 
 def per_sequence_counts(batch_size: int, device=None, **columns) -> torch.Tensor:

@@ -27,10 +27,18 @@ class TensorLogitBias:
 
     def __call__(self, token_ids, logits: torch.Tensor) -> torch.Tensor:
         if self.ids.device != logits.device:
-            self.ids, self.biases = self.ids.to(logits.device), self.biases.to(logits.device)
+            self.ids, self.biases = _to_device(self.ids, logits.device), _to_device(self.biases, logits.device)
         # each id once (a dict's keys): the sum in fp32, rounded to the logits' dtype
         logits[self.ids] = (logits[self.ids] + self.biases).to(logits.dtype)
         return logits
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Once per request: from pinned memory without blocking, since a copy from pageable memory would make the host wait
+    for every step queued on the stream (the engine's loop meanwhile)."""
+    if device.type == 'cuda':
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def vectorised(processor):
