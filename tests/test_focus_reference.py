@@ -321,8 +321,9 @@ def test_select_with_targets_matches_brute_force(gen):
         step = Step(gen, randint(gen, 1, 24), 32, quantised=True)
         avg = torch.randint(1, 64, step.targets.shape, generator=gen).float() / torch.randint(
             1, 17, step.targets.shape, generator=gen)
-        got = ref.select_kept_with_targets(step.delta, step.candidate, step.block_pos, step.q_start_loc,
-                                           step.q_seqlens, avg, 1.5, step.progress)
+        counts = ref.count_candidates(step.candidate, step.q_start_loc, step.q_seqlens)
+        got = ref.select_kept(step.delta, step.candidate, step.block_pos, step.q_start_loc, step.q_seqlens,
+                              ref.focus_targets(counts, avg, 1.5), step.progress)
         step.targets = torch.tensor([brute_target(int(n), float(a), 1.5) for n, a in zip(step.num_candidates, avg)])
         assert torch.equal(got, brute_select(step, 'importance')), f'seed={gen.initial_seed()}'
 
@@ -493,9 +494,8 @@ def test_gather_rows_compacts(gen):
     layout = ref.kept_layout(keep, step.q_start_loc, step.q_seqlens, step.block_pos, step.history, step.progress)
     hidden = torch.randn(step.num_rows, 3, 5, generator=gen)
     total = int(layout.total)
-    assert torch.equal(ref.gather_rows(hidden, layout.src_row, total), hidden[keep])
-    assert torch.equal(focus_ops.gather_rows(hidden, layout.src_row, total), hidden[keep])
-    full = ref.gather_rows(hidden, layout.src_row, step.num_rows)
+    assert torch.equal(hidden.index_select(0, layout.src_row[:total]), hidden[keep])  # the kept rows first, in order
+    full = hidden.index_select(0, layout.src_row)
     assert torch.equal(full.sort(0).values, hidden.sort(0).values)  # a permutation: every row once
 
 

@@ -196,10 +196,10 @@ def test_joining_sequences_raise_the_carried_bound_by_a_block_each():
     assert step_inputs.next_rows_bound == 5 + 3 * L and step_inputs.delayed_state.batch_size == 5
 
 
-def test_reference_selection_with_targets_on_a_front_cut_below_the_processed_rows():
+def test_reference_selection_on_a_front_cut_below_the_processed_rows():
     """The layout of a front on ``P̂`` rows below the processed ones: the sequences past the cut keep a
     ``q_start_loc`` at or past ``P̂`` and own no rows. The torch reference counts their candidates as 0 (as the
-    CUDA kernel does) instead of indexing past the rows, and selects as with the targets computed by hand."""
+    CUDA kernel does) instead of indexing past the rows, and each sequence with rows selects as it would alone."""
     from lmdeploy_focus.kernels.default import focus as ref
     from lmdeploy_focus.models.step_state.processing_set import ProcessingSet, ragged_step_metadata
     seed = secrets.randbits(31)
@@ -218,9 +218,13 @@ def test_reference_selection_with_targets_on_a_front_cut_below_the_processed_row
     want = torch.tensor([int(cand[s:s + n].sum()) if n else 0 for s, n in owned])
     assert torch.equal(ref.count_candidates(cand, meta.q_start_loc, meta.q_seqlens), want), f'seed {seed}'
     delta, avg, progress = torch.rand(cut, generator=gen), torch.rand(B, generator=gen) * 3, torch.full((B, ), -1)
-    args = (delta, cand, proc.block_pos[:cut], meta.q_start_loc, meta.q_seqlens)
-    got = ref.select_kept_with_targets(*args, avg, 1.5, progress, max_q_len=L)
-    expected = ref.select_kept(*args, ref.focus_targets(want, avg, 1.5), progress, max_q_len=L)
+    pos = proc.block_pos[:cut]
+    targets = ref.focus_targets(want, avg, 1.5)
+    got = ref.select_kept(delta, cand, pos, meta.q_start_loc, meta.q_seqlens, targets, progress, max_q_len=L)
+    # each sequence that owns rows selects as it would alone; the rest own none
+    expected = torch.cat([ref.select_kept(delta[s:s + n], cand[s:s + n], pos[s:s + n], torch.tensor([0]),
+                                          torch.tensor([n]), targets[i:i + 1], progress[i:i + 1], max_q_len=L)
+                          for i, (s, n) in enumerate(owned) if n])
     assert torch.equal(got, expected), f'seed {seed}'
 
 

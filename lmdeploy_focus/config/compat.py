@@ -54,23 +54,27 @@ def check_full_attention(sliding_window) -> None:
 
 
 def check_block_fits_page(block_length: int, page_size: int) -> None:
-    """The sparse KV fill writes a whole diffusion block inside one KV page.
+    """Delayed cache and FOCUS run only where a KV page holds whole diffusion blocks.
 
-    Upstream requires the page (``block_size``) to be a power of two >= 16, so a block fits only when
-    its length is a power of two too; the fix named in the error is one upstream accepts.
+    Why: upstream's DLLM engine strategy (0.18, ``DLLMEngineStrategy.get_prealloc_size`` / ``get_num_loops``) counts
+    a decoding sequence's preallocation and decode loops in ``block_size // dllm_block_length`` whole blocks, none
+    when the block is longer than the page; and the plugin's kernels, graphs and GPU checks were built and run only
+    with the page a multiple of the block length (the kernels themselves look up the page per row, so a block may
+    straddle pages there). Upstream requires the page (``block_size``) to be a power of two >= 16, so a block fits
+    only when its length is a power of two too; the fix named in the error is one upstream accepts.
     """
     check_block_length(block_length)
     if not is_power_of_two(block_length):
         lower = 1 << (block_length.bit_length() - 1)
         raise ValueError(
-            f'dllm_block_length={block_length} cannot fit a KV page: delayed cache and FOCUS need the page '
-            f'(block_size, a power of two >= {MIN_PAGE}) to be a multiple of the block length, so the block '
+            f'dllm_block_length={block_length} cannot fit a KV page: delayed cache and FOCUS run only where the page '
+            f'(block_size, a power of two >= {MIN_PAGE}) is a multiple of the block length, so the block '
             f'length must be a power of two: use dllm_block_length={lower} or {lower * 2} '
             f'(--dllm-block-length), the one the model was trained with.')
     if block_length > page_size or page_size % block_length != 0:
         raise ValueError(
             f'dllm_block_length={block_length} does not fit the KV page (block_size={page_size}): delayed cache '
-            f'and FOCUS need the page size to be a multiple of the block length. Set '
+            f'and FOCUS run only where the page size is a multiple of the block length. Set '
             f'block_size={max(block_length, MIN_PAGE)} (--cache-block-seq-len {max(block_length, MIN_PAGE)}).')
 
 

@@ -44,17 +44,6 @@ def select_kept(delta, candidate, block_pos, q_start_loc, q_seqlens, targets, pr
                                  max_q_len=max_q_len)
 
 
-def select_kept_with_targets(delta, candidate, block_pos, q_start_loc, q_seqlens, avg_decoded, alpha: float, progress,
-                             policy: str = 'importance', *, max_q_len: int | None = None):
-    if delta.is_cuda:
-        from .cuda.focus_select import cuda_select_kept_with_targets
-        inputs = (t.contiguous() for t in (delta, candidate, block_pos, q_start_loc, q_seqlens, avg_decoded))
-        return cuda_select_kept_with_targets(*inputs, alpha, progress.contiguous(), policy,
-                                             _static_bound(max_q_len, q_seqlens))
-    return reference.select_kept_with_targets(delta, candidate, block_pos, q_start_loc, q_seqlens, avg_decoded, alpha,
-                                              progress, policy, max_q_len=max_q_len)
-
-
 def kept_layout(keep, q_start_loc, q_seqlens, block_pos, history, progress, *,
                 max_q_len: int | None = None) -> KeptLayout:
     if keep.is_cuda:
@@ -62,8 +51,3 @@ def kept_layout(keep, q_start_loc, q_seqlens, block_pos, history, progress, *,
         inputs = (t.contiguous() for t in (keep, q_start_loc, q_seqlens, block_pos, history, progress))
         return cuda_kept_layout(*inputs, _static_bound(max_q_len, q_seqlens))
     return reference.kept_layout(keep, q_start_loc, q_seqlens, block_pos, history, progress, max_q_len=max_q_len)
-
-
-def gather_rows(x: torch.Tensor, src_row: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """``torch.index_select`` on every device: already a single kernel whatever the row width."""
-    return reference.gather_rows(x, src_row, num_rows)

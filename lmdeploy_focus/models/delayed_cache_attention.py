@@ -2,7 +2,7 @@
 
 Wraps a layer's upstream ``Attention`` module. While the step's deep layers run
 (``runtime.attention_rows`` set, see :func:`~.sparse_step.deep`) it writes K/V of the step's rows
-at their positions and attends over each sequence's keys up to its rightmost row; everywhere else
+at their positions and attends over each sequence's keys up to the step's ``kv_seqlens`` (``DeepRows``); everywhere else
 (prefill, warm-up dummies, stock decoding) every call goes to upstream unchanged.
 """
 from torch import nn

@@ -109,7 +109,10 @@ class DeepRows:
     slot: torch.Tensor  # int64 [R]: dense slot b*L+p of each row
     q_start_loc: torch.Tensor  # int64 [B̂]
     q_seqlens: torch.Tensor  # int64 [B̂]
-    kv_seqlens: torch.Tensor  # int64 [B̂]: history + rightmost row position + 1
+    # int64 [B̂]: keys each row attends to: history + L with delayed cache alone (the whole block), history +
+    # max(progress, rightmost kept position) + 1 with FOCUS (kernels/default/focus.py, the kept layout); never the
+    # reference fork's history + rightmost + 1, which hid decoded tokens right of the rightmost kept row
+    kv_seqlens: torch.Tensor
     counts: torch.Tensor  # int64 [4]: see COUNTS
     logit_rows: torch.Tensor  # int64 [R]: row index of the rows needing logits, first ``counts[1]`` valid
     input_ids: torch.Tensor | None = None  # int64 [R]: delayed cache alone (deep starts at the embedding)

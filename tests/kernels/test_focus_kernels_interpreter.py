@@ -37,7 +37,6 @@ CHECKS = textwrap.dedent('''
             for policy in ('importance', 'leftmost'):
                 for kind in ('normal', 'quantised', 'importance'):
                     t.check_select(gen, 'cpu', batch=7, block_len=block_len, policy=policy, delta_kind=kind)
-                t.check_select_with_targets(gen, 'cpu', batch=11, block_len=block_len, policy=policy, alpha=1.5)
     elif part == 'layout':
         for block_len in (16, 64):
             for from_selection in (True, False):

@@ -9,7 +9,6 @@ _EXPORTS = {
     'ragged_paged_attention': '.ragged_paged_attention',
     'cuda_focus_targets': '.focus_select',
     'cuda_select_kept': '.focus_select',
-    'cuda_select_kept_with_targets': '.focus_select',
     'cuda_masked_importance': '.focus_importance',
     'cuda_kept_layout': '.focus_compact',
 }

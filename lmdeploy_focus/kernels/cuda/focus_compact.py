@@ -17,7 +17,7 @@ Two launches:
 
 Kept rows are numbered in row order, which is the sequence order because sequences are packed
 in batch order (LMDeploy's layout; the sparse KV fill assumes it too). The row gather itself is
-``torch.index_select`` (already one kernel for any row width), see ``focus_ops.gather_rows``.
+``torch.index_select`` on ``src_row`` (already one kernel for any row width; ``sparse_step``).
 """
 import torch
 import triton

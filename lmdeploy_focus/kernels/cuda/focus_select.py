@@ -57,13 +57,8 @@ def _count(flags, axis=None):
 
 @triton.jit
 def _select_kept_kernel(delta_ptr, candidate_ptr, block_pos_ptr, q_start_loc_ptr, q_seqlens_ptr, targets_ptr,
-                        progress_ptr, keep_ptr, alpha, LEFTMOST: tl.constexpr, TARGETS_FROM_AVERAGE: tl.constexpr,
-                        CEIL_SLACK: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Program b: retain flags of the rows of sequence b.
-
-    ``TARGETS_FROM_AVERAGE``: ``targets_ptr`` holds the decoded-per-step averages and the target
-    is computed here from the candidate count (saves the count and targets launches).
-    """
+                        progress_ptr, keep_ptr, LEFTMOST: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Program b: retain flags of the rows of sequence b."""
     seq = tl.program_id(0)
     start = tl.load(q_start_loc_ptr + seq).to(tl.int64)
     length = tl.load(q_seqlens_ptr + seq)
@@ -74,10 +69,7 @@ def _select_kept_kernel(delta_ptr, candidate_ptr, block_pos_ptr, q_start_loc_ptr
     cand = in_seq & (tl.load(candidate_ptr + rows, mask=in_seq, other=0) != 0)
     pos = tl.load(block_pos_ptr + rows, mask=in_seq, other=-1).to(tl.int32)
     n = _count(cand)
-    if TARGETS_FROM_AVERAGE:
-        target = _target(n, tl.load(targets_ptr + seq), alpha, CEIL_SLACK).to(tl.int32)
-    else:
-        target = tl.load(targets_ptr + seq).to(tl.int32)
+    target = tl.load(targets_ptr + seq).to(tl.int32)
     # Pair tiles are [j, k]: row j compared with every row k.
     earlier = slot[None, :] < slot[:, None]  # k left of j
 
@@ -122,16 +114,7 @@ def cuda_select_kept(delta: torch.Tensor, candidate: torch.Tensor, block_pos: to
     return _launch_select(delta, candidate, block_pos, q_start_loc, q_seqlens, targets, progress, policy, max_q_len)
 
 
-def cuda_select_kept_with_targets(delta: torch.Tensor, candidate: torch.Tensor, block_pos: torch.Tensor,
-                                  q_start_loc: torch.Tensor, q_seqlens: torch.Tensor, avg_decoded: torch.Tensor,
-                                  alpha: float, progress: torch.Tensor, policy: str, max_q_len: int) -> torch.Tensor:
-    """``cuda_select_kept`` with the targets computed in the same launch from ``avg_decoded``."""
-    return _launch_select(delta, candidate, block_pos, q_start_loc, q_seqlens, avg_decoded, progress, policy,
-                          max_q_len, alpha=alpha)
-
-
-def _launch_select(delta, candidate, block_pos, q_start_loc, q_seqlens, targets, progress, policy, max_q_len,
-                   alpha=None):
+def _launch_select(delta, candidate, block_pos, q_start_loc, q_seqlens, targets, progress, policy, max_q_len):
     if policy not in POLICIES:
         raise ValueError(f'unknown FOCUS selection policy {policy!r}; expected one of {POLICIES}')
     num_rows = candidate.numel()
@@ -144,10 +127,7 @@ def _launch_select(delta, candidate, block_pos, q_start_loc, q_seqlens, targets,
         return keep
     _select_kept_kernel[(batch_size, )](
         delta, candidate, block_pos, q_start_loc, q_seqlens, targets, progress, keep,
-        1.0 if alpha is None else float(alpha),
         LEFTMOST=policy == 'leftmost',
-        TARGETS_FROM_AVERAGE=alpha is not None,
-        CEIL_SLACK=CEIL_SLACK,
         BLOCK_L=max(16, triton.next_power_of_2(max_q_len)),
         num_warps=4,
         enable_fp_fusion=False)  # no FMA in the μ+σ sums: the same roundings as the reference

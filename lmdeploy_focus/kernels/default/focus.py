@@ -16,7 +16,7 @@ and their outputs are 0 / False. A *candidate* is a masked token of the processi
 2. ``masked_importance``: attention mass each candidate receives from the candidates of its
    sequence, one layer (spec §3.2). The step's delta is layer 1 minus layer 0.
 3. ``select_kept``: the retain flag of every row: selection (§3.5), then enforcement (§3.6).
-4. ``kept_layout`` / ``gather_rows``: the ragged layout of the kept rows and the row gather.
+4. ``kept_layout``: the ragged layout of the kept rows (the step gathers them with ``index_select`` on ``src_row``).
 """
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -236,16 +236,6 @@ def select_kept(delta: torch.Tensor,
     return _scatter_rows(chosen, cand, keep)
 
 
-def select_kept_with_targets(delta, candidate, block_pos, q_start_loc, q_seqlens, avg_decoded: torch.Tensor,
-                             alpha: float, progress, policy: str = 'importance', *,
-                             max_q_len: int | None = None) -> torch.Tensor:
-    """:func:`select_kept` with ``targets = focus_targets(count_candidates(...), avg_decoded, alpha)``
-    (one kernel launch on CUDA instead of three)."""
-    targets = focus_targets(count_candidates(candidate, q_start_loc, q_seqlens), avg_decoded, alpha)
-    return select_kept(delta, candidate, block_pos, q_start_loc, q_seqlens, targets, progress, policy,
-                       max_q_len=max_q_len)
-
-
 def kept_layout(keep: torch.Tensor,
                 q_start_loc: torch.Tensor,
                 q_seqlens: torch.Tensor,
@@ -294,8 +284,3 @@ def kept_layout(keep: torch.Tensor,
                       kv_seqlens=kv_seqlens,
                       rightmost=rightmost,
                       progress=new_progress)
-
-
-def gather_rows(x: torch.Tensor, src_row: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """``x[src_row[:num_rows]]``: the first ``num_rows`` rows of the compacted layout."""
-    return x.index_select(0, src_row[:num_rows])

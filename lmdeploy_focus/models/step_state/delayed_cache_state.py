@@ -9,10 +9,14 @@ Lifecycle, as the DLLM step-inputs subclass (``strategies/dllm/delayed_cache_ste
 
 * a sequence joins after prefill → :meth:`DelayedCacheState.fresh` rows (:func:`append_fresh`);
 * the batch shrinks or reorders (``ModelInputsDelta.indices``) → :func:`select`;
-* each decode step: processing set from the state (``processing_set.processing_positions``), then
-  :func:`advance` with the step's *input* mask (computed inside the step's front: :func:`after_step`), then
-  :func:`reset_rows` for sequences whose block the unmasker committed (:func:`starts_new_block` of the
-  step's output mask).
+* each decode step: the step's front builds the processing set from the state (``sparse_step.processing_set``)
+  and the next step's uncached positions (``sparse_step.uncached_after``: readiness on the step's *input*
+  mask), which :func:`after_step` takes over; then :func:`reset_rows` for sequences whose block the unmasker
+  committed (:func:`starts_new_block` of the step's output mask).
+
+:func:`advance` / :func:`advance_after_step` (with ``processing_set.processing_positions``) are the same step in
+its plain form, one function per rule of spec §2.1: the reference decode loop (``dev/``) and the state tests run
+them, and the runtime's front is tested against them.
 """
 from dataclasses import dataclass
 
