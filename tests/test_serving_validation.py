@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lmdeploy_focus.serving.validation import (FieldError, ModelLimits, check_generation_config, check_http_request,
-                                               check_input_ids)
+from lmdeploy_focus.serving.validation import (MAX_SEED, MAX_STOP_TOKEN_IDS, MAX_STOP_WORDS, FieldError, ModelLimits,
+                                               check_generation_config, check_http_request, check_input_ids)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, 'models', 'tiny-sdar-5m-b32')
@@ -82,6 +82,45 @@ def test_input_ids_rules():
     check_input_ids([259], ModelLimits(vocab_size=320, session_len=100))  # not a diffusion model: an ordinary id
     error = rejected(check_input_ids, [2, 3], LIMITS, max_new_tokens=99)
     assert error.param == 'max_tokens' and '[1, 98]' in error.message
+
+
+def test_min_new_tokens_above_the_budget_is_refused_not_dropped():
+    """Upstream resets a minimum above the budget to 0 with a log line: the request would silently lose it. The
+    budget is max_new_tokens, or without it what the session leaves after the prompt (upstream's default)."""
+    check_input_ids([2, 3], LIMITS, max_new_tokens=10, min_new_tokens=10)
+    check_input_ids([2, 3], LIMITS, min_new_tokens=98)  # session 100, prompt 2: 98 left
+    error = rejected(check_input_ids, [2, 3], LIMITS, max_new_tokens=10, min_new_tokens=11)
+    assert error.param == 'min_new_tokens' and 'max_tokens: 10' in error.message
+    error = rejected(check_input_ids, [2, 3], LIMITS, min_new_tokens=99)
+    assert error.param == 'min_new_tokens' and 'session length' in error.message and '98' in error.message
+    check_input_ids([2, 3], ModelLimits(vocab_size=320, session_len=None), min_new_tokens=10**6)  # no budget known
+
+
+def test_stop_lists_are_capped():
+    """One request's stop table is padded into every neighbour's and repeated per block row; each stop word costs a
+    vocabulary scan on the server's loop: both are bounded per request, the cap itself allowed."""
+    from lmdeploy import GenerationConfig
+    one_token = lambda word: [5]  # noqa: E731
+    words = [chr(ord('a') + i) for i in range(MAX_STOP_WORDS + 1)]
+    check_http_request(completion(stop=words[:-1]), endpoint='completions')
+    assert rejected(check_http_request, completion(stop=words), endpoint='chat').param == 'stop'
+    ids = list(range(MAX_STOP_TOKEN_IDS + 1))
+    limits = ModelLimits(vocab_size=MAX_STOP_TOKEN_IDS + 10, session_len=100)
+    check_generation_config(GenerationConfig(stop_words=words[:-1], stop_token_ids=ids[:-1]), limits, encode=one_token)
+    for field, value in (('stop_token_ids', ids), ('bad_token_ids', ids), ('stop_words', words), ('bad_words', words)):
+        config = GenerationConfig()
+        setattr(config, field, value)
+        error = rejected(check_generation_config, config, limits, encode=one_token)
+        assert error.param == field and 'at most' in error.message, field
+
+
+def test_chat_fanout_seeds_stay_in_range():
+    """Upstream's fan-out samples choice i with seed + i: the last one must still be a valid seed."""
+    chat = lambda seed, n: completion(seed=seed, n=n)  # noqa: E731
+    check_http_request(chat(MAX_SEED - 1, 2), endpoint='chat')
+    check_http_request(chat(MAX_SEED, 1), endpoint='chat')
+    error = rejected(check_http_request, chat(MAX_SEED, 2), endpoint='chat')
+    assert error.param == 'seed' and 'n = 2' in error.message
 
 
 def test_generation_config_rules():
@@ -171,6 +210,12 @@ BAD = [
     # per entry and block row an indexing op on the engine's loop: a huge map stalls the whole batch
     ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}],
                                   logit_bias={str(i): 1.0 for i in range(301)}), 'logit_bias'),
+    # one request's stop table lands in every neighbour's, per block row; each stop word scans the vocabulary
+    ('/generate', dict(input_ids=[5, 6], max_tokens=4, stop_token_ids=list(range(MAX_STOP_TOKEN_IDS + 1))),
+     'stop_token_ids'),
+    ('/v1/completions', dict(prompt='hi', stop=['x'] * (MAX_STOP_WORDS + 1)), 'stop'),
+    # a minimum above the budget was dropped silently (upstream logs it)
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], min_new_tokens=10**6), 'min_new_tokens'),
 ]
 
 
@@ -237,6 +282,9 @@ def test_good_requests_still_served(server):
     assert r.status_code == 200  # empty content, but the chat template is not empty
     r = client.post('/generate', json={'input_ids': [5, 6, 7], 'max_tokens': 2, 'stop_token_ids': [3]})
     assert r.status_code == 200
+    # /generate's schema allows one stop string, as chat's and completions' do (upstream passed it on unwrapped)
+    r = client.post('/generate', json={'input_ids': [5, 6, 7], 'max_tokens': 2, 'stop': 'l'})
+    assert r.status_code == 200, r.text
 
 
 def test_patched_entry_points_are_the_ones_the_handlers_use():

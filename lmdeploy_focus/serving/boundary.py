@@ -18,6 +18,9 @@ def wrap_validate_request(upstream):
     def validate_request(request, server_context, request_validator, **validator_kwargs):
         endpoint = ENDPOINTS.get(type(request).__name__)
         if endpoint is not None:
+            if endpoint == 'generate' and isinstance(getattr(request, 'stop', None), str):
+                # its schema allows one string, as chat's and completions'; upstream passes it on unwrapped
+                request.stop = [request.stop]
             try:
                 dllm = engine_limits(server_context.async_engine).dllm
                 check_http_request(request, endpoint=endpoint, dllm=dllm)
@@ -61,7 +64,8 @@ def wrap_determine_gen_config(upstream):
             check_generation_config(gen_config, limits, encode=lambda word: tokenizer.encode(word, add_bos=False))
             # without a gen_config, upstream's default max_new_tokens (512) is no request of the user's
             max_new_tokens = gen_config.max_new_tokens if gen_config is not None else None
-            check_input_ids(input_ids, limits, max_new_tokens=max_new_tokens,
+            min_new_tokens = gen_config.min_new_tokens if gen_config is not None else None
+            check_input_ids(input_ids, limits, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
         except FieldError as e:
             raise e.to_request_error() from None

@@ -30,6 +30,13 @@ MAX_LOGPROBS = 20
 # step at L = 32 (CPU), stalling every request in the batch (one op per row since, upstream_fixes/logit_bias.py;
 # the cap still bounds what a request builds and keeps per step).
 MAX_LOGIT_BIAS = 300
+# Stop / bad words and token ids of one request. Upstream pads every request's stop and bad-word table to the
+# batch's longest and a diffusion model repeats it per block position: one request with 150,000 stop ids built a
+# [B·L, 150,000] table (2.6 GiB at B·L = 2,048, 3 s on the engine loop per step, CPU). Each stop word also costs a
+# scan of the vocabulary on the server's event loop (upstream's indexes_containing_token, ~6 ms with a 151k vocabulary,
+# cached for the last 10 words only): 1,500 words held every other request for 9 s.
+MAX_STOP_WORDS = 16
+MAX_STOP_TOKEN_IDS = 256
 
 
 class FieldError(ValueError):
@@ -134,6 +141,8 @@ def _check_stop_list(stop) -> None:
     if stop is None:
         return
     words = [stop] if isinstance(stop, str) else stop
+    if len(words) > MAX_STOP_WORDS:
+        raise FieldError('stop', f'at most {MAX_STOP_WORDS} stop strings, got {len(words)}')
     for i, word in enumerate(words):
         if not isinstance(word, str) or word == '':
             raise FieldError('stop', f'entry {i} must be a non-empty string, got {word!r}')
@@ -177,6 +186,11 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
     elif endpoint == 'chat':
         if n is not None and not (_integer(n) and 1 <= n <= MAX_CHAT_N):
             raise FieldError('n', f'must be an integer in [1, {MAX_CHAT_N}], got {n!r}')
+        seed = get('seed')
+        if seed is not None and n is not None and seed + n - 1 > MAX_SEED:
+            # upstream's fan-out gives choice i the seed seed + i, each checked again
+            raise FieldError('seed', f'with n = {n} choices (choice i samples with seed + i) must be at most '
+                             f'2**63 - {n}, got {seed}')
         _check_logprobs('top_logprobs', get('top_logprobs'))
         bias = get('logit_bias')
         if bias is not None and len(bias) > MAX_LOGIT_BIAS:
@@ -223,6 +237,8 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         raise FieldError('output_last_hidden_state', 'not available for diffusion models (allowed: null)')
     for field in ('stop_token_ids', 'bad_token_ids'):
         ids = getattr(gen_config, field) or []
+        if len(ids) > MAX_STOP_TOKEN_IDS:
+            raise FieldError(field, f'at most {MAX_STOP_TOKEN_IDS} token ids, got {len(ids)}')
         for token in ids:
             _check_token(field, token, limits, what='token id')
     for field in ('stop_words', 'bad_words'):
@@ -231,6 +247,8 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
             continue
         if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
             raise FieldError(field, f'must be a list of non-empty strings, got {words!r}')
+        if len(words) > MAX_STOP_WORDS:
+            raise FieldError(field, f'at most {MAX_STOP_WORDS} strings, got {len(words)}')
         if encode is None:
             continue
         for word in words:
@@ -261,9 +279,12 @@ def _check_token(field: str, token, limits: ModelLimits, what: str) -> None:
         raise FieldError(field, f'{what} {token} is the diffusion mask token, which a request may not contain')
 
 
-def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, decode=None, field='prompt') -> None:
+def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, min_new_tokens=None, decode=None,
+                    field='prompt') -> None:
     """The templated, tokenised prompt. ``decode(ids) -> str`` finds a whitespace-only prompt;
-    ``max_new_tokens`` (if given) must fit the session with the prompt."""
+    ``max_new_tokens`` (if given) must fit the session with the prompt, and ``min_new_tokens`` (if given) the
+    request's budget: ``max_new_tokens``, or without it what the session leaves (upstream's default budget), since
+    upstream drops a larger minimum with a log line only."""
     if input_ids is None or len(input_ids) == 0:
         raise FieldError(field, 'is empty after templating and tokenisation; a request needs at least one '
                          'input token')
@@ -282,3 +303,9 @@ def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, deco
                              f'and the session length is {limits.session_len}, so allowed is [1, {max(room, 0)}] '
                              f'(pipeline(): GenerationConfig.max_new_tokens; lmdeploy chat: --max-new-tokens, or a '
                              f'larger --session-len)')
+    budget = max_new_tokens
+    if budget is None and limits.session_len is not None:
+        budget = max(limits.session_len - len(input_ids), 0)
+    if min_new_tokens and budget is not None and min_new_tokens > budget:
+        what = 'max_tokens' if max_new_tokens is not None else 'what the session length leaves after the prompt'
+        raise FieldError('min_new_tokens', f'must be at most the token budget ({what}: {budget}), got {min_new_tokens}')
