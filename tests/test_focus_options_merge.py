@@ -100,3 +100,25 @@ def test_hf_overrides_set_after_construction_are_merged_and_checked():
     quantised = PytorchEngineConfig(quant_policy=8)
     with pytest.raises(ValueError):  # FOCUS with a quantised KV cache is refused, set late or not
         quantised.hf_overrides = {OPTIONS_KEY: {'enable_focus': True}}
+
+
+def test_a_flag_given_with_its_default_value_still_conflicts_with_hf_overrides():
+    """``--dllm-focus-alpha 1.5`` (the default) next to ``--hf-overrides`` α 3.0: the flag was given, so the two
+    values conflict (it used to lose silently to the dict, as a flag left out does)."""
+    from lmdeploy_focus.cli.flags import add_focus_arguments
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--hf-overrides', type=eval, default=None)
+    add_focus_arguments(parser)
+    alpha = next(o for o in OPTIONS if o.name == 'focus_alpha')
+    args = parser.parse_args(['--focus', '--dllm-focus-alpha', str(alpha.default),
+                              '--hf-overrides', repr({OPTIONS_KEY: {'focus_alpha': 3.0}})])
+    with pytest.raises(ValueError, match=rf"--dllm-focus-alpha {alpha.default!r} conflicts with --hf-overrides"):
+        fold_into_hf_overrides(args)
+    # left out, the dict's value is taken; given with the dict's value, no conflict
+    for argv in ([], ['--dllm-focus-alpha', '3.0']):
+        args = parser.parse_args(['--focus', *argv, '--hf-overrides', repr({OPTIONS_KEY: {'focus_alpha': 3.0}})])
+        fold_into_hf_overrides(args)
+        assert args.hf_overrides[OPTIONS_KEY]['focus_alpha'] == 3.0
+    # a switch given explicitly parses as before
+    args = parser.parse_args(['--dllm-enable-delayed-cache'])
+    assert args.dllm_enable_delayed_cache is True and args.dllm_enable_focus is False

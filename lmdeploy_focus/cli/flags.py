@@ -23,17 +23,46 @@ def _validated(option):
     return parse
 
 
+# the dests of the FOCUS flags given on the command line (a set on the parsed namespace): a flag given with its
+# default value must still conflict with a different value in --hf-overrides, which the value alone cannot tell
+GIVEN_ATTR = '_dllm_flags_given'
+
+
+def _mark_given(namespace, dest: str) -> None:
+    given = set(getattr(namespace, GIVEN_ATTR, None) or ())
+    setattr(namespace, GIVEN_ATTR, given | {dest})
+
+
+class _StoreGiven(argparse.Action):
+    """``store``, recording that the flag was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.dest)
+
+
+class _SwitchGiven(argparse.Action):
+    """``store_true``, recording that the flag was given."""
+
+    def __init__(self, option_strings, dest, default=False, help=None):
+        super().__init__(option_strings, dest, nargs=0, const=True, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        _mark_given(namespace, self.dest)
+
+
 def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per row of ``config.options.OPTIONS`` (names, defaults, choices and help from there)."""
     group = parser.add_argument_group('FOCUS (lmdeploy-focus)', 'Delayed cache and FOCUS token eviction for DLLMs')
     for option in OPTIONS:
         kwargs = dict(dest=option.field, default=option.default, help=option.help)
         if option.is_switch:
-            kwargs['action'] = 'store_true'
+            kwargs['action'] = _SwitchGiven
         elif option.choices is not None:
-            kwargs['choices'] = option.choices
+            kwargs.update(action=_StoreGiven, choices=option.choices)
         else:
-            kwargs['type'] = _validated(option)
+            kwargs.update(action=_StoreGiven, type=_validated(option))
         group.add_argument(option.flag, *option.aliases, **kwargs)
 
 
@@ -74,9 +103,10 @@ def fold_into_hf_overrides(args: argparse.Namespace) -> None:
     carried = overrides.get(OPTIONS_KEY)
     merged = dict(FocusOptions.from_dict(carried).to_dict() if carried is not None else {})
     carried = carried or {}
+    given = getattr(args, GIVEN_ATTR, None) or set()
     for option in OPTIONS:
         value = getattr(args, option.field)
-        if value == option.default:
+        if value == option.default and option.field not in given:
             continue
         if option.name in carried and carried[option.name] != value:
             raise ValueError(f'{option.flag} {value!r} conflicts with --hf-overrides {OPTIONS_KEY}.{option.name}='
