@@ -4,7 +4,7 @@ import functools
 
 def apply(cli_module) -> None:
     from ..cli import preflight
-    from ..cli.flags import add_focus_arguments
+    from ..cli.flags import GIVEN_ATTR, add_focus_arguments
     from ..cli.sampling import add_sampling_arguments, drop_unset_sampling
     from ..serving.answer_budget import clip_answers_to_session
 
@@ -26,6 +26,7 @@ def apply(cli_module) -> None:
         # upstream's fixed 4096 budget is cut to the session's room; a --max-new-tokens given must fit
         clip_answers_to_session(getattr(args, 'max_new_tokens', None) is None)
         drop_unset_sampling(args)
+        vars(args).pop(GIVEN_ATTR, None)  # serve's conflict check reads it; chat would pass it on as an engine kwarg
         return upstream_runner(args)
 
     cls.add_parser_chat = staticmethod(add_parser_chat)

@@ -22,8 +22,8 @@ def wrap_validate_request(upstream):
                 # its schema allows one string, as chat's and completions'; upstream passes it on unwrapped
                 request.stop = [request.stop]
             try:
-                dllm = engine_limits(server_context.async_engine).dllm
-                check_http_request(request, endpoint=endpoint, dllm=dllm)
+                limits = engine_limits(server_context.async_engine)
+                check_http_request(request, endpoint=endpoint, dllm=limits.dllm, session_len=limits.session_len)
             except FieldError as e:
                 from lmdeploy.serve.openai.errors import create_error_response
                 return create_error_response(HTTPStatus.BAD_REQUEST, e.message, param=e.param)
@@ -64,8 +64,7 @@ def wrap_determine_gen_config(upstream):
             check_generation_config(gen_config, limits, encode=lambda word: tokenizer.encode(word, add_bos=False))
             # without a gen_config, upstream's default max_new_tokens (512) is no request of the user's
             max_new_tokens = gen_config.max_new_tokens if gen_config is not None else None
-            min_new_tokens = gen_config.min_new_tokens if gen_config is not None else None
-            check_input_ids(input_ids, limits, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            check_input_ids(input_ids, limits, max_new_tokens=max_new_tokens,
                             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
         except FieldError as e:
             raise e.to_request_error() from None

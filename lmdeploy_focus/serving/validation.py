@@ -151,7 +151,7 @@ def _check_stop_list(stop) -> None:
 # ---- layer 1: the HTTP request body --------------------------------------------------------------------
 
 
-def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
+def check_http_request(request, *, endpoint: str, dllm: bool = False, session_len: int | None = None) -> None:
     """Raise :class:`FieldError` for an invalid field of a request body. ``endpoint`` is one of
     ``'completions'``, ``'chat'``, ``'generate'``. Upstream's own checks run after this one."""
     get = lambda key: getattr(request, key, None)  # noqa: E731
@@ -167,6 +167,10 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False) -> None:
         limit = get('max_completion_tokens') or get('max_tokens')
         if limit is not None and min_new > limit:
             raise FieldError('min_new_tokens', f'must be <= max_tokens ({limit}), got {min_new}')
+        # without max_tokens the budget is what the session leaves after the prompt (unknown here): a minimum of the
+        # whole session can never be met, and upstream's engine would drop it with a log line only
+        if limit is None and session_len is not None and min_new >= session_len:
+            raise FieldError('min_new_tokens', f'must be below the session length ({session_len}), got {min_new}')
     _check_stop_list(get('stop'))
     n = get('n')
     if endpoint == 'completions':
@@ -279,12 +283,9 @@ def _check_token(field: str, token, limits: ModelLimits, what: str) -> None:
         raise FieldError(field, f'{what} {token} is the diffusion mask token, which a request may not contain')
 
 
-def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, min_new_tokens=None, decode=None,
-                    field='prompt') -> None:
+def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, decode=None, field='prompt') -> None:
     """The templated, tokenised prompt. ``decode(ids) -> str`` finds a whitespace-only prompt;
-    ``max_new_tokens`` (if given) must fit the session with the prompt, and ``min_new_tokens`` (if given) the
-    request's budget: ``max_new_tokens``, or without it what the session leaves (upstream's default budget), since
-    upstream drops a larger minimum with a log line only."""
+    ``max_new_tokens`` (if given) must fit the session with the prompt."""
     if input_ids is None or len(input_ids) == 0:
         raise FieldError(field, 'is empty after templating and tokenisation; a request needs at least one '
                          'input token')
@@ -303,9 +304,3 @@ def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, min_
                              f'and the session length is {limits.session_len}, so allowed is [1, {max(room, 0)}] '
                              f'(pipeline(): GenerationConfig.max_new_tokens; lmdeploy chat: --max-new-tokens, or a '
                              f'larger --session-len)')
-    budget = max_new_tokens
-    if budget is None and limits.session_len is not None:
-        budget = max(limits.session_len - len(input_ids), 0)
-    if min_new_tokens and budget is not None and min_new_tokens > budget:
-        what = 'max_tokens' if max_new_tokens is not None else 'what the session length leaves after the prompt'
-        raise FieldError('min_new_tokens', f'must be at most the token budget ({what}: {budget}), got {min_new_tokens}')
