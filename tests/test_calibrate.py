@@ -150,3 +150,37 @@ def test_end_to_end_on_the_tiny_model(tmp_path, backend):
     baseline = record['cells'][0]
     assert baseline['mode'] == 'baseline' and baseline['counts']['deep_tokens'] == baseline['counts']['processed_tokens']
     assert (tmp_path / 'calibration.md').read_text().count('|') > 20
+
+
+@pytest.mark.parametrize('length', ['33', '512', '3'])
+def test_a_block_length_the_engine_cannot_serve_is_refused(length, capsys):
+    from lmdeploy_focus.calibrate.cli import parse_args
+    with pytest.raises(SystemExit):
+        parse_args([TINY, '--block-length', length])
+    assert '--block-length must be a power of two up to 256' in capsys.readouterr().err
+    assert parse_args([TINY, '--block-length', '64', '--policies', 'leftmost', 'leftmost']).policies == ['leftmost']
+
+
+def test_options_of_the_other_backend_are_refused_not_dropped():
+    from lmdeploy_focus.calibrate.cli import _backend_name, parse_args
+    with pytest.raises(SystemExit, match='--device and --dtype apply to the reference backend only'):
+        _backend_name(parse_args([TINY, '--backend', 'engine', '--dtype', 'float64']))
+    with pytest.raises(SystemExit, match='--eager-mode applies to the engine backend only'):
+        _backend_name(parse_args([TINY, '--backend', 'reference', '--eager-mode']))
+    assert _backend_name(parse_args([TINY, '--device', 'cpu'])) == 'reference'  # auto with a CPU request
+
+
+@pytest.mark.parametrize('case', ['out_dir_is_a_file', 'folder_without_config'])
+def test_bad_paths_fail_in_one_line_before_any_run(tmp_path, case):
+    model, out_dir = TINY, tmp_path / 'out'
+    if case == 'out_dir_is_a_file':
+        out_dir.write_text('')
+        expected = 'cannot be created'
+    else:
+        model = tmp_path / 'empty-b32'
+        model.mkdir()
+        expected = 'is not a model folder'
+    out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', str(model), '--backend', 'reference',
+                          '--out-dir', str(out_dir), '--quiet'], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and expected in out.stderr and 'Traceback' not in out.stderr, out.stderr[-2000:]
+    assert 'calibrate' not in out.stdout  # nothing ran: no table printed

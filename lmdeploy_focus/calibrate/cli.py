@@ -7,6 +7,8 @@ import sys
 import time
 from importlib import resources
 
+from ..config.compat import is_power_of_two
+from ..config.model_facts import MAX_PATH_BLOCK_LENGTH
 from ..config.options import FOCUS_POLICIES, MAX_FOCUS_ALPHA
 from . import backends, grid, report
 from .task_file import TaskFileError, load_tasks
@@ -58,8 +60,37 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.block_length is not None and not (is_power_of_two(args.block_length)
+                                              and args.block_length <= MAX_PATH_BLOCK_LENGTH):
+        # the engine serves only power-of-two blocks (a KV page holds whole blocks): a recommendation at another
+        # length could not be served
+        p.error(f'--block-length must be a power of two up to {MAX_PATH_BLOCK_LENGTH} (the one the model was trained '
+                f'with), got {args.block_length}')
     args.alphas = list(dict.fromkeys(args.alphas))
+    args.policies = list(dict.fromkeys(args.policies))
     return args
+
+
+def _backend_name(args) -> str:
+    """The backend that will run, refusing options the other backend alone reads (they would be dropped silently)."""
+    name = 'reference' if args.backend == 'auto' and args.device == 'cpu' else backends.resolve(args.backend)
+    if name == 'engine' and (args.device != 'auto' or args.dtype != 'auto'):
+        raise SystemExit('calibrate: error: --device and --dtype apply to the reference backend only (the engine runs on '
+                         'CUDA in the checkpoint\'s dtype); add --backend reference, or leave them out')
+    if name == 'reference' and args.eager_mode:
+        raise SystemExit('calibrate: error: --eager-mode applies to the engine backend only; add --backend engine, or '
+                         'leave it out')
+    return name
+
+
+def _writable_out_dir(path: str) -> None:
+    """Checked before any run: a grid takes hours on a real model, and its results are written at the end."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f'calibrate: error: --out-dir {path!r} cannot be created: {e.strerror or e}') from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f'calibrate: error: --out-dir {path!r} is not writable')
 
 
 def token_budgets(tasks, cap: int | None) -> list[int]:
@@ -90,8 +121,11 @@ def _stop_ids(model: str, tokenizer) -> tuple[int, ...]:
         ids.add(int(tokenizer.eos_token_id))
     path = os.path.join(model, 'generation_config.json')
     if os.path.isfile(path):
-        with open(path, encoding='utf-8') as f:
-            eos = json.load(f).get('eos_token_id')
+        try:
+            with open(path, encoding='utf-8') as f:
+                eos = json.load(f).get('eos_token_id')
+        except (OSError, ValueError, AttributeError) as e:
+            raise SystemExit(f'calibrate: error: cannot read the stop ids of {path}: {e}') from None
         ids.update([eos] if isinstance(eos, int) else eos or [])
     return tuple(sorted(ids))
 
@@ -107,16 +141,22 @@ def run(args) -> dict:
     from transformers import AutoTokenizer
 
     from ..config.model_facts import block_length_from_path
-    if not os.path.isdir(args.model):  # a hub id needs network access, which calibration does not assume
+    # a hub id needs network access, which calibration does not assume
+    if not os.path.isfile(os.path.join(args.model, 'config.json')):
         raise SystemExit(f'calibrate: error: {args.model!r} is not a model folder (the one holding config.json)')
+    name = _backend_name(args)
+    _writable_out_dir(args.out_dir)
     tasks = _tasks(args)
     block_length = args.block_length or block_length_from_path(args.model)
     if block_length is None:
         raise SystemExit('calibrate: error: give --block-length (the model path does not end in -b<N>)')
-    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SystemExit(f'calibrate: error: cannot load a tokenizer from {args.model}: {first}') from None
     prompts = [_encode(tokenizer, t.prompt) for t in tasks]
     max_new = token_budgets(tasks, args.max_new_tokens)
-    name = backends.resolve(args.backend)
     settings = backends.BackendSettings(model_path=args.model, block_length=block_length,
                                         confidence_threshold=args.threshold, batch_size=args.batch_size,
                                         stop_token_ids=_stop_ids(args.model, tokenizer), device=args.device,

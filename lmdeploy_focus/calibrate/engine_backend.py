@@ -27,6 +27,7 @@ class EngineBackend:
         s = self.settings
         config = PytorchEngineConfig(dllm_block_length=s.block_length, dllm_confidence_threshold=s.confidence_threshold,
                                      dllm_unmasking_strategy='low_confidence_dynamic', max_batch_size=s.batch_size,
+                                     block_size=max(64, s.block_length),  # a KV page holds whole blocks
                                      eager_mode=s.eager_mode, hf_overrides={'dllm_focus': cell.focus_options()})
         return Engine.from_pretrained(s.model_path, engine_config=config, trust_remote_code=True)
 
