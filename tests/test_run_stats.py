@@ -66,10 +66,26 @@ def test_phase_timer_median_host_gap_ignores_the_prefill_outliers():
     assert timer.read()['steps'] == 0 and timer.read()['median_ms']['front'] == 0.0
 
 
+def _race(engine, reader):
+    """Run the engine's and a reader's thread side by side, switching threads as often as possible (the races showed
+    within a few thousand steps)."""
+    import sys
+    import threading
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=engine), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_reading_with_reset_while_the_engine_adds_loses_and_repeats_nothing():
     """pipeline() runs the engine on its own thread while the user's thread reads (and resets) the totals: every
     step's counts must come back exactly once over the reads."""
-    import sys
     import threading
 
     from lmdeploy_focus.strategies.dllm.run_stats import RunStats, per_sequence_counts
@@ -85,16 +101,7 @@ def test_reading_with_reset_while_the_engine_adds_loses_and_repeats_nothing():
         while not done.is_set():
             got.append(stats.read(reset=True)['decode_steps'])
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race showed within a few thousand adds
-    try:
-        threads = [threading.Thread(target=engine), threading.Thread(target=reader)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    _race(engine, reader)
     got.append(stats.read(reset=True)['decode_steps'])
     assert sum(got) == steps and len(got) > 1
 
@@ -102,7 +109,6 @@ def test_reading_with_reset_while_the_engine_adds_loses_and_repeats_nothing():
 def test_phase_timer_read_while_the_engine_records_steps():
     """A reader's thread (stats.read_phase_timing) reads and resets while the engine's thread records steps: no
     read fails and every step is counted exactly once over the reads."""
-    import sys
     import threading
 
     from lmdeploy_focus.strategies.dllm.phase_timer import PHASES, PhaseTimer
@@ -121,16 +127,7 @@ def test_phase_timer_read_while_the_engine_records_steps():
             except RuntimeError as e:  # 'deque mutated during iteration' without the lock
                 errors.append(e)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=engine), threading.Thread(target=reader)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    _race(engine, reader)
     counted.append(timer.read(reset=True)['steps'])
     assert not errors and sum(counted) == steps and len(counted) > 1
 
