@@ -67,7 +67,8 @@
 # batch size (num prompts = batch size), all batch sizes of an arm on one engine (ONE_ENGINE=1).
 set -uo pipefail
 PHASE=${1:?b32|blocks|cost}; OUT=${2:?OUT_DIR}
-case $PHASE in graphs|graphs_rest|ttft_small|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|sdar_moe|fast_commit|await_stream|await_small|small_batches|cost) ;; *) echo "unknown phase '$PHASE' (graphs, graphs_rest, ttft_small, b32, blocks, dynamic, dynamic_rest, row_buckets, front_buckets, llada2, sdar_moe, fast_commit, await_stream, await_small, small_batches, cost)" >&2; exit 2 ;; esac
+PHASES="graphs|graphs_rest|ttft_small|b32|blocks|dynamic|dynamic_rest|row_buckets|front_buckets|llada2|sdar_moe|fast_commit|await_stream|await_small|small_batches|cost"
+[[ "|$PHASES|" == *"|$PHASE|"* ]] || { echo "unknown phase '$PHASE' (${PHASES//|/, })" >&2; exit 2; }
 DRY=${DRY_RUN:-0}; export DRY_RUN=$DRY
 BUDGET=${SUITE_BUDGET_S:-$([[ $PHASE == cost ]] && echo 500 || echo 530)}
 mkdir -p "$OUT"
@@ -191,11 +192,15 @@ llada2_stock_and_importance() {
     bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
 }
 
+llada2_leftmost() {
+  step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
+    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+}
+
 if [[ $PHASE == graphs_rest ]]; then
   DYNAMIC_PAIR_ONLY=1 dynamic_trio_out256
   llada2_stock_and_importance
-  step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  llada2_leftmost
   exit 0
 fi
 
@@ -221,8 +226,7 @@ if [[ $PHASE == llada2 ]]; then
   # the MoE default zeroes padding rows (StepConfig.zero_padding): what it costs or gains where batches are large
   step 110 "focus-importance static, padding not zeroed (llada2)" "${S[@]}" ARM_TAG=-static-nozero \
     LMDEPLOY_FOCUS_ZERO_PADDING=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
-  step 110 "focus-leftmost static (llada2)" "${S[@]}" FOCUS_POLICY=leftmost \
-    bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
+  llada2_leftmost
   exit 0
 fi
 

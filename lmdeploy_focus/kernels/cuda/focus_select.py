@@ -111,10 +111,6 @@ def cuda_select_kept(delta: torch.Tensor, candidate: torch.Tensor, block_pos: to
     ``delta`` is read as fp32 or wider (only candidate rows); ``q_seqlens <= max_q_len`` (static
     bound, longer sequences are cut); rows of a sequence in ascending, distinct block positions.
     """
-    return _launch_select(delta, candidate, block_pos, q_start_loc, q_seqlens, targets, progress, policy, max_q_len)
-
-
-def _launch_select(delta, candidate, block_pos, q_start_loc, q_seqlens, targets, progress, policy, max_q_len):
     if policy not in POLICIES:
         raise ValueError(f'unknown FOCUS selection policy {policy!r}; expected one of {POLICIES}')
     num_rows = candidate.numel()
