@@ -243,6 +243,22 @@ def test_endpoints_building_their_config_through_chat_runner_answer_400(server, 
     assert client.get('/health').json()['status'] == 'healthy'
 
 
+@pytest.mark.parametrize('path,body,headers,name', [
+    ('/v1/messages', dict(max_tokens=4, messages=[{'role': 'user', 'content': 'hi'}]), {'anthropic-version': '2023-06-01'},
+     'stop_sequences'),
+    ('/v1/responses', dict(input='hi', max_output_tokens=4), {}, 'stop'),
+])
+def test_too_many_stop_strings_on_the_other_endpoints_name_the_clients_field(server, path, body, headers, name):
+    """/v1/messages and /v1/responses reach only the engine-side check, which sees ``stop_words``: the message
+    must also name the field the client sent."""
+    client, _ = server
+    stops = [chr(ord('a') + i) for i in range(17)]
+    response = client.post(path, json={'model': 'm', name: stops, **body}, headers=headers)
+    assert response.status_code == 400, response.text
+    assert f'`{name}`' in response.text and 'at most 16 strings, got 17' in response.text
+    assert client.post(path, json={'model': 'm', name: stops[:16], **body}, headers=headers).status_code == 200
+
+
 def test_the_soak_checks_bad_requests_are_400s_naming_their_field(server):
     """The GPU soak (checks/serving_soak) expects each of its bad requests to be a 400 naming a field: true
     here first, on upstream's api_server over the fake backend with the tiny model's vocabulary and mask."""
