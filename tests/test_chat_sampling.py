@@ -99,7 +99,9 @@ def test_generation_config_raises_a_value_error_naming_the_field(field, value, f
 
 def test_generation_config_still_builds_what_upstream_builds():
     from lmdeploy import GenerationConfig
-    GenerationConfig()
-    GenerationConfig(max_new_tokens=None, do_sample=True)  # the api_server without max_tokens
-    GenerationConfig(max_new_tokens=0, output_logits='all', top_k=1)  # AsyncEngine.get_logits
-    GenerationConfig(top_p=1.0, top_k=0, temperature=0.0, repetition_penalty=1.3, random_seed=0)
+    assert GenerationConfig().max_new_tokens == 512
+    assert GenerationConfig(max_new_tokens=None, do_sample=True).max_new_tokens is None  # api_server, no max_tokens
+    logits = GenerationConfig(max_new_tokens=0, output_logits='all', top_k=1)  # AsyncEngine.get_logits
+    assert (logits.max_new_tokens, logits.output_logits, logits.top_k) == (0, 'all', 1)
+    edges = GenerationConfig(top_p=1.0, top_k=0, temperature=0.0, repetition_penalty=1.3, random_seed=0)
+    assert (edges.top_p, edges.top_k, edges.temperature, edges.random_seed) == (1.0, 0, 0.0, 0)

@@ -118,8 +118,29 @@ def test_ragged_step_reads_every_key_of_the_block_and_writes_only_the_processed_
 
 
 def test_stock_decoding_is_unchanged_without_delayed_cache():
-    sdar = build_tiny_sdar(block_length=L)
-    assert isinstance(sdar.model, DelayedCacheSDARForCausalLM) and sdar.model.delayed_cache_runtime is None
+    """Without the delayed cache the plugin's SDAR class is upstream's model: same prefill and decode logits on
+    the same weights, and the same KV."""
+    from lmdeploy.pytorch.models.sdar import SDARForCausalLM
+    seed = secrets.randbits(31)
+    ours, theirs = build_tiny_sdar(block_length=L, seed=seed), build_tiny_sdar(block_length=L, seed=seed,
+                                                                               model_cls=SDARForCausalLM)
+    assert isinstance(ours.model, DelayedCacheSDARForCausalLM) and ours.model.delayed_cache_runtime is None
+    assert type(theirs.model) is SDARForCausalLM
+    gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 400, (n, ), generator=gen).tolist() for n in (3, 11)]
+    runners = [model.new_runner(page_size=16) for model in (ours, theirs)]
+    prefill = [runner.prefill(prompts) for runner in runners]
+    torch.testing.assert_close(prefill[0], prefill[1], rtol=0, atol=0, msg=lambda m: f'prefill, seed {seed}: {m}')
+    blocks = runners[0].current_blocks()
+    blocks[:, :3] = torch.randint(0, 400, (blocks.size(0), 3), generator=gen)  # some decoded tokens
+    decode = [runner.decode_step(blocks) for runner in runners]
+    torch.testing.assert_close(decode[0], decode[1], rtol=0, atol=0, msg=lambda m: f'decode, seed {seed}: {m}')
+    assert decode[0].shape == (2, L, ours.model_config.vocab_size)
+    for b in range(2):
+        length = runners[0].history_lengths[b] + L
+        for layer in (0, 1):
+            for x, y in zip(runners[0].kv_cache.read(layer, b, length), runners[1].kv_cache.read(layer, b, length)):
+                assert torch.equal(x, y), f'KV of layer {layer}, sequence {b}, seed {seed}'
 
 
 def _counted_step(padded: bool):

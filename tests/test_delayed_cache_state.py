@@ -599,13 +599,17 @@ def test_runs_on_meta_tensors():
 def test_no_host_sync_on_cuda(strategy):
     """All functions (and, per strategy, the guarded upstream unmasker) under sync-debug 'error'."""
     batch, length = 16, 32
-    reference = run_everything(batch, length, 'cuda', with_unmasking=False)  # also initialises CUDA lazily
-    state = DelayedCacheState(uncached=random_bool_rows(batch, length).cuda(),
-                              needs_warmup=(torch.rand(batch) < 0.5).cuda())
-    args = (state, random_mask(batch, length).cuda(), random_mask(batch, length).cuda(),
-            torch.randint(0, 8, (batch, length)).cuda(), torch.randint(0, 99, (batch, )).cuda(),
-            torch.randn(batch, length, 8).cuda(), torch.randperm(batch)[:3].cuda(),
-            make_processor(strategy or UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC, length))
+    torch.zeros(1, device='cuda')  # initialise CUDA before the detector is on
+
+    def inputs(device):
+        state = DelayedCacheState(uncached=uncached.to(device), needs_warmup=needs_warmup.to(device))
+        return (state, *(t.to(device) for t in tensors), processor)
+
+    uncached, needs_warmup = random_bool_rows(batch, length), torch.rand(batch) < 0.5
+    processor = make_processor(strategy or UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC, length)  # steps drawn once
+    tensors = (random_mask(batch, length), random_mask(batch, length), torch.randint(0, 8, (batch, length)),
+               torch.randint(0, 99, (batch, )), torch.randn(batch, length, 8), torch.randperm(batch)[:3])
+    args = inputs('cuda')
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
@@ -615,4 +619,27 @@ def test_no_host_sync_on_cuda(strategy):
     finally:
         torch.cuda.set_sync_debug_mode('default')
     torch.cuda.synchronize()
-    assert shapes(out['proc']) == shapes(reference['proc'])
+    expected = _run_everything(*inputs('cpu'), with_unmasking=strategy is not None)  # the same inputs on CPU
+    assert shapes(out) == shapes(expected)
+    got, want = dict(leaves(out)), dict(leaves(expected))
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(got[name].cpu(), value, msg=lambda m: f'{name}: {m}')
+        else:
+            assert torch.equal(got[name].cpu(), value), name
+
+
+def leaves(obj, name='out'):
+    """(path, tensor) for every tensor in nested dicts, sequences and dataclasses."""
+    if isinstance(obj, torch.Tensor):
+        yield name, obj
+    elif isinstance(obj, (tuple, list)):
+        for i, item in enumerate(obj):
+            yield from leaves(item, f'{name}[{i}]')
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from leaves(item, f'{name}.{key}')
+    elif hasattr(obj, '__dataclass_fields__'):
+        for key in obj.__dataclass_fields__:
+            yield from leaves(getattr(obj, key), f'{name}.{key}')

@@ -1,5 +1,6 @@
 """The FOCUS importance delta is all-reduced over attention TP ranks before selection."""
 import torch
+import torch.distributed as dist
 
 from lmdeploy_focus.models import importance_reduce
 from lmdeploy_focus.kernels.default.focus import masked_importance
@@ -26,6 +27,13 @@ def test_two_ranks_sum_their_local_head_deltas_to_the_full_delta(monkeypatch):
     full = delta(slice(0, heads), slice(0, kv_heads))
     rank0, rank1 = delta(slice(0, heads // 2), slice(0, kv_heads // 2)), delta(slice(heads // 2, heads),
                                                                            slice(kv_heads // 2, kv_heads))
-    monkeypatch.setattr(importance_reduce, '_all_reduce', lambda t, **kwargs: t.add_(rank1))
+    ops = []
+
+    def all_reduce(t, op=dist.ReduceOp.SUM, **kwargs):  # _all_reduce's default op is SUM: the call must keep it
+        ops.append(op)
+        return t.add_(rank1)
+
+    monkeypatch.setattr(importance_reduce, '_all_reduce', all_reduce)
     reduced = importance_reduce.reduce_importance_delta(rank0.clone(), tp_size=2)
+    assert ops == [dist.ReduceOp.SUM], ops
     torch.testing.assert_close(reduced, full, rtol=1e-5, atol=1e-5)

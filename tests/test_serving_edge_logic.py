@@ -163,7 +163,7 @@ def test_choose_mid_block_stop():
     # another stop id (EOS) that comes first rules out tokens after it
     eos_first = [1, 2, 258] + traj[3:]
     c = logic.choose_mid_block_stop(eos_first, 8, L, len(eos_first), other_stop_ids=[258])
-    assert c is None or c.length < 3
+    assert c is None  # 1 and 2 occur again only after it, and 258 itself is another request's stop
     # a stop token before the length cut of the same block ends the output there
     assert logic.choose_mid_block_stop([1, 1, 1, 1, 1, 9, 1, 1], 8, L, 8, exclude=[1]) == logic.StopChoice(9, 6, 0, 5)
     # one at the last position of the cut is not "because of that token" (the cut ends there anyway)

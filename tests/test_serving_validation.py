@@ -45,11 +45,16 @@ def test_completions_field_rules(field, value, range_text):
 
 
 def test_valid_requests_pass_every_endpoint():
-    check_http_request(completion(top_p=1, top_k=0, temperature=0, min_p=0, seed=0, stop='x'), endpoint='completions')
+    """Values at the edges of each allowed range pass (each rejected one past them, tests above)."""
+    assert check_http_request(completion(top_p=1, top_k=0, temperature=0, min_p=0, seed=0, stop='x'),
+                              endpoint='completions') is None
     chat = completion(n=128, top_logprobs=20, min_new_tokens=3, max_tokens=3)
-    check_http_request(chat, endpoint='chat')
+    assert check_http_request(chat, endpoint='chat') is None
     gen = SimpleNamespace(max_tokens=0, logprob_start_len=0, top_logprobs_num=2, top_p=0.5)
-    check_http_request(gen, endpoint='generate')  # input logprobs: max_tokens 0 is upstream's contract
+    assert check_http_request(gen, endpoint='generate') is None  # input logprobs: max_tokens 0 is upstream's contract
+    assert rejected(check_http_request, completion(n=129), endpoint='chat').param == 'n'
+    assert rejected(check_http_request, SimpleNamespace(max_tokens=0, logprob_start_len=-1),
+                    endpoint='generate').param == 'max_tokens'  # 0 only with input logprobs
 
 
 @pytest.mark.parametrize('endpoint,request_fields,field', [
@@ -274,8 +279,10 @@ def test_the_soak_checks_bad_requests_are_400s_naming_their_field(server):
         response = client.post(path, json={'model': 'm', **body})
         assert response.status_code == 400, (path, body, response.text)
         error = response.json()
-        assert field in (error.get('param'), error.get('message', '').split(':')[0]) or field in error.get('message', ''), \
-            (path, body, error)
+        message = error.get('message', '')
+        # ours: param and message prefix; upstream's own rules name it in their sentence, with no param
+        assert (error.get('param') == field or message.startswith(f'{field}: ')
+                or (error.get('param') is None and f' {field} ' in message)), (path, body, error)
     assert client.get('/health').json()['status'] == 'healthy'
 
 

@@ -151,6 +151,26 @@ def check_importance(gen, device, *, batch, block_len, head_dim, group, dtype, k
     return got
 
 
+def check_fp32_importance_is_not_tf32(device):
+    """The random cases' tolerance cannot tell TF32 products from fp32 ones; this case can. One sequence of
+    4 candidates, one head, the same query on every row (+-256 on even / odd dims): keys 0-2 are 1 and score 0,
+    key 3 is 1 + 2^-15 on even dims and scores 1/4 (every product and partial sum exact in fp32). The width-3
+    pool gives keys 2 and 3 the logit 1/4, so each query sends sigmoid(1/4) / 2 to each of them and the four
+    queries 2 sigmoid(1/4) = 1.124; TF32 rounds key 3 to 1 and gives every key 1.0."""
+    head_dim, rows = 64, 4
+    q = torch.full((rows, 1, head_dim), 256.0)
+    q[..., 1::2] = -256.0
+    k = torch.ones(rows, 1, head_dim)
+    k[3, 0, 0::2] = 1.0 + 2.0**-15
+    one = torch.ones(1, dtype=torch.int64)
+    got = cuda_masked_importance(q.to(device), k.to(device), (one - 1).to(device), (one * rows).to(device),
+                                 torch.ones(rows, dtype=torch.bool, device=device), 1.0, 16)
+    high = 2 * torch.sigmoid(torch.tensor(0.25, dtype=torch.float64)).item()
+    expected = torch.tensor([2 - high, 2 - high, high, high], dtype=torch.float64)
+    torch.testing.assert_close(got.double().cpu(), expected, atol=1e-5, rtol=0,
+                               msg=lambda m: f'{m}\n(1.0 everywhere: the products ran in TF32)')
+
+
 def check_select(gen, device, *, batch, block_len, policy, delta_kind, max_q_len=None):
     step = random_step(gen, batch, block_len)
     delta = random_delta(gen, step, delta_kind)
@@ -204,6 +224,10 @@ def test_importance_bf16(gen, block_len, head_dim, group):
 @pytest.mark.parametrize('head_dim', [64, 128])
 def test_importance_fp16_fp32(gen, head_dim, group, dtype):
     check_importance(gen, DEVICE, batch=randint(gen, 1, 64), block_len=32, head_dim=head_dim, group=group, dtype=dtype)
+
+
+def test_fp32_importance_is_not_tf32():
+    check_fp32_importance_is_not_tf32(DEVICE)
 
 
 @pytest.mark.parametrize('batch', [1, 7, 256])
