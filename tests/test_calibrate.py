@@ -131,7 +131,8 @@ def _has_cuda() -> bool:
 
 @pytest.mark.parametrize('backend', [
     'reference',
-    pytest.param('engine', marks=pytest.mark.skipif(not _has_cuda(), reason='the engine backend needs a CUDA GPU')),
+    pytest.param('engine', marks=[pytest.mark.gpu,
+                                  pytest.mark.skipif(not _has_cuda(), reason='the engine backend needs a CUDA GPU')]),
 ])
 def test_end_to_end_on_the_tiny_model(tmp_path, backend):
     out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', TINY, '--tasks', TASKS, '--num-tasks', '2',

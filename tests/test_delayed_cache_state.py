@@ -551,7 +551,7 @@ def _run_everything(state, mask, next_mask, ids, history, dense, indices, proces
     out['gathered'] = gather_processed(dense, proc)
     out['scattered'] = scatter_processed(out['gathered'], proc, out=dense.clone(), fill=0.5)
     out['scattered_new'] = scatter_processed(out['gathered'], proc, fill=0.0)
-    out['hidden'] = masked_but_unprocessed(mask, out['subset'].processed)
+    out['hidden'] = masked_but_unprocessed(mask, proc.processed)  # the unmasker may decide processed masked slots
     if with_unmasking:
         logits = out['scattered'].view(batch * length, -1)
         out['unmasked'] = unmask_processed_only(processor, logits, ids.flatten(), logits.argmax(-1), mask.flatten(),

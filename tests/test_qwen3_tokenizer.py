@@ -34,9 +34,10 @@ def _random_text(rng: random.Random) -> str:
         elif kind < 0.9:
             pieces.append(''.join(chr(rng.randint(0x21, 0x7e)) for _ in range(rng.randint(1, 8))))
         else:
-            # arbitrary BMP code points (no surrogates): exercises byte fallback of rare chars
-            pieces.append(''.join(chr(rng.choice([rng.randint(0x80, 0xd7ff), rng.randint(0xe000, 0xfffd)]))
-                                  for _ in range(rng.randint(1, 4))))
+            # arbitrary BMP code points (no surrogates): exercises byte fallback of rare chars. No combining marks:
+            # the tokenizers library's NFC tables are older than Python's, and reorder some pairs differently
+            points = (chr(rng.choice([rng.randint(0x80, 0xd7ff), rng.randint(0xe000, 0xfffd)])) for _ in range(12))
+            pieces.append(''.join([c for c in points if not unicodedata.combining(c)][:rng.randint(1, 4)]))
     return ''.join(pieces)
 
 

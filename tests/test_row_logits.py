@@ -142,8 +142,8 @@ def test_logprobs_custom_processors_and_grammar_keep_the_dense_layout():
     assert needs_dense_rows(SamplingInputs(max_num_logprobs=-1, response_formats=(None, 'json'), batch_size=4))
 
 
-@pytest.mark.parametrize('greedy', [True, pytest.param(False, marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="per-row seeded sampling is upstream's CUDA kernel (its CPU one ignores seeds)"))])
+@pytest.mark.parametrize('greedy', [True, pytest.param(False, marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="per-row seeded sampling is upstream's CUDA kernel (its CPU one ignores seeds)")])])
 def test_upstream_sampler_on_the_rows_equals_the_dense_sampler_at_those_slots(seed, greedy):
     device = 'cpu' if greedy else 'cuda'
     rows = random.randint(4, 40)

@@ -38,7 +38,7 @@ MAX_LOGIT_BIAS = 300
 MAX_STOP_WORDS = 16
 MAX_STOP_TOKEN_IDS = 256
 # where an HTTP request carries GenerationConfig.stop_words, for messages of the engine-side check
-STOP_WORDS_HTTP_NAMES = '(an HTTP request\'s `stop`, `stop_sequences` on /v1/messages) '
+STOP_WORDS_HTTP_NAMES = ' (over HTTP: `stop`; `stop_sequences` on /v1/messages)'
 
 
 class FieldError(ValueError):
@@ -254,17 +254,17 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         # this layer sees the engine's name; an HTTP client sent it under the name of its endpoint
         said = STOP_WORDS_HTTP_NAMES if field == 'stop_words' else ''
         if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
-            raise FieldError(field, f'{said}must be a list of non-empty strings, got {words!r}')
+            raise FieldError(field, f'must be a list of non-empty strings, got {words!r}{said}')
         if len(words) > MAX_STOP_WORDS:
-            raise FieldError(field, f'{said}at most {MAX_STOP_WORDS} strings, got {len(words)}')
+            raise FieldError(field, f'at most {MAX_STOP_WORDS} strings, got {len(words)}{said}')
         if encode is None:
             continue
         for word in words:
             ids = encode(word)
             if len(ids) != 1:
                 ids_field = 'stop_token_ids' if field == 'stop_words' else 'bad_token_ids'
-                raise FieldError(field, f'{said}{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
-                                 f'strings are supported (use {ids_field} for others)')
+                raise FieldError(field, f'{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
+                                 f'strings are supported (use {ids_field} for others){said}')
 
 
 def check_construction(gen_config) -> None:
