@@ -54,9 +54,11 @@ def load(name: str):
     return next(ep for ep in entry_points(group=GROUP) if ep.name == name).load()
 
 
-def resolve(name: str) -> str:
-    """``auto``: the engine where CUDA is available, else the reference loop."""
+def resolve(name: str, device: str = 'auto') -> str:
+    """``auto``: the reference loop where asked to run on the CPU (``device``) or without CUDA, else the engine."""
     if name != 'auto':
         return name
+    if device == 'cpu':
+        return 'reference'
     import torch
     return 'engine' if torch.cuda.is_available() else 'reference'

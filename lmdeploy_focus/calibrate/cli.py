@@ -73,7 +73,7 @@ def parse_args(argv=None):
 
 def _backend_name(args) -> str:
     """The backend that will run, refusing options the other backend alone reads (they would be dropped silently)."""
-    name = 'reference' if args.backend == 'auto' and args.device == 'cpu' else backends.resolve(args.backend)
+    name = backends.resolve(args.backend, args.device)
     if name == 'engine' and (args.device != 'auto' or args.dtype != 'auto'):
         raise SystemExit('calibrate: error: --device and --dtype apply to the reference backend only (the engine runs on '
                          'CUDA in the checkpoint\'s dtype); add --backend reference, or leave them out')

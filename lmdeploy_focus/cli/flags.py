@@ -28,41 +28,30 @@ def _validated(option):
 GIVEN_ATTR = '_dllm_flags_given'
 
 
-def _mark_given(namespace, dest: str) -> None:
-    given = set(getattr(namespace, GIVEN_ATTR, None) or ())
-    setattr(namespace, GIVEN_ATTR, given | {dest})
+class _Given(argparse.Action):
+    """``store`` (``store_true`` with ``switch=True``), recording in :data:`GIVEN_ATTR` that the flag was given."""
 
-
-class _StoreGiven(argparse.Action):
-    """``store``, recording that the flag was given."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        _mark_given(namespace, self.dest)
-
-
-class _SwitchGiven(argparse.Action):
-    """``store_true``, recording that the flag was given."""
-
-    def __init__(self, option_strings, dest, default=False, help=None):
-        super().__init__(option_strings, dest, nargs=0, const=True, default=default, help=help)
+    def __init__(self, option_strings, dest, switch: bool = False, **kwargs):
+        if switch:
+            kwargs.update(nargs=0, const=True)
+        super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, True)
-        _mark_given(namespace, self.dest)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        setattr(namespace, GIVEN_ATTR, set(getattr(namespace, GIVEN_ATTR, None) or ()) | {self.dest})
 
 
 def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per row of ``config.options.OPTIONS`` (names, defaults, choices and help from there)."""
     group = parser.add_argument_group('FOCUS (lmdeploy-focus)', 'Delayed cache and FOCUS token eviction for DLLMs')
     for option in OPTIONS:
-        kwargs = dict(dest=option.field, default=option.default, help=option.help)
+        kwargs = dict(dest=option.field, default=option.default, help=option.help, action=_Given)
         if option.is_switch:
-            kwargs['action'] = _SwitchGiven
+            kwargs['switch'] = True
         elif option.choices is not None:
-            kwargs.update(action=_StoreGiven, choices=option.choices)
+            kwargs['choices'] = option.choices
         else:
-            kwargs.update(action=_StoreGiven, type=_validated(option))
+            kwargs['type'] = _validated(option)
         group.add_argument(option.flag, *option.aliases, **kwargs)
 
 
