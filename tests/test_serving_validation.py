@@ -161,6 +161,14 @@ def test_generation_config_rules():
     assert 'use bad_token_ids' in rejected(check_generation_config, config, LIMITS, encode=one_token).message
     config = GenerationConfig(stop_words=['ab'])
     assert 'use stop_token_ids' in rejected(check_generation_config, config, LIMITS, encode=one_token).message
+    # a word that is the mask token is refused as its id is in stop_token_ids / bad_token_ids
+    as_mask = lambda word: [259] if word == '<|MASK|>' else [5]  # noqa: E731
+    for field in ('stop_words', 'bad_words'):
+        config = GenerationConfig(logprobs=0)
+        setattr(config, field, ['a', '<|MASK|>'])
+        error = rejected(check_generation_config, config, LIMITS, encode=as_mask)
+        assert error.param == field and 'mask token' in error.message and '<|MASK|>' in error.message, field
+        check_generation_config(config, ModelLimits(vocab_size=320, session_len=100), encode=as_mask)  # no mask token
 
 
 # ---- through upstream's api_server --------------------------------------------------------------------

@@ -265,6 +265,10 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
                 ids_field = 'stop_token_ids' if field == 'stop_words' else 'bad_token_ids'
                 raise FieldError(field, f'{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
                                  f'strings are supported (use {ids_field} for others){said}')
+            # the same rule as the token-id lists: a word is its one token id
+            if limits.mask_token is not None and ids[0] == limits.mask_token:
+                raise FieldError(field, f'{word!r} is token id {ids[0]}, the diffusion mask token, which a request '
+                                 f'may not contain{said}')
 
 
 def check_construction(gen_config) -> None:

@@ -254,9 +254,11 @@ def kept_layout(keep: torch.Tensor,
     ``kv_seqlens = history + max(progress, rightmost) + 1``: keys up to the block progress after this step
     (subtract ignored history yourself). Every block position up to it has deep-layer K/V written in this
     block (a masked one was kept at some step: gap-fill keeps every candidate between the progress and the
-    rightmost kept one; a decoded one was kept when it got its logits), the positions past it have none
-    (masked, never kept). The reference fork's ``history + rightmost + 1`` (spec §3.7) hid the decoded
-    tokens between the rightmost kept position and the progress, a defect its §10 lists.
+    rightmost kept one; a decoded one was kept when it got its logits), except a masked position left of a
+    token the prefill's unmasker decoded: it keeps the K/V the prefill wrote for its mask token until a step
+    keeps it. The positions past it have none (masked, never kept). The reference fork's
+    ``history + rightmost + 1`` (spec §3.7) hid the decoded tokens between the rightmost kept position and the
+    progress, a defect its §10 lists.
     """
     num_rows = keep.size(0)
     seq = _sequence_rows(q_start_loc, q_seqlens, max_q_len)
