@@ -18,7 +18,8 @@
 
 ``front`` and ``deep`` are functions of tensors only (no host reads, shapes fixed by ``B̂``, ``P̂``
 and ``K̂``), so :class:`~.step_graphs.StepGraphs` captures each in a CUDA graph; without graphs the
-same two functions run eagerly with ``B̂ = B``, ``P̂`` the bound and ``K̂ = K``. Rows past the valid
+same two functions run eagerly with ``B̂ = B``, ``P̂`` the bound and ``K̂ = K`` (a sync-free batch: the
+front on every row, the deep part on all ``B·L`` rows). Rows past the valid
 ones are padding: no sequence owns them, so no kernel writes their K/V and nothing reads their
 outputs (they only cost FLOPs: ``P̂ - P`` rows in layers 0–1, ``K̂ - K`` rows in the deep layers).
 Their values are arbitrary, NaN included (the CUDA attention leaves them unwritten, the torch reference

@@ -10,7 +10,8 @@ express a host read between two halves; its conventions are kept: warm-up run be
 ``thread_local`` capture mode, one memory pool shared by every graph here (they never run
 concurrently), buffers that outlive a replay allocated outside the pool.
 
-Buckets: batch buckets are the sizes upstream warms up (its capture list, largest first); row
+Buckets: batch buckets are the sizes upstream warms up that do not run stock steps (those sizes run
+upstream's step and graph, ``--dllm-stock-step-rows``), largest first; row
 buckets split ``B̂·L`` into :data:`ROW_BUCKETS` equal steps (multiples of 16 rows), so the deep
 layers run at most one step of padding rows (≤ 1/32 of ``B̂·L`` where ``B̂·L ≥ 512``; below that the 16-row
 steps are coarser; half a step on average). With

@@ -4,7 +4,9 @@ The device-side state lives in :class:`DelayedCacheStepInputs` (it is reindexed 
 the batch, like upstream's decode state). The model runs the step's forward
 (:meth:`DelayedCacheRuntime.run_step`, the step itself is :mod:`lmdeploy_focus.models.sparse_step`);
 the model's LM head runs on the rows that need logits (:meth:`DelayedCacheRuntime.row_logits`), the
-agent strategy samples and unmasks those rows only, and ends the step.
+agent strategy samples and unmasks those rows only, and ends the step. A sync-free small batch runs the
+head on every ``B*L`` slot instead (``DecodeStep.sync_free``); a stock batch runs upstream's step and never
+reaches :meth:`DelayedCacheRuntime.run_step`.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
