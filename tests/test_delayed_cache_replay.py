@@ -15,7 +15,7 @@ from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgent
 from lmdeploy_focus.models.step_state.delayed_cache_state import (DLLM_MASKED, DelayedCacheState, reset_rows,
                                                                 starts_new_block)
 from lmdeploy_focus.models.step_state.focus_state import FocusState
-from lmdeploy_focus_dev.testing.families import prompts_clear_of_routing_ties, tiny_model_and_reference
+from lmdeploy_focus_dev.testing.families import prompts_clear_of_ties, tiny_model_and_reference
 from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 L = 8
@@ -72,7 +72,7 @@ def _replay(family, commit_mode, strategy, padded, sync_free, padding_rows=None)
     mask_id = sdar.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.from_str(strategy),
                            denoising_steps=L // 2)
-    seed, prompts, results = prompts_clear_of_routing_ties(
+    seed, prompts, results = prompts_clear_of_ties(
         reference, (3, 11, 6), mask_id,  # lengths not multiples of L
         lambda prompts: reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
                                            delayed_cache=True, commit_mode=commit_mode, record_steps=True))

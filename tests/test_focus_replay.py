@@ -24,7 +24,7 @@ from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgent
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
 from lmdeploy_focus.models.step_state.focus_step import FocusConfig
 from lmdeploy_focus.strategies.dllm.run_stats import KEYS
-from lmdeploy_focus_dev.testing.families import prompts_clear_of_routing_ties, tiny_model_and_reference
+from lmdeploy_focus_dev.testing.families import prompts_clear_of_ties, tiny_model_and_reference
 from lmdeploy_focus_dev.testing.step_inputs_stub import step_inputs_stub
 
 L = 8
@@ -56,7 +56,7 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     else:
         assert runtime.focus == FocusConfig(alpha=alpha, policy=policy, shadow=shadow)
     mask_id = sdar.model_config.dllm_mask_token
-    seed, prompts, results = prompts_clear_of_routing_ties(
+    seed, prompts, results = prompts_clear_of_ties(
         reference, (3, 11, 6), mask_id,
         lambda prompts: reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=3 * L,
                                            delayed_cache=True, commit_mode=commit_mode, record_steps=True,

@@ -5,7 +5,7 @@ same logits at prefill and at every decode step.
 SDAR runs the engine in fp32 (reference fp64); the MoE families run it in fp64 so that routing,
 a discrete choice, rarely sits within rounding of a flip (see testing/llada2_cpu.py). Routers are
 fp32 on both sides, so prompts the reference routes on a near tie are redrawn
-(``prompts_clear_of_routing_ties``): CI once drew a group choice decided by one fp32 ulp.
+(``prompts_clear_of_ties``): CI once drew a group choice decided by one fp32 ulp.
 """
 import pytest
 import torch
@@ -15,7 +15,7 @@ from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy_focus.models.llada2 import DelayedCacheLLaDA2MoeModelLM
 from lmdeploy_focus.models.sdar import DelayedCacheSDARForCausalLM, DelayedCacheSDARMoeForCausalLM
 from lmdeploy_focus_dev.reference.dllm_decode import reference_generate
-from lmdeploy_focus_dev.testing.families import FAMILIES, prompts_clear_of_routing_ties, tiny_model_and_reference
+from lmdeploy_focus_dev.testing.families import FAMILIES, prompts_clear_of_ties, tiny_model_and_reference
 
 CACHED = consts.DLLM_CACHED
 L = 4
@@ -29,7 +29,7 @@ def assert_engine_replays_reference_decoding(tiny, reference):
     mask_id = tiny.model_config.dllm_mask_token
     unmasking = DLLMConfig(block_length=L, unmasking_strategy=UnmaskingStrategy.LOW_CONFIDENCE_DYNAMIC,
                            denoising_steps=L, confidence_threshold=0.3)
-    seed, prompts, results = prompts_clear_of_routing_ties(
+    seed, prompts, results = prompts_clear_of_ties(
         reference, (3, 8, 6), mask_id,
         lambda prompts: reference_generate(reference, prompts, L, mask_id, unmasking, max_new_tokens=2 * L + 1,
                                            record_steps=True))

@@ -109,3 +109,21 @@ def select(positions: list[int], delta: list[float], target_count: int, progress
     rightmost = max(positions[j] for j in chosen)
     chosen |= {j for j in ranks if progress < positions[j] < rightmost}
     return {positions[j] for j in chosen}
+
+
+def selection_margin(delta: list[float], target_count: int, policy: str) -> float:
+    """How far the deltas are from a flip of :func:`select`'s choice: the smallest distance of a delta to the
+    "above" threshold ``mean + std`` and the gap between the ``target_count``-th and next largest delta
+    (``inf`` where the deltas decide nothing: leftmost, or no eviction). Two candidates are the exception: the
+    larger one is ``mean + std`` exactly, and both rules keep it, so only their gap counts. Tests comparing a
+    float32 engine with this fp64 oracle redraw inputs whose margin rounding could cross."""
+    n = len(delta)
+    if policy != 'importance' or not 0 < target_count < n:
+        return math.inf
+    ranked = sorted(delta, reverse=True)
+    gap = ranked[target_count - 1] - ranked[target_count]
+    if n == 2:
+        return gap
+    mean = sum(delta) / n
+    threshold = mean + math.sqrt(sum((d - mean)**2 for d in delta) / n)
+    return min(gap, min(abs(d - threshold) for d in delta))

@@ -98,6 +98,8 @@ class SDARReference:
         # a list to collect the deciding score gap of every MoE routing (the MoE subclasses fill it; each is a
         # host read): tests set it to skip inputs whose routing is a near tie that rounding could flip
         self.routing_margins: list[float] | None = None
+        # the same for every FOCUS importance selection (focus_spec.selection_margin; the decode loop fills it)
+        self.selection_margins: list[float] | None = None
 
     def _w(self, name: str) -> torch.Tensor:
         return self.weights[name]

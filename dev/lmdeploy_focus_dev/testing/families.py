@@ -33,26 +33,28 @@ def tiny_model_and_reference(family: str, block_length: int, num_layers: int | N
     return tiny, reference_cls(tiny.weights_as(torch.float64), tiny.hf_config)
 
 
-# Engine and reference router scores differ by rounding noise (~1e-7: attention is fp32 on both
-# sides), so a routing decided by a smaller gap than this may legitimately go the other way.
-ROUTING_TIE = 1e-5
+# Engine and reference router scores, and FOCUS importance deltas, differ by rounding noise (~1e-7: attention
+# is fp32 on both sides), so a routing or selection decided by a smaller gap than this may legitimately go the
+# other way.
+DECISION_TIE = 1e-5
 
 
-def prompts_clear_of_routing_ties(reference: SDARReference, lengths: tuple[int, ...], vocab: int,
-                                  generate: Callable[[list[list[int]]], list], tries: int = 10):
+def prompts_clear_of_ties(reference: SDARReference, lengths: tuple[int, ...], vocab: int,
+                          generate: Callable[[list[list[int]]], list], tries: int = 10):
     """Random prompts of ``lengths`` (ids below ``vocab``) whose reference run ``generate(prompts)``
-    routes every token by a clear margin; redrawn otherwise. Returns ``(seed, prompts, results)``,
-    the seed reproducing the prompts. Dense families never redraw."""
+    routes every token (MoE families) and makes every FOCUS importance selection by a clear margin;
+    redrawn otherwise. Returns ``(seed, prompts, results)``, the seed reproducing the prompts."""
     for _ in range(tries):
         seed = secrets.randbits(31)
         gen = torch.Generator().manual_seed(seed)
         prompts = [torch.randint(0, vocab, (n, ), generator=gen).tolist() for n in lengths]
-        reference.routing_margins = []
+        reference.routing_margins, reference.selection_margins = [], []
         try:
             results = generate(prompts)
-            margins = reference.routing_margins
+            margins = reference.routing_margins + reference.selection_margins
         finally:
-            reference.routing_margins = None
-        if min(margins, default=float('inf')) >= ROUTING_TIE:
+            reference.routing_margins = reference.selection_margins = None
+        if min(margins, default=float('inf')) >= DECISION_TIE:
             return seed, prompts, results
-    raise AssertionError(f'{tries} prompt draws all routed some token on a near tie (gap < {ROUTING_TIE})')
+    raise AssertionError(f'{tries} prompt draws all routed a token or selected FOCUS rows on a near tie '
+                         f'(gap < {DECISION_TIE})')
