@@ -265,10 +265,7 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
                 ids_field = 'stop_token_ids' if field == 'stop_words' else 'bad_token_ids'
                 raise FieldError(field, f'{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
                                  f'strings are supported (use {ids_field} for others){said}')
-            # the same rule as the token-id lists: a word is its one token id
-            if limits.mask_token is not None and ids[0] == limits.mask_token:
-                raise FieldError(field, f'{word!r} is token id {ids[0]}, the diffusion mask token, which a request '
-                                 f'may not contain{said}')
+            _check_token(field, ids[0], limits, what=f'{word!r}: token id', said=said)  # the token-id lists' rule
 
 
 def check_construction(gen_config) -> None:
@@ -282,13 +279,13 @@ def check_construction(gen_config) -> None:
     check_max_tokens('max_new_tokens', gen_config.max_new_tokens, allow_zero=True)
 
 
-def _check_token(field: str, token, limits: ModelLimits, what: str) -> None:
+def _check_token(field: str, token, limits: ModelLimits, what: str, said: str = '') -> None:
     if not _integer(token):
-        raise FieldError(field, f'{what}s must be integers, got {token!r}')
+        raise FieldError(field, f'{what}s must be integers, got {token!r}{said}')
     if limits.vocab_size is not None and not (0 <= token < limits.vocab_size):
-        raise FieldError(field, f'{what} {token} is outside the vocabulary [0, {limits.vocab_size})')
+        raise FieldError(field, f'{what} {token} is outside the vocabulary [0, {limits.vocab_size}){said}')
     if limits.mask_token is not None and token == limits.mask_token:
-        raise FieldError(field, f'{what} {token} is the diffusion mask token, which a request may not contain')
+        raise FieldError(field, f'{what} {token} is the diffusion mask token, which a request may not contain{said}')
 
 
 def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, decode=None, field='prompt') -> None:

@@ -353,7 +353,7 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                 count = focus_spec.target(len(candidates[b]), state.decoded_sum, state.decoded_steps, alphas[b],
                                           batch.first_step_average)
                 chosen = focus_spec.select(candidates[b], delta, count, state.progress, focus.policy)
-                if getattr(model, 'selection_margins', None) is not None:
+                if model.selection_margins is not None:
                     model.selection_margins.append(focus_spec.selection_margin(delta, count, focus.policy))
                 selection.append((candidates[b], list(chosen), count, shadows[b]))
                 keep = ps if shadows[b] else [p for p in ps if masks[b][p] != MASKED or p in chosen]
