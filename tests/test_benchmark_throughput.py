@@ -659,6 +659,42 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
     assert all(not c.eager_mode and c.fast_exit and c.output_len == 256 for c in cmds)
     assert _env_switches(out) == [None] * 5 + ['64', None]
 
+def test_suite_graphs_phase_takes_a_shorter_batch_list(tmp_path):
+    env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), GRAPHS_BATCH_SIZES='64 256')
+    proc, cmds = _dry_commands(SUITE, 'graphs', str(tmp_path / 'out'), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    static = [c for c in cmds if c.dllm_unmasking_strategy == 'low_confidence_static']
+    assert [(c.arm, c.concurrency) for c in static][:3] == [
+        ('stock-static', [64, 256]), ('focus-importance-static', [64, 256]), ('focus-leftmost-static', [64, 256])]
+    for arm in ('stock', 'focus-importance', 'focus-leftmost'):  # 30 s + 20 s a batch size (5 sizes: 130 s)
+        assert f'{arm} static: start (expect ~70 s' in proc.stdout
+
+
+def _fake_card(tmp_path, name):
+    """A PATH whose nvidia-smi names ``name`` (by_card.sh branches on it)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    smi = bin_dir / 'nvidia-smi'
+    smi.write_text(f'#!/bin/sh\necho "{name}"\n')
+    smi.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize('card', ['NVIDIA H200', 'NVIDIA H100 80GB HBM3'])
+def test_by_card_runs_the_table_on_an_h200_only(tmp_path, card):
+    out = tmp_path / 'out'
+    env = dict(PATH=_fake_card(tmp_path, card), SUITE_RESULTS_ROOT=str(tmp_path / 'res'), H100_JOB='none',
+               GRAPHS_BATCH_SIZES='64 256')
+    proc, cmds = _dry_commands(os.path.join(BENCH, 'gpu', 'by_card.sh'), str(out), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.load(open(out / 'versions.json'))['gpu'] == card
+    if 'H200' in card:  # the graphs phase, whatever H100_JOB says
+        assert [c.arm for c in cmds][:3] == ['stock-static', 'focus-importance-static', 'focus-leftmost-static']
+        assert (out / 'results_graphs.tgz').exists()
+    else:  # H100_JOB=none: the card and versions only
+        assert cmds == [] and not (out / 'results_graphs.tgz').exists()
+
+
 def test_suite_llada2_phase_measures_the_llada2_table_without_the_sdar_checkpoint(tmp_path):
     out, cmds = _suite(tmp_path, 'llada2')
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [
