@@ -659,6 +659,7 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
     assert all(not c.eager_mode and c.fast_exit and c.output_len == 256 for c in cmds)
     assert _env_switches(out) == [None] * 5 + ['64', None]
 
+
 def test_suite_graphs_phase_takes_a_shorter_batch_list(tmp_path):
     env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), GRAPHS_BATCH_SIZES='64 256')
     proc, cmds = _dry_commands(SUITE, 'graphs', str(tmp_path / 'out'), env=env)

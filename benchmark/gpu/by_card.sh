@@ -15,13 +15,15 @@ OUT=${1:?OUT_DIR}; mkdir -p "$OUT"
 COMMIT=$(cat .gpu/commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "GPU: $GPU, checkout $COMMIT"
-python3 - "$OUT/versions.json" "$GPU" "$COMMIT" <<'PY' 2>/dev/null || echo "versions not read"
-import json, platform, sys, importlib.metadata as md
+# versions of the image, and lmdeploy's from the wheelhouse (installed by the job's own setup, after this)
+python3 - "$OUT/versions.json" "$GPU" "$COMMIT" .gpu/lmdeploy-*.whl <<'PY' 2>/dev/null || echo "versions not read"
+import json, os, platform, sys, importlib.metadata as md
 def version(name):
     try:
         return md.version(name)
     except md.PackageNotFoundError:
-        return None
+        wheels = [os.path.basename(w) for w in sys.argv[4:] if os.path.basename(w).startswith(name + '-')]
+        return f"{wheels[0].split('-')[1]} (wheelhouse)" if wheels else None
 json.dump(dict(gpu=sys.argv[2], commit=sys.argv[3], python=platform.python_version(),
                **{n: version(n) for n in ('torch', 'triton', 'transformers', 'lmdeploy')}), open(sys.argv[1], 'w'), indent=1)
 PY
