@@ -16,7 +16,10 @@ mid-block and commit steps at once):
 * readiness is updated from the step's *input* mask; when a block is fully unmasked the next step
   is the commit step: ``'fast'`` (the fork) processes the still-uncached positions only,
   ``'exact'`` (HF/SGLang) the whole block, so committed KV is never stale. The block then becomes
-  history and a fresh all-mask block starts with a warm-up step.
+  history and a fresh all-mask block starts with a warm-up step. ``'folded'`` is ``'exact'`` without
+  the commit step: the block becomes history in the step that decodes its last slot, and the next
+  step recomputes it whole next to the new block's first step (its rows as one more ragged entry,
+  keys up to the block's end, so the new block stays unseen), so 8 steps a block do what 9 did.
 * sampling is greedy (``argmax``, the engine with ``top_k=1``) and unmasking is upstream's
   ``UnmaskingProcessor``; stopping and trimming follow upstream's ``DLLMStoppingCriteria`` and
   ``SchedulerSequenceDLLM`` (see :class:`StopRule`).
@@ -46,6 +49,7 @@ from .sdar_model import PagedStep, SDARReference
 MASKED, UNMASKED, CACHED = consts.DLLM_MASKED, consts.DLLM_UNMASKED, consts.DLLM_CACHED
 COMMIT_FAST = 'fast'  # fork: commit step recomputes only still-uncached positions
 COMMIT_EXACT = 'exact'  # HF / SGLang: commit step recomputes the whole block
+COMMIT_FOLDED = 'folded'  # exact's recomputation inside the next block's first step (no commit step)
 
 
 @dataclass
@@ -74,7 +78,7 @@ class GenerationResult:
     """Outcome for one prompt."""
     token_ids: list[int]  # generated tokens, trimmed at stop token / max_new_tokens
     num_steps: int  # decode forwards incl. commit steps (the prefill is not counted)
-    processed_per_step: list[int]  # tokens forwarded in each decode step
+    processed_per_step: list[int]  # tokens forwarded in each decode step (a folded commit's L rows included)
     kept_per_step: list[int]  # of those, tokens that went past FOCUS's eviction layer (all without FOCUS)
     decoded_per_step: list[int]  # tokens unmasked (MASKED -> UNMASKED) in each decode step
     all_token_ids: list[int]  # padded prompt, committed blocks and the last block (untrimmed)
@@ -199,6 +203,9 @@ class _Batch:
     records: list[list[StepRecord]] | None
     selection_per_step: list[list[SelectionCounts]] | None = None
     first_step_average: int = 1  # FOCUS: focus_spec.first_step_average of the unmasking settings
+    folded: bool = False  # COMMIT_FOLDED: a block becomes history in the step that decodes its last slot
+    # COMMIT_FOLDED: the block committed last (the last L of ``committed``) awaits its recomputation, next step
+    commit_pending: list[bool] | None = None
 
     @property
     def block_length(self) -> int:
@@ -278,12 +285,21 @@ def _prefill(model: SDARReference, padded: list[list[int]], cache: PagedKVCache,
     return logits.view(len(padded), block_length, -1), lengths
 
 
-def _ragged_step(page_table: torch.Tensor, history: list[int], rows: list[list[int]], kv_ends: list[int]) -> PagedStep:
-    """§2.2: sequences' rows concatenated; keys up to block position ``kv_ends[b]`` (exclusive; history if no rows)."""
-    q_seqlens = torch.tensor([len(ps) for ps in rows], dtype=torch.long)
-    kv = [h + (end if ps else 0) for h, ps, end in zip(history, rows, kv_ends)]
-    positions = torch.tensor([h + p for h, ps in zip(history, rows) for p in ps], dtype=torch.long)
-    return PagedStep(block_offsets=page_table, q_start_loc=q_seqlens.cumsum(0) - q_seqlens, q_seqlens=q_seqlens,
+def _ragged_step(page_table: torch.Tensor, history: list[int], rows: list[list[int]], kv_ends: list[int],
+                 commits: list[int] = (), block_length: int = 0) -> PagedStep:
+    """§2.2: sequences' rows concatenated; keys up to block position ``kv_ends[b]`` (exclusive; history if no rows).
+
+    ``commits`` (COMMIT_FOLDED): sequences whose last committed block is recomputed in this step, each one more
+    entry after every block's rows: its ``block_length`` positions before ``history[b]``, keys up to its own end
+    (it must not see the new block, as in the commit step it replaces)."""
+    L = block_length
+    entries = [(b, h, ps, end) for b, (h, ps, end) in enumerate(zip(history, rows, kv_ends))]
+    entries += [(b, history[b] - L, list(range(L)), L) for b in commits]
+    q_seqlens = torch.tensor([len(ps) for _, _, ps, _ in entries], dtype=torch.long)
+    kv = [h + (end if ps else 0) for _, h, ps, end in entries]
+    positions = torch.tensor([h + p for _, h, ps, _ in entries for p in ps], dtype=torch.long)
+    return PagedStep(block_offsets=page_table[[b for b, _, _, _ in entries]],
+                     q_start_loc=q_seqlens.cumsum(0) - q_seqlens, q_seqlens=q_seqlens,
                      kv_seqlens=torch.tensor(kv, dtype=torch.long), kv_positions=positions)
 
 
@@ -307,24 +323,28 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
     ``focus``: anything with ``alpha``, ``policy`` and ``shadow`` (the runtime's ``FocusConfig`` will do);
     ``alphas`` / ``shadows``: per-sequence α and shadow flags instead of those (``--dllm-focus-alpha auto``).
     """
-    L = batch.block_length
+    L, B = batch.block_length, len(processing)
     for b in torch.nonzero(batch.active).flatten().tolist():
         cache.allocator.ensure_capacity(b, int(batch.history[b]) + L)
     history = batch.history.tolist()
     page_table = _page_table(cache, batch.block_ids.size(0))
+    # COMMIT_FOLDED: the blocks committed last step, recomputed whole (all layers, no logits) after the blocks' rows
+    commits = [b for b in range(B) if batch.commit_pending and batch.commit_pending[b] and bool(batch.active[b])]
     # every query sees the whole block, as in stock decoding (the fork stopped at the rightmost processed
     # position, hiding the decoded tokens right of it: spec §10)
-    step = _ragged_step(page_table, history, processing, [L] * len(processing))
-    input_ids = torch.tensor([int(batch.block_ids[b, p]) for b, ps in enumerate(processing) for p in ps],
-                             dtype=torch.long)
+    step = _ragged_step(page_table, history, processing, [L] * B, commits, L)
+    block_rows = sum(len(ps) for ps in processing)
+    input_ids = torch.tensor([int(batch.block_ids[b, p]) for b, ps in enumerate(processing) for p in ps] +
+                             [t for b in commits for t in batch.committed[b][-L:]], dtype=torch.long)
     if focus is None:
-        row_logits = model.forward(input_ids, step.kv_positions, cache.caches, step)
-        return _dense_logits(row_logits, processing, L), step.kv_seqlens, processing, None, None
+        hidden = model.hidden_states(input_ids, step.kv_positions, cache.caches, step)
+        row_logits = model.logits(hidden[:block_rows])
+        return _dense_logits(row_logits, processing, L), step.kv_seqlens[:B], processing, None, None
 
     # FOCUS (spec §3): importance at layers 0 and 1 over the masked processed rows (the candidates),
     # eviction inside layer 1 after its K/V write; deeper layers and the LM head see the kept rows only.
     masks = batch.block_mask.tolist()
-    row_of = []  # (b, p) of every ragged row
+    row_of = []  # (b, p) of every block row (a folded commit's rows follow them)
     for b, ps in enumerate(processing):
         row_of += [(b, p) for p in ps]
     candidates = [[p for p in ps if masks[b][p] == MASKED] for b, ps in enumerate(processing)]
@@ -360,11 +380,13 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
                 kept.append(keep)
                 progress.append(max([state.progress] + keep))
             src = [i for i, (b, p) in enumerate(row_of) if p in kept[b]]
+            block_rows = len(src)
+            src += list(range(len(row_of), len(row_of) + len(commits) * L))  # a folded commit's rows all go on
             q, hidden, positions = q[src], hidden[src], positions[src]
             # after eviction: keys up to the new progress, the positions whose deep K/V this block has written
-            step = _ragged_step(page_table, history, kept, [p + 1 for p in progress])
+            step = _ragged_step(page_table, history, kept, [p + 1 for p in progress], commits, L)
         hidden = model.attend_and_mlp(layer, hidden, q, cache.caches, step)
-    return _dense_logits(model.logits(hidden), kept, L), step.kv_seqlens, kept, progress, selection
+    return _dense_logits(model.logits(hidden[:block_rows]), kept, L), step.kv_seqlens[:B], kept, progress, selection
 
 
 def _unmask_fresh_only(processor: UnmaskingProcessor, logits: torch.Tensor, input_ids: torch.Tensor,
@@ -379,8 +401,11 @@ def _unmask_fresh_only(processor: UnmaskingProcessor, logits: torch.Tensor, inpu
 
 def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[int]], kv_lengths: torch.Tensor,
                 processor: UnmaskingProcessor, mask_token_id: int, forwarded: list[list[int]] | None = None,
-                focus_progress: list[int] | None = None, selection: list | None = None) -> None:
-    """Sample, unmask (guarded), update the per-sequence state, then per sequence: record, stop, commit."""
+                focus_progress: list[int] | None = None, selection: list | None = None,
+                recomputed: list[bool] | None = None) -> None:
+    """Sample, unmask (guarded), update the per-sequence state, then per sequence: record, stop, commit.
+
+    ``recomputed`` (COMMIT_FOLDED): the sequences whose last committed block this step also recomputed."""
     B, L, vocab = logits.shape
     kept_mask = _as_mask(kept, L)
     forwarded_mask = kept_mask if forwarded is None else _as_mask(forwarded, L)
@@ -395,13 +420,17 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[
         is_commit = bool((batch.block_mask[b] == UNMASKED).all())
         decoded = int(((batch.block_mask[b] == MASKED) & (next_mask[b] == UNMASKED)).sum())
         is_warmup = state.needs_warmup
+        cached = bool((next_mask[b] == CACHED).all())  # the unmasker committed the block (its commit step)
+        # COMMIT_FOLDED: the step that decodes a block's last slot commits it; the next step recomputes it
+        folded_commit = batch.folded and bool((next_mask[b] == UNMASKED).all())
         if kind == 'decode':  # prefill leaves the state fresh: the first decode step is a warm-up
             if focus_progress is not None:
                 state.progress = focus_progress[b]
-            state.after_step(batch.block_mask[b].tolist(), decoded, bool((next_mask[b] == CACHED).all()))
+            state.after_step(batch.block_mask[b].tolist(), decoded, cached or folded_commit)
             batch.num_steps[b] += 1
-            batch.processed_per_step[b].append(int(forwarded_mask[b].sum()))
-            batch.kept_per_step[b].append(int(kept_mask[b].sum()))
+            extra = batch.block_length if recomputed and recomputed[b] else 0
+            batch.processed_per_step[b].append(int(forwarded_mask[b].sum()) + extra)
+            batch.kept_per_step[b].append(int(kept_mask[b].sum()) + extra)
             batch.decoded_per_step[b].append(decoded)
             if selection is not None and batch.selection_per_step is not None:
                 batch.selection_per_step[b].append(
@@ -419,11 +448,13 @@ def _apply_step(batch: _Batch, kind: str, logits: torch.Tensor, kept: list[list[
         block_unmasked = bool((next_mask[b] == UNMASKED).all())
         if batch.stops[b].after_step(block_start, batch.block_ids[b].tolist(), block_unmasked):
             batch.active[b] = False
-        elif bool((next_mask[b] == CACHED).all()):  # committed: history grows, fresh all-mask block
+        elif cached or folded_commit:  # committed: history grows, fresh all-mask block
             batch.committed[b] += batch.block_ids[b].tolist()
             batch.history[b] += L
             batch.block_ids[b] = mask_token_id
             batch.block_mask[b] = MASKED
+            if folded_commit:
+                batch.commit_pending[b] = True
 
 
 def _selection_counts(selection, kept: list[int], input_mask: torch.Tensor, next_mask: torch.Tensor) -> SelectionCounts:
@@ -466,7 +497,8 @@ def reference_generate(model: SDARReference,
         max_new_tokens: per prompt, or one value for all (>= 1).
         stop_token_ids: tokens that end generation (after the token), checked per finished block.
         delayed_cache: sparse steps over the processing set (spec §2) instead of whole blocks.
-        commit_mode: ``'fast'`` or ``'exact'`` commit step under delayed cache (ignored without).
+        commit_mode: ``'fast'`` or ``'exact'`` commit step under delayed cache (ignored without), or
+            ``'folded'`` (delayed cache only): ``'exact'``'s recomputation inside the next block's first step.
         page_size: KV cache page size (pages are handed out in shuffled order).
         record_steps: keep a :class:`StepRecord` per forward and each sequence's final history KV.
         process_all: debug: delayed-cache bookkeeping, but every step forwards the whole block.
@@ -476,7 +508,8 @@ def reference_generate(model: SDARReference,
         auto_alpha: the controller to use under ``auto`` when it should outlive this call (one per engine
             lifetime, e.g. over an evaluation's batches); a fresh one otherwise.
     """
-    assert commit_mode in (COMMIT_FAST, COMMIT_EXACT), commit_mode
+    assert commit_mode in (COMMIT_FAST, COMMIT_EXACT, COMMIT_FOLDED), commit_mode
+    assert commit_mode != COMMIT_FOLDED or delayed_cache, 'the folded commit is a delayed-cache step layout'
     assert focus is None or delayed_cache, 'FOCUS evicts from the delayed-cache processing set'
     L = block_length
     B = len(prompts)
@@ -508,7 +541,9 @@ def reference_generate(model: SDARReference,
                    records=[[] for _ in range(B)] if record_steps else None,
                    selection_per_step=[[] for _ in range(B)] if focus is not None else None,
                    first_step_average=focus_spec.first_step_average(unmasking.unmasking_strategy,
-                                                                    unmasking.denoising_steps, L))
+                                                                    unmasking.denoising_steps, L),
+                   folded=commit_mode == COMMIT_FOLDED,
+                   commit_pending=[False] * B)
 
     logits, kv_lengths = _prefill(model, padded, cache, L)
     _apply_step(batch, 'prefill', logits, [list(range(L))] * B, kv_lengths, processor, mask_token_id)
@@ -521,10 +556,12 @@ def reference_generate(model: SDARReference,
         processing = _decode_processing(batch, delayed_cache, commit_mode, process_all)
         alphas, shadows = auto_alpha.step_settings(batch.active.clone()) if auto_alpha else (None, None)
         running = batch.active.tolist()
+        recomputed = [p and a for p, a in zip(batch.commit_pending, running)]
         logits, kv_lengths, kept, progress, selection = _decode_forward(model, batch, processing, cache, focus,
                                                                         alphas, shadows)
+        batch.commit_pending = [False] * B  # done in this forward
         _apply_step(batch, 'decode', logits, kept, kv_lengths, processor, mask_token_id, processing, progress,
-                    selection)
+                    selection, recomputed)
         if auto_alpha:
             auto_alpha.after_step([batch.selection_per_step[b][-1] if running[b] else None for b in range(B)])
     if bool(batch.active.any()):
