@@ -15,7 +15,7 @@ import torch
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.engine.logits_process import SamplingInputs
-from lmdeploy_focus.config.options import FocusOptions
+from lmdeploy_focus.config.options import MAX_AUTO_SHADOW_EVERY, FocusOptions
 from lmdeploy_focus.models import step_graphs
 from lmdeploy_focus.models.step_state import focus_state, shadow_schedule
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState, reset_rows, starts_new_block
@@ -135,8 +135,10 @@ def test_auto_option_validation_and_resolution():
     with pytest.raises(ValueError, match='dllm_focus_alpha must be <= 10000'):
         FocusOptions(focus_alpha=1e39)  # would overflow float32 in the target count
     assert FocusOptions(focus_alpha=10_000).focus_alpha == 10_000.0
-    with pytest.raises(ValueError, match='shadow_every'):
-        FocusOptions(focus_auto_shadow_every=0)
+    for bad in (0, MAX_AUTO_SHADOW_EVERY + 1, 2**64):  # 2**64 overflowed the int64 schedule inside the step
+        with pytest.raises(ValueError, match='dllm_focus_auto_shadow_every must be an integer >= 1 and at most'):
+            FocusOptions(focus_auto_shadow_every=bad)
+    assert FocusOptions(focus_auto_shadow_every=MAX_AUTO_SHADOW_EVERY).focus_auto_shadow_every == MAX_AUTO_SHADOW_EVERY
     for field, bad in [('focus_auto_target_recall', 0.0), ('focus_auto_target_recall', 1.2),
                        ('focus_auto_alpha_max', 0.5), ('focus_auto_alpha_max', 1.0), ('focus_auto_alpha_max', float('inf')),
                        ('focus_auto_alpha_max', 1e39),

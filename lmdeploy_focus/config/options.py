@@ -23,6 +23,8 @@ AUTO_ALPHA = 'auto'
 # Measured at 16 in two runs (H100, random SDAR-8B b32, graphs; benchmark/results/2026-12-05_h100_auto_alpha/):
 # 2.4-3.0 % at bs 64, 1.9-2.0 % at bs 256, +3 % rows per generated token; at 32: 1.8 % / 1.2 %.
 DEFAULT_AUTO_SHADOW_EVERY = 16
+# the shadow schedule counts down in int64 device tensors; more steps than any generation has means no shadow step
+MAX_AUTO_SHADOW_EVERY = 1 << 20
 # auto: the controller's target and bounds (strategies/dllm/alpha_controller.py says what each does)
 DEFAULT_AUTO_TARGET_RECALL = 0.95
 DEFAULT_AUTO_ALPHA_MAX = 4.0
@@ -153,8 +155,9 @@ class FocusOptions:
             raise ValueError(f'dllm_stock_step_rows must be an integer in [0, {MAX_STOCK_STEP_ROWS}] (0: no stock '
                              f'steps), got {rows!r}')
         every = self.focus_auto_shadow_every
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f'dllm_focus_auto_shadow_every must be an integer >= 1, got {every!r}')
+        if isinstance(every, bool) or not isinstance(every, int) or not 1 <= every <= MAX_AUTO_SHADOW_EVERY:
+            raise ValueError(f'dllm_focus_auto_shadow_every must be an integer >= 1 and at most '
+                             f'{MAX_AUTO_SHADOW_EVERY} (one shadow step in N decode steps), got {every!r}')
         self._check_number('focus_auto_target_recall', lambda r: 0.0 < r <= 1.0, 'in (0, 1]')
         # > 1: at alpha_max == 1 the controller could never qualify the selection (it needs the target below α_max)
         self._check_number('focus_auto_alpha_max', lambda a: 1.0 < a <= MAX_FOCUS_ALPHA, f'in (1, {MAX_FOCUS_ALPHA:g}]')
