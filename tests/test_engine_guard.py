@@ -117,6 +117,42 @@ def test_output_logits_on_a_diffusion_engine_fails_alone(focus_logs):
         assert [s.session_id for s in engine.scheduler.waiting] == ([1] if refused else [0, 1])
 
 
+@pytest.mark.parametrize('field', ['preserve_cache', 'migration_request'])
+def test_kv_migration_fields_are_refused_on_a_hybrid_engine_only(focus_logs, field):
+    """On a Hybrid engine ``preserve_cache`` kept the session and its KV cache after the request ended, for good
+    (``Engine._on_end_session`` only finishes the sequence), and ``migration_request`` waited for a migration
+    loop that only disaggregated engines start. A prefill/decode engine takes them as upstream does."""
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.disagg.config import EngineRole
+    from lmdeploy.pytorch.engine.request import RequestType
+    from lmdeploy.pytorch.messages import SamplingParam
+    for role, refused in ((EngineRole.Hybrid, True), (EngineRole.Prefill, False)):
+        engine = make_engine()
+        engine.engine_config.role = role
+
+        async def main():
+            sender = engine.req_manager.build_sender()
+            engine.req_manager.requests = asyncio.Queue()
+            engine.req_manager._loop_task = asyncio.get_running_loop().create_future()  # "alive"
+            engine.scheduler.add_session(0)
+            resp = sender.send_async(RequestType.ADD_MESSAGE, {
+                'token_ids': [5, 6], 'session_id': 0, 'adapter_name': None,
+                'sampling_param': SamplingParam(max_new_tokens=4), field: True})
+            if field == 'migration_request' and not refused:
+                return resp  # a Prefill engine would go on to migrate: not this harness's business
+            await engine.req_manager.step()
+            return resp
+
+        resp = asyncio.run(main())
+        if refused:
+            assert resp.event.is_set() and resp.type == ResponseType.INTERNAL_ENGINE_ERROR, role
+            assert f'{field}: only for a prefill/decode-disaggregated server' in resp.err_msg
+            assert not engine.scheduler.get_session(0).sequences  # nothing was queued
+        elif field == 'preserve_cache':
+            (seq, ) = engine.scheduler.get_session(0).sequences.values()
+            assert seq.preserve_cache and not resp.event.is_set()  # queued as upstream does
+
+
 def _send(engine, session_id, prompt, sampling_param):
     from lmdeploy.pytorch.engine.request import RequestType
 

@@ -228,6 +228,14 @@ BAD = [
     ('/v1/completions', dict(prompt='hi', stop=['x'] * (MAX_STOP_WORDS + 1)), 'stop'),
     # a minimum of the whole session can never be met (upstream drops it with a log line)
     ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], min_new_tokens=10**6), 'min_new_tokens'),
+    # disaggregation's raw fields on a Hybrid server: the session and its KV cache kept for good / a request waiting
+    # for a migration that never runs
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], preserve_cache=True), 'preserve_cache'),
+    ('/v1/completions', dict(prompt='hi', max_tokens=2, preserve_cache=True), 'preserve_cache'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], max_tokens=2,
+                                  migration_request={'protocol': 1, 'remote_engine_id': 'x', 'remote_session_id': 1,
+                                                     'remote_token_id': 5, 'remote_block_ids': [0]}),
+     'migration_request'),
 ]
 
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from ..log import logger
+from .limits import is_hybrid
+from .validation import FieldError, check_no_kv_migration
 
 LOOP_ERROR_ATTR = '_lmdeploy_focus_loop_error'
 
@@ -75,6 +77,8 @@ def check_engine_request(engine, req) -> None:
     * a second request on a session whose request is still in progress: upstream's handler rewrites the
       running sequence's tokens and sampling parameters before it raises (RUNNING) or silently takes it over
       (WAITING), so the first request is corrupted or never answered;
+    * ``preserve_cache`` / ``migration_request`` on an engine that is not prefill/decode-disaggregated: it would
+      keep the session's KV cache for good, or wait for a migration it never runs;
     * a diffusion model's decode steps return logits of the masked rows only (patch 17): no output logits;
     * a diffusion request with no token budget (``max_new_tokens <= 0``, or a session with no room left,
       which upstream clamps to that): upstream's decode inputs leave its row out while the prefill added
@@ -88,6 +92,11 @@ def check_engine_request(engine, req) -> None:
     if busy:
         raise RefusedRequest(f'session {session_id} already has a request in progress ({busy[0].status.name}): '
                              f'send the next turn after it has finished or after stop_session({session_id})')
+    if is_hybrid(getattr(getattr(engine, 'engine_config', None), 'role', None)):
+        try:
+            check_no_kv_migration(data.get)
+        except FieldError as e:
+            raise RefusedRequest(e.message) from None
     model_config = getattr(engine, 'model_config', None)
     if not data.get('input_multimodals'):
         _check_vocabulary(data.get('token_ids'), getattr(model_config, 'vocab_size', None))

@@ -13,7 +13,14 @@ DLLM_ARCHS = {
 _ATTR = '_lmdeploy_focus_limits'
 
 
-def model_limits(arch: str | None, hf_config, session_len: int | None, tokenizer_vocab: int | None) -> ModelLimits:
+def is_hybrid(role) -> bool:
+    """A PyTorch engine role that is not prefill/decode-disaggregated (False when unknown: another backend)."""
+    from lmdeploy.pytorch.disagg.config import EngineRole
+    return role == EngineRole.Hybrid
+
+
+def model_limits(arch: str | None, hf_config, session_len: int | None, tokenizer_vocab: int | None,
+                 hybrid: bool = False) -> ModelLimits:
     vocab = getattr(hf_config, 'vocab_size', None)
     if vocab is None and hf_config is not None and hasattr(hf_config, 'get_text_config'):
         vocab = getattr(hf_config.get_text_config(), 'vocab_size', None)
@@ -21,7 +28,7 @@ def model_limits(arch: str | None, hf_config, session_len: int | None, tokenizer
     mask = None
     if arch in DLLM_ARCHS:
         mask = mask_token_from_hf_config(hf_config, DLLM_ARCHS[arch])
-    return ModelLimits(vocab_size=vocab, session_len=session_len, mask_token=mask)
+    return ModelLimits(vocab_size=vocab, session_len=session_len, mask_token=mask, hybrid=hybrid)
 
 
 def engine_limits(async_engine) -> ModelLimits:
@@ -30,6 +37,7 @@ def engine_limits(async_engine) -> ModelLimits:
     if limits is None:
         tokenizer = getattr(async_engine, 'tokenizer', None)
         limits = model_limits(getattr(async_engine, 'arch', None), getattr(async_engine, 'hf_cfg', None),
-                              getattr(async_engine, 'session_len', None), getattr(tokenizer, 'vocab_size', None))
+                              getattr(async_engine, 'session_len', None), getattr(tokenizer, 'vocab_size', None),
+                              hybrid=is_hybrid(getattr(getattr(async_engine, 'backend_config', None), 'role', None)))
         setattr(async_engine, _ATTR, limits)
     return limits

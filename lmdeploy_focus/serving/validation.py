@@ -64,6 +64,8 @@ class ModelLimits:
     vocab_size: int | None
     session_len: int | None
     mask_token: int | None = None
+    # an engine that is not prefill/decode-disaggregated (role Hybrid) has no use for a request's KV-migration fields
+    hybrid: bool = False
 
     @property
     def dllm(self) -> bool:
@@ -211,6 +213,21 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False, session_le
 # ---- layer 2: the templated, tokenised request (AsyncEngine.preprocess) ----------------------------------
 
 
+# request fields of prefill/decode disaggregation, and what each does on an engine that is not disaggregated
+KV_MIGRATION_FIELDS = {
+    'preserve_cache': 'the engine would keep the session and its KV cache after the request ends, for good',
+    'migration_request': 'the request would wait for a KV migration that this engine never runs',
+}
+
+
+def check_no_kv_migration(value_of) -> None:
+    """``value_of(field)``: a request's value of each :data:`KV_MIGRATION_FIELDS` field (falsy: not asked for)."""
+    for field, why in KV_MIGRATION_FIELDS.items():
+        if value_of(field):
+            raise FieldError(field, f'only for a prefill/decode-disaggregated server (--role Prefill / Decode): '
+                                    f'here {why}; allowed: false / null')
+
+
 def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> None:
     """The :class:`~lmdeploy.GenerationConfig` a request arrives with, before upstream normalises it
     (greedy decoding overwrites ``top_k`` / ``temperature``). ``encode(word) -> list[int]`` checks
@@ -226,6 +243,8 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
     if gen_config.n != 1:
         raise FieldError('n', f'only n = 1 is supported per engine request, got {gen_config.n!r}')
+    if limits.hybrid:
+        check_no_kv_migration(lambda field: getattr(gen_config, field, None))
     _check_repetition_ngram(gen_config.repetition_ngram_size, gen_config.repetition_ngram_threshold)
     _check_logprobs('logprobs', gen_config.logprobs)
     top_k = gen_config.top_k
