@@ -228,6 +228,10 @@ BAD = [
     ('/v1/completions', dict(prompt='hi', stop=['x'] * (MAX_STOP_WORDS + 1)), 'stop'),
     # a minimum of the whole session can never be met (upstream drops it with a log line)
     ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], min_new_tokens=10**6), 'min_new_tokens'),
+    # malformed chat messages: upstream answered "'int' object is not iterable" / 'Request preprocessing failed.'
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 5}], max_tokens=2), 'messages'),
+    ('/v1/chat/completions', dict(messages=[{'content': 'hi'}], max_tokens=2), 'messages'),
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': ['hi']}], max_tokens=2), 'messages'),
     # disaggregation's raw fields on a Hybrid server: the session and its KV cache kept for good / a request waiting
     # for a migration that never runs
     ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], preserve_cache=True), 'preserve_cache'),

@@ -155,6 +155,30 @@ def _check_stop_list(stop) -> None:
 # ---- layer 1: the HTTP request body --------------------------------------------------------------------
 
 
+def _check_chat_messages(messages) -> None:
+    """The shape every chat template reads: a message is an object with a string ``role`` and a ``content`` that is
+    a string, null (e.g. an assistant turn with tool calls) or a list of typed parts. Upstream answered a missing
+    role with 'Request preprocessing failed.' and a number as content with "'int' object is not iterable"."""
+    if not isinstance(messages, list):
+        return  # a plain string prompt, or upstream's own schema error
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise FieldError('messages', f'entry {i} must be an object with role and content, got '
+                             f'{type(message).__name__}')
+        if not isinstance(message.get('role'), str):
+            raise FieldError('messages', f'entry {i} needs a string role (system, user, assistant, tool), got '
+                             f'{message.get("role")!r}')
+        content = message.get('content')
+        if not (content is None or isinstance(content, str) or isinstance(content, list)):
+            raise FieldError('messages', f'entry {i}: content must be a string, null or a list of parts, got '
+                             f'{type(content).__name__}')
+        if isinstance(content, list):
+            bad = next((j for j, part in enumerate(content) if not isinstance(part, dict)), None)
+            if bad is not None:
+                raise FieldError('messages', f'entry {i}: content part {bad} must be an object with a type, got '
+                                 f'{type(content[bad]).__name__}')
+
+
 def check_http_request(request, *, endpoint: str, dllm: bool = False, session_len: int | None = None) -> None:
     """Raise :class:`FieldError` for an invalid field of a request body. ``endpoint`` is one of
     ``'completions'``, ``'chat'``, ``'generate'``. Upstream's own checks run after this one."""
@@ -199,6 +223,7 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False, session_le
             # upstream's fan-out gives choice i the seed seed + i, each checked again
             raise FieldError('seed', f'with n = {n} choices (choice i samples with seed + i) must be at most '
                              f'2**63 - {n}, got {seed}')
+        _check_chat_messages(get('messages'))
         _check_logprobs('top_logprobs', get('top_logprobs'))
         bias = get('logit_bias')
         if bias is not None and len(bias) > MAX_LOGIT_BIAS:
