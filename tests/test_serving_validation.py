@@ -313,6 +313,17 @@ def test_a_logit_bias_of_the_cap_passes_and_one_more_entry_does_not():
     assert rejected(check_http_request, chat(301), endpoint='chat').param == 'logit_bias'
 
 
+def test_pooling_on_a_diffusion_model_is_a_400_naming_the_route(server):
+    """/pooling asks for every position's logits, which the engine refuses for a diffusion model; upstream's route
+    turned that refusal into a bare 500 naming nothing."""
+    client, _ = server
+    response = client.post('/pooling', json={'model': 'm', 'input': [5, 6, 7]})
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error['param'] == 'pooling' and 'not available for diffusion models' in error['message'], error
+    assert client.get('/health').json()['status'] == 'healthy'
+
+
 def test_good_requests_still_served(server):
     client, app = server
     r = client.post('/v1/completions', json={'model': 'm', 'prompt': 'hello', 'max_tokens': 3})

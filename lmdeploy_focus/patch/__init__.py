@@ -152,7 +152,8 @@ config time instead of running on a partly stock engine.
     Why: after the engine loop died, ``/health`` reported the last (12 s old) probe and requests went
     to a dead engine. A watcher (:mod:`lmdeploy_focus.serving.liveness`, 1 s) latches the engine dead
     at the first ``alive: False``, logs the cause; the middleware answers inference routes 503 at once
-    and the monitor's snapshot is unhealthy with the cause.
+    and the monitor's snapshot is unhealthy with the cause. The same middleware answers ``/pooling`` 400 for a
+    diffusion model (its engine refuses whole-sequence logits; upstream's route made that a bare 500).
     How: module globals that ``serve`` / the lifespan handler read at call time.
     Removed by: upstream gating inference routes on engine liveness.
 

@@ -90,20 +90,34 @@ class EngineLiveness:
 LIVENESS = EngineLiveness()
 
 
+# routes a diffusion model cannot serve: /pooling asks the engine for every position's logits, which a DLLM step
+# does not produce (patch 17); the engine refused it and upstream's route turned that into a bare 500
+DLLM_UNSERVED_ROUTES = {('POST', '/pooling'): 'pooling'}
+
+
 def gate_middleware(upstream_cls, liveness: EngineLiveness = LIVENESS):
     """A subclass of upstream's ``EngineSleepingMiddleware`` that also answers its protected (inference)
-    routes 503 while the engine is dead."""
+    routes 503 while the engine is dead, and :data:`DLLM_UNSERVED_ROUTES` 400 for a diffusion model."""
     from starlette.datastructures import URL
 
     from lmdeploy.serve.utils.server_utils import protocol_error_response
 
+    from .limits import engine_limits
+    from .validation import FieldError
+
     class EngineAliveMiddleware(upstream_cls):
 
         def __call__(self, scope, receive, send):
-            if liveness.dead and scope['type'] == 'http' and scope['method'] != 'OPTIONS':
+            if scope['type'] == 'http' and scope['method'] != 'OPTIONS':
                 url_path = URL(scope=scope).path.removeprefix(scope.get('root_path', ''))
-                if (scope['method'], url_path) in self.protected_routes:
+                if liveness.dead and (scope['method'], url_path) in self.protected_routes:
                     return protocol_error_response(url_path, liveness.unavailable_error())(scope, receive, send)
+                route = DLLM_UNSERVED_ROUTES.get((scope['method'], url_path))
+                engine = liveness.async_engine
+                if route is not None and engine is not None and engine_limits(engine).dllm:
+                    error = FieldError(route, 'not available for diffusion models (a decode step has logits of its '
+                                       'masked rows only); use /v1/chat/completions or /v1/completions')
+                    return protocol_error_response(url_path, error.to_request_error())(scope, receive, send)
             return super().__call__(scope, receive, send)
 
     EngineAliveMiddleware.__lmdeploy_focus_upstream__ = upstream_cls
