@@ -87,6 +87,10 @@ def test_input_ids_rules():
     check_input_ids([259], ModelLimits(vocab_size=320, session_len=100))  # not a diffusion model: an ordinary id
     error = rejected(check_input_ids, [2, 3], LIMITS, max_new_tokens=99)
     assert error.param == 'max_tokens' and '[1, 98]' in error.message
+    # a minimum above the answer's room (session 100, prompt 2): upstream dropped it with a log line
+    check_input_ids([2, 3], LIMITS, min_new_tokens=98)
+    error = rejected(check_input_ids, [2, 3], LIMITS, min_new_tokens=99)
+    assert error.param == 'min_new_tokens' and '[0, 98]' in error.message
 
 
 def test_a_min_new_tokens_of_the_whole_session_is_refused():

@@ -65,7 +65,8 @@ def wrap_determine_gen_config(upstream):
             # without a gen_config, upstream's default max_new_tokens (512) is no request of the user's
             max_new_tokens = gen_config.max_new_tokens if gen_config is not None else None
             check_input_ids(input_ids, limits, max_new_tokens=max_new_tokens,
-                            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+                            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
+                            min_new_tokens=gen_config.min_new_tokens if gen_config is not None else None)
         except FieldError as e:
             raise e.to_request_error() from None
         return upstream(self, input_ids, gen_config)

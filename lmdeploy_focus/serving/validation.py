@@ -332,9 +332,11 @@ def _check_token(field: str, token, limits: ModelLimits, what: str, said: str = 
         raise FieldError(field, f'{what} {token} is the diffusion mask token, which a request may not contain{said}')
 
 
-def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, decode=None, field='prompt') -> None:
+def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, decode=None, field='prompt',
+                    min_new_tokens=None) -> None:
     """The templated, tokenised prompt. ``decode(ids) -> str`` finds a whitespace-only prompt;
-    ``max_new_tokens`` (if given) must fit the session with the prompt."""
+    ``max_new_tokens`` (if given) must fit the session with the prompt, and so must ``min_new_tokens``
+    (upstream drops a minimum above the answer's room with a log line)."""
     if input_ids is None or len(input_ids) == 0:
         raise FieldError(field, 'is empty after templating and tokenisation; a request needs at least one '
                          'input token')
@@ -353,3 +355,8 @@ def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, deco
                              f'and the session length is {limits.session_len}, so allowed is [1, {max(room, 0)}] '
                              f'(pipeline(): GenerationConfig.max_new_tokens; lmdeploy chat: --max-new-tokens, or a '
                              f'larger --session-len)')
+    if limits.session_len is not None and min_new_tokens:
+        room = limits.session_len - len(input_ids)
+        if min_new_tokens > room:
+            raise FieldError('min_new_tokens', f'{min_new_tokens} cannot be met: the prompt has {len(input_ids)} '
+                             f'tokens and the session length is {limits.session_len}, so allowed is [0, {max(room, 0)}]')
