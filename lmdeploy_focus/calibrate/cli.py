@@ -91,6 +91,10 @@ def _writable_out_dir(path: str) -> None:
         raise SystemExit(f'calibrate: error: --out-dir {path!r} cannot be created: {e.strerror or e}') from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise SystemExit(f'calibrate: error: --out-dir {path!r} is not writable')
+    for name in report.OUTPUT_NAMES:  # the files themselves: a directory or a read-only file there failed at the end
+        target = os.path.join(path, name)
+        if os.path.lexists(target) and not (os.path.isfile(target) and os.access(target, os.W_OK)):
+            raise SystemExit(f'calibrate: error: --out-dir {path!r}: {name} exists and is not a writable file')
 
 
 def token_budgets(tasks, cap: int | None) -> list[int]:
@@ -126,7 +130,11 @@ def _stop_ids(model: str, tokenizer) -> tuple[int, ...]:
                 eos = json.load(f).get('eos_token_id')
         except (OSError, ValueError, AttributeError) as e:
             raise SystemExit(f'calibrate: error: cannot read the stop ids of {path}: {e}') from None
-        ids.update([eos] if isinstance(eos, int) else eos or [])
+        eos = [eos] if isinstance(eos, int) else eos or []
+        if not isinstance(eos, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in eos):
+            raise SystemExit(f'calibrate: error: {path}: eos_token_id must be an integer or a list of integers, got '
+                             f'{eos!r}')
+        ids.update(eos)
     return tuple(sorted(ids))
 
 
@@ -179,7 +187,7 @@ def run(args) -> dict:
         bar.close()
     recommendation = grid.recommend(results, args.target_recall)
     rows = report.table_rows(results, args.alphas)
-    head = report.header(args, backend.name)
+    head = report.header(args, backend.name, DEFAULT_TASKS)
     table = report.markdown_table(rows)
     line = report.recommendation_line(recommendation, block_length, args.threshold)
     markdown = (f'# FOCUS calibration: {args.model}\n\n' + '\n'.join(f'- {k}: {v}' for k, v in head.items()) +

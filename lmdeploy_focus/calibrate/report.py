@@ -3,6 +3,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -77,16 +78,20 @@ def _commit() -> str | None:
     return None
 
 
-def machine() -> str:
+def machine(device: str = 'auto') -> str:
+    """The card the run used (``device``: the reference backend's --device; 'cpu' runs on the CPU even with CUDA)."""
     import torch
-    if torch.cuda.is_available():
+    if device != 'cpu' and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
 
 
+OUTPUT_NAMES = ('calibration.json', 'calibration.md')
+
+
 def write(out_dir: str, record: dict, markdown: str) -> tuple[str, str]:
     os.makedirs(out_dir, exist_ok=True)
-    json_path, md_path = os.path.join(out_dir, 'calibration.json'), os.path.join(out_dir, 'calibration.md')
+    json_path, md_path = (os.path.join(out_dir, name) for name in OUTPUT_NAMES)
     with open(json_path, 'w', encoding='utf-8') as f:
         json.dump(record, f, indent=1, ensure_ascii=False)
         f.write('\n')
@@ -95,7 +100,9 @@ def write(out_dir: str, record: dict, markdown: str) -> tuple[str, str]:
     return json_path, md_path
 
 
-def header(args, backend_name: str) -> dict:
-    return dict(date=datetime.date.today().isoformat(), command=' '.join(['python -m lmdeploy_focus.calibrate',
-                                                                           *sys.argv[1:]]),
-                machine=machine(), backend=backend_name, commit=_commit(), model=args.model, tasks=args.tasks)
+def header(args, backend_name: str, default_tasks: str = 'default_tasks.jsonl') -> dict:
+    return dict(date=datetime.date.today().isoformat(),
+                command=shlex.join(['python', '-m', 'lmdeploy_focus.calibrate', *sys.argv[1:]]),
+                machine=machine(getattr(args, 'device', 'auto')), backend=backend_name,
+                device=getattr(args, 'device', None), dtype=getattr(args, 'dtype', None), commit=_commit(), model=args.model,
+                tasks=args.tasks or f'{default_tasks} (shipped with the package)')

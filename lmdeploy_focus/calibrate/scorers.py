@@ -9,6 +9,7 @@ prefix_chars:N the output, left-stripped, starts with the first N characters of 
                goes on. Characters, not tokens, so both backends and any tokenizer score alike.
 contains       the stripped target occurs in the output
 """
+import math
 import re
 from collections.abc import Callable
 
@@ -83,7 +84,7 @@ def get_scorer(spec: str) -> Callable[[str, str], float]:
         return _SIMPLE[spec]
     name, _, arg = spec.partition(':')
     if name == 'prefix_chars':
-        if not arg.isdigit() or int(arg) < 1:
+        if not (arg.isascii() and arg.isdigit()) or int(arg) < 1:  # isdigit alone takes '²', which int() refuses
             raise ScorerError(f'scorer {spec!r}: prefix_chars needs a character count >= 1, e.g. prefix_chars:64')
         return _prefix_chars(int(arg))
     raise ScorerError(f'unknown scorer {spec!r}; known: {", ".join(NAMES)}')
@@ -93,5 +94,6 @@ def check_target(spec: str, target: str) -> None:
     """Reject targets a scorer can never match (found at load time, not after a long run)."""
     if spec != 'exact' and not target.strip():
         raise ScorerError(f'scorer {spec!r} needs a non-blank target')
-    if spec == 'numeric' and final_number(target) is None:
+    value = final_number(target) if spec == 'numeric' else None
+    if spec == 'numeric' and (value is None or not math.isfinite(value)):  # '1/0' reads as NaN: never equal
         raise ScorerError(f'scorer "numeric": the target {target[:40]!r} holds no number')

@@ -81,7 +81,8 @@ def load_tasks(path: str) -> list[Task]:
     """All tasks of a JSONL file, in file order."""
     try:
         with open(path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
+            # '\n' only: str.splitlines also splits at U+2028 / U+2029 / U+0085, which JSON strings may hold raw
+            lines = [line.removesuffix('\r') for line in f.read().split('\n')]
     except (OSError, UnicodeDecodeError) as e:
         raise TaskFileError(f'cannot read task file {path}: {e}') from None
     tasks = []
@@ -92,6 +93,8 @@ def load_tasks(path: str) -> list[Task]:
             record = json.loads(text)
         except json.JSONDecodeError as e:
             raise TaskFileError(f'{path}:{number}: not valid JSON ({e.msg} at column {e.colno})') from None
+        except (ValueError, RecursionError) as e:  # e.g. an integer of over 4300 digits, nesting past the stack
+            raise TaskFileError(f'{path}:{number}: not a usable JSON line ({type(e).__name__}: {e})') from None
         tasks.append(parse_task(record, path, number))
     if not tasks:
         raise TaskFileError(f'{path}: no tasks (expected JSON lines with "prompt" and "answer" or "reference")')

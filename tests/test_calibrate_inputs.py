@@ -1,0 +1,72 @@
+"""The calibration tool on inputs that used to end in a traceback, a wrong report or a lost grid (found by a
+bug-hunting review): each case failed before its fix."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from lmdeploy_focus.calibrate import report
+from lmdeploy_focus.calibrate.cli import _stop_ids, _writable_out_dir
+from lmdeploy_focus.calibrate.task_file import TaskFileError, load_tasks
+
+
+@pytest.mark.parametrize('char', ['\u2028', '\u2029', '\x85'])
+def test_a_unicode_line_separator_inside_a_json_string_is_not_a_line_break(tmp_path, char):
+    """JSON strings may hold these raw (json.dumps(..., ensure_ascii=False) writes them); str.splitlines split the
+    record there and every later line number was off."""
+    path = tmp_path / 'tasks.jsonl'
+    path.write_text(json.dumps({'prompt': f'first{char}second', 'answer': '1'}, ensure_ascii=False) + '\n' +
+                    json.dumps({'prompt': 'q2', 'answer': '2'}) + '\r\n', encoding='utf-8')
+    tasks = load_tasks(str(path))
+    assert [t.line for t in tasks] == [1, 2] and tasks[0].prompt == f'first{char}second' and tasks[1].prompt == 'q2'
+
+
+@pytest.mark.parametrize('text', [
+    '[' * 100_000,  # RecursionError in the decoder
+    '{"prompt": "x", "answer": "1", "max_new_tokens": 1' + '0' * 5000 + '}',  # past int()'s 4300-digit limit
+    '{"prompt": "x", "reference": "abc", "scorer": "prefix_chars:\u00b2"}',  # isdigit() but not int()
+], ids=['nesting', 'huge-int', 'unicode-digit'])
+def test_pathological_lines_name_their_line(tmp_path, text):
+    path = tmp_path / 'tasks.jsonl'
+    path.write_text(text + '\n', encoding='utf-8')
+    with pytest.raises(TaskFileError, match=':1:'):
+        load_tasks(str(path))
+
+
+def test_a_numeric_target_that_never_matches_is_refused_at_load(tmp_path):
+    path = tmp_path / 'tasks.jsonl'
+    path.write_text('{"prompt": "x", "answer": "1/0", "scorer": "numeric"}\n', encoding='utf-8')
+    with pytest.raises(TaskFileError, match='holds no number'):  # '1/0' reads as NaN: every output scored 0
+        load_tasks(str(path))
+
+
+@pytest.mark.parametrize('make', ['directory', 'dangling_symlink'])
+def test_an_output_file_that_cannot_be_written_is_refused_before_the_grid(tmp_path, make):
+    target = tmp_path / 'calibration.md'
+    if make == 'directory':
+        target.mkdir()
+    else:
+        target.symlink_to(tmp_path / 'missing' / 'calibration.md')
+    with pytest.raises(SystemExit, match='calibration.md exists and is not a writable file'):
+        _writable_out_dir(str(tmp_path))
+    _writable_out_dir(str(tmp_path / 'fresh'))  # a new directory is fine
+
+
+def test_the_header_names_the_cpu_of_a_cpu_run_and_the_shipped_tasks(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *_: 'NVIDIA H100 80GB HBM3')
+    head = report.header(SimpleNamespace(model='m', tasks=None, device='cpu', dtype='float32'), 'reference')
+    assert head['machine'].startswith('CPU') and (head['device'], head['dtype']) == ('cpu', 'float32')
+    assert head['tasks'].startswith('default_tasks.jsonl')
+    assert report.header(SimpleNamespace(model='m', tasks='t.jsonl', device='auto'), 'engine')['machine'] == \
+        'NVIDIA H100 80GB HBM3'
+
+
+@pytest.mark.parametrize('eos', ['[1, null]', '"2"', '[true]'])
+def test_a_malformed_eos_token_id_names_the_file(tmp_path, eos):
+    (tmp_path / 'generation_config.json').write_text(f'{{"eos_token_id": {eos}}}')
+    with pytest.raises(SystemExit, match='eos_token_id must be an integer or a list of integers'):
+        _stop_ids(str(tmp_path), SimpleNamespace(eos_token_id=2))
+    (tmp_path / 'generation_config.json').write_text('{"eos_token_id": [1, 3]}')
+    assert _stop_ids(str(tmp_path), SimpleNamespace(eos_token_id=2)) == (1, 2, 3)
