@@ -201,6 +201,11 @@ def test_cuda_problem_names_the_cause(monkeypatch):
     assert "CUDA_VISIBLE_DEVICES=''" in preflight.cuda_problem(None)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     assert preflight.cuda_problem('cuda') is None
+    # a ROCm build drives --device cuda too (no torch.version.cuda, torch.version.hip set): it was refused as
+    # 'no CUDA' for every serve / chat command once the plugin was installed
+    monkeypatch.setattr(torch.version, 'cuda', None)
+    monkeypatch.setattr(torch.version, 'hip', '6.2.41133', raising=False)
+    assert preflight.cuda_problem('cuda') is None
 
 
 def test_metrics_imply_tracking_also_for_options_given_as_hf_overrides():
@@ -228,3 +233,10 @@ def test_metrics_imply_tracking_also_for_options_given_as_hf_overrides():
         before = dict(vars(args))
         track_for_metrics(args)
         assert vars(args) == before  # metrics off, or nothing sparse: untouched
+    # tracking turned off inside --hf-overrides is the user's choice: no implied --dllm-track to conflict with it
+    # (fold_into_hf_overrides raised "--dllm-track True conflicts with ..." for a flag never given)
+    from lmdeploy_focus.cli.flags import fold_into_hf_overrides
+    args = parse('--focus', hf_overrides={'dllm_focus': {'track': False}})
+    assert track_for_metrics(args) is False and not args.dllm_track
+    fold_into_hf_overrides(args)
+    assert args.hf_overrides['dllm_focus']['track'] is False and args.hf_overrides['dllm_focus']['enable_focus']

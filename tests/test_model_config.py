@@ -39,6 +39,22 @@ def test_block_length_from_path(path, expected):
     assert block_length_from_path(path) == expected
 
 
+def test_block_length_from_a_path_that_names_no_folder(tmp_path, monkeypatch):
+    """'.' or '..' from inside / below the model folder, or a symlink to it: the resolved folder's name (these fell
+    back to upstream's block length 4); a symlink's own name still counts first."""
+    model = tmp_path / 'SDAR-8B-Chat-b32'
+    (model / 'sub').mkdir(parents=True)
+    monkeypatch.chdir(model)
+    assert [block_length_from_path(p) for p in ('.', './', str(model))] == [32, 32, 32]
+    monkeypatch.chdir(model / 'sub')
+    assert block_length_from_path('..') == 32
+    (tmp_path / 'current').symlink_to(model)
+    assert block_length_from_path(str(tmp_path / 'current')) == 32
+    (tmp_path / 'SDAR-8B-Chat-b16').symlink_to(model)
+    assert block_length_from_path(str(tmp_path / 'SDAR-8B-Chat-b16')) == 16  # the name the user gave
+    assert block_length_from_path('./missing-b64') == 64  # not a folder here (e.g. a hub id): the text alone
+
+
 def test_block_length_from_path_is_used_and_logged_when_not_given(sdar_dir, focus_logs):
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny-b16'))
     assert model_config.dllm_block_length == 16

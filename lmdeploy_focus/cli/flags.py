@@ -66,12 +66,14 @@ def track_for_metrics(args: argparse.Namespace) -> bool:
     ``lmdeploy:dllm_*`` series (:mod:`lmdeploy_focus.serving.metrics`). Returns whether it turned it on."""
     if args.dllm_track or getattr(args, 'disable_metrics', True):
         return False
+    # the options given as --hf-overrides '{"dllm_focus": {...}}' (the flags left at their defaults)
+    overrides = getattr(args, 'hf_overrides', None) or {}
+    carried = overrides.get(OPTIONS_KEY) if isinstance(overrides, dict) else None
+    if isinstance(carried, dict) and 'track' in carried:
+        return False  # the user's own choice: an implied --dllm-track would conflict with it
     if options_from_args(args).uses_sparse_decode:
         args.dllm_track = True
     else:
-        # the options given as --hf-overrides '{"dllm_focus": {...}}' (the flags left at their defaults)
-        overrides = getattr(args, 'hf_overrides', None) or {}
-        carried = overrides.get(OPTIONS_KEY) if isinstance(overrides, dict) else None
         if carried is None:
             return False
         options = FocusOptions.from_dict(carried).resolved()

@@ -67,7 +67,7 @@ def cuda_problem(device: str | None) -> str | None:
     if device not in (None, 'cuda'):
         return None
     import torch
-    if torch.version.cuda is None:
+    if torch.version.cuda is None and getattr(torch.version, 'hip', None) is None:  # ROCm builds drive 'cuda' too
         return (f'this torch build has no CUDA (torch {torch.__version__}), and LMDeploy\'s engine needs a CUDA '
                 f'GPU (--device cuda): run on a GPU machine with the CUDA build of torch '
                 f'(pip install -r requirements/runtime_cuda.txt); the CPU environment only runs the test suite')

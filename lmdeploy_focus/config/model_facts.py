@@ -1,4 +1,5 @@
 """Model facts the DLLM engine needs that upstream does not read from the checkpoint."""
+import os
 import re
 from pathlib import PurePath
 
@@ -22,15 +23,21 @@ def mask_token_from_hf_config(hf_config, default: int) -> int:
     return default if mask_token is None else int(mask_token)
 
 
+def _model_names(path: str) -> tuple[str, ...]:
+    parts = PurePath(path.rstrip('/')).parts
+    if len(parts) >= 3 and parts[-2] == 'snapshots' and parts[-3].startswith('models--'):
+        return parts[-1], parts[-3]
+    return tuple(parts[-1:])
+
+
 def block_length_from_path(model_path: str | None) -> int | None:
     """The N of a ``-b<N>`` suffix of the model folder's name, or of the repo folder of a hub cache path
     (``models--ORG--NAME-b<N>/snapshots/<rev>``); other parent folders are not the model's name."""
     if not model_path:
         return None
-    parts = PurePath(str(model_path).rstrip('/')).parts
-    names = parts[-1:]
-    if len(parts) >= 3 and parts[-2] == 'snapshots' and parts[-3].startswith('models--'):
-        names = (parts[-1], parts[-3])
+    names = _model_names(str(model_path))
+    if os.path.isdir(model_path):  # '.', '..' or a symlink given for the folder: its resolved name too
+        names += _model_names(os.path.realpath(model_path))
     for part in names:
         match = _BLOCK_SUFFIX.search(part)
         if not match:
