@@ -19,7 +19,7 @@ PATCHES = {
     'lmdeploy.serve.openai.errors': ('serve_errors', 'lmdeploy_focus.serving.boundary'),
     'lmdeploy.serve.core.generation_config': ('serve_gen_config', 'lmdeploy_focus.serving.boundary'),
     'lmdeploy.serve.core.async_engine': ('async_engine_validation', 'lmdeploy_focus.serving.boundary'),
-    'lmdeploy.pytorch.engine.engine': ('engine_guard', 'lmdeploy_focus.serving.engine_guard'),
+    'lmdeploy.pytorch.engine.engine': (('engine_guard', 'dllm_batch_cap'), 'lmdeploy_focus.serving.engine_guard'),
     'lmdeploy.serve.openai.api_server': ('api_server_liveness', 'lmdeploy_focus.serving.liveness'),
     # the package, loaded right after its async_engine module (that module's own slot is patch 10)
     'lmdeploy.serve.core': ('serve_metrics', 'lmdeploy_focus.serving.metrics'),

@@ -1,0 +1,68 @@
+"""The batch cap upstream gives a DLLM engine, also for a block length read from the model.
+
+Upstream's ``ConfigBuilder.update_engine_config`` lowers ``max_batch_size`` so that a decode step's ``B · L`` rows
+fit ``max_prefill_token_num``, but only when ``dllm_block_length`` is set in the engine config. The plugin reads the
+block length from the model (an SDAR ``-b<N>`` folder, LLaDA2's 32) inside the engine's model config, after that
+cap: ``lmdeploy serve api_server JetLM/SDAR-8B-Chat-b32 --focus`` ran at block 32 with the default batch (1024 on an
+H100), decode steps of up to 32,768 rows and CUDA graphs captured for them, where ``--dllm-block-length 32`` gives
+256. :func:`cap_batch_for_block_length` applies upstream's rule with the block length the engine will use.
+"""
+import json
+import os
+
+from ..log import logger
+from .model_facts import LLADA2_DEFAULT_BLOCK_LENGTH, block_length_from_path
+
+SDAR_ARCHS = ('SDARForCausalLM', 'SDARMoeForCausalLM')  # block length from the folder name (config/builders.py)
+LLADA2_ARCHS = ('LLaDA2MoeModelLM', )  # block length 32 unless configured
+
+
+def model_block_length(model_path: str) -> int | None:
+    """The block length the engine reads from a local checkpoint when none is configured (None: not one of the
+    DLLMs whose block length comes from the model, or none found)."""
+    try:
+        with open(os.path.join(model_path, 'config.json'), encoding='utf-8') as f:
+            architectures = json.load(f).get('architectures') or ()
+    except (OSError, ValueError, AttributeError):
+        return None  # not a local checkpoint (upstream's own checks report it)
+    if any(arch in SDAR_ARCHS for arch in architectures):
+        return block_length_from_path(model_path)
+    if any(arch in LLADA2_ARCHS for arch in architectures):
+        return LLADA2_DEFAULT_BLOCK_LENGTH
+    return None
+
+
+def cap_batch_for_block_length(model_path: str, engine_config) -> None:
+    """Upstream's DLLM batch cap (``max_batch_size · L <= max_prefill_token_num``) for a block length read from the
+    model, on ``engine_config`` in place (upstream already applied it when the config sets the block length)."""
+    if engine_config is None or engine_config.dllm_block_length is not None or not engine_config.max_batch_size:
+        return
+    block_length = model_block_length(model_path)
+    if not block_length:
+        return
+    limit = engine_config.max_prefill_token_num // block_length
+    if engine_config.max_batch_size <= limit:
+        return
+    logger.warning(f'max_batch_size {engine_config.max_batch_size} -> {limit}: the model decodes blocks of '
+                   f'{block_length} and a decode step of max_batch_size x {block_length} rows must fit '
+                   f'max_prefill_token_num ({engine_config.max_prefill_token_num}), as upstream sizes it for an '
+                   f'explicit --dllm-block-length.')
+    engine_config.max_batch_size = limit
+    if engine_config.cudagraph_capture_batch_sizes is not None:
+        from lmdeploy.pytorch.config import normalize_cudagraph_capture_batch_sizes
+        engine_config.cudagraph_capture_batch_sizes = normalize_cudagraph_capture_batch_sizes(
+            engine_config.cudagraph_capture_batch_sizes, limit)
+
+
+def capping_engine_checker(upstream_cls):
+    """``EngineChecker`` is the first thing ``Engine.__init__`` builds from the local model path and the engine
+    config it then reads the scheduler and cache configs from: the cap goes there, before upstream's checks."""
+
+    class DLLMBatchCapEngineChecker(upstream_cls):
+
+        def __init__(self, model_path: str, engine_config, *args, **kwargs):
+            cap_batch_for_block_length(model_path, engine_config)
+            super().__init__(model_path, engine_config, *args, **kwargs)
+
+    DLLMBatchCapEngineChecker.__lmdeploy_focus_upstream__ = upstream_cls
+    return DLLMBatchCapEngineChecker
