@@ -660,6 +660,18 @@ def test_suite_graphs_phase_ends_with_leftmost_on_the_fast_commit(tmp_path):
     assert _env_switches(out) == [None] * 5 + ['64', None]
 
 
+def test_suite_exits_with_a_failed_arms_status(tmp_path):
+    """A phase whose arms fail (here every driver's python is `false`) exits non-zero: it always exited 0, so
+    by_card.sh and a device call reported success."""
+    env = dict(os.environ, DRY_RUN='1', PYTHON='false', SUITE_RESULTS_ROOT=str(tmp_path / 'res'))
+    proc = subprocess.run(['bash', SUITE, 'b32', str(tmp_path / 'out')], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=REPO)
+    assert proc.returncode == 1 and 'rc=1' in proc.stdout, proc.stdout[-500:]
+    env['PYTHON'] = sys.executable  # the same phase with nothing failing
+    assert subprocess.run(['bash', SUITE, 'b32', str(tmp_path / 'out2')], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=REPO).returncode == 0
+
+
 def test_suite_graphs_phase_takes_a_shorter_batch_list(tmp_path):
     env = dict(SUITE_RESULTS_ROOT=str(tmp_path / 'res'), GRAPHS_BATCH_SIZES='64 256')
     proc, cmds = _dry_commands(SUITE, 'graphs', str(tmp_path / 'out'), env=env)

@@ -20,5 +20,7 @@ python3 -m lmdeploy_focus_dev.tools.random_checkpoint --arch tiny-sdar --dtype f
 
 cd checks && timeout 520 python3 equivalence_check.py --out "$OUT" --ckpt-a "$CKPT_A" --ckpt-b "$CKPT_B" "$@" 2>&1 \
   | grep -v "instantiate a model of type\|Loading weights\|Warming up" > "$OUT/equivalence.log"
-echo "equivalence_check rc=${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+echo "equivalence_check rc=$rc"
 grep -E '^\[eq|^\(a\)|^\(b\)|^ *[0-9]+ |^summary|^row layout|Error' "$OUT/equivalence.log" | cut -c1-220 | tail -120
+exit "$rc"  # the check's status, not the summary grep's

@@ -12,5 +12,7 @@ export PYTHONPATH=$PWD:$PWD/dev:/tmp/site PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 [[ $# -gt 0 ]] || set -- --model models/tiny-sdar-5m-b32
 python3 checks/graph_equivalence_check.py --out "$OUT/graph_equivalence.json" "$@" > "$OUT/graph_equivalence.log" 2>&1
-echo "graph_equivalence_check rc=$?"
+rc=$?
+echo "graph_equivalence_check rc=$rc"
 grep -E '^\{|Error|error|Traceback' "$OUT/graph_equivalence.log" | cut -c1-400 | tail -40
+exit "$rc"  # the check's status, not the summary grep's

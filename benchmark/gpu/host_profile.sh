@@ -19,6 +19,7 @@ COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 
         --dllm-confidence-threshold 0.9 --output-dir "$OUT/throughput" --fast-exit)
 STATIC=(--dllm-unmasking-strategy low_confidence_static --dllm-denoising-steps 8)
 FOCUS=(--dllm-enable-delayed-cache --dllm-enable-focus --dllm-focus-alpha 1.5)
+failed=0
 for arm in "${ARMS[@]}"; do
   case $arm in
     stock) args=("${STATIC[@]}") ;;
@@ -30,5 +31,7 @@ for arm in "${ARMS[@]}"; do
   start=$(date +%s)
   python3 benchmark/host_profile.py --out "$OUT/prof_$arm.json" -- "${COMMON[@]}" "${args[@]}" --arm "$arm" \
     > "$OUT/prof_$arm.log" 2>&1
-  echo "$arm rc=$? $(( $(date +%s) - start )) s"; grep -E "output_throughput|tok/s|Error|Traceback" "$OUT/prof_$arm.log" | tail -3
+  rc=$?; (( rc )) && failed=$rc
+  echo "$arm rc=$rc $(( $(date +%s) - start )) s"; grep -E "output_throughput|tok/s|Error|Traceback" "$OUT/prof_$arm.log" | tail -3
 done
+exit "$failed"  # the last failed arm's status (0: all ran)

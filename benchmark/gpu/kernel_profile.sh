@@ -20,15 +20,18 @@ COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 
         --max-new-tokens "$OUT_LEN" --ignore-eos --skip-tokenize --skip-detokenize --dllm-block-length 32
         --dllm-confidence-threshold 0.9 --dllm-unmasking-strategy low_confidence_static --dllm-denoising-steps 8
         --warmup-tokens 32 --output-dir /tmp/kernel_profile/throughput "${MODE[@]}")
+failed=0
 for arm in stock importance; do
   args=(); [[ $arm == importance ]] && args=(--dllm-enable-delayed-cache --dllm-enable-focus --dllm-focus-alpha 1.5)
   rm -f /tmp/kernel_profile/trace_${arm}_*
   mkdir -p /tmp/kernel_profile
   LMDEPLOY_PROFILE_CUDA=1 LMDEPLOY_PROFILE_OUT_PREFIX=/tmp/kernel_profile/trace_${arm}_ \
     python3 benchmark/profile_throughput.py "${COMMON[@]}" "${args[@]}" --arm "$arm" > "$OUT/kernels_$arm.log" 2>&1
-  echo "$arm rc=$?"; grep -E "Profiler .* dump|Error|Traceback" "$OUT/kernels_$arm.log" | tail -3
+  rc=$?; (( rc )) && failed=$rc
+  echo "$arm rc=$rc"; grep -E "Profiler .* dump|Error|Traceback" "$OUT/kernels_$arm.log" | tail -3
   trace=$(ls /tmp/kernel_profile/trace_${arm}_* 2>/dev/null | head -1)
   [[ -n $trace ]] && python3 benchmark/kernel_table.py "$trace" --per "$TOKENS" --top 60 --json "$OUT/kernels_$arm.json" | head -3
 done
 python3 benchmark/kernel_table.py /tmp/kernel_profile/trace_importance_* --minus /tmp/kernel_profile/trace_stock_* \
   --per "$TOKENS" --top 60 --json "$OUT/kernels_importance_minus_stock.json" | head -40
+exit "$failed"  # the last failed arm's status (0: all ran)

@@ -135,8 +135,11 @@ step() {
   stamp "$desc: start (expect ~$need s, limit $(left) s)"
   timeout -k 15 "$(left)" "$@"; local rc=$?
   stamp "$desc rc=$rc"
+  # a failed arm fails the phase (its exit status), the budget's own kill (124 / 137) does not
+  (( rc != 0 && rc != 124 && rc != 137 )) && SUITE_RC=$rc
   return $rc
 }
+SUITE_RC=0
 # dynamic unmasking at threshold 0.9 (random weights never reach it: 1 token/step), out 128,
 # bs 64/256, b32: stock and FOCUS importance a1.5 on the same settings
 dynamic_pair() {
@@ -180,7 +183,7 @@ if [[ $PHASE == graphs ]]; then
   step 70 "focus-leftmost static, fast commit" "${S[@]}" BATCH_SIZES="64 256" ARM_TAG=-static-fast-commit \
     EXTRA_ARGS="$COST --fast-exit --output-len 256 --dllm-option delayed_cache_commit=fast" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 # the random LLaDA2.0-mini shape (b32, static 4 tok/step, in 256 / out 256, bs 64/256): its checkpoint, then
@@ -203,7 +206,7 @@ if [[ $PHASE == graphs_rest ]]; then
   DYNAMIC_PAIR_ONLY=1 dynamic_trio_out256
   llada2_stock_and_importance
   llada2_leftmost
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == ttft_small ]]; then
@@ -219,7 +222,7 @@ if [[ $PHASE == ttft_small ]]; then
         FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
     done
   done
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == llada2 ]]; then
@@ -229,7 +232,7 @@ if [[ $PHASE == llada2 ]]; then
   step 110 "focus-importance static, padding not zeroed (llada2)" "${S[@]}" ARM_TAG=-static-nozero \
     LMDEPLOY_FOCUS_ZERO_PADDING=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
   llada2_leftmost
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == sdar_moe ]]; then
@@ -240,7 +243,7 @@ if [[ $PHASE == sdar_moe ]]; then
     bash benchmark/run_focus_throughput_evaluation.sh random "$MOE" 1.5
   step 110 "focus-leftmost static (sdar-moe)" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$MOE" 1.5
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == await_stream ]]; then
@@ -250,13 +253,13 @@ if [[ $PHASE == await_stream ]]; then
   llada2_stock_and_importance
   step 110 "focus-importance static, no await (llada2)" "${S[@]}" ARM_TAG=-static-no-await LMDEPLOY_FOCUS_AWAIT_STREAM=0 \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$LLADA2" 1.5
-  fits 200 "SDAR-8B pair" || exit 0
+  fits 200 "SDAR-8B pair" || exit "$SUITE_RC"
   random_checkpoint sdar-8b "$SDAR"; stamp "sdar checkpoint"
   step 90 "focus-importance static (sdar)" "${S[@]}" FOCUS_POLICY=importance \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 90 "focus-importance static, no await (sdar)" "${S[@]}" ARM_TAG=-static-no-await LMDEPLOY_FOCUS_AWAIT_STREAM=0 \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == await_small ]]; then
@@ -276,7 +279,7 @@ if [[ $PHASE == await_small ]]; then
     LMDEPLOY_FOCUS_AWAIT_STREAM=0 FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 90 "stock static, small batches" "${SM[@]}" EXTRA_ARGS="$COST --fast-exit --output-len 256" \
     bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == small_batches ]]; then
@@ -311,7 +314,7 @@ if [[ $PHASE == small_batches ]]; then
   # engines (TTFT, tok/s) that any arm's difference from stock must exceed to count
   [[ ${SMALL_STOCK_AGAIN:-0} == 1 ]] && step 100 "stock static, small batches, second engine" "${SB[@]}" \
     ARM_TAG=-static-second-engine bash benchmark/run_baseline_throughput_evaluation.sh random "$SDAR"
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == fast_commit ]]; then
@@ -324,7 +327,7 @@ if [[ $PHASE == fast_commit ]]; then
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   step 80 "focus-importance static, fast commit" "${S[@]}" "${FAST[@]}" ARM_TAG=-static-fast-commit \
     FOCUS_POLICY=importance bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == row_buckets ]]; then
@@ -336,7 +339,7 @@ if [[ $PHASE == row_buckets ]]; then
       EXTRA_ARGS="$COST --fast-exit --output-len 256" LMDEPLOY_FOCUS_ROW_BUCKETS=$n FOCUS_POLICY=importance \
       bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   done
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == front_buckets ]]; then
@@ -357,7 +360,7 @@ if [[ $PHASE == front_buckets ]]; then
       EXTRA_ARGS="$COST --fast-exit --output-len 256" LMDEPLOY_FOCUS_FRONT_BUCKETS=$n FOCUS_POLICY=importance \
       bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   done
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == b32 ]]; then
@@ -371,7 +374,7 @@ if [[ $PHASE == b32 ]]; then
   step 100 "focus-leftmost static" "${S[@]}" FOCUS_POLICY=leftmost \
     bash benchmark/run_focus_throughput_evaluation.sh random "$SDAR" 1.5
   dynamic_pair
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 # dynamic_arms "BS": every b32 arm with dynamic unmasking (threshold 0.9, out 128) at batch sizes BS
@@ -397,13 +400,13 @@ if [[ $PHASE == dynamic ]]; then
   # what b32/blocks left out: every b32 arm with dynamic unmasking (threshold 0.9, out 128), then b64 delayed
   dynamic_arms "64 256"
   b64_delayed_cache
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == dynamic_rest ]]; then
   b64_delayed_cache  # skipped by two earlier phases' budget guards: first now
   dynamic_arms "32 128"
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 if [[ $PHASE == blocks ]]; then
@@ -425,7 +428,7 @@ if [[ $PHASE == blocks ]]; then
   else
     dynamic_pair
   fi
-  exit 0
+  exit "$SUITE_RC"
 fi
 
 # PHASE cost (as run on 2026-11-23)
@@ -438,7 +441,7 @@ QWEN=/tmp/ckpt/Qwen3-8B
 if fits 130 "AR arm"; then
   random_checkpoint qwen3-8b "$QWEN"; stamp "qwen3 checkpoint"
   run_cmd timeout 150 python3 benchmark/profile_throughput.py random "$QWEN" --concurrency 32 64 128 256 --prompts-per-slot 1 \
-    --input-len 256 --output-len 256 --max-new-tokens 256 --ignore-eos --backend pytorch ${EAGER_MODE:+--eager-mode} --skip-tokenize \
+    --input-len 256 --output-len 256 --max-new-tokens 256 --ignore-eos --backend pytorch $([[ ${EAGER_MODE:-0} == 1 ]] && echo --eager-mode) --skip-tokenize \
     --skip-detokenize --use-uvloop --arm ar --output-dir "$RES" 2>&1 | tee "$RES/ar_Qwen3-8B.log"; stamp "ar rc=$?"
   run_cmd rm -rf "$QWEN"
 fi
@@ -454,3 +457,4 @@ if fits 70 "shipped sample"; then
   (cd /tmp && RESULTS_DIR="$RES/sample" ONE_ENGINE=0 REPEAT_GUARD=1 BATCH_SIZES=32 NUM_PROMPTS=64 MAX_NEW_TOKENS=128 EXTRA_ARGS="" \
     timeout 80 bash "$OLDPWD/benchmark/run_baseline_throughput_evaluation.sh" "" "$SDAR"); stamp "sample rc=$?"
 fi
+exit "$SUITE_RC"

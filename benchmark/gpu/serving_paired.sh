@@ -22,9 +22,11 @@ fi
 [[ $# -gt 0 ]] || set -- "${ARMS[@]}" --rounds 3 --host-profile --cache-max-entry-count 0.1
 python3 benchmark/serving_wall_time.py --model models/tiny-sdar-5m-b32 --out "$OUT/serving_paired.json" "$@" \
   > "$OUT/serving_paired.log" 2>&1
-echo "serving_wall_time rc=$?"
+rc=$?
+echo "serving_wall_time rc=$rc"
 grep -E '^\{|Error|Traceback' "$OUT/serving_paired.log" | cut -c1-400 | tail -20
 for log in "$OUT"/serving_paired.json.*.server.log; do
   [[ -f $log ]] && grep -E 'Error|Traceback' "$log" | head -3
 done
 rm -rf "$OUT"/serving_paired.json.*.server.log "$OUT"/serving_paired.json.*.prof
+exit "$rc"  # serving_wall_time's status, not the clean-up's
