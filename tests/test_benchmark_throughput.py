@@ -287,6 +287,12 @@ def test_model_facts_reads_block_from_path(tmp_path):
     assert engine_runner.model_facts(str(d), None) == engine_runner.ModelFacts('sdar', True, 16)
     (d / 'config.json').write_text(json.dumps({'model_type': 'qwen3'}))
     assert engine_runner.model_facts(str(d), None).is_dllm is False
+    # the engine's reading of the block length (patch 19 caps its batch by it): a hub cache snapshot, a symlink
+    snap = tmp_path / 'models--JetLM--SDAR-8B-Chat-b64' / 'snapshots' / 'abc'
+    snap.mkdir(parents=True)
+    (snap / 'config.json').write_text(json.dumps({'model_type': 'sdar'}))
+    (tmp_path / 'current').symlink_to(snap)
+    assert [engine_runner.model_facts(str(p), None).block_length for p in (snap, tmp_path / 'current')] == [64, 64]
 
 
 # ---------------------------------------------------------------- CLI: one-line errors

@@ -15,15 +15,15 @@ def _config(**fields):
     return PytorchEngineConfig(**{'max_batch_size': 1024, 'max_prefill_token_num': 8192, **fields})
 
 
-@pytest.mark.parametrize('name, arch, block_length', [
-    ('SDAR-tiny-b32', 'SDARForCausalLM', 32),
-    ('SDAR-moe-tiny-b64', 'SDARMoeForCausalLM', 64),
-    ('LLaDA2-tiny', 'LLaDA2MoeModelLM', 32),  # LLaDA2's default
-    ('Qwen3-tiny-b32', 'Qwen3ForCausalLM', None),  # an autoregressive model: no block length, no cap
-    ('SDAR-tiny', 'SDARForCausalLM', None),  # no -b<N>: upstream's default 4 (8192 // 4 > 1024)
+@pytest.mark.parametrize('name, model_type, block_length', [
+    ('SDAR-tiny-b32', 'sdar', 32),
+    ('SDAR-moe-tiny-b64', 'sdar_moe', 64),
+    ('LLaDA2-tiny', 'llada2_moe', 32),  # LLaDA2's default
+    ('Qwen3-tiny-b32', 'qwen3', None),  # an autoregressive model: no block length, no cap
+    ('SDAR-tiny', 'sdar', None),  # no -b<N>: upstream's default 4 (8192 // 4 > 1024)
 ])
-def test_the_model_block_length_caps_the_batch_as_an_explicit_one(tmp_path, name, arch, block_length):
-    model = write_hf_config(tmp_path / name, **qwen3_like_config(architectures=[arch]))
+def test_the_model_block_length_caps_the_batch_as_an_explicit_one(tmp_path, name, model_type, block_length):
+    model = write_hf_config(tmp_path / name, **qwen3_like_config(model_type=model_type))
     assert model_block_length(model) == block_length
     config = _config(cudagraph_capture_batch_sizes=[1, 2, 4, 128, 512, 1024])
     cap_batch_for_block_length(model, config)
@@ -33,7 +33,7 @@ def test_the_model_block_length_caps_the_batch_as_an_explicit_one(tmp_path, name
 
 
 def test_a_configured_block_length_or_a_small_batch_is_left_to_upstream(tmp_path):
-    model = write_hf_config(tmp_path / 'SDAR-tiny-b32', **qwen3_like_config(architectures=['SDARForCausalLM']))
+    model = write_hf_config(tmp_path / 'SDAR-tiny-b32', **qwen3_like_config(model_type='sdar'))
     config = _config(dllm_block_length=16)  # upstream's update_engine_config applies its own cap with it
     cap_batch_for_block_length(model, config)
     assert config.max_batch_size == 1024
@@ -48,7 +48,7 @@ def test_the_engine_checker_caps_the_config_the_engine_goes_on_with(tmp_path):
     """What Engine.__init__ does: update_engine_config, then the checker on the same config object."""
     from lmdeploy.pytorch.engine.config_builder import ConfigBuilder
     engine_module = importlib.import_module('lmdeploy.pytorch.engine.engine')
-    model = write_hf_config(tmp_path / 'SDAR-tiny-b32', **qwen3_like_config(architectures=['SDARForCausalLM']))
+    model = write_hf_config(tmp_path / 'SDAR-tiny-b32', **qwen3_like_config(model_type='sdar'))
     config = ConfigBuilder.update_engine_config(_config(device_type='cuda'))
     assert config.max_batch_size == 1024  # upstream's cap does not see the model's block length
     engine_module.EngineChecker(model_path=model, engine_config=config, trust_remote_code=False)

@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 
@@ -46,8 +45,10 @@ def model_facts(model_path: str, block_length_arg: int | None) -> ModelFacts:
     is_dllm = model_type in DLLM_MODEL_TYPES
     block = block_length_arg
     if block is None and is_dllm:
-        m = re.search(r'-b(\d+)/?$', model_path.rstrip('/'))
-        block = int(m.group(1)) if m else None
+        # the engine's own reading (hub cache snapshots, '.', symlinks, LLaDA2's default), so the prefill budget and
+        # batch sized here are the ones the engine keeps (patch 19 caps the batch by the same block length)
+        from lmdeploy_focus.config.dllm_batch_cap import model_block_length
+        block = model_block_length(model_path)
     return ModelFacts(model_type, is_dllm, block)
 
 

@@ -13,8 +13,9 @@ import os
 from ..log import logger
 from .model_facts import LLADA2_DEFAULT_BLOCK_LENGTH, block_length_from_path
 
-SDAR_ARCHS = ('SDARForCausalLM', 'SDARMoeForCausalLM')  # block length from the folder name (config/builders.py)
-LLADA2_ARCHS = ('LLaDA2MoeModelLM', )  # block length 32 unless configured
+# the model types the engine's model-config builders take (config/builders.py, upstream's SDAR builder)
+SDAR_MODEL_TYPES = ('sdar', 'sdar_moe')  # block length from the folder name
+LLADA2_MODEL_TYPES = ('llada2_moe', )  # block length 32 unless configured
 
 
 def model_block_length(model_path: str) -> int | None:
@@ -22,12 +23,12 @@ def model_block_length(model_path: str) -> int | None:
     DLLMs whose block length comes from the model, or none found)."""
     try:
         with open(os.path.join(model_path, 'config.json'), encoding='utf-8') as f:
-            architectures = json.load(f).get('architectures') or ()
+            model_type = json.load(f).get('model_type')
     except (OSError, ValueError, AttributeError):
         return None  # not a local checkpoint (upstream's own checks report it)
-    if any(arch in SDAR_ARCHS for arch in architectures):
+    if model_type in SDAR_MODEL_TYPES:
         return block_length_from_path(model_path)
-    if any(arch in LLADA2_ARCHS for arch in architectures):
+    if model_type in LLADA2_MODEL_TYPES:
         return LLADA2_DEFAULT_BLOCK_LENGTH
     return None
 
