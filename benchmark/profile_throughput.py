@@ -28,6 +28,10 @@ from lmdeploy_focus.config.options import (COMMIT_MODES, FOCUS_POLICIES, OPTIONS
                                            FocusOptions)
 
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
+# FOCUS options whose flag here sets the arm's label or the statistics read: --dllm-option may not set them behind
+# the flags' back (it ran FOCUS labelled 'stock', or tracked statistics nobody read)
+FLAGGED_OPTIONS = {'enable_delayed_cache': '--dllm-enable-delayed-cache', 'enable_focus': '--dllm-enable-focus',
+                   'focus_alpha': '--dllm-focus-alpha', 'focus_policy': '--dllm-focus-policy', 'track': '--dllm-track'}
 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
 
@@ -135,6 +139,8 @@ def validate(args):
     if args.repeat_block_detect and args.repeat_block_window < 8:
         raise BenchmarkInputError('--repeat-block-window must be >= 8')
     for name, value in args.dllm_option:
+        if name in FLAGGED_OPTIONS:  # the arm's label and the statistics read follow the flags
+            raise BenchmarkInputError(f'--dllm-option {name}: has its own flag here ({FLAGGED_OPTIONS[name]}); use it')
         if name not in OPTION_NAMES:
             raise BenchmarkInputError(f'--dllm-option {name}: not a FOCUS engine option; known: '
                                       f'{", ".join(OPTION_NAMES)}')
@@ -216,6 +222,7 @@ def main(argv=None):
         return engine_runner.generation_config(prompt.max_new_tokens, args.ignore_eos, stop_ids, args.seed)
 
     warmup_tokens = args.warmup_tokens or facts.block_length or 16
+    failed_levels = []  # levels none of whose requests completed: recorded 'failed', and the run exits 1
 
     async def run():
         try:
@@ -229,13 +236,21 @@ def main(argv=None):
                     engine, levels, lambda c: all_prompts[:prompts_per_level(args, c)], streamer, make_gen_config,
                     warmup_tokens):
                 level_dllm = engine_runner.read_dllm_metrics() if facts.is_dllm and args.dllm_track else None
-                emit(level, 'ok', metrics=metrics, level_dllm=level_dllm)
+                failed = metrics.get('failed') or 0
+                if not metrics.get('completed'):
+                    failed_levels.append(level)
+                    emit(level, 'failed', metrics=metrics, reason=f'none of the requests completed ({failed} failed)')
+                    continue
+                run_notes = [f'{failed} of {failed + metrics["completed"]} requests failed'] if failed else []
+                emit(level, 'ok', metrics=metrics, level_dllm=level_dllm, run_notes=run_notes)
             if args.fast_exit:
-                fast_exit()
+                fast_exit(1 if failed_levels else 0)
         finally:
             engine.close()
 
     run_async(run(), settings['event_loop'])
+    if failed_levels:
+        raise SystemExit(f'profile_throughput: no request completed at concurrency {failed_levels}')
 
 
 if __name__ == '__main__':

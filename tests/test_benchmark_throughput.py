@@ -394,13 +394,15 @@ def test_any_engine_option_reaches_the_engine_config(capsys):
     with pytest.raises(SystemExit):  # a usage error, not a traceback
         pt.parse_args(['random', '/m', '--dllm-option', 'focus_shadow'])
     assert 'NAME=VALUE' in capsys.readouterr().err
-    for bad, message in (('focus_auto_shadow_every=0', 'integer >= 1'), ('no_such_option=1', 'not a FOCUS')):
+    for bad, message in (('focus_auto_shadow_every=0', 'integer >= 1'), ('no_such_option=1', 'not a FOCUS'),
+                         ('enable_focus=True', r'has its own flag here \(--dllm-enable-focus\)'),  # ran FOCUS as 'stock'
+                         ('focus_policy=leftmost', 'has its own flag')):
         with pytest.raises(pt.BenchmarkInputError, match=message):  # checked before the model is touched
             pt.validate(pt.parse_args(['random', '/m', '--dllm-enable-focus', '--dllm-option', bad]))
 
 
 _FAST_EXIT_HARNESS = r'''
-import asyncio, importlib.util, sys
+import asyncio, importlib.util, os, sys
 spec = importlib.util.spec_from_file_location('pt', sys.argv[1])
 pt = importlib.util.module_from_spec(spec); spec.loader.exec_module(pt)
 from throughput import metrics
@@ -416,7 +418,10 @@ class Engine:
 async def levels(engine, lvls, prompts_for, *a):
     for level in lvls:
         rec = metrics.RequestRecord(input_len=8, start=0.0)
-        rec.add_chunk(1.0, 4); rec.add_chunk(2.0, 4); rec.end, rec.output_len = 2.0, 8
+        if os.environ.get('HARNESS_FAIL_LEVEL') == str(level):  # every request of this level fails
+            rec.status = 'error'
+        else:
+            rec.add_chunk(1.0, 4); rec.add_chunk(2.0, 4); rec.end, rec.output_len = 2.0, 8
         yield level, metrics.summarize([rec], 2.0), [rec]
 
 pt.load_tokenizer = lambda path: Tok()
@@ -425,6 +430,22 @@ pt.engine_runner.profile_levels = levels
 pt.main(sys.argv[2:])
 print('AFTER MAIN', flush=True)
 '''
+
+
+@pytest.mark.parametrize('fast', [False, True])
+def test_a_level_whose_requests_all_failed_is_recorded_failed_and_fails_the_run(tmp_path, fast):
+    """It was recorded 'ok' at 0 tok/s and the run exited 0, so the drivers and the suite went on as if measured."""
+    harness = tmp_path / 'harness.py'
+    harness.write_text(_FAST_EXIT_HARNESS)
+    out = tmp_path / 'out'
+    argv = [sys.executable, str(harness), SCRIPT, 'random', str(tmp_path / 'model'), '--concurrency', '2', '4',
+            '--max-new-tokens', '8', '--arm', 'x', '--output-dir', str(out)] + (['--fast-exit'] if fast else [])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                          env=dict(os.environ, HARNESS_FAIL_LEVEL='4'))
+    assert proc.returncode == 1, proc.stdout[-500:] + proc.stderr[-500:]
+    records = {c: json.load(open(out / f'x_model_c{c}.json')) for c in (2, 4)}
+    assert records[2]['status'] == 'ok' and records[4]['status'] == 'failed'
+    assert 'none of the requests completed' in records[4]['reason']
 
 
 @pytest.mark.parametrize('fast', [False, True])
