@@ -61,9 +61,20 @@ def prompt_row_layers_per_token(r, layers: int, head: float) -> float:
     return (m['input_tokens'] * layers + m['completed'] * head) / r['dllm_metrics']['generated_tokens']
 
 
+def unusable(r) -> str | None:
+    """Why a record cannot enter the ideal (None: it can): a failed level, no counters, no throughput."""
+    if r.get('status') != 'ok':
+        return f"status {r.get('status')}"
+    if not (r.get('dllm_metrics') or {}).get('generated_tokens'):
+        return 'no dllm_metrics (measure with --dllm-track)'
+    if not (r.get('metrics') or {}).get('output_tok_per_s'):
+        return 'no output throughput'
+    return None
+
+
 def ideal_rows(results, layers: int = 36, head: float = 3.2, ridge_rows: float = 0.0,
-               qkv: float = QKV_SHARE) -> list[dict]:
-    """One dict per FOCUS record that has a same-run stock reference."""
+               qkv: float = QKV_SHARE, skipped: list | None = None) -> list[dict]:
+    """One dict per FOCUS record that has a same-run stock reference; ``skipped`` collects the pairs left out."""
     rows = []
     for r in results:
         if not arm_base(r['arm']).startswith('focus'):
@@ -71,18 +82,24 @@ def ideal_rows(results, layers: int = 36, head: float = 3.2, ridge_rows: float =
         s = stock_reference(r, results)
         if s is None:
             continue
+        why = unusable(r) or unusable(s)
+        if why:
+            if skipped is not None:
+                skipped.append(f"{r['arm']} bs {r['concurrency']} ({r.get('_source')}): {why}")
+            continue
         stock_rows = row_layers_per_token(s, layers, head, ridge_rows, qkv)
         focus_rows = row_layers_per_token(r, layers, head, ridge_rows, qkv)
         ideal = stock_rows / focus_rows
         run_ideal = ((stock_rows + prompt_row_layers_per_token(s, layers, head))
                      / (focus_rows + prompt_row_layers_per_token(r, layers, head)))
         speedup = r['metrics']['output_tok_per_s'] / s['metrics']['output_tok_per_s']
-        decode = s['metrics']['tpot_ms']['mean'] / r['metrics']['tpot_ms']['mean']
+        tpots = [(x['metrics'].get('tpot_ms') or {}).get('mean') for x in (s, r)]
+        decode = tpots[0] / tpots[1] if all(tpots) else None  # no TPOT: every output a single token
         rows.append({'arm': r['arm'], 'model': os.path.basename(str(r['model']).rstrip('/')),
                      'concurrency': r['concurrency'], 'source': r['_source'], 'ideal': ideal,
                      'run_ideal': run_ideal, 'speedup': speedup, 'measured_over_run_ideal': speedup / run_ideal,
                      'measured_over_ideal': speedup / ideal,
-                     'decode_speedup': decode, 'decode_over_ideal': decode / ideal})
+                     'decode_speedup': decode, 'decode_over_ideal': None if decode is None else decode / ideal})
     return sorted(rows, key=lambda x: (x['source'], x['arm'], x['concurrency']))
 
 
@@ -104,10 +121,14 @@ def main(argv=None):
         raise SystemExit('flop_ideal: error: --layers must be at least 3 (FOCUS evicts after layer 1)')
     if args.ridge_rows < 0:
         raise SystemExit('flop_ideal: error: --ridge-rows must be 0 or more')
+    skipped = []
     try:
-        rows = ideal_rows(load_results(args.paths), args.layers, args.head_layers, args.ridge_rows, args.qkv_share)
+        rows = ideal_rows(load_results(args.paths), args.layers, args.head_layers, args.ridge_rows, args.qkv_share,
+                          skipped)
     except ValueError as e:
         raise SystemExit(f'flop_ideal: error: {e}')
+    for line in skipped:
+        print(f'flop_ideal: warning: left out {line}', file=sys.stderr)
     if not rows:
         raise SystemExit('flop_ideal: error: no FOCUS record with a same-run stock record')
     other = sorted({x['model'] for x in rows if not x['model'].startswith('SDAR-8B')})
@@ -118,9 +139,11 @@ def main(argv=None):
           '| decode speed-up | ÷ ideal, decode rows |')
     print('| --- | --- | --- | --- | --- | --- | --- | --- |')
     for x in rows:
+        decode = ('n/a | n/a' if x['decode_speedup'] is None else
+                  f"{x['decode_speedup']:.2f}× | {x['decode_over_ideal']:.2f}")
         print(f"| {x['source']} | {x['arm']} ({x['model']}) | {x['concurrency']} | {x['ideal']:.2f}× "
               f"({x['run_ideal']:.2f}×) | {x['speedup']:.2f}× | {x['measured_over_run_ideal']:.2f} "
-              f"({x['measured_over_ideal']:.2f}) | {x['decode_speedup']:.2f}× | {x['decode_over_ideal']:.2f} |")
+              f"({x['measured_over_ideal']:.2f}) | {decode} |")
 
 
 if __name__ == '__main__':

@@ -174,9 +174,7 @@ def markdown(groups, extra_missing, results=None) -> str:
         if not any(refs.values()):
             continue
         ref_labels = sorted({series_label(s) for s in refs.values() if s})
-        cells = ['—' if not refs.get(c) else
-                 f"{pts[c]['metrics']['output_tok_per_s'] / refs[c]['metrics']['output_tok_per_s']:.2f}×"
-                 for c in levels]
+        cells = [_ratio_cell(pts.get(c), refs.get(c)) for c in levels]
         speedups.append(f"| {label} | {', '.join(ref_labels)} | " + ' | '.join(cells) + ' |')
     if speedups:
         lines += ['', '### Speed-up over stock (output tok/s ratio; same run, model, batch size and settings)', '',
@@ -192,12 +190,28 @@ def markdown(groups, extra_missing, results=None) -> str:
                 continue
             m = r['metrics']
             lines.append(f"| {label} | {c} | {m['request_per_s']:.2f} | {m['input_tok_per_s']:,.1f} | "
-                         f"{m['output_tok_per_s']:,.1f} | {m['ttft_ms']['mean']:,.0f} / {m['ttft_ms']['p99']:,.0f} | "
-                         f"{m['tpot_ms']['mean']:.1f} | {m['itl_ms']['mean']:.1f} | "
-                         f"{m['e2e_s']['mean']:.2f} / {m['e2e_s']['p99']:.2f} | "
+                         f"{m['output_tok_per_s']:,.1f} | {_stat(m, 'ttft_ms', 'mean', ',.0f')} / "
+                         f"{_stat(m, 'ttft_ms', 'p99', ',.0f')} | {_stat(m, 'tpot_ms', 'mean', '.1f')} | "
+                         f"{_stat(m, 'itl_ms', 'mean', '.1f')} | "
+                         f"{_stat(m, 'e2e_s', 'mean', '.2f')} / {_stat(m, 'e2e_s', 'p99', '.2f')} | "
                          f"{_dllm_cell(r, 'processed_per_generated')} | {_dllm_cell(r, 'generated_per_step')} | "
                          f"{r.get('_source') or ''} |")
     return '\n'.join(lines) + '\n'
+
+
+def _stat(metrics: dict, name: str, key: str, spec: str) -> str:
+    """A latency statistic, or n/a where the run had none to measure (metrics.summarize gives None: no request
+    completed, or every request streamed a single output, so no TPOT / ITL)."""
+    value = (metrics.get(name) or {}).get(key)
+    return 'n/a' if value is None else format(value, spec)
+
+
+def _ratio_cell(point, reference) -> str:
+    """FOCUS ÷ stock output tok/s, or a dash where either side has no throughput to divide."""
+    if not point or not reference or point.get('status') != 'ok' or reference.get('status') != 'ok':
+        return '—'
+    num, den = point['metrics'].get('output_tok_per_s'), reference['metrics'].get('output_tok_per_s')
+    return '—' if not num or not den else f'{num / den:.2f}×'
 
 
 def plotted_series(groups, extra_missing) -> dict:

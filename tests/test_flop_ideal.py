@@ -137,3 +137,55 @@ def test_ridge_rows_floors_each_phase_at_the_ridge_per_engine_step(tmp_path):
     (tmp_path / 'f.json').write_text(json.dumps(focus))
     with pytest.raises(ValueError, match='decode_steps'):
         fi.ideal_rows(fi.load_results([str(tmp_path)]), layers, head, ridge)
+
+
+# ---- records the profiler really writes for runs with nothing to measure (found by a bug-hunting review) --------
+
+
+def _run_records(tmp_path, stock_chunks, focus_chunks, focus_dllm=True, stock_failed=False):
+    """stock and focus-importance records through profile_throughput's own report and metrics code."""
+    sys.path.insert(0, BENCH)
+    from throughput import metrics, report
+
+    def recs(chunks, failed=False):
+        out = []
+        for _ in range(8):
+            r = metrics.RequestRecord(input_len=256, start=0.0)
+            if failed:
+                r.status = 'error'
+            for k in range(chunks):
+                r.add_chunk(0.1 * (k + 1), 32)
+            r.end, r.output_len = 0.1 * max(chunks, 1), 32 * chunks
+            out.append(r)
+        return out
+
+    dm = dict(generated_tokens=256, processed_tokens=2304, deep_tokens=900, layer0_tokens=1600, kept_candidates=300,
+              decode_steps=72)
+    for arm, chunks, failed, dllm in (('stock', stock_chunks, stock_failed, dm),
+                                      ('focus-importance', focus_chunks, False, dm if focus_dllm else None)):
+        record = report.result_record(arm=arm, status='ok', model='/tmp/ckpt/SDAR-8B-Chat-b32', dataset='random',
+                                      concurrency=8, num_prompts=8, settings={'dllm_block_length': 32},
+                                      engine_config={}, metrics=metrics.summarize(recs(chunks, failed), 1.0),
+                                      dllm_metrics=dllm, env={'gpu': 'x'}, command='x')
+        report.write_json(record, str(tmp_path))
+
+
+@pytest.mark.parametrize('case', ['one_output_each', 'stock_failed', 'no_dllm_metrics'])
+def test_the_tools_take_runs_with_nothing_to_measure(tmp_path, case):
+    """One streamed output a request leaves TPOT / ITL None, a failed stock level 0 tok/s, a run without --dllm-track
+    no counters: plot_results and flop_ideal ended in TypeError / ZeroDivisionError on each."""
+    _run_records(tmp_path, stock_chunks=0 if case == 'stock_failed' else (1 if case == 'one_output_each' else 8),
+                 focus_chunks=1 if case == 'one_output_each' else 8, focus_dllm=case != 'no_dllm_metrics',
+                 stock_failed=case == 'stock_failed')
+    plot = subprocess.run([sys.executable, os.path.join(BENCH, 'plot_results.py'), str(tmp_path), '--out-dir',
+                           str(tmp_path), '--no-png'], capture_output=True, text=True, timeout=120)
+    assert plot.returncode == 0 and 'Traceback' not in plot.stderr, plot.stderr[-400:]
+    table = (tmp_path / 'results.md').read_text()
+    flop = subprocess.run([sys.executable, os.path.join(BENCH, 'flop_ideal.py'), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert 'Traceback' not in flop.stderr, flop.stderr[-400:]
+    if case == 'one_output_each':
+        assert 'n/a' in table and flop.returncode == 0 and '| n/a | n/a |' in flop.stdout
+    else:
+        assert flop.returncode != 0 and 'left out focus-importance bs 8' in flop.stderr  # nothing left to compare
+        assert ('no output throughput' if case == 'stock_failed' else 'no dllm_metrics') in flop.stderr
