@@ -111,14 +111,24 @@ def round_order(names: list[str], index: int) -> list[str]:
     return list(names) if index % 2 == 0 else list(reversed(names))
 
 
-def summarize(names: list[str], walls: dict[str, list[float]]) -> dict:
-    """Per-round ratios of every arm's wall time to the first arm's, the first round's, and their median."""
+def summarize(names: list[str], walls: dict[str, list[float]], complete: dict[str, list[bool]] | None = None) -> dict:
+    """Per-round ratios of every arm's wall time to the first arm's, the first round's, and their median.
+
+    ``complete``: per arm and round, whether every request of the load was answered; a round where either arm's
+    was not has no ratio (None): a load whose requests failed fast is no speed-up."""
     base = walls[names[0]]
+    done = complete or {name: [True] * len(walls[name]) for name in names}
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 3) if values else None
+
     out = {}
     for name in names[1:]:
-        ratios = [round(w / b, 3) for w, b in zip(walls[name], base)]
-        out[name] = dict(round_ratios=ratios, first_round_ratio=ratios[0], median_ratio=round(statistics.median(ratios), 3),
-                         steady_median_ratio=round(statistics.median(ratios[1:]), 3) if len(ratios) > 1 else None)
+        ratios = [round(w / b, 3) if ok and ok_base else None
+                  for w, b, ok, ok_base in zip(walls[name], base, done[name], done[names[0]])]
+        out[name] = dict(round_ratios=ratios, first_round_ratio=ratios[0], median_ratio=median(ratios),
+                         steady_median_ratio=median(ratios[1:]) if len(ratios) > 1 else None)
     return out
 
 
@@ -251,6 +261,7 @@ def main():
                       flush=True)
             rounds.append(loads)
         walls = {name: [r[name]['wall_s'] for r in rounds] for name in names}
+        complete = {name: [r[name]['ok'] == args.requests for r in rounds] for name in names}
         result = dict(environment=environment(), model=args.model, requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
                       arms={name: dict(command=' '.join(servers[name].cmd), env=servers[name].extra_env,
                                        startup_s=servers[name].startup_s,
@@ -260,13 +271,17 @@ def main():
                                        steps_per_token=[r[name]['steps_per_token'] for r in rounds],
                                        dllm=[r[name]['dllm'] for r in rounds])
                             for name in names},
-                      ratios_to_first_arm=summarize(names, walls))
+                      ratios_to_first_arm=summarize(names, walls, complete))
         if args.host_profile:
             for name in names:
                 result['arms'][name]['host_profile'] = servers[name].host_profiles()
         print(json.dumps(result['ratios_to_first_arm']), flush=True)
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=1)
+        incomplete = [f'{name} round {i + 1}' for name in names for i, ok in enumerate(complete[name]) if not ok]
+        if incomplete:
+            sys.exit(f'serving_wall_time: requests failed in {", ".join(incomplete)} (no ratio for those rounds; '
+                     f'see {args.out} and the server logs)')
     finally:
         for server in servers.values():
             server.stop()

@@ -110,3 +110,15 @@ def test_server_sampler_counts_only_while_the_flag_exists(tmp_path):
     finally:
         process.wait(10)
     assert process.returncode == 0
+
+
+def test_a_round_with_failed_requests_has_no_ratio():
+    """An arm whose requests all failed fast read as a speed-up (ok [0, 0] next to a ratio of 0.089)."""
+    walls = {'stock': [10.0, 12.0, 11.0], 'focus': [1.0, 13.0, 12.1]}
+    complete = {'stock': [True, True, True], 'focus': [False, True, True]}
+    out = swt.summarize(['stock', 'focus'], walls, complete)['focus']
+    assert out['round_ratios'] == [None, 1.083, 1.1] and out['first_round_ratio'] is None
+    assert out['median_ratio'] == out['steady_median_ratio'] == round((1.083 + 1.1) / 2, 3)  # the complete rounds
+    complete['stock'][1] = False  # the baseline's failures void the round too
+    assert swt.summarize(['stock', 'focus'], walls, complete)['focus']['round_ratios'] == [None, None, 1.1]
+    assert swt.summarize(['stock', 'focus'], walls)['focus']['round_ratios'] == [0.1, 1.083, 1.1]  # all complete
