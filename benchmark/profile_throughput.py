@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import importlib.util
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +137,10 @@ def validate(args):
         raise BenchmarkInputError('only --backend pytorch is supported (DLLMs run on the PyTorch engine)')
     if any(c < 1 for c in args.concurrency) or args.num_prompts < 1:
         raise BenchmarkInputError('--concurrency and --num-prompts must be >= 1')
+    if args.prompts_per_slot is not None and args.prompts_per_slot < 1:  # 0 fell back, a negative cut prompts off
+        raise BenchmarkInputError(f'--prompts-per-slot must be >= 1, got {args.prompts_per_slot}')
+    if args.arm is not None and not re.fullmatch(r'[\w.+-]+', args.arm):  # the results' file names carry it
+        raise BenchmarkInputError(f'--arm {args.arm!r}: use letters, digits and . _ + - only')
     if args.repeat_block_detect and args.repeat_block_window < 8:
         raise BenchmarkInputError('--repeat-block-window must be >= 8')
     for name, value in args.dllm_option:

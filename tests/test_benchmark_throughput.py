@@ -401,6 +401,17 @@ def test_any_engine_option_reaches_the_engine_config(capsys):
             pt.validate(pt.parse_args(['random', '/m', '--dllm-enable-focus', '--dllm-option', bad]))
 
 
+@pytest.mark.parametrize('argv, message', [
+    (['--prompts-per-slot', '0'], '--prompts-per-slot must be >= 1'),  # 0 fell back to --num-prompts
+    (['--prompts-per-slot', '-2'], '--prompts-per-slot must be >= 1'),  # a negative one cut prompts off the end
+    (['--arm', 'a/b'], "--arm 'a/b': use letters"),  # the results' file name: FileNotFoundError after the timed run
+])
+def test_inputs_that_went_wrong_silently_or_late_are_usage_errors(argv, message):
+    pt = _load_profile_throughput()
+    with pytest.raises(pt.BenchmarkInputError, match=message):
+        pt.validate(pt.parse_args(['random', '/m', *argv]))
+
+
 _FAST_EXIT_HARNESS = r'''
 import asyncio, importlib.util, os, sys
 spec = importlib.util.spec_from_file_location('pt', sys.argv[1])
