@@ -7,5 +7,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/driver_common.sh"
 DATASET=${1:-$SAMPLE_DATASET}
 MODEL=${2:-${MODEL:-JetLM/SDAR-8B-Chat-b32}}
-# shellcheck disable=SC2046  # the flags are words
-run_arm delayed-cache "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" $(arm_flags delayed-cache)
+# an assignment of its own, so that a failed lookup stops the driver (inside run_arm's arguments it ran stock)
+FLAGS=$(arm_flags delayed-cache)
+# shellcheck disable=SC2086  # the flags are words
+run_arm delayed-cache "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" $FLAGS
