@@ -443,16 +443,21 @@ print('AFTER MAIN', flush=True)
 '''
 
 
-@pytest.mark.parametrize('fast', [False, True])
-def test_a_level_whose_requests_all_failed_is_recorded_failed_and_fails_the_run(tmp_path, fast):
-    """It was recorded 'ok' at 0 tok/s and the run exited 0, so the drivers and the suite went on as if measured."""
+def _run_harness(tmp_path, fast: bool, env=None):
+    """profile_throughput.main at concurrency 2 and 4 against the fake engine of _FAST_EXIT_HARNESS."""
     harness = tmp_path / 'harness.py'
     harness.write_text(_FAST_EXIT_HARNESS)
     out = tmp_path / 'out'
     argv = [sys.executable, str(harness), SCRIPT, 'random', str(tmp_path / 'model'), '--concurrency', '2', '4',
             '--max-new-tokens', '8', '--arm', 'x', '--output-dir', str(out)] + (['--fast-exit'] if fast else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
-                          env=dict(os.environ, HARNESS_FAIL_LEVEL='4'))
+    return out, subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                               env=dict(os.environ, **(env or {})))
+
+
+@pytest.mark.parametrize('fast', [False, True])
+def test_a_level_whose_requests_all_failed_is_recorded_failed_and_fails_the_run(tmp_path, fast):
+    """It was recorded 'ok' at 0 tok/s and the run exited 0, so the drivers and the suite went on as if measured."""
+    out, proc = _run_harness(tmp_path, fast, env={'HARNESS_FAIL_LEVEL': '4'})
     assert proc.returncode == 1, proc.stdout[-500:] + proc.stderr[-500:]
     records = {c: json.load(open(out / f'x_model_c{c}.json')) for c in (2, 4)}
     assert records[2]['status'] == 'ok' and records[4]['status'] == 'failed'
@@ -461,12 +466,7 @@ def test_a_level_whose_requests_all_failed_is_recorded_failed_and_fails_the_run(
 
 @pytest.mark.parametrize('fast', [False, True])
 def test_fast_exit_skips_the_engine_shutdown_after_writing_results(tmp_path, fast):
-    harness = tmp_path / 'harness.py'
-    harness.write_text(_FAST_EXIT_HARNESS)
-    out = tmp_path / 'out'
-    argv = [sys.executable, str(harness), SCRIPT, 'random', str(tmp_path / 'model'), '--concurrency', '2', '4',
-            '--max-new-tokens', '8', '--arm', 'x', '--output-dir', str(out)] + (['--fast-exit'] if fast else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    out, proc = _run_harness(tmp_path, fast)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.glob('*.json')) == ['x_model_c2.json', 'x_model_c4.json']
     assert len(list(csv.DictReader(open(out / report.CSV_NAME)))) == 2
