@@ -133,7 +133,10 @@ def main(argv=None):
         return result
 
     engine_runner.run_requests = run_requests
-    profile_throughput.main(argv[split + 1:])
+    try:
+        profile_throughput.main(argv[split + 1:])
+    except profile_throughput.BenchmarkInputError as e:  # profile_throughput's own one-line usage errors
+        raise SystemExit(f'profile_throughput: error: {e}') from None
 
 
 if __name__ == '__main__':

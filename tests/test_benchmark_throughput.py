@@ -412,6 +412,13 @@ def test_inputs_that_went_wrong_silently_or_late_are_usage_errors(argv, message)
         pt.validate(pt.parse_args(['random', '/m', *argv]))
 
 
+def test_host_profile_reports_a_bad_dataset_in_one_line():
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, 'host_profile.py'), '--out', os.devnull, '--',
+                           '/no/such/data.json', '/m'], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-300:]
+    assert proc.stderr.strip().endswith('(give a JSON/JSONL file, "random" or a HuggingFace dataset id)')
+
+
 _FAST_EXIT_HARNESS = r'''
 import asyncio, importlib.util, os, sys
 spec = importlib.util.spec_from_file_location('pt', sys.argv[1])
