@@ -96,10 +96,24 @@ def validate(args):
         raise BenchmarkInputError(str(e)) from None
     if any(not 0.0 < t <= 1.0 for t in args.thresholds):
         raise BenchmarkInputError(f'--thresholds must lie in (0, 1], got {args.thresholds}')
+    if args.backend == 'engine' and (args.device != 'auto' or args.dtype != 'auto'):
+        # the engine runs on CUDA in the checkpoint's dtype; the settings recorded them as if they had applied
+        raise BenchmarkInputError('--device and --dtype apply to the reference backend only; leave them out with '
+                                  '--backend engine')
     for name in ('concurrency', 'max_new_tokens', 'num_tasks', 'block_length', 'denoising_steps'):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BenchmarkInputError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+
+
+def usable_out_dir(path: str) -> None:
+    """BenchmarkInputError when ``path`` cannot take the results (checked before the run, which takes long)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise BenchmarkInputError(f'--out-dir {path!r} cannot be created: {e.strerror or e}') from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BenchmarkInputError(f'--out-dir {path!r} is not writable')
 
 
 def resolve_block_length(args) -> int | None:
@@ -161,8 +175,10 @@ def main(argv=None) -> dict:
             print('note: no CUDA GPU: --backend auto runs the reference decode loop (kept / shadow-recall columns '
                   'n/a)', flush=True)
     args.out_dir = args.out_dir or default_out_dir()
+    usable_out_dir(args.out_dir)  # before the run: the results are written after its last cell
     # the task file is checked before the model is touched, so a bad file fails in a second
     tasks = load_tasks(args.task_file)[:args.num_tasks]
+    task_file_sha256 = report.file_sha256(args.task_file)  # of the tasks that run, not of the file at the end
     tokenizer = prompting.load_tokenizer(args.model_path)
     chat_template = prompting.use_chat_template(tokenizer, args.chat_template)
     prompts = prompting.build_prompts(tasks, tokenizer, chat_template, args.max_new_tokens)
@@ -195,7 +211,8 @@ def main(argv=None) -> dict:
     env = {**report.environment(), **backend_env}
     run = report.run_record(backend=backend.name, model=args.model_path, task_file=args.task_file,
                             num_tasks=len(tasks), settings=run_settings, cells=records, env=env,
-                            command=report.command_line(None if argv is None else [__file__, *argv]))
+                            command=report.command_line(None if argv is None else [__file__, *argv]),
+                            task_file_sha256=task_file_sha256)
     print(report.format_table(run), flush=True)
     json_path, md_path = report.write_outputs(run, args.out_dir)
     print(f'wrote {json_path} and {md_path}', flush=True)
@@ -205,6 +222,9 @@ def main(argv=None) -> dict:
             raise SystemExit(130)
         raise SystemExit(f'eval_quality: error: the run stopped at {failed.arm} @ {failed.threshold} '
                          f'({failed.reason}); the cells before it are in {json_path}')
+    failed = [f'{o.arm} @ {o.threshold}' for o in outcomes if o.status == FAILED]
+    if failed:  # a cell the backend marked failed (e.g. out of memory): the report has it, the exit status too
+        raise SystemExit(f'eval_quality: error: {len(failed)} cell(s) failed: {", ".join(failed)}; see {json_path}')
     return run
 
 

@@ -33,6 +33,13 @@ def test_pathological_lines_name_their_line(tmp_path, text):
         load_tasks(str(path))
 
 
+def test_a_lone_surrogate_escape_is_refused_at_load(tmp_path):
+    path = tmp_path / 'tasks.jsonl'
+    path.write_text('{"prompt": "x", "answer": "4", "id": "\\ud800"}\n', encoding='utf-8')  # valid JSON, no text
+    with pytest.raises(TaskFileError, match=':1: holds a lone surrogate'):  # the reports failed to write at the end
+        load_tasks(str(path))
+
+
 def test_a_numeric_target_that_never_matches_is_refused_at_load(tmp_path):
     path = tmp_path / 'tasks.jsonl'
     path.write_text('{"prompt": "x", "answer": "1/0", "scorer": "numeric"}\n', encoding='utf-8')

@@ -86,14 +86,15 @@ def file_sha256(path: str) -> str:
 
 
 def run_record(*, backend: str, model: str, task_file: str, num_tasks: int, settings: dict, cells: list,
-               env: dict | None = None, command: str | None = None) -> dict:
+               env: dict | None = None, command: str | None = None, task_file_sha256: str | None = None) -> dict:
+    """``task_file_sha256``: the digest taken when the tasks were read (default: the file now)."""
     return dict(schema=SCHEMA,
                 date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
                 command=command or command_line(),
                 backend=backend,
                 model=model,
                 task_file=task_file,
-                task_file_sha256=file_sha256(task_file),
+                task_file_sha256=task_file_sha256 or file_sha256(task_file),
                 num_tasks=num_tasks,
                 settings=settings,
                 environment=env if env is not None else environment(),
@@ -182,9 +183,9 @@ def write_outputs(run: dict, out_dir: str) -> tuple[str, str]:
     """``<stem>.json`` (everything) and ``<stem>.md`` (the table) under ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, result_stem(run))
-    with open(stem + '.json', 'w') as f:
+    with open(stem + '.json', 'w', encoding='utf-8') as f:  # UTF-8 whatever the locale: outputs are any text
         json.dump(run, f, indent=2, ensure_ascii=False)
-    with open(stem + '.md', 'w') as f:
+    with open(stem + '.md', 'w', encoding='utf-8') as f:
         f.write(f"Quality, {run['backend']} backend, `{os.path.basename(str(run['model']).rstrip('/'))}`, "
                 f"`{os.path.basename(run['task_file'])}` ({run['num_tasks']} tasks), {run['date'][:10]}\n\n")
         f.write(markdown_table(run))

@@ -95,6 +95,11 @@ def load_tasks(path: str) -> list[Task]:
             raise TaskFileError(f'{path}:{number}: not valid JSON ({e.msg} at column {e.colno})') from None
         except (ValueError, RecursionError) as e:  # e.g. an integer of over 4300 digits, nesting past the stack
             raise TaskFileError(f'{path}:{number}: not a usable JSON line ({type(e).__name__}: {e})') from None
+        try:  # a lone surrogate escape ("\ud800") is valid JSON but no text: the reports could not be written
+            json.dumps(record, ensure_ascii=False).encode('utf-8')
+        except UnicodeEncodeError:
+            raise TaskFileError(f'{path}:{number}: holds a lone surrogate escape (\\ud800-\\udfff), which is no '
+                                f'text') from None
         tasks.append(parse_task(record, path, number))
     if not tasks:
         raise TaskFileError(f'{path}: no tasks (expected JSON lines with "prompt" and "answer" or "reference")')
