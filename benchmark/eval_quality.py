@@ -108,12 +108,10 @@ def validate(args):
 
 def usable_out_dir(path: str) -> None:
     """BenchmarkInputError when ``path`` cannot take the results (checked before the run, which takes long)."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise BenchmarkInputError(f'--out-dir {path!r} cannot be created: {e.strerror or e}') from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise BenchmarkInputError(f'--out-dir {path!r} is not writable')
+    from lmdeploy_focus.calibrate.report import out_dir_problem
+    problem = out_dir_problem(path)
+    if problem:
+        raise BenchmarkInputError(problem)
 
 
 def resolve_block_length(args) -> int | None:

@@ -85,16 +85,9 @@ def _backend_name(args) -> str:
 
 def _writable_out_dir(path: str) -> None:
     """Checked before any run: a grid takes hours on a real model, and its results are written at the end."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f'calibrate: error: --out-dir {path!r} cannot be created: {e.strerror or e}') from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SystemExit(f'calibrate: error: --out-dir {path!r} is not writable')
-    for name in report.OUTPUT_NAMES:  # the files themselves: a directory or a read-only file there failed at the end
-        target = os.path.join(path, name)
-        if os.path.lexists(target) and not (os.path.isfile(target) and os.access(target, os.W_OK)):
-            raise SystemExit(f'calibrate: error: --out-dir {path!r}: {name} exists and is not a writable file')
+    problem = report.out_dir_problem(path, report.OUTPUT_NAMES)
+    if problem:
+        raise SystemExit(f'calibrate: error: {problem}')
 
 
 def token_budgets(tasks, cap: int | None) -> list[int]:
