@@ -14,11 +14,12 @@ import os
 import time
 from dataclasses import dataclass
 
+from lmdeploy_focus.config.model_facts import DLLM_MODEL_TYPES, model_block_length
+
 from .metrics import RequestRecord, summarize
 from .prompts import encode
 from .repeat_guard import RepeatGuard
 
-DLLM_MODEL_TYPES = ('sdar', 'sdar_moe', 'llada2_moe')
 # prefill budget per slot when the model has no block (AR); the fork sizes it as concurrency * L
 AR_SIZING_BLOCK = 32
 DLLM_TRACK_MISSING = ('--dllm-track statistics were not found in this process (engine without the lmdeploy-focus '
@@ -47,8 +48,7 @@ def model_facts(model_path: str, block_length_arg: int | None) -> ModelFacts:
     if block is None and is_dllm:
         # the engine's own reading (hub cache snapshots, '.', symlinks, LLaDA2's default), so the prefill budget and
         # batch sized here are the ones the engine keeps (patch 19 caps the batch by the same block length)
-        from lmdeploy_focus.config.dllm_batch_cap import model_block_length
-        block = model_block_length(model_path)
+        block = model_block_length(model_type, model_path)
     return ModelFacts(model_type, is_dllm, block)
 
 

@@ -7,8 +7,8 @@ from lmdeploy.pytorch.configurations.builder import AutoModelConfigBuilder
 from lmdeploy.pytorch.configurations.default import DefaultModelConfigBuilder
 from lmdeploy.pytorch.configurations.sdar import SDARModelConfigBuilder
 
-from .model_facts import (LLADA2_DEFAULT_BLOCK_LENGTH, LLADA2_MASK_TOKEN, SDAR_MASK_TOKEN, block_length_from_path,
-                          ensure_rope_parameters, mask_token_from_hf_config)
+from .model_facts import (LLADA2_DEFAULT_BLOCK_LENGTH, LLADA2_MASK_TOKEN, LLADA2_MODEL_TYPE, SDAR_MASK_TOKEN,
+                          block_length_from_path, ensure_rope_parameters, mask_token_from_hf_config)
 
 
 class FocusSDARModelConfigBuilder(SDARModelConfigBuilder):
@@ -28,7 +28,7 @@ class LLaDA2ModelConfigBuilder(AutoModelConfigBuilder):
 
     @classmethod
     def condition(cls, hf_config):
-        return getattr(hf_config, 'model_type', None) == 'llada2_moe'
+        return getattr(hf_config, 'model_type', None) == LLADA2_MODEL_TYPE
 
     @classmethod
     def build(cls, hf_config, model_path: str = None, **kwargs):

@@ -7,15 +7,11 @@ cap: ``lmdeploy serve api_server JetLM/SDAR-8B-Chat-b32 --focus`` ran at block 3
 H100), decode steps of up to 32,768 rows and CUDA graphs captured for them, where ``--dllm-block-length 32`` gives
 256. :func:`cap_batch_for_block_length` applies upstream's rule with the block length the engine will use.
 """
+import dataclasses
 import json
 import os
 
-from ..log import logger
-from .model_facts import LLADA2_DEFAULT_BLOCK_LENGTH, block_length_from_path
-
-# the model types the engine's model-config builders take (config/builders.py, upstream's SDAR builder)
-SDAR_MODEL_TYPES = ('sdar', 'sdar_moe')  # block length from the folder name
-LLADA2_MODEL_TYPES = ('llada2_moe', )  # block length 32 unless configured
+from .model_facts import model_block_length as block_length_of
 
 
 def model_block_length(model_path: str) -> int | None:
@@ -26,33 +22,22 @@ def model_block_length(model_path: str) -> int | None:
             model_type = json.load(f).get('model_type')
     except (OSError, ValueError, AttributeError):
         return None  # not a local checkpoint (upstream's own checks report it)
-    if model_type in SDAR_MODEL_TYPES:
-        return block_length_from_path(model_path)
-    if model_type in LLADA2_MODEL_TYPES:
-        return LLADA2_DEFAULT_BLOCK_LENGTH
-    return None
+    return block_length_of(model_type, model_path)
 
 
 def cap_batch_for_block_length(model_path: str, engine_config) -> None:
-    """Upstream's DLLM batch cap (``max_batch_size · L <= max_prefill_token_num``) for a block length read from the
-    model, on ``engine_config`` in place (upstream already applied it when the config sets the block length)."""
-    if engine_config is None or engine_config.dllm_block_length is not None or not engine_config.max_batch_size:
+    """Upstream's DLLM batch cap for a block length read from the model, on ``engine_config`` in place: upstream's
+    own ``ConfigBuilder.update_engine_config`` run with that block length (it logs the change), its batch size and
+    capture sizes kept (upstream already applied it when the config sets the block length)."""
+    if engine_config is None or engine_config.dllm_block_length is not None:
         return
     block_length = model_block_length(model_path)
     if not block_length:
         return
-    limit = engine_config.max_prefill_token_num // block_length
-    if engine_config.max_batch_size <= limit:
-        return
-    logger.warning(f'max_batch_size {engine_config.max_batch_size} -> {limit}: the model decodes blocks of '
-                   f'{block_length} and a decode step of max_batch_size x {block_length} rows must fit '
-                   f'max_prefill_token_num ({engine_config.max_prefill_token_num}), as upstream sizes it for an '
-                   f'explicit --dllm-block-length.')
-    engine_config.max_batch_size = limit
-    if engine_config.cudagraph_capture_batch_sizes is not None:
-        from lmdeploy.pytorch.config import normalize_cudagraph_capture_batch_sizes
-        engine_config.cudagraph_capture_batch_sizes = normalize_cudagraph_capture_batch_sizes(
-            engine_config.cudagraph_capture_batch_sizes, limit)
+    from lmdeploy.pytorch.engine.config_builder import ConfigBuilder
+    capped = ConfigBuilder.update_engine_config(dataclasses.replace(engine_config, dllm_block_length=block_length))
+    engine_config.max_batch_size = capped.max_batch_size
+    engine_config.cudagraph_capture_batch_sizes = capped.cudagraph_capture_batch_sizes
 
 
 def capping_engine_checker(upstream_cls):

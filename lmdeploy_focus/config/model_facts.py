@@ -9,6 +9,10 @@ from .compat import is_power_of_two
 SDAR_MASK_TOKEN = 151669
 LLADA2_MASK_TOKEN = 156895
 LLADA2_DEFAULT_BLOCK_LENGTH = 32
+# the model types the engine decodes as DLLMs (upstream's SDAR builder, ours for LLaDA2: config/builders.py)
+SDAR_MODEL_TYPES = ('sdar', 'sdar_moe')
+LLADA2_MODEL_TYPE = 'llada2_moe'
+DLLM_MODEL_TYPES = (*SDAR_MODEL_TYPES, LLADA2_MODEL_TYPE)
 
 # SDAR checkpoints are published per block length: JetLM/SDAR-8B-Chat-b32. A hub cache path keeps
 # the repo name in a parent folder (models--JetLM--SDAR-8B-Chat-b32/snapshots/<hash>).
@@ -50,6 +54,14 @@ def block_length_from_path(model_path: str | None) -> int | None:
         logger.info(f'dllm block length {block_length} taken from the model path ({part}).')
         return block_length
     return None
+
+
+def model_block_length(model_type: str | None, model_path: str | None) -> int | None:
+    """The block length the engine reads from the model when none is configured: an SDAR's ``-b<N>`` folder name,
+    LLaDA2's default; None for other models (or an SDAR path without one: upstream's default applies)."""
+    if model_type in SDAR_MODEL_TYPES:
+        return block_length_from_path(model_path)
+    return LLADA2_DEFAULT_BLOCK_LENGTH if model_type == LLADA2_MODEL_TYPE else None
 
 
 def ensure_rope_parameters(hf_config) -> None:
