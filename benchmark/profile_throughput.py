@@ -31,8 +31,7 @@ from lmdeploy_focus.config.options import (COMMIT_MODES, FOCUS_POLICIES, OPTIONS
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
 # FOCUS options whose flag here sets the arm's label or the statistics read: --dllm-option may not set them behind
 # the flags' back (it ran FOCUS labelled 'stock', or tracked statistics nobody read)
-FLAGGED_OPTIONS = {'enable_delayed_cache': '--dllm-enable-delayed-cache', 'enable_focus': '--dllm-enable-focus',
-                   'focus_alpha': '--dllm-focus-alpha', 'focus_policy': '--dllm-focus-policy', 'track': '--dllm-track'}
+FLAGGED_OPTIONS = ('enable_delayed_cache', 'enable_focus', 'focus_alpha', 'focus_policy', 'track')  # --dllm-<name>
 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
 
@@ -145,7 +144,8 @@ def validate(args):
         raise BenchmarkInputError('--repeat-block-window must be >= 8')
     for name, value in args.dllm_option:
         if name in FLAGGED_OPTIONS:  # the arm's label and the statistics read follow the flags
-            raise BenchmarkInputError(f'--dllm-option {name}: has its own flag here ({FLAGGED_OPTIONS[name]}); use it')
+            raise BenchmarkInputError(f'--dllm-option {name}: has its own flag here (--dllm-{name.replace("_", "-")}); '
+                                      f'use it')
         if name not in OPTION_NAMES:
             raise BenchmarkInputError(f'--dllm-option {name}: not a FOCUS engine option; known: '
                                       f'{", ".join(OPTION_NAMES)}')
