@@ -70,3 +70,21 @@ def test_engine_init_checks_before_it_builds_the_scheduler_and_cache_configs():
     assert 'max_prefill_token_num // engine_config.dllm_block_length' in inspect.getsource(
         ConfigBuilder.update_engine_config)
     assert engine_module.EngineChecker.__lmdeploy_focus_upstream__.__name__ == 'EngineChecker'
+
+
+def test_the_checker_the_engine_builds_pickles_into_upstreams_check_process(tmp_path):
+    """On CUDA upstream runs ``checker._handle_impl`` in a spawned process, so the checker must pickle (a subclass
+    built at patch time did not: every engine start failed on the H100 with "Can't pickle local object")."""
+    import pickle
+
+    engine_module = importlib.import_module('lmdeploy.pytorch.engine.engine')
+    checker_module = importlib.import_module('lmdeploy.pytorch.engine.engine_checker')
+    assert 'ProcessPoolExecutor' in inspect.getsource(checker_module.EngineChecker.handle)
+    assert "get_context('spawn')" in inspect.getsource(checker_module.EngineChecker.handle)
+    assert 'submit(self._handle_impl)' in inspect.getsource(checker_module.EngineChecker.handle)
+    model = write_hf_config(tmp_path / 'SDAR-tiny-b32', **qwen3_like_config(model_type='sdar'))
+    checker = engine_module.EngineChecker(model_path=model, engine_config=_config(device_type='cuda'),
+                                          trust_remote_code=False)
+    handle = pickle.loads(pickle.dumps(checker._handle_impl))
+    assert type(handle.__self__) is checker_module.EngineChecker
+    assert handle.__self__.engine_config.max_batch_size == 256  # the capped config travels with it

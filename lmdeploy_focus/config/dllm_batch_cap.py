@@ -42,13 +42,15 @@ def cap_batch_for_block_length(model_path: str, engine_config) -> None:
 
 def capping_engine_checker(upstream_cls):
     """``EngineChecker`` is the first thing ``Engine.__init__`` builds from the local model path and the engine
-    config it then reads the scheduler and cache configs from: the cap goes there, before upstream's checks."""
+    config it then reads the scheduler and cache configs from: the cap goes there, before upstream's checks.
 
-    class DLLMBatchCapEngineChecker(upstream_cls):
+    A function that returns upstream's own checker, not a subclass: on CUDA the checker pickles itself into a
+    spawned process to run its checks, and a class built here at patch time cannot be found by name there (the
+    subclass this replaced failed every engine start with "Can't pickle local object", H100, 2026-12-07)."""
 
-        def __init__(self, model_path: str, engine_config, *args, **kwargs):
-            cap_batch_for_block_length(model_path, engine_config)
-            super().__init__(model_path, engine_config, *args, **kwargs)
+    def EngineChecker(model_path: str, engine_config, *args, **kwargs):  # noqa: N802  (stands in for the class)
+        cap_batch_for_block_length(model_path, engine_config)
+        return upstream_cls(model_path, engine_config, *args, **kwargs)
 
-    DLLMBatchCapEngineChecker.__lmdeploy_focus_upstream__ = upstream_cls
-    return DLLMBatchCapEngineChecker
+    EngineChecker.__lmdeploy_focus_upstream__ = upstream_cls
+    return EngineChecker

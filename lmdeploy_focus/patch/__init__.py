@@ -244,15 +244,16 @@ config time instead of running on a partly stock engine.
     on by default: on the H100 it cut the mean gap between streamed outputs 2.4–4.7x, BENCHMARKS.md). Upstream's strategies have no such method and are untouched.
     Removed by: an upstream agent-strategy hook before the forward, or an asynchronous forward.
 
-19. ``lmdeploy.pytorch.engine.engine.EngineChecker`` -> a subclass (:mod:`.dllm_batch_cap`).
+19. ``lmdeploy.pytorch.engine.engine.EngineChecker`` -> a function returning upstream's checker (:mod:`.dllm_batch_cap`).
     Why: ``ConfigBuilder.update_engine_config`` lowers ``max_batch_size`` so that a decode step's ``B · L`` rows
     fit ``max_prefill_token_num``, but only for a ``dllm_block_length`` set in the engine config; the block length
     the plugin reads from the model (an SDAR ``-b<N>`` folder, LLaDA2's 32) is known only in the model config, after
     the cap. ``lmdeploy serve api_server JetLM/SDAR-8B-Chat-b32 --focus`` kept the default batch (1024 on an H100):
     decode steps of up to 32,768 rows, CUDA graphs captured for them, where ``--dllm-block-length 32`` gives 256.
     How: ``Engine.__init__`` builds the checker from the local model path and the engine config right after
-    ``update_engine_config`` and before the scheduler and cache configs; the subclass applies upstream's rule with
-    the model's block length to that config first (:mod:`lmdeploy_focus.config.dllm_batch_cap`).
+    ``update_engine_config`` and before the scheduler and cache configs; the function applies upstream's rule with
+    the model's block length to that config first, then builds upstream's own checker (a subclass cannot be pickled
+    into the spawned process upstream runs the checks in) (:mod:`lmdeploy_focus.config.dllm_batch_cap`).
     Removed by: upstream sizing the batch from the model config's block length.
 
 Test-only, in the development package (never applied at activation):
