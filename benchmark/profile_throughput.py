@@ -184,8 +184,9 @@ def main(argv=None):
     conversations = None
     if args.dataset != datasets.RANDOM_DATASET:
         conversations = datasets.load_conversations(args.dataset, args.dataset_format, args.hf_subset, args.hf_split)
-    facts = engine_runner.model_facts(args.model_path, args.dllm_block_length)
-    tokenizer = load_tokenizer(args.model_path)
+    model_dir = engine_runner.local_model_path(args.model_path)
+    facts = engine_runner.model_facts(model_dir, args.dllm_block_length)
+    tokenizer = load_tokenizer(model_dir)
     levels = sorted(set(args.concurrency))
     all_prompts = build_prompts(args, tokenizer, conversations, max(prompts_per_level(args, c) for c in levels))
     arm = args.arm or default_arm(args, facts)
@@ -221,7 +222,7 @@ def main(argv=None):
 
     streamer = engine_runner.RequestStreamer(tokenizer, args.skip_tokenize, args.skip_detokenize,
                                              args.repeat_block_window if args.repeat_block_detect else None)
-    stop_ids = engine_runner.stop_token_ids(args.model_path, tokenizer)
+    stop_ids = engine_runner.stop_token_ids(model_dir, tokenizer)
 
     def make_gen_config(prompt):
         return engine_runner.generation_config(prompt.max_new_tokens, args.ignore_eos, stop_ids, args.seed)
@@ -231,7 +232,7 @@ def main(argv=None):
 
     async def run():
         try:
-            engine = engine_runner.build_engine(args.model_path, config_kwargs)
+            engine = engine_runner.build_engine(model_dir, config_kwargs)
         except engine_runner.ArmMissing as e:
             for level in levels:
                 emit(level, 'missing', reason=str(e))

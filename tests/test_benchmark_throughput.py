@@ -295,6 +295,20 @@ def test_model_facts_reads_block_from_path(tmp_path):
     assert [engine_runner.model_facts(str(p), None).block_length for p in (snap, tmp_path / 'current')] == [64, 64]
 
 
+def test_a_hub_id_is_read_from_the_folder_the_engine_will_load(tmp_path, monkeypatch):
+    """The drivers' default model is a hub id: read as no model it ran labelled 'ar' with no statistics read."""
+    import lmdeploy.utils
+    snap = tmp_path / 'models--JetLM--SDAR-8B-Chat-b32' / 'snapshots' / 'abc'
+    snap.mkdir(parents=True)
+    (snap / 'config.json').write_text(json.dumps({'model_type': 'sdar'}))
+    asked = []
+    monkeypatch.setattr(lmdeploy.utils, 'get_model', lambda name: asked.append(name) or str(snap))
+    folder = engine_runner.local_model_path('JetLM/SDAR-8B-Chat-b32')
+    assert (folder, asked) == (str(snap), ['JetLM/SDAR-8B-Chat-b32'])
+    assert engine_runner.model_facts(folder, None) == engine_runner.ModelFacts('sdar', True, 32)
+    assert engine_runner.local_model_path(str(snap)) == str(snap) and len(asked) == 1  # a local folder as given
+
+
 # ---------------------------------------------------------------- CLI: one-line errors
 @pytest.mark.parametrize('dataset_args,needle', [
     (['/no/such/data.json'], 'dataset file not found'),
@@ -454,6 +468,7 @@ def _run_harness(tmp_path, fast: bool, env=None):
     """profile_throughput.main at concurrency 2 and 4 against the fake engine of _FAST_EXIT_HARNESS."""
     harness = tmp_path / 'harness.py'
     harness.write_text(_FAST_EXIT_HARNESS)
+    (tmp_path / 'model').mkdir(exist_ok=True)  # a local folder: no hub lookup
     out = tmp_path / 'out'
     argv = [sys.executable, str(harness), SCRIPT, 'random', str(tmp_path / 'model'), '--concurrency', '2', '4',
             '--max-new-tokens', '8', '--arm', 'x', '--output-dir', str(out)] + (['--fast-exit'] if fast else [])

@@ -37,12 +37,24 @@ class ModelFacts:
     block_length: int | None  # what the benchmark sizes the engine with (the engine resolves its own)
 
 
+def local_model_path(model_path: str) -> str:
+    """The folder the engine will load: a hub id is fetched (or found in the hub cache) by upstream's ``get_model``,
+    as ``Engine.__init__`` does with it, so the model's type and block length are known before the engine starts
+    (a hub id read as no model: the drivers' default ``JetLM/SDAR-8B-Chat-b32`` ran labelled ``ar``, its
+    statistics unread)."""
+    if os.path.exists(model_path):
+        return model_path
+    from lmdeploy.utils import get_model
+    return get_model(model_path)
+
+
 def model_facts(model_path: str, block_length_arg: int | None) -> ModelFacts:
+    """Facts of the local folder ``model_path`` (:func:`local_model_path`)."""
     try:
         with open(os.path.join(model_path, 'config.json')) as f:
             model_type = json.load(f).get('model_type', '')
     except OSError:
-        model_type = ''  # hub id: the engine finds out
+        model_type = ''  # no config.json: upstream's model checks report it
     is_dllm = model_type in DLLM_MODEL_TYPES
     block = block_length_arg
     if block is None and is_dllm:
