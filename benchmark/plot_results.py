@@ -31,6 +31,10 @@ COMPARABLE_SETTINGS = ('dllm_block_length', 'dllm_denoising_steps', 'dllm_unmask
                        'eager_mode', 'prompts_per_slot', 'num_prompts', 'seed', 'skip_tokenize', 'skip_detokenize',
                        'repeat_block_detect', 'repeat_block_window', 'cache_max_entry_count',
                        'max_prefill_token_num')
+# how the engine was sized (profile_throughput sizes it for the run's largest batch) and where it ran: a stock run left
+# in the same folder from another run can differ here while its settings agree
+COMPARABLE_ENGINE = ('max_batch_size', 'max_prefill_token_num', 'block_size', 'enable_prefix_caching', 'session_len')
+COMPARABLE_ENVIRONMENT = ('gpu', 'lmdeploy')
 ARM_BASES = ('stock', 'delayed-cache', 'focus-importance', 'focus-leftmost', 'focus', 'ar')
 
 
@@ -114,20 +118,45 @@ def _dllm_cell(r, key) -> str:
     return 'missing' if (r.get('dllm_metrics') or {}).get('status') == 'missing' else 'n/a'
 
 
-def _comparable(a, b) -> bool:
-    sa, sb = a.get('settings') or {}, b.get('settings') or {}
-    return all(sa.get(k) == sb.get(k) for k in COMPARABLE_SETTINGS)
+SETTINGS = (('settings', COMPARABLE_SETTINGS), )
+SIZE_AND_MACHINE = (('engine_config', COMPARABLE_ENGINE), ('environment', COMPARABLE_ENVIRONMENT))
+
+
+def _differences(a, b, sections=SETTINGS + SIZE_AND_MACHINE) -> list[str]:
+    """What keeps two records from being compared: ``name (a vs b)`` for each setting, engine size or machine fact
+    in which they differ."""
+    out = []
+    for section, keys in sections:
+        da, db = a.get(section) or {}, b.get(section) or {}
+        out += [f'{k} ({da.get(k)} vs {db.get(k)})' for k in keys if da.get(k) != db.get(k)]
+    return out
+
+
+def _stock_candidates(r, results) -> list:
+    """Stock records of the same source (run), model, dataset and batch size as ``r``."""
+    if r['status'] != 'ok' or arm_base(r['arm']) in ('stock', 'ar'):
+        return []
+    return [s for s in results
+            if s['status'] == 'ok' and arm_base(s['arm']) == 'stock' and s.get('_source') == r.get('_source')
+            and s['model'] == r['model'] and s.get('dataset') == r.get('dataset')
+            and s['concurrency'] == r['concurrency']]
+
+
+def unpaired_reason(r, results) -> str | None:
+    """Why ``r`` has no stock reference although its folder holds a stock run of its batch size and settings, sized
+    or run otherwise, e.g. left there by another run (None otherwise: a stock run of other settings is another
+    experiment)."""
+    candidates = [s for s in _stock_candidates(r, results) if not _differences(r, s, SETTINGS)]
+    if not candidates or stock_reference(r, results) is not None:
+        return None
+    newest = max(candidates, key=lambda s: s['date'])
+    return f"stock's run differs in {', '.join(_differences(r, newest, SIZE_AND_MACHINE))}"
 
 
 def stock_reference(r, results):
     """The stock record measured in the same source (run) as ``r`` with the same model, dataset, batch
-    size and settings; None when there is none (or ``r`` is itself stock or AR)."""
-    if r['status'] != 'ok' or arm_base(r['arm']) in ('stock', 'ar'):
-        return None
-    refs = [s for s in results
-            if s['status'] == 'ok' and arm_base(s['arm']) == 'stock' and s.get('_source') == r.get('_source')
-            and s['model'] == r['model'] and s.get('dataset') == r.get('dataset')
-            and s['concurrency'] == r['concurrency'] and _comparable(s, r)]
+    size, settings, engine size and machine; None when there is none (or ``r`` is itself stock or AR)."""
+    refs = [s for s in _stock_candidates(r, results) if not _differences(s, r)]
     # the same ARM_TAG first, else the longest stock tag this one extends ('-static' for '-static-every-step'; never
     # a sibling such as '-static-second-engine')
     tag = r['arm'][len(arm_base(r['arm'])):]
@@ -167,10 +196,12 @@ def markdown(groups, extra_missing, results=None) -> str:
         lines.append(f'| {arm} | ' + ' | '.join('missing' for _ in levels) + ' |')
         notes.append(f'* {arm}: missing: {reason}')
     lines += [''] + notes
-    speedups = []
+    speedups, unpaired = [], []
+    pool = results or [r for p in groups.values() for r in p.values()]
     for label, pts in groups.items():
-        refs = {c: stock_reference(r, results or [r for p in groups.values() for r in p.values()])
-                for c, r in pts.items()}
+        refs = {c: stock_reference(r, pool) for c, r in pts.items()}
+        unpaired += [f'* {label}, bs {c}: no ratio: {why}' for c, r in sorted(pts.items())
+                     if (why := unpaired_reason(r, pool))]
         if not any(refs.values()):
             continue
         ref_labels = sorted({series_label(s) for s in refs.values() if s})
@@ -180,6 +211,8 @@ def markdown(groups, extra_missing, results=None) -> str:
         lines += ['', '### Speed-up over stock (output tok/s ratio; same run, model, batch size and settings)', '',
                   '| arm (model) | vs | ' + ' | '.join(f'bs {c}' for c in levels) + ' |',
                   '|' + ' --- |' * (len(levels) + 2)] + speedups
+    if unpaired:
+        lines += ['', 'Not compared with stock:', ''] + unpaired
     lines += ['', '### Per run', '',
               '| arm (model) | bs | req/s | in tok/s | out tok/s | TTFT mean / p99 (ms) | TPOT mean (ms) | '
               'ITL mean (ms) | E2E mean / p99 (s) | processed / generated | generated / step | source |',

@@ -965,6 +965,34 @@ def test_plot_speedup_needs_same_run_and_settings(tmp_path):
     assert '| focus-importance-dynamic (SDAR-8B-Chat-b32) | stock-dynamic (SDAR-8B-Chat-b32) | 2.00× |' in md
 
 
+def test_plot_speedup_needs_the_same_engine_size_and_machine(tmp_path):
+    """A stock run left in the folder by another run (an engine sized for other batches, another GPU) is not a
+    reference: the table says why instead of printing a ratio of unlike engines."""
+    pr = _plot_results()
+    run = tmp_path / 'run'
+    stock = _rec('stock-static', 64, 1000.0, '2026-11-24T06:00:00+00:00')
+    stock['engine_config'] = dict(max_batch_size=64, max_prefill_token_num=2048)
+    report.write_json(stock, str(run))
+    focus = _rec('focus-importance-static', 64, 1500.0, '2026-11-25T06:00:00+00:00')
+    focus['engine_config'] = dict(max_batch_size=256, max_prefill_token_num=8192)
+    report.write_json(focus, str(run))
+    pr.main([str(run), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert 'Speed-up over stock' not in md
+    assert ('* focus-importance-static (SDAR-8B-Chat-b32), bs 64: no ratio: stock\'s run differs in max_batch_size '
+            '(256 vs 64), max_prefill_token_num (8192 vs 2048)') in md
+    focus['engine_config'], focus['environment'] = dict(stock['engine_config']), dict(gpu='NVIDIA H200')
+    report.write_json(focus, str(run))
+    pr.main([str(run), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert 'Speed-up over stock' not in md and "stock's run differs in gpu (NVIDIA H200 vs test)" in md
+    focus['environment'] = dict(stock['environment'])
+    report.write_json(focus, str(run))
+    pr.main([str(run), '--out-dir', str(tmp_path / 'out'), '--no-png'])
+    md = (tmp_path / 'out' / 'results.md').read_text()
+    assert '| stock-static (SDAR-8B-Chat-b32) | 1.50× |' in md and 'no ratio' not in md
+
+
 def test_plot_speedup_takes_the_stock_arm_whose_tag_the_arm_extends(tmp_path):
     """A FOCUS arm with a longer ARM_TAG is compared with the stock arm whose tag it extends, never with a newer
     sibling stock arm (the second stock engine of the small_batches phase)."""
