@@ -94,16 +94,24 @@ if __name__ == '__main__':
 
 
 def test_import_of_a_plugin_module_first_still_patches():
-    """Importing a replacement provider before upstream must not leave its patch unapplied."""
+    """Importing a replacement provider before upstream must not leave its patch unapplied, nor the upstream engine
+    config class in a module that imported it meanwhile: ``pipeline(model)`` built its default config from
+    ``lmdeploy.archs``'s name, and upstream's engine checker pickles that config on CUDA, which failed ("not the same
+    object as lmdeploy.messages.PytorchEngineConfig"). Found by a bug-hunting review."""
     out = run_python('''
-import json
-from lmdeploy_focus.strategies.dllm import FocusDLLMStrategyFactory
+import json, pickle, sys
 from lmdeploy_focus.config.engine_config import PytorchEngineConfig
+from lmdeploy_focus.strategies.dllm import FocusDLLMStrategyFactory
 import lmdeploy, lmdeploy.pytorch.strategies.dllm as dllm
+import lmdeploy.archs, lmdeploy.pipeline, lmdeploy.serve.core.async_engine
+stale = sorted(n for n, m in list(sys.modules.items()) if n.split('.')[0] == 'lmdeploy'
+               and getattr(m, 'PytorchEngineConfig', PytorchEngineConfig) is not PytorchEngineConfig)
+config = lmdeploy.archs.PytorchEngineConfig(dllm_enable_focus=True)
 print('STATE' + json.dumps([dllm.DLLMStrategyFactory is FocusDLLMStrategyFactory,
-                            lmdeploy.PytorchEngineConfig is PytorchEngineConfig]))
+                            lmdeploy.PytorchEngineConfig is PytorchEngineConfig, stale,
+                            pickle.loads(pickle.dumps(config)) == config]))
 ''')
-    assert state_of(out) == [True, True]
+    assert state_of(out) == [True, True, [], True]
 
 
 HALF_APPLIED = '''

@@ -13,7 +13,10 @@ config time instead of running on a partly stock engine.
    How: the module attribute is rebound to a dataclass subclass with one ``dllm_*`` field per row of
    ``config.options.OPTIONS``, which
    carries them to the engine process inside ``hf_overrides['dllm_focus']``; the hook runs before
-   ``lmdeploy/__init__`` re-exports the name, so ``lmdeploy.PytorchEngineConfig`` is the subclass too.
+   ``lmdeploy/__init__`` re-exports the name, so ``lmdeploy.PytorchEngineConfig`` is the subclass too. When a
+   plugin module was imported first or on a late activation, every loaded ``lmdeploy`` module that already holds
+   the upstream class (``lmdeploy.archs``, ``lmdeploy.pipeline``, the serve engines) is moved to the subclass:
+   an upstream-class config cannot be pickled once the name is rebound, and upstream's engine checker pickles it.
    Removed by: upstream fields for delayed cache / FOCUS, or a config-extension registry.
 
 2. ``lmdeploy.pytorch.strategies.dllm.DLLMStrategyFactory`` -> our factory subclass
