@@ -8,7 +8,8 @@ from .version import __version__
 
 def activate() -> bool:
     """Activate the plugin in this process (needed only when it was not installed with its .pth); call it
-    before importing lmdeploy, or names upstream modules already imported stay unpatched (it warns)."""
+    before importing lmdeploy, or names upstream modules already imported stay unpatched (it warns). A process
+    upstream spawns activates it when it unpickles the FOCUS engine config it is sent."""
     from ._bootstrap import install
     return install()
 

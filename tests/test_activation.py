@@ -177,3 +177,32 @@ def test_any_runtime_module_imported_first_leaves_every_patch_applied():
         outs = dict(zip(modules, pool.map(lambda m: run_python(IMPORTED_FIRST, args=[m]), modules)))
     failed = {m: state_of(out) for m, out in outs.items() if state_of(out)}
     assert failed == {}, f'modules imported first: {modules}'
+
+
+UNPICKLED_WITHOUT_PTH = '''
+import json, pickle, sys
+import lmdeploy_focus._bootstrap as bootstrap
+if bootstrap._finder is not None:  # a process started without the plugin's .pth (a source checkout)
+    sys.meta_path.remove(bootstrap._finder)
+    bootstrap._finder = None
+import lmdeploy.pytorch.configurations  # upstream's model-config builders, unpatched
+from lmdeploy_focus.patch import applied_patches
+before = 'lmdeploy.pytorch.configurations' in applied_patches()
+config = pickle.loads(open(sys.argv[1], 'rb').read())
+print('STATE' + json.dumps([before, 'lmdeploy.pytorch.configurations' in applied_patches(),
+                            type(config).__module__, config.dllm_enable_focus, config.dllm_focus_alpha]))
+'''
+
+
+def test_a_process_that_unpickles_a_focus_config_runs_the_plugin(tmp_path):
+    """Upstream sends the engine config to processes it spawns (its engine checker pool on CUDA, the mp engine,
+    executor workers). Where the plugin was activated by ``lmdeploy_focus.activate()`` instead of its .pth, such a
+    process ran stock: upstream's checks there refused LLaDA2 (no bos_token_id without our builder). Found by a
+    bug-hunting review."""
+    import pickle
+
+    from lmdeploy.messages import PytorchEngineConfig
+    data = tmp_path / 'config.pkl'
+    data.write_bytes(pickle.dumps(PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=1.75)))
+    assert state_of(run_python(UNPICKLED_WITHOUT_PTH, args=[str(data)])) == [
+        False, True, 'lmdeploy_focus.config.engine_config', True, 1.75]

@@ -111,5 +111,20 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
                 setattr(self, name, field_value)
             raise
 
+    def __reduce__(self):
+        return _unpickled_config, (dict(self.__dict__), )
+
+
+def _unpickled_config(state: dict) -> PytorchEngineConfig:
+    """A FOCUS engine config in the process that unpickles it (upstream's engine checker pool on CUDA, the engine
+    process of ``enable_mp_engine``, executor workers), with the plugin active there: a process started without the
+    plugin's .pth (``lmdeploy_focus.activate()`` in a source checkout) ran upstream's checks with stock model-config
+    builders, which refused LLaDA2. A no-op where the .pth already activated it."""
+    from .._bootstrap import install
+    install()
+    config = object.__new__(PytorchEngineConfig)
+    config.__dict__.update(state)
+    return config
+
 
 PytorchEngineConfig.__doc__ += '\n\n    Additional args:\n' + options_doc(prefix='dllm_')
