@@ -22,6 +22,21 @@ def test_accumulates_tensors_and_numbers_and_resets():
         stats.add(tokens=1)
 
 
+def test_a_process_whose_stats_never_count_reads_none():
+    """The engine process builds a strategy factory (and its RunStats) that never sees a step when the model runs
+    in worker processes (TP > 1): reading gave zeros instead of None ("no tracking engine here"). Found by a
+    bug-hunting review."""
+    gc.collect()
+    read_run_stats(reset=True)
+    unfed = RunStats()
+    assert read_run_stats(reset=False) is None
+    fed = RunStats()
+    fed.add(decode_steps=3)
+    assert read_run_stats(reset=True)['decode_steps'] == 3
+    assert read_run_stats(reset=False) == dict.fromkeys(KEYS, 0.0)  # tracking, nothing since the reset
+    del unfed, fed
+
+
 def test_derived_metrics():
     totals = dict.fromkeys(KEYS, 0.0)
     totals.update(decode_steps=10, generated_tokens=30, processed_tokens=120, deep_tokens=45, candidates=80,

@@ -42,11 +42,10 @@ class RunStats:
 
     def __init__(self):
         self._totals: torch.Tensor | None = None  # float64 [len(KEYS)] on the step's device
+        self._fed = False
         # the engine's thread adds, a reader's thread (pipeline() users, metrics) reads and resets: each swaps the
         # totals under this lock (kernel launches only; the read waits for the device after releasing it)
         self._lock = threading.Lock()
-        with _LOCK:
-            _LIVE.add(self)
 
     def add(self, **values) -> None:
         """Add per-step counts (0-d tensors or numbers) under the names of ``KEYS``."""
@@ -68,6 +67,13 @@ class RunStats:
         self._accumulate(rows.sum(dim=0, dtype=torch.float64))
 
     def _accumulate(self, row: torch.Tensor) -> None:
+        if not self._fed:
+            # listed for readers once it counts something: the engine process builds a strategy factory (and so one
+            # of these) that never sees a step when the model runs in worker processes (TP > 1), and reading it gave
+            # zeros where "no tracking engine in this process" (None) is the truth
+            self._fed = True
+            with _LOCK:
+                _LIVE.add(self)
         with self._lock:  # a new tensor each time: a reader's snapshot is never written to
             self._totals = row if self._totals is None else self._totals.to(row.device) + row
 
