@@ -1,9 +1,10 @@
 """DLLM run statistics (``dllm_track``) of the engines running in this process.
 
     from lmdeploy_focus.stats import read_run_stats, derived_metrics
-    totals = read_run_stats(reset=True)   # None if no engine with dllm_track runs in this process
+    totals = read_run_stats(reset=True)   # None if no engine with dllm_track has decoded in this process
 
-Works for in-process engines (``pipeline``, the throughput driver); an ``api_server`` exposes them on its
+Works for in-process engines (``pipeline``, the throughput driver; with TP > 1 the steps are counted in the worker
+processes, so this process reads None); an ``api_server`` exposes them on its
 Prometheus ``/metrics`` (``lmdeploy:dllm_*``, :mod:`lmdeploy_focus.serving.metrics`).
 """
 from .strategies.dllm.phase_timer import live_phase_timers
