@@ -57,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument('model_path', help='model directory (or hub id for the engine backend)')
     p.add_argument('--backend', default='auto', choices=BACKENDS,
                    help='engine: the LMDeploy PyTorch engine (needs CUDA); reference: the pure-torch decode loop '
-                   '(CPU or CUDA; reports no kept / shadow-recall columns: n/a, see the note under the table); '
+                   '(CPU or CUDA; fills the kept / shadow-recall columns from its own counts); '
                    'auto: engine when CUDA is available, else reference')
     p.add_argument('--arms', nargs='+', default=list(arms.ARMS), metavar='ARM',
                    help=f'arms to run, from: {", ".join(arms.ARMS)}')
@@ -170,8 +170,7 @@ def main(argv=None) -> dict:
     if args.backend == 'auto':
         args.backend = resolve_backend('auto')
         if args.backend == 'reference':
-            print('note: no CUDA GPU: --backend auto runs the reference decode loop (kept / shadow-recall columns '
-                  'n/a)', flush=True)
+            print('note: no CUDA GPU: --backend auto runs the reference decode loop', flush=True)
     args.out_dir = args.out_dir or default_out_dir()
     usable_out_dir(args.out_dir)  # before the run: the results are written after its last cell
     # the task file is checked before the model is touched, so a bad file fails in a second

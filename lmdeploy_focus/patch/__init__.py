@@ -145,8 +145,10 @@ config time instead of running on a partly stock engine.
     the session's other sequences are left alone: a second request on a session whose request is still in
     progress (upstream rewrote the running sequence before raising), a token id outside the vocabulary (the
     embedding's device-side assert ends the process), and for diffusion models output logits
-    (decode steps have logits of the masked rows only) and a request with no token budget (upstream's
-    decode inputs drop its row, shifting every later sequence's); for callers of the raw ``Engine`` API
+    (decode steps have logits of the masked rows only), a request with no token budget (upstream's
+    decode inputs drop its row, shifting every later sequence's) and, on an engine that is not
+    prefill/decode-disaggregated, ``preserve_cache`` / ``migration_request`` (kept the session's KV cache for good /
+    waited for a migration loop that never starts); for callers of the raw ``Engine`` API
     and multi-turn sessions, which patch 10 does not cover.
     Removed by: upstream isolating per-request failures in the request loop.
 
@@ -225,11 +227,11 @@ config time instead of running on a partly stock engine.
     scattered into a persistent ``B*L x V`` buffer and the logits processors, the sampler and the
     unmasker's softmax ran on all ``B*L`` rows (2.5 GB of bf16 logits and ~3 ms per SDAR-8B bs-256
     step). The agent strategy has no hook on the sampling inputs.
-    How: before upstream's method runs, the agent strategy's ``sampling_rows(logits, sampling_inputs)``
+    How: before upstream's method runs, the agent strategy's ``sampling_rows(logits, sampling_inputs, logprobs_mode)``
     (ours: :meth:`~lmdeploy_focus.strategies.dllm.delayed_cache_agent.DelayedCacheAgentStrategy.sampling_rows`;
     upstream's strategies have none and are untouched) returns the logits and sampling inputs to use:
-    the rows with logits and their gathered per-row inputs, or the dense layout when the batch asks
-    for logprobs or custom logits processors. Upstream's processors, sampler and ``post_sampling``
+    the rows with logits and their gathered per-row inputs, or the dense layout when a request asks
+    for logprobs and the engine has a ``logprobs_mode``, or for custom logits processors / response formats. Upstream's processors, sampler and ``post_sampling``
     then run unchanged.
     Removed by: an upstream agent-strategy hook that selects the rows to sample.
 
