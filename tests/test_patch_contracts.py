@@ -32,6 +32,36 @@ def test_pinned_version_and_every_patch_applied():
     assert patch_failures() == {}
 
 
+# Classes a patch builds at patch time (subclasses of an upstream class it is handed) whose instances stay in the
+# api_server process: uvicorn is given the app object, and the health monitor answers /health there.
+PROCESS_LOCAL_CLASSES = {
+    'lmdeploy.serve.openai.api_server.EngineHealthMonitor': 'serving.liveness.health_monitor',
+    'lmdeploy.serve.openai.api_server.EngineSleepingMiddleware': 'serving.liveness.gate_middleware',
+}
+
+
+def test_every_class_a_patch_puts_into_upstream_pickles_by_name():
+    """Upstream pickles objects into other processes (the engine checker on CUDA, the mp engine, executor workers),
+    and an instance pickles by its class's name: a class built inside a patch cannot be found there. Patch 19's first
+    version (a subclass of EngineChecker made at patch time) failed every CUDA engine start that way. A new
+    patch-time class must be picklable or listed in PROCESS_LOCAL_CLASSES with the reason its instances stay put."""
+    import pickle
+    import sys
+    test_pinned_version_and_every_patch_applied()  # every target loaded and patched
+    ours = {f'{name}.{attr}': value
+            for name, module in list(sys.modules.items()) if name == 'lmdeploy' or name.startswith('lmdeploy.')
+            for attr, value in list(vars(module).items())
+            if inspect.isclass(value) and (getattr(value, '__module__', None) or '').startswith('lmdeploy_focus')}
+    assert len(ours) >= 5  # the patches did put our classes there
+    unpicklable = {}
+    for where, value in ours.items():
+        try:
+            assert pickle.loads(pickle.dumps(value)) is value
+        except Exception as exc:  # noqa: BLE001  (any failure is the finding)
+            unpicklable[where] = f'{type(exc).__name__}: {exc}'
+    assert set(unpicklable) == set(PROCESS_LOCAL_CLASSES), unpicklable
+
+
 # 1. PytorchEngineConfig ----------------------------------------------------------------------------
 
 def test_engine_config_is_a_dataclass_with_the_fields_we_validate():
