@@ -374,3 +374,41 @@ def test_a_check_that_raises_unexpectedly_fails_that_request_only(monkeypatch, f
     assert [r.event.is_set() for r in resps] == [False, True, False]
     assert 'RuntimeError: unforeseen' in resps[1].err_msg
     assert [s.session_id for s in engine.scheduler.waiting] == [0, 2]
+
+
+@pytest.mark.parametrize('paradigm', ['ar', 'dllm'])
+def test_sampling_parameters_the_sampler_cannot_take_are_refused_alone(focus_logs, paradigm):
+    """The raw Engine API skips the request boundary's checks; these reach the batch's sampler inside the step,
+    where they raised (CPU: top_k > vocab, bad / stop ids outside it or negative) and so ended the engine loop for
+    every request (on a GPU an out-of-range gather is a device-side assert: the process). Found by a bug-hunting
+    review. What upstream's from_gen_config produces for a normal request (a 64-bit seed, top_k 0) still queues."""
+    import random
+    from types import SimpleNamespace
+
+    from lmdeploy.pytorch.messages import SamplingParam
+    vocab = random.randint(100, 1000)
+    mask = vocab - 3
+    engine = make_engine()
+    engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm=paradigm, vocab_size=vocab,
+                                                                   dllm_mask_token=mask))
+    cases = [  # (sampling parameters, what the refusal names; None: accepted)
+        (dict(), None),
+        (dict(top_k=0, random_seed=random.getrandbits(64) | 1 << 63, temperature=3.0, stop_words=[vocab - 1]), None),
+        (dict(top_k=vocab + random.randint(1, 50)), 'top_k: must be an integer in [0, '),
+        (dict(bad_words=[vocab + random.randint(0, 9)]), 'bad_words: token id'),
+        (dict(bad_words=[-3]), 'bad_words: token id -3 is outside the vocabulary'),
+        (dict(stop_words=[vocab + 5], min_new_tokens=4), 'stop_words: token id'),
+        (dict(stop_words=list(range(300))), 'stop_words: at most 256 token ids'),
+        (dict(num_logprobs=vocab + 1), 'logprobs: must be an integer in [0, 20]'),
+        (dict(temperature=float('nan')), 'temperature: must be a finite number'),
+        (dict(repetition_ngram_size=10 ** 6, repetition_ngram_threshold=2), 'repetition_ngram_size'),
+        (dict(stop_words=[mask]), 'the diffusion mask token' if paradigm == 'dllm' else None),
+    ]
+    resps = add_requests(engine, [[5, 6]] * len(cases),
+                         sampling_params={i: SamplingParam(max_new_tokens=8, **fields)
+                                          for i, (fields, _) in enumerate(cases)})
+    for resp, (fields, refusal) in zip(resps, cases):
+        assert resp.event.is_set() == (refusal is not None), fields
+        if refusal is not None:
+            assert refusal in resp.err_msg, (fields, resp.err_msg)
+    assert [s.session_id for s in engine.scheduler.waiting] == [i for i, (_, r) in enumerate(cases) if r is None]

@@ -19,7 +19,7 @@ import torch
 
 from ..log import logger
 from .limits import is_hybrid
-from .validation import FieldError, check_no_kv_migration
+from .validation import FieldError, ModelLimits, check_no_kv_migration, check_sampling_param
 
 LOOP_ERROR_ATTR = '_lmdeploy_focus_loop_error'
 
@@ -79,6 +79,9 @@ def check_engine_request(engine, req) -> None:
       (WAITING), so the first request is corrupted or never answered;
     * ``preserve_cache`` / ``migration_request`` on an engine that is not prefill/decode-disaggregated: it would
       keep the session's KV cache for good, or wait for a migration it never runs;
+    * sampling parameters the batch's sampler cannot take (``top_k`` above the vocabulary, stop / bad token ids
+      outside it or the mask token, too many logprobs, an n-gram window overflow, out-of-range values): the
+      sampler runs inside the step, so its error would end the engine loop (on a GPU a bad gather, the process);
     * a diffusion model's decode steps return logits of the masked rows only (patch 17): no output logits;
     * a diffusion request with no token budget (``max_new_tokens <= 0``, or a session with no room left,
       which upstream clamps to that): upstream's decode inputs leave its row out while the prefill added
@@ -100,7 +103,15 @@ def check_engine_request(engine, req) -> None:
     model_config = getattr(engine, 'model_config', None)
     if not data.get('input_multimodals'):
         _check_vocabulary(data.get('token_ids'), getattr(model_config, 'vocab_size', None))
-    if model_config is None or getattr(model_config, 'model_paradigm', 'ar') != 'dllm':
+    dllm = model_config is not None and getattr(model_config, 'model_paradigm', 'ar') == 'dllm'
+    if sampling_param is not None:
+        limits = ModelLimits(vocab_size=getattr(model_config, 'vocab_size', None), session_len=None,
+                             mask_token=getattr(model_config, 'dllm_mask_token', None) if dllm else None)
+        try:
+            check_sampling_param(sampling_param, limits)
+        except FieldError as e:
+            raise RefusedRequest(e.message) from None
+    if not dllm:
         return
     if getattr(sampling_param, 'out_logits', False):
         raise RefusedRequest('output_logits is not available for diffusion models (allowed: None)')

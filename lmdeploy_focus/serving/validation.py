@@ -17,6 +17,7 @@ package may still be initialising.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MAX_SEED = 2**63 - 1
@@ -310,6 +311,30 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
                 raise FieldError(field, f'{word!r} is {len(ids)} tokens of this tokenizer; only single-token '
                                  f'strings are supported (use {ids_field} for others){said}')
             _check_token(field, ids[0], limits, what=f'{word!r}: token id', said=said)  # the token-id lists' rule
+
+
+def check_sampling_param(sampling_param, limits: ModelLimits) -> None:
+    """The engine's ``SamplingParam`` of a request that skipped :func:`check_generation_config` (the raw ``Engine``
+    API): the rules that keep the batch's sampler from failing inside the step (which ends the engine loop, and on
+    a GPU an out-of-range gather ends the process). Stop and bad words are token ids here."""
+    # Only what would fail inside the step: upstream's SamplingParam.from_gen_config already replaced out-of-range
+    # values (and draws 64-bit seeds itself), so the request boundary's ranges do not apply here, but a NaN passes it
+    for field in ('temperature', 'top_p', 'min_p', 'repetition_penalty'):
+        value = getattr(sampling_param, field)
+        if not (_number(value) and math.isfinite(value)):
+            raise FieldError(field, f'must be a finite number, got {value!r}')
+    top_k = sampling_param.top_k
+    if not _integer(top_k) or top_k < 0 or (limits.vocab_size is not None and top_k > limits.vocab_size):
+        raise FieldError('top_k', f'must be an integer in [0, {limits.vocab_size}] (0: no top-k), got {top_k!r}')
+    if sampling_param.num_logprobs is not None and sampling_param.num_logprobs > 0:
+        _check_logprobs('logprobs', sampling_param.num_logprobs)
+    _check_repetition_ngram(sampling_param.repetition_ngram_size, sampling_param.repetition_ngram_threshold)
+    for field, ids in (('stop_words', sampling_param.stop_words), ('bad_words', sampling_param.bad_words)):
+        ids = list(ids or [])
+        if len(ids) > MAX_STOP_TOKEN_IDS:
+            raise FieldError(field, f'at most {MAX_STOP_TOKEN_IDS} token ids, got {len(ids)}')
+        for token in ids:
+            _check_token(field, token, limits, what='token id')
 
 
 def check_construction(gen_config) -> None:
