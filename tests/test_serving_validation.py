@@ -104,6 +104,16 @@ def test_a_min_new_tokens_of_the_whole_session_is_refused():
     assert error.param == 'min_new_tokens' and 'session length (100)' in error.message
 
 
+def test_a_min_new_tokens_above_max_new_tokens_is_refused():
+    """pipeline() users set both on a GenerationConfig: upstream dropped the minimum with a log line (found by a
+    bug-hunting review; the HTTP layer already compared min_new_tokens with max_tokens)."""
+    from lmdeploy import GenerationConfig
+    check_generation_config(GenerationConfig(max_new_tokens=8, min_new_tokens=8), LIMITS)
+    check_generation_config(GenerationConfig(max_new_tokens=None, min_new_tokens=64), LIMITS)  # the session decides
+    error = rejected(check_generation_config, GenerationConfig(max_new_tokens=8, min_new_tokens=64), LIMITS)
+    assert error.param == 'min_new_tokens' and 'max_new_tokens (8), got 64' in error.message
+
+
 def test_stop_lists_are_capped():
     """One request's stop table is padded into every neighbour's and repeated per block row; each stop word costs a
     vocabulary scan on the server's loop: both are bounded per request, the cap itself allowed."""

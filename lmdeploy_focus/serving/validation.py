@@ -267,6 +267,10 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
     check_max_tokens('max_new_tokens', gen_config.max_new_tokens, allow_zero=input_logprobs)
     if gen_config.min_new_tokens is not None:
         check_max_tokens('min_new_tokens', gen_config.min_new_tokens, allow_zero=True)
+        if gen_config.max_new_tokens is not None and gen_config.min_new_tokens > gen_config.max_new_tokens:
+            # upstream drops it with a log line (SamplingParam.from_gen_config), so the minimum is silently not kept
+            raise FieldError('min_new_tokens', f'must be <= max_new_tokens ({gen_config.max_new_tokens}), got '
+                             f'{gen_config.min_new_tokens}')
     if gen_config.n != 1:
         raise FieldError('n', f'only n = 1 is supported per engine request, got {gen_config.n!r}')
     if limits.hybrid:
