@@ -199,6 +199,49 @@ def test_a_second_request_on_a_busy_session_is_refused_and_leaves_the_first_unto
     assert not third.event.is_set() and seq.resp is third
 
 
+@pytest.mark.parametrize('running', [False, True])
+def test_the_refused_callers_end_session_leaves_the_first_request_alone(focus_logs, running):
+    """EngineInstance.async_stream_infer ends its session in a finally whatever the reply, and upstream's
+    END_SESSION handler ends a session with a running sequence without answering it: the refused second caller's
+    clean-up freed the first request's sequence and left that request waiting forever. Found by a bug-hunting
+    review. The first caller's own END_SESSION, and any other sender's, are upstream's as before."""
+    from types import SimpleNamespace
+
+    from lmdeploy.pytorch.engine.request import RequestType
+    from lmdeploy.pytorch.messages import SamplingParam
+    engine = make_engine()
+    engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm='dllm'))
+    engine.scheduler.add_session(0)
+
+    async def main():
+        engine.req_manager.requests = asyncio.Queue()
+        engine.req_manager._loop_task = asyncio.get_running_loop().create_future()  # "alive"
+        a, b = engine.req_manager.build_sender(), engine.req_manager.build_sender()
+
+        async def send(sender, rtype, data):
+            resp = sender.send_async(rtype, data)
+            await engine.req_manager.step()
+            return resp
+
+        first = await send(a, RequestType.ADD_MESSAGE, dict(token_ids=[5, 6], session_id=0, adapter_name=None,
+                                                          sampling_param=SamplingParam(max_new_tokens=8)))
+        (seq, ) = engine.scheduler.get_session(0).sequences.values()
+        if running:
+            engine.scheduler.schedule(is_prefill=True, prealloc_size=0)
+            engine.scheduler.activate_seqs([seq])
+        status = seq.status
+        second = await send(b, RequestType.ADD_MESSAGE, dict(token_ids=[7, 8], session_id=0, adapter_name=None,
+                                                           sampling_param=SamplingParam(max_new_tokens=8)))
+        assert second.event.is_set() and 'already has a request in progress' in second.err_msg
+        await send(b, RequestType.END_SESSION, dict(session_id=0, response=False))  # b's finally
+        assert engine.scheduler.get_session(0) is not None and seq.status == status and seq.resp is first
+        assert not first.event.is_set()  # still to be answered by the step
+        await send(b, RequestType.END_SESSION, dict(session_id=0, response=False))  # a second one is upstream's
+        assert engine.scheduler.get_session(0) is None
+
+    asyncio.run(main())
+
+
 def test_a_diffusion_request_without_a_token_budget_is_refused(focus_logs):
     """Upstream's decode inputs leave out a sequence with max_new_tokens <= 0 while the DLLM prefill added its
     row: later sequences of the batch would decode another's row. Refused, also when the session's earlier

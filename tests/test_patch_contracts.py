@@ -416,6 +416,22 @@ def test_engine_add_message_is_a_per_request_loop_bound_at_construction():
     assert "alive=False" in inspect.getsource(engine.Engine.get_local_health_status.__lmdeploy_focus_upstream__)
 
 
+def test_a_refused_callers_end_session_would_end_the_session_under_a_running_request():
+    """Why patch 11 also wraps ``_on_end_session``: the instance ends its session in a ``finally`` whatever the reply,
+    and upstream's handler ends a session (freeing a running sequence) without answering its request; it is bound
+    as ``self._on_end_session`` at construction and handles a list of requests."""
+    engine = importlib.import_module('lmdeploy.pytorch.engine.engine')
+    instance = importlib.import_module('lmdeploy.pytorch.engine.engine_instance')
+    source = inspect.getsource(instance.EngineInstance.async_stream_infer)
+    assert 'finally:' in source and 'await self.async_end(session_id)' in source.split('finally:')[-1]
+    upstream = inspect.getsource(engine.Engine._on_end_session.__lmdeploy_focus_upstream__)
+    assert 'for req in reqs:' in upstream and 'self.end_session(session_id)' in upstream
+    assert 'reject_request' not in upstream
+    assert 'self._on_end_session' in inspect.getsource(engine.Engine._bind_request_manager)
+    from lmdeploy.pytorch.engine.request import Request
+    assert 'sender_id' in {f.name for f in dataclasses.fields(Request)}
+
+
 def test_api_server_looks_up_middleware_monitor_and_lifespan_at_call_time():
     """Patch 12 rebinds three module globals of ``api_server``; ``serve`` and the lifespan handler read
     them when they run."""

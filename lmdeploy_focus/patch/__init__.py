@@ -141,6 +141,9 @@ config time instead of running on a partly stock engine.
     How: upstream's handler (a per-request loop) is called one request at a time; a request whose call
     raises is answered ``INTERNAL_ENGINE_ERROR``, its queued sequence stopped, the exception logged
     with its session. ``async_loop`` keeps the exception that ended it; the health message appends it.
+    ``_on_end_session`` leaves a session alone when the END_SESSION comes from the sender whose request on it was
+    just refused as busy while another request is in progress there (the instance ends its session in a
+    ``finally`` whatever the reply, and upstream's handler frees a running sequence without answering it).
     A request the engine cannot serve whatever the caller is refused before upstream's handler runs, so
     the session's other sequences are left alone: a second request on a session whose request is still in
     progress (upstream rewrote the running sequence before raising), a token id outside the vocabulary (the

@@ -2,11 +2,13 @@
 
 
 def apply(engine_module) -> None:
-    from ..serving.engine_guard import health_with_cause, isolate_add_message, record_loop_failure
+    from ..serving.engine_guard import (health_with_cause, isolate_add_message, keep_the_busy_session,
+                                        record_loop_failure)
 
     cls = engine_module.Engine
     if getattr(cls._on_add_message, '__lmdeploy_focus_upstream__', None) is not None:
         return
     cls._on_add_message = isolate_add_message(cls._on_add_message, engine_module.ResponseType.INTERNAL_ENGINE_ERROR)
+    cls._on_end_session = keep_the_busy_session(cls._on_end_session)
     cls.async_loop = record_loop_failure(cls.async_loop)
     cls.get_local_health_status = health_with_cause(cls.get_local_health_status)

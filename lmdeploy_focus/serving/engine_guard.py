@@ -56,6 +56,14 @@ class RefusedRequest(ValueError):
     """Refused before upstream's handler touched anything: the session's other sequences stay as they are."""
 
 
+class BusySession(RefusedRequest):
+    """A second request on a session whose request is still in progress."""
+
+
+# (session id, sender id) of requests refused as BusySession, until that sender's END_SESSION arrives
+BUSY_REFUSALS_ATTR = '_lmdeploy_focus_busy_refusals'
+
+
 def _in_progress(status) -> bool:
     from lmdeploy.pytorch.messages import MessageStatus
     return status in (MessageStatus.WAITING, MessageStatus.READY, MessageStatus.RUNNING)
@@ -93,7 +101,7 @@ def check_engine_request(engine, req) -> None:
     sequences = _session_sequences(engine, session_id)
     busy = [seq for seq in sequences if _in_progress(seq.status)]
     if busy:
-        raise RefusedRequest(f'session {session_id} already has a request in progress ({busy[0].status.name}): '
+        raise BusySession(f'session {session_id} already has a request in progress ({busy[0].status.name}): '
                              f'send the next turn after it has finished or after stop_session({session_id})')
     if is_hybrid(getattr(getattr(engine, 'engine_config', None), 'role', None)):
         try:
@@ -160,6 +168,8 @@ def isolate_add_message(upstream, response_type):
             try:
                 check_engine_request(self, req)
             except RefusedRequest as exc:
+                if isinstance(exc, BusySession):
+                    self.__dict__.setdefault(BUSY_REFUSALS_ATTR, set()).add((req.data['session_id'], req.sender_id))
                 _refuse(self, req, exc, response_type)
                 continue
             except Exception as exc:  # a check that trips over a malformed request fails that request only
@@ -172,6 +182,40 @@ def isolate_add_message(upstream, response_type):
 
     _on_add_message.__lmdeploy_focus_upstream__ = upstream
     return _on_add_message
+
+
+def keep_the_busy_session(upstream):
+    """``Engine._on_end_session`` that leaves a session alone when the END_SESSION comes from the sender whose
+    request on it was refused as :class:`BusySession` while another request is still in progress there.
+    ``EngineInstance.async_stream_infer`` ends its session in a ``finally`` whatever the reply, and upstream's
+    handler ends a session with a running sequence without answering it: the refused caller's clean-up freed the
+    first request's sequence and left that request waiting forever (raw ``Engine`` API, found by a bug-hunting
+    review). Every other END_SESSION is upstream's."""
+
+    @functools.wraps(upstream)
+    def _on_end_session(self, reqs, **kwargs):
+        refusals = self.__dict__.get(BUSY_REFUSALS_ATTR)
+        if not refusals:
+            return upstream(self, reqs, **kwargs)
+        passed = []
+        for req in reqs:
+            session_id = req.data['session_id']
+            key = (session_id, req.sender_id)
+            if key in refusals:
+                refusals.discard(key)
+                if any(_in_progress(seq.status) for seq in _session_sequences(self, session_id)):
+                    logger.info('session %s: END_SESSION of the request refused on it left alone (its request in '
+                                'progress ends it)', session_id)
+                    if req.data.get('response', True):
+                        from lmdeploy.messages import ResponseType
+                        self._response(req.resp, ResponseType.SUCCESS)
+                    continue
+            passed.append(req)
+        if passed:
+            upstream(self, passed, **kwargs)
+
+    _on_end_session.__lmdeploy_focus_upstream__ = upstream
+    return _on_end_session
 
 
 def record_loop_failure(upstream):
