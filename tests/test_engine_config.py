@@ -203,3 +203,14 @@ def test_prefix_caching_with_fast_commit_is_refused():
         PytorchEngineConfig(dllm_enable_delayed_cache=True, dllm_delayed_cache_commit='fast', enable_prefix_caching=True)
     cfg = PytorchEngineConfig(dllm_enable_delayed_cache=True, enable_prefix_caching=True)  # exact: allowed
     assert cfg.hf_overrides[OPTIONS_KEY]['delayed_cache_commit'] == 'exact'
+
+
+@pytest.mark.parametrize('strategy', [None, 'foo', 3])
+def test_an_unknown_unmasking_strategy_is_refused_with_the_config(strategy):
+    """Upstream reads it only when the engine builds (None was an AttributeError there). Found by a bug-hunting
+    review."""
+    with pytest.raises(ValueError, match='^dllm_unmasking_strategy must be one of sequential, low_confidence_dynamic, '
+                                         'low_confidence_static, got'):
+        PytorchEngineConfig(dllm_unmasking_strategy=strategy)
+    for name in ('sequential', 'LOW_CONFIDENCE_STATIC', 'low_confidence_dynamic'):  # upstream's reading: any case
+        assert PytorchEngineConfig(dllm_unmasking_strategy=name).dllm_unmasking_strategy == name

@@ -21,6 +21,17 @@ def check_block_length(block_length) -> None:
                          f'to take it from the model.')
 
 
+def check_unmasking_strategy(strategy) -> None:
+    """Upstream reads ``dllm_unmasking_strategy`` only when it builds the engine (``None`` was an AttributeError
+    there): a name its ``UnmaskingStrategy.from_str`` takes, checked with the config."""
+    from lmdeploy.pytorch.config import UnmaskingStrategy
+    try:
+        UnmaskingStrategy.from_str(strategy)
+    except (AttributeError, ValueError):
+        names = ', '.join(member.name.lower() for member in UnmaskingStrategy)
+        raise ValueError(f'dllm_unmasking_strategy must be one of {names}, got {strategy!r}') from None
+
+
 def check_unmasking_settings(denoising_steps, confidence_threshold) -> None:
     """Upstream's unmasker divides the block by ``denoising_steps`` (0: ZeroDivisionError inside the first
     decode step, which ends the engine loop) and unmasks where the confidence reaches the threshold (NaN:

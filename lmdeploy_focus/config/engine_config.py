@@ -11,7 +11,7 @@ from dataclasses import fields
 from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfig
 
 from ..log import log_once
-from .compat import check_block_length, check_engine_settings, check_unmasking_settings
+from .compat import check_block_length, check_engine_settings, check_unmasking_settings, check_unmasking_strategy
 from .patch_state import patch_failures
 from .options import OPTIONS, OPTIONS_KEY, FocusOptions, option_fields, options_doc
 
@@ -35,6 +35,7 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         if self.dllm_block_length is not None:  # None: from the model (path suffix, model default)
             check_block_length(self.dllm_block_length)
         check_unmasking_settings(self.dllm_denoising_steps, self.dllm_confidence_threshold)
+        check_unmasking_strategy(self.dllm_unmasking_strategy)
         # logged once per process: pipelines, benchmarks and chat rebuild configs many times
         if self.dllm_focus_shadow and not self.dllm_enable_focus:
             log_once('dllm_focus_shadow=True enables dllm_enable_focus (selection without eviction).')
