@@ -166,7 +166,7 @@ def test_a_missing_model_path_is_a_usage_error(command, path):
                     'directory nor a model repo id (owner/name)')
 
 
-def test_model_path_check_lets_directories_and_repo_ids_through(tmp_path):
+def test_model_path_check_lets_directories_and_repo_ids_through(tmp_path, monkeypatch):
     import argparse
     from lmdeploy_focus.cli import preflight
     assert preflight.model_path(str(tmp_path)) == str(tmp_path)
@@ -175,6 +175,13 @@ def test_model_path_check_lets_directories_and_repo_ids_through(tmp_path):
     for bad in (str(tmp_path / 'missing'), '~/models/x', 'a/b/c', 'owner/na me'):
         with pytest.raises(argparse.ArgumentTypeError, match='is not an existing directory'):
             preflight.model_path(bad)
+    # owner/name whose owner is a local folder: a mistyped path (it went to the hub client: a traceback after its
+    # retries; found by a newcomer run-through)
+    (tmp_path / 'models').mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(argparse.ArgumentTypeError, match="'models/tiny-sdar' is not an existing directory"):
+        preflight.model_path('models/tiny-sdar')
+    assert preflight.model_path('JetLM/SDAR-8B-Chat-b32') == 'JetLM/SDAR-8B-Chat-b32'
 
 
 @pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message of a machine without CUDA')

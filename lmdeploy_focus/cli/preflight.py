@@ -13,9 +13,11 @@ HUB_ENV_FLAGS = ('LMDEPLOY_USE_MODELSCOPE', 'LMDEPLOY_USE_OPENMIND_HUB')
 
 
 def _looks_like_a_path(text: str) -> bool:
-    """Hub repo ids are ``name`` or ``owner/name``: never absolute, never ``./``, ``~`` or deeper."""
+    """Hub repo ids are ``name`` or ``owner/name``: never absolute, never ``./``, ``~`` or deeper; and an
+    ``owner/name`` whose owner is a local folder (``models/tiny-sdar`` typed in the repo, a missing model inside an
+    existing folder) is a mistyped path, which the hub client answered with a traceback after its retries."""
     return (os.path.isabs(text) or text.startswith(('.', '~')) or text.count('/') > 1 or os.sep != '/'
-            and os.sep in text)
+            and os.sep in text or '/' in text and os.path.isdir(text.split('/', 1)[0]))
 
 
 def _is_hub_repo_id(text: str) -> bool:
