@@ -186,11 +186,12 @@ def main(argv=None):
         conversations = datasets.load_conversations(args.dataset, args.dataset_format, args.hf_subset, args.hf_split)
     model_dir = engine_runner.local_model_path(args.model_path)
     facts = engine_runner.model_facts(model_dir, args.dllm_block_length)
-    tokenizer = load_tokenizer(model_dir)
     levels = sorted(set(args.concurrency))
+    config_kwargs = engine_runner.engine_config_kwargs(args, max(levels), facts)
+    engine_runner.engine_config(config_kwargs)  # a bad option value (e.g. --dllm-focus-alpha 0.5) fails here, in a line
+    tokenizer = load_tokenizer(model_dir)
     all_prompts = build_prompts(args, tokenizer, conversations, max(prompts_per_level(args, c) for c in levels))
     arm = args.arm or default_arm(args, facts)
-    config_kwargs = engine_runner.engine_config_kwargs(args, max(levels), facts)
     settings = {k: v for k, v in vars(args).items() if k not in ('dataset', 'model_path')}
     settings['event_loop'] = event_loop_name(args.use_uvloop)
     # every FOCUS option the engine runs with, defaults included (a default may change between plugin versions, e.g.

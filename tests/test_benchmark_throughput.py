@@ -326,6 +326,27 @@ def test_cli_bad_dataset_is_one_line(tmp_path, dataset_args, needle):
     assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.parametrize('model, extra, needle', [
+    ('models/tiny-sdar-5m-b32', ['--dllm-enable-focus', '--dllm-focus-alpha', '0.5'], 'dllm_focus_alpha must be'),
+    ('models/tiny-sdar-5m-b32', ['--dllm-confidence-threshold', '5'], 'dllm_confidence_threshold must be'),
+    ('models/no-such-model', [], "'models/no-such-model' is not an existing directory"),  # not sent to the hub
+])
+def test_cli_bad_model_or_option_is_one_line(model, extra, needle):
+    """They were tracebacks (a config ValueError after the tokenizer loaded; a hub lookup with retries). Found by a
+    newcomer run-through."""
+    proc = subprocess.run([sys.executable, SCRIPT, 'random', model, *extra], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('profile_throughput: error:') and needle in last, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='the message of a machine without CUDA')
+def test_build_engine_without_cuda_says_so():
+    with pytest.raises(engine_runner.BenchmarkInputError, match='needs a CUDA GPU'):
+        engine_runner.build_engine('models/tiny-sdar-5m-b32', {})
+
+
 # ---------------------------------------------------------------- plot_results: markdown from JSON
 def test_plot_results_markdown_marks_missing(tmp_path):
     sys.path.insert(0, BENCH)

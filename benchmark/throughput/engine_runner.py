@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from lmdeploy_focus.config.model_facts import DLLM_MODEL_TYPES, model_block_length
 
+from .errors import BenchmarkInputError
 from .metrics import RequestRecord, summarize
 from .prompts import encode
 from .repeat_guard import RepeatGuard
@@ -44,8 +45,28 @@ def local_model_path(model_path: str) -> str:
     statistics unread)."""
     if os.path.exists(model_path):
         return model_path
+    import argparse
+
+    from lmdeploy_focus.cli.preflight import model_path as checked_model_path
+    try:
+        checked_model_path(model_path)  # a mistyped local path is not sent to the hub (a traceback after retries)
+    except argparse.ArgumentTypeError as e:
+        raise BenchmarkInputError(str(e)) from None
     from lmdeploy.utils import get_model
-    return get_model(model_path)
+    try:
+        return get_model(model_path)
+    except Exception as e:  # noqa: BLE001  offline, unknown repo, no access: the hub client's message, one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BenchmarkInputError(f'cannot fetch {model_path!r} from the model hub: {first}') from None
+
+
+def engine_config(config_kwargs: dict):
+    """The engine config of ``config_kwargs``, a bad option value one line (before the model is loaded)."""
+    from lmdeploy import PytorchEngineConfig
+    try:
+        return PytorchEngineConfig(**config_kwargs)
+    except ValueError as e:
+        raise BenchmarkInputError(str(e)) from None
 
 
 def model_facts(model_path: str, block_length_arg: int | None) -> ModelFacts:
@@ -104,9 +125,12 @@ def dllm_option(text: str) -> tuple[str, object]:
 
 def build_engine(model_path: str, config_kwargs: dict):
     """Engine.from_pretrained; NotImplementedError (feature not built yet) becomes ArmMissing."""
-    from lmdeploy import PytorchEngineConfig
+    import torch
     from lmdeploy.pytorch.engine import Engine
-    config = PytorchEngineConfig(**config_kwargs)
+    if not torch.cuda.is_available():  # upstream's checker said 'PyTorch is not available.'
+        raise BenchmarkInputError('the PyTorch engine needs a CUDA GPU and this torch build has none (or no GPU is '
+                                  'visible); run profile_throughput on a GPU machine')
+    config = engine_config(config_kwargs)
     try:
         return Engine.from_pretrained(model_path, engine_config=config, trust_remote_code=True)
     except NotImplementedError as e:
