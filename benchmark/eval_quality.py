@@ -106,6 +106,18 @@ def validate(args):
             raise BenchmarkInputError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
 
 
+def reference_inputs(args) -> None:
+    """What the reference backend needs, one line each before anything loads: a local checkpoint folder (a path
+    that is none went to the hub client, ~50 s of retries) and, with ``--device cuda``, a GPU (a traceback)."""
+    if not os.path.isfile(os.path.join(args.model_path, 'config.json')):
+        raise BenchmarkInputError(f'{args.model_path!r} is not a model folder (the one holding config.json); the '
+                                  f'reference backend loads a local checkpoint')
+    if args.device.startswith('cuda'):
+        import torch
+        if not torch.cuda.is_available():
+            raise BenchmarkInputError(f'--device {args.device}: no CUDA GPU here (use --device cpu or auto)')
+
+
 def usable_out_dir(path: str) -> None:
     """BenchmarkInputError when ``path`` cannot take the results (checked before the run, which takes long)."""
     from lmdeploy_focus.calibrate.report import out_dir_problem
@@ -176,6 +188,8 @@ def main(argv=None) -> dict:
     # the task file is checked before the model is touched, so a bad file fails in a second
     tasks = load_tasks(args.task_file)[:args.num_tasks]
     task_file_sha256 = report.file_sha256(args.task_file)  # of the tasks that run, not of the file at the end
+    if args.backend == 'reference':
+        reference_inputs(args)
     tokenizer = prompting.load_tokenizer(args.model_path)
     chat_template = prompting.use_chat_template(tokenizer, args.chat_template)
     prompts = prompting.build_prompts(tasks, tokenizer, chat_template, args.max_new_tokens)

@@ -88,6 +88,24 @@ def test_cli_bad_task_file_is_one_line_before_the_model_is_touched(tmp_path):
     assert err == [f'eval_quality: error: {path}:2: "answer" must be a string, got int'], proc.stderr
 
 
+@pytest.mark.parametrize('case', ['missing model', 'cuda without a gpu'])
+def test_reference_backend_inputs_are_one_line_before_anything_loads(tmp_path, case):
+    """A path that is no model folder went to the hub client (~50 s of retries); --device cuda without a GPU was a
+    traceback. Found by a newcomer run-through."""
+    import torch
+    if case == 'cuda without a gpu' and torch.cuda.is_available():
+        pytest.skip('the message of a machine without CUDA')
+    path = _write_lines(tmp_path / 't.jsonl', [{'prompt': 'p', 'answer': 'a'}])
+    model = 'models/tiny-sdar' if case == 'missing model' else os.path.join(REPO, 'models', 'tiny-sdar-5m-b32')
+    extra = ['--device', 'cuda'] if case == 'cuda without a gpu' else []
+    proc = subprocess.run([sys.executable, SCRIPT, path, model, '--backend', 'reference', *extra, '--out-dir',
+                           str(tmp_path / 'out')], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    needle = ("'models/tiny-sdar' is not a model folder" if case == 'missing model'
+              else '--device cuda: no CUDA GPU here')
+    assert proc.stderr.strip().splitlines()[-1].startswith(f'eval_quality: error: {needle}'), proc.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- scorers
 def test_exact_scorers():
     assert scorers.get_scorer('exact')('42', '42') == 1.0
