@@ -232,6 +232,23 @@ def test_cli_second_run_names_the_flag_and_overwrite_replaces(tmp_path):
         f'random_checkpoint: error: {a_file} is a file, not a folder: choose another output folder'
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the message of a machine without CUDA')
+def test_cli_cuda_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
+    """It was a traceback after the config and tokenizer files were written. Found by a newcomer run-through."""
+    out = tmp_path / 'x'
+    proc = _tool('--arch', TINY, str(out), '--device', 'cuda')
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert proc.stderr.strip() == 'random_checkpoint: error: --device cuda: no CUDA GPU here (use --device cpu or auto)'
+    assert not out.exists()
+
+
+def test_cli_a_folder_that_cannot_be_created_is_one_line():
+    """A FileNotFoundError traceback before (/proc takes no new folders, whoever runs it)."""
+    proc = _tool('--arch', TINY, '/proc/lmdeploy-focus-test/ckpt', '--device', 'cpu')
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith('random_checkpoint: error: cannot write /proc/lmdeploy-focus-test/ckpt: ')
+
+
 def test_cli_help_describes_every_option_with_its_default():
     out = _tool('--help')
     assert out.returncode == 0

@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--overwrite', action='store_true',
                         help='replace weights already in OUT_DIR (otherwise an existing checkpoint is an error)')
     args = parser.parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():  # before anything is written (it left half a folder)
+        raise SystemExit('random_checkpoint: error: --device cuda: no CUDA GPU here (use --device cpu or auto)')
 
     start = time.perf_counter()
     try:
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
                          ) from None
     except (NotADirectoryError, FileExistsError) as error:  # OUT_DIR (or a parent) is a file
         raise SystemExit(f'random_checkpoint: error: {error}') from None
+    except OSError as error:  # a folder that cannot be created or written (permissions, a read-only file system)
+        raise SystemExit(f'random_checkpoint: error: cannot write {args.out_dir}: {error.strerror or error}') from None
     total = json.loads((out / 'model.safetensors.index.json').read_text())['metadata']['total_size']
     print(f'wrote {args.arch} to {out}: {total} tensor bytes ({total / 1e9:.2f} GB) on '
           f'{_resolve_device(args.device)} in {time.perf_counter() - start:.1f} s')
