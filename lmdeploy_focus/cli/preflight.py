@@ -72,7 +72,7 @@ def cuda_problem(device: str | None) -> str | None:
     if torch.version.cuda is None and getattr(torch.version, 'hip', None) is None:  # ROCm builds drive 'cuda' too
         return (f'this torch build has no CUDA (torch {torch.__version__}), and LMDeploy\'s engine needs a CUDA '
                 f'GPU (--device cuda): run on a GPU machine with the CUDA build of torch '
-                f'(pip install -r requirements/runtime_cuda.txt); the CPU environment only runs the test suite')
+                f'(pip install -r requirements/runtime_cuda.txt); the CPU environment runs the tests, the reference decode loop and the tools')
     if not torch.cuda.is_available():
         visible = os.getenv('CUDA_VISIBLE_DEVICES')
         hint = f' (CUDA_VISIBLE_DEVICES={visible!r})' if visible is not None else ''

@@ -82,7 +82,8 @@ OPTIONS = (
            aliases=('--focus', )),
     Option('focus_alpha', DEFAULT_FOCUS_ALPHA,
            'FOCUS safety margin (>= 1.0) over the expected number of decodable tokens per step, or "auto" (set online)'),
-    Option('track', False, 'Collect per-request DLLM statistics (processed tokens, denoising steps)'),
+    Option('track', False, 'Collect per-request DLLM statistics (processed tokens, denoising steps); the api_server '
+           'turns it on with delayed cache / FOCUS while its metrics are on'),
     Option('delayed_cache_commit', DEFAULT_COMMIT_MODE,
            'How a decoded block becomes history under delayed cache: exact = one full pass over the block '
            '(history KV never stale), fast = only its uncached positions',
