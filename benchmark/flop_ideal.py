@@ -123,7 +123,7 @@ def main(argv=None):
         raise SystemExit('flop_ideal: error: --ridge-rows must be 0 or more')
     skipped = []
     try:
-        rows = ideal_rows(load_results(args.paths), args.layers, args.head_layers, args.ridge_rows, args.qkv_share,
+        rows = ideal_rows(load_results(args.paths, 'flop_ideal'), args.layers, args.head_layers, args.ridge_rows, args.qkv_share,
                           skipped)
     except ValueError as e:
         raise SystemExit(f'flop_ideal: error: {e}')

@@ -46,19 +46,27 @@ def _source_names(paths) -> dict:
     return {p: (norm[p] if base[p] in clash else base[p]) for p in paths}
 
 
-def load_results(paths) -> list:
+def load_results(paths, tool: str = 'plot_results') -> list:
+    """The profile_throughput records under ``paths``; a missing path, a file that is not JSON or no record at all
+    is one line naming ``tool`` (plot_results, flop_ideal) and the path."""
+    absent = [path for path in paths if not os.path.exists(path)]
+    if absent:
+        raise SystemExit(f'{tool}: error: no such file or directory: {", ".join(absent)}')
     names = _source_names(paths)
     results = []
     for p in paths:
         files = sorted(glob.glob(os.path.join(p, '**', '*.json'), recursive=True)) if os.path.isdir(p) else [p]
         for f in files:
-            with open(f) as fh:
-                r = json.load(fh)
+            try:
+                with open(f) as fh:
+                    r = json.load(fh)
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise SystemExit(f'{tool}: error: {f}: not a readable JSON file ({e})') from None
             if isinstance(r, dict) and r.get('schema') == SCHEMA:
                 r['_source'] = names[p]
                 results.append(r)
     if not results:
-        raise SystemExit(f'plot_results: error: no profile_throughput JSON files in {" ".join(paths)}')
+        raise SystemExit(f'{tool}: error: no profile_throughput JSON files in {" ".join(paths)}')
     return results
 
 
@@ -386,14 +394,13 @@ def plot(groups, extra_missing, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('paths', nargs='+', help='JSON files or directories (searched recursively), merged')
-    p.add_argument('--out-dir', default='./results', help='where results.md, plot_inputs.json and throughput.png go')
+    p.add_argument('--out-dir', default='./results', help='where results.md, plot_inputs.json and throughput.png go (default: ./results, under the '
+                   'current directory)')
     p.add_argument('--missing', action='append', default=[], metavar='ARM=REASON',
                    help='an expected arm that has no result, with the reason')
     p.add_argument('--no-png', action='store_true', help='only the markdown table')
     args = p.parse_args(argv)
-    absent = [path for path in args.paths if not os.path.exists(path)]
-    if absent:
-        raise SystemExit(f'plot_results: error: no such file or directory: {", ".join(absent)}')
+    results = load_results(args.paths)  # a missing path or unreadable file fails before anything is written
     if not args.no_png:  # checked before anything is written, so a failed run leaves no half output
         try:
             import matplotlib  # noqa: F401
@@ -404,7 +411,6 @@ def main(argv=None):
     if bad:
         raise SystemExit(f'plot_results: error: --missing takes ARM=REASON, got {bad[0]!r}')
     extra = dict(m.split('=', 1) for m in args.missing)
-    results = load_results(args.paths)
     groups = group(results)
     os.makedirs(args.out_dir, exist_ok=True)
     md = os.path.join(args.out_dir, 'results.md')

@@ -189,3 +189,20 @@ def test_the_tools_take_runs_with_nothing_to_measure(tmp_path, case):
     else:
         assert flop.returncode != 0 and 'left out focus-importance bs 8' in flop.stderr  # nothing left to compare
         assert ('no output throughput' if case == 'stock_failed' else 'no dllm_metrics') in flop.stderr
+
+
+def test_bad_paths_are_one_line_naming_flop_ideal_and_the_file(tmp_path):
+    """A missing path was a FileNotFoundError traceback, an empty folder said 'plot_results: error', a file that is
+    not JSON did not name the file. Found by a newcomer run-through."""
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmark', 'flop_ideal.py')
+    not_json = tmp_path / 'notes.json'
+    not_json.write_text('# not json')
+    (tmp_path / 'empty').mkdir()
+    for path, needle in ((tmp_path / 'nope', f'no such file or directory: {tmp_path / "nope"}'),
+                         (not_json, f'{not_json}: not a readable JSON file'),
+                         (tmp_path / 'empty', 'no profile_throughput JSON files in')):
+        proc = subprocess.run([sys.executable, script, str(path)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(f'flop_ideal: error: {needle}'), proc.stderr
