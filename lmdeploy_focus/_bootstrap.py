@@ -15,8 +15,20 @@ import sys
 DISABLE_ENV = 'LMDEPLOY_FOCUS_DISABLE'
 
 
+_ON, _OFF = ('1', 'true', 'yes', 'on'), ('', '0', 'false', 'no', 'off')
+_warned_value = None
+
+
 def disabled_by_env() -> bool:
-    return os.environ.get(DISABLE_ENV, '').strip().lower() in ('1', 'true', 'yes', 'on')
+    """Whether ``LMDEPLOY_FOCUS_DISABLE`` turns the plugin off; a value that is neither on nor off is said once on
+    stderr (a silently active plugin was the surprise), and the plugin stays active."""
+    global _warned_value
+    value = os.environ.get(DISABLE_ENV, '').strip().lower()
+    if value not in _ON and value not in _OFF and value != _warned_value:
+        _warned_value = value
+        sys.stderr.write(f'lmdeploy-focus: {DISABLE_ENV}={value!r} is neither {"/".join(_ON)} (the plugin off) nor '
+                         f'{"/".join(_OFF[1:])}: the plugin stays active\n')
+    return value in _ON
 
 
 class _PatchingLoader(importlib.abc.Loader):

@@ -53,6 +53,15 @@ def test_disable_env_gives_stock_lmdeploy(value):
                          focus_kwarg='TypeError')
 
 
+def test_an_unknown_disable_value_is_said_once_and_keeps_the_plugin():
+    """LMDEPLOY_FOCUS_DISABLE=maybe left the plugin active without a word. Found by a newcomer run-through."""
+    out = run_python(STATE, env={'LMDEPLOY_FOCUS_DISABLE': 'maybe'})
+    assert state_of(out)['focus_kwarg'] == 'accepted'
+    said = [line for line in out.stderr.splitlines() if 'LMDEPLOY_FOCUS_DISABLE' in line]
+    assert said == ["lmdeploy-focus: LMDEPLOY_FOCUS_DISABLE='maybe' is neither 1/true/yes/on (the plugin off) nor "
+                    "0/false/no/off: the plugin stays active"], out.stderr[-2000:]
+
+
 def test_other_lmdeploy_version_stays_inactive_with_one_warning():
     fake_version = '''
 import sys, types
