@@ -179,7 +179,8 @@ def test_model_path_check_lets_directories_and_repo_ids_through(tmp_path, monkey
     # retries; found by a newcomer run-through)
     (tmp_path / 'models').mkdir()
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(argparse.ArgumentTypeError, match="'models/tiny-sdar' is not an existing directory"):
+    with pytest.raises(argparse.ArgumentTypeError,
+                       match=r"'models/tiny-sdar' is not an existing directory.*\(models/ is a folder here"):
         preflight.model_path('models/tiny-sdar')
     assert preflight.model_path('JetLM/SDAR-8B-Chat-b32') == 'JetLM/SDAR-8B-Chat-b32'
 

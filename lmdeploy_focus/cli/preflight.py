@@ -13,11 +13,15 @@ HUB_ENV_FLAGS = ('LMDEPLOY_USE_MODELSCOPE', 'LMDEPLOY_USE_OPENMIND_HUB')
 
 
 def _looks_like_a_path(text: str) -> bool:
-    """Hub repo ids are ``name`` or ``owner/name``: never absolute, never ``./``, ``~`` or deeper; and an
-    ``owner/name`` whose owner is a local folder (``models/tiny-sdar`` typed in the repo, a missing model inside an
-    existing folder) is a mistyped path, which the hub client answered with a traceback after its retries."""
+    """Hub repo ids are ``name`` or ``owner/name``: never absolute, never ``./``, ``~`` or deeper."""
     return (os.path.isabs(text) or text.startswith(('.', '~')) or text.count('/') > 1 or os.sep != '/'
-            and os.sep in text or '/' in text and os.path.isdir(text.split('/', 1)[0]))
+            and os.sep in text)
+
+
+def _owner_is_a_local_folder(text: str) -> bool:
+    """An ``owner/name`` whose owner is a folder here (``models/tiny-sdar`` typed in the repo): a mistyped path,
+    which the hub client answered with a traceback after its retries."""
+    return text.count('/') == 1 and os.path.isdir(text.split('/', 1)[0])
 
 
 def _is_hub_repo_id(text: str) -> bool:
@@ -38,10 +42,13 @@ def model_path(text: str) -> str:
     """argparse ``type`` of the ``model_path`` positional: an existing path or a plausible repo id."""
     if os.path.exists(text):
         return text
-    if _looks_like_a_path(text) or not _is_hub_repo_id(text):
+    owner_here = not _looks_like_a_path(text) and _owner_is_a_local_folder(text)
+    if owner_here or _looks_like_a_path(text) or not _is_hub_repo_id(text):
+        note = (f' ({text.split("/")[0]}/ is a folder here, so this reads as a path; run from another folder to '
+                f'fetch the hub id)' if owner_here else '')
         raise argparse.ArgumentTypeError(
             f'{text!r} is not an existing directory nor a model repo id (owner/name): give the folder '
-            f'holding config.json, or a hub id such as JetLM/SDAR-8B-Chat-b32')
+            f'holding config.json, or a hub id such as JetLM/SDAR-8B-Chat-b32{note}')
     return text
 
 
