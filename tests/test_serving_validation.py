@@ -114,6 +114,25 @@ def test_a_min_new_tokens_above_max_new_tokens_is_refused():
     assert error.param == 'min_new_tokens' and 'max_new_tokens (8), got 64' in error.message
 
 
+def test_the_engine_side_check_takes_what_upstream_builds_from_a_request_at_the_caps():
+    """The engine guard checks the SamplingParam upstream builds after the request check: with ignore_eos upstream
+    moves the stop ids into the bad ones (and adds the model's eos ids), so a request at the boundary's caps reaches
+    the engine with longer lists. They are padded there, not a failure: no count cap on that side (a review found
+    one refusing such requests)."""
+    from lmdeploy import GenerationConfig
+    from lmdeploy.pytorch.messages import SamplingParam
+
+    from lmdeploy_focus.serving.validation import check_sampling_param
+    config = GenerationConfig(stop_token_ids=list(range(MAX_STOP_TOKEN_IDS)), bad_token_ids=list(range(260, 320)),
+                              ignore_eos=True, max_new_tokens=8)
+    check_generation_config(config, LIMITS)
+    param = SamplingParam.from_gen_config(config)
+    assert len(param.bad_words) > MAX_STOP_TOKEN_IDS
+    check_sampling_param(param, LIMITS)
+    param.bad_words.append(LIMITS.vocab_size)  # what the sampler cannot take is still refused
+    assert rejected(check_sampling_param, param, LIMITS).param == 'bad_words'
+
+
 def test_stop_lists_are_capped():
     """One request's stop table is padded into every neighbour's and repeated per block row; each stop word costs a
     vocabulary scan on the server's loop: both are bounded per request, the cap itself allowed."""

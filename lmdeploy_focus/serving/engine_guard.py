@@ -12,6 +12,7 @@ stopped so the scheduler never runs it, and the log names the session and the ex
 and appended to the engine's health message, which travels to the api_server (``/health``, the log).
 """
 import asyncio
+import collections
 import functools
 
 import numpy as np
@@ -60,7 +61,7 @@ class BusySession(RefusedRequest):
     """A second request on a session whose request is still in progress."""
 
 
-# (session id, sender id) of requests refused as BusySession, until that sender's END_SESSION arrives
+# how many requests each (session id, sender id) had refused as BusySession whose END_SESSION has not arrived yet
 BUSY_REFUSALS_ATTR = '_lmdeploy_focus_busy_refusals'
 
 
@@ -88,7 +89,7 @@ def check_engine_request(engine, req) -> None:
     * ``preserve_cache`` / ``migration_request`` on an engine that is not prefill/decode-disaggregated: it would
       keep the session's KV cache for good, or wait for a migration it never runs;
     * sampling parameters the batch's sampler cannot take (``top_k`` above the vocabulary, stop / bad token ids
-      outside it or the mask token, too many logprobs, an n-gram window overflow, out-of-range values): the
+      outside it or the mask token, too many logprobs, an n-gram window overflow, a NaN): the
       sampler runs inside the step, so its error would end the engine loop (on a GPU a bad gather, the process);
     * a diffusion model's decode steps return logits of the masked rows only (patch 17): no output logits;
     * a diffusion request with no token budget (``max_new_tokens <= 0``, or a session with no room left,
@@ -168,8 +169,9 @@ def isolate_add_message(upstream, response_type):
             try:
                 check_engine_request(self, req)
             except RefusedRequest as exc:
-                if isinstance(exc, BusySession):
-                    self.__dict__.setdefault(BUSY_REFUSALS_ATTR, set()).add((req.data['session_id'], req.sender_id))
+                if isinstance(exc, BusySession):  # counted: one sender may be refused on it more than once
+                    refusals = self.__dict__.setdefault(BUSY_REFUSALS_ATTR, collections.Counter())
+                    refusals[(req.data['session_id'], req.sender_id)] += 1
                 _refuse(self, req, exc, response_type)
                 continue
             except Exception as exc:  # a check that trips over a malformed request fails that request only
@@ -201,8 +203,10 @@ def keep_the_busy_session(upstream):
         for req in reqs:
             session_id = req.data['session_id']
             key = (session_id, req.sender_id)
-            if key in refusals:
-                refusals.discard(key)
+            if refusals[key] > 0:
+                refusals[key] -= 1
+                if refusals[key] == 0:
+                    del refusals[key]
                 if any(_in_progress(seq.status) for seq in _session_sequences(self, session_id)):
                     logger.info('session %s: END_SESSION of the request refused on it left alone (its request in '
                                 'progress ends it)', session_id)

@@ -333,11 +333,10 @@ def check_sampling_param(sampling_param, limits: ModelLimits) -> None:
     if sampling_param.num_logprobs is not None and sampling_param.num_logprobs > 0:
         _check_logprobs('logprobs', sampling_param.num_logprobs)
     _check_repetition_ngram(sampling_param.repetition_ngram_size, sampling_param.repetition_ngram_threshold)
+    # no count cap here: upstream pads these lists, and the request boundary's cap (a cost bound) meets lists that
+    # upstream then grows (stop words' ids, the model's eos ids, ignore_eos moving stop ids to the bad ones)
     for field, ids in (('stop_words', sampling_param.stop_words), ('bad_words', sampling_param.bad_words)):
-        ids = list(ids or [])
-        if len(ids) > MAX_STOP_TOKEN_IDS:
-            raise FieldError(field, f'at most {MAX_STOP_TOKEN_IDS} token ids, got {len(ids)}')
-        for token in ids:
+        for token in ids or []:
             _check_token(field, token, limits, what='token id')
 
 
