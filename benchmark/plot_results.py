@@ -219,7 +219,8 @@ def markdown(groups, extra_missing, results=None) -> str:
         lines += ['', '### Speed-up over stock (output tok/s ratio; same run, model, batch size and settings)', '',
                   '| arm (model) | vs | ' + ' | '.join(f'bs {c}' for c in levels) + ' |',
                   '|' + ' --- |' * (len(levels) + 2)] + speedups
-    if unpaired:
+    if unpaired:  # ("settings" in the heading above include the engine's size and the GPU; the heading stays as the
+        # committed results.md files have it)
         lines += ['', 'Not compared with stock:', ''] + unpaired
     lines += ['', '### Per run', '',
               '| arm (model) | bs | req/s | in tok/s | out tok/s | TTFT mean / p99 (ms) | TPOT mean (ms) | '

@@ -184,11 +184,13 @@ def main(argv=None):
     conversations = None
     if args.dataset != datasets.RANDOM_DATASET:
         conversations = datasets.load_conversations(args.dataset, args.dataset_format, args.hf_subset, args.hf_split)
+    levels = sorted(set(args.concurrency))
+    # a bad option value (e.g. --dllm-focus-alpha 0.5) is one line here, before a hub id is downloaded
+    engine_runner.engine_config(engine_runner.engine_config_kwargs(
+        args, max(levels), engine_runner.ModelFacts('', False, args.dllm_block_length)))
     model_dir = engine_runner.local_model_path(args.model_path)
     facts = engine_runner.model_facts(model_dir, args.dllm_block_length)
-    levels = sorted(set(args.concurrency))
     config_kwargs = engine_runner.engine_config_kwargs(args, max(levels), facts)
-    engine_runner.engine_config(config_kwargs)  # a bad option value (e.g. --dllm-focus-alpha 0.5) fails here, in a line
     tokenizer = load_tokenizer(model_dir)
     all_prompts = build_prompts(args, tokenizer, conversations, max(prompts_per_level(args, c) for c in levels))
     arm = args.arm or default_arm(args, facts)

@@ -183,6 +183,15 @@ def test_model_path_check_lets_directories_and_repo_ids_through(tmp_path, monkey
                        match=r"'models/tiny-sdar' is not an existing directory.*\(models/ is a folder here"):
         preflight.model_path('models/tiny-sdar')
     assert preflight.model_path('JetLM/SDAR-8B-Chat-b32') == 'JetLM/SDAR-8B-Chat-b32'
+    # a hub id the hub cache holds stays a hub id even where its owner is a folder here (a review's case)
+    cache = tmp_path / 'hub'
+    snapshot = cache / 'models--models--tiny-sdar' / 'snapshots' / 'abc'
+    snapshot.mkdir(parents=True)
+    (snapshot / 'config.json').write_text('{}')
+    (cache / 'models--models--tiny-sdar' / 'refs').mkdir()
+    (cache / 'models--models--tiny-sdar' / 'refs' / 'main').write_text('abc')
+    monkeypatch.setattr('huggingface_hub.constants.HF_HUB_CACHE', str(cache))
+    assert preflight.model_path('models/tiny-sdar') == 'models/tiny-sdar'
 
 
 @pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message of a machine without CUDA')

@@ -125,11 +125,12 @@ def dllm_option(text: str) -> tuple[str, object]:
 
 def build_engine(model_path: str, config_kwargs: dict):
     """Engine.from_pretrained; NotImplementedError (feature not built yet) becomes ArmMissing."""
-    import torch
     from lmdeploy.pytorch.engine import Engine
-    if not torch.cuda.is_available():  # upstream's checker said 'PyTorch is not available.'
-        raise BenchmarkInputError('the PyTorch engine needs a CUDA GPU and this torch build has none (or no GPU is '
-                                  'visible); run profile_throughput on a GPU machine')
+
+    from lmdeploy_focus.cli.preflight import cuda_problem
+    problem = cuda_problem('cuda')  # upstream's checker said 'PyTorch is not available.'
+    if problem:
+        raise BenchmarkInputError(problem)
     config = engine_config(config_kwargs)
     try:
         return Engine.from_pretrained(model_path, engine_config=config, trust_remote_code=True)

@@ -19,9 +19,17 @@ def _looks_like_a_path(text: str) -> bool:
 
 
 def _owner_is_a_local_folder(text: str) -> bool:
-    """An ``owner/name`` whose owner is a folder here (``models/tiny-sdar`` typed in the repo): a mistyped path,
-    which the hub client answered with a traceback after its retries."""
-    return text.count('/') == 1 and os.path.isdir(text.split('/', 1)[0])
+    """An ``owner/name`` whose owner is a folder here (``models/tiny-sdar`` typed in the repo) and that the hub cache
+    does not hold: a mistyped path, which the hub client answered with a traceback after its retries."""
+    return text.count('/') == 1 and os.path.isdir(text.split('/', 1)[0]) and not _in_hub_cache(text)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        return isinstance(try_to_load_from_cache(repo_id, 'config.json'), str)
+    except Exception:  # noqa: BLE001  (an id the client refuses, an unreadable cache: not cached)
+        return False
 
 
 def _is_hub_repo_id(text: str) -> bool:

@@ -120,7 +120,8 @@ def _unpickled_config(state: dict) -> PytorchEngineConfig:
     """A FOCUS engine config in the process that unpickles it (upstream's engine checker pool on CUDA, the engine
     process of ``enable_mp_engine``, executor workers), with the plugin active there: a process started without the
     plugin's .pth (``lmdeploy_focus.activate()`` in a source checkout) ran upstream's checks with stock model-config
-    builders, which refused LLaDA2. A no-op where the .pth already activated it."""
+    builders, which refused LLaDA2. A no-op where the .pth already activated it (and for ``copy.copy`` /
+    ``copy.deepcopy``, which rebuild through it too, in a process where the plugin is active or disabled)."""
     from .._bootstrap import install
     install()
     config = object.__new__(PytorchEngineConfig)
