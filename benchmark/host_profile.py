@@ -106,6 +106,9 @@ def _package_path(filename: str) -> str:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if '--' not in argv and any(a in ('-h', '--help') for a in argv):
+        print(__doc__)  # a question, not a mistake: exit 0
+        return
     if '--' not in argv:
         raise SystemExit('usage: host_profile.py --out FILE [--interval-ms MS] -- <profile_throughput arguments>')
     split = argv.index('--')

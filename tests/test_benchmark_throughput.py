@@ -447,6 +447,13 @@ def test_inputs_that_went_wrong_silently_or_late_are_usage_errors(argv, message)
         pt.validate(pt.parse_args(['random', '/m', *argv]))
 
 
+def test_host_profile_help_exits_0_with_its_usage():
+    """--help printed the usage as an error, exit 1. Found by a newcomer run-through."""
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, 'host_profile.py'), '--help'], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and 'host_profile.py --out PROFILE.json' in proc.stdout, proc.stderr[-1000:]
+
+
 def test_host_profile_reports_a_bad_dataset_in_one_line():
     proc = subprocess.run([sys.executable, os.path.join(BENCH, 'host_profile.py'), '--out', os.devnull, '--',
                            '/no/such/data.json', '/m'], capture_output=True, text=True, timeout=120)
