@@ -24,7 +24,7 @@ RESULTS_DIR=${RESULTS_DIR:-./results}
 ARM_TAG=${ARM_TAG:-}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 PYTHON=${PYTHON:-python3}
-mkdir -p "$RESULTS_DIR"
+[[ "${DRY_RUN:-0}" == 1 ]] || mkdir -p "$RESULTS_DIR"  # a dry run writes nothing
 
 # threshold of an arm: the same for all unless PAPER_THRESHOLDS=1 (then FOCUS 0.8, others 0.9)
 arm_threshold() {

@@ -546,6 +546,15 @@ def _driver(name):
     return os.path.join(BENCH, name)
 
 
+def test_a_dry_run_creates_no_results_folder(tmp_path):
+    """DRY_RUN=1 made ./results (or RESULTS_DIR) anyway. Found by a newcomer run-through."""
+    out = tmp_path / 'results'
+    proc, cmds = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random',
+                               env=dict(RESULTS_DIR=str(out), ONE_ENGINE='1'))
+    assert proc.returncode == 0 and cmds, proc.stderr
+    assert not out.exists()
+
+
 @pytest.mark.parametrize('how', ['env', 'argument'])
 def test_focus_driver_policy_is_selectable(tmp_path, how):
     env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1')
