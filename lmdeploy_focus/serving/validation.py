@@ -277,10 +277,7 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         check_no_kv_migration(lambda field: getattr(gen_config, field, None))
     _check_repetition_ngram(gen_config.repetition_ngram_size, gen_config.repetition_ngram_threshold)
     _check_logprobs('logprobs', gen_config.logprobs)
-    top_k = gen_config.top_k
-    if limits.vocab_size is not None and isinstance(top_k, int) and top_k > limits.vocab_size:
-        # upstream's sampler takes torch.topk(logits, max top_k of the batch): k > vocab raises inside the step
-        raise FieldError('top_k', f'must be at most the vocabulary size {limits.vocab_size} (0: no top-k), got {top_k}')
+    _check_top_k_in_vocabulary(gen_config.top_k, limits)
     if limits.dllm and gen_config.response_format is not None:
         raise FieldError('response_format', 'guided output is not available for diffusion models (a block is '
                          'decoded in parallel, a grammar matcher follows one token at a time); allowed: null')
@@ -317,6 +314,13 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
             _check_token(field, ids[0], limits, what=f'{word!r}: token id', said=said)  # the token-id lists' rule
 
 
+def _check_top_k_in_vocabulary(top_k, limits: ModelLimits) -> None:
+    # upstream's sampler takes torch.topk(logits, max top_k of the batch): k > vocab raises inside the step
+    if limits.vocab_size is not None and _integer(top_k) and top_k > limits.vocab_size:
+        raise FieldError('top_k', f'must be an integer in [0, {limits.vocab_size}] (at most the vocabulary size; '
+                         f'0: no top-k), got {top_k}')
+
+
 def check_sampling_param(sampling_param, limits: ModelLimits) -> None:
     """The engine's ``SamplingParam`` of a request that skipped :func:`check_generation_config` (the raw ``Engine``
     API): the rules that keep the batch's sampler from failing inside the step (which ends the engine loop, and on
@@ -327,9 +331,8 @@ def check_sampling_param(sampling_param, limits: ModelLimits) -> None:
         value = getattr(sampling_param, field)
         if not (_number(value) and math.isfinite(value)):
             raise FieldError(field, f'must be a finite number, got {value!r}')
-    top_k = sampling_param.top_k
-    if not _integer(top_k) or top_k < 0 or (limits.vocab_size is not None and top_k > limits.vocab_size):
-        raise FieldError('top_k', f'must be an integer in [0, {limits.vocab_size}] (0: no top-k), got {top_k!r}')
+    check_sampling(top_k=sampling_param.top_k)
+    _check_top_k_in_vocabulary(sampling_param.top_k, limits)
     if sampling_param.num_logprobs is not None and sampling_param.num_logprobs > 0:
         _check_logprobs('logprobs', sampling_param.num_logprobs)
     _check_repetition_ngram(sampling_param.repetition_ngram_size, sampling_param.repetition_ngram_threshold)
