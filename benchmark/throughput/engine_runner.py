@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from lmdeploy_focus.config.model_facts import DLLM_MODEL_TYPES, model_block_length
+from lmdeploy_focus.config.model_facts import DLLM_MODEL_TYPES, local_model_type, model_block_length
 
 from .errors import BenchmarkInputError
 from .metrics import RequestRecord, summarize
@@ -71,11 +71,7 @@ def engine_config(config_kwargs: dict):
 
 def model_facts(model_path: str, block_length_arg: int | None) -> ModelFacts:
     """Facts of the local folder ``model_path`` (:func:`local_model_path`)."""
-    try:
-        with open(os.path.join(model_path, 'config.json')) as f:
-            model_type = json.load(f).get('model_type', '')
-    except OSError:
-        model_type = ''  # no config.json: upstream's model checks report it
+    model_type = local_model_type(model_path) or ''  # no config.json: upstream's model checks report it
     is_dllm = model_type in DLLM_MODEL_TYPES
     block = block_length_arg
     if block is None and is_dllm:

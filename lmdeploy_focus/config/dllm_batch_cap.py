@@ -8,21 +8,16 @@ H100), decode steps of up to 32,768 rows and CUDA graphs captured for them, wher
 256. :func:`cap_batch_for_block_length` applies upstream's rule with the block length the engine will use.
 """
 import dataclasses
-import json
-import os
 
+from .model_facts import local_model_type
 from .model_facts import model_block_length as block_length_of
 
 
 def model_block_length(model_path: str) -> int | None:
     """The block length the engine reads from a local checkpoint when none is configured (None: not one of the
     DLLMs whose block length comes from the model, or none found)."""
-    try:
-        with open(os.path.join(model_path, 'config.json'), encoding='utf-8') as f:
-            model_type = json.load(f).get('model_type')
-    except (OSError, ValueError, AttributeError):
-        return None  # not a local checkpoint (upstream's own checks report it)
-    return block_length_of(model_type, model_path)
+    model_type = local_model_type(model_path)  # None: not a local checkpoint (upstream's own checks report it)
+    return block_length_of(model_type, model_path) if model_type else None
 
 
 def cap_batch_for_block_length(model_path: str, engine_config) -> None:

@@ -1,4 +1,5 @@
 """Model facts the DLLM engine needs that upstream does not read from the checkpoint."""
+import json
 import os
 import re
 from pathlib import PurePath
@@ -54,6 +55,16 @@ def block_length_from_path(model_path: str | None) -> int | None:
         logger.info(f'dllm block length {block_length} taken from the model path ({part}).')
         return block_length
     return None
+
+
+def local_model_type(model_path: str) -> str | None:
+    """``model_type`` of the checkpoint folder ``model_path`` (None: no readable config.json there, e.g. a hub id)."""
+    try:
+        with open(os.path.join(model_path, 'config.json'), encoding='utf-8') as f:
+            model_type = json.load(f).get('model_type')
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) else None
 
 
 def model_block_length(model_type: str | None, model_path: str | None) -> int | None:
