@@ -50,8 +50,9 @@ def model_path(text: str) -> str:
     """argparse ``type`` of the ``model_path`` positional: an existing path or a plausible repo id."""
     if os.path.exists(text):
         return text
-    owner_here = not _looks_like_a_path(text) and _owner_is_a_local_folder(text)
-    if owner_here or _looks_like_a_path(text) or not _is_hub_repo_id(text):
+    path_shaped = _looks_like_a_path(text)
+    owner_here = not path_shaped and _owner_is_a_local_folder(text)
+    if path_shaped or owner_here or not _is_hub_repo_id(text):
         note = (f' ({text.split("/")[0]}/ is a folder here, so this reads as a path; run from another folder to '
                 f'fetch the hub id)' if owner_here else '')
         raise argparse.ArgumentTypeError(
