@@ -28,7 +28,8 @@ load_benchmark_packages('arms', 'throughput', 'quality')
 from quality import arms, prompting, report  # noqa: E402
 from quality.engine_backend import EngineBackend  # noqa: E402
 from quality.outcome import FAILED, CellOutcome, first_line  # noqa: E402
-from quality.reference_backend import DTYPES, ReferenceBackend, resolve_device, resolve_dtype  # noqa: E402
+from quality.reference_backend import DTYPES, ReferenceBackend, resolve_dtype  # noqa: E402
+
 from quality.task_file import load_tasks  # noqa: E402
 from throughput import engine_runner  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
@@ -112,10 +113,11 @@ def reference_inputs(args) -> None:
     if not os.path.isfile(os.path.join(args.model_path, 'config.json')):
         raise BenchmarkInputError(f'{args.model_path!r} is not a model folder (the one holding config.json); the '
                                   f'reference backend loads a local checkpoint')
-    if args.device.startswith('cuda'):
-        import torch
-        if not torch.cuda.is_available():
-            raise BenchmarkInputError(f'--device {args.device}: no CUDA GPU here (use --device cpu or auto)')
+    from lmdeploy_focus_dev.devices import NoCudaDevice, resolve_device  # the reference loop's package
+    try:
+        resolve_device(args.device)
+    except NoCudaDevice as e:
+        raise BenchmarkInputError(str(e)) from None
 
 
 def usable_out_dir(path: str) -> None:
@@ -145,8 +147,9 @@ def make_backend(args, settings, stop_ids):
     if settings.block_length is None:
         raise BenchmarkInputError('the reference backend needs the block length: give --block-length '
                                   '(or a model path ending in -b<N>)')
+    from lmdeploy_focus_dev.devices import resolve_device
     from lmdeploy_focus_dev.reference.checkpoint import load_sdar_checkpoint
-    device = resolve_device(args.device)
+    device = resolve_device(args.device)  # checked by reference_inputs before anything loaded
     try:
         checkpoint = load_sdar_checkpoint(args.model_path, resolve_dtype(args.dtype, device), device)
     except (OSError, ValueError) as e:

@@ -24,12 +24,6 @@ from .outcome import FAILED, MISSING, OK, CellOutcome, first_line
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(name)
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """``auto``: fp32 on CPU (fast and exact there), the checkpoint's dtype (None) on CUDA."""
     if name == 'auto':

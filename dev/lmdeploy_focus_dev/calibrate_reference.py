@@ -15,15 +15,16 @@ from lmdeploy_focus.config.options import FocusOptions
 from lmdeploy_focus.strategies.dllm.focus_config import focus_config
 from lmdeploy_focus.strategies.dllm.run_stats import KEYS
 
+from .devices import NoCudaDevice, resolve_device
+
 DTYPES = {'float32': torch.float32, 'float64': torch.float64, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 def _device(name: str) -> torch.device:
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise BackendUnavailable('--device cuda: no CUDA GPU here')
-    return torch.device(name)
+    try:
+        return resolve_device(name)
+    except NoCudaDevice as e:
+        raise BackendUnavailable(str(e)) from None
 
 
 def counts_of(results) -> dict[str, float]:

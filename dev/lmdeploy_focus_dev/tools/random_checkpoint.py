@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..devices import NoCudaDevice, resolve_device
 from .arch_specs import ARCH_SPECS, ArchSpec, get_arch_spec
 from .hf_config_files import REMOTE_CONFIG_MODULES, config_json, generation_config_json
 from .qwen3_tokenizer import write_qwen3_tokenizer_files
@@ -40,12 +41,6 @@ def _tensor_seed(seed: int, name: str) -> int:
     # per-tensor seeds keep every tensor's values independent of shard layout and order
     digest = hashlib.sha256(f'{seed}/{name}'.encode()).digest()
     return int.from_bytes(digest[:8], 'little') & (2**63 - 1)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(device)
 
 
 def _random_tensor(tensor: TensorSpec, dtype: torch.dtype, device: torch.device, seed: int,
@@ -123,7 +118,7 @@ def write_random_checkpoint(arch: str,
         raise ValueError(f'dtype must be one of {DTYPES}')
     spec = get_arch_spec(arch)
     torch_dtype = getattr(torch, dtype)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
     write_metadata_files(spec, out, dtype, seed)
@@ -166,8 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--overwrite', action='store_true',
                         help='replace weights already in OUT_DIR (otherwise an existing checkpoint is an error)')
     args = parser.parse_args(argv)
-    if args.device == 'cuda' and not torch.cuda.is_available():  # before anything is written (it left half a folder)
-        raise SystemExit('random_checkpoint: error: --device cuda: no CUDA GPU here (use --device cpu or auto)')
+    try:
+        resolve_device(args.device)  # before anything is written (torch's error came after half the folder)
+    except NoCudaDevice as e:
+        raise SystemExit(f'random_checkpoint: error: {e}') from None
 
     start = time.perf_counter()
     try:
@@ -182,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f'random_checkpoint: error: cannot write {args.out_dir}: {error.strerror or error}') from None
     total = json.loads((out / 'model.safetensors.index.json').read_text())['metadata']['total_size']
     print(f'wrote {args.arch} to {out}: {total} tensor bytes ({total / 1e9:.2f} GB) on '
-          f'{_resolve_device(args.device)} in {time.perf_counter() - start:.1f} s')
+          f'{resolve_device(args.device)} in {time.perf_counter() - start:.1f} s')
 
 if __name__ == '__main__':
     main(sys.argv[1:])
