@@ -16,8 +16,11 @@ Decoding as the quality evaluation: greedy (``top_k=1``), ``low_confidence_dynam
                   victims and two others again on the same engine
   staggered       staggered arrivals: batches mixing prefill, warm-up, mid-block and commit steps
   mixed_sampling  every other request samples with its own parameters; the greedy ones unchanged
+  logprobs        every other request asks for logprobs: one per returned token, outputs unchanged
+  broken_processor every third request's custom logits processor raises: those fail alone
+                  (INTERNAL_ENGINE_ERROR, no tokens), the others unchanged, the engine goes on
 
-(requests of these five carry the model's EOS ids as stop tokens, as a server does), then
+(requests of these carry the model's EOS ids as stop tokens, as a server does), then
 
   chunked_prefill a second engine with a small max_prefill_token_num, long prompts: outputs must
                   equal the first engine's (which prefills them whole)
@@ -63,7 +66,8 @@ from arms import arm_fields  # noqa: E402
 
 ARMS = {name: arm_fields(name, stock_steps=False) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus', 'focus_leftmost')}
 DEFAULT_ARMS = ('stock', 'delayed_exact', 'delayed_fast', 'focus')  # focus_leftmost: same machinery, other policy
-MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling', 'logprobs')
+MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling', 'logprobs',
+              'broken_processor')
 CASES = MAIN_CASES + ('chunked_prefill', 'prefix_caching')
 PREFIX_FAST_MESSAGE = 'enable_prefix_caching'  # the plugin's ValueError names the option (config/compat.py)
 
@@ -283,6 +287,9 @@ async def run_arm(report: Report, arm: str, args, sets: dict, block_length: int,
                                ec.case_mixed_sampling(runner, sets['main'], traj, N, eos_ids), T)
             if 'logprobs' in cases:
                 await run_case(report, arm, 'logprobs', ec.case_logprobs(runner, sets['main'], traj, N, eos_ids), T)
+            if 'broken_processor' in cases:
+                await run_case(report, arm, 'broken_processor',
+                               ec.case_broken_processor(runner, sets['main'], traj, N, eos_ids), T)
         for key, case in (('long', 'chunked_prefill'), ('prefix', 'prefix_caching')):
             if case in cases and not (case == 'prefix_caching' and fast_commit):
                 try:

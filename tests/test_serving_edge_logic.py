@@ -387,8 +387,10 @@ class FakeEngine:
     'ignore_stop_tokens' (only EOS ids stop, not a request's extra stop token), 'prefix_cache_corrupts',
     'sampling_leaks' (a greedy request batched with sampling ones changes, as upstream 0.18's interleaved
     per-request parameters would make it), 'logprobs_per_position' (each chunk carries L logprob entries
-    of sampled ids, as upstream 0.18 sent them). A sampling request follows its own seeded trajectory;
-    with ``logprobs`` each token gets an entry whose argmax it is."""
+    of sampled ids, as upstream 0.18 sent them), 'processor_ends_loop' (a custom logits processor that raises
+    ends every request with ENGINE_STOP_ERROR and the engine with them, as upstream 0.18's loop). A sampling
+    request follows its own seeded trajectory; with ``logprobs`` each token gets an entry whose argmax it is;
+    a request whose logits processor raises ends with INTERNAL_ENGINE_ERROR and no tokens."""
 
     EOS = (256, 258)
 
@@ -403,6 +405,7 @@ class FakeEngine:
         self.seen_prompts = []
         self.sampling = set()  # sessions of running sampling requests
         self.strategy_factory = object()
+        self.loop_ended = False
 
     def start_loop(self):
         return True
@@ -438,8 +441,16 @@ class FakeInstance:
     async def async_stream_infer(self, session_id, input_ids, gen_config):
         from lmdeploy.messages import EngineOutput, ResponseType
         e, L, P = self.engine, self.engine.L, len(input_ids)
-        if e.fault == 'engine_stop_error':
+        if e.fault == 'engine_stop_error' or e.loop_ended:
             yield EngineOutput(ResponseType.ENGINE_STOP_ERROR, [])
+            return
+        try:
+            for processor in gen_config.logits_processors or ():
+                processor([], torch.zeros(8))
+        except Exception:  # noqa: BLE001
+            e.loop_ended = e.fault == 'processor_ends_loop'
+            yield EngineOutput(ResponseType.ENGINE_STOP_ERROR if e.loop_ended else ResponseType.INTERNAL_ENGINE_ERROR,
+                               [])
             return
         stops = list(gen_config.stop_token_ids or [])
         if e.fault == 'ignore_stop_tokens':
@@ -473,6 +484,9 @@ class FakeInstance:
                 await asyncio.sleep(e.step_s)
                 if session_id in e.cancelled:
                     yield EngineOutput(ResponseType.CANCEL, [], req_metrics=metrics)
+                    return
+                if e.loop_ended:
+                    yield EngineOutput(ResponseType.ENGINE_STOP_ERROR, [])
                     return
             chunk = out[sent:block_end]
             if e.fault == 'disturb_after_cancel' and session_id in e.disturbed:
@@ -515,6 +529,8 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
     assert stock['staggered']['mixing']['starts_with_others_past_first_block'] > 0
     assert stock['mixed_sampling']['identical'] == 8 and len(stock['mixed_sampling']['sampled']) == 8
     assert stock['logprobs']['identical'] == 16 and stock['logprobs']['checks']['logprobs_match_tokens']
+    broken = stock['broken_processor']
+    assert broken['identical'] == 16 + 11 and len(broken['broken']) == 5  # 11 unbroken, then all 16 again
     assert max(stock['prefix_caching']['cached_tokens']['wave2']) >= 128
     assert data['arms']['delayed_fast']['cases']['prefix_caching']['refused']
     assert 'case' in data['table'] and data['gpu'] is None and data['lmdeploy'] == '0.18.0'
@@ -524,7 +540,10 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
                                             ('ignore_stop_tokens', {'stop_token'}),
                                             ('prefix_cache_corrupts', {'prefix_caching'}),
                                             ('sampling_leaks', {'mixed_sampling'}),
-                                            ('logprobs_per_position', {'logprobs'})])
+                                            ('logprobs_per_position', {'logprobs'}),
+                                            # the dead engine's later cases fail too
+                                            ('processor_ends_loop', {'broken_processor', 'chunked_prefill',
+                                                                     'prefix_caching'})])
 def test_driver_catches_a_faulty_engine(driver, monkeypatch, tmp_path, fault, failing):
     rc, data = run_driver_on_fake(driver, monkeypatch, tmp_path, fault, ['--arms', 'stock', 'delayed_fast'])
     assert rc == 1 and data['overall'] == 'FAIL'

@@ -367,11 +367,12 @@ def test_logit_bias_runs_as_one_op_per_row_with_upstreams_exact_logits(dtype):
         p.repetition_penalty, p.repetition_ngram_size, p.min_new_tokens, p.temperature = 1.0, 0, 0, 1.0
         p.logits_processors = [upstream, other] if i == 1 else None
     inputs = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
-    rows = inputs.logits_processors[block:2 * block]
+    # each row: one guard (processor_guard) running the request's processors in order
+    rows = [guards[0].processors for guards in inputs.logits_processors[block:2 * block]]
     assert all(isinstance(r[0], TensorLogitBias) and r[1] is other for r in rows)
     assert len({id(r[0]) for r in rows}) == 1  # made once for the request
     again = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)  # the next step's inputs
-    assert again.logits_processors[block][0] is rows[0][0]
+    assert again.logits_processors[block][0].processors[0] is rows[0][0]
     logits = (torch.randn(num_seqs * block, vocab, generator=gen) * 30).to(dtype)
     ours = _apply_custom_logits_processors(inputs.logits_processors, inputs.all_ids, logits.clone())
     expected = logits.clone()

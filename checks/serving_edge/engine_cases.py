@@ -32,6 +32,7 @@ class Request:
     label: str = ''
     sampling: dict | None = None  # GenerationConfig sampling fields (do_sample=True); None: greedy
     logprobs: int | None = None  # GenerationConfig.logprobs (top entries per token)
+    processors: list | None = None  # GenerationConfig.logits_processors
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Runner:
         if request.sampling is not None:
             sampling = dict(do_sample=True, **request.sampling)
         return GenerationConfig(max_new_tokens=request.max_new_tokens, ignore_eos=False,
-                                stop_token_ids=list(request.stop_ids) or None, logprobs=request.logprobs, **sampling)
+                                stop_token_ids=list(request.stop_ids) or None, logprobs=request.logprobs,
+                                logits_processors=request.processors, **sampling)
 
     def now(self) -> float:
         return time.perf_counter() - self.clock0
@@ -333,6 +335,31 @@ async def case_logprobs(runner: Runner, prompts: list, trajectories: dict, max_n
                   extra_checks=dict(logprobs_match_tokens=all(c['passed'] for c in checked.values()),
                                     no_logprobs_unasked=others_clean),
                   logprobs={k: v for k, v in checked.items() if not v['passed']})
+
+
+def _broken_processor(token_ids, scores):
+    raise ValueError('a logits processor that always raises (serving edge check)')
+
+
+async def case_broken_processor(runner: Runner, prompts: list, trajectories: dict, max_new_tokens: int,
+                                stop_ids: tuple) -> dict:
+    """Every third request carries a custom logits processor that raises: those requests end with
+    INTERNAL_ENGINE_ERROR and no tokens, every other output equals its trajectory, and the engine goes on
+    (the same prompts again, all greedy, equal their trajectories). Upstream 0.18: the exception ends the
+    engine loop and every request with it."""
+    L = runner.block_length
+    requests = [Request(p, max_new_tokens, stop_ids, f'{p.label}:broken' if i % 3 == 1 else p.label,
+                        processors=[_broken_processor] if i % 3 == 1 else None) for i, p in enumerate(prompts)]
+    outcomes = await runner.batch(requests)
+    broken = [i for i, r in enumerate(requests) if r.processors]
+    broken_failed = all(outcomes[i].status == 'INTERNAL_ENGINE_ERROR' and not outcomes[i].tokens for i in broken)
+    kept = [i for i, r in enumerate(requests) if not r.processors]
+    again = [Request(p, max_new_tokens, stop_ids, f'{p.label}:after') for p in prompts]
+    after = await runner.batch(again)
+    picked = [requests[i] for i in kept] + again
+    return judged(picked, [outcomes[i] for i in kept] + after, expected_for(trajectories, picked, L), L,
+                  extra_checks=dict(broken_requests_failed_alone=broken_failed),
+                  broken=[outcome_record(requests[i], outcomes[i], L) for i in broken])
 
 
 # ---- cases on their own engines -----------------------------------------------------------------

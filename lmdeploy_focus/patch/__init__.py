@@ -89,14 +89,16 @@ config time instead of running on a partly stock engine.
    upstream builds ``RequestMetrics`` inside this method with no extension point. (b) DLLM logprobs:
    upstream hands each request the step's L rows of sampled-id logprobs, read inside this method
    before the sequences update; a diffusion request must get each returned token's logprob from the
-   step that unmasked it, once, with its block.
-   How: before upstream runs, the sequence strategy's ``prepare_step_outputs`` (if it has one: ours,
-   :mod:`lmdeploy_focus.strategies.dllm.block_logprobs`) rewrites ``batched_outputs.logprobs`` on the
-   host; after it, a sequence that carries statistics (only with ``dllm_track``) gets
+   step that unmasked it, once, with its block. (c) A diffusion request whose own logits processor raised
+   in the step must fail before the step's outputs become responses, and alone.
+   How: before upstream runs, the sequence strategy's ``prepare_step_outputs`` (if it has one: ours)
+   stops each request whose processors failed and answers it ``INTERNAL_ENGINE_ERROR``
+   (:mod:`lmdeploy_focus.strategies.dllm.processor_guard`; upstream skips a stopped sequence) and
+   rewrites ``batched_outputs.logprobs`` on the host (:mod:`lmdeploy_focus.strategies.dllm.block_logprobs`); after it, a sequence that carries statistics (only with ``dllm_track``) gets
    :class:`~lmdeploy_focus.strategies.dllm.request_stats.DLLMRequestMetrics` (upstream's fields +
    ``dllm``). The counts arrive with the step's extra outputs (no extra sync).
    Removed by: upstream hooks for strategy-defined request metrics and strategy-defined output
-   logprobs (or block-aware DLLM logprobs upstream).
+   logprobs (or block-aware DLLM logprobs upstream), and custom logits processors run under a per-request guard.
 
 8. ``lmdeploy.pytorch.engine.logits_process._filter_repetition_ngram_`` is wrapped (:mod:`.ngram_filter`).
    Why: with ``repetition_ngram_size`` on, upstream gathers each row's first stop word, which is the

@@ -36,6 +36,7 @@ has advanced for the whole batch, and removing one request cannot restore the ot
 import functools
 
 from ..log import logger
+from ..strategies.failed_request import fail_request
 
 GUARD_ATTR = '_lmdeploy_focus_req_manager'
 
@@ -76,22 +77,9 @@ def probe(maker, seq) -> BaseException | None:
 
 def fail_sequence(maker, seq, exc: BaseException) -> None:
     """Stop ``seq`` and answer its request with the error (kept: later step outputs cannot overwrite it)."""
-    from lmdeploy.pytorch.engine.request import ResponseType
-    logger.error('request of session %s failed while its next step was being scheduled: %s: %s; it fails alone, '
-                 'the engine loop goes on', seq.session_id, type(exc).__name__, exc, exc_info=exc)
-    if seq.status != _status().STOPPED:
-        seq.state.stop()
-    resp = getattr(seq, 'resp', None)
-    if resp is None or resp.type == ResponseType.FINISH:
-        return
-    resp.type = ResponseType.INTERNAL_ENGINE_ERROR
-    resp.err_msg = f'{type(exc).__name__}: {exc}'
-    resp.is_done = True  # EngineLoop._send_resp keeps the type of a done response
     req_manager = getattr(maker, GUARD_ATTR, None)
-    if req_manager is not None:
-        req_manager.response(resp)
-    else:  # RequestManager.response is this in 0.18 (contract-tested)
-        resp.event.set()
+    fail_request(seq, exc, 'while its next step was being scheduled',
+                 respond=None if req_manager is None else req_manager.response)
 
 
 def _ready(maker):

@@ -25,6 +25,7 @@ logprobs that know about blocks.
 from lmdeploy.pytorch.strategies.dllm.sequence import DLLMSequenceStrategy, SchedulerSequenceDLLM
 
 from ..block_logprobs import clear_record, emit_block_logprobs
+from ..processor_guard import fail_requests_whose_processors_failed
 
 
 class FixedSchedulerSequenceDLLM(SchedulerSequenceDLLM):
@@ -46,6 +47,7 @@ class FixedDLLMSequenceStrategy(DLLMSequenceStrategy):
 
     def prepare_step_outputs(self, batched_outputs, running, model_inputs, delta) -> None:
         """Called (patch 7) before the engine loop turns a step's outputs into responses."""
+        fail_requests_whose_processors_failed(running)  # stopped here, they get no output of this step
         emit_block_logprobs(batched_outputs, running, model_inputs, self.block_size)
 
     def make_sequence(self, *args, **kwargs):

@@ -7,7 +7,7 @@ penalty, seeds, offsets, ``min_new_tokens`` counters, n-gram settings) position-
 in a batch whose requests differ, a greedy request is sampled at some positions with a neighbour's
 temperature and top-k (found by reading the code; ``tests/test_upstream_fixes.py``). Custom
 ``logits_processors`` stayed one entry per request, so request b's processors edited row b, a position
-of request b // L. ``response_format`` (guided decoding): upstream repeats the formats per row but not
+of request b // L (and one that raises ends the engine loop: :mod:`..processor_guard`). ``response_format`` (guided decoding): upstream repeats the formats per row but not
 the per-request session list the grammar matchers are looked up with (IndexError in the logits
 processor, the whole batch's step fails, or another session's matcher), and a grammar matcher advances
 token by token, which parallel unmasking does not do. Random streams: the sampler draws one uniform per
@@ -15,7 +15,8 @@ row from (seed, offset), and all rows of a request shared both, so every positio
 same number at each step (inverse-CDF sampling then picks the same quantile everywhere).
 
 How: :class:`FixedDLLMSamplingStrategy` reorders the 1-D vectors request-major, repeats each request's
-processors over its rows (upstream's ``logit_bias`` one as a single op per row, :mod:`.logit_bias`), drops
+processors over its rows (upstream's ``logit_bias`` one as a single op per row, :mod:`.logit_bias`; all of them
+under :mod:`..processor_guard`), drops
 ``response_format`` with one warning per request, and gives each block position its own seed (the request's
 seed + ``p * POSITION_SEED_STRIDE``).
 
@@ -26,6 +27,7 @@ import torch
 from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
 
 from ....log import logger
+from ..processor_guard import RequestProcessors
 from .logit_bias import vectorised
 
 # The per-request vectors upstream repeats over the block (its 2-D tables are already request-major).
@@ -55,9 +57,10 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
                        'diffusion decoding (grammar matchers follow one token at a time); ignored')
             out.response_formats = (None, ) * len(out.response_formats)
         if out.logits_processors is not None and len(out.logits_processors) == batch and any(out.logits_processors):
-            # each row of the request's block gets the request's processors (called once per row per step);
-            # logit_bias as one op per row (.logit_bias)
-            per_request = [None if ps is None else [vectorised(p) for p in ps] for ps in out.logits_processors]
+            # each row of the request's block gets the request's processors (called once per row per step),
+            # logit_bias as one op per row (.logit_bias), under a guard that fails the request alone if one raises
+            per_request = [None if ps is None else [RequestProcessors([vectorised(p) for p in ps], seq)]
+                           for ps, seq in zip(out.logits_processors, seqs)]
             out.logits_processors = [ps for ps in per_request for _ in range(block)]
         if out.random_seeds is not None:
             position = torch.arange(block, dtype=out.random_seeds.dtype).repeat(batch)

@@ -1,0 +1,139 @@
+"""A diffusion request whose own ``logits_processors`` raise (or return something that is not its row's scores)
+fails alone: the sampler's step finishes for its neighbours, and before the step's outputs become responses the
+request is stopped and answered ``INTERNAL_ENGINE_ERROR`` (upstream: the exception ends the engine loop).
+
+Real upstream sequences and responses (``Engine._on_add_message`` over a real scheduler, tests/test_engine_guard.py),
+the sampling fix's inputs, and upstream's own call site of custom processors."""
+import pickle
+import secrets
+
+import pytest
+import torch
+
+from test_engine_guard import add_requests, make_engine
+
+L = 4
+
+
+def doubled(token_ids, scores):
+    return scores * 2
+
+
+class Broken:
+    def __init__(self, returns=None):
+        self.returns = returns
+
+    def __call__(self, token_ids, scores):
+        if self.returns is None:
+            raise ValueError('the user code is wrong')
+        return self.returns(scores)
+
+
+def running_requests(processors_of):
+    """Three requests, added and scheduled (RUNNING), each with ``processors_of[i]``."""
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import SamplingParam
+    engine = make_engine()
+    params = {i: SamplingParam(max_new_tokens=8, logits_processors=ps) for i, ps in enumerate(processors_of)}
+    resps = add_requests(engine, [[5, 6, 7], [8, 9], [10, 11, 12]], params)
+    seqs = [next(iter(engine.scheduler.get_session(i).sequences.values())) for i in range(3)]
+    engine.scheduler.schedule(is_prefill=True)
+    for seq, resp in zip(seqs, resps):
+        seq.state.activate()
+        # as after a step's output: SUCCESS, waiting for the next (the add acknowledgement left other values)
+        resp.type, resp.is_done, resp.err_msg = ResponseType.SUCCESS, False, ''
+        resp.event.clear()
+    return seqs, resps
+
+
+def sample(seqs, gen):
+    """The sampling fix's inputs for ``seqs``, then upstream's custom-processor step on random logits."""
+    from lmdeploy.pytorch.engine.logits_process import _apply_custom_logits_processors
+
+    from lmdeploy_focus.strategies.dllm.upstream_fixes.sampling import FixedDLLMSamplingStrategy
+    inputs = FixedDLLMSamplingStrategy(0, L).make_sampling_inputs(seqs)
+    logits = torch.randn(len(seqs) * L, 40, generator=gen)
+    return logits, _apply_custom_logits_processors(inputs.logits_processors, inputs.all_ids, logits.clone())
+
+
+def prepare_outputs(running):
+    """Patch 7's call before the engine loop turns a step's outputs into responses (no logprobs asked)."""
+    from types import SimpleNamespace
+
+    from lmdeploy_focus.strategies.dllm.upstream_fixes.outputs import FixedDLLMSequenceStrategy
+    FixedDLLMSequenceStrategy(L, 99).prepare_step_outputs(SimpleNamespace(logprobs=None, extra_outputs=None), running,
+                                                          None, None)
+
+
+@pytest.mark.parametrize('broken', [Broken(), Broken(returns=lambda s: None), Broken(returns=lambda s: s[:-1])],
+                         ids=['raises', 'returns None', 'returns a short row'])
+def test_a_request_whose_processor_fails_is_answered_with_an_error_and_its_neighbours_are_not(broken, focus_logs):
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import MessageStatus
+
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    seqs, resps = running_requests([[doubled], [doubled, broken], None])
+
+    logits, scores = sample(seqs, gen)  # upstream: the exception (or the row assignment) escapes the step
+
+    assert torch.equal(scores[:L], logits[:L] * 2)  # request 0's processor ran on its rows
+    assert torch.equal(scores[L:2 * L], logits[L:2 * L])  # request 1's rows as they came (its tokens are never sent)
+    assert torch.equal(scores[2 * L:], logits[2 * L:])
+    assert seqs[1].status == MessageStatus.RUNNING and not resps[1].event.is_set()  # nothing failed in the sampler
+
+    prepare_outputs(seqs)  # patch 7, before the outputs
+
+    assert resps[1].type == ResponseType.INTERNAL_ENGINE_ERROR and resps[1].is_done and resps[1].event.is_set()
+    expected = 'ValueError: the user code is wrong' if broken.returns is None else 'TypeError: logits processor'
+    assert resps[1].err_msg.startswith(expected)
+    # stopped before upstream's update_running / _make_infer_outputs, which skip a sequence that is not RUNNING
+    assert seqs[1].status == MessageStatus.STOPPED
+    assert [seqs[0].status, seqs[2].status] == [MessageStatus.RUNNING] * 2
+    assert all(r.type == ResponseType.SUCCESS and not r.is_done and not r.event.is_set() for r in (resps[0], resps[2]))
+    (message, ) = focus_logs.messages()
+    assert 'session 1' in message and 'logits processor' in message and 'fails alone' in message
+
+
+def test_a_failed_request_skips_its_processors_in_steps_already_queued_and_its_sessions_next_request_does_not():
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import MessageStatus
+
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    calls = []
+
+    def counted_then_broken(token_ids, scores):
+        calls.append(1)
+        raise RuntimeError('broken')
+
+    seqs, resps = running_requests([None, [counted_then_broken], None])
+    sample(seqs, gen)
+    assert len(calls) == 1  # the request's other rows skip it
+    logits, scores = sample(seqs, gen)  # a step built before its outputs were seen
+    assert len(calls) == 1 and torch.equal(scores, logits)
+    prepare_outputs(seqs)
+    assert resps[1].type == ResponseType.INTERNAL_ENGINE_ERROR and resps[1].err_msg == 'RuntimeError: broken'
+    # the queued step's outputs: the sequence is already stopped, nothing more is answered
+    resps[1].event.clear()
+    prepare_outputs(seqs)
+    assert not resps[1].event.is_set()
+
+    # the session's next request (a new response object) runs its processors again
+    seqs[1].resp = type(resps[1])(type=ResponseType.SUCCESS, sender_id=0, event=None)
+    seqs[1].state.activate() if seqs[1].status != MessageStatus.RUNNING else None
+    seqs[1].sampling_param.logits_processors = [doubled]
+    logits, scores = sample(seqs, gen)
+    assert torch.equal(scores[L:2 * L], logits[L:2 * L] * 2)
+    prepare_outputs(seqs)
+    assert seqs[1].resp.type == ResponseType.SUCCESS
+
+
+def test_in_another_process_a_processor_error_is_upstreams():
+    """Pickled (the mp / ray executors, tensor parallelism) the guard has no sequence to fail: it raises."""
+    from lmdeploy_focus.strategies.dllm.processor_guard import RequestProcessors
+    seqs, _ = running_requests([None, None, None])
+    guarded = RequestProcessors([doubled, Broken()], seqs[0])
+    assert torch.equal(guarded(None, torch.ones(3)), torch.ones(3))  # here: guarded
+    remote = pickle.loads(pickle.dumps(RequestProcessors([doubled], seqs[0])))
+    assert torch.equal(remote(None, torch.ones(3)), torch.full((3, ), 2.0))
+    with pytest.raises(ValueError, match='user code'):
+        pickle.loads(pickle.dumps(RequestProcessors([Broken()], seqs[0])))(None, torch.ones(3))
