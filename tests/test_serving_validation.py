@@ -104,6 +104,19 @@ def test_a_min_new_tokens_of_the_whole_session_is_refused():
     assert error.param == 'min_new_tokens' and 'session length (100)' in error.message
 
 
+def test_logprobs_from_an_engine_that_computes_none_are_refused():
+    """``pipeline()`` on an engine without ``logprobs_mode`` returned no logprobs, silently (upstream's api_server
+    refuses the same request); unknown (not a PyTorch engine config) and engines with a mode pass."""
+    from dataclasses import replace
+
+    from lmdeploy import GenerationConfig
+    for logprobs in (None, True):
+        check_generation_config(GenerationConfig(logprobs=3), replace(LIMITS, logprobs=logprobs))
+    check_generation_config(GenerationConfig(logprobs=0), replace(LIMITS, logprobs=False))  # none asked
+    error = rejected(check_generation_config, GenerationConfig(logprobs=3), replace(LIMITS, logprobs=False))
+    assert error.param == 'logprobs' and "logprobs_mode='raw_logprobs'" in error.message
+
+
 def test_a_min_new_tokens_above_max_new_tokens_is_refused():
     """pipeline() users set both on a GenerationConfig: upstream dropped the minimum with a log line (found by a
     bug-hunting review; the HTTP layer already compared min_new_tokens with max_tokens)."""
@@ -407,7 +420,8 @@ def test_pipeline_path_gets_a_request_error_not_a_dead_engine():
         bad_top_p = GenerationConfig()
         bad_top_p.top_p = 3.0  # GenerationConfig asserts at construction; a mutated one reaches preprocess
         for prompt, gen_config, field in [('', None, 'prompt'), ('hi', bad_top_p, 'top_p'),
-                                          ('hi', GenerationConfig(max_new_tokens=10**6), 'max_tokens')]:
+                                          ('hi', GenerationConfig(max_new_tokens=10**6), 'max_tokens'),
+                                          ('hi', GenerationConfig(logprobs=2), 'logprobs')]:  # no logprobs_mode
             with pytest.raises(RequestError) as info:
                 await run(prompt, gen_config)
             assert info.value.status_code == 400 and info.value.message.startswith(field + ':')

@@ -20,7 +20,7 @@ def is_hybrid(role) -> bool:
 
 
 def model_limits(arch: str | None, hf_config, session_len: int | None, tokenizer_vocab: int | None,
-                 hybrid: bool = False) -> ModelLimits:
+                 hybrid: bool = False, logprobs: bool | None = None) -> ModelLimits:
     vocab = getattr(hf_config, 'vocab_size', None)
     if vocab is None and hf_config is not None and hasattr(hf_config, 'get_text_config'):
         vocab = getattr(hf_config.get_text_config(), 'vocab_size', None)
@@ -28,7 +28,7 @@ def model_limits(arch: str | None, hf_config, session_len: int | None, tokenizer
     mask = None
     if arch in DLLM_ARCHS:
         mask = mask_token_from_hf_config(hf_config, DLLM_ARCHS[arch])
-    return ModelLimits(vocab_size=vocab, session_len=session_len, mask_token=mask, hybrid=hybrid)
+    return ModelLimits(vocab_size=vocab, session_len=session_len, mask_token=mask, hybrid=hybrid, logprobs=logprobs)
 
 
 def engine_limits(async_engine) -> ModelLimits:
@@ -36,8 +36,11 @@ def engine_limits(async_engine) -> ModelLimits:
     limits = getattr(async_engine, _ATTR, None)
     if limits is None:
         tokenizer = getattr(async_engine, 'tokenizer', None)
+        backend_config = getattr(async_engine, 'backend_config', None)
+        # as upstream's api_server: an engine config with the field and no mode computes no logprobs
+        logprobs = (backend_config.logprobs_mode is not None) if hasattr(backend_config, 'logprobs_mode') else None
         limits = model_limits(getattr(async_engine, 'arch', None), getattr(async_engine, 'hf_cfg', None),
                               getattr(async_engine, 'session_len', None), getattr(tokenizer, 'vocab_size', None),
-                              hybrid=is_hybrid(getattr(getattr(async_engine, 'backend_config', None), 'role', None)))
+                              hybrid=is_hybrid(getattr(backend_config, 'role', None)), logprobs=logprobs)
         setattr(async_engine, _ATTR, limits)
     return limits

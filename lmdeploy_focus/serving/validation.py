@@ -67,6 +67,8 @@ class ModelLimits:
     mask_token: int | None = None
     # an engine that is not prefill/decode-disaggregated (role Hybrid) has no use for a request's KV-migration fields
     hybrid: bool = False
+    # whether the engine computes logprobs (its logprobs_mode is set); None: unknown (not a PyTorch engine config)
+    logprobs: bool | None = None
 
     @property
     def dllm(self) -> bool:
@@ -277,6 +279,11 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         check_no_kv_migration(lambda field: getattr(gen_config, field, None))
     _check_repetition_ngram(gen_config.repetition_ngram_size, gen_config.repetition_ngram_threshold)
     _check_logprobs('logprobs', gen_config.logprobs)
+    if gen_config.logprobs and limits.logprobs is False:
+        # upstream's api_server refuses this; the engine itself returns no logprobs, silently
+        raise FieldError('logprobs', f'{gen_config.logprobs} top logprobs asked, but the engine computes none: start '
+                         "it with PytorchEngineConfig(logprobs_mode='raw_logprobs') (api_server: --logprobs-mode "
+                         'raw_logprobs), or leave logprobs unset')
     _check_top_k_in_vocabulary(gen_config.top_k, limits)
     if limits.dllm and gen_config.response_format is not None:
         raise FieldError('response_format', 'guided output is not available for diffusion models (a block is '
