@@ -47,7 +47,8 @@ def running_requests(processors_of):
 
 
 def sample(seqs, gen):
-    """The sampling fix's inputs for ``seqs``, then upstream's custom-processor step on random logits."""
+    """The sampling fix's inputs for the step whose sequence list is ``seqs`` (upstream hands the same list object
+    back with the step's outputs), then upstream's custom-processor step on random logits."""
     from lmdeploy.pytorch.engine.logits_process import _apply_custom_logits_processors
 
     from lmdeploy_focus.strategies.dllm.upstream_fixes.sampling import FixedDLLMSamplingStrategy
@@ -65,8 +66,10 @@ def prepare_outputs(running):
                                                           None, None)
 
 
-@pytest.mark.parametrize('broken', [Broken(), Broken(returns=lambda s: None), Broken(returns=lambda s: s[:-1])],
-                         ids=['raises', 'returns None', 'returns a short row'])
+@pytest.mark.parametrize('broken', [Broken(), Broken(returns=lambda s: None), Broken(returns=lambda s: s[:-1]),
+                                    Broken(returns=lambda s: s.to_sparse()), Broken(returns=lambda s: s.to('meta'))],
+                         ids=['raises', 'returns None', 'returns a short row', 'returns a sparse row',
+                              'returns a meta tensor'])
 def test_a_request_whose_processor_fails_is_answered_with_an_error_and_its_neighbours_are_not(broken, focus_logs):
     from lmdeploy.messages import ResponseType
     from lmdeploy.pytorch.messages import MessageStatus
@@ -77,7 +80,9 @@ def test_a_request_whose_processor_fails_is_answered_with_an_error_and_its_neigh
     logits, scores = sample(seqs, gen)  # upstream: the exception (or the row assignment) escapes the step
 
     assert torch.equal(scores[:L], logits[:L] * 2)  # request 0's processor ran on its rows
-    assert torch.equal(scores[L:2 * L], logits[L:2 * L])  # request 1's rows as they came (its tokens are never sent)
+    # request 1: its first row as its processors left it before the failure (as upstream's), the others skip them
+    # (its tokens are never sent)
+    assert torch.equal(scores[L], logits[L] * 2) and torch.equal(scores[L + 1:2 * L], logits[L + 1:2 * L])
     assert torch.equal(scores[2 * L:], logits[2 * L:])
     assert seqs[1].status == MessageStatus.RUNNING and not resps[1].event.is_set()  # nothing failed in the sampler
 
@@ -85,6 +90,7 @@ def test_a_request_whose_processor_fails_is_answered_with_an_error_and_its_neigh
 
     assert resps[1].type == ResponseType.INTERNAL_ENGINE_ERROR and resps[1].is_done and resps[1].event.is_set()
     expected = 'ValueError: the user code is wrong' if broken.returns is None else 'TypeError: logits processor'
+    assert 'does not fit the row' in resps[1].err_msg or broken.returns is None
     assert resps[1].err_msg.startswith(expected)
     # stopped before upstream's update_running / _make_infer_outputs, which skip a sequence that is not RUNNING
     assert seqs[1].status == MessageStatus.STOPPED
@@ -97,7 +103,6 @@ def test_a_request_whose_processor_fails_is_answered_with_an_error_and_its_neigh
 def test_a_failed_request_skips_its_processors_in_steps_already_queued_and_its_sessions_next_request_does_not():
     from lmdeploy.messages import ResponseType
     from lmdeploy.pytorch.messages import MessageStatus
-
     gen = torch.Generator().manual_seed(secrets.randbits(31))
     calls = []
 
@@ -106,33 +111,95 @@ def test_a_failed_request_skips_its_processors_in_steps_already_queued_and_its_s
         raise RuntimeError('broken')
 
     seqs, resps = running_requests([None, [counted_then_broken], None])
-    sample(seqs, gen)
+    step_n, step_n1 = list(seqs), list(seqs)  # each step's own sequence list
+    sample(step_n, gen)
     assert len(calls) == 1  # the request's other rows skip it
-    logits, scores = sample(seqs, gen)  # a step built before its outputs were seen
+    logits, scores = sample(step_n1, gen)  # a step built before step n's outputs were seen
     assert len(calls) == 1 and torch.equal(scores, logits)
-    prepare_outputs(seqs)
+    prepare_outputs(step_n)
     assert resps[1].type == ResponseType.INTERNAL_ENGINE_ERROR and resps[1].err_msg == 'RuntimeError: broken'
     # the queued step's outputs: the sequence is already stopped, nothing more is answered
     resps[1].event.clear()
-    prepare_outputs(seqs)
+    prepare_outputs(step_n1)
     assert not resps[1].event.is_set()
 
     # the session's next request (a new response object) runs its processors again
     seqs[1].resp = type(resps[1])(type=ResponseType.SUCCESS, sender_id=0, event=None)
     seqs[1].state.activate() if seqs[1].status != MessageStatus.RUNNING else None
     seqs[1].sampling_param.logits_processors = [doubled]
-    logits, scores = sample(seqs, gen)
+    step = list(seqs)
+    logits, scores = sample(step, gen)
     assert torch.equal(scores[L:2 * L], logits[L:2 * L] * 2)
-    prepare_outputs(seqs)
+    prepare_outputs(step)
     assert seqs[1].resp.type == ResponseType.SUCCESS
+
+
+def test_a_processor_that_fails_only_in_a_step_queued_after_the_last_does_not_fail_the_finished_request():
+    """Upstream builds (and may sample) step n+1 before it reads step n's outputs. A processor that raises only
+    there must not turn step n, where the request finished with its processors applied, into an error."""
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.messages import MessageStatus
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    budget = [L]  # one step's rows, then it raises
+
+    def once(token_ids, scores):
+        if not budget[0]:
+            raise IndexError('schedule exhausted')
+        budget[0] -= 1
+        return scores
+
+    seqs, resps = running_requests([None, [once], None])
+    step_n, step_n1 = list(seqs), list(seqs)
+    sample(step_n, gen)
+    sample(step_n1, gen)  # raises here
+    prepare_outputs(step_n)  # step n's outputs: not this step's failure
+    assert seqs[1].status == MessageStatus.RUNNING and resps[1].type == ResponseType.SUCCESS
+    seqs[1].state.stop()  # upstream's update_running: the request finished in step n
+    prepare_outputs(step_n1)
+    assert resps[1].type == ResponseType.SUCCESS and not resps[1].event.is_set()
+
+
+def test_a_failure_keeps_no_reference_to_the_steps_logits():
+    """The engine raises the GC threshold (gen 0: 10,000), so a reference cycle is collected late: a failure must
+    not keep the step's [rows, vocab] logits alive through the exception's traceback."""
+    import gc
+    import weakref
+
+    from lmdeploy_focus.strategies.dllm.processor_guard import RequestProcessors
+    seqs, _ = running_requests([None, None, None])
+    logits = torch.randn(3 * L, 40)
+    alive = weakref.ref(logits)
+    guarded = RequestProcessors([Broken()], seqs[1], id(seqs))
+    gc.disable()
+    try:
+        guarded(None, logits[L])
+        del logits
+        assert alive() is None
+    finally:
+        gc.enable()
+    assert 'the user code is wrong' in seqs[1].__dict__['_lmdeploy_focus_processor_failure'].traceback
+
+
+def test_what_upstream_writes_into_a_row_the_guard_writes_too():
+    """Upstream assigns each processor's output to the row (``logits[i] = out``): a ``[1, V]`` tensor or a scalar
+    fits; the next processor sees the row."""
+    from lmdeploy_focus.strategies.dllm.processor_guard import RequestProcessors
+    seqs, _ = running_requests([None, None, None])
+    row = torch.randn(40)
+    expected = row.clone() * 2 + 1
+    out = RequestProcessors([lambda ids, s: (s * 2)[None], lambda ids, s: s + 1], seqs[0], id(seqs))(None, row)
+    assert torch.equal(out, expected) and torch.equal(row, expected)
+    assert '_lmdeploy_focus_processor_failure' not in seqs[0].__dict__
+    RequestProcessors([lambda ids, s: 3.0], seqs[0], id(seqs))(None, row)
+    assert torch.equal(row, torch.full((40, ), 3.0))
 
 
 def test_in_another_process_a_processor_error_is_upstreams():
     """Pickled (the mp / ray executors, tensor parallelism) the guard has no sequence to fail: it raises."""
     from lmdeploy_focus.strategies.dllm.processor_guard import RequestProcessors
     seqs, _ = running_requests([None, None, None])
-    guarded = RequestProcessors([doubled, Broken()], seqs[0])
-    assert torch.equal(guarded(None, torch.ones(3)), torch.ones(3))  # here: guarded
+    guarded = RequestProcessors([doubled, Broken()], seqs[0], id(seqs))
+    assert guarded(None, torch.ones(3)).shape == (3, )  # here: guarded
     remote = pickle.loads(pickle.dumps(RequestProcessors([doubled], seqs[0])))
     assert torch.equal(remote(None, torch.ones(3)), torch.full((3, ), 2.0))
     with pytest.raises(ValueError, match='user code'):

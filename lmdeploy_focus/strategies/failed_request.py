@@ -7,21 +7,25 @@ sampling guard (a request whose own logits processor raised, :mod:`.dllm.process
 from ..log import logger
 
 
-def fail_request(seq, exc: BaseException, when: str, respond=None) -> None:
-    """Stop ``seq`` and answer its request with ``exc``. The response is marked done, so later step outputs
-    already queued for it keep its type (``EngineLoop._send_resp``); ``respond`` is the engine's
-    ``RequestManager.response``, which in 0.18 only wakes the waiter (``resp.event.set()``, contract-tested)."""
+def fail_request(seq, error: BaseException | str, when: str, respond=None, details: str | None = None) -> None:
+    """Stop ``seq`` and answer its request with ``error`` (an exception, or its ``'Type: message'`` text and the
+    traceback text in ``details``). The response is marked done, so later step outputs already queued for it keep
+    its type (``EngineLoop._send_resp``); ``respond`` is the engine's ``RequestManager.response``, which in 0.18 only
+    wakes the waiter (``resp.event.set()``, contract-tested). The client sees the type (upstream's engine instance
+    yields no message for an error), the log names the session and the error."""
     from lmdeploy.pytorch.engine.request import ResponseType
     from lmdeploy.pytorch.messages import MessageStatus
-    logger.error('request of session %s failed %s: %s: %s; it fails alone, the engine loop goes on', seq.session_id,
-                 when, type(exc).__name__, exc, exc_info=exc)
+    text = f'{type(error).__name__}: {error}' if isinstance(error, BaseException) else error
+    logger.error('request of session %s failed %s: %s; it fails alone, the engine loop goes on%s', seq.session_id,
+                 when, text, f'\n{details}' if details else '',
+                 exc_info=error if isinstance(error, BaseException) else None)
     if seq.status != MessageStatus.STOPPED:
         seq.state.stop()
     resp = getattr(seq, 'resp', None)
     if resp is None or resp.type == ResponseType.FINISH:
         return
     resp.type = ResponseType.INTERNAL_ENGINE_ERROR
-    resp.err_msg = f'{type(exc).__name__}: {exc}'
+    resp.err_msg = text
     resp.is_done = True
     if respond is not None:
         respond(resp)

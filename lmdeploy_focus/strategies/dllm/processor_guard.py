@@ -8,27 +8,32 @@ How: the sampling fix (:mod:`.upstream_fixes.sampling`) hands each block row of 
 :class:`RequestProcessors`, which runs the request's processors in order. If one raises, or returns something
 upstream cannot put back into the row (not a tensor of the row's shape), the guard notes the failure on the
 request's sequence and leaves the row's logits as they are; the request's other rows, in this step and in any
-step already queued, skip its processors. Before the step's outputs become responses (patch 7,
-:func:`fail_requests_whose_processors_failed`), the engine loop's process stops that sequence and answers its
-request ``INTERNAL_ENGINE_ERROR`` (the log names the session and the exception); none of the tokens sampled for
-it without its processors is sent. The neighbours' rows never see the failure.
+step already queued, skip its processors. Before that step's outputs become responses (patch 7,
+:func:`fail_requests_whose_processors_failed`; a step is known by its sequence list, which upstream builds the
+sampling inputs from and hands back with the outputs), the engine loop's process stops that sequence and answers
+its request ``INTERNAL_ENGINE_ERROR`` (the client gets the type, the log the session, exception and traceback);
+none of the tokens sampled for it without its processors is sent. The neighbours' rows never see the failure.
 
 Where the sampler runs in other processes (tensor parallelism, the mp / ray executors), the sampling inputs are
 pickled and the sequence stays behind: there a processor's exception ends the loop, as upstream's does
 (patch 11 names the cause in ``/health``).
 """
+import traceback
+from typing import NamedTuple
+
 import torch
 
-_FAILED = '_lmdeploy_focus_processor_failure'  # on the sequence: (the request's response object, exception)
+_FAILED = '_lmdeploy_focus_processor_failure'  # on the sequence: a Failure
 
 
 class RequestProcessors:
     """One request's logits processors, run in order on one of its rows, under a guard."""
 
-    def __init__(self, processors: list, seq=None):
+    def __init__(self, processors: list, seq=None, step=None):
         self.processors = processors
         self._seq = seq  # None where unpickled in another process: no guard there
         self._resp = getattr(seq, 'resp', None)
+        self._step = step  # id() of the step's sequence list, the one the engine loop hands patch 7 with its outputs
 
     def __reduce__(self):
         return RequestProcessors, (self.processors, )
@@ -37,43 +42,51 @@ class RequestProcessors:
         if self._seq is None:
             return _run(self.processors, token_ids, scores)
         failed = self._seq.__dict__.get(_FAILED)
-        if failed is not None and failed[0] is self._resp:
+        if failed is not None and failed.resp is self._resp:
             return scores  # failed earlier: the request is being failed, its tokens are never sent
         try:
             return _run(self.processors, token_ids, scores)
-        except Exception as exc:  # noqa: BLE001 - user code: anything it raises is this request's failure
-            self._seq.__dict__[_FAILED] = (self._resp, exc)
+        except BaseException as exc:  # noqa: BLE001 - user code: anything it raises is this request's failure
+            if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+                raise
+            # text only: the exception's traceback holds this frame, whose scores view the step's whole logits
+            self._seq.__dict__[_FAILED] = Failure(self._resp, self._step, f'{type(exc).__name__}: {exc}',
+                                                  ''.join(traceback.format_exception(exc)))
             return scores
 
 
-def _run(processors, token_ids, scores: torch.Tensor) -> torch.Tensor:
+class Failure(NamedTuple):
+    resp: object  # the request's response object: a session's next request is another
+    step: int | None  # the step whose sampling raised (see RequestProcessors._step)
+    error: str
+    traceback: str
+
+
+def _run(processors, token_ids, row: torch.Tensor) -> torch.Tensor:
+    """Upstream's order (``logits[i] = processor(ids, logits[i])`` per processor), on the row view."""
     for processor in processors:
-        out = processor(token_ids, scores)
-        if not _fits(out, scores):
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise TypeError(f'logits processor {processor!r} returned {shape}; a logits processor must return '
-                            f'the row\'s scores, a tensor of shape {tuple(scores.shape)}')
-        scores = out
-    return scores
-
-
-def _fits(out, scores: torch.Tensor) -> bool:
-    """Whether upstream can assign ``out`` to the row (``logits[row] = out``)."""
-    if not isinstance(out, torch.Tensor):
-        return False
-    try:
-        return torch.broadcast_shapes(out.shape, scores.shape) == scores.shape
-    except RuntimeError:
-        return False
+        out = processor(token_ids, row)
+        if out is row:
+            continue
+        try:
+            row[...] = out if isinstance(out, torch.Tensor) else torch.as_tensor(out, dtype=row.dtype)
+        except Exception as exc:  # noqa: BLE001 - whatever upstream's assignment would have raised outside the guard
+            what = f'shape {tuple(out.shape)}' if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f'logits processor {processor!r} returned {what}, which does not fit the row of scores '
+                            f'(shape {tuple(row.shape)}): {exc}') from None
+    return row
 
 
 def fail_requests_whose_processors_failed(running) -> None:
-    """Fail each running request whose processors raised in the step whose outputs are about to be sent."""
+    """Fail each request of ``running`` whose processors raised in this step (the step whose outputs are about
+    to become responses). A failure in a step queued after it waits for that step's outputs: the request may
+    finish in this one, with its processors applied."""
     from lmdeploy.pytorch.messages import MessageStatus
 
     from ..failed_request import fail_request
     for seq in running:
         failed = seq.__dict__.get(_FAILED)
-        if failed is None or failed[0] is not getattr(seq, 'resp', None) or seq.status != MessageStatus.RUNNING:
-            continue  # none, an earlier request's, or already stopped (failed, aborted or finished)
-        fail_request(seq, failed[1], 'in its own logits processor')
+        if (failed is None or failed.resp is not getattr(seq, 'resp', None) or failed.step != id(running)
+                or seq.status != MessageStatus.RUNNING):
+            continue  # none, an earlier request's, a later step's, or already stopped (failed, aborted, finished)
+        fail_request(seq, failed.error, 'in its own logits processor', details=failed.traceback)
