@@ -81,10 +81,14 @@ def test_a_failure_after_queueing_stops_the_sequence():
     from lmdeploy.pytorch.messages import MessageStatus, SamplingParam
 
     class Broken(SamplingParam):
+        reads = 0
 
         @property
         def max_new_tokens(self):
-            raise RuntimeError('broken sampling parameters')
+            Broken.reads += 1
+            if Broken.reads > 1:  # the engine guard's own check reads it first, before the sequence is made
+                raise RuntimeError('broken sampling parameters')
+            return 8
 
         @max_new_tokens.setter
         def max_new_tokens(self, value):
@@ -430,6 +434,7 @@ def test_sampling_parameters_the_sampler_cannot_take_are_refused_alone(focus_log
     import random
     from types import SimpleNamespace
 
+    import numpy as np
     from lmdeploy.pytorch.messages import SamplingParam
     vocab = random.randint(100, 1000)
     mask = vocab - 3
@@ -448,9 +453,13 @@ def test_sampling_parameters_the_sampler_cannot_take_are_refused_alone(focus_log
         (dict(temperature=float('nan')), 'temperature: must be a finite number'),
         (dict(repetition_ngram_size=10 ** 6, repetition_ngram_threshold=2), 'repetition_ngram_size'),
         (dict(stop_words=[mask]), 'the diffusion mask token' if paradigm == 'dllm' else None),
+        # a float budget made the batch's stopping counters float: a neighbour's output sliced with a float
+        (dict(max_new_tokens=40.0), 'max_new_tokens: must be an integer'),
+        (dict(min_new_tokens=2.0), 'min_new_tokens: must be an integer'),
+        (dict(max_new_tokens=np.int64(8), min_new_tokens=np.int32(2)), None),
     ]
     resps = add_requests(engine, [[5, 6]] * len(cases),
-                         sampling_params={i: SamplingParam(max_new_tokens=8, **fields)
+                         sampling_params={i: SamplingParam(**{'max_new_tokens': 8, **fields})
                                           for i, (fields, _) in enumerate(cases)})
     for resp, (fields, refusal) in zip(resps, cases):
         assert resp.event.is_set() == (refusal is not None), fields

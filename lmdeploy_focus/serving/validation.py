@@ -18,6 +18,7 @@ package may still be initialising.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 MAX_SEED = 2**63 - 1
@@ -340,6 +341,12 @@ def check_sampling_param(sampling_param, limits: ModelLimits) -> None:
             raise FieldError(field, f'must be a finite number, got {value!r}')
     check_sampling(top_k=sampling_param.top_k)
     _check_top_k_in_vocabulary(sampling_param.top_k, limits)
+    for field in ('max_new_tokens', 'min_new_tokens'):
+        # a float budget turns the batch's stopping counters float (torch.tensor over the batch): a neighbour's
+        # stop position then slices its output with a float in the engine loop
+        value = getattr(sampling_param, field, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise FieldError(field, f'must be an integer, got {value!r}')
     if sampling_param.num_logprobs is not None and sampling_param.num_logprobs > 0:
         _check_logprobs('logprobs', sampling_param.num_logprobs)
     _check_repetition_ngram(sampling_param.repetition_ngram_size, sampling_param.repetition_ngram_threshold)
