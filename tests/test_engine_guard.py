@@ -109,16 +109,17 @@ def test_output_logits_on_a_diffusion_engine_fails_alone(focus_logs):
 
     from lmdeploy.messages import ResponseType
     from lmdeploy.pytorch.messages import SamplingParam
-    for paradigm, refused in (('dllm', True), ('ar', False)):
-        engine = make_engine()
-        engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm=paradigm))
-        resps = add_requests(engine, [[5, 6], [7, 8]],
-                             sampling_params={0: SamplingParam(max_new_tokens=8, out_logits=True)})
-        assert resps[0].event.is_set() == refused, paradigm  # an answered request; a queued one waits
-        if refused:
-            assert resps[0].type == ResponseType.INTERNAL_ENGINE_ERROR
-            assert 'output_logits is not available for diffusion models' in resps[0].err_msg
-        assert [s.session_id for s in engine.scheduler.waiting] == ([1] if refused else [0, 1])
+    for field, says in (('out_logits', 'output_logits'), ('out_ce_loss', 'return_ppl')):  # pipeline.get_ppl
+        for paradigm, refused in (('dllm', True), ('ar', False)):
+            engine = make_engine()
+            engine.executor = SimpleNamespace(model_config=SimpleNamespace(model_paradigm=paradigm))
+            resps = add_requests(engine, [[5, 6], [7, 8]],
+                                 sampling_params={0: SamplingParam(max_new_tokens=8, **{field: True})})
+            assert resps[0].event.is_set() == refused, paradigm  # an answered request; a queued one waits
+            if refused:
+                assert resps[0].type == ResponseType.INTERNAL_ENGINE_ERROR
+                assert f'{says} ' in resps[0].err_msg and 'not available for diffusion models' in resps[0].err_msg
+            assert [s.session_id for s in engine.scheduler.waiting] == ([1] if refused else [0, 1])
 
 
 @pytest.mark.parametrize('field', ['preserve_cache', 'migration_request'])

@@ -183,7 +183,7 @@ def test_generation_config_rules():
         (dict(stop_token_ids=[400]), 'stop_token_ids'), (dict(stop_token_ids=[259]), 'stop_token_ids'),
         (dict(bad_token_ids=[-2]), 'bad_token_ids'), (dict(stop_words=['ab']), 'stop_words'),
         (dict(logprob_start_len=0, max_new_tokens=0), 'logprob_start_len'),
-        (dict(output_logits='all'), 'output_logits'),
+        (dict(output_logits='all'), 'output_logits'), (dict(return_ppl=True), 'return_ppl'),  # a diffusion model
         (dict(top_k=321), 'top_k'), (dict(top_k=10**6), 'top_k'),  # above the vocabulary (320)
         (dict(logprobs=21), 'logprobs'), (dict(logprobs=10**5), 'logprobs'),
         (dict(response_format={'type': 'json_object'}), 'response_format'),

@@ -91,7 +91,8 @@ def check_engine_request(engine, req) -> None:
     * sampling parameters the batch's sampler cannot take (``top_k`` above the vocabulary, stop / bad token ids
       outside it or the mask token, too many logprobs, an n-gram window overflow, a NaN): the
       sampler runs inside the step, so its error would end the engine loop (on a GPU a bad gather, the process);
-    * a diffusion model's decode steps return logits of the masked rows only (patch 17): no output logits;
+    * a diffusion model's decode steps return logits of the masked rows only (patch 17): no output logits, and no
+      perplexity (``return_ppl``: a left-to-right cross-entropy);
     * a diffusion request with no token budget (``max_new_tokens <= 0``, or a session with no room left,
       which upstream clamps to that): upstream's decode inputs leave its row out while the prefill added
       one, so every later sequence of the batch would decode another's row.
@@ -124,6 +125,9 @@ def check_engine_request(engine, req) -> None:
         return
     if getattr(sampling_param, 'out_logits', False):
         raise RefusedRequest('output_logits is not available for diffusion models (allowed: None)')
+    if getattr(sampling_param, 'out_ce_loss', False):
+        raise RefusedRequest('return_ppl (a left-to-right cross-entropy) is not available for diffusion models '
+                             '(allowed: False)')
     max_new_tokens = getattr(sampling_param, 'max_new_tokens', None)
     if max_new_tokens is not None and max_new_tokens < 1:
         raise RefusedRequest(f'max_new_tokens must be >= 1 for diffusion models, got {max_new_tokens}')
