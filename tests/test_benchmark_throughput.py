@@ -805,6 +805,17 @@ def test_by_card_runs_the_table_on_an_h200_only(tmp_path, card):
         assert cmds == [] and not (out / 'results_graphs.tgz').exists()
 
 
+@pytest.mark.parametrize('card, job', [('NVIDIA H200', 'PHASE_H200'), ('NVIDIA H100 80GB HBM3', 'H100_JOB')])
+def test_by_card_phases_job_profiles_one_bs256_focus_step_with_graphs(tmp_path, card, job):
+    env = dict(os.environ, PATH=_fake_card(tmp_path, card), DRY_RUN='1', **{job: 'phases'})
+    proc = subprocess.run(['bash', os.path.join(BENCH, 'gpu', 'by_card.sh'), str(tmp_path / 'out')],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (line, ) = [x for x in proc.stdout.splitlines() if x.startswith('DRY_RUN:')]
+    assert 'focus_check.sh' in line and ' sdar-8b ' in line
+    assert '--profile-arms focus_importance --profile-batch-size 256 --profile-graphs' in line
+
+
 def test_suite_llada2_phase_measures_the_llada2_table_without_the_sdar_checkpoint(tmp_path):
     out, cmds = _suite(tmp_path, 'llada2')
     assert [(c.arm, c.dllm_focus_policy) for c in cmds] == [

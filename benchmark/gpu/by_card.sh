@@ -2,6 +2,8 @@
 # One device call that branches on the card it got (a call for the H200 kind may get an H100):
 #   on an H200: issue 14's table phase of run_benchmark_suite.sh (PHASE_H200, default graphs; then call again
 #               with PHASE_H200=graphs_rest on the same machine), budget SUITE_BUDGET_S (default 555 s);
+#   either card, as PHASE_H200 / H100_JOB: 'phases' = the per-phase GPU time of one bs-256 FOCUS importance step
+#               with graphs (checks/focus_check.py --profile-graphs on a random SDAR-8B checkpoint);
 #   on another card: H100_JOB, default 'checks' = graphs vs eager on the tiny model (graph_step_check.sh, at most
 #               GRAPH_CHECK_S, default 240 s), then the GPU-marked tests (pytest -m gpu tests) in what is left of
 #               CALL_S (default 570 s); 'tests' = the tests alone; or a table phase such as 'graphs' (an H100 table,
@@ -31,6 +33,10 @@ JOB=${H100_JOB:-checks}; [[ $GPU == *H200* ]] && JOB=${PHASE_H200:-graphs}
 T0=$(date +%s)
 case $JOB in
   none) cat "$OUT/versions.json" 2>/dev/null; exit 0 ;;
+  phases)  # issue 14's per-phase breakdown of one FOCUS importance step, SDAR-8B shape, bs 256, graphs (~4 min)
+    P=(bash benchmark/gpu/focus_check.sh "$OUT" sdar-8b --skip-check --batch-sizes --profile-arms focus_importance
+       --profile-batch-size 256 --profile-graphs)
+    if [[ ${DRY_RUN:-0} == 1 ]]; then echo "DRY_RUN: ${P[*]}"; else "${P[@]}"; fi ;;
   checks|tests)
     grc=0
     if [[ $JOB == checks ]]; then
