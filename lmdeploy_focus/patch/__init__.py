@@ -135,7 +135,7 @@ config time instead of running on a partly stock engine.
     ``_request_error_from_status`` mapping a request to "engine unavailable" pokes the liveness watch (12).
     How: class attribute wraps. Removed by: upstream input validation in ``preprocess``.
 
-11. ``lmdeploy.pytorch.engine.engine.Engine._on_add_message``, ``async_loop`` and
+11. ``lmdeploy.pytorch.engine.engine.Engine._on_add_message``, ``_on_end_session``, ``async_loop`` and
     ``get_local_health_status`` are wrapped (:mod:`.engine_guard`).
     Why: the last line of defence: an exception while adding one request must fail that request
     alone, not the engine loop and every request in flight; and a loop that dies anyway must name its
