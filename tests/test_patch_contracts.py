@@ -404,6 +404,17 @@ def test_preprocess_calls_determine_gen_config_inside_its_request_error_handling
     assert 'ENGINE_STOP_ERROR' in inspect.getsource(ae.AsyncEngine._request_error_from_status.__lmdeploy_focus_upstream__)
 
 
+def test_free_cache_is_the_distserve_routes_way_to_end_a_session():
+    """Patch 10 refuses ``AsyncEngine.free_cache`` on a Hybrid engine: upstream's is ``(self, session_id)``, ends the
+    engine session directly, and the ``/distserve/free_cache`` route (registered on every server) calls it."""
+    ae = importlib.import_module('lmdeploy.serve.core.async_engine')
+    upstream = ae.AsyncEngine.free_cache.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters) == ['self', 'session_id']
+    assert 'self.engine.end_session(session_id)' in inspect.getsource(upstream)
+    route = inspect.getsource(importlib.import_module('lmdeploy.serve.openai.endpoints.distserve'))
+    assert 'async_engine.free_cache(session_id)' in route
+
+
 def test_engine_add_message_is_a_per_request_loop_bound_at_construction():
     """Patch 11 calls upstream's handler one request at a time: upstream's is a per-request loop, bound
     to the request manager as ``self._on_add_message`` (looked up on the class at construction)."""

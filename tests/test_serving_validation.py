@@ -330,6 +330,32 @@ def test_too_many_stop_strings_on_the_other_endpoints_name_the_clients_field(ser
     assert client.post(path, json={'model': 'm', name: stops[:16], **body}, headers=headers).status_code == 200
 
 
+def test_free_cache_on_a_hybrid_server_is_refused_and_ends_no_session(server, monkeypatch):
+    """``/distserve/free_cache`` is registered on every api_server; on a Hybrid engine it ended any session by its
+    small integer id, a running request included (found by a bug-hunting review)."""
+    from lmdeploy_focus_dev.testing import fake_serving
+    ended = []
+    monkeypatch.setattr(fake_serving.FakeEngine, 'end_session', lambda self, sid: ended.append(sid) or True,
+                        raising=False)
+    client, _ = server
+    response = client.post('/distserve/free_cache', json={'remote_engine_id': 'x', 'remote_session_id': 0})
+    assert response.status_code == 400, response.text
+    assert 'remote_session_id: /distserve/free_cache is only for a prefill/decode-disaggregated' in response.text
+    assert ended == [] and client.get('/health').json()['status'] == 'healthy'
+
+
+def test_free_cache_on_a_disaggregated_engine_frees_as_upstream():
+    from types import SimpleNamespace
+
+    from lmdeploy.pytorch.disagg.config import EngineRole
+    from lmdeploy.serve.core.async_engine import AsyncEngine
+    ended = []
+    fake = SimpleNamespace(backend_config=SimpleNamespace(role=EngineRole.Prefill),
+                           engine=SimpleNamespace(end_session=lambda sid: ended.append(sid) or True))
+    AsyncEngine.free_cache(fake, 7)
+    assert ended == [7]
+
+
 def test_the_soak_checks_bad_requests_are_400s_naming_their_field(server):
     """The GPU soak (checks/serving_soak) expects each of its bad requests to be a 400 naming a field: true
     here first, on upstream's api_server over the fake backend with the tiny model's vocabulary and mask."""

@@ -124,8 +124,8 @@ config time instead of running on a partly stock engine.
    ``GenerationConfig`` (patch 15) refuses the value: 9c turns that ``FieldError`` into a ``RequestError``, a 400.
    Removed by: upstream validating every sampling field and reporting ``param``.
 
-10. ``lmdeploy.serve.core.async_engine.AsyncEngine._determine_gen_config`` and
-    ``_request_error_from_status`` are wrapped (:mod:`.async_engine_validation`).
+10. ``lmdeploy.serve.core.async_engine.AsyncEngine._determine_gen_config``, ``_request_error_from_status`` and
+    ``free_cache`` are wrapped (:mod:`.async_engine_validation`).
     Why: the rules that need the templated, tokenised request (empty or whitespace-only input, token
     ids outside the vocabulary or equal to the diffusion mask token, prompt + max_new_tokens beyond the
     session, stop words that are not one token, input logprobs for a diffusion model) belong where
@@ -133,7 +133,10 @@ config time instead of running on a partly stock engine.
     after tokenising, inside its ``RequestError`` handling (the session is removed, the caller gets
     the error). An empty prompt otherwise reached ``Engine._add_message``'s assert and killed the loop.
     ``_request_error_from_status`` mapping a request to "engine unavailable" pokes the liveness watch (12).
-    How: class attribute wraps. Removed by: upstream input validation in ``preprocess``.
+    ``free_cache`` (``POST /distserve/free_cache``, registered on every api_server) ended any session by its
+    small integer id on a Hybrid engine, a running request included, never answered: refused there (400).
+    How: class attribute wraps. Removed by: upstream input validation in ``preprocess``; the distserve routes
+    registered for disaggregated roles only.
 
 11. ``lmdeploy.pytorch.engine.engine.Engine._on_add_message``, ``_on_end_session``, ``async_loop`` and
     ``get_local_health_status`` are wrapped (:mod:`.engine_guard`).

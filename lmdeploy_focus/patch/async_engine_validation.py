@@ -1,8 +1,9 @@
-"""Patch 10: validation of the templated, tokenised request in ``AsyncEngine`` (see package docstring)."""
+"""Patch 10: validation of the templated, tokenised request in ``AsyncEngine``; ``free_cache`` only where it
+belongs (see package docstring)."""
 
 
 def apply(async_engine_module) -> None:
-    from ..serving.boundary import wrap_determine_gen_config, wrap_request_error_from_status
+    from ..serving.boundary import wrap_determine_gen_config, wrap_free_cache, wrap_request_error_from_status
     from ..serving.liveness import LIVENESS
 
     cls = async_engine_module.AsyncEngine
@@ -11,3 +12,5 @@ def apply(async_engine_module) -> None:
     upstream_status = cls.__dict__['_request_error_from_status'].__func__
     if getattr(upstream_status, '__lmdeploy_focus_upstream__', None) is None:
         cls._request_error_from_status = staticmethod(wrap_request_error_from_status(upstream_status, LIVENESS))
+    if getattr(cls.free_cache, '__lmdeploy_focus_upstream__', None) is None:
+        cls.free_cache = wrap_free_cache(cls.free_cache)

@@ -75,6 +75,27 @@ def wrap_determine_gen_config(upstream):
     return _determine_gen_config
 
 
+def wrap_free_cache(upstream):
+    """``AsyncEngine.free_cache(session_id)`` (``POST /distserve/free_cache``, which upstream registers on every
+    api_server): on an engine that is not prefill/decode-disaggregated it ended whatever session had that id, a
+    running request included, which was then never answered; session ids are small counters, so any client could
+    end another's request. Refused there with a 400; a Prefill / Decode engine frees as upstream does."""
+    from .limits import is_hybrid
+
+    @functools.wraps(upstream)
+    def free_cache(self, session_id):
+        if is_hybrid(getattr(getattr(self, 'backend_config', None), 'role', None)):
+            from fastapi import HTTPException
+            raise HTTPException(status_code=400, detail=(
+                'remote_session_id: /distserve/free_cache is only for a prefill/decode-disaggregated server (--role '
+                f'Prefill / Decode); this engine is Hybrid, where it would end session {session_id} and the request '
+                'running in it'))
+        return upstream(self, session_id)
+
+    free_cache.__lmdeploy_focus_upstream__ = upstream
+    return free_cache
+
+
 def wrap_request_error_from_status(upstream, liveness):
     """``AsyncEngine._request_error_from_status``: an engine-unavailable outcome makes the liveness
     watcher check the engine at once."""
