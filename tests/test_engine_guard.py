@@ -212,6 +212,7 @@ def test_the_refused_callers_end_session_leaves_the_first_request_alone(focus_lo
     review. The first caller's own END_SESSION, and any other sender's, are upstream's as before."""
     from types import SimpleNamespace
 
+    from lmdeploy.messages import ResponseType
     from lmdeploy.pytorch.engine.request import RequestType
     from lmdeploy.pytorch.messages import SamplingParam
     engine = make_engine()
@@ -245,8 +246,45 @@ def test_the_refused_callers_end_session_leaves_the_first_request_alone(focus_lo
         assert not first.event.is_set()  # still to be answered by the step
         await send(b, RequestType.END_SESSION, dict(session_id=0, response=False))  # a second one is upstream's
         assert engine.scheduler.get_session(0) is None
+        # ... whose end of the session answers the request in progress there (upstream left it waiting forever)
+        assert first.event.is_set() and first.type == ResponseType.CANCEL
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize('running', [False, True])
+@pytest.mark.parametrize('how', ['END_SESSION', 'Engine.end_session'])
+def test_ending_a_session_under_its_request_answers_that_request(running, how):
+    """Upstream frees the session's sequences and never answers its request in progress: an END_SESSION sent while
+    it runs (raw Engine API; or a stream's late clean-up after the caller's next turn was queued), or
+    ``Engine.end_session`` itself (``/distserve/free_cache`` on a disaggregated server). Answered CANCEL, as a
+    stop_session would; a neighbour session is untouched. Found by a bug-hunting review."""
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.pytorch.engine.request import RequestType
+    engine = make_engine()
+    resps = add_requests(engine, [[5, 6], [7, 8]])
+    seqs = [next(iter(engine.scheduler.get_session(i).sequences.values())) for i in range(2)]
+    if running:
+        engine.scheduler.schedule(is_prefill=True, prealloc_size=0)
+        engine.scheduler.activate_seqs(seqs)
+    for r in resps:
+        r.event.clear()
+
+    if how == 'Engine.end_session':
+        assert engine.end_session(0)
+    else:
+        async def main():
+            engine.req_manager.requests = asyncio.Queue()
+            engine.req_manager._loop_task = asyncio.get_running_loop().create_future()  # "alive"
+            ended = engine.req_manager.build_sender().send_async(RequestType.END_SESSION, dict(session_id=0))
+            await engine.req_manager.step()
+            return ended
+        ended = asyncio.run(main())
+        assert ended.type == ResponseType.SUCCESS
+    assert engine.scheduler.get_session(0) is None
+    assert resps[0].event.is_set() and resps[0].type == ResponseType.CANCEL and resps[0].is_done
+    assert not resps[1].event.is_set()  # the neighbour waits for its step
+    assert engine.scheduler.get_session(1) is not None
 
 
 def test_a_diffusion_request_without_a_token_budget_is_refused(focus_logs):

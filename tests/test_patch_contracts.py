@@ -415,6 +415,18 @@ def test_free_cache_is_the_distserve_routes_way_to_end_a_session():
     assert 'async_engine.free_cache(session_id)' in route
 
 
+def test_ending_a_session_goes_through_engine_end_session():
+    """Patch 11 answers a request in progress before ``Engine.end_session`` frees its session: upstream's
+    END_SESSION handler ends a session through that method, and ``RequestManager.reject_request`` answers CANCEL."""
+    engine = importlib.import_module('lmdeploy.pytorch.engine.engine')
+    request = importlib.import_module('lmdeploy.pytorch.engine.request')
+    upstream = engine.Engine.end_session.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters) == ['self', 'session_id']
+    assert 'self.end_session(session_id)' in inspect.getsource(engine.Engine._on_end_session.__lmdeploy_focus_upstream__)
+    source = inspect.getsource(request.RequestManager.reject_request)
+    assert 'resp.type = ResponseType.CANCEL' in source and 'resp.is_done = True' in source
+
+
 def test_engine_add_message_is_a_per_request_loop_bound_at_construction():
     """Patch 11 calls upstream's handler one request at a time: upstream's is a per-request loop, bound
     to the request manager as ``self._on_add_message`` (looked up on the class at construction)."""

@@ -226,6 +226,27 @@ def keep_the_busy_session(upstream):
     return _on_end_session
 
 
+def answer_before_ending(upstream):
+    """``Engine.end_session(session_id)`` that first answers a request still in progress in the session (CANCEL, as
+    ``stop_session`` does). Upstream frees the session's sequences and leaves such a request waiting forever: an
+    END_SESSION sent while the session's request runs (raw ``Engine`` API), or one that a caller's stream clean-up
+    sends late, after its next turn on the session was queued (found by a bug-hunting review)."""
+
+    @functools.wraps(upstream)
+    def end_session(self, session_id):
+        from lmdeploy.messages import ResponseType
+        for seq in _session_sequences(self, session_id):
+            resp = getattr(seq, 'resp', None)
+            if _in_progress(seq.status) and resp is not None and not resp.is_done and resp.type != ResponseType.FINISH:
+                logger.info('session %s ended while its request was in progress: the request is answered CANCEL',
+                            session_id)
+                self.req_manager.reject_request(resp)
+        return upstream(self, session_id)
+
+    end_session.__lmdeploy_focus_upstream__ = upstream
+    return end_session
+
+
 def record_loop_failure(upstream):
 
     @functools.wraps(upstream)
