@@ -138,7 +138,7 @@ config time instead of running on a partly stock engine.
     How: class attribute wraps. Removed by: upstream input validation in ``preprocess``; the distserve routes
     registered for disaggregated roles only.
 
-11. ``lmdeploy.pytorch.engine.engine.Engine._on_add_message``, ``_on_end_session``, ``async_loop`` and
+11. ``lmdeploy.pytorch.engine.engine.Engine._on_add_message``, ``_on_end_session``, ``end_session``, ``async_loop`` and
     ``get_local_health_status`` are wrapped (:mod:`.engine_guard`).
     Why: the last line of defence: an exception while adding one request must fail that request
     alone, not the engine loop and every request in flight; and a loop that dies anyway must name its
@@ -148,7 +148,9 @@ config time instead of running on a partly stock engine.
     with its session. ``async_loop`` keeps the exception that ended it; the health message appends it.
     ``_on_end_session`` leaves a session alone when the END_SESSION comes from the sender whose request on it was
     just refused as busy while another request is in progress there (the instance ends its session in a
-    ``finally`` whatever the reply, and upstream's handler frees a running sequence without answering it).
+    ``finally`` whatever the reply, and upstream's handler frees a running sequence without answering it);
+    ``end_session``, which every other end of a session goes through, first answers a request still in progress
+    there CANCEL, as ``stop_session`` does.
     A request the engine cannot serve whatever the caller is refused before upstream's handler runs, so
     the session's other sequences are left alone: a second request on a session whose request is still in
     progress (upstream rewrote the running sequence before raising), a token id outside the vocabulary (the
