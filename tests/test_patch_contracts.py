@@ -427,6 +427,24 @@ def test_ending_a_session_goes_through_engine_end_session():
     assert 'resp.type = ResponseType.CANCEL' in source and 'resp.is_done = True' in source
 
 
+def test_client_session_ids_are_checked_by_the_validators_through_the_server_context():
+    """Patch 9 hands upstream's validators a server context whose ``session_manager.has`` reads client ids; patch 12
+    turns the mapping's ValueError into a 409: the validators read the manager from the context they are given, the
+    manager keeps client ids in ``user_session_id_map`` and raises ValueError for one already mapped."""
+    sm = importlib.import_module('lmdeploy.serve.managers.session_manager')
+    assert 'raise ValueError' in inspect.getsource(sm.SessionManager.map_user_session_id)
+    assert 'user_session_id_map' in inspect.getsource(sm.SessionManager.__init__)
+    for module, function in (('lmdeploy.serve.openai.chat_completions.validation', 'check_request'),
+                             ('lmdeploy.serve.openai.endpoints.completions', 'check_request'),
+                             ('lmdeploy.serve.openai.endpoints.generate', 'check_request')):
+        source = inspect.getsource(getattr(importlib.import_module(module), function))
+        assert 'session_manager = server_context.session_manager' in source, module
+        assert 'session_manager.has(request.session_id)' in source, module
+    api_server = importlib.import_module('lmdeploy.serve.openai.api_server')
+    upstream = api_server.ServerContext.create_session.__lmdeploy_focus_upstream__
+    assert 'map_user_session_id(user_session_id)' in inspect.getsource(upstream)
+
+
 def test_engine_add_message_is_a_per_request_loop_bound_at_construction():
     """Patch 11 calls upstream's handler one request at a time: upstream's is a per-request loop, bound
     to the request manager as ``self._on_add_message`` (looked up on the class at construction)."""

@@ -455,3 +455,69 @@ def test_pipeline_path_gets_a_request_error_not_a_dead_engine():
         assert len(engine.session_mgr.sessions) == 0  # the rejected requests left no session behind
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize('path,body', [
+    ('/v1/chat/completions', dict(messages=[{'role': 'user', 'content': 'hi'}], max_tokens=4)),
+    ('/v1/completions', dict(prompt='hi', max_tokens=4)),
+    ('/generate', dict(input_ids=[5, 6, 7], max_tokens=4)),
+])
+def test_a_client_session_id_is_one_request_at_a_time_and_never_an_internal_id(path, body, monkeypatch):
+    """Upstream's validators looked a client's session_id up among the internal ids: a second request on a client
+    id in progress passed and its session mapping raised (a 500), and a free client id equal to another request's
+    internal id was refused as occupied. Found by a bug-hunting review. Now: the second is a 400 naming
+    ``session_id``, the free one is served, the first request is untouched."""
+    import asyncio
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+    from lmdeploy.messages import EngineOutput, ResponseType
+
+    from lmdeploy_focus_dev.testing import fake_serving
+
+    async def slow_stream(self, session_id, input_ids, gen_config=None, **kwargs):
+        await asyncio.sleep(1.0)
+        yield EngineOutput(ResponseType.FINISH, list(reversed(input_ids))[:gen_config.max_new_tokens])
+
+    monkeypatch.setattr(fake_serving.FakeInstance, 'async_stream_infer', slow_stream)
+    app = fake_serving.build_app(MODEL, monkeypatch)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        first = {}
+        runner = threading.Thread(target=lambda: first.setdefault('r', client.post(
+            path, json={'model': 'm', 'session_id': 42, **body})))
+        runner.start()
+        time.sleep(0.3)
+        second = client.post(path, json={'model': 'm', 'session_id': 42, **body})
+        # a client id equal to the internal id of the request in flight (upstream refused it as occupied)
+        internal = next(iter(fake_serving_sessions(app)), 0)
+        free = client.post(path, json={'model': 'm', 'session_id': internal, **body})
+        runner.join()
+    assert second.status_code == 400, second.text
+    assert second.json()['param'] == 'session_id' and 'in progress' in second.json()['message']
+    assert free.status_code == 200, free.text
+    assert first['r'].status_code == 200
+
+
+def fake_serving_sessions(app):
+    """The internal session ids in flight on the app's engine."""
+    from lmdeploy_focus.serving.liveness import LIVENESS
+    return list(LIVENESS.async_engine.session_mgr.sessions)
+
+
+def test_a_client_session_id_taken_between_validation_and_mapping_is_a_409():
+    """Patch 12: a request whose client id was mapped by another after its validation (an await in between, as in
+    the chat path) meets the mapping's ValueError: a 409 RequestError the endpoints answer, not a 500."""
+    from types import SimpleNamespace
+
+    from lmdeploy.serve.core.exceptions import RequestError
+    from lmdeploy.serve.managers.session_manager import SessionManager
+    from lmdeploy.serve.openai.api_server import ServerContext
+    manager = SessionManager()
+    context = object.__new__(ServerContext)
+    context.async_engine = SimpleNamespace(session_mgr=manager, epoch=0)
+    ServerContext.create_session(context, 42)
+    with pytest.raises(RequestError) as info:
+        ServerContext.create_session(context, 42)
+    assert info.value.status_code == 409 and info.value.message.startswith('session_id: ')
+    assert ServerContext.create_session(context, 43).session_id != ServerContext.create_session(context, None).session_id

@@ -122,7 +122,10 @@ config time instead of running on a partly stock engine.
    9c: ``/v1/messages`` and ``/v1/responses`` pass ``validate_request`` by, check ranges of their own
    (``top_p`` 0 allowed) and catch only ``RequestError`` around ``ChatRunner.prepare``, where
    ``GenerationConfig`` (patch 15) refuses the value: 9c turns that ``FieldError`` into a ``RequestError``, a 400.
-   Removed by: upstream validating every sampling field and reporting ``param``.
+   A client's ``session_id`` with a request still in progress is a 400 (``param`` ``session_id``), and upstream's
+   validator sees a session manager whose ``has`` reads client ids (it read internal ids: a busy client id passed
+   and its mapping raised a 500, a free one equal to an internal id was refused; :mod:`lmdeploy_focus.serving.user_sessions`).
+   Removed by: upstream validating every sampling field and reporting ``param``; ``SessionManager.has`` over client ids.
 
 10. ``lmdeploy.serve.core.async_engine.AsyncEngine._determine_gen_config``, ``_request_error_from_status`` and
     ``free_cache`` are wrapped (:mod:`.async_engine_validation`).
@@ -162,14 +165,16 @@ config time instead of running on a partly stock engine.
     and multi-turn sessions, which patch 10 does not cover.
     Removed by: upstream isolating per-request failures in the request loop.
 
-12. ``lmdeploy.serve.openai.api_server``: ``create_lifespan_handler`` wrapped, ``EngineSleepingMiddleware``
-    and ``EngineHealthMonitor`` replaced by subclasses (:mod:`.api_server_liveness`).
+12. ``lmdeploy.serve.openai.api_server``: ``create_lifespan_handler`` and ``ServerContext.create_session`` wrapped,
+    ``EngineSleepingMiddleware`` and ``EngineHealthMonitor`` replaced by subclasses (:mod:`.api_server_liveness`).
     Why: after the engine loop died, ``/health`` reported the last (12 s old) probe and requests went
     to a dead engine. A watcher (:mod:`lmdeploy_focus.serving.liveness`, 1 s) latches the engine dead
     at the first ``alive: False``, logs the cause; the middleware answers inference routes 503 at once
     and the monitor's snapshot is unhealthy with the cause. The same middleware answers ``/pooling`` 400 for a
     diffusion model (its engine refuses whole-sequence logits; upstream's route made that a bare 500).
-    How: module globals that ``serve`` / the lifespan handler read at call time.
+    ``create_session``: a client session id mapped by another request after this one's validation (the chat path
+    awaits in between) raised ``ValueError``, a 500; now a 409 ``RequestError``.
+    How: module globals that ``serve`` / the lifespan handler read at call time; a class attribute wrap.
     Removed by: upstream gating inference routes on engine liveness.
 
 13. ``lmdeploy.serve.core.async_engine``: ``AsyncEngine._build_stat_loggers`` and

@@ -4,6 +4,7 @@ from http import HTTPStatus
 
 from .answer_budget import fit_answer
 from .limits import engine_limits
+from .user_sessions import check_session_free, reading_client_ids
 from .validation import FieldError, check_generation_config, check_http_request, check_input_ids
 
 # upstream request models -> the endpoint rules of check_http_request
@@ -12,7 +13,7 @@ ENDPOINTS = {'CompletionRequest': 'completions', 'ChatCompletionRequest': 'chat'
 
 def wrap_validate_request(upstream):
     """``lmdeploy.serve.openai.endpoints.common.validate_request``: our field rules first (400 with
-    ``param``), then upstream's."""
+    ``param``), then upstream's, whose session-id check reads client ids (:mod:`.user_sessions`)."""
 
     @functools.wraps(upstream)
     def validate_request(request, server_context, request_validator, **validator_kwargs):
@@ -24,9 +25,11 @@ def wrap_validate_request(upstream):
             try:
                 limits = engine_limits(server_context.async_engine)
                 check_http_request(request, endpoint=endpoint, dllm=limits.dllm, session_len=limits.session_len)
+                check_session_free(request, server_context.session_manager)
             except FieldError as e:
                 from lmdeploy.serve.openai.errors import create_error_response
                 return create_error_response(HTTPStatus.BAD_REQUEST, e.message, param=e.param)
+            request_validator = reading_client_ids(request_validator)
         return upstream(request, server_context, request_validator, **validator_kwargs)
 
     validate_request.__lmdeploy_focus_upstream__ = upstream
