@@ -127,7 +127,10 @@ preflight.cuda_problem = lambda device: None
 import lmdeploy.cli.chat as chat
 def pipeline(model_path, backend_config=None, **kwargs):
     cfg = backend_config
-    print('PROBE' + json.dumps(dict(options=cfg.focus_options().to_dict(), hf_overrides=cfg.hf_overrides)))
+    from lmdeploy.pipeline import Pipeline
+    reports = hasattr(Pipeline.stream_infer, '__lmdeploy_focus_upstream__')  # a failed turn says why
+    print('PROBE' + json.dumps(dict(options=cfg.focus_options().to_dict(), hf_overrides=cfg.hf_overrides,
+                                    reports_errors=reports)))
     raise SystemExit(0)
 chat.pipeline = pipeline
 from lmdeploy.cli.entrypoint import run
@@ -147,6 +150,7 @@ def test_chat_flags_reach_the_engine_config(sdar_dir):
                     focus_auto_target_recall=0.95, focus_auto_alpha_max=4.0, focus_auto_margin=0.05,
                     stock_step_rows=64)
     assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}
+    assert probe['reports_errors']
 
 
 # ---------------------------------------------------------------- a newcomer's mistakes: one line each

@@ -67,8 +67,11 @@ config time instead of running on a partly stock engine.
    Without ``--max-new-tokens`` the runner also has each answer cut to the session's room
    (:mod:`lmdeploy_focus.serving.answer_budget`, applied at patch 10's boundary) instead of refused: chat
    re-sends the whole transcript with upstream's fixed 4096 budget, which a small ``--session-len`` refused
-   every turn.
-   Removed by: upstream flags and upstream checks of the model path, the device and sampling values.
+   every turn. And the chat process's ``Pipeline.stream_infer`` reports a failed turn on stderr and takes it
+   back out of the transcript (:mod:`lmdeploy_focus.cli.chat_errors`; upstream printed nothing and kept an
+   empty answer, so every later turn failed the same way).
+   Removed by: upstream flags and upstream checks of the model path, the device and sampling values, and a
+   chat loop that prints errors.
 
 6. ``lmdeploy.pytorch.models.module_map.CUSTOM_MODULE_MAP`` gains ``SDARForCausalLM`` ->
    :class:`lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM`, ``SDARMoeForCausalLM`` ->

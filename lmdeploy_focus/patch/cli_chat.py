@@ -1,9 +1,10 @@
-"""Patch 5b: FOCUS and sampling flags on ``lmdeploy chat`` (see package docstring)."""
+"""Patch 5b: FOCUS and sampling flags on ``lmdeploy chat``, and a failed turn that says why (see package docstring)."""
 import functools
 
 
 def apply(cli_module) -> None:
     from ..cli import preflight
+    from ..cli.chat_errors import report_errors
     from ..cli.flags import GIVEN_ATTR, add_focus_arguments
     from ..cli.sampling import add_sampling_arguments, drop_unset_sampling
     from ..serving.answer_budget import clip_answers_to_session
@@ -27,7 +28,14 @@ def apply(cli_module) -> None:
         clip_answers_to_session(getattr(args, 'max_new_tokens', None) is None)
         drop_unset_sampling(args)
         vars(args).pop(GIVEN_ATTR, None)  # serve's conflict check reads it; chat would pass it on as an engine kwarg
+        report_failed_turns()
         return upstream_runner(args)
+
+    def report_failed_turns():
+        # the chat process runs one chat: its pipeline reports a failed turn (process-wide, as the answer clipping)
+        from lmdeploy.pipeline import Pipeline
+        if getattr(Pipeline.stream_infer, '__lmdeploy_focus_upstream__', None) is None:
+            Pipeline.stream_infer = report_errors(Pipeline.stream_infer)
 
     cls.add_parser_chat = staticmethod(add_parser_chat)
     cls.chat = staticmethod(chat)
