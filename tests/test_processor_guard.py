@@ -100,7 +100,7 @@ def test_a_request_whose_processor_fails_is_answered_with_an_error_and_its_neigh
     assert 'session 1' in message and 'logits processor' in message and 'fails alone' in message
 
 
-def test_a_failed_request_skips_its_processors_in_steps_already_queued_and_its_sessions_next_request_does_not():
+def test_a_failed_request_is_failed_once_for_its_step_and_its_sessions_next_request_is_not():
     from lmdeploy.messages import ResponseType
     from lmdeploy.pytorch.messages import MessageStatus
     gen = torch.Generator().manual_seed(secrets.randbits(31))
@@ -113,9 +113,9 @@ def test_a_failed_request_skips_its_processors_in_steps_already_queued_and_its_s
     seqs, resps = running_requests([None, [counted_then_broken], None])
     step_n, step_n1 = list(seqs), list(seqs)  # each step's own sequence list
     sample(step_n, gen)
-    assert len(calls) == 1  # the request's other rows skip it
-    logits, scores = sample(step_n1, gen)  # a step built before step n's outputs were seen
-    assert len(calls) == 1 and torch.equal(scores, logits)
+    assert len(calls) == 1  # the request's other rows in the step skip it
+    logits, scores = sample(step_n1, gen)  # a step built before step n's outputs were seen: its own failure
+    assert len(calls) == 2 and torch.equal(scores, logits)
     prepare_outputs(step_n)
     assert resps[1].type == ResponseType.INTERNAL_ENGINE_ERROR and resps[1].err_msg == 'RuntimeError: broken'
     # the queued step's outputs: the sequence is already stopped, nothing more is answered
@@ -159,6 +159,27 @@ def test_a_processor_that_fails_only_in_a_step_queued_after_the_last_does_not_fa
     assert resps[1].type == ResponseType.SUCCESS and not resps[1].event.is_set()
 
 
+def test_a_step_whose_outputs_never_come_leaves_later_steps_with_their_processors():
+    """A queued step dropped without outputs (sleep's drain) whose processors failed: the request's later steps
+    still run its processors (a stale failure must not make them skip silently)."""
+    gen = torch.Generator().manual_seed(secrets.randbits(31))
+    flaky = [True]
+
+    def once_broken(token_ids, scores):
+        if flaky[0]:
+            flaky[0] = False
+            raise RuntimeError('transient')
+        return scores * 2
+
+    seqs, resps = running_requests([None, [once_broken], None])
+    sample(list(seqs), gen)  # this step's outputs never come
+    step = list(seqs)
+    logits, scores = sample(step, gen)
+    assert torch.equal(scores[L:2 * L], logits[L:2 * L] * 2)
+    prepare_outputs(step)
+    assert not resps[1].event.is_set()
+
+
 def test_a_failure_keeps_no_reference_to_the_steps_logits():
     """The engine raises the GC threshold (gen 0: 10,000), so a reference cycle is collected late: a failure must
     not keep the step's [rows, vocab] logits alive through the exception's traceback."""
@@ -177,7 +198,8 @@ def test_a_failure_keeps_no_reference_to_the_steps_logits():
         assert alive() is None
     finally:
         gc.enable()
-    assert 'the user code is wrong' in seqs[1].__dict__['_lmdeploy_focus_processor_failure'].traceback
+    (failure, ) = seqs[1].__dict__['_lmdeploy_focus_processor_failures'].by_step.values()
+    assert 'the user code is wrong' in failure.traceback
 
 
 def test_what_upstream_writes_into_a_row_the_guard_writes_too():
@@ -189,7 +211,7 @@ def test_what_upstream_writes_into_a_row_the_guard_writes_too():
     expected = row.clone() * 2 + 1
     out = RequestProcessors([lambda ids, s: (s * 2)[None], lambda ids, s: s + 1], seqs[0], id(seqs))(None, row)
     assert torch.equal(out, expected) and torch.equal(row, expected)
-    assert '_lmdeploy_focus_processor_failure' not in seqs[0].__dict__
+    assert '_lmdeploy_focus_processor_failures' not in seqs[0].__dict__
     RequestProcessors([lambda ids, s: 3.0], seqs[0], id(seqs))(None, row)
     assert torch.equal(row, torch.full((40, ), 3.0))
 

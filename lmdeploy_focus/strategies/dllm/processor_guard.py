@@ -6,9 +6,9 @@ return, escape the step, which ends the engine loop and every request in flight 
 
 How: the sampling fix (:mod:`.upstream_fixes.sampling`) hands each block row of a request one
 :class:`RequestProcessors`, which runs the request's processors in order. If one raises, or returns something
-upstream cannot put back into the row (not a tensor of the row's shape), the guard notes the failure on the
-request's sequence and leaves the row's logits as they are; the request's other rows, in this step and in any
-step already queued, skip its processors. Before that step's outputs become responses (patch 7,
+upstream cannot put back into the row (None, a wrong shape), the guard notes the failure on the request's
+sequence, for the step it happened in, and leaves the row's logits as they are; the request's other rows in that
+step skip its processors. Before that step's outputs become responses (patch 7,
 :func:`fail_requests_whose_processors_failed`; a step is known by its sequence list, which upstream builds the
 sampling inputs from and hands back with the outputs), the engine loop's process stops that sequence and answers
 its request ``INTERNAL_ENGINE_ERROR`` (the client gets the type, the log the session, exception and traceback);
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-_FAILED = '_lmdeploy_focus_processor_failure'  # on the sequence: a Failure
+_FAILED = '_lmdeploy_focus_processor_failures'  # on the sequence: its request's Failures
 
 
 class RequestProcessors:
@@ -41,25 +41,38 @@ class RequestProcessors:
     def __call__(self, token_ids, scores: torch.Tensor) -> torch.Tensor:
         if self._seq is None:
             return _run(self.processors, token_ids, scores)
-        failed = self._seq.__dict__.get(_FAILED)
-        if failed is not None and failed.resp is self._resp:
-            return scores  # failed earlier: the request is being failed, its tokens are never sent
+        failures = _failures(self._seq, self._resp)
+        if failures is not None and self._step in failures.by_step:
+            return scores  # this step failed on another of the request's rows: its tokens are never sent
         try:
             return _run(self.processors, token_ids, scores)
         except BaseException as exc:  # noqa: BLE001 - user code: anything it raises is this request's failure
             if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
                 raise
             # text only: the exception's traceback holds this frame, whose scores view the step's whole logits
-            self._seq.__dict__[_FAILED] = Failure(self._resp, self._step, f'{type(exc).__name__}: {exc}',
-                                                  ''.join(traceback.format_exception(exc)))
+            _failures(self._seq, self._resp, create=True).by_step[self._step] = Failure(
+                f'{type(exc).__name__}: {exc}', ''.join(traceback.format_exception(exc)))
             return scores
 
 
 class Failure(NamedTuple):
-    resp: object  # the request's response object: a session's next request is another
-    step: int | None  # the step whose sampling raised (see RequestProcessors._step)
     error: str
     traceback: str
+
+
+class Failures(NamedTuple):
+    """A request's failed steps (kept on its sequence); a session's next request has another response object."""
+    resp: object
+    by_step: dict  # step (see RequestProcessors._step) -> Failure; a step's entry goes when its outputs are handled
+
+
+def _failures(seq, resp, create: bool = False) -> Failures | None:
+    failures = seq.__dict__.get(_FAILED)
+    if failures is None or failures.resp is not resp:
+        if not create:
+            return None
+        failures = seq.__dict__[_FAILED] = Failures(resp, {})
+    return failures
 
 
 def _run(processors, token_ids, row: torch.Tensor) -> torch.Tensor:
@@ -85,8 +98,8 @@ def fail_requests_whose_processors_failed(running) -> None:
 
     from ..failed_request import fail_request
     for seq in running:
-        failed = seq.__dict__.get(_FAILED)
-        if (failed is None or failed.resp is not getattr(seq, 'resp', None) or failed.step != id(running)
-                or seq.status != MessageStatus.RUNNING):
-            continue  # none, an earlier request's, a later step's, or already stopped (failed, aborted, finished)
-        fail_request(seq, failed.error, 'in its own logits processor', details=failed.traceback)
+        failures = _failures(seq, getattr(seq, 'resp', None))
+        failure = failures.by_step.pop(id(running), None) if failures is not None else None
+        if failure is None or seq.status != MessageStatus.RUNNING:
+            continue  # none in this step, or already stopped (failed, aborted, finished)
+        fail_request(seq, failure.error, 'in its own logits processor', details=failure.traceback)
