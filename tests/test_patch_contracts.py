@@ -413,6 +413,10 @@ def test_free_cache_is_the_distserve_routes_way_to_end_a_session():
     assert 'self.engine.end_session(session_id)' in inspect.getsource(upstream)
     route = inspect.getsource(importlib.import_module('lmdeploy.serve.openai.endpoints.distserve'))
     assert 'async_engine.free_cache(session_id)' in route
+    # async_get_ppl (pipeline.get_ppl) asks return_ppl without preprocess, so patch 10 refuses it for a DLLM itself
+    ppl = ae.AsyncEngine.async_get_ppl.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(ppl).parameters) == ['self', 'input_ids']
+    assert 'return_ppl=True' in inspect.getsource(ppl) and 'preprocess' not in inspect.getsource(ppl)
 
 
 def test_ending_a_session_goes_through_engine_end_session():

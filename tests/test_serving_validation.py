@@ -521,3 +521,17 @@ def test_a_client_session_id_taken_between_validation_and_mapping_is_a_409():
         ServerContext.create_session(context, 42)
     assert info.value.status_code == 409 and info.value.message.startswith('session_id: ')
     assert ServerContext.create_session(context, 43).session_id != ServerContext.create_session(context, None).session_id
+
+
+def test_get_ppl_of_a_diffusion_model_says_why_it_is_refused():
+    """``pipeline.get_ppl`` skips ``preprocess``: the engine refused it and upstream raised ``failed to compute
+    ce_loss``. It names why now (found by a review)."""
+    import asyncio
+
+    from lmdeploy import PytorchEngineConfig
+
+    from lmdeploy_focus_dev.testing.fake_serving import async_engine_class
+    engine = async_engine_class()(MODEL, backend='pytorch',
+                                  backend_config=PytorchEngineConfig(max_batch_size=2, enable_metrics=False))
+    with pytest.raises(ValueError, match='diffusion model does not define'):
+        asyncio.run(engine.async_get_ppl([5, 6, 7]))

@@ -78,6 +78,22 @@ def wrap_determine_gen_config(upstream):
     return _determine_gen_config
 
 
+def wrap_async_get_ppl(upstream):
+    """``AsyncEngine.async_get_ppl(input_ids)`` (``pipeline.get_ppl``): it skips ``preprocess``, so the request rule
+    that refuses ``return_ppl`` for a diffusion model never ran for it, and the engine's refusal came back as
+    upstream's ``failed to compute ce_loss``. Refused here, naming why."""
+
+    @functools.wraps(upstream)
+    async def async_get_ppl(self, input_ids):
+        if engine_limits(self).dllm:
+            raise ValueError('get_ppl: perplexity is a left-to-right cross-entropy, which a diffusion model does not '
+                             'define (it decodes a block in parallel); not available for this model')
+        return await upstream(self, input_ids)
+
+    async_get_ppl.__lmdeploy_focus_upstream__ = upstream
+    return async_get_ppl
+
+
 def wrap_free_cache(upstream):
     """``AsyncEngine.free_cache(session_id)`` (``POST /distserve/free_cache``, which upstream registers on every
     api_server): on an engine that is not prefill/decode-disaggregated it ended whatever session had that id, a

@@ -16,6 +16,8 @@ from .validation import FieldError
 def check_session_free(request, session_manager) -> None:
     """Refuse a client ``session_id`` whose earlier request is still in progress on this server."""
     user_id = getattr(request, 'session_id', None)
+    if isinstance(getattr(request, 'prompt', None), list):
+        return  # /v1/completions with a list of prompts: upstream gives each its own session, the id is not used
     if user_id not in (None, -1) and user_id in getattr(session_manager, 'user_session_id_map', {}):
         raise FieldError('session_id', f'session {user_id!r} has a request in progress on this server: send the '
                          'next request on it after that one has finished, or abort it (POST /abort_request)')
