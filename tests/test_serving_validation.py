@@ -535,3 +535,12 @@ def test_get_ppl_of_a_diffusion_model_says_why_it_is_refused():
                                   backend_config=PytorchEngineConfig(max_batch_size=2, enable_metrics=False))
     with pytest.raises(ValueError, match='diffusion model does not define'):
         asyncio.run(engine.async_get_ppl([5, 6, 7]))
+
+
+def test_a_busy_client_session_id_is_refused_unless_upstream_ignores_it():
+    from lmdeploy_focus.serving.user_sessions import check_session_free
+    manager = SimpleNamespace(user_session_id_map={42: 0})
+    check_session_free(SimpleNamespace(session_id=-1), manager)
+    check_session_free(SimpleNamespace(session_id=41), manager)
+    check_session_free(SimpleNamespace(session_id=42, prompt=['a', 'b']), manager)  # completions: one session each
+    assert rejected(check_session_free, SimpleNamespace(session_id=42, prompt='a'), manager).param == 'session_id'
