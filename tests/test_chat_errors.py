@@ -3,6 +3,8 @@ leaves the conversation as it was, so the next turn is served. Upstream printed 
 empty answer, so the transcript only grew and every later turn failed the same way, silently."""
 import builtins
 import importlib
+import logging
+import os
 
 import pytest
 
@@ -22,10 +24,16 @@ def run_chat(monkeypatch, capsys, lines, guarded: bool):
     feed = iter(lines)
     monkeypatch.setattr(builtins, 'input', lambda *a: next(feed))
     clip_answers_to_session(True)  # what the patched chat sets without --max-new-tokens
+    # upstream's chat builds its pipeline with log_level='ERROR' (the 'lmdeploy' logger and TM_LOG_LEVEL): undone,
+    # so that later tests still see warnings
+    lmdeploy_logger = logging.getLogger('lmdeploy')
+    level = lmdeploy_logger.level
+    monkeypatch.setenv('TM_LOG_LEVEL', os.environ.get('TM_LOG_LEVEL', 'ERROR'))
     try:
         chat.main(MODEL, 'pytorch', session_len=64, max_batch_size=4)
     finally:
         clip_answers_to_session(False)
+        lmdeploy_logger.setLevel(level)
     return capsys.readouterr()
 
 
