@@ -1,6 +1,7 @@
 """The calibration tool on inputs that used to end in a traceback, a wrong report or a lost grid (found by a
 bug-hunting review): each case failed before its fix."""
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -77,3 +78,46 @@ def test_a_malformed_eos_token_id_names_the_file(tmp_path, eos):
         _stop_ids(str(tmp_path), SimpleNamespace(eos_token_id=2))
     (tmp_path / 'generation_config.json').write_text('{"eos_token_id": [1, 3]}')
     assert _stop_ids(str(tmp_path), SimpleNamespace(eos_token_id=2)) == (1, 2, 3)
+
+
+def _calibrate(model, tasks, out_dir, *extra):
+    from lmdeploy_focus.calibrate.cli import main
+    with pytest.raises(SystemExit) as info:
+        main([str(model), '--tasks', str(tasks), '--alphas', '1.5', '--policies', 'leftmost', '--out-dir', str(out_dir),
+              '--quiet', '--backend', 'reference', *extra])
+    return str(info.value)
+
+
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models', 'tiny-sdar-5m-b32')
+
+
+@pytest.mark.parametrize('record, says', [
+    ({'prompt': 'fill <|MASK|> here', 'answer': 'x'}, "holds the model's mask token"),
+    ({'prompt': 'hi', 'answer': 'x', 'max_new_tokens': 10 ** 9}, "exceed the model's"),
+    ({'prompt': 'word ' * 5000, 'answer': 'x', 'max_new_tokens': 8}, "exceed the model's"),
+], ids=['mask token', 'huge budget', 'long prompt'])
+def test_a_task_the_model_cannot_take_is_one_line_naming_it(tmp_path, record, says):
+    """Found by a bug-hunting review: an AssertionError in the decode loop, a 512 GB allocation, a run that did not
+    end; each is refused before the backend loads."""
+    tasks = tmp_path / 'tasks.jsonl'
+    tasks.write_text(json.dumps({'prompt': 'fine', 'answer': 'y'}) + '\n' + json.dumps(record) + '\n')
+    message = _calibrate(TINY, tasks, tmp_path / 'out')
+    assert message.startswith(f'calibrate: error: {tasks}:2: ') and says in message, message
+
+
+@pytest.mark.parametrize('model_type, weights, says', [('qwen3', True, "implements SDAR"),
+                                                       ('sdar', False, 'safetensors')])
+def test_a_checkpoint_the_reference_backend_cannot_load_is_one_line(tmp_path, model_type, weights, says):
+    import shutil
+    model = tmp_path / 'model-b32'
+    shutil.copytree(TINY, model)
+    config = json.loads((model / 'config.json').read_text())
+    (model / 'config.json').write_text(json.dumps(dict(config, model_type=model_type)))
+    if not weights:
+        for f in model.glob('*.safetensors'):
+            f.unlink()
+    tasks = tmp_path / 'tasks.jsonl'
+    tasks.write_text(json.dumps({'prompt': 'fine', 'answer': 'y'}) + '\n')
+    message = _calibrate(model, tasks, tmp_path / 'out')
+    assert message.startswith('calibrate: error: the reference backend cannot load') and says in message, message
+    assert '--backend engine' in message

@@ -131,6 +131,32 @@ def _stop_ids(model: str, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def _check_prompts(model: str, task_file: str, tasks, prompts, max_new) -> None:
+    """Each task must fit the model: no mask token in its prompt (the decoder would take it for a position to
+    fill), prompt + answer budget within the model's positions (a budget of a billion tokens asked for a KV cache
+    of half a terabyte). One line naming ``FILE:LINE``."""
+    from ..config.model_facts import LLADA2_MASK_TOKEN, LLADA2_MODEL_TYPE, SDAR_MASK_TOKEN
+    try:
+        with open(os.path.join(model, 'config.json'), encoding='utf-8') as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f'calibrate: error: cannot read {model}/config.json: {e}') from None
+    if not isinstance(config, dict):
+        raise SystemExit(f'calibrate: error: {model}/config.json is not a JSON object')
+    mask = config.get('mask_token_id')
+    if mask is None:
+        mask = LLADA2_MASK_TOKEN if config.get('model_type') == LLADA2_MODEL_TYPE else SDAR_MASK_TOKEN
+    positions = config.get('max_position_embeddings')
+    for task, ids, budget in zip(tasks, prompts, max_new):
+        if mask in ids:
+            raise SystemExit(f'calibrate: error: {task_file}:{task.line}: the prompt holds the model\'s mask token '
+                             f'(id {mask}), which a diffusion model decodes as a position to fill; remove it')
+        if isinstance(positions, int) and len(ids) + budget > positions:
+            raise SystemExit(f'calibrate: error: {task_file}:{task.line}: the prompt ({len(ids)} tokens) and its '
+                             f'max_new_tokens ({budget}) exceed the model\'s {positions} positions; shorten it or '
+                             'lower max_new_tokens (or --max-new-tokens)')
+
+
 def _progress(total: int, quiet: bool):
     if quiet:
         return None
@@ -158,11 +184,17 @@ def run(args) -> dict:
         raise SystemExit(f'calibrate: error: cannot load a tokenizer from {args.model}: {first}') from None
     prompts = [_encode(tokenizer, t.prompt) for t in tasks]
     max_new = token_budgets(tasks, args.max_new_tokens)
+    _check_prompts(args.model, args.tasks or DEFAULT_TASKS, tasks, prompts, max_new)
     settings = backends.BackendSettings(model_path=args.model, block_length=block_length,
                                         confidence_threshold=args.threshold, batch_size=args.batch_size,
                                         stop_token_ids=_stop_ids(args.model, tokenizer), device=args.device,
                                         dtype=args.dtype, eager_mode=args.eager_mode)
-    backend = backends.load(name)(settings)
+    try:
+        backend = backends.load(name)(settings)
+    except (ValueError, OSError) as e:  # a checkpoint this backend cannot load (another family, no weights)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        hint = '; the engine backend (--backend engine, a CUDA GPU) runs every model' if name == 'reference' else ''
+        raise SystemExit(f'calibrate: error: the {name} backend cannot load {args.model}: {first}{hint}') from None
     cells = grid.plan(args.alphas, args.policies)
     bar = _progress(len(cells), args.quiet)
     results = []
