@@ -449,6 +449,26 @@ def test_client_session_ids_are_checked_by_the_validators_through_the_server_con
     assert 'map_user_session_id(user_session_id)' in inspect.getsource(upstream)
 
 
+def test_a_steps_sequence_list_goes_from_its_sampling_inputs_to_its_outputs_unchanged():
+    """The processor guard (strategies/dllm/processor_guard.py) knows a step by ``id()`` of its sequence list: the one
+    ``make_sampling_inputs`` gets must be the one patch 7 is handed with the step's outputs. Upstream: the payload
+    builder passes ``result.running`` to both, the sender returns the popped list, the main loop hands it to the
+    output handler, which passes it on to ``_make_infer_outputs``."""
+    maker = importlib.import_module('lmdeploy.pytorch.engine.inputs_maker')
+    loop = importlib.import_module('lmdeploy.pytorch.engine.engine_loop')
+    payload = inspect.getsource(next(c for c in vars(maker).values() if inspect.isclass(c) and '_build_payload' in vars(c))
+                                ._build_payload)
+    assert 'make_sampling_inputs(result.running)' in payload and 'running=result.running' in payload
+    send = inspect.getsource(maker.InputsMakerAsync._send_next_inputs_impl)
+    assert "next_running = forward_inputs.pop('running')" in send and 'return forward_inputs, next_running' in send
+    main = inspect.getsource(loop.EngineLoop.main_loop)
+    assert 'running=next_running' in main
+    outputs = inspect.getsource(loop.EngineLoop._main_loop_get_outputs)
+    assert 'self._finish_forward_output(out, running, model_inputs, delta)' in outputs
+    finish = inspect.getsource(loop.EngineLoop._finish_forward_output)
+    assert 'self._make_infer_outputs(out, running=running' in finish
+
+
 def test_engine_add_message_is_a_per_request_loop_bound_at_construction():
     """Patch 11 calls upstream's handler one request at a time: upstream's is a per-request loop, bound
     to the request manager as ``self._on_add_message`` (looked up on the class at construction)."""
