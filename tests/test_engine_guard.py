@@ -488,6 +488,8 @@ def test_sampling_parameters_the_sampler_cannot_take_are_refused_alone(focus_log
         (dict(bad_words=[-3]), 'bad_words: token id -3 is outside the vocabulary'),
         (dict(stop_words=[vocab + 5], min_new_tokens=4), 'stop_words: token id'),
         (dict(stop_words=list(range(2, 60)) * 5, bad_words=list(range(2, 60)) * 5), None),  # lists upstream grew
+        # one request's list pads every row of the batch's table (150,000 ids: 2.6 GiB at 2,048 block rows)
+        (dict(bad_words=list(range(2, 60)) * 20), 'bad_words: at most 1024 token ids'),
         (dict(num_logprobs=vocab + 1), 'logprobs: must be an integer in [0, 20]'),
         (dict(temperature=float('nan')), 'temperature: must be a finite number'),
         (dict(repetition_ngram_size=10 ** 6, repetition_ngram_threshold=2), 'repetition_ngram_size'),

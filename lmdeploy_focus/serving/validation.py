@@ -39,6 +39,7 @@ MAX_LOGIT_BIAS = 300
 # cached for the last 10 words only): 1,500 words held every other request for 9 s.
 MAX_STOP_WORDS = 16
 MAX_STOP_TOKEN_IDS = 256
+MAX_ENGINE_TOKEN_IDS = 4 * MAX_STOP_TOKEN_IDS  # the raw Engine API's stop / bad id lists, after upstream's growth
 # where an HTTP request carries GenerationConfig.stop_words, for messages of the engine-side check
 STOP_WORDS_HTTP_NAMES = ' (over HTTP: `stop`; `stop_sequences` on /v1/messages)'
 
@@ -354,9 +355,12 @@ def check_sampling_param(sampling_param, limits: ModelLimits) -> None:
     if sampling_param.num_logprobs is not None and sampling_param.num_logprobs > 0:
         _check_logprobs('logprobs', sampling_param.num_logprobs)
     _check_repetition_ngram(sampling_param.repetition_ngram_size, sampling_param.repetition_ngram_threshold)
-    # no count cap here: upstream pads these lists, and the request boundary's cap (a cost bound) meets lists that
-    # upstream then grows (stop words' ids, the model's eos ids, ignore_eos moving stop ids to the bad ones)
+    # the request boundary's cap (a cost bound) would meet lists upstream grows after it (stop words' ids, the
+    # model's eos ids, ignore_eos moving stop ids to the bad ones), so this one is looser: it bounds the table the
+    # batch's sampler builds (every row padded to the longest list: 150,000 ids from one request were 2.6 GiB)
     for field, ids in (('stop_words', sampling_param.stop_words), ('bad_words', sampling_param.bad_words)):
+        if ids is not None and len(ids) > MAX_ENGINE_TOKEN_IDS:
+            raise FieldError(field, f'at most {MAX_ENGINE_TOKEN_IDS} token ids, got {len(ids)}')
         for token in ids or []:
             _check_token(field, token, limits, what='token id')
 
