@@ -414,9 +414,9 @@ def test_free_cache_is_the_distserve_routes_way_to_end_a_session():
     route = inspect.getsource(importlib.import_module('lmdeploy.serve.openai.endpoints.distserve'))
     assert 'async_engine.free_cache(session_id)' in route
     # async_get_ppl (pipeline.get_ppl) asks return_ppl without preprocess, so patch 10 refuses it for a DLLM itself
-    ppl = ae.AsyncEngine.async_get_ppl.__lmdeploy_focus_upstream__
-    assert list(inspect.signature(ppl).parameters) == ['self', 'input_ids']
-    assert 'return_ppl=True' in inspect.getsource(ppl) and 'preprocess' not in inspect.getsource(ppl)
+    for name, asks in (('async_get_ppl', 'return_ppl=True'), ('async_get_logits', "output_logits='all'")):
+        upstream = getattr(ae.AsyncEngine, name).__lmdeploy_focus_upstream__
+        assert asks in inspect.getsource(upstream) and 'preprocess' not in inspect.getsource(upstream), name
 
 
 def test_ending_a_session_goes_through_engine_end_session():

@@ -523,7 +523,7 @@ def test_a_client_session_id_taken_between_validation_and_mapping_is_a_409():
     assert ServerContext.create_session(context, 43).session_id != ServerContext.create_session(context, None).session_id
 
 
-def test_get_ppl_of_a_diffusion_model_says_why_it_is_refused():
+def test_get_ppl_and_get_logits_of_a_diffusion_model_say_why_they_are_refused():
     """``pipeline.get_ppl`` skips ``preprocess``: the engine refused it and upstream raised ``failed to compute
     ce_loss``. It names why now (found by a review)."""
     import asyncio
@@ -535,6 +535,8 @@ def test_get_ppl_of_a_diffusion_model_says_why_it_is_refused():
                                   backend_config=PytorchEngineConfig(max_batch_size=2, enable_metrics=False))
     with pytest.raises(ValueError, match='diffusion model does not define'):
         asyncio.run(engine.async_get_ppl([5, 6, 7]))
+    with pytest.raises(ValueError, match='masked positions of its block only'):  # pipeline.get_logits
+        asyncio.run(engine.async_get_logits([[5, 6, 7]]))
 
 
 def test_a_busy_client_session_id_is_refused_unless_upstream_ignores_it():

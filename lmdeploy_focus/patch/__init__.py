@@ -131,7 +131,7 @@ config time instead of running on a partly stock engine.
    Removed by: upstream validating every sampling field and reporting ``param``; ``SessionManager.has`` over client ids.
 
 10. ``lmdeploy.serve.core.async_engine.AsyncEngine._determine_gen_config``, ``_request_error_from_status``,
-    ``free_cache`` and ``async_get_ppl`` are wrapped (:mod:`.async_engine_validation`).
+    ``free_cache``, ``async_get_ppl`` and ``async_get_logits`` are wrapped (:mod:`.async_engine_validation`).
     Why: the rules that need the templated, tokenised request (empty or whitespace-only input, token
     ids outside the vocabulary or equal to the diffusion mask token, prompt + max_new_tokens beyond the
     session, stop words that are not one token, input logprobs for a diffusion model) belong where
@@ -141,7 +141,9 @@ config time instead of running on a partly stock engine.
     ``_request_error_from_status`` mapping a request to "engine unavailable" pokes the liveness watch (12).
     ``free_cache`` (``POST /distserve/free_cache``, registered on every api_server) ended any session by its
     small integer id on a Hybrid engine, a running request included, never answered: refused there (400).
-    ``async_get_ppl`` (``pipeline.get_ppl``) skips ``preprocess``: for a diffusion model it is refused with why.
+    ``async_get_ppl`` / ``async_get_logits`` (``pipeline.get_ppl`` / ``get_logits``) skip ``preprocess``: for a
+    diffusion model each is refused saying why (upstream failed on the engine's refusal: ``failed to compute ce_loss``,
+    ``'NoneType' object is not subscriptable``).
     How: class attribute wraps. Removed by: upstream input validation in ``preprocess``; the distserve routes
     registered for disaggregated roles only.
 

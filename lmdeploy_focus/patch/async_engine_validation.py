@@ -3,8 +3,8 @@ belongs (see package docstring)."""
 
 
 def apply(async_engine_module) -> None:
-    from ..serving.boundary import (wrap_async_get_ppl, wrap_determine_gen_config, wrap_free_cache,
-                                    wrap_request_error_from_status)
+    from ..serving.boundary import (NOT_FOR_DIFFUSION, refuse_for_diffusion, wrap_determine_gen_config,
+                                    wrap_free_cache, wrap_request_error_from_status)
     from ..serving.liveness import LIVENESS
 
     cls = async_engine_module.AsyncEngine
@@ -15,5 +15,6 @@ def apply(async_engine_module) -> None:
         cls._request_error_from_status = staticmethod(wrap_request_error_from_status(upstream_status, LIVENESS))
     if getattr(cls.free_cache, '__lmdeploy_focus_upstream__', None) is None:
         cls.free_cache = wrap_free_cache(cls.free_cache)
-    if getattr(cls.async_get_ppl, '__lmdeploy_focus_upstream__', None) is None:
-        cls.async_get_ppl = wrap_async_get_ppl(cls.async_get_ppl)
+    for name, message in NOT_FOR_DIFFUSION.items():
+        if getattr(getattr(cls, name), '__lmdeploy_focus_upstream__', None) is None:
+            setattr(cls, name, refuse_for_diffusion(getattr(cls, name), message))

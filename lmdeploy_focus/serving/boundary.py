@@ -78,20 +78,27 @@ def wrap_determine_gen_config(upstream):
     return _determine_gen_config
 
 
-def wrap_async_get_ppl(upstream):
-    """``AsyncEngine.async_get_ppl(input_ids)`` (``pipeline.get_ppl``): it skips ``preprocess``, so the request rule
-    that refuses ``return_ppl`` for a diffusion model never ran for it, and the engine's refusal came back as
-    upstream's ``failed to compute ce_loss``. Refused here, naming why."""
+# AsyncEngine scoring methods that skip preprocess (so the request rules never see them) and ask a diffusion model
+# for what it does not define; upstream then failed on the engine's refusal with a message that did not say why
+NOT_FOR_DIFFUSION = {
+    'async_get_ppl': 'get_ppl: perplexity is a left-to-right cross-entropy, which a diffusion model does not define '
+                     '(it decodes a block in parallel); not available for this model',
+    'async_get_logits': 'get_logits: a diffusion model computes logits for the masked positions of its block only, '
+                        'not for every prompt position; not available for this model',
+}
+
+
+def refuse_for_diffusion(upstream, message: str):
+    """An ``AsyncEngine`` coroutine method that raises ``ValueError(message)`` for a diffusion model."""
 
     @functools.wraps(upstream)
-    async def async_get_ppl(self, input_ids):
+    async def method(self, *args, **kwargs):
         if engine_limits(self).dllm:
-            raise ValueError('get_ppl: perplexity is a left-to-right cross-entropy, which a diffusion model does not '
-                             'define (it decodes a block in parallel); not available for this model')
-        return await upstream(self, input_ids)
+            raise ValueError(message)
+        return await upstream(self, *args, **kwargs)
 
-    async_get_ppl.__lmdeploy_focus_upstream__ = upstream
-    return async_get_ppl
+    method.__lmdeploy_focus_upstream__ = upstream
+    return method
 
 
 def wrap_free_cache(upstream):

@@ -296,7 +296,7 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         raise FieldError('output_logits', 'not available for diffusion models (allowed: null)')
     if limits.dllm and gen_config.return_ppl:
         # a left-to-right cross-entropy of the prompt, which a diffusion model does not define (pipeline.get_ppl
-        # skips this boundary: refused in boundary.wrap_async_get_ppl)
+        # skips this boundary: refused in boundary.NOT_FOR_DIFFUSION)
         raise FieldError('return_ppl', 'perplexity is not available for diffusion models (allowed: False)')
     if limits.dllm and gen_config.output_last_hidden_state is not None:
         raise FieldError('output_last_hidden_state', 'not available for diffusion models (allowed: null)')
