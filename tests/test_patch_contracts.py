@@ -469,6 +469,22 @@ def test_a_steps_sequence_list_goes_from_its_sampling_inputs_to_its_outputs_unch
     assert 'self._make_infer_outputs(out, running=running' in finish
 
 
+def test_chat_drops_a_turn_interrupted_while_streaming():
+    """Patch 5b's error report raises KeyboardInterrupt from ``Pipeline.stream_infer`` in the chat process: upstream's
+    chat loop iterates the stream inside a ``try`` whose ``except KeyboardInterrupt`` aborts the request and pops the
+    user's message; ``stream_infer`` is a method the wrapper can replace on the class."""
+    chat = importlib.import_module('lmdeploy.cli.chat')
+    source = inspect.getsource(chat.main)
+    loop = source.index('for resp in resps:')
+    handler = source.index('except KeyboardInterrupt:', loop)
+    assert source.index('try:', source.index('resps = pipe.stream_infer(')) < loop < handler
+    assert source.index('request_session.abort()', handler) < source.index('messages.pop()', handler)
+    pipeline = importlib.import_module('lmdeploy.pipeline')
+    assert 'stream_infer' in vars(pipeline.Pipeline)
+    assert 'error_message' in {f.name for f in __import__('dataclasses').fields(importlib.import_module(
+        'lmdeploy.messages').Response)}
+
+
 def test_engine_add_message_is_a_per_request_loop_bound_at_construction():
     """Patch 11 calls upstream's handler one request at a time: upstream's is a per-request loop, bound
     to the request manager as ``self._on_add_message`` (looked up on the class at construction)."""

@@ -172,7 +172,12 @@ def test_a_step_whose_outputs_never_come_leaves_later_steps_with_their_processor
         return scores * 2
 
     seqs, resps = running_requests([None, [once_broken], None])
-    sample(list(seqs), gen)  # this step's outputs never come
+    dropped = list(seqs)
+    sample(dropped, gen)  # this step's outputs never come
+    dropped_id = id(dropped)
+    del dropped  # a later step's list must not get its address while its failure is kept (CPython reuses it at once)
+    kept = seqs[1].__dict__['_lmdeploy_focus_processor_failures'].by_step[dropped_id]
+    assert id(kept.step_list) == dropped_id  # held by the failure, so no later list can get its address
     step = list(seqs)
     logits, scores = sample(step, gen)
     assert torch.equal(scores[L:2 * L], logits[L:2 * L] * 2)
@@ -190,7 +195,7 @@ def test_a_failure_keeps_no_reference_to_the_steps_logits():
     seqs, _ = running_requests([None, None, None])
     logits = torch.randn(3 * L, 40)
     alive = weakref.ref(logits)
-    guarded = RequestProcessors([Broken()], seqs[1], id(seqs))
+    guarded = RequestProcessors([Broken()], seqs[1], seqs)
     gc.disable()
     try:
         guarded(None, logits[L])
@@ -209,10 +214,10 @@ def test_what_upstream_writes_into_a_row_the_guard_writes_too():
     seqs, _ = running_requests([None, None, None])
     row = torch.randn(40)
     expected = row.clone() * 2 + 1
-    out = RequestProcessors([lambda ids, s: (s * 2)[None], lambda ids, s: s + 1], seqs[0], id(seqs))(None, row)
+    out = RequestProcessors([lambda ids, s: (s * 2)[None], lambda ids, s: s + 1], seqs[0], seqs)(None, row)
     assert torch.equal(out, expected) and torch.equal(row, expected)
     assert '_lmdeploy_focus_processor_failures' not in seqs[0].__dict__
-    RequestProcessors([lambda ids, s: 3.0], seqs[0], id(seqs))(None, row)
+    RequestProcessors([lambda ids, s: 3.0], seqs[0], seqs)(None, row)
     assert torch.equal(row, torch.full((40, ), 3.0))
 
 
@@ -220,7 +225,7 @@ def test_in_another_process_a_processor_error_is_upstreams():
     """Pickled (the mp / ray executors, tensor parallelism) the guard has no sequence to fail: it raises."""
     from lmdeploy_focus.strategies.dllm.processor_guard import RequestProcessors
     seqs, _ = running_requests([None, None, None])
-    guarded = RequestProcessors([doubled, Broken()], seqs[0], id(seqs))
+    guarded = RequestProcessors([doubled, Broken()], seqs[0], seqs)
     assert guarded(None, torch.ones(3)).shape == (3, )  # here: guarded
     remote = pickle.loads(pickle.dumps(RequestProcessors([doubled], seqs[0])))
     assert torch.equal(remote(None, torch.ones(3)), torch.full((3, ), 2.0))

@@ -489,6 +489,12 @@ def test_a_client_session_id_is_one_request_at_a_time_and_never_an_internal_id(p
         runner.start()
         time.sleep(0.3)
         second = client.post(path, json={'model': 'm', 'session_id': 42, **body})
+        # completions with a list of prompts: upstream gives each a session of its own and uses no client id
+        listed = None
+        if path == '/v1/completions':
+            in_flight = list(fake_serving_sessions(app))
+            listed = client.post(path, json={'model': 'm', 'session_id': 42, **dict(body, prompt=['hi', 'yo'])})
+            assert in_flight, 'the first request ended before the list prompt was sent'
         # a client id equal to the internal id of the request in flight (upstream refused it as occupied)
         internal = next(iter(fake_serving_sessions(app)), 0)
         free = client.post(path, json={'model': 'm', 'session_id': internal, **body})
@@ -496,6 +502,7 @@ def test_a_client_session_id_is_one_request_at_a_time_and_never_an_internal_id(p
     assert second.status_code == 400, second.text
     assert second.json()['param'] == 'session_id' and 'in progress' in second.json()['message']
     assert free.status_code == 200, free.text
+    assert listed is None or listed.status_code == 200, listed.text
     assert first['r'].status_code == 200
 
 

@@ -131,11 +131,17 @@ def _stop_ids(model: str, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _check_prompts(model: str, task_file: str, tasks, prompts, max_new) -> None:
     """Each task must fit the model: no mask token in its prompt (the decoder would take it for a position to
     fill), prompt + answer budget within the model's positions (a budget of a billion tokens asked for a KV cache
     of half a terabyte). One line naming ``FILE:LINE``."""
-    from ..config.model_facts import LLADA2_MASK_TOKEN, LLADA2_MODEL_TYPE, SDAR_MASK_TOKEN
+    from types import SimpleNamespace
+
+    from ..config.model_facts import default_mask_token, mask_token_from_hf_config
     try:
         with open(os.path.join(model, 'config.json'), encoding='utf-8') as f:
             config = json.load(f)
@@ -143,9 +149,8 @@ def _check_prompts(model: str, task_file: str, tasks, prompts, max_new) -> None:
         raise SystemExit(f'calibrate: error: cannot read {model}/config.json: {e}') from None
     if not isinstance(config, dict):
         raise SystemExit(f'calibrate: error: {model}/config.json is not a JSON object')
-    mask = config.get('mask_token_id')
-    if mask is None:
-        mask = LLADA2_MASK_TOKEN if config.get('model_type') == LLADA2_MODEL_TYPE else SDAR_MASK_TOKEN
+    mask = mask_token_from_hf_config(SimpleNamespace(mask_token_id=config.get('mask_token_id')),
+                                     default_mask_token(config.get('model_type')))
     positions = config.get('max_position_embeddings')
     for task, ids, budget in zip(tasks, prompts, max_new):
         if mask in ids:
@@ -180,8 +185,7 @@ def run(args) -> dict:
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=True)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SystemExit(f'calibrate: error: cannot load a tokenizer from {args.model}: {first}') from None
+        raise SystemExit(f'calibrate: error: cannot load a tokenizer from {args.model}: {_first_line(e)}') from None
     prompts = [_encode(tokenizer, t.prompt) for t in tasks]
     max_new = token_budgets(tasks, args.max_new_tokens)
     _check_prompts(args.model, args.tasks or DEFAULT_TASKS, tasks, prompts, max_new)
@@ -192,9 +196,15 @@ def run(args) -> dict:
     try:
         backend = backends.load(name)(settings)
     except (ValueError, OSError) as e:  # a checkpoint this backend cannot load (another family, no weights)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        hint = '; the engine backend (--backend engine, a CUDA GPU) runs every model' if name == 'reference' else ''
-        raise SystemExit(f'calibrate: error: the {name} backend cannot load {args.model}: {first}{hint}') from None
+        from ..config.model_facts import DLLM_MODEL_TYPES, local_model_type
+        if local_model_type(args.model) not in DLLM_MODEL_TYPES:
+            hint = f'; calibration is for diffusion models (model_type {", ".join(DLLM_MODEL_TYPES)})'
+        elif name == 'reference':
+            hint = '; the engine backend (--backend engine, a CUDA GPU) runs every diffusion model the plugin serves'
+        else:
+            hint = ''
+        raise SystemExit(f'calibrate: error: the {name} backend cannot load {args.model}: {_first_line(e)}{hint}') \
+            from None
     cells = grid.plan(args.alphas, args.policies)
     bar = _progress(len(cells), args.quiet)
     results = []

@@ -23,6 +23,11 @@ _BLOCK_SUFFIX = re.compile(r'-b(\d+)$')
 MAX_PATH_BLOCK_LENGTH = 256
 
 
+def default_mask_token(model_type: str | None) -> int:
+    """The mask token a family's config builder falls back to when the config names none."""
+    return LLADA2_MASK_TOKEN if model_type == LLADA2_MODEL_TYPE else SDAR_MASK_TOKEN
+
+
 def mask_token_from_hf_config(hf_config, default: int) -> int:
     mask_token = getattr(hf_config, 'mask_token_id', None)
     return default if mask_token is None else int(mask_token)

@@ -179,7 +179,8 @@ config time instead of running on a partly stock engine.
     and the monitor's snapshot is unhealthy with the cause. The same middleware answers ``/pooling`` 400 for a
     diffusion model (its engine refuses whole-sequence logits; upstream's route made that a bare 500).
     ``create_session``: a client session id mapped by another request after this one's validation (the chat path
-    awaits in between) raised ``ValueError``, a 500; now a 409 ``RequestError``.
+    awaits in between; completions and generate do not suspend there) raised ``ValueError``, a 500; now a
+    ``RequestError``, which the chat path answers 409.
     How: module globals that ``serve`` / the lifespan handler read at call time; a class attribute wrap.
     Removed by: upstream gating inference routes on engine liveness.
 

@@ -7,8 +7,8 @@ request on a client id still in progress passed validation and raised ``ValueErr
 (a 500), and a free client id that happened to equal some request's internal id was refused (found by a
 bug-hunting review). How: the client id is checked against the client ids in progress first (400, ``param``
 ``session_id``), and upstream's validator sees a session manager whose ``has`` reads client ids; the mapping's own
-``ValueError``, which a request that arrives between another's validation and its mapping can still meet, becomes
-a 409 ``RequestError``. Removed by: ``SessionManager.has`` over ``user_session_id_map`` upstream.
+``ValueError``, which a chat request can still meet when another maps the id while it awaits between validation and
+mapping, becomes a 409 ``RequestError`` (the chat path answers it; completions and generate do not suspend there). Removed by: ``SessionManager.has`` over ``user_session_id_map`` upstream.
 """
 from .validation import FieldError
 
@@ -18,6 +18,7 @@ def check_session_free(request, session_manager) -> None:
     user_id = getattr(request, 'session_id', None)
     if isinstance(getattr(request, 'prompt', None), list):
         return  # /v1/completions with a list of prompts: upstream gives each its own session, the id is not used
+        # (boundary.wrap_validate_request leaves upstream's own check on internal ids for it, as upstream does)
     if user_id not in (None, -1) and user_id in getattr(session_manager, 'user_session_id_map', {}):
         raise FieldError('session_id', f'session {user_id!r} has a request in progress on this server: send the '
                          'next request on it after that one has finished, or abort it (POST /abort_request)')

@@ -29,11 +29,13 @@ _FAILED = '_lmdeploy_focus_processor_failures'  # on the sequence: its request's
 class RequestProcessors:
     """One request's logits processors, run in order on one of its rows, under a guard."""
 
-    def __init__(self, processors: list, seq=None, step=None):
+    def __init__(self, processors: list, seq=None, step_list=None):
         self.processors = processors
         self._seq = seq  # None where unpickled in another process: no guard there
         self._resp = getattr(seq, 'resp', None)
-        self._step = step  # id() of the step's sequence list, the one the engine loop hands patch 7 with its outputs
+        # the step's sequence list, the one the engine loop hands patch 7 with its outputs: a step is id() of it
+        self._step_list = step_list
+        self._step = id(step_list)
 
     def __reduce__(self):
         return RequestProcessors, (self.processors, )
@@ -51,13 +53,15 @@ class RequestProcessors:
                 raise
             # text only: the exception's traceback holds this frame, whose scores view the step's whole logits
             _failures(self._seq, self._resp, create=True).by_step[self._step] = Failure(
-                f'{type(exc).__name__}: {exc}', ''.join(traceback.format_exception(exc)))
+                f'{type(exc).__name__}: {exc}', ''.join(traceback.format_exception(exc)), self._step_list)
             return scores
 
 
 class Failure(NamedTuple):
     error: str
     traceback: str
+    # held so that its id() is not reused while the failure is kept (a step dropped without outputs keeps one)
+    step_list: object
 
 
 class Failures(NamedTuple):

@@ -59,7 +59,7 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
         if out.logits_processors is not None and len(out.logits_processors) == batch and any(out.logits_processors):
             # each row of the request's block gets the request's processors (called once per row per step),
             # logit_bias as one op per row (.logit_bias), under a guard that fails the request alone if one raises
-            per_request = [None if ps is None else [RequestProcessors([vectorised(p) for p in ps], seq, id(seqs))]
+            per_request = [None if ps is None else [RequestProcessors([vectorised(p) for p in ps], seq, seqs)]
                            for ps, seq in zip(out.logits_processors, seqs)]
             out.logits_processors = [ps for ps in per_request for _ in range(block)]
         if out.random_seeds is not None:
