@@ -88,3 +88,16 @@ def test_the_checker_the_engine_builds_pickles_into_upstreams_check_process(tmp_
     handle = pickle.loads(pickle.dumps(checker._handle_impl))
     assert type(handle.__self__) is checker_module.EngineChecker
     assert handle.__self__.engine_config.max_batch_size == 256  # the capped config travels with it
+
+
+def test_a_prefill_budget_below_one_block_is_refused_with_the_fix(tmp_path):
+    """Upstream's cap then gave max_batch_size 0: its engine checker ended the process naming max_batch_size (which
+    the user set to 8), or with the checks off every request hung (found by a bug-hunting review)."""
+    model = write_hf_config(tmp_path / 'SDAR-tiny-b32', **qwen3_like_config(model_type='sdar'))
+    with pytest.raises(ValueError, match=r'max_prefill_token_num \(16\) is below the block length \(32\)'):
+        cap_batch_for_block_length(model, _config(max_batch_size=8, max_prefill_token_num=16))  # from the model
+    with pytest.raises(ValueError, match='--max-prefill-token-num'):
+        _config(max_batch_size=8, max_prefill_token_num=16, dllm_block_length=32)  # given
+    config = _config(max_batch_size=8, max_prefill_token_num=32)  # one block: a batch of one
+    cap_batch_for_block_length(model, config)
+    assert config.max_batch_size == 1

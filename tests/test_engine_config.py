@@ -214,3 +214,15 @@ def test_an_unknown_unmasking_strategy_is_refused_with_the_config(strategy):
         PytorchEngineConfig(dllm_unmasking_strategy=strategy)
     for name in ('sequential', 'LOW_CONFIDENCE_STATIC', 'low_confidence_dynamic'):  # upstream's reading: any case
         assert PytorchEngineConfig(dllm_unmasking_strategy=name).dllm_unmasking_strategy == name
+
+
+def test_sequential_unmasking_with_focus_importance_is_refused_naming_leftmost():
+    """Importance may evict the leftmost masked slots; the unmasker sees evicted slots as done, so sequential
+    unmasking decoded to their right, out of order (found by a bug-hunting review). Leftmost, shadow mode and the
+    other strategies are accepted."""
+    with pytest.raises(ValueError, match='use --dllm-focus-policy leftmost with --dllm-unmasking-strategy sequential'):
+        PytorchEngineConfig(dllm_enable_focus=True, dllm_unmasking_strategy='sequential')
+    PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_policy='leftmost', dllm_unmasking_strategy='sequential')
+    PytorchEngineConfig(dllm_focus_shadow=True, dllm_unmasking_strategy='sequential')
+    PytorchEngineConfig(dllm_enable_delayed_cache=True, dllm_unmasking_strategy='sequential')
+    PytorchEngineConfig(dllm_enable_focus=True, dllm_unmasking_strategy='low_confidence_static')

@@ -32,6 +32,17 @@ def check_unmasking_strategy(strategy) -> None:
         raise ValueError(f'dllm_unmasking_strategy must be one of {names}, got {strategy!r}') from None
 
 
+def check_prefill_holds_a_block(max_prefill_token_num, block_length) -> None:
+    """Upstream caps a DLLM engine's ``max_batch_size`` at ``max_prefill_token_num // block length``: below one block
+    that is 0, which its engine checker answers by ending the process ("max_batch_size should be greater than 0",
+    naming a value the user did not set) and which, with the checks off, admits no request at all."""
+    if isinstance(max_prefill_token_num, int) and block_length and max_prefill_token_num < block_length:
+        raise ValueError(f'max_prefill_token_num ({max_prefill_token_num}) is below the block length ({block_length}): '
+                         f'a diffusion engine batches whole blocks (at most max_prefill_token_num // block length '
+                         f'sequences), so it could run none; raise --max-prefill-token-num to at least the block length '
+                         f'times the batch you want (e.g. {block_length * 256} for 256 sequences)')
+
+
 def check_unmasking_settings(denoising_steps, confidence_threshold) -> None:
     """Upstream's unmasker divides the block by ``denoising_steps`` (0: ZeroDivisionError inside the first
     decode step, which ends the engine loop) and unmasks where the confidence reaches the threshold (NaN:

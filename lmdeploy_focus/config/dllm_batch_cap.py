@@ -9,6 +9,7 @@ H100), decode steps of up to 32,768 rows and CUDA graphs captured for them, wher
 """
 import dataclasses
 
+from .compat import check_prefill_holds_a_block
 from .model_facts import local_model_type
 from .model_facts import model_block_length as block_length_of
 
@@ -29,6 +30,7 @@ def cap_batch_for_block_length(model_path: str, engine_config) -> None:
     block_length = model_block_length(model_path)
     if not block_length:
         return
+    check_prefill_holds_a_block(engine_config.max_prefill_token_num, block_length)
     from lmdeploy.pytorch.engine.config_builder import ConfigBuilder
     capped = ConfigBuilder.update_engine_config(dataclasses.replace(engine_config, dllm_block_length=block_length))
     engine_config.max_batch_size = capped.max_batch_size

@@ -11,7 +11,8 @@ from dataclasses import fields
 from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfig
 
 from ..log import log_once
-from .compat import check_block_length, check_engine_settings, check_unmasking_settings, check_unmasking_strategy
+from .compat import (check_block_length, check_engine_settings, check_prefill_holds_a_block, check_unmasking_settings,
+                     check_unmasking_strategy)
 from .patch_state import patch_failures
 from .options import OPTIONS, OPTIONS_KEY, FocusOptions, option_fields, options_doc
 
@@ -34,6 +35,7 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         self._adopt_carried_options()
         if self.dllm_block_length is not None:  # None: from the model (path suffix, model default)
             check_block_length(self.dllm_block_length)
+            check_prefill_holds_a_block(self.max_prefill_token_num, self.dllm_block_length)
         check_unmasking_settings(self.dllm_denoising_steps, self.dllm_confidence_threshold)
         check_unmasking_strategy(self.dllm_unmasking_strategy)
         # logged once per process: pipelines, benchmarks and chat rebuild configs many times
@@ -49,6 +51,13 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
     def focus_options(self) -> FocusOptions:
         """The validated FOCUS options for the engine; raises ValueError on a bad combination."""
         options = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
+        if (options.enable_focus and not options.focus_shadow and options.focus_policy == 'importance'
+                and str(self.dllm_unmasking_strategy).lower() == 'sequential'):
+            # importance may evict the leftmost masked slots, and the unmasker, which sees evicted slots as done,
+            # would then decode to their right: out of the order sequential unmasking is for
+            raise ValueError('dllm_focus_policy importance does not keep the slots sequential unmasking decodes next '
+                             '(the leftmost masked ones): use --dllm-focus-policy leftmost with '
+                             '--dllm-unmasking-strategy sequential')
         if options.uses_sparse_decode:
             failures = patch_failures()
             if failures:
