@@ -226,3 +226,20 @@ def test_sequential_unmasking_with_focus_importance_is_refused_naming_leftmost()
     PytorchEngineConfig(dllm_focus_shadow=True, dllm_unmasking_strategy='sequential')
     PytorchEngineConfig(dllm_enable_delayed_cache=True, dllm_unmasking_strategy='sequential')
     PytorchEngineConfig(dllm_enable_focus=True, dllm_unmasking_strategy='low_confidence_static')
+
+
+def test_another_configs_focus_overrides_without_its_fields_warn_that_they_are_not_used(focus_logs, monkeypatch):
+    """``PytorchEngineConfig(hf_overrides=a.hf_overrides)`` shows FOCUS in the dict it is given, yet runs stock (the
+    fields decide, so that ``replace(a, dllm_focus_alpha=3.0)`` works): said once, as a warning (found by a review)."""
+    import dataclasses
+
+    from lmdeploy_focus import log
+    monkeypatch.setattr(log, '_logged_once', set())  # once per process: this test's process may have said it
+    a = PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=3.0)
+    b = PytorchEngineConfig(hf_overrides=a.hf_overrides)
+    assert not b.focus_options().enable_focus
+    (warning, ) = [m for m in focus_logs.messages(logging.WARNING) if 'taken from another engine config' in m]
+    assert 'dataclasses.replace' in warning
+    c = dataclasses.replace(a, dllm_focus_alpha=2.0)  # the fields given with it decide, nothing to warn about
+    assert c.focus_options().focus_alpha == 2.0
+    assert [m for m in focus_logs.messages(logging.WARNING) if 'taken from another engine config' in m] == [warning]

@@ -6,6 +6,7 @@ The FOCUS fields are carried to the engine process in ``hf_overrides['dllm_focus
 options, so the engine always sees what the fields say, also when a caller sets them after
 construction (as ``lmdeploy chat``'s ``build_pipe`` does) or pickles / deep-copies the config.
 """
+import logging
 from dataclasses import fields
 
 from lmdeploy.messages import PytorchEngineConfig as _UpstreamPytorchEngineConfig
@@ -83,6 +84,11 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
             return
         if isinstance(user[OPTIONS_KEY], _FieldOptions):  # another config's fields, handed back: the fields decide
             self.__dict__['_user_hf_overrides'] = {k: v for k, v in user.items() if k != OPTIONS_KEY} or None
+            own = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
+            if own.is_default:  # PytorchEngineConfig(hf_overrides=other.hf_overrides): FOCUS off, visibly asked for
+                log_once(f"hf_overrides[{OPTIONS_KEY!r}] taken from another engine config is not used: this config's "
+                         "dllm_* fields decide, and they leave FOCUS off (pass them, or build the config with "
+                         "dataclasses.replace(other, ...))", level=logging.WARNING)
             return
         carried = FocusOptions.from_dict(user[OPTIONS_KEY])
         defaults = {f.name: f.default for f in fields(self) if f.name in _FIELD_TO_OPTION}
