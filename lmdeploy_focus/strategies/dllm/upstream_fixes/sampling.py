@@ -7,8 +7,8 @@ penalty, seeds, offsets, ``min_new_tokens`` counters, n-gram settings) position-
 in a batch whose requests differ, a greedy request is sampled at some positions with a neighbour's
 temperature and top-k (found by reading the code; ``tests/test_upstream_fixes.py``). Custom
 ``logits_processors`` stayed one entry per request, so request b's processors edited row b, a position
-of request b // L (and one that raises ends the engine loop: :mod:`..processor_guard`). ``response_format`` (guided decoding): upstream repeats the formats per row but not
-the per-request session list the grammar matchers are looked up with (IndexError in the logits
+of request b // L (and one that raises ends the engine loop: :mod:`..processor_guard`). ``response_format``
+(guided decoding): upstream repeats the formats per row but not the per-request session list the grammar matchers are looked up with (IndexError in the logits
 processor, the whole batch's step fails, or another session's matcher), and a grammar matcher advances
 token by token, which parallel unmasking does not do. Random streams: the sampler draws one uniform per
 row from (seed, offset), and all rows of a request shared both, so every position of a block drew the
@@ -16,8 +16,7 @@ same number at each step (inverse-CDF sampling then picks the same quantile ever
 
 How: :class:`FixedDLLMSamplingStrategy` reorders the 1-D vectors request-major, repeats each request's
 processors over its rows (upstream's ``logit_bias`` one as a single op per row, :mod:`.logit_bias`; all of them
-under :mod:`..processor_guard`), drops
-``response_format`` with one warning per request, and gives each block position its own seed (the request's
+under :mod:`..processor_guard`), drops ``response_format`` with one warning per request, and gives each block position its own seed (the request's
 seed + ``p * POSITION_SEED_STRIDE``).
 
 Removed by: ``repeat_interleave`` for the 1-D vectors and the processors, a per-position random stream,
