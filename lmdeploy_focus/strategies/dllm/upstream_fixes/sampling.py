@@ -1,23 +1,23 @@
 """Fix of upstream's DLLM sampling inputs (``lmdeploy.pytorch.strategies.dllm.sampling.DLLMSamplingStrategy``).
 
-Why: per-request sampling parameters of mixed batches. The sampler sees one row per block position,
-request after request (``b * L + p``), and upstream's step updates read the per-request vectors that
-way too, but ``make_sampling_inputs`` repeats the 1-D ones (temperature, top-k/p, min-p, repetition
-penalty, seeds, offsets, ``min_new_tokens`` counters, n-gram settings) position-major (``p * B + b``):
-in a batch whose requests differ, a greedy request is sampled at some positions with a neighbour's
-temperature and top-k (found by reading the code; ``tests/test_upstream_fixes.py``). Custom
-``logits_processors`` stayed one entry per request, so request b's processors edited row b, a position
-of request b // L (and one that raises ends the engine loop: :mod:`..processor_guard`). ``response_format``
-(guided decoding): upstream repeats the formats per row but not the per-request session list the grammar matchers are looked up with (IndexError in the logits
-processor, the whole batch's step fails, or another session's matcher), and a grammar matcher advances
-token by token, which parallel unmasking does not do. Random streams: the sampler draws one uniform per
-row from (seed, offset), and all rows of a request shared both, so every position of a block drew the
-same number at each step (inverse-CDF sampling then picks the same quantile everywhere).
+Why: per-request sampling parameters of mixed batches. The sampler sees one row per block position, request after
+request (``b * L + p``), and upstream's step updates read the per-request vectors that way too, but
+``make_sampling_inputs`` repeats the 1-D ones (temperature, top-k/p, min-p, repetition penalty, seeds, offsets,
+``min_new_tokens`` counters, n-gram settings) position-major (``p * B + b``): in a batch whose requests differ, a
+greedy request is sampled at some positions with a neighbour's temperature and top-k (found by reading the code;
+``tests/test_upstream_fixes.py``). Custom ``logits_processors`` stayed one entry per request, so request b's
+processors edited row b, a position of request b // L (and one that raises ends the engine loop:
+:mod:`..processor_guard`). ``response_format`` (guided decoding): upstream repeats the formats per row but not the
+per-request session list the grammar matchers are looked up with (IndexError in the logits processor, the whole
+batch's step fails, or another session's matcher), and a grammar matcher advances token by token, which parallel
+unmasking does not do. Random streams: the sampler draws one uniform per row from (seed, offset), and all rows of a
+request shared both, so every position of a block drew the same number at each step (inverse-CDF sampling then
+picks the same quantile everywhere).
 
-How: :class:`FixedDLLMSamplingStrategy` reorders the 1-D vectors request-major, repeats each request's
-processors over its rows (upstream's ``logit_bias`` one as a single op per row, :mod:`.logit_bias`; all of them
-under :mod:`..processor_guard`), drops ``response_format`` with one warning per request, and gives each block position its own seed (the request's
-seed + ``p * POSITION_SEED_STRIDE``).
+How: :class:`FixedDLLMSamplingStrategy` reorders the 1-D vectors request-major, repeats each request's processors
+over its rows (upstream's ``logit_bias`` one as a single op per row, :mod:`.logit_bias`; all of them under
+:mod:`..processor_guard`), drops ``response_format`` with one warning per request, and gives each block position
+its own seed (the request's seed + ``p * POSITION_SEED_STRIDE``).
 
 Removed by: ``repeat_interleave`` for the 1-D vectors and the processors, a per-position random stream,
 guided decoding that knows about blocks.
