@@ -97,7 +97,8 @@ config time instead of running on a partly stock engine.
    How: before upstream runs, the sequence strategy's ``prepare_step_outputs`` (if it has one: ours)
    stops each request whose processors failed and answers it ``INTERNAL_ENGINE_ERROR``
    (:mod:`lmdeploy_focus.strategies.dllm.processor_guard`; upstream skips a stopped sequence) and
-   rewrites ``batched_outputs.logprobs`` on the host (:mod:`lmdeploy_focus.strategies.dllm.block_logprobs`); after it, a sequence that carries statistics (only with ``dllm_track``) gets
+   rewrites ``batched_outputs.logprobs`` on the host (:mod:`lmdeploy_focus.strategies.dllm.block_logprobs`); after it,
+   a sequence that carries statistics (only with ``dllm_track``) gets
    :class:`~lmdeploy_focus.strategies.dllm.request_stats.DLLMRequestMetrics` (upstream's fields +
    ``dllm``). The counts arrive with the step's extra outputs (no extra sync).
    Removed by: upstream hooks for strategy-defined request metrics and strategy-defined output
@@ -127,7 +128,8 @@ config time instead of running on a partly stock engine.
    ``GenerationConfig`` (patch 15) refuses the value: 9c turns that ``FieldError`` into a ``RequestError``, a 400.
    A client's ``session_id`` with a request still in progress is a 400 (``param`` ``session_id``), and upstream's
    validator sees a session manager whose ``has`` reads client ids (it read internal ids: a busy client id passed
-   and its mapping raised a 500, a free one equal to an internal id was refused; :mod:`lmdeploy_focus.serving.user_sessions`).
+   and its mapping raised a 500, a free one equal to an internal id was refused;
+   :mod:`lmdeploy_focus.serving.user_sessions`).
    Removed by: upstream validating every sampling field and reporting ``param``; ``SessionManager.has`` over client ids.
 
 10. ``lmdeploy.serve.core.async_engine.AsyncEngine._determine_gen_config``, ``_request_error_from_status``,
