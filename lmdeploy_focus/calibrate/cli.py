@@ -139,18 +139,11 @@ def _check_prompts(model: str, task_file: str, tasks, prompts, max_new) -> None:
     """Each task must fit the model: no mask token in its prompt (the decoder would take it for a position to
     fill), prompt + answer budget within the model's positions (a budget of a billion tokens asked for a KV cache
     of half a terabyte). One line naming ``FILE:LINE``."""
-    from types import SimpleNamespace
-
-    from ..config.model_facts import default_mask_token, mask_token_from_hf_config
-    try:
-        with open(os.path.join(model, 'config.json'), encoding='utf-8') as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f'calibrate: error: cannot read {model}/config.json: {e}') from None
-    if not isinstance(config, dict):
-        raise SystemExit(f'calibrate: error: {model}/config.json is not a JSON object')
-    mask = mask_token_from_hf_config(SimpleNamespace(mask_token_id=config.get('mask_token_id')),
-                                     default_mask_token(config.get('model_type')))
+    from ..config.model_facts import local_config, local_mask_token
+    config = local_config(model)
+    if config is None:
+        raise SystemExit(f'calibrate: error: cannot read {model}/config.json as a JSON object')
+    mask = local_mask_token(config)
     positions = config.get('max_position_embeddings')
     for task, ids, budget in zip(tasks, prompts, max_new):
         if mask in ids:

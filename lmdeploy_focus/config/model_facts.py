@@ -23,11 +23,6 @@ _BLOCK_SUFFIX = re.compile(r'-b(\d+)$')
 MAX_PATH_BLOCK_LENGTH = 256
 
 
-def default_mask_token(model_type: str | None) -> int:
-    """The mask token a family's config builder falls back to when the config names none."""
-    return LLADA2_MASK_TOKEN if model_type == LLADA2_MODEL_TYPE else SDAR_MASK_TOKEN
-
-
 def mask_token_from_hf_config(hf_config, default: int) -> int:
     mask_token = getattr(hf_config, 'mask_token_id', None)
     return default if mask_token is None else int(mask_token)
@@ -62,14 +57,28 @@ def block_length_from_path(model_path: str | None) -> int | None:
     return None
 
 
-def local_model_type(model_path: str) -> str | None:
-    """``model_type`` of the checkpoint folder ``model_path`` (None: no readable config.json there, e.g. a hub id)."""
+def local_config(model_path: str) -> dict | None:
+    """The checkpoint folder's ``config.json`` (None: none readable there, e.g. a hub id, or not a JSON object)."""
     try:
         with open(os.path.join(model_path, 'config.json'), encoding='utf-8') as f:
-            model_type = json.load(f).get('model_type')
-    except (OSError, ValueError, AttributeError):
+            config = json.load(f)
+    except (OSError, ValueError):
         return None
+    return config if isinstance(config, dict) else None
+
+
+def local_model_type(model_path: str) -> str | None:
+    """``model_type`` of the checkpoint folder ``model_path`` (None: no readable config.json there, e.g. a hub id)."""
+    model_type = (local_config(model_path) or {}).get('model_type')
     return model_type if isinstance(model_type, str) else None
+
+
+def local_mask_token(config: dict) -> int:
+    """The mask token of a checkpoint's ``config.json``, as its family's config builder reads it."""
+    mask_token = config.get('mask_token_id')
+    if mask_token is not None:
+        return int(mask_token)
+    return LLADA2_MASK_TOKEN if config.get('model_type') == LLADA2_MODEL_TYPE else SDAR_MASK_TOKEN
 
 
 def model_block_length(model_type: str | None, model_path: str | None) -> int | None:

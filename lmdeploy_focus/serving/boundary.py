@@ -29,8 +29,7 @@ def wrap_validate_request(upstream):
             except FieldError as e:
                 from lmdeploy.serve.openai.errors import create_error_response
                 return create_error_response(HTTPStatus.BAD_REQUEST, e.message, param=e.param)
-            if not isinstance(getattr(request, 'prompt', None), list):  # a list's prompts get sessions of their own
-                request_validator = reading_client_ids(request_validator)
+            request_validator = reading_client_ids(request, request_validator)
         return upstream(request, server_context, request_validator, **validator_kwargs)
 
     validate_request.__lmdeploy_focus_upstream__ = upstream

@@ -8,17 +8,22 @@ request on a client id still in progress passed validation and raised ``ValueErr
 bug-hunting review). How: the client id is checked against the client ids in progress first (400, ``param``
 ``session_id``), and upstream's validator sees a session manager whose ``has`` reads client ids; the mapping's own
 ``ValueError``, which a chat request can still meet when another maps the id while it awaits between validation and
-mapping, becomes a 409 ``RequestError`` (the chat path answers it; completions and generate do not suspend there). Removed by: ``SessionManager.has`` over ``user_session_id_map`` upstream.
+mapping, becomes a 409 ``RequestError`` (the chat path answers it; completions and generate do not suspend there).
+Removed by: ``SessionManager.has`` over ``user_session_id_map`` upstream.
 """
 from .validation import FieldError
+
+
+def _uses_client_id(request) -> bool:
+    """/v1/completions with a list of prompts: upstream gives each its own session, the client id is not used."""
+    return not isinstance(getattr(request, 'prompt', None), list)
 
 
 def check_session_free(request, session_manager) -> None:
     """Refuse a client ``session_id`` whose earlier request is still in progress on this server."""
     user_id = getattr(request, 'session_id', None)
-    if isinstance(getattr(request, 'prompt', None), list):
-        return  # /v1/completions with a list of prompts: upstream gives each its own session, the id is not used
-        # (boundary.wrap_validate_request leaves upstream's own check on internal ids for it, as upstream does)
+    if not _uses_client_id(request):
+        return
     if user_id not in (None, -1) and user_id in getattr(session_manager, 'user_session_id_map', {}):
         raise FieldError('session_id', f'session {user_id!r} has a request in progress on this server: send the '
                          'next request on it after that one has finished, or abort it (POST /abort_request)')
@@ -48,8 +53,11 @@ class _ClientIdContext:
         return getattr(self._context, name)
 
 
-def reading_client_ids(request_validator):
-    """Upstream's ``request_validator(request, server_context, **kw)`` with the occupancy check over client ids."""
+def reading_client_ids(request, request_validator):
+    """Upstream's ``request_validator(request, server_context, **kw)`` with the occupancy check over client ids (as
+    it is where the request uses none: upstream's own check, as upstream does)."""
+    if not _uses_client_id(request):
+        return request_validator
 
     def validator(request, server_context, **kwargs):
         return request_validator(request, _ClientIdContext(server_context), **kwargs)
