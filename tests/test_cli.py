@@ -187,6 +187,10 @@ def test_model_path_check_lets_directories_and_repo_ids_through(tmp_path, monkey
                        match=r"'models/tiny-sdar' is not an existing directory.*\(models/ is a folder here"):
         preflight.model_path('models/tiny-sdar')
     assert preflight.model_path('JetLM/SDAR-8B-Chat-b32') == 'JetLM/SDAR-8B-Chat-b32'
+    # another hub chosen (ModelScope): its ids and cache are its client's to judge, as for every other id
+    monkeypatch.setenv('LMDEPLOY_USE_MODELSCOPE', 'true')
+    assert preflight.model_path('models/tiny-sdar') == 'models/tiny-sdar'
+    monkeypatch.delenv('LMDEPLOY_USE_MODELSCOPE')
     # a hub id the hub cache holds stays a hub id even where its owner is a folder here (a review's case)
     cache = tmp_path / 'hub'
     snapshot = cache / 'models--models--tiny-sdar' / 'snapshots' / 'abc'

@@ -32,9 +32,14 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
+def _other_hub() -> bool:
+    """ModelScope / OpenMind chosen: their ids and caches follow their own rules, left to their clients."""
+    return any(os.getenv(flag, 'False').lower() == 'true' for flag in HUB_ENV_FLAGS)
+
+
 def _is_hub_repo_id(text: str) -> bool:
-    if any(os.getenv(flag, 'False').lower() == 'true' for flag in HUB_ENV_FLAGS):
-        return True  # another hub's rules: leave the id to its client
+    if _other_hub():
+        return True
     try:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
     except ImportError:
@@ -51,7 +56,7 @@ def model_path(text: str) -> str:
     if os.path.exists(text):
         return text
     path_shaped = _looks_like_a_path(text)
-    owner_here = not path_shaped and _owner_is_a_local_folder(text)
+    owner_here = not path_shaped and not _other_hub() and _owner_is_a_local_folder(text)
     if path_shaped or owner_here or not _is_hub_repo_id(text):
         note = (f' ({text.split("/")[0]}/ is a folder here, so this reads as a path; run from another folder to '
                 f'fetch the hub id)' if owner_here else '')

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import NoCudaDevice, resolve_device
 from .tiny_dllm.data import load_corpora
 from .tiny_dllm.eval_runner import run_evaluation
 from .tiny_dllm.evaluate import THRESHOLDS
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     wall_start = time.perf_counter()
     defaults = SIZES[args.size]
-    device = args.device if args.device != 'auto' else ('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = str(resolve_device(args.device))
+    except NoCudaDevice as e:
+        raise SystemExit(f'train_tiny_dllm: error: {e}') from None
     cfg = TrainConfig(shape=defaults.shape,
                       steps={None: defaults.steps, 'auto': None}.get(args.steps, args.steps),
                       batch_size=args.batch_size or defaults.batch_size, lr=args.lr or defaults.lr,
