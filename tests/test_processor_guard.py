@@ -231,3 +231,15 @@ def test_in_another_process_a_processor_error_is_upstreams():
     assert torch.equal(remote(None, torch.ones(3)), torch.full((3, ), 2.0))
     with pytest.raises(ValueError, match='user code'):
         pickle.loads(pickle.dumps(RequestProcessors([Broken()], seqs[0])))(None, torch.ones(3))
+
+
+def test_a_step_without_a_failure_does_not_walk_the_batch():
+    """Patch 7 calls the host side every step: with no failure in the step it must not touch the batch's sequences
+    (a Python walk over B sequences a step)."""
+    from lmdeploy_focus.strategies.dllm.processor_guard import fail_requests_whose_processors_failed
+
+    class Untouchable:
+        def __getattribute__(self, name):
+            raise AssertionError(f'the batch was walked ({name})')
+
+    fail_requests_whose_processors_failed([Untouchable(), Untouchable()])

@@ -24,6 +24,8 @@ from typing import NamedTuple
 import torch
 
 _FAILED = '_lmdeploy_focus_processor_failures'  # on the sequence: its request's Failures
+# the steps (RequestProcessors._step) with a failure not yet handled: the host looks at the batch only for those
+_FAILED_STEPS: set[int] = set()
 
 
 class RequestProcessors:
@@ -54,6 +56,7 @@ class RequestProcessors:
             # text only: the exception's traceback holds this frame, whose scores view the step's whole logits
             _failures(self._seq, self._resp, create=True).by_step[self._step] = Failure(
                 f'{type(exc).__name__}: {exc}', ''.join(traceback.format_exception(exc)), self._step_list)
+            _FAILED_STEPS.add(self._step)
             return scores
 
 
@@ -98,6 +101,9 @@ def fail_requests_whose_processors_failed(running) -> None:
     """Fail each request of ``running`` whose processors raised in this step (the step whose outputs are about
     to become responses). A failure in a step queued after it waits for that step's outputs: the request may
     finish in this one, with its processors applied."""
+    if id(running) not in _FAILED_STEPS:  # the common case: one set lookup a step, no walk over the batch
+        return
+    _FAILED_STEPS.discard(id(running))
     from lmdeploy.pytorch.messages import MessageStatus
 
     from ..failed_request import fail_request
