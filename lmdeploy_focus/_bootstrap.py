@@ -114,5 +114,6 @@ def install():
 def install_from_pth():
     try:
         install()
-    except Exception:  # a broken plugin must not break every Python start-up
-        pass
+    except Exception as exc:  # a broken plugin must not break every Python start-up, nor go unnoticed
+        sys.stderr.write(f'lmdeploy-focus: not activated ({type(exc).__name__}: {exc}); lmdeploy runs stock. '
+                         f'Reinstall lmdeploy-focus, or set {DISABLE_ENV}=1 to silence this\n')

@@ -44,6 +44,30 @@ def test_importing_lmdeploy_activates_the_plugin():
                          focus_kwarg='accepted')
 
 
+def test_start_up_imports_only_the_finder_and_the_patch_table():
+    """Every Python start in the environment runs the .pth: it imported the plugin's config and logging modules
+    too (patch/__init__ did at import), about 25 ms a start. Found by a patch-discipline audit."""
+    out = run_python("import sys; print('MODS', sorted(m for m in sys.modules if m.startswith('lmdeploy')))")
+    line = [x for x in out.stdout.splitlines() if x.startswith('MODS')]
+    assert line == ["MODS ['lmdeploy_focus', 'lmdeploy_focus._bootstrap', 'lmdeploy_focus.patch', "
+                    "'lmdeploy_focus.patch.targets', 'lmdeploy_focus.version']"], out.stderr[-2000:]
+
+
+def test_a_broken_activation_says_so_on_stderr(monkeypatch, capsys):
+    """A plugin that failed to activate left stock lmdeploy without a word (a later dllm_* option was a bare
+    TypeError). Found by a patch-discipline audit."""
+    from lmdeploy_focus import _bootstrap
+
+    def broken():
+        raise ImportError('cannot import name X')
+
+    monkeypatch.setattr(_bootstrap, 'install', broken)
+    _bootstrap.install_from_pth()  # never raises
+    err = capsys.readouterr().err.splitlines()
+    assert err == ['lmdeploy-focus: not activated (ImportError: cannot import name X); lmdeploy runs stock. '
+                   'Reinstall lmdeploy-focus, or set LMDEPLOY_FOCUS_DISABLE=1 to silence this']
+
+
 @pytest.mark.parametrize('value', ['1', 'true'])
 def test_disable_env_gives_stock_lmdeploy(value):
     state = state_of(run_python(STATE, env={'LMDEPLOY_FOCUS_DISABLE': value}))

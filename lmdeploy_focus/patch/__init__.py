@@ -291,8 +291,8 @@ Test-only, in the development package (never applied at activation):
 import importlib
 import sys
 
-from ..config.patch_state import patch_failures, record_failure  # noqa: F401 (patch_failures: re-exported)
-from ..log import logger
+# The start-up hook imports this package (for .targets) in every Python process of the environment: the
+# plugin's config and logging are imported where they are used, not here.
 from .targets import PATCHES, PROVIDERS, SUPPORTED_LMDEPLOY_VERSION
 
 _applied: set[str] = set()
@@ -312,6 +312,7 @@ def version_supported() -> bool:
         found = lmdeploy_version()
         _version_ok = found == SUPPORTED_LMDEPLOY_VERSION
         if not _version_ok:
+            from ..log import logger
             logger.warning(
                 'lmdeploy-focus supports lmdeploy==%s only, found %s: FOCUS stays inactive and '
                 'stock LMDeploy is used. Install lmdeploy==%s to enable it.', SUPPORTED_LMDEPLOY_VERSION,
@@ -335,6 +336,7 @@ def _apply(target, provider_loaded: bool = False) -> None:
         for patch_name in (patch_names, ) if isinstance(patch_names, str) else patch_names:
             importlib.import_module(f'{__name__}.{patch_name}').apply(target)
     except Exception as exc:
+        from ..config.patch_state import record_failure
         _applied.discard(target.__name__)
         record_failure(target.__name__, exc)
         raise
@@ -352,6 +354,11 @@ def on_module_loaded(module) -> None:
     if name in _applied or name not in PATCHES or not version_supported():
         return
     _apply(module)
+
+
+def patch_failures() -> dict[str, str]:
+    from ..config.patch_state import patch_failures as failures
+    return failures()
 
 
 def applied_patches() -> frozenset[str]:
