@@ -141,8 +141,9 @@ def test_an_inference_mode_random_offset_outside_inference_mode_is_advanced():
 # ---- per-request sampling parameters in a mixed batch ---------------------------------------------------
 
 
-def _sampling_seqs(num_seqs: int, gen: torch.Generator) -> list:
-    """Sequences whose every per-request sampling parameter differs (random values, fresh each run)."""
+def _sampling_seqs(num_seqs: int, gen: torch.Generator, generated: int = 0) -> list:
+    """Sequences whose every per-request sampling parameter differs (random values, fresh each run), each with
+    ``generated`` tokens out (``num_ignore_eos`` = 3 + i before the per-position offsets)."""
     import numpy as np
     from lmdeploy.messages import GenerationConfig
     from lmdeploy.pytorch.messages import SamplingParam
@@ -151,11 +152,13 @@ def _sampling_seqs(num_seqs: int, gen: torch.Generator) -> list:
         u = torch.rand(6, generator=gen).tolist()
         config = GenerationConfig(temperature=0.1 + 0.3 * i + 0.2 * u[0], top_k=1 + i * 7, top_p=0.5 + 0.4 * u[1],
                                   min_p=0.01 + 0.1 * u[2], repetition_penalty=1.05 + 0.1 * i + 0.05 * u[3],
-                                  random_seed=int(u[4] * 1e6) + i, min_new_tokens=3 + i,
+                                  random_seed=int(u[4] * 1e6) + i, min_new_tokens=3 + i + generated,
                                   repetition_ngram_size=2 + i, repetition_ngram_threshold=3 + i)
-        seqs.append(SimpleNamespace(sampling_param=SamplingParam.from_gen_config(config), num_valid_ids=10 + 3 * i,
-                                    session=SimpleNamespace(session_id=i), seq_id=i, num_new_tokens=0,
-                                    generated_ids=np.zeros(0, dtype=np.int64), valid_ids=np.arange(10 + 3 * i)))
+        valid = 10 + 3 * i + generated
+        seqs.append(SimpleNamespace(sampling_param=SamplingParam.from_gen_config(config), num_valid_ids=valid,
+                                    session=SimpleNamespace(session_id=i), seq_id=i, num_new_tokens=generated,
+                                    generated_ids=torch.randint(0, 200, (generated, ), generator=gen).numpy(),
+                                    valid_ids=np.arange(valid)))
     return seqs
 
 
@@ -167,9 +170,13 @@ def _per_request(inputs, name: str, num_seqs: int, block: int):
 def test_each_request_gets_its_own_sampling_parameters_on_its_block_rows(num_seqs, block):
     from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
-    seqs = _sampling_seqs(num_seqs, gen)
+    seqs = _sampling_seqs(num_seqs, gen, generated=8)  # enough own tokens for every n-gram size (own_history)
     upstream = DLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
     ours = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    # min_new_tokens counts per position (test_own_history): add back the output tokens before each slot
+    first = torch.tensor([s.num_valid_ids % block for s in seqs])[:, None]
+    ours.num_ignore_eos = (ours.num_ignore_eos.view(num_seqs, block) + (torch.arange(block) - first)
+                           ).reshape(-1)
     checked = []
     for name in PER_REQUEST_VECTORS:
         vector = getattr(ours, name)
@@ -236,10 +243,11 @@ def test_upstream_step_update_reads_the_rows_request_major():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
     block, seqs = 4, _sampling_seqs(2, gen)
     ours = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
+    before = ours.num_ignore_eos.view(2, block).clone()
     agent = DLLMModelAgentStrategy(dllm_config=DLLMConfig(block_length=block), dllm_mask_token=0)
     mask = torch.tensor([consts.DLLM_UNMASKED] * block + [consts.DLLM_MASKED] * block, dtype=torch.uint8)
     stepped = agent.step_sampling_inputs(ours, None, SimpleNamespace(dllm_mask=mask))
-    assert stepped.num_ignore_eos.view(2, block).tolist() == [[3 - block] * block, [4] * block]
+    assert torch.equal(stepped.num_ignore_eos.view(2, block), before - torch.tensor([[block], [0]]))
 
 
 def test_mixed_batch_temperatures_reach_their_own_rows_in_the_logits_processor():

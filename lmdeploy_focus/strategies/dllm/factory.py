@@ -113,7 +113,8 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
     def build_sampling_strategy(self):
         from .upstream_fixes import FixedDLLMSamplingStrategy
         upstream = super().build_sampling_strategy()  # upstream picks the pad token
-        return FixedDLLMSamplingStrategy(upstream.pad_token_id, upstream.dllm_block_length)
+        return FixedDLLMSamplingStrategy(upstream.pad_token_id, upstream.dllm_block_length,
+                                         mask_token=self.model_config.dllm_mask_token)
 
     def build_sequence_strategy(self):
         if self.run_stats is None:

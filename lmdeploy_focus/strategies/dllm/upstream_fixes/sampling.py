@@ -17,7 +17,8 @@ picks the same quantile everywhere).
 How: :class:`FixedDLLMSamplingStrategy` reorders the 1-D vectors request-major, repeats each request's processors
 over its rows (upstream's ``logit_bias`` one as a single op per row, :mod:`.logit_bias`; all of them under
 :mod:`..processor_guard`), drops ``response_format`` with one warning per request, and gives each block position
-its own seed (the request's seed + ``p * POSITION_SEED_STRIDE``).
+its own seed (the request's seed + ``p * POSITION_SEED_STRIDE``). What the rows say about the request's own output
+so far (penalty, n-gram filter, ``min_new_tokens``) is fixed in :mod:`.own_history`.
 
 Removed by: ``repeat_interleave`` for the 1-D vectors and the processors, a per-position random stream,
 guided decoding that knows about blocks.
@@ -28,6 +29,7 @@ from lmdeploy.pytorch.strategies.dllm.sampling import DLLMSamplingStrategy
 from ....log import logger
 from ..processor_guard import RequestProcessors
 from .logit_bias import vectorised
+from .own_history import fix_own_history_rows
 
 # The per-request vectors upstream repeats over the block (its 2-D tables are already request-major).
 PER_REQUEST_VECTORS = ('temperature', 'repetition_penalty', 'top_k', 'top_p', 'min_p', 'random_seeds',
@@ -41,7 +43,11 @@ POSITION_SEED_STRIDE = 0x9E3779B9
 
 class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
     """Upstream's DLLM sampling inputs with each request's parameters on its own block rows, and one
-    random stream per block position."""
+    random stream per block position, and each request's own output history (:mod:`.own_history`)."""
+
+    def __init__(self, pad_token_id: int, dllm_block_length: int, mask_token: int | None = None) -> None:
+        super().__init__(pad_token_id, dllm_block_length)
+        self.mask_token = mask_token  # pads the history of rows that use the n-gram filter
 
     def make_sampling_inputs(self, seqs):
         out = super().make_sampling_inputs(seqs)
@@ -51,6 +57,7 @@ class FixedDLLMSamplingStrategy(DLLMSamplingStrategy):
             if vector is not None and vector.dim() == 1:
                 # upstream's [L, B] layout -> the rows' [B, L]
                 setattr(out, name, vector.view(block, batch).t().reshape(-1))
+        fix_own_history_rows(out, seqs, block, self.mask_token)
         if any(seq.sampling_param.response_format is not None for seq in seqs):
             _warn_once(seqs, lambda p: p.response_format is not None, 'response_format is not supported with '
                        'diffusion decoding (grammar matchers follow one token at a time); ignored')
