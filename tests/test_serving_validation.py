@@ -31,6 +31,7 @@ def rejected(fn, *args, **kwargs) -> FieldError:
 @pytest.mark.parametrize('field,value,range_text', [
     ('top_p', 7, '(0, 1]'), ('top_p', 0, '(0, 1]'), ('top_p', -0.5, '(0, 1]'),
     ('top_k', -1, '>= 0'), ('temperature', -0.1, '[0, 2]'), ('temperature', 2.5, '[0, 2]'),
+    ('temperature', 1e-40, 'send 0 for greedy'), ('temperature', 5e-4, 'send 0 for greedy'),
     ('min_p', 1.5, '[0, 1]'), ('repetition_penalty', 0, '> 0'), ('seed', -1, '[0, 2**63 - 1]'),
     ('max_tokens', 0, '>= 1'), ('max_tokens', -5, '>= 1'), ('max_completion_tokens', 0, '>= 1'),
     ('n', 2, 'n = 1'), ('n', 0, 'n = 1'), ('logprobs', 3, 'null or 0'), ('stop', ['a', ''], 'non-empty'),

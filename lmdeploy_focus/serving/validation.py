@@ -117,6 +117,9 @@ def _check_logprobs(field: str, value) -> None:
 # ---- sampling values (shared by both layers) -------------------------------------------------------------
 
 
+MIN_TEMPERATURE = 1e-3
+
+
 def check_sampling(*, temperature=None, top_p=None, top_k=None, min_p=None, repetition_penalty=None,
                    seed=None, names: dict | None = None) -> None:
     """The sampling values common to every request type; ``None`` means "not given"."""
@@ -127,6 +130,11 @@ def check_sampling(*, temperature=None, top_p=None, top_k=None, min_p=None, repe
 
     if temperature is not None and not (_number(temperature) and 0 <= temperature <= 2):
         raise FieldError(name('temperature'), f'must be a number in [0, 2], got {temperature!r}')
+    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
+        # logits / T overflow half-precision scores (inf, NaN confidences, an arbitrary token), float32 ones from
+        # 1e-37; such a T samples the top token anyway
+        raise FieldError(name('temperature'), f'a temperature below {MIN_TEMPERATURE:g} overflows the scaled logits: '
+                         f'send 0 for greedy decoding, got {temperature!r}')
     if top_p is not None and not (_number(top_p) and 0 < top_p <= 1):
         raise FieldError(name('top_p'), f'must be a number in (0, 1], got {top_p!r}')
     if top_k is not None and not (_integer(top_k) and top_k >= 0):
