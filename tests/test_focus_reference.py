@@ -15,6 +15,7 @@ import torch
 
 from lmdeploy_focus.kernels import focus_ops
 from lmdeploy_focus.kernels.default import focus as ref
+from lmdeploy_focus.config.options import FOCUS_POLICIES
 
 
 @pytest.fixture
@@ -303,7 +304,7 @@ def test_importance_is_sum_over_head_shards(gen):
 
 
 @pytest.mark.parametrize('quantised', [False, True])
-@pytest.mark.parametrize('policy', ['importance', 'leftmost'])
+@pytest.mark.parametrize('policy', FOCUS_POLICIES)
 @pytest.mark.parametrize('block_len', [8, 16, 24, 64])
 def test_select_matches_brute_force(gen, block_len, policy, quantised):
     for _ in range(5):
@@ -433,7 +434,7 @@ def test_target_at_least_count_keeps_all(gen):
     assert torch.equal(keep, step.owned)
 
 
-@pytest.mark.parametrize('policy', ['importance', 'leftmost'])
+@pytest.mark.parametrize('policy', FOCUS_POLICIES)
 def test_padding_rows_are_never_kept(gen, policy):
     step = Step(gen, 16, 16, max_gap=4)
     step.candidate[~step.owned] = True  # garbage flags on padding

@@ -14,6 +14,14 @@ LLADA2_DEFAULT_BLOCK_LENGTH = 32
 SDAR_MODEL_TYPES = ('sdar', 'sdar_moe')
 LLADA2_MODEL_TYPE = 'llada2_moe'
 DLLM_MODEL_TYPES = (*SDAR_MODEL_TYPES, LLADA2_MODEL_TYPE)
+# the architectures the PyTorch engine runs as DLLMs -> (the mask token the family's builder falls back to, the
+# plugin's model class for it: patch 6 maps the architecture to it)
+DLLM_ARCHS = {
+    'SDARForCausalLM': (SDAR_MASK_TOKEN, 'lmdeploy_focus.models.sdar.DelayedCacheSDARForCausalLM'),
+    'SDARMoeForCausalLM': (SDAR_MASK_TOKEN, 'lmdeploy_focus.models.sdar.DelayedCacheSDARMoeForCausalLM'),
+    # not in upstream 0.18 at all: our model (upstream SDAR + DeepSeek MoE modules)
+    'LLaDA2MoeModelLM': (LLADA2_MASK_TOKEN, 'lmdeploy_focus.models.llada2.DelayedCacheLLaDA2MoeModelLM'),
+}
 
 # SDAR checkpoints are published per block length: JetLM/SDAR-8B-Chat-b32. A hub cache path keeps
 # the repo name in a parent folder (models--JetLM--SDAR-8B-Chat-b32/snapshots/<hash>).

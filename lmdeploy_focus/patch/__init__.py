@@ -3,7 +3,8 @@
 The plugin is built by subclassing and registering; these are the few places where something
 upstream has to be re-pointed. Each is applied when its upstream module finishes loading (see
 :mod:`lmdeploy_focus._bootstrap`), only on exactly lmdeploy 0.18.0, and each has a contract test in
-``tests/test_patch_contracts.py`` that fails loudly if upstream changes shape. A patch that raises while
+``tests/test_patch_contracts.py`` (patch 19's in ``tests/test_dllm_batch_cap.py``) that fails loudly if upstream
+changes shape. A patch that raises while
 being applied is logged and recorded (:func:`patch_failures`); delayed cache / FOCUS are then refused at
 config time instead of running on a partly stock engine.
 

@@ -1,14 +1,6 @@
 """The model facts a request is validated against, read from an upstream ``AsyncEngine``."""
-from ..config.model_facts import LLADA2_MASK_TOKEN, SDAR_MASK_TOKEN, mask_token_from_hf_config
+from ..config.model_facts import DLLM_ARCHS, mask_token_from_hf_config
 from .validation import ModelLimits
-
-# Architectures the PyTorch engine runs as diffusion LLMs (upstream's SDAR builders set paradigm 'dllm';
-# LLaDA2 is ours), with the mask token each family's builder falls back to.
-DLLM_ARCHS = {
-    'SDARForCausalLM': SDAR_MASK_TOKEN,
-    'SDARMoeForCausalLM': SDAR_MASK_TOKEN,
-    'LLaDA2MoeModelLM': LLADA2_MASK_TOKEN,
-}
 
 _ATTR = '_lmdeploy_focus_limits'
 
@@ -27,7 +19,7 @@ def model_limits(arch: str | None, hf_config, session_len: int | None, tokenizer
     vocab = vocab if vocab is not None else tokenizer_vocab
     mask = None
     if arch in DLLM_ARCHS:
-        mask = mask_token_from_hf_config(hf_config, DLLM_ARCHS[arch])
+        mask = mask_token_from_hf_config(hf_config, DLLM_ARCHS[arch][0])
     return ModelLimits(vocab_size=vocab, session_len=session_len, mask_token=mask, hybrid=hybrid, logprobs=logprobs)
 
 

@@ -24,6 +24,7 @@ from lmdeploy_focus.kernels.cuda.focus_importance import cuda_masked_importance 
 from lmdeploy_focus.kernels.cuda.focus_select import (  # noqa: E402
     cuda_focus_targets, cuda_select_kept)
 from lmdeploy_focus.kernels.default import focus as ref  # noqa: E402
+from lmdeploy_focus.config.options import FOCUS_POLICIES
 
 pytestmark = pytest.mark.gpu
 
@@ -263,7 +264,7 @@ def test_importance_is_deterministic(gen):
 
 
 @pytest.mark.parametrize('delta_kind', ['normal', 'quantised', 'importance'])
-@pytest.mark.parametrize('policy', ['importance', 'leftmost'])
+@pytest.mark.parametrize('policy', FOCUS_POLICIES)
 @pytest.mark.parametrize('batch', [1, 7, 256])
 @pytest.mark.parametrize('block_len', [16, 24, 32, 64])
 def test_select(gen, block_len, batch, policy, delta_kind):

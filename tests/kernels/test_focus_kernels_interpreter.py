@@ -35,7 +35,7 @@ CHECKS = textwrap.dedent('''
     elif part == 'select':
         t.check_targets(gen, 'cpu', 40)
         for block_len in (16, 24, 64):
-            for policy in ('importance', 'leftmost'):
+            for policy in t.FOCUS_POLICIES:
                 for kind in ('normal', 'quantised', 'importance'):
                     t.check_select(gen, 'cpu', batch=7, block_len=block_len, policy=policy, delta_kind=kind)
     elif part == 'layout':
