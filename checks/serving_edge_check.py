@@ -19,6 +19,8 @@ Decoding as the quality evaluation: greedy (``top_k=1``), ``low_confidence_dynam
   logprobs        every other request asks for logprobs: one per returned token, outputs unchanged
   broken_processor every third request's custom logits processor raises: those fail alone
                   (INTERNAL_ENGINE_ERROR, no tokens), the others unchanged, the engine goes on
+  own_history     greedy requests with an n-gram filter / repetition penalty / min_new_tokens join
+                  neighbours a block ahead: each equals its solo output, the neighbours unchanged
 
 (requests of these carry the model's EOS ids as stop tokens, as a server does), then
 
@@ -67,7 +69,7 @@ from arms import arm_fields  # noqa: E402
 ARMS = {name: arm_fields(name, stock_steps=False) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus', 'focus_leftmost')}
 DEFAULT_ARMS = ('stock', 'delayed_exact', 'delayed_fast', 'focus')  # focus_leftmost: same machinery, other policy
 MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling', 'logprobs',
-              'broken_processor')
+              'broken_processor', 'own_history')
 CASES = MAIN_CASES + ('chunked_prefill', 'prefix_caching')
 PREFIX_FAST_MESSAGE = 'enable_prefix_caching'  # the plugin's ValueError names the option (config/compat.py)
 
@@ -290,6 +292,9 @@ async def run_arm(report: Report, arm: str, args, sets: dict, block_length: int,
             if 'broken_processor' in cases:
                 await run_case(report, arm, 'broken_processor',
                                ec.case_broken_processor(runner, sets['main'], traj, N, eos_ids), T)
+            if 'own_history' in cases:
+                await run_case(report, arm, 'own_history',
+                               ec.case_own_history(runner, sets['main'], traj, N, eos_ids), 2 * T)
         for key, case in (('long', 'chunked_prefill'), ('prefix', 'prefix_caching')):
             if case in cases and not (case == 'prefix_caching' and fast_commit):
                 try:

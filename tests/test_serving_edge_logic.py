@@ -388,7 +388,9 @@ class FakeEngine:
     'sampling_leaks' (a greedy request batched with sampling ones changes, as upstream 0.18's interleaved
     per-request parameters would make it), 'logprobs_per_position' (each chunk carries L logprob entries
     of sampled ids, as upstream 0.18 sent them), 'processor_ends_loop' (a custom logits processor that raises
-    ends every request with ENGINE_STOP_ERROR and the engine with them, as upstream 0.18's loop). A sampling
+    ends every request with ENGINE_STOP_ERROR and the engine with them, as upstream 0.18's loop), 'history_padding' (a
+    request with an n-gram filter that starts beside running requests stops at once, as upstream 0.18's padded
+    history made it). ``min_new_tokens`` keeps stop tokens out of the first tokens. A sampling
     request follows its own seeded trajectory; with ``logprobs`` each token gets an entry whose argmax it is;
     a request whose logits processor raises ends with INTERNAL_ENGINE_ERROR and no tokens."""
 
@@ -459,8 +461,11 @@ class FakeInstance:
         if gen_config.do_sample:
             traj = FakeEngine.trajectory(list(input_ids) + [gen_config.random_seed], gen_config.max_new_tokens + 2 * L)
             e.sampling.add(session_id)
+            if e.fault == 'history_padding' and gen_config.repetition_ngram_size and e.active:
+                traj = [stops[0]] * len(traj)  # upstream 0.18: forced to its stop word beside longer histories
         elif e.fault == 'sampling_leaks' and e.sampling & e.active:
             traj = [t + 1 for t in traj]
+        traj = [100 if i < (gen_config.min_new_tokens or 0) and t in stops else t for i, t in enumerate(traj)]
         cached = e.cached_tokens(input_ids)
         if e.fault == 'prefix_cache_corrupts' and cached:
             traj = [t + 1 for t in traj]
@@ -531,6 +536,8 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
     assert stock['logprobs']['identical'] == 16 and stock['logprobs']['checks']['logprobs_match_tokens']
     broken = stock['broken_processor']
     assert broken['identical'] == 16 + 11 and len(broken['broken']) == 5  # 11 unbroken, then all 16 again
+    own = stock['own_history']
+    assert own['identical'] == 12 and not own['differing'] and len(own['own']) == 4 and all(own['checks'].values())
     assert max(stock['prefix_caching']['cached_tokens']['wave2']) >= 128
     assert data['arms']['delayed_fast']['cases']['prefix_caching']['refused']
     assert 'case' in data['table'] and data['gpu'] is None and data['lmdeploy'] == '0.18.0'
@@ -541,8 +548,10 @@ def test_driver_passes_a_correct_engine(driver, monkeypatch, tmp_path):
                                             ('prefix_cache_corrupts', {'prefix_caching'}),
                                             ('sampling_leaks', {'mixed_sampling'}),
                                             ('logprobs_per_position', {'logprobs'}),
+                                            ('history_padding', {'own_history'}),
                                             # the dead engine's later cases fail too
-                                            ('processor_ends_loop', {'broken_processor', 'chunked_prefill',
+                                            ('processor_ends_loop', {'broken_processor', 'own_history',
+                                                                     'chunked_prefill',
                                                                      'prefix_caching'})])
 def test_driver_catches_a_faulty_engine(driver, monkeypatch, tmp_path, fault, failing):
     rc, data = run_driver_on_fake(driver, monkeypatch, tmp_path, fault, ['--arms', 'stock', 'delayed_fast'])

@@ -318,6 +318,44 @@ async def case_mixed_sampling(runner: Runner, prompts: list, trajectories: dict,
                            for i in sampled])
 
 
+async def case_own_history(runner: Runner, prompts: list, trajectories: dict, max_new_tokens: int,
+                           stop_ids: tuple) -> dict:
+    """Greedy requests with an n-gram filter, a repetition penalty or ``min_new_tokens`` must give, next to
+    neighbours that are a block or more ahead, what each gives alone (upstream 0.18 read a short history's padding
+    as tokens: such a first-block request with the n-gram filter answered nothing, a penalised one's stop moved;
+    ``min_new_tokens`` banned stop words per block); the neighbours must equal their trajectories."""
+    L = runner.block_length
+    settings = (dict(repetition_ngram_size=3, repetition_ngram_threshold=3), dict(repetition_penalty=1.3),
+                dict(min_new_tokens=L // 2 + 1), dict(repetition_ngram_size=2, repetition_ngram_threshold=4,
+                                                      repetition_penalty=0.9))
+    own = [Request(p, max_new_tokens, stop_ids, f'{p.label}:own{i}', dict(top_k=1, temperature=1.0, **settings[i]))
+           for i, p in enumerate(prompts[:len(settings)])]
+    alone = [(await runner.batch([r]))[0] for r in own]
+    others = [Request(p, max_new_tokens, stop_ids, p.label) for p in prompts[len(settings):]]
+    first = [asyncio.Event() for _ in others]
+    other_outcomes = [Outcome() for _ in others]
+    own_outcomes = [Outcome() for _ in own]
+
+    async def own_after_the_others_first_block():
+        await asyncio.gather(*(e.wait() for e in first))
+        await asyncio.gather(*(runner.stream(r, None, None, o) for r, o in zip(own, own_outcomes)))
+
+    await asyncio.gather(*(runner.stream(r, None, e, o) for r, e, o in zip(others, first, other_outcomes)),
+                         own_after_the_others_first_block())
+    differ_from_alone = [r.label for r, a, b in zip(own, alone, own_outcomes)
+                     if a.tokens != b.tokens or b.status != a.status]
+    joined_late = all(o.start > max(x.first_chunk or 0 for x in other_outcomes) for o in own_outcomes)
+    min_new_ok = all(len(o.tokens) >= r.sampling.get('min_new_tokens', 0) or o.status != 'FINISH'
+                     for r, o in zip(own, own_outcomes))
+    return judged(others, other_outcomes, expected_for(trajectories, others, L), L,
+                  extra_checks=dict(own_history_requests_equal_their_solo_outputs=not differ_from_alone,
+                                    own_requests_joined_neighbours_a_block_ahead=joined_late,
+                                    min_new_tokens_met=min_new_ok),
+                  own=[dict(outcome_record(r, o, L), alone_tokens=len(a.tokens), sampling=r.sampling)
+                       for r, o, a in zip(own, own_outcomes, alone)],
+                  differing=differ_from_alone)
+
+
 async def case_logprobs(runner: Runner, prompts: list, trajectories: dict, max_new_tokens: int,
                         stop_ids: tuple) -> dict:
     """Every other request asks for logprobs (top 3; the engine runs with ``logprobs_mode``): one entry
