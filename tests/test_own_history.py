@@ -121,3 +121,18 @@ def test_the_per_position_counter_stays_exact_across_a_completed_block():
     host = FixedDLLMSamplingStrategy(PAD, block).make_sampling_inputs([after]).num_ignore_eos
     assert torch.equal(stepped, host)
     assert (host > 0).tolist() == [True, True, True, True, True, True, False, False]
+
+
+def test_a_ban_of_token_0_survives_min_new_tokens():
+    """Taking the stop words back out of the bad words must not unban the row's own bad ids: upstream's bad-word
+    filter writes token 0's old score back for every masked-off entry, so masking them off undid a ban of token 0
+    (found by a review of the first version)."""
+    gen, block = _gen(), 8
+    logits = torch.randn(block, V, generator=gen)
+    logits[:, 0] = 50.0  # the model's favourite
+    for stops in ([EOS], [EOS, 7, 9]):
+        seq = _seq(0, [], prompt=11, bad_token_ids=[0], stop_token_ids=stops, min_new_tokens=2, max_new_tokens=64)
+        scores = _scores([seq], block, logits)
+        assert torch.isinf(scores[:, 0]).all() and (scores.argmax(dim=1) != 0).all()
+        first = 11 % block
+        assert torch.isinf(scores[:, EOS]).tolist()[first:] == [True, True] + [False] * (block - first - 2)
