@@ -24,6 +24,7 @@ def test_pinned_version_and_every_patch_applied():
     import lmdeploy.pytorch.engine.logits_process  # noqa: F401
     import lmdeploy.pytorch.engine.inputs_maker  # noqa: F401
     import lmdeploy.pytorch.backends.cuda.graph_runner.runner  # noqa: F401
+    import lmdeploy.tokenizer  # noqa: F401
     for name in ('lmdeploy.serve.openai.api_server', 'lmdeploy.pytorch.engine.engine'):
         importlib.import_module(name)  # also loads the other serving targets (patches 9-12)
     assert lmdeploy.__version__ == SUPPORTED_LMDEPLOY_VERSION
@@ -773,3 +774,16 @@ def test_agent_strategy_awaits_before_the_forward():
             assert any(e[0] == 'neighbour' for e in events[1:events.index(('waited', 'in'))])
         else:
             assert forward == 0 or all(e[0] == 'neighbour' for e in events[:forward])
+
+
+def test_detokenizer_is_wrapped_and_upstream_still_holds_back_a_chunk_ending_unfinished():
+    """Patch 20: the wrapper sits on the class the tokenizers reach it through; upstream's rule it works around (a
+    text ending in U+FFFD is held back whole) and the state it rebuilds are still upstream's."""
+    from lmdeploy import tokenizer
+    wrapped = tokenizer.HuggingFaceTokenizer.detokenize_incrementally
+    upstream = wrapped.__lmdeploy_focus_upstream__
+    assert list(inspect.signature(upstream).parameters) == ['self', 'all_input_ids', 'state', 'skip_special_tokens',
+                                                            'spaces_between_special_tokens']
+    assert "not new_text.endswith('\ufffd')" in inspect.getsource(upstream)
+    assert [f.name for f in dataclasses.fields(tokenizer.DetokenizeState)] == ['ids_offset', 'prev_tokens',
+                                                                               'prefix_offset', 'read_offset']

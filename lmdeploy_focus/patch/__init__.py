@@ -286,6 +286,16 @@ config time instead of running on a partly stock engine.
     into the spawned process upstream runs the checks in) (:mod:`lmdeploy_focus.config.dllm_batch_cap`).
     Removed by: upstream sizing the batch from the model config's block length.
 
+20. ``lmdeploy.tokenizer.HuggingFaceTokenizer.detokenize_incrementally`` is wrapped (:mod:`.detokenize`).
+    Why: for a chunk whose text ends in an unfinished UTF-8 character upstream sends no text and keeps the whole
+    chunk pending, and drops what is pending when the request ends. A diffusion model's chunk is a block: a block of
+    finished text waited a block longer, and was lost when ``max_tokens`` cut inside a character (every endpoint;
+    ``usage`` counted it).
+    How: class attribute swap (subclasses and the ``Tokenizer`` facade reach it through lookup); when upstream holds
+    a chunk back the wrapper calls it again without the chunk's last 1–4 ids and sends the longest text that ends on
+    a whole character (:mod:`lmdeploy_focus.serving.detokenize`). One-id chunks are upstream's, unchanged.
+    Removed by: upstream holding back only the unfinished character's tokens.
+
 Test-only, in the development package (never applied at activation):
 ``lmdeploy_focus_dev.testing.cpu_backend_selector`` swaps the ops-backend selector so model modules run on CPU.
 """

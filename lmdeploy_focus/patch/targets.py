@@ -27,6 +27,7 @@ PATCHES = {
     'lmdeploy.pytorch.engine.inputs_maker': ('schedule_guard', 'lmdeploy_focus.serving.schedule_guard'),
     'lmdeploy.pytorch.engine.model_agent.agent': (('sampling_rows', 'await_stream'),
                                                   'lmdeploy_focus.strategies.dllm.delayed_cache_agent'),
+    'lmdeploy.tokenizer': ('detokenize', 'lmdeploy_focus.serving.detokenize'),
 }
 
 PROVIDERS = frozenset(provider for _, provider in PATCHES.values())
