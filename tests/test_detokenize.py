@@ -17,12 +17,14 @@ def tokenizer():
     return Tokenizer(TINY)
 
 
-def _stream(tokenizer, ids, chunk_sizes):
-    """What a streaming client gets: one detokenize call per engine chunk, texts joined."""
-    state, end, texts = DetokenizeState(), 0, []
+def _stream(tokenizer, ids, chunk_sizes, prompt=()):
+    """What a streaming client gets: one detokenize call per engine chunk, texts joined; with a prompt the state
+    starts after it, as the server's (``DetokenizeState(len(prompt))``)."""
+    prompt = list(prompt)
+    state, end, texts = DetokenizeState(len(prompt)), 0, []
     for size in chunk_sizes:
         end = min(len(ids), end + size)
-        text, state = tokenizer.detokenize_incrementally(ids[:end], state)
+        text, state = tokenizer.detokenize_incrementally(prompt + ids[:end], state)
         texts.append(text)
         if end == len(ids):
             break
@@ -42,8 +44,9 @@ def test_a_block_cut_inside_a_character_loses_only_that_character(tokenizer, blo
         ids = list(text.encode())
         cut = rng.randint(1, len(ids))  # max_tokens: anywhere, inside a character too
         sizes = [block] * (cut // block + 1)
-        got = ''.join(_stream(tokenizer, ids[:cut], sizes))
-        assert got == _whole_characters(text, cut), (text, cut, block)
+        prompt = list(''.join(rng.choice(ALPHABET) for _ in range(rng.choice([0, 5, 40]))).encode())
+        got = ''.join(_stream(tokenizer, ids[:cut], sizes, prompt))
+        assert got == _whole_characters(text, cut), (text, cut, block, prompt)
 
 
 def test_each_chunk_sends_its_whole_characters_at_once(tokenizer):

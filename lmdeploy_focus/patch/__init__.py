@@ -291,9 +291,11 @@ config time instead of running on a partly stock engine.
     chunk pending, and drops what is pending when the request ends. A diffusion model's chunk is a block: a block of
     finished text waited a block longer, and was lost when ``max_tokens`` cut inside a character (every endpoint;
     ``usage`` counted it).
-    How: class attribute swap (subclasses and the ``Tokenizer`` facade reach it through lookup); when upstream holds
-    a chunk back the wrapper calls it again without the chunk's last 1–4 ids and sends the longest text that ends on
-    a whole character (:mod:`lmdeploy_focus.serving.detokenize`). One-id chunks are upstream's, unchanged.
+    How: class attribute swap (the ChatGLM subclasses and the ``Tokenizer`` facade reach it through lookup;
+    ``GptOssTokenizer`` overrides it with its own parser and is untouched); when upstream holds a chunk back the
+    wrapper calls it again without the chunk's last 1–4 ids and sends the longest text that ends on a whole
+    character; what waits is what upstream's one-token streaming holds (:mod:`lmdeploy_focus.serving.detokenize`).
+    One-id chunks are upstream's.
     Removed by: upstream holding back only the unfinished character's tokens.
 
 Test-only, in the development package (never applied at activation):

@@ -16,20 +16,26 @@ MAX_CHAR_TOKENS = 4
 def holds_back_only_the_partial_character(upstream, state_class):
     """Wrap upstream's method: when it holds a chunk back, call it again without the chunk's last 1–4 ids and send
     the longest text that ends on a whole character; the read offset stays before the unfinished character's
-    tokens, so the next chunk completes it. A chunk of one id, or one with nothing held back, is upstream's."""
+    tokens, so the next chunk completes it. What still waits is what upstream's one-token streaming holds too: the
+    token(s) holding the unfinished character, whole characters sharing such a token included. A chunk of one id,
+    or one with nothing held back, is upstream's."""
 
     @functools.wraps(upstream)
     def detokenize_incrementally(self, all_input_ids, state, skip_special_tokens=True,
                                  spaces_between_special_tokens=True):
-        # upstream extends state.prev_tokens in place: keep a copy for the retries
-        start = (state.ids_offset, None if state.prev_tokens is None else list(state.prev_tokens),
-                 state.prefix_offset, state.read_offset)
+        ids_offset, prefix_offset, read_offset = state.ids_offset, state.prefix_offset, state.read_offset
+        # upstream extends state.prev_tokens in place: remember its length only (a copy a call cost O(context))
+        known = None if state.prev_tokens is None else len(state.prev_tokens)
         text, new_state = upstream(self, all_input_ids, state, skip_special_tokens, spaces_between_special_tokens)
-        new_ids = len(all_input_ids) - start[0]
+        new_ids = len(all_input_ids) - ids_offset
         if text or new_ids < 2 or new_state.read_offset >= len(new_state.prev_tokens):
             return text, new_state
+        # a held-back chunk leaves the offsets as they were; on the first call (no tokens known yet) upstream set
+        # read_offset to the prompt's token count, so the retries reuse those tokens instead of converting the prompt
+        known = new_state.read_offset if known is None else known
+        read_offset = new_state.read_offset if state.prev_tokens is None else read_offset
         for drop in range(1, min(MAX_CHAR_TOKENS, new_ids - 1) + 1):
-            retry = state_class(start[0], None if start[1] is None else list(start[1]), start[2], start[3])
+            retry = state_class(ids_offset, new_state.prev_tokens[:known], prefix_offset, read_offset)
             head, head_state = upstream(self, all_input_ids[:len(all_input_ids) - drop], retry, skip_special_tokens,
                                         spaces_between_special_tokens)
             if head:
