@@ -224,7 +224,7 @@ class LLaDA2MoeModelLM(SDARForCausalLM):
         return 1
 
     def process_weights_after_loading(self):
-        """Report skipped tensors; refuse to run with parameters the checkpoint did not fill."""
+        """Report skipped tensors; refuse to run with parameters the first load did not fill."""
         pieces = self.__dict__.pop('_loaded_pieces', None)
         skipped = self.__dict__.pop('_skipped_tensors', [])
         if pieces is None:
@@ -237,9 +237,12 @@ class LLaDA2MoeModelLM(SDARForCausalLM):
         missing = [name for name, _ in self.named_parameters()
                    if pieces[name] < self._expected_pieces(name)
                    and not (bias_optional and name.endswith('.e_score_correction_bias'))]
-        if missing:
+        if missing and not self.__dict__.get('_filled_once'):
             raise RuntimeError(f'LLaDA2 checkpoint did not fill {len(missing)} parameter(s), e.g. {missing[:3]}: '
                                'a tensor name this model does not know, or an incomplete checkpoint')
+        # once filled, a later load is a weight update (upstream's update_params, IPC or distributed updates send
+        # the tensors that changed, then run this hook): partial by design
+        self.__dict__['_filled_once'] = True
 
 
 class DelayedCacheLLaDA2MoeModelLM(DelayedCacheDLLMMixin, LLaDA2MoeModelLM):
