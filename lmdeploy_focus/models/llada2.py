@@ -19,6 +19,7 @@ Checkpoint names (``word_embeddings``, ``attention.query_key_value``, ``attentio
 a checkpoint tensor with no parameter is skipped with a warning, a parameter left unfilled is an error.
 """
 import re
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from types import SimpleNamespace
@@ -142,6 +143,9 @@ _RENAMES = [
     ('.up_proj.', '.gate_up_proj.', 1),
 ]
 _EXPERT = re.compile(r'\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$')
+# models a first load filled completely: a later load into one is a weight update (kept out of the model's own
+# attributes, which must stay upstream SDAR's)
+_FILLED = weakref.WeakSet()
 
 
 class LLaDA2MoeModelLM(SDARForCausalLM):
@@ -237,12 +241,12 @@ class LLaDA2MoeModelLM(SDARForCausalLM):
         missing = [name for name, _ in self.named_parameters()
                    if pieces[name] < self._expected_pieces(name)
                    and not (bias_optional and name.endswith('.e_score_correction_bias'))]
-        if missing and not self.__dict__.get('_filled_once'):
+        if missing and self not in _FILLED:
             raise RuntimeError(f'LLaDA2 checkpoint did not fill {len(missing)} parameter(s), e.g. {missing[:3]}: '
                                'a tensor name this model does not know, or an incomplete checkpoint')
         # once filled, a later load is a weight update (upstream's update_params, IPC or distributed updates send
         # the tensors that changed, then run this hook): partial by design
-        self.__dict__['_filled_once'] = True
+        _FILLED.add(self)
 
 
 class DelayedCacheLLaDA2MoeModelLM(DelayedCacheDLLMMixin, LLaDA2MoeModelLM):
