@@ -243,11 +243,14 @@ def test_upstream_step_update_reads_the_rows_request_major():
     gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1, ))))
     block, seqs = 4, _sampling_seqs(2, gen)
     ours = FixedDLLMSamplingStrategy(0, block).make_sampling_inputs(seqs)
-    before = ours.num_ignore_eos.view(2, block).clone()
     agent = DLLMModelAgentStrategy(dllm_config=DLLMConfig(block_length=block), dllm_mask_token=0)
     mask = torch.tensor([consts.DLLM_UNMASKED] * block + [consts.DLLM_MASKED] * block, dtype=torch.uint8)
     stepped = agent.step_sampling_inputs(ours, None, SimpleNamespace(dllm_mask=mask))
-    assert torch.equal(stepped.num_ignore_eos.view(2, block), before - torch.tensor([[block], [0]]))
+    # request b's slot p: min_new_tokens - tokens out - output slots before p (test_own_history), less L for the
+    # request whose block completed
+    expected = [[s.sampling_param.min_new_tokens - s.num_new_tokens - (p - s.num_valid_ids % block) - done
+                 for p in range(block)] for s, done in zip(seqs, (block, 0))]
+    assert stepped.num_ignore_eos.view(2, block).tolist() == expected
 
 
 def test_mixed_batch_temperatures_reach_their_own_rows_in_the_logits_processor():

@@ -177,7 +177,7 @@ class LLaDA2MoeModelLM(SDARForCausalLM):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]):
         """Load HF LLaDA2 tensors (upstream calls this once per shard file).
 
-        A tensor with no parameter here is skipped and reported; a parameter that no tensor filled
+        A tensor with no parameter here is skipped and reported; a parameter that no tensor of the first load filled
         is an error, raised once loading is over (:meth:`process_weights_after_loading`).
         """
         params = dict(self.named_parameters())

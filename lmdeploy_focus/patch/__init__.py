@@ -29,8 +29,8 @@ config time instead of running on a partly stock engine.
    With every FOCUS option off the factory still builds our agent, sampling and sequence strategies:
    upstream's plus the fixes in :mod:`lmdeploy_focus.strategies.dllm.upstream_fixes` (stop-word
    padding, chunked prefill, per-request sampling parameters and logits processors in request-major
-   row order, per-position random streams, response_format dropped, where outputs end, next turn
-   after an abort).
+   row order, per-position random streams, response_format dropped, penalty / n-gram filter /
+   min_new_tokens on the request's own output, where outputs end, next turn after an abort).
    Removed by: a paradigm/strategy-factory registry upstream.
 
 3. ``AutoModelConfigBuilder._sub_classes``: our SDAR builder is placed before upstream's, our LLaDA2

@@ -117,7 +117,17 @@ def _check_logprobs(field: str, value) -> None:
 # ---- sampling values (shared by both layers) -------------------------------------------------------------
 
 
-MIN_TEMPERATURE = 1e-3
+MIN_DLLM_TEMPERATURE = 1e-3
+
+
+def check_dllm_temperature(temperature, field: str = 'temperature') -> None:
+    """A diffusion model ranks a block's slots by their tempered probabilities: a tiny temperature makes every
+    confidence ~1 (dynamic unmasking then decodes the whole block at once), and below 1e-3 fp16 scores overflow (NaN
+    confidences, an arbitrary token). ``0`` is greedy decoding with untempered confidences."""
+    if _number(temperature) and 0 < temperature < MIN_DLLM_TEMPERATURE:
+        raise FieldError(field, f'a diffusion model needs a temperature of 0 (greedy) or at least '
+                         f'{MIN_DLLM_TEMPERATURE:g} (below it fp16 scores overflow and every confidence is ~1), got '
+                         f'{temperature!r}')
 
 
 def check_sampling(*, temperature=None, top_p=None, top_k=None, min_p=None, repetition_penalty=None,
@@ -130,11 +140,6 @@ def check_sampling(*, temperature=None, top_p=None, top_k=None, min_p=None, repe
 
     if temperature is not None and not (_number(temperature) and 0 <= temperature <= 2):
         raise FieldError(name('temperature'), f'must be a number in [0, 2], got {temperature!r}')
-    if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
-        # logits / T overflow half-precision scores (inf, NaN confidences, an arbitrary token), float32 ones from
-        # 1e-37; such a T samples the top token anyway
-        raise FieldError(name('temperature'), f'a temperature below {MIN_TEMPERATURE:g} overflows the scaled logits: '
-                         f'send 0 for greedy decoding, got {temperature!r}')
     if top_p is not None and not (_number(top_p) and 0 < top_p <= 1):
         raise FieldError(name('top_p'), f'must be a number in (0, 1], got {top_p!r}')
     if top_k is not None and not (_integer(top_k) and top_k >= 0):
@@ -198,6 +203,8 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False, session_le
     get = lambda key: getattr(request, key, None)  # noqa: E731
     check_sampling(temperature=get('temperature'), top_p=get('top_p'), top_k=get('top_k'), min_p=get('min_p'),
                    repetition_penalty=get('repetition_penalty'), seed=get('seed'))
+    if dllm:
+        check_dllm_temperature(get('temperature'))
     start = get('logprob_start_len')
     input_logprobs = endpoint == 'generate' and start is not None and start >= 0
     check_max_tokens('max_tokens', get('max_tokens'), allow_zero=input_logprobs)
@@ -275,6 +282,8 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
     check_sampling(temperature=gen_config.temperature, top_p=gen_config.top_p, top_k=gen_config.top_k,
                    min_p=gen_config.min_p, repetition_penalty=gen_config.repetition_penalty,
                    seed=gen_config.random_seed, names={'seed': 'random_seed'})
+    if limits.dllm:
+        check_dllm_temperature(gen_config.temperature)
     input_logprobs = gen_config.logprob_start_len is not None and gen_config.logprob_start_len >= 0
     check_max_tokens('max_new_tokens', gen_config.max_new_tokens, allow_zero=input_logprobs)
     if gen_config.min_new_tokens is not None:

@@ -2,7 +2,9 @@
 subclassing, one file per upstream role (each file: Why / How / Removed by):
 
 * :mod:`.sampling`: per-request sampling parameters and logits processors on their own block rows, one
-  random stream per block position, ``response_format`` dropped with a warning;
+  random stream per block position, ``response_format`` dropped with a warning; with :mod:`.logit_bias`
+  (a ``logit_bias`` map as one op per row) and :mod:`.own_history` (repetition penalty, n-gram filter and
+  ``min_new_tokens`` on the request's own output, per position);
 * :mod:`.stopping`: stop-word padding, a length cut never winning over an earlier stop word, and the
   agent strategy mixin that installs the criteria;
 * :mod:`.inputs`: chunked prefill's inference tensors updated in place (step inputs, mask, counter);
