@@ -434,12 +434,17 @@ def test_a_multimodal_request_is_left_to_the_input_processor():
     from lmdeploy_focus.serving.engine_guard import check_engine_request
     from types import SimpleNamespace
     engine = SimpleNamespace(scheduler=None, model_config=SimpleNamespace(model_paradigm='ar', vocab_size=10),
-                             max_session_len=None)
+                             max_session_len=None, input_processor=object())
     image = SimpleNamespace(data=dict(token_ids=[3, 10**6], session_id=0, input_multimodals=[{'image': 'x'}]))
     check_engine_request(engine, image)  # the placeholder id is not refused
     text = SimpleNamespace(data=dict(token_ids=[3, 10**6], session_id=0, input_multimodals=None))
     with pytest.raises(ValueError, match=r'token_ids\[1\] = 1000000'):
         check_engine_request(engine, text)
+    # a text-only model (SDAR, LLaDA2: no input processor): upstream dropped the data with a log line and queued the
+    # ids unchecked, an id past the vocabulary then failed the embedding (found by a bug hunt)
+    engine.input_processor = None
+    with pytest.raises(ValueError, match='multimodal inputs are not supported by this model'):
+        check_engine_request(engine, image)
 
 
 def test_a_check_that_raises_unexpectedly_fails_that_request_only(monkeypatch, focus_logs):

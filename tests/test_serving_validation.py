@@ -184,6 +184,8 @@ def test_generation_config_rules():
         (dict(bad_token_ids=[-2]), 'bad_token_ids'), (dict(stop_words=['ab']), 'stop_words'),
         (dict(logprob_start_len=0, max_new_tokens=0), 'logprob_start_len'),
         (dict(output_logits='all'), 'output_logits'), (dict(return_ppl=True), 'return_ppl'),  # a diffusion model
+        (dict(output_last_hidden_state='all'), 'output_last_hidden_state'),
+        (dict(return_routed_experts=True), 'return_routed_experts'),  # answered null (a bug hunt, 2026-12-07)
         (dict(top_k=321), 'top_k'), (dict(top_k=10**6), 'top_k'),  # above the vocabulary (320)
         (dict(logprobs=21), 'logprobs'), (dict(logprobs=10**5), 'logprobs'),
         (dict(response_format={'type': 'json_object'}), 'response_format'),
@@ -564,3 +566,13 @@ def test_a_diffusion_request_with_a_tiny_temperature_is_refused(temperature):
     check_http_request(completion(temperature=temperature), endpoint='completions')
     for ok in (0, 1e-3, 0.7):
         check_http_request(completion(temperature=ok), endpoint='completions', dllm=True)
+
+
+def test_tool_choice_required_is_refused_by_its_own_name_on_a_diffusion_model():
+    """The tool parser turns tool_choice 'required' into guided output: the client was told about a
+    response_format it never sent (a bug hunt, 2026-12-07). Named functions and 'auto' stay allowed."""
+    error = rejected(check_http_request, completion(tool_choice='required'), endpoint='chat', dllm=True)
+    assert error.param == 'tool_choice' and "allowed: 'auto', 'none' or a named function" in error.message
+    check_http_request(completion(tool_choice='required'), endpoint='chat')  # autoregressive: upstream's
+    for ok in ('auto', 'none', {'type': 'function', 'function': {'name': 'f'}}):
+        check_http_request(completion(tool_choice=ok), endpoint='chat', dllm=True)

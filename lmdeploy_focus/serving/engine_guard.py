@@ -111,6 +111,11 @@ def check_engine_request(engine, req) -> None:
         except FieldError as e:
             raise RefusedRequest(e.message) from None
     model_config = getattr(engine, 'model_config', None)
+    if data.get('input_multimodals') and getattr(engine, 'input_processor', None) is None:
+        # upstream logs 'Do not support Multimodal inputs' and queues the ids as they are, unchecked: an id past the
+        # vocabulary then fails the embedding (a device assert on the GPU ends the process)
+        raise RefusedRequest('multimodal inputs are not supported by this model (it has no input processor): send '
+                             'token_ids without multimodal')
     if not data.get('input_multimodals'):
         _check_vocabulary(data.get('token_ids'), getattr(model_config, 'vocab_size', None))
     dllm = model_config is not None and getattr(model_config, 'model_paradigm', 'ar') == 'dllm'

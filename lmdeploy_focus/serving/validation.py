@@ -248,6 +248,10 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False, session_le
         bias = get('logit_bias')
         if bias is not None and len(bias) > MAX_LOGIT_BIAS:
             raise FieldError('logit_bias', f'at most {MAX_LOGIT_BIAS} entries, got {len(bias)}')
+        if dllm and get('tool_choice') == 'required':
+            # the tool parser turns it into guided output (a response_format the client never sent)
+            raise FieldError('tool_choice', "'required' needs guided output, which diffusion models do not have "
+                             "(a block is decoded in parallel); allowed: 'auto', 'none' or a named function")
     elif endpoint == 'generate':
         _check_logprobs('top_logprobs_num', get('top_logprobs_num'))
         if dllm and input_logprobs:
@@ -317,6 +321,9 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         raise FieldError('return_ppl', 'perplexity is not available for diffusion models (allowed: False)')
     if limits.dllm and gen_config.output_last_hidden_state is not None:
         raise FieldError('output_last_hidden_state', 'not available for diffusion models (allowed: null)')
+    if limits.dllm and getattr(gen_config, 'return_routed_experts', False):
+        # upstream's diffusion sequences never record them: the answer carried null
+        raise FieldError('return_routed_experts', 'not available for diffusion models (allowed: false)')
     for field in ('stop_token_ids', 'bad_token_ids'):
         ids = getattr(gen_config, field) or []
         if len(ids) > MAX_STOP_TOKEN_IDS:
