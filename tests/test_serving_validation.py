@@ -576,3 +576,19 @@ def test_tool_choice_required_is_refused_by_its_own_name_on_a_diffusion_model():
     check_http_request(completion(tool_choice='required'), endpoint='chat')  # autoregressive: upstream's
     for ok in ('auto', 'none', {'type': 'function', 'function': {'name': 'f'}}):
         check_http_request(completion(tool_choice=ok), endpoint='chat', dllm=True)
+
+
+def test_chat_content_parts_and_template_flags_upstream_would_mishandle_are_refused():
+    """A content part of another type (input_audio, file) was dropped silently, and chat_template_kwargs
+    continue_final_message cut the final assistant message's last 11 characters (a bug hunt, 2026-12-07)."""
+    text = {'type': 'text', 'text': 'hi'}
+    for part in ({'type': 'input_audio', 'input_audio': {}}, {'type': 'file', 'file': {}}, {'text': 'no type'}):
+        error = rejected(check_http_request, completion(messages=[{'role': 'user', 'content': [text, part]}]),
+                         endpoint='chat')
+        assert error.param == 'messages' and 'content part 1 has type' in error.message and "image_url" in error.message
+    check_http_request(completion(messages=[{'role': 'user', 'content': [text, {'type': 'image_url'}]}]),
+                       endpoint='chat')  # a multimodal part: upstream's own rule for the model decides
+    for key in ('continue_final_message', 'add_generation_prompt'):
+        error = rejected(check_http_request, completion(chat_template_kwargs={key: True}), endpoint='chat')
+        assert error.param == 'chat_template_kwargs' and key in error.message
+    check_http_request(completion(chat_template_kwargs={'enable_thinking': False}), endpoint='chat')

@@ -195,6 +195,16 @@ def _check_chat_messages(messages) -> None:
             if bad is not None:
                 raise FieldError('messages', f'entry {i}: content part {bad} must be an object with a type, got '
                                  f'{type(content[bad]).__name__}')
+            known = _content_part_types()
+            bad = next((j for j, part in enumerate(content) if part.get('type') not in known), None)
+            if bad is not None:  # upstream keeps the text parts and drops any other, silently
+                raise FieldError('messages', f'entry {i}: content part {bad} has type {content[bad].get("type")!r}; '
+                                 f'allowed: {", ".join(sorted(known))}')
+
+
+def _content_part_types() -> frozenset:
+    from lmdeploy.serve.processors.multimodal import MULTIMODAL_TYPES
+    return frozenset(('text', *MULTIMODAL_TYPES))
 
 
 def check_http_request(request, *, endpoint: str, dllm: bool = False, session_len: int | None = None) -> None:
@@ -244,6 +254,13 @@ def check_http_request(request, *, endpoint: str, dllm: bool = False, session_le
             raise FieldError('seed', f'with n = {n} choices (choice i samples with seed + i) must be at most '
                              f'2**63 - {n}, got {seed}')
         _check_chat_messages(get('messages'))
+        template_kwargs = get('chat_template_kwargs') or {}
+        for key in ('continue_final_message', 'add_generation_prompt'):
+            if isinstance(template_kwargs, dict) and key in template_kwargs:
+                # upstream derives both from the last message's role; continue_final_message then cut the final
+                # assistant message's last characters (the template's end marker, removed a second time)
+                raise FieldError('chat_template_kwargs', f'{key} is set by the server from the last message (an '
+                                 f'assistant message is continued, after a user message a reply starts): leave it out')
         _check_logprobs('top_logprobs', get('top_logprobs'))
         bias = get('logit_bias')
         if bias is not None and len(bias) > MAX_LOGIT_BIAS:
