@@ -100,6 +100,23 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_arm_label(args, facts) -> None:
+    """An ``--arm`` named after one of :func:`default_arm`'s labels must be what the flags run: a flag repeated in
+    EXTRA_ARGS (``--dllm-enable-focus`` in the baseline driver, another ``--dllm-focus-policy``) ran one arm and saved
+    it as another, which plot_results then took as that arm (a stock reference that was FOCUS). Other labels are
+    free (the GPU scripts' own names)."""
+    runs = default_arm(args, facts)
+    bases = ('ar', 'stock', 'delayed-cache', *(f'focus-{policy}' for policy in FOCUS_POLICIES))
+    named = [base for base in bases if args.arm == base or args.arm.startswith(base + '-')]
+    if not named or named[-1] == runs:
+        return
+    if runs == 'ar':
+        raise BenchmarkInputError(f'{args.model_path} is not a diffusion LLM (model_type {facts.model_type!r}): the '
+                                  f'{named[-1]!r} arm has nothing to run; benchmark it with --arm ar and no --dllm flags')
+    raise BenchmarkInputError(f'--arm {args.arm}: the engine flags run {runs!r} (a flag in EXTRA_ARGS overrode the '
+                              f"driver's): name the arm after what runs, or drop the flag")
+
+
 def default_arm(args, facts) -> str:
     if not facts.is_dllm:
         return 'ar'
@@ -140,6 +157,12 @@ def validate(args):
         raise BenchmarkInputError(f'--prompts-per-slot must be >= 1, got {args.prompts_per_slot}')
     if args.arm is not None and not re.fullmatch(r'[\w.+-]+', args.arm):  # the results' file names carry it
         raise BenchmarkInputError(f'--arm {args.arm!r}: use letters, digits and . _ + - only')
+    if args.max_new_tokens < 1:  # a negative budget failed only after the engine had loaded and warmed up
+        raise BenchmarkInputError(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
+    from lmdeploy_focus.calibrate.report import out_dir_problem
+    problem = out_dir_problem(args.output_dir)  # it failed after the timed run, losing it
+    if problem:
+        raise BenchmarkInputError(problem.replace('--out-dir', '--output-dir'))
     if args.repeat_block_detect and args.repeat_block_window < 8:
         raise BenchmarkInputError('--repeat-block-window must be >= 8')
     for name, value in args.dllm_option:
@@ -188,8 +211,14 @@ def main(argv=None):
     # a bad option value (e.g. --dllm-focus-alpha 0.5) is one line here, before a hub id is downloaded
     engine_runner.engine_config(engine_runner.engine_config_kwargs(
         args, max(levels), engine_runner.ModelFacts('', False, args.dllm_block_length)))
+    if not os.path.exists(args.model_path):
+        # a hub id: no download (16 GB for the drivers' default model) on a machine that cannot run it
+        engine_runner.check_hub_id(args.model_path)
+        engine_runner.require_cuda(f' (checked before fetching {args.model_path})')
     model_dir = engine_runner.local_model_path(args.model_path)
     facts = engine_runner.model_facts(model_dir, args.dllm_block_length)
+    if args.arm is not None:
+        check_arm_label(args, facts)
     config_kwargs = engine_runner.engine_config_kwargs(args, max(levels), facts)
     tokenizer = load_tokenizer(model_dir)
     all_prompts = build_prompts(args, tokenizer, conversations, max(prompts_per_level(args, c) for c in levels))

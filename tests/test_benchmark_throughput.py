@@ -1194,3 +1194,55 @@ def test_suite_graphs_rest_phase_runs_the_dynamic_pair_then_llada2(tmp_path):
     assert all(c.concurrency == [64, 256] and c.output_len == 256 and c.fast_exit for c in cmds)
     assert ['LLaDA2.0-mini' in c.model_path for c in cmds] == [False, False, True, True, True]
     assert 'skipped' not in out and '64 row buckets' not in out
+
+
+def _profile_throughput():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('profile_throughput_under_test', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_arm_label_that_contradicts_the_flags_is_refused(tmp_path):
+    """EXTRA_ARGS repeating an arm flag ran one arm and saved it under the driver's label (FOCUS saved as the
+    stock reference, leftmost as importance); a non-DLLM model ran under DLLM labels. Found by a drivers hunt."""
+    pt = _profile_throughput()
+    dllm, ar = engine_runner.ModelFacts('sdar', True, 32), engine_runner.ModelFacts('qwen3', False, None)
+
+    def check(arm, facts, *flags):
+        args = pt.parse_args(['random', str(tmp_path), '--arm', arm, *flags])
+        pt.check_arm_label(args, facts)
+
+    with pytest.raises(BenchmarkInputError, match="--arm stock: the engine flags run 'focus-importance'"):
+        check('stock', dllm, '--dllm-enable-focus')
+    with pytest.raises(BenchmarkInputError, match="the engine flags run 'focus-leftmost'"):
+        check('focus-importance-static', dllm, '--dllm-enable-focus', '--dllm-focus-policy', 'leftmost')
+    with pytest.raises(BenchmarkInputError, match='is not a diffusion LLM'):
+        check('focus-importance', ar, '--dllm-enable-focus')
+    check('focus-leftmost-static-fast-commit', dllm, '--dllm-enable-focus', '--dllm-focus-policy', 'leftmost')
+    check('delayed-cache', dllm, '--dllm-enable-delayed-cache')
+    check('importance', dllm, '--dllm-enable-focus')  # a label of its own (the GPU scripts' host profiles)
+    check('ar', ar)
+
+
+def test_a_budget_or_output_folder_that_cannot_work_is_refused_before_the_run(tmp_path):
+    pt = _profile_throughput()
+    with pytest.raises(BenchmarkInputError, match='--max-new-tokens must be >= 1, got -5'):
+        pt.validate(pt.parse_args(['random', str(tmp_path), '--max-new-tokens', '-5']))
+    blocked = tmp_path / 'a_file'
+    blocked.write_text('')
+    with pytest.raises(BenchmarkInputError, match='--output-dir .* cannot be created'):
+        pt.validate(pt.parse_args(['random', str(tmp_path), '--output-dir', str(blocked)]))
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='the message of a machine without CUDA')
+def test_no_hub_download_on_a_machine_without_cuda(tmp_path, monkeypatch):
+    """The drivers' default model is a hub id: it was fetched (16 GB) before the engine said it needs a GPU."""
+    import lmdeploy.utils
+    pt = _profile_throughput()
+    fetched = []
+    monkeypatch.setattr(lmdeploy.utils, 'get_model', lambda name: fetched.append(name) or str(tmp_path))
+    with pytest.raises(BenchmarkInputError, match='checked before fetching JetLM/SDAR-8B-Chat-b32'):
+        pt.main(['random', 'JetLM/SDAR-8B-Chat-b32', '--output-dir', str(tmp_path / 'out')])
+    assert fetched == []

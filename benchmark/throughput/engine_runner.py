@@ -38,6 +38,18 @@ class ModelFacts:
     block_length: int | None  # what the benchmark sizes the engine with (the engine resolves its own)
 
 
+def check_hub_id(model_path: str) -> None:
+    """A path that is not a folder must read as a hub id: a mistyped local path is not sent to the hub (a traceback
+    after retries)."""
+    import argparse
+
+    from lmdeploy_focus.cli.preflight import model_path as checked_model_path
+    try:
+        checked_model_path(model_path)
+    except argparse.ArgumentTypeError as e:
+        raise BenchmarkInputError(str(e)) from None
+
+
 def local_model_path(model_path: str) -> str:
     """The folder the engine will load: a hub id is fetched (or found in the hub cache) by upstream's ``get_model``,
     as ``Engine.__init__`` does with it, so the model's type and block length are known before the engine starts
@@ -45,13 +57,7 @@ def local_model_path(model_path: str) -> str:
     statistics unread)."""
     if os.path.exists(model_path):
         return model_path
-    import argparse
-
-    from lmdeploy_focus.cli.preflight import model_path as checked_model_path
-    try:
-        checked_model_path(model_path)  # a mistyped local path is not sent to the hub (a traceback after retries)
-    except argparse.ArgumentTypeError as e:
-        raise BenchmarkInputError(str(e)) from None
+    check_hub_id(model_path)
     from lmdeploy.utils import get_model
     try:
         return get_model(model_path)
@@ -119,14 +125,19 @@ def dllm_option(text: str) -> tuple[str, object]:
         return name.strip(), value
 
 
+def require_cuda(why: str = '') -> None:
+    """One line when no CUDA GPU can run the engine (upstream's checker said 'PyTorch is not available.')."""
+    from lmdeploy_focus.cli.preflight import cuda_problem
+    problem = cuda_problem('cuda')
+    if problem:
+        raise BenchmarkInputError(problem + why)
+
+
 def build_engine(model_path: str, config_kwargs: dict):
     """Engine.from_pretrained; NotImplementedError (feature not built yet) becomes ArmMissing."""
     from lmdeploy.pytorch.engine import Engine
 
-    from lmdeploy_focus.cli.preflight import cuda_problem
-    problem = cuda_problem('cuda')  # upstream's checker said 'PyTorch is not available.'
-    if problem:
-        raise BenchmarkInputError(problem)
+    require_cuda()
     config = engine_config(config_kwargs)
     try:
         return Engine.from_pretrained(model_path, engine_config=config, trust_remote_code=True)
