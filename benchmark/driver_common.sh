@@ -14,6 +14,14 @@
 #                        it; nothing needs a GPU or a model
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# -h / --help: the calling driver's own usage (its header comment), not profile_throughput's four times over
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0
+fi
+# the on/off switches: 0 or 1 (DRY_RUN=true started the real benchmark; EAGER_MODE=yes was silently off)
+for switch in DRY_RUN EAGER_MODE ONE_ENGINE PAPER_THRESHOLDS REPEAT_GUARD; do
+  case ${!switch:-0} in 0|1) ;; *) echo "$switch=${!switch}: 0 or 1" >&2; exit 2 ;; esac
+done
 SAMPLE_DATASET="$BENCH_DIR/data/sharegpt_sample.json"
 BATCH_SIZES=${BATCH_SIZES:-"32 64 128 256"}
 NUM_PROMPTS=${NUM_PROMPTS:-5000}
@@ -41,7 +49,7 @@ run_arm() {
   local steps=${DENOISING_STEPS:-$block}
   local eager=() guard=(--repeat-block-detect --repeat-block-window 32)
   [[ "${EAGER_MODE:-0}" == 1 ]] && eager=(--eager-mode)
-  case ${REPEAT_GUARD:-1} in 1) ;; 0) guard=() ;; *) echo "REPEAT_GUARD=$REPEAT_GUARD: 0 or 1" >&2; return 2 ;; esac
+  [[ "${REPEAT_GUARD:-1}" == 0 ]] && guard=()  # 0 or 1: checked at the top
   local common=(--backend pytorch "${eager[@]}" --skip-tokenize --skip-detokenize --use-uvloop
                 --num-prompts "$NUM_PROMPTS" --max-new-tokens "$MAX_NEW_TOKENS"
                 --dllm-block-length "$block" --dllm-denoising-steps "$steps"

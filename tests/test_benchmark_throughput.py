@@ -1246,3 +1246,19 @@ def test_no_hub_download_on_a_machine_without_cuda(tmp_path, monkeypatch):
     with pytest.raises(BenchmarkInputError, match='checked before fetching JetLM/SDAR-8B-Chat-b32'):
         pt.main(['random', 'JetLM/SDAR-8B-Chat-b32', '--output-dir', str(tmp_path / 'out')])
     assert fetched == []
+
+
+@pytest.mark.parametrize('driver', ['run_baseline_throughput_evaluation.sh', 'run_focus_throughput_evaluation.sh',
+                                    'run_sdar_delayed_cache_benchmark.sh', 'run_block_size_comparison.sh'])
+def test_a_driver_says_its_own_usage_and_refuses_a_switch_that_is_not_0_or_1(tmp_path, driver):
+    """--help went on as the dataset (profile_throughput's usage, four times, and results logs); DRY_RUN=true ran the
+    real benchmark, EAGER_MODE=yes was silently off. Found by a drivers hunt."""
+    proc = subprocess.run(['bash', _driver(driver), '--help'], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    header = open(_driver(driver)).read().splitlines()[1].lstrip('# ')
+    assert proc.returncode == 0 and proc.stdout.splitlines()[0] == header, proc.stdout[:300]
+    assert 'usage: profile_throughput' not in proc.stdout and not (tmp_path / 'results').exists()
+    for switch in ('DRY_RUN', 'EAGER_MODE', 'ONE_ENGINE', 'PAPER_THRESHOLDS', 'REPEAT_GUARD'):
+        proc = subprocess.run(['bash', _driver(driver), 'random'], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path, env=dict(os.environ, **{switch: 'yes'}))
+        assert proc.returncode == 2 and proc.stderr.strip() == f'{switch}=yes: 0 or 1', (switch, proc.stderr)
