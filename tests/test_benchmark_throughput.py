@@ -1196,18 +1196,10 @@ def test_suite_graphs_rest_phase_runs_the_dynamic_pair_then_llada2(tmp_path):
     assert 'skipped' not in out and '64 row buckets' not in out
 
 
-def _profile_throughput():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('profile_throughput_under_test', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_an_arm_label_that_contradicts_the_flags_is_refused(tmp_path):
     """EXTRA_ARGS repeating an arm flag ran one arm and saved it under the driver's label (FOCUS saved as the
     stock reference, leftmost as importance); a non-DLLM model ran under DLLM labels. Found by a drivers hunt."""
-    pt = _profile_throughput()
+    pt = _load_profile_throughput()
     dllm, ar = engine_runner.ModelFacts('sdar', True, 32), engine_runner.ModelFacts('qwen3', False, None)
 
     def check(arm, facts, *flags):
@@ -1227,7 +1219,7 @@ def test_an_arm_label_that_contradicts_the_flags_is_refused(tmp_path):
 
 
 def test_a_budget_or_output_folder_that_cannot_work_is_refused_before_the_run(tmp_path):
-    pt = _profile_throughput()
+    pt = _load_profile_throughput()
     with pytest.raises(BenchmarkInputError, match='--max-new-tokens must be >= 1, got -5'):
         pt.validate(pt.parse_args(['random', str(tmp_path), '--max-new-tokens', '-5']))
     blocked = tmp_path / 'a_file'
@@ -1240,7 +1232,7 @@ def test_a_budget_or_output_folder_that_cannot_work_is_refused_before_the_run(tm
 def test_no_hub_download_on_a_machine_without_cuda(tmp_path, monkeypatch):
     """The drivers' default model is a hub id: it was fetched (16 GB) before the engine said it needs a GPU."""
     import lmdeploy.utils
-    pt = _profile_throughput()
+    pt = _load_profile_throughput()
     fetched = []
     monkeypatch.setattr(lmdeploy.utils, 'get_model', lambda name: fetched.append(name) or str(tmp_path))
     with pytest.raises(BenchmarkInputError, match='checked before fetching JetLM/SDAR-8B-Chat-b32'):
