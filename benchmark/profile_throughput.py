@@ -106,8 +106,7 @@ def check_arm_label(args, facts) -> None:
     it as another, which plot_results then took as that arm (a stock reference that was FOCUS). Other labels are
     free (the GPU scripts' own names)."""
     runs = default_arm(args, facts)
-    bases = ('ar', 'stock', 'delayed-cache', *(f'focus-{policy}' for policy in FOCUS_POLICIES))
-    named = [base for base in bases if args.arm == base or args.arm.startswith(base + '-')]
+    named = [base for base in ARM_LABELS if args.arm == base or args.arm.startswith(base + '-')]
     if not named or named[-1] == runs:
         return
     if runs == 'ar':
@@ -115,6 +114,10 @@ def check_arm_label(args, facts) -> None:
                                   f'{named[-1]!r} arm has nothing to run; benchmark it with --arm ar and no --dllm flags')
     raise BenchmarkInputError(f'--arm {args.arm}: the engine flags run {runs!r} (a flag in EXTRA_ARGS overrode the '
                               f"driver's): name the arm after what runs, or drop the flag")
+
+
+# the labels default_arm gives (an --arm may add a suffix: -static, -fast-commit, ...)
+ARM_LABELS = ('ar', 'stock', 'delayed-cache', *(f'focus-{policy}' for policy in FOCUS_POLICIES))
 
 
 def default_arm(args, facts) -> str:
@@ -160,9 +163,9 @@ def validate(args):
     if args.max_new_tokens < 1:  # a negative budget failed only after the engine had loaded and warmed up
         raise BenchmarkInputError(f'--max-new-tokens must be >= 1, got {args.max_new_tokens}')
     from lmdeploy_focus.calibrate.report import out_dir_problem
-    problem = out_dir_problem(args.output_dir)  # it failed after the timed run, losing it
+    problem = out_dir_problem(args.output_dir, flag='--output-dir')  # it failed after the timed run, losing it
     if problem:
-        raise BenchmarkInputError(problem.replace('--out-dir', '--output-dir'))
+        raise BenchmarkInputError(problem)
     if args.repeat_block_detect and args.repeat_block_window < 8:
         raise BenchmarkInputError('--repeat-block-window must be >= 8')
     for name, value in args.dllm_option:

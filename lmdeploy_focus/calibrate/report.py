@@ -89,19 +89,19 @@ def machine(device: str = 'auto') -> str:
 OUTPUT_NAMES = ('calibration.json', 'calibration.md')
 
 
-def out_dir_problem(path: str, names=()) -> str | None:
+def out_dir_problem(path: str, names=(), flag: str = '--out-dir') -> str | None:
     """Why ``path`` cannot take a tool's results (None: it can), checked before a long run whose results are written
     at its end: it cannot be created, is not writable, or one of ``names`` in it is not a writable file."""
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        return f'--out-dir {path!r} cannot be created: {e.strerror or e}'
+        return f'{flag} {path!r} cannot be created: {e.strerror or e}'
     if not os.access(path, os.W_OK | os.X_OK):
-        return f'--out-dir {path!r} is not writable'
+        return f'{flag} {path!r} is not writable'
     for name in names:  # a directory or a read-only file there failed at the end
         target = os.path.join(path, name)
         if os.path.lexists(target) and not (os.path.isfile(target) and os.access(target, os.W_OK)):
-            return f'--out-dir {path!r}: {name} exists and is not a writable file'
+            return f'{flag} {path!r}: {name} exists and is not a writable file'
     return None
 
 

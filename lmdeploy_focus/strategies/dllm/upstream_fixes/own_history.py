@@ -36,14 +36,15 @@ UNREACHABLE = torch.iinfo(torch.int32).max
 
 def fix_own_history_rows(out, seqs, block: int, mask_token: int | None) -> None:
     """Edit ``out`` (upstream's sampling inputs, already request-major: row ``b * block + p``) in place."""
-    counts = np.array([seq.num_new_tokens for seq in seqs], dtype=np.int64)
-    ngram = np.array([seq.sampling_param.repetition_ngram_size for seq in seqs], dtype=np.int64)
+    # one pass over the batch: own tokens out, n-gram size, the current block's first output slot
+    counts, ngram, first_slot = np.array([(seq.num_new_tokens, seq.sampling_param.repetition_ngram_size,
+                                           seq.num_valid_ids % block) for seq in seqs], dtype=np.int64).reshape(-1, 3).T
     if out.repetition_ngram_threshold is not None:
         short = torch.from_numpy((ngram > 0) & (counts < ngram)).repeat_interleave(block)
         if short.any():
             out.repetition_ngram_threshold = torch.where(short, UNREACHABLE, out.repetition_ngram_threshold)
     _pad_with_own_tokens(out, counts, ngram, block, mask_token)
-    _min_new_tokens_per_position(out, seqs, counts, block)
+    _min_new_tokens_per_position(out, seqs, counts, first_slot, block)
 
 
 def _pad_with_own_tokens(out, counts, ngram, block, mask_token) -> None:
@@ -62,7 +63,7 @@ def _pad_with_own_tokens(out, counts, ngram, block, mask_token) -> None:
         out.repetition_penalty = torch.where(none_yet, 1.0, out.repetition_penalty)
 
 
-def _min_new_tokens_per_position(out, seqs, counts, block) -> None:
+def _min_new_tokens_per_position(out, seqs, counts, first_slot, block) -> None:
     # upstream: stop words join the bad words while the count is short; the per-position counter below bans them
     if out.bad_words is not None:
         dropped = np.zeros((len(seqs), out.bad_words.shape[1]), dtype=bool)
@@ -82,6 +83,6 @@ def _min_new_tokens_per_position(out, seqs, counts, block) -> None:
         # output tokens before slot p of the current block: p minus its first output slot (the prompt's tail fills
         # the first block's front; its slots are never sampled, and their unclamped values keep upstream's "- L
         # per completed block" step exact for every slot of the next block)
-        first = torch.tensor([seq.num_valid_ids % block for seq in seqs]).repeat_interleave(block)
+        first = torch.from_numpy(first_slot).repeat_interleave(block)
         slot = torch.arange(block).repeat(len(seqs))
         out.num_ignore_eos = out.num_ignore_eos - (slot - first)
