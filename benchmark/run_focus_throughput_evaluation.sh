@@ -3,7 +3,8 @@
 #   bash benchmark/run_focus_throughput_evaluation.sh [dataset] [model] [alpha] [policy]
 # policy: which masked tokens FOCUS keeps (--dllm-focus-policy): importance (the paper's importance
 # delta, default) or leftmost; also settable as FOCUS_POLICY=leftmost. The arm is labelled
-# "focus-<policy>" (plus ARM_TAG). Same confidence threshold as the baseline unless PAPER_THRESHOLDS=1
+# "focus-<policy>" (plus ARM_TAG, then "-alpha<alpha>" when alpha is not the default 1.5: a rerun with another
+# alpha writes its own results instead of overwriting the default's). Same confidence threshold as the baseline unless PAPER_THRESHOLDS=1
 # (FOCUS 0.8 vs 0.9, the paper's setting). Settings: benchmark/driver_common.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/driver_common.sh"
 DATASET=${1:-$SAMPLE_DATASET}
@@ -15,5 +16,6 @@ case $POLICY in
   *) echo "unknown FOCUS policy '$POLICY' (importance, leftmost)" >&2; exit 2 ;;
 esac
 FLAGS=$(arm_flags "focus-$POLICY" dllm_focus_alpha="$ALPHA")
+[[ $ALPHA == 1.5 ]] || ARM_TAG="$ARM_TAG-alpha$ALPHA"
 # shellcheck disable=SC2086  # the flags are words
 run_arm "focus-$POLICY" "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" $FLAGS

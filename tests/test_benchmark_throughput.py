@@ -575,6 +575,20 @@ def test_focus_driver_policy_is_selectable(tmp_path, how):
     assert bad.returncode == 2 and not cmds and "unknown FOCUS policy 'random'" in bad.stderr
 
 
+def test_focus_driver_names_a_non_default_alpha_in_the_arm(tmp_path):
+    """A rerun with another alpha wrote the same arm's JSON (focus-importance_<model>_c<bs>.json), overwriting the
+    default's result; the CSV kept both rows under one label."""
+    env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1', ARM_TAG='-static')
+    arms = {}
+    for alpha in ('1.5', '2.0', 'auto'):
+        proc, (cmd, ) = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random', '/ckpt/SDAR-8B-Chat-b32',
+                                      alpha, env=env)
+        assert proc.returncode == 0, proc.stderr
+        arms[alpha] = (cmd.arm, cmd.dllm_focus_alpha)
+    assert arms == {'1.5': ('focus-importance-static', 1.5), '2.0': ('focus-importance-static-alpha2.0', 2.0),
+                    'auto': ('focus-importance-static-alphaauto', 'auto')}
+
+
 def test_every_driver_arm_runs_at_the_same_threshold(tmp_path):
     env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1', ARM_TAG='-static', THRESHOLD='0.85')
     cmds = []
