@@ -40,7 +40,7 @@ def test_focus_enables_delayed_cache_and_logs_it_once_per_process(focus_logs, mo
     import lmdeploy_focus.log
     monkeypatch.setattr(lmdeploy_focus.log, '_logged_once', set())  # as in a fresh process
     cfg = PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha=2)
-    assert cfg.dllm_enable_delayed_cache is True
+    assert cfg.focus_options().enable_delayed_cache is True and cfg.dllm_enable_delayed_cache is False  # as given
     assert cfg.dllm_focus_alpha == 2.0
     note = 'dllm_enable_focus=True enables dllm_enable_delayed_cache.'
     assert focus_logs.messages(logging.INFO).count(note) == 1
@@ -156,7 +156,7 @@ def test_commit_mode_is_validated_and_carried():
 
 def test_options_given_through_hf_overrides_are_adopted():
     cfg = PytorchEngineConfig(hf_overrides={OPTIONS_KEY: {'enable_focus': True, 'focus_alpha': 2.5}, 'a': 1})
-    assert cfg.dllm_enable_focus and cfg.dllm_enable_delayed_cache and cfg.dllm_focus_alpha == 2.5
+    assert cfg.dllm_enable_focus and cfg.focus_options().enable_delayed_cache and cfg.dllm_focus_alpha == 2.5
     assert cfg.hf_overrides['a'] == 1
 
 
@@ -191,7 +191,7 @@ def test_options_reach_the_engine_model_config(sdar_dir):
 
 def test_focus_policy_and_shadow_options():
     cfg = PytorchEngineConfig(dllm_focus_shadow=True, dllm_focus_policy='leftmost')
-    assert cfg.dllm_enable_focus and cfg.dllm_enable_delayed_cache
+    assert cfg.focus_options().enable_focus and cfg.focus_options().enable_delayed_cache
     options = cfg.hf_overrides[OPTIONS_KEY]
     assert (options['focus_policy'], options['focus_shadow'], options['enable_focus']) == ('leftmost', True, True)
     with pytest.raises(ValueError, match='dllm_focus_policy'):
@@ -243,3 +243,19 @@ def test_another_configs_focus_overrides_without_its_fields_warn_that_they_are_n
     c = dataclasses.replace(a, dllm_focus_alpha=2.0)  # the fields given with it decide, nothing to warn about
     assert c.focus_options().focus_alpha == 2.0
     assert [m for m in focus_logs.messages(logging.WARNING) if 'taken from another engine config' in m] == [warning]
+
+
+@pytest.mark.parametrize('given, change, runs', [
+    (dict(dllm_focus_shadow=True), dict(dllm_focus_shadow=False), (False, False, False)),  # stock, not eviction
+    (dict(dllm_enable_focus=True), dict(dllm_enable_focus=False), (False, False, False)),  # stock, not delayed cache
+    (dict(dllm_enable_focus=True), dict(dllm_focus_shadow=True), (True, True, True)),
+    (dict(dllm_enable_delayed_cache=True, dllm_enable_focus=True), dict(dllm_enable_focus=False), (True, False, False)),
+])
+def test_replace_turns_off_what_it_turns_off(given, change, runs):
+    """__post_init__ wrote the switches a flag implies into the fields, so dataclasses.replace handed them back as
+    given: replace(shadow, dllm_focus_shadow=False) ran eviction, replace(focus, dllm_enable_focus=False) ran delayed
+    cache instead of stock."""
+    derived = dataclasses.replace(PytorchEngineConfig(**given), **change)
+    options = derived.focus_options()
+    assert (options.enable_delayed_cache, options.enable_focus, options.focus_shadow) == runs
+    assert (derived.hf_overrides or {}).get(OPTIONS_KEY, {}).get('enable_focus', False) == runs[1]

@@ -361,7 +361,7 @@ def test_driver_configs(driver):
         config = driver.make_config(args, driver.engine_kwargs(args, arm, 32))
         assert config.dtype == 'float32' and config.dllm_block_length == 32 and not config.enable_prefix_caching
     focus = driver.make_config(args, driver.engine_kwargs(args, 'focus', 32, enable_prefix_caching=True))
-    assert focus.dllm_enable_delayed_cache and focus.enable_prefix_caching  # exact commit: allowed
+    assert focus.focus_options().enable_delayed_cache and focus.enable_prefix_caching  # exact commit: allowed
     refused = driver.make_config
     from serving_edge.engine_cases import check_config_refused
     result = check_config_refused(

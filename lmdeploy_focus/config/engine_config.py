@@ -39,18 +39,20 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
             check_prefill_holds_a_block(self.max_prefill_token_num, self.dllm_block_length)
         check_unmasking_settings(self.dllm_denoising_steps, self.dllm_confidence_threshold)
         check_unmasking_strategy(self.dllm_unmasking_strategy)
-        # logged once per process: pipelines, benchmarks and chat rebuild configs many times
+        # the fields stay as given; focus_options() resolves what they imply. Writing the implied switches into the
+        # fields made dataclasses.replace(shadow, dllm_focus_shadow=False) run eviction and
+        # replace(focus, dllm_enable_focus=False) run delayed cache: the implied values came back as given ones.
+        # Logged once per process: pipelines, benchmarks and chat rebuild configs many times.
         if self.dllm_focus_shadow and not self.dllm_enable_focus:
             log_once('dllm_focus_shadow=True enables dllm_enable_focus (selection without eviction).')
-            self.dllm_enable_focus = True
-        if self.dllm_enable_focus and not self.dllm_enable_delayed_cache:
+        if (self.dllm_enable_focus or self.dllm_focus_shadow) and not self.dllm_enable_delayed_cache:
             log_once('dllm_enable_focus=True enables dllm_enable_delayed_cache.')
-            self.dllm_enable_delayed_cache = True
         self.focus_options()
         self.__dict__['_built'] = True  # from now on hf_overrides set by a caller is adopted at once (the setter)
 
     def focus_options(self) -> FocusOptions:
-        """The validated FOCUS options for the engine; raises ValueError on a bad combination."""
+        """The validated FOCUS options for the engine, implications resolved (shadow turns FOCUS on, FOCUS delayed
+        cache): what the engine runs, where a field reads as given; raises ValueError on a bad combination."""
         options = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
         if (options.enable_focus and not options.focus_shadow and options.focus_policy == 'importance'
                 and str(self.dllm_unmasking_strategy).lower() == 'sequential'):
