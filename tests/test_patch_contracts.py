@@ -125,7 +125,7 @@ def test_from_pretrained_is_wrapped_and_upstream_takes_hf_overrides():
     from lmdeploy.pytorch.config import ModelConfig
     upstream = ModelConfig.from_pretrained.__func__.__lmdeploy_focus_upstream__
     params = inspect.signature(upstream).parameters
-    assert {'pretrained_model_name_or_path', 'hf_overrides'} <= set(params)
+    assert {'pretrained_model_name_or_path', 'hf_overrides', 'spec_method'} <= set(params)
 
 
 # 5. CLI -------------------------------------------------------------------------------------------------

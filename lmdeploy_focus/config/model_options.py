@@ -3,12 +3,21 @@ from ..log import logger
 from .options import OPTIONS_KEY, FocusOptions
 
 
-def drop_focus_options_for_non_dllm(model_config) -> None:
-    """FOCUS flags only mean something for DLLMs: warn and ignore them for other models."""
+def settle_focus_options(model_config, spec_method: str | None = None) -> None:
+    """FOCUS flags only mean something for DLLMs decoding their own blocks: refuse them beside speculative decoding,
+    warn and ignore them for other models."""
     hf_config = model_config.hf_config
-    if model_config.model_paradigm == 'dllm' or getattr(hf_config, OPTIONS_KEY, None) is None:
-        return
+    if getattr(hf_config, OPTIONS_KEY, None) is None or (model_config.model_paradigm == 'dllm' and spec_method is None):
+        return  # a DLLM's options are checked where the engine reads them
     options = FocusOptions.from_hf_config(hf_config)
+    if spec_method is not None and not options.is_default:
+        # eagle3 keeps the DLLM paradigm, so its agent would drive the sparse decode step (never built for it);
+        # dflash turns a DLLM target into an autoregressive one, which the warning below would blame on the model
+        raise ValueError(f'delayed cache / FOCUS do not run with speculative decoding (method {spec_method!r}): '
+                         f'drop --speculative-algorithm / --speculative-draft-model (speculative_config), or the '
+                         f'--focus / --dllm-enable-delayed-cache flags')
+    if model_config.model_paradigm == 'dllm':
+        return
     if not options.is_default:
         arch = (getattr(hf_config, 'architectures', None) or ['?'])[0]
         logger.warning(f'FOCUS options {options.to_dict()} are ignored: {arch} is not a diffusion LLM '

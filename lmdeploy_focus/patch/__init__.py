@@ -41,8 +41,10 @@ config time instead of running on a partly stock engine.
    Removed by: upstream reading ``mask_token_id`` and a default block length (and a LLaDA2 builder).
 
 4. ``lmdeploy.pytorch.config.ModelConfig.from_pretrained`` is wrapped (:mod:`.model_config`).
-   Why: FOCUS options given for a non-DLLM model must be reported and ignored; only this point
-   sees both the resolved model paradigm and the applied ``hf_overrides``.
+   Why: FOCUS options given for a non-DLLM model must be reported and ignored, and refused beside speculative
+   decoding (``eagle3`` keeps the DLLM paradigm and would drive the sparse step, ``dflash`` makes the target
+   autoregressive); only this point sees the resolved model paradigm, the applied ``hf_overrides`` and the
+   speculative method together.
    How: classmethod wrapper that post-processes the returned ``ModelConfig``.
    Removed by: upstream validation of DLLM-only options.
 
