@@ -63,6 +63,16 @@ def test_block_length_from_path_is_used_and_logged_when_not_given(sdar_dir, focu
     assert any('16' in m and 'path' in m for m in focus_logs.messages(logging.INFO))
 
 
+def test_an_sdar_without_a_block_length_anywhere_says_which_flag_sets_it(sdar_dir, focus_logs):
+    """A renamed download (no -b<N>) decoded at upstream's fallback of 4 with only upstream's note."""
+    model_config = ModelConfig.from_pretrained(sdar_dir('sdar'))
+    assert model_config.dllm_block_length is None
+    factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=None))
+    warned = [m for m in focus_logs.messages(logging.WARNING) if 'dllm_block_length' in m]
+    assert len(warned) == 1 and f'fallback {factory.dllm_block_length}' in warned[0]
+    assert '--dllm-block-length N' in warned[0]
+
+
 def test_explicit_block_length_wins_over_path_with_a_warning(sdar_dir, focus_logs):
     model_config = ModelConfig.from_pretrained(sdar_dir('SDAR-tiny-b16'))
     factory = FocusDLLMStrategyFactory(model_config, DLLMConfig(block_length=32, denoising_steps=None))

@@ -29,6 +29,12 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         super().__init__(model_config, dllm_config)
         if given_block_length is None and model_block_length is not None:
             logger.info(f'dllm_block_length not given: using {self.dllm_block_length} from the model config / path.')
+        elif given_block_length is None:
+            # an SDAR names its block length only in its folder name: a download renamed (--local-dir ./sdar) loses
+            # it, and the model then decodes (and FOCUS sizes its steps) at upstream's fallback
+            logger.warning(f'dllm_block_length: not given and not known from the model (SDAR names it in its folder, '
+                           f'e.g. SDAR-8B-Chat-b32): decoding at the fallback {self.dllm_block_length}. Pass '
+                           f'--dllm-block-length N with the block length the model was trained with.')
         elif given_block_length is not None and model_block_length is not None and given_block_length != model_block_length:
             # allowed (the same weights can be run at another block length), but a DLLM decodes well only
             # at the block length it was trained with
