@@ -114,10 +114,22 @@ def test_bad_alpha_is_a_usage_error(sdar_dir, flags, message):
     assert message in out.stderr and 'Traceback' not in out.stderr
 
 
-def test_api_server_unsupported_combination_fails_before_serving(sdar_dir):
-    out, probe = serve_probe(sdar_dir('SDAR-tiny'), '--focus', '--quant-policy', '8')
-    assert probe is None and out.returncode != 0
-    assert 'quant_policy=0' in out.stderr
+@pytest.mark.parametrize('flags, message', [
+    (['--focus', '--quant-policy', '8'], 'set quant_policy=0 (drop --quant-policy)'),
+    # the engine config refused these inside upstream's runner, and so did the flags folded into --hf-overrides: a
+    # traceback each, exit status 1 (found by an options hunt)
+    (['--focus', '--tp', '2'], 'with tensor parallelism (tp=2) have never run on GPUs'),
+    (['--focus', '--dllm-focus-alpha', '2', '--hf-overrides', '{"dllm_focus": {"focus_alpha": 3}}'],
+     '--dllm-focus-alpha 2.0 conflicts with --hf-overrides dllm_focus.focus_alpha=3: give the option once'),
+    (['--hf-overrides', '[1]'], '--hf-overrides must be a JSON object of config keys'),  # a TypeError, FOCUS or not
+    # accepted: eagle3 would have driven the sparse step with a draft, dflash decoded the DLLM autoregressively
+    (['--focus', '--speculative-algorithm', 'eagle3', '--speculative-draft-model', '/tmp'],
+     "do not run with speculative decoding (method 'eagle3'): drop --speculative-algorithm"),
+])
+def test_api_server_refused_flags_are_one_line_before_serving(sdar_dir, flags, message):
+    out, probe = serve_probe(sdar_dir('SDAR-tiny'), *flags)
+    assert probe is None and out.returncode == 2
+    _one_line_error(out, 'lmdeploy serve api_server', message)
 
 
 CHAT_PROBE = '''
@@ -151,6 +163,46 @@ def test_chat_flags_reach_the_engine_config(sdar_dir):
                     stock_step_rows=64)
     assert probe['options'] == expected and probe['hf_overrides'] == {'dllm_focus': expected}
     assert probe['reports_errors']
+
+
+CHAT_PAGE_PROBE = CHAT_PROBE.replace("options=cfg.focus_options().to_dict(),",
+                                     "page=(cfg.block_size, cfg.kernel_block_size), block=cfg.dllm_block_length,")
+
+
+def chat_probe(model_dir, *flags, probe=CHAT_PROBE):
+    out = run_python(probe, args=['chat', model_dir, '--backend', 'pytorch', *flags])
+    lines = [line for line in out.stdout.splitlines() if line.startswith('PROBE')]
+    return out, (json.loads(lines[0][5:]) if lines else None)
+
+
+def test_chat_takes_the_kv_page_a_long_block_needs(sdar_dir):
+    """FOCUS at block length 128 needs a 128-token page: the error said to pass --cache-block-seq-len 128, which chat
+    lacked (found by an options hunt). Chat sets it as serve does, the kernel page with it."""
+    model = sdar_dir('SDAR-tiny')
+    out, probe = chat_probe(model, '--focus', '--dllm-block-length', '128', '--cache-block-seq-len', '128',
+                            probe=CHAT_PAGE_PROBE)
+    assert probe is not None, out.stderr[-3000:]
+    assert (probe['page'], probe['block']) == ([128, 128], 128)
+    out, probe = chat_probe(model, '--cache-block-seq-len', '32', probe=CHAT_PAGE_PROBE)
+    # the kernel page moves too: the default config's 64 would not divide a 32-token page
+    assert probe is not None and probe['page'] == [32, 32], out.stderr[-3000:]
+    out, probe = chat_probe(model, probe=CHAT_PAGE_PROBE)
+    assert probe is not None and probe['page'] == [64, 64], out.stderr[-3000:]  # left out: upstream's default
+
+
+@pytest.mark.parametrize('flags, message', [
+    # the engine config's checks ran deep in the engine start (build_pipe sets the flags after construction)
+    (['--focus', '--dllm-block-length', '128'], 'Set block_size=128 (--cache-block-seq-len 128)'),
+    (['--focus', '--tp', '2'], 'with tensor parallelism (tp=2) have never run on GPUs'),
+    (['--cache-block-seq-len', '48'], "argument --cache-block-seq-len: must be a power of two >= 16 (tokens in a KV "
+                                      "page), got '48'"),
+    (['--dllm-enable-delayed-cache', '--speculative-algorithm', 'dflash', '--speculative-draft-model', '/tmp'],
+     "do not run with speculative decoding (method 'dflash'): drop --speculative-algorithm"),
+])
+def test_chat_refused_flags_are_one_line_before_the_engine(sdar_dir, flags, message):
+    out, probe = chat_probe(sdar_dir('SDAR-tiny'), *flags)
+    assert probe is None and out.returncode == 2
+    _one_line_error(out, 'lmdeploy chat', message)
 
 
 # ---------------------------------------------------------------- a newcomer's mistakes: one line each

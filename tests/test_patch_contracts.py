@@ -130,6 +130,15 @@ def test_from_pretrained_is_wrapped_and_upstream_takes_hf_overrides():
 
 # 5. CLI -------------------------------------------------------------------------------------------------
 
+def test_chat_builds_its_pipeline_through_the_module_attribute():
+    """Patch 5b checks the engine config build_pipe finished by wrapping ``lmdeploy.cli.chat.pipeline``: build_pipe must
+    read that name at call time and pass the config and the speculative config as keywords."""
+    import lmdeploy.cli.chat as chat_main
+    source = inspect.getsource(chat_main.build_pipe)
+    assert callable(chat_main.pipeline) and 'pipe = pipeline(' in source
+    assert 'backend_config=' in source and '**kwargs' in source
+
+
 def test_cli_entry_points_have_the_wrapped_static_methods():
     from lmdeploy.cli.cli import CLI
     from lmdeploy.cli.serve import SubCliServe

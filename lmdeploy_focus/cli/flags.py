@@ -1,6 +1,9 @@
-"""The FOCUS command-line flags, added to ``lmdeploy serve api_server`` and ``lmdeploy chat``."""
+"""The FOCUS command-line flags, added to ``lmdeploy serve api_server`` and ``lmdeploy chat``, and chat's KV page
+flag."""
 import argparse
+import json
 
+from ..config.compat import check_no_speculative_decoding
 from ..config.options import AUTO_ALPHA, OPTIONS, OPTIONS_KEY, FocusOptions
 from ..log import log_once
 
@@ -90,7 +93,11 @@ def fold_into_hf_overrides(args: argparse.Namespace) -> None:
     given there as ``--hf-overrides '{"dllm_focus": {...}}'``: a flag and that dict may each set options, and a
     flag set to another value than the dict's for the same option is refused (ValueError naming both)."""
     options_from_args(args)  # the flags' own values, validated (ValueError naming the bad one)
-    overrides = dict(getattr(args, 'hf_overrides', None) or {})
+    overrides = getattr(args, 'hf_overrides', None) or {}
+    if not isinstance(overrides, dict):  # upstream's parser takes any JSON value
+        raise ValueError(f'--hf-overrides must be a JSON object of config keys, e.g. \'{{"rms_norm_eps": 1e-05}}\', '
+                         f'got {json.dumps(overrides)}')
+    overrides = dict(overrides)
     carried = overrides.get(OPTIONS_KEY)
     merged = dict(FocusOptions.from_dict(carried).to_dict() if carried is not None else {})
     carried = carried or {}
@@ -104,8 +111,43 @@ def fold_into_hf_overrides(args: argparse.Namespace) -> None:
                              f'{carried[option.name]!r}: give the option once')
         merged[option.name] = value
     options = FocusOptions(**merged).resolved() if merged else FocusOptions()
+    check_no_speculative_decoding(options, getattr(args, 'speculative_algorithm', None))
     if options.is_default:
         return
     overrides[OPTIONS_KEY] = options.to_dict()
     args.hf_overrides = overrides
 
+
+# lmdeploy chat: upstream's chat parser lacks serve's --cache-block-seq-len, which a block length above the default KV
+# page (64) needs under delayed cache / FOCUS (a page holds whole blocks). Its dest is the engine config's field, which
+# upstream's build_pipe sets from every parsed option named like one.
+PAGE_FLAG = '--cache-block-seq-len'
+PAGE_FIELD = 'block_size'
+
+
+def add_page_argument(parser: argparse.ArgumentParser) -> None:
+    """``--cache-block-seq-len`` on ``lmdeploy chat``, checked as parsed and a bad value one line without the usage
+    block (as the sampling flags): build_pipe sets the field after the config's own checks ran."""
+    from ..config.compat import MIN_PAGE, is_power_of_two
+
+    def checked(text: str) -> int:
+        value = int(text) if text.strip().lstrip('-').isdigit() else None
+        if value is None or value < MIN_PAGE or not is_power_of_two(value):
+            parser.exit(2, f'{parser.prog}: error: argument {PAGE_FLAG}: must be a power of two >= {MIN_PAGE} '
+                        f'(tokens in a KV page), got {text!r}\n')
+        return value
+
+    checked.__name__ = 'int'  # upstream's help formatter prints 'Type: <name>'
+    parser.add_argument(PAGE_FLAG, dest=PAGE_FIELD, type=checked, default=None,
+                        help='Tokens in a KV page of the PyTorch engine (upstream default 64); with delayed cache / '
+                        'FOCUS a multiple of the block length, e.g. 128 for --dllm-block-length 128')
+
+
+def page_for_chat(args: argparse.Namespace) -> None:
+    """Left out: removed, so the engine config's default page stands (build_pipe would set None). Given: the kernel
+    page follows it, as the config's own constructor makes it (build_pipe sets fields on a config already built with
+    the default page, whose kernel page a smaller page would then not divide)."""
+    if getattr(args, PAGE_FIELD, None) is None:
+        vars(args).pop(PAGE_FIELD, None)
+    else:
+        args.kernel_block_size = getattr(args, PAGE_FIELD)

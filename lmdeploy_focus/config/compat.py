@@ -146,3 +146,13 @@ def check_tensor_parallel(tp: int) -> None:
     log_once(f'{ALLOW_TP_ENV}=1: delayed cache / FOCUS with tp={tp} is unverified (never run on GPUs); '
              f'LMDEPLOY_FOCUS_CHECK_TP_LAYOUT=1 checks every step that the TP ranks keep the same rows.',
              logging.WARNING)
+
+
+def check_no_speculative_decoding(options, method) -> None:
+    """Delayed cache / FOCUS (``options``, resolved) beside speculative decoding (``method``, None: off): eagle3
+    keeps the DLLM paradigm, so its agent would drive the sparse decode step (never built for a draft); dflash makes
+    the DLLM target autoregressive, and FOCUS would be dropped blaming the model."""
+    if method is not None and options.uses_sparse_decode:
+        raise ValueError(f'delayed cache / FOCUS do not run with speculative decoding (method {method!r}): drop '
+                         f'--speculative-algorithm / --speculative-draft-model (speculative_config), or the --focus / '
+                         f'--dllm-enable-delayed-cache flags')

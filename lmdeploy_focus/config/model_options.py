@@ -1,5 +1,6 @@
 """FOCUS options as the engine process sees them on the resolved ModelConfig."""
 from ..log import logger
+from .compat import check_no_speculative_decoding
 from .options import OPTIONS_KEY, FocusOptions
 
 
@@ -10,12 +11,7 @@ def settle_focus_options(model_config, spec_method: str | None = None) -> None:
     if getattr(hf_config, OPTIONS_KEY, None) is None or (model_config.model_paradigm == 'dllm' and spec_method is None):
         return  # a DLLM's options are checked where the engine reads them
     options = FocusOptions.from_hf_config(hf_config)
-    if spec_method is not None and not options.is_default:
-        # eagle3 keeps the DLLM paradigm, so its agent would drive the sparse decode step (never built for it);
-        # dflash turns a DLLM target into an autoregressive one, which the warning below would blame on the model
-        raise ValueError(f'delayed cache / FOCUS do not run with speculative decoding (method {spec_method!r}): '
-                         f'drop --speculative-algorithm / --speculative-draft-model (speculative_config), or the '
-                         f'--focus / --dllm-enable-delayed-cache flags')
+    check_no_speculative_decoding(options.resolved(), spec_method)  # also checked on the command lines, earlier
     if model_config.model_paradigm == 'dllm':
         return
     if not options.is_default:

@@ -73,6 +73,11 @@ config time instead of running on a partly stock engine.
    every turn. And the chat process's ``Pipeline.stream_infer`` reports a failed turn on stderr and takes it
    back out of the transcript (:mod:`lmdeploy_focus.cli.chat_errors`; upstream printed nothing and kept an
    empty answer, so every later turn failed the same way).
+   ``chat`` gains serve's ``--cache-block-seq-len`` (the KV page a block length above 64 needs under delayed cache /
+   FOCUS; the kernel page follows it). Flags the FOCUS options or the engine config refuse end in one line, exit 2
+   (:mod:`lmdeploy_focus.cli.config_errors`): serve's flag folding and upstream's config build inside its runner
+   (only a ValueError raised by the config's checks), and in the chat process ``lmdeploy.cli.chat.pipeline`` is
+   wrapped to check the config ``build_pipe`` finished (and speculative decoding beside FOCUS) before the engine starts.
    Removed by: upstream flags and upstream checks of the model path, the device and sampling values, and a
    chat loop that prints errors.
 
