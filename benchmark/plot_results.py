@@ -35,7 +35,10 @@ COMPARABLE_SETTINGS = ('dllm_block_length', 'dllm_denoising_steps', 'dllm_unmask
 # in the same folder from another run can differ here while its settings agree
 COMPARABLE_ENGINE = ('max_batch_size', 'max_prefill_token_num', 'block_size', 'enable_prefix_caching', 'session_len')
 COMPARABLE_ENVIRONMENT = ('gpu', 'lmdeploy')
-ARM_BASES = ('stock', 'delayed-cache', 'focus-importance', 'focus-leftmost', 'focus', 'ar')
+# profile_throughput's ARM_LABELS in table order (a test keeps them together; not imported: plotting needs no
+# lmdeploy), and 'focus', the label of results from before the policies had names
+ARM_BASES = ('stock', 'delayed-cache', 'focus-importance', 'focus-leftmost', 'shadow-importance', 'shadow-leftmost',
+             'focus', 'ar')
 
 
 def _source_names(paths) -> dict:

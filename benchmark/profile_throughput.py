@@ -29,9 +29,6 @@ from lmdeploy_focus.config.options import (COMMIT_MODES, FOCUS_POLICIES, OPTIONS
                                            FocusOptions)
 
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
-# FOCUS options whose flag here sets the arm's label or the statistics read: --dllm-option may not set them behind
-# the flags' back (it ran FOCUS labelled 'stock', or tracked statistics nobody read)
-FLAGGED_OPTIONS = ('enable_delayed_cache', 'enable_focus', 'focus_alpha', 'focus_policy', 'track')  # --dllm-<name>
 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
 
@@ -112,20 +109,31 @@ def check_arm_label(args, facts) -> None:
     if runs == 'ar':
         raise BenchmarkInputError(f'{args.model_path} is not a diffusion LLM (model_type {facts.model_type!r}): the '
                                   f'{named[-1]!r} arm has nothing to run; benchmark it with --arm ar and no --dllm flags')
-    raise BenchmarkInputError(f'--arm {args.arm}: the engine flags run {runs!r} (a flag in EXTRA_ARGS overrode the '
-                              f"driver's): name the arm after what runs, or drop the flag")
+    raise BenchmarkInputError(f'--arm {args.arm}: the engine flags run {runs!r} (a flag in EXTRA_ARGS or a '
+                              f"--dllm-option overrode the driver's): name the arm after what runs, or drop the flag")
 
 
 # the labels default_arm gives (an --arm may add a suffix: -static, -fast-commit, ...)
-ARM_LABELS = ('ar', 'stock', 'delayed-cache', *(f'focus-{policy}' for policy in FOCUS_POLICIES))
+ARM_LABELS = ('ar', 'stock', 'delayed-cache', *(f'{mode}-{policy}' for mode in ('focus', 'shadow')
+                                                  for policy in FOCUS_POLICIES))
+
+
+def run_options(config_kwargs: dict) -> FocusOptions:
+    """The FOCUS options the engine runs with (defaults filled in, implications applied: shadow turns FOCUS on, FOCUS
+    delayed cache), read from the engine config's kwargs: the arm's label, the statistics read and the saved settings
+    follow them, so no flag or --dllm-option changes the mode behind the label."""
+    return FocusOptions(**{o.name: config_kwargs.get(o.field, o.default) for o in OPTIONS}).resolved()
 
 
 def default_arm(args, facts) -> str:
     if not facts.is_dllm:
         return 'ar'
-    if args.dllm_enable_focus:
-        return f'focus-{args.dllm_focus_policy or "importance"}'
-    return 'delayed-cache' if args.dllm_enable_delayed_cache else 'stock'
+    options = run_options(engine_runner.engine_config_kwargs(args, 1, facts))
+    if options.focus_shadow:  # FOCUS's selection, nothing evicted: not FOCUS's throughput
+        return f'shadow-{options.focus_policy}'
+    if options.enable_focus:
+        return f'focus-{options.focus_policy}'
+    return 'delayed-cache' if options.enable_delayed_cache else 'stock'
 
 
 def prompts_per_level(args, level: int) -> int:
@@ -169,12 +177,12 @@ def validate(args):
     if args.repeat_block_detect and args.repeat_block_window < 8:
         raise BenchmarkInputError('--repeat-block-window must be >= 8')
     for name, value in args.dllm_option:
-        if name in FLAGGED_OPTIONS:  # the arm's label and the statistics read follow the flags
-            raise BenchmarkInputError(f'--dllm-option {name}: has its own flag here (--dllm-{name.replace("_", "-")}); '
-                                      f'use it')
         if name not in OPTION_NAMES:
             raise BenchmarkInputError(f'--dllm-option {name}: not a FOCUS engine option; known: '
                                       f'{", ".join(OPTION_NAMES)}')
+        if hasattr(args, f'dllm_{name}'):  # the dest of a --dllm-<name> flag here: one way to set an option
+            raise BenchmarkInputError(f'--dllm-option {name}: has its own flag here (--dllm-{name.replace("_", "-")}); '
+                                      f'use it')
         try:
             FocusOptions(**{name: value}).resolved()
         except (ValueError, TypeError) as e:
@@ -230,7 +238,8 @@ def main(argv=None):
     settings['event_loop'] = event_loop_name(args.use_uvloop)
     # every FOCUS option the engine runs with, defaults included (a default may change between plugin versions, e.g.
     # dllm_stock_step_rows: small batches as stock steps)
-    settings['focus_options'] = FocusOptions(**{o.name: config_kwargs.get(o.field, o.default) for o in OPTIONS}).resolved().to_dict()
+    options = run_options(config_kwargs)
+    settings['focus_options'] = options.to_dict()
     env = report.environment()
     notes = []
     if len(levels) > 1:
@@ -240,7 +249,7 @@ def main(argv=None):
     if args.dataset == datasets.RANDOM_DATASET:
         notes.append('random token-id prompts without chat template')
     dllm_metrics = ({'status': 'missing', 'reason': engine_runner.DLLM_TRACK_MISSING}
-                    if facts.is_dllm and args.dllm_track else None)
+                    if facts.is_dllm and options.track else None)
 
     def emit(level, status, metrics=None, reason=None, run_notes=(), level_dllm=None):
         record = report.result_record(arm=arm, status=status, model=args.model_path, dataset=args.dataset,
@@ -276,7 +285,7 @@ def main(argv=None):
             async for level, metrics, _ in engine_runner.profile_levels(
                     engine, levels, lambda c: all_prompts[:prompts_per_level(args, c)], streamer, make_gen_config,
                     warmup_tokens):
-                level_dllm = engine_runner.read_dllm_metrics() if facts.is_dllm and args.dllm_track else None
+                level_dllm = engine_runner.read_dllm_metrics() if facts.is_dllm and options.track else None
                 failed = metrics.get('failed') or 0
                 if not metrics.get('completed'):
                     failed_levels.append(level)

@@ -1232,6 +1232,32 @@ def test_an_arm_label_that_contradicts_the_flags_is_refused(tmp_path):
     check('ar', ar)
 
 
+def test_the_arm_label_follows_the_options_the_engine_runs(tmp_path):
+    """``--dllm-option focus_shadow=True`` ran delayed cache + FOCUS shadow saved as ``stock``: the label read the
+    flags, and a hand list of the options --dllm-option may not set missed focus_shadow. Found by an options hunt."""
+    from lmdeploy import PytorchEngineConfig
+    from lmdeploy_focus.config.options import OPTIONS
+    pt = _load_profile_throughput()
+    dllm = engine_runner.ModelFacts('sdar', True, 32)
+    args = pt.parse_args(['random', str(tmp_path), '--arm', 'stock', '--dllm-option', 'focus_shadow=True'])
+    pt.validate(args)  # no flag sets it here: the option is the way
+    with pytest.raises(BenchmarkInputError, match="--arm stock: the engine flags run 'shadow-importance'"):
+        pt.check_arm_label(args, dllm)
+    # each switch, by its flag or (without one here) its --dllm-option: the label names what the engine config runs
+    plain = pt.parse_args(['random', str(tmp_path)])
+    for option in (o for o in OPTIONS if o.is_switch):
+        given = [option.flag] if hasattr(plain, option.field) else ['--dllm-option', f'{option.name}=True']
+        args = pt.parse_args(['random', str(tmp_path), *given])
+        pt.validate(args)
+        runs = PytorchEngineConfig(**engine_runner.engine_config_kwargs(args, 64, dllm)).focus_options()
+        label = pt.default_arm(args, dllm)
+        assert label.startswith('shadow-') == runs.focus_shadow, (given, label)
+        assert label.startswith('focus-') == (runs.enable_focus and not runs.focus_shadow), (given, label)
+        assert (label == 'stock') == (not runs.uses_sparse_decode), (given, label)
+        args.arm = label + '-static'
+        pt.check_arm_label(args, dllm)  # a label default_arm gives is one the check knows
+
+
 def test_a_budget_or_output_folder_that_cannot_work_is_refused_before_the_run(tmp_path):
     pt = _load_profile_throughput()
     with pytest.raises(BenchmarkInputError, match='--max-new-tokens must be >= 1, got -5'):
@@ -1268,3 +1294,16 @@ def test_a_driver_says_its_own_usage_and_refuses_a_switch_that_is_not_0_or_1(tmp
         proc = subprocess.run(['bash', _driver(driver), 'random'], capture_output=True, text=True, timeout=60,
                               cwd=tmp_path, env=dict(os.environ, **{switch: 'yes'}))
         assert proc.returncode == 2 and proc.stderr.strip() == f'{switch}=yes: 0 or 1', (switch, proc.stderr)
+
+
+def test_plots_know_every_label_a_run_gets():
+    """A label profile_throughput gives that plot_results does not know is plotted as its own base with no stock
+    reference found by tag (the shadow labels were new)."""
+    sys.path.insert(0, BENCH)
+    try:
+        import plot_results as plots
+    finally:
+        sys.path.remove(BENCH)
+    pt = _load_profile_throughput()
+    assert set(pt.ARM_LABELS) <= set(plots.ARM_BASES)
+    assert all(plots.arm_base(f'{label}-static') == label for label in pt.ARM_LABELS)
