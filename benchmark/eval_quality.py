@@ -12,7 +12,8 @@ steps per request, processed/generated, kept fraction, shadow recall vs random r
 (the pure-torch reference decode loop, CPU or CUDA); ``auto``, the default, takes the engine when
 CUDA is available and the reference loop otherwise. Arms the engine refuses as not implemented are
 reported missing with its message. Writes a table to stdout and ``quality_*.json`` / ``.md`` under
---out-dir, also when a cell ends the run (the cells that finished, the rest marked not run).
+--out-dir, also when a cell ends the run (the cells that finished, the rest marked not run); the files of an
+earlier run are replaced only with --overwrite.
 Task file format: benchmark/quality/task_file.py. Our own implementation; see BENCHMARKS.md.
 """
 import argparse
@@ -20,6 +21,9 @@ import datetime
 import os
 import sys
 
+from lmdeploy_focus.calibrate import checks
+# --backend auto as the calibration command resolves it: one rule for both tools
+from lmdeploy_focus.calibrate.backends import resolve as resolve_backend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
@@ -44,13 +48,6 @@ def default_out_dir() -> str:
     return os.path.join(DEFAULT_OUT_ROOT, datetime.date.today().isoformat())
 
 
-def resolve_backend(name: str) -> str:
-    if name != 'auto':
-        return name
-    import torch
-    return 'engine' if torch.cuda.is_available() else 'reference'
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -59,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument('--backend', default='auto', choices=BACKENDS,
                    help='engine: the LMDeploy PyTorch engine (needs CUDA); reference: the pure-torch decode loop '
                    '(CPU or CUDA; fills the kept / shadow-recall columns from its own counts); '
-                   'auto: engine when CUDA is available, else reference')
+                   'auto: engine when CUDA is available, else reference (also with --device cpu)')
     p.add_argument('--arms', nargs='+', default=list(arms.ARMS), metavar='ARM',
                    help=f'arms to run, from: {", ".join(arms.ARMS)}')
     p.add_argument('--thresholds', type=float, nargs='+', default=list(arms.DEFAULT_THRESHOLDS),
@@ -73,11 +70,14 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0, help='random_seed of the generation config (decoding is greedy)')
     p.add_argument('--concurrency', type=int, default=64,
                    help='requests in flight = max_batch_size (reference backend: prompts per batch)')
-    p.add_argument('--eager-mode', action='store_true', help='no CUDA graphs')
-    p.add_argument('--cache-max-entry-count', type=float, default=0.8)
-    p.add_argument('--session-len', type=int, default=None)
     p.add_argument('--chat-template', action=argparse.BooleanOptionalAction, default=None,
                    help="apply the tokenizer's chat template to each prompt; None: when it has one")
+    g = p.add_argument_group('engine backend')
+    g.add_argument('--eager-mode', action='store_true', help='no CUDA graphs')
+    g.add_argument('--cache-max-entry-count', type=float, default=None,
+                   help='share of the free GPU memory the KV cache takes; None: '
+                   f'{arms.RunSettings.cache_max_entry_count}')
+    g.add_argument('--session-len', type=int, default=None)
     g = p.add_argument_group('reference backend')
     g.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     g.add_argument('--dtype', default='auto', choices=('auto', *DTYPES),
@@ -86,25 +86,36 @@ def parse_args(argv=None):
     g.add_argument('--out-dir', default=None,
                    help=f'where quality_*.json / .md go; None: {os.path.relpath(DEFAULT_OUT_ROOT)}/<today>')
     g.add_argument('--save-token-ids', action='store_true', help='also store every output as token ids')
+    g.add_argument('--overwrite', action='store_true',
+                   help="replace an earlier run's quality_*.json / .md of the same backend, model and task file "
+                   '(refused without it)')
     g.add_argument('--quiet', action='store_true', help='no progress bars')
     return p.parse_args(argv)
 
 
 def validate(args):
+    """The options, ``--backend auto`` resolved first: the other backend's options are refused for the backend
+    that will run (the settings recorded them as if they had applied)."""
     try:
         args.arms = arms.check_arms(args.arms)
     except ValueError as e:
         raise BenchmarkInputError(str(e)) from None
     if any(not 0.0 < t <= 1.0 for t in args.thresholds):
         raise BenchmarkInputError(f'--thresholds must lie in (0, 1], got {args.thresholds}')
-    if args.backend == 'engine' and (args.device != 'auto' or args.dtype != 'auto'):
-        # the engine runs on CUDA in the checkpoint's dtype; the settings recorded them as if they had applied
-        raise BenchmarkInputError('--device and --dtype apply to the reference backend only; leave them out with '
-                                  '--backend engine')
-    for name in ('concurrency', 'max_new_tokens', 'num_tasks', 'block_length', 'denoising_steps'):
+    for name in ('concurrency', 'max_new_tokens', 'num_tasks', 'block_length', 'denoising_steps', 'session_len'):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise BenchmarkInputError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    share = args.cache_max_entry_count
+    if share is not None and not 0.0 < share < 1.0:  # the engine asserts it in every cell
+        raise BenchmarkInputError(f'--cache-max-entry-count must lie in (0, 1) (a share of the free GPU memory), got '
+                                  f'{share:g}')
+    args.backend = resolve_backend(args.backend, args.device)
+    problem = checks.other_backend_problem(args.backend, args) or checks.block_length_problem(args.block_length)
+    if problem:
+        raise BenchmarkInputError(problem)
+    if args.backend == 'engine' and share is None:
+        args.cache_max_entry_count = arms.RunSettings.cache_max_entry_count
 
 
 def reference_inputs(args) -> None:
@@ -120,10 +131,11 @@ def reference_inputs(args) -> None:
         raise BenchmarkInputError(str(e)) from None
 
 
-def usable_out_dir(path: str) -> None:
-    """BenchmarkInputError when ``path`` cannot take the results (checked before the run, which takes long)."""
-    from lmdeploy_focus.calibrate.report import out_dir_problem
-    problem = out_dir_problem(path)
+def usable_out_dir(path: str, names, overwrite: bool = False) -> None:
+    """BenchmarkInputError when ``path`` cannot take the result files ``names``, or holds an earlier run's and
+    ``overwrite`` is off (checked before the run, which takes long)."""
+    from lmdeploy_focus.calibrate.report import earlier_results_problem, out_dir_problem
+    problem = out_dir_problem(path, names) or (None if overwrite else earlier_results_problem(path, names))
     if problem:
         raise BenchmarkInputError(problem)
 
@@ -179,15 +191,31 @@ def run_cells(backend, cells, prompts) -> tuple[list, tuple | None]:
     return outcomes, None
 
 
+def check_prompts(args, tasks, prompts) -> None:
+    """calibrate's checks of each task against a local checkpoint (mask token, positions), naming FILE:LINE; a
+    hub id (engine backend) has no config.json here to check against."""
+    if os.path.isfile(os.path.join(args.model_path, 'config.json')):
+        checks.check_prompts(args.model_path, args.task_file, tasks, [p.input_ids for p in prompts],
+                             [p.max_new_tokens for p in prompts])
+
+
 def main(argv=None) -> dict:
+    try:
+        return run(argv)
+    except checks.InputError as e:  # the checks shared with calibrate: this script's one-line input errors
+        raise BenchmarkInputError(str(e)) from None
+
+
+def run(argv=None) -> dict:
     args = parse_args(argv)
+    asked = args.backend
     validate(args)
-    if args.backend == 'auto':
-        args.backend = resolve_backend('auto')
-        if args.backend == 'reference':
-            print('note: no CUDA GPU: --backend auto runs the reference decode loop', flush=True)
+    if asked == 'auto' and args.backend == 'reference':
+        why = '--device cpu' if args.device == 'cpu' else 'no CUDA GPU'
+        print(f'note: {why}: --backend auto runs the reference decode loop', flush=True)
     args.out_dir = args.out_dir or default_out_dir()
-    usable_out_dir(args.out_dir)  # before the run: the results are written after its last cell
+    # before the run: the results are written after its last cell
+    usable_out_dir(args.out_dir, report.output_names(args.backend, args.model_path, args.task_file), args.overwrite)
     # the task file is checked before the model is touched, so a bad file fails in a second
     tasks = load_tasks(args.task_file)[:args.num_tasks]
     task_file_sha256 = report.file_sha256(args.task_file)  # of the tasks that run, not of the file at the end
@@ -196,6 +224,7 @@ def main(argv=None) -> dict:
     tokenizer = prompting.load_tokenizer(args.model_path)
     chat_template = prompting.use_chat_template(tokenizer, args.chat_template)
     prompts = prompting.build_prompts(tasks, tokenizer, chat_template, args.max_new_tokens)
+    check_prompts(args, tasks, prompts)
     stop_ids = engine_runner.stop_token_ids(args.model_path, tokenizer)
     settings = arms.RunSettings(block_length=resolve_block_length(args),
                                 unmasking_strategy=args.unmasking_strategy,

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from lmdeploy_focus.calibrate import report
-from lmdeploy_focus.calibrate.cli import _stop_ids, _writable_out_dir
+from lmdeploy_focus.calibrate.checks import InputError, stop_token_ids
+from lmdeploy_focus.calibrate.cli import _writable_out_dir
 from lmdeploy_focus.calibrate.task_file import TaskFileError, load_tasks
 
 
@@ -74,10 +75,10 @@ def test_the_header_names_the_cpu_of_a_cpu_run_and_the_shipped_tasks(monkeypatch
 @pytest.mark.parametrize('eos', ['[1, null]', '"2"', '[true]'])
 def test_a_malformed_eos_token_id_names_the_file(tmp_path, eos):
     (tmp_path / 'generation_config.json').write_text(f'{{"eos_token_id": {eos}}}')
-    with pytest.raises(SystemExit, match='eos_token_id must be an integer or a list of integers'):
-        _stop_ids(str(tmp_path), SimpleNamespace(eos_token_id=2))
+    with pytest.raises(InputError, match='eos_token_id must be an integer or a list of integers'):
+        stop_token_ids(str(tmp_path), SimpleNamespace(eos_token_id=2))
     (tmp_path / 'generation_config.json').write_text('{"eos_token_id": [1, 3]}')
-    assert _stop_ids(str(tmp_path), SimpleNamespace(eos_token_id=2)) == (1, 2, 3)
+    assert stop_token_ids(str(tmp_path), SimpleNamespace(eos_token_id=2)) == (1, 2, 3)
 
 
 def _calibrate(model, tasks, out_dir, *extra):

@@ -175,8 +175,9 @@ def test_arm_kwargs_build_valid_engine_configs():
         assert (kwargs['dllm_block_length'], kwargs['dllm_denoising_steps']) == (32, 32)
         config = lmdeploy.PytorchEngineConfig(**kwargs)  # the plugin's subclass: FOCUS fields validated
         assert type(config).__module__.startswith('lmdeploy_focus'), type(config)
-        got = (config.dllm_enable_delayed_cache, config.dllm_delayed_cache_commit, config.dllm_enable_focus,
-               config.dllm_focus_alpha, config.dllm_focus_policy, config.dllm_focus_shadow)
+        runs = config.focus_options()  # what the engine runs (the fields keep what was given)
+        got = (runs.enable_delayed_cache, runs.delayed_cache_commit, runs.enable_focus, runs.focus_alpha,
+               runs.focus_policy, runs.focus_shadow)
         assert got == want, arm
         assert config.hf_overrides['dllm_focus']['track'] is True  # reaches the engine process
         assert arms.focus_options(arm) == config.focus_options()

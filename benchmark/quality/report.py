@@ -169,24 +169,31 @@ def markdown_table(run: dict) -> str:
     return '\n'.join(lines + ([''] + [f'- {n}' for n in notes] if notes else [])) + '\n'
 
 
-def result_stem(run: dict) -> str:
+def result_stem(backend: str, model: str, task_file: str) -> str:
 
     def clean(text):
         return re.sub(r'[^\w.-]', '_', text)
 
-    model = clean(os.path.basename(str(run['model']).rstrip('/')))
-    tasks = clean(os.path.splitext(os.path.basename(run['task_file']))[0])
-    return f"quality_{run['backend']}_{model}_{tasks}"
+    model = clean(os.path.basename(str(model).rstrip('/')))
+    tasks = clean(os.path.splitext(os.path.basename(task_file))[0])
+    return f"quality_{backend}_{model}_{tasks}"
+
+
+def output_names(backend: str, model: str, task_file: str) -> tuple[str, str]:
+    """The result files' names, known before the run (so that a blocked or earlier file is found then)."""
+    stem = result_stem(backend, model, task_file)
+    return stem + '.json', stem + '.md'
 
 
 def write_outputs(run: dict, out_dir: str) -> tuple[str, str]:
     """``<stem>.json`` (everything) and ``<stem>.md`` (the table) under ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, result_stem(run))
-    with open(stem + '.json', 'w', encoding='utf-8') as f:  # UTF-8 whatever the locale: outputs are any text
+    json_path, md_path = (os.path.join(out_dir, name) for name in output_names(run['backend'], run['model'],
+                                                                                  run['task_file']))
+    with open(json_path, 'w', encoding='utf-8') as f:  # UTF-8 whatever the locale: outputs are any text
         json.dump(run, f, indent=2, ensure_ascii=False)
-    with open(stem + '.md', 'w', encoding='utf-8') as f:
+    with open(md_path, 'w', encoding='utf-8') as f:
         f.write(f"Quality, {run['backend']} backend, `{os.path.basename(str(run['model']).rstrip('/'))}`, "
                 f"`{os.path.basename(run['task_file'])}` ({run['num_tasks']} tasks), {run['date'][:10]}\n\n")
         f.write(markdown_table(run))
-    return stem + '.json', stem + '.md'
+    return json_path, md_path

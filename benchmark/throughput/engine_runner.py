@@ -9,7 +9,6 @@ import argparse
 import ast
 import asyncio
 import itertools
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -146,17 +145,14 @@ def build_engine(model_path: str, config_kwargs: dict):
 
 
 def stop_token_ids(model_path: str, tokenizer) -> list:
-    """EOS ids the pipeline would stop on: the tokenizer's and generation_config.json's."""
-    ids = set()
-    if getattr(tokenizer, 'eos_token_id', None) is not None:
-        ids.add(tokenizer.eos_token_id)
+    """EOS ids the pipeline would stop on: the tokenizer's and generation_config.json's, read as the calibration
+    command reads them (a malformed file is one line naming it, not a traceback)."""
+    from lmdeploy_focus.calibrate.checks import InputError
+    from lmdeploy_focus.calibrate.checks import stop_token_ids as read_stop_ids
     try:
-        with open(os.path.join(model_path, 'generation_config.json')) as f:
-            eos = json.load(f).get('eos_token_id')
-        ids.update([eos] if isinstance(eos, int) else (eos or []))
-    except OSError:
-        pass
-    return sorted(ids)
+        return list(read_stop_ids(model_path, tokenizer))
+    except InputError as e:
+        raise BenchmarkInputError(str(e)) from None
 
 
 def generation_config(max_new_tokens: int, ignore_eos: bool, stop_ids: list, seed: int):

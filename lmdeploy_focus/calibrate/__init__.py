@@ -15,5 +15,6 @@ CUDA). ``reference``, the pure-torch reference decode loop (CPU or CUDA), lives 
 under the entry-point group ``lmdeploy_focus.calibrate_backends``, and this command looks it up there by
 name. Without the development package, asking for it fails with the install command
 (``pip install '.[dev]'``). The task file format (:mod:`.task_file`, :mod:`.scorers`) is the one of
-``benchmark/eval_quality.py``, which imports it from here.
+``benchmark/eval_quality.py``, which imports it from here, as it does the input checks both tools run before
+decoding (:mod:`.checks`) and the rule that resolves ``--backend auto`` (:func:`.backends.resolve`).
 """

@@ -1,21 +1,22 @@
 """The calibration command line (see the package docstring for what it measures and how it decides)."""
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from importlib import resources
 
-from ..config.compat import is_power_of_two
-from ..config.model_facts import MAX_PATH_BLOCK_LENGTH
 from ..config.options import FOCUS_POLICIES, MAX_FOCUS_ALPHA
-from . import backends, grid, report
+from . import backends, checks, grid, report
 from .task_file import TaskFileError, load_tasks
 
 DEFAULT_ALPHAS = (1.0, 1.5, 2.0, 3.0, 4.0)
 DEFAULT_MAX_NEW_TOKENS = 128  # a task that sets none, without --max-new-tokens
 DEFAULT_TASKS = 'default_tasks.jsonl'  # shipped with the package: a few short general prompts
+COLUMN_NOTES = ('Recall: shadow mode (nothing evicted), decoded tokens the kept set held, over the steps with more '
+                'candidates than the target; random: the expected recall of a uniformly random subset of the same '
+                'size. The other columns are from runs that evict. Deep rows/token: rows through layers >= 2 per '
+                'generated token.')
 
 
 def parse_args(argv=None):
@@ -49,6 +50,8 @@ def parse_args(argv=None):
                    help="reference backend only; auto: float32 on CPU, the checkpoint's dtype on CUDA")
     p.add_argument('--eager-mode', action='store_true', help='engine backend only: no CUDA graphs')
     p.add_argument('--out-dir', default='calibration', help='where calibration.json and calibration.md go')
+    p.add_argument('--overwrite', action='store_true',
+                   help="replace the calibration.json / .md of an earlier run in --out-dir (refused without it)")
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
     bad = [a for a in args.alphas if not (math.isfinite(a) and 1.0 <= a <= MAX_FOCUS_ALPHA)]
@@ -60,12 +63,9 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1, got {value}')
-    if args.block_length is not None and not (is_power_of_two(args.block_length)
-                                              and args.block_length <= MAX_PATH_BLOCK_LENGTH):
-        # the engine serves only power-of-two blocks (a KV page holds whole blocks): a recommendation at another
-        # length could not be served
-        p.error(f'--block-length must be a power of two up to {MAX_PATH_BLOCK_LENGTH} (the one the model was trained '
-                f'with), got {args.block_length}')
+    problem = checks.block_length_problem(args.block_length)
+    if problem:
+        p.error(problem)
     args.alphas = list(dict.fromkeys(args.alphas))
     args.policies = list(dict.fromkeys(args.policies))
     return args
@@ -74,18 +74,17 @@ def parse_args(argv=None):
 def _backend_name(args) -> str:
     """The backend that will run, refusing options the other backend alone reads (they would be dropped silently)."""
     name = backends.resolve(args.backend, args.device)
-    if name == 'engine' and (args.device != 'auto' or args.dtype != 'auto'):
-        raise SystemExit('calibrate: error: --device and --dtype apply to the reference backend only (the engine runs on '
-                         'CUDA in the checkpoint\'s dtype); add --backend reference, or leave them out')
-    if name == 'reference' and args.eager_mode:
-        raise SystemExit('calibrate: error: --eager-mode applies to the engine backend only; add --backend engine, or '
-                         'leave it out')
+    problem = checks.other_backend_problem(name, args)
+    if problem:
+        raise SystemExit(f'calibrate: error: {problem}')
     return name
 
 
-def _writable_out_dir(path: str) -> None:
-    """Checked before any run: a grid takes hours on a real model, and its results are written at the end."""
-    problem = report.out_dir_problem(path, report.OUTPUT_NAMES)
+def _writable_out_dir(path: str, overwrite: bool = False) -> None:
+    """Checked before any run: a grid takes hours on a real model, and its results are written at the end (over
+    an earlier run's only when asked)."""
+    problem = report.out_dir_problem(path, report.OUTPUT_NAMES) or \
+        (None if overwrite else report.earlier_results_problem(path, report.OUTPUT_NAMES))
     if problem:
         raise SystemExit(f'calibrate: error: {problem}')
 
@@ -112,47 +111,51 @@ def _encode(tokenizer, prompt: str) -> list[int]:
     return list(tokenizer.encode(prompt))
 
 
-def _stop_ids(model: str, tokenizer) -> tuple[int, ...]:
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    path = os.path.join(model, 'generation_config.json')
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding='utf-8') as f:
-                eos = json.load(f).get('eos_token_id')
-        except (OSError, ValueError, AttributeError) as e:
-            raise SystemExit(f'calibrate: error: cannot read the stop ids of {path}: {e}') from None
-        eos = [eos] if isinstance(eos, int) else eos or []
-        if not isinstance(eos, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in eos):
-            raise SystemExit(f'calibrate: error: {path}: eos_token_id must be an integer or a list of integers, got '
-                             f'{eos!r}')
-        ids.update(eos)
-    return tuple(sorted(ids))
-
-
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def _check_prompts(model: str, task_file: str, tasks, prompts, max_new) -> None:
-    """Each task must fit the model: no mask token in its prompt (the decoder would take it for a position to
-    fill), prompt + answer budget within the model's positions (a budget of a billion tokens asked for a KV cache
-    of half a terabyte). One line naming ``FILE:LINE``."""
-    from ..config.model_facts import local_config, local_mask_token
-    config = local_config(model)
-    if config is None:
-        raise SystemExit(f'calibrate: error: cannot read {model}/config.json as a JSON object')
-    mask = local_mask_token(config)
-    positions = config.get('max_position_embeddings')
-    for task, ids, budget in zip(tasks, prompts, max_new):
-        if mask in ids:
-            raise SystemExit(f'calibrate: error: {task_file}:{task.line}: the prompt holds the model\'s mask token '
-                             f'(id {mask}), which a diffusion model decodes as a position to fill; remove it')
-        if isinstance(positions, int) and len(ids) + budget > positions:
-            raise SystemExit(f'calibrate: error: {task_file}:{task.line}: the prompt ({len(ids)} tokens) and its '
-                             f'max_new_tokens ({budget}) exceed the model\'s {positions} positions; shorten it or '
-                             'lower max_new_tokens (or --max-new-tokens)')
+def _failure(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f'exited with status {error.code}'
+    text = _first_line(error)
+    return text if text == type(error).__name__ else f'{type(error).__name__}: {text}'
+
+
+def _run_cell(backend, cell, tasks, prompts, max_new, tokenizer) -> grid.CellResult:
+    start = time.perf_counter()
+    counts, token_ids = backend.run(cell, prompts, max_new)
+    outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
+    accuracy = sum(t.score(o) for t, o in zip(tasks, outputs)) / len(tasks)
+    return grid.CellResult(cell, counts, accuracy, round(time.perf_counter() - start, 2), outputs)
+
+
+def _run_grid(backend, cells, tasks, prompts, max_new, tokenizer, quiet: bool):
+    """The results of the runs that finished, the others (cell -> (status, reason)) and what ended the grid early
+    (None: nothing did). A run that raises (CUDA out of memory, a request the engine aborts) is ``failed`` and the
+    grid goes on; Ctrl-C or an exit inside a run ends it, the runs after it ``not run``. Either way the finished
+    runs are kept: a grid takes hours."""
+    bar = _progress(len(cells), quiet)
+    results, unfinished = [], {}
+    try:
+        for i, cell in enumerate(cells):
+            if bar is not None:
+                bar.set_postfix_str(cell.label)
+            try:
+                results.append(_run_cell(backend, cell, tasks, prompts, max_new, tokenizer))
+            except (KeyboardInterrupt, SystemExit) as e:
+                unfinished[cell] = (grid.FAILED, f'{_failure(e)}; the grid stopped here')
+                unfinished.update((rest, (grid.NOT_RUN, f'the grid stopped at {cell.label}')) for rest in cells[i + 1:])
+                return results, unfinished, e
+            except Exception as e:  # noqa: BLE001  one broken run must not lose the others
+                unfinished[cell] = (grid.FAILED, _failure(e))
+                print(f'calibrate: {cell.label} failed: {_failure(e)}', file=sys.stderr, flush=True)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results, unfinished, None
 
 
 def _progress(total: int, quiet: bool):
@@ -170,7 +173,7 @@ def run(args) -> dict:
     if not os.path.isfile(os.path.join(args.model, 'config.json')):
         raise SystemExit(f'calibrate: error: {args.model!r} is not a model folder (the one holding config.json)')
     name = _backend_name(args)
-    _writable_out_dir(args.out_dir)
+    _writable_out_dir(args.out_dir, args.overwrite)
     tasks = _tasks(args)
     block_length = args.block_length or block_length_from_path(args.model)
     if block_length is None:
@@ -181,10 +184,10 @@ def run(args) -> dict:
         raise SystemExit(f'calibrate: error: cannot load a tokenizer from {args.model}: {_first_line(e)}') from None
     prompts = [_encode(tokenizer, t.prompt) for t in tasks]
     max_new = token_budgets(tasks, args.max_new_tokens)
-    _check_prompts(args.model, args.tasks or DEFAULT_TASKS, tasks, prompts, max_new)
+    checks.check_prompts(args.model, args.tasks or DEFAULT_TASKS, tasks, prompts, max_new)
     settings = backends.BackendSettings(model_path=args.model, block_length=block_length,
                                         confidence_threshold=args.threshold, batch_size=args.batch_size,
-                                        stop_token_ids=_stop_ids(args.model, tokenizer), device=args.device,
+                                        stop_token_ids=checks.stop_token_ids(args.model, tokenizer), device=args.device,
                                         dtype=args.dtype, eager_mode=args.eager_mode)
     try:
         backend = backends.load(name)(settings)
@@ -199,49 +202,46 @@ def run(args) -> dict:
         raise SystemExit(f'calibrate: error: the {name} backend cannot load {args.model}: {_first_line(e)}{hint}') \
             from None
     cells = grid.plan(args.alphas, args.policies)
-    bar = _progress(len(cells), args.quiet)
-    results = []
-    for cell in cells:
-        if bar is not None:
-            bar.set_postfix_str(cell.label)
-        start = time.perf_counter()
-        counts, token_ids = backend.run(cell, prompts, max_new)
-        outputs = [tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids]
-        accuracy = sum(t.score(o) for t, o in zip(tasks, outputs)) / len(tasks)
-        results.append(grid.CellResult(cell, counts, accuracy, round(time.perf_counter() - start, 2), outputs))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    recommendation = grid.recommend(results, args.target_recall)
-    rows = report.table_rows(results, args.alphas)
+    results, unfinished, stopped = _run_grid(backend, cells, tasks, prompts, max_new, tokenizer, args.quiet)
+    # a choice among the runs that finished could pick a setting a failed run would have beaten
+    recommendation = grid.withheld(len(unfinished), len(cells)) if unfinished else \
+        grid.recommend(results, args.target_recall)
+    rows = report.table_rows(results, args.alphas, {cell: status for cell, (status, _) in unfinished.items()})
     head = report.header(args, backend.name, DEFAULT_TASKS)
     table = report.markdown_table(rows)
     line = report.recommendation_line(recommendation, block_length, args.threshold)
+    verdict = report.unfinished_lines(unfinished) + line
     markdown = (f'# FOCUS calibration: {args.model}\n\n' + '\n'.join(f'- {k}: {v}' for k, v in head.items()) +
                 f'\n- tasks run: {len(tasks)}, block length {block_length}, threshold {args.threshold}, target recall '
-                f'{args.target_recall}\n\n{table}\n\n{line}\n\nRecall: shadow mode (nothing evicted), decoded tokens the '
-                'kept set held, over the steps with more candidates than the target; random: the expected recall of '
-                'a uniformly random subset of the same size. The other columns are from runs that evict. Deep '
-                'rows/token: rows through layers >= 2 per generated token.\n')
+                f'{args.target_recall}\n\n{table}\n\n{verdict}\n\n{COLUMN_NOTES}\n')
     record = dict(head, block_length=block_length, threshold=args.threshold, target_recall=args.target_recall,
                   alphas=args.alphas, policies=args.policies, num_tasks=len(tasks), columns=list(report.COLUMNS),
                   table=rows, recommendation=dict(enable=recommendation.enable, policy=recommendation.policy,
-                                                  alpha=recommendation.alpha, reason=recommendation.reason),
-                  cells=[dict(mode=r.cell.mode, policy=r.cell.policy, alpha=r.cell.alpha, counts=r.counts,
-                              accuracy=r.accuracy, recall=r.recall, random_recall=r.random_recall,
-                              kept_fraction=r.kept_fraction, tokens_per_step=r.tokens_per_step,
-                              rows_per_token=r.rows_per_token, seconds=r.seconds) for r in results])
+                                                  alpha=recommendation.alpha, reason=recommendation.reason,
+                                                  withheld=recommendation.withheld),
+                  cells=report.cell_records(cells, results, unfinished))
     print(table)
-    print(line)
+    print(verdict)
     json_path, md_path = report.write(args.out_dir, record, markdown)
     print(f'wrote {json_path} and {md_path}')
+    if unfinished:
+        _exit_unfinished(unfinished, len(cells), stopped, json_path)
     return record
+
+
+def _exit_unfinished(unfinished: dict, total: int, stopped, json_path: str) -> None:
+    """After the report is on disk: one line, and a failing exit status (130 for Ctrl-C, as the shell's)."""
+    (cell, (_, reason)), *_ = unfinished.items()
+    if isinstance(stopped, KeyboardInterrupt):
+        print(f'calibrate: interrupted during {cell.label}; the finished runs are in {json_path}', file=sys.stderr)
+        raise SystemExit(130)
+    raise SystemExit(f'calibrate: error: {len(unfinished)} of {total} runs did not finish ({cell.label}: {reason}); '
+                     f'the finished ones are in {json_path}')
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
         return run(args)
-    except (TaskFileError, backends.BackendUnavailable) as e:
+    except (TaskFileError, backends.BackendUnavailable, checks.InputError) as e:
         raise SystemExit(f'calibrate: error: {e}') from None

@@ -7,6 +7,7 @@ from ..stats import derived_metrics
 BASELINE = 'baseline'  # delayed cache alone: the no-eviction reference of accuracy and cost
 SHADOW = 'shadow'
 EVICT = 'evict'
+FAILED, NOT_RUN = 'failed', 'not run'  # runs that did not finish: it raised / the grid stopped before it
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,16 @@ class Recommendation:
     policy: str | None
     alpha: float | None
     reason: str
+    withheld: bool = False  # not every run finished: no verdict either way
 
     @property
     def enable(self) -> bool:
         return self.policy is not None
+
+
+def withheld(unfinished: int, total: int) -> Recommendation:
+    return Recommendation(None, None, f'{unfinished} of {total} runs did not finish; the table shows the others, a '
+                          'complete grid decides', withheld=True)
 
 
 def recommend(results: list[CellResult], target_recall: float) -> Recommendation:

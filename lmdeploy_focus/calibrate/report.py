@@ -18,33 +18,53 @@ def _f(value, digits=3) -> str:
     return 'n/a' if value is None else f'{value:.{digits}f}'
 
 
-def _pair(a, b, digits=3) -> str:
-    return f'{_f(a, digits)} / {_f(b, digits)}'
+def table_rows(results, alphas, unfinished=None) -> list[list[str]]:
+    """``unfinished``: cell -> status ('failed', 'not run'), shown where the run's numbers would be."""
+    by_cell, unfinished = {r.cell: r for r in results}, unfinished or {}
 
+    def show(cell, name, digits=3):
+        result = by_cell.get(cell)
+        return unfinished.get(cell, 'n/a') if result is None else _f(getattr(result, name), digits)
 
-def table_rows(results, alphas) -> list[list[str]]:
-    by_cell = {r.cell: r for r in results}
-    base = by_cell.get(Cell(BASELINE))
     rows = []
-    if base is not None:
-        rows.append(['no eviction', '—', '—', '—', '1 (all)', _f(base.tokens_per_step, 2), _f(base.accuracy),
-                     _f(base.rows_per_token, 2)])
+    base = Cell(BASELINE)
+    if base in by_cell or base in unfinished:
+        rows.append(['no eviction', '—', '—', '—', '1 (all)', show(base, 'tokens_per_step', 2), show(base, 'accuracy'),
+                     show(base, 'rows_per_token', 2)])
     for alpha in alphas:
-        def get(mode, policy):
-            return by_cell.get(Cell(mode, policy, float(alpha)))
+        si, sl, ei, el = (Cell(mode, policy, float(alpha)) for mode, policy in
+                          ((SHADOW, 'importance'), (SHADOW, 'leftmost'), (EVICT, 'importance'), (EVICT, 'leftmost')))
 
-        si, sl, ei, el = get(SHADOW, 'importance'), get(SHADOW, 'leftmost'), get(EVICT, 'importance'), get(EVICT, 'leftmost')
+        def pair(first, second, name, digits=3):
+            return f'{show(first, name, digits)} / {show(second, name, digits)}'
 
-        def attr(result, name):
-            return getattr(result, name) if result is not None else None
-
-        rows.append([f'{alpha:g}', _f(attr(si, 'recall')), _f(attr(sl, 'recall')),
-                     _pair(attr(si, 'random_recall'), attr(sl, 'random_recall')),
-                     _pair(attr(ei, 'kept_fraction'), attr(el, 'kept_fraction')),
-                     _pair(attr(ei, 'tokens_per_step'), attr(el, 'tokens_per_step'), 2),
-                     _pair(attr(ei, 'accuracy'), attr(el, 'accuracy')),
-                     _pair(attr(ei, 'rows_per_token'), attr(el, 'rows_per_token'), 2)])
+        rows.append([f'{alpha:g}', show(si, 'recall'), show(sl, 'recall'), pair(si, sl, 'random_recall'),
+                     pair(ei, el, 'kept_fraction'), pair(ei, el, 'tokens_per_step', 2), pair(ei, el, 'accuracy'),
+                     pair(ei, el, 'rows_per_token', 2)])
     return rows
+
+
+def unfinished_lines(unfinished: dict) -> str:
+    """The runs that did not finish and why, one line each ('' when all did)."""
+    return ''.join(f'- {cell.label}: {status} ({reason})\n' for cell, (status, reason) in unfinished.items()) + \
+        ('\n' if unfinished else '')
+
+
+def cell_records(cells, results, unfinished: dict) -> list[dict]:
+    """Every planned run in plan order: the measured ones with their numbers, the others with status and reason."""
+    by_cell = {r.cell: r for r in results}
+    records = []
+    for cell in cells:
+        record = dict(mode=cell.mode, policy=cell.policy, alpha=cell.alpha)
+        r = by_cell.get(cell)
+        if r is None:
+            status, reason = unfinished[cell]
+            records.append(dict(record, status=status, reason=reason))
+            continue
+        records.append(dict(record, status='ok', counts=r.counts, accuracy=r.accuracy, recall=r.recall,
+                            random_recall=r.random_recall, kept_fraction=r.kept_fraction,
+                            tokens_per_step=r.tokens_per_step, rows_per_token=r.rows_per_token, seconds=r.seconds))
+    return records
 
 
 def markdown_table(rows) -> str:
@@ -55,6 +75,8 @@ def markdown_table(rows) -> str:
 def recommendation_line(rec, block_length: int | None = None, threshold: float | None = None) -> str:
     """The flags to serve with, with the block length and threshold it was measured at (another threshold
     unmasks differently, so the same alpha keeps a different share of what gets decoded)."""
+    if rec.withheld:
+        return f'recommendation: withheld ({rec.reason})'
     if rec.enable:
         measured = ''.join(f' {flag} {value:g}' for flag, value in (('--dllm-block-length', block_length),
                                                                       ('--dllm-confidence-threshold', threshold))
@@ -103,6 +125,15 @@ def out_dir_problem(path: str, names=(), flag: str = '--out-dir') -> str | None:
         if os.path.lexists(target) and not (os.path.isfile(target) and os.access(target, os.W_OK)):
             return f'{flag} {path!r}: {name} exists and is not a writable file'
     return None
+
+
+def earlier_results_problem(path: str, names, flag: str = '--out-dir') -> str | None:
+    """Result files of an earlier run in ``path``, which this run would replace (another model's, other arms')."""
+    found = [name for name in names if os.path.lexists(os.path.join(path, name))]
+    if not found:
+        return None
+    return (f'{flag} {path!r} already holds {" and ".join(found)} of an earlier run; give --overwrite to replace '
+            f'{"it" if len(found) == 1 else "them"}, or another {flag}')
 
 
 def write(out_dir: str, record: dict, markdown: str) -> tuple[str, str]:

@@ -2,16 +2,17 @@
 
 exact          output == target, byte for byte
 exact_strip    same after stripping surrounding whitespace (default for ``answer`` tasks)
-numeric        the output's final number equals the target's (see :func:`final_number`)
+numeric        the output's final number equals the target's (see :func:`final_value`): integers exactly,
+               other numbers within a relative 1e-9
 prefix_chars:N the output, left-stripped, starts with the first N characters of the left-stripped
                target (all of it when shorter); default for ``reference`` tasks with N = 64: a
                fixed-length opening of a known continuation, indifferent to how long the model
                goes on. Characters, not tokens, so both backends and any tokenizer score alike.
 contains       the stripped target occurs in the output
 """
-import math
 import re
 from collections.abc import Callable
+from fractions import Fraction
 
 DEFAULT_ANSWER_SCORER = 'exact_strip'
 DEFAULT_REFERENCE_SCORER = 'prefix_chars:64'
@@ -19,31 +20,59 @@ NAMES = ('exact', 'exact_strip', 'numeric', 'prefix_chars:N', 'contains')
 
 # integers with optional thousands separators, decimals, simple fractions a/b
 _NUMBER = re.compile(r'-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?|-?\.\d+')
-_BOXED = re.compile(r'\\boxed\{([^{}]*)\}')
-_REL_TOL = 1e-6
+# LaTeX fractions of plain numbers (MATH-style answers), rewritten a/b for _NUMBER
+_LATEX_FRACTION = re.compile(r'\\[dt]?frac\{\s*(-?\d+(?:\.\d+)?)\s*\}\{\s*(\d+(?:\.\d+)?)\s*\}')
+_BOXED = '\\boxed{'
+# non-integers only (0.1 written as 0.1000000001); integers compare exactly, whatever their size
+_REL_TOL = 1e-9
 
 
 class ScorerError(ValueError):
     """An unknown or malformed scorer name."""
 
 
-def _number_value(text: str) -> float:
-    text = text.replace(',', '')
-    if '/' in text:
-        num, den = text.split('/')
-        return float(num) / float(den) if float(den) else float('nan')
-    return float(text)
+def _number_value(text: str) -> Fraction | None:
+    """Exact value of a :data:`_NUMBER` match (None: a zero denominator, or past int()'s 4300 digits, which a
+    degenerate output may hold)."""
+    num, _, den = text.replace(',', '').partition('/')
+    try:
+        if den and not Fraction(den):
+            return None
+        return Fraction(num) / Fraction(den) if den else Fraction(num)
+    except ValueError:
+        return None
 
 
-def final_number(text: str) -> float | None:
-    """The answer number of a text: the last ``\\boxed{}``'s, else the one after the last ``####``
-    (GSM8K), else the last number anywhere; None when there is none."""
-    boxed = _BOXED.findall(text)
-    for part in ([boxed[-1]] if boxed else []) + ([text.rsplit('####', 1)[1]] if '####' in text else []) + [text]:
-        numbers = _NUMBER.findall(part)
+def _last_boxed(text: str) -> str | None:
+    """The content of the last closed ``\\boxed{...}``, nested braces included (``\\boxed{\\frac{3}{4}}``)."""
+    start = text.rfind(_BOXED)
+    while start != -1:
+        depth, begin = 1, start + len(_BOXED)
+        for i in range(begin, len(text)):
+            depth += {'{': 1, '}': -1}.get(text[i], 0)
+            if depth == 0:
+                return text[begin:i]
+        start = text.rfind(_BOXED, 0, start)  # unclosed (a cut-off output): the one before it
+    return None
+
+
+def final_value(text: str) -> Fraction | None:
+    """The exact answer number of a text: the last ``\\boxed{}``'s, else the one after the last ``####``
+    (GSM8K), else the last number anywhere; ``\\frac{a}{b}`` / ``\\dfrac{a}{b}`` / ``a/b`` read as the fraction
+    a/b. None when there is none (or it divides by zero)."""
+    boxed = _last_boxed(text)
+    after_hashes = [text.rsplit('####', 1)[1]] if '####' in text else []
+    for part in ([boxed] if boxed is not None else []) + after_hashes + [text]:
+        numbers = _NUMBER.findall(_LATEX_FRACTION.sub(r'\1/\2', part))
         if numbers:
             return _number_value(numbers[-1])
     return None
+
+
+def final_number(text: str) -> float | None:
+    """:func:`final_value` as a float."""
+    value = final_value(text)
+    return None if value is None else float(value)
 
 
 def _exact(output: str, target: str) -> float:
@@ -59,10 +88,12 @@ def _contains(output: str, target: str) -> float:
 
 
 def _numeric(output: str, target: str) -> float:
-    got, want = final_number(output), final_number(target)
+    got, want = final_value(output), final_value(target)
     if got is None or want is None:
         return 0.0
-    return float(abs(got - want) <= _REL_TOL * max(1.0, abs(want)))
+    if got.denominator == 1 or want.denominator == 1:  # 1234568 is not 1234567, however large
+        return float(got == want)
+    return float(abs(got - want) <= _REL_TOL * abs(want))
 
 
 def _prefix_chars(n: int) -> Callable[[str, str], float]:
@@ -94,6 +125,5 @@ def check_target(spec: str, target: str) -> None:
     """Reject targets a scorer can never match (found at load time, not after a long run)."""
     if spec != 'exact' and not target.strip():
         raise ScorerError(f'scorer {spec!r} needs a non-blank target')
-    value = final_number(target) if spec == 'numeric' else None
-    if spec == 'numeric' and (value is None or not math.isfinite(value)):  # '1/0' reads as NaN: never equal
+    if spec == 'numeric' and final_value(target) is None:  # '1/0' is no number: never equal
         raise ScorerError(f'scorer "numeric": the target {target[:40]!r} holds no number')
