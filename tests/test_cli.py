@@ -114,24 +114,6 @@ def test_bad_alpha_is_a_usage_error(sdar_dir, flags, message):
     assert message in out.stderr and 'Traceback' not in out.stderr
 
 
-@pytest.mark.parametrize('flags, message', [
-    (['--focus', '--quant-policy', '8'], 'set quant_policy=0 (drop --quant-policy)'),
-    # the engine config refused these inside upstream's runner, and so did the flags folded into --hf-overrides: a
-    # traceback each, exit status 1 (found by an options hunt)
-    (['--focus', '--tp', '2'], 'with tensor parallelism (tp=2) have never run on GPUs'),
-    (['--focus', '--dllm-focus-alpha', '2', '--hf-overrides', '{"dllm_focus": {"focus_alpha": 3}}'],
-     '--dllm-focus-alpha 2.0 conflicts with --hf-overrides dllm_focus.focus_alpha=3: give the option once'),
-    (['--hf-overrides', '[1]'], '--hf-overrides must be a JSON object of config keys'),  # a TypeError, FOCUS or not
-    # accepted: eagle3 would have driven the sparse step with a draft, dflash decoded the DLLM autoregressively
-    (['--focus', '--speculative-algorithm', 'eagle3', '--speculative-draft-model', '/tmp'],
-     "do not run with speculative decoding (method 'eagle3'): drop --speculative-algorithm"),
-])
-def test_api_server_refused_flags_are_one_line_before_serving(sdar_dir, flags, message):
-    out, probe = serve_probe(sdar_dir('SDAR-tiny'), *flags)
-    assert probe is None and out.returncode == 2
-    _one_line_error(out, 'lmdeploy serve api_server', message)
-
-
 CHAT_PROBE = '''
 import json, sys
 import lmdeploy_focus.cli.preflight as preflight
@@ -190,19 +172,30 @@ def test_chat_takes_the_kv_page_a_long_block_needs(sdar_dir):
     assert probe is not None and probe['page'] == [64, 64], out.stderr[-3000:]  # left out: upstream's default
 
 
-@pytest.mark.parametrize('flags, message', [
-    # the engine config's checks ran deep in the engine start (build_pipe sets the flags after construction)
-    (['--focus', '--dllm-block-length', '128'], 'Set block_size=128 (--cache-block-seq-len 128)'),
-    (['--focus', '--tp', '2'], 'with tensor parallelism (tp=2) have never run on GPUs'),
-    (['--cache-block-seq-len', '48'], "argument --cache-block-seq-len: must be a power of two >= 16 (tokens in a KV "
-                                      "page), got '48'"),
-    (['--dllm-enable-delayed-cache', '--speculative-algorithm', 'dflash', '--speculative-draft-model', '/tmp'],
+@pytest.mark.parametrize('command, flags, message', [
+    ('serve', ['--focus', '--quant-policy', '8'], 'set quant_policy=0 (drop --quant-policy)'),
+    # the engine config refused these inside upstream's runner, and so did the flags folded into --hf-overrides: a
+    # traceback each, exit status 1 (found by an options hunt)
+    ('serve', ['--focus', '--tp', '2'], 'with tensor parallelism (tp=2) have never run on GPUs'),
+    ('serve', ['--focus', '--dllm-focus-alpha', '2', '--hf-overrides', '{"dllm_focus": {"focus_alpha": 3}}'],
+     '--dllm-focus-alpha 2.0 conflicts with --hf-overrides dllm_focus.focus_alpha=3: give the option once'),
+    ('serve', ['--hf-overrides', '[1]'], '--hf-overrides must be a JSON object of config keys'),  # a TypeError
+    # accepted: eagle3 would have driven the sparse step with a draft, dflash decoded the DLLM autoregressively
+    ('serve', ['--focus', '--speculative-algorithm', 'eagle3', '--speculative-draft-model', '/tmp'],
+     "do not run with speculative decoding (method 'eagle3'): drop --speculative-algorithm"),
+    # chat: the engine config's checks ran deep in the engine start (build_pipe sets the flags after construction)
+    ('chat', ['--focus', '--dllm-block-length', '128'], 'Set block_size=128 (--cache-block-seq-len 128)'),
+    ('chat', ['--focus', '--tp', '2'], 'with tensor parallelism (tp=2) have never run on GPUs'),
+    ('chat', ['--cache-block-seq-len', '48'], "argument --cache-block-seq-len: must be a power of two >= 16 (tokens in "
+                                              "a KV page), got '48'"),
+    ('chat', ['--dllm-enable-delayed-cache', '--speculative-algorithm', 'dflash', '--speculative-draft-model', '/tmp'],
      "do not run with speculative decoding (method 'dflash'): drop --speculative-algorithm"),
 ])
-def test_chat_refused_flags_are_one_line_before_the_engine(sdar_dir, flags, message):
-    out, probe = chat_probe(sdar_dir('SDAR-tiny'), *flags)
+def test_refused_flags_are_one_line_before_the_engine(sdar_dir, command, flags, message):
+    probe_with, name = dict(serve=(serve_probe, 'lmdeploy serve api_server'), chat=(chat_probe, 'lmdeploy chat'))[command]
+    out, probe = probe_with(sdar_dir('SDAR-tiny'), *flags)
     assert probe is None and out.returncode == 2
-    _one_line_error(out, 'lmdeploy chat', message)
+    _one_line_error(out, name, message)
 
 
 # ---------------------------------------------------------------- a newcomer's mistakes: one line each
