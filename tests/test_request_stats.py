@@ -114,12 +114,17 @@ def test_outputs_of_tracked_sequences_get_dllm_request_metrics():
     setattr(tracked, request_stats.SEQUENCE_ATTR, stats)
     metrics = RequestMetrics(token_timestamp=5.0, cached_tokens=3)
     outputs = {1: SimpleNamespace(req_metrics=metrics), 2: SimpleNamespace(req_metrics=metrics)}
-    attach_request_stats(outputs, [tracked, plain, _seq(9)])
+    attach_request_stats(outputs, [tracked, plain, _seq(9)], tracked=False)  # an engine that does not count
+    assert outputs[1].req_metrics is metrics and outputs[2].req_metrics is metrics
+    attach_request_stats(outputs, [tracked, plain, _seq(9)], tracked=True)
     got = outputs[1].req_metrics
     assert isinstance(got, DLLMRequestMetrics) and got.cached_tokens == 3 and got.token_timestamp == 5.0
     assert got.dllm['generated_per_step'] == 2.0 and got.dllm['processed_per_generated'] == 2.5
     assert got.dllm['layer0_processed_per_generated'] == 8.0 and got.dllm['decode_steps'] == 4
-    assert outputs[2].req_metrics is metrics  # untracked sequence unchanged
+    # nothing counted for this request (it ended in its prefill step): zeros, not a missing attribute
+    zeros = outputs[2].req_metrics
+    assert isinstance(zeros, DLLMRequestMetrics) and zeros.cached_tokens == 3
+    assert zeros.dllm['decode_steps'] == 0 and zeros.dllm['generated_tokens'] == 0
     np.testing.assert_equal(stats.totals.shape, (len(KEYS), ))
 
 
@@ -136,8 +141,13 @@ def test_engine_loop_outputs_pass_through_the_wrapper():
     from lmdeploy_focus.patch import request_metrics
     loop = SimpleNamespace(EngineLoop=type('Loop', (), {'_make_infer_outputs': upstream}))
     request_metrics.apply(loop)  # the same wrapper the plugin put on EngineLoop
-    out = loop.EngineLoop._make_infer_outputs(SimpleNamespace(seq_strategy=None), None, [seq], None, None)
+    tracking = TrackingDLLMSequenceStrategy(block_size=64, dllm_mask_token=7)
+    no_logprobs = SimpleNamespace(logprobs=None, extra_outputs=None)
+    out = loop.EngineLoop._make_infer_outputs(SimpleNamespace(seq_strategy=tracking), no_logprobs, [seq], None, None)
     assert out[4].req_metrics.dllm['processed_per_generated'] == 1.5
+    # an engine that does not count (stock strategy, an autoregressive model): upstream's metrics untouched
+    out = loop.EngineLoop._make_infer_outputs(SimpleNamespace(seq_strategy=None), None, [seq], None, None)
+    assert type(out[4].req_metrics) is RequestMetrics
     assert EngineLoop._make_infer_outputs.__lmdeploy_focus_upstream__.__name__ == '_make_infer_outputs'
 
 
@@ -176,8 +186,8 @@ def test_next_request_of_a_session_starts_its_own_totals(monkeypatch):
     assert getattr(seq, request_stats.SEQUENCE_ATTR).totals[k['generated_tokens']] == 8
     seq.resp = object()  # the session's next request
     outputs = {1: SimpleNamespace(req_metrics=RequestMetrics())}
-    attach_request_stats(outputs, [seq])  # e.g. its prefill step: nothing counted for it yet
-    assert type(outputs[1].req_metrics) is RequestMetrics
+    attach_request_stats(outputs, [seq], tracked=True)  # e.g. its prefill step: nothing counted for it yet
+    assert outputs[1].req_metrics.dllm['generated_tokens'] == 0  # the earlier request's 8 are not its
     step(2)
-    attach_request_stats(outputs, [seq])
+    attach_request_stats(outputs, [seq], tracked=True)
     assert outputs[1].req_metrics.dllm['generated_tokens'] == 2 and outputs[1].req_metrics.dllm['decode_steps'] == 1

@@ -56,7 +56,7 @@ def dllm_outputs(session_id, tokens):
                                (ResponseType.FINISH, STEP_ROWS[1], tokens[1:])):
         seq.dllm_request_stats.add([row.get(key, 0.0) for key in KEYS])  # columns the rows leave out are 0
         out = SimpleNamespace(req_metrics=RequestMetrics(time.time(), []))
-        attach_request_stats({session_id: out}, [seq])
+        attach_request_stats({session_id: out}, [seq], tracked=True)
         outputs.append(EngineOutput(status, chunk, req_metrics=out.req_metrics))
     return outputs
 

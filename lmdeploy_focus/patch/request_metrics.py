@@ -4,7 +4,7 @@ import functools
 
 
 def apply(engine_loop_module) -> None:
-    from ..strategies.dllm.request_stats import attach_request_stats
+    from ..strategies.dllm.request_stats import TrackingDLLMSequenceStrategy, attach_request_stats
 
     loop_cls = engine_loop_module.EngineLoop
     upstream = loop_cls._make_infer_outputs
@@ -15,7 +15,7 @@ def apply(engine_loop_module) -> None:
         if prepare is not None:
             prepare(batched_outputs, running, model_inputs, delta)
         outputs = upstream(self, batched_outputs, running, model_inputs=model_inputs, delta=delta)
-        return attach_request_stats(outputs, running)
+        return attach_request_stats(outputs, running, isinstance(self.seq_strategy, TrackingDLLMSequenceStrategy))
 
     _make_infer_outputs.__lmdeploy_focus_upstream__ = upstream
     loop_cls._make_infer_outputs = _make_infer_outputs

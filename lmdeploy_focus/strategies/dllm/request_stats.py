@@ -110,12 +110,20 @@ class TrackingDLLMSequenceStrategy(FixedDLLMSequenceStrategy):
             stats.add(row)
 
 
-def attach_request_stats(outputs: dict, running) -> dict:
-    """Give each output of a tracked sequence :class:`DLLMRequestMetrics` with its totals (in place)."""
+def attach_request_stats(outputs: dict, running, tracked: bool) -> dict:
+    """Give each output of a tracked engine's sequence :class:`DLLMRequestMetrics` with its totals (in place).
+
+    ``tracked``: the engine counts (its sequence strategy is :class:`TrackingDLLMSequenceStrategy`). A request
+    with nothing counted yet gets zeros: one that ends in its prefill step (the prompt's last partial block
+    completed there, e.g. ``max_new_tokens`` within it) has no decode step, and its ``req_metrics.dllm`` was missing.
+    """
+    if not tracked:
+        return outputs
     for seq in running:
         stats = getattr(seq, SEQUENCE_ATTR, None)
-        if stats is None or stats.owner is not getattr(seq, 'resp', None):
-            continue  # nothing counted for this request yet (an earlier request's totals are not its)
+        owner = getattr(seq, 'resp', None)
+        if stats is None or stats.owner is not owner:  # an earlier request's totals are not this one's
+            stats = RequestStats(owner)
         out = outputs.get(seq.session_id)
         if out is None:
             continue
