@@ -227,6 +227,14 @@ def test_importance_fp16_fp32(gen, head_dim, group, dtype):
     check_importance(gen, DEVICE, batch=randint(gen, 1, 64), block_len=32, head_dim=head_dim, group=group, dtype=dtype)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize('block_len', [128, 256])
+def test_importance_long_blocks(gen, block_len, dtype):
+    """Block lengths the config accepts with a page of as many tokens: the kernel's tiles grow with L (three L x L
+    fp32 tiles at 256), which only a GPU compile shows (a kernel hunt found L > 64 never GPU-run)."""
+    check_importance(gen, DEVICE, batch=randint(gen, 1, 16), block_len=block_len, head_dim=128, group=4, dtype=dtype)
+
+
 def test_fp32_importance_is_not_tf32():
     check_fp32_importance_is_not_tf32(DEVICE)
 
@@ -269,6 +277,13 @@ def test_importance_is_deterministic(gen):
 @pytest.mark.parametrize('block_len', [16, 24, 32, 64])
 def test_select(gen, block_len, batch, policy, delta_kind):
     check_select(gen, DEVICE, batch=batch, block_len=block_len, policy=policy, delta_kind=delta_kind)
+
+
+@pytest.mark.parametrize('policy', FOCUS_POLICIES)
+@pytest.mark.parametrize('block_len', [128, 256])
+def test_select_and_layout_long_blocks(gen, block_len, policy):
+    check_select(gen, DEVICE, batch=randint(gen, 1, 64), block_len=block_len, policy=policy, delta_kind='importance')
+    check_layout(gen, DEVICE, batch=randint(gen, 1, 64), block_len=block_len, from_selection=True)
 
 
 def test_select_with_a_larger_static_bound(gen):

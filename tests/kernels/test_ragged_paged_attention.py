@@ -211,6 +211,16 @@ def test_matches_reference_bf16(gen, block_len, head_dim, group, page_size):
     run_and_compare(b, block_len, torch.bfloat16, gen.initial_seed(), label)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize('block_len', [128, 256])
+def test_matches_reference_long_blocks(gen, block_len, dtype):
+    """Block lengths above 64 need a page of as many tokens (the config's rule); never GPU-run before."""
+    batch = randint(gen, 1, 16)
+    b = random_batch(gen, batch=batch, block_len=block_len, page_size=block_len, kv_heads=2, group=4, head_dim=128,
+                     dtype=dtype)
+    run_and_compare(b, block_len, dtype, gen.initial_seed(), f'L={block_len} {dtype} B={batch}')
+
+
 @pytest.mark.parametrize('group', [1, 4, 8])
 @pytest.mark.parametrize('head_dim', [64, 128])
 def test_matches_reference_fp16(gen, head_dim, group):
