@@ -259,3 +259,13 @@ def test_replace_turns_off_what_it_turns_off(given, change, runs):
     options = derived.focus_options()
     assert (options.enable_delayed_cache, options.enable_focus, options.focus_shadow) == runs
     assert (derived.hf_overrides or {}).get(OPTIONS_KEY, {}).get('enable_focus', False) == runs[1]
+
+
+def test_shadow_mode_with_auto_alpha_is_refused():
+    """Accepted before: auto's one-in-N shadow steps replaced shadow mode's every-step recall counts, and its
+    fall-back counter grew on /metrics in a mode that never evicts (a statistics hunt)."""
+    with pytest.raises(ValueError, match='dllm_focus_shadow evicts nothing, so dllm_focus_alpha auto'):
+        PytorchEngineConfig(dllm_focus_shadow=True, dllm_focus_alpha='auto')
+    with pytest.raises(ValueError, match='dllm_focus_alpha auto has nothing to tune'):
+        FocusOptions.from_dict({'focus_shadow': True, 'focus_alpha': 'auto'})
+    assert PytorchEngineConfig(dllm_enable_focus=True, dllm_focus_alpha='auto').focus_options().auto_alpha

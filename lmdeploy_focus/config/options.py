@@ -164,6 +164,11 @@ class FocusOptions:
         self._check_number('focus_auto_alpha_max', lambda a: 1.0 < a <= MAX_FOCUS_ALPHA, f'in (1, {MAX_FOCUS_ALPHA:g}]')
         self._check_number('focus_auto_margin', lambda m: 0.0 <= m < 0.5, 'in [0, 0.5)')
         alpha = self.focus_alpha
+        if alpha == AUTO_ALPHA and self.focus_shadow:
+            # shadow mode evicts nothing, so auto has nothing to tune; its one-in-N shadow steps replaced shadow
+            # mode's every-step recall counts and its fall-back counter grew in a mode that never evicts
+            raise ValueError('dllm_focus_shadow evicts nothing, so dllm_focus_alpha auto has nothing to tune: give '
+                             'shadow mode a number (--dllm-focus-alpha 1.5) or drop --dllm-focus-shadow')
         if alpha == AUTO_ALPHA:
             return
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
