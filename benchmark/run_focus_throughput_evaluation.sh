@@ -16,6 +16,17 @@ case $POLICY in
   *) echo "unknown FOCUS policy '$POLICY' (importance, leftmost)" >&2; exit 2 ;;
 esac
 FLAGS=$(arm_flags "focus-$POLICY" dllm_focus_alpha="$ALPHA")
-[[ $ALPHA == 1.5 ]] || ARM_TAG="$ARM_TAG-alpha$ALPHA"
+# -alpha<alpha> unless it is the arm table's default (compared as numbers: 1.50 is the default too)
+ARM_TAG+=$("$PYTHON" - "$BENCH_DIR" "$ALPHA" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from arms import FOCUS_ALPHA
+try:
+    default = float(sys.argv[2]) == FOCUS_ALPHA
+except ValueError:  # auto, or a value profile_throughput refuses by name
+    default = False
+print('' if default else f'-alpha{sys.argv[2]}')
+PY
+)
 # shellcheck disable=SC2086  # the flags are words
 run_arm "focus-$POLICY" "$DATASET" "$MODEL" "${BLOCK_LENGTH:-32}" $FLAGS

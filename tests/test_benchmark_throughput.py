@@ -580,12 +580,13 @@ def test_focus_driver_names_a_non_default_alpha_in_the_arm(tmp_path):
     default's result; the CSV kept both rows under one label."""
     env = dict(RESULTS_DIR=str(tmp_path), ONE_ENGINE='1', ARM_TAG='-static')
     arms = {}
-    for alpha in ('1.5', '2.0', 'auto'):
+    for alpha in ('1.5', '1.50', '2.0', 'auto'):
         proc, (cmd, ) = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random', '/ckpt/SDAR-8B-Chat-b32',
                                       alpha, env=env)
         assert proc.returncode == 0, proc.stderr
         arms[alpha] = (cmd.arm, cmd.dllm_focus_alpha)
-    assert arms == {'1.5': ('focus-importance-static', 1.5), '2.0': ('focus-importance-static-alpha2.0', 2.0),
+    assert arms == {'1.5': ('focus-importance-static', 1.5), '1.50': ('focus-importance-static', 1.5),
+                    '2.0': ('focus-importance-static-alpha2.0', 2.0),
                     'auto': ('focus-importance-static-alphaauto', 'auto')}
 
 

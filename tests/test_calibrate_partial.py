@@ -45,11 +45,13 @@ def _calibrate(monkeypatch, tasks, out_dir, failures=None, *extra):
     return None, backend
 
 
-def test_a_failed_run_keeps_the_others_and_withholds_the_recommendation(monkeypatch, tasks, tmp_path):
+def test_a_failed_run_keeps_the_others_and_withholds_the_recommendation(monkeypatch, tasks, tmp_path, capsys):
     out = tmp_path / 'out'
     error, backend = _calibrate(monkeypatch, tasks, out,
                                 {'leftmost α 1.5 shadow': RuntimeError('CUDA out of memory. Tried to allocate 2 GiB')})
     assert isinstance(error, SystemExit), repr(error)
+    err = capsys.readouterr().err  # the failure's traceback is kept for the one who debugs it (a review)
+    assert 'Traceback (most recent call last)' in err and 'in run\n' in err
     assert str(error.code) == ('calibrate: error: 1 of 5 runs did not finish (leftmost α 1.5 shadow: RuntimeError: '
                                f'CUDA out of memory. Tried to allocate 2 GiB); the finished ones are in '
                                f'{out / "calibration.json"}')

@@ -190,6 +190,7 @@ def test_chat_takes_the_kv_page_a_long_block_needs(sdar_dir):
                                               "a KV page), got '48'"),
     ('chat', ['--dllm-enable-delayed-cache', '--speculative-algorithm', 'dflash', '--speculative-draft-model', '/tmp'],
      "do not run with speculative decoding (method 'dflash'): drop --speculative-algorithm"),
+    ('chat', ['--dllm-block-length', '0'], 'dllm_block_length'),  # the fields' own checks, stock decoding too
 ])
 def test_refused_flags_are_one_line_before_the_engine(sdar_dir, command, flags, message):
     probe_with, name = dict(serve=(serve_probe, 'lmdeploy serve api_server'), chat=(chat_probe, 'lmdeploy chat'))[command]

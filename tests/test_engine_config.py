@@ -239,7 +239,7 @@ def test_another_configs_focus_overrides_without_its_fields_warn_that_they_are_n
     b = PytorchEngineConfig(hf_overrides=a.hf_overrides)
     assert not b.focus_options().enable_focus
     (warning, ) = [m for m in focus_logs.messages(logging.WARNING) if 'taken from another engine config' in m]
-    assert 'dataclasses.replace' in warning
+    assert "dllm_* fields decide, and they leave FOCUS off (to carry FOCUS over, pass the other config's" in warning
     c = dataclasses.replace(a, dllm_focus_alpha=2.0)  # the fields given with it decide, nothing to warn about
     assert c.focus_options().focus_alpha == 2.0
     assert [m for m in focus_logs.messages(logging.WARNING) if 'taken from another engine config' in m] == [warning]

@@ -112,3 +112,24 @@ def test_a_malformed_generation_config_is_one_line(eval_quality, tmp_path, conte
     message = _refusal(eval_quality, [_tasks(tmp_path), str(model), *BASE, '--out-dir', str(tmp_path / 'out')])
     assert message.startswith(f'{model / "generation_config.json"}: ' if 'integer' in says else 'cannot read') and \
         says in message  # a TypeError / JSONDecodeError traceback
+
+
+def test_the_backend_only_flag_lists_are_the_parsers_groups(eval_quality, monkeypatch):
+    """checks.REFERENCE_ONLY / ENGINE_ONLY repeat eval_quality's 'reference backend' / 'engine backend' groups: a flag
+    added to a group and not to the list would be recorded as applied on the other backend (a review)."""
+    import argparse
+
+    from lmdeploy_focus.calibrate import checks
+    parsers = []
+    parse = argparse.ArgumentParser.parse_args
+
+    def keep(self, *args, **kwargs):
+        parsers.append(self)
+        return parse(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', keep)
+    eval_quality.parse_args(['tasks.jsonl', TINY])
+    groups = {g.title: tuple(a.option_strings[-1] for a in g._group_actions if a.option_strings)
+              for g in parsers[-1]._action_groups}
+    assert groups['engine backend'] == checks.ENGINE_ONLY
+    assert groups['reference backend'] == checks.REFERENCE_ONLY

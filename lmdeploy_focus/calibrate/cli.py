@@ -4,6 +4,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from importlib import resources
 
 from ..config.options import FOCUS_POLICIES, MAX_FOCUS_ALPHA
@@ -149,6 +150,8 @@ def _run_grid(backend, cells, tasks, prompts, max_new, tokenizer, quiet: bool):
                 return results, unfinished, e
             except Exception as e:  # noqa: BLE001  one broken run must not lose the others
                 unfinished[cell] = (grid.FAILED, _failure(e))
+                # the whole traceback: the table keeps one line, and a bug in a backend needs the rest
+                traceback.print_exception(e, file=sys.stderr)
                 print(f'calibrate: {cell.label} failed: {_failure(e)}', file=sys.stderr, flush=True)
             if bar is not None:
                 bar.update(1)

@@ -56,11 +56,12 @@ def check_config_first(pipeline, command: str):
     @functools.wraps(pipeline)
     def checked(*args, **kwargs):
         from ..config.compat import check_no_speculative_decoding
-        focus_options = getattr(kwargs.get('backend_config'), 'focus_options', None)  # TurboMind has none
-        if focus_options is not None:
+        config = kwargs.get('backend_config')
+        if hasattr(config, 'focus_options'):  # TurboMind's config has none
             with flag_errors(command):
-                check_no_speculative_decoding(focus_options(), getattr(kwargs.get('speculative_config'), 'method',
-                                                                       None))
+                config.check_fields()
+                check_no_speculative_decoding(config.focus_options(), getattr(kwargs.get('speculative_config'),
+                                                                              'method', None))
         return pipeline(*args, **kwargs)
 
     checked.__lmdeploy_focus_upstream__ = pipeline

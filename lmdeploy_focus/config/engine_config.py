@@ -34,11 +34,7 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
     def __post_init__(self):
         super().__post_init__()
         self._adopt_carried_options()
-        if self.dllm_block_length is not None:  # None: from the model (path suffix, model default)
-            check_block_length(self.dllm_block_length)
-            check_prefill_holds_a_block(self.max_prefill_token_num, self.dllm_block_length)
-        check_unmasking_settings(self.dllm_denoising_steps, self.dllm_confidence_threshold)
-        check_unmasking_strategy(self.dllm_unmasking_strategy)
+        self.check_fields()
         # the fields stay as given; focus_options() resolves what they imply. Writing the implied switches into the
         # fields made dataclasses.replace(shadow, dllm_focus_shadow=False) run eviction and
         # replace(focus, dllm_enable_focus=False) run delayed cache: the implied values came back as given ones.
@@ -49,6 +45,15 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
             log_once('dllm_enable_focus=True enables dllm_enable_delayed_cache.')
         self.focus_options()
         self.__dict__['_built'] = True  # from now on hf_overrides set by a caller is adopted at once (the setter)
+
+    def check_fields(self) -> None:
+        """The DLLM fields' own checks, stock decoding too (ValueError naming the field); again by ``lmdeploy chat``,
+        whose ``build_pipe`` sets the flags on a config already built."""
+        if self.dllm_block_length is not None:  # None: from the model (path suffix, model default)
+            check_block_length(self.dllm_block_length)
+            check_prefill_holds_a_block(self.max_prefill_token_num, self.dllm_block_length)
+        check_unmasking_settings(self.dllm_denoising_steps, self.dllm_confidence_threshold)
+        check_unmasking_strategy(self.dllm_unmasking_strategy)
 
     def focus_options(self) -> FocusOptions:
         """The validated FOCUS options for the engine, implications resolved (shadow turns FOCUS on, FOCUS delayed
@@ -87,10 +92,13 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
         if isinstance(user[OPTIONS_KEY], _FieldOptions):  # another config's fields, handed back: the fields decide
             self.__dict__['_user_hf_overrides'] = {k: v for k, v in user.items() if k != OPTIONS_KEY} or None
             own = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
-            if own.is_default:  # PytorchEngineConfig(hf_overrides=other.hf_overrides): FOCUS off, visibly asked for
+            if own.is_default:
+                # PytorchEngineConfig(hf_overrides=other.hf_overrides) (FOCUS off, likely not meant) and
+                # dataclasses.replace(other, dllm_enable_focus=False) (meant) look the same from here: the warning
+                # must read true for both
                 log_once(f"hf_overrides[{OPTIONS_KEY!r}] taken from another engine config is not used: this config's "
-                         "dllm_* fields decide, and they leave FOCUS off (pass them, or build the config with "
-                         "dataclasses.replace(other, ...))", level=logging.WARNING)
+                         "dllm_* fields decide, and they leave FOCUS off (to carry FOCUS over, pass the other "
+                         "config's dllm_* fields too)", level=logging.WARNING)
             return
         carried = FocusOptions.from_dict(user[OPTIONS_KEY])
         defaults = {f.name: f.default for f in fields(self) if f.name in _FIELD_TO_OPTION}
