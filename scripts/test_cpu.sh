@@ -44,4 +44,7 @@ pip install -q --no-deps -r requirements/lmdeploy_nodeps.txt
 pip install -q --no-deps --force-reinstall . ./dev
 
 export LMDEPLOY_FOCUS_CACHE="${LMDEPLOY_FOCUS_CACHE:-$PWD/.venv-cpu-cache}"
-python -m pytest -q -p no:cacheprovider "$@" tests
+# tests/ unless the arguments name a test path themselves (they were run on top of the whole suite)
+paths=(tests)
+for arg in "$@"; do [[ $arg == tests* || $arg == */tests/* ]] && paths=() && break; done
+python -m pytest -q -p no:cacheprovider "$@" "${paths[@]}"

@@ -107,6 +107,8 @@ def test_api_server_without_flags_is_stock(sdar_dir):
     (['--focus', '--dllm-focus-alpha', '0.5'], 'dllm_focus_alpha must be >= 1.0'),
     (['--focus', '--dllm-focus-alpha', '1e39'], 'dllm_focus_alpha must be <= 10000'),
     (['--focus', '--dllm-focus-alpha', 'abc'], 'argument --dllm-focus-alpha'),
+    # float()'s message ("could not convert string to float: 'Auto'") never named the word the flag takes
+    (['--focus', '--dllm-focus-alpha', 'Auto'], "argument --dllm-focus-alpha: a number >= 1.0 or 'auto', got 'Auto'"),
 ])
 def test_bad_alpha_is_a_usage_error(sdar_dir, flags, message):
     out, probe = serve_probe(sdar_dir('SDAR-tiny'), *flags)

@@ -14,7 +14,12 @@ def _validated(option):
     cast = type(option.default)
     if option.name == 'focus_alpha':  # a number, or the word 'auto'
         def cast(text):
-            return text if text == AUTO_ALPHA else float(text)
+            if text == AUTO_ALPHA:
+                return text
+            try:
+                return float(text)
+            except ValueError:  # float()'s own message never named the word the flag also takes ('Auto')
+                raise ValueError(f'a number >= 1.0 or {AUTO_ALPHA!r}, got {text!r}') from None
 
     def parse(text: str):
         try:
