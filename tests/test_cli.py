@@ -261,6 +261,17 @@ def test_no_cuda_is_one_clear_line(sdar_dir, command):
     _one_line_error(out, f"lmdeploy {' '.join(command)}", fragment)
 
 
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message of a machine without CUDA')
+@pytest.mark.parametrize('command', [['serve', 'api_server'], ['chat']])
+def test_no_cuda_is_said_before_a_hub_model_is_fetched(command):
+    """Upstream's entry point fetches a hub id before the runner: a CPU machine downloaded the checkpoint, or offline
+    ended in the hub client's 93-line traceback (a newcomer run-through)."""
+    out = lmdeploy_cli(*command, 'JetLM/SDAR-8B-Chat-b32', '--backend', 'pytorch', '--focus',
+                       env={'HF_HUB_OFFLINE': '1'})
+    assert out.returncode == 1
+    _one_line_error(out, f"lmdeploy {' '.join(command)}", 'CUDA')
+
+
 def test_cuda_problem_names_the_cause(monkeypatch):
     import torch
     from lmdeploy_focus.cli import preflight

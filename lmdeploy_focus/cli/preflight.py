@@ -107,3 +107,20 @@ def require_cuda(args: argparse.Namespace, command: str) -> None:
     problem = cuda_problem(getattr(args, 'device', None))
     if problem is not None:
         raise SystemExit(f'{command}: error: {problem}')
+
+
+def require_cuda_before_download(parser: argparse.ArgumentParser, command: str) -> None:
+    """The CUDA check of :func:`require_cuda`, as soon as the sub-command's arguments are parsed, for a model path that
+    is no local folder: upstream's entry point fetches a hub model between parsing and the runner (where the check
+    also runs), so a machine without CUDA downloaded the checkpoint (16 GB for SDAR-8B) or, offline, ended in the hub
+    client's traceback before the one line. argparse parses a sub-command with its parser's ``parse_known_args``."""
+    parse = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = parse(args, namespace)
+        path = getattr(namespace, 'model_path', None)
+        if path is not None and not os.path.exists(path):
+            require_cuda(namespace, command)
+        return namespace, extras
+
+    parser.parse_known_args = parse_known_args

@@ -58,7 +58,8 @@ config time instead of running on a partly stock engine.
    because upstream's entry point hands a missing path to the hub client before the runner);
    ``api_server`` folds the parsed options into ``args.hf_overrides['dllm_focus']`` before upstream
    builds its ``PytorchEngineConfig``. Both runners first exit with one line when ``--device cuda``
-   has no usable GPU (``chat`` is replaced before ``add_parser_chat`` runs, whose
+   has no usable GPU (for a model path that is no local folder already as the sub-command's arguments are
+   parsed, the parser's ``parse_known_args`` wrapped: upstream's entry point fetches a hub model before the runner) (``chat`` is replaced before ``add_parser_chat`` runs, whose
    ``set_defaults(run=CLI.chat)`` then reads the wrapper). Upstream ``build_pipe`` copies every parsed
    option that is an attribute of ``PytorchEngineConfig``, so ``chat`` needs no option folding.
    ``chat`` also gains ``--temperature``, ``--top-p``, ``--top-k``, ``--repetition-penalty``,

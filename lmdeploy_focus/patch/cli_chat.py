@@ -29,6 +29,7 @@ def apply(cli_module) -> None:
         add_page_argument(parser)
         add_sampling_arguments(parser)
         preflight.check_model_path_argument(parser)
+        preflight.require_cuda_before_download(parser, COMMAND)
 
     @functools.wraps(upstream_runner)
     def chat(args):

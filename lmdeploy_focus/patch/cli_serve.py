@@ -23,6 +23,7 @@ def apply(serve_module) -> None:
         parser = cls.subparsers.choices['api_server']
         add_focus_arguments(parser)
         preflight.check_model_path_argument(parser)
+        preflight.require_cuda_before_download(parser, COMMAND)
 
     @functools.wraps(upstream_runner)
     def api_server(args):
