@@ -11,6 +11,11 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   "${PYTHON:-python3}" -m venv .venv-cpu
   # shellcheck disable=SC1091
   . .venv-cpu/bin/activate
+elif python -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null; then
+  # the CPU torch below would replace it, and the GPU tests of that environment would then all skip
+  echo "test_cpu.sh: error: the active virtualenv ($VIRTUAL_ENV) has a CUDA build of torch, which this script" \
+    "would replace with the CPU build: deactivate it (the script then makes .venv-cpu/)" >&2
+  exit 2
 fi
 
 pip() { python -m pip --disable-pip-version-check "$@"; }
