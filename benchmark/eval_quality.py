@@ -24,6 +24,7 @@ import sys
 from lmdeploy_focus.calibrate import checks
 # --backend auto as the calibration command resolves it: one rule for both tools
 from lmdeploy_focus.calibrate.backends import resolve as resolve_backend
+from lmdeploy_focus.calibrate.grid import failure_reason
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops benchmark/ from sys.path again)
@@ -31,7 +32,7 @@ from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops ben
 load_benchmark_packages('arms', 'throughput', 'quality')
 from quality import arms, prompting, report  # noqa: E402
 from quality.engine_backend import EngineBackend  # noqa: E402
-from quality.outcome import FAILED, CellOutcome, first_line  # noqa: E402
+from quality.outcome import FAILED, CellOutcome  # noqa: E402
 from quality.reference_backend import DTYPES, ReferenceBackend, resolve_dtype  # noqa: E402
 
 from quality.task_file import load_tasks  # noqa: E402
@@ -180,7 +181,7 @@ def run_cells(backend, cells, prompts) -> tuple[list, tuple | None]:
         try:
             outcome = backend.run_cell(arm, threshold, prompts)
         except (SystemExit, KeyboardInterrupt, Exception) as e:  # noqa: BLE001  write what finished
-            reason = f'exited with status {e.code}' if isinstance(e, SystemExit) else first_line(e)
+            reason = failure_reason(e)
             failed = CellOutcome(arm, threshold, FAILED, reason=f'{reason}; the run stopped here')
             print(f'  FAILED: {failed.reason}', flush=True)
             rest = [CellOutcome(a, t, NOT_RUN, reason=f'the run stopped at {arm} @ {threshold}') for t, a in cells[i:]]

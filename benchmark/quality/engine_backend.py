@@ -14,11 +14,12 @@ import asyncio
 import gc
 from dataclasses import dataclass
 
+from lmdeploy_focus.calibrate.grid import failure_reason
 from throughput import engine_runner
 
 from .arms import RunSettings, engine_config_kwargs, focus_options
 from .decode_stats import read_engine_stats
-from .outcome import FAILED, MISSING, OK, CellOutcome, first_line
+from .outcome import FAILED, MISSING, OK, CellOutcome
 
 
 @dataclass
@@ -94,7 +95,7 @@ class EngineBackend:
             outcome.status, outcome.reason = MISSING, str(e) or type(e).__name__
             return outcome
         except Exception as e:  # noqa: BLE001  one broken cell must not end the evaluation
-            outcome.status, outcome.reason = FAILED, first_line(e)
+            outcome.status, outcome.reason = FAILED, failure_reason(e)
             return outcome
         finally:
             release_device_memory()

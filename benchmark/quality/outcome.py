@@ -16,8 +16,3 @@ class CellOutcome:
     stats: dict | None = None  # raw decode counters (decode_stats.STAT_KEYS), None when unavailable
     stats_note: str | None = None  # why stats is None, or how it was obtained
     seconds: float | None = None  # wall time of the requests (not a throughput measurement)
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__

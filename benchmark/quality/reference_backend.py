@@ -15,11 +15,12 @@ import inspect
 import time
 
 import torch
+from lmdeploy_focus.calibrate.grid import failure_reason
 from throughput.engine_runner import ArmMissing
 
 from .arms import RunSettings, focus_options
 from .decode_stats import STAT_KEYS
-from .outcome import FAILED, MISSING, OK, CellOutcome, first_line
+from .outcome import FAILED, MISSING, OK, CellOutcome
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -118,7 +119,7 @@ class ReferenceBackend:
             outcome.status, outcome.reason = MISSING, str(e) or type(e).__name__
             return outcome
         except Exception as e:  # noqa: BLE001  one broken cell must not end the evaluation
-            outcome.status, outcome.reason = FAILED, first_line(e)
+            outcome.status, outcome.reason = FAILED, failure_reason(e)
             return outcome
         outcome.seconds = round(time.perf_counter() - start, 3)
         outcome.token_ids = [list(r.token_ids) for r in results]

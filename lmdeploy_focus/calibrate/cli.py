@@ -116,13 +116,6 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def _failure(error: BaseException) -> str:
-    if isinstance(error, SystemExit):
-        return f'exited with status {error.code}'
-    text = _first_line(error)
-    return text if text == type(error).__name__ else f'{type(error).__name__}: {text}'
-
-
 def _run_cell(backend, cell, tasks, prompts, max_new, tokenizer) -> grid.CellResult:
     start = time.perf_counter()
     counts, token_ids = backend.run(cell, prompts, max_new)
@@ -145,14 +138,14 @@ def _run_grid(backend, cells, tasks, prompts, max_new, tokenizer, quiet: bool):
             try:
                 results.append(_run_cell(backend, cell, tasks, prompts, max_new, tokenizer))
             except (KeyboardInterrupt, SystemExit) as e:
-                unfinished[cell] = (grid.FAILED, f'{_failure(e)}; the grid stopped here')
+                unfinished[cell] = (grid.FAILED, f'{grid.failure_reason(e)}; the grid stopped here')
                 unfinished.update((rest, (grid.NOT_RUN, f'the grid stopped at {cell.label}')) for rest in cells[i + 1:])
                 return results, unfinished, e
             except Exception as e:  # noqa: BLE001  one broken run must not lose the others
-                unfinished[cell] = (grid.FAILED, _failure(e))
+                unfinished[cell] = (grid.FAILED, grid.failure_reason(e))
                 # the whole traceback: the table keeps one line, and a bug in a backend needs the rest
                 traceback.print_exception(e, file=sys.stderr)
-                print(f'calibrate: {cell.label} failed: {_failure(e)}', file=sys.stderr, flush=True)
+                print(f'calibrate: {cell.label} failed: {grid.failure_reason(e)}', file=sys.stderr, flush=True)
             if bar is not None:
                 bar.update(1)
     finally:

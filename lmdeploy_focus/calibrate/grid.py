@@ -10,6 +10,14 @@ EVICT = 'evict'
 FAILED, NOT_RUN = 'failed', 'not run'  # runs that did not finish: it raised / the grid stopped before it
 
 
+def failure_reason(error: BaseException) -> str:
+    """One line for a run that raised or exited (the table's reason; also eval_quality's cells)."""
+    if isinstance(error, SystemExit):
+        return f'exited with status {error.code}'
+    text = str(error).strip()
+    return f'{type(error).__name__}: {text.splitlines()[0]}' if text else type(error).__name__
+
+
 @dataclass(frozen=True)
 class Cell:
     """One run: ``mode`` baseline / shadow / evict, with a policy and α except for the baseline."""
