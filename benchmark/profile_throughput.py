@@ -122,7 +122,7 @@ def run_options(config_kwargs: dict) -> FocusOptions:
     """The FOCUS options the engine runs with (defaults filled in, implications applied: shadow turns FOCUS on, FOCUS
     delayed cache), read from the engine config's kwargs: the arm's label, the statistics read and the saved settings
     follow them, so no flag or --dllm-option changes the mode behind the label."""
-    return FocusOptions(**{o.name: config_kwargs.get(o.field, o.default) for o in OPTIONS}).resolved()
+    return FocusOptions.from_fields(config_kwargs).resolved()
 
 
 def default_arm(args, facts) -> str:

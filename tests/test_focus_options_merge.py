@@ -122,3 +122,15 @@ def test_a_flag_given_with_its_default_value_still_conflicts_with_hf_overrides()
     # a switch given explicitly parses as before
     args = parser.parse_args(['--dllm-enable-delayed-cache'])
     assert args.dllm_enable_delayed_cache is True and args.dllm_enable_focus is False
+
+
+def test_options_from_engine_field_names_read_dllm_keys_default_the_rest_and_ignore_others():
+    from lmdeploy_focus.config.options import FocusOptions
+    options = FocusOptions.from_fields({'dllm_focus_alpha': 2.5, 'dllm_focus_policy': 'leftmost', 'focus_alpha': 9.0,
+                                        'max_batch_size': 64})
+    assert options.focus_alpha == 2.5 and options.focus_policy == 'leftmost'  # the bare name is not a field name
+    untouched = {o.name for o in OPTIONS} - {'focus_alpha', 'focus_policy'}
+    assert {name: getattr(options, name) for name in untouched} == {o.name: o.default for o in OPTIONS
+                                                                    if o.name in untouched}
+    with pytest.raises(ValueError, match='dllm_focus_alpha'):
+        FocusOptions.from_fields({'dllm_focus_alpha': 0.5})

@@ -88,5 +88,4 @@ def engine_config_kwargs(arm: str, threshold: float | None, settings: RunSetting
 def focus_options(arm: str):
     """The arm's resolved ``FocusOptions`` (FOCUS implies delayed cache, shadow implies FOCUS)."""
     from lmdeploy_focus.config.options import FocusOptions
-    # FocusOptions' fields are the engine-config names without the dllm_ prefix
-    return FocusOptions(**{k[len('dllm_'):]: v for k, v in focus_fields(arm).items()}).resolved()
+    return FocusOptions.from_fields(focus_fields(arm)).resolved()

@@ -65,7 +65,7 @@ def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> FocusOptions:
     """Validated options (ValueError on a bad value) from parsed arguments."""
-    return FocusOptions(**{option.name: getattr(args, option.field) for option in OPTIONS}).resolved()
+    return FocusOptions.from_fields(vars(args)).resolved()
 
 
 def track_for_metrics(args: argparse.Namespace) -> bool:

@@ -58,7 +58,7 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
     def focus_options(self) -> FocusOptions:
         """The validated FOCUS options for the engine, implications resolved (shadow turns FOCUS on, FOCUS delayed
         cache): what the engine runs, where a field reads as given; raises ValueError on a bad combination."""
-        options = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
+        options = FocusOptions.from_fields(vars(self)).resolved()
         if (options.enable_focus and not options.focus_shadow and options.focus_policy == 'importance'
                 and str(self.dllm_unmasking_strategy).lower() == 'sequential'):
             # importance may evict the leftmost masked slots, and the unmasker, which sees evicted slots as done,
@@ -91,7 +91,7 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
             return
         if isinstance(user[OPTIONS_KEY], _FieldOptions):  # another config's fields, handed back: the fields decide
             self.__dict__['_user_hf_overrides'] = {k: v for k, v in user.items() if k != OPTIONS_KEY} or None
-            own = FocusOptions(**{opt: getattr(self, name) for name, opt in _FIELD_TO_OPTION.items()}).resolved()
+            own = FocusOptions.from_fields(vars(self)).resolved()
             if own.is_default:
                 # PytorchEngineConfig(hf_overrides=other.hf_overrides) (FOCUS off, likely not meant) and
                 # dataclasses.replace(other, dllm_enable_focus=False) (meant) look the same from here: the warning

@@ -199,6 +199,12 @@ class FocusOptions:
         return cls(**data)
 
     @classmethod
+    def from_fields(cls, values) -> 'FocusOptions':
+        """The options from a mapping keyed by engine-config field names (``dllm_focus_alpha``, ...): an engine
+        config's or parsed arguments' ``vars()``, a kwargs dict; other keys are ignored, missing options default."""
+        return cls(**{option.name: values.get(option.field, option.default) for option in OPTIONS})
+
+    @classmethod
     def from_hf_config(cls, hf_config) -> 'FocusOptions':
         """Read the options the front end put into ``hf_overrides`` (defaults when absent)."""
         data = getattr(hf_config, OPTIONS_KEY, None)
