@@ -73,3 +73,23 @@ def test_the_boundary_cuts_chats_default_budget_and_refuses_an_explicit_one():
         answer_budget.clip_answers_to_session(False)
     assert len(engine.tokenizer.encode(text, add_bos=False)) == room
     assert len(engine.session_mgr.sessions) == 0
+
+
+def test_pipelines_default_config_is_cut_to_the_room_and_a_changed_one_is_not():
+    default = GenerationConfig()  # what pipeline() passes when given no gen_config
+    room = random.randint(1, default.max_new_tokens - 1)
+    fitted = answer_budget.fit_answer(default, 1000, 1000 + room)
+    assert fitted.max_new_tokens == room and default.max_new_tokens == GenerationConfig().max_new_tokens
+    assert answer_budget.fit_answer(default, 1000, 1000 + default.max_new_tokens) is default  # fits
+    changed = GenerationConfig(temperature=0.5)  # the user chose a config: its budget is theirs, refused later
+    assert answer_budget.fit_answer(changed, 1000, 1000 + room) is changed
+
+
+def test_the_boundary_cuts_pipelines_default_budget():
+    engine = _engine(session_len=24)
+    prompt = 'abcdefghijklmnop'
+    room = 24 - len(engine.tokenizer.encode(prompt, add_bos=False))
+    assert 1 <= room < GenerationConfig().max_new_tokens
+    text = ''.join(_answer(engine, prompt, GenerationConfig()))
+    assert len(engine.tokenizer.encode(text, add_bos=False)) == room
+    assert len(engine.session_mgr.sessions) == 0

@@ -105,3 +105,17 @@ def test_generation_config_still_builds_what_upstream_builds():
     assert (logits.max_new_tokens, logits.output_logits, logits.top_k) == (0, 'all', 1)
     edges = GenerationConfig(top_p=1.0, top_k=0, temperature=0.0, repetition_penalty=1.3, random_seed=0)
     assert (edges.top_p, edges.top_k, edges.temperature, edges.random_seed) == (1.0, 0, 0.0, 0)
+
+
+def test_generation_config_takes_numpy_scalars_as_upstream_did():
+    """Values read out of an array are numpy scalars (np.int64 is no ``int``); upstream accepted them."""
+    import numpy as np
+    from lmdeploy import GenerationConfig
+    values = dict(top_k=np.int64(np.random.randint(0, 50)), max_new_tokens=np.int32(np.random.randint(1, 512)),
+                  random_seed=np.uint32(np.random.randint(0, 2**31)), top_p=np.float32(0.9), min_p=np.float64(0.1))
+    config = GenerationConfig(**values)
+    assert {name: getattr(config, name) for name in values} == values
+    with pytest.raises(ValueError, match='top_k'):
+        GenerationConfig(top_k=np.int64(-1))
+    with pytest.raises(ValueError, match='top_k'):
+        GenerationConfig(top_k=np.bool_(True))

@@ -77,12 +77,13 @@ class ModelLimits:
         return self.mask_token is not None
 
 
+# numbers.Real / Integral: numpy scalars (np.int64 from an array, np.float32) are numbers, as upstream accepted them
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _integer(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def repetition_window() -> int:
