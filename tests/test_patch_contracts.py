@@ -427,6 +427,7 @@ def test_free_cache_is_the_distserve_routes_way_to_end_a_session():
     for name, asks in (('async_get_ppl', 'return_ppl=True'), ('async_get_logits', "output_logits='all'")):
         upstream = getattr(ae.AsyncEngine, name).__lmdeploy_focus_upstream__
         assert asks in inspect.getsource(upstream) and 'preprocess' not in inspect.getsource(upstream), name
+        assert inspect.iscoroutinefunction(upstream), name  # the wrapper awaits it
 
 
 def test_ending_a_session_goes_through_engine_end_session():
@@ -707,6 +708,13 @@ def test_sampling_runs_on_the_rows_the_agent_strategy_picks():
     from lmdeploy.pytorch.engine.model_agent.agent import BaseModelAgent
     upstream = BaseModelAgent.async_sampling_logits.__lmdeploy_focus_upstream__
     source = inspect.getsource(upstream)
+    # the wrapper takes exactly these (an argument upstream added would be a TypeError at every step)
+    assert list(inspect.signature(upstream).parameters) == ['self', 'logits', 'inputs', 'extra_inputs',
+                                                            'sampling_inputs']
+    assert inspect.iscoroutinefunction(upstream)
+    # the engine's step calls it positionally with four arguments (agent.py, the forward task)
+    assert 'await self.async_sampling_logits(\n            last_logits, inputs, extra_inputs, sampling_inputs)' in (
+        inspect.getsource(BaseModelAgent))
     assert 'FusedLogitsProcessor(\n                sampling_inputs,' in source
     assert 'self.agent_strategy.post_sampling(inputs, logits, next_token_ids' in source
 
