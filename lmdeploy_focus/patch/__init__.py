@@ -55,7 +55,9 @@ config time instead of running on a partly stock engine.
    upstream tracebacks (``HFValidationError``, ``AssertionError: Torch not compiled with CUDA``).
    How: after upstream builds a sub-parser, the FOCUS argument group is added to it and its
    ``model_path`` positional gets a type check (:mod:`lmdeploy_focus.cli.preflight`; at parse time,
-   because upstream's entry point hands a missing path to the hub client before the runner);
+   because upstream's entry point hands a missing path to the hub client before the runner; an ``owner/name``
+   whose ``owner`` is a folder in the working directory and that the hub cache does not hold reads as a mistyped
+   path and is refused saying so, also where it was meant as a hub id: run from another folder to fetch it);
    ``api_server`` folds the parsed options into ``args.hf_overrides['dllm_focus']`` before upstream
    builds its ``PytorchEngineConfig``. Both runners first exit with one line when ``--device cuda``
    has no usable GPU (for a model path that is no local folder already as the sub-command's arguments are
