@@ -592,3 +592,54 @@ def test_chat_content_parts_and_template_flags_upstream_would_mishandle_are_refu
         error = rejected(check_http_request, completion(chat_template_kwargs={key: True}), endpoint='chat')
         assert error.param == 'chat_template_kwargs' and key in error.message
     check_http_request(completion(chat_template_kwargs={'enable_thinking': False}), endpoint='chat')
+
+
+def test_the_fast_token_check_agrees_with_the_per_id_rule_on_random_lists():
+    """``_check_tokens`` answers a list of plain ints with C-speed passes: it must refuse exactly what the per-id rule
+    refuses, with the same message (the first bad id's)."""
+    import random
+
+    import numpy as np
+    from lmdeploy_focus.serving.validation import _check_token, _check_tokens
+    rng = random.Random()
+    odd = [-1, 320, 10**9, 259, True, 2.0, np.int64(5), np.int64(259), None]
+    for limits in (LIMITS, ModelLimits(vocab_size=None, session_len=100, mask_token=259),
+                   ModelLimits(vocab_size=320, session_len=100)):
+        for _ in range(300):
+            tokens = [rng.randrange(0, 320) for _ in range(rng.randint(0, 12))]
+            for _ in range(rng.choice([0, 0, 1, 2])):
+                tokens.insert(rng.randint(0, len(tokens)), rng.choice(odd))
+            expected = None
+            for token in tokens:
+                try:
+                    _check_token('prompt', token, limits, what='token id')
+                except FieldError as e:
+                    expected = str(e)
+                    break
+            try:
+                _check_tokens('prompt', tokens, limits)
+                got = None
+            except FieldError as e:
+                got = str(e)
+            assert got == expected, tokens
+
+
+def test_a_long_prompt_is_decoded_whole_only_when_its_head_shows_no_text():
+    calls = []
+
+    def decode(ids):
+        calls.append(len(ids))
+        return ''.join(' ' if i == 1 else ('' if i == 0 else 'x') for i in ids)
+
+    long = 1000
+    check_input_ids([2] + [1] * (long - 1), ModelLimits(vocab_size=320, session_len=10**4), decode=decode)
+    assert calls == [64]  # visible text in the first ids: enough
+    calls.clear()
+    check_input_ids([1] * (long - 1) + [2], ModelLimits(vocab_size=320, session_len=10**4), decode=decode)
+    assert calls == [64, long]  # text only at the end: found by the whole decode
+    calls.clear()
+    assert 'whitespace' in rejected(check_input_ids, [1] * long, ModelLimits(vocab_size=320, session_len=10**4),
+                                    decode=decode).message
+    assert 'decodes to no text' in rejected(check_input_ids, [0] * long, ModelLimits(vocab_size=320,
+                                                                                     session_len=10**4),
+                                            decode=decode).message

@@ -346,8 +346,7 @@ def check_generation_config(gen_config, limits: ModelLimits, encode=None) -> Non
         ids = getattr(gen_config, field) or []
         if len(ids) > MAX_STOP_TOKEN_IDS:
             raise FieldError(field, f'at most {MAX_STOP_TOKEN_IDS} token ids, got {len(ids)}')
-        for token in ids:
-            _check_token(field, token, limits, what='token id')
+        _check_tokens(field, ids, limits)
     for field in ('stop_words', 'bad_words'):
         words = getattr(gen_config, field)
         if words is None:
@@ -403,8 +402,7 @@ def check_sampling_param(sampling_param, limits: ModelLimits) -> None:
     for field, ids in (('stop_words', sampling_param.stop_words), ('bad_words', sampling_param.bad_words)):
         if ids is not None and len(ids) > MAX_ENGINE_TOKEN_IDS:
             raise FieldError(field, f'at most {MAX_ENGINE_TOKEN_IDS} token ids, got {len(ids)}')
-        for token in ids or []:
-            _check_token(field, token, limits, what='token id')
+        _check_tokens(field, ids or [], limits)
 
 
 def check_construction(gen_config) -> None:
@@ -427,6 +425,33 @@ def _check_token(field: str, token, limits: ModelLimits, what: str, said: str = 
         raise FieldError(field, f'{what} {token} is the diffusion mask token, which a request may not contain{said}')
 
 
+def _check_tokens(field: str, tokens, limits: ModelLimits) -> None:
+    """:func:`_check_token` for every id of a list. A prompt is checked on the server's loop for every request, so
+    plain ints go through C-speed passes (type set, min / max, membership; :func:`check_input_ids` on 32k ids: 1.7 ms,
+    4.8 ms with a per-id loop); anything else goes through the per-id loop, which names the bad id."""
+    if set(map(type, tokens)) <= {int}:
+        vocab, mask = limits.vocab_size, limits.mask_token
+        in_vocab = vocab is None or not tokens or (min(tokens) >= 0 and max(tokens) < vocab)
+        if in_vocab and (mask is None or mask not in tokens):
+            return
+    for token in tokens:
+        _check_token(field, token, limits, what='token id')
+
+
+# decoding a prompt whole costs about a microsecond a token on the server's loop; its first tokens settle most
+PROMPT_TEXT_HEAD = 64
+
+
+def _prompt_text(input_ids, decode) -> str:
+    """The prompt's text, or enough of it to tell it is not empty or whitespace only: the decoded first
+    :data:`PROMPT_TEXT_HEAD` ids where they hold visible text, else the whole prompt decoded."""
+    if len(input_ids) > PROMPT_TEXT_HEAD:
+        head = decode(list(input_ids[:PROMPT_TEXT_HEAD]))
+        if head.strip():
+            return head
+    return decode(list(input_ids))
+
+
 def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, decode=None, field='prompt',
                     min_new_tokens=None) -> None:
     """The templated, tokenised prompt. ``decode(ids) -> str`` finds a whitespace-only prompt;
@@ -435,9 +460,8 @@ def check_input_ids(input_ids, limits: ModelLimits, *, max_new_tokens=None, deco
     if input_ids is None or len(input_ids) == 0:
         raise FieldError(field, 'is empty after templating and tokenisation; a request needs at least one '
                          'input token')
-    for token in input_ids:
-        _check_token(field, token, limits, what='token id')
-    text = decode(list(input_ids)) if decode is not None else None
+    _check_tokens(field, input_ids, limits)
+    text = _prompt_text(input_ids, decode) if decode is not None else None
     if text == '':
         raise FieldError(field, 'decodes to no text (token ids the tokenizer has no text for); a request needs '
                          'some non-whitespace input')
