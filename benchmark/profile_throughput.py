@@ -25,17 +25,12 @@ load_benchmark_packages('throughput')
 from throughput import datasets, engine_runner, prompts, report  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
 
-from lmdeploy_focus.config.options import (COMMIT_MODES, FOCUS_POLICIES, OPTIONS,  # noqa: E402  (the engine's choices)
-                                           FocusOptions)
+from lmdeploy_focus.cli.flags import option_type  # noqa: E402
+from lmdeploy_focus.config.options import FOCUS_POLICIES, OPTIONS, FocusOptions  # noqa: E402  (the engine's choices)
 
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
 
 UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
-
-
-def focus_alpha(text: str):
-    """--dllm-focus-alpha: a number, or 'auto' (the engine checks the range)."""
-    return text if text == 'auto' else float(text)
 
 
 def parse_args(argv=None):
@@ -71,18 +66,19 @@ def parse_args(argv=None):
     g.add_argument('--dllm-denoising-steps', type=int, default=None)
     g.add_argument('--dllm-unmasking-strategy', default=None, choices=UNMASKING)
     g.add_argument('--dllm-confidence-threshold', type=float, default=None)
-    g.add_argument('--dllm-enable-delayed-cache', action='store_true')
-    g.add_argument('--dllm-enable-focus', action='store_true')
-    g.add_argument('--dllm-focus-alpha', type=focus_alpha, default=None,
-                   help='a number >= 1, or "auto" (the engine sets it online from shadow steps)')
-    g.add_argument('--dllm-focus-policy', default=None, choices=FOCUS_POLICIES,
-                   help='which masked tokens FOCUS keeps (engine default: importance)')
-    g.add_argument('--dllm-delayed-cache-commit', default=None, choices=COMMIT_MODES,
-                   help='how a decoded block becomes history under delayed cache (engine default: exact)')
-    g.add_argument('--dllm-track', action='store_true', help='report DLLM statistics (processed tokens, steps)')
+    g = p.add_argument_group('FOCUS', 'one flag per row of the option table (lmdeploy_focus/config/options.py); '
+                             'a flag left out is left to the engine\'s default')
+    for option in OPTIONS:  # default None: not given, so the engine config's default stands
+        if option.is_switch:
+            g.add_argument(option.flag, *option.aliases, dest=option.field, action='store_const', const=True,
+                           default=None, help=option.help)
+        else:
+            g.add_argument(option.flag, *option.aliases, dest=option.field, default=None, help=option.help,
+                           **(dict(choices=option.choices) if option.choices else dict(type=option_type(option))))
     g.add_argument('--dllm-option', action='append', default=[], metavar='NAME=VALUE', type=engine_runner.dllm_option,
-                   help='any other FOCUS engine option dllm_NAME (a row of the option table, repeatable), e.g. '
-                   'focus_auto_shadow_every=32; the value is read as a Python literal, else kept as text')
+                   help='a FOCUS engine option dllm_NAME as NAME=VALUE (a row of the option table, repeatable; the '
+                   'same as its flag), e.g. focus_auto_shadow_every=32; the value is read as a Python literal, else '
+                   'kept as text')
     g = p.add_argument_group('repetition guard')
     g.add_argument('--repeat-block-detect', action='store_true',
                    help='stop a request whose output ends in 3 identical consecutive windows')
@@ -180,9 +176,9 @@ def validate(args):
         if name not in OPTION_NAMES:
             raise BenchmarkInputError(f'--dllm-option {name}: not a FOCUS engine option; known: '
                                       f'{", ".join(OPTION_NAMES)}')
-        if hasattr(args, f'dllm_{name}'):  # the dest of a --dllm-<name> flag here: one way to set an option
-            raise BenchmarkInputError(f'--dllm-option {name}: has its own flag here (--dllm-{name.replace("_", "-")}); '
-                                      f'use it')
+        if getattr(args, f'dllm_{name}', None) is not None:  # its flag given too: which one runs would be hidden
+            raise BenchmarkInputError(f'--dllm-option {name}: its flag --dllm-{name.replace("_", "-")} is given too; '
+                                      f'give one of them')
         try:
             FocusOptions(**{name: value}).resolved()
         except (ValueError, TypeError) as e:

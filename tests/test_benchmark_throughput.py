@@ -327,7 +327,11 @@ def test_cli_bad_dataset_is_one_line(tmp_path, dataset_args, needle):
 
 
 @pytest.mark.parametrize('model, extra, needle', [
-    ('models/tiny-sdar-5m-b32', ['--dllm-enable-focus', '--dllm-focus-alpha', '0.5'], 'dllm_focus_alpha must be'),
+    # a FOCUS flag is checked as it is parsed (a usage error naming the flag)
+    ('models/tiny-sdar-5m-b32', ['--dllm-enable-focus', '--dllm-focus-alpha', '0.5'],
+     'argument --dllm-focus-alpha: dllm_focus_alpha must be'),
+    ('models/tiny-sdar-5m-b32', ['--dllm-enable-focus', '--dllm-option', 'focus_alpha=0.5'],
+     'dllm_focus_alpha must be'),
     ('models/tiny-sdar-5m-b32', ['--dllm-confidence-threshold', '5'], 'dllm_confidence_threshold must be'),
     ('models/no-such-model', [], "'models/no-such-model' is not an existing directory"),  # not sent to the hub
 ])
@@ -338,7 +342,8 @@ def test_cli_bad_model_or_option_is_one_line(model, extra, needle):
                           timeout=300, cwd=REPO)
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith('profile_throughput: error:') and needle in last, proc.stderr[-2000:]
+    assert last.startswith(('profile_throughput: error:', 'profile_throughput.py: error:')), proc.stderr[-2000:]
+    assert needle in last, proc.stderr[-2000:]
 
 
 @pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='the message of a machine without CUDA')
@@ -430,10 +435,31 @@ def test_any_engine_option_reaches_the_engine_config(capsys):
         pt.parse_args(['random', '/m', '--dllm-option', 'focus_shadow'])
     assert 'NAME=VALUE' in capsys.readouterr().err
     for bad, message in (('focus_auto_shadow_every=0', 'integer >= 1'), ('no_such_option=1', 'not a FOCUS'),
-                         ('enable_focus=True', r'has its own flag here \(--dllm-enable-focus\)'),  # ran FOCUS as 'stock'
-                         ('focus_policy=leftmost', 'has its own flag')):
+                         ('enable_focus=True', r'its flag --dllm-enable-focus is given too')):
         with pytest.raises(pt.BenchmarkInputError, match=message):  # checked before the model is touched
             pt.validate(pt.parse_args(['random', '/m', '--dllm-enable-focus', '--dllm-option', bad]))
+    # an option given once, as a flag or as --dllm-option (the suite's delayed_cache_commit=fast), is taken
+    for way in (['--dllm-delayed-cache-commit', 'fast'], ['--dllm-option', 'delayed_cache_commit=fast']):
+        args = pt.parse_args(['random', '/m', '--dllm-enable-focus', *way])
+        pt.validate(args)
+        assert engine_runner.engine_config_kwargs(args, 64, facts)['dllm_delayed_cache_commit'] == 'fast'
+
+
+def test_every_arm_of_the_arm_table_parses_and_runs_what_it_says():
+    """The arm table's flags are for profile_throughput.py too: every row of the option table has its flag here
+    (shadow and every-step arms were usage errors), and the engine config gets the arm's fields."""
+    from lmdeploy import PytorchEngineConfig
+    sys.path.insert(0, BENCH)
+    try:
+        import arms
+    finally:
+        sys.path.remove(BENCH)
+    pt = _load_profile_throughput()
+    facts = engine_runner.ModelFacts('sdar', True, 32)
+    for name in arms.ARMS:
+        kwargs = engine_runner.engine_config_kwargs(pt.parse_args(['random', '/m', *arms.arm_flags(name)]), 64, facts)
+        expected = PytorchEngineConfig(**arms.arm_fields(name)).focus_options()
+        assert PytorchEngineConfig(**kwargs).focus_options() == expected, name
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -601,8 +627,8 @@ def test_every_driver_arm_runs_at_the_same_threshold(tmp_path):
     assert [c.arm for c in cmds] == ['stock-static', 'delayed-cache-static', 'focus-importance-static',
                                      'focus-leftmost-static']
     assert {c.dllm_confidence_threshold for c in cmds} == {0.85}
-    assert [(c.dllm_enable_delayed_cache, c.dllm_enable_focus) for c in cmds] == \
-        [(False, False), (True, False), (True, True), (True, True)]
+    assert [(bool(c.dllm_enable_delayed_cache), bool(c.dllm_enable_focus)) for c in cmds] == \
+        [(False, False), (True, False), (True, True), (True, True)]  # None: not given
     paper = _dry_commands(_driver('run_focus_throughput_evaluation.sh'), 'random', env=env | {'PAPER_THRESHOLDS': '1'})
     assert paper[1][0].dllm_confidence_threshold == 0.8
 
@@ -613,7 +639,7 @@ def test_block_driver_arms_and_steps(tmp_path):
     proc, cmds = _dry_commands(_driver('run_block_size_comparison.sh'), 'random', env=env)
     assert proc.returncode == 0, proc.stderr
     got = [(os.path.basename(c.model_path), c.arm, c.dllm_block_length, c.dllm_denoising_steps, c.dllm_focus_policy,
-            c.dllm_enable_delayed_cache) for c in cmds]
+            bool(c.dllm_enable_delayed_cache)) for c in cmds]  # None: not given
     assert got == [(f'SDAR-8B-Chat-b{L}', arm, L, L // 4, policy, cache) for L in (16, 64)
                    for arm, policy, cache in (('stock', None, False), ('delayed-cache', None, True),
                                               ('focus-importance', 'importance', True),
@@ -914,7 +940,7 @@ def test_suite_small_batches_phase_can_end_with_a_second_stock_engine(tmp_path):
     assert [c.arm for c in cmds] == ['stock-static', 'focus-importance-static', 'focus-importance-static-every-step',
                                      'delayed-cache-static', 'stock-static-second-engine']
     first, second = cmds[0], cmds[-1]
-    assert (second.dllm_option, second.dllm_enable_focus, second.dllm_enable_delayed_cache) == ([], False, False)
+    assert (second.dllm_option, second.dllm_enable_focus, second.dllm_enable_delayed_cache) == ([], None, None)
     assert all(c.concurrency == [1, 2] and c.prompts_per_slot == 8 for c in (first, second))
 
 

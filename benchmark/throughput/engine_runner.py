@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from lmdeploy_focus.config.model_facts import DLLM_MODEL_TYPES, local_model_type, model_block_length
+from lmdeploy_focus.config.options import OPTIONS
 
 from .errors import BenchmarkInputError
 from .metrics import RequestRecord, summarize
@@ -101,12 +102,8 @@ def engine_config_kwargs(args, max_concurrency: int, facts: ModelFacts) -> dict:
                 dllm_unmasking_strategy=args.dllm_unmasking_strategy,
                 dllm_denoising_steps=args.dllm_denoising_steps,
                 dllm_confidence_threshold=args.dllm_confidence_threshold,
-                dllm_enable_delayed_cache=args.dllm_enable_delayed_cache,
-                dllm_enable_focus=args.dllm_enable_focus,
-                dllm_focus_alpha=args.dllm_focus_alpha,
-                dllm_focus_policy=getattr(args, 'dllm_focus_policy', None),
-                dllm_delayed_cache_commit=getattr(args, 'dllm_delayed_cache_commit', None),
-                dllm_track=args.dllm_track)
+                # the FOCUS options: one flag per row of the option table; None = not given
+                **{option.field: getattr(args, option.field, None) for option in OPTIONS})
     kwargs.update({k: v for k, v in dllm.items() if v is not None})
     kwargs.update({f'dllm_{name}': value for name, value in getattr(args, 'dllm_option', None) or []})
     return kwargs

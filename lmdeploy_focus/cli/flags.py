@@ -8,7 +8,7 @@ from ..config.options import AUTO_ALPHA, OPTIONS, OPTIONS_KEY, FocusOptions
 from ..log import log_once
 
 
-def _validated(option):
+def option_type(option):
     """argparse type of a valued option: parsed, then checked by ``FocusOptions`` itself (a clean usage
     error instead of a traceback)."""
     cast = type(option.default)
@@ -59,7 +59,7 @@ def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
         elif option.choices is not None:
             kwargs['choices'] = option.choices
         else:
-            kwargs['type'] = _validated(option)
+            kwargs['type'] = option_type(option)
         group.add_argument(option.flag, *option.aliases, **kwargs)
 
 
