@@ -20,6 +20,8 @@ from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops ben
 load_benchmark_packages('arms')
 from arms import arm_fields  # noqa: E402
 
+from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import PROCESS_ALL_ENV  # noqa: E402
+
 # delayed_process_all: delayed-cache bookkeeping, every step forwards the whole block (its ARM_ENV switch)
 # stock_steps=False: the checks' small batches run the delayed-cache step itself (not --dllm-stock-step-rows' stock step)
 ARMS = {'stock': arm_fields('stock', stock_steps=False),
@@ -27,7 +29,7 @@ ARMS = {'stock': arm_fields('stock', stock_steps=False),
         'delayed_exact': arm_fields('delayed_exact', stock_steps=False),
         'delayed_fast': arm_fields('delayed_fast', stock_steps=False)}
 ARM_ENV = {
-    'delayed_process_all': 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL',
+    'delayed_process_all': PROCESS_ALL_ENV,
 }
 
 

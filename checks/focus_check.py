@@ -22,6 +22,8 @@ from benchmark_packages import load_benchmark_packages  # noqa: E402  (drops ben
 load_benchmark_packages('arms')
 from arms import arm_fields  # noqa: E402
 
+from lmdeploy_focus.strategies.dllm.phase_timer import PHASE_TIMING_ENV  # noqa: E402
+
 ARMS = {name: arm_fields(name, stock_steps=False, dllm_track=True)
         for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus_leftmost', 'focus_leftmost_fast', 'focus_importance')}
 
@@ -63,12 +65,12 @@ def phase_breakdown(args, arm, batch_size):
     """Mean and median GPU ms per phase of a decode step (LMDEPLOY_FOCUS_PHASE_TIMING: CUDA events, one extra sync
     per step while profiling), over one generation of 64 tokens at ``batch_size``."""
     import os
-    os.environ['LMDEPLOY_FOCUS_PHASE_TIMING'] = '1'
+    os.environ[PHASE_TIMING_ENV] = '1'
     try:
         result = run_arm(args.model_path, batch_size, args.input_len, 64, not args.profile_graphs,
                          'low_confidence_static', args.denoising_steps, args.seed, **ARMS[arm])
     finally:
-        os.environ.pop('LMDEPLOY_FOCUS_PHASE_TIMING', None)
+        os.environ.pop(PHASE_TIMING_ENV, None)
     return dict(arm=arm, batch_size=batch_size, output_len=64, cuda_graphs=args.profile_graphs,
                 output_tok_per_s=result.get('output_tok_per_s'),
                 phase_timing=result.get('phase_timing'))

@@ -54,3 +54,31 @@ def test_every_debug_switch_refuses_a_spelling_it_would_have_read_as_off(monkeyp
     assert _reads()[name]() is True
     from lmdeploy_focus.models import tp_layout_check
     tp_layout_check.requested.cache_clear()
+
+
+def test_every_focus_variable_the_scripts_and_docs_name_is_one_the_code_reads():
+    """A benchmark phase or a doc that sets a renamed / removed ``LMDEPLOY_FOCUS_*`` variable runs the default
+    silently (``delayed_process_all`` would be ``delayed_exact``): every name they use must be defined in the code
+    (a string literal in the runtime, the dev tools or setup.py). BENCHMARKS.md is a log and may name removed ones."""
+    import glob
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = re.compile(r'LMDEPLOY_FOCUS_[A-Z0-9_]*[A-Z0-9]')
+
+    def files(*patterns):
+        return [f for p in patterns for f in glob.glob(os.path.join(root, p), recursive=True) if '/build/' not in f]
+
+    defined = set()
+    for path in files('lmdeploy_focus/**/*.py', 'dev/lmdeploy_focus_dev/**/*.py', 'setup.py'):
+        defined |= set(re.findall(r"""['"](LMDEPLOY_FOCUS_[A-Z0-9_]*[A-Z0-9])['"]""", open(path).read()))
+    used = {}
+    for path in files('checks/**/*.py', 'benchmark/**/*.py', 'benchmark/**/*.sh', 'scripts/*', 'README.md',
+                      'ARCHITECTURE.md'):
+        if os.path.isfile(path):
+            for found in name.findall(open(path, errors='replace').read()):
+                used.setdefault(found, os.path.relpath(path, root))
+    assert {'LMDEPLOY_FOCUS_ROW_BUCKETS', 'LMDEPLOY_FOCUS_DISABLE'} <= defined  # the scan reads the code
+    assert len(used) >= 10
+    unknown = {n: where for n, where in used.items() if n not in defined}
+    assert not unknown, f'variables named but not read by the code: {unknown}'

@@ -14,7 +14,7 @@ import time
 
 from lmdeploy_focus_dev.testing import step_recorder
 
-PROCESS_ALL_ENV = 'LMDEPLOY_FOCUS_DELAYED_CACHE_PROCESS_ALL'
+from lmdeploy_focus.strategies.dllm.delayed_cache_runtime import PROCESS_ALL_ENV  # the engine's own name
 
 
 def generation_config(max_new_tokens: int):
