@@ -17,6 +17,11 @@ STAT_KEYS = ('decode_steps', 'generated_tokens', 'processed_tokens', 'deep_token
              'shadow_decoded', 'shadow_selected_decoded', 'shadow_random_expected')
 RATIO_KEYS = ('generated_per_step', 'steps_per_request', 'processed_per_generated', 'layer0_processed_per_generated',
               'kept_fraction', 'shadow_recall', 'random_recall')
+# ratio -> the counter whose absence makes it None (a missing counter reads as 0 in derived_metrics, which would
+# turn "not measured" into a ratio of 0); tests/test_single_sources.py ties these names to run_stats.KEYS
+RATIO_NEEDS = {'processed_per_generated': 'deep_tokens', 'layer0_processed_per_generated': 'processed_tokens',
+               'kept_fraction': 'kept_candidates', 'shadow_recall': 'shadow_selected_decoded',
+               'random_recall': 'shadow_random_expected', 'generated_per_step': 'generated_tokens'}
 
 
 def read_engine_stats(reset: bool = True) -> tuple[dict | None, str | None]:
@@ -38,10 +43,7 @@ def derive(stats: dict | None, num_requests: int) -> dict:
     stats = stats or {}
     complete = {key: float(stats.get(key) or 0) for key in STAT_KEYS}
     ratios = derived_metrics(complete)
-    for name, needs in (('processed_per_generated', 'deep_tokens'), ('layer0_processed_per_generated',
-                                                                     'processed_tokens'),
-                        ('kept_fraction', 'kept_candidates'), ('shadow_recall', 'shadow_selected_decoded'),
-                        ('random_recall', 'shadow_random_expected'), ('generated_per_step', 'generated_tokens')):
+    for name, needs in RATIO_NEEDS.items():
         if stats.get(needs) is None:
             ratios[name] = None
     steps = stats.get('decode_steps')

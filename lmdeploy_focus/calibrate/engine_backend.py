@@ -7,6 +7,7 @@ In-process (one GPU: upstream's ``uni`` executor), so the run's counters are rea
 import asyncio
 import gc
 
+from ..config.options import OPTIONS_KEY
 from ..stats import read_run_stats
 from .backends import BackendSettings, BackendUnavailable
 
@@ -28,7 +29,7 @@ class EngineBackend:
         config = PytorchEngineConfig(dllm_block_length=s.block_length, dllm_confidence_threshold=s.confidence_threshold,
                                      dllm_unmasking_strategy='low_confidence_dynamic', max_batch_size=s.batch_size,
                                      block_size=max(64, s.block_length),  # a KV page holds whole blocks
-                                     eager_mode=s.eager_mode, hf_overrides={'dllm_focus': cell.focus_options()})
+                                     eager_mode=s.eager_mode, hf_overrides={OPTIONS_KEY: cell.focus_options()})
         return Engine.from_pretrained(s.model_path, engine_config=config, trust_remote_code=True)
 
     def run(self, cell, prompts: list[list[int]], max_new_tokens: list[int]):

@@ -19,6 +19,7 @@ from lmdeploy.pytorch.engine.logits_process import SamplingInputs, SamplingInput
 from lmdeploy.pytorch.model_inputs import ModelInputs, ModelInputsDelta
 from lmdeploy.pytorch.strategies.dllm.model_agent import DLLMExtraInputs, DLLMExtraOutputs
 
+from lmdeploy_focus.config.options import OPTIONS_KEY
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
 from lmdeploy_focus.strategies.dllm.delayed_cache_step_inputs import DelayedCacheStepInputs
 from lmdeploy_focus.strategies.dllm.upstream_fixes import PaddingSafeDLLMStoppingCriteria
@@ -202,7 +203,7 @@ def lifecycle_model(block_length: int, strategy: str, alpha, commit: str = 'exac
     options = {'enable_delayed_cache': True, 'delayed_cache_commit': commit}
     if alpha is not None:
         options.update(enable_focus=True, focus_alpha=alpha)
-    tiny, _ = tiny_model_and_reference('sdar', block_length, num_layers=3, hf_overrides={'dllm_focus': options},
+    tiny, _ = tiny_model_and_reference('sdar', block_length, num_layers=3, hf_overrides={OPTIONS_KEY: options},
                                        dllm_config=unmasking)
     return tiny, unmasking
 

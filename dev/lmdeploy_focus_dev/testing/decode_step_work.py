@@ -18,6 +18,7 @@ import lmdeploy_focus
 
 from lmdeploy.pytorch.config import DLLMConfig, UnmaskingStrategy
 from lmdeploy.pytorch.engine.logits_process import SamplingInputs
+from lmdeploy_focus.config.options import OPTIONS_KEY
 from lmdeploy_focus.models.step_state import focus_state, shadow_schedule
 from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
 from lmdeploy_focus.strategies.dllm.delayed_cache_agent import DelayedCacheAgentStrategy
@@ -48,7 +49,7 @@ def decode_step(batch_size: int, alpha, padded: bool, block_length: int = 8,
     engine's default; 0: the step reads)."""
     options = {'enable_focus': True, 'focus_alpha': alpha, 'track': True}
     L = block_length
-    sdar, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={'dllm_focus': options})
+    sdar, _ = tiny_model_and_reference('sdar', L, num_layers=3, hf_overrides={OPTIONS_KEY: options})
     if sync_free_rows is not None:
         sdar.model.step_graphs.sync_free_rows = sync_free_rows
     runtime = sdar.model.delayed_cache_runtime
