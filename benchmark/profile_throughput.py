@@ -26,11 +26,12 @@ from throughput import datasets, engine_runner, prompts, report  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
 
 from lmdeploy_focus.cli.flags import option_type  # noqa: E402
+from lmdeploy_focus.config.compat import UNMASKING_STRATEGIES  # noqa: E402
 from lmdeploy_focus.config.options import FOCUS_POLICIES, OPTIONS, FocusOptions  # noqa: E402  (the engine's choices)
 
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
 
-UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
+UNMASKING = UNMASKING_STRATEGIES
 
 
 def parse_args(argv=None):

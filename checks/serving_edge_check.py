@@ -66,6 +66,8 @@ from quality.engine_backend import release_device_memory  # noqa: E402  (same be
 
 from arms import arm_fields  # noqa: E402
 
+from lmdeploy_focus.config.compat import UNMASKING_STRATEGIES  # noqa: E402
+
 ARMS = {name: arm_fields(name, stock_steps=False) for name in ('stock', 'delayed_exact', 'delayed_fast', 'focus', 'focus_leftmost')}
 DEFAULT_ARMS = ('stock', 'delayed_exact', 'delayed_fast', 'focus')  # focus_leftmost: same machinery, other policy
 MAIN_CASES = ('baseline', 'max_new_tokens', 'stop_token', 'abort', 'staggered', 'mixed_sampling', 'logprobs',
@@ -93,8 +95,7 @@ def parse_args(argv=None):
     p.add_argument('--block-length', type=int, default=None, help='None: N of a -b<N> model path, else 32')
     p.add_argument('--max-new-tokens', type=int, default=96, help='N: new tokens of full-length requests')
     p.add_argument('--threshold', type=float, default=0.9, help='dllm_confidence_threshold')
-    p.add_argument('--unmasking', default='low_confidence_dynamic',
-                   choices=('low_confidence_dynamic', 'low_confidence_static', 'sequential'))
+    p.add_argument('--unmasking', default='low_confidence_dynamic', choices=UNMASKING_STRATEGIES)
     p.add_argument('--num-tasks', type=int, default=12, help='task prompts in the main set')
     p.add_argument('--num-text', type=int, default=4, help='KJV text prompts in the main set')
     p.add_argument('--chunk-tokens', type=int, default=128,

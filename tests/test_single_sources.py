@@ -167,3 +167,12 @@ def test_metrics_delta_keys_are_run_stats_keys():
     # engine total feeds one counter, none twice
     from lmdeploy_focus.serving.metrics import DELTA_KEYS
     assert sorted(DELTA_KEYS) == sorted(KEYS)
+
+
+def test_unmasking_strategy_choices_are_upstreams_enum():
+    """The command lines offer ``UNMASKING_STRATEGIES`` as choices without importing the engine: they must be
+    the names upstream's ``UnmaskingStrategy.from_str`` takes, all of them."""
+    from lmdeploy.pytorch.config import UnmaskingStrategy
+    from lmdeploy_focus.config.compat import UNMASKING_STRATEGIES
+    assert sorted(UNMASKING_STRATEGIES) == sorted(member.name.lower() for member in UnmaskingStrategy)
+    assert {UnmaskingStrategy.from_str(name) for name in UNMASKING_STRATEGIES} == set(UnmaskingStrategy)

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from arms import arm_fields, canonical
 from throughput.engine_runner import AR_SIZING_BLOCK
 
-UNMASKING = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
+from lmdeploy_focus.config.compat import UNMASKING_STRATEGIES
+
+UNMASKING = UNMASKING_STRATEGIES
 DEFAULT_UNMASKING = 'low_confidence_dynamic'
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.9)
 KV_PAGE = 64  # the fork's KV page (block_size); a multiple of every SDAR block length

@@ -6,6 +6,10 @@ from .env_switch import env_switch
 
 ALLOW_TP_ENV = 'LMDEPLOY_FOCUS_ALLOW_TP'  # '1': accept tp > 1 (unverified on GPUs, see check_tensor_parallel)
 
+# upstream's UnmaskingStrategy members, lower case (what dllm_unmasking_strategy takes; a test ties the two), for the
+# command lines that offer them as choices without importing the engine
+UNMASKING_STRATEGIES = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
+
 MIN_PAGE = 16  # upstream: the KV page (block_size / kernel_block_size) is a power of two >= 16
 
 
