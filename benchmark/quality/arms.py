@@ -8,14 +8,13 @@ FOCUS is never compared with a baseline at a looser threshold (the fork's 0.8 vs
 from dataclasses import dataclass
 
 from arms import arm_fields, canonical
-from throughput.engine_runner import AR_SIZING_BLOCK
+from throughput.engine_runner import AR_SIZING_BLOCK, KV_PAGE
 
 from lmdeploy_focus.config.compat import UNMASKING_STRATEGIES
 
 UNMASKING = UNMASKING_STRATEGIES
 DEFAULT_UNMASKING = 'low_confidence_dynamic'
 DEFAULT_THRESHOLDS = (0.7, 0.8, 0.9)
-KV_PAGE = 64  # the fork's KV page (block_size); a multiple of every SDAR block length
 
 
 # report labels, in report order; their FOCUS fields come from the shared table

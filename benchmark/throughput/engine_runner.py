@@ -23,6 +23,8 @@ from .repeat_guard import RepeatGuard
 
 # prefill budget per slot when the model has no block (AR); the fork sizes it as concurrency * L
 AR_SIZING_BLOCK = 32
+# the fork's KV page (block_size): a multiple of every SDAR block length; the quality runs size the same way
+KV_PAGE = 64
 DLLM_TRACK_MISSING = ('--dllm-track statistics were not found in this process (engine without the lmdeploy-focus '
                       'plugin, or running in another process)')
 
@@ -92,7 +94,7 @@ def engine_config_kwargs(args, max_concurrency: int, facts: ModelFacts) -> dict:
     sizing_block = facts.block_length or AR_SIZING_BLOCK
     kwargs = dict(max_batch_size=max_concurrency,
                   max_prefill_token_num=args.max_prefill_token_num or max_concurrency * sizing_block,
-                  block_size=64,
+                  block_size=KV_PAGE,
                   cache_max_entry_count=args.cache_max_entry_count,
                   enable_prefix_caching=False,
                   eager_mode=args.eager_mode)

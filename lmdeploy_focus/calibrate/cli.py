@@ -7,7 +7,7 @@ import time
 import traceback
 from importlib import resources
 
-from ..config.options import FOCUS_POLICIES, MAX_FOCUS_ALPHA
+from ..config.options import DEFAULT_AUTO_TARGET_RECALL, FOCUS_POLICIES, MAX_FOCUS_ALPHA
 from . import backends, checks, grid, report
 from .task_file import TaskFileError, load_tasks
 
@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument('--alphas', type=float, nargs='+', default=list(DEFAULT_ALPHAS), help='the α grid (each >= 1)')
     p.add_argument('--policies', nargs='+', default=list(FOCUS_POLICIES), choices=FOCUS_POLICIES,
                    help='selection policies to measure')
-    p.add_argument('--target-recall', type=float, default=0.95,
+    p.add_argument('--target-recall', type=float, default=DEFAULT_AUTO_TARGET_RECALL,  # α auto's target too
                    help='fraction of the decoded tokens the kept set must contain for a setting to be recommended')
     p.add_argument('--threshold', type=float, default=0.9, help='dllm_confidence_threshold (low_confidence_dynamic)')
     p.add_argument('--block-length', type=int, default=None, help='None: N of a -b<N> model path')
