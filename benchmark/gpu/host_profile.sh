@@ -18,13 +18,15 @@ COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 
         --max-new-tokens "$OUT_LEN" --ignore-eos --skip-tokenize --skip-detokenize --dllm-block-length 32
         --dllm-confidence-threshold 0.9 --output-dir "$OUT/throughput" --fast-exit)
 STATIC=(--dllm-unmasking-strategy low_confidence_static --dllm-denoising-steps 8)
-FOCUS=(--dllm-enable-delayed-cache --dllm-enable-focus --dllm-focus-alpha 1.5)
+arm_flags() { python3 benchmark/arms/__init__.py flags "$@"; }  # the one arm table's flags
 failed=0
 for arm in "${ARMS[@]}"; do
   case $arm in
     stock) args=("${STATIC[@]}") ;;
-    importance|leftmost) args=("${STATIC[@]}" "${FOCUS[@]}" --dllm-focus-policy "$arm") ;;
-    importance-dynamic) args=(--dllm-unmasking-strategy low_confidence_dynamic "${FOCUS[@]}" --dllm-focus-policy importance) ;;
+    # shellcheck disable=SC2046  # the flags are words
+    importance|leftmost) args=("${STATIC[@]}" $(arm_flags "focus-$arm")) ;;
+    # shellcheck disable=SC2046
+    importance-dynamic) args=(--dllm-unmasking-strategy low_confidence_dynamic $(arm_flags focus-importance)) ;;
     stock-dynamic) args=(--dllm-unmasking-strategy low_confidence_dynamic) ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;
   esac

@@ -22,7 +22,8 @@ COMMON=(random "$SDAR" --concurrency "$BS" --prompts-per-slot 1 --input-len 256 
         --warmup-tokens 32 --output-dir /tmp/kernel_profile/throughput "${MODE[@]}")
 failed=0
 for arm in stock importance; do
-  args=(); [[ $arm == importance ]] && args=(--dllm-enable-delayed-cache --dllm-enable-focus --dllm-focus-alpha 1.5)
+  # shellcheck disable=SC2207  # the arm table's flags are words
+  args=(); [[ $arm == importance ]] && args=($(python3 benchmark/arms/__init__.py flags focus-importance))
   rm -f /tmp/kernel_profile/trace_${arm}_*
   mkdir -p /tmp/kernel_profile
   LMDEPLOY_PROFILE_CUDA=1 LMDEPLOY_PROFILE_OUT_PREFIX=/tmp/kernel_profile/trace_${arm}_ \
