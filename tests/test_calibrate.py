@@ -109,7 +109,10 @@ def test_recommendation_names_the_block_length_and_threshold_it_was_measured_at(
 def test_a_model_path_that_is_no_folder_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', str(tmp_path / 'missing-b32'), '--out-dir',
                           str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and 'is not a model folder' in out.stderr and 'Traceback' not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith('calibrate: error: ') and 'is not a model folder' in lines[0], \
+        out.stderr[-2000:]
 
 
 def test_help_documents_every_option():
@@ -183,5 +186,7 @@ def test_bad_paths_fail_in_one_line_before_any_run(tmp_path, case):
         expected = 'is not a model folder'
     out = subprocess.run([sys.executable, '-m', 'lmdeploy_focus.calibrate', str(model), '--backend', 'reference',
                           '--out-dir', str(out_dir), '--quiet'], capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and expected in out.stderr and 'Traceback' not in out.stderr, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith('calibrate: error: ') and expected in lines[0], out.stderr[-2000:]
     assert 'calibrate' not in out.stdout  # nothing ran: no table printed

@@ -104,6 +104,7 @@ def test_a_task_the_model_cannot_take_is_one_line_naming_it(tmp_path, record, sa
     tasks.write_text(json.dumps({'prompt': 'fine', 'answer': 'y'}) + '\n' + json.dumps(record) + '\n')
     message = _calibrate(TINY, tasks, tmp_path / 'out')
     assert message.startswith(f'calibrate: error: {tasks}:2: ') and says in message, message
+    assert '\n' not in message.strip(), message
 
 
 @pytest.mark.parametrize('model_type, weights, says', [('qwen3', True, 'calibration is for diffusion models'),
@@ -121,3 +122,4 @@ def test_a_checkpoint_the_reference_backend_cannot_load_is_one_line(tmp_path, mo
     tasks.write_text(json.dumps({'prompt': 'fine', 'answer': 'y'}) + '\n')
     message = _calibrate(model, tasks, tmp_path / 'out')
     assert message.startswith('calibrate: error: the reference backend cannot load') and says in message, message
+    assert '\n' not in message.strip(), message

@@ -112,6 +112,7 @@ def test_a_malformed_generation_config_is_one_line(eval_quality, tmp_path, conte
     message = _refusal(eval_quality, [_tasks(tmp_path), str(model), *BASE, '--out-dir', str(tmp_path / 'out')])
     assert message.startswith(f'{model / "generation_config.json"}: ' if 'integer' in says else 'cannot read') and \
         says in message  # a TypeError / JSONDecodeError traceback
+    assert '\n' not in message.strip(), message
 
 
 def test_the_backend_only_flag_lists_are_the_parsers_groups(eval_quality, monkeypatch):

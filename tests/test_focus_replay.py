@@ -74,7 +74,7 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
     B = len(prompts)
     delayed, focus = DelayedCacheState.fresh(B, L), focus_state.FocusState.fresh(B)
     countdown = shadow_schedule.fresh(B, 2, seed=0, first_index=0) if alpha == 'auto' else None
-    evicted_steps, bound = 0, None
+    evicted_steps, bound, bounded_steps = 0, None, 0
     for k in range(num_steps):
         records = [steps[b][k] for b in range(B)]
         blocks = torch.stack([r.input_ids for r in records])
@@ -128,9 +128,13 @@ def _replay(policy, shadow, commit_mode, strategy, alpha=1.5, num_layers=3, padd
         countdown = step_inputs.shadow_countdown
         processed_rows = int(processed.sum())
         assert bound is None or processed_rows <= bound, f'{seeds} step {k}: {processed_rows} rows, bound {bound}'
+        bounded_steps += bound is not None
         bound = step_inputs.next_rows_bound
         if committed.any():
             runner.commit_blocks([b for b in range(B) if committed[b]])
+    # a step that reads its counts carries a bound to the next one (the first has none); a sync-free step reads
+    # nothing and carries none (StepGraphs.run)
+    assert bounded_steps == (0 if sync_free else num_steps - 1), f'{seeds}: {bounded_steps} of {num_steps} steps'
     return runtime, results, evicted_steps
 
 

@@ -15,7 +15,8 @@ def test_no_flip_within_the_margin():
     moves by less than half of it)."""
     seed = secrets.randbits(31)
     rng = random.Random(seed)
-    for _ in range(300):
+    trials, checked = 300, 0
+    for _ in range(trials):
         n = rng.randint(2, 12)
         target = rng.randint(1, n - 1)
         delta = [rng.choice([rng.gauss(0, 1), round(rng.gauss(0, 1), 1)]) for _ in range(n)]
@@ -24,10 +25,13 @@ def test_no_flip_within_the_margin():
         margin = focus_spec.selection_margin(delta, target, 'importance')
         if margin == 0:
             continue  # a tie: nothing to keep
+        checked += 1
         chosen = focus_spec.select(positions, delta, target, progress, 'importance')
         for _ in range(5):
             moved = [d + rng.uniform(-0.24, 0.24) * margin for d in delta]
             assert focus_spec.select(positions, moved, target, progress, 'importance') == chosen, (seed, delta, target)
+    # ties (margin 0) come from the rounded deltas, ~2.4% of trials: a floor far below that rate
+    assert checked >= trials // 2, (seed, checked)
 
 
 def test_a_near_tie_has_a_near_zero_margin():

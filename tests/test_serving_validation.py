@@ -478,29 +478,41 @@ def test_a_client_session_id_is_one_request_at_a_time_and_never_an_internal_id(p
 
     from lmdeploy_focus_dev.testing import fake_serving
 
-    async def slow_stream(self, session_id, input_ids, gen_config=None, **kwargs):
-        await asyncio.sleep(1.0)
+    streams, first_streaming, release_first = [], threading.Event(), threading.Event()
+
+    async def held_stream(self, session_id, input_ids, gen_config=None, **kwargs):
+        # the first request's stream stays open until the test releases it (at most 60 s); the others finish at once
+        streams.append(session_id)
+        if len(streams) == 1:
+            first_streaming.set()
+            deadline = time.monotonic() + 60
+            while not release_first.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
         yield EngineOutput(ResponseType.FINISH, list(reversed(input_ids))[:gen_config.max_new_tokens])
 
-    monkeypatch.setattr(fake_serving.FakeInstance, 'async_stream_infer', slow_stream)
+    monkeypatch.setattr(fake_serving.FakeInstance, 'async_stream_infer', held_stream)
     app = fake_serving.build_app(MODEL, monkeypatch)
     with TestClient(app, raise_server_exceptions=False) as client:
         first = {}
         runner = threading.Thread(target=lambda: first.setdefault('r', client.post(
             path, json={'model': 'm', 'session_id': 42, **body})))
         runner.start()
-        time.sleep(0.3)
-        second = client.post(path, json={'model': 'm', 'session_id': 42, **body})
-        # completions with a list of prompts: upstream gives each a session of its own and uses no client id
-        listed = None
-        if path == '/v1/completions':
-            in_flight = list(fake_serving_sessions(app))
-            listed = client.post(path, json={'model': 'm', 'session_id': 42, **dict(body, prompt=['hi', 'yo'])})
-            assert in_flight, 'the first request ended before the list prompt was sent'
-        # a client id equal to the internal id of the request in flight (upstream refused it as occupied)
-        internal = next(iter(fake_serving_sessions(app)), 0)
-        free = client.post(path, json={'model': 'm', 'session_id': internal, **body})
-        runner.join()
+        try:
+            assert first_streaming.wait(60), 'the first request never reached the engine'
+            in_flight = fake_serving_sessions(app)
+            assert len(in_flight) == 1, in_flight  # the first request's internal session
+            second = client.post(path, json={'model': 'm', 'session_id': 42, **body})
+            # completions with a list of prompts: upstream gives each a session of its own and uses no client id
+            listed = None
+            if path == '/v1/completions':
+                listed = client.post(path, json={'model': 'm', 'session_id': 42, **dict(body, prompt=['hi', 'yo'])})
+            # a client id equal to the internal id of the request in flight (upstream refused it as occupied)
+            internal = in_flight[0]
+            assert fake_serving_sessions(app)[:1] == [internal] and 'r' not in first  # still in flight
+            free = client.post(path, json={'model': 'm', 'session_id': internal, **body})
+        finally:
+            release_first.set()
+            runner.join()
     assert second.status_code == 400, second.text
     assert second.json()['param'] == 'session_id' and 'in progress' in second.json()['message']
     assert free.status_code == 200, free.text

@@ -79,36 +79,74 @@ def test_dllm_counters_sum_each_counter_over_its_labels_and_skip_the_rest():
 
 def test_server_sampler_counts_only_while_the_flag_exists(tmp_path):
     """serving_profile/sitecustomize.py in a child process: no report before the window, one window's
-    samples after it, attributed to what the main thread ran."""
+    samples after it, attributed to what the main thread ran.
+
+    Only relations that hold however loaded the machine is: the window opens once the watcher sees the
+    flag (after the test creates it) and its report is written after the watcher sees the flag gone, so
+    its wall time is positive and at most the time from creating the flag to reading the report; the
+    sampler waits one interval before each sample, so samples <= wall_s / interval (+ slack); the child's
+    main thread is inside ``busy_main_thread`` from before the flag until after the report, so every
+    sample has it on the stack."""
     import json
     import subprocess
     import time
-    child = ('import time\n'
-             'def busy_main_thread(until):\n'
-             '    while time.time() < until:\n'
+    ready, stop = tmp_path / 'ready', tmp_path / 'stop'
+    child = ('import os, time\n'
+             'def busy_main_thread(ready, stop):\n'
+             '    open(ready, "w").close()\n'
+             '    until = time.monotonic() + 120\n'
+             '    while not os.path.exists(stop) and time.monotonic() < until:\n'
              '        sum(range(1000))\n'
-             'busy_main_thread(time.time() + 3.0)\n')
+             f'busy_main_thread({str(ready)!r}, {str(stop)!r})\n')
     env = dict(os.environ, FOCUS_HOST_SAMPLE_DIR=str(tmp_path),
                PYTHONPATH=os.pathsep.join([swt.SAMPLER_DIR, os.environ.get('PYTHONPATH', '')]))
+
+    def wait_for(condition, what, timeout_s=60.0):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = condition()
+            if value:
+                return value
+            assert time.monotonic() < deadline, f'no {what} within {timeout_s} s'
+            assert process.poll() is None, f'the child exited ({process.returncode}) before {what}'
+            time.sleep(0.05)
+
+    def complete_report():
+        reports = list(tmp_path.glob('prof_*.json'))
+        if not reports:
+            return None
+        try:  # the watcher may be writing it right now
+            return reports, json.loads(reports[0].read_text())
+        except json.JSONDecodeError:
+            return None
+
     process = subprocess.Popen([sys.executable, '-c', child], env=env)
     try:
-        time.sleep(0.8)
+        wait_for(ready.exists, 'ready file')  # sitecustomize ran before this: the watcher thread is up
+        time.sleep(0.5)  # the watcher polls every 0.05 s: several looks without the flag
         assert not list(tmp_path.glob('prof_*.json'))
+        flag_on = time.monotonic()
         (tmp_path / 'on').touch()
         time.sleep(0.8)
         (tmp_path / 'on').unlink()
-        time.sleep(0.5)
-        reports = list(tmp_path.glob('prof_*.json'))
+        reports, report = wait_for(complete_report, 'report')
+        report_seen = time.monotonic()
+        stop.touch()
         assert [p.name for p in reports] == [f'prof_{process.pid}.json']
-        windows = json.loads(reports[0].read_text())['windows']
+        windows = report['windows']
         assert len(windows) == 1
         window = windows[0]
-        assert 0.6 < window['wall_s'] < 1.5
-        assert 30 < window['samples'] <= window['wall_s'] / 0.002 + 5
+        assert 0 < window['wall_s'] <= report_seen - flag_on + 0.001  # wall_s is rounded to 1 ms
+        assert 0 < window['samples'] <= window['wall_s'] / 0.002 + 5
         inclusive = dict((name, share) for name, share in window['top_inclusive'])
-        assert inclusive.get('<string> busy_main_thread', 0) > 0.9
+        assert inclusive.get('<string> busy_main_thread', 0) == 1.0
     finally:
-        process.wait(10)
+        stop.touch()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     assert process.returncode == 0
 
 

@@ -341,13 +341,21 @@ def test_pipeline_has_no_host_sync(gen):
     q0, k0, q1, k1 = random_layers(gen, step)
     s = to(step, DEVICE)
     avg = torch.rand(16, device=DEVICE) * 3
-    run_pipeline(s, q0, k0, q1, k1, avg, 1.5, 32)  # compile first: the compiler may sync
+    outside = run_pipeline(s, q0, k0, q1, k1, avg, 1.5, 32)  # compile first: the compiler may sync
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        run_pipeline(s, q0, k0, q1, k1, avg, 1.5, 32)
+        with pytest.raises(RuntimeError):  # the detector is live
+            avg.sum().item()
+        inside = run_pipeline(s, q0, k0, q1, k1, avg, 1.5, 32)
     finally:
         torch.cuda.set_sync_debug_mode('default')
+    torch.cuda.synchronize()
+    # the same computation outside the detector (the kernels are deterministic: no float atomics)
+    for name, got, want in zip(('delta', 'targets', 'keep'), inside[:3], outside[:3]):
+        assert torch.equal(got, want), f'{name} seed={gen.initial_seed()}'
+    for name in LAYOUT_FIELDS:
+        assert torch.equal(getattr(inside[3], name), getattr(outside[3], name)), f'{name} seed={gen.initial_seed()}'
 
 
 def test_pipeline_matches_reference_given_the_delta(gen):

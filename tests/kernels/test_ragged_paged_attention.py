@@ -359,12 +359,18 @@ def test_graph_replay_with_new_lengths(gen, dtype):
 def test_no_host_sync(gen):
     b = random_batch(gen, batch=8, block_len=16, page_size=64, kv_heads=2, group=8, head_dim=64, dtype=torch.float16)
     launch(b, 16, None)  # compile first: the compiler may sync
+    sentinel = 7.0
+    out = torch.full((b.q.size(0), b.q.size(1), b.v_cache.size(-1)), sentinel, dtype=torch.float16, device=DEVICE)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        launch(b, 16, None)
+        with pytest.raises(RuntimeError):  # the detector is live
+            b.q_seqlens.sum().item()
+        launch(b, 16, out)
     finally:
         torch.cuda.set_sync_debug_mode('default')
+    torch.cuda.synchronize()
+    check_against_reference(out, b, torch.float16, gen.initial_seed(), 'under sync debug', sentinel)
 
 
 def test_unsupported_dtype_is_rejected():

@@ -172,13 +172,30 @@ def test_no_host_sync(gen):
                             dtype=torch.float16,
                             cache_dtype=torch.float16,
                             anywhere=True)
-    sparse_fill_kv_cache(**step)  # compile first: the compiler may sync
+    # compile first (the compiler may sync), on copies so that the checked fill starts from the original cache
+    sparse_fill_kv_cache(**dict(step, k_cache=step['k_cache'].clone(), v_cache=step['v_cache'].clone()))
+    ref_k, ref_v = step['k_cache'].clone(), step['v_cache'].clone()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
+        with pytest.raises(RuntimeError):  # the detector is live
+            step['q_seqlens'].sum().item()
         sparse_fill_kv_cache(**step)
     finally:
         torch.cuda.set_sync_debug_mode('default')
+    torch.cuda.synchronize()
+    fill_kv_cache(step['k'],
+                  step['v'],
+                  ref_k,
+                  ref_v,
+                  step['block_offsets'],
+                  step['q_start_loc'],
+                  step['q_seqlens'],
+                  kv_seqlens=None,
+                  positions_in_seq=step['positions_in_seq'])
+    seed = gen.initial_seed()
+    assert torch.equal(step['k_cache'], ref_k), f'k cache differs from the reference, seed={seed}'
+    assert torch.equal(step['v_cache'], ref_v), f'v cache differs from the reference, seed={seed}'
 
 
 @pytest.mark.parametrize('dtype_name', ['int8', 'uint8', 'float8_e4m3fn', 'float8_e5m2'])
