@@ -10,6 +10,11 @@ ALLOW_TP_ENV = 'LMDEPLOY_FOCUS_ALLOW_TP'  # '1': accept tp > 1 (unverified on GP
 # command lines that offer them as choices without importing the engine
 UNMASKING_STRATEGIES = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
 
+# FOCUS's importance kernel holds a block's query and key rows in one tile per program (kernels/cuda/
+# focus_importance.py): at block length 256 with 16-bit heads of 128 it needs 256 KiB of shared memory, more than a
+# Hopper GPU has (227 KiB; compiled for sm_90: 128 KiB at 128). The published DLLMs use blocks of 4 to 64.
+MAX_FOCUS_BLOCK_LENGTH = 128
+
 MIN_PAGE = 16  # upstream: the KV page (block_size / kernel_block_size) is a power of two >= 16
 
 
@@ -104,9 +109,19 @@ def check_block_fits_page(block_length: int, page_size: int) -> None:
             f'block_size={max(block_length, MIN_PAGE)} (--cache-block-seq-len {max(block_length, MIN_PAGE)}).')
 
 
+def check_focus_block_length(block_length: int) -> None:
+    """FOCUS (eviction or shadow mode) runs blocks up to :data:`MAX_FOCUS_BLOCK_LENGTH`; delayed cache alone runs
+    any block a page holds."""
+    if block_length > MAX_FOCUS_BLOCK_LENGTH:
+        raise ValueError(f'dllm_enable_focus with dllm_block_length={block_length}: FOCUS runs blocks of at most '
+                         f'{MAX_FOCUS_BLOCK_LENGTH} tokens (its importance kernel holds a whole block in GPU shared '
+                         f'memory); use the model\'s trained block length (SDAR: the N of -b<N>) or drop --focus '
+                         f'(delayed cache alone, --dllm-enable-delayed-cache, runs this block length)')
+
+
 def check_engine_settings(*, quant_policy: int, tp: int, block_size: int, dllm_block_length: int | None,
                           device_type: str, enable_prefix_caching: bool = False,
-                          delayed_cache_commit: str = 'exact', dp: int = 1, ep: int = 1) -> None:
+                          delayed_cache_commit: str = 'exact', dp: int = 1, ep: int = 1, focus: bool = False) -> None:
     """Validate the engine settings that delayed cache / FOCUS depend on."""
     if dp > 1 or ep > 1:
         # DP ranks run dummy decode forwards while others decode, and upstream's DP / EP layers size
@@ -130,6 +145,8 @@ def check_engine_settings(*, quant_policy: int, tp: int, block_size: int, dllm_b
                          f'CUDA kernels), got device_type={device_type!r}: use device_type="cuda".')
     if dllm_block_length is not None:
         check_block_fits_page(dllm_block_length, block_size)
+        if focus:
+            check_focus_block_length(dllm_block_length)
 
 
 def check_tensor_parallel(tp: int) -> None:

@@ -80,7 +80,8 @@ class PytorchEngineConfig(_UpstreamPytorchEngineConfig):
                                   dllm_block_length=self.dllm_block_length,
                                   device_type=self.device_type,
                                   enable_prefix_caching=self.enable_prefix_caching,
-                                  delayed_cache_commit=options.delayed_cache_commit)
+                                  delayed_cache_commit=options.delayed_cache_commit,
+                                  focus=options.enable_focus)
         return options
 
     def _adopt_carried_options(self):

@@ -88,6 +88,17 @@ def _masked_importance_kernel(
     tl.store(out_ptr + kv_head * stride_ot + rows, tl.where(cand, received, 0.0), mask=in_seq)
 
 
+# The query tile and the three key tiles of a program are dot operands in shared memory: 4 x L x d elements. At
+# 32 KiB per tile (L 128 x d 128 in 16 bits, or L 64 in fp32) the kernel compiles for sm_90 to 128 KiB (fp32: 161
+# KiB with its layout scratch); twice that (L 256 in 16 bits: 256 KiB, L 128 in fp32: 322 KiB) exceeds the 227 KiB a
+# Hopper GPU gives a block, and Triton then raised OutOfResources at the first launch.
+MAX_TILE_BYTES = 32 * 1024
+
+
+def tile_bytes(block_l: int, head_dim: int, dtype: torch.dtype) -> int:
+    return block_l * triton.next_power_of_2(head_dim) * torch.empty((), dtype=dtype).element_size()
+
+
 def cuda_masked_importance(q: torch.Tensor, k: torch.Tensor, q_start_loc: torch.Tensor, q_seqlens: torch.Tensor,
                            candidate: torch.Tensor, scale: float, max_q_len: int) -> torch.Tensor:
     """float32 [N] importance (see the reference); no host sync.
@@ -105,12 +116,16 @@ def cuda_masked_importance(q: torch.Tensor, k: torch.Tensor, q_start_loc: torch.
     assert num_heads % num_kv_heads == 0, 'query heads must be a multiple of KV heads'
     assert candidate.shape == (num_rows, ), 'one candidate flag per row'
     assert q_start_loc.is_contiguous() and q_seqlens.is_contiguous() and candidate.is_contiguous()
+    block_l = max(16, triton.next_power_of_2(max_q_len))  # tl.dot needs >= 16 per side
+    if tile_bytes(block_l, head_dim, q.dtype) > MAX_TILE_BYTES:
+        raise ValueError(f'FOCUS importance: a block of {max_q_len} rows with {head_dim}-dim {q.dtype} heads needs '
+                         f'more GPU shared memory than a program gets (tiles of {block_l} x {head_dim}, at most '
+                         f'{MAX_TILE_BYTES // 1024} KiB each); FOCUS runs blocks up to 128 with 16-bit heads of 128')
     # Per KV head partial sums; rows no program writes (padding) stay 0.
     partial = torch.zeros(num_kv_heads, num_rows, dtype=torch.float32, device=q.device)
     batch_size = q_seqlens.numel()
     if num_rows == 0 or batch_size == 0:
         return partial.sum(0)
-    block_l = max(16, triton.next_power_of_2(max_q_len))  # tl.dot needs >= 16 per side
     _masked_importance_kernel[(batch_size, num_kv_heads)](
         q, k, q_start_loc, q_seqlens, candidate, partial,
         float(scale), partial.stride(0),

@@ -1,7 +1,7 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
-from ...config.compat import (check_block_fits_page, check_block_length, check_full_attention,
+from ...config.compat import (check_block_fits_page, check_block_length, check_focus_block_length, check_full_attention,
                               check_unmasking_settings)
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
@@ -89,6 +89,8 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
         if self.focus_options.uses_sparse_decode:
             # The block length may only be known here (model default or path suffix).
             check_block_fits_page(self.dllm_block_length, cache_config.block_size)
+            if self.focus_options.enable_focus:
+                check_focus_block_length(self.dllm_block_length)
             rows = self.focus_options.stock_step_rows
             if rows and cache_config.max_batches * self.dllm_block_length <= rows:
                 logger.warning(f'every decode batch of this engine (max_batch_size {cache_config.max_batches}, block '
