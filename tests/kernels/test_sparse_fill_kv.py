@@ -88,19 +88,24 @@ def targeted_slots(step):
     return hit.to(DEVICE)
 
 
-def fill_and_check(step, seed):
-    original_k, original_v = step['k_cache'].clone(), step['v_cache'].clone()
-    ref_k, ref_v = original_k.clone(), original_v.clone()
-    sparse_fill_kv_cache(**step)
+def reference_fill(step, k_cache, v_cache):
+    """Upstream's dense fill of the step's rows into ``k_cache`` / ``v_cache`` (in place): the reference."""
     fill_kv_cache(step['k'],
                   step['v'],
-                  ref_k,
-                  ref_v,
+                  k_cache,
+                  v_cache,
                   step['block_offsets'],
                   step['q_start_loc'],
                   step['q_seqlens'],
                   kv_seqlens=None,
                   positions_in_seq=step['positions_in_seq'])
+
+
+def fill_and_check(step, seed):
+    original_k, original_v = step['k_cache'].clone(), step['v_cache'].clone()
+    ref_k, ref_v = original_k.clone(), original_v.clone()
+    sparse_fill_kv_cache(**step)
+    reference_fill(step, ref_k, ref_v)
     hit = targeted_slots(step)
     print(f'ERR fill rows={step["k"].size(0)} slots_written={int(hit.sum())} '
           f'mismatches={int((step["k_cache"] != ref_k).sum() + (step["v_cache"] != ref_v).sum())} seed={seed}')
@@ -184,15 +189,7 @@ def test_no_host_sync(gen):
     finally:
         torch.cuda.set_sync_debug_mode('default')
     torch.cuda.synchronize()
-    fill_kv_cache(step['k'],
-                  step['v'],
-                  ref_k,
-                  ref_v,
-                  step['block_offsets'],
-                  step['q_start_loc'],
-                  step['q_seqlens'],
-                  kv_seqlens=None,
-                  positions_in_seq=step['positions_in_seq'])
+    reference_fill(step, ref_k, ref_v)
     seed = gen.initial_seed()
     assert torch.equal(step['k_cache'], ref_k), f'k cache differs from the reference, seed={seed}'
     assert torch.equal(step['v_cache'], ref_v), f'v cache differs from the reference, seed={seed}'
