@@ -93,3 +93,13 @@ def test_the_boundary_cuts_pipelines_default_budget():
     text = ''.join(_answer(engine, prompt, GenerationConfig()))
     assert len(engine.tokenizer.encode(text, add_bos=False)) == room
     assert len(engine.session_mgr.sessions) == 0
+
+
+def test_a_bad_budget_set_after_construction_is_named_not_a_type_error():
+    """The request rules run before the budget is cut (the cut compares numbers)."""
+    from lmdeploy.serve.core.exceptions import RequestError
+    engine = _engine(session_len=24)
+    config = GenerationConfig()
+    config.max_new_tokens = 'many'
+    with pytest.raises(RequestError, match='max_new_tokens'):
+        _answer(engine, 'abcdefghijklmnop', config)

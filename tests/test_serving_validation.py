@@ -655,3 +655,17 @@ def test_a_long_prompt_is_decoded_whole_only_when_its_head_shows_no_text():
     assert 'decodes to no text' in rejected(check_input_ids, [0] * long, ModelLimits(vocab_size=320,
                                                                                      session_len=10**4),
                                             decode=decode).message
+
+
+def test_a_whitespace_prompt_of_multi_byte_characters_is_refused_with_a_real_tokenizer():
+    """The head decode may cut a character: its U+FFFD is no text (U+3000 x 100, 300 byte ids, was accepted)."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))), 'models', 'tiny-sdar-5m-b32'))
+    limits = ModelLimits(vocab_size=len(tokenizer), session_len=10**4)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+    for space in ('\u3000', '\u2003', '\xa0', ' '):
+        ids = tokenizer.encode(space * 100, add_special_tokens=False)
+        assert len(ids) > 64
+        assert 'whitespace' in rejected(check_input_ids, ids, limits, decode=decode).message, repr(space)
+    check_input_ids(tokenizer.encode('\u3000' * 100 + 'x', add_special_tokens=False), limits, decode=decode)

@@ -153,8 +153,9 @@ config time instead of running on a partly stock engine.
     the error). An empty prompt otherwise reached ``Engine._add_message``'s assert and killed the loop.
     Stock requests see these rules too: ``n`` other than 1 is refused (upstream fell back to 1 with a log line and
     answered once); a ``max_new_tokens`` the session cannot hold is refused naming the fix (upstream's engine cut it
-    with a warning), except a budget the user did not choose (``pipeline()`` given no ``GenerationConfig``,
-    ``lmdeploy chat`` without ``--max-new-tokens``), which is cut to the room left (``serving.answer_budget``).
+    with a warning), except a budget the user did not choose (a ``GenerationConfig`` at its defaults, what
+    ``pipeline()`` passes given none; ``lmdeploy chat`` without ``--max-new-tokens``), which is cut to the room left
+    (``serving.answer_budget``).
     ``_request_error_from_status`` mapping a request to "engine unavailable" pokes the liveness watch (12).
     ``free_cache`` (``POST /distserve/free_cache``, registered on every api_server) ended any session by its
     small integer id on a Hybrid engine, a running request included, never answered: refused there (400).

@@ -4,8 +4,8 @@ The request boundary (:mod:`.boundary`) refuses a ``max_new_tokens`` that does n
 prompt: for an explicit budget (a ``max_tokens`` of the api_server, a ``GenerationConfig`` of ``pipeline()``,
 ``--max-new-tokens``) that is a 400 / error naming the fix. Chat's budget is upstream's fixed default (4096),
 which the user never chose; the whole transcript is re-sent each turn, so with a ``--session-len`` below about
-4096 + the transcript every turn was refused. Upstream's AR engine cuts such an answer to the room left
-silently; in the chat process, and only for that default, the answer budget is cut to the room left (one
+4096 + the transcript every turn was refused. Upstream's engine cuts such an answer to the room left with a
+warning; in the chat process, and only for that default, the answer budget is cut to the room left (one
 token at least: a prompt that fills the session alone is still refused). The same holds for ``pipeline()`` given
 no ``GenerationConfig``: upstream passes ``GenerationConfig()`` (512 new tokens), which its engine cut to the room
 left with a warning; a config whose every field is at its default is cut the same way, any process.
@@ -36,9 +36,10 @@ def fit_answer(gen_config, prompt_len: int, session_len: int | None):
         logger.info(f'lmdeploy chat: this answer may have at most {room} tokens ({prompt_len} of the session length '
                     f'{session_len} are the conversation so far); --session-len raises it, "end" starts a new one')
     elif gen_config == type(gen_config)():
-        logger.warning(f'no GenerationConfig given: the default max_new_tokens {budget} does not fit next to the '
-                       f'{prompt_len}-token prompt in the session length {session_len}; this answer may have at '
-                       f'most {room} tokens (pass GenerationConfig(max_new_tokens=...) to choose)')
+        logger.warning(f'a GenerationConfig at its defaults (what pipeline() passes when given none): its '
+                       f'max_new_tokens {budget} does not fit next to the {prompt_len}-token prompt in the session '
+                       f'length {session_len}; this answer may have at most {room} tokens (set '
+                       f'GenerationConfig(max_new_tokens=...) to choose)')
     else:
         return gen_config
     fitted = deepcopy(gen_config)

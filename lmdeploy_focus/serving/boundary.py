@@ -62,10 +62,10 @@ def wrap_determine_gen_config(upstream):
     def _determine_gen_config(self, input_ids, gen_config=None):
         limits = engine_limits(self)
         tokenizer = self.tokenizer
-        # a budget the user did not choose (chat's, pipeline()'s default) is cut to the room left, not refused
-        gen_config = fit_answer(gen_config, 0 if input_ids is None else len(input_ids), limits.session_len)
         try:
             check_generation_config(gen_config, limits, encode=lambda word: tokenizer.encode(word, add_bos=False))
+            # a budget the user did not choose (chat's, pipeline()'s default) is cut to the room left, not refused
+            gen_config = fit_answer(gen_config, 0 if input_ids is None else len(input_ids), limits.session_len)
             # without a gen_config the budget is upstream's to set (session room); pipeline()'s default is cut above
             max_new_tokens = gen_config.max_new_tokens if gen_config is not None else None
             check_input_ids(input_ids, limits, max_new_tokens=max_new_tokens,

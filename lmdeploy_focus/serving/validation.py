@@ -447,7 +447,8 @@ def _prompt_text(input_ids, decode) -> str:
     :data:`PROMPT_TEXT_HEAD` ids where they hold visible text, else the whole prompt decoded."""
     if len(input_ids) > PROMPT_TEXT_HEAD:
         head = decode(list(input_ids[:PROMPT_TEXT_HEAD]))
-        if head.strip():
+        # a character cut at the head's end decodes to U+FFFD, which says nothing (U+3000 x 100 read as text)
+        if head.rstrip('\ufffd').strip():
             return head
     return decode(list(input_ids))
 
