@@ -25,7 +25,7 @@ load_benchmark_packages('throughput')
 from throughput import datasets, engine_runner, prompts, report  # noqa: E402
 from throughput.errors import BenchmarkInputError  # noqa: E402
 
-from lmdeploy_focus.cli.flags import option_type  # noqa: E402
+from lmdeploy_focus.cli.flags import add_focus_arguments  # noqa: E402
 from lmdeploy_focus.config.compat import UNMASKING_STRATEGIES  # noqa: E402
 from lmdeploy_focus.config.options import FOCUS_POLICIES, OPTIONS, FocusOptions  # noqa: E402  (the engine's choices)
 
@@ -67,15 +67,7 @@ def parse_args(argv=None):
     g.add_argument('--dllm-denoising-steps', type=int, default=None)
     g.add_argument('--dllm-unmasking-strategy', default=None, choices=UNMASKING)
     g.add_argument('--dllm-confidence-threshold', type=float, default=None)
-    g = p.add_argument_group('FOCUS', 'one flag per row of the option table (lmdeploy_focus/config/options.py); '
-                             'a flag left out is left to the engine\'s default')
-    for option in OPTIONS:  # default None: not given, so the engine config's default stands
-        if option.is_switch:
-            g.add_argument(option.flag, *option.aliases, dest=option.field, action='store_const', const=True,
-                           default=None, help=option.help)
-        else:
-            g.add_argument(option.flag, *option.aliases, dest=option.field, default=None, help=option.help,
-                           **(dict(choices=option.choices) if option.choices else dict(type=option_type(option))))
+    add_focus_arguments(p, leave_unset=True)  # as on lmdeploy serve; a flag left out: the engine's default
     g.add_argument('--dllm-option', action='append', default=[], metavar='NAME=VALUE', type=engine_runner.dllm_option,
                    help='a FOCUS engine option dllm_NAME as NAME=VALUE (a row of the option table, repeatable; the '
                    'same as its flag), e.g. focus_auto_shadow_every=32; the value is read as a Python literal, else '
@@ -120,6 +112,12 @@ def run_options(config_kwargs: dict) -> FocusOptions:
     delayed cache), read from the engine config's kwargs: the arm's label, the statistics read and the saved settings
     follow them, so no flag or --dllm-option changes the mode behind the label."""
     return FocusOptions.from_fields(config_kwargs).resolved()
+
+
+def saved_settings(args) -> dict:
+    """The parsed flags a result records: no positionals, no private parser bookkeeping (the FOCUS flags' set of
+    given dests is no JSON)."""
+    return {k: v for k, v in vars(args).items() if k not in ('dataset', 'model_path') and not k.startswith('_')}
 
 
 def default_arm(args, facts) -> str:
@@ -231,7 +229,7 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_dir)
     all_prompts = build_prompts(args, tokenizer, conversations, max(prompts_per_level(args, c) for c in levels))
     arm = args.arm or default_arm(args, facts)
-    settings = {k: v for k, v in vars(args).items() if k not in ('dataset', 'model_path')}
+    settings = saved_settings(args)
     settings['event_loop'] = event_loop_name(args.use_uvloop)
     # every FOCUS option the engine runs with, defaults included (a default may change between plugin versions, e.g.
     # dllm_stock_step_rows: small batches as stock steps)

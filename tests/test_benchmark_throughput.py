@@ -1334,3 +1334,12 @@ def test_plots_know_every_label_a_run_gets():
     pt = _load_profile_throughput()
     assert set(pt.ARM_LABELS) <= set(plots.ARM_BASES)
     assert all(plots.arm_base(f'{label}-static') == label for label in pt.ARM_LABELS)
+
+
+def test_saved_settings_are_json_with_focus_flags_given():
+    """The FOCUS flags record which were given in a set on the namespace: the result JSON must not carry it."""
+    pt = _load_profile_throughput()
+    args = pt.parse_args(['random', '/m', '--dllm-enable-focus', '--dllm-focus-policy', 'leftmost'])
+    settings = json.loads(json.dumps(pt.saved_settings(args)))
+    assert settings['dllm_enable_focus'] is True and settings['dllm_focus_policy'] == 'leftmost'
+    assert 'model_path' not in settings and not any(key.startswith('_') for key in settings)

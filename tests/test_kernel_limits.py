@@ -9,9 +9,9 @@ import torch
 
 triton = pytest.importorskip('triton')
 
-from lmdeploy_focus.config.compat import MAX_FOCUS_BLOCK_LENGTH  # noqa: E402
-from lmdeploy_focus.kernels.cuda.focus_importance import (MAX_TILE_BYTES, _masked_importance_kernel,  # noqa: E402
-                                                          cuda_masked_importance, tile_bytes)
+from lmdeploy_focus.config.compat import (MAX_FOCUS_BLOCK_LENGTH, MAX_FOCUS_TILE_BYTES,  # noqa: E402
+                                         check_focus_tiles, focus_tile_bytes)
+from lmdeploy_focus.kernels.cuda.focus_importance import _masked_importance_kernel, cuda_masked_importance  # noqa: E402
 
 SM90_SHARED_BYTES = 232448  # the most dynamic shared memory a block may have on sm_90 (227 KiB)
 
@@ -33,8 +33,13 @@ def test_importance_refuses_tiles_past_shared_memory_before_a_launch(block_len, 
 def test_focus_block_limit_is_the_kernels():
     """The config's limit is the longest block the kernel takes with the engine's heads (16-bit, d 128)."""
     for dtype in (torch.bfloat16, torch.float16):
-        assert tile_bytes(MAX_FOCUS_BLOCK_LENGTH, 128, dtype) <= MAX_TILE_BYTES
-        assert tile_bytes(2 * MAX_FOCUS_BLOCK_LENGTH, 128, dtype) > MAX_TILE_BYTES
+        assert focus_tile_bytes(MAX_FOCUS_BLOCK_LENGTH, 128, dtype.itemsize) <= MAX_FOCUS_TILE_BYTES
+        assert focus_tile_bytes(2 * MAX_FOCUS_BLOCK_LENGTH, 128, dtype.itemsize) > MAX_FOCUS_TILE_BYTES
+    # the model-aware check: wider heads need shorter blocks
+    check_focus_tiles(MAX_FOCUS_BLOCK_LENGTH, 128, torch.bfloat16)
+    check_focus_tiles(MAX_FOCUS_BLOCK_LENGTH // 2, 256, torch.bfloat16)
+    with pytest.raises(ValueError, match='256-dim'):
+        check_focus_tiles(MAX_FOCUS_BLOCK_LENGTH, 256, torch.bfloat16)
 
 
 def _ptxas_available() -> bool:
@@ -47,7 +52,7 @@ def test_the_largest_accepted_tiles_compile_within_sm90_shared_memory(block_len,
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     element = {'bf16': torch.bfloat16, 'fp32': torch.float32}[dtype]
-    assert tile_bytes(block_len, 128, element) == MAX_TILE_BYTES  # the boundary itself
+    assert focus_tile_bytes(block_len, 128, element.itemsize) == MAX_FOCUS_TILE_BYTES  # the boundary itself
     pointers = dict(q_ptr=f'*{dtype}', k_ptr=f'*{dtype}', q_start_loc_ptr='*i32', q_seqlens_ptr='*i32',
                     candidate_ptr='*i1', out_ptr='*fp32')
     scalars = dict(scale='fp32', **{name: 'i32' for name in ('stride_ot', 'stride_qt', 'stride_qh', 'stride_qd',

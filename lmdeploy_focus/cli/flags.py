@@ -49,11 +49,14 @@ class _Given(argparse.Action):
         setattr(namespace, GIVEN_ATTR, set(getattr(namespace, GIVEN_ATTR, None) or ()) | {self.dest})
 
 
-def add_focus_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per row of ``config.options.OPTIONS`` (names, defaults, choices and help from there)."""
+def add_focus_arguments(parser: argparse.ArgumentParser, *, leave_unset: bool = False) -> None:
+    """One flag per row of ``config.options.OPTIONS`` (names, defaults, choices and help from there).
+    ``leave_unset``: a flag not given reads None (the engine config's default then stands; benchmark scripts)."""
     group = parser.add_argument_group('FOCUS (lmdeploy-focus)', 'Delayed cache and FOCUS token eviction for DLLMs')
     for option in OPTIONS:
-        kwargs = dict(dest=option.field, default=option.default, help=option.help, action=_Given)
+        help_text = f'{option.help} (engine default: {option.default})' if leave_unset else option.help
+        kwargs = dict(dest=option.field, default=None if leave_unset else option.default, help=help_text,
+                      action=_Given)
         if option.is_switch:
             kwargs['switch'] = True
         elif option.choices is not None:

@@ -10,10 +10,17 @@ ALLOW_TP_ENV = 'LMDEPLOY_FOCUS_ALLOW_TP'  # '1': accept tp > 1 (unverified on GP
 # command lines that offer them as choices without importing the engine
 UNMASKING_STRATEGIES = ('low_confidence_dynamic', 'low_confidence_static', 'sequential')
 
-# FOCUS's importance kernel holds a block's query and key rows in one tile per program (kernels/cuda/
-# focus_importance.py): at block length 256 with 16-bit heads of 128 it needs 256 KiB of shared memory, more than a
-# Hopper GPU has (227 KiB; compiled for sm_90: 128 KiB at 128). The published DLLMs use blocks of 4 to 64.
+# FOCUS's importance kernel holds a block's query tile and three key tiles (L x d each) in shared memory per program
+# (kernels/cuda/focus_importance.py, where the sizes are measured). Tiles of at most 32 KiB fit a Hopper GPU (sm_90,
+# 227 KiB a block); GPUs with less (sm_86 / sm_89: 99 KiB) fit blocks of 64. With 16-bit heads of 128, the engine's,
+# that is blocks up to 128; the published DLLMs use blocks of 4 to 64.
+MAX_FOCUS_TILE_BYTES = 32 * 1024
 MAX_FOCUS_BLOCK_LENGTH = 128
+
+
+def focus_tile_bytes(block_length: int, head_dim: int, itemsize: int) -> int:
+    """Bytes of one importance-kernel tile: the block and the head dim rounded up to powers of two (>= 16 rows)."""
+    return max(16, 1 << (block_length - 1).bit_length()) * (1 << (head_dim - 1).bit_length()) * itemsize
 
 MIN_PAGE = 16  # upstream: the KV page (block_size / kernel_block_size) is a power of two >= 16
 
@@ -117,6 +124,15 @@ def check_focus_block_length(block_length: int) -> None:
                          f'{MAX_FOCUS_BLOCK_LENGTH} tokens (its importance kernel holds a whole block in GPU shared '
                          f'memory); use the model\'s trained block length (SDAR: the N of -b<N>) or drop --focus '
                          f'(delayed cache alone, --dllm-enable-delayed-cache, runs this block length)')
+
+
+def check_focus_tiles(block_length: int, head_dim: int, dtype) -> None:
+    """The model's heads at this block length fit FOCUS's importance kernel (checked where the model is known)."""
+    if focus_tile_bytes(block_length, head_dim, dtype.itemsize) > MAX_FOCUS_TILE_BYTES:
+        raise ValueError(f'dllm_enable_focus with dllm_block_length={block_length} and this model\'s {head_dim}-dim '
+                         f'{dtype} heads: FOCUS\'s importance kernel holds a block of query and key rows in GPU '
+                         f'shared memory, which these overflow; use a shorter block (the model\'s trained one) or drop '
+                         f'--focus (delayed cache alone, --dllm-enable-delayed-cache, runs it)')
 
 
 def check_engine_settings(*, quant_policy: int, tp: int, block_size: int, dllm_block_length: int | None,

@@ -280,7 +280,7 @@ def test_select(gen, block_len, batch, policy, delta_kind):
 
 
 @pytest.mark.parametrize('policy', FOCUS_POLICIES)
-@pytest.mark.parametrize('block_len', [128, 256])
+@pytest.mark.parametrize('block_len', [128])  # the longest block FOCUS accepts
 def test_select_and_layout_long_blocks(gen, block_len, policy):
     check_select(gen, DEVICE, batch=randint(gen, 1, 64), block_len=block_len, policy=policy, delta_kind='importance')
     check_layout(gen, DEVICE, batch=randint(gen, 1, 64), block_len=block_len, from_selection=True)

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...config.compat import MAX_FOCUS_BLOCK_LENGTH, MAX_FOCUS_TILE_BYTES, focus_tile_bytes
+
 
 @triton.jit
 def _load_keys_t(k_ptr, key_rows, key_ok, kv_head, stride_kt, stride_kh, stride_kd, HEAD_DIM: tl.constexpr,
@@ -89,14 +91,9 @@ def _masked_importance_kernel(
 
 
 # The query tile and the three key tiles of a program are dot operands in shared memory: 4 x L x d elements. At
-# 32 KiB per tile (L 128 x d 128 in 16 bits, or L 64 in fp32) the kernel compiles for sm_90 to 128 KiB (fp32: 161
-# KiB with its layout scratch); twice that (L 256 in 16 bits: 256 KiB, L 128 in fp32: 322 KiB) exceeds the 227 KiB a
-# Hopper GPU gives a block, and Triton then raised OutOfResources at the first launch.
-MAX_TILE_BYTES = 32 * 1024
-
-
-def tile_bytes(block_l: int, head_dim: int, dtype: torch.dtype) -> int:
-    return block_l * triton.next_power_of_2(head_dim) * torch.empty((), dtype=dtype).element_size()
+# MAX_FOCUS_TILE_BYTES (32 KiB: L 128 x d 128 in 16 bits, or L 64 in fp32) the kernel compiles for sm_90 to 128 KiB
+# (fp32: 161 KiB with its layout scratch); twice that (L 256 in 16 bits: 256 KiB, L 128 in fp32: 322 KiB) exceeds the
+# 227 KiB a Hopper GPU gives a block, and Triton then raised OutOfResources at the first launch.
 
 
 def cuda_masked_importance(q: torch.Tensor, k: torch.Tensor, q_start_loc: torch.Tensor, q_seqlens: torch.Tensor,
@@ -117,10 +114,11 @@ def cuda_masked_importance(q: torch.Tensor, k: torch.Tensor, q_start_loc: torch.
     assert candidate.shape == (num_rows, ), 'one candidate flag per row'
     assert q_start_loc.is_contiguous() and q_seqlens.is_contiguous() and candidate.is_contiguous()
     block_l = max(16, triton.next_power_of_2(max_q_len))  # tl.dot needs >= 16 per side
-    if tile_bytes(block_l, head_dim, q.dtype) > MAX_TILE_BYTES:
+    if focus_tile_bytes(block_l, head_dim, q.element_size()) > MAX_FOCUS_TILE_BYTES:
         raise ValueError(f'FOCUS importance: a block of {max_q_len} rows with {head_dim}-dim {q.dtype} heads needs '
                          f'more GPU shared memory than a program gets (tiles of {block_l} x {head_dim}, at most '
-                         f'{MAX_TILE_BYTES // 1024} KiB each); FOCUS runs blocks up to 128 with 16-bit heads of 128')
+                         f'{MAX_FOCUS_TILE_BYTES // 1024} KiB each); FOCUS runs blocks up to '
+                         f'{MAX_FOCUS_BLOCK_LENGTH} with 16-bit heads of 128')
     # Per KV head partial sums; rows no program writes (padding) stay 0.
     partial = torch.zeros(num_kv_heads, num_rows, dtype=torch.float32, device=q.device)
     batch_size = q_seqlens.numel()

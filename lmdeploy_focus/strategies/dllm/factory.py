@@ -1,8 +1,8 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
-from ...config.compat import (check_block_fits_page, check_block_length, check_focus_block_length, check_full_attention,
-                              check_unmasking_settings)
+from ...config.compat import (check_block_fits_page, check_block_length, check_focus_block_length, check_focus_tiles,
+                              check_full_attention, check_unmasking_settings)
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
 from ...log import logger
@@ -91,6 +91,9 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
             check_block_fits_page(self.dllm_block_length, cache_config.block_size)
             if self.focus_options.enable_focus:
                 check_focus_block_length(self.dllm_block_length)
+                model = self.model_config  # the heads the importance kernel tiles
+                check_focus_tiles(self.dllm_block_length, getattr(model, 'k_head_dim', None) or model.head_dim,
+                                  model.dtype)
             rows = self.focus_options.stock_step_rows
             if rows and cache_config.max_batches * self.dllm_block_length <= rows:
                 logger.warning(f'every decode batch of this engine (max_batch_size {cache_config.max_batches}, block '
