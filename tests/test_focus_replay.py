@@ -280,3 +280,24 @@ def test_alpha_at_block_length_matches_delayed_cache_alone():
     for a, b in zip(plain, focus):
         assert a.token_ids == b.token_ids
         assert a.processed_per_step == b.processed_per_step == b.kept_per_step
+
+
+def test_unmasking_margins_see_the_close_calls_the_engine_may_split():
+    """prompts_clear_of_ties redraws on these (CI drew weights 103972410 / prompts 828680609, where the fp32 engine
+    unmasked slot 1 and the fp64 reference slot 2): an argmax tie, a confidence on the threshold, two equal
+    confidences each give a zero margin; distinct ones give none."""
+    import math
+
+    from lmdeploy_focus_dev.reference.dllm_decode import MASKED, unmasking_margins
+    mask = torch.full((1, 3), MASKED)
+    fresh, active = torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.bool)
+    clear = torch.tensor([[[4.0, 1.0, 0.0], [2.0, 0.0, 0.5], [0.0, 3.0, 1.5]]])
+    assert min(unmasking_margins(clear, mask, fresh, active, threshold=0.01)) > 1e-3
+    argmax_tie = clear.clone()
+    argmax_tie[0, 1, 2] = 2.0
+    equal_confidences = clear.clone()
+    equal_confidences[0, 2] = clear[0, 0].roll(1)
+    on_threshold = math.exp(clear[0, 0].double().log_softmax(-1).max().item())
+    for logits, threshold in ((argmax_tie, 0.01), (equal_confidences, 0.01), (clear, on_threshold)):
+        assert min(unmasking_margins(logits, mask, fresh, active, threshold)) < 1e-9, threshold
+    assert unmasking_margins(clear, mask, torch.zeros(1, 3, dtype=torch.bool), active, 0.01) == []  # no fresh rows

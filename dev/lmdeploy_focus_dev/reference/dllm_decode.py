@@ -33,6 +33,7 @@ attention of ``lmdeploy_focus.kernels.default`` (inside the reference models), a
 
 Readability over speed: per-sequence host bookkeeping in Python; the model runs batched (ragged rows).
 """
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -389,6 +390,28 @@ def _decode_forward(model: SDARReference, batch: _Batch, processing: list[list[i
     return _dense_logits(model.logits(hidden[:block_rows]), kept, L), step.kv_seqlens[:B], kept, progress, selection
 
 
+def unmasking_margins(logits: torch.Tensor, block_mask: torch.Tensor, fresh: torch.Tensor, active: torch.Tensor,
+                      threshold: float) -> list[float]:
+    """How clearly a step's unmasking is decided, per active sequence (for prompts_clear_of_ties: the fp32 engine and
+    this fp64 loop may split a closer call the other way): over its masked slots with fresh logits, the gap between
+    each slot's top two probabilities (greedy sampling), each confidence's distance to the threshold (dynamic), and
+    the gaps between neighbouring confidences (the top-k / forced top-1 choice). In log space: the engine's fp32
+    error is relative, and random weights give near-uniform probabilities whose absolute gaps are all tiny."""
+    top2 = logits.double().log_softmax(-1).topk(2, dim=-1).values
+    threshold = math.log(threshold) if threshold > 0 else float('-inf')
+    margins = []
+    for b in torch.nonzero(active).flatten().tolist():
+        slots = (block_mask[b] == MASKED) & fresh[b]
+        if not bool(slots.any()):
+            continue
+        conf = top2[b, slots, 0].sort().values
+        margins.append(float((top2[b, slots, 0] - top2[b, slots, 1]).min()))
+        margins.append(float((conf - threshold).abs().min()))
+        if conf.numel() > 1:
+            margins.append(float((conf[1:] - conf[:-1]).min()))
+    return margins
+
+
 def _unmask_fresh_only(processor: UnmaskingProcessor, logits: torch.Tensor, input_ids: torch.Tensor,
                        candidates: torch.Tensor, input_mask: torch.Tensor, fresh: torch.Tensor):
     """§2.2: masked slots without fresh logits are shown to the unmasker as CACHED, then MASKED again.
@@ -560,6 +583,9 @@ def reference_generate(model: SDARReference,
         logits, kv_lengths, kept, progress, selection = _decode_forward(model, batch, processing, cache, focus,
                                                                         alphas, shadows)
         batch.commit_pending = [False] * B  # done in this forward
+        if model.selection_margins is not None:  # decisions by a clear margin asked for: the unmasking's too
+            model.selection_margins.extend(unmasking_margins(logits, batch.block_mask, _as_mask(kept, L),
+                                                             batch.active, unmasking.confidence_threshold))
         _apply_step(batch, 'decode', logits, kept, kv_lengths, processor, mask_token_id, processing, progress,
                     selection, recomputed)
         if auto_alpha:
