@@ -15,7 +15,9 @@ UNMASKING_STRATEGIES = ('low_confidence_dynamic', 'low_confidence_static', 'sequ
 # 227 KiB a block); GPUs with less (sm_86 / sm_89: 99 KiB) fit blocks of 64. With 16-bit heads of 128, the engine's,
 # that is blocks up to 128; the published DLLMs use blocks of 4 to 64.
 MAX_FOCUS_TILE_BYTES = 32 * 1024
-MAX_FOCUS_BLOCK_LENGTH = 128
+# the config's early check, before the model is known: every supported model has 16-bit heads of 128 (the strategy
+# factory checks the model's own heads with check_focus_tiles)
+MAX_FOCUS_BLOCK_LENGTH = MAX_FOCUS_TILE_BYTES // (128 * 2)
 
 
 def focus_tile_bytes(block_length: int, head_dim: int, itemsize: int) -> int:

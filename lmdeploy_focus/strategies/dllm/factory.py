@@ -1,7 +1,7 @@
 """The DLLM strategy factory the engine and the model agent get once the plugin is active."""
 from lmdeploy.pytorch.strategies.dllm import DLLMStrategyFactory
 
-from ...config.compat import (check_block_fits_page, check_block_length, check_focus_block_length, check_focus_tiles,
+from ...config.compat import (check_block_fits_page, check_block_length, check_focus_tiles,
                               check_full_attention, check_unmasking_settings)
 from ...config.options import FocusOptions
 from ...debug_hooks import wrap_agent_strategy
@@ -90,7 +90,6 @@ class FocusDLLMStrategyFactory(DLLMStrategyFactory):
             # The block length may only be known here (model default or path suffix).
             check_block_fits_page(self.dllm_block_length, cache_config.block_size)
             if self.focus_options.enable_focus:
-                check_focus_block_length(self.dllm_block_length)
                 model = self.model_config  # the heads the importance kernel tiles
                 check_focus_tiles(self.dllm_block_length, getattr(model, 'k_head_dim', None) or model.head_dim,
                                   model.dtype)
