@@ -7,7 +7,6 @@
 * the benchmark's counter lists (``benchmark/quality/decode_stats.py``) and ``serving.metrics.DELTA_KEYS`` (copies
   kept so those modules need not import the engine's strategies) against ``run_stats.KEYS``.
 """
-import importlib.util
 import re
 import tomllib
 from itertools import product
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from conftest import load_benchmark_script
 from lmdeploy_focus.config.options import OPTIONS
 from lmdeploy_focus.patch.targets import SUPPORTED_LMDEPLOY_VERSION
 from lmdeploy_focus.stats import derived_metrics
@@ -144,12 +144,7 @@ def test_metrics_docstring_series_table_is_the_counter_tables():
 
 
 def _decode_stats():
-    # by path: benchmark/ is no package, and its `quality` folder would shadow nothing useful on sys.path
-    path = REPO / 'benchmark' / 'quality' / 'decode_stats.py'
-    spec = importlib.util.spec_from_file_location('_bench_decode_stats', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script('quality/decode_stats')  # by path: benchmark/ is no package
 
 
 def test_benchmark_decode_stats_counters_are_run_stats_keys():
