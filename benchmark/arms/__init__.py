@@ -66,13 +66,16 @@ def arm_fields(name: str, stock_steps: bool = True, **more) -> dict:
     (``dllm_stock_step_rows=0``): for the checks and evaluations of the delayed-cache / FOCUS step itself, whose
     batches are small. Stock decoding arms are unchanged."""
     fields = {**ARMS[canonical(name)], **more}
-    if not stock_steps and any(fields.get(key) for key in SPARSE_DECODE_FIELDS):
+    if not stock_steps and _sparse_decode(fields):
         fields.setdefault('dllm_stock_step_rows', 0)
     return fields
 
 
-# fields of an arm that turn the delayed-cache decode step on (FOCUS and shadow imply it)
-SPARSE_DECODE_FIELDS = ('dllm_enable_delayed_cache', 'dllm_enable_focus', 'dllm_focus_shadow')
+def _sparse_decode(fields: dict) -> bool:
+    # the engine's own rule (shadow implies FOCUS implies delayed cache); imported here so that the shell
+    # drivers' `flags` command needs no plugin on the path
+    from lmdeploy_focus.config.options import FocusOptions
+    return FocusOptions.from_fields(fields).resolved().uses_sparse_decode
 
 
 def arm_flags(name: str, **more) -> list[str]:
