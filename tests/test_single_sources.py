@@ -5,7 +5,8 @@
 * README's statistics keys and Prometheus series against ``run_stats.KEYS`` / ``stats.derived_metrics`` and the
   counter tables of ``serving/metrics.py``;
 * the benchmark's counter lists (``benchmark/quality/decode_stats.py``) and ``serving.metrics.DELTA_KEYS`` (copies
-  kept so those modules need not import the engine's strategies) against ``run_stats.KEYS``.
+  kept so those modules need not import the engine's strategies) against ``run_stats.KEYS``;
+* patch numbers: ``tests/test_patch_numbers.py``.
 """
 import re
 import tomllib
