@@ -6,7 +6,9 @@ Each (model, arm) runs twice on the same random prompt ids, once eager and once 
 (one engine at a time, in-process), greedy, ignore_eos, static unmasking (4 tokens per step) or, with
 ``--unmasking dynamic``, a confidence threshold (``--threshold``, 0.9 as the benchmarks). The ``-fast`` arms use the fast commit.
 Reports per arm the sequences whose outputs are identical, and for the others the first
-differing output position. The graph arm pads the batch to a captured bucket and the deep rows
+differing output position. The graph engine then resets its graph runner as a weight update while serving
+does (no warm-up follows) and runs the prompts again: ``after_graph_reset`` compares those outputs with eager's
+too, ``buckets_after_graph_reset`` lists the step-graph batch buckets captured again at their steps. The graph arm pads the batch to a captured bucket and the deep rows
 to a row bucket, so a difference can come from bf16 GEMMs of a different row count (a near-tie
 flipping), not only from a bug: a bug shows as many sequences differing early, a near-tie as a
 few differing late.
@@ -53,7 +55,7 @@ def random_prompts(vocab: int, count: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(100, vocab) for _ in range(rng.randint(5, 120))] for _ in range(count)]
 
 
-async def generate(engine, prompts, max_new_tokens):
+async def generate(engine, prompts, max_new_tokens, first_session=1):
     from lmdeploy.messages import GenerationConfig
     config = GenerationConfig(max_new_tokens=max_new_tokens, ignore_eos=True, do_sample=False, top_k=1)
 
@@ -66,7 +68,23 @@ async def generate(engine, prompts, max_new_tokens):
             tokens += list(out.token_ids)
         return tokens
 
-    return await asyncio.gather(*(one(i + 1, ids) for i, ids in enumerate(prompts)))
+    return await asyncio.gather(*(one(first_session + i, ids) for i, ids in enumerate(prompts)))
+
+
+async def generate_reset_generate(engine, prompts, max_new_tokens):
+    """The prompts, then upstream's graph-runner reset as a weight update while serving does it (no warm-up after
+    it: patch 14 drops the step graphs and each batch bucket is captured again at its next step), then the prompts
+    again: ``(first outputs, outputs after the reset, the step graphs' batch buckets after it)``."""
+    first = await generate(engine, prompts, max_new_tokens)
+    agent = engine.executor.model_agent
+    agent.reset_graph_runner()
+    model = agent.patched_model.get_model()
+    dropped = getattr(getattr(model, 'step_graphs', None), 'buckets', None)
+    if dropped:
+        raise RuntimeError(f'the graph-runner reset left step graphs {sorted(dropped)}')
+    again = await generate(engine, prompts, max_new_tokens, first_session=len(prompts) + 1)
+    buckets = sorted(getattr(getattr(model, 'step_graphs', None), 'buckets', {}))
+    return first, again, buckets
 
 
 def unmasking_fields(args) -> dict:
@@ -124,10 +142,14 @@ def main():
             row = dict(model=model, arm=arm)
             try:
                 eager, eager_build_s = run_engine(model, ARMS[arm], True, prompts, args)
-                graphs, graph_build_s = run_engine(model, ARMS[arm], False, prompts, args)
+                (graphs, after_reset, buckets), graph_build_s = run_engine(model, ARMS[arm], False, prompts, args,
+                                                                          generate_fn=generate_reset_generate)
                 row.update(compare(eager, graphs), eager_engine_start_s=round(eager_build_s, 1),
                            graph_engine_start_s=round(graph_build_s, 1),
-                           output_tokens=sum(len(o) for o in graphs))
+                           output_tokens=sum(len(o) for o in graphs),
+                           # after a graph-runner reset with no warm-up (a weight update while serving): the same
+                           # outputs again, from the batch buckets captured again at their steps (none for stock)
+                           after_graph_reset=compare(eager, after_reset), buckets_after_graph_reset=buckets)
             except Exception as e:  # noqa: BLE001  recorded, the other arms go on
                 row.update(error=f'{type(e).__name__}: {e}')
             print(json.dumps(row), flush=True)

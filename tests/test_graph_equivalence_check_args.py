@@ -65,3 +65,31 @@ def test_each_engine_is_closed_and_its_memory_released_before_the_next(monkeypat
     with pytest.raises(RuntimeError, match='generation failed'):
         chk.run_engine('M', chk.ARMS['stock'], True, [[1, 2]], args)
     assert events == ['close', 'release']
+
+
+def test_the_graph_engine_resets_its_graph_runner_between_two_runs(monkeypatch):
+    """The reset case (a weight update while serving): outputs before and after upstream's graph-runner reset, the
+    second run on new session ids, and the buckets captured again; a reset that leaves step graphs is an error."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import pytest
+    chk = _check()
+    calls = []
+
+    async def fake_generate(engine, prompts, max_new_tokens, first_session=1):
+        calls.append(first_session)
+        steps.buckets[len(calls) * 10] = object()  # a step captures a bucket
+        return [[first_session]] * len(prompts)
+
+    steps = SimpleNamespace(buckets={})
+    model = SimpleNamespace(step_graphs=steps)
+    agent = SimpleNamespace(reset_graph_runner=lambda: steps.buckets.clear(),
+                            patched_model=SimpleNamespace(get_model=lambda: model))
+    engine = SimpleNamespace(executor=SimpleNamespace(model_agent=agent))
+    monkeypatch.setattr(chk, 'generate', fake_generate)
+    first, again, buckets = asyncio.run(chk.generate_reset_generate(engine, [[1], [2], [3]], 4))
+    assert calls == [1, 4] and first == [[1]] * 3 and again == [[4]] * 3 and buckets == [20]
+    agent.reset_graph_runner = lambda: None  # a reset that keeps the graphs
+    with pytest.raises(RuntimeError, match='left step graphs'):
+        asyncio.run(chk.generate_reset_generate(engine, [[1]], 4))

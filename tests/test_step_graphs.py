@@ -59,16 +59,75 @@ def test_a_larger_batch_bucket_after_a_smaller_one_is_refused():
         graphs.capture(4, [(torch.zeros(8, 4, 1, 2), torch.zeros(8, 4, 1, 2))], attn_metadata=None)
 
 
-def test_reset_drops_every_bucket_and_the_next_step_runs_eagerly():
+def test_reset_drops_every_bucket_and_keeps_what_was_captured():
     from lmdeploy_focus_dev.testing.sdar_cpu import build_tiny_sdar
     sdar = build_tiny_sdar(block_length=4, hf_overrides={'dllm_focus': {'enable_focus': True}})
     runner = sdar.new_runner(page_size=16)
     runner.capture_step_graphs([2, 1])
     graphs = sdar.model.step_graphs
-    assert set(graphs.buckets) == {1, 2} and graphs._block_offsets is not None
+    assert set(graphs.buckets) == {1, 2} and graphs._block_offsets is not None and not graphs.has_dropped
+    assert graphs.dropped_bucket(1) is None
     sdar.model.reset_step_graphs()
     assert graphs.buckets == {} and graphs._block_offsets is None and graphs._hidden is None
-    assert pick(graphs.buckets, 1) is None  # the step's eager path
+    assert graphs.capture_sizes == {1, 2} and graphs.dropped_bucket(1) == 1 and graphs.dropped_bucket(2) == 2
+    assert graphs.dropped_bucket(3) is None  # above every bucket: eager, as before the reset
+
+
+@pytest.mark.parametrize('overrides', [{'enable_focus': True}, {'enable_delayed_cache': True},
+                                       {'enable_focus': True, 'focus_alpha': 'auto'}])
+def test_a_capture_writes_no_kv(overrides):
+    """A capture runs the step on padding sequences only: the KV cache is left as it was, so a bucket can be
+    captured again while requests hold pages (after a graph reset while serving)."""
+    from lmdeploy_focus_dev.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
+    sdar = build_tiny_sdar(TinySDARShape(num_layers=4), block_length=4, hf_overrides={'dllm_focus': overrides})
+    runner = sdar.new_runner(page_size=16)
+    for k_cache, v_cache in runner.kv_cache.caches:
+        k_cache.normal_(), v_cache.normal_()
+    before = [(k.clone(), v.clone()) for k, v in runner.kv_cache.caches]
+    runner.capture_step_graphs([4, 2, 1])
+    assert set(sdar.model.step_graphs.buckets) == {1, 2, 4}
+    for layer, ((k_before, v_before), (k_cache, v_cache)) in enumerate(zip(before, runner.kv_cache.caches)):
+        assert torch.equal(k_cache, k_before) and torch.equal(v_cache, v_before), layer
+
+
+def test_a_bucket_dropped_by_a_reset_is_captured_again_at_its_next_step():
+    """A graph reset while serving (upstream's weight update resets its graph runner and warms nothing up): the next
+    step of a batch captures its bucket again, on the KV cache it runs on, and gives the logits the warm-up's graphs
+    gave; other buckets wait for their own steps."""
+    from types import SimpleNamespace
+
+    from lmdeploy.pytorch import consts
+    from lmdeploy_focus.models.step_state import focus_state
+    from lmdeploy_focus.models.step_state.delayed_cache_state import DelayedCacheState
+    from lmdeploy_focus_dev.testing.sdar_cpu import TinySDARShape, build_tiny_sdar
+    L = 8
+    tiny = build_tiny_sdar(TinySDARShape(num_layers=3), block_length=L,
+                           hf_overrides={'dllm_focus': {'enable_delayed_cache': True, 'enable_focus': True}})
+    runtime, graphs, mask_id = tiny.model.delayed_cache_runtime, tiny.model.step_graphs, tiny.model_config.dllm_mask_token
+    results = []
+    for reset in (False, True):
+        runner = tiny.new_runner(page_size=16)
+        if reset:  # the graphs point at the first runner's KV cache: the reset drops them, the step captures anew
+            tiny.model.reset_step_graphs()
+        else:
+            runner.capture_step_graphs([8, 4])
+        runner.prefill([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [7, 8]])
+        blocks = runner.current_blocks()
+        blocks[:, ::3] = mask_id  # some of every block masked
+        input_mask = torch.where(blocks == mask_id, consts.DLLM_MASKED, consts.DLLM_UNMASKED)
+        runtime.step_inputs = step_inputs_stub(
+            delayed_state=DelayedCacheState.fresh(3, L), focus_state=focus_state.FocusState.fresh(3),
+            next_rows_bound=None, extra_inputs=SimpleNamespace(dllm_mask=input_mask.flatten()),
+            model_inputs=SimpleNamespace(history_lengths=torch.tensor(runner.history_lengths)))
+        logits = runner.forward(runner.make_inputs(blocks.tolist(), runner.history_lengths, is_decoding=True))
+        results.append((logits, runtime.step.fresh.clone()))
+        runtime.end_step()
+        assert set(graphs.buckets) == ({4} if reset else {4, 8}) and graphs.capture_sizes == {4, 8}
+    (expected, fresh), (got, got_fresh) = results
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(got_fresh, fresh)
+    assert graphs.has_dropped and graphs.dropped_bucket(5) == 8 and graphs.dropped_bucket(3) is None
 
 
 def test_decode_forwards_capture_only_while_no_request_is_tracked():

@@ -73,6 +73,9 @@ class DelayedCacheDLLMMixin:
         if (runtime is not None and inputs_embeds is None and self.ctx_mgr.current_context().is_decoding
                 and not runtime.stock_step(input_ids.numel())):  # a small batch's stock step: upstream's forward
             if runtime.decode_batch_matches(input_ids.numel()):
+                dropped = self.step_graphs.dropped_bucket(input_ids.numel() // runtime.block_length)
+                if dropped is not None:  # a graph reset while serving (a weight update): this bucket again, once
+                    self.capture_decode_step(dropped, past_key_values, attn_metadata)
                 hidden = runtime.run_step(self.step_graphs, input_ids.flatten(), past_key_values,
                                           attn_metadata.block_offsets, attn_metadata)
                 return hidden[None]

@@ -182,6 +182,10 @@ class StepGraphs:
         self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
         self.front_bucket_count = front_bucket_count()  # same for $LMDEPLOY_FOCUS_FRONT_BUCKETS
         self.buckets: dict[int, _Bucket] = {}
+        # every batch bucket captured since start, kept through a graph reset: a bucket a reset dropped while
+        # serving (a weight update) is captured again at its next step (:meth:`dropped_bucket`)
+        self.capture_sizes: set[int] = set()
+        self.has_dropped = False  # some of capture_sizes are not in buckets (a reset since they were captured)
         self.sync_free_rows = sync_free_rows()  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
@@ -332,8 +336,10 @@ class StepGraphs:
             self._pool = torch.cuda.graph_pool_handle()
         num_pages = kv_caches[0][0].size(0)
         if self._block_offsets is None:
-            # upstream warms up the largest batch first, so the shared buffers are sized once
-            self._block_offsets = torch.zeros(batch_bucket, num_pages, dtype=torch.int32, device=device)
+            # upstream warms up the largest batch first, so the shared buffers are sized once; after a reset, by
+            # the largest bucket captured before, whichever bucket's step comes first
+            rows = max(self.capture_sizes | {batch_bucket})
+            self._block_offsets = torch.zeros(rows, num_pages, dtype=torch.int32, device=device)
         elif self._block_offsets.size(0) < batch_bucket:
             raise RuntimeError(f'sparse decode step: batch bucket {batch_bucket} captured after a smaller one '
                                f'({self._block_offsets.size(0)}); the largest must come first')
@@ -355,6 +361,8 @@ class StepGraphs:
         if self.steps_sync_free(1):  # a batch of this bucket may step sync-free (the smallest one, at least)
             graphs.by_slot = _Replayable(self._by_slot_fn(static.rows), self._pool, self.use_graph)
         self.buckets[batch_bucket] = graphs
+        self.capture_sizes.add(batch_bucket)
+        self.has_dropped = len(self.buckets) < len(self.capture_sizes)
         logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '
                     f'{len(graphs.deep)} deep row buckets{"" if self.use_graph else ", eager"}).')
 
@@ -394,15 +402,24 @@ class StepGraphs:
 
         return run_by_slot
 
+    def dropped_bucket(self, batch_size: int) -> int | None:
+        """The batch bucket a step of ``batch_size`` sequences would replay if a graph reset had not dropped it
+        (None: captured, or never captured: no graphs, or a batch above every bucket, which runs eagerly)."""
+        if not self.has_dropped:
+            return None
+        size = pick(self.capture_sizes, batch_size)
+        return None if size is None or size in self.buckets else size
+
     def reset(self) -> None:
         """Drop every graph and buffer: upstream's graph runner reset (sleep, weight update, release)
-        may free the KV caches and weights they point to. Steps then run eagerly until the next
-        decode warm-up captures again (wake-up warms up; a weight update alone does not)."""
+        may free the KV caches and weights they point to. A wake-up's decode warm-up captures them all again;
+        without one (a weight update while serving) each batch bucket is captured again at its next step, as
+        upstream's graph runner captures its own (:meth:`dropped_bucket`)."""
         if self.buckets:
-            logger.warning('sparse decode step: graphs dropped with upstream\'s graph-runner reset; decode steps '
-                           'run eagerly until the next decode warm-up (a wake-up warms up, a weight update alone '
-                           'does not).')
+            logger.info('sparse decode step: graphs dropped with upstream\'s graph-runner reset; each batch bucket '
+                        'is captured again at its next step, or by the decode warm-up of a wake-up.')
         self.buckets.clear()
+        self.has_dropped = bool(self.capture_sizes)
         self._pool = self._block_offsets = self._hidden = self._by_slot = None
 
 

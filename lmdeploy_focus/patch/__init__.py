@@ -224,8 +224,9 @@ config time instead of running on a partly stock engine.
     (:mod:`lmdeploy_focus.models.step_graphs`), which point at the KV caches and weights. Upstream
     resets its graph runner exactly when those may move (sleep, weight updates, release); a replay
     after that would read freed memory. Upstream's reset does not call into the model.
-    How: after upstream's reset, the runner's model drops its step graphs (``reset_step_graphs``);
-    steps run eagerly until the next decode warm-up captures again.
+    How: after upstream's reset, the runner's model drops its step graphs (``reset_step_graphs``); a wake-up's
+    decode warm-up captures them again, and without one (a weight update while serving) each batch bucket is
+    captured again at its next step, as upstream's runner captures its own (a capture writes no KV).
     Removed by: an upstream model hook in the graph-runner reset.
 
 15. ``lmdeploy.messages.GenerationConfig.__post_init__`` is wrapped (:mod:`.generation_config`; applied

@@ -55,8 +55,8 @@ class CpuDLLMRunner:
     def capture_step_graphs(self, batch_buckets: list[int]) -> None:
         """Capture the model's sparse decode step for these batch buckets, as upstream's decode warm-up
         would (on CPU the "graphs" run eagerly on the padded static buffers, so later steps take the
-        padded path: batch bucket >= B, row buckets >= the kept rows). Call before :meth:`prefill`:
-        the capture writes warm-up K/V into page 0."""
+        padded path: batch bucket >= B, row buckets >= the kept rows). A capture writes no K/V (its sequences
+        are padding only), so it may come before or after :meth:`prefill`."""
         with upstream_on_cpu(), torch.inference_mode():
             for bucket in sorted(batch_buckets, reverse=True):
                 self.model.capture_decode_step(bucket, self.kv_cache.caches, attn_metadata=None)

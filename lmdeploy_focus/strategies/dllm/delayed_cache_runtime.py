@@ -252,7 +252,8 @@ class DelayedCacheRuntime:
         self.alpha_state = self.controller.state
 
     def drop_controller_graph(self) -> None:
-        """Upstream's graph reset: updates run eagerly (on the same state) until the next warm-up captures again."""
+        """Upstream's graph reset: updates run eagerly (on the same state) until a capture (a wake-up's warm-up, or the
+        next step of a batch bucket the reset dropped) captures the update again."""
         self.controller = None
 
     def _auto_update(self, decoded) -> dict:
