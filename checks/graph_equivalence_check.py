@@ -149,7 +149,11 @@ def main():
                            output_tokens=sum(len(o) for o in graphs),
                            # after a graph-runner reset with no warm-up (a weight update while serving): the same
                            # outputs again, from the batch buckets captured again at their steps (none for stock)
-                           after_graph_reset=compare(eager, after_reset), buckets_after_graph_reset=buckets)
+                           after_graph_reset=compare(eager, after_reset), buckets_after_graph_reset=buckets,
+                           after_graph_reset_vs_first_run=compare(graphs, after_reset))
+                if ARMS[arm] and not buckets:  # a delayed-cache / FOCUS arm ran eagerly after the reset
+                    row['error'] = 'no step graph captured again after the graph-runner reset'
+
             except Exception as e:  # noqa: BLE001  recorded, the other arms go on
                 row.update(error=f'{type(e).__name__}: {e}')
             print(json.dumps(row), flush=True)

@@ -3,13 +3,17 @@
 
 With delayed cache off it is upstream's model unchanged. With it on, a decode step's forward is
 :mod:`.sparse_step` (run by :class:`~.step_graphs.StepGraphs`: from CUDA graphs captured at
-upstream's decode warm-up unless the engine is eager): only the processing set of each sequence is
+upstream's decode warm-up unless the engine is eager; a bucket a graph reset dropped while serving is captured
+again at its next step): only the processing set of each sequence is
 forwarded, FOCUS drops evicted rows inside layer 1, and the LM head runs on the rows that need logits
 (the sampler and the unmasker then work on those rows only).
 """
+import time
+
 from lmdeploy.pytorch.models.sdar import SDARForCausalLM
 from lmdeploy.pytorch.models.sdar_moe import SDARMoeForCausalLM
 
+from ..log import logger
 from .delayed_cache_attention import DelayedCacheAttention
 from .step_graphs import StepGraphs
 
@@ -75,7 +79,7 @@ class DelayedCacheDLLMMixin:
             if runtime.decode_batch_matches(input_ids.numel()):
                 dropped = self.step_graphs.dropped_bucket(input_ids.numel() // runtime.block_length)
                 if dropped is not None:  # a graph reset while serving (a weight update): this bucket again, once
-                    self.capture_decode_step(dropped, past_key_values, attn_metadata)
+                    self.recapture_decode_step(dropped, past_key_values, attn_metadata)
                 hidden = runtime.run_step(self.step_graphs, input_ids.flatten(), past_key_values,
                                           attn_metadata.block_offsets, attn_metadata)
                 return hidden[None]
@@ -95,10 +99,26 @@ class DelayedCacheDLLMMixin:
         return logits.view(*hidden_states.shape[:-2], -1, logits.size(-1))
 
     def capture_decode_step(self, batch_bucket: int, past_key_values, attn_metadata) -> None:
-        """Warm-up: the decode step's graphs for a batch bucket, and (α auto) the controller's update graph."""
+        """The decode step's graphs for a batch bucket, and (α auto) the controller's update graph: at warm-up, or at
+        the bucket's next step after a graph reset while serving."""
         runtime = self.delayed_cache_runtime
         self.step_graphs.capture(batch_bucket, past_key_values, attn_metadata)
         runtime.capture_controller(self.step_graphs.replayable, past_key_values[0][0].device)
+
+    def recapture_decode_step(self, batch_bucket: int, past_key_values, attn_metadata) -> None:
+        """A batch bucket a graph reset dropped while serving, captured at its next step; that step waits for the
+        capture (about 1/N of the decode warm-up's time, N the batch buckets), as upstream's runner captures its own
+        graph at its next step. A capture that fails leaves the bucket's steps eager."""
+        start = time.perf_counter()
+        try:
+            self.capture_decode_step(batch_bucket, past_key_values, attn_metadata)
+        except Exception as error:  # noqa: BLE001  e.g. out of memory after a weight update: eager, not down
+            self.step_graphs.forget(batch_bucket)
+            logger.warning(f'sparse decode step: batch bucket {batch_bucket} could not be captured again after a graph '
+                           f'reset ({type(error).__name__}: {error}); its steps run eagerly until the next warm-up.')
+            return
+        logger.warning(f'sparse decode step: batch bucket {batch_bucket} captured again after a graph reset (a weight '
+                       f'update while serving) in {time.perf_counter() - start:.2f} s; this step waited for it.')
 
     def reset_step_graphs(self):
         """Called by upstream's graph-runner reset (patch 14): sleep, weight update, release."""

@@ -28,7 +28,9 @@ series with the engine's host work, which at bs 1–4 is as long as the GPU's st
 step that reads (the same rows get the same logits; the others get none in either). On a MoE model the padding
 rows this runs through the experts are zeros (``StepConfig.zero_padding``), so they all route to one set of experts.
 Everything a step will replay — and every Triton variant its kernels need — is captured, hence
-compiled, during upstream's decode warm-up, before the first request.
+compiled, during upstream's decode warm-up, before the first request. A graph-runner reset while serving (a weight
+update, which no warm-up follows) drops them; each batch bucket is then captured again at its next step
+(:meth:`StepGraphs.dropped_bucket`), that step waiting for it, as upstream's runner recaptures its own graphs.
 """
 import os
 from dataclasses import dataclass, field, fields, replace
@@ -177,7 +179,7 @@ class StepGraphs:
         self.parts = parts
         self.config = replace(config, zero_padding=zero_padding(moe))  # a bad $LMDEPLOY_FOCUS_ZERO_PADDING fails here
         self.attention_rows = attention_rows  # context manager: deep rows for the attention layers
-        self.enabled = False  # upstream's graph runner is on (eager_mode=False): capture at warm-up
+        self.enabled = False  # upstream's graph runner is on (eager_mode=False): capture at warm-up (and after a reset)
         self.use_graph = torch.cuda.is_available()  # False: the padded path runs eagerly (CPU tests)
         self.row_bucket_count = row_bucket_count()  # a bad $LMDEPLOY_FOCUS_ROW_BUCKETS fails at engine build
         self.front_bucket_count = front_bucket_count()  # same for $LMDEPLOY_FOCUS_FRONT_BUCKETS
@@ -186,6 +188,7 @@ class StepGraphs:
         # serving (a weight update) is captured again at its next step (:meth:`dropped_bucket`)
         self.capture_sizes: set[int] = set()
         self.has_dropped = False  # some of capture_sizes are not in buckets (a reset since they were captured)
+        self._resets = 0  # resets so far: a capture that a reset overtook registers nothing
         self.sync_free_rows = sync_free_rows()  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self._pool = None
         self._block_offsets: torch.Tensor | None = None  # int32 [B̂max, pages], shared by all buckets
@@ -324,12 +327,30 @@ class StepGraphs:
             static.seq_valid[size:] = False
             graphs.valid_size = size
 
-    # ---- warm-up capture ----------------------------------------------------------------------------
+    # ---- capture: at warm-up, or at a bucket's next step after a graph reset while serving -------------
 
     def capture(self, batch_bucket: int, kv_caches, attn_metadata) -> None:
-        """Capture the front graph of ``batch_bucket`` sequences and its deep graphs (warm-up only)."""
+        """Capture the front graph of ``batch_bucket`` sequences and its deep graphs (padding sequences only: no
+        K/V is written, so requests may hold pages meanwhile)."""
         if batch_bucket in self.buckets:
             return
+        resets = self._resets
+        try:
+            graphs = self._capture_bucket(batch_bucket, kv_caches, attn_metadata)
+        except Exception:
+            if self._resets == resets:
+                raise
+        if self._resets != resets:  # a reset (another thread: a weight update) dropped the buffers these point at
+            logger.warning(f'sparse decode step: a graph reset came while batch bucket {batch_bucket} was being '
+                           'captured; it is captured again at its next step.')
+            return
+        self.buckets[batch_bucket] = graphs
+        self.capture_sizes.add(batch_bucket)
+        self.has_dropped = len(self.buckets) < len(self.capture_sizes)
+        logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '
+                    f'{len(graphs.deep)} deep row buckets{"" if self.use_graph else ", eager"}).')
+
+    def _capture_bucket(self, batch_bucket: int, kv_caches, attn_metadata) -> _Bucket:
         length = self.config.block_length
         device = kv_caches[0][0].device
         if self._pool is None and self.use_graph:
@@ -360,16 +381,13 @@ class StepGraphs:
                                             self._pool, self.use_graph)
         if self.steps_sync_free(1):  # a batch of this bucket may step sync-free (the smallest one, at least)
             graphs.by_slot = _Replayable(self._by_slot_fn(static.rows), self._pool, self.use_graph)
-        self.buckets[batch_bucket] = graphs
-        self.capture_sizes.add(batch_bucket)
-        self.has_dropped = len(self.buckets) < len(self.capture_sizes)
-        logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '
-                    f'{len(graphs.deep)} deep row buckets{"" if self.use_graph else ", eager"}).')
+        return graphs
 
     def replayable(self, fn) -> _Replayable:
         """``fn`` (reading and writing fixed tensors only) captured now as one more graph in the step graphs'
-        memory pool (warm-up only; it never runs concurrently with them), or ``fn`` itself without CUDA. The caller
-        owns the result and must drop it where :meth:`reset` drops the step graphs (the α controller does)."""
+        memory pool (while capturing a bucket; it never runs concurrently with them), or ``fn`` itself without
+        CUDA. The caller owns the result and must drop it where :meth:`reset` drops the step graphs (the α
+        controller does)."""
         if self._pool is None and self.use_graph:
             self._pool = torch.cuda.graph_pool_handle()
         return _Replayable(fn, self._pool, self.use_graph)
@@ -410,6 +428,11 @@ class StepGraphs:
         size = pick(self.capture_sizes, batch_size)
         return None if size is None or size in self.buckets else size
 
+    def forget(self, batch_bucket: int) -> None:
+        """A bucket whose capture after a reset failed: its steps run eagerly from now on (until a warm-up)."""
+        self.capture_sizes.discard(batch_bucket)
+        self.has_dropped = len(self.buckets) < len(self.capture_sizes)
+
     def reset(self) -> None:
         """Drop every graph and buffer: upstream's graph runner reset (sleep, weight update, release)
         may free the KV caches and weights they point to. A wake-up's decode warm-up captures them all again;
@@ -418,6 +441,7 @@ class StepGraphs:
         if self.buckets:
             logger.info('sparse decode step: graphs dropped with upstream\'s graph-runner reset; each batch bucket '
                         'is captured again at its next step, or by the decode warm-up of a wake-up.')
+        self._resets += 1
         self.buckets.clear()
         self.has_dropped = bool(self.capture_sizes)
         self._pool = self._block_offsets = self._hidden = self._by_slot = None

@@ -104,7 +104,7 @@ class DelayedCacheRuntime:
     log_every: int = 500
     # --dllm-focus-alpha auto: the controller's state (0-d device tensors), this step's shadow sequences
     alpha_state: object = field(default=None, repr=False)
-    # auto with CUDA graphs: the controller's update as one replay (captured at warm-up; None: eager updates)
+    # auto with CUDA graphs: the controller's update as one replay (captured with the step graphs; None: eager updates)
     controller: object = field(default=None, repr=False)
     shadow_seq: torch.Tensor | None = field(default=None, repr=False)
     logged_fallbacks: int = -1  # auto: the fall-back count whose warning went out (0: probation's)
@@ -242,7 +242,8 @@ class DelayedCacheRuntime:
         batch_inputs.alpha = alpha_controller.step_alpha(self.alpha_state, shadow, float(self.block_length))
 
     def capture_controller(self, replayable, device) -> None:
-        """Decode warm-up with graphs (``replayable``: :meth:`StepGraphs.replayable`): α auto's controller update
+        """A step-graph capture (warm-up, or a bucket's next step after a graph reset; ``replayable``:
+        :meth:`StepGraphs.replayable`): α auto's controller update
         as one replay from now on (:mod:`.controller_graph`), carrying over any state so far. Captured once: later
         batch buckets' captures find it there."""
         if self.focus is None or self.focus.auto is None or self.controller is not None:
