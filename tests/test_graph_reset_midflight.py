@@ -92,7 +92,7 @@ def test_a_reset_during_a_capture_registers_nothing(monkeypatch, caplog):
 
 def test_a_capture_that_fails_after_a_reset_leaves_the_bucket_eager(monkeypatch, caplog):
     """A capture at a step after a reset that raises (e.g. out of memory after a weight update) does not fail the
-    step or the engine: the bucket is forgotten, its steps run eagerly, the warning says so."""
+    step or the engine: the bucket is forgotten (its batches take the next larger one), the warning says so."""
     tiny, runner = _captured_tiny()
     graphs = tiny.model.step_graphs
 

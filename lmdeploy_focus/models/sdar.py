@@ -108,14 +108,15 @@ class DelayedCacheDLLMMixin:
     def recapture_decode_step(self, batch_bucket: int, past_key_values, attn_metadata) -> None:
         """A batch bucket a graph reset dropped while serving, captured at its next step; that step waits for the
         capture (about 1/N of the decode warm-up's time, N the batch buckets), as upstream's runner captures its own
-        graph at its next step. A capture that fails leaves the bucket's steps eager."""
+        graph at its next step. A bucket whose capture fails is forgotten (its batches take the next larger one)."""
         start = time.perf_counter()
         try:
             self.capture_decode_step(batch_bucket, past_key_values, attn_metadata)
         except Exception as error:  # noqa: BLE001  e.g. out of memory after a weight update: eager, not down
             self.step_graphs.forget(batch_bucket)
             logger.warning(f'sparse decode step: batch bucket {batch_bucket} could not be captured again after a graph '
-                           f'reset ({type(error).__name__}: {error}); its steps run eagerly until the next warm-up.')
+                           f'reset ({type(error).__name__}: {error}); its batches replay the next larger bucket, or '
+                           'run eagerly above every bucket, until the next warm-up.')
             return
         logger.warning(f'sparse decode step: batch bucket {batch_bucket} captured again after a graph reset (a weight '
                        f'update while serving) in {time.perf_counter() - start:.2f} s; this step waited for it.')

@@ -429,7 +429,8 @@ class StepGraphs:
         return None if size is None or size in self.buckets else size
 
     def forget(self, batch_bucket: int) -> None:
-        """A bucket whose capture after a reset failed: its steps run eagerly from now on (until a warm-up)."""
+        """A bucket whose capture after a reset failed: its batches take the next larger bucket (eager above every
+        bucket) until a warm-up captures it."""
         self.capture_sizes.discard(batch_bucket)
         self.has_dropped = len(self.buckets) < len(self.capture_sizes)
 
