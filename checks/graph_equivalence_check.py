@@ -8,8 +8,8 @@ Each (model, arm) runs twice on the same random prompt ids, once eager and once 
 Reports per arm the sequences whose outputs are identical, and for the others the first
 differing output position. The graph engine then resets its graph runner as a weight update while serving
 does (no warm-up follows) and runs the prompts again: ``after_graph_reset`` compares those outputs with eager's
-too, ``buckets_after_graph_reset`` lists the step-graph batch buckets captured again at their steps. The graph arm pads the batch to a captured bucket and the deep rows
-to a row bucket, so a difference can come from bf16 GEMMs of a different row count (a near-tie
+too, ``buckets_after_graph_reset`` lists the step-graph batch buckets captured again at their steps.
+The graph arm pads the batch to a captured bucket and the deep rows to a row bucket, so a difference can come from bf16 GEMMs of a different row count (a near-tie
 flipping), not only from a bug: a bug shows as many sequences differing early, a near-tie as a
 few differing late.
 """
@@ -153,7 +153,6 @@ def main():
                            after_graph_reset_vs_first_run=compare(graphs, after_reset))
                 if ARMS[arm] and not buckets:  # a delayed-cache / FOCUS arm ran eagerly after the reset
                     row['error'] = 'no step graph captured again after the graph-runner reset'
-
             except Exception as e:  # noqa: BLE001  recorded, the other arms go on
                 row.update(error=f'{type(e).__name__}: {e}')
             print(json.dumps(row), flush=True)
