@@ -9,9 +9,9 @@ Reports per arm the sequences whose outputs are identical, and for the others th
 differing output position. The graph engine then resets its graph runner as a weight update while serving
 does (no warm-up follows) and runs the prompts again: ``after_graph_reset`` compares those outputs with eager's
 too, ``buckets_after_graph_reset`` lists the step-graph batch buckets captured again at their steps.
-The graph arm pads the batch to a captured bucket and the deep rows to a row bucket, so a difference can come from bf16 GEMMs of a different row count (a near-tie
-flipping), not only from a bug: a bug shows as many sequences differing early, a near-tie as a
-few differing late.
+The graph arm pads the batch to a captured bucket and the deep rows to a row bucket, so a difference can
+come from bf16 GEMMs of a different row count (a near-tie flipping), not only from a bug: a bug shows as
+many sequences differing early, a near-tie as a few differing late.
 """
 import argparse
 import asyncio
