@@ -187,7 +187,6 @@ class StepGraphs:
         # every batch bucket captured since start, kept through a graph reset: a bucket a reset dropped while
         # serving (a weight update) is captured again at its next step (:meth:`dropped_bucket`)
         self.capture_sizes: set[int] = set()
-        self.has_dropped = False  # some of capture_sizes are not in buckets (a reset since they were captured)
         self._resets = 0  # resets so far: a capture that a reset overtook registers nothing
         self.sync_free_rows = sync_free_rows()  # same for $LMDEPLOY_FOCUS_SYNC_FREE_ROWS
         self._pool = None
@@ -346,7 +345,6 @@ class StepGraphs:
             return
         self.buckets[batch_bucket] = graphs
         self.capture_sizes.add(batch_bucket)
-        self.has_dropped = len(self.buckets) < len(self.capture_sizes)
         logger.info(f'sparse decode step: captured batch bucket {batch_bucket} ({len(graphs.front)} front and '
                     f'{len(graphs.deep)} deep row buckets{"" if self.use_graph else ", eager"}).')
 
@@ -420,6 +418,11 @@ class StepGraphs:
 
         return run_by_slot
 
+    @property
+    def has_dropped(self) -> bool:
+        """Some captured bucket is missing (a reset since): ``buckets`` only ever holds sizes of ``capture_sizes``."""
+        return len(self.buckets) < len(self.capture_sizes)
+
     def dropped_bucket(self, batch_size: int) -> int | None:
         """The batch bucket a step of ``batch_size`` sequences would replay if a graph reset had not dropped it
         (None: captured, or never captured: no graphs, or a batch above every bucket, which runs eagerly)."""
@@ -432,7 +435,6 @@ class StepGraphs:
         """A bucket whose capture after a reset failed: its batches take the next larger bucket (eager above every
         bucket) until a warm-up captures it."""
         self.capture_sizes.discard(batch_bucket)
-        self.has_dropped = len(self.buckets) < len(self.capture_sizes)
 
     def reset(self) -> None:
         """Drop every graph and buffer: upstream's graph runner reset (sleep, weight update, release)
@@ -444,7 +446,6 @@ class StepGraphs:
                         'is captured again at its next step, or by the decode warm-up of a wake-up.')
         self._resets += 1
         self.buckets.clear()
-        self.has_dropped = bool(self.capture_sizes)
         self._pool = self._block_offsets = self._hidden = self._by_slot = None
 
 
